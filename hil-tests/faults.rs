@@ -1,0 +1,142 @@
+//! Faults that must lose nothing: the daemon killed at random points, the broker killed or frozen
+//! mid-drain, an unreadable outbox file.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::delivery::rig;
+use crate::support::nonin::SpotCheck;
+use crate::support::wait_until;
+
+/// How many kill -9 cycles to run; CI runs the default, a soak run sets more.
+fn kill_cycles() -> u32 {
+    std::env::var("VITALSD_KILL_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
+}
+
+#[test]
+fn kill_9_at_random_points_while_readings_arrive_and_while_draining_loses_nothing_in_the_outbox() {
+    let mut rig = rig();
+    std::thread::sleep(Duration::from_millis(1500)); // lets the broker autosave the subscriber's session
+    let mut written = BTreeSet::new();
+    let mut obligations = BTreeSet::new();
+    let mut next_record = 0u32;
+    let cycles = kill_cycles();
+    for cycle in 0..cycles {
+        let build_backlog = cycle % 10 == 3;
+        if build_backlog {
+            // Queue a backlog with the broker away, so the following cycles are killed while draining.
+            rig.broker.kill();
+        }
+        let mut daemon = rig.world.start();
+        let frames = if build_backlog { 1500 } else { fastrand::u32(0..12) };
+        let mut burst = Vec::new();
+        for _ in 0..frames {
+            let record = SpotCheck::numbered(next_record);
+            next_record += 1;
+            written.insert(record.measured_at_utc());
+            burst.extend(record.frame());
+        }
+        if build_backlog {
+            rig.port.write(&burst);
+            let target = rig.world.outbox_keys().len();
+            assert!(target < 100_000);
+            wait_until(Duration::from_secs(30), || rig.world.outbox_keys().len() >= 1000);
+        } else {
+            // Frames trickle in while the kill lands somewhere in or after them.
+            for chunk in burst.chunks(22) {
+                rig.port.write(chunk);
+                std::thread::sleep(Duration::from_millis(fastrand::u64(0..20)));
+            }
+            std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
+        }
+        daemon.kill9();
+        // Everything in the outbox now was accepted: it must reach the broker eventually.
+        obligations.extend(rig.world.outbox_keys());
+        if build_backlog {
+            rig.broker.restart();
+        }
+    }
+
+    let _daemon = rig.world.start();
+    let drained = wait_until(Duration::from_secs(120), || rig.world.outbox_keys().is_empty());
+    assert!(drained, "outbox did not drain: {}", rig.world.status());
+    let delivered_all = wait_until(Duration::from_secs(30), || rig.subscriber.unique_reading_ids().is_superset(&obligations));
+    let delivered = rig.subscriber.unique_reading_ids();
+    let missing: Vec<_> = obligations.difference(&delivered).collect();
+    assert!(delivered_all, "{} readings that reached the outbox were never delivered: {:?}", missing.len(), &missing[..missing.len().min(5)]);
+
+    // Nothing invented: every delivered reading is one the device sent.
+    for reading in rig.subscriber.readings() {
+        let measured_at = reading["measured_at"].as_str().expect("measured_at").to_string();
+        assert!(written.contains(&measured_at), "a reading nobody sent: {reading}");
+    }
+    assert!(obligations.len() >= 1000, "the backlog cycles did not exercise the drain: {}", obligations.len());
+    let duplicates: usize = rig.subscriber.reading_counts().values().map(|c| c - 1).sum();
+    eprintln!(
+        "kill -9 cycles: {cycles}; records written {}, reached the outbox {}, delivered {} (+{duplicates} duplicates)",
+        written.len(),
+        obligations.len(),
+        delivered.len()
+    );
+}
+
+#[test]
+fn broker_killed_and_restarted_mid_drain_loses_nothing() {
+    let mut rig = rig();
+    std::thread::sleep(Duration::from_millis(1500));
+    rig.broker.kill();
+    let _daemon = rig.world.start();
+    let mut burst = Vec::new();
+    for n in 0..3000 {
+        burst.extend(SpotCheck::numbered(n).frame());
+    }
+    rig.port.write(&burst);
+    assert!(wait_until(Duration::from_secs(30), || rig.world.outbox_keys().len() == 3000), "{}", rig.world.status());
+    rig.broker.restart();
+    assert!(rig.subscriber.wait_for_unique_readings(200, Duration::from_secs(30)));
+    rig.broker.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    rig.broker.restart();
+    assert!(rig.subscriber.wait_for_unique_readings(3000, Duration::from_secs(60)), "log:\n{}", rig.world.log());
+    assert!(wait_until(Duration::from_secs(10), || rig.world.outbox_keys().is_empty()));
+    assert_eq!(rig.subscriber.unique_reading_ids().len(), 3000);
+}
+
+#[test]
+fn a_frozen_broker_holds_readings_until_it_resumes() {
+    let mut rig = rig();
+    let _daemon = rig.world.start();
+    for n in 0..50 {
+        rig.port.write(&SpotCheck::numbered(n).frame());
+    }
+    assert!(rig.subscriber.wait_for_unique_readings(50, Duration::from_secs(20)));
+    rig.broker.freeze();
+    for n in 50..100 {
+        rig.port.write(&SpotCheck::numbered(n).frame());
+    }
+    // Longer than a keep-alive period, so the daemon notices the silence and reconnects.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(rig.world.outbox_keys().len() >= 50, "readings left the outbox while the broker was frozen");
+    rig.broker.thaw();
+    assert!(rig.subscriber.wait_for_unique_readings(100, Duration::from_secs(60)), "log:\n{}", rig.world.log());
+    assert!(wait_until(Duration::from_secs(10), || rig.world.outbox_keys().is_empty()));
+}
+
+#[test]
+fn an_unreadable_outbox_is_moved_aside_and_the_daemon_starts_fresh() {
+    let mut rig = rig();
+    std::fs::create_dir_all(rig.world.state_dir()).unwrap();
+    std::fs::write(rig.world.outbox_path(), b"garbage where the outbox should be; keep me for forensics").unwrap();
+    let _daemon = rig.world.start();
+    rig.port.write(&SpotCheck::numbered(7).frame());
+    assert!(rig.subscriber.wait_for_unique_readings(1, Duration::from_secs(20)), "log:\n{}", rig.world.log());
+    let moved: Vec<_> = std::fs::read_dir(rig.world.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("outbox.db.broken-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "the broken outbox was not kept");
+    assert!(std::fs::read(&moved[0]).unwrap().starts_with(b"garbage where the outbox should be"));
+    assert!(rig.world.log().contains("THE OUTBOX DATABASE WAS UNREADABLE"));
+    assert!(rig.world.status()["outbox"]["quarantined"].as_str().unwrap().contains("outbox.db.broken-"));
+}

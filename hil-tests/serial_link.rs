@@ -1,0 +1,105 @@
+//! The serial link: garbage and truncated frames are counted and skipped, an unplugged device is picked
+//! up again, and a continuous stream becomes spot readings.
+
+use std::time::Duration;
+
+use crate::delivery::rig;
+use crate::support::broker::Broker;
+use crate::support::daemon::{DaemonWorld, SerialEntry};
+use crate::support::nonin::{df8_frame, SpotCheck};
+use crate::support::pty::SimulatedPort;
+use crate::support::subscriber::Subscriber;
+use crate::support::wait_until;
+
+#[test]
+fn garbage_and_truncated_frames_are_counted_and_skipped_and_good_frames_after_them_arrive() {
+    let mut rig = rig();
+    let _daemon = rig.world.start();
+    let good = [SpotCheck::numbered(1), SpotCheck::numbered(2), SpotCheck::numbered(3)];
+    let mut bad_checksum = SpotCheck::numbered(50).frame();
+    bad_checksum[20] ^= 0xff;
+    let truncated = &SpotCheck::numbered(51).frame()[..12];
+
+    let mut wire = vec![0xde, 0xad, 0xbe, 0xef, 0x55, 0x00, 0x02];
+    wire.extend(good[0].frame());
+    wire.extend(&bad_checksum);
+    wire.extend(truncated);
+    wire.extend(good[1].frame());
+    wire.extend([0x03, 0x03, 0x00]);
+    wire.extend(good[2].frame());
+    rig.port.write(&wire);
+
+    assert!(rig.subscriber.wait_for_unique_readings(3, Duration::from_secs(20)), "log:\n{}", rig.world.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let readings = rig.subscriber.readings();
+    let times: Vec<_> = readings.iter().map(|r| r["measured_at"].as_str().unwrap().to_string()).collect();
+    assert_eq!(times, good.iter().map(SpotCheck::measured_at_utc).collect::<Vec<_>>());
+    let counted = wait_until(Duration::from_secs(5), || {
+        rig.world.status()["counters"]["frames_rejected"].as_u64().unwrap_or(0) >= 2
+    });
+    assert!(counted, "rejected frames were not counted: {}", rig.world.status());
+    assert!(rig.world.status()["counters"]["bytes_skipped"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn an_unplugged_device_is_picked_up_again_when_it_returns() {
+    let mut rig = rig();
+    let mut daemon = rig.world.start();
+    rig.port.write(&SpotCheck::numbered(1).frame());
+    assert!(rig.subscriber.wait_for_unique_readings(1, Duration::from_secs(20)));
+    // Unplugged in the middle of a frame.
+    rig.port.write(&SpotCheck::numbered(2).frame()[..10]);
+    rig.port.unplug();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(daemon.is_running(), "vitalsd died when the device vanished");
+    rig.port.plug();
+    // Opened within the reopen poll; frames written before the open would sit in the new pty anyway.
+    std::thread::sleep(Duration::from_millis(1500));
+    rig.port.write(&SpotCheck::numbered(3).frame());
+    assert!(rig.subscriber.wait_for_unique_readings(2, Duration::from_secs(20)), "log:\n{}", rig.world.log());
+    let times: Vec<_> = rig.subscriber.readings().iter().map(|r| r["measured_at"].as_str().unwrap().to_string()).collect();
+    assert_eq!(times, [SpotCheck::numbered(1).measured_at_utc(), SpotCheck::numbered(3).measured_at_utc()]);
+}
+
+#[test]
+fn a_continuous_stream_becomes_one_spot_reading_per_stable_placement() {
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    let mut port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_OEM-if00-port0"));
+    world.write_config(
+        &broker.url(),
+        &[],
+        &[SerialEntry {
+            path: port.link().to_path_buf(),
+            protocol: "nonin-df8",
+            id: Some("oximeter-1".to_string()),
+            extra: vec!["spot_stable_s = 1.0".to_string(), "spot_repeat_s = 3600".to_string()],
+        }],
+    );
+    let _daemon = world.start();
+    std::thread::sleep(Duration::from_millis(500));
+    // First placement: 2 s of steady values (the device sends once a second; the simulator is faster).
+    for i in 0..20 {
+        port.write(&df8_frame(72 + (i % 2), 97, false));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The finger moves: artifacts, then a second steady placement.
+    for _ in 0..3 {
+        port.write(&df8_frame(140, 80, true));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..20 {
+        port.write(&df8_frame(80, 95, false));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(subscriber.wait_for_unique_readings(2, Duration::from_secs(20)), "log:\n{}", world.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let readings = subscriber.readings();
+    assert_eq!(readings.len(), 2, "one spot reading per placement, got {readings:#?}");
+    let values = |r: &serde_json::Value| (r["values"][0]["value"].as_u64(), r["values"][1]["value"].as_u64());
+    assert_eq!(values(&readings[0]), (Some(97), Some(72)));
+    assert_eq!(values(&readings[1]), (Some(95), Some(80)));
+    assert_eq!(readings[0]["time_source"], "hub");
+    assert_eq!(readings[0]["device"]["id"], "oximeter-1");
+}

@@ -1,0 +1,150 @@
+//! A real Mosquitto broker on a free loopback port, one per test, killed on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{free_port, wait_until};
+
+pub struct Broker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// Fails the test, with the fix, when Mosquitto is not installed.
+pub fn mosquitto_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+        let path = PathBuf::from(candidate);
+        if path.exists() {
+            return path;
+        }
+    }
+    if let Ok(output) = Command::new("sh").args(["-c", "command -v mosquitto"]).output() {
+        let found = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !found.is_empty() {
+            return PathBuf::from(found);
+        }
+    }
+    panic!(
+        "the HIL suite needs a real Mosquitto broker, and `mosquitto` is not installed.\n\
+         Install it with: sudo apt-get install mosquitto mosquitto-clients"
+    );
+}
+
+impl Broker {
+    /// Starts a broker with its persistence in a private directory, so a persistent subscriber session
+    /// survives a broker restart (sessions are saved every second).
+    pub fn start() -> Broker {
+        Broker::start_with(true, &[])
+    }
+
+    /// Starts a broker that keeps nothing on disk, as fast as Mosquitto goes; for benchmarks.
+    pub fn start_volatile() -> Broker {
+        Broker::start_with(false, &[])
+    }
+
+    /// Starts a broker with extra configuration lines for its listener.
+    pub fn start_with(persistent: bool, extra: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().expect("broker temp dir");
+        let port = free_port();
+        let mut config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nlog_dest stderr\n\
+             log_type error\nlog_type warning\n"
+        );
+        if persistent {
+            config.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            ));
+        } else {
+            config.push_str("persistence false\n");
+        }
+        for line in extra {
+            config.push_str(line);
+            config.push('\n');
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
+        let mut broker = Broker { port, dir, child: None };
+        broker.spawn();
+        broker
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("broker log");
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(up, "mosquitto did not start listening on port {port}; log: {}", self.log());
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("broker running").id() as i32)
+    }
+
+    /// SIGKILL: the broker vanishes without a goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        // The port was ours a moment ago; a brief retry covers a slow release of the socket.
+        for attempt in 0..50 {
+            if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            assert!(attempt < 49, "port {} stayed busy", self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.spawn();
+    }
+
+    /// SIGSTOP: the broker keeps its sockets but answers nothing.
+    pub fn freeze(&self) {
+        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP mosquitto");
+    }
+
+    pub fn thaw(&self) {
+        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT mosquitto");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        }
+        self.kill();
+    }
+}

@@ -1,0 +1,185 @@
+//! The real `vitalsd` binary as a child process, with a generated configuration and private state.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_vitalsd");
+
+/// A serial device entry of the generated configuration.
+pub struct SerialEntry {
+    pub path: PathBuf,
+    pub protocol: &'static str,
+    pub id: Option<String>,
+    /// Extra `key = value` lines for the entry.
+    pub extra: Vec<String>,
+}
+
+/// A private world for one daemon: config file, state directory, log file.
+pub struct DaemonWorld {
+    pub dir: tempfile::TempDir,
+    pub hub_id: String,
+}
+
+impl DaemonWorld {
+    pub fn new() -> DaemonWorld {
+        DaemonWorld { dir: tempfile::tempdir().expect("daemon temp dir"), hub_id: "hub-test".to_string() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("vitalsd.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn outbox_path(&self) -> PathBuf {
+        self.state_dir().join("outbox.db")
+    }
+
+    pub fn by_id(&self, name: &str) -> PathBuf {
+        self.dir.path().join("by-id").join(name)
+    }
+
+    /// Writes the configuration; `mqtt_extra` lines go into `[mqtt]`.
+    pub fn write_config(&self, broker_url: &str, mqtt_extra: &[&str], serial: &[SerialEntry]) {
+        let mut text = format!(
+            "[hub]\nid = \"{}\"\nstate_dir = \"{}\"\n\n[mqtt]\nurl = \"{broker_url}\"\nkeep_alive_s = 5\n\
+             reconnect_min_ms = 200\nreconnect_max_s = 1\n",
+            self.hub_id,
+            self.state_dir().display()
+        );
+        for line in mqtt_extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        for entry in serial {
+            text.push_str(&format!(
+                "\n[[serial]]\npath = \"{}\"\nprotocol = \"{}\"\n",
+                entry.path.display(),
+                entry.protocol
+            ));
+            if let Some(id) = &entry.id {
+                text.push_str(&format!("id = \"{id}\"\n"));
+            }
+            for line in &entry.extra {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// Starts `vitalsd run`; its stderr is appended to `daemon.log` in the world.
+    pub fn start(&self) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("daemon log");
+        let child = Command::new(BINARY)
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("TZ", "UTC")
+            .env("RUST_LOG", "vitalsd=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vitalsd");
+        Daemon { child: Some(child) }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs a `vitalsd` subcommand against this world's configuration.
+    pub fn command(&self, args: &[&str]) -> Output {
+        Command::new(BINARY).args(args).arg("--config").arg(self.config_path()).env("TZ", "UTC").output().expect("run vitalsd")
+    }
+
+    /// `vitalsd status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let output = self.command(&["status", "--json"]);
+        assert!(output.status.success(), "status failed: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    }
+
+    /// Keys of the readings in the outbox right now (read directly, as an oracle).
+    pub fn outbox_keys(&self) -> Vec<String> {
+        outbox_keys(&self.outbox_path())
+    }
+}
+
+pub fn outbox_keys(path: &Path) -> Vec<String> {
+    if !path.exists() {
+        return Vec::new();
+    }
+    let connection = rusqlite::Connection::open(path).expect("open outbox for inspection");
+    connection.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    // The daemon may be creating the file right now; no table yet means nothing queued yet.
+    let Ok(mut query) = connection.prepare("SELECT key FROM record ORDER BY seq") else { return Vec::new() };
+    let keys = query.query_map([], |row| row.get::<_, String>(0)).expect("read outbox");
+    keys.map(|k| k.expect("key")).collect()
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// SIGKILL, as a power cut or an OOM kill would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().expect("wait for vitalsd") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("vitalsd did not stop within 10 s of SIGTERM");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// Peak and current resident memory in KiB, from /proc.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

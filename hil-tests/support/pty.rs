@@ -1,0 +1,83 @@
+//! A simulated serial device: a real pseudo-terminal whose slave side is reached through a
+//! `/dev/serial/by-id`-style symlink, which disappears on unplug like the real one.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+
+pub struct SimulatedPort {
+    link: PathBuf,
+    ends: Option<(File, OwnedFd)>,
+}
+
+impl SimulatedPort {
+    /// Creates the pseudo-terminal and the link at `link` (e.g. `<tmp>/by-id/usb-Nonin-if00-port0`).
+    pub fn plug_in(link: &Path) -> SimulatedPort {
+        let mut port = SimulatedPort { link: link.to_path_buf(), ends: None };
+        port.plug();
+        port
+    }
+
+    pub fn link(&self) -> &Path {
+        &self.link
+    }
+
+    /// Plugs the device (back) in: a new pseudo-terminal behind the same link.
+    pub fn plug(&mut self) {
+        assert!(self.ends.is_none(), "already plugged in");
+        // Both ends are close-on-exec from the start: a daemon spawned by this or a parallel test must not
+        // inherit them, or closing them here would not hang up the line.
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let slave_path = PathBuf::from(ptsname_r(&master).expect("ptsname"));
+        let slave: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(&slave_path)
+            .expect("open the pty slave")
+            .into();
+        // Raw mode on the slave before any byte flows: the line discipline would otherwise translate CR
+        // and echo bytes back to the device.
+        let mut termios = tcgetattr(slave.as_fd()).expect("tcgetattr");
+        cfmakeraw(&mut termios);
+        tcsetattr(slave.as_fd(), SetArg::TCSANOW, &termios).expect("tcsetattr");
+        if let Some(parent) = self.link.parent() {
+            std::fs::create_dir_all(parent).expect("create by-id dir");
+        }
+        let _ = std::fs::remove_file(&self.link);
+        std::os::unix::fs::symlink(&slave_path, &self.link).expect("symlink to the pty");
+        // The test keeps the slave open too, so the master sees no hang-up while the daemon is restarted.
+        self.ends = Some((File::from(OwnedFd::from(master)), slave));
+    }
+
+    /// Unplugs the device: the link disappears and the pseudo-terminal is closed.
+    pub fn unplug(&mut self) {
+        let _ = std::fs::remove_file(&self.link);
+        self.ends = None;
+    }
+
+    /// Writes bytes as the device would; gives up after 5 s if nobody drains the line.
+    pub fn write(&mut self, bytes: &[u8]) {
+        let (master, _) = self.ends.as_mut().expect("device is plugged in");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match master.write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => panic!("writing to the simulated device failed: {error}"),
+            }
+            assert!(Instant::now() < deadline, "the simulated device's line stayed full for 5 s");
+        }
+        master.flush().expect("flush pty");
+    }
+}

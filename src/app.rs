@@ -1,0 +1,142 @@
+//! Wiring: builds the daemon's tasks from the configuration, connects them with bounded channels, and
+//! owns the shutdown signal. The only place that spawns tasks.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::mqtt::{self, UplinkSettings};
+use crate::outbox::{spawn_worker, Outbox, OutboxOptions};
+use crate::payload::DeviceInfo;
+use crate::pipeline::{self, DeviceSettings};
+use crate::serial::{self, PortSettings};
+
+/// The outbox database inside the state directory.
+pub const OUTBOX_FILE: &str = "outbox.db";
+
+/// Runs the daemon until `shutdown` turns true or a part fails that must not be papered over.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.hub.state_dir)
+        .with_context(|| format!("cannot create state directory {}", config.hub.state_dir.display()))?;
+    let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
+    let now_ms = crate::clock::now_utc().timestamp_millis();
+    let (outbox, report) =
+        Outbox::open(&outbox_path, OutboxOptions { max_pending: config.outbox.max_pending }, now_ms)
+            .with_context(|| format!("cannot open the outbox {}", outbox_path.display()))?;
+    if let Some(moved_to) = &report.quarantined_to {
+        tracing::error!(
+            moved_to = %moved_to.display(),
+            reason = report.quarantine_reason.as_deref().unwrap_or(""),
+            "THE OUTBOX DATABASE WAS UNREADABLE. It was moved aside, not deleted, and a fresh outbox was started. \
+             Readings in the old file were NOT forwarded; recover them from the moved file."
+        );
+    }
+    tracing::info!(path = %outbox_path.display(), pending = outbox.pending(), "Outbox open.");
+    let (outbox, worker) = spawn_worker(outbox, config.outbox.dedup_retention_days, || {
+        crate::clock::now_utc().timestamp_millis()
+    });
+    let mut worker = tokio::task::spawn_blocking(move || worker.join());
+
+    let (stop_tasks, stop_signal) = watch::channel(false);
+    let mut devices = JoinSet::new();
+    for port in &config.serial {
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let settings = PortSettings {
+            path: port.path.clone(),
+            baud_rate: port.baud_rate.unwrap_or(port.protocol.line_settings().baud_rate),
+        };
+        let port_stop = stop_signal.clone();
+        devices.spawn(async move {
+            serial::run_port(settings, events_tx, port_stop).await;
+            Ok(())
+        });
+        let device = DeviceSettings {
+            hub_id: config.hub.id.clone(),
+            device: DeviceInfo {
+                id: port.device_id.clone(),
+                transport: "serial",
+                protocol: port.protocol.name(),
+                manufacturer: None,
+                model: None,
+                serial_number: None,
+            },
+            protocol: port.protocol,
+            spot: port.spot,
+        };
+        devices.spawn(pipeline::run_device(device, events_rx, outbox.clone(), stop_signal.clone()));
+    }
+    let uplink_settings = UplinkSettings { hub_id: config.hub.id.clone(), mqtt: config.mqtt.clone() };
+    let mut uplink = tokio::spawn(mqtt::run(uplink_settings, outbox.clone(), stop_signal.clone()));
+
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("running; {} serial device(s)", config.serial.len())),
+    ]);
+    let watchdog_period = sd_notify::watchdog_enabled().map(|period| period / 2).unwrap_or(Duration::from_secs(3600));
+    let mut watchdog = tokio::time::interval(watchdog_period);
+    let mut failure: Option<anyhow::Error> = None;
+    let mut uplink_done = false;
+    let mut worker_done = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            result = &mut worker => {
+                worker_done = true;
+                failure = Some(match result {
+                    Ok(Ok(Ok(()))) => anyhow::anyhow!("the outbox worker stopped unexpectedly"),
+                    Ok(Ok(Err(error))) => anyhow::Error::new(error).context("outbox storage failed; stopping so nothing is accepted that cannot be stored"),
+                    _ => anyhow::anyhow!("the outbox worker panicked"),
+                });
+                break;
+            }
+            result = &mut uplink => {
+                uplink_done = true;
+                failure = Some(match result {
+                    Ok(Ok(())) => anyhow::anyhow!("the uplink stopped unexpectedly"),
+                    Ok(Err(error)) => anyhow::Error::new(error).context("the uplink failed"),
+                    Err(error) => anyhow::Error::new(error).context("the uplink panicked"),
+                });
+                break;
+            }
+            _ = watchdog.tick() => {
+                // The ping proves the outbox worker still answers, not merely that a timer fires.
+                if let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_secs(5), outbox.stats()).await {
+                    let _ = sd_notify::notify(&[
+                        sd_notify::NotifyState::Watchdog,
+                        sd_notify::NotifyState::Status(&format!("running; {} reading(s) waiting in the outbox", stats.pending)),
+                    ]);
+                }
+            }
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("Shutting down.");
+    let _ = stop_tasks.send(true);
+    while let Some(result) = devices.join_next().await {
+        if let Ok(Err(error)) = result {
+            tracing::warn!(%error, "A device pipeline ended early.");
+        }
+    }
+    if !uplink_done {
+        match tokio::time::timeout(Duration::from_secs(5), &mut uplink).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "Uplink stopped with an error."),
+            Err(_) => uplink.abort(),
+            _ => {}
+        }
+    }
+    drop(outbox);
+    if !worker_done {
+        match worker.await {
+            Ok(Ok(Err(error))) => return Err(anyhow::Error::new(error).context("outbox storage failed")),
+            Ok(Err(_)) | Err(_) => anyhow::bail!("the outbox worker panicked"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

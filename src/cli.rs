@@ -1,0 +1,230 @@
+//! The technician commands other than `run`: `decode`, `status` and `check-config`.
+//!
+//! Data goes to stdout, diagnostics to stderr; each command returns its process exit code.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Local, TimeZone, Utc};
+
+use crate::app::OUTBOX_FILE;
+use crate::config::Config;
+use crate::decode::{DecodeContext, DecodeEvent, Protocol};
+use crate::outbox::{Outbox, OutboxStats};
+use crate::payload::{self, DeviceInfo};
+
+/// `vitalsd decode --list`.
+pub fn list_protocols() -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    for protocol in Protocol::ALL {
+        let _ = writeln!(out, "{:<24}{}", protocol.name(), protocol.description());
+    }
+    ExitCode::SUCCESS
+}
+
+/// `vitalsd decode PROTOCOL HEX...`: prints one JSON reading per line; any rejected or unfinished frame
+/// is reported on stderr and makes the exit code 1.
+pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
+    let Some(protocol) = Protocol::from_name(protocol_name) else {
+        let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
+        eprintln!("error: unknown protocol {protocol_name:?} (known: {})", known.join(", "));
+        return ExitCode::from(2);
+    };
+    let bytes = match parse_hex(&hex_words.join("")) {
+        Ok(bytes) => bytes,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let device = DeviceInfo {
+        id: "decode".to_string(),
+        transport: "serial",
+        protocol: protocol.name(),
+        manufacturer: None,
+        model: None,
+        serial_number: None,
+    };
+    let context = DecodeContext { received_at: crate::clock::now_utc(), time_zone: &Local };
+    let mut decoder = protocol.new_decoder();
+    let mut events = decoder.feed(&bytes, &context);
+    events.extend(decoder.finish().map(DecodeEvent::Rejected));
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for (index, event) in events.into_iter().enumerate() {
+        match event {
+            DecodeEvent::Reading(reading) => {
+                let id = payload::reading_id(&device.id, &reading, index);
+                let json = payload::to_json("decode", &id, &device, &reading);
+                let _ = out.write_all(&json);
+                let _ = out.write_all(b"\n");
+            }
+            DecodeEvent::Rejected(error) => {
+                failed = true;
+                eprintln!("error: {error}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Accepts hex with or without spaces, colons or a `0x` prefix per word.
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let cleaned: String = text
+        .split(|c: char| c.is_whitespace() || c == ':' || c == ',')
+        .map(|word| word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")).unwrap_or(word))
+        .collect();
+    if let Some((position, character)) = cleaned.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return Err(format!("not a hex digit: {character:?} at position {position}"));
+    }
+    if cleaned.is_empty() {
+        return Err("no bytes given".to_string());
+    }
+    if cleaned.len() % 2 != 0 {
+        return Err(format!("odd number of hex digits ({}): a byte is missing a digit", cleaned.len()));
+    }
+    hex::decode(&cleaned).map_err(|error| error.to_string())
+}
+
+/// `vitalsd check-config`.
+pub fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok (hub {}, broker {}:{}{}, {} serial device(s))",
+                path.display(),
+                config.hub.id,
+                config.mqtt.host,
+                config.mqtt.port,
+                if config.mqtt.tls { " with TLS" } else { "" },
+                config.serial.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `vitalsd status`: reads the outbox (it works while the daemon runs).
+pub fn status(path: &Path, json: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
+    let stats = if outbox_path.exists() {
+        match Outbox::open_for_status(&outbox_path).and_then(|outbox| outbox.stats()) {
+            Ok(stats) => Some(stats),
+            Err(error) => {
+                eprintln!("error: cannot read {}: {error}", outbox_path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let now = crate::clock::now_utc();
+    let report = status_report(&outbox_path, stats.as_ref(), now);
+    if json {
+        println!("{report}");
+    } else {
+        print_status(&report);
+    }
+    ExitCode::SUCCESS
+}
+
+fn status_report(outbox_path: &Path, stats: Option<&OutboxStats>, now: DateTime<Utc>) -> serde_json::Value {
+    let empty = OutboxStats::default();
+    let stats = stats.unwrap_or(&empty);
+    let time = |ms: Option<i64>| ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+    let oldest = time(stats.oldest_pending_created_at_ms);
+    serde_json::json!({
+        "outbox": {
+            "path": outbox_path.display().to_string(),
+            "exists": outbox_path.exists(),
+            "pending": stats.pending,
+            "oldest_pending_at": oldest.map(|t| t.to_rfc3339()),
+            "oldest_pending_age_s": oldest.map(|t| (now - t).num_seconds().max(0)),
+            "delivered_total": stats.delivered_total,
+            "last_delivered_at": time(stats.last_delivered_at_ms).map(|t| t.to_rfc3339()),
+            "rejected_full_total": stats.rejected_full_total,
+            "duplicates_total": stats.duplicates_total,
+            "quarantined": stats.quarantined,
+        },
+        "uplink": {
+            "last_error": stats.last_uplink_error.as_ref().map(|(_, text)| text),
+            "last_error_at": stats.last_uplink_error.as_ref().and_then(|(ms, _)| time(Some(*ms))).map(|t| t.to_rfc3339()),
+        },
+        "counters": stats.counters,
+    })
+}
+
+fn print_status(report: &serde_json::Value) {
+    let outbox = &report["outbox"];
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "never".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("outbox                  {}", text(&outbox["path"]));
+    println!("pending readings        {}", outbox["pending"]);
+    match outbox["oldest_pending_age_s"].as_i64() {
+        Some(age) => println!("oldest pending          {age} s old ({})", text(&outbox["oldest_pending_at"])),
+        None => println!("oldest pending          none"),
+    }
+    println!("readings delivered      {}", outbox["delivered_total"]);
+    println!("last delivery           {}", text(&outbox["last_delivered_at"]));
+    let uplink = &report["uplink"];
+    match uplink["last_error"].as_str() {
+        Some(error) => println!("last broker error       {} ({error})", text(&uplink["last_error_at"])),
+        None => println!("last broker error       none"),
+    }
+    println!("refused, outbox full    {}", outbox["rejected_full_total"]);
+    println!("duplicates skipped      {}", outbox["duplicates_total"]);
+    if let Some(quarantined) = outbox["quarantined"].as_str() {
+        println!("QUARANTINED OUTBOX      {quarantined}");
+    }
+    if let Some(counters) = report["counters"].as_object() {
+        for (name, value) in counters {
+            println!("{name:<24}{value}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(input: &str, expected: Result<&str, &str>) {
+        let got = parse_hex(input).map(hex::encode);
+        assert_eq!(got.as_deref().map_err(|e| e.as_str()), expected);
+    }
+
+    #[test]
+    fn hex_forms() {
+        check("80486100", Ok("80486100"));
+        check("80 48 61 00", Ok("80486100"));
+        check("0x80 0x48", Ok("8048"));
+        check("80:48", Ok("8048"));
+        check("8 0486", Err("odd number of hex digits (5): a byte is missing a digit"));
+        check("80zz", Err("not a hex digit: 'z' at position 2"));
+        check("", Err("no bytes given"));
+    }
+}

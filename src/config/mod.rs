@@ -1,0 +1,1020 @@
+//! The validated configuration: the only config type the rest of the daemon sees.
+//!
+//! Loading has two stages. [`file`] reads `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
+//! `VITALSD_<SECTION>__<KEY>` environment overlay into one untyped TOML table; [`validate`] walks that table
+//! by hand into a [`Config`], collecting every problem with its key path rather than stopping at the first.
+//! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
+
+mod file;
+mod validate;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::decode::Protocol;
+use crate::spot::SpotRule;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hub: HubConfig,
+    pub mqtt: MqttConfig,
+    pub outbox: OutboxConfig,
+    pub serial: Vec<SerialConfig>,
+    pub log: LogConfig,
+}
+
+/// `[hub]`: who this hub is and where it keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// 1 to 64 characters of `a-z`, `0-9`, `-` and `_`; it goes into MQTT topics.
+    pub id: String,
+    /// Absolute; holds the outbox database.
+    pub state_dir: PathBuf,
+}
+
+/// `[mqtt]`: the broker connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// True for an `mqtts://` url.
+    pub tls: bool,
+    /// Has no wildcards and no leading or trailing `/`.
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<SecretSource>,
+    /// Only set with `tls`.
+    pub ca_file: Option<PathBuf>,
+    /// Set together with `client_key_file`, and only with `tls`.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub keep_alive: Duration,
+    /// At most `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// How many publishes may await their PUBACK at once.
+    pub window: usize,
+}
+
+/// Where a secret is read from; the secret itself never enters the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `password_file`: a file of its own, absolute.
+    File(PathBuf),
+    /// `password_credential`: a systemd credential (`LoadCredential=`), read from `$CREDENTIALS_DIRECTORY/NAME`.
+    Credential(String),
+}
+
+impl SecretSource {
+    /// Reads the secret now; one trailing newline is dropped.
+    pub fn read(&self) -> Result<String, io::Error> {
+        self.read_from(std::env::var_os(CREDENTIALS_DIRECTORY))
+    }
+
+    fn read_from(&self, credentials_dir: Option<OsString>) -> Result<String, io::Error> {
+        let path = match self {
+            SecretSource::File(path) => path.clone(),
+            SecretSource::Credential(name) => match credentials_dir {
+                Some(dir) => PathBuf::from(dir).join(name),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!(
+                            "${CREDENTIALS_DIRECTORY} is not set, so the systemd credential {name:?} is not available \
+                             (the unit must load it with LoadCredential=)"
+                        ),
+                    ))
+                }
+            },
+        };
+        let mut text = std::fs::read_to_string(&path).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("{}: {}", path.display(), io_message(&error)),
+            )
+        })?;
+        if text.ends_with('\n') {
+            text.pop();
+            if text.ends_with('\r') {
+                text.pop();
+            }
+        }
+        Ok(text)
+    }
+}
+
+/// `[outbox]`: the on-disk queue's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// At least 1.
+    pub max_pending: u64,
+    /// At least 1.
+    pub dedup_retention_days: u32,
+}
+
+/// One `[[serial]]` entry: a device on a serial port.
+#[derive(Debug, Clone)]
+pub struct SerialConfig {
+    /// Absolute; preferably a `/dev/serial/by-id/...` link.
+    pub path: PathBuf,
+    pub protocol: Protocol,
+    /// Unique across entries; defaults to `serial:` and the file name of `path`.
+    pub device_id: String,
+    /// Overrides the protocol's line speed.
+    pub baud_rate: Option<u32>,
+    pub spot: SpotRule,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter` directive such as `info` or `info,vitalsd::serial=debug`.
+    pub level: String,
+}
+
+/// The environment variable systemd sets to the directory of the unit's credentials.
+const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+impl Config {
+    /// Loads `path`, then its drop-ins `path.d/*.toml` in lexical order (tables merged key by key, later wins),
+    /// then the `VITALSD_<SECTION>__<KEY>` environment overrides, and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        Config::load_with_env(path, &env)
+    }
+
+    /// [`Config::load`] with the environment passed in.
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+        let mut layers = file::read_files(path).map_err(ConfigErrors)?;
+        let mut errors = file::apply_env(&mut layers, env);
+        let credentials_dir = env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == CREDENTIALS_DIRECTORY)
+            .filter(|(_, dir)| !dir.is_empty())
+            .map(|(_, dir)| Path::new(dir));
+        match validate::validate(&layers, credentials_dir) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigErrors(errors)),
+            Err(more) => {
+                errors.extend(more);
+                Err(ConfigErrors(errors))
+            }
+        }
+    }
+
+    /// Parses and validates one TOML text without drop-ins or environment; `origin` names it in a syntax error.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        let layers = file::Layers::from_main(
+            file::parse(text, origin).map_err(|error| ConfigErrors(vec![error]))?,
+        );
+        validate::validate(&layers, None).map_err(ConfigErrors)
+    }
+}
+
+/// Every problem found in a configuration, in a stable order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// One problem: the key path it is about (with the drop-in or variable that set it) and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// Such as `mqtt.url`, `serial[1].protocol` or `mqtt.keep_alive_s (from VITALSD_MQTT__KEEP_ALIVE_S)`;
+    /// a file name for a syntax error, empty for an unreadable main file.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// An I/O error's text without the `(os error N)` suffix, for messages a technician reads.
+fn io_message(error: &io::Error) -> String {
+    let text = error.to_string();
+    match (error.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(at)) => text[..at].to_string(),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Validates `toml` and compares the error lines; no expected errors means it must be valid.
+    #[track_caller]
+    fn check(toml: &str, expected_errors: &[&str]) {
+        let actual: Vec<String> = match Config::from_toml_str(toml, "test.toml") {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        };
+        assert_eq!(actual, expected_errors, "for config:\n{toml}");
+    }
+
+    #[track_caller]
+    fn valid(toml: &str) -> Config {
+        match Config::from_toml_str(toml, "test.toml") {
+            Ok(config) => config,
+            Err(errors) => panic!("unexpected errors:\n{errors}\nfor config:\n{toml}"),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+        [hub]
+        id = "hub-0001"
+        state_dir = "/var/lib/vitalsd"
+
+        [mqtt]
+        url = "mqtt://127.0.0.1"
+    "#;
+
+    /// `MINIMAL` plus `extra` lines appended to `[mqtt]`.
+    fn with_mqtt(extra: &str) -> String {
+        format!("{MINIMAL}\n{extra}\n")
+    }
+
+    fn with_serial(entries: &str) -> String {
+        format!("{MINIMAL}\n{entries}\n")
+    }
+
+    #[test]
+    fn a_minimal_config_gets_every_default() {
+        let config = valid(MINIMAL);
+        assert_eq!(
+            config.hub,
+            HubConfig {
+                id: "hub-0001".into(),
+                state_dir: "/var/lib/vitalsd".into()
+            }
+        );
+        assert_eq!(
+            config.mqtt,
+            MqttConfig {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                tls: false,
+                topic_prefix: "vitalsd/v1".into(),
+                client_id: "vitalsd-hub-0001".into(),
+                username: None,
+                password: None,
+                ca_file: None,
+                client_cert_file: None,
+                client_key_file: None,
+                keep_alive: Duration::from_secs(30),
+                reconnect_min: Duration::from_millis(500),
+                reconnect_max: Duration::from_secs(60),
+                window: 64,
+            }
+        );
+        assert_eq!(
+            config.outbox,
+            OutboxConfig {
+                max_pending: 1_000_000,
+                dedup_retention_days: 400
+            }
+        );
+        assert!(config.serial.is_empty());
+        assert_eq!(
+            config.log,
+            LogConfig {
+                level: "info".into()
+            }
+        );
+    }
+
+    #[test]
+    fn every_key_set_overrides_its_default() {
+        let config = valid(
+            r#"
+            [hub]
+            id = "ward_3-b"
+            state_dir = "/srv/vitalsd"
+
+            [mqtt]
+            url = "mqtts://broker.example.org"
+            topic_prefix = "rpm/v2"
+            client_id = "custom"
+            username = "hub"
+            password_file = "/dev/null"
+            ca_file = "/dev/null"
+            client_cert_file = "/dev/null"
+            client_key_file = "/dev/null"
+            keep_alive_s = 5
+            reconnect_min_ms = 60000
+            reconnect_max_s = 60
+            window = 256
+
+            [outbox]
+            max_pending = 1
+            dedup_retention_days = 1
+
+            [[serial]]
+            path = "/dev/ttyUSB0"
+            protocol = "nonin-df8"
+            id = "oximeter-1"
+            baud_rate = 19200
+            spot_stable_s = 2.5
+            spot_repeat_s = 3600
+
+            [[serial]]
+            path = "/dev/serial/by-id/usb-Nonin_9560-if00-port0"
+            protocol = "nonin-df13"
+
+            [log]
+            level = "info,vitalsd::serial=debug"
+            "#,
+        );
+        assert_eq!(config.hub.id, "ward_3-b");
+        let mqtt = &config.mqtt;
+        assert_eq!(
+            (mqtt.host.as_str(), mqtt.port, mqtt.tls),
+            ("broker.example.org", 8883, true)
+        );
+        assert_eq!(
+            (mqtt.topic_prefix.as_str(), mqtt.client_id.as_str()),
+            ("rpm/v2", "custom")
+        );
+        assert_eq!(mqtt.username.as_deref(), Some("hub"));
+        assert_eq!(mqtt.password, Some(SecretSource::File("/dev/null".into())));
+        assert_eq!(
+            mqtt.client_key_file.as_deref(),
+            Some(Path::new("/dev/null"))
+        );
+        assert_eq!(mqtt.keep_alive, Duration::from_secs(5));
+        assert_eq!(
+            (mqtt.reconnect_min, mqtt.reconnect_max),
+            (Duration::from_secs(60), Duration::from_secs(60))
+        );
+        assert_eq!(mqtt.window, 256);
+        assert_eq!(
+            config.outbox,
+            OutboxConfig {
+                max_pending: 1,
+                dedup_retention_days: 1
+            }
+        );
+        let [first, second] = config.serial.as_slice() else {
+            panic!("two serial entries expected")
+        };
+        assert_eq!(first.protocol, Protocol::NoninDf8);
+        assert_eq!(
+            (first.device_id.as_str(), first.baud_rate),
+            ("oximeter-1", Some(19200))
+        );
+        assert_eq!(
+            (first.spot.stable_for, first.spot.repeat_every),
+            (Duration::from_millis(2500), Duration::from_secs(3600))
+        );
+        assert_eq!(second.device_id, "serial:usb-Nonin_9560-if00-port0");
+        assert_eq!(second.baud_rate, None);
+        let default_spot = SpotRule::default();
+        assert_eq!(
+            (second.spot.stable_for, second.spot.repeat_every),
+            (default_spot.stable_for, default_spot.repeat_every)
+        );
+        assert_eq!(config.log.level, "info,vitalsd::serial=debug");
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let config = match Config::from_toml_str(
+            include_str!("../../config/vitalsd.toml"),
+            "config/vitalsd.toml",
+        ) {
+            Ok(config) => config,
+            Err(errors) => panic!("config/vitalsd.toml:\n{errors}"),
+        };
+        assert_eq!(config.hub.id, "hub-0001");
+        assert_eq!(config.serial.len(), 1);
+        assert_eq!(
+            config.serial[0].device_id,
+            "serial:usb-Nonin_Medical_Inc._9560-if00-port0"
+        );
+    }
+
+    #[test]
+    fn broker_urls() {
+        #[track_caller]
+        fn broker(url: &str) -> (String, u16, bool) {
+            let mqtt = valid(&MINIMAL.replace("mqtt://127.0.0.1", url)).mqtt;
+            (mqtt.host, mqtt.port, mqtt.tls)
+        }
+        assert_eq!(
+            broker("mqtt://broker.local"),
+            ("broker.local".into(), 1883, false)
+        );
+        assert_eq!(
+            broker("mqtts://broker.local"),
+            ("broker.local".into(), 8883, true)
+        );
+        assert_eq!(
+            broker("MQTTS://broker.local:8884/"),
+            ("broker.local".into(), 8884, true)
+        );
+        assert_eq!(broker("mqtt://[::1]:1884"), ("::1".into(), 1884, false));
+        assert_eq!(broker("mqtts://[fe80::1]"), ("fe80::1".into(), 8883, true));
+
+        let url_errors: &[(&str, &str)] = &[
+            ("htp://broker", r#"unsupported scheme "htp""#),
+            ("broker:1883", "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+            ("mqtt://", "missing host"),
+            ("mqtt://:1883", "missing host"),
+            ("mqtt://broker:", r#"bad port "": expected a number from 1 to 65535"#),
+            ("mqtt://broker:0", r#"bad port "0": expected a number from 1 to 65535"#),
+            ("mqtt://broker:70000", r#"bad port "70000": expected a number from 1 to 65535"#),
+            ("mqtt://broker:mqtt", r#"bad port "mqtt": expected a number from 1 to 65535"#),
+            ("mqtt://bro ker", r#"invalid host "bro ker""#),
+            ("mqtt://::1", "an IPv6 address must be in brackets, as in mqtt://[::1]:1883"),
+            ("mqtt://[::1", "missing ']' after the IPv6 address"),
+            ("mqtt://[::1]x", r#"unexpected "x" after the IPv6 address"#),
+            (
+                "mqtt://hub:secret@broker",
+                "must not contain a user name or password: use mqtt.username and mqtt.password_file or mqtt.password_credential",
+            ),
+            ("mqtt://broker/topic", "unexpected path, query or fragment: the url names only the broker"),
+            ("mqtt://broker?x=1", "unexpected path, query or fragment: the url names only the broker"),
+        ];
+        for (url, message) in url_errors {
+            check(
+                &MINIMAL.replace("mqtt://127.0.0.1", url),
+                &[&format!("mqtt.url: {message}")],
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_their_key_path() {
+        let cases: &[(&str, &[&str])] = &[
+            // Missing required keys and sections.
+            ("", &["hub.id: missing", "hub.state_dir: missing", "mqtt.url: missing"]),
+            ("[hub]\nid = \"h\"\nstate_dir = \"/s\"", &["mqtt.url: missing"]),
+            // Wrong types.
+            (&with_mqtt("keep_alive_s = \"30\""), &["mqtt.keep_alive_s: expected an integer, found a string"]),
+            (&with_mqtt("window = 1.5"), &["mqtt.window: expected an integer, found a float"]),
+            (&with_mqtt("username = 7"), &["mqtt.username: expected a string, found an integer"]),
+            (&with_mqtt("topic_prefix = [\"a\"]"), &["mqtt.topic_prefix: expected a string, found an array"]),
+            (&MINIMAL.replace("\"mqtt://127.0.0.1\"", "true"), &["mqtt.url: expected a string, found a boolean"]),
+            (
+                "hub = \"hub-0001\"\n[mqtt]\nurl = \"mqtt://b\"",
+                &["hub: expected a table, found a string"],
+            ),
+            (&format!("{MINIMAL}\n[log]\nlevel = 3"), &["log.level: expected a string, found an integer"]),
+            (&format!("serial = 1\n{MINIMAL}"), &["serial: expected an array of tables ([[serial]]), found an integer"]),
+            (&format!("{MINIMAL}\n[serial]\npath = \"/dev/ttyS0\""), &[
+                "serial: expected an array of tables ([[serial]]), found a table",
+            ]),
+            // Out-of-range values.
+            (&with_mqtt("keep_alive_s = 4"), &["mqtt.keep_alive_s: must be between 5 and 3600, found 4"]),
+            (&with_mqtt("keep_alive_s = 3601"), &["mqtt.keep_alive_s: must be between 5 and 3600, found 3601"]),
+            (&with_mqtt("window = 0"), &["mqtt.window: must be between 1 and 256, found 0"]),
+            (&with_mqtt("window = 257"), &["mqtt.window: must be between 1 and 256, found 257"]),
+            (&with_mqtt("reconnect_min_ms = 0"), &["mqtt.reconnect_min_ms: must be between 1 and 3600000, found 0"]),
+            (&with_mqtt("reconnect_max_s = 0"), &["mqtt.reconnect_max_s: must be between 1 and 86400, found 0"]),
+            (&format!("{MINIMAL}\n[outbox]\nmax_pending = 0"), &["outbox.max_pending: must be at least 1, found 0"]),
+            (&format!("{MINIMAL}\n[outbox]\ndedup_retention_days = 0"), &[
+                "outbox.dedup_retention_days: must be between 1 and 36500, found 0",
+            ]),
+            // Hub identity.
+            ("[hub]\nid = \"Hub 1\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtt://b\"", &[
+                r#"hub.id: "Hub 1" is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"#,
+            ]),
+            ("[hub]\nid = \"\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtt://b\"", &[
+                r#"hub.id: "" is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"#,
+            ]),
+            (&format!("[hub]\nid = \"{}\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtt://b\"", "a".repeat(65)), &[&format!(
+                r#"hub.id: "{}" is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"#,
+                "a".repeat(65)
+            )]),
+            ("[hub]\nid = \"h\"\nstate_dir = \"var/lib\"\n[mqtt]\nurl = \"mqtt://b\"", &[
+                r#"hub.state_dir: must be an absolute path, found "var/lib""#,
+            ]),
+            // Topic prefix.
+            (&with_mqtt("topic_prefix = \"\""), &["mqtt.topic_prefix: must not be empty"]),
+            (&with_mqtt("topic_prefix = \"a/+/b\""), &[
+                r#"mqtt.topic_prefix: must not contain the MQTT wildcards '+' or '#', found "a/+/b""#,
+            ]),
+            (&with_mqtt("topic_prefix = \"a/#\""), &[
+                r#"mqtt.topic_prefix: must not contain the MQTT wildcards '+' or '#', found "a/#""#,
+            ]),
+            (&with_mqtt("topic_prefix = \"/a\""), &[r#"mqtt.topic_prefix: must not start or end with '/', found "/a""#]),
+            (&with_mqtt("topic_prefix = \"a/\""), &[r#"mqtt.topic_prefix: must not start or end with '/', found "a/""#]),
+            (&with_mqtt("topic_prefix = \"a//b\""), &[r#"mqtt.topic_prefix: must not contain an empty level, found "a//b""#]),
+            (&with_mqtt("topic_prefix = \"$SYS/x\""), &[
+                r#"mqtt.topic_prefix: must not start with '$' (reserved for the broker), found "$SYS/x""#,
+            ]),
+            // Other string checks.
+            (&with_mqtt("client_id = \"\""), &["mqtt.client_id: must not be empty"]),
+            (&with_mqtt("username = \"\""), &["mqtt.username: must not be empty"]),
+            (&format!("{MINIMAL}\n[log]\nlevel = \"\""), &["log.level: must not be empty"]),
+            (&format!("{MINIMAL}\n[log]\nlevel = \"vitalsd=loud\""), &[
+                r#"log.level: invalid log filter "vitalsd=loud": error parsing level filter: expected one of "off", "error", "warn", "info", "debug", "trace", or a number 0-5"#,
+            ]),
+            // Unknown keys and sections, every one of them.
+            (&with_mqtt("pasword_file = \"/x\"\nkeepalive = 3"), &[
+                "mqtt.keepalive: unknown key",
+                "mqtt.pasword_file: unknown key",
+            ]),
+            (&format!("{MINIMAL}\n[bluetooth]\nadapter = \"hci0\"\n[[usb]]\nx = 1"), &[
+                "bluetooth: unknown section",
+                "usb: unknown section",
+            ]),
+            (&format!("debug = true\n{MINIMAL}"), &["debug: unknown key"]),
+            // Cross-field checks.
+            (&with_mqtt("reconnect_min_ms = 61000"), &[
+                "mqtt.reconnect_min_ms: 61000 ms is longer than mqtt.reconnect_max_s (60 s)",
+            ]),
+            (&with_mqtt("reconnect_min_ms = 5000\nreconnect_max_s = 2"), &[
+                "mqtt.reconnect_min_ms: 5000 ms is longer than mqtt.reconnect_max_s (2 s)",
+            ]),
+            (&with_mqtt("password_file = \"/dev/null\""), &[
+                "mqtt.username: missing (MQTT sends a password only together with a user name)",
+            ]),
+            (&with_mqtt("ca_file = \"/dev/null\""), &["mqtt.ca_file: needs an mqtts:// url"]),
+            (&with_mqtt("client_cert_file = \"/dev/null\"\nclient_key_file = \"/dev/null\""), &[
+                "mqtt.client_cert_file: needs an mqtts:// url",
+                "mqtt.client_key_file: needs an mqtts:// url",
+            ]),
+            // Files that must be readable.
+            (&with_mqtt("username = \"u\"\npassword_file = \"/nonexistent/vitalsd/password\""), &[
+                "mqtt.password_file: cannot read /nonexistent/vitalsd/password: No such file or directory",
+            ]),
+            (&with_mqtt("username = \"u\"\npassword_file = \"/\""), &["mqtt.password_file: cannot read /: Is a directory"]),
+            (&with_mqtt("username = \"u\"\npassword_file = \"secret\""), &[
+                r#"mqtt.password_file: must be an absolute path, found "secret""#,
+            ]),
+            (&with_mqtt("username = \"u\"\npassword_credential = \"../x\""), &[
+                r#"mqtt.password_credential: "../x" is not a credential name: use the name given to LoadCredential= (no '/')"#,
+            ]),
+        ];
+        for (toml, expected) in cases {
+            check(toml, expected);
+        }
+    }
+
+    #[test]
+    fn tls_settings() {
+        let tls = MINIMAL.replace("mqtt://127.0.0.1", "mqtts://broker");
+        let cases: &[(&str, &[&str])] = &[
+            ("ca_file = \"/dev/null\"\nclient_cert_file = \"/dev/null\"\nclient_key_file = \"/dev/null\"", &[]),
+            ("client_cert_file = \"/dev/null\"", &["mqtt.client_cert_file: given without mqtt.client_key_file"]),
+            ("client_key_file = \"/dev/null\"", &["mqtt.client_key_file: given without mqtt.client_cert_file"]),
+            ("ca_file = \"/nonexistent/ca.pem\"", &["mqtt.ca_file: cannot read /nonexistent/ca.pem: No such file or directory"]),
+            ("client_cert_file = \"/nonexistent/hub.pem\"\nclient_key_file = \"/dev/null\"", &[
+                "mqtt.client_cert_file: cannot read /nonexistent/hub.pem: No such file or directory",
+            ]),
+        ];
+        for (extra, expected) in cases {
+            check(&format!("{tls}\n{extra}\n"), expected);
+        }
+    }
+
+    #[test]
+    fn password_sources() {
+        let config = valid(&with_mqtt(
+            "username = \"hub\"\npassword_credential = \"mqtt-password\"",
+        ));
+        assert_eq!(
+            config.mqtt.password,
+            Some(SecretSource::Credential("mqtt-password".into()))
+        );
+        check(&with_mqtt("username = \"hub\"\npassword_file = \"/dev/null\"\npassword_credential = \"mqtt-password\""), &[
+            "mqtt.password_credential: conflicts with mqtt.password_file: set only one",
+        ]);
+    }
+
+    #[test]
+    fn serial_entries() {
+        let cases: &[(&str, &[&str])] = &[
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"", &[]),
+            ("[[serial]]\nprotocol = \"nonin-df13\"", &["serial[0].path: missing"]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"", &["serial[0].protocol: missing"]),
+            ("[[serial]]\npath = \"ttyUSB0\"\nprotocol = \"nonin-df13\"", &[
+                r#"serial[0].path: must be an absolute path, found "ttyUSB0""#,
+            ]),
+            ("[[serial]]\npath = \"/\"\nprotocol = \"nonin-df13\"", &[
+                "serial[0].path: names no device file, so the default id cannot be derived from it: set id",
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df99\"", &[
+                r#"serial[0].protocol: unknown protocol "nonin-df99" (known: nonin-df13, nonin-df8, nonin-df7, nonin-df2)"#,
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\nbaud_rate = 299", &[
+                "serial[0].baud_rate: must be between 300 and 4000000, found 299",
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\nbaud_rate = \"9600\"", &[
+                "serial[0].baud_rate: expected an integer, found a string",
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nspot_stable_s = 0", &[
+                "serial[0].spot_stable_s: must be more than 0 and at most 86400 seconds, found 0",
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nspot_repeat_s = -1.5", &[
+                "serial[0].spot_repeat_s: must be more than 0 and at most 86400 seconds, found -1.5",
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nspot_repeat_s = nan", &[
+                "serial[0].spot_repeat_s: must be more than 0 and at most 86400 seconds, found NaN",
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nspot_repeat_s = \"5m\"", &[
+                "serial[0].spot_repeat_s: expected a number of seconds, found a string",
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nid = \"oxi meter\"", &[
+                r#"serial[0].id: "oxi meter" is not a valid device id: use 1 to 128 characters without spaces, control characters, '/' or '|'"#,
+            ]),
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nbaud = 9600\nparity = \"none\"", &[
+                "serial[0].baud: unknown key",
+                "serial[0].parity: unknown key",
+            ]),
+            // Uniqueness, with the default ids too.
+            (
+                "[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nid = \"oximeter\"\n\
+                 [[serial]]\npath = \"/dev/ttyUSB1\"\nprotocol = \"nonin-df8\"\nid = \"oximeter\"",
+                &[r#"serial[1].id: "oximeter" is already used by serial[0]"#],
+            ),
+            (
+                "[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nid = \"serial:ttyUSB1\"\n\
+                 [[serial]]\npath = \"/dev/ttyUSB1\"\nprotocol = \"nonin-df8\"",
+                &[r#"serial[1].id: "serial:ttyUSB1" (the default from path) is already used by serial[0]: set id"#],
+            ),
+            (
+                "[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nid = \"a\"\n\
+                 [[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\nid = \"b\"",
+                &["serial[1].path: /dev/ttyUSB0 is already used by serial[0]"],
+            ),
+        ];
+        for (entries, expected) in cases {
+            check(&with_serial(entries), expected);
+        }
+        check(
+            &format!(
+                "serial = [1, {{ path = \"/dev/ttyUSB0\", protocol = \"nonin-df8\" }}]\n{MINIMAL}"
+            ),
+            &["serial[0]: expected a table, found an integer"],
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        check(
+            r#"
+            [hub]
+            id = "Hub 1"
+
+            [mqtt]
+            url = "htp://broker"
+            keep_alive_s = "soon"
+            pasword_file = "/x"
+            window = 1000
+
+            [[serial]]
+            path = "/dev/ttyUSB0"
+            protocol = "nonin-df99"
+
+            [[serial]]
+            path = "/dev/ttyUSB0"
+            protocol = "nonin-df8"
+            "#,
+            &[
+                r#"hub.id: "Hub 1" is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"#,
+                "hub.state_dir: missing",
+                r#"mqtt.url: unsupported scheme "htp""#,
+                "mqtt.keep_alive_s: expected an integer, found a string",
+                "mqtt.window: must be between 1 and 256, found 1000",
+                "mqtt.pasword_file: unknown key",
+                r#"serial[0].protocol: unknown protocol "nonin-df99" (known: nonin-df13, nonin-df8, nonin-df7, nonin-df2)"#,
+                "serial[1].path: /dev/ttyUSB0 is already used by serial[0]",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_error_with_line_and_column() {
+        check("[hub]\nid = hub-0001\n", &["test.toml: TOML syntax error at line 2, column 6: string values must be quoted, expected literal string"]);
+        check(
+            "[hub]\nid = \"a\"\nid = \"b\"\n",
+            &["test.toml: TOML syntax error at line 3, column 1: duplicate key"],
+        );
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).expect("write test file");
+    }
+
+    #[test]
+    fn environment_variables_override_single_keys() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vitalsd.toml");
+        write(&path, MINIMAL);
+        let vars = env(&[
+            ("VITALSD_CONFIG", "/elsewhere.toml"),
+            ("VITALSD_HIL_SERIAL_PATH", "/dev/ttyUSB9"),
+            ("PATH", "/usr/bin"),
+            ("VITALSD_MQTT__URL", "mqtts://broker.example.org:8884"),
+            ("VITALSD_MQTT__KEEP_ALIVE_S", "45"),
+            ("VITALSD_HUB__ID", "1234"),
+            ("VITALSD_MQTT__USERNAME", "true"),
+            ("VITALSD_OUTBOX__MAX_PENDING", "1_000"),
+            ("VITALSD_LOG__LEVEL", "debug"),
+        ]);
+        let config = match Config::load_with_env(&path, &vars) {
+            Ok(config) => config,
+            Err(errors) => panic!("{errors}"),
+        };
+        assert_eq!(
+            (config.mqtt.host.as_str(), config.mqtt.port, config.mqtt.tls),
+            ("broker.example.org", 8884, true)
+        );
+        assert_eq!(config.mqtt.keep_alive, Duration::from_secs(45));
+        // A string key keeps the variable's text even when it looks like a number or boolean.
+        assert_eq!(config.hub.id, "1234");
+        assert_eq!(config.mqtt.client_id, "vitalsd-1234");
+        assert_eq!(config.mqtt.username.as_deref(), Some("true"));
+        assert_eq!(config.outbox.max_pending, 1000);
+        assert_eq!(config.log.level, "debug");
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vitalsd.toml");
+        write(&path, MINIMAL);
+        let errors = |vars: &[(&str, &str)]| -> Vec<String> {
+            match Config::load_with_env(&path, &env(vars)) {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+            }
+        };
+        assert_eq!(errors(&[("VITALSD_MQTT__KEEP_ALIVE_S", "soon")]), [
+            "mqtt.keep_alive_s (from VITALSD_MQTT__KEEP_ALIVE_S): expected an integer, found a string"
+        ]);
+        assert_eq!(
+            errors(&[("VITALSD_MQTT__WINDOW", "0")]),
+            ["mqtt.window (from VITALSD_MQTT__WINDOW): must be between 1 and 256, found 0"]
+        );
+        assert_eq!(
+            errors(&[("VITALSD_MQTT__URL", "htp://x")]),
+            [r#"mqtt.url (from VITALSD_MQTT__URL): unsupported scheme "htp""#]
+        );
+        assert_eq!(
+            errors(&[("VITALSD_MQTT__KEEPALIVE", "3")]),
+            ["mqtt.keepalive (from VITALSD_MQTT__KEEPALIVE): unknown key"]
+        );
+        assert_eq!(
+            errors(&[("VITALSD_MQQT__URL", "mqtt://b")]),
+            ["mqqt.url (from VITALSD_MQQT__URL): unknown section"]
+        );
+        assert_eq!(errors(&[("VITALSD_SERIAL__PATH", "/dev/ttyUSB0")]), [
+            "serial.path (from VITALSD_SERIAL__PATH): [[serial]] entries cannot be set from the environment"
+        ]);
+        assert_eq!(
+            errors(&[("VITALSD_MQTT__", "x")]),
+            ["VITALSD_MQTT__: expected VITALSD_<SECTION>__<KEY>"]
+        );
+        assert_eq!(
+            errors(&[
+                ("VITALSD_MQTT__WINDOW", "0"),
+                ("VITALSD_HUB__STATE_DIR", "relative")
+            ]),
+            [
+                r#"hub.state_dir (from VITALSD_HUB__STATE_DIR): must be an absolute path, found "relative""#,
+                "mqtt.window (from VITALSD_MQTT__WINDOW): must be between 1 and 256, found 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_credentials_directory_is_checked_when_systemd_sets_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vitalsd.toml");
+        write(
+            &path,
+            &with_mqtt("username = \"hub\"\npassword_credential = \"mqtt-password\""),
+        );
+        let credentials = dir.path().join("credentials");
+        std::fs::create_dir(&credentials).expect("credentials dir");
+        let vars = env(&[(
+            "CREDENTIALS_DIRECTORY",
+            credentials.to_str().expect("utf-8 temp dir"),
+        )]);
+        let errors = match Config::load_with_env(&path, &vars) {
+            Ok(_) => panic!("a missing credential must be reported"),
+            Err(errors) => errors.to_string(),
+        };
+        assert_eq!(
+            errors,
+            format!(
+                "mqtt.password_credential: cannot read {}/mqtt-password: No such file or directory",
+                credentials.display()
+            )
+        );
+        write(&credentials.join("mqtt-password"), "s3cret\n");
+        assert!(Config::load_with_env(&path, &vars).is_ok());
+    }
+
+    #[test]
+    fn drop_ins_merge_key_by_key_in_lexical_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vitalsd.toml");
+        write(
+            &path,
+            &format!("{MINIMAL}\nkeep_alive_s = 10\nwindow = 8\n"),
+        );
+        let drop_ins = dir.path().join("vitalsd.toml.d");
+        std::fs::create_dir(&drop_ins).expect("drop-in dir");
+        write(
+            &drop_ins.join("20-broker.toml"),
+            "[mqtt]\nurl = \"mqtts://broker.example.org\"\nkeep_alive_s = 20\n",
+        );
+        write(
+            &drop_ins.join("10-first.toml"),
+            "[mqtt]\nkeep_alive_s = 15\nurl = \"mqtt://ignored\"\n[log]\nlevel = \"warn\"\n",
+        );
+        write(
+            &drop_ins.join("30-serial.toml"),
+            "[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\n",
+        );
+        write(&drop_ins.join("README"), "not toml, not read");
+        write(&drop_ins.join(".hidden.toml"), "not = [valid");
+        let config = match Config::load_with_env(&path, &[]) {
+            Ok(config) => config,
+            Err(errors) => panic!("{errors}"),
+        };
+        assert_eq!(
+            (config.mqtt.host.as_str(), config.mqtt.tls),
+            ("broker.example.org", true)
+        );
+        assert_eq!(config.mqtt.keep_alive, Duration::from_secs(20));
+        assert_eq!(config.mqtt.window, 8);
+        assert_eq!(config.log.level, "warn");
+        assert_eq!(config.hub.id, "hub-0001");
+        assert_eq!(config.serial.len(), 1);
+
+        // The environment wins over every file.
+        let config =
+            match Config::load_with_env(&path, &env(&[("VITALSD_MQTT__KEEP_ALIVE_S", "25")])) {
+                Ok(config) => config,
+                Err(errors) => panic!("{errors}"),
+            };
+        assert_eq!(config.mqtt.keep_alive, Duration::from_secs(25));
+
+        // Errors in values from a drop-in name the drop-in.
+        let bad = drop_ins.join("40-bad.toml");
+        write(&bad, "[mqtt]\nwindow = 0\ntypo = 1\n");
+        let errors = match Config::load_with_env(&path, &[]) {
+            Ok(_) => panic!("the bad drop-in must be reported"),
+            Err(errors) => errors.to_string(),
+        };
+        assert_eq!(
+            errors,
+            format!(
+                "mqtt.window (from {bad}): must be between 1 and 256, found 0\nmqtt.typo (from {bad}): unknown key",
+                bad = bad.display()
+            )
+        );
+
+        // Syntax errors in several files are all reported, each naming its file.
+        write(&bad, "[mqtt\n");
+        write(&path, "[hub]\nid = \n");
+        let errors = match Config::load_with_env(&path, &[]) {
+            Ok(_) => panic!("syntax errors must be reported"),
+            Err(errors) => errors.0,
+        };
+        assert_eq!(
+            errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            [path.display().to_string(), bad.display().to_string()]
+        );
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.message.starts_with("TOML syntax error at line ")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_one_error_naming_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("missing.toml");
+        let errors = match Config::load_with_env(&path, &[]) {
+            Ok(_) => panic!("a missing file must be reported"),
+            Err(errors) => errors.0,
+        };
+        assert_eq!(
+            errors,
+            [ConfigError::new(
+                "",
+                format!("cannot read {}: No such file or directory", path.display())
+            )]
+        );
+        assert_eq!(
+            errors[0].to_string(),
+            format!("cannot read {}: No such file or directory", path.display())
+        );
+    }
+
+    #[test]
+    fn secrets_are_read_when_needed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cases = [
+            ("plain", "plain"),
+            ("line\n", "line"),
+            ("crlf\r\n", "crlf"),
+            ("two\n\n", "two\n"),
+            ("", ""),
+        ];
+        for (index, (stored, expected)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("secret-{index}"));
+            write(&path, stored);
+            assert_eq!(
+                SecretSource::File(path)
+                    .read_from(None)
+                    .expect("read secret file"),
+                expected
+            );
+        }
+        write(&dir.path().join("mqtt-password"), "s3cret\n");
+        let credential = SecretSource::Credential("mqtt-password".into());
+        assert_eq!(
+            credential
+                .read_from(Some(dir.path().into()))
+                .expect("read credential"),
+            "s3cret"
+        );
+        let unset = credential
+            .read_from(None)
+            .expect_err("no credentials directory");
+        assert!(
+            unset
+                .to_string()
+                .contains("CREDENTIALS_DIRECTORY is not set"),
+            "{unset}"
+        );
+        let missing = SecretSource::File(dir.path().join("nope"))
+            .read_from(None)
+            .expect_err("missing file");
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        assert!(
+            missing
+                .to_string()
+                .ends_with("nope: No such file or directory"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn debug_output_holds_no_password() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secret = dir.path().join("password");
+        write(&secret, "hunter2\n");
+        let config = valid(&with_mqtt(&format!(
+            "username = \"hub\"\npassword_file = \"{}\"",
+            secret.display()
+        )));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("password"), "{debug}");
+    }
+}

@@ -1,0 +1,78 @@
+//! `vitalsd run`: logging, the runtime, signals, and the exit code around [`crate::app::run`].
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+pub fn main(config_path: &Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", config_path.display(), errors.0.len());
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.log.level);
+    // One process-wide TLS provider; ring avoids a C toolchain dependency when cross-building.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // One thread is plenty for a handful of devices and one broker connection, and keeps memory small;
+    // SQLite work runs on the outbox worker's own thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "Cannot start the async runtime.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let (trigger, shutdown) = watch::channel(false);
+        let signals = tokio::spawn(wait_for_signals(trigger));
+        let result = crate::app::run(config, shutdown).await;
+        signals.abort();
+        result
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("Stopped.");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "vitalsd stopped on an error.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
+
+async fn wait_for_signals(trigger: watch::Sender<bool>) {
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("Cannot install signal handlers.");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                tracing::warn!("SIGHUP received: live reload is not supported yet; restart the service to apply a new configuration.");
+            }
+        }
+    }
+    let _ = trigger.send(true);
+}

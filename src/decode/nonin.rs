@@ -1,0 +1,1349 @@
+//! Nonin pulse oximeter serial protocols: Data Format 13 (spot-checks), 8 (4-byte stream) and 2/7 (25-frame packets).
+//!
+//! Each decoder buffers at most one unfinished frame or packet, skips bytes that belong to no frame (reported as one
+//! [`FrameError::Garbage`] per run, just before the next frame's event or at `finish`), and after a bad frame searches
+//! again from the byte after that frame's first byte. Bytes of a rejected frame that are skipped during that search
+//! are not counted as garbage a second time. Values outside what the device can report (SpO2 101–126 or above 127,
+//! pulse rate 301–510) reject the frame, so bytes that only look like a frame cannot produce impossible readings.
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+
+use crate::codes;
+use crate::decode::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
+use crate::reading::{HubTimeZone, Kind, Reading, Special, TimeSource, Value};
+
+const SPO2_MISSING: u8 = 127;
+const PULSE_MISSING: u16 = 511;
+const SPO2_MAX: u8 = 100;
+const PULSE_MAX: u16 = 300;
+
+/// How far a device clock may run ahead of the hub before its timestamp is distrusted.
+const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::minutes(10);
+
+fn spo2_value(raw: u8) -> Result<Value, &'static str> {
+    match raw {
+        0..=SPO2_MAX => Ok(Value::number(&codes::SPO2, f64::from(raw))),
+        SPO2_MISSING => Ok(Value::special(&codes::SPO2, Special::Missing)),
+        _ => Err("spo2 out of range"),
+    }
+}
+
+fn pulse_value(raw: u16) -> Result<Value, &'static str> {
+    match raw {
+        0..=PULSE_MAX => Ok(Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(raw))),
+        PULSE_MISSING => Ok(Value::special(
+            &codes::PULSE_RATE_OXIMETER,
+            Special::Missing,
+        )),
+        _ => Err("pulse rate out of range"),
+    }
+}
+
+fn push_flags(flags: &mut Vec<&'static str>, table: &[(bool, &'static str)]) {
+    flags.extend(table.iter().filter(|(set, _)| *set).map(|(_, name)| *name));
+}
+
+/// What the bytes at the scan position are.
+enum Step {
+    /// They may start a frame, but more bytes are needed to tell.
+    Wait,
+    /// The first byte starts no frame.
+    Skip,
+    /// A good frame of this many bytes.
+    Good(usize, Reading),
+    /// A bad frame of this many bytes.
+    Bad(usize, FrameError),
+}
+
+/// The byte buffer and resynchronisation bookkeeping shared by all Nonin decoders.
+#[derive(Debug, Default)]
+struct Scanner {
+    buf: Vec<u8>,
+    pos: usize,
+    /// Skipped bytes not yet reported as garbage.
+    garbage: usize,
+    /// Bytes ahead of `pos` that belong to an already rejected frame.
+    shadow: usize,
+}
+
+impl Scanner {
+    fn window(&self) -> &[u8] {
+        self.buf.get(self.pos..).unwrap_or_default()
+    }
+
+    fn skip(&mut self, count: usize) {
+        let count = count.min(self.window().len());
+        let shadowed = count.min(self.shadow);
+        self.shadow -= shadowed;
+        self.garbage += count - shadowed;
+        self.pos += count;
+    }
+
+    fn flush_garbage(&mut self, events: &mut Vec<DecodeEvent>) {
+        if self.garbage > 0 {
+            events.push(DecodeEvent::Rejected(FrameError::Garbage {
+                count: self.garbage,
+            }));
+            self.garbage = 0;
+        }
+    }
+
+    fn accept(&mut self, len: usize, events: &mut Vec<DecodeEvent>) {
+        self.flush_garbage(events);
+        let len = len.min(self.window().len());
+        self.shadow = self.shadow.saturating_sub(len);
+        self.pos += len;
+    }
+
+    fn reject(&mut self, len: usize, error: FrameError, events: &mut Vec<DecodeEvent>) {
+        self.flush_garbage(events);
+        events.push(DecodeEvent::Rejected(error));
+        if !self.window().is_empty() {
+            self.shadow = self.shadow.saturating_sub(1).max(len.saturating_sub(1));
+            self.pos += 1;
+        }
+    }
+
+    fn compact(&mut self) {
+        self.buf.drain(..self.pos.min(self.buf.len()));
+        self.pos = 0;
+    }
+
+    /// Runs a stateless frame parser over the buffer until it needs more bytes.
+    fn run(&mut self, events: &mut Vec<DecodeEvent>, mut step: impl FnMut(&[u8]) -> Step) {
+        while !self.window().is_empty() {
+            match step(self.window()) {
+                Step::Wait => break,
+                Step::Skip => self.skip(1),
+                Step::Good(len, reading) => {
+                    self.accept(len, events);
+                    events.push(DecodeEvent::Reading(reading));
+                }
+                Step::Bad(len, error) => self.reject(len, error, events),
+            }
+        }
+        self.compact();
+    }
+
+    /// Reports what is left at the end of the input and forgets it. `prefix` is a packet's already accepted bytes.
+    fn finish(&mut self, prefix: &[u8], need: usize) -> Option<FrameError> {
+        let mut raw = prefix.to_vec();
+        raw.extend_from_slice(self.window());
+        let garbage = self.garbage;
+        *self = Scanner::default();
+        if !raw.is_empty() {
+            Some(FrameError::Truncated {
+                have: raw.len(),
+                need,
+                raw: hex_of(&raw),
+            })
+        } else if garbage > 0 {
+            Some(FrameError::Garbage { count: garbage })
+        } else {
+            None
+        }
+    }
+}
+
+// ----- Data Format 13 -----
+
+const DF13_SYNC: [u8; 4] = [0x00, 0x02, 0x00, 0x0D];
+const DF13_HEADER: usize = 6;
+const DF13_TRAILER: usize = 2;
+const DF13_MIN_DATA: usize = 14;
+const DF13_MAX_DATA: usize = 512;
+const DF13_END: u8 = 0x03;
+const DF13_MEM: u8 = 0x10;
+
+/// Data Format 13: one spot-check per packet, stamped by the device's clock; stored records arrive oldest first.
+#[derive(Debug, Default)]
+pub struct DataFormat13Decoder {
+    scanner: Scanner,
+}
+
+impl StreamDecoder for DataFormat13Decoder {
+    fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
+        let mut events = Vec::new();
+        self.scanner.buf.extend_from_slice(bytes);
+        self.scanner
+            .run(&mut events, |window| df13_step(window, context));
+        events
+    }
+
+    fn finish(&mut self) -> Option<FrameError> {
+        let need = match self.scanner.window() {
+            [_, _, _, _, hi, lo, ..] => {
+                usize::from(u16::from_be_bytes([*hi, *lo])) + DF13_HEADER + DF13_TRAILER
+            }
+            _ => DF13_HEADER + DF13_MIN_DATA + DF13_TRAILER,
+        };
+        self.scanner.finish(&[], need)
+    }
+}
+
+fn df13_step(window: &[u8], context: &DecodeContext<'_>) -> Step {
+    for (index, expected) in DF13_SYNC.iter().enumerate() {
+        match window.get(index) {
+            None => return Step::Wait,
+            Some(byte) if byte != expected => return Step::Skip,
+            Some(_) => {}
+        }
+    }
+    let Some(&[.., hi, lo]) = window.get(..DF13_HEADER) else {
+        return Step::Wait;
+    };
+    let length = usize::from(u16::from_be_bytes([hi, lo]));
+    if !(DF13_MIN_DATA..=DF13_MAX_DATA).contains(&length) {
+        let raw = hex_of(window.get(..DF13_HEADER).unwrap_or_default());
+        return Step::Bad(
+            DF13_HEADER,
+            FrameError::Malformed {
+                reason: "data length out of range",
+                raw,
+            },
+        );
+    }
+    let total = DF13_HEADER + length + DF13_TRAILER;
+    let Some(packet) = window.get(..total) else {
+        return Step::Wait;
+    };
+    match df13_packet(packet, context) {
+        Ok(reading) => Step::Good(total, reading),
+        Err(error) => Step::Bad(total, error),
+    }
+}
+
+fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, FrameError> {
+    let malformed = |reason| FrameError::Malformed {
+        reason,
+        raw: hex_of(packet),
+    };
+    let body = packet.get(DF13_HEADER..).unwrap_or_default();
+    let Some((&end, body)) = body.split_last() else {
+        return Err(malformed("packet too short"));
+    };
+    let Some((&found, data)) = body.split_last() else {
+        return Err(malformed("packet too short"));
+    };
+    if end != DF13_END {
+        return Err(malformed("missing end marker"));
+    }
+    let expected = data.iter().fold(0u8, |sum, byte| sum.wrapping_add(*byte));
+    if expected != found {
+        return Err(FrameError::Checksum {
+            expected,
+            found,
+            raw: hex_of(packet),
+        });
+    }
+    let Some(
+        &[c, y, mo, d, h, mi, s, fraction, status_msb, status_lsb, hr_msb, hr_lsb, _reserved, spo2],
+    ) = data.get(..DF13_MIN_DATA)
+    else {
+        return Err(malformed("data too short"));
+    };
+
+    let no_measurement = status_msb & 0x01 != 0;
+    let values = if no_measurement {
+        vec![
+            Value::special(&codes::SPO2, Special::NoMeasurement),
+            Value::special(&codes::PULSE_RATE_OXIMETER, Special::NoMeasurement),
+        ]
+    } else {
+        let pulse = (u16::from(hr_msb & 0x01) << 8) | u16::from(hr_lsb);
+        vec![
+            spo2_value(spo2).map_err(malformed)?,
+            pulse_value(pulse).map_err(malformed)?,
+        ]
+    };
+
+    let received_at = context.received_at;
+    let mut reading = Reading::at_hub_time(Kind::PulseOximetry, received_at, packet);
+    reading.values = values;
+    push_flags(
+        &mut reading.flags,
+        &[
+            (no_measurement, "no_measurement"),
+            (status_msb & 0x02 != 0, "smartpoint"),
+            (status_lsb & DF13_MEM != 0, "from_memory"),
+            (status_lsb & 0x01 != 0, "low_battery"),
+        ],
+    );
+    match device_time([c, y, mo, d, h, mi, s], context.time_zone) {
+        None => reading.flags.push("device_clock_invalid"),
+        Some(at)
+            if received_at
+                .checked_add_signed(MAX_CLOCK_AHEAD)
+                .is_some_and(|limit| at > limit) =>
+        {
+            reading.flags.push("device_clock_ahead");
+        }
+        Some(at) => {
+            reading.measured_at = at;
+            reading.time_source = TimeSource::Device;
+        }
+    }
+    let key = [
+        c,
+        y,
+        mo,
+        d,
+        h,
+        mi,
+        s,
+        fraction,
+        status_msb,
+        status_lsb & !DF13_MEM,
+        hr_msb,
+        hr_lsb,
+        spo2,
+    ];
+    reading.record_key = Some(format!("nonin-df13:{}", hex_of(&key)));
+    Ok(reading)
+}
+
+fn bcd(byte: u8) -> Option<u32> {
+    let (tens, units) = (byte >> 4, byte & 0x0F);
+    (tens <= 9 && units <= 9).then(|| u32::from(tens * 10 + units))
+}
+
+/// Century, year, month, day, hour, minute, second, all BCD, in the hub's time zone.
+fn device_time(
+    bytes: [u8; 7],
+    time_zone: &dyn HubTimeZone,
+) -> Option<DateTime<chrono::FixedOffset>> {
+    let [century, year, month, day, hour, minute, second] = bytes.map(bcd);
+    let year = i32::try_from(century? * 100 + year?).ok()?;
+    let naive =
+        NaiveDate::from_ymd_opt(year, month?, day?)?.and_hms_opt(hour?, minute?, second?)?;
+    time_zone.resolve(naive)
+}
+
+// ----- Data Format 8 -----
+
+/// Data Format 8: a 4-byte frame once a second, without checksum; sync comes from the bit-7 pattern.
+#[derive(Debug, Default)]
+pub struct DataFormat8Decoder {
+    scanner: Scanner,
+}
+
+const DF8_FRAME: usize = 4;
+
+impl StreamDecoder for DataFormat8Decoder {
+    fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
+        let mut events = Vec::new();
+        self.scanner.buf.extend_from_slice(bytes);
+        self.scanner
+            .run(&mut events, |window| df8_step(window, context.received_at));
+        events
+    }
+
+    fn finish(&mut self) -> Option<FrameError> {
+        self.scanner.finish(&[], DF8_FRAME)
+    }
+}
+
+fn df8_step(window: &[u8], received_at: DateTime<Utc>) -> Step {
+    let Some(first) = window.first() else {
+        return Step::Wait;
+    };
+    if first & 0x80 == 0
+        || window
+            .iter()
+            .skip(1)
+            .take(DF8_FRAME - 1)
+            .any(|byte| byte & 0x80 != 0)
+    {
+        return Step::Skip;
+    }
+    let Some(&[b1, b2, b3, b4]) = window.get(..DF8_FRAME) else {
+        return Step::Wait;
+    };
+    let frame = [b1, b2, b3, b4];
+    let malformed = |reason| FrameError::Malformed {
+        reason,
+        raw: hex_of(&frame),
+    };
+    let pulse = (u16::from(b1 & 0x03) << 7) | u16::from(b2);
+    let values = match (spo2_value(b3), pulse_value(pulse)) {
+        (Ok(spo2), Ok(pulse)) => vec![spo2, pulse],
+        (Err(reason), _) | (_, Err(reason)) => return Step::Bad(DF8_FRAME, malformed(reason)),
+    };
+    let mut reading = Reading::at_hub_time(Kind::PulseOximetry, received_at, &frame);
+    reading.values = values;
+    push_flags(
+        &mut reading.flags,
+        &[
+            (b1 & 0x20 != 0, "out_of_track"),
+            (b1 & 0x10 != 0, "low_perfusion"),
+            (b1 & 0x08 != 0, "marginal_perfusion"),
+            (b1 & 0x04 != 0, "artifact"),
+            (b4 & 0x20 != 0, "smartpoint"),
+            (b4 & 0x08 != 0, "sensor_alarm"),
+            (b4 & 0x01 != 0, "low_battery"),
+        ],
+    );
+    Step::Good(DF8_FRAME, reading)
+}
+
+// ----- Data Formats 2 and 7 -----
+
+/// Which frame layout a [`DataFormat2Decoder`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Df2Variant {
+    /// `01 STATUS PLETH FLOAT CHK`.
+    Df2,
+    /// `STATUS PLETH_MSB PLETH_LSB FLOAT CHK`.
+    Df7,
+}
+
+const DF2_FRAME: usize = 5;
+const DF2_FRAMES_PER_PACKET: usize = 25;
+const DF2_PACKET: usize = DF2_FRAME * DF2_FRAMES_PER_PACKET;
+const STATUS_ALWAYS: u8 = 0x80;
+const STATUS_SYNC: u8 = 0x01;
+
+/// Data Formats 2 and 7: 5-byte frames at 75 per second, 25 of them (starting at a SYNC frame) per reading.
+#[derive(Debug)]
+pub struct DataFormat2Decoder {
+    variant: Df2Variant,
+    scanner: Scanner,
+    /// The frames of the packet being collected, at most 25, the first a SYNC frame.
+    packet: Option<Vec<Df2Frame>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Df2Frame {
+    bytes: [u8; DF2_FRAME],
+    status: u8,
+    float: u8,
+}
+
+enum Df2Check {
+    Good(Df2Frame),
+    /// The start byte or status bit 7 is wrong.
+    Broken,
+    Checksum {
+        expected: u8,
+        found: u8,
+    },
+}
+
+impl DataFormat2Decoder {
+    pub fn new(variant: Df2Variant) -> Self {
+        DataFormat2Decoder {
+            variant,
+            scanner: Scanner::default(),
+            packet: None,
+        }
+    }
+
+    /// Whether the bytes seen so far may still be the start of a SYNC frame.
+    fn may_start_packet(&self, window: &[u8]) -> bool {
+        let sync = STATUS_ALWAYS | STATUS_SYNC;
+        match self.variant {
+            Df2Variant::Df2 => {
+                window.first().is_none_or(|&start| start == 0x01)
+                    && window.get(1).is_none_or(|&status| status & sync == sync)
+            }
+            Df2Variant::Df7 => window.first().is_none_or(|&status| status & sync == sync),
+        }
+    }
+
+    fn check(&self, bytes: [u8; DF2_FRAME]) -> Df2Check {
+        let [b1, b2, b3, b4, found] = bytes;
+        let (start_ok, status) = match self.variant {
+            Df2Variant::Df2 => (b1 == 0x01, b2),
+            Df2Variant::Df7 => (true, b1),
+        };
+        if !start_ok || status & STATUS_ALWAYS == 0 {
+            return Df2Check::Broken;
+        }
+        let expected = b1.wrapping_add(b2).wrapping_add(b3).wrapping_add(b4);
+        if expected != found {
+            return Df2Check::Checksum { expected, found };
+        }
+        Df2Check::Good(Df2Frame {
+            bytes,
+            status,
+            float: b4,
+        })
+    }
+
+    fn step(&mut self, received_at: DateTime<Utc>, events: &mut Vec<DecodeEvent>) -> bool {
+        let window = self.scanner.window();
+        if self.packet.is_none() && !self.may_start_packet(window) {
+            self.scanner.skip(1);
+            return true;
+        }
+        let Some(&[b1, b2, b3, b4, b5]) = window.get(..DF2_FRAME) else {
+            return false;
+        };
+        let bytes = [b1, b2, b3, b4, b5];
+        let check = self.check(bytes);
+        let Some(frames) = self.packet.as_mut() else {
+            match check {
+                Df2Check::Good(frame) if frame.status & STATUS_SYNC != 0 => {
+                    self.scanner.accept(DF2_FRAME, events);
+                    self.packet = Some(vec![frame]);
+                }
+                _ => self.scanner.skip(1),
+            }
+            return true;
+        };
+        match check {
+            Df2Check::Good(frame) if frame.status & STATUS_SYNC != 0 => {
+                let raw = hex_of(&packet_bytes(frames));
+                frames.clear();
+                frames.push(frame);
+                self.scanner.accept(DF2_FRAME, events);
+                events.push(DecodeEvent::Rejected(FrameError::Malformed {
+                    reason: "packet broke off",
+                    raw,
+                }));
+            }
+            Df2Check::Good(frame) => {
+                frames.push(frame);
+                self.scanner.accept(DF2_FRAME, events);
+                if frames.len() == DF2_FRAMES_PER_PACKET {
+                    events.push(df2_packet(frames, received_at));
+                    self.packet = None;
+                }
+            }
+            Df2Check::Broken => {
+                self.packet = None;
+                let error = FrameError::Malformed {
+                    reason: "packet interrupted",
+                    raw: hex_of(&bytes),
+                };
+                self.scanner.reject(DF2_FRAME, error, events);
+            }
+            Df2Check::Checksum { expected, found } => {
+                self.packet = None;
+                let error = FrameError::Checksum {
+                    expected,
+                    found,
+                    raw: hex_of(&bytes),
+                };
+                self.scanner.reject(DF2_FRAME, error, events);
+            }
+        }
+        true
+    }
+}
+
+impl StreamDecoder for DataFormat2Decoder {
+    fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
+        let mut events = Vec::new();
+        self.scanner.buf.extend_from_slice(bytes);
+        while !self.scanner.window().is_empty() && self.step(context.received_at, &mut events) {}
+        self.scanner.compact();
+        events
+    }
+
+    fn finish(&mut self) -> Option<FrameError> {
+        match self.packet.take() {
+            Some(frames) => self.scanner.finish(&packet_bytes(&frames), DF2_PACKET),
+            None => self.scanner.finish(&[], DF2_FRAME),
+        }
+    }
+}
+
+fn packet_bytes(frames: &[Df2Frame]) -> Vec<u8> {
+    frames.iter().flat_map(|frame| frame.bytes).collect()
+}
+
+/// Turns 25 good frames into a reading; `frames` must hold exactly one packet.
+fn df2_packet(frames: &[Df2Frame], received_at: DateTime<Utc>) -> DecodeEvent {
+    let raw = packet_bytes(frames);
+    let float = |number: usize| frames.get(number - 1).map_or(0, |frame| frame.float);
+    let pulse = (u16::from(float(20) & 0x03) << 7) | u16::from(float(21) & 0x7F);
+    let values = match (spo2_value(float(9)), pulse_value(pulse)) {
+        (Ok(spo2), Ok(pulse)) => vec![spo2, pulse],
+        (Err(reason), _) | (_, Err(reason)) => {
+            return DecodeEvent::Rejected(FrameError::Malformed {
+                reason,
+                raw: hex_of(&raw),
+            });
+        }
+    };
+    let status = frames.iter().fold(0u8, |all, frame| all | frame.status);
+    let perfusion = frames.get(8).map_or(0, |frame| frame.status) & 0x06;
+    let mut reading = Reading::at_hub_time(Kind::PulseOximetry, received_at, &raw);
+    reading.values = values;
+    push_flags(
+        &mut reading.flags,
+        &[
+            (status & 0x40 != 0, "sensor_disconnected"),
+            (status & 0x20 != 0, "artifact"),
+            (status & 0x10 != 0, "out_of_track"),
+            (status & 0x08 != 0, "sensor_alarm"),
+            (perfusion == 0x04, "low_perfusion"),
+            (perfusion == 0x06, "marginal_perfusion"),
+        ],
+    );
+    DecodeEvent::Reading(reading)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{FixedOffset, TimeZone};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    type MakeDecoder = fn() -> Box<dyn StreamDecoder>;
+    /// (frame number, status) pairs replacing the packet's usual status.
+    type Overrides = &'static [(usize, u8)];
+
+    fn received_at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 3, 15, 12, 0, 0).unwrap()
+    }
+
+    fn utc() -> FixedOffset {
+        FixedOffset::east_opt(0).unwrap()
+    }
+
+    fn bytes_of(hex: &str) -> Vec<u8> {
+        let digits: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+        hex::decode(digits).unwrap()
+    }
+
+    fn df13() -> Box<dyn StreamDecoder> {
+        Box::new(DataFormat13Decoder::default())
+    }
+
+    fn df8() -> Box<dyn StreamDecoder> {
+        Box::new(DataFormat8Decoder::default())
+    }
+
+    fn df2() -> Box<dyn StreamDecoder> {
+        Box::new(DataFormat2Decoder::new(Df2Variant::Df2))
+    }
+
+    fn df7() -> Box<dyn StreamDecoder> {
+        Box::new(DataFormat2Decoder::new(Df2Variant::Df7))
+    }
+
+    /// Feeds `bytes` in chunks of `chunk` bytes, then finishes.
+    fn decode(
+        make: MakeDecoder,
+        bytes: &[u8],
+        chunk: usize,
+        zone: &FixedOffset,
+    ) -> (Vec<DecodeEvent>, Option<FrameError>) {
+        let mut decoder = make();
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: zone,
+        };
+        let events = bytes
+            .chunks(chunk.max(1))
+            .flat_map(|part| decoder.feed(part, &context))
+            .collect();
+        (events, decoder.finish())
+    }
+
+    fn render_value(value: &Value) -> String {
+        match (value.value, value.special) {
+            (Some(number), _) => format!("{}={number}", value.measure.name),
+            (None, Some(special)) => format!("{}={}", value.measure.name, special.as_str()),
+            (None, None) => format!("{}=?", value.measure.name),
+        }
+    }
+
+    fn render_error(error: &FrameError) -> String {
+        match error {
+            FrameError::Checksum { .. } => "rejected checksum".to_string(),
+            FrameError::Malformed { reason, .. } => format!("rejected malformed: {reason}"),
+            FrameError::Garbage { count } => format!("garbage {count}"),
+            FrameError::Truncated { have, need, .. } => format!("truncated {have}/{need}"),
+        }
+    }
+
+    fn render(event: &DecodeEvent) -> String {
+        match event {
+            DecodeEvent::Reading(reading) => format!(
+                "reading {} flags=[{}] at={} source={}",
+                reading
+                    .values
+                    .iter()
+                    .map(render_value)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                reading.flags.join(","),
+                reading.measured_at.to_rfc3339(),
+                reading.time_source.as_str(),
+            ),
+            DecodeEvent::Rejected(error) => render_error(error),
+        }
+    }
+
+    /// Decodes `bytes` whole and in several chunkings, checks they agree, and compares the rendering.
+    #[track_caller]
+    fn check_bytes_in(make: MakeDecoder, bytes: &[u8], zone: &FixedOffset, expected: &[&str]) {
+        let whole = decode(make, bytes, usize::MAX, zone);
+        for chunk in [1, 2, 3, 7, 64] {
+            assert_eq!(
+                decode(make, bytes, chunk, zone),
+                whole,
+                "chunks of {chunk} differ from one feed"
+            );
+        }
+        let (events, end) = whole;
+        let mut rendered: Vec<String> = events.iter().map(render).collect();
+        rendered.extend(
+            end.iter()
+                .map(|error| format!("finish {}", render_error(error))),
+        );
+        assert_eq!(rendered, expected);
+    }
+
+    #[track_caller]
+    fn check_bytes(make: MakeDecoder, bytes: &[u8], expected: &[&str]) {
+        check_bytes_in(make, bytes, &utc(), expected);
+    }
+
+    #[track_caller]
+    fn check(make: MakeDecoder, hex: &str, expected: &[&str]) {
+        check_bytes(make, &bytes_of(hex), expected);
+    }
+
+    fn readings(make: MakeDecoder, bytes: &[u8]) -> Vec<Reading> {
+        decode(make, bytes, usize::MAX, &utc())
+            .0
+            .into_iter()
+            .filter_map(|event| match event {
+                DecodeEvent::Reading(reading) => Some(reading),
+                DecodeEvent::Rejected(_) => None,
+            })
+            .collect()
+    }
+
+    // ----- DF13 -----
+
+    const DF13_VECTOR: &str = "00 02 00 0D 00 0E 20 24 03 15 10 20 30 00 02 00 00 48 00 61 67 03";
+
+    /// A DF13 packet around the given spot-check data, with a correct length and checksum.
+    fn df13_packet(data_hex: &str) -> String {
+        let data = bytes_of(data_hex);
+        let mut packet = vec![0x00, 0x02, 0x00, 0x0D];
+        packet.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
+        packet.extend_from_slice(&data);
+        packet.push(data.iter().fold(0u8, |sum, byte| sum.wrapping_add(*byte)));
+        packet.push(0x03);
+        hex::encode(packet)
+    }
+
+    #[test]
+    fn df13_vector_and_values() {
+        check(df13, DF13_VECTOR, &["reading spo2=97 pulse_rate=72 flags=[smartpoint] at=2024-03-15T10:20:30+00:00 source=device"]);
+        // The checksum the builder computes is the one in the reference vector.
+        assert_eq!(
+            bytes_of(&df13_packet("20 24 03 15 10 20 30 00 02 00 00 48 00 61")),
+            bytes_of(DF13_VECTOR)
+        );
+        // HR bit 8 comes from bit 0 of the MSB; the other MSB bits are ignored.
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 00 00 FF 2C 00 62"), &["reading spo2=98 pulse_rate=300 flags=[] at=2024-03-15T10:20:30+00:00 source=device"]);
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 00 00 01 FF 00 7F"), &["reading spo2=missing pulse_rate=missing flags=[] at=2024-03-15T10:20:30+00:00 source=device"]);
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 00 00 00 48 00 7F"), &["reading spo2=missing pulse_rate=72 flags=[] at=2024-03-15T10:20:30+00:00 source=device"]);
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 01 00 01 FF 00 7F"), &["reading spo2=no_measurement pulse_rate=no_measurement flags=[no_measurement] at=2024-03-15T10:20:30+00:00 source=device"]);
+        check(
+            df13,
+            &df13_packet("20 24 03 15 10 20 30 00 00 00 00 48 00 65"),
+            &["rejected malformed: spo2 out of range"],
+        );
+        check(
+            df13,
+            &df13_packet("20 24 03 15 10 20 30 00 00 00 01 2D 00 61"),
+            &["rejected malformed: pulse rate out of range"],
+        );
+    }
+
+    #[test]
+    fn df13_flags() {
+        let at = "at=2024-03-15T10:20:30+00:00 source=device";
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 03 11 01 FF 00 7F"), &[&format!("reading spo2=no_measurement pulse_rate=no_measurement flags=[no_measurement,smartpoint,from_memory,low_battery] {at}")]);
+        check(
+            df13,
+            &df13_packet("20 24 03 15 10 20 30 00 00 10 00 48 00 61"),
+            &[&format!(
+                "reading spo2=97 pulse_rate=72 flags=[from_memory] {at}"
+            )],
+        );
+        check(
+            df13,
+            &df13_packet("20 24 03 15 10 20 30 00 00 01 00 48 00 61"),
+            &[&format!(
+                "reading spo2=97 pulse_rate=72 flags=[low_battery] {at}"
+            )],
+        );
+        // Undefined status bits are ignored.
+        check(
+            df13,
+            &df13_packet("20 24 03 15 10 20 30 00 FC EE 00 48 00 61"),
+            &[&format!("reading spo2=97 pulse_rate=72 flags=[] {at}")],
+        );
+    }
+
+    #[test]
+    fn df13_device_clock() {
+        let hub = "at=2024-03-15T12:00:00+00:00 source=hub";
+        let cases: &[(&str, &str)] = &[
+            (
+                "20 24 03 15 12 10 00 00",
+                "flags=[] at=2024-03-15T12:10:00+00:00 source=device",
+            ),
+            (
+                "20 24 03 15 12 10 01 00",
+                &format!("flags=[device_clock_ahead] {hub}"),
+            ),
+            (
+                "20 24 00 15 10 20 30 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 24 02 30 10 20 30 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 24 03 15 24 00 00 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 24 03 1A 10 20 30 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 2A 03 15 10 20 30 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "00 00 00 00 00 00 00 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+        ];
+        for (time, expected) in cases {
+            let packet = df13_packet(&format!("{time} 00 00 00 48 00 61"));
+            check(
+                df13,
+                &packet,
+                &[&format!("reading spo2=97 pulse_rate=72 {expected}")],
+            );
+        }
+        let plus_one = FixedOffset::east_opt(3600).unwrap();
+        check_bytes_in(df13, &bytes_of(DF13_VECTOR), &plus_one, &["reading spo2=97 pulse_rate=72 flags=[smartpoint] at=2024-03-15T10:20:30+01:00 source=device"]);
+    }
+
+    #[test]
+    fn df13_framing() {
+        let good = "reading spo2=97 pulse_rate=72 flags=[smartpoint] at=2024-03-15T10:20:30+00:00 source=device";
+        let bad_checksum = DF13_VECTOR.replace("67 03", "68 03");
+        check(df13, &format!("{DF13_VECTOR} {DF13_VECTOR}"), &[good, good]);
+        check(
+            df13,
+            &format!("FF 00 02 00 {DF13_VECTOR}"),
+            &["garbage 4", good],
+        );
+        check(
+            df13,
+            &format!("{bad_checksum} {DF13_VECTOR}"),
+            &["rejected checksum", good],
+        );
+        check(
+            df13,
+            &format!("{bad_checksum} 55 {DF13_VECTOR}"),
+            &["rejected checksum", "garbage 1", good],
+        );
+        check(
+            df13,
+            &DF13_VECTOR.replace("67 03", "67 04"),
+            &["rejected malformed: missing end marker"],
+        );
+        check(
+            df13,
+            &format!("00 02 00 0D 00 0D {DF13_VECTOR}"),
+            &["rejected malformed: data length out of range", good],
+        );
+        check(
+            df13,
+            &format!("00 02 00 0D 02 01 {DF13_VECTOR}"),
+            &["rejected malformed: data length out of range", good],
+        );
+        // A header claiming more data than follows swallows the good packet until its own end is due, then resyncs.
+        let long_header = format!("00 02 00 0D 00 20 {DF13_VECTOR} {}", "EE ".repeat(40));
+        check(
+            df13,
+            &long_header,
+            &[
+                "rejected malformed: missing end marker",
+                good,
+                "finish garbage 28",
+            ],
+        );
+        check(df13, "00 02 00 0D 00 0E 20 24", &["finish truncated 8/22"]);
+        check(df13, "00 02 00", &["finish truncated 3/22"]);
+        check(
+            df13,
+            &format!("{DF13_VECTOR} 00 02 00 0D 01 00 20"),
+            &[good, "finish truncated 7/264"],
+        );
+        check(
+            df13,
+            &format!("{DF13_VECTOR} 11 22"),
+            &[good, "finish garbage 2"],
+        );
+        check(df13, "", &[]);
+    }
+
+    #[test]
+    fn df13_longer_data_section() {
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 02 00 00 48 00 61 AA BB"), &["reading spo2=97 pulse_rate=72 flags=[smartpoint] at=2024-03-15T10:20:30+00:00 source=device"]);
+    }
+
+    #[test]
+    fn df13_reading_fields() {
+        let reading = readings(df13, &bytes_of(DF13_VECTOR)).remove(0);
+        assert_eq!(reading.kind, Kind::PulseOximetry);
+        assert_eq!(reading.raw, bytes_of(DF13_VECTOR));
+        assert_eq!(reading.received_at, received_at());
+        assert_eq!(reading.values[0].measure, &codes::SPO2);
+        assert_eq!(reading.values[1].measure, &codes::PULSE_RATE_OXIMETER);
+        assert_eq!(
+            reading.record_key.as_deref(),
+            Some("nonin-df13:20240315102030000200004861")
+        );
+    }
+
+    #[test]
+    fn df13_record_key_ignores_memory_bit_and_receive_time() {
+        let live = bytes_of(&df13_packet("20 24 03 15 10 20 30 00 02 00 00 48 00 61"));
+        let stored = bytes_of(&df13_packet("20 24 03 15 10 20 30 00 02 10 00 48 00 61"));
+        let other = bytes_of(&df13_packet("20 24 03 15 10 20 31 00 02 10 00 48 00 61"));
+        let key = |bytes: &[u8], received_at: DateTime<Utc>| {
+            let mut decoder = DataFormat13Decoder::default();
+            let context = DecodeContext {
+                received_at,
+                time_zone: &utc(),
+            };
+            match decoder.feed(bytes, &context).as_slice() {
+                [DecodeEvent::Reading(reading)] => reading.record_key.clone().unwrap(),
+                other => panic!("expected one reading, got {other:?}"),
+            }
+        };
+        let later = received_at() + TimeDelta::days(3);
+        assert_eq!(key(&live, received_at()), key(&stored, later));
+        assert_ne!(key(&live, received_at()), key(&other, received_at()));
+    }
+
+    // ----- DF8 -----
+
+    #[test]
+    fn df8_vectors_and_values() {
+        let at = "at=2024-03-15T12:00:00+00:00 source=hub";
+        check(
+            df8,
+            "80 48 61 00",
+            &[&format!("reading spo2=97 pulse_rate=72 flags=[] {at}")],
+        );
+        check(
+            df8,
+            "81 02 5F 00",
+            &[&format!("reading spo2=95 pulse_rate=130 flags=[] {at}")],
+        );
+        check(
+            df8,
+            "83 7F 7F 00",
+            &[&format!(
+                "reading spo2=missing pulse_rate=missing flags=[] {at}"
+            )],
+        );
+        check(
+            df8,
+            "80 48 7F 00",
+            &[&format!("reading spo2=missing pulse_rate=72 flags=[] {at}")],
+        );
+        check(
+            df8,
+            "82 2C 64 00",
+            &[&format!("reading spo2=100 pulse_rate=300 flags=[] {at}")],
+        );
+        check(
+            df8,
+            "80 00 00 00",
+            &[&format!("reading spo2=0 pulse_rate=0 flags=[] {at}")],
+        );
+        check(
+            df8,
+            "82 2D 61 00",
+            &["rejected malformed: pulse rate out of range"],
+        );
+        check(
+            df8,
+            "83 7E 61 00",
+            &["rejected malformed: pulse rate out of range"],
+        );
+        check(
+            df8,
+            "80 48 65 00",
+            &["rejected malformed: spo2 out of range"],
+        );
+        check(
+            df8,
+            "80 48 7E 00",
+            &["rejected malformed: spo2 out of range"],
+        );
+    }
+
+    #[test]
+    fn df8_flags() {
+        let cases = [
+            ("A0 48 61 00", "out_of_track"),
+            ("90 48 61 00", "low_perfusion"),
+            ("88 48 61 00", "marginal_perfusion"),
+            ("84 48 61 00", "artifact"),
+            ("80 48 61 20", "smartpoint"),
+            ("80 48 61 08", "sensor_alarm"),
+            ("80 48 61 01", "low_battery"),
+            ("BC 48 61 29", "out_of_track,low_perfusion,marginal_perfusion,artifact,smartpoint,sensor_alarm,low_battery"),
+            ("C0 48 61 56", ""),
+        ];
+        for (frame, flags) in cases {
+            check(df8, frame, &[&format!("reading spo2=97 pulse_rate=72 flags=[{flags}] at=2024-03-15T12:00:00+00:00 source=hub")]);
+        }
+    }
+
+    #[test]
+    fn df8_framing() {
+        let good = "reading spo2=97 pulse_rate=72 flags=[] at=2024-03-15T12:00:00+00:00 source=hub";
+        check(df8, "80 48 61 00 80 48 61 00", &[good, good]);
+        check(df8, "12 34 80 48 61 00", &["garbage 2", good]);
+        check(df8, "48 61 00 80 48 61 00", &["garbage 3", good]);
+        check(df8, "80 48 80 48 61 00", &["garbage 2", good]);
+        check(
+            df8,
+            "80 48 65 00 80 48 61 00",
+            &["rejected malformed: spo2 out of range", good],
+        );
+        check(
+            df8,
+            "80 48 65 00 01 80 48 61 00",
+            &["rejected malformed: spo2 out of range", "garbage 1", good],
+        );
+        check(df8, "80 48 61 00 80 48", &[good, "finish truncated 2/4"]);
+        check(df8, "80 48 61 00 11 22", &[good, "finish garbage 2"]);
+    }
+
+    // ----- DF2 / DF7 -----
+
+    fn frame(variant: Df2Variant, status: u8, pleth: u16, float: u8) -> Vec<u8> {
+        let [pleth_hi, pleth_lo] = pleth.to_be_bytes();
+        let mut bytes = match variant {
+            Df2Variant::Df2 => vec![0x01, status, pleth_lo, float],
+            Df2Variant::Df7 => vec![status, pleth_hi, pleth_lo, float],
+        };
+        bytes.push(bytes.iter().fold(0u8, |sum, byte| sum.wrapping_add(*byte)));
+        bytes
+    }
+
+    /// A 25-frame packet; `status` goes into every frame (SYNC set on frame 1 only), `overrides` are
+    /// (frame number, status) pairs replacing it.
+    fn packet(
+        variant: Df2Variant,
+        spo2: u8,
+        pulse: u16,
+        status: u8,
+        overrides: &[(usize, u8)],
+    ) -> Vec<u8> {
+        let pulse_msb = u8::try_from(pulse >> 7).unwrap();
+        let pulse_lsb = u8::try_from(pulse & 0x7F).unwrap();
+        (1..=DF2_FRAMES_PER_PACKET)
+            .flat_map(|number| {
+                let float = match number {
+                    1 | 14 | 20 | 22 => pulse_msb,
+                    2 | 15 | 21 | 23 => pulse_lsb,
+                    3 | 9 | 10 | 11 | 16 | 17 => spo2,
+                    _ => 0x00,
+                };
+                let status = overrides
+                    .iter()
+                    .find(|(n, _)| *n == number)
+                    .map_or(status, |(_, s)| *s);
+                let status = if number == 1 {
+                    status | STATUS_SYNC
+                } else {
+                    status & !STATUS_SYNC
+                };
+                frame(variant, status, u16::try_from(number * 300).unwrap(), float)
+            })
+            .collect()
+    }
+
+    fn hub_reading(values: &str, flags: &str) -> String {
+        format!("reading {values} flags=[{flags}] at=2024-03-15T12:00:00+00:00 source=hub")
+    }
+
+    #[test]
+    fn df2_and_df7_packets() {
+        for (make, variant) in [
+            (df2 as MakeDecoder, Df2Variant::Df2),
+            (df7, Df2Variant::Df7),
+        ] {
+            let normal = 0x82;
+            check_bytes(
+                make,
+                &packet(variant, 97, 72, normal, &[]),
+                &[&hub_reading("spo2=97 pulse_rate=72", "")],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 95, 130, normal, &[]),
+                &[&hub_reading("spo2=95 pulse_rate=130", "")],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 100, 300, normal, &[]),
+                &[&hub_reading("spo2=100 pulse_rate=300", "")],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 127, 511, normal, &[]),
+                &[&hub_reading("spo2=missing pulse_rate=missing", "")],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 101, 72, normal, &[]),
+                &["rejected malformed: spo2 out of range"],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 200, 72, normal, &[]),
+                &["rejected malformed: spo2 out of range"],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 97, 301, normal, &[]),
+                &["rejected malformed: pulse rate out of range"],
+            );
+            let two = [
+                packet(variant, 97, 72, normal, &[]),
+                packet(variant, 96, 80, normal, &[]),
+            ]
+            .concat();
+            check_bytes(
+                make,
+                &two,
+                &[
+                    &hub_reading("spo2=97 pulse_rate=72", ""),
+                    &hub_reading("spo2=96 pulse_rate=80", ""),
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn df2_flags() {
+        let cases: &[(u8, Overrides, &str)] = &[
+            (0x80, &[], ""),
+            (0x82, &[], ""),
+            (0x82, &[(9, 0x84)], "low_perfusion"),
+            (0x82, &[(9, 0x86)], "marginal_perfusion"),
+            (0x84, &[(9, 0x82)], ""),
+            (0x82, &[(4, 0xC2)], "sensor_disconnected"),
+            (0x82, &[(25, 0xA2)], "artifact"),
+            (0x82, &[(1, 0x92)], "out_of_track"),
+            (0x82, &[(12, 0x8A)], "sensor_alarm"),
+            (
+                0xFE,
+                &[],
+                "sensor_disconnected,artifact,out_of_track,sensor_alarm,marginal_perfusion",
+            ),
+        ];
+        for (status, overrides, flags) in cases {
+            for (make, variant) in [
+                (df2 as MakeDecoder, Df2Variant::Df2),
+                (df7, Df2Variant::Df7),
+            ] {
+                let bytes = packet(variant, 97, 72, *status, overrides);
+                check_bytes(
+                    make,
+                    &bytes,
+                    &[&hub_reading("spo2=97 pulse_rate=72", flags)],
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn df2_framing() {
+        for (make, variant) in [
+            (df2 as MakeDecoder, Df2Variant::Df2),
+            (df7, Df2Variant::Df7),
+        ] {
+            let good = packet(variant, 97, 72, 0x82, &[]);
+            let reading = hub_reading("spo2=97 pulse_rate=72", "");
+            let frames = |range: std::ops::Range<usize>| {
+                good.get(range.start * 5..range.end * 5).unwrap().to_vec()
+            };
+
+            // Frames before the first SYNC frame are garbage, as are stray bytes.
+            check_bytes(
+                make,
+                &[frames(20..25), good.clone()].concat(),
+                &["garbage 25", &reading],
+            );
+            check_bytes(
+                make,
+                &[vec![0x00, 0x13, 0x7F], good.clone()].concat(),
+                &["garbage 3", &reading],
+            );
+
+            // A bad checksum or a broken frame inside a packet aborts it; the rest of it is skipped up to the next SYNC.
+            let mut bad_checksum = good.clone();
+            bad_checksum[5 * 10 + 4] ^= 0x01;
+            check_bytes(
+                make,
+                &[bad_checksum, good.clone()].concat(),
+                &["rejected checksum", "garbage 70", &reading],
+            );
+            let broken = [
+                frames(0..5),
+                frame(variant, 0x02, 0, 0),
+                frames(6..25),
+                good.clone(),
+            ]
+            .concat();
+            check_bytes(
+                make,
+                &broken,
+                &[
+                    "rejected malformed: packet interrupted",
+                    "garbage 95",
+                    &reading,
+                ],
+            );
+            let cut = [frames(0..12), good.clone()].concat();
+            check_bytes(
+                make,
+                &cut,
+                &["rejected malformed: packet broke off", &reading],
+            );
+
+            // A bad frame right before a SYNC frame costs no garbage: its bytes are already reported.
+            let bad_last = [frames(0..24), vec![0x00; 5], good.clone()].concat();
+            check_bytes(
+                make,
+                &bad_last,
+                &["rejected malformed: packet interrupted", &reading],
+            );
+
+            check_bytes(make, &frames(0..3), &["finish truncated 15/125"]);
+            check_bytes(make, good.get(..17).unwrap(), &["finish truncated 17/125"]);
+            check_bytes(make, good.get(..2).unwrap(), &["finish truncated 2/5"]);
+            check_bytes(
+                make,
+                &[good.clone(), vec![0x00, 0x00]].concat(),
+                &[&reading, "finish garbage 2"],
+            );
+        }
+    }
+
+    #[test]
+    fn df2_reading_fields() {
+        let bytes = packet(Df2Variant::Df7, 97, 72, 0x82, &[]);
+        let reading = readings(df7, &bytes).remove(0);
+        assert_eq!(reading.raw, bytes);
+        assert_eq!(reading.raw.len(), DF2_PACKET);
+        assert_eq!(reading.time_source, TimeSource::Hub);
+        assert_eq!(reading.record_key, None);
+        assert_eq!(reading.measured_at, received_at().fixed_offset());
+    }
+
+    #[test]
+    fn buffers_stay_bounded() {
+        let mut decoder = DataFormat13Decoder::default();
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+        };
+        let mut bytes = bytes_of("00 02 00 0D 02 00");
+        bytes.extend(std::iter::repeat_n(0x00, 2000));
+        for byte in &bytes {
+            decoder.feed(std::slice::from_ref(byte), &context);
+            assert!(decoder.scanner.buf.len() <= DF13_HEADER + DF13_MAX_DATA + DF13_TRAILER);
+        }
+    }
+
+    #[test]
+    fn finish_clears_state() {
+        let mut decoder = DataFormat8Decoder::default();
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+        };
+        assert!(decoder.feed(&bytes_of("11 80 48"), &context).is_empty());
+        assert!(matches!(
+            decoder.finish(),
+            Some(FrameError::Truncated {
+                have: 2,
+                need: 4,
+                ..
+            })
+        ));
+        assert_eq!(decoder.finish(), None);
+        let events = decoder.feed(&bytes_of("61 00 80 48 61 00"), &context);
+        assert_eq!(
+            events.iter().map(render).collect::<Vec<_>>(),
+            ["garbage 2", &hub_reading("spo2=97 pulse_rate=72", "")]
+        );
+    }
+
+    const ALL: [MakeDecoder; 4] = [df13, df8, df2, df7];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn random_bytes_are_safe(bytes in prop::collection::vec(any::<u8>(), 0..4096), chunk in 1usize..600) {
+            for (index, make) in ALL.into_iter().enumerate() {
+                let whole = decode(make, &bytes, usize::MAX, &utc());
+                prop_assert_eq!(&decode(make, &bytes, chunk, &utc()), &whole);
+                let (events, _) = whole;
+                for event in &events {
+                    match event {
+                        DecodeEvent::Reading(reading) => {
+                            // Only DF8 has no checksum, so only DF8 may find readings in noise.
+                            prop_assert_eq!(index, 1);
+                            for value in &reading.values {
+                                prop_assert!(value.value.is_none_or(|number| (0.0..=300.0).contains(&number)));
+                            }
+                        }
+                        DecodeEvent::Rejected(FrameError::Garbage { count }) => prop_assert!(*count > 0),
+                        DecodeEvent::Rejected(_) => {}
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_good_frame_survives_surrounding_noise(
+            before in prop::collection::vec(any::<u8>(), 0..1024),
+            after in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let cases: [(MakeDecoder, Vec<u8>); 4] = [
+                (df13, bytes_of(DF13_VECTOR)),
+                (df8, bytes_of("80 48 61 00")),
+                (df2, packet(Df2Variant::Df2, 97, 72, 0x82, &[])),
+                (df7, packet(Df2Variant::Df7, 97, 72, 0x82, &[])),
+            ];
+            for (make, good) in cases {
+                // Enough filler after the frame for any frame candidate started in the noise to be resolved.
+                let bytes = [before.clone(), good, after.clone(), vec![0xEE; 600]].concat();
+                let found = readings(make, &bytes)
+                    .iter()
+                    .any(|reading| reading.values.iter().map(render_value).collect::<Vec<_>>() == ["spo2=97", "pulse_rate=72"]);
+                prop_assert!(found);
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! vitalsd: a gateway daemon for remote patient monitoring.
+//!
+//! # Layout
+//!
+//! Data flows left to right; a module only depends on modules to its left.
+//!
+//! - `reading`, `codes`: the normalised reading and its clinical codes; pure data.
+//! - `decode`: device protocols, bytes (and a receive time) in, readings out; sans I/O.
+//! - `spot`: turns continuous streams into spot readings; sans I/O.
+//! - `payload`: the public wire contract `vitalsd.reading.v1` (JSON) and reading ids.
+//! - `config`: the validated configuration, loaded and checked in two stages.
+//! - `pipeline`: per device, transport bytes → decoder → spot filter → payload → outbox.
+//! - `outbox`: the crash-safe on-disk queue (SQLite); stores opaque records, knows no MQTT or devices.
+//! - `serial`: the serial transport; opens ports, reads bytes, reopens after hot-unplug.
+//! - `mqtt`: the uplink; publishes outbox records and deletes them only after the broker's PUBACK.
+//! - `app`: wiring; builds the tasks from the config, owns the channels and the shutdown signal.
+//! - `cli`: the technician commands other than `run`.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod codes;
+pub mod config;
+pub mod daemon;
+pub mod decode;
+pub mod mqtt;
+pub mod outbox;
+pub mod payload;
+pub mod pipeline;
+pub mod reading;
+pub mod serial;
+pub mod spot;
+
+#[cfg(test)]
+mod tidy;

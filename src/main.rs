@@ -1,0 +1,58 @@
+//! The `vitalsd` binary: parses the command line and hands over to the library. No logic lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vitalsd", version, about = "Medical device gateway for remote patient monitoring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Run {
+        #[arg(long, env = "VITALSD_CONFIG", default_value = "/etc/vitalsd/vitalsd.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration; lists every error with its key path.
+    CheckConfig {
+        #[arg(long, env = "VITALSD_CONFIG", default_value = "/etc/vitalsd/vitalsd.toml")]
+        config: PathBuf,
+    },
+    /// Decode captured bytes with the daemon's decoders; one JSON reading per line.
+    Decode {
+        /// List the protocol names.
+        #[arg(long, exclusive = true)]
+        list: bool,
+        /// A protocol name from `--list`.
+        #[arg(required_unless_present = "list")]
+        protocol: Option<String>,
+        /// The bytes, as hex, with or without spaces.
+        #[arg(required_unless_present = "list")]
+        hex: Vec<String>,
+    },
+    /// Show the outbox: pending and delivered readings, last delivery, last broker error.
+    Status {
+        #[arg(long, env = "VITALSD_CONFIG", default_value = "/etc/vitalsd/vitalsd.toml")]
+        config: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => vitalsd::daemon::main(&config),
+        Command::CheckConfig { config } => vitalsd::cli::check_config(&config),
+        Command::Decode { list: true, .. } => vitalsd::cli::list_protocols(),
+        Command::Decode { protocol, hex, .. } => vitalsd::cli::decode(protocol.as_deref().unwrap_or_default(), &hex),
+        Command::Status { config, json } => vitalsd::cli::status(&config, json),
+    }
+}

@@ -1,0 +1,168 @@
+//! Sans-IO bookkeeping of publishes in flight: which outbox record each MQTT packet id belongs to.
+//!
+//! rumqttc's `publish()` returns no packet id; the event loop later reports `Outgoing::Publish(pkid)`
+//! in the order the publishes were requested, and `Incoming::PubAck(pkid)` when the broker took one.
+//! This type pairs them up. Its mapping is only valid within one connection: the uplink calls
+//! [`Inflight::handle_connection_lost`] at every connection boundary, and everything unacknowledged is
+//! published again from the outbox after the next CONNACK.
+
+use std::collections::{HashMap, VecDeque};
+
+/// What a publish carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// An outbox record, by its sequence number.
+    Record(i64),
+    /// The hub's retained status message.
+    Status,
+}
+
+#[derive(Debug, Default)]
+pub struct Inflight {
+    /// Requested publishes that the event loop has not yet given a packet id, oldest first.
+    awaiting_pkid: VecDeque<Slot>,
+    /// Publishes on the wire, by packet id.
+    by_pkid: HashMap<u16, Slot>,
+}
+
+/// An event that does not fit the bookkeeping; the uplink drops the connection to start clean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InflightError {
+    /// The event loop sent a publish nobody asked for.
+    #[error("publish with packet id {0} was never requested")]
+    UnexpectedPublish(u16),
+    /// A packet id was reused while still in flight.
+    #[error("packet id {0} reused while in flight")]
+    PacketIdReused(u16),
+}
+
+impl Inflight {
+    /// Publishes requested or on the wire; the uplink keeps this below its window.
+    pub fn len(&self) -> usize {
+        self.awaiting_pkid.len() + self.by_pkid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The uplink handed a publish to the client.
+    pub fn handle_publish_requested(&mut self, slot: Slot) {
+        self.awaiting_pkid.push_back(slot);
+    }
+
+    /// A publish request the client refused synchronously (its queue was full) never reaches the wire.
+    pub fn handle_publish_not_queued(&mut self) {
+        self.awaiting_pkid.pop_back();
+    }
+
+    /// The event loop wrote a QoS 1 publish with `pkid`.
+    pub fn handle_publish_sent(&mut self, pkid: u16) -> Result<(), InflightError> {
+        let slot = self.awaiting_pkid.pop_front().ok_or(InflightError::UnexpectedPublish(pkid))?;
+        if self.by_pkid.insert(pkid, slot).is_some() {
+            return Err(InflightError::PacketIdReused(pkid));
+        }
+        Ok(())
+    }
+
+    /// The broker acknowledged `pkid`; returns what it carried, or `None` for an ack we no longer track
+    /// (one that belongs to a connection already given up).
+    pub fn handle_puback(&mut self, pkid: u16) -> Option<Slot> {
+        self.by_pkid.remove(&pkid)
+    }
+
+    /// The connection ended: nothing in flight will be acknowledged on this mapping any more.
+    pub fn handle_connection_lost(&mut self) {
+        self.awaiting_pkid.clear();
+        self.by_pkid.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    enum Step {
+        Request(Slot),
+        NotQueued,
+        Sent(u16),
+        Ack(u16, Option<Slot>),
+        Lost,
+        Len(usize),
+        SentFails(u16, InflightError),
+    }
+    use Step::*;
+
+    #[track_caller]
+    fn check(steps: &[Step]) {
+        let mut inflight = Inflight::default();
+        for (index, step) in steps.iter().enumerate() {
+            match step {
+                Request(slot) => inflight.handle_publish_requested(*slot),
+                NotQueued => inflight.handle_publish_not_queued(),
+                Sent(pkid) => inflight.handle_publish_sent(*pkid).unwrap(),
+                Ack(pkid, expected) => assert_eq!(inflight.handle_puback(*pkid), *expected, "step {index}"),
+                Lost => inflight.handle_connection_lost(),
+                Len(expected) => assert_eq!(inflight.len(), *expected, "step {index}"),
+                SentFails(pkid, expected) => {
+                    assert_eq!(inflight.handle_publish_sent(*pkid), Err(*expected), "step {index}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn acks_map_to_records_in_request_order() {
+        check(&[
+            Request(Slot::Record(10)),
+            Request(Slot::Record(11)),
+            Len(2),
+            Sent(7),
+            Sent(8),
+            Ack(8, Some(Slot::Record(11))),
+            Ack(7, Some(Slot::Record(10))),
+            Len(0),
+        ]);
+    }
+
+    #[test]
+    fn status_publishes_take_their_own_slot() {
+        check(&[Request(Slot::Status), Request(Slot::Record(1)), Sent(1), Sent(2), Ack(1, Some(Slot::Status))]);
+    }
+
+    #[test]
+    fn a_connection_boundary_forgets_everything() {
+        check(&[
+            Request(Slot::Record(1)),
+            Sent(5),
+            Request(Slot::Record(2)),
+            Lost,
+            Len(0),
+            Ack(5, None),
+            Request(Slot::Record(1)),
+            Sent(6),
+            Ack(6, Some(Slot::Record(1))),
+        ]);
+    }
+
+    #[test]
+    fn stale_acks_are_ignored() {
+        check(&[Ack(3, None), Request(Slot::Record(1)), Sent(4), Ack(3, None), Len(1)]);
+    }
+
+    #[test]
+    fn a_refused_request_is_forgotten() {
+        check(&[Request(Slot::Record(1)), Request(Slot::Record(2)), NotQueued, Len(1), Sent(9), Ack(9, Some(Slot::Record(1)))]);
+    }
+
+    #[test]
+    fn inconsistent_events_are_errors_not_panics() {
+        check(&[SentFails(1, InflightError::UnexpectedPublish(1))]);
+        check(&[
+            Request(Slot::Record(1)),
+            Request(Slot::Record(2)),
+            Sent(1),
+            SentFails(1, InflightError::PacketIdReused(1)),
+        ]);
+    }
+}

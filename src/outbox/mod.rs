@@ -1,0 +1,115 @@
+//! The crash-safe on-disk outbox: readings wait here, on stable storage, until the broker acknowledged them.
+//!
+//! # Contract
+//!
+//! * A record is *accepted* only once the transaction that inserted it has committed with
+//!   `synchronous=FULL` in WAL mode, i.e. after the WAL was fsynced. Nothing upstream treats a reading as
+//!   received before that.
+//! * A record leaves the outbox only through [`Outbox::acknowledge`], which the uplink calls for records
+//!   whose PUBACK it saw. Nothing else deletes a pending record: not a full outbox, not a restart, not a
+//!   failed open (a database that cannot be opened is renamed aside, never deleted).
+//! * Every record carries a `key` (the reading id). Appending a key that is pending or was delivered
+//!   within the retention window is a no-op reported as [`Appended::Duplicate`], so a device that dumps
+//!   the same stored records twice is queued once.
+//! * Records come back from [`Outbox::fetch_after`] in `seq` order, which is insertion order.
+//! * The outbox stores opaque records: a key, a label, a format number and payload bytes. It knows
+//!   nothing about MQTT, devices or JSON.
+//!
+//! # Storage
+//!
+//! One SQLite file (`outbox.db` in the state directory) written by exactly one connection, owned by the
+//! worker thread in [`worker`]. Readers (`vitalsd status`) open their own connection; WAL lets them read
+//! while the daemon writes.
+//!
+//! ```text
+//! record(seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE, label TEXT, format INTEGER,
+//!        payload BLOB, created_at INTEGER /* ms since the epoch */)
+//! delivered(key TEXT PRIMARY KEY, delivered_at INTEGER)     -- dedup memory, pruned after the retention
+//! stat(name TEXT PRIMARY KEY, value INTEGER, text TEXT)     -- counters and last events for `status`
+//! ```
+//!
+//! When the outbox holds `max_pending` records, new records are refused ([`Appended::RejectedFull`]),
+//! counted in `stat` and logged: the oldest readings are the ones a clinician has not seen yet, so they
+//! are kept, and the refusal is visible rather than silent.
+
+mod sqlite;
+pub mod worker;
+
+pub use sqlite::{OpenReport, Outbox, OutboxOptions};
+pub use worker::{spawn_worker, OutboxHandle};
+
+use std::collections::BTreeMap;
+
+/// A record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Stable identity; the same key is never queued twice.
+    pub key: String,
+    /// An opaque routing label chosen by the producer.
+    pub label: String,
+    /// Version of the payload encoding, so an upgraded daemon can read what an older one stored.
+    pub format: u32,
+    pub payload: Vec<u8>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+/// A record as stored, with its position in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub seq: i64,
+    pub key: String,
+    pub label: String,
+    pub format: u32,
+    pub payload: Vec<u8>,
+    pub created_at_ms: i64,
+}
+
+/// What happened to one appended record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    Duplicate,
+    RejectedFull,
+}
+
+/// A snapshot of the outbox for `vitalsd status` and the status topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub oldest_pending_created_at_ms: Option<i64>,
+    pub delivered_total: u64,
+    pub last_delivered_at_ms: Option<i64>,
+    pub rejected_full_total: u64,
+    pub duplicates_total: u64,
+    pub last_uplink_error: Option<(i64, String)>,
+    pub quarantined: Option<String>,
+    /// Producer-defined counters (frames rejected, bytes skipped, ...).
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Why the outbox could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The disk is full; the operation was rolled back and may be retried.
+    #[error("outbox disk full: {0}")]
+    DiskFull(rusqlite::Error),
+    /// The database was written by a newer vitalsd.
+    #[error("outbox schema version {found} is newer than this vitalsd understands ({supported})")]
+    NewerSchema { found: i64, supported: i64 },
+    /// A failed database open could not be moved aside.
+    #[error("cannot move the unreadable outbox {path} aside: {source}")]
+    Quarantine { path: String, source: std::io::Error },
+    /// Any other storage error; the caller must stop rather than carry on (fsync errors are not retryable).
+    #[error("outbox storage error: {0}")]
+    Storage(#[from] rusqlite::Error),
+}
+
+impl OutboxError {
+    fn classify(error: rusqlite::Error) -> OutboxError {
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => OutboxError::DiskFull(error),
+            _ => OutboxError::Storage(error),
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The outbox's SQLite storage: schema, pragmas, quarantine of unreadable files, and the queries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags};
+
+use super::{Appended, NewRecord, OutboxError, OutboxStats, StoredRecord};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS record (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL,
+    format INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivered (
+    key TEXT PRIMARY KEY,
+    delivered_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_by_time ON delivered(delivered_at);
+CREATE TABLE IF NOT EXISTS stat (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL DEFAULT 0,
+    text TEXT
+) WITHOUT ROWID;
+";
+
+/// Limits that come from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxOptions {
+    pub max_pending: u64,
+}
+
+/// What [`Outbox::open`] had to do to get a usable database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Where an unreadable database was moved, if one was.
+    pub quarantined_to: Option<PathBuf>,
+    /// Why it was unreadable.
+    pub quarantine_reason: Option<String>,
+}
+
+/// The single writing connection to the outbox database.
+pub struct Outbox {
+    connection: Connection,
+    options: OutboxOptions,
+    pending: u64,
+}
+
+impl Outbox {
+    /// Opens or creates the outbox at `path`. A file that is not a usable database is renamed to
+    /// `<path>.broken-<unix ms>` (with its `-wal` and `-shm`) and a fresh one is created in its place.
+    pub fn open(path: &Path, options: OutboxOptions, now_ms: i64) -> Result<(Outbox, OpenReport), OutboxError> {
+        match Outbox::open_existing_or_new(path, options) {
+            Ok(outbox) => Ok((outbox, OpenReport::default())),
+            Err(OutboxError::Storage(error)) if is_corruption(&error) => {
+                let moved_to = quarantine(path, now_ms)?;
+                let mut outbox = Outbox::open_existing_or_new(path, options)?;
+                let reason = error.to_string();
+                outbox.set_text_stat("quarantined", &format!("{} ({reason})", moved_to.display()))?;
+                Ok((outbox, OpenReport { quarantined_to: Some(moved_to), quarantine_reason: Some(reason) }))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn open_existing_or_new(path: &Path, options: OutboxOptions) -> Result<Outbox, OutboxError> {
+        let connection = Connection::open(path)?;
+        configure(&connection)?;
+        let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(OutboxError::NewerSchema { found, supported: SCHEMA_VERSION });
+        }
+        // A torn or foreign file usually fails at the first read; quick_check catches damage deeper in.
+        let check: String = connection.query_row("PRAGMA quick_check(1)", [], |row| row.get(0))?;
+        if check != "ok" {
+            return Err(OutboxError::Storage(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(check),
+            )));
+        }
+        connection.execute_batch(SCHEMA)?;
+        connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let pending: i64 = connection.query_row("SELECT count(*) FROM record", [], |row| row.get(0))?;
+        Ok(Outbox { connection, options, pending: pending as u64 })
+    }
+
+    /// Opens an existing outbox for reading statistics while the daemon may be writing it.
+    pub fn open_for_status(path: &Path) -> Result<Outbox, OutboxError> {
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Outbox { connection, options: OutboxOptions { max_pending: u64::MAX }, pending: 0 })
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
+    /// Appends records in one transaction: all of them are durable when this returns `Ok`, none if it errs.
+    pub fn append(&mut self, records: &[NewRecord]) -> Result<Vec<Appended>, OutboxError> {
+        let transaction = self.connection.transaction().map_err(OutboxError::classify)?;
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut stored = 0u64;
+        let mut duplicates = 0u64;
+        let mut rejected = 0u64;
+        {
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT INTO record (key, label, format, payload, created_at)
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE key = ?1)
+                     ON CONFLICT (key) DO NOTHING",
+                )
+                .map_err(OutboxError::classify)?;
+            for record in records {
+                if self.pending + stored >= self.options.max_pending {
+                    rejected += 1;
+                    outcomes.push(Appended::RejectedFull);
+                    continue;
+                }
+                let changed = insert
+                    .execute(params![record.key, record.label, record.format, record.payload, record.created_at_ms])
+                    .map_err(OutboxError::classify)?;
+                if changed == 1 {
+                    stored += 1;
+                    outcomes.push(Appended::Stored);
+                } else {
+                    duplicates += 1;
+                    outcomes.push(Appended::Duplicate);
+                }
+            }
+        }
+        bump(&transaction, "duplicates_total", duplicates).map_err(OutboxError::classify)?;
+        bump(&transaction, "rejected_full_total", rejected).map_err(OutboxError::classify)?;
+        transaction.commit().map_err(OutboxError::classify)?;
+        self.pending += stored;
+        Ok(outcomes)
+    }
+
+    /// Up to `limit` records with `seq > after`, oldest first.
+    pub fn fetch_after(&self, after: i64, limit: usize) -> Result<Vec<StoredRecord>, OutboxError> {
+        let mut query = self.connection.prepare_cached(
+            "SELECT seq, key, label, format, payload, created_at FROM record WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = query.query_map(params![after, limit as i64], |row| {
+            Ok(StoredRecord {
+                seq: row.get(0)?,
+                key: row.get(1)?,
+                label: row.get(2)?,
+                format: row.get(3)?,
+                payload: row.get(4)?,
+                created_at_ms: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Removes records the consumer confirmed, remembering their keys for deduplication. Unknown seqs are
+    /// ignored (a record acknowledged twice across a reconnect). Returns how many were removed.
+    pub fn acknowledge(&mut self, seqs: &[i64], now_ms: i64) -> Result<u64, OutboxError> {
+        let transaction = self.connection.transaction().map_err(OutboxError::classify)?;
+        let mut removed = 0u64;
+        {
+            let mut remember = transaction
+                .prepare_cached(
+                    "INSERT INTO delivered (key, delivered_at) SELECT key, ?2 FROM record WHERE seq = ?1
+                     ON CONFLICT (key) DO UPDATE SET delivered_at = excluded.delivered_at",
+                )
+                .map_err(OutboxError::classify)?;
+            let mut delete =
+                transaction.prepare_cached("DELETE FROM record WHERE seq = ?1").map_err(OutboxError::classify)?;
+            for seq in seqs {
+                remember.execute(params![seq, now_ms]).map_err(OutboxError::classify)?;
+                removed += delete.execute(params![seq]).map_err(OutboxError::classify)? as u64;
+            }
+        }
+        if removed > 0 {
+            bump(&transaction, "delivered_total", removed).map_err(OutboxError::classify)?;
+            transaction
+                .execute(
+                    "INSERT INTO stat (name, value) VALUES ('last_delivered_at', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    params![now_ms],
+                )
+                .map_err(OutboxError::classify)?;
+        }
+        transaction.commit().map_err(OutboxError::classify)?;
+        self.pending = self.pending.saturating_sub(removed);
+        Ok(removed)
+    }
+
+    /// Remembers the consumer's last error, for `status`.
+    pub fn record_uplink_error(&mut self, message: &str, now_ms: i64) -> Result<(), OutboxError> {
+        self.connection
+            .execute(
+                "INSERT INTO stat (name, value, text) VALUES ('last_uplink_error', ?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, text = excluded.text",
+                params![now_ms, message],
+            )
+            .map_err(OutboxError::classify)?;
+        Ok(())
+    }
+
+    /// Adds to producer-defined counters, in one transaction.
+    pub fn add_counters(&mut self, deltas: &[(String, u64)]) -> Result<(), OutboxError> {
+        let transaction = self.connection.transaction().map_err(OutboxError::classify)?;
+        for (name, delta) in deltas {
+            bump(&transaction, &format!("counter.{name}"), *delta).map_err(OutboxError::classify)?;
+        }
+        transaction.commit().map_err(OutboxError::classify)?;
+        Ok(())
+    }
+
+    /// Forgets delivered keys older than `before_ms`; after that, a replay of those records is queued again.
+    pub fn prune_delivered(&mut self, before_ms: i64) -> Result<u64, OutboxError> {
+        let removed = self
+            .connection
+            .execute("DELETE FROM delivered WHERE delivered_at < ?1", params![before_ms])
+            .map_err(OutboxError::classify)?;
+        Ok(removed as u64)
+    }
+
+    /// Folds the WAL back into the database file and truncates it; cheap when idle.
+    pub fn checkpoint(&mut self) -> Result<(), OutboxError> {
+        self.connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(OutboxError::classify)
+    }
+
+    pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
+        // A reader may look while the daemon is still creating the file; an outbox without tables is empty.
+        let has_tables: bool = self.connection.query_row(
+            "SELECT count(*) = 2 FROM sqlite_master WHERE type = 'table' AND name IN ('record', 'stat')",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_tables {
+            return Ok(OutboxStats::default());
+        }
+        let (pending, oldest): (i64, Option<i64>) =
+            self.connection.query_row("SELECT count(*), min(created_at) FROM record", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+        let mut stats = OutboxStats {
+            pending: pending as u64,
+            oldest_pending_created_at_ms: oldest,
+            ..OutboxStats::default()
+        };
+        let mut counters = BTreeMap::new();
+        let mut query = self.connection.prepare("SELECT name, value, text FROM stat")?;
+        let rows = query.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, Option<String>>(2)?))
+        })?;
+        for row in rows {
+            let (name, value, text) = row?;
+            match name.as_str() {
+                "delivered_total" => stats.delivered_total = value as u64,
+                "last_delivered_at" => stats.last_delivered_at_ms = Some(value),
+                "rejected_full_total" => stats.rejected_full_total = value as u64,
+                "duplicates_total" => stats.duplicates_total = value as u64,
+                "last_uplink_error" => stats.last_uplink_error = text.map(|text| (value, text)),
+                "quarantined" => stats.quarantined = text,
+                other => {
+                    if let Some(counter) = other.strip_prefix("counter.") {
+                        counters.insert(counter.to_string(), value as u64);
+                    }
+                }
+            }
+        }
+        stats.counters = counters;
+        Ok(stats)
+    }
+
+    fn set_text_stat(&mut self, name: &str, text: &str) -> Result<(), OutboxError> {
+        self.connection.execute(
+            "INSERT INTO stat (name, value, text) VALUES (?1, 0, ?2)
+             ON CONFLICT (name) DO UPDATE SET text = excluded.text",
+            params![name, text],
+        )?;
+        Ok(())
+    }
+}
+
+fn configure(connection: &Connection) -> Result<(), OutboxError> {
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = connection.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OutboxError::Storage(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("journal_mode is {mode}, expected wal")),
+        )));
+    }
+    // FULL makes every commit fsync the WAL: an accepted reading survives a power cut, not only a crash.
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
+    // A small page cache keeps the daemon's memory flat; the queue is read sequentially anyway.
+    connection.pragma_update(None, "cache_size", -512)?;
+    Ok(())
+}
+
+fn bump(transaction: &rusqlite::Transaction<'_>, name: &str, delta: u64) -> Result<(), rusqlite::Error> {
+    if delta == 0 {
+        return Ok(());
+    }
+    transaction.execute(
+        "INSERT INTO stat (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        params![name, delta as i64],
+    )?;
+    Ok(())
+}
+
+fn is_corruption(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+/// Renames the database and its WAL/SHM side files; never deletes anything.
+fn quarantine(path: &Path, now_ms: i64) -> Result<PathBuf, OutboxError> {
+    let target = PathBuf::from(format!("{}.broken-{now_ms}", path.display()));
+    std::fs::rename(path, &target)
+        .map_err(|source| OutboxError::Quarantine { path: path.display().to_string(), source })?;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", path.display()));
+        if side.exists() {
+            let side_target = PathBuf::from(format!("{}{suffix}", target.display()));
+            std::fs::rename(&side, side_target)
+                .map_err(|source| OutboxError::Quarantine { path: side.display().to_string(), source })?;
+        }
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str) -> NewRecord {
+        NewRecord {
+            key: key.to_string(),
+            label: "pulse_oximetry".to_string(),
+            format: 1,
+            payload: format!("payload of {key}").into_bytes(),
+            created_at_ms: 1_000,
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir, max_pending: u64) -> Outbox {
+        Outbox::open(&dir.path().join("outbox.db"), OutboxOptions { max_pending }, 0).unwrap().0
+    }
+
+    fn keys(outbox: &Outbox) -> Vec<String> {
+        outbox.fetch_after(0, 1000).unwrap().into_iter().map(|r| r.key).collect()
+    }
+
+    #[test]
+    fn appended_records_come_back_in_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        outbox.append(&[record("a"), record("b")]).unwrap();
+        outbox.append(&[record("c")]).unwrap();
+        drop(outbox);
+        let outbox = open(&dir, 100);
+        assert_eq!(keys(&outbox), ["a", "b", "c"]);
+        assert_eq!(outbox.pending(), 3);
+    }
+
+    #[test]
+    fn a_key_is_queued_once_while_pending_and_after_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        let outcomes = outbox.append(&[record("a"), record("a"), record("b")]).unwrap();
+        assert_eq!(outcomes, [Appended::Stored, Appended::Duplicate, Appended::Stored]);
+        let seq_of_a = outbox.fetch_after(0, 10).unwrap()[0].seq;
+        assert_eq!(outbox.acknowledge(&[seq_of_a], 5_000).unwrap(), 1);
+        assert_eq!(outbox.append(&[record("a")]).unwrap(), [Appended::Duplicate]);
+        assert_eq!(keys(&outbox), ["b"]);
+        let stats = outbox.stats().unwrap();
+        assert_eq!((stats.pending, stats.delivered_total, stats.duplicates_total), (1, 1, 2));
+        assert_eq!(stats.last_delivered_at_ms, Some(5_000));
+    }
+
+    #[test]
+    fn pruned_delivered_keys_may_be_queued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        outbox.append(&[record("a")]).unwrap();
+        let seq = outbox.fetch_after(0, 10).unwrap()[0].seq;
+        outbox.acknowledge(&[seq], 5_000).unwrap();
+        assert_eq!(outbox.prune_delivered(5_001).unwrap(), 1);
+        assert_eq!(outbox.append(&[record("a")]).unwrap(), [Appended::Stored]);
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_new_records_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 2);
+        let outcomes = outbox.append(&[record("a"), record("b"), record("c")]).unwrap();
+        assert_eq!(outcomes, [Appended::Stored, Appended::Stored, Appended::RejectedFull]);
+        assert_eq!(keys(&outbox), ["a", "b"]);
+        assert_eq!(outbox.stats().unwrap().rejected_full_total, 1);
+    }
+
+    #[test]
+    fn acknowledging_unknown_or_repeated_seqs_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        outbox.append(&[record("a"), record("b")]).unwrap();
+        let seqs: Vec<i64> = outbox.fetch_after(0, 10).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(outbox.acknowledge(&[seqs[0], seqs[0], 999], 1).unwrap(), 1);
+        assert_eq!(keys(&outbox), ["b"]);
+        assert_eq!(outbox.pending(), 1);
+    }
+
+    #[test]
+    fn fetch_after_pages_through_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        let records: Vec<NewRecord> = (0..10).map(|i| record(&format!("k{i}"))).collect();
+        outbox.append(&records).unwrap();
+        let first = outbox.fetch_after(0, 4).unwrap();
+        let second = outbox.fetch_after(first.last().unwrap().seq, 4).unwrap();
+        assert_eq!(first.len(), 4);
+        assert_eq!(second[0].key, "k4");
+    }
+
+    #[test]
+    fn an_unreadable_database_is_moved_aside_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        std::fs::write(&path, b"this is not an sqlite database, but it is somebody's evidence").unwrap();
+        let (mut outbox, report) = Outbox::open(&path, OutboxOptions { max_pending: 10 }, 42).unwrap();
+        let moved = report.quarantined_to.unwrap();
+        assert_eq!(moved, dir.path().join("outbox.db.broken-42"));
+        assert!(std::fs::read(&moved).unwrap().starts_with(b"this is not an sqlite database"));
+        outbox.append(&[record("a")]).unwrap();
+        assert!(outbox.stats().unwrap().quarantined.unwrap().contains("outbox.db.broken-42"));
+    }
+
+    #[test]
+    fn counters_and_uplink_errors_show_in_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        outbox.add_counters(&[("frames_rejected".to_string(), 2)]).unwrap();
+        outbox.add_counters(&[("frames_rejected".to_string(), 3)]).unwrap();
+        outbox.record_uplink_error("connection refused", 7).unwrap();
+        let stats = outbox.stats().unwrap();
+        assert_eq!(stats.counters["frames_rejected"], 5);
+        assert_eq!(stats.last_uplink_error, Some((7, "connection refused".to_string())));
+    }
+}

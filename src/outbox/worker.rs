@@ -1,0 +1,223 @@
+//! The outbox worker: one thread owns the only writing connection; everything else talks to it through
+//! [`OutboxHandle`]. Appends that queue up while a commit runs are committed together (group commit).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::{Appended, NewRecord, Outbox, OutboxError, OutboxStats, StoredRecord};
+
+/// At most this many records go into one transaction; bounds latency and memory per commit.
+const MAX_GROUP: usize = 1024;
+/// Every this often the worker prunes old dedup keys and checkpoints the WAL.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(300);
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+enum Command {
+    Append { records: Vec<NewRecord>, done: Option<oneshot::Sender<Vec<Appended>>> },
+    Acknowledge { seqs: Vec<i64>, now_ms: i64 },
+    Fetch { after: i64, limit: usize, reply: oneshot::Sender<Vec<StoredRecord>> },
+    UplinkError { message: String, now_ms: i64 },
+    Counters { deltas: Vec<(String, u64)> },
+    Stats { reply: oneshot::Sender<OutboxStats> },
+}
+
+/// A cheap, cloneable way to reach the outbox worker.
+#[derive(Clone)]
+pub struct OutboxHandle {
+    commands: mpsc::Sender<Command>,
+    appended: Arc<Notify>,
+}
+
+/// The worker stopped; its thread reports why through the join handle.
+#[derive(Debug, thiserror::Error)]
+#[error("the outbox worker has stopped")]
+pub struct WorkerGone;
+
+impl OutboxHandle {
+    /// Queues records for the next group commit; waits only for room in the queue, not for the commit.
+    pub async fn append(&self, records: Vec<NewRecord>) -> Result<(), WorkerGone> {
+        self.commands.send(Command::Append { records, done: None }).await.map_err(|_| WorkerGone)
+    }
+
+    /// Appends and waits until the records are durable; returns what happened to each.
+    pub async fn append_durable(&self, records: Vec<NewRecord>) -> Result<Vec<Appended>, WorkerGone> {
+        let (done, wait) = oneshot::channel();
+        self.commands.send(Command::Append { records, done: Some(done) }).await.map_err(|_| WorkerGone)?;
+        wait.await.map_err(|_| WorkerGone)
+    }
+
+    /// Queues removal of records the broker acknowledged. Commands run in order, so a later fetch no longer sees them.
+    pub async fn acknowledge(&self, seqs: Vec<i64>, now_ms: i64) -> Result<(), WorkerGone> {
+        self.commands.send(Command::Acknowledge { seqs, now_ms }).await.map_err(|_| WorkerGone)
+    }
+
+    pub async fn fetch_after(&self, after: i64, limit: usize) -> Result<Vec<StoredRecord>, WorkerGone> {
+        let (reply, wait) = oneshot::channel();
+        self.commands.send(Command::Fetch { after, limit, reply }).await.map_err(|_| WorkerGone)?;
+        wait.await.map_err(|_| WorkerGone)
+    }
+
+    pub async fn record_uplink_error(&self, message: String, now_ms: i64) -> Result<(), WorkerGone> {
+        self.commands.send(Command::UplinkError { message, now_ms }).await.map_err(|_| WorkerGone)
+    }
+
+    pub async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), WorkerGone> {
+        self.commands.send(Command::Counters { deltas }).await.map_err(|_| WorkerGone)
+    }
+
+    pub async fn stats(&self) -> Result<OutboxStats, WorkerGone> {
+        let (reply, wait) = oneshot::channel();
+        self.commands.send(Command::Stats { reply }).await.map_err(|_| WorkerGone)?;
+        wait.await.map_err(|_| WorkerGone)
+    }
+
+    /// Signalled after every commit that stored at least one new record.
+    pub fn appended(&self) -> Arc<Notify> {
+        self.appended.clone()
+    }
+}
+
+/// Starts the worker thread. It runs until every handle is dropped, or stops with an error on a storage
+/// failure that must not be retried; the daemon then exits and systemd restarts it.
+pub fn spawn_worker(
+    outbox: Outbox,
+    dedup_retention_days: u32,
+    now_ms: fn() -> i64,
+) -> (OutboxHandle, std::thread::JoinHandle<Result<(), OutboxError>>) {
+    let (commands, receiver) = mpsc::channel(256);
+    let appended = Arc::new(Notify::new());
+    let handle = OutboxHandle { commands, appended: appended.clone() };
+    let retention_ms = i64::from(dedup_retention_days) * DAY_MS;
+    let thread = std::thread::Builder::new()
+        .name("outbox".to_string())
+        .spawn(move || run(outbox, receiver, appended, retention_ms, now_ms))
+        .expect("invariant: the OS can start one thread at startup");
+    (handle, thread)
+}
+
+fn run(
+    mut outbox: Outbox,
+    mut receiver: mpsc::Receiver<Command>,
+    appended: Arc<Notify>,
+    retention_ms: i64,
+    now_ms: fn() -> i64,
+) -> Result<(), OutboxError> {
+    let mut last_housekeeping = std::time::Instant::now();
+    let mut held: Option<Command> = None;
+    loop {
+        let command = match held.take() {
+            Some(command) => command,
+            None => match receiver.blocking_recv() {
+                Some(command) => command,
+                None => break,
+            },
+        };
+        match command {
+            Command::Append { records, done } => {
+                let mut batch = records;
+                let mut waiters = vec![(0..batch.len(), done)];
+                // Group commit: take every append already queued behind this one.
+                while batch.len() < MAX_GROUP {
+                    match receiver.try_recv() {
+                        Ok(Command::Append { records, done }) => {
+                            let start = batch.len();
+                            batch.extend(records);
+                            waiters.push((start..batch.len(), done));
+                        }
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let outcomes = append_with_retry(&mut outbox, &batch)?;
+                report_append(&outcomes, outbox.pending());
+                if outcomes.contains(&Appended::Stored) {
+                    appended.notify_one();
+                }
+                for (range, done) in waiters {
+                    if let Some(done) = done {
+                        let _ = done.send(outcomes[range].to_vec());
+                    }
+                }
+            }
+            Command::Acknowledge { seqs, now_ms } => {
+                if let Err(error) = outbox.acknowledge(&seqs, now_ms) {
+                    match error {
+                        // The rows stay and are published again later: a duplicate, never a loss.
+                        OutboxError::DiskFull(_) => tracing::error!(%error, "Could not remove delivered readings."),
+                        other => return Err(other),
+                    }
+                }
+            }
+            Command::Fetch { after, limit, reply } => {
+                let _ = reply.send(outbox.fetch_after(after, limit)?);
+            }
+            Command::UplinkError { message, now_ms } => {
+                if let Err(error) = outbox.record_uplink_error(&message, now_ms) {
+                    tracing::warn!(%error, "Could not record the uplink error.");
+                }
+            }
+            Command::Counters { deltas } => {
+                if let Err(error) = outbox.add_counters(&deltas) {
+                    tracing::warn!(%error, "Could not record counters.");
+                }
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(outbox.stats()?);
+            }
+        }
+        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            last_housekeeping = std::time::Instant::now();
+            housekeeping(&mut outbox, now_ms() - retention_ms);
+        }
+    }
+    if let Err(error) = outbox.checkpoint() {
+        tracing::debug!(%error, "Final checkpoint failed; SQLite replays the WAL on the next open.");
+    }
+    Ok(())
+}
+
+/// A full disk is retried until space appears: the readings wait in memory and the bounded queue pushes
+/// back on the devices. Any other error stops the worker (an fsync error must not be retried).
+fn append_with_retry(outbox: &mut Outbox, batch: &[NewRecord]) -> Result<Vec<Appended>, OutboxError> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match outbox.append(batch) {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(OutboxError::DiskFull(error)) => {
+                tracing::error!(%error, records = batch.len(), retry_in = ?delay, "Outbox disk full; holding readings and retrying.");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+fn report_append(outcomes: &[Appended], pending: u64) {
+    let rejected = outcomes.iter().filter(|o| **o == Appended::RejectedFull).count();
+    if rejected > 0 {
+        tracing::error!(rejected, pending, "Outbox full: refused new readings; they are counted in status.");
+    }
+    let duplicates = outcomes.iter().filter(|o| **o == Appended::Duplicate).count();
+    if duplicates > 0 {
+        tracing::debug!(duplicates, "Skipped readings already queued or delivered.");
+    }
+}
+
+fn housekeeping(outbox: &mut Outbox, forget_before_ms: i64) {
+    match outbox.prune_delivered(forget_before_ms) {
+        Ok(0) => {}
+        Ok(pruned) => tracing::debug!(pruned, "Forgot old delivered reading ids."),
+        Err(error) => tracing::warn!(%error, "Could not prune delivered reading ids."),
+    }
+    if outbox.pending() == 0 {
+        if let Err(error) = outbox.checkpoint() {
+            tracing::debug!(%error, "Idle checkpoint failed.");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The public wire contract `vitalsd.reading.v1`: a reading plus device identity as JSON, and reading ids.
+//!
+//! Backends depend on these field names; `schema/vitalsd.reading.v1.schema.json` documents them and the
+//! tests validate every payload against it. Additive changes stay within v1.
+
+use chrono::SecondsFormat;
+use serde::Serialize;
+
+use crate::reading::Reading;
+
+pub const SCHEMA_NAME: &str = "vitalsd.reading.v1";
+/// The outbox format number of payloads built here.
+pub const OUTBOX_FORMAT: u32 = 1;
+
+/// Namespace for reading ids (UUID v5), fixed forever so ids stay stable across versions.
+const READING_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d0c_9a51_7e2b_4c6e_9f0a_1b3c_5d7e_9f10);
+
+/// Who produced a reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub transport: &'static str,
+    pub protocol: &'static str,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+}
+
+/// The stable id of a reading.
+///
+/// Readings whose device names the record (a timestamp or sequence number) get an id derived from the
+/// device and that name only, so reading the same stored record again yields the same id. Other readings
+/// get an id derived from the receive time and bytes, fixed when the reading enters the outbox.
+pub fn reading_id(device_id: &str, reading: &Reading, index_in_chunk: usize) -> String {
+    let name = match &reading.record_key {
+        Some(key) => format!("{device_id}|{key}"),
+        None => format!(
+            "{device_id}|{}|{}|{index_in_chunk}",
+            reading.received_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            hex::encode(&reading.raw)
+        ),
+    };
+    uuid::Uuid::new_v5(&READING_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+#[derive(Serialize)]
+struct ReadingV1<'a> {
+    schema: &'static str,
+    id: &'a str,
+    hub_id: &'a str,
+    device: &'a DeviceInfo,
+    kind: &'static str,
+    measured_at: String,
+    received_at: String,
+    time_source: &'static str,
+    values: Vec<ValueV1>,
+    flags: &'a [&'static str],
+    raw: String,
+}
+
+#[derive(Serialize)]
+struct ValueV1 {
+    name: &'static str,
+    value: Option<serde_json::Number>,
+    unit: &'static str,
+    mdc: u32,
+    loinc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    special: Option<&'static str>,
+}
+
+/// Renders a reading as a `vitalsd.reading.v1` JSON document.
+pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -> Vec<u8> {
+    let document = ReadingV1 {
+        schema: SCHEMA_NAME,
+        id,
+        hub_id,
+        device,
+        kind: reading.kind.as_str(),
+        measured_at: reading.measured_at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+        received_at: reading.received_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        time_source: reading.time_source.as_str(),
+        values: reading
+            .values
+            .iter()
+            .map(|value| ValueV1 {
+                name: value.measure.name,
+                value: value.value.and_then(json_number),
+                unit: value.measure.unit,
+                mdc: value.measure.mdc,
+                loinc: value.measure.loinc,
+                special: value.special.map(|s| s.as_str()),
+            })
+            .collect(),
+        flags: &reading.flags,
+        raw: hex::encode(&reading.raw),
+    };
+    serde_json::to_vec(&document).expect("invariant: the payload types serialise infallibly")
+}
+
+/// Whole numbers print without a fraction (`97`, not `97.0`); non-finite numbers have no JSON form.
+fn json_number(value: f64) -> Option<serde_json::Number> {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        Some(serde_json::Number::from(value as i64))
+    } else {
+        serde_json::Number::from_f64(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes;
+    use crate::reading::{Kind, Special, TimeSource, Value};
+    use chrono::{DateTime, Utc};
+
+    fn sample() -> Reading {
+        let received_at: DateTime<Utc> = "2026-11-22T09:00:01.123456Z".parse().unwrap();
+        Reading {
+            kind: Kind::PulseOximetry,
+            measured_at: "2024-03-15T10:20:30+01:00".parse().unwrap(),
+            received_at,
+            time_source: TimeSource::Device,
+            values: vec![
+                Value::number(&codes::SPO2, 97.0),
+                Value::special(&codes::PULSE_RATE_OXIMETER, Special::Missing),
+            ],
+            flags: vec!["smartpoint"],
+            raw: vec![0x00, 0x02, 0xab],
+            record_key: Some("nonin-df13:abc".to_string()),
+        }
+    }
+
+    fn device() -> DeviceInfo {
+        DeviceInfo {
+            id: "serial:usb-Nonin-if00".to_string(),
+            transport: "serial",
+            protocol: "nonin-df13",
+            manufacturer: None,
+            model: None,
+            serial_number: None,
+        }
+    }
+
+    #[test]
+    fn payload_has_the_documented_shape() {
+        let json: serde_json::Value = serde_json::from_slice(&to_json("hub-0001", "the-id", &device(), &sample())).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "schema": "vitalsd.reading.v1",
+                "id": "the-id",
+                "hub_id": "hub-0001",
+                "device": {"id": "serial:usb-Nonin-if00", "transport": "serial", "protocol": "nonin-df13",
+                           "manufacturer": null, "model": null, "serial_number": null},
+                "kind": "pulse_oximetry",
+                "measured_at": "2024-03-15T10:20:30+01:00",
+                "received_at": "2026-11-22T09:00:01.123Z",
+                "time_source": "device",
+                "values": [
+                    {"name": "spo2", "value": 97, "unit": "%", "mdc": 150456, "loinc": "2708-6"},
+                    {"name": "pulse_rate", "value": null, "unit": "/min", "mdc": 149530, "loinc": "8867-4", "special": "missing"}
+                ],
+                "flags": ["smartpoint"],
+                "raw": "0002ab"
+            })
+        );
+    }
+
+    #[test]
+    fn fractional_values_keep_their_fraction() {
+        assert_eq!(json_number(36.6).unwrap().to_string(), "36.6");
+        assert_eq!(json_number(72.0).unwrap().to_string(), "72");
+        assert_eq!(json_number(f64::NAN), None);
+    }
+
+    #[test]
+    fn a_device_named_record_has_the_same_id_whenever_it_is_read() {
+        let first = sample();
+        let mut again = sample();
+        again.received_at = "2026-11-23T00:00:00Z".parse().unwrap();
+        again.flags.push("from_memory");
+        assert_eq!(reading_id("dev", &first, 0), reading_id("dev", &again, 5));
+        assert_ne!(reading_id("dev", &first, 0), reading_id("other-dev", &first, 0));
+    }
+
+    #[test]
+    fn readings_without_a_device_identity_get_distinct_ids() {
+        let mut first = sample();
+        first.record_key = None;
+        let mut second = first.clone();
+        second.received_at = "2026-11-22T09:00:02Z".parse().unwrap();
+        assert_ne!(reading_id("dev", &first, 0), reading_id("dev", &second, 0));
+        assert_ne!(reading_id("dev", &first, 0), reading_id("dev", &first, 1));
+        assert_eq!(reading_id("dev", &first, 0), reading_id("dev", &first, 0));
+    }
+}

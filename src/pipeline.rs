@@ -1,0 +1,144 @@
+//! The device pipeline: transport bytes → protocol decoder → spot filter → payload → outbox records.
+//!
+//! One pipeline per device. It owns the decoder state for the current connection (a reconnect starts a
+//! fresh decoder, so half a frame from before an unplug never glues onto bytes after it), counts rejected
+//! frames, and hands finished records to the outbox worker, which makes them durable.
+
+use std::time::Duration;
+
+use chrono::Local;
+use tokio::sync::{mpsc, watch};
+
+use crate::decode::{DecodeContext, DecodeEvent, FrameError, Protocol};
+use crate::outbox::{NewRecord, OutboxHandle};
+use crate::payload::{self, DeviceInfo};
+use crate::reading::Reading;
+use crate::serial::PortEvent;
+use crate::spot::{SpotFilter, SpotRule};
+
+/// How often counters are written to the outbox's statistics.
+const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+
+/// Who a pipeline decodes for.
+pub struct DeviceSettings {
+    pub hub_id: String,
+    pub device: DeviceInfo,
+    pub protocol: Protocol,
+    pub spot: SpotRule,
+}
+
+#[derive(Default)]
+struct Counters {
+    frames_rejected: u64,
+    bytes_skipped: u64,
+    readings: u64,
+}
+
+/// Runs until the transport's sender is gone; `shutdown` only stops the periodic counter flush early.
+pub async fn run_device(
+    settings: DeviceSettings,
+    mut events: mpsc::Receiver<PortEvent>,
+    outbox: OutboxHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), crate::outbox::worker::WorkerGone> {
+    let mut decoder = settings.protocol.new_decoder();
+    let mut spot = SpotFilter::new(settings.spot);
+    let mut counters = Counters::default();
+    let mut flush = tokio::time::interval(COUNTER_FLUSH);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(PortEvent::Opened) => {
+                    decoder = settings.protocol.new_decoder();
+                    spot = SpotFilter::new(settings.spot);
+                }
+                Some(PortEvent::Bytes { bytes, received_at }) => {
+                    let decoded = decoder.feed(&bytes, &DecodeContext { received_at, time_zone: &Local });
+                    let records = collect(&settings, decoded, &mut spot, &mut counters);
+                    if !records.is_empty() {
+                        outbox.append(records).await?;
+                    }
+                }
+                Some(PortEvent::Closed { .. }) => {
+                    if let Some(error) = decoder.finish() {
+                        count_rejection(&settings, &error, &mut counters);
+                    }
+                }
+                None => break,
+            },
+            _ = flush.tick() => flush_counters(&settings, &outbox, &mut counters).await?,
+            _ = shutdown.changed() => {}
+        }
+    }
+    flush_counters(&settings, &outbox, &mut counters).await
+}
+
+fn collect(
+    settings: &DeviceSettings,
+    decoded: Vec<DecodeEvent>,
+    spot: &mut SpotFilter,
+    counters: &mut Counters,
+) -> Vec<NewRecord> {
+    let mut records = Vec::new();
+    for (index, event) in decoded.into_iter().enumerate() {
+        match event {
+            DecodeEvent::Reading(reading) => {
+                let reading = if settings.protocol.is_continuous() { spot.push(reading) } else { Some(reading) };
+                if let Some(reading) = reading {
+                    counters.readings += 1;
+                    records.push(record_of(settings, &reading, index));
+                }
+            }
+            DecodeEvent::Rejected(error) => count_rejection(settings, &error, counters),
+        }
+    }
+    records
+}
+
+fn record_of(settings: &DeviceSettings, reading: &Reading, index: usize) -> NewRecord {
+    let id = payload::reading_id(&settings.device.id, reading, index);
+    tracing::debug!(device = %settings.device.id, %id, kind = reading.kind.as_str(), "Reading decoded.");
+    NewRecord {
+        payload: payload::to_json(&settings.hub_id, &id, &settings.device, reading),
+        key: id,
+        label: reading.kind.as_str().to_string(),
+        format: payload::OUTBOX_FORMAT,
+        created_at_ms: reading.received_at.timestamp_millis(),
+    }
+}
+
+fn count_rejection(settings: &DeviceSettings, error: &FrameError, counters: &mut Counters) {
+    match error {
+        FrameError::Garbage { count } => counters.bytes_skipped += *count as u64,
+        other => {
+            counters.frames_rejected += 1;
+            // The frame bytes may hold a measurement, so they are logged at debug level only.
+            tracing::debug!(device = %settings.device.id, error = %other, "Rejected a malformed frame.");
+        }
+    }
+}
+
+async fn flush_counters(
+    settings: &DeviceSettings,
+    outbox: &OutboxHandle,
+    counters: &mut Counters,
+) -> Result<(), crate::outbox::worker::WorkerGone> {
+    let taken = std::mem::take(counters);
+    if taken.frames_rejected + taken.bytes_skipped + taken.readings == 0 {
+        return Ok(());
+    }
+    if taken.frames_rejected > 0 {
+        tracing::warn!(device = %settings.device.id, count = taken.frames_rejected, "Skipped malformed frames.");
+    }
+    let device = &settings.device.id;
+    let mut deltas = Vec::new();
+    for (name, value) in
+        [("frames_rejected", taken.frames_rejected), ("bytes_skipped", taken.bytes_skipped), ("readings", taken.readings)]
+    {
+        if value > 0 {
+            deltas.push((name.to_string(), value));
+            deltas.push((format!("{name}.{device}"), value));
+        }
+    }
+    outbox.add_counters(deltas).await
+}

@@ -1,0 +1,159 @@
+//! The normalised reading every decoder produces and every later stage consumes; pure data, no I/O.
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+
+use crate::codes::Measure;
+
+/// What a reading measures; also the last segment of its MQTT topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    BloodPressure,
+    PulseOximetry,
+    BodyWeight,
+    BodyComposition,
+    BloodGlucose,
+    BodyTemperature,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::BloodPressure,
+        Kind::PulseOximetry,
+        Kind::BodyWeight,
+        Kind::BodyComposition,
+        Kind::BloodGlucose,
+        Kind::BodyTemperature,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::BloodPressure => "blood_pressure",
+            Kind::PulseOximetry => "pulse_oximetry",
+            Kind::BodyWeight => "body_weight",
+            Kind::BodyComposition => "body_composition",
+            Kind::BloodGlucose => "blood_glucose",
+            Kind::BodyTemperature => "body_temperature",
+        }
+    }
+}
+
+/// Where `measured_at` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The device's own clock stamped the measurement.
+    Device,
+    /// The hub's receive time stands in, because the device has no usable clock.
+    Hub,
+}
+
+impl TimeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeSource::Device => "device",
+            TimeSource::Hub => "hub",
+        }
+    }
+}
+
+/// A device's way of saying "there is no number here"; published as `"value": null` plus `"special"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// The device's "no data" sentinel (Nonin HR 511 / SpO2 127, Masimo `---`).
+    Missing,
+    /// The device says it attempted no measurement or the measurement failed.
+    NoMeasurement,
+    /// IEEE 11073 NaN.
+    NotANumber,
+    /// IEEE 11073 NRes (not at this resolution).
+    NotAtThisResolution,
+    /// IEEE 11073 +INF.
+    PositiveInfinity,
+    /// IEEE 11073 -INF.
+    NegativeInfinity,
+    /// IEEE 11073 reserved value.
+    Reserved,
+}
+
+impl Special {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Special::Missing => "missing",
+            Special::NoMeasurement => "no_measurement",
+            Special::NotANumber => "nan",
+            Special::NotAtThisResolution => "nres",
+            Special::PositiveInfinity => "+inf",
+            Special::NegativeInfinity => "-inf",
+            Special::Reserved => "reserved",
+        }
+    }
+}
+
+/// One measured quantity of a reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Value {
+    pub measure: &'static Measure,
+    /// `None` exactly when `special` is set.
+    pub value: Option<f64>,
+    pub special: Option<Special>,
+}
+
+impl Value {
+    pub fn number(measure: &'static Measure, value: f64) -> Value {
+        Value { measure, value: Some(value), special: None }
+    }
+
+    pub fn special(measure: &'static Measure, special: Special) -> Value {
+        Value { measure, value: None, special: Some(special) }
+    }
+}
+
+/// A decoded measurement, before the hub adds device identity and its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub kind: Kind,
+    pub measured_at: DateTime<FixedOffset>,
+    pub received_at: DateTime<Utc>,
+    pub time_source: TimeSource,
+    pub values: Vec<Value>,
+    /// Quality and status flags, snake_case, in a fixed order per decoder.
+    pub flags: Vec<&'static str>,
+    /// The bytes of the source frame or packet.
+    pub raw: Vec<u8>,
+    /// The identity the device gives this record (its timestamp or sequence number plus what it measured), if any.
+    /// Two decodes of the same stored record yield the same key; the hub derives the reading id from it.
+    pub record_key: Option<String>,
+}
+
+impl Reading {
+    /// A reading stamped with the hub's receive time.
+    pub fn at_hub_time(kind: Kind, received_at: DateTime<Utc>, raw: &[u8]) -> Reading {
+        Reading {
+            kind,
+            measured_at: received_at.fixed_offset(),
+            received_at,
+            time_source: TimeSource::Hub,
+            values: Vec::new(),
+            flags: Vec::new(),
+            raw: raw.to_vec(),
+            record_key: None,
+        }
+    }
+
+    pub fn value(&self, name: &str) -> Option<&Value> {
+        self.values.iter().find(|v| v.measure.name == name)
+    }
+}
+
+/// Resolves a device's wall-clock time (no zone on the wire) in the hub's time zone.
+///
+/// Passed into decoders so they stay free of I/O: production passes `chrono::Local`, tests a fixed offset.
+pub trait HubTimeZone {
+    /// `None` when the local time does not exist (a DST gap); an ambiguous time takes the earlier instant.
+    fn resolve(&self, local: NaiveDateTime) -> Option<DateTime<FixedOffset>>;
+}
+
+impl<Tz: TimeZone> HubTimeZone for Tz {
+    fn resolve(&self, local: NaiveDateTime) -> Option<DateTime<FixedOffset>> {
+        self.from_local_datetime(&local).earliest().map(|t| t.fixed_offset())
+    }
+}

@@ -1,0 +1,110 @@
+//! The serial transport: opens a port by path, reads bytes, and reopens it when the device comes back.
+//!
+//! It does I/O and nothing else: bytes go out as [`PortEvent::Bytes`] with the time they were read, and
+//! decoding happens downstream. A vanished device (EOF or a read error, as a USB unplug gives) closes the
+//! port cleanly; the task then polls the configured path (usually a `/dev/serial/by-id/` link, which
+//! disappears while the device is unplugged) and reopens it when it is back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+
+/// How often a missing port is looked for.
+const REOPEN_POLL: Duration = Duration::from_secs(1);
+
+/// What happened on a port.
+#[derive(Debug)]
+pub enum PortEvent {
+    Opened,
+    Bytes { bytes: Vec<u8>, received_at: DateTime<Utc> },
+    Closed { reason: String },
+}
+
+/// Where and how to open a port.
+#[derive(Debug, Clone)]
+pub struct PortSettings {
+    pub path: PathBuf,
+    pub baud_rate: u32,
+}
+
+/// Runs until `shutdown` turns true or the receiver of `events` is gone.
+pub async fn run_port(settings: PortSettings, events: mpsc::Sender<PortEvent>, mut shutdown: watch::Receiver<bool>) {
+    let mut reported_missing = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match open(&settings) {
+            Ok(mut port) => {
+                reported_missing = false;
+                tracing::info!(path = %settings.path.display(), "Serial port opened.");
+                if events.send(PortEvent::Opened).await.is_err() {
+                    return;
+                }
+                let reason = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    reason = read_until_gone(&mut port, &events) => reason,
+                };
+                let Some(reason) = reason else { return };
+                tracing::warn!(path = %settings.path.display(), %reason, "Serial device gone; waiting for it to return.");
+                if events.send(PortEvent::Closed { reason }).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                if !reported_missing {
+                    tracing::warn!(path = %settings.path.display(), %error, "Cannot open serial port; will keep trying.");
+                    reported_missing = true;
+                } else {
+                    tracing::debug!(path = %settings.path.display(), %error, "Serial port still unavailable.");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(REOPEN_POLL) => {}
+        }
+    }
+}
+
+fn open(settings: &PortSettings) -> Result<SerialStream, tokio_serial::Error> {
+    if !settings.path.exists() {
+        return Err(tokio_serial::Error::new(tokio_serial::ErrorKind::NoDevice, "no such device"));
+    }
+    let path = settings.path.to_string_lossy();
+    let mut port = tokio_serial::new(path.as_ref(), settings.baud_rate)
+        .data_bits(tokio_serial::DataBits::Eight)
+        .parity(tokio_serial::Parity::None)
+        .stop_bits(tokio_serial::StopBits::One)
+        .flow_control(tokio_serial::FlowControl::None)
+        .open_native_async()?;
+    // Some USB-serial cables power the device from DTR/RTS; pseudo-terminals have no modem lines (ENOTTY).
+    if let Err(error) = port.write_data_terminal_ready(true) {
+        tracing::debug!(%error, "Cannot raise DTR; continuing without modem lines.");
+    }
+    if let Err(error) = port.write_request_to_send(true) {
+        tracing::debug!(%error, "Cannot raise RTS; continuing without modem lines.");
+    }
+    Ok(port)
+}
+
+/// Reads until the device goes away; returns why, or `None` when the receiver is gone.
+async fn read_until_gone(port: &mut SerialStream, events: &mpsc::Sender<PortEvent>) -> Option<String> {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        match port.read(&mut buffer).await {
+            Ok(0) => return Some("end of file".to_string()),
+            Ok(count) => {
+                let event = PortEvent::Bytes { bytes: buffer[..count].to_vec(), received_at: crate::clock::now_utc() };
+                if events.send(event).await.is_err() {
+                    return None;
+                }
+            }
+            Err(error) => return Some(error.to_string()),
+        }
+    }
+}

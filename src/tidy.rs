@@ -1,0 +1,103 @@
+//! Architecture checks that run as tests: the boundaries ARCHITECTURE.md states, enforced mechanically.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            files.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// The text of a file without its `#[cfg(test)]` module, so tests may use what production code may not.
+fn production_text(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read source");
+    match text.find("#[cfg(test)]") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+#[track_caller]
+fn check_absent(files: &[&str], forbidden: &[&str]) {
+    let mut violations = Vec::new();
+    for file in files {
+        let path = src().join(file);
+        let paths = if path.is_dir() { sources(&path) } else { vec![path] };
+        for path in paths {
+            let text = production_text(&path);
+            for word in forbidden {
+                if text.contains(word) {
+                    violations.push(format!("{} mentions {word}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn decoders_and_the_model_do_no_io_and_read_no_clock() {
+    check_absent(
+        &["decode", "reading.rs", "codes.rs", "spot.rs", "payload.rs", "mqtt/inflight.rs"],
+        &["tokio", "std::fs", "std::net", "Instant::now", "SystemTime::now", "Utc::now", "Local::now", "async fn"],
+    );
+}
+
+#[test]
+fn the_outbox_knows_nothing_of_mqtt_devices_or_json() {
+    check_absent(&["outbox"], &["rumqttc", "crate::mqtt", "crate::serial", "crate::decode", "crate::reading", "serde_json"]);
+}
+
+#[test]
+fn only_the_clock_module_reads_the_clock() {
+    let mut violations = Vec::new();
+    for path in sources(&src()) {
+        if path.ends_with("clock.rs") || path.ends_with("tidy.rs") {
+            continue;
+        }
+        let text = production_text(&path);
+        for word in ["Utc::now", "Local::now", "SystemTime::now"] {
+            if text.contains(word) {
+                violations.push(format!("{} calls {word}", path.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn only_app_spawns_tasks() {
+    let mut violations = Vec::new();
+    for path in sources(&src()) {
+        let name = path.file_name().unwrap().to_string_lossy();
+        if ["app.rs", "daemon.rs", "tidy.rs"].contains(&name.as_ref()) {
+            continue;
+        }
+        if production_text(&path).contains("tokio::spawn") {
+            violations.push(path.display().to_string());
+        }
+    }
+    assert!(violations.is_empty(), "tasks spawned outside app.rs: {violations:?}");
+}
+
+#[test]
+fn every_module_says_what_it_owns() {
+    let missing: Vec<String> = sources(&src())
+        .into_iter()
+        .filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//! "))
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(missing.is_empty(), "files without a leading //! line: {missing:?}");
+}
