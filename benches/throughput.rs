@@ -23,7 +23,10 @@ use support::subscriber::Subscriber;
 use vitalsd::outbox::{NewRecord, Outbox, OutboxOptions};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -32,7 +35,13 @@ fn main() {
     let ingest_count = env_or("VITALSD_BENCH_INGEST", 10_000);
     let latency_count = env_or("VITALSD_BENCH_LATENCY", 300);
     let payload = sample_payload(0);
-    println!("vitalsd benchmark: payload {} bytes, {} cores", payload.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "vitalsd benchmark: payload {} bytes, {} cores",
+        payload.len(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     let broker = Broker::start_volatile();
     let raw_rate = raw_publisher_rate(broker.port, drain_count, payload.len());
@@ -40,9 +49,18 @@ fn main() {
 
     let (drain_rate, peak_kib, idle_kib) = vitalsd_drain_rate(&broker, drain_count);
     println!("(b) vitalsd outbox drain of {drain_count} readings:   {drain_rate:>10.0} msg/s");
-    println!("    ratio drain / raw:                          {:>10.2}  (target >= 0.80)", drain_rate / raw_rate);
-    println!("    vitalsd peak RSS while draining:            {:>10.1} MiB (target <= 16)", peak_kib as f64 / 1024.0);
-    println!("    vitalsd RSS idle after draining:            {:>10.1} MiB (target <= 10)", idle_kib as f64 / 1024.0);
+    println!(
+        "    ratio drain / raw:                          {:>10.2}  (target >= 0.80)",
+        drain_rate / raw_rate
+    );
+    println!(
+        "    vitalsd peak RSS while draining:            {:>10.1} MiB (target <= 16)",
+        peak_kib as f64 / 1024.0
+    );
+    println!(
+        "    vitalsd RSS idle after draining:            {:>10.1} MiB (target <= 10)",
+        idle_kib as f64 / 1024.0
+    );
 
     let ingest_rate = durable_ingest_rate(ingest_count);
     println!("(c) durable ingest of a {ingest_count}-record burst:   {ingest_rate:>10.0} readings/s (target >= 5000)");
@@ -60,7 +78,9 @@ fn sample_payload(n: u32) -> Vec<u8> {
         time_zone: &chrono::Utc,
     };
     let mut decoder = vitalsd::decode::Protocol::NoninDf13.new_decoder();
-    let Some(vitalsd::decode::DecodeEvent::Reading(reading)) = decoder.feed(&record.frame(), &context).into_iter().next() else {
+    let Some(vitalsd::decode::DecodeEvent::Reading(reading)) =
+        decoder.feed(&record.frame(), &context).into_iter().next()
+    else {
         panic!("the simulator's frame did not decode");
     };
     let device = vitalsd::payload::DeviceInfo {
@@ -76,21 +96,28 @@ fn sample_payload(n: u32) -> Vec<u8> {
 }
 
 fn raw_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let mut options = MqttOptions::new("bench-raw", "127.0.0.1", port);
         options.set_inflight(100);
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         loop {
-            if let Event::Incoming(Incoming::ConnAck(_)) = eventloop.poll().await.expect("connect") {
+            if let Event::Incoming(Incoming::ConnAck(_)) = eventloop.poll().await.expect("connect")
+            {
                 break;
             }
         }
         let payload = vec![b'x'; payload_size];
         let publisher = tokio::spawn(async move {
             for _ in 0..count {
-                client.publish("bench/raw", QoS::AtLeastOnce, false, payload.clone()).await.expect("publish");
+                client
+                    .publish("bench/raw", QoS::AtLeastOnce, false, payload.clone())
+                    .await
+                    .expect("publish");
             }
             client
         });
@@ -112,7 +139,14 @@ fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
     world.write_config(&broker.url(), &[], &[]);
     std::fs::create_dir_all(world.state_dir()).unwrap();
     {
-        let (mut outbox, _) = Outbox::open(&world.outbox_path(), OutboxOptions { max_pending: u64::MAX }, 0).unwrap();
+        let (mut outbox, _) = Outbox::open(
+            &world.outbox_path(),
+            OutboxOptions {
+                max_pending: u64::MAX,
+            },
+            0,
+        )
+        .unwrap();
         let template = sample_payload(0);
         for start in (0..count).step_by(1000) {
             let batch: Vec<NewRecord> = (start..(start + 1000).min(count))
@@ -130,10 +164,18 @@ fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
     let status = Subscriber::start(broker.port, "vitalsd/v1/+/status");
     let daemon = world.start();
     let online = support::wait_until(Duration::from_secs(30), || {
-        status.messages().iter().any(|m| m.json()["state"] == "online")
+        status
+            .messages()
+            .iter()
+            .any(|m| m.json()["state"] == "online")
     });
     assert!(online, "vitalsd did not connect: {}", world.log());
-    let started = status.messages().iter().find(|m| m.json()["state"] == "online").unwrap().arrived;
+    let started = status
+        .messages()
+        .iter()
+        .find(|m| m.json()["state"] == "online")
+        .unwrap()
+        .arrived;
     let drained = support::wait_until(Duration::from_secs(600), || pending(&world) == 0);
     assert!(drained, "drain did not finish: {}", world.log());
     let elapsed = started.elapsed();
@@ -146,7 +188,9 @@ fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
 fn pending(world: &DaemonWorld) -> i64 {
     let connection = rusqlite::Connection::open(world.outbox_path()).unwrap();
     connection.busy_timeout(Duration::from_secs(5)).unwrap();
-    connection.query_row("SELECT count(*) FROM record", [], |row| row.get(0)).unwrap()
+    connection
+        .query_row("SELECT count(*) FROM record", [], |row| row.get(0))
+        .unwrap()
 }
 
 fn durable_ingest_rate(count: usize) -> f64 {
@@ -156,10 +200,17 @@ fn durable_ingest_rate(count: usize) -> f64 {
     world.write_config(
         &format!("mqtt://127.0.0.1:{}", support::free_port()),
         &[],
-        &[SerialEntry { path: port.link().to_path_buf(), protocol: "nonin-df13", id: None, extra: vec![] }],
+        &[SerialEntry {
+            path: port.link().to_path_buf(),
+            protocol: "nonin-df13",
+            id: None,
+            extra: vec![],
+        }],
     );
     let _daemon = world.start();
-    assert!(support::wait_until(Duration::from_secs(10), || world.outbox_path().exists()));
+    assert!(support::wait_until(Duration::from_secs(10), || world
+        .outbox_path()
+        .exists()));
     std::thread::sleep(Duration::from_millis(500));
     let mut burst = Vec::new();
     for n in 0..count as u32 {
@@ -167,8 +218,14 @@ fn durable_ingest_rate(count: usize) -> f64 {
     }
     let started = Instant::now();
     port.write(&burst);
-    let done = support::wait_until(Duration::from_secs(120), || pending(&world) as usize >= count);
-    assert!(done, "ingest did not finish: {} of {count}", pending(&world));
+    let done = support::wait_until(Duration::from_secs(120), || {
+        pending(&world) as usize >= count
+    });
+    assert!(
+        done,
+        "ingest did not finish: {} of {count}",
+        pending(&world)
+    );
     count as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -179,12 +236,21 @@ fn frame_to_subscriber_latency(broker: &Broker, count: usize) -> (Duration, Dura
     world.write_config(
         &broker.url(),
         &[],
-        &[SerialEntry { path: port.link().to_path_buf(), protocol: "nonin-df13", id: None, extra: vec![] }],
+        &[SerialEntry {
+            path: port.link().to_path_buf(),
+            protocol: "nonin-df13",
+            id: None,
+            extra: vec![],
+        }],
     );
     let _daemon = world.start();
     // A first reading proves the path is up before timing starts.
     port.write(&SpotCheck::numbered(1_000_000).frame());
-    assert!(subscriber.wait_for_unique_readings(1, Duration::from_secs(30)), "{}", world.log());
+    assert!(
+        subscriber.wait_for_unique_readings(1, Duration::from_secs(30)),
+        "{}",
+        world.log()
+    );
     let mut written = std::collections::HashMap::new();
     for n in 0..count as u32 {
         let record = SpotCheck::numbered(n);
@@ -202,6 +268,10 @@ fn frame_to_subscriber_latency(broker: &Broker, count: usize) -> (Duration, Dura
         })
         .collect();
     latencies.sort();
-    let pick = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1).min(latencies.len() - 1)];
+    let pick = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize)
+            .saturating_sub(1)
+            .min(latencies.len() - 1)]
+    };
     (pick(0.50), pick(0.99))
 }

@@ -3,7 +3,11 @@
 use crate::support::daemon::{DaemonWorld, BINARY};
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(BINARY).args(args).env("TZ", "UTC").output().expect("run vitalsd");
+    let output = std::process::Command::new(BINARY)
+        .args(args)
+        .env("TZ", "UTC")
+        .output()
+        .expect("run vitalsd");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -20,25 +24,46 @@ fn check_config_lists_every_error_with_its_key_path() {
          [[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df99\"\n",
     )
     .unwrap();
-    let (code, _, stderr) = run(&["check-config", "--config", world.config_path().to_str().unwrap()]);
+    let (code, _, stderr) = run(&[
+        "check-config",
+        "--config",
+        world.config_path().to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
-    for path in ["hub.id", "hub.state_dir", "mqtt.url", "mqtt.keep_alive_s", "mqtt.pasword_file", "serial[0].protocol"] {
-        assert!(stderr.lines().any(|l| l.starts_with(&format!("{path}:"))), "no error for {path} in:\n{stderr}");
+    for path in [
+        "hub.id",
+        "hub.state_dir",
+        "mqtt.url",
+        "mqtt.keep_alive_s",
+        "mqtt.pasword_file",
+        "serial[0].protocol",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&format!("{path}:"))),
+            "no error for {path} in:\n{stderr}"
+        );
     }
     assert!(stderr.contains("unsupported scheme \"htp\""), "{stderr}");
 }
 
 #[test]
 fn check_config_accepts_the_shipped_example() {
-    let (code, stdout, stderr) = run(&["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/vitalsd.toml")]);
+    let (code, stdout, stderr) = run(&[
+        "check-config",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/vitalsd.toml"),
+    ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("ok"), "{stdout}");
 }
 
 #[test]
 fn decode_prints_the_reading_of_a_captured_frame() {
-    let (code, stdout, stderr) =
-        run(&["decode", "nonin-df13", "00 02 00 0D 00 0E 20 24 03 15 10 20 30 00 02 00 00 48 00 61 67 03"]);
+    let (code, stdout, stderr) = run(&[
+        "decode",
+        "nonin-df13",
+        "00 02 00 0D 00 0E 20 24 03 15 10 20 30 00 02 00 00 48 00 61 67 03",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let reading: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     crate::assert_valid_reading(&reading);
@@ -52,7 +77,10 @@ fn decode_prints_the_reading_of_a_captured_frame() {
 fn decode_prints_every_frame_of_a_stream() {
     let (code, stdout, stderr) = run(&["decode", "nonin-df8", "80486100", "81025f00", "837f7f00"]);
     assert_eq!(code, 0, "{stderr}");
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[1]["values"][1]["value"], 130);
     assert_eq!(lines[2]["values"][0]["special"], "missing");
@@ -70,8 +98,18 @@ fn decode_rejects_bad_input_with_a_clear_error_and_no_panic() {
         assert!(stderr.contains(expected_in_stderr), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
-    check(&["decode", "nonin-df13", "00 02 00 0D 00 0E 20 24 03 15 10 20 30 00 02 00 00 48 00 61 68 03"], "checksum");
-    check(&["decode", "nonin-df13", "00 02 00 0D 00 0E 20 24"], "truncated");
+    check(
+        &[
+            "decode",
+            "nonin-df13",
+            "00 02 00 0D 00 0E 20 24 03 15 10 20 30 00 02 00 00 48 00 61 68 03",
+        ],
+        "checksum",
+    );
+    check(
+        &["decode", "nonin-df13", "00 02 00 0D 00 0E 20 24"],
+        "truncated",
+    );
     check(&["decode", "nonin-df13", "zz"], "not a hex digit");
     check(&["decode", "nonin-df13", "123"], "odd number of hex digits");
     check(&["decode", "no-such-protocol", "00"], "unknown protocol");
@@ -82,7 +120,10 @@ fn decode_lists_its_protocols() {
     let (code, stdout, _) = run(&["decode", "--list"]);
     assert_eq!(code, 0);
     for name in ["nonin-df13", "nonin-df8", "nonin-df7", "nonin-df2"] {
-        assert!(stdout.lines().any(|l| l.starts_with(name)), "{name} missing from:\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{stdout}"
+        );
     }
 }
 

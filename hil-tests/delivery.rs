@@ -25,22 +25,50 @@ pub fn rig() -> Rig {
     world.write_config(
         &broker.url(),
         &[],
-        &[SerialEntry { path: port.link().to_path_buf(), protocol: "nonin-df13", id: None, extra: vec![] }],
+        &[SerialEntry {
+            path: port.link().to_path_buf(),
+            protocol: "nonin-df13",
+            id: None,
+            extra: vec![],
+        }],
     );
-    Rig { broker, subscriber, world, port }
+    Rig {
+        broker,
+        subscriber,
+        world,
+        port,
+    }
 }
 
 #[test]
 fn spot_check_arrives_on_the_right_topic_with_the_right_values() {
     let mut rig = rig();
     let _daemon = rig.world.start();
-    let record = SpotCheck { time: (2024, 3, 15, 10, 20, 30), pulse_rate: 72, spo2: 97, from_memory: false };
+    let record = SpotCheck {
+        time: (2024, 3, 15, 10, 20, 30),
+        pulse_rate: 72,
+        spo2: 97,
+        from_memory: false,
+    };
     rig.port.write(&record.frame());
-    assert!(rig.subscriber.wait_for_unique_readings(1, Duration::from_secs(20)), "no reading; log:\n{}", rig.world.log());
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(1, Duration::from_secs(20)),
+        "no reading; log:\n{}",
+        rig.world.log()
+    );
 
-    let messages: Vec<_> = rig.subscriber.messages().into_iter().filter(|m| m.topic.contains("/readings/")).collect();
+    let messages: Vec<_> = rig
+        .subscriber
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.contains("/readings/"))
+        .collect();
     assert_eq!(messages.len(), 1);
-    assert_eq!(messages[0].topic, "vitalsd/v1/hub-test/readings/pulse_oximetry");
+    assert_eq!(
+        messages[0].topic,
+        "vitalsd/v1/hub-test/readings/pulse_oximetry"
+    );
     assert!(!messages[0].retained, "readings must not be retained");
     let reading = messages[0].json();
     crate::assert_valid_reading(&reading);
@@ -59,9 +87,22 @@ fn spot_check_arrives_on_the_right_topic_with_the_right_values() {
     );
     assert_eq!(reading["raw"], hex::encode(record.frame()));
 
-    let status: Vec<_> = rig.subscriber.messages().into_iter().filter(|m| m.topic.ends_with("/status")).collect();
-    assert!(status.iter().any(|m| m.retained || m.json()["state"] == "online"), "no online status");
-    assert_eq!(status.last().expect("a status message").json()["state"], "online");
+    let status: Vec<_> = rig
+        .subscriber
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/status"))
+        .collect();
+    assert!(
+        status
+            .iter()
+            .any(|m| m.retained || m.json()["state"] == "online"),
+        "no online status"
+    );
+    assert_eq!(
+        status.last().expect("a status message").json()["state"],
+        "online"
+    );
 }
 
 #[test]
@@ -73,20 +114,41 @@ fn readings_wait_in_the_outbox_while_the_broker_is_down_then_arrive_once_each() 
     for n in 0..30 {
         rig.port.write(&SpotCheck::numbered(n).frame());
     }
-    let queued = crate::support::wait_until(Duration::from_secs(20), || rig.world.status()["outbox"]["pending"] == 30);
-    assert!(queued, "readings were not queued: {}\n{}", rig.world.status(), rig.world.log());
+    let queued = crate::support::wait_until(Duration::from_secs(20), || {
+        rig.world.status()["outbox"]["pending"] == 30
+    });
+    assert!(
+        queued,
+        "readings were not queued: {}\n{}",
+        rig.world.status(),
+        rig.world.log()
+    );
     let status = rig.world.status();
-    assert!(status["uplink"]["last_error"].is_string(), "no broker error reported: {status}");
+    assert!(
+        status["uplink"]["last_error"].is_string(),
+        "no broker error reported: {status}"
+    );
 
     rig.broker.restart();
-    assert!(rig.subscriber.wait_for_unique_readings(30, Duration::from_secs(30)), "log:\n{}", rig.world.log());
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(30, Duration::from_secs(30)),
+        "log:\n{}",
+        rig.world.log()
+    );
     let counts = rig.subscriber.reading_counts();
     assert_eq!(counts.len(), 30);
-    assert!(counts.values().all(|&c| c == 1), "duplicates after a clean reconnect: {counts:?}");
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "duplicates after a clean reconnect: {counts:?}"
+    );
     for reading in rig.subscriber.readings() {
         crate::assert_valid_reading(&reading);
     }
-    assert!(crate::support::wait_until(Duration::from_secs(10), || rig.world.status()["outbox"]["pending"] == 0));
+    assert!(crate::support::wait_until(Duration::from_secs(10), || rig
+        .world
+        .status()["outbox"]["pending"]
+        == 0));
     assert_eq!(rig.world.status()["outbox"]["delivered_total"], 30);
 }
 
@@ -97,15 +159,32 @@ fn the_same_stored_records_dumped_twice_are_queued_once() {
     for n in 0..20 {
         rig.port.write(&SpotCheck::numbered(n).frame());
     }
-    assert!(rig.subscriber.wait_for_unique_readings(20, Duration::from_secs(20)), "log:\n{}", rig.world.log());
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(20, Duration::from_secs(20)),
+        "log:\n{}",
+        rig.world.log()
+    );
     // The device dumps its memory again, this time flagged as sent from memory, then one new record.
     for n in 0..20 {
-        rig.port.write(&SpotCheck { from_memory: true, ..SpotCheck::numbered(n) }.frame());
+        rig.port.write(
+            &SpotCheck {
+                from_memory: true,
+                ..SpotCheck::numbered(n)
+            }
+            .frame(),
+        );
     }
     rig.port.write(&SpotCheck::numbered(1000).frame());
-    assert!(rig.subscriber.wait_for_unique_readings(21, Duration::from_secs(20)));
+    assert!(rig
+        .subscriber
+        .wait_for_unique_readings(21, Duration::from_secs(20)));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(rig.subscriber.readings().len(), 21, "a replayed record was published again");
+    assert_eq!(
+        rig.subscriber.readings().len(),
+        21,
+        "a replayed record was published again"
+    );
     assert_eq!(rig.world.status()["outbox"]["duplicates_total"], 20);
 }
 
@@ -132,23 +211,39 @@ fn a_clean_stop_publishes_offline_and_a_killed_hub_is_marked_lost_by_the_broker(
     let rig = rig();
     let mut daemon = rig.world.start();
     let online = crate::support::wait_until(Duration::from_secs(20), || {
-        rig.subscriber.messages().iter().any(|m| m.topic.ends_with("/status") && m.json()["state"] == "online")
+        rig.subscriber
+            .messages()
+            .iter()
+            .any(|m| m.topic.ends_with("/status") && m.json()["state"] == "online")
     });
     assert!(online);
-    assert!(daemon.terminate().success(), "vitalsd exited non-zero on SIGTERM; log:\n{}", rig.world.log());
+    assert!(
+        daemon.terminate().success(),
+        "vitalsd exited non-zero on SIGTERM; log:\n{}",
+        rig.world.log()
+    );
     let offline = crate::support::wait_until(Duration::from_secs(10), || {
-        rig.subscriber.messages().last().is_some_and(|m| m.topic.ends_with("/status") && m.json()["state"] == "offline")
+        rig.subscriber
+            .messages()
+            .last()
+            .is_some_and(|m| m.topic.ends_with("/status") && m.json()["state"] == "offline")
     });
     assert!(offline, "no offline status after SIGTERM");
 
     let mut daemon = rig.world.start();
     assert!(crate::support::wait_until(Duration::from_secs(20), || {
-        rig.subscriber.messages().last().is_some_and(|m| m.json()["state"] == "online")
+        rig.subscriber
+            .messages()
+            .last()
+            .is_some_and(|m| m.json()["state"] == "online")
     }));
     daemon.kill9();
     // Mosquitto sends the will after 1.5 keep-alive periods (keep_alive_s = 5 in the test config).
     let lost = crate::support::wait_until(Duration::from_secs(15), || {
-        rig.subscriber.messages().last().is_some_and(|m| m.topic.ends_with("/status") && m.json()["state"] == "lost")
+        rig.subscriber
+            .messages()
+            .last()
+            .is_some_and(|m| m.topic.ends_with("/status") && m.json()["state"] == "lost")
     });
     assert!(lost, "the last will did not mark the hub lost");
 }

@@ -10,7 +10,10 @@ use crate::support::wait_until;
 
 /// How many kill -9 cycles to run; CI runs the default, a soak run sets more.
 fn kill_cycles() -> u32 {
-    std::env::var("VITALSD_KILL_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
+    std::env::var("VITALSD_KILL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
 }
 
 #[test]
@@ -28,7 +31,11 @@ fn kill_9_at_random_points_while_readings_arrive_and_while_draining_loses_nothin
             rig.broker.kill();
         }
         let mut daemon = rig.world.start();
-        let frames = if build_backlog { 1500 } else { fastrand::u32(0..12) };
+        let frames = if build_backlog {
+            1500
+        } else {
+            fastrand::u32(0..12)
+        };
         let mut burst = Vec::new();
         for _ in 0..frames {
             let record = SpotCheck::numbered(next_record);
@@ -40,7 +47,9 @@ fn kill_9_at_random_points_while_readings_arrive_and_while_draining_loses_nothin
             rig.port.write(&burst);
             let target = rig.world.outbox_keys().len();
             assert!(target < 100_000);
-            wait_until(Duration::from_secs(30), || rig.world.outbox_keys().len() >= 1000);
+            wait_until(Duration::from_secs(30), || {
+                rig.world.outbox_keys().len() >= 1000
+            });
         } else {
             // Frames trickle in while the kill lands somewhere in or after them.
             for chunk in burst.chunks(22) {
@@ -58,20 +67,46 @@ fn kill_9_at_random_points_while_readings_arrive_and_while_draining_loses_nothin
     }
 
     let _daemon = rig.world.start();
-    let drained = wait_until(Duration::from_secs(120), || rig.world.outbox_keys().is_empty());
+    let drained = wait_until(Duration::from_secs(120), || {
+        rig.world.outbox_keys().is_empty()
+    });
     assert!(drained, "outbox did not drain: {}", rig.world.status());
-    let delivered_all = wait_until(Duration::from_secs(30), || rig.subscriber.unique_reading_ids().is_superset(&obligations));
+    let delivered_all = wait_until(Duration::from_secs(30), || {
+        rig.subscriber
+            .unique_reading_ids()
+            .is_superset(&obligations)
+    });
     let delivered = rig.subscriber.unique_reading_ids();
     let missing: Vec<_> = obligations.difference(&delivered).collect();
-    assert!(delivered_all, "{} readings that reached the outbox were never delivered: {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        delivered_all,
+        "{} readings that reached the outbox were never delivered: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 
     // Nothing invented: every delivered reading is one the device sent.
     for reading in rig.subscriber.readings() {
-        let measured_at = reading["measured_at"].as_str().expect("measured_at").to_string();
-        assert!(written.contains(&measured_at), "a reading nobody sent: {reading}");
+        let measured_at = reading["measured_at"]
+            .as_str()
+            .expect("measured_at")
+            .to_string();
+        assert!(
+            written.contains(&measured_at),
+            "a reading nobody sent: {reading}"
+        );
     }
-    assert!(obligations.len() >= 1000, "the backlog cycles did not exercise the drain: {}", obligations.len());
-    let duplicates: usize = rig.subscriber.reading_counts().values().map(|c| c - 1).sum();
+    assert!(
+        obligations.len() >= 1000,
+        "the backlog cycles did not exercise the drain: {}",
+        obligations.len()
+    );
+    let duplicates: usize = rig
+        .subscriber
+        .reading_counts()
+        .values()
+        .map(|c| c - 1)
+        .sum();
     eprintln!(
         "kill -9 cycles: {cycles}; records written {}, reached the outbox {}, delivered {} (+{duplicates} duplicates)",
         written.len(),
@@ -91,14 +126,29 @@ fn broker_killed_and_restarted_mid_drain_loses_nothing() {
         burst.extend(SpotCheck::numbered(n).frame());
     }
     rig.port.write(&burst);
-    assert!(wait_until(Duration::from_secs(30), || rig.world.outbox_keys().len() == 3000), "{}", rig.world.status());
+    assert!(
+        wait_until(Duration::from_secs(30), || rig.world.outbox_keys().len()
+            == 3000),
+        "{}",
+        rig.world.status()
+    );
     rig.broker.restart();
-    assert!(rig.subscriber.wait_for_unique_readings(200, Duration::from_secs(30)));
+    assert!(rig
+        .subscriber
+        .wait_for_unique_readings(200, Duration::from_secs(30)));
     rig.broker.kill();
     std::thread::sleep(Duration::from_millis(300));
     rig.broker.restart();
-    assert!(rig.subscriber.wait_for_unique_readings(3000, Duration::from_secs(60)), "log:\n{}", rig.world.log());
-    assert!(wait_until(Duration::from_secs(10), || rig.world.outbox_keys().is_empty()));
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(3000, Duration::from_secs(60)),
+        "log:\n{}",
+        rig.world.log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || rig
+        .world
+        .outbox_keys()
+        .is_empty()));
     assert_eq!(rig.subscriber.unique_reading_ids().len(), 3000);
 }
 
@@ -109,34 +159,69 @@ fn a_frozen_broker_holds_readings_until_it_resumes() {
     for n in 0..50 {
         rig.port.write(&SpotCheck::numbered(n).frame());
     }
-    assert!(rig.subscriber.wait_for_unique_readings(50, Duration::from_secs(20)));
+    assert!(rig
+        .subscriber
+        .wait_for_unique_readings(50, Duration::from_secs(20)));
     rig.broker.freeze();
     for n in 50..100 {
         rig.port.write(&SpotCheck::numbered(n).frame());
     }
     // Longer than a keep-alive period, so the daemon notices the silence and reconnects.
     std::thread::sleep(Duration::from_secs(7));
-    assert!(rig.world.outbox_keys().len() >= 50, "readings left the outbox while the broker was frozen");
+    assert!(
+        rig.world.outbox_keys().len() >= 50,
+        "readings left the outbox while the broker was frozen"
+    );
     rig.broker.thaw();
-    assert!(rig.subscriber.wait_for_unique_readings(100, Duration::from_secs(60)), "log:\n{}", rig.world.log());
-    assert!(wait_until(Duration::from_secs(10), || rig.world.outbox_keys().is_empty()));
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(100, Duration::from_secs(60)),
+        "log:\n{}",
+        rig.world.log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || rig
+        .world
+        .outbox_keys()
+        .is_empty()));
 }
 
 #[test]
 fn an_unreadable_outbox_is_moved_aside_and_the_daemon_starts_fresh() {
     let mut rig = rig();
     std::fs::create_dir_all(rig.world.state_dir()).unwrap();
-    std::fs::write(rig.world.outbox_path(), b"garbage where the outbox should be; keep me for forensics").unwrap();
+    std::fs::write(
+        rig.world.outbox_path(),
+        b"garbage where the outbox should be; keep me for forensics",
+    )
+    .unwrap();
     let _daemon = rig.world.start();
     rig.port.write(&SpotCheck::numbered(7).frame());
-    assert!(rig.subscriber.wait_for_unique_readings(1, Duration::from_secs(20)), "log:\n{}", rig.world.log());
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(1, Duration::from_secs(20)),
+        "log:\n{}",
+        rig.world.log()
+    );
     let moved: Vec<_> = std::fs::read_dir(rig.world.state_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("outbox.db.broken-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("outbox.db.broken-")
+        })
         .collect();
     assert_eq!(moved.len(), 1, "the broken outbox was not kept");
-    assert!(std::fs::read(&moved[0]).unwrap().starts_with(b"garbage where the outbox should be"));
-    assert!(rig.world.log().contains("THE OUTBOX DATABASE WAS UNREADABLE"));
-    assert!(rig.world.status()["outbox"]["quarantined"].as_str().unwrap().contains("outbox.db.broken-"));
+    assert!(std::fs::read(&moved[0])
+        .unwrap()
+        .starts_with(b"garbage where the outbox should be"));
+    assert!(rig
+        .world
+        .log()
+        .contains("THE OUTBOX DATABASE WAS UNREADABLE"));
+    assert!(rig.world.status()["outbox"]["quarantined"]
+        .as_str()
+        .unwrap()
+        .contains("outbox.db.broken-"));
 }

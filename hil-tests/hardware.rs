@@ -16,12 +16,20 @@ struct RealSerialDevice {
 
 fn real_serial_device() -> Option<RealSerialDevice> {
     let path = std::env::var("VITALSD_HIL_SERIAL_PATH").ok()?;
-    let name = std::env::var("VITALSD_HIL_SERIAL_PROTOCOL").unwrap_or_else(|_| "nonin-df13".to_string());
+    let name =
+        std::env::var("VITALSD_HIL_SERIAL_PROTOCOL").unwrap_or_else(|_| "nonin-df13".to_string());
     let protocol = vitalsd::decode::Protocol::from_name(&name)
         .unwrap_or_else(|| panic!("VITALSD_HIL_SERIAL_PROTOCOL={name} is not a protocol name"))
         .name();
-    let seconds = std::env::var("VITALSD_HIL_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
-    Some(RealSerialDevice { path, protocol, timeout: Duration::from_secs(seconds) })
+    let seconds = std::env::var("VITALSD_HIL_TIMEOUT_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    Some(RealSerialDevice {
+        path,
+        protocol,
+        timeout: Duration::from_secs(seconds),
+    })
 }
 
 #[test]
@@ -36,11 +44,20 @@ fn a_real_serial_device_reading_arrives_and_survives_a_broker_outage() {
     world.write_config(
         &broker.url(),
         &[],
-        &[SerialEntry { path: device.path.clone().into(), protocol: device.protocol, id: None, extra: vec![] }],
+        &[SerialEntry {
+            path: device.path.clone().into(),
+            protocol: device.protocol,
+            id: None,
+            extra: vec![],
+        }],
     );
     let _daemon = world.start();
     eprintln!("take a measurement on the device at {} now", device.path);
-    assert!(subscriber.wait_for_unique_readings(1, device.timeout), "no reading; log:\n{}", world.log());
+    assert!(
+        subscriber.wait_for_unique_readings(1, device.timeout),
+        "no reading; log:\n{}",
+        world.log()
+    );
     let reading = &subscriber.readings()[0];
     crate::assert_valid_reading(reading);
     assert_eq!(reading["device"]["protocol"], device.protocol);
@@ -48,7 +65,9 @@ fn a_real_serial_device_reading_arrives_and_survives_a_broker_outage() {
     std::thread::sleep(Duration::from_millis(1500));
     broker.kill();
     eprintln!("broker stopped: take another measurement now");
-    let queued = crate::support::wait_until(device.timeout, || world.status()["outbox"]["pending"].as_u64() >= Some(1));
+    let queued = crate::support::wait_until(device.timeout, || {
+        world.status()["outbox"]["pending"].as_u64() >= Some(1)
+    });
     assert!(queued, "no reading queued while the broker was down");
     broker.restart();
     assert!(subscriber.wait_for_unique_readings(2, Duration::from_secs(30)));

@@ -15,7 +15,11 @@ use crate::support::wait_until;
 fn garbage_and_truncated_frames_are_counted_and_skipped_and_good_frames_after_them_arrive() {
     let mut rig = rig();
     let _daemon = rig.world.start();
-    let good = [SpotCheck::numbered(1), SpotCheck::numbered(2), SpotCheck::numbered(3)];
+    let good = [
+        SpotCheck::numbered(1),
+        SpotCheck::numbered(2),
+        SpotCheck::numbered(3),
+    ];
     let mut bad_checksum = SpotCheck::numbered(50).frame();
     bad_checksum[20] ^= 0xff;
     let truncated = &SpotCheck::numbered(51).frame()[..12];
@@ -29,16 +33,41 @@ fn garbage_and_truncated_frames_are_counted_and_skipped_and_good_frames_after_th
     wire.extend(good[2].frame());
     rig.port.write(&wire);
 
-    assert!(rig.subscriber.wait_for_unique_readings(3, Duration::from_secs(20)), "log:\n{}", rig.world.log());
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(3, Duration::from_secs(20)),
+        "log:\n{}",
+        rig.world.log()
+    );
     std::thread::sleep(Duration::from_millis(300));
     let readings = rig.subscriber.readings();
-    let times: Vec<_> = readings.iter().map(|r| r["measured_at"].as_str().unwrap().to_string()).collect();
-    assert_eq!(times, good.iter().map(SpotCheck::measured_at_utc).collect::<Vec<_>>());
+    let times: Vec<_> = readings
+        .iter()
+        .map(|r| r["measured_at"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        times,
+        good.iter()
+            .map(SpotCheck::measured_at_utc)
+            .collect::<Vec<_>>()
+    );
     let counted = wait_until(Duration::from_secs(5), || {
-        rig.world.status()["counters"]["frames_rejected"].as_u64().unwrap_or(0) >= 2
+        rig.world.status()["counters"]["frames_rejected"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
     });
-    assert!(counted, "rejected frames were not counted: {}", rig.world.status());
-    assert!(rig.world.status()["counters"]["bytes_skipped"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        counted,
+        "rejected frames were not counted: {}",
+        rig.world.status()
+    );
+    assert!(
+        rig.world.status()["counters"]["bytes_skipped"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
 }
 
 #[test]
@@ -46,7 +75,9 @@ fn an_unplugged_device_is_picked_up_again_when_it_returns() {
     let mut rig = rig();
     let mut daemon = rig.world.start();
     rig.port.write(&SpotCheck::numbered(1).frame());
-    assert!(rig.subscriber.wait_for_unique_readings(1, Duration::from_secs(20)));
+    assert!(rig
+        .subscriber
+        .wait_for_unique_readings(1, Duration::from_secs(20)));
     // Unplugged in the middle of a frame.
     rig.port.write(&SpotCheck::numbered(2).frame()[..10]);
     rig.port.unplug();
@@ -56,9 +87,25 @@ fn an_unplugged_device_is_picked_up_again_when_it_returns() {
     // Opened within the reopen poll; frames written before the open would sit in the new pty anyway.
     std::thread::sleep(Duration::from_millis(1500));
     rig.port.write(&SpotCheck::numbered(3).frame());
-    assert!(rig.subscriber.wait_for_unique_readings(2, Duration::from_secs(20)), "log:\n{}", rig.world.log());
-    let times: Vec<_> = rig.subscriber.readings().iter().map(|r| r["measured_at"].as_str().unwrap().to_string()).collect();
-    assert_eq!(times, [SpotCheck::numbered(1).measured_at_utc(), SpotCheck::numbered(3).measured_at_utc()]);
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(2, Duration::from_secs(20)),
+        "log:\n{}",
+        rig.world.log()
+    );
+    let times: Vec<_> = rig
+        .subscriber
+        .readings()
+        .iter()
+        .map(|r| r["measured_at"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        times,
+        [
+            SpotCheck::numbered(1).measured_at_utc(),
+            SpotCheck::numbered(3).measured_at_utc()
+        ]
+    );
 }
 
 #[test]
@@ -74,7 +121,10 @@ fn a_continuous_stream_becomes_one_spot_reading_per_stable_placement() {
             path: port.link().to_path_buf(),
             protocol: "nonin-df8",
             id: Some("oximeter-1".to_string()),
-            extra: vec!["spot_stable_s = 1.0".to_string(), "spot_repeat_s = 3600".to_string()],
+            extra: vec![
+                "spot_stable_s = 1.0".to_string(),
+                "spot_repeat_s = 3600".to_string(),
+            ],
         }],
     );
     let _daemon = world.start();
@@ -93,11 +143,24 @@ fn a_continuous_stream_becomes_one_spot_reading_per_stable_placement() {
         port.write(&df8_frame(80, 95, false));
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(subscriber.wait_for_unique_readings(2, Duration::from_secs(20)), "log:\n{}", world.log());
+    assert!(
+        subscriber.wait_for_unique_readings(2, Duration::from_secs(20)),
+        "log:\n{}",
+        world.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let readings = subscriber.readings();
-    assert_eq!(readings.len(), 2, "one spot reading per placement, got {readings:#?}");
-    let values = |r: &serde_json::Value| (r["values"][0]["value"].as_u64(), r["values"][1]["value"].as_u64());
+    assert_eq!(
+        readings.len(),
+        2,
+        "one spot reading per placement, got {readings:#?}"
+    );
+    let values = |r: &serde_json::Value| {
+        (
+            r["values"][0]["value"].as_u64(),
+            r["values"][1]["value"].as_u64(),
+        )
+    };
     assert_eq!(values(&readings[0]), (Some(97), Some(72)));
     assert_eq!(values(&readings[1]), (Some(95), Some(80)));
     assert_eq!(readings[0]["time_source"], "hub");

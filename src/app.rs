@@ -19,13 +19,22 @@ pub const OUTBOX_FILE: &str = "outbox.db";
 
 /// Runs the daemon until `shutdown` turns true or a part fails that must not be papered over.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.hub.state_dir)
-        .with_context(|| format!("cannot create state directory {}", config.hub.state_dir.display()))?;
+    std::fs::create_dir_all(&config.hub.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            config.hub.state_dir.display()
+        )
+    })?;
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
     let now_ms = crate::clock::now_utc().timestamp_millis();
-    let (outbox, report) =
-        Outbox::open(&outbox_path, OutboxOptions { max_pending: config.outbox.max_pending }, now_ms)
-            .with_context(|| format!("cannot open the outbox {}", outbox_path.display()))?;
+    let (outbox, report) = Outbox::open(
+        &outbox_path,
+        OutboxOptions {
+            max_pending: config.outbox.max_pending,
+        },
+        now_ms,
+    )
+    .with_context(|| format!("cannot open the outbox {}", outbox_path.display()))?;
     if let Some(moved_to) = &report.quarantined_to {
         tracing::error!(
             moved_to = %moved_to.display(),
@@ -46,7 +55,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         let (events_tx, events_rx) = mpsc::channel(64);
         let settings = PortSettings {
             path: port.path.clone(),
-            baud_rate: port.baud_rate.unwrap_or(port.protocol.line_settings().baud_rate),
+            baud_rate: port
+                .baud_rate
+                .unwrap_or(port.protocol.line_settings().baud_rate),
         };
         let port_stop = stop_signal.clone();
         devices.spawn(async move {
@@ -66,16 +77,33 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             protocol: port.protocol,
             spot: port.spot,
         };
-        devices.spawn(pipeline::run_device(device, events_rx, outbox.clone(), stop_signal.clone()));
+        devices.spawn(pipeline::run_device(
+            device,
+            events_rx,
+            outbox.clone(),
+            stop_signal.clone(),
+        ));
     }
-    let uplink_settings = UplinkSettings { hub_id: config.hub.id.clone(), mqtt: config.mqtt.clone() };
-    let mut uplink = tokio::spawn(mqtt::run(uplink_settings, outbox.clone(), stop_signal.clone()));
+    let uplink_settings = UplinkSettings {
+        hub_id: config.hub.id.clone(),
+        mqtt: config.mqtt.clone(),
+    };
+    let mut uplink = tokio::spawn(mqtt::run(
+        uplink_settings,
+        outbox.clone(),
+        stop_signal.clone(),
+    ));
 
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&format!("running; {} serial device(s)", config.serial.len())),
+        sd_notify::NotifyState::Status(&format!(
+            "running; {} serial device(s)",
+            config.serial.len()
+        )),
     ]);
-    let watchdog_period = sd_notify::watchdog_enabled().map(|period| period / 2).unwrap_or(Duration::from_secs(3600));
+    let watchdog_period = sd_notify::watchdog_enabled()
+        .map(|period| period / 2)
+        .unwrap_or(Duration::from_secs(3600));
     let mut watchdog = tokio::time::interval(watchdog_period);
     let mut failure: Option<anyhow::Error> = None;
     let mut uplink_done = false;
@@ -130,7 +158,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     drop(outbox);
     if !worker_done {
         match worker.await {
-            Ok(Ok(Err(error))) => return Err(anyhow::Error::new(error).context("outbox storage failed")),
+            Ok(Ok(Err(error))) => {
+                return Err(anyhow::Error::new(error).context("outbox storage failed"))
+            }
             Ok(Err(_)) | Err(_) => anyhow::bail!("the outbox worker panicked"),
             Ok(Ok(Ok(()))) => {}
         }

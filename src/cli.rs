@@ -28,7 +28,10 @@ pub fn list_protocols() -> ExitCode {
 pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
     let Some(protocol) = Protocol::from_name(protocol_name) else {
         let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
-        eprintln!("error: unknown protocol {protocol_name:?} (known: {})", known.join(", "));
+        eprintln!(
+            "error: unknown protocol {protocol_name:?} (known: {})",
+            known.join(", ")
+        );
         return ExitCode::from(2);
     };
     let bytes = match parse_hex(&hex_words.join("")) {
@@ -46,7 +49,10 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
         model: None,
         serial_number: None,
     };
-    let context = DecodeContext { received_at: crate::clock::now_utc(), time_zone: &Local };
+    let context = DecodeContext {
+        received_at: crate::clock::now_utc(),
+        time_zone: &Local,
+    };
     let mut decoder = protocol.new_decoder();
     let mut events = decoder.feed(&bytes, &context);
     events.extend(decoder.finish().map(DecodeEvent::Rejected));
@@ -77,16 +83,27 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     let cleaned: String = text
         .split(|c: char| c.is_whitespace() || c == ':' || c == ',')
-        .map(|word| word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")).unwrap_or(word))
+        .map(|word| {
+            word.strip_prefix("0x")
+                .or_else(|| word.strip_prefix("0X"))
+                .unwrap_or(word)
+        })
         .collect();
-    if let Some((position, character)) = cleaned.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
-        return Err(format!("not a hex digit: {character:?} at position {position}"));
+    if let Some((position, character)) =
+        cleaned.char_indices().find(|(_, c)| !c.is_ascii_hexdigit())
+    {
+        return Err(format!(
+            "not a hex digit: {character:?} at position {position}"
+        ));
     }
     if cleaned.is_empty() {
         return Err("no bytes given".to_string());
     }
     if cleaned.len() % 2 != 0 {
-        return Err(format!("odd number of hex digits ({}): a byte is missing a digit", cleaned.len()));
+        return Err(format!(
+            "odd number of hex digits ({}): a byte is missing a digit",
+            cleaned.len()
+        ));
     }
     hex::decode(&cleaned).map_err(|error| error.to_string())
 }
@@ -149,7 +166,11 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn status_report(outbox_path: &Path, stats: Option<&OutboxStats>, now: DateTime<Utc>) -> serde_json::Value {
+fn status_report(
+    outbox_path: &Path,
+    stats: Option<&OutboxStats>,
+    now: DateTime<Utc>,
+) -> serde_json::Value {
     let empty = OutboxStats::default();
     let stats = stats.unwrap_or(&empty);
     let time = |ms: Option<i64>| ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
@@ -185,14 +206,23 @@ fn print_status(report: &serde_json::Value) {
     println!("outbox                  {}", text(&outbox["path"]));
     println!("pending readings        {}", outbox["pending"]);
     match outbox["oldest_pending_age_s"].as_i64() {
-        Some(age) => println!("oldest pending          {age} s old ({})", text(&outbox["oldest_pending_at"])),
+        Some(age) => println!(
+            "oldest pending          {age} s old ({})",
+            text(&outbox["oldest_pending_at"])
+        ),
         None => println!("oldest pending          none"),
     }
     println!("readings delivered      {}", outbox["delivered_total"]);
-    println!("last delivery           {}", text(&outbox["last_delivered_at"]));
+    println!(
+        "last delivery           {}",
+        text(&outbox["last_delivered_at"])
+    );
     let uplink = &report["uplink"];
     match uplink["last_error"].as_str() {
-        Some(error) => println!("last broker error       {} ({error})", text(&uplink["last_error_at"])),
+        Some(error) => println!(
+            "last broker error       {} ({error})",
+            text(&uplink["last_error_at"])
+        ),
         None => println!("last broker error       none"),
     }
     println!("refused, outbox full    {}", outbox["rejected_full_total"]);
@@ -223,7 +253,10 @@ mod tests {
         check("80 48 61 00", Ok("80486100"));
         check("0x80 0x48", Ok("8048"));
         check("80:48", Ok("8048"));
-        check("8 0486", Err("odd number of hex digits (5): a byte is missing a digit"));
+        check(
+            "8 0486",
+            Err("odd number of hex digits (5): a byte is missing a digit"),
+        );
         check("80zz", Err("not a hex digit: 'z' at position 2"));
         check("", Err("no bytes given"));
     }

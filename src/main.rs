@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vitalsd", version, about = "Medical device gateway for remote patient monitoring")]
+#[command(
+    name = "vitalsd",
+    version,
+    about = "Medical device gateway for remote patient monitoring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,12 +20,20 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground.
     Run {
-        #[arg(long, env = "VITALSD_CONFIG", default_value = "/etc/vitalsd/vitalsd.toml")]
+        #[arg(
+            long,
+            env = "VITALSD_CONFIG",
+            default_value = "/etc/vitalsd/vitalsd.toml"
+        )]
         config: PathBuf,
     },
     /// Validate the configuration; lists every error with its key path.
     CheckConfig {
-        #[arg(long, env = "VITALSD_CONFIG", default_value = "/etc/vitalsd/vitalsd.toml")]
+        #[arg(
+            long,
+            env = "VITALSD_CONFIG",
+            default_value = "/etc/vitalsd/vitalsd.toml"
+        )]
         config: PathBuf,
     },
     /// Decode captured bytes with the daemon's decoders; one JSON reading per line.
@@ -38,7 +50,11 @@ enum Command {
     },
     /// Show the outbox: pending and delivered readings, last delivery, last broker error.
     Status {
-        #[arg(long, env = "VITALSD_CONFIG", default_value = "/etc/vitalsd/vitalsd.toml")]
+        #[arg(
+            long,
+            env = "VITALSD_CONFIG",
+            default_value = "/etc/vitalsd/vitalsd.toml"
+        )]
         config: PathBuf,
         /// Print one JSON document.
         #[arg(long)]
@@ -52,7 +68,9 @@ fn main() -> ExitCode {
         Command::Run { config } => vitalsd::daemon::main(&config),
         Command::CheckConfig { config } => vitalsd::cli::check_config(&config),
         Command::Decode { list: true, .. } => vitalsd::cli::list_protocols(),
-        Command::Decode { protocol, hex, .. } => vitalsd::cli::decode(protocol.as_deref().unwrap_or_default(), &hex),
+        Command::Decode { protocol, hex, .. } => {
+            vitalsd::cli::decode(protocol.as_deref().unwrap_or_default(), &hex)
+        }
         Command::Status { config, json } => vitalsd::cli::status(&config, json),
     }
 }

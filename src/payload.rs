@@ -13,7 +13,8 @@ pub const SCHEMA_NAME: &str = "vitalsd.reading.v1";
 pub const OUTBOX_FORMAT: u32 = 1;
 
 /// Namespace for reading ids (UUID v5), fixed forever so ids stay stable across versions.
-const READING_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d0c_9a51_7e2b_4c6e_9f0a_1b3c_5d7e_9f10);
+const READING_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5d0c_9a51_7e2b_4c6e_9f0a_1b3c_5d7e_9f10);
 
 /// Who produced a reading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,7 +37,9 @@ pub fn reading_id(device_id: &str, reading: &Reading, index_in_chunk: usize) -> 
         Some(key) => format!("{device_id}|{key}"),
         None => format!(
             "{device_id}|{}|{}|{index_in_chunk}",
-            reading.received_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            reading
+                .received_at
+                .to_rfc3339_opts(SecondsFormat::Nanos, true),
             hex::encode(&reading.raw)
         ),
     };
@@ -77,8 +80,12 @@ pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -
         hub_id,
         device,
         kind: reading.kind.as_str(),
-        measured_at: reading.measured_at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
-        received_at: reading.received_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        measured_at: reading
+            .measured_at
+            .to_rfc3339_opts(SecondsFormat::AutoSi, false),
+        received_at: reading
+            .received_at
+            .to_rfc3339_opts(SecondsFormat::Millis, true),
         time_source: reading.time_source.as_str(),
         values: reading
             .values
@@ -144,7 +151,8 @@ mod tests {
 
     #[test]
     fn payload_has_the_documented_shape() {
-        let json: serde_json::Value = serde_json::from_slice(&to_json("hub-0001", "the-id", &device(), &sample())).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&to_json("hub-0001", "the-id", &device(), &sample())).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
@@ -181,7 +189,10 @@ mod tests {
         again.received_at = "2026-11-23T00:00:00Z".parse().unwrap();
         again.flags.push("from_memory");
         assert_eq!(reading_id("dev", &first, 0), reading_id("dev", &again, 5));
-        assert_ne!(reading_id("dev", &first, 0), reading_id("other-dev", &first, 0));
+        assert_ne!(
+            reading_id("dev", &first, 0),
+            reading_id("other-dev", &first, 0)
+        );
     }
 
     #[test]

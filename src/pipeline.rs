@@ -83,7 +83,11 @@ fn collect(
     for (index, event) in decoded.into_iter().enumerate() {
         match event {
             DecodeEvent::Reading(reading) => {
-                let reading = if settings.protocol.is_continuous() { spot.push(reading) } else { Some(reading) };
+                let reading = if settings.protocol.is_continuous() {
+                    spot.push(reading)
+                } else {
+                    Some(reading)
+                };
                 if let Some(reading) = reading {
                     counters.readings += 1;
                     records.push(record_of(settings, &reading, index));
@@ -132,9 +136,11 @@ async fn flush_counters(
     }
     let device = &settings.device.id;
     let mut deltas = Vec::new();
-    for (name, value) in
-        [("frames_rejected", taken.frames_rejected), ("bytes_skipped", taken.bytes_skipped), ("readings", taken.readings)]
-    {
+    for (name, value) in [
+        ("frames_rejected", taken.frames_rejected),
+        ("bytes_skipped", taken.bytes_skipped),
+        ("readings", taken.readings),
+    ] {
         if value > 0 {
             deltas.push((name.to_string(), value));
             deltas.push((format!("{name}.{device}"), value));

@@ -99,11 +99,19 @@ pub struct Value {
 
 impl Value {
     pub fn number(measure: &'static Measure, value: f64) -> Value {
-        Value { measure, value: Some(value), special: None }
+        Value {
+            measure,
+            value: Some(value),
+            special: None,
+        }
     }
 
     pub fn special(measure: &'static Measure, special: Special) -> Value {
-        Value { measure, value: None, special: Some(special) }
+        Value {
+            measure,
+            value: None,
+            special: Some(special),
+        }
     }
 }
 
@@ -154,6 +162,8 @@ pub trait HubTimeZone {
 
 impl<Tz: TimeZone> HubTimeZone for Tz {
     fn resolve(&self, local: NaiveDateTime) -> Option<DateTime<FixedOffset>> {
-        self.from_local_datetime(&local).earliest().map(|t| t.fixed_offset())
+        self.from_local_datetime(&local)
+            .earliest()
+            .map(|t| t.fixed_offset())
     }
 }

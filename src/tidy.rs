@@ -34,7 +34,11 @@ fn check_absent(files: &[&str], forbidden: &[&str]) {
     let mut violations = Vec::new();
     for file in files {
         let path = src().join(file);
-        let paths = if path.is_dir() { sources(&path) } else { vec![path] };
+        let paths = if path.is_dir() {
+            sources(&path)
+        } else {
+            vec![path]
+        };
         for path in paths {
             let text = production_text(&path);
             for word in forbidden {
@@ -50,14 +54,40 @@ fn check_absent(files: &[&str], forbidden: &[&str]) {
 #[test]
 fn decoders_and_the_model_do_no_io_and_read_no_clock() {
     check_absent(
-        &["decode", "reading.rs", "codes.rs", "spot.rs", "payload.rs", "mqtt/inflight.rs"],
-        &["tokio", "std::fs", "std::net", "Instant::now", "SystemTime::now", "Utc::now", "Local::now", "async fn"],
+        &[
+            "decode",
+            "reading.rs",
+            "codes.rs",
+            "spot.rs",
+            "payload.rs",
+            "mqtt/inflight.rs",
+        ],
+        &[
+            "tokio",
+            "std::fs",
+            "std::net",
+            "Instant::now",
+            "SystemTime::now",
+            "Utc::now",
+            "Local::now",
+            "async fn",
+        ],
     );
 }
 
 #[test]
 fn the_outbox_knows_nothing_of_mqtt_devices_or_json() {
-    check_absent(&["outbox"], &["rumqttc", "crate::mqtt", "crate::serial", "crate::decode", "crate::reading", "serde_json"]);
+    check_absent(
+        &["outbox"],
+        &[
+            "rumqttc",
+            "crate::mqtt",
+            "crate::serial",
+            "crate::decode",
+            "crate::reading",
+            "serde_json",
+        ],
+    );
 }
 
 #[test]
@@ -89,7 +119,10 @@ fn only_app_spawns_tasks() {
             violations.push(path.display().to_string());
         }
     }
-    assert!(violations.is_empty(), "tasks spawned outside app.rs: {violations:?}");
+    assert!(
+        violations.is_empty(),
+        "tasks spawned outside app.rs: {violations:?}"
+    );
 }
 
 #[test]
@@ -99,5 +132,8 @@ fn every_module_says_what_it_owns() {
         .filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//! "))
         .map(|path| path.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a leading //! line: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a leading //! line: {missing:?}"
+    );
 }

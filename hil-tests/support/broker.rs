@@ -9,6 +9,10 @@ use nix::unistd::Pid;
 
 use super::{free_port, wait_until};
 
+/// Mosquitto started as root drops to the `mosquitto` user, which cannot read or write a test's private
+/// directory; run as root (CI), it is told to stay root. For other users the option has no effect.
+pub const STAY_AS_INVOKING_USER: &str = "user root\n";
+
 pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -17,13 +21,20 @@ pub struct Broker {
 
 /// Fails the test, with the fix, when Mosquitto is not installed.
 pub fn mosquitto_binary() -> PathBuf {
-    for candidate in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
         let path = PathBuf::from(candidate);
         if path.exists() {
             return path;
         }
     }
-    if let Ok(output) = Command::new("sh").args(["-c", "command -v mosquitto"]).output() {
+    if let Ok(output) = Command::new("sh")
+        .args(["-c", "command -v mosquitto"])
+        .output()
+    {
         let found = String::from_utf8_lossy(&output.stdout).trim().to_string();
         if !found.is_empty() {
             return PathBuf::from(found);
@@ -52,8 +63,9 @@ impl Broker {
         let dir = tempfile::tempdir().expect("broker temp dir");
         let port = free_port();
         let mut config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nlog_dest stderr\n\
-             log_type error\nlog_type warning\n"
+            "{}listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nlog_dest stderr\n\
+             log_type error\nlog_type warning\n",
+            STAY_AS_INVOKING_USER
         );
         if persistent {
             config.push_str(&format!(
@@ -68,7 +80,27 @@ impl Broker {
             config.push('\n');
         }
         std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
-        let mut broker = Broker { port, dir, child: None };
+        let mut broker = Broker {
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Starts a broker whose whole configuration `make(port, dir)` writes; `port` must be one of its
+    /// listeners (the one `Broker::port` reports and start-up waits for).
+    pub fn start_custom(make: impl FnOnce(u16, &std::path::Path) -> String) -> Broker {
+        let dir = tempfile::tempdir().expect("broker temp dir");
+        let port = free_port();
+        let config = make(port, dir.path());
+        std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
+        let mut broker = Broker {
+            port,
+            dir,
+            child: None,
+        };
         broker.spawn();
         broker
     }
@@ -92,8 +124,14 @@ impl Broker {
             .expect("start mosquitto");
         self.child = Some(child);
         let port = self.port;
-        let up = wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        assert!(up, "mosquitto did not start listening on port {port}; log: {}", self.log());
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            up,
+            "mosquitto did not start listening on port {port}; log: {}",
+            self.log()
+        );
     }
 
     pub fn url(&self) -> String {

@@ -23,7 +23,10 @@ pub struct DaemonWorld {
 
 impl DaemonWorld {
     pub fn new() -> DaemonWorld {
-        DaemonWorld { dir: tempfile::tempdir().expect("daemon temp dir"), hub_id: "hub-test".to_string() }
+        DaemonWorld {
+            dir: tempfile::tempdir().expect("daemon temp dir"),
+            hub_id: "hub-test".to_string(),
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -96,13 +99,23 @@ impl DaemonWorld {
 
     /// Runs a `vitalsd` subcommand against this world's configuration.
     pub fn command(&self, args: &[&str]) -> Output {
-        Command::new(BINARY).args(args).arg("--config").arg(self.config_path()).env("TZ", "UTC").output().expect("run vitalsd")
+        Command::new(BINARY)
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("TZ", "UTC")
+            .output()
+            .expect("run vitalsd")
     }
 
     /// `vitalsd status --json`.
     pub fn status(&self) -> serde_json::Value {
         let output = self.command(&["status", "--json"]);
-        assert!(output.status.success(), "status failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
     }
 
@@ -117,10 +130,16 @@ pub fn outbox_keys(path: &Path) -> Vec<String> {
         return Vec::new();
     }
     let connection = rusqlite::Connection::open(path).expect("open outbox for inspection");
-    connection.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    connection
+        .busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
     // The daemon may be creating the file right now; no table yet means nothing queued yet.
-    let Ok(mut query) = connection.prepare("SELECT key FROM record ORDER BY seq") else { return Vec::new() };
-    let keys = query.query_map([], |row| row.get::<_, String>(0)).expect("read outbox");
+    let Ok(mut query) = connection.prepare("SELECT key FROM record ORDER BY seq") else {
+        return Vec::new();
+    };
+    let keys = query
+        .query_map([], |row| row.get::<_, String>(0))
+        .expect("read outbox");
     keys.map(|k| k.expect("key")).collect()
 }
 
@@ -144,7 +163,10 @@ impl Daemon {
     /// SIGTERM and wait; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon running");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         for _ in 0..200 {
             if let Some(status) = child.try_wait().expect("wait for vitalsd") {
                 return status;
@@ -165,7 +187,8 @@ impl Daemon {
 
     /// Peak and current resident memory in KiB, from /proc.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
         let field = |name: &str| {
             status
                 .lines()

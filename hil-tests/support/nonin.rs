@@ -21,7 +21,14 @@ impl SpotCheck {
         let minutes = n;
         let (day, rest) = (1 + (minutes / (24 * 60)) % 28, minutes % (24 * 60));
         SpotCheck {
-            time: (2024, 3, day as u8, (rest / 60) as u8, (rest % 60) as u8, (n % 60) as u8),
+            time: (
+                2024,
+                3,
+                day as u8,
+                (rest / 60) as u8,
+                (rest % 60) as u8,
+                (n % 60) as u8,
+            ),
             pulse_rate: 55 + (n % 60) as u16,
             spo2: 90 + (n % 10) as u8,
             from_memory: false,

@@ -20,7 +20,10 @@ pub struct SimulatedPort {
 impl SimulatedPort {
     /// Creates the pseudo-terminal and the link at `link` (e.g. `<tmp>/by-id/usb-Nonin-if00-port0`).
     pub fn plug_in(link: &Path) -> SimulatedPort {
-        let mut port = SimulatedPort { link: link.to_path_buf(), ends: None };
+        let mut port = SimulatedPort {
+            link: link.to_path_buf(),
+            ends: None,
+        };
         port.plug();
         port
     }
@@ -34,7 +37,8 @@ impl SimulatedPort {
         assert!(self.ends.is_none(), "already plugged in");
         // Both ends are close-on-exec from the start: a daemon spawned by this or a parallel test must not
         // inherit them, or closing them here would not hang up the line.
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
+        let master =
+            posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
         grantpt(&master).expect("grantpt");
         unlockpt(&master).expect("unlockpt");
         let slave_path = PathBuf::from(ptsname_r(&master).expect("ptsname"));
@@ -76,7 +80,10 @@ impl SimulatedPort {
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(error) => panic!("writing to the simulated device failed: {error}"),
             }
-            assert!(Instant::now() < deadline, "the simulated device's line stayed full for 5 s");
+            assert!(
+                Instant::now() < deadline,
+                "the simulated device's line stayed full for 5 s"
+            );
         }
         master.flush().expect("flush pty");
     }

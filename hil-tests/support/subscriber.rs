@@ -17,7 +17,8 @@ pub struct Message {
 
 impl Message {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("payload on {} is not JSON: {e}", self.topic))
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("payload on {} is not JSON: {e}", self.topic))
     }
 }
 
@@ -36,10 +37,14 @@ impl Subscriber {
         let connected = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let client_id = format!("test-sub-{}", fastrand::u64(..));
-        let (thread_messages, thread_connected, thread_stop) = (messages.clone(), connected.clone(), stop.clone());
+        let (thread_messages, thread_connected, thread_stop) =
+            (messages.clone(), connected.clone(), stop.clone());
         let filter = filter.to_string();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             runtime.block_on(async move {
                 let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
                 options.set_clean_session(false);
@@ -55,7 +60,9 @@ impl Subscriber {
                             // Subscribing again is harmless when the session survived, and needed when it did not.
                             let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
                         }
-                        Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => thread_connected.store(true, Ordering::SeqCst),
+                        Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => {
+                            thread_connected.store(true, Ordering::SeqCst)
+                        }
                         Ok(Ok(Event::Incoming(Incoming::Publish(publish)))) => {
                             thread_messages.lock().unwrap().push(Message {
                                 topic: publish.topic.clone(),
@@ -73,9 +80,16 @@ impl Subscriber {
                 }
             });
         });
-        let subscriber = Subscriber { messages, connected, stop, thread: Some(thread) };
+        let subscriber = Subscriber {
+            messages,
+            connected,
+            stop,
+            thread: Some(thread),
+        };
         assert!(
-            super::wait_until(Duration::from_secs(10), || subscriber.connected.load(Ordering::SeqCst)),
+            super::wait_until(Duration::from_secs(10), || subscriber
+                .connected
+                .load(Ordering::SeqCst)),
             "test subscriber could not subscribe on port {port}"
         );
         subscriber
@@ -87,14 +101,25 @@ impl Subscriber {
 
     /// Reading messages (payloads with an `id`), in arrival order.
     pub fn readings(&self) -> Vec<serde_json::Value> {
-        self.messages().iter().filter(|m| m.topic.contains("/readings/")).map(Message::json).collect()
+        self.messages()
+            .iter()
+            .filter(|m| m.topic.contains("/readings/"))
+            .map(Message::json)
+            .collect()
     }
 
     /// How many times each reading id arrived.
     pub fn reading_counts(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for reading in self.readings() {
-            *counts.entry(reading["id"].as_str().expect("reading has an id").to_string()).or_insert(0) += 1;
+            *counts
+                .entry(
+                    reading["id"]
+                        .as_str()
+                        .expect("reading has an id")
+                        .to_string(),
+                )
+                .or_insert(0) += 1;
         }
         counts
     }

@@ -1,7 +1,7 @@
 //! The validated configuration: the only config type the rest of the daemon sees.
 //!
-//! Loading has two stages. [`file`] reads `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
-//! `VITALSD_<SECTION>__<KEY>` environment overlay into one untyped TOML table; [`validate`] walks that table
+//! Loading has two stages. `file` reads `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
+//! `VITALSD_<SECTION>__<KEY>` environment overlay into one untyped TOML table; `validate` walks that table
 //! by hand into a [`Config`], collecting every problem with its key path rather than stopping at the first.
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 

@@ -218,16 +218,24 @@ impl Checker<'_> {
         }
     }
 
+    /// Reports keys in sorted order, which does not depend on whether toml preserves the file's order.
     fn unknown_keys(&mut self, section: &Section<'_>, known: &[&str]) {
-        for key in section.table.into_iter().flat_map(Table::keys) {
-            if !known.contains(&key.as_str()) {
-                self.report(&section.key(key), "unknown key");
-            }
+        let mut unknown: Vec<&String> = section
+            .table
+            .into_iter()
+            .flat_map(Table::keys)
+            .filter(|key| !known.contains(&key.as_str()))
+            .collect();
+        unknown.sort();
+        for key in unknown {
+            self.report(&section.key(key), "unknown key");
         }
     }
 
     fn unknown_sections(&mut self, root: &Table) {
-        for (key, value) in root {
+        let mut entries: Vec<(&String, &Value)> = root.iter().collect();
+        entries.sort_by_key(|(key, _)| *key);
+        for (key, value) in entries {
             if !TABLE_SECTIONS.contains(&key.as_str()) && key != SERIAL_SECTION {
                 let is_section = value.is_table()
                     || value
@@ -605,6 +613,7 @@ impl Checker<'_> {
         });
         let baud_rate = self.field(section, "baud_rate", |c, key, value| {
             c.integer(key, value, 300, 4_000_000)
+                .and_then(|rate| u32::try_from(rate).ok())
         });
         let stable_for = self.field(section, "spot_stable_s", Self::seconds);
         let repeat_every = self.field(section, "spot_repeat_s", Self::seconds);
@@ -630,21 +639,33 @@ impl Checker<'_> {
             _ => None,
         };
         let defaults = SpotRule::default();
-        let config = (|| {
-            Some(SerialConfig {
-                path: path.clone()?,
-                protocol: protocol?,
-                device_id: device_id.clone()?,
-                baud_rate: match baud_rate.optional()? {
-                    Some(rate) => Some(u32::try_from(rate).ok()?),
-                    None => None,
-                },
+        let config = match (
+            path.clone(),
+            protocol,
+            device_id.clone(),
+            baud_rate.optional(),
+            stable_for.or(defaults.stable_for),
+            repeat_every.or(defaults.repeat_every),
+        ) {
+            (
+                Some(path),
+                Some(protocol),
+                Some(device_id),
+                Some(baud_rate),
+                Some(stable_for),
+                Some(repeat_every),
+            ) => Some(SerialConfig {
+                path,
+                protocol,
+                device_id,
+                baud_rate,
                 spot: SpotRule {
-                    stable_for: stable_for.or(defaults.stable_for)?,
-                    repeat_every: repeat_every.or(defaults.repeat_every)?,
+                    stable_for,
+                    repeat_every,
                 },
-            })
-        })();
+            }),
+            _ => None,
+        };
         SerialEntry {
             path,
             device_id,

@@ -31,7 +31,11 @@ pub enum DecodeEvent {
 pub enum FrameError {
     /// A frame's checksum did not match its contents.
     #[error("checksum mismatch: expected {expected:#04x}, frame says {found:#04x} (frame {raw})")]
-    Checksum { expected: u8, found: u8, raw: String },
+    Checksum {
+        expected: u8,
+        found: u8,
+        raw: String,
+    },
     /// A frame's length field or end marker is impossible, or a packet broke off.
     #[error("malformed frame: {reason} (bytes {raw})")]
     Malformed { reason: &'static str, raw: String },
@@ -40,7 +44,11 @@ pub enum FrameError {
     Garbage { count: usize },
     /// The input ended in the middle of a frame.
     #[error("truncated frame: {have} bytes of a frame that needs {need} (bytes {raw})")]
-    Truncated { have: usize, need: usize, raw: String },
+    Truncated {
+        have: usize,
+        need: usize,
+        raw: String,
+    },
 }
 
 /// A stateful, I/O-free decoder for one device connection.
@@ -68,8 +76,12 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 4] =
-        [Protocol::NoninDf13, Protocol::NoninDf8, Protocol::NoninDf7, Protocol::NoninDf2];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::NoninDf13,
+        Protocol::NoninDf8,
+        Protocol::NoninDf7,
+        Protocol::NoninDf2,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -87,10 +99,16 @@ impl Protocol {
     /// One line for `vitalsd decode --list`.
     pub fn description(self) -> &'static str {
         match self {
-            Protocol::NoninDf13 => "Nonin Data Format 13: spot-checks with BCD timestamps, stored records oldest first",
+            Protocol::NoninDf13 => {
+                "Nonin Data Format 13: spot-checks with BCD timestamps, stored records oldest first"
+            }
             Protocol::NoninDf8 => "Nonin Data Format 8: 4-byte live stream, one frame per second",
-            Protocol::NoninDf7 => "Nonin Data Format 7: 5-byte frames with 16-bit pleth, 25-frame packets",
-            Protocol::NoninDf2 => "Nonin Data Format 2: 5-byte frames starting 01, 25-frame packets",
+            Protocol::NoninDf7 => {
+                "Nonin Data Format 7: 5-byte frames with 16-bit pleth, 25-frame packets"
+            }
+            Protocol::NoninDf2 => {
+                "Nonin Data Format 2: 5-byte frames starting 01, 25-frame packets"
+            }
         }
     }
 

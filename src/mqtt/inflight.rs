@@ -58,7 +58,10 @@ impl Inflight {
 
     /// The event loop wrote a QoS 1 publish with `pkid`.
     pub fn handle_publish_sent(&mut self, pkid: u16) -> Result<(), InflightError> {
-        let slot = self.awaiting_pkid.pop_front().ok_or(InflightError::UnexpectedPublish(pkid))?;
+        let slot = self
+            .awaiting_pkid
+            .pop_front()
+            .ok_or(InflightError::UnexpectedPublish(pkid))?;
         if self.by_pkid.insert(pkid, slot).is_some() {
             return Err(InflightError::PacketIdReused(pkid));
         }
@@ -101,11 +104,17 @@ mod tests {
                 Request(slot) => inflight.handle_publish_requested(*slot),
                 NotQueued => inflight.handle_publish_not_queued(),
                 Sent(pkid) => inflight.handle_publish_sent(*pkid).unwrap(),
-                Ack(pkid, expected) => assert_eq!(inflight.handle_puback(*pkid), *expected, "step {index}"),
+                Ack(pkid, expected) => {
+                    assert_eq!(inflight.handle_puback(*pkid), *expected, "step {index}")
+                }
                 Lost => inflight.handle_connection_lost(),
                 Len(expected) => assert_eq!(inflight.len(), *expected, "step {index}"),
                 SentFails(pkid, expected) => {
-                    assert_eq!(inflight.handle_publish_sent(*pkid), Err(*expected), "step {index}")
+                    assert_eq!(
+                        inflight.handle_publish_sent(*pkid),
+                        Err(*expected),
+                        "step {index}"
+                    )
                 }
             }
         }
@@ -127,7 +136,13 @@ mod tests {
 
     #[test]
     fn status_publishes_take_their_own_slot() {
-        check(&[Request(Slot::Status), Request(Slot::Record(1)), Sent(1), Sent(2), Ack(1, Some(Slot::Status))]);
+        check(&[
+            Request(Slot::Status),
+            Request(Slot::Record(1)),
+            Sent(1),
+            Sent(2),
+            Ack(1, Some(Slot::Status)),
+        ]);
     }
 
     #[test]
@@ -147,12 +162,25 @@ mod tests {
 
     #[test]
     fn stale_acks_are_ignored() {
-        check(&[Ack(3, None), Request(Slot::Record(1)), Sent(4), Ack(3, None), Len(1)]);
+        check(&[
+            Ack(3, None),
+            Request(Slot::Record(1)),
+            Sent(4),
+            Ack(3, None),
+            Len(1),
+        ]);
     }
 
     #[test]
     fn a_refused_request_is_forgotten() {
-        check(&[Request(Slot::Record(1)), Request(Slot::Record(2)), NotQueued, Len(1), Sent(9), Ack(9, Some(Slot::Record(1)))]);
+        check(&[
+            Request(Slot::Record(1)),
+            Request(Slot::Record(2)),
+            NotQueued,
+            Len(1),
+            Sent(9),
+            Ack(9, Some(Slot::Record(1))),
+        ]);
     }
 
     #[test]

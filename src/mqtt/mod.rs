@@ -8,13 +8,15 @@
 //! (every payload carries its stable `id`), never a loss.
 
 pub mod inflight;
-pub mod topic;
 mod tls;
+pub mod topic;
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+};
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
 
@@ -117,7 +119,12 @@ struct Uplink {
 }
 
 impl Uplink {
-    fn new(options: MqttOptions, settings: &UplinkSettings, topics: Topics, outbox: OutboxHandle) -> Uplink {
+    fn new(
+        options: MqttOptions,
+        settings: &UplinkSettings,
+        topics: Topics,
+        outbox: OutboxHandle,
+    ) -> Uplink {
         let window = settings.mqtt.window;
         let (client, eventloop) = AsyncClient::new(options, window + 8);
         Uplink {
@@ -152,10 +159,16 @@ impl Uplink {
                 self.cursor = last.seq;
                 self.buffer.extend(records);
             }
-            let Some(record) = self.buffer.pop_front() else { break };
+            let Some(record) = self.buffer.pop_front() else {
+                break;
+            };
             let topic = self.topics.reading(&record.label);
-            self.inflight.handle_publish_requested(Slot::Record(record.seq));
-            if let Err(error) = self.client.try_publish(topic, QoS::AtLeastOnce, false, record.payload.clone()) {
+            self.inflight
+                .handle_publish_requested(Slot::Record(record.seq));
+            if let Err(error) =
+                self.client
+                    .try_publish(topic, QoS::AtLeastOnce, false, record.payload.clone())
+            {
                 // The request queue is full; the record goes back and waits for the window to move.
                 tracing::debug!(%error, "Publish queue full.");
                 self.inflight.handle_publish_not_queued();
@@ -175,18 +188,23 @@ impl Uplink {
                 self.publish_status("online").await?;
                 return Ok(true);
             }
-            Event::Incoming(Incoming::PubAck(puback)) => match self.inflight.handle_puback(puback.pkid) {
-                Some(Slot::Record(seq)) => {
-                    self.acked.push(seq);
-                    if self.acked.len() >= ACK_BATCH {
-                        self.flush_acks().await?;
-                    } else if self.ack_deadline.is_none() {
-                        self.ack_deadline = Some(Instant::now() + ACK_DELAY);
+            Event::Incoming(Incoming::PubAck(puback)) => {
+                match self.inflight.handle_puback(puback.pkid) {
+                    Some(Slot::Record(seq)) => {
+                        self.acked.push(seq);
+                        if self.acked.len() >= ACK_BATCH {
+                            self.flush_acks().await?;
+                        } else if self.ack_deadline.is_none() {
+                            self.ack_deadline = Some(Instant::now() + ACK_DELAY);
+                        }
                     }
+                    Some(Slot::Status) => {}
+                    None => tracing::debug!(
+                        pkid = puback.pkid,
+                        "PUBACK for a publish of an earlier connection."
+                    ),
                 }
-                Some(Slot::Status) => {}
-                None => tracing::debug!(pkid = puback.pkid, "PUBACK for a publish of an earlier connection."),
-            },
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
                 if let Err(error) = self.inflight.handle_publish_sent(pkid) {
                     // The mapping can no longer be trusted: start a fresh connection and re-send from the outbox.
@@ -195,7 +213,10 @@ impl Uplink {
                 }
             }
             Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
-                tracing::warn!(pkid, "Packet id collision in the MQTT client; waiting for its acknowledgement.");
+                tracing::warn!(
+                    pkid,
+                    "Packet id collision in the MQTT client; waiting for its acknowledgement."
+                );
             }
             _ => {}
         }
@@ -211,7 +232,10 @@ impl Uplink {
         self.last_error = None;
     }
 
-    async fn handle_connection_error(&mut self, error: &ConnectionError) -> Result<(), UplinkError> {
+    async fn handle_connection_error(
+        &mut self,
+        error: &ConnectionError,
+    ) -> Result<(), UplinkError> {
         let was_connected = self.connected;
         self.connected = false;
         self.inflight.handle_connection_lost();
@@ -224,7 +248,9 @@ impl Uplink {
             } else {
                 tracing::warn!(error = %message, "Cannot reach the MQTT broker; readings stay in the outbox.");
             }
-            self.outbox.record_uplink_error(message.clone(), crate::clock::now_utc().timestamp_millis()).await?;
+            self.outbox
+                .record_uplink_error(message.clone(), crate::clock::now_utc().timestamp_millis())
+                .await?;
             self.last_error = Some(message);
         }
         Ok(())
@@ -249,7 +275,9 @@ impl Uplink {
             return Ok(());
         }
         let seqs = std::mem::take(&mut self.acked);
-        self.outbox.acknowledge(seqs, crate::clock::now_utc().timestamp_millis()).await?;
+        self.outbox
+            .acknowledge(seqs, crate::clock::now_utc().timestamp_millis())
+            .await?;
         Ok(())
     }
 
@@ -268,9 +296,12 @@ impl Uplink {
             },
         });
         self.inflight.handle_publish_requested(Slot::Status);
-        if let Err(error) =
-            self.client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, document.to_string().into_bytes())
-        {
+        if let Err(error) = self.client.try_publish(
+            self.topics.status(),
+            QoS::AtLeastOnce,
+            true,
+            document.to_string().into_bytes(),
+        ) {
             tracing::debug!(%error, "Status publish not queued.");
             self.inflight.handle_publish_not_queued();
         }
@@ -300,7 +331,9 @@ impl Uplink {
 
 fn describe(error: &ConnectionError) -> String {
     match error {
-        ConnectionError::ConnectionRefused(code) => format!("broker refused the connection: {code:?}"),
+        ConnectionError::ConnectionRefused(code) => {
+            format!("broker refused the connection: {code:?}")
+        }
         other => other.to_string(),
     }
 }
@@ -316,7 +349,12 @@ fn mqtt_options(settings: &UplinkSettings, topics: &Topics) -> Result<MqttOption
     options.set_inflight((mqtt.window * 2 + 8) as u16);
     options.set_max_packet_size(256 * 1024, 256 * 1024);
     let will = serde_json::json!({"state": "lost", "hub_id": settings.hub_id});
-    options.set_last_will(LastWill::new(topics.status(), will.to_string(), QoS::AtLeastOnce, true));
+    options.set_last_will(LastWill::new(
+        topics.status(),
+        will.to_string(),
+        QoS::AtLeastOnce,
+        true,
+    ));
     if let Some(username) = &mqtt.username {
         let password = match &mqtt.password {
             Some(source) => source.read().map_err(UplinkError::Password)?,
@@ -325,7 +363,9 @@ fn mqtt_options(settings: &UplinkSettings, topics: &Topics) -> Result<MqttOption
         options.set_credentials(username, password);
     }
     if mqtt.tls {
-        options.set_transport(rumqttc::Transport::tls_with_config(tls::client_config(mqtt)?));
+        options.set_transport(rumqttc::Transport::tls_with_config(tls::client_config(
+            mqtt,
+        )?));
     }
     Ok(options)
 }
@@ -339,7 +379,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { min, max, current: min }
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
     }
 
     fn reset(&mut self) {
@@ -363,7 +407,10 @@ mod tests {
         let delays: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
         let expected_bases = [100, 200, 400, 400, 400];
         for (delay, base) in delays.iter().zip(expected_bases) {
-            assert!(*delay >= base * 8 / 10 && *delay <= base * 12 / 10, "{delays:?}");
+            assert!(
+                *delay >= base * 8 / 10 && *delay <= base * 12 / 10,
+                "{delays:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(120));

@@ -23,7 +23,10 @@ pub enum TlsSetupError {
 
 pub fn client_config(mqtt: &MqttConfig) -> Result<rumqttc::TlsConfiguration, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ca_path = mqtt.ca_file.as_deref().unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+    let ca_path = mqtt
+        .ca_file
+        .as_deref()
+        .unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
     let mut roots = rustls::RootCertStore::empty();
     for certificate in certificates(ca_path)? {
         roots.add(certificate)?;
@@ -33,10 +36,11 @@ pub fn client_config(mqtt: &MqttConfig) -> Result<rumqttc::TlsConfiguration, Tls
         .with_root_certificates(roots);
     let config = match (&mqtt.client_cert_file, &mqtt.client_key_file) {
         (Some(cert_path), Some(key_path)) => {
-            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|error| TlsSetupError::Pem {
-                path: key_path.display().to_string(),
-                message: error.to_string(),
-            })?;
+            let key =
+                PrivateKeyDer::from_pem_file(key_path).map_err(|error| TlsSetupError::Pem {
+                    path: key_path.display().to_string(),
+                    message: error.to_string(),
+                })?;
             builder.with_client_auth_cert(certificates(cert_path)?, key)?
         }
         _ => builder.with_no_client_auth(),
@@ -49,10 +53,14 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupErr
         path: path.display().to_string(),
         message: error.to_string(),
     };
-    let certificates =
-        CertificateDer::pem_file_iter(path).map_err(pem_error)?.collect::<Result<Vec<_>, _>>().map_err(pem_error)?;
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(pem_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error)?;
     if certificates.is_empty() {
-        return Err(TlsSetupError::NoCertificate { path: path.display().to_string() });
+        return Err(TlsSetupError::NoCertificate {
+            path: path.display().to_string(),
+        });
     }
     Ok(certificates)
 }

@@ -6,7 +6,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str, hub_id: &str) -> Topics {
-        Topics { base: format!("{prefix}/{hub_id}") }
+        Topics {
+            base: format!("{prefix}/{hub_id}"),
+        }
     }
 
     /// Where readings of one kind go; `kind` is the outbox label of the record.
@@ -27,7 +29,10 @@ mod tests {
     #[test]
     fn topics_follow_the_contract() {
         let topics = Topics::new("vitalsd/v1", "hub-0001");
-        assert_eq!(topics.reading("pulse_oximetry"), "vitalsd/v1/hub-0001/readings/pulse_oximetry");
+        assert_eq!(
+            topics.reading("pulse_oximetry"),
+            "vitalsd/v1/hub-0001/readings/pulse_oximetry"
+        );
         assert_eq!(topics.status(), "vitalsd/v1/hub-0001/status");
     }
 }

@@ -99,7 +99,10 @@ pub enum OutboxError {
     NewerSchema { found: i64, supported: i64 },
     /// A failed database open could not be moved aside.
     #[error("cannot move the unreadable outbox {path} aside: {source}")]
-    Quarantine { path: String, source: std::io::Error },
+    Quarantine {
+        path: String,
+        source: std::io::Error,
+    },
     /// Any other storage error; the caller must stop rather than carry on (fsync errors are not retryable).
     #[error("outbox storage error: {0}")]
     Storage(#[from] rusqlite::Error),

@@ -55,15 +55,26 @@ pub struct Outbox {
 impl Outbox {
     /// Opens or creates the outbox at `path`. A file that is not a usable database is renamed to
     /// `<path>.broken-<unix ms>` (with its `-wal` and `-shm`) and a fresh one is created in its place.
-    pub fn open(path: &Path, options: OutboxOptions, now_ms: i64) -> Result<(Outbox, OpenReport), OutboxError> {
+    pub fn open(
+        path: &Path,
+        options: OutboxOptions,
+        now_ms: i64,
+    ) -> Result<(Outbox, OpenReport), OutboxError> {
         match Outbox::open_existing_or_new(path, options) {
             Ok(outbox) => Ok((outbox, OpenReport::default())),
             Err(OutboxError::Storage(error)) if is_corruption(&error) => {
                 let moved_to = quarantine(path, now_ms)?;
                 let mut outbox = Outbox::open_existing_or_new(path, options)?;
                 let reason = error.to_string();
-                outbox.set_text_stat("quarantined", &format!("{} ({reason})", moved_to.display()))?;
-                Ok((outbox, OpenReport { quarantined_to: Some(moved_to), quarantine_reason: Some(reason) }))
+                outbox
+                    .set_text_stat("quarantined", &format!("{} ({reason})", moved_to.display()))?;
+                Ok((
+                    outbox,
+                    OpenReport {
+                        quarantined_to: Some(moved_to),
+                        quarantine_reason: Some(reason),
+                    },
+                ))
             }
             Err(error) => Err(error),
         }
@@ -74,7 +85,10 @@ impl Outbox {
         configure(&connection)?;
         let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         if found > SCHEMA_VERSION {
-            return Err(OutboxError::NewerSchema { found, supported: SCHEMA_VERSION });
+            return Err(OutboxError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
         // A torn or foreign file usually fails at the first read; quick_check catches damage deeper in.
         let check: String = connection.query_row("PRAGMA quick_check(1)", [], |row| row.get(0))?;
@@ -86,8 +100,13 @@ impl Outbox {
         }
         connection.execute_batch(SCHEMA)?;
         connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        let pending: i64 = connection.query_row("SELECT count(*) FROM record", [], |row| row.get(0))?;
-        Ok(Outbox { connection, options, pending: pending as u64 })
+        let pending: i64 =
+            connection.query_row("SELECT count(*) FROM record", [], |row| row.get(0))?;
+        Ok(Outbox {
+            connection,
+            options,
+            pending: pending as u64,
+        })
     }
 
     /// Opens an existing outbox for reading statistics while the daemon may be writing it.
@@ -97,7 +116,13 @@ impl Outbox {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Outbox { connection, options: OutboxOptions { max_pending: u64::MAX }, pending: 0 })
+        Ok(Outbox {
+            connection,
+            options: OutboxOptions {
+                max_pending: u64::MAX,
+            },
+            pending: 0,
+        })
     }
 
     pub fn pending(&self) -> u64 {
@@ -106,7 +131,10 @@ impl Outbox {
 
     /// Appends records in one transaction: all of them are durable when this returns `Ok`, none if it errs.
     pub fn append(&mut self, records: &[NewRecord]) -> Result<Vec<Appended>, OutboxError> {
-        let transaction = self.connection.transaction().map_err(OutboxError::classify)?;
+        let transaction = self
+            .connection
+            .transaction()
+            .map_err(OutboxError::classify)?;
         let mut outcomes = Vec::with_capacity(records.len());
         let mut stored = 0u64;
         let mut duplicates = 0u64;
@@ -126,7 +154,13 @@ impl Outbox {
                     continue;
                 }
                 let changed = insert
-                    .execute(params![record.key, record.label, record.format, record.payload, record.created_at_ms])
+                    .execute(params![
+                        record.key,
+                        record.label,
+                        record.format,
+                        record.payload,
+                        record.created_at_ms
+                    ])
                     .map_err(OutboxError::classify)?;
                 if changed == 1 {
                     stored += 1;
@@ -165,7 +199,10 @@ impl Outbox {
     /// Removes records the consumer confirmed, remembering their keys for deduplication. Unknown seqs are
     /// ignored (a record acknowledged twice across a reconnect). Returns how many were removed.
     pub fn acknowledge(&mut self, seqs: &[i64], now_ms: i64) -> Result<u64, OutboxError> {
-        let transaction = self.connection.transaction().map_err(OutboxError::classify)?;
+        let transaction = self
+            .connection
+            .transaction()
+            .map_err(OutboxError::classify)?;
         let mut removed = 0u64;
         {
             let mut remember = transaction
@@ -174,11 +211,16 @@ impl Outbox {
                      ON CONFLICT (key) DO UPDATE SET delivered_at = excluded.delivered_at",
                 )
                 .map_err(OutboxError::classify)?;
-            let mut delete =
-                transaction.prepare_cached("DELETE FROM record WHERE seq = ?1").map_err(OutboxError::classify)?;
+            let mut delete = transaction
+                .prepare_cached("DELETE FROM record WHERE seq = ?1")
+                .map_err(OutboxError::classify)?;
             for seq in seqs {
-                remember.execute(params![seq, now_ms]).map_err(OutboxError::classify)?;
-                removed += delete.execute(params![seq]).map_err(OutboxError::classify)? as u64;
+                remember
+                    .execute(params![seq, now_ms])
+                    .map_err(OutboxError::classify)?;
+                removed += delete
+                    .execute(params![seq])
+                    .map_err(OutboxError::classify)? as u64;
             }
         }
         if removed > 0 {
@@ -210,9 +252,13 @@ impl Outbox {
 
     /// Adds to producer-defined counters, in one transaction.
     pub fn add_counters(&mut self, deltas: &[(String, u64)]) -> Result<(), OutboxError> {
-        let transaction = self.connection.transaction().map_err(OutboxError::classify)?;
+        let transaction = self
+            .connection
+            .transaction()
+            .map_err(OutboxError::classify)?;
         for (name, delta) in deltas {
-            bump(&transaction, &format!("counter.{name}"), *delta).map_err(OutboxError::classify)?;
+            bump(&transaction, &format!("counter.{name}"), *delta)
+                .map_err(OutboxError::classify)?;
         }
         transaction.commit().map_err(OutboxError::classify)?;
         Ok(())
@@ -222,14 +268,19 @@ impl Outbox {
     pub fn prune_delivered(&mut self, before_ms: i64) -> Result<u64, OutboxError> {
         let removed = self
             .connection
-            .execute("DELETE FROM delivered WHERE delivered_at < ?1", params![before_ms])
+            .execute(
+                "DELETE FROM delivered WHERE delivered_at < ?1",
+                params![before_ms],
+            )
             .map_err(OutboxError::classify)?;
         Ok(removed as u64)
     }
 
     /// Folds the WAL back into the database file and truncates it; cheap when idle.
     pub fn checkpoint(&mut self) -> Result<(), OutboxError> {
-        self.connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(OutboxError::classify)
+        self.connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(OutboxError::classify)
     }
 
     pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
@@ -242,19 +293,26 @@ impl Outbox {
         if !has_tables {
             return Ok(OutboxStats::default());
         }
-        let (pending, oldest): (i64, Option<i64>) =
-            self.connection.query_row("SELECT count(*), min(created_at) FROM record", [], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?;
+        let (pending, oldest): (i64, Option<i64>) = self.connection.query_row(
+            "SELECT count(*), min(created_at) FROM record",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
         let mut stats = OutboxStats {
             pending: pending as u64,
             oldest_pending_created_at_ms: oldest,
             ..OutboxStats::default()
         };
         let mut counters = BTreeMap::new();
-        let mut query = self.connection.prepare("SELECT name, value, text FROM stat")?;
+        let mut query = self
+            .connection
+            .prepare("SELECT name, value, text FROM stat")?;
         let rows = query.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, Option<String>>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Option<String>>(2)?,
+            ))
         })?;
         for row in rows {
             let (name, value, text) = row?;
@@ -303,7 +361,11 @@ fn configure(connection: &Connection) -> Result<(), OutboxError> {
     Ok(())
 }
 
-fn bump(transaction: &rusqlite::Transaction<'_>, name: &str, delta: u64) -> Result<(), rusqlite::Error> {
+fn bump(
+    transaction: &rusqlite::Transaction<'_>,
+    name: &str,
+    delta: u64,
+) -> Result<(), rusqlite::Error> {
     if delta == 0 {
         return Ok(());
     }
@@ -324,14 +386,18 @@ fn is_corruption(error: &rusqlite::Error) -> bool {
 /// Renames the database and its WAL/SHM side files; never deletes anything.
 fn quarantine(path: &Path, now_ms: i64) -> Result<PathBuf, OutboxError> {
     let target = PathBuf::from(format!("{}.broken-{now_ms}", path.display()));
-    std::fs::rename(path, &target)
-        .map_err(|source| OutboxError::Quarantine { path: path.display().to_string(), source })?;
+    std::fs::rename(path, &target).map_err(|source| OutboxError::Quarantine {
+        path: path.display().to_string(),
+        source,
+    })?;
     for suffix in ["-wal", "-shm"] {
         let side = PathBuf::from(format!("{}{suffix}", path.display()));
         if side.exists() {
             let side_target = PathBuf::from(format!("{}{suffix}", target.display()));
-            std::fs::rename(&side, side_target)
-                .map_err(|source| OutboxError::Quarantine { path: side.display().to_string(), source })?;
+            std::fs::rename(&side, side_target).map_err(|source| OutboxError::Quarantine {
+                path: side.display().to_string(),
+                source,
+            })?;
         }
     }
     Ok(target)
@@ -352,11 +418,22 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir, max_pending: u64) -> Outbox {
-        Outbox::open(&dir.path().join("outbox.db"), OutboxOptions { max_pending }, 0).unwrap().0
+        Outbox::open(
+            &dir.path().join("outbox.db"),
+            OutboxOptions { max_pending },
+            0,
+        )
+        .unwrap()
+        .0
     }
 
     fn keys(outbox: &Outbox) -> Vec<String> {
-        outbox.fetch_after(0, 1000).unwrap().into_iter().map(|r| r.key).collect()
+        outbox
+            .fetch_after(0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect()
     }
 
     #[test]
@@ -375,14 +452,25 @@ mod tests {
     fn a_key_is_queued_once_while_pending_and_after_delivery() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = open(&dir, 100);
-        let outcomes = outbox.append(&[record("a"), record("a"), record("b")]).unwrap();
-        assert_eq!(outcomes, [Appended::Stored, Appended::Duplicate, Appended::Stored]);
+        let outcomes = outbox
+            .append(&[record("a"), record("a"), record("b")])
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [Appended::Stored, Appended::Duplicate, Appended::Stored]
+        );
         let seq_of_a = outbox.fetch_after(0, 10).unwrap()[0].seq;
         assert_eq!(outbox.acknowledge(&[seq_of_a], 5_000).unwrap(), 1);
-        assert_eq!(outbox.append(&[record("a")]).unwrap(), [Appended::Duplicate]);
+        assert_eq!(
+            outbox.append(&[record("a")]).unwrap(),
+            [Appended::Duplicate]
+        );
         assert_eq!(keys(&outbox), ["b"]);
         let stats = outbox.stats().unwrap();
-        assert_eq!((stats.pending, stats.delivered_total, stats.duplicates_total), (1, 1, 2));
+        assert_eq!(
+            (stats.pending, stats.delivered_total, stats.duplicates_total),
+            (1, 1, 2)
+        );
         assert_eq!(stats.last_delivered_at_ms, Some(5_000));
     }
 
@@ -401,8 +489,13 @@ mod tests {
     fn a_full_outbox_refuses_new_records_and_counts_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = open(&dir, 2);
-        let outcomes = outbox.append(&[record("a"), record("b"), record("c")]).unwrap();
-        assert_eq!(outcomes, [Appended::Stored, Appended::Stored, Appended::RejectedFull]);
+        let outcomes = outbox
+            .append(&[record("a"), record("b"), record("c")])
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [Appended::Stored, Appended::Stored, Appended::RejectedFull]
+        );
         assert_eq!(keys(&outbox), ["a", "b"]);
         assert_eq!(outbox.stats().unwrap().rejected_full_total, 1);
     }
@@ -412,7 +505,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = open(&dir, 100);
         outbox.append(&[record("a"), record("b")]).unwrap();
-        let seqs: Vec<i64> = outbox.fetch_after(0, 10).unwrap().iter().map(|r| r.seq).collect();
+        let seqs: Vec<i64> = outbox
+            .fetch_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(outbox.acknowledge(&[seqs[0], seqs[0], 999], 1).unwrap(), 1);
         assert_eq!(keys(&outbox), ["b"]);
         assert_eq!(outbox.pending(), 1);
@@ -434,24 +532,43 @@ mod tests {
     fn an_unreadable_database_is_moved_aside_not_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.db");
-        std::fs::write(&path, b"this is not an sqlite database, but it is somebody's evidence").unwrap();
-        let (mut outbox, report) = Outbox::open(&path, OutboxOptions { max_pending: 10 }, 42).unwrap();
+        std::fs::write(
+            &path,
+            b"this is not an sqlite database, but it is somebody's evidence",
+        )
+        .unwrap();
+        let (mut outbox, report) =
+            Outbox::open(&path, OutboxOptions { max_pending: 10 }, 42).unwrap();
         let moved = report.quarantined_to.unwrap();
         assert_eq!(moved, dir.path().join("outbox.db.broken-42"));
-        assert!(std::fs::read(&moved).unwrap().starts_with(b"this is not an sqlite database"));
+        assert!(std::fs::read(&moved)
+            .unwrap()
+            .starts_with(b"this is not an sqlite database"));
         outbox.append(&[record("a")]).unwrap();
-        assert!(outbox.stats().unwrap().quarantined.unwrap().contains("outbox.db.broken-42"));
+        assert!(outbox
+            .stats()
+            .unwrap()
+            .quarantined
+            .unwrap()
+            .contains("outbox.db.broken-42"));
     }
 
     #[test]
     fn counters_and_uplink_errors_show_in_stats() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = open(&dir, 100);
-        outbox.add_counters(&[("frames_rejected".to_string(), 2)]).unwrap();
-        outbox.add_counters(&[("frames_rejected".to_string(), 3)]).unwrap();
+        outbox
+            .add_counters(&[("frames_rejected".to_string(), 2)])
+            .unwrap();
+        outbox
+            .add_counters(&[("frames_rejected".to_string(), 3)])
+            .unwrap();
         outbox.record_uplink_error("connection refused", 7).unwrap();
         let stats = outbox.stats().unwrap();
         assert_eq!(stats.counters["frames_rejected"], 5);
-        assert_eq!(stats.last_uplink_error, Some((7, "connection refused".to_string())));
+        assert_eq!(
+            stats.last_uplink_error,
+            Some((7, "connection refused".to_string()))
+        );
     }
 }

@@ -15,12 +15,29 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(300);
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 enum Command {
-    Append { records: Vec<NewRecord>, done: Option<oneshot::Sender<Vec<Appended>>> },
-    Acknowledge { seqs: Vec<i64>, now_ms: i64 },
-    Fetch { after: i64, limit: usize, reply: oneshot::Sender<Vec<StoredRecord>> },
-    UplinkError { message: String, now_ms: i64 },
-    Counters { deltas: Vec<(String, u64)> },
-    Stats { reply: oneshot::Sender<OutboxStats> },
+    Append {
+        records: Vec<NewRecord>,
+        done: Option<oneshot::Sender<Vec<Appended>>>,
+    },
+    Acknowledge {
+        seqs: Vec<i64>,
+        now_ms: i64,
+    },
+    Fetch {
+        after: i64,
+        limit: usize,
+        reply: oneshot::Sender<Vec<StoredRecord>>,
+    },
+    UplinkError {
+        message: String,
+        now_ms: i64,
+    },
+    Counters {
+        deltas: Vec<(String, u64)>,
+    },
+    Stats {
+        reply: oneshot::Sender<OutboxStats>,
+    },
 }
 
 /// A cheap, cloneable way to reach the outbox worker.
@@ -38,38 +55,80 @@ pub struct WorkerGone;
 impl OutboxHandle {
     /// Queues records for the next group commit; waits only for room in the queue, not for the commit.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<(), WorkerGone> {
-        self.commands.send(Command::Append { records, done: None }).await.map_err(|_| WorkerGone)
+        self.commands
+            .send(Command::Append {
+                records,
+                done: None,
+            })
+            .await
+            .map_err(|_| WorkerGone)
     }
 
     /// Appends and waits until the records are durable; returns what happened to each.
-    pub async fn append_durable(&self, records: Vec<NewRecord>) -> Result<Vec<Appended>, WorkerGone> {
+    pub async fn append_durable(
+        &self,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Appended>, WorkerGone> {
         let (done, wait) = oneshot::channel();
-        self.commands.send(Command::Append { records, done: Some(done) }).await.map_err(|_| WorkerGone)?;
+        self.commands
+            .send(Command::Append {
+                records,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| WorkerGone)?;
         wait.await.map_err(|_| WorkerGone)
     }
 
     /// Queues removal of records the broker acknowledged. Commands run in order, so a later fetch no longer sees them.
     pub async fn acknowledge(&self, seqs: Vec<i64>, now_ms: i64) -> Result<(), WorkerGone> {
-        self.commands.send(Command::Acknowledge { seqs, now_ms }).await.map_err(|_| WorkerGone)
+        self.commands
+            .send(Command::Acknowledge { seqs, now_ms })
+            .await
+            .map_err(|_| WorkerGone)
     }
 
-    pub async fn fetch_after(&self, after: i64, limit: usize) -> Result<Vec<StoredRecord>, WorkerGone> {
+    pub async fn fetch_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, WorkerGone> {
         let (reply, wait) = oneshot::channel();
-        self.commands.send(Command::Fetch { after, limit, reply }).await.map_err(|_| WorkerGone)?;
+        self.commands
+            .send(Command::Fetch {
+                after,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| WorkerGone)?;
         wait.await.map_err(|_| WorkerGone)
     }
 
-    pub async fn record_uplink_error(&self, message: String, now_ms: i64) -> Result<(), WorkerGone> {
-        self.commands.send(Command::UplinkError { message, now_ms }).await.map_err(|_| WorkerGone)
+    pub async fn record_uplink_error(
+        &self,
+        message: String,
+        now_ms: i64,
+    ) -> Result<(), WorkerGone> {
+        self.commands
+            .send(Command::UplinkError { message, now_ms })
+            .await
+            .map_err(|_| WorkerGone)
     }
 
     pub async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), WorkerGone> {
-        self.commands.send(Command::Counters { deltas }).await.map_err(|_| WorkerGone)
+        self.commands
+            .send(Command::Counters { deltas })
+            .await
+            .map_err(|_| WorkerGone)
     }
 
     pub async fn stats(&self) -> Result<OutboxStats, WorkerGone> {
         let (reply, wait) = oneshot::channel();
-        self.commands.send(Command::Stats { reply }).await.map_err(|_| WorkerGone)?;
+        self.commands
+            .send(Command::Stats { reply })
+            .await
+            .map_err(|_| WorkerGone)?;
         wait.await.map_err(|_| WorkerGone)
     }
 
@@ -85,10 +144,16 @@ pub fn spawn_worker(
     outbox: Outbox,
     dedup_retention_days: u32,
     now_ms: fn() -> i64,
-) -> (OutboxHandle, std::thread::JoinHandle<Result<(), OutboxError>>) {
+) -> (
+    OutboxHandle,
+    std::thread::JoinHandle<Result<(), OutboxError>>,
+) {
     let (commands, receiver) = mpsc::channel(256);
     let appended = Arc::new(Notify::new());
-    let handle = OutboxHandle { commands, appended: appended.clone() };
+    let handle = OutboxHandle {
+        commands,
+        appended: appended.clone(),
+    };
     let retention_ms = i64::from(dedup_retention_days) * DAY_MS;
     let thread = std::thread::Builder::new()
         .name("outbox".to_string())
@@ -148,12 +213,18 @@ fn run(
                 if let Err(error) = outbox.acknowledge(&seqs, now_ms) {
                     match error {
                         // The rows stay and are published again later: a duplicate, never a loss.
-                        OutboxError::DiskFull(_) => tracing::error!(%error, "Could not remove delivered readings."),
+                        OutboxError::DiskFull(_) => {
+                            tracing::error!(%error, "Could not remove delivered readings.")
+                        }
                         other => return Err(other),
                     }
                 }
             }
-            Command::Fetch { after, limit, reply } => {
+            Command::Fetch {
+                after,
+                limit,
+                reply,
+            } => {
                 let _ = reply.send(outbox.fetch_after(after, limit)?);
             }
             Command::UplinkError { message, now_ms } => {
@@ -183,7 +254,10 @@ fn run(
 
 /// A full disk is retried until space appears: the readings wait in memory and the bounded queue pushes
 /// back on the devices. Any other error stops the worker (an fsync error must not be retried).
-fn append_with_retry(outbox: &mut Outbox, batch: &[NewRecord]) -> Result<Vec<Appended>, OutboxError> {
+fn append_with_retry(
+    outbox: &mut Outbox,
+    batch: &[NewRecord],
+) -> Result<Vec<Appended>, OutboxError> {
     let mut delay = Duration::from_millis(500);
     loop {
         match outbox.append(batch) {
@@ -199,11 +273,21 @@ fn append_with_retry(outbox: &mut Outbox, batch: &[NewRecord]) -> Result<Vec<App
 }
 
 fn report_append(outcomes: &[Appended], pending: u64) {
-    let rejected = outcomes.iter().filter(|o| **o == Appended::RejectedFull).count();
+    let rejected = outcomes
+        .iter()
+        .filter(|o| **o == Appended::RejectedFull)
+        .count();
     if rejected > 0 {
-        tracing::error!(rejected, pending, "Outbox full: refused new readings; they are counted in status.");
+        tracing::error!(
+            rejected,
+            pending,
+            "Outbox full: refused new readings; they are counted in status."
+        );
     }
-    let duplicates = outcomes.iter().filter(|o| **o == Appended::Duplicate).count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == Appended::Duplicate)
+        .count();
     if duplicates > 0 {
         tracing::debug!(duplicates, "Skipped readings already queued or delivered.");
     }

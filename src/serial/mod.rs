@@ -20,8 +20,13 @@ const REOPEN_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum PortEvent {
     Opened,
-    Bytes { bytes: Vec<u8>, received_at: DateTime<Utc> },
-    Closed { reason: String },
+    Bytes {
+        bytes: Vec<u8>,
+        received_at: DateTime<Utc>,
+    },
+    Closed {
+        reason: String,
+    },
 }
 
 /// Where and how to open a port.
@@ -32,7 +37,11 @@ pub struct PortSettings {
 }
 
 /// Runs until `shutdown` turns true or the receiver of `events` is gone.
-pub async fn run_port(settings: PortSettings, events: mpsc::Sender<PortEvent>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_port(
+    settings: PortSettings,
+    events: mpsc::Sender<PortEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut reported_missing = false;
     loop {
         if *shutdown.borrow() {
@@ -73,7 +82,10 @@ pub async fn run_port(settings: PortSettings, events: mpsc::Sender<PortEvent>, m
 
 fn open(settings: &PortSettings) -> Result<SerialStream, tokio_serial::Error> {
     if !settings.path.exists() {
-        return Err(tokio_serial::Error::new(tokio_serial::ErrorKind::NoDevice, "no such device"));
+        return Err(tokio_serial::Error::new(
+            tokio_serial::ErrorKind::NoDevice,
+            "no such device",
+        ));
     }
     let path = settings.path.to_string_lossy();
     let mut port = tokio_serial::new(path.as_ref(), settings.baud_rate)
@@ -93,13 +105,19 @@ fn open(settings: &PortSettings) -> Result<SerialStream, tokio_serial::Error> {
 }
 
 /// Reads until the device goes away; returns why, or `None` when the receiver is gone.
-async fn read_until_gone(port: &mut SerialStream, events: &mpsc::Sender<PortEvent>) -> Option<String> {
+async fn read_until_gone(
+    port: &mut SerialStream,
+    events: &mpsc::Sender<PortEvent>,
+) -> Option<String> {
     let mut buffer = vec![0u8; 4096];
     loop {
         match port.read(&mut buffer).await {
             Ok(0) => return Some("end of file".to_string()),
             Ok(count) => {
-                let event = PortEvent::Bytes { bytes: buffer[..count].to_vec(), received_at: crate::clock::now_utc() };
+                let event = PortEvent::Bytes {
+                    bytes: buffer[..count].to_vec(),
+                    received_at: crate::clock::now_utc(),
+                };
                 if events.send(event).await.is_err() {
                     return None;
                 }
