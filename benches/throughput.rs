@@ -5,7 +5,8 @@
 //! (c) durable ingest of a 10,000-record burst written to a pseudo-terminal;
 //! (d) latency from a frame written on the pseudo-terminal to the message reaching a subscriber.
 //!
-//! Sizes can be lowered for a quick look: `VITALSD_BENCH_DRAIN=20000 cargo bench`.
+//! Sizes can be lowered for a quick look: `VITALSD_BENCH_DRAIN=20000 cargo bench`; `VITALSD_BENCH_ONLY=drain`
+//! stops after (b), and `VITALSD_BENCH_WINDOW=N` sets the daemon's `mqtt.window`.
 
 #[path = "../hil-tests/support/mod.rs"]
 #[allow(dead_code)]
@@ -62,6 +63,9 @@ fn main() {
         idle_kib as f64 / 1024.0
     );
 
+    if std::env::var("VITALSD_BENCH_ONLY").is_ok_and(|v| v == "drain") {
+        return;
+    }
     let ingest_rate = durable_ingest_rate(ingest_count);
     println!("(c) durable ingest of a {ingest_count}-record burst:   {ingest_rate:>10.0} readings/s (target >= 5000)");
 
@@ -136,7 +140,14 @@ fn raw_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
 
 fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
     let world = DaemonWorld::new();
-    world.write_config(&broker.url(), &[], &[]);
+    let window = std::env::var("VITALSD_BENCH_WINDOW")
+        .ok()
+        .map(|w| format!("window = {w}"));
+    world.write_config(
+        &broker.url(),
+        &window.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
     std::fs::create_dir_all(world.state_dir()).unwrap();
     {
         let (mut outbox, _) = Outbox::open(

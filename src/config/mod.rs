@@ -302,7 +302,7 @@ mod tests {
                 keep_alive: Duration::from_secs(30),
                 reconnect_min: Duration::from_millis(500),
                 reconnect_max: Duration::from_secs(60),
-                window: 64,
+                window: 128,
             }
         );
         assert_eq!(

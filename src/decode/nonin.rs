@@ -53,6 +53,8 @@ enum Step {
     Good(usize, Reading),
     /// A bad frame of this many bytes.
     Bad(usize, FrameError),
+    /// A well-formed frame of this many bytes whose content is impossible; it is consumed whole.
+    Refused(usize, FrameError),
 }
 
 /// The byte buffer and resynchronisation bookkeeping shared by all Nonin decoders.
@@ -120,6 +122,10 @@ impl Scanner {
                     events.push(DecodeEvent::Reading(reading));
                 }
                 Step::Bad(len, error) => self.reject(len, error, events),
+                Step::Refused(len, error) => {
+                    self.accept(len, events);
+                    events.push(DecodeEvent::Rejected(error));
+                }
             }
         }
         self.compact();
@@ -404,12 +410,14 @@ const STATUS_ALWAYS: u8 = 0x80;
 const STATUS_SYNC: u8 = 0x01;
 
 /// Data Formats 2 and 7: 5-byte frames at 75 per second, 25 of them (starting at a SYNC frame) per reading.
+///
+/// A packet is parsed as one 125-byte unit that stays in the buffer until all of it checks out, so when it
+/// breaks off or a frame in it is bad, the search resumes one byte after the packet's start: a good packet
+/// that began inside what looked like a packet is still found.
 #[derive(Debug)]
 pub struct DataFormat2Decoder {
     variant: Df2Variant,
     scanner: Scanner,
-    /// The frames of the packet being collected, at most 25, the first a SYNC frame.
-    packet: Option<Vec<Df2Frame>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -434,14 +442,13 @@ impl DataFormat2Decoder {
         DataFormat2Decoder {
             variant,
             scanner: Scanner::default(),
-            packet: None,
         }
     }
 
     /// Whether the bytes seen so far may still be the start of a SYNC frame.
-    fn may_start_packet(&self, window: &[u8]) -> bool {
+    fn may_start_packet(variant: Df2Variant, window: &[u8]) -> bool {
         let sync = STATUS_ALWAYS | STATUS_SYNC;
-        match self.variant {
+        match variant {
             Df2Variant::Df2 => {
                 window.first().is_none_or(|&start| start == 0x01)
                     && window.get(1).is_none_or(|&status| status & sync == sync)
@@ -450,9 +457,9 @@ impl DataFormat2Decoder {
         }
     }
 
-    fn check(&self, bytes: [u8; DF2_FRAME]) -> Df2Check {
+    fn check(variant: Df2Variant, bytes: [u8; DF2_FRAME]) -> Df2Check {
         let [b1, b2, b3, b4, found] = bytes;
-        let (start_ok, status) = match self.variant {
+        let (start_ok, status) = match variant {
             Df2Variant::Df2 => (b1 == 0x01, b2),
             Df2Variant::Df7 => (true, b1),
         };
@@ -470,65 +477,57 @@ impl DataFormat2Decoder {
         })
     }
 
-    fn step(&mut self, received_at: DateTime<Utc>, events: &mut Vec<DecodeEvent>) -> bool {
-        let window = self.scanner.window();
-        if self.packet.is_none() && !self.may_start_packet(window) {
-            self.scanner.skip(1);
-            return true;
+    /// Looks at the window as a packet candidate without consuming anything.
+    fn parse(variant: Df2Variant, window: &[u8], received_at: DateTime<Utc>) -> Step {
+        if !Self::may_start_packet(variant, window) {
+            return Step::Skip;
         }
-        let Some(&[b1, b2, b3, b4, b5]) = window.get(..DF2_FRAME) else {
-            return false;
-        };
-        let bytes = [b1, b2, b3, b4, b5];
-        let check = self.check(bytes);
-        let Some(frames) = self.packet.as_mut() else {
-            match check {
-                Df2Check::Good(frame) if frame.status & STATUS_SYNC != 0 => {
-                    self.scanner.accept(DF2_FRAME, events);
-                    self.packet = Some(vec![frame]);
+        let mut frames = Vec::with_capacity(DF2_FRAMES_PER_PACKET);
+        for (index, chunk) in window
+            .chunks(DF2_FRAME)
+            .take(DF2_FRAMES_PER_PACKET)
+            .enumerate()
+        {
+            let Ok(bytes) = <[u8; DF2_FRAME]>::try_from(chunk) else {
+                return Step::Wait;
+            };
+            match Self::check(variant, bytes) {
+                Df2Check::Good(frame) if index == 0 && frame.status & STATUS_SYNC == 0 => {
+                    return Step::Skip
                 }
-                _ => self.scanner.skip(1),
-            }
-            return true;
-        };
-        match check {
-            Df2Check::Good(frame) if frame.status & STATUS_SYNC != 0 => {
-                let raw = hex_of(&packet_bytes(frames));
-                frames.clear();
-                frames.push(frame);
-                self.scanner.accept(DF2_FRAME, events);
-                events.push(DecodeEvent::Rejected(FrameError::Malformed {
-                    reason: "packet broke off",
-                    raw,
-                }));
-            }
-            Df2Check::Good(frame) => {
-                frames.push(frame);
-                self.scanner.accept(DF2_FRAME, events);
-                if frames.len() == DF2_FRAMES_PER_PACKET {
-                    events.push(df2_packet(frames, received_at));
-                    self.packet = None;
+                Df2Check::Good(frame) if index > 0 && frame.status & STATUS_SYNC != 0 => {
+                    let error = FrameError::Malformed {
+                        reason: "packet broke off",
+                        raw: hex_of(&packet_bytes(&frames)),
+                    };
+                    return Step::Bad(index * DF2_FRAME, error);
                 }
-            }
-            Df2Check::Broken => {
-                self.packet = None;
-                let error = FrameError::Malformed {
-                    reason: "packet interrupted",
-                    raw: hex_of(&bytes),
-                };
-                self.scanner.reject(DF2_FRAME, error, events);
-            }
-            Df2Check::Checksum { expected, found } => {
-                self.packet = None;
-                let error = FrameError::Checksum {
-                    expected,
-                    found,
-                    raw: hex_of(&bytes),
-                };
-                self.scanner.reject(DF2_FRAME, error, events);
+                Df2Check::Good(frame) => frames.push(frame),
+                Df2Check::Broken | Df2Check::Checksum { .. } if index == 0 => return Step::Skip,
+                Df2Check::Broken => {
+                    let error = FrameError::Malformed {
+                        reason: "packet interrupted",
+                        raw: hex_of(&bytes),
+                    };
+                    return Step::Bad((index + 1) * DF2_FRAME, error);
+                }
+                Df2Check::Checksum { expected, found } => {
+                    let error = FrameError::Checksum {
+                        expected,
+                        found,
+                        raw: hex_of(&bytes),
+                    };
+                    return Step::Bad((index + 1) * DF2_FRAME, error);
+                }
             }
         }
-        true
+        if frames.len() < DF2_FRAMES_PER_PACKET {
+            return Step::Wait;
+        }
+        match df2_packet(&frames, received_at) {
+            DecodeEvent::Reading(reading) => Step::Good(DF2_PACKET, reading),
+            DecodeEvent::Rejected(error) => Step::Refused(DF2_PACKET, error),
+        }
     }
 }
 
@@ -536,16 +535,22 @@ impl StreamDecoder for DataFormat2Decoder {
     fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         let mut events = Vec::new();
         self.scanner.buf.extend_from_slice(bytes);
-        while !self.scanner.window().is_empty() && self.step(context.received_at, &mut events) {}
-        self.scanner.compact();
+        let variant = self.variant;
+        self.scanner.run(&mut events, |window| {
+            Self::parse(variant, window, context.received_at)
+        });
         events
     }
 
     fn finish(&mut self) -> Option<FrameError> {
-        match self.packet.take() {
-            Some(frames) => self.scanner.finish(&packet_bytes(&frames), DF2_PACKET),
-            None => self.scanner.finish(&[], DF2_FRAME),
-        }
+        let pending_packet = Self::may_start_packet(self.variant, self.scanner.window())
+            && self.scanner.window().len() >= DF2_FRAME;
+        let need = if pending_packet {
+            DF2_PACKET
+        } else {
+            DF2_FRAME
+        };
+        self.scanner.finish(&[], need)
     }
 }
 

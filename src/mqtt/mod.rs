@@ -17,19 +17,20 @@ use std::time::Duration;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
 };
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::config::MqttConfig;
+use crate::outbox::worker::WorkerGone;
 use crate::outbox::{OutboxHandle, StoredRecord};
 use inflight::{Inflight, Slot};
 use topic::Topics;
 
 /// Records fetched from the outbox per round trip.
-const FETCH_BATCH: usize = 512;
+const FETCH_BATCH: usize = 1024;
 /// Acknowledged records removed per outbox transaction, and the longest an acknowledgement waits.
-const ACK_BATCH: usize = 256;
-const ACK_DELAY: Duration = Duration::from_millis(5);
+const ACK_BATCH: usize = 1024;
+const ACK_DELAY: Duration = Duration::from_millis(20);
 /// How often the retained status is refreshed with outbox figures while connected.
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 /// How long a clean shutdown waits for the broker to take the "offline" status.
@@ -63,18 +64,26 @@ pub async fn run(
     let mut uplink = Uplink::new(options, &settings, topics, outbox);
     let mut backoff = Backoff::new(settings.mqtt.reconnect_min, settings.mqtt.reconnect_max);
     let appended = uplink.outbox.appended();
+    // Timers live across iterations and are re-armed, rather than rebuilt for every MQTT event.
+    let ack_timer = sleep_until(Instant::now());
+    let status_timer = sleep_until(uplink.status_due);
+    tokio::pin!(ack_timer, status_timer);
     loop {
         if uplink.connected {
             uplink.fill_window().await?;
         }
+        if let Some(deadline) = uplink.ack_deadline {
+            if ack_timer.deadline() != deadline {
+                ack_timer.as_mut().reset(deadline);
+            }
+        }
+        if status_timer.deadline() != uplink.status_due {
+            status_timer.as_mut().reset(uplink.status_due);
+        }
         let waiting_for_records = uplink.connected && uplink.exhausted && uplink.buffer.is_empty();
-        let ack_deadline = uplink.ack_deadline;
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            _ = sleep_until(ack_deadline.unwrap_or_else(Instant::now)), if ack_deadline.is_some() => {
-                uplink.flush_acks().await?;
-            }
             event = uplink.eventloop.poll() => match event {
                 Ok(event) => {
                     if uplink.handle_event(event).await? {
@@ -90,8 +99,9 @@ pub async fn run(
                     }
                 }
             },
+            _ = &mut ack_timer, if uplink.ack_deadline.is_some() => uplink.flush_acks().await?,
             _ = appended.notified(), if waiting_for_records => uplink.exhausted = false,
-            _ = sleep_until(uplink.status_due), if uplink.connected => uplink.publish_status("online").await?,
+            _ = &mut status_timer, if uplink.connected => uplink.publish_status("online").await?,
         }
     }
     uplink.shut_down().await
@@ -112,6 +122,8 @@ struct Uplink {
     cursor: i64,
     /// The last fetch returned everything the outbox had.
     exhausted: bool,
+    /// A fetch asked for but not yet taken into `buffer`.
+    next_batch: Option<oneshot::Receiver<Vec<StoredRecord>>>,
     acked: Vec<i64>,
     ack_deadline: Option<Instant>,
     status_due: Instant,
@@ -139,6 +151,7 @@ impl Uplink {
             buffer: VecDeque::new(),
             cursor: 0,
             exhausted: false,
+            next_batch: None,
             acked: Vec::new(),
             ack_deadline: None,
             status_due: Instant::now(),
@@ -149,15 +162,34 @@ impl Uplink {
     /// Publishes outbox records until the window is full or the outbox has nothing more.
     async fn fill_window(&mut self) -> Result<(), UplinkError> {
         while self.inflight.len() < self.window {
-            if self.buffer.is_empty() {
-                if self.exhausted {
-                    break;
+            if let Some(pending) = self.next_batch.as_mut() {
+                // Take a prefetched batch when it is ready, or wait for it when there is nothing else to send.
+                let records = match pending.try_recv() {
+                    Ok(records) => Some(records),
+                    Err(oneshot::error::TryRecvError::Empty) if self.buffer.is_empty() => {
+                        Some(pending.await.map_err(|_| WorkerGone)?)
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => None,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(WorkerGone.into()),
+                };
+                if let Some(records) = records {
+                    self.next_batch = None;
+                    self.exhausted = records.len() < FETCH_BATCH;
+                    if let Some(last) = records.last() {
+                        self.cursor = last.seq;
+                    }
+                    self.buffer.extend(records);
                 }
-                let records = self.outbox.fetch_after(self.cursor, FETCH_BATCH).await?;
-                self.exhausted = records.len() < FETCH_BATCH;
-                let Some(last) = records.last() else { break };
-                self.cursor = last.seq;
-                self.buffer.extend(records);
+            }
+            if self.next_batch.is_none() && !self.exhausted && self.buffer.len() < FETCH_BATCH / 2 {
+                self.next_batch = Some(
+                    self.outbox
+                        .request_fetch_after(self.cursor, FETCH_BATCH)
+                        .await?,
+                );
+                if self.buffer.is_empty() {
+                    continue;
+                }
             }
             let Some(record) = self.buffer.pop_front() else {
                 break;
@@ -165,14 +197,41 @@ impl Uplink {
             let topic = self.topics.reading(&record.label);
             self.inflight
                 .handle_publish_requested(Slot::Record(record.seq));
-            if let Err(error) =
-                self.client
-                    .try_publish(topic, QoS::AtLeastOnce, false, record.payload.clone())
+            let StoredRecord {
+                seq,
+                key,
+                label,
+                format,
+                payload,
+                created_at_ms,
+            } = record;
+            if let Err(error) = self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
             {
                 // The request queue is full; the record goes back and waits for the window to move.
                 tracing::debug!(%error, "Publish queue full.");
                 self.inflight.handle_publish_not_queued();
-                self.buffer.push_front(record);
+                match error {
+                    rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(publish)) => {
+                        let payload = publish.payload.to_vec();
+                        self.buffer.push_front(StoredRecord {
+                            seq,
+                            key,
+                            label,
+                            format,
+                            payload,
+                            created_at_ms,
+                        });
+                    }
+                    _ => {
+                        // The payload did not come back; read it again from the outbox, which still holds it.
+                        self.buffer.clear();
+                        self.next_batch = None;
+                        self.exhausted = false;
+                        self.cursor = seq - 1;
+                    }
+                }
                 break;
             }
         }
@@ -227,6 +286,7 @@ impl Uplink {
         self.connected = true;
         self.inflight.handle_connection_lost();
         self.buffer.clear();
+        self.next_batch = None;
         self.cursor = 0;
         self.exhausted = false;
         self.last_error = None;
@@ -240,6 +300,7 @@ impl Uplink {
         self.connected = false;
         self.inflight.handle_connection_lost();
         self.buffer.clear();
+        self.next_batch = None;
         self.flush_acks().await?;
         let message = describe(error);
         if self.last_error.as_deref() != Some(message.as_str()) {
@@ -261,6 +322,7 @@ impl Uplink {
         self.connected = false;
         self.inflight.handle_connection_lost();
         self.buffer.clear();
+        self.next_batch = None;
         self.flush_acks().await?;
         let options = self.eventloop.mqtt_options.clone();
         let (client, eventloop) = AsyncClient::new(options, self.window + 8);

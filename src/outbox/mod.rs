@@ -17,14 +17,18 @@
 //!
 //! # Storage
 //!
+//! A key is claimed in `seen` when its record is appended and stays there after delivery, so removing
+//! acknowledged records is a range delete on `seq` that never touches a randomly ordered key index; that
+//! keeps the drain close to the speed of the broker.
+//!
 //! One SQLite file (`outbox.db` in the state directory) written by exactly one connection, owned by the
 //! worker thread in [`worker`]. Readers (`vitalsd status`) open their own connection; WAL lets them read
 //! while the daemon writes.
 //!
 //! ```text
-//! record(seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE, label TEXT, format INTEGER,
+//! record(seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, label TEXT, format INTEGER,
 //!        payload BLOB, created_at INTEGER /* ms since the epoch */)
-//! delivered(key TEXT PRIMARY KEY, delivered_at INTEGER)     -- dedup memory, pruned after the retention
+//! seen(key TEXT PRIMARY KEY, seen_at INTEGER)  -- every key appended; dedup memory, pruned after the retention
 //! stat(name TEXT PRIMARY KEY, value INTEGER, text TEXT)     -- counters and last events for `status`
 //! ```
 //!

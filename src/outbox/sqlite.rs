@@ -12,17 +12,16 @@ const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS record (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL,
     label TEXT NOT NULL,
     format INTEGER NOT NULL,
     payload BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS delivered (
+CREATE TABLE IF NOT EXISTS seen (
     key TEXT PRIMARY KEY,
-    delivered_at INTEGER NOT NULL
+    seen_at INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS delivered_by_time ON delivered(delivered_at);
 CREATE TABLE IF NOT EXISTS stat (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL DEFAULT 0,
@@ -140,11 +139,16 @@ impl Outbox {
         let mut duplicates = 0u64;
         let mut rejected = 0u64;
         {
+            // A key is claimed in `seen` when first appended and stays there after delivery, so the drain
+            // never touches the (randomly ordered) key index: it only deletes a run of consecutive seqs.
+            let mut claim = transaction
+                .prepare_cached(
+                    "INSERT INTO seen (key, seen_at) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                )
+                .map_err(OutboxError::classify)?;
             let mut insert = transaction
                 .prepare_cached(
-                    "INSERT INTO record (key, label, format, payload, created_at)
-                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE key = ?1)
-                     ON CONFLICT (key) DO NOTHING",
+                    "INSERT INTO record (key, label, format, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(OutboxError::classify)?;
             for record in records {
@@ -153,16 +157,19 @@ impl Outbox {
                     outcomes.push(Appended::RejectedFull);
                     continue;
                 }
-                let changed = insert
-                    .execute(params![
-                        record.key,
-                        record.label,
-                        record.format,
-                        record.payload,
-                        record.created_at_ms
-                    ])
+                let claimed = claim
+                    .execute(params![record.key, record.created_at_ms])
                     .map_err(OutboxError::classify)?;
-                if changed == 1 {
+                if claimed == 1 {
+                    insert
+                        .execute(params![
+                            record.key,
+                            record.label,
+                            record.format,
+                            record.payload,
+                            record.created_at_ms
+                        ])
+                        .map_err(OutboxError::classify)?;
                     stored += 1;
                     outcomes.push(Appended::Stored);
                 } else {
@@ -196,7 +203,7 @@ impl Outbox {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Removes records the consumer confirmed, remembering their keys for deduplication. Unknown seqs are
+    /// Removes records the consumer confirmed (their keys stay claimed for deduplication). Unknown seqs are
     /// ignored (a record acknowledged twice across a reconnect). Returns how many were removed.
     pub fn acknowledge(&mut self, seqs: &[i64], now_ms: i64) -> Result<u64, OutboxError> {
         let transaction = self
@@ -205,21 +212,14 @@ impl Outbox {
             .map_err(OutboxError::classify)?;
         let mut removed = 0u64;
         {
-            let mut remember = transaction
-                .prepare_cached(
-                    "INSERT INTO delivered (key, delivered_at) SELECT key, ?2 FROM record WHERE seq = ?1
-                     ON CONFLICT (key) DO UPDATE SET delivered_at = excluded.delivered_at",
-                )
-                .map_err(OutboxError::classify)?;
+            // Acknowledgements mostly come in runs of consecutive seqs; one range statement per run is far
+            // cheaper than one statement per record.
             let mut delete = transaction
-                .prepare_cached("DELETE FROM record WHERE seq = ?1")
+                .prepare_cached("DELETE FROM record WHERE seq BETWEEN ?1 AND ?2")
                 .map_err(OutboxError::classify)?;
-            for seq in seqs {
-                remember
-                    .execute(params![seq, now_ms])
-                    .map_err(OutboxError::classify)?;
+            for (first, last) in consecutive_runs(seqs) {
                 removed += delete
-                    .execute(params![seq])
+                    .execute(params![first, last])
                     .map_err(OutboxError::classify)? as u64;
             }
         }
@@ -264,12 +264,15 @@ impl Outbox {
         Ok(())
     }
 
-    /// Forgets delivered keys older than `before_ms`; after that, a replay of those records is queued again.
+    /// Forgets the keys of delivered records first seen before `before_ms`; after that, a replay of those
+    /// records is queued again. Keys of records still pending are never forgotten: a key's `seen_at` is its
+    /// record's `created_at`, so a key older than every pending record cannot belong to one.
     pub fn prune_delivered(&mut self, before_ms: i64) -> Result<u64, OutboxError> {
         let removed = self
             .connection
             .execute(
-                "DELETE FROM delivered WHERE delivered_at < ?1",
+                "DELETE FROM seen WHERE seen_at < ?1
+                 AND seen_at < coalesce((SELECT min(created_at) FROM record), ?1)",
                 params![before_ms],
             )
             .map_err(OutboxError::classify)?;
@@ -374,6 +377,21 @@ fn bump(
         params![name, delta as i64],
     )?;
     Ok(())
+}
+
+/// Sorted, de-duplicated `seqs` as inclusive runs of consecutive numbers.
+fn consecutive_runs(seqs: &[i64]) -> Vec<(i64, i64)> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for seq in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == seq => *last = seq,
+            _ => runs.push((seq, seq)),
+        }
+    }
+    runs
 }
 
 fn is_corruption(error: &rusqlite::Error) -> bool {
@@ -486,6 +504,18 @@ mod tests {
     }
 
     #[test]
+    fn pruning_never_forgets_a_pending_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        outbox.append(&[record("a")]).unwrap();
+        assert_eq!(outbox.prune_delivered(i64::MAX).unwrap(), 0);
+        assert_eq!(
+            outbox.append(&[record("a")]).unwrap(),
+            [Appended::Duplicate]
+        );
+    }
+
+    #[test]
     fn a_full_outbox_refuses_new_records_and_counts_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = open(&dir, 2);
@@ -514,6 +544,36 @@ mod tests {
         assert_eq!(outbox.acknowledge(&[seqs[0], seqs[0], 999], 1).unwrap(), 1);
         assert_eq!(keys(&outbox), ["b"]);
         assert_eq!(outbox.pending(), 1);
+    }
+
+    #[test]
+    fn acknowledging_scattered_seqs_removes_exactly_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        let records: Vec<NewRecord> = (0..10).map(|i| record(&format!("k{i}"))).collect();
+        outbox.append(&records).unwrap();
+        let seqs: Vec<i64> = outbox
+            .fetch_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        let acked = [seqs[7], seqs[1], seqs[2], seqs[3], seqs[9], seqs[2]];
+        assert_eq!(outbox.acknowledge(&acked, 1).unwrap(), 5);
+        assert_eq!(keys(&outbox), ["k0", "k4", "k5", "k6", "k8"]);
+        assert_eq!(
+            outbox.append(&[record("k3"), record("k4")]).unwrap(),
+            [Appended::Duplicate, Appended::Duplicate]
+        );
+    }
+
+    #[test]
+    fn consecutive_runs_cover_each_seq_once() {
+        assert_eq!(
+            consecutive_runs(&[5, 1, 2, 3, 9, 2, 10]),
+            [(1, 3), (5, 5), (9, 10)]
+        );
+        assert_eq!(consecutive_runs(&[]), []);
     }
 
     #[test]

@@ -88,6 +88,25 @@ impl OutboxHandle {
             .map_err(|_| WorkerGone)
     }
 
+    /// Asks for up to `limit` records after `after` without waiting for them, so the caller can keep
+    /// working while the worker reads; the answer arrives on the returned receiver.
+    pub async fn request_fetch_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<oneshot::Receiver<Vec<StoredRecord>>, WorkerGone> {
+        let (reply, wait) = oneshot::channel();
+        self.commands
+            .send(Command::Fetch {
+                after,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| WorkerGone)?;
+        Ok(wait)
+    }
+
     pub async fn fetch_after(
         &self,
         after: i64,
