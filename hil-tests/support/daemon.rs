@@ -76,6 +76,19 @@ impl DaemonWorld {
 
     /// Starts `vitalsd run`; its stderr is appended to `daemon.log` in the world.
     pub fn start(&self) -> Daemon {
+        self.start_with_env(&[])
+    }
+
+    /// Appends a TOML table to the configuration written by `write_config`.
+    pub fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(self.config_path()).expect("read config");
+        config.push('\n');
+        config.push_str(text);
+        std::fs::write(self.config_path(), config).expect("write config");
+    }
+
+    /// Starts `vitalsd run` with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -86,6 +99,7 @@ impl DaemonWorld {
             .arg(self.config_path())
             .env("TZ", "UTC")
             .env("RUST_LOG", "vitalsd=debug,info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

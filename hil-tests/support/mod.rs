@@ -5,6 +5,7 @@ pub mod broker;
 pub mod daemon;
 pub mod nonin;
 pub mod pty;
+pub mod schema;
 pub mod subscriber;
 
 use std::time::{Duration, Instant};

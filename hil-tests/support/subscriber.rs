@@ -100,11 +100,13 @@ impl Subscriber {
     }
 
     /// Reading messages (payloads with an `id`), in arrival order.
+    /// Every one is checked against the payload's JSON Schema on the way.
     pub fn readings(&self) -> Vec<serde_json::Value> {
         self.messages()
             .iter()
             .filter(|m| m.topic.contains("/readings/"))
             .map(Message::json)
+            .inspect(super::schema::assert_valid_reading)
             .collect()
     }
 
