@@ -59,6 +59,8 @@ struct ReadingV1<'a> {
     values: Vec<ValueV1>,
     flags: &'a [&'static str],
     raw: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -66,8 +68,8 @@ struct ValueV1 {
     name: &'static str,
     value: Option<serde_json::Number>,
     unit: &'static str,
-    mdc: u32,
-    loinc: &'static str,
+    mdc: Option<u32>,
+    loinc: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     special: Option<&'static str>,
 }
@@ -101,6 +103,7 @@ pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -
             .collect(),
         flags: &reading.flags,
         raw: hex::encode(&reading.raw),
+        user_id: reading.user_id,
     };
     serde_json::to_vec(&document).expect("invariant: the payload types serialise infallibly")
 }
@@ -135,6 +138,7 @@ mod tests {
             flags: vec!["smartpoint"],
             raw: vec![0x00, 0x02, 0xab],
             record_key: Some("nonin-df13:abc".to_string()),
+            user_id: None,
         }
     }
 

@@ -127,6 +127,9 @@ pub struct Reading {
     pub flags: Vec<&'static str>,
     /// The bytes of the source frame or packet.
     pub raw: Vec<u8>,
+    /// The device's own user index (multi-user cuffs and scales), when it reports one; 0xFF (unknown user)
+    /// is `None`.
+    pub user_id: Option<u8>,
     /// The identity the device gives this record (its timestamp or sequence number plus what it measured), if any.
     /// Two decodes of the same stored record yield the same key; the hub derives the reading id from it.
     pub record_key: Option<String>,
@@ -143,6 +146,7 @@ impl Reading {
             values: Vec::new(),
             flags: Vec::new(),
             raw: raw.to_vec(),
+            user_id: None,
             record_key: None,
         }
     }

@@ -202,6 +202,7 @@ impl SpotFilter {
             values,
             flags,
             record_key: None,
+            user_id: None,
             ..newest
         }
     }

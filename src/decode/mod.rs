@@ -5,7 +5,19 @@
 //! boundaries itself, resynchronises after garbage, and reports a bad frame as a [`DecodeEvent::Rejected`]
 //! value, never as a panic or an end of the stream.
 
+pub mod berrymed;
+pub mod blood_pressure;
+pub mod body_composition;
+pub mod current_time;
+pub mod device_information;
+pub mod glucose;
+pub mod ieee11073;
+pub mod jumper;
 pub mod nonin;
+pub mod pulse_oximeter;
+pub mod thermometer;
+pub mod weight_scale;
+pub mod xiaomi_scale;
 
 use chrono::{DateTime, Utc};
 
@@ -42,6 +54,12 @@ pub enum FrameError {
     /// Bytes that belong to no frame, skipped while resynchronising.
     #[error("skipped {count} bytes outside any frame")]
     Garbage { count: usize },
+    /// A message whose flags promise a field it does not have the bytes for.
+    #[error("message too short: {field} needs bytes up to {need}, the message has {have} (bytes {raw})")]
+    TooShort { field: &'static str, have: usize, need: usize, raw: String },
+    /// A message whose content is impossible (a value out of range, an unknown opcode).
+    #[error("invalid message: {reason} (bytes {raw})")]
+    Invalid { reason: String, raw: String },
     /// The input ended in the middle of a frame.
     #[error("truncated frame: {have} bytes of a frame that needs {need} (bytes {raw})")]
     Truncated {
@@ -58,6 +76,14 @@ pub trait StreamDecoder: Send {
 
     /// Called when the input ends (a `decode` command line, a closed port): reports a frame left unfinished.
     fn finish(&mut self) -> Option<FrameError>;
+}
+
+/// A decoder for protocols whose every message is complete in itself: a GATT characteristic value or an
+/// advertisement. There is no framing to find; a message that does not parse is one `FrameError`.
+pub trait MessageDecoder: Send {
+    /// Decodes one message. `Ok(vec![])` means "nothing to report" (an advertisement that is not a finished
+    /// measurement, the first half of a two-packet record).
+    fn decode(&mut self, message: &[u8], context: &DecodeContext<'_>) -> Result<Vec<Reading>, FrameError>;
 }
 
 /// Serial line settings a protocol needs.

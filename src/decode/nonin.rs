@@ -663,6 +663,7 @@ mod tests {
             FrameError::Malformed { reason, .. } => format!("rejected malformed: {reason}"),
             FrameError::Garbage { count } => format!("garbage {count}"),
             FrameError::Truncated { have, need, .. } => format!("truncated {have}/{need}"),
+            other => format!("unexpected {other}"),
         }
     }
 
