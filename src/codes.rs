@@ -15,11 +15,21 @@ pub struct Measure {
 }
 
 const fn measure(name: &'static str, unit: &'static str, mdc: u32, loinc: &'static str) -> Measure {
-    Measure { name, unit, mdc: Some(mdc), loinc: Some(loinc) }
+    Measure {
+        name,
+        unit,
+        mdc: Some(mdc),
+        loinc: Some(loinc),
+    }
 }
 
 const fn uncoded(name: &'static str, unit: &'static str) -> Measure {
-    Measure { name, unit, mdc: None, loinc: None }
+    Measure {
+        name,
+        unit,
+        mdc: None,
+        loinc: None,
+    }
 }
 
 // Pulse oximetry.
@@ -31,10 +41,12 @@ pub const PERFUSION_INDEX: Measure = uncoded("perfusion_index", "%");
 // Blood pressure; a cuff reports either mmHg or kPa and the unit it sent is kept.
 pub const SYSTOLIC: Measure = measure("systolic", "mm[Hg]", 150021, "8480-6");
 pub const DIASTOLIC: Measure = measure("diastolic", "mm[Hg]", 150022, "8462-4");
-pub const MEAN_ARTERIAL_PRESSURE: Measure = measure("mean_arterial_pressure", "mm[Hg]", 150023, "8478-0");
+pub const MEAN_ARTERIAL_PRESSURE: Measure =
+    measure("mean_arterial_pressure", "mm[Hg]", 150023, "8478-0");
 pub const SYSTOLIC_KPA: Measure = measure("systolic", "kPa", 150021, "8480-6");
 pub const DIASTOLIC_KPA: Measure = measure("diastolic", "kPa", 150022, "8462-4");
-pub const MEAN_ARTERIAL_PRESSURE_KPA: Measure = measure("mean_arterial_pressure", "kPa", 150023, "8478-0");
+pub const MEAN_ARTERIAL_PRESSURE_KPA: Measure =
+    measure("mean_arterial_pressure", "kPa", 150023, "8478-0");
 /// Pulse rate measured by a blood pressure cuff (MDC_PULS_RATE_NON_INV).
 pub const PULSE_RATE_CUFF: Measure = measure("pulse_rate", "/min", 149546, "8867-4");
 /// The cuff pressure during inflation (Intermediate Cuff Pressure); progress, not a clinical reading.
@@ -48,8 +60,12 @@ pub const BODY_HEIGHT_M: Measure = measure("body_height", "m", 188740, "8302-2")
 pub const BODY_HEIGHT_IN: Measure = measure("body_height", "[in_i]", 188740, "8302-2");
 pub const BMI: Measure = measure("bmi", "kg/m2", 188752, "39156-5");
 /// MDC_BODY_FAT is partition 2 term 57420; the LOINC code is not verified, so it is left out.
-pub const BODY_FAT_PERCENTAGE: Measure =
-    Measure { name: "body_fat_percentage", unit: "%", mdc: Some(188748), loinc: None };
+pub const BODY_FAT_PERCENTAGE: Measure = Measure {
+    name: "body_fat_percentage",
+    unit: "%",
+    mdc: Some(188748),
+    loinc: None,
+};
 pub const IMPEDANCE: Measure = uncoded("impedance", "Ohm");
 pub const BASAL_METABOLISM: Measure = uncoded("basal_metabolism", "kJ");
 pub const MUSCLE_PERCENTAGE: Measure = uncoded("muscle_percentage", "%");
@@ -68,7 +84,8 @@ pub const GLUCOSE_MMOL_L: Measure = measure("glucose", "mmol/L", 160184, "14743-
 
 // Temperature, unspecified site (the site, when the thermometer names one, goes into the flags).
 pub const BODY_TEMPERATURE_CEL: Measure = measure("body_temperature", "Cel", 150364, "8310-5");
-pub const BODY_TEMPERATURE_FAHRENHEIT: Measure = measure("body_temperature", "[degF]", 150364, "8310-5");
+pub const BODY_TEMPERATURE_FAHRENHEIT: Measure =
+    measure("body_temperature", "[degF]", 150364, "8310-5");
 
 /// Every measure this build can publish; the payload schema test walks it.
 pub const ALL: &[&Measure] = &[
@@ -113,25 +130,69 @@ mod tests {
 
     #[track_caller]
     fn check(measure: &Measure, expected: (&str, &str, Option<u32>, Option<&str>)) {
-        assert_eq!((measure.name, measure.unit, measure.mdc, measure.loinc), expected);
+        assert_eq!(
+            (measure.name, measure.unit, measure.mdc, measure.loinc),
+            expected
+        );
     }
 
     #[test]
     fn codes_match_the_reference_table() {
         check(&SPO2, ("spo2", "%", Some(150456), Some("2708-6")));
-        check(&PULSE_RATE_OXIMETER, ("pulse_rate", "/min", Some(149530), Some("8867-4")));
-        check(&PULSE_RATE_CUFF, ("pulse_rate", "/min", Some(149546), Some("8867-4")));
-        check(&SYSTOLIC, ("systolic", "mm[Hg]", Some(150021), Some("8480-6")));
-        check(&DIASTOLIC, ("diastolic", "mm[Hg]", Some(150022), Some("8462-4")));
-        check(&MEAN_ARTERIAL_PRESSURE, ("mean_arterial_pressure", "mm[Hg]", Some(150023), Some("8478-0")));
-        check(&BODY_WEIGHT_KG, ("body_weight", "kg", Some(188736), Some("29463-7")));
-        check(&BODY_WEIGHT_LB, ("body_weight", "[lb_av]", Some(188736), Some("29463-7")));
-        check(&BODY_HEIGHT_M, ("body_height", "m", Some(188740), Some("8302-2")));
+        check(
+            &PULSE_RATE_OXIMETER,
+            ("pulse_rate", "/min", Some(149530), Some("8867-4")),
+        );
+        check(
+            &PULSE_RATE_CUFF,
+            ("pulse_rate", "/min", Some(149546), Some("8867-4")),
+        );
+        check(
+            &SYSTOLIC,
+            ("systolic", "mm[Hg]", Some(150021), Some("8480-6")),
+        );
+        check(
+            &DIASTOLIC,
+            ("diastolic", "mm[Hg]", Some(150022), Some("8462-4")),
+        );
+        check(
+            &MEAN_ARTERIAL_PRESSURE,
+            (
+                "mean_arterial_pressure",
+                "mm[Hg]",
+                Some(150023),
+                Some("8478-0"),
+            ),
+        );
+        check(
+            &BODY_WEIGHT_KG,
+            ("body_weight", "kg", Some(188736), Some("29463-7")),
+        );
+        check(
+            &BODY_WEIGHT_LB,
+            ("body_weight", "[lb_av]", Some(188736), Some("29463-7")),
+        );
+        check(
+            &BODY_HEIGHT_M,
+            ("body_height", "m", Some(188740), Some("8302-2")),
+        );
         check(&BMI, ("bmi", "kg/m2", Some(188752), Some("39156-5")));
-        check(&BODY_FAT_PERCENTAGE, ("body_fat_percentage", "%", Some(188748), None));
-        check(&GLUCOSE_MG_DL, ("glucose", "mg/dL", Some(160184), Some("41653-7")));
-        check(&GLUCOSE_MMOL_L, ("glucose", "mmol/L", Some(160184), Some("14743-9")));
-        check(&BODY_TEMPERATURE_CEL, ("body_temperature", "Cel", Some(150364), Some("8310-5")));
+        check(
+            &BODY_FAT_PERCENTAGE,
+            ("body_fat_percentage", "%", Some(188748), None),
+        );
+        check(
+            &GLUCOSE_MG_DL,
+            ("glucose", "mg/dL", Some(160184), Some("41653-7")),
+        );
+        check(
+            &GLUCOSE_MMOL_L,
+            ("glucose", "mmol/L", Some(160184), Some("14743-9")),
+        );
+        check(
+            &BODY_TEMPERATURE_CEL,
+            ("body_temperature", "Cel", Some(150364), Some("8310-5")),
+        );
     }
 
     #[test]
@@ -147,9 +208,11 @@ mod tests {
     #[test]
     fn names_are_snake_case_and_units_are_set() {
         for measure in ALL {
-            assert!(measure.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+            assert!(measure
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
             assert!(!measure.unit.is_empty(), "{} has no unit", measure.name);
         }
     }
-
 }

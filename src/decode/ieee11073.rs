@@ -68,14 +68,16 @@ impl<'a> Cursor<'a> {
 
     /// Takes the next `count` bytes, or fails naming `field` when the value is too short for it.
     pub fn take(&mut self, count: usize, field: &'static str) -> Result<&'a [u8], FrameError> {
-        let end = self.position.checked_add(count).filter(|end| *end <= self.bytes.len()).ok_or_else(|| {
-            FrameError::TooShort {
+        let end = self
+            .position
+            .checked_add(count)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| FrameError::TooShort {
                 field,
                 have: self.bytes.len(),
                 need: self.position.saturating_add(count),
                 raw: hex::encode(self.bytes),
-            }
-        })?;
+            })?;
         let taken = &self.bytes[self.position..end];
         self.position = end;
         Ok(taken)
@@ -159,7 +161,9 @@ pub fn measured_at(
     let Some(resolved) = context.time_zone.resolve(local) else {
         return (hub_time, TimeSource::Hub, Some("device_clock_invalid"));
     };
-    if resolved.signed_duration_since(context.received_at) > chrono::Duration::minutes(MAX_AHEAD_MINUTES) {
+    if resolved.signed_duration_since(context.received_at)
+        > chrono::Duration::minutes(MAX_AHEAD_MINUTES)
+    {
         return (hub_time, TimeSource::Hub, Some("device_clock_ahead"));
     }
     (resolved, TimeSource::Device, None)
@@ -253,13 +257,27 @@ mod tests {
     #[test]
     fn device_time_is_trusted_only_when_plausible() {
         let utc = chrono::FixedOffset::east_opt(0).unwrap();
-        let context = DecodeContext { received_at: "2024-03-15T12:00:00Z".parse().unwrap(), time_zone: &utc };
+        let context = DecodeContext {
+            received_at: "2024-03-15T12:00:00Z".parse().unwrap(),
+            time_zone: &utc,
+        };
         let at = |text: &str| DeviceDateTime::Known(text.parse().unwrap());
         let render = |(time, source, flag): (DateTime<FixedOffset>, TimeSource, Option<&str>)| {
-            format!("{} {} {}", time.to_rfc3339(), source.as_str(), flag.unwrap_or("-"))
+            format!(
+                "{} {} {}",
+                time.to_rfc3339(),
+                source.as_str(),
+                flag.unwrap_or("-")
+            )
         };
-        assert_eq!(render(measured_at(at("2024-03-15T11:00:00"), &context)), "2024-03-15T11:00:00+00:00 device -");
-        assert_eq!(render(measured_at(at("2024-03-15T12:09:00"), &context)), "2024-03-15T12:09:00+00:00 device -");
+        assert_eq!(
+            render(measured_at(at("2024-03-15T11:00:00"), &context)),
+            "2024-03-15T11:00:00+00:00 device -"
+        );
+        assert_eq!(
+            render(measured_at(at("2024-03-15T12:09:00"), &context)),
+            "2024-03-15T12:09:00+00:00 device -"
+        );
         assert_eq!(
             render(measured_at(at("2024-03-15T12:30:00"), &context)),
             "2024-03-15T12:00:00+00:00 hub device_clock_ahead"
@@ -274,7 +292,15 @@ mod tests {
     fn a_cursor_reports_short_values_instead_of_panicking() {
         let mut cursor = Cursor::new(&[0x01, 0x02, 0x03]);
         assert_eq!(cursor.u16("first").unwrap(), 0x0201);
-        assert!(matches!(cursor.u16("second"), Err(FrameError::TooShort { field: "second", have: 3, need: 4, .. })));
+        assert!(matches!(
+            cursor.u16("second"),
+            Err(FrameError::TooShort {
+                field: "second",
+                have: 3,
+                need: 4,
+                ..
+            })
+        ));
         assert_eq!(cursor.remaining(), 1);
     }
 }

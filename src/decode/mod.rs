@@ -55,8 +55,15 @@ pub enum FrameError {
     #[error("skipped {count} bytes outside any frame")]
     Garbage { count: usize },
     /// A message whose flags promise a field it does not have the bytes for.
-    #[error("message too short: {field} needs bytes up to {need}, the message has {have} (bytes {raw})")]
-    TooShort { field: &'static str, have: usize, need: usize, raw: String },
+    #[error(
+        "message too short: {field} needs bytes up to {need}, the message has {have} (bytes {raw})"
+    )]
+    TooShort {
+        field: &'static str,
+        have: usize,
+        need: usize,
+        raw: String,
+    },
     /// A message whose content is impossible (a value out of range, an unknown opcode).
     #[error("invalid message: {reason} (bytes {raw})")]
     Invalid { reason: String, raw: String },
@@ -83,7 +90,11 @@ pub trait StreamDecoder: Send {
 pub trait MessageDecoder: Send {
     /// Decodes one message. `Ok(vec![])` means "nothing to report" (an advertisement that is not a finished
     /// measurement, the first half of a two-packet record).
-    fn decode(&mut self, message: &[u8], context: &DecodeContext<'_>) -> Result<Vec<Reading>, FrameError>;
+    fn decode(
+        &mut self,
+        message: &[u8],
+        context: &DecodeContext<'_>,
+    ) -> Result<Vec<Reading>, FrameError>;
 }
 
 /// Serial line settings a protocol needs.
