@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 use support::broker::Broker;
-use support::daemon::{DaemonWorld, SerialEntry};
+use support::daemon::DaemonWorld;
 use support::nonin::SpotCheck;
-use support::pty::SimulatedPort;
 use support::subscriber::Subscriber;
 use vitalsd::outbox::{NewRecord, Outbox, OutboxOptions};
 
@@ -231,17 +230,7 @@ fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
 /// Resident memory of a daemon with one serial port and a connected broker, doing nothing.
 fn idle_rss(broker: &Broker) -> u64 {
     let world = DaemonWorld::new();
-    let port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
-    world.write_config(
-        &broker.url(),
-        &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df13",
-            id: None,
-            extra: vec![],
-        }],
-    );
+    let _port = world.with_nonin_9560(&broker.url());
     let daemon = world.start();
     std::thread::sleep(Duration::from_secs(3));
     daemon.memory_kib().1
@@ -258,17 +247,7 @@ fn pending(world: &DaemonWorld) -> i64 {
 fn durable_ingest_rate(count: usize) -> f64 {
     // No broker: the outbox only fills, so counting its rows measures ingest alone.
     let world = DaemonWorld::new();
-    let mut port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
-    world.write_config(
-        &format!("mqtt://127.0.0.1:{}", support::free_port()),
-        &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df13",
-            id: None,
-            extra: vec![],
-        }],
-    );
+    let mut port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{}", support::free_port()));
     let _daemon = world.start();
     assert!(support::wait_until(Duration::from_secs(10), || world
         .outbox_path()
@@ -294,17 +273,7 @@ fn durable_ingest_rate(count: usize) -> f64 {
 fn frame_to_subscriber_latency(broker: &Broker, count: usize) -> (Duration, Duration) {
     let subscriber = Subscriber::start(broker.port, "vitalsd/v1/+/readings/#");
     let world = DaemonWorld::new();
-    let mut port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
-    world.write_config(
-        &broker.url(),
-        &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df13",
-            id: None,
-            extra: vec![],
-        }],
-    );
+    let mut port = world.with_nonin_9560(&broker.url());
     let _daemon = world.start();
     // A first reading proves the path is up before timing starts.
     port.write(&SpotCheck::numbered(1_000_000).frame());

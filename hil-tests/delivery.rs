@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::broker::Broker;
-use crate::support::daemon::{DaemonWorld, SerialEntry};
+use crate::support::daemon::DaemonWorld;
 use crate::support::nonin::SpotCheck;
 use crate::support::pty::SimulatedPort;
 use crate::support::subscriber::Subscriber;
@@ -21,17 +21,7 @@ pub fn rig() -> Rig {
     let broker = Broker::start();
     let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
     let world = DaemonWorld::new();
-    let port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
-    world.write_config(
-        &broker.url(),
-        &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df13",
-            id: None,
-            extra: vec![],
-        }],
-    );
+    let port = world.with_nonin_9560(&broker.url());
     Rig {
         broker,
         subscriber,

@@ -79,14 +79,7 @@ impl Broker {
             config.push_str(line);
             config.push('\n');
         }
-        std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
-        let mut broker = Broker {
-            port,
-            dir,
-            child: None,
-        };
-        broker.spawn();
-        broker
+        Broker::launch(port, dir, &config)
     }
 
     /// Starts a broker whose whole configuration `make(port, dir)` writes; `port` must be one of its
@@ -95,6 +88,10 @@ impl Broker {
         let dir = tempfile::tempdir().expect("broker temp dir");
         let port = free_port();
         let config = make(port, dir.path());
+        Broker::launch(port, dir, &config)
+    }
+
+    fn launch(port: u16, dir: tempfile::TempDir, config: &str) -> Broker {
         std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
         let mut broker = Broker {
             port,
@@ -150,6 +147,17 @@ impl Broker {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM: the broker stops and saves its sessions, including messages it acknowledged to the
+    /// daemon but had not yet passed to a subscriber. After a SIGKILL those are gone, and no client can
+    /// know (Mosquitto acknowledges before it persists), so scenarios that count every message at the
+    /// subscriber stop the broker this way.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
             let _ = child.wait();
         }
     }

@@ -74,6 +74,23 @@ impl DaemonWorld {
         std::fs::write(self.config_path(), text).expect("write config");
     }
 
+    /// Plugs in a simulated Nonin 9560 (Data Format 13) and writes a configuration that reads it from
+    /// `broker_url`'s broker: the world most scenarios need.
+    pub fn with_nonin_9560(&self, broker_url: &str) -> super::pty::SimulatedPort {
+        let port = super::pty::SimulatedPort::plug_in(&self.by_id("usb-Nonin_9560-if00-port0"));
+        self.write_config(
+            broker_url,
+            &[],
+            &[SerialEntry {
+                path: port.link().to_path_buf(),
+                protocol: "nonin-df13",
+                id: None,
+                extra: vec![],
+            }],
+        );
+        port
+    }
+
     /// Starts `vitalsd run`; its stderr is appended to `daemon.log` in the world.
     pub fn start(&self) -> Daemon {
         self.start_with_env(&[])

@@ -24,6 +24,8 @@ impl Message {
 
 pub struct Subscriber {
     messages: Arc<Mutex<Vec<Message>>>,
+    /// Arrivals per reading id, kept as messages come so that waiting for thousands stays cheap.
+    counts: Arc<Mutex<BTreeMap<String, usize>>>,
     connected: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -34,6 +36,8 @@ impl Subscriber {
     /// reconnecting after a broker restart are queued for it rather than lost.
     pub fn start(port: u16, filter: &str) -> Subscriber {
         let messages = Arc::new(Mutex::new(Vec::new()));
+        let counts = Arc::new(Mutex::new(BTreeMap::new()));
+        let thread_counts = counts.clone();
         let connected = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let client_id = format!("test-sub-{}", fastrand::u64(..));
@@ -64,6 +68,14 @@ impl Subscriber {
                             thread_connected.store(true, Ordering::SeqCst)
                         }
                         Ok(Ok(Event::Incoming(Incoming::Publish(publish)))) => {
+                            if publish.topic.contains("/readings/") {
+                                let id =
+                                    serde_json::from_slice::<serde_json::Value>(&publish.payload)
+                                        .ok()
+                                        .and_then(|json| json["id"].as_str().map(str::to_string))
+                                        .unwrap_or_else(|| "<reading without an id>".to_string());
+                                *thread_counts.lock().unwrap().entry(id).or_insert(0) += 1;
+                            }
                             thread_messages.lock().unwrap().push(Message {
                                 topic: publish.topic.clone(),
                                 payload: publish.payload.to_vec(),
@@ -82,6 +94,7 @@ impl Subscriber {
         });
         let subscriber = Subscriber {
             messages,
+            counts,
             connected,
             stop,
             thread: Some(thread),
@@ -112,27 +125,21 @@ impl Subscriber {
 
     /// How many times each reading id arrived.
     pub fn reading_counts(&self) -> BTreeMap<String, usize> {
-        let mut counts = BTreeMap::new();
-        for reading in self.readings() {
-            *counts
-                .entry(
-                    reading["id"]
-                        .as_str()
-                        .expect("reading has an id")
-                        .to_string(),
-                )
-                .or_insert(0) += 1;
-        }
-        counts
+        self.counts.lock().unwrap().clone()
     }
 
     pub fn unique_reading_ids(&self) -> BTreeSet<String> {
         self.reading_counts().into_keys().collect()
     }
 
-    /// Waits until at least `count` distinct reading ids arrived.
+    /// Waits until at least `count` distinct reading ids arrived, then checks every reading against the
+    /// payload schema.
     pub fn wait_for_unique_readings(&self, count: usize, timeout: Duration) -> bool {
-        super::wait_until(timeout, || self.unique_reading_ids().len() >= count)
+        let arrived = super::wait_until(timeout, || self.counts.lock().unwrap().len() >= count);
+        if arrived {
+            self.readings();
+        }
+        arrived
     }
 }
 

@@ -191,20 +191,13 @@ impl Uplink {
                     continue;
                 }
             }
-            let Some(record) = self.buffer.pop_front() else {
+            let Some(mut record) = self.buffer.pop_front() else {
                 break;
             };
             let topic = self.topics.reading(&record.label);
             self.inflight
                 .handle_publish_requested(Slot::Record(record.seq));
-            let StoredRecord {
-                seq,
-                key,
-                label,
-                format,
-                payload,
-                created_at_ms,
-            } = record;
+            let payload = std::mem::take(&mut record.payload);
             if let Err(error) = self
                 .client
                 .try_publish(topic, QoS::AtLeastOnce, false, payload)
@@ -212,25 +205,16 @@ impl Uplink {
                 // The request queue is full; the record goes back and waits for the window to move.
                 tracing::debug!(%error, "Publish queue full.");
                 self.inflight.handle_publish_not_queued();
-                match error {
-                    rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(publish)) => {
-                        let payload = publish.payload.to_vec();
-                        self.buffer.push_front(StoredRecord {
-                            seq,
-                            key,
-                            label,
-                            format,
-                            payload,
-                            created_at_ms,
-                        });
-                    }
-                    _ => {
-                        // The payload did not come back; read it again from the outbox, which still holds it.
-                        self.buffer.clear();
-                        self.next_batch = None;
-                        self.exhausted = false;
-                        self.cursor = seq - 1;
-                    }
+                if let rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(publish)) = error
+                {
+                    record.payload = publish.payload.to_vec();
+                    self.buffer.push_front(record);
+                } else {
+                    // The payload did not come back; read it again from the outbox, which still holds it.
+                    self.buffer.clear();
+                    self.next_batch = None;
+                    self.exhausted = false;
+                    self.cursor = record.seq - 1;
                 }
                 break;
             }
