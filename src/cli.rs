@@ -232,7 +232,7 @@ fn print_status(report: &serde_json::Value) {
     }
     if let Some(counters) = report["counters"].as_object() {
         for (name, value) in counters {
-            println!("{name:<24}{value}");
+            println!("{name:<23} {value}");
         }
     }
 }
