@@ -5,19 +5,8 @@
 //! boundaries itself, resynchronises after garbage, and reports a bad frame as a [`DecodeEvent::Rejected`]
 //! value, never as a panic or an end of the stream.
 
-pub mod berrymed;
-pub mod blood_pressure;
-pub mod body_composition;
-pub mod current_time;
-pub mod device_information;
-pub mod glucose;
 pub mod ieee11073;
-pub mod jumper;
 pub mod nonin;
-pub mod pulse_oximeter;
-pub mod thermometer;
-pub mod weight_scale;
-pub mod xiaomi_scale;
 
 use chrono::{DateTime, Utc};
 
