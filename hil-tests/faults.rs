@@ -237,10 +237,14 @@ fn broker_killed_hard_mid_drain_the_daemon_reconnects_and_drains_everything() {
         .flat_map(|n| SpotCheck::numbered(n).frame())
         .collect();
     rig.port.write(&burst);
-    let queued = wait_until(Duration::from_secs(60), || rig.world.outbox_keys().len() == 20_000);
+    let queued = wait_until(Duration::from_secs(60), || {
+        rig.world.outbox_keys().len() == 20_000
+    });
     assert!(queued, "{}", rig.world.status());
     rig.broker.restart();
-    assert!(rig.subscriber.wait_for_unique_readings(1, Duration::from_secs(30)));
+    assert!(rig
+        .subscriber
+        .wait_for_unique_readings(1, Duration::from_secs(30)));
     rig.broker.kill();
     let left = rig.world.outbox_keys().len();
     std::thread::sleep(Duration::from_millis(300));

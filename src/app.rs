@@ -7,6 +7,8 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::ble;
+use crate::bound_devices::BoundDevices;
 use crate::config::Config;
 use crate::mqtt::{self, UplinkSettings};
 use crate::outbox::{spawn_worker, Outbox, OutboxOptions};
@@ -57,7 +59,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             path: port.path.clone(),
             baud_rate: port
                 .baud_rate
-                .unwrap_or(port.protocol.line_settings().baud_rate),
+                .or(port
+                    .protocol
+                    .line_settings()
+                    .map(|settings| settings.baud_rate))
+                .unwrap_or(9600),
         };
         let port_stop = stop_signal.clone();
         devices.spawn(async move {
@@ -84,6 +90,28 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             stop_signal.clone(),
         ));
     }
+    let mut bound_count = 0;
+    if config.ble.enabled {
+        match BoundDevices::load(&config.hub.state_dir) {
+            Ok(list) => {
+                bound_count = list.all().len();
+                let shared = std::sync::Arc::new(std::sync::Mutex::new(list));
+                let settings = ble::BleSettings {
+                    adapter: config.ble.adapter.clone(),
+                    hub_id: config.hub.id.clone(),
+                    spot: crate::spot::SpotRule::default(),
+                };
+                devices.spawn(ble::run(
+                    settings,
+                    shared,
+                    outbox.clone(),
+                    stop_signal.clone(),
+                ));
+            }
+            // Serial devices keep working; Bluetooth waits until someone fixes or removes the file.
+            Err(error) => tracing::error!(%error, "Bluetooth devices are NOT read."),
+        }
+    }
     let uplink_settings = UplinkSettings {
         hub_id: config.hub.id.clone(),
         mqtt: config.mqtt.clone(),
@@ -97,8 +125,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!(
-            "running; {} serial device(s)",
-            config.serial.len()
+            "running; {} serial device(s), {} bound Bluetooth device(s)",
+            config.serial.len(),
+            bound_count
         )),
     ]);
     let watchdog_period = sd_notify::watchdog_enabled()

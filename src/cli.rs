@@ -34,16 +34,27 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let bytes = match parse_hex(&hex_words.join("")) {
-        Ok(bytes) => bytes,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
+    // Message protocols take one characteristic value or advertisement per `/`-separated part; streams
+    // take all the bytes as they would arrive on the wire.
+    let joined = hex_words.join(" ");
+    let parts: Vec<&str> = if protocol.is_message_based() {
+        joined.split('/').collect()
+    } else {
+        vec![joined.as_str()]
     };
+    let mut messages = Vec::new();
+    for part in parts {
+        match parse_hex(part) {
+            Ok(bytes) => messages.push(bytes),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let device = DeviceInfo {
         id: "decode".to_string(),
-        transport: "serial",
+        transport: protocol.transport().as_str(),
         protocol: protocol.name(),
         manufacturer: None,
         model: None,
@@ -54,7 +65,10 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
         time_zone: &Local,
     };
     let mut decoder = protocol.new_decoder();
-    let mut events = decoder.feed(&bytes, &context);
+    let mut events: Vec<DecodeEvent> = messages
+        .iter()
+        .flat_map(|bytes| decoder.feed(bytes, &context))
+        .collect();
     events.extend(decoder.finish().map(DecodeEvent::Rejected));
     let mut failed = false;
     let mut out = std::io::stdout().lock();

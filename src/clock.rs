@@ -6,3 +6,8 @@ use chrono::{DateTime, Utc};
 pub fn now_utc() -> DateTime<Utc> {
     Utc::now()
 }
+
+/// The hub's wall-clock time in its own time zone, for setting device clocks that keep local time.
+pub fn now_local() -> chrono::DateTime<chrono::Local> {
+    chrono::Local::now()
+}

@@ -37,6 +37,11 @@ pub const SPO2: Measure = measure("spo2", "%", 150456, "2708-6");
 /// Pulse rate measured by a pulse oximeter (MDC_PULS_OXIM_PULS_RATE).
 pub const PULSE_RATE_OXIMETER: Measure = measure("pulse_rate", "/min", 149530, "8867-4");
 pub const PERFUSION_INDEX: Measure = uncoded("perfusion_index", "%");
+/// The PLX Continuous "fast" and "slow" averages beside the normal one; no published code distinguishes them.
+pub const SPO2_FAST: Measure = uncoded("spo2_fast", "%");
+pub const PULSE_RATE_FAST: Measure = uncoded("pulse_rate_fast", "/min");
+pub const SPO2_SLOW: Measure = uncoded("spo2_slow", "%");
+pub const PULSE_RATE_SLOW: Measure = uncoded("pulse_rate_slow", "/min");
 
 // Blood pressure; a cuff reports either mmHg or kPa and the unit it sent is kept.
 pub const SYSTOLIC: Measure = measure("systolic", "mm[Hg]", 150021, "8480-6");
@@ -92,6 +97,10 @@ pub const ALL: &[&Measure] = &[
     &SPO2,
     &PULSE_RATE_OXIMETER,
     &PERFUSION_INDEX,
+    &SPO2_FAST,
+    &PULSE_RATE_FAST,
+    &SPO2_SLOW,
+    &PULSE_RATE_SLOW,
     &SYSTOLIC,
     &DIASTOLIC,
     &MEAN_ARTERIAL_PRESSURE,

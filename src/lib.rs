@@ -17,6 +17,8 @@
 //! - `cli`: the technician commands other than `run`.
 
 pub mod app;
+pub mod ble;
+pub mod bound_devices;
 pub mod cli;
 pub mod clock;
 pub mod codes;

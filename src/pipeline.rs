@@ -32,6 +32,68 @@ struct Counters {
     frames_rejected: u64,
     bytes_skipped: u64,
     readings: u64,
+    readings_withheld: u64,
+}
+
+/// The I/O-free part of a pipeline: decoder, spot filter and counters for one device channel (a serial
+/// port, or one characteristic of a Bluetooth device). Transports feed it; it hands back outbox records.
+pub struct Decoding {
+    settings: DeviceSettings,
+    decoder: Box<dyn crate::decode::StreamDecoder>,
+    spot: SpotFilter,
+    counters: Counters,
+}
+
+impl Decoding {
+    pub fn new(settings: DeviceSettings) -> Decoding {
+        Decoding {
+            decoder: settings.protocol.new_decoder(),
+            spot: SpotFilter::new(settings.spot),
+            settings,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &DeviceSettings {
+        &self.settings
+    }
+
+    /// A new connection: half a frame from before must not glue onto bytes after it.
+    pub fn opened(&mut self) {
+        self.decoder = self.settings.protocol.new_decoder();
+        self.spot = SpotFilter::new(self.settings.spot);
+    }
+
+    /// Decodes bytes; returns the records to make durable and the readings they came from.
+    pub fn bytes(
+        &mut self,
+        bytes: &[u8],
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<(NewRecord, Reading)> {
+        let decoded = self.decoder.feed(
+            bytes,
+            &DecodeContext {
+                received_at,
+                time_zone: &Local,
+            },
+        );
+        collect(&self.settings, decoded, &mut self.spot, &mut self.counters)
+    }
+
+    /// The connection ended: a frame left unfinished is counted.
+    pub fn closed(&mut self) {
+        if let Some(error) = self.decoder.finish() {
+            count_rejection(&self.settings, &error, &mut self.counters);
+        }
+    }
+
+    /// Writes the counters gathered since the last flush to the outbox's statistics.
+    pub async fn flush_counters(
+        &mut self,
+        outbox: &OutboxHandle,
+    ) -> Result<(), crate::outbox::worker::WorkerGone> {
+        flush_counters(&self.settings, outbox, &mut self.counters).await
+    }
 }
 
 /// Runs until the transport's sender is gone; `shutdown` only stops the periodic counter flush early.
@@ -41,36 +103,26 @@ pub async fn run_device(
     outbox: OutboxHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::outbox::worker::WorkerGone> {
-    let mut decoder = settings.protocol.new_decoder();
-    let mut spot = SpotFilter::new(settings.spot);
-    let mut counters = Counters::default();
+    let mut decoding = Decoding::new(settings);
     let mut flush = tokio::time::interval(COUNTER_FLUSH);
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(PortEvent::Opened) => {
-                    decoder = settings.protocol.new_decoder();
-                    spot = SpotFilter::new(settings.spot);
-                }
+                Some(PortEvent::Opened) => decoding.opened(),
                 Some(PortEvent::Bytes { bytes, received_at }) => {
-                    let decoded = decoder.feed(&bytes, &DecodeContext { received_at, time_zone: &Local });
-                    let records = collect(&settings, decoded, &mut spot, &mut counters);
+                    let records: Vec<NewRecord> = decoding.bytes(&bytes, received_at).into_iter().map(|(record, _)| record).collect();
                     if !records.is_empty() {
                         outbox.append(records).await?;
                     }
                 }
-                Some(PortEvent::Closed { .. }) => {
-                    if let Some(error) = decoder.finish() {
-                        count_rejection(&settings, &error, &mut counters);
-                    }
-                }
+                Some(PortEvent::Closed { .. }) => decoding.closed(),
                 None => break,
             },
-            _ = flush.tick() => flush_counters(&settings, &outbox, &mut counters).await?,
+            _ = flush.tick() => decoding.flush_counters(&outbox).await?,
             _ = shutdown.changed() => {}
         }
     }
-    flush_counters(&settings, &outbox, &mut counters).await
+    decoding.flush_counters(&outbox).await
 }
 
 fn collect(
@@ -78,10 +130,18 @@ fn collect(
     decoded: Vec<DecodeEvent>,
     spot: &mut SpotFilter,
     counters: &mut Counters,
-) -> Vec<NewRecord> {
+) -> Vec<(NewRecord, Reading)> {
     let mut records = Vec::new();
     for (index, event) in decoded.into_iter().enumerate() {
         match event {
+            DecodeEvent::Reading(reading) if !reading.is_clinical() => {
+                counters.readings_withheld += 1;
+                tracing::debug!(
+                    device = %settings.device.id,
+                    flags = ?reading.flags,
+                    "Withheld a reading that is not patient data."
+                );
+            }
             DecodeEvent::Reading(reading) => {
                 let reading = if settings.protocol.is_continuous() {
                     spot.push(reading)
@@ -90,7 +150,7 @@ fn collect(
                 };
                 if let Some(reading) = reading {
                     counters.readings += 1;
-                    records.push(record_of(settings, &reading, index));
+                    records.push((record_of(settings, &reading, index), reading));
                 }
             }
             DecodeEvent::Rejected(error) => count_rejection(settings, &error, counters),
@@ -128,7 +188,7 @@ async fn flush_counters(
     counters: &mut Counters,
 ) -> Result<(), crate::outbox::worker::WorkerGone> {
     let taken = std::mem::take(counters);
-    if taken.frames_rejected + taken.bytes_skipped + taken.readings == 0 {
+    if taken.frames_rejected + taken.bytes_skipped + taken.readings + taken.readings_withheld == 0 {
         return Ok(());
     }
     if taken.frames_rejected > 0 {
@@ -140,6 +200,7 @@ async fn flush_counters(
         ("frames_rejected", taken.frames_rejected),
         ("bytes_skipped", taken.bytes_skipped),
         ("readings", taken.readings),
+        ("readings_withheld", taken.readings_withheld),
     ] {
         if value > 0 {
             deltas.push((name.to_string(), value));

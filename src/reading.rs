@@ -154,7 +154,27 @@ impl Reading {
     pub fn value(&self, name: &str) -> Option<&Value> {
         self.values.iter().find(|v| v.measure.name == name)
     }
+
+    /// Whether the reading is patient data for the clinical team. Demonstration, test, control-solution,
+    /// invalid or unavailable measurements and cuff-pressure progress are not: the pipeline counts them
+    /// (`readings_withheld` in `vitalsd status`) and logs them at debug level instead of publishing them.
+    pub fn is_clinical(&self) -> bool {
+        !self
+            .flags
+            .iter()
+            .any(|flag| NON_CLINICAL_FLAGS.contains(flag))
+    }
 }
+
+/// Flags that mark a decoded value as something other than a patient measurement.
+pub const NON_CLINICAL_FLAGS: [&str; 6] = [
+    "demonstration_data",
+    "testing_data",
+    "measurement_unavailable",
+    "invalid_measurement",
+    "control_solution",
+    "cuff_pressure_progress",
+];
 
 /// Resolves a device's wall-clock time (no zone on the wire) in the hub's time zone.
 ///

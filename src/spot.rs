@@ -2,8 +2,10 @@
 //!
 //! # The spot rule
 //!
-//! - A sample is *valid* when both `spo2` and `pulse_rate` carry numbers and none of the flags `sensor_disconnected`,
-//!   `sensor_alarm`, `artifact`, `out_of_track` or `low_perfusion` is set. An invalid sample (the finger was removed,
+//! - A sample is *valid* when both `spo2` and `pulse_rate` carry numbers, it is clinical (not demonstration, test,
+//!   unavailable or invalid data), and none of the flags `sensor_disconnected`, `sensor_alarm`, `artifact`,
+//!   `out_of_track`, `low_perfusion`, `sensor_unconnected`, `sensor_displaced`, `sensor_malfunctioning`,
+//!   `equipment_malfunction`, `inadequate_signal`, `no_signal`, `no_finger` or `pulse_searching` is set. An invalid sample (the finger was removed,
 //!   or the signal is bad) empties the window and re-arms the filter.
 //! - A gap of more than 5 s between consecutive samples (by `received_at`), or a receive time that goes backwards,
 //!   also empties the window and re-arms the filter.
@@ -35,12 +37,20 @@ const MAX_SPO2_SPREAD: f64 = 2.0;
 const MAX_PULSE_SPREAD: f64 = 5.0;
 /// Bounds memory if a stream delivers many samples with the same receive time.
 const MAX_WINDOW: usize = 4096;
-const INVALIDATING_FLAGS: [&str; 5] = [
+const INVALIDATING_FLAGS: [&str; 13] = [
     "sensor_disconnected",
     "sensor_alarm",
     "artifact",
     "out_of_track",
     "low_perfusion",
+    "sensor_unconnected",
+    "sensor_displaced",
+    "sensor_malfunctioning",
+    "equipment_malfunction",
+    "inadequate_signal",
+    "no_signal",
+    "no_finger",
+    "pulse_searching",
 ];
 
 /// When a continuous stream counts as a spot measurement.
@@ -137,10 +147,11 @@ impl SpotFilter {
         let has_number = |value: &&Value| value.value.is_some_and(f64::is_finite);
         let spo2 = sample.value("spo2").filter(has_number)?;
         let pulse = sample.value("pulse_rate").filter(has_number)?;
-        if sample
-            .flags
-            .iter()
-            .any(|flag| INVALIDATING_FLAGS.contains(flag))
+        if !sample.is_clinical()
+            || sample
+                .flags
+                .iter()
+                .any(|flag| INVALIDATING_FLAGS.contains(flag))
         {
             return None;
         }

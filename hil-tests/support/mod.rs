@@ -1,6 +1,7 @@
 //! Test support for the HIL suite: a real Mosquitto per test, the real `vitalsd` binary, MQTT subscribers,
 //! and simulated devices behind real pseudo-terminals.
 
+pub mod bluez;
 pub mod broker;
 pub mod daemon;
 pub mod nonin;

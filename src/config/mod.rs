@@ -23,8 +23,18 @@ pub struct Config {
     pub hub: HubConfig,
     pub mqtt: MqttConfig,
     pub outbox: OutboxConfig,
+    pub ble: BleConfig,
     pub serial: Vec<SerialConfig>,
     pub log: LogConfig,
+}
+
+/// `[ble]`: the Bluetooth collector. Bound devices live in the state directory, not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BleConfig {
+    /// Off on hubs without Bluetooth, so the daemon does not keep looking for BlueZ.
+    pub enabled: bool,
+    /// The BlueZ adapter name, such as `hci0`.
+    pub adapter: String,
 }
 
 /// `[hub]`: who this hub is and where it keeps its state.
@@ -32,8 +42,10 @@ pub struct Config {
 pub struct HubConfig {
     /// 1 to 64 characters of `a-z`, `0-9`, `-` and `_`; it goes into MQTT topics.
     pub id: String,
-    /// Absolute; holds the outbox database.
+    /// Absolute; holds the outbox database and the bound-device list.
     pub state_dir: PathBuf,
+    /// Absolute; holds the control socket (`control.sock`).
+    pub runtime_dir: PathBuf,
 }
 
 /// `[mqtt]`: the broker connection.
@@ -283,7 +295,16 @@ mod tests {
             config.hub,
             HubConfig {
                 id: "hub-0001".into(),
-                state_dir: "/var/lib/vitalsd".into()
+                state_dir: "/var/lib/vitalsd".into(),
+                runtime_dir: std::env::var_os("RUNTIME_DIRECTORY")
+                    .map_or_else(|| "/run/vitalsd".into(), Into::into),
+            }
+        );
+        assert_eq!(
+            config.ble,
+            BleConfig {
+                enabled: true,
+                adapter: "hci0".into()
             }
         );
         assert_eq!(

@@ -10,18 +10,19 @@ use toml::{Table, Value};
 
 use super::file::{key_path, Layers, Sources};
 use super::{
-    io_message, Config, ConfigError, HubConfig, LogConfig, MqttConfig, OutboxConfig, SecretSource,
-    SerialConfig,
+    io_message, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig, OutboxConfig,
+    SecretSource, SerialConfig,
 };
-use crate::decode::Protocol;
+use crate::decode::{Protocol, Transport};
 use crate::spot::SpotRule;
 
 /// The top-level tables; the environment overlay may set keys in these.
-pub(super) const TABLE_SECTIONS: [&str; 4] = ["hub", "mqtt", "outbox", "log"];
+pub(super) const TABLE_SECTIONS: [&str; 5] = ["hub", "mqtt", "outbox", "ble", "log"];
 /// The array of tables, one per serial device.
 pub(super) const SERIAL_SECTION: &str = "serial";
 
-const HUB_KEYS: &[&str] = &["id", "state_dir"];
+const HUB_KEYS: &[&str] = &["id", "state_dir", "runtime_dir"];
+const BLE_KEYS: &[&str] = &["enabled", "adapter"];
 const MQTT_KEYS: &[&str] = &[
     "url",
     "topic_prefix",
@@ -56,6 +57,8 @@ const DEFAULT_WINDOW: i64 = 128;
 const DEFAULT_MAX_PENDING: i64 = 1_000_000;
 const DEFAULT_DEDUP_RETENTION_DAYS: i64 = 400;
 const DEFAULT_LOG_LEVEL: &str = "info";
+const DEFAULT_ADAPTER: &str = "hci0";
+const DEFAULT_RUNTIME_DIR: &str = "/run/vitalsd";
 const MQTT_PORT: u16 = 1883;
 const MQTTS_PORT: u16 = 8883;
 const MAX_HUB_ID_CHARS: usize = 64;
@@ -75,24 +78,44 @@ pub(super) fn validate(
         errors: Vec::new(),
     };
     let root = &layers.table;
-    let (hub_id, state_dir) = checker.hub(root);
+    let (hub_id, state_dir, runtime_dir) = checker.hub(root);
     let mqtt = checker.mqtt(root, hub_id.as_deref());
     let outbox = checker.outbox(root);
+    let ble = checker.ble(root);
     let serial = checker.serial(root);
     let log = checker.log(root);
     checker.unknown_sections(root);
-    match (hub_id, state_dir, mqtt, outbox, serial, log) {
-        (Some(id), Some(state_dir), Some(mqtt), Some(outbox), Some(serial), Some(log))
-            if checker.errors.is_empty() =>
-        {
-            Ok(Config {
-                hub: HubConfig { id, state_dir },
-                mqtt,
-                outbox,
-                serial,
-                log,
-            })
-        }
+    match (
+        hub_id,
+        state_dir,
+        runtime_dir,
+        mqtt,
+        outbox,
+        ble,
+        serial,
+        log,
+    ) {
+        (
+            Some(id),
+            Some(state_dir),
+            Some(runtime_dir),
+            Some(mqtt),
+            Some(outbox),
+            Some(ble),
+            Some(serial),
+            Some(log),
+        ) if checker.errors.is_empty() => Ok(Config {
+            hub: HubConfig {
+                id,
+                state_dir,
+                runtime_dir,
+            },
+            mqtt,
+            outbox,
+            ble,
+            serial,
+            log,
+        }),
         _ => Err(checker.errors),
     }
 }
@@ -344,7 +367,7 @@ impl Checker<'_> {
         }
     }
 
-    fn hub(&mut self, root: &Table) -> (Option<String>, Option<PathBuf>) {
+    fn hub(&mut self, root: &Table) -> (Option<String>, Option<PathBuf>, Option<PathBuf>) {
         let hub = self.section(root, "hub");
         let id = self.field(&hub, "id", |c, path, value| {
             let id = c.string(path, value)?;
@@ -362,8 +385,46 @@ impl Checker<'_> {
         let id = self.required(&hub, "id", id);
         let state_dir = self.field(&hub, "state_dir", Self::absolute_path);
         let state_dir = self.required(&hub, "state_dir", state_dir);
+        // systemd's RuntimeDirectory= sets $RUNTIME_DIRECTORY; the key overrides both.
+        let default_runtime = std::env::var_os("RUNTIME_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
+        let runtime_dir = self
+            .field(&hub, "runtime_dir", Self::absolute_path)
+            .or(default_runtime);
         self.unknown_keys(&hub, HUB_KEYS);
-        (id, state_dir)
+        (id, state_dir, runtime_dir)
+    }
+
+    fn boolean(&mut self, path: &str, value: &Value) -> Option<bool> {
+        match value {
+            Value::Boolean(flag) => Some(*flag),
+            other => {
+                self.wrong_type(path, "a boolean", other);
+                None
+            }
+        }
+    }
+
+    fn ble(&mut self, root: &Table) -> Option<BleConfig> {
+        let ble = self.section(root, "ble");
+        let enabled = self.field(&ble, "enabled", Self::boolean);
+        let adapter = self.field(&ble, "adapter", |c, path, value| {
+            let name = c.non_empty_string(path, value)?;
+            if !name.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+                c.report(
+                    path,
+                    format!("{name:?} is not an adapter name such as \"hci0\""),
+                );
+                return None;
+            }
+            Some(name)
+        });
+        self.unknown_keys(&ble, BLE_KEYS);
+        Some(BleConfig {
+            enabled: enabled.or(true)?,
+            adapter: adapter.or(DEFAULT_ADAPTER.to_string())?,
+        })
     }
 
     fn mqtt(&mut self, root: &Table, hub_id: Option<&str>) -> Option<MqttConfig> {
@@ -586,15 +647,31 @@ impl Checker<'_> {
         let path = self.required(section, "path", path);
         let protocol = self.field(section, "protocol", |c, key, value| {
             let name = c.string(key, value)?;
-            let protocol = Protocol::from_name(&name);
-            if protocol.is_none() {
-                let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
-                c.report(
-                    key,
-                    format!("unknown protocol {name:?} (known: {})", known.join(", ")),
-                );
+            let known: Vec<&str> = Protocol::ALL
+                .iter()
+                .filter(|p| p.transport() == Transport::Serial)
+                .map(|p| p.name())
+                .collect();
+            match Protocol::from_name(&name) {
+                Some(protocol) if protocol.transport() == Transport::Serial => Some(protocol),
+                Some(_) => {
+                    c.report(
+                        key,
+                        format!(
+                            "{name:?} is not a serial protocol (serial: {})",
+                            known.join(", ")
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    c.report(
+                        key,
+                        format!("unknown protocol {name:?} (known: {})", known.join(", ")),
+                    );
+                    None
+                }
             }
-            protocol
         });
         let protocol = self.required(section, "protocol", protocol);
         let id = self.field(section, "id", |c, key, value| {

@@ -7,7 +7,8 @@
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
 
 use super::{DecodeContext, FrameError};
-use crate::reading::{Special, TimeSource};
+use crate::codes::Measure;
+use crate::reading::{Reading, Special, TimeSource, Value};
 
 /// A decoded SFLOAT or FLOAT: a number, or the special value the device sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,6 +45,27 @@ pub fn float(raw: u32) -> MderNumber {
     let exponent = (raw >> 24) as i8;
     let mantissa = ((raw & 0x00FF_FFFF) << 8) as i32 >> 8;
     MderNumber::Number(scale(mantissa, exponent))
+}
+
+/// Decodes an SFLOAT and shifts its decimal exponent by `shift`, for unit conversions by powers of ten
+/// (kg/L → mg/dL is a shift of 5) without binary rounding: 95×10⁻⁵ kg/L becomes exactly 95.
+pub fn sfloat_shifted(raw: u16, shift: i8) -> MderNumber {
+    match sfloat(raw) {
+        MderNumber::Number(_) => {
+            let exponent = ((raw >> 12) as i8) << 4 >> 4;
+            let mantissa = ((raw & 0x0FFF) as i16) << 4 >> 4;
+            MderNumber::Number(scale(i32::from(mantissa), exponent.saturating_add(shift)))
+        }
+        special => special,
+    }
+}
+
+/// A value for `measure`: the number, or `null` with the special value the device sent.
+pub fn value_of(measure: &'static Measure, number: MderNumber) -> Value {
+    match number {
+        MderNumber::Number(value) => Value::number(measure, value),
+        MderNumber::Special(special) => Value::special(measure, special),
+    }
 }
 
 fn scale(mantissa: i32, exponent: i8) -> f64 {
@@ -148,6 +170,10 @@ pub fn date_time(bytes: &[u8]) -> DeviceDateTime {
 /// How far ahead of the hub a device clock may run before its time is distrusted.
 const MAX_AHEAD_MINUTES: i64 = 10;
 
+/// Device times before this year are a clock that was never set (scales that count from 1970, cuffs
+/// that start at their factory date of 2000), not old records: no device we read stores a decade.
+const MIN_PLAUSIBLE_YEAR: i32 = 2010;
+
 /// Resolves a device time stamp against the hub: the device's time in the hub's zone when it is plausible,
 /// else the receive time, with a flag saying why (`device_clock_invalid`, `device_clock_ahead`).
 pub fn measured_at(
@@ -158,6 +184,9 @@ pub fn measured_at(
     let DeviceDateTime::Known(local) = device_time else {
         return (hub_time, TimeSource::Hub, Some("device_clock_invalid"));
     };
+    if chrono::Datelike::year(&local) < MIN_PLAUSIBLE_YEAR {
+        return (hub_time, TimeSource::Hub, Some("device_clock_invalid"));
+    }
     let Some(resolved) = context.time_zone.resolve(local) else {
         return (hub_time, TimeSource::Hub, Some("device_clock_invalid"));
     };
@@ -167,6 +196,28 @@ pub fn measured_at(
         return (hub_time, TimeSource::Hub, Some("device_clock_ahead"));
     }
     (resolved, TimeSource::Device, None)
+}
+
+/// Stamps a reading with a device time stamp resolved by [`measured_at`], adding its flag if any.
+pub fn stamp(reading: &mut Reading, device_time: DeviceDateTime, context: &DecodeContext<'_>) {
+    let (at, source, flag) = measured_at(device_time, context);
+    reading.measured_at = at;
+    reading.time_source = source;
+    reading.flags.extend(flag);
+}
+
+/// Appends the names whose condition holds, in table order.
+pub fn push_flags(flags: &mut Vec<&'static str>, table: &[(bool, &'static str)]) {
+    flags.extend(table.iter().filter(|(set, _)| *set).map(|(_, name)| *name));
+}
+
+/// The names of the set bits of a status or feature word, in bit order; unknown bits are ignored.
+pub fn bit_names(word: u32, names: &[(u32, &'static str)]) -> Vec<&'static str> {
+    names
+        .iter()
+        .filter(|(bit, _)| word & (1 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
 }
 
 #[cfg(test)]
@@ -218,6 +269,14 @@ mod tests {
         check_sfloat(0xF800, "-204.8");
         check_sfloat(0xF7FF, "204.7");
         check_sfloat(0xD7FF, "2.047");
+    }
+
+    #[test]
+    fn shifted_sfloats_convert_units_without_rounding() {
+        assert_eq!(render(sfloat_shifted(0xB05F, 5)), "95");
+        assert_eq!(render(sfloat_shifted(0xC035, 3)), "5.3");
+        assert_eq!(render(sfloat_shifted(0x07FF, 5)), "nan");
+        assert_eq!(render(sfloat_shifted(0x001E, 5)), "3000000");
     }
 
     #[test]
@@ -285,6 +344,14 @@ mod tests {
         assert_eq!(
             render(measured_at(DeviceDateTime::Unknown, &context)),
             "2024-03-15T12:00:00+00:00 hub device_clock_invalid"
+        );
+        assert_eq!(
+            render(measured_at(at("1970-01-01T00:05:00"), &context)),
+            "2024-03-15T12:00:00+00:00 hub device_clock_invalid"
+        );
+        assert_eq!(
+            render(measured_at(at("2010-01-01T00:00:00"), &context)),
+            "2010-01-01T00:00:00+00:00 device -"
         );
     }
 

@@ -9,6 +9,7 @@
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use crate::codes;
+use crate::decode::ieee11073::push_flags;
 use crate::decode::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
 use crate::reading::{HubTimeZone, Kind, Reading, Special, TimeSource, Value};
 
@@ -37,10 +38,6 @@ fn pulse_value(raw: u16) -> Result<Value, &'static str> {
         )),
         _ => Err("pulse rate out of range"),
     }
-}
-
-fn push_flags(flags: &mut Vec<&'static str>, table: &[(bool, &'static str)]) {
-    flags.extend(table.iter().filter(|(set, _)| *set).map(|(_, name)| *name));
 }
 
 /// What the bytes at the scan position are.

@@ -1,0 +1,131 @@
+//! What simulated devices do on their own: the burst of stored records after a subscription, the
+//! disconnect after it, and the glucose meter's Record Access Control Point procedure.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use zbus::Connection;
+
+use super::objects::BluezError;
+use super::state::{uuid16, Behaviour, SimState};
+
+/// Measurement characteristics whose stored records a device pushes as soon as the hub subscribes.
+const BURST_CHARACTERISTICS: [u16; 4] = [0x2A35, 0x2A9D, 0x2A1C, 0x2A5E];
+
+pub fn on_subscribed(
+    connection: Connection,
+    state: Arc<Mutex<SimState>>,
+    address: String,
+    uuid: String,
+) {
+    if !BURST_CHARACTERISTICS
+        .iter()
+        .any(|short| uuid16(*short) == uuid)
+    {
+        return;
+    }
+    // The burst starts without waiting for anything, as A&D cuffs do: the first record may well reach
+    // the bus before the hub has the StartNotify reply.
+    tokio::spawn(async move {
+        let (records, drop_after, behaviour) = {
+            let mut state = state.lock().unwrap();
+            let device = state.devices.get_mut(&address).unwrap();
+            (
+                device.stored.get(&uuid).cloned().unwrap_or_default(),
+                device.drop_link_after.take(),
+                device.behaviour.clone(),
+            )
+        };
+        for (index, record) in records.iter().enumerate() {
+            if drop_after == Some(index) {
+                super::set_connected(&connection, &state, &address, false).await;
+                return;
+            }
+            if !super::notify(&connection, &state, &address, &uuid, record).await {
+                return;
+            }
+        }
+        {
+            let mut state = state.lock().unwrap();
+            let device = state.devices.get_mut(&address).unwrap();
+            if let Some(stored) = device.stored.get_mut(&uuid) {
+                stored.drain(..records.len().min(stored.len()));
+            }
+        }
+        if matches!(behaviour, Behaviour::AndCuff | Behaviour::Scale) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            super::set_connected(&connection, &state, &address, false).await;
+        }
+    });
+}
+
+pub async fn on_write(
+    connection: &Connection,
+    state: &Arc<Mutex<SimState>>,
+    address: &str,
+    uuid: &str,
+    value: &[u8],
+) -> Result<(), BluezError> {
+    if uuid != uuid16(0x2A52) {
+        return Ok(());
+    }
+    let racp = uuid16(0x2A52);
+    let notifying = state.lock().unwrap().devices[address]
+        .notifying
+        .contains(&racp);
+    if !notifying {
+        // GLS 1.0 answers a RACP write without indications enabled with "CCCD improperly configured".
+        return Err(BluezError::Failed(
+            "Operation failed with ATT error: 0x81".into(),
+        ));
+    }
+    let records = state.lock().unwrap().devices[address]
+        .glucose_records
+        .clone();
+    let (selected, response): (Vec<(u16, Vec<u8>)>, Vec<u8>) = match value {
+        [0x01, 0x01] => (records.clone(), vec![0x06, 0x00, 0x01, 0x01]),
+        [0x01, 0x03, 0x01, lo, hi] => {
+            let first = u16::from_le_bytes([*lo, *hi]);
+            (
+                records
+                    .iter()
+                    .filter(|(seq, _)| *seq >= first)
+                    .cloned()
+                    .collect(),
+                vec![0x06, 0x00, 0x01, 0x01],
+            )
+        }
+        [0x01, 0x06] => (
+            records.last().cloned().into_iter().collect(),
+            vec![0x06, 0x00, 0x01, 0x01],
+        ),
+        [0x04, 0x01] => {
+            let count = records.len() as u16;
+            (
+                Vec::new(),
+                vec![0x05, 0x00, count as u8, (count >> 8) as u8],
+            )
+        }
+        [opcode, ..] => (Vec::new(), vec![0x06, 0x00, *opcode, 0x02]),
+        [] => return Err(BluezError::InvalidArguments("empty".into())),
+    };
+    let response =
+        if response[0] == 0x06 && response[3] == 0x01 && selected.is_empty() && value[0] == 0x01 {
+            vec![0x06, 0x00, 0x01, 0x06]
+        } else {
+            response
+        };
+    let connection = connection.clone();
+    let state = state.clone();
+    let address = address.to_string();
+    tokio::spawn(async move {
+        let measurement = uuid16(0x2A18);
+        for (_, record) in &selected {
+            if !super::notify(&connection, &state, &address, &measurement, record).await {
+                return;
+            }
+        }
+        super::notify(&connection, &state, &address, &racp, &response).await;
+    });
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Simulated health devices built from the reference layouts, and builders for their records.
+
+use super::state::{uuid16, Behaviour, DeviceState};
+
+/// A Date Time field for a record.
+pub fn date_time(year: u16, month: u8, day: u8, hour: u8, minute: u8, second: u8) -> [u8; 7] {
+    let [y0, y1] = year.to_le_bytes();
+    [y0, y1, month, day, hour, minute, second]
+}
+
+/// A Blood Pressure Measurement record in mmHg with time stamp and pulse: `sys/dia/map` whole numbers.
+pub fn blood_pressure_record(sys: u16, dia: u16, map: u16, pulse: u16, at: [u8; 7]) -> Vec<u8> {
+    let mut record = vec![0x06];
+    for value in [sys, dia, map] {
+        record.extend_from_slice(&value.to_le_bytes());
+    }
+    record.extend_from_slice(&at);
+    record.extend_from_slice(&pulse.to_le_bytes());
+    record
+}
+
+/// An A&D failed measurement: every value NaN, the time stamp valid.
+pub fn failed_blood_pressure_record(at: [u8; 7]) -> Vec<u8> {
+    let mut record = vec![0x06, 0xFF, 0x07, 0xFF, 0x07, 0xFF, 0x07];
+    record.extend_from_slice(&at);
+    record.extend_from_slice(&[0xFF, 0x07]);
+    record
+}
+
+/// A Weight Measurement in kg (0.005 kg steps) with a time stamp.
+pub fn weight_record(kg_times_200: u16, at: [u8; 7]) -> Vec<u8> {
+    let mut record = vec![0x02];
+    record.extend_from_slice(&kg_times_200.to_le_bytes());
+    record.extend_from_slice(&at);
+    record
+}
+
+/// A Glucose Measurement with sequence number, base time and a concentration in mg/dL (kg/L × 10⁻⁵).
+pub fn glucose_record(sequence: u16, at: [u8; 7], mg_dl: u16) -> Vec<u8> {
+    let mut record = vec![0x02];
+    record.extend_from_slice(&sequence.to_le_bytes());
+    record.extend_from_slice(&at);
+    // SFLOAT with exponent −5: mantissa mg/dL, so the value is mg/dL × 10⁻⁵ kg/L.
+    let sfloat = 0xB000 | (mg_dl & 0x0FFF);
+    record.extend_from_slice(&sfloat.to_le_bytes());
+    record.push(0x11);
+    record
+}
+
+/// A Temperature Measurement in °C with a time stamp: `tenths` of a degree.
+pub fn temperature_record(tenths: u32, at: [u8; 7]) -> Vec<u8> {
+    let mut record = vec![0x02];
+    let float = 0xFF00_0000 | (tenths & 0x00FF_FFFF);
+    record.extend_from_slice(&float.to_le_bytes());
+    record.extend_from_slice(&at);
+    record
+}
+
+/// A PLX Spot-check with a time stamp.
+pub fn spot_check_record(spo2: u16, pulse: u16, at: [u8; 7]) -> Vec<u8> {
+    let mut record = vec![0x01];
+    record.extend_from_slice(&spo2.to_le_bytes());
+    record.extend_from_slice(&pulse.to_le_bytes());
+    record.extend_from_slice(&at);
+    record
+}
+
+/// A&D UA-651BLE: BP service with a writable Date Time, DIS, battery, bonding required.
+pub fn and_cuff() -> DeviceState {
+    let mut device = DeviceState::new("A&D_UA-651BLE_1A2B3C", Behaviour::AndCuff);
+    device.advertised_services = vec![uuid16(0x1810)];
+    device
+        .characteristic(0x1810, 0x2A35, &["indicate"])
+        .characteristic(0x1810, 0x2A49, &["read"])
+        .characteristic(0x1810, 0x2A08, &["read", "write"])
+        .value(0x2A49, &[0x27, 0x00])
+        .value(0x2A08, &date_time(2000, 1, 1, 0, 0, 0))
+        .device_information("A&D Medical", "UA-651BLE", "5140300123")
+        .battery(80);
+    device
+}
+
+/// A standard-profile Omron cuff: BP service, Current Time Service, passkey pairing.
+pub fn omron_cuff(passkey: u32) -> DeviceState {
+    let mut device = DeviceState::new("BLESmart_0000016028FFB2735FEF", Behaviour::OmronCuff);
+    device.advertised_services = vec![uuid16(0x1810)];
+    device.passkey = Some(passkey);
+    device
+        .characteristic(0x1810, 0x2A35, &["indicate"])
+        .characteristic(0x1810, 0x2A49, &["read"])
+        .characteristic(0x1805, 0x2A2B, &["read", "write", "notify"])
+        .value(
+            0x2A2B,
+            &[0xE8, 0x07, 0x01, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00],
+        )
+        .device_information("OMRON HEALTHCARE", "HEM-9200T", "20240001")
+        .battery(90);
+    device
+}
+
+/// A pulse oximeter with spot-check and continuous characteristics and a Current Time Service.
+pub fn oximeter() -> DeviceState {
+    let mut device = DeviceState::new("Nonin3230_501234567", Behaviour::Oximeter);
+    device.advertised_services = vec![uuid16(0x1822)];
+    device
+        .characteristic(0x1822, 0x2A5E, &["indicate"])
+        .characteristic(0x1822, 0x2A5F, &["notify"])
+        .characteristic(0x1822, 0x2A60, &["read"])
+        .value(0x2A60, &[0x0C, 0x00])
+        .device_information("Nonin Medical, Inc.", "3230", "501234567");
+    device
+}
+
+/// A&D UC-352BLE style scale: weight service with a writable Date Time, bonding, burst then disconnect.
+pub fn scale() -> DeviceState {
+    let mut device = DeviceState::new("A&D_UC-352BLE_4D5E6F", Behaviour::Scale);
+    device.advertised_services = vec![uuid16(0x181D)];
+    device
+        .characteristic(0x181D, 0x2A9D, &["indicate"])
+        .characteristic(0x181D, 0x2A9E, &["read"])
+        .characteristic(0x181D, 0x2A08, &["read", "write"])
+        .value(0x2A9E, &[0xA7, 0x01, 0x00, 0x00])
+        .value(0x2A08, &date_time(2000, 1, 1, 0, 0, 0))
+        .device_information("A&D Medical", "UC-352BLE", "5140300456");
+    device
+}
+
+/// A glucose meter that answers the Record Access Control Point.
+pub fn glucose_meter() -> DeviceState {
+    let mut device = DeviceState::new("Contour7812345", Behaviour::GlucoseMeter);
+    device.advertised_services = vec![uuid16(0x1808)];
+    device
+        .characteristic(0x1808, 0x2A18, &["notify"])
+        .characteristic(0x1808, 0x2A34, &["notify"])
+        .characteristic(0x1808, 0x2A52, &["write", "indicate"])
+        .characteristic(0x1808, 0x2A51, &["read"])
+        .value(0x2A51, &[0x00, 0x00])
+        .device_information("Ascensia Diabetes Care", "Contour Next One", "7812345");
+    device
+}
+
+/// A health thermometer with a Current Time Service.
+pub fn thermometer() -> DeviceState {
+    let mut device = DeviceState::new("TEMP-0042", Behaviour::Thermometer);
+    device.advertised_services = vec![uuid16(0x1809)];
+    device
+        .characteristic(0x1809, 0x2A1C, &["indicate"])
+        .characteristic(0x1805, 0x2A2B, &["read", "write"])
+        .value(
+            0x2A2B,
+            &[0xE8, 0x07, 0x01, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00],
+        )
+        .device_information("Generic", "TH-1", "0042");
+    device
+}
+
+/// A Xiaomi Mi Body Composition Scale: advertisements only.
+pub fn xiaomi_scale() -> DeviceState {
+    let mut device = DeviceState::new("MIBFS", Behaviour::Advertiser);
+    device.advertised_services = vec![uuid16(0x181B)];
+    device
+}

@@ -1,0 +1,569 @@
+//! The `org.bluez` D-Bus objects of the simulator: Adapter1, AgentManager1, Device1, GattService1 and
+//! GattCharacteristic1, with BlueZ's object paths and property signals, over shared simulated state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
+use zbus::{interface, Connection};
+
+use super::state::{DeviceState, SimState};
+
+pub const ADAPTER_PATH: &str = "/org/bluez/hci0";
+
+/// BlueZ's error names; bluez-async and our pairing code tell failures apart by them.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.bluez.Error")]
+pub enum BluezError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    Failed(String),
+    NotPermitted(String),
+    NotReady(String),
+    AuthenticationFailed(String),
+    AuthenticationRejected(String),
+    InProgress(String),
+    DoesNotExist(String),
+    NotConnected(String),
+    InvalidArguments(String),
+}
+
+pub fn device_path(address: &str) -> String {
+    format!("{ADAPTER_PATH}/dev_{}", address.replace(':', "_"))
+}
+
+pub struct Adapter {
+    pub state: Arc<Mutex<SimState>>,
+}
+
+#[interface(name = "org.bluez.Adapter1")]
+impl Adapter {
+    async fn start_discovery(
+        &self,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), BluezError> {
+        {
+            let mut state = self.state.lock().unwrap();
+            if !state.powered {
+                return Err(BluezError::NotReady("Resource Not Ready".into()));
+            }
+            state.discovering = true;
+            state.calls.push("StartDiscovery".into());
+        }
+        let _ = self.discovering_changed(&emitter).await;
+        Ok(())
+    }
+
+    async fn stop_discovery(
+        &self,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), BluezError> {
+        self.state.lock().unwrap().discovering = false;
+        let _ = self.discovering_changed(&emitter).await;
+        Ok(())
+    }
+
+    fn set_discovery_filter(&self, filter: HashMap<String, OwnedValue>) -> Result<(), BluezError> {
+        let mut state = self.state.lock().unwrap();
+        let mut keys: Vec<&String> = filter.keys().collect();
+        keys.sort();
+        state.calls.push(format!("SetDiscoveryFilter {keys:?}"));
+        Ok(())
+    }
+
+    async fn remove_device(
+        &self,
+        device: OwnedObjectPath,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), BluezError> {
+        let address = {
+            let mut state = self.state.lock().unwrap();
+            state
+                .calls
+                .push(format!("RemoveDevice {}", device.as_str()));
+            let found = state
+                .devices
+                .iter()
+                .find(|(address, _)| device_path(address) == device.as_str())
+                .map(|(address, _)| address.clone());
+            let Some(address) = found else {
+                return Err(BluezError::DoesNotExist("Does Not Exist".into()));
+            };
+            let device = state.devices.get_mut(&address).unwrap();
+            device.paired = false;
+            device.bonded = false;
+            device.trusted = false;
+            device.connected = false;
+            device.exported = false;
+            address
+        };
+        super::unexport_device(connection, &self.state, &address).await;
+        Ok(())
+    }
+
+    #[zbus(property)]
+    fn address(&self) -> String {
+        "00:1A:7D:DA:71:13".into()
+    }
+
+    #[zbus(property)]
+    fn address_type(&self) -> String {
+        "public".into()
+    }
+
+    #[zbus(property)]
+    fn name(&self) -> String {
+        "vitalsd-sim".into()
+    }
+
+    #[zbus(property)]
+    fn alias(&self) -> String {
+        "vitalsd-sim".into()
+    }
+
+    #[zbus(property)]
+    fn modalias(&self) -> String {
+        "usb:v1D6Bp0246d0540".into()
+    }
+
+    #[zbus(property)]
+    fn powered(&self) -> bool {
+        self.state.lock().unwrap().powered
+    }
+
+    #[zbus(property)]
+    async fn set_powered(&mut self, powered: bool) {
+        let mut state = self.state.lock().unwrap();
+        if state.power_locked_off && powered {
+            return;
+        }
+        state.powered = powered;
+        state.calls.push(format!("Powered={powered}"));
+    }
+
+    #[zbus(property)]
+    fn discovering(&self) -> bool {
+        self.state.lock().unwrap().discovering
+    }
+
+    #[zbus(property)]
+    fn discoverable(&self) -> bool {
+        false
+    }
+
+    #[zbus(property)]
+    fn pairable(&self) -> bool {
+        true
+    }
+
+    #[zbus(property, name = "UUIDs")]
+    fn uuids(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+pub struct AgentManager {
+    pub state: Arc<Mutex<SimState>>,
+}
+
+#[interface(name = "org.bluez.AgentManager1")]
+impl AgentManager {
+    fn register_agent(
+        &self,
+        agent: OwnedObjectPath,
+        capability: String,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BluezError> {
+        let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let mut state = self.state.lock().unwrap();
+        state.calls.push(format!("RegisterAgent {capability}"));
+        state.agent = Some((sender, agent.as_str().to_string(), capability));
+        Ok(())
+    }
+
+    fn request_default_agent(&self, _agent: OwnedObjectPath) -> Result<(), BluezError> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .push("RequestDefaultAgent".into());
+        Ok(())
+    }
+
+    fn unregister_agent(&self, _agent: OwnedObjectPath) -> Result<(), BluezError> {
+        self.state.lock().unwrap().agent = None;
+        Ok(())
+    }
+}
+
+pub struct Device {
+    pub state: Arc<Mutex<SimState>>,
+    pub address: String,
+}
+
+impl Device {
+    fn with<T>(&self, read: impl FnOnce(&DeviceState) -> T) -> T {
+        let state = self.state.lock().unwrap();
+        read(&state.devices[&self.address])
+    }
+}
+
+#[interface(name = "org.bluez.Device1")]
+impl Device {
+    async fn connect(&self, #[zbus(connection)] connection: &Connection) -> Result<(), BluezError> {
+        let refusal = {
+            let mut state = self.state.lock().unwrap();
+            state.calls.push(format!("Connect {}", self.address));
+            let powered = state.powered;
+            let device = state.devices.get_mut(&self.address).unwrap();
+            device.connect_attempts += 1;
+            if !powered {
+                Some(BluezError::NotReady("Resource Not Ready".into()))
+            } else if !device.in_range {
+                Some(BluezError::Failed("le-connection-abort-by-local".into()))
+            } else if device.bond_lost_on_device && device.paired {
+                // The device forgot the bond: the link fails with HCI 0x06, which BlueZ reports this way.
+                Some(BluezError::Failed(
+                    "Connection refused: PIN or Key Missing".into(),
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some(error) = refusal {
+            return Err(error);
+        }
+        super::set_connected(connection, &self.state, &self.address, true).await;
+        Ok(())
+    }
+
+    async fn disconnect(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), BluezError> {
+        super::set_connected(connection, &self.state, &self.address, false).await;
+        Ok(())
+    }
+
+    async fn pair(&self, #[zbus(connection)] connection: &Connection) -> Result<(), BluezError> {
+        let (agent, behaviour_passkey) = {
+            let mut state = self.state.lock().unwrap();
+            state.calls.push(format!("Pair {}", self.address));
+            let agent = state.agent.clone();
+            let device = &state.devices[&self.address];
+            if device.paired {
+                return Err(BluezError::Failed("Already Exists".into()));
+            }
+            if !device.in_range {
+                return Err(BluezError::Failed("Page Timeout".into()));
+            }
+            (agent, device.passkey)
+        };
+        let Some((sender, agent_path, _capability)) = agent else {
+            // BlueZ 5.72 and later refuse to pair without an agent, even for Just Works.
+            return Err(BluezError::AuthenticationFailed(
+                "Authentication Failed".into(),
+            ));
+        };
+        let device_path = ObjectPath::try_from(device_path(&self.address)).unwrap();
+        let proxy = zbus::Proxy::new(
+            connection,
+            sender.as_str(),
+            agent_path.as_str(),
+            "org.bluez.Agent1",
+        )
+        .await
+        .map_err(BluezError::ZBus)?;
+        match behaviour_passkey {
+            Some(expected) => {
+                let reply: Result<u32, zbus::Error> =
+                    proxy.call("RequestPasskey", &(&device_path,)).await;
+                match reply {
+                    Ok(given) if given == expected => {}
+                    Ok(_) => {
+                        return Err(BluezError::AuthenticationFailed(
+                            "Authentication Failed".into(),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(BluezError::AuthenticationRejected(
+                            "Authentication Rejected".into(),
+                        ))
+                    }
+                }
+            }
+            None => {
+                let reply: Result<(), zbus::Error> = proxy
+                    .call("RequestConfirmation", &(&device_path, 0u32))
+                    .await;
+                if reply.is_err() {
+                    return Err(BluezError::AuthenticationRejected(
+                        "Authentication Rejected".into(),
+                    ));
+                }
+            }
+        }
+        {
+            let mut state = self.state.lock().unwrap();
+            let device = state.devices.get_mut(&self.address).unwrap();
+            device.paired = true;
+            device.bonded = true;
+            device.bond_lost_on_device = false;
+        }
+        super::emit_device_property(connection, &self.address, "Paired").await;
+        Ok(())
+    }
+
+    fn cancel_pairing(&self) -> Result<(), BluezError> {
+        Ok(())
+    }
+
+    #[zbus(property)]
+    fn address(&self) -> String {
+        self.address.clone()
+    }
+
+    #[zbus(property)]
+    fn address_type(&self) -> String {
+        "public".into()
+    }
+
+    #[zbus(property)]
+    fn name(&self) -> String {
+        self.with(|d| d.name.clone())
+    }
+
+    #[zbus(property)]
+    fn alias(&self) -> String {
+        self.with(|d| d.name.clone())
+    }
+
+    #[zbus(property)]
+    fn paired(&self) -> bool {
+        self.with(|d| d.paired)
+    }
+
+    #[zbus(property)]
+    fn bonded(&self) -> bool {
+        self.with(|d| d.bonded)
+    }
+
+    #[zbus(property)]
+    fn trusted(&self) -> bool {
+        self.with(|d| d.trusted)
+    }
+
+    #[zbus(property)]
+    fn set_trusted(&mut self, trusted: bool) {
+        let mut state = self.state.lock().unwrap();
+        state
+            .calls
+            .push(format!("Trusted={trusted} {}", self.address));
+        state.devices.get_mut(&self.address).unwrap().trusted = trusted;
+    }
+
+    #[zbus(property)]
+    fn blocked(&self) -> bool {
+        false
+    }
+
+    #[zbus(property)]
+    fn legacy_pairing(&self) -> bool {
+        false
+    }
+
+    #[zbus(property)]
+    fn connected(&self) -> bool {
+        self.with(|d| d.connected)
+    }
+
+    #[zbus(property)]
+    fn services_resolved(&self) -> bool {
+        self.with(|d| d.connected && d.services_resolved)
+    }
+
+    #[zbus(property, name = "RSSI")]
+    fn rssi(&self) -> i16 {
+        self.with(|d| d.rssi)
+    }
+
+    #[zbus(property, name = "UUIDs")]
+    fn uuids(&self) -> Vec<String> {
+        self.with(|d| d.advertised_services.clone())
+    }
+
+    #[zbus(property)]
+    fn adapter(&self) -> OwnedObjectPath {
+        OwnedObjectPath::try_from(ADAPTER_PATH).unwrap()
+    }
+
+    #[zbus(property)]
+    fn service_data(&self) -> HashMap<String, OwnedValue> {
+        self.with(|d| {
+            d.service_data
+                .iter()
+                .map(|(uuid, bytes)| {
+                    (
+                        uuid.clone(),
+                        OwnedValue::try_from(Value::from(bytes.clone())).unwrap(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    #[zbus(property)]
+    fn manufacturer_data(&self) -> HashMap<u16, OwnedValue> {
+        self.with(|d| {
+            d.manufacturer_data
+                .iter()
+                .map(|(id, bytes)| {
+                    (
+                        *id,
+                        OwnedValue::try_from(Value::from(bytes.clone())).unwrap(),
+                    )
+                })
+                .collect()
+        })
+    }
+}
+
+pub struct Service {
+    pub uuid: String,
+    pub device_path: String,
+}
+
+#[interface(name = "org.bluez.GattService1")]
+impl Service {
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        self.uuid.clone()
+    }
+
+    #[zbus(property)]
+    fn primary(&self) -> bool {
+        true
+    }
+
+    #[zbus(property)]
+    fn device(&self) -> OwnedObjectPath {
+        OwnedObjectPath::try_from(self.device_path.as_str()).unwrap()
+    }
+}
+
+pub struct Characteristic {
+    pub state: Arc<Mutex<SimState>>,
+    pub address: String,
+    pub uuid: String,
+    pub service_path: String,
+    pub flags: Vec<String>,
+}
+
+impl Characteristic {
+    fn device<T>(&self, act: impl FnOnce(&mut DeviceState) -> T) -> T {
+        let mut state = self.state.lock().unwrap();
+        act(state.devices.get_mut(&self.address).unwrap())
+    }
+}
+
+#[interface(name = "org.bluez.GattCharacteristic1")]
+impl Characteristic {
+    fn read_value(&self, _options: HashMap<String, OwnedValue>) -> Result<Vec<u8>, BluezError> {
+        self.device(|device| {
+            if !device.connected {
+                return Err(BluezError::NotConnected("Not Connected".into()));
+            }
+            device.reads.push(self.uuid.clone());
+            Ok(device.values.get(&self.uuid).cloned().unwrap_or_default())
+        })
+    }
+
+    async fn write_value(
+        &self,
+        value: Vec<u8>,
+        _options: HashMap<String, OwnedValue>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), BluezError> {
+        let outcome = self.device(|device| {
+            if !device.connected {
+                return Err(BluezError::NotConnected("Not Connected".into()));
+            }
+            device.writes.push((self.uuid.clone(), value.clone()));
+            if device.refuse_time_writes
+                && (self.uuid.starts_with("00002a08") || self.uuid.starts_with("00002a2b"))
+            {
+                return Err(BluezError::Failed(
+                    "Operation failed with ATT error: 0x80".into(),
+                ));
+            }
+            device.values.insert(self.uuid.clone(), value.clone());
+            Ok(())
+        });
+        outcome?;
+        super::behaviour::on_write(connection, &self.state, &self.address, &self.uuid, &value).await
+    }
+
+    async fn start_notify(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), BluezError> {
+        let refusal = self.device(|device| {
+            device.calls.push(format!("StartNotify {}", self.uuid));
+            if !device.connected {
+                Some(BluezError::NotConnected("Not Connected".into()))
+            } else if device.behaviour.needs_bonding() && !device.paired {
+                Some(BluezError::NotPermitted("Not paired".into()))
+            } else {
+                device.notifying.insert(self.uuid.clone());
+                None
+            }
+        });
+        if let Some(error) = refusal {
+            return Err(error);
+        }
+        super::behaviour::on_subscribed(
+            connection.clone(),
+            self.state.clone(),
+            self.address.clone(),
+            self.uuid.clone(),
+        );
+        Ok(())
+    }
+
+    fn stop_notify(&self) -> Result<(), BluezError> {
+        self.device(|device| device.notifying.remove(&self.uuid));
+        Ok(())
+    }
+
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        self.uuid.clone()
+    }
+
+    #[zbus(property)]
+    fn service(&self) -> OwnedObjectPath {
+        OwnedObjectPath::try_from(self.service_path.as_str()).unwrap()
+    }
+
+    #[zbus(property)]
+    fn flags(&self) -> Vec<String> {
+        self.flags.clone()
+    }
+
+    #[zbus(property)]
+    fn notifying(&self) -> bool {
+        self.device(|device| device.notifying.contains(&self.uuid))
+    }
+
+    #[zbus(property)]
+    fn value(&self) -> Vec<u8> {
+        self.device(|device| {
+            device
+                .last_notified
+                .get(&self.uuid)
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
+}

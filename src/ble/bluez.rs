@@ -1,0 +1,353 @@
+//! What btleplug does not do, spoken to BlueZ directly with zbus: our `org.bluez.Agent1` for pairing,
+//! `Device1.Pair` and `Trusted`, `Adapter1.RemoveDevice` for stale bonds, and watching `org.bluez` restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue};
+use zbus::{interface, Connection};
+
+pub const AGENT_PATH: &str = "/org/vitalsd/agent";
+const PAIR_TIMEOUT: Duration = Duration::from_secs(60);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BluezError {
+    #[error("cannot reach BlueZ on the system bus: {0}")]
+    Bus(zbus::Error),
+    #[error("adapter {0} not found")]
+    NoAdapter(String),
+    #[error("device {0} was not found nearby; is it in pairing mode?")]
+    NotFound(String),
+    #[error("the device refused our keys: it lost its bond and must be paired again")]
+    BondLost,
+    #[error("pairing was rejected: {0}")]
+    Rejected(String),
+    #[error("BlueZ did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{name}: {message}")]
+    Failed { name: String, message: String },
+}
+
+impl From<zbus::Error> for BluezError {
+    fn from(error: zbus::Error) -> Self {
+        match &error {
+            zbus::Error::MethodError(name, message, _) => {
+                classify(name.as_str(), message.as_deref().unwrap_or(""))
+            }
+            _ => BluezError::Bus(error),
+        }
+    }
+}
+
+/// Tells a lost bond from other failures by BlueZ's error name and text.
+pub fn classify(name: &str, message: &str) -> BluezError {
+    let lost = message.contains("PIN or Key Missing")
+        || message.contains("Key Missing")
+        || name.ends_with("AuthenticationFailed")
+        || message.contains("Authentication Failed");
+    if lost {
+        return BluezError::BondLost;
+    }
+    if name.ends_with("AuthenticationRejected") || name.ends_with("AuthenticationCanceled") {
+        return BluezError::Rejected(message.to_string());
+    }
+    BluezError::Failed {
+        name: name.to_string(),
+        message: message.to_string(),
+    }
+}
+
+pub fn device_path(adapter: &str, address: &str) -> String {
+    format!("/org/bluez/{adapter}/dev_{}", address.replace(':', "_"))
+}
+
+async fn timed<T>(
+    duration: Duration,
+    call: impl std::future::Future<Output = Result<T, zbus::Error>>,
+) -> Result<T, BluezError> {
+    match tokio::time::timeout(duration, call).await {
+        Ok(result) => result.map_err(BluezError::from),
+        Err(_) => Err(BluezError::Timeout(duration)),
+    }
+}
+
+/// Who the agent may say yes to: only the device a technician is pairing right now.
+#[derive(Debug, Default)]
+pub struct PairingWindow {
+    pub device_path: Option<String>,
+    pub passkey: Option<u32>,
+    /// Passkeys the device displayed (for a technician to compare), most recent last.
+    pub displayed: Vec<u32>,
+}
+
+/// Our `org.bluez.Agent1`: answers BlueZ's questions during `Pair` for the device being paired.
+pub struct Agent {
+    window: Arc<Mutex<PairingWindow>>,
+}
+
+fn rejected() -> zbus::fdo::Error {
+    zbus::fdo::Error::Failed("org.bluez.Error.Rejected".into())
+}
+
+impl Agent {
+    fn allowed(&self, device: &ObjectPath<'_>) -> bool {
+        self.window.lock().unwrap().device_path.as_deref() == Some(device.as_str())
+    }
+}
+
+#[interface(name = "org.bluez.Agent1")]
+impl Agent {
+    fn release(&self) {}
+
+    fn request_pin_code(&self, device: ObjectPath<'_>) -> zbus::fdo::Result<String> {
+        let window = self.window.lock().unwrap();
+        match (
+            window.device_path.as_deref() == Some(device.as_str()),
+            window.passkey,
+        ) {
+            (true, Some(passkey)) => Ok(passkey.to_string()),
+            _ => Err(rejected()),
+        }
+    }
+
+    fn request_passkey(&self, device: ObjectPath<'_>) -> zbus::fdo::Result<u32> {
+        let window = self.window.lock().unwrap();
+        match (
+            window.device_path.as_deref() == Some(device.as_str()),
+            window.passkey,
+        ) {
+            (true, Some(passkey)) => Ok(passkey),
+            _ => {
+                tracing::warn!(device = device.as_str(), "The device asks for a passkey; pass it with `vitalsd pair ADDRESS --passkey N`.");
+                Err(rejected())
+            }
+        }
+    }
+
+    fn display_passkey(&self, device: ObjectPath<'_>, passkey: u32, _entered: u16) {
+        tracing::info!(
+            device = device.as_str(),
+            passkey,
+            "Passkey to enter on the device."
+        );
+        self.window.lock().unwrap().displayed.push(passkey);
+    }
+
+    fn display_pin_code(&self, device: ObjectPath<'_>, pincode: String) {
+        tracing::info!(device = device.as_str(), %pincode, "PIN to enter on the device.");
+    }
+
+    fn request_confirmation(&self, device: ObjectPath<'_>, _passkey: u32) -> zbus::fdo::Result<()> {
+        if self.allowed(&device) {
+            Ok(())
+        } else {
+            Err(rejected())
+        }
+    }
+
+    fn request_authorization(&self, device: ObjectPath<'_>) -> zbus::fdo::Result<()> {
+        if self.allowed(&device) {
+            Ok(())
+        } else {
+            Err(rejected())
+        }
+    }
+
+    fn authorize_service(&self, device: ObjectPath<'_>, _uuid: String) -> zbus::fdo::Result<()> {
+        if self.allowed(&device) {
+            Ok(())
+        } else {
+            Err(rejected())
+        }
+    }
+
+    fn cancel(&self) {}
+}
+
+/// A zbus connection to the system bus with our agent registered as BlueZ's default agent.
+pub struct Bluez {
+    connection: Connection,
+    window: Arc<Mutex<PairingWindow>>,
+    adapter: String,
+}
+
+impl Bluez {
+    /// Connects (honouring `DBUS_SYSTEM_BUS_ADDRESS`) and registers the agent. Registering always, even
+    /// for Just Works devices, because BlueZ 5.72 and later refuse `Pair` without an agent.
+    pub async fn connect(adapter: &str) -> Result<Bluez, BluezError> {
+        let connection = Connection::system().await.map_err(BluezError::Bus)?;
+        let window = Arc::new(Mutex::new(PairingWindow::default()));
+        connection
+            .object_server()
+            .at(
+                AGENT_PATH,
+                Agent {
+                    window: window.clone(),
+                },
+            )
+            .await
+            .map_err(BluezError::Bus)?;
+        let bluez = Bluez {
+            connection,
+            window,
+            adapter: adapter.to_string(),
+        };
+        bluez.register_agent().await?;
+        Ok(bluez)
+    }
+
+    /// (Re-)registers the agent; needed again after bluetoothd restarts.
+    pub async fn register_agent(&self) -> Result<(), BluezError> {
+        let manager = self.proxy("/org/bluez", "org.bluez.AgentManager1").await?;
+        let path = ObjectPath::try_from(AGENT_PATH).expect("valid path");
+        let registered: Result<(), BluezError> = timed(
+            CALL_TIMEOUT,
+            manager.call("RegisterAgent", &(&path, "KeyboardDisplay")),
+        )
+        .await;
+        match registered {
+            Ok(()) => {}
+            // Already registered by this connection: fine.
+            Err(BluezError::Failed { name, .. }) if name.ends_with("AlreadyExists") => {}
+            Err(error) => return Err(error),
+        }
+        timed(CALL_TIMEOUT, manager.call("RequestDefaultAgent", &(&path,))).await
+    }
+
+    async fn proxy(
+        &self,
+        path: &str,
+        interface: &'static str,
+    ) -> Result<zbus::Proxy<'static>, BluezError> {
+        zbus::Proxy::new(&self.connection, "org.bluez", path.to_string(), interface)
+            .await
+            .map_err(BluezError::Bus)
+    }
+
+    pub fn adapter_path(&self) -> String {
+        format!("/org/bluez/{}", self.adapter)
+    }
+
+    async fn managed_objects(
+        &self,
+    ) -> Result<HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedValue>>>, BluezError>
+    {
+        let manager = self
+            .proxy("/", "org.freedesktop.DBus.ObjectManager")
+            .await?;
+        timed(CALL_TIMEOUT, manager.call("GetManagedObjects", &())).await
+    }
+
+    /// Whether BlueZ has an object for the device (it has seen it, or holds a bond for it).
+    pub async fn knows_device(&self, address: &str) -> Result<bool, BluezError> {
+        let path = device_path(&self.adapter, address);
+        Ok(self
+            .managed_objects()
+            .await?
+            .keys()
+            .any(|key| key.as_str() == path))
+    }
+
+    /// Reads a Device1 property, `None` when the device is unknown.
+    pub async fn device_flag(&self, address: &str, property: &str) -> Option<bool> {
+        let device = self
+            .proxy(&device_path(&self.adapter, address), "org.bluez.Device1")
+            .await
+            .ok()?;
+        device.get_property::<bool>(property).await.ok()
+    }
+
+    /// Scans until BlueZ reports the device, for up to `within`.
+    pub async fn find_device(&self, address: &str, within: Duration) -> Result<(), BluezError> {
+        if self.knows_device(address).await? {
+            return Ok(());
+        }
+        let adapter = self
+            .proxy(&self.adapter_path(), "org.bluez.Adapter1")
+            .await?;
+        let started: Result<(), BluezError> =
+            timed(CALL_TIMEOUT, adapter.call("StartDiscovery", &())).await;
+        if let Err(error) = &started {
+            tracing::debug!(%error, "StartDiscovery refused; waiting for another scanner's results.");
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        let found = loop {
+            if self.knows_device(address).await? {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        if started.is_ok() {
+            let _: Result<(), BluezError> =
+                timed(CALL_TIMEOUT, adapter.call("StopDiscovery", &())).await;
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(BluezError::NotFound(address.to_string()))
+        }
+    }
+
+    /// Pairs (bonds) and trusts the device. A device already paired counts as success.
+    pub async fn pair(&self, address: &str, passkey: Option<u32>) -> Result<(), BluezError> {
+        let path = device_path(&self.adapter, address);
+        {
+            let mut window = self.window.lock().unwrap();
+            window.device_path = Some(path.clone());
+            window.passkey = passkey;
+        }
+        let device = self.proxy(&path, "org.bluez.Device1").await?;
+        let paired: Result<(), BluezError> = timed(PAIR_TIMEOUT, device.call("Pair", &())).await;
+        *self.window.lock().unwrap() = PairingWindow::default();
+        match paired {
+            Ok(()) => {}
+            Err(BluezError::Failed { name, .. }) if name.ends_with("AlreadyExists") => {}
+            Err(error) => return Err(error),
+        }
+        let trusted = async {
+            device
+                .set_property("Trusted", true)
+                .await
+                .map_err(zbus::Error::from)
+        };
+        timed(CALL_TIMEOUT, trusted).await
+    }
+
+    /// Removes the hub's bond and BlueZ's record of the device.
+    pub async fn remove_device(&self, address: &str) -> Result<(), BluezError> {
+        let adapter = self
+            .proxy(&self.adapter_path(), "org.bluez.Adapter1")
+            .await?;
+        let path = OwnedObjectPath::try_from(device_path(&self.adapter, address))
+            .map_err(|error| BluezError::Bus(error.into()))?;
+        match timed(
+            CALL_TIMEOUT,
+            adapter.call::<_, _, ()>("RemoveDevice", &(&path,)),
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(BluezError::Failed { name, .. }) if name.ends_with("DoesNotExist") => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Resolves when the owner of `org.bluez` changes (bluetoothd stopped or restarted).
+    pub async fn owner_changed(&self) -> Result<(), BluezError> {
+        use futures_util::StreamExt;
+        let dbus = zbus::fdo::DBusProxy::new(&self.connection)
+            .await
+            .map_err(BluezError::Bus)?;
+        let mut changes = dbus
+            .receive_name_owner_changed_with_args(&[(0, "org.bluez")])
+            .await
+            .map_err(BluezError::Bus)?;
+        changes.next().await;
+        Ok(())
+    }
+}

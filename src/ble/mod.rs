@@ -1,0 +1,328 @@
+//! The Bluetooth transport: scans for bound devices on the configured adapter, runs a session with each
+//! when it advertises, decodes advertisement-only devices, and recovers by itself from a powered-off
+//! adapter or a restarted bluetoothd.
+//!
+//! `profile` is the pure table of what is read; `session` is one connection; `bluez` is what btleplug
+//! lacks (the pairing agent, `Pair`, `RemoveDevice`, watching `org.bluez`).
+
+pub mod bluez;
+pub mod profile;
+pub mod session;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use btleplug::api::{
+    Central, CentralEvent, CentralState, Manager as _, Peripheral as _, ScanFilter,
+};
+use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::bound_devices::Reach;
+use crate::outbox::OutboxHandle;
+use crate::payload::DeviceInfo;
+use crate::pipeline::{Decoding, DeviceSettings};
+use crate::spot::SpotRule;
+use session::{SessionEnd, SessionError, SessionSettings, SharedDevices};
+
+const RETRY_MIN: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(120);
+/// After a session that ended normally the device has said what it had; it will advertise again when it
+/// has a new measurement.
+const AFTER_SESSION: Duration = Duration::from_secs(5);
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct BleSettings {
+    pub adapter: String,
+    pub hub_id: String,
+    pub spot: SpotRule,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StackError {
+    #[error("Bluetooth: {0}")]
+    Ble(#[from] btleplug::Error),
+    #[error("no Bluetooth adapter named {0}")]
+    NoAdapter(String),
+    #[error(transparent)]
+    Bluez(#[from] bluez::BluezError),
+    #[error("the outbox worker is gone")]
+    OutboxGone,
+}
+
+/// Why the stack was torn down.
+enum Restart {
+    /// bluetoothd went away or came back.
+    BluezRestarted,
+    Shutdown,
+}
+
+/// Runs until `shutdown`; only a gone outbox worker ends it early.
+pub async fn run(
+    settings: BleSettings,
+    devices: SharedDevices,
+    outbox: OutboxHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), crate::outbox::worker::WorkerGone> {
+    let mut delay = RETRY_MIN;
+    loop {
+        match run_stack(&settings, &devices, &outbox, &mut shutdown).await {
+            Ok(Restart::Shutdown) => return Ok(()),
+            Ok(Restart::BluezRestarted) => {
+                tracing::warn!("bluetoothd restarted; rebuilding the Bluetooth stack.");
+                delay = RETRY_MIN;
+            }
+            Err(StackError::OutboxGone) => return Err(crate::outbox::worker::WorkerGone),
+            Err(error) => {
+                tracing::warn!(%error, retry_in_s = delay.as_secs(), "Bluetooth is not available; retrying.");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+async fn find_adapter(name: &str) -> Result<Adapter, StackError> {
+    let manager = Manager::new().await?;
+    for adapter in manager.adapters().await? {
+        // btleplug lists adapters in no fixed order; its info starts with the adapter's name.
+        let info = adapter.adapter_info().await?;
+        if info.split_whitespace().next() == Some(name) {
+            return Ok(adapter);
+        }
+    }
+    Err(StackError::NoAdapter(name.to_string()))
+}
+
+/// When each bound device may be tried again.
+#[derive(Default)]
+struct Backoff {
+    next: HashMap<String, (Instant, Duration)>,
+}
+
+impl Backoff {
+    fn ready(&self, address: &str) -> bool {
+        self.next
+            .get(address)
+            .is_none_or(|(at, _)| Instant::now() >= *at)
+    }
+
+    fn succeeded(&mut self, address: &str) {
+        self.next.insert(
+            address.to_string(),
+            (Instant::now() + AFTER_SESSION, RETRY_MIN),
+        );
+    }
+
+    fn failed(&mut self, address: &str) -> Duration {
+        let previous = self.next.get(address).map_or(RETRY_MIN / 2, |(_, d)| *d);
+        let delay = (previous * 2).min(RETRY_MAX);
+        let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
+        self.next.insert(
+            address.to_string(),
+            (Instant::now() + delay + jitter, delay),
+        );
+        delay + jitter
+    }
+}
+
+async fn run_stack(
+    settings: &BleSettings,
+    devices: &SharedDevices,
+    outbox: &OutboxHandle,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Restart, StackError> {
+    let adapter = find_adapter(&settings.adapter).await?;
+    let bluez = bluez::Bluez::connect(&settings.adapter).await?;
+    let mut events = adapter.events().await?;
+    adapter
+        .start_scan(ScanFilter {
+            services: profile::SCAN_SERVICES.to_vec(),
+        })
+        .await?;
+    tracing::info!(adapter = %settings.adapter, bound = devices.lock().unwrap().all().len(), "Bluetooth scanning.");
+    let session_settings = SessionSettings {
+        hub_id: settings.hub_id.clone(),
+        spot: settings.spot,
+    };
+    let owner_changed = bluez.owner_changed();
+    tokio::pin!(owner_changed);
+    let mut sessions = FuturesUnordered::new();
+    let mut in_session: Vec<String> = Vec::new();
+    let mut backoff = Backoff::default();
+    let mut advertisement_decoders: HashMap<(String, crate::decode::Protocol), Decoding> =
+        HashMap::new();
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    let mut dirty = false;
+    let outcome = loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { break Restart::BluezRestarted };
+                let (id, service_data) = match event {
+                    CentralEvent::DeviceDiscovered(id)
+                    | CentralEvent::DeviceUpdated(id)
+                    | CentralEvent::RssiUpdate { id, .. }
+                    | CentralEvent::ServicesAdvertisement { id, .. }
+                    | CentralEvent::ManufacturerDataAdvertisement { id, .. } => (id, None),
+                    CentralEvent::ServiceDataAdvertisement { id, service_data } => (id, Some(service_data)),
+                    CentralEvent::StateUpdate(CentralState::PoweredOff) => {
+                        tracing::warn!(adapter = %settings.adapter, "The Bluetooth adapter was powered off.");
+                        continue;
+                    }
+                    CentralEvent::StateUpdate(CentralState::PoweredOn) => {
+                        tracing::info!(adapter = %settings.adapter, "The Bluetooth adapter is on again; scanning.");
+                        restart_scan(&adapter).await;
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let Some((peripheral, address)) = bound_peripheral(&adapter, &id, devices).await else { continue };
+                let reach = {
+                    let mut list = devices.lock().unwrap();
+                    let Some(device) = list.get_mut(&address) else { continue };
+                    device.last_seen = Some(crate::clock::now_utc());
+                    dirty = true;
+                    if device.needs_repairing { continue; }
+                    device.reach
+                };
+                match reach {
+                    Reach::Advertisement => {
+                        let data = match service_data {
+                            Some(data) => data,
+                            None => peripheral.properties().await.ok().flatten().map(|p| p.service_data).unwrap_or_default(),
+                        };
+                        for (service, bytes) in data {
+                            let Some(protocol) = profile::advertisement_protocol(service, &bytes) else { continue };
+                            let decoding = advertisement_decoders.entry((address.clone(), protocol)).or_insert_with(|| {
+                                Decoding::new(DeviceSettings {
+                                    hub_id: settings.hub_id.clone(),
+                                    device: DeviceInfo {
+                                        id: format!("ble:{address}"),
+                                        transport: "ble",
+                                        protocol: protocol.name(),
+                                        manufacturer: None,
+                                        model: None,
+                                        serial_number: None,
+                                    },
+                                    protocol,
+                                    spot: settings.spot,
+                                })
+                            });
+                            let received_at = crate::clock::now_utc();
+                            let records: Vec<_> = decoding.bytes(&bytes, received_at).into_iter().map(|(record, _)| record).collect();
+                            if !records.is_empty() {
+                                outbox.append(records).await.map_err(|_| StackError::OutboxGone)?;
+                                if let Some(device) = devices.lock().unwrap().get_mut(&address) {
+                                    device.last_reading_at = Some(received_at);
+                                }
+                            }
+                        }
+                    }
+                    Reach::Connect => {
+                        if in_session.contains(&address) || !backoff.ready(&address) {
+                            continue;
+                        }
+                        in_session.push(address.clone());
+                        let devices = devices.clone();
+                        let outbox = outbox.clone();
+                        let mut shutdown = shutdown.clone();
+                        let session_settings = &session_settings;
+                        sessions.push(async move {
+                            let result = session::run(&peripheral, &address, &devices, &outbox, session_settings, &mut shutdown).await;
+                            (address, result)
+                        });
+                    }
+                }
+            }
+            Some((address, result)) = sessions.next(), if !sessions.is_empty() => {
+                in_session.retain(|a| *a != address);
+                match result {
+                    Ok(SessionEnd::Finished { readings }) => {
+                        tracing::info!(%address, readings, "Device session finished.");
+                        backoff.succeeded(&address);
+                    }
+                    Ok(SessionEnd::Shutdown) => {}
+                    Err(SessionError::OutboxGone) => return Err(StackError::OutboxGone),
+                    Err(SessionError::BondLost) => {
+                        tracing::error!(%address, "The device lost its bond (it refused the hub's keys). The hub removed its own bond; pair it again with `vitalsd pair {address}`.", address = address);
+                        if let Err(error) = bluez.remove_device(&address).await {
+                            tracing::warn!(%address, %error, "Could not remove the stale bond.");
+                        }
+                        if let Some(device) = devices.lock().unwrap().get_mut(&address) {
+                            device.needs_repairing = true;
+                            device.bonded = false;
+                        }
+                        dirty = true;
+                    }
+                    Err(SessionError::NeedsPairing(reason)) => {
+                        let retry = backoff.failed(&address);
+                        tracing::warn!(%address, %reason, retry_in_s = retry.as_secs(), "The device wants pairing; run `vitalsd pair` for it.");
+                    }
+                    Err(error) => {
+                        let retry = backoff.failed(&address);
+                        tracing::info!(%address, %error, retry_in_s = retry.as_secs(), "Device session failed; retrying when it advertises.");
+                    }
+                }
+            }
+            _ = housekeeping.tick() => {
+                if dirty {
+                    dirty = false;
+                    if let Err(error) = devices.lock().unwrap().save() {
+                        tracing::error!(%error, "Cannot save the device list.");
+                    }
+                }
+                if matches!(adapter.adapter_state().await, Ok(CentralState::PoweredOff)) {
+                    restart_scan(&adapter).await;
+                }
+                for decoding in advertisement_decoders.values_mut() {
+                    decoding.flush_counters(outbox).await.map_err(|_| StackError::OutboxGone)?;
+                }
+            }
+            _ = &mut owner_changed => break Restart::BluezRestarted,
+            _ = shutdown.changed() => break Restart::Shutdown,
+        }
+    };
+    // Let running sessions see the shutdown and hand over what they decoded.
+    while let Some((_, result)) = sessions.next().await {
+        if let Err(SessionError::OutboxGone) = result {
+            return Err(StackError::OutboxGone);
+        }
+    }
+    let _ = adapter.stop_scan().await;
+    if let Err(error) = devices.lock().unwrap().save() {
+        tracing::error!(%error, "Cannot save the device list.");
+    }
+    Ok(outcome)
+}
+
+/// Starting a scan also asks BlueZ to power the adapter; it fails quietly while the adapter stays off.
+async fn restart_scan(adapter: &Adapter) {
+    let filter = ScanFilter {
+        services: profile::SCAN_SERVICES.to_vec(),
+    };
+    if let Err(error) = adapter.start_scan(filter).await {
+        tracing::debug!(%error, "Scan not restarted yet.");
+    }
+}
+
+/// The peripheral and its normalised address, only when the device is bound.
+async fn bound_peripheral(
+    adapter: &Adapter,
+    id: &PeripheralId,
+    devices: &SharedDevices,
+) -> Option<(Peripheral, String)> {
+    let peripheral = adapter.peripheral(id).await.ok()?;
+    let address = peripheral.address().to_string().to_ascii_uppercase();
+    devices
+        .lock()
+        .unwrap()
+        .is_bound(&address)
+        .then_some((peripheral, address))
+}

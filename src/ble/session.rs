@@ -1,0 +1,422 @@
+//! One connection to one bound Bluetooth device: connect, discover, read Device Information once, set
+//! the device clock (recording its offset first), subscribe with the notification stream already open,
+//! make every record durable as it arrives, fetch glucose records through the RACP, and end when the
+//! device is done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, WriteType};
+use btleplug::platform::Peripheral;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::profile::{self, measurement_protocol};
+use crate::bound_devices::{BoundDevices, DeviceStrings};
+use crate::decode::current_time;
+use crate::decode::glucose;
+use crate::decode::ieee11073::DeviceDateTime;
+use crate::decode::Protocol;
+use crate::outbox::OutboxHandle;
+use crate::payload::DeviceInfo;
+use crate::pipeline::{Decoding, DeviceSettings};
+use crate::spot::SpotRule;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A device that sends nothing for this long is done with us; the hub lets go of the link.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a glucose meter may take to answer a RACP request.
+const RACP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub type SharedDevices = Arc<Mutex<BoundDevices>>;
+
+pub struct SessionSettings {
+    pub hub_id: String,
+    pub spot: SpotRule,
+}
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The device disconnected or went quiet after delivering what it had.
+    Finished { readings: usize },
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("Bluetooth: {0}")]
+    Ble(#[from] btleplug::Error),
+    #[error("connection attempt timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("the device refused our keys: its bond is lost")]
+    BondLost,
+    #[error("the device requires pairing: {0}")]
+    NeedsPairing(String),
+    #[error("the outbox worker is gone")]
+    OutboxGone,
+}
+
+impl From<crate::outbox::worker::WorkerGone> for SessionError {
+    fn from(_: crate::outbox::worker::WorkerGone) -> Self {
+        SessionError::OutboxGone
+    }
+}
+
+/// Sorts a btleplug error: a refused key means a lost bond, a refused subscription means no pairing.
+fn classify(error: btleplug::Error) -> SessionError {
+    let text = error.to_string();
+    if text.contains("PIN or Key Missing")
+        || text.contains("AuthenticationFailed")
+        || text.contains("Authentication Failed")
+    {
+        SessionError::BondLost
+    } else if text.contains("NotPermitted")
+        || text.contains("Not paired")
+        || text.contains("Insufficient Authentication")
+    {
+        SessionError::NeedsPairing(text)
+    } else {
+        SessionError::Ble(error)
+    }
+}
+
+/// Where a glucose meter's record transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GlucosePhase {
+    Idle,
+    /// Asked for the records after our last sequence number (or all, the first time).
+    Fetching,
+    /// Asked for the meter's last record, to see whether its numbering restarted.
+    CheckingLast,
+    /// The numbering restarted: asked for everything; keys already stored are not queued again.
+    FetchingAll,
+}
+
+struct Channel {
+    decoding: Decoding,
+}
+
+/// Runs one session; the caller decides about reconnecting.
+pub async fn run(
+    peripheral: &Peripheral,
+    address: &str,
+    devices: &SharedDevices,
+    outbox: &OutboxHandle,
+    settings: &SessionSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, peripheral.connect()).await {
+        Err(_) => return Err(SessionError::Timeout(CONNECT_TIMEOUT)),
+        Ok(Err(error)) => return Err(classify(error)),
+        Ok(Ok(())) => {}
+    }
+    let result = collect(peripheral, address, devices, outbox, settings, shutdown).await;
+    if peripheral.is_connected().await.unwrap_or(false) {
+        let _ = peripheral.disconnect().await;
+    }
+    result
+}
+
+async fn collect(
+    peripheral: &Peripheral,
+    address: &str,
+    devices: &SharedDevices,
+    outbox: &OutboxHandle,
+    settings: &SessionSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError> {
+    peripheral.discover_services().await.map_err(classify)?;
+    let characteristics: HashMap<Uuid, Characteristic> = peripheral
+        .characteristics()
+        .into_iter()
+        .map(|c| (c.uuid, c))
+        .collect();
+    let now = crate::clock::now_utc();
+    update(devices, address, |device| device.last_connected = Some(now));
+
+    let information = read_information(peripheral, address, devices, &characteristics).await;
+    if let Some(battery) = characteristics.get(&profile::BATTERY_LEVEL) {
+        if let Ok(value) = peripheral.read(battery).await {
+            if let Some(&percent) = value.first() {
+                update(devices, address, |device| {
+                    device.battery_percent = Some(percent.min(100))
+                });
+            }
+        }
+    }
+    sync_clock(peripheral, address, devices, &characteristics).await;
+
+    let mut channels: HashMap<Uuid, Channel> = HashMap::new();
+    for (uuid, _) in characteristics
+        .iter()
+        .filter(|(uuid, _)| measurement_protocol(**uuid).is_some())
+    {
+        let protocol = measurement_protocol(*uuid).expect("filtered");
+        let device = DeviceInfo {
+            id: format!("ble:{address}"),
+            transport: "ble",
+            protocol: protocol.name(),
+            manufacturer: information.manufacturer.clone(),
+            model: information.model.clone(),
+            serial_number: information.serial_number.clone(),
+        };
+        let decoding = Decoding::new(DeviceSettings {
+            hub_id: settings.hub_id.clone(),
+            device,
+            protocol,
+            spot: settings.spot,
+        });
+        channels.insert(*uuid, Channel { decoding });
+    }
+
+    // The stream must exist before the first subscription: cuffs start their burst of stored records
+    // the moment the CCCD is written, and a match rule added later would miss them.
+    let mut notifications = peripheral.notifications().await.map_err(classify)?;
+    let mut subscribe_to: Vec<&Characteristic> = channels
+        .keys()
+        .filter_map(|uuid| characteristics.get(uuid))
+        .filter(|c| {
+            c.properties
+                .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
+        })
+        .collect();
+    let racp = characteristics.get(&profile::RECORD_ACCESS_CONTROL_POINT);
+    subscribe_to.extend(racp);
+    // Indications first, so the intermediate-cuff-pressure notifications never delay a record.
+    subscribe_to.sort_by_key(|c| !c.properties.contains(CharPropFlags::INDICATE));
+    for characteristic in subscribe_to {
+        peripheral
+            .subscribe(characteristic)
+            .await
+            .map_err(classify)?;
+    }
+
+    let glucose_meter = racp.is_some() && channels.contains_key(&profile::sig(0x2A18));
+    let mut glucose = GlucosePhase::Idle;
+    if let (true, Some(racp)) = (glucose_meter, racp) {
+        let last = devices
+            .lock()
+            .unwrap()
+            .get(address)
+            .and_then(|d| d.glucose_last_sequence);
+        let request = match last {
+            Some(sequence) => glucose::racp_report_from_sequence(sequence.wrapping_add(1)),
+            None => glucose::racp_report_all(),
+        };
+        peripheral
+            .write(racp, &request, WriteType::WithResponse)
+            .await
+            .map_err(classify)?;
+        glucose = GlucosePhase::Fetching;
+    }
+    let mut restart_seen = false;
+    let mut readings = 0usize;
+    let mut connection_check = tokio::time::interval(Duration::from_secs(1));
+    let mut last_activity = tokio::time::Instant::now();
+    let mut racp_deadline = tokio::time::Instant::now() + RACP_TIMEOUT;
+    let end = loop {
+        tokio::select! {
+            notification = notifications.next() => {
+                let Some(notification) = notification else { break SessionEnd::Finished { readings } };
+                last_activity = tokio::time::Instant::now();
+                let received_at = crate::clock::now_utc();
+                if notification.uuid == profile::RECORD_ACCESS_CONTROL_POINT {
+                    let code = match glucose::decode_racp(&notification.value) {
+                        Ok(glucose::RacpResponse::Completed { code, .. }) => code,
+                        Ok(glucose::RacpResponse::NumberOfRecords(_)) => continue,
+                        Err(error) => {
+                            tracing::debug!(%address, %error, "Unreadable RACP response.");
+                            continue;
+                        }
+                    };
+                    let next = match (glucose, code) {
+                        // Nothing past our last sequence number: either nothing is new, or the meter's
+                        // numbering restarted (battery change, reset). Its last record tells which.
+                        (GlucosePhase::Fetching, glucose::RacpResponseCode::NoRecordsFound) => Some((GlucosePhase::CheckingLast, glucose::racp_report_last())),
+                        (GlucosePhase::CheckingLast, _) if restart_seen => Some((GlucosePhase::FetchingAll, glucose::racp_report_all())),
+                        _ => None,
+                    };
+                    match (next, racp) {
+                        (Some((phase, request)), Some(racp)) => {
+                            peripheral.write(racp, &request, WriteType::WithResponse).await.map_err(classify)?;
+                            glucose = phase;
+                            racp_deadline = tokio::time::Instant::now() + RACP_TIMEOUT;
+                        }
+                        _ => break SessionEnd::Finished { readings },
+                    }
+                    continue;
+                }
+                let Some(channel) = channels.get_mut(&notification.uuid) else { continue };
+                let protocol = channel.decoding.settings().protocol;
+                let decoded = channel.decoding.bytes(&notification.value, received_at);
+                let mut newest = None;
+                let mut records = Vec::with_capacity(decoded.len());
+                for (record, reading) in decoded {
+                    if protocol == Protocol::GlucoseMeasurement {
+                        newest = glucose::sequence_number(&reading.raw).map(|seq| (seq, reading.record_key.clone()));
+                    }
+                    records.push(record);
+                }
+                if records.is_empty() {
+                    continue;
+                }
+                readings += records.len();
+                outbox.append(records).await?;
+                let checking_last = glucose == GlucosePhase::CheckingLast;
+                update(devices, address, |device| {
+                    device.last_reading_at = Some(received_at);
+                    if let Some((sequence, key)) = newest {
+                        if checking_last && (device.glucose_last_sequence != Some(sequence) || device.glucose_last_key != key) {
+                            restart_seen = true;
+                        }
+                        if !checking_last || restart_seen {
+                            device.glucose_last_sequence = Some(sequence);
+                            device.glucose_last_key = key;
+                        }
+                    }
+                });
+                if restart_seen && checking_last {
+                    tracing::warn!(%address, "The glucose meter's record numbering restarted; reading all its records again (stored ones are not queued twice).");
+                }
+            }
+            _ = connection_check.tick() => {
+                if !peripheral.is_connected().await.unwrap_or(false) {
+                    break SessionEnd::Finished { readings };
+                }
+                let idle = last_activity.elapsed() >= IDLE_TIMEOUT;
+                let racp_late = glucose != GlucosePhase::Idle && tokio::time::Instant::now() >= racp_deadline;
+                if idle || racp_late {
+                    break SessionEnd::Finished { readings };
+                }
+            }
+            _ = shutdown.changed() => break SessionEnd::Shutdown,
+        }
+    };
+    for channel in channels.values_mut() {
+        channel.decoding.closed();
+        channel.decoding.flush_counters(outbox).await?;
+    }
+    save(devices);
+    Ok(end)
+}
+
+fn update(
+    devices: &SharedDevices,
+    address: &str,
+    change: impl FnOnce(&mut crate::bound_devices::BoundDevice),
+) {
+    let mut devices = devices.lock().unwrap();
+    if let Some(device) = devices.get_mut(address) {
+        change(device);
+    }
+}
+
+fn save(devices: &SharedDevices) {
+    if let Err(error) = devices.lock().unwrap().save() {
+        tracing::error!(%error, "Cannot save the device list.");
+    }
+}
+
+/// Reads Device Information once per device and caches it in the device list.
+async fn read_information(
+    peripheral: &Peripheral,
+    address: &str,
+    devices: &SharedDevices,
+    characteristics: &HashMap<Uuid, Characteristic>,
+) -> DeviceStrings {
+    if let Some(cached) = devices
+        .lock()
+        .unwrap()
+        .get(address)
+        .and_then(|d| d.information.clone())
+    {
+        return cached;
+    }
+    let mut strings = DeviceStrings::default();
+    for (uuid, slot) in [
+        (profile::MANUFACTURER_NAME, &mut strings.manufacturer),
+        (profile::MODEL_NUMBER, &mut strings.model),
+        (profile::SERIAL_NUMBER, &mut strings.serial_number),
+        (profile::FIRMWARE_REVISION, &mut strings.firmware_revision),
+    ] {
+        if let Some(characteristic) = characteristics.get(&uuid) {
+            match peripheral.read(characteristic).await {
+                Ok(bytes) => {
+                    let text = crate::decode::device_information::decode_string(&bytes);
+                    *slot = (!text.is_empty()).then_some(text);
+                }
+                Err(error) => {
+                    tracing::debug!(%address, %uuid, %error, "Device Information read failed.")
+                }
+            }
+        }
+    }
+    update(devices, address, |device| {
+        device.information = Some(strings.clone())
+    });
+    strings
+}
+
+/// Records the device clock against the hub's, then sets it: Date Time where the device has it writable
+/// (A&D), else Current Time (Omron and the Current Time Service). A refused write is logged, not fatal.
+async fn sync_clock(
+    peripheral: &Peripheral,
+    address: &str,
+    devices: &SharedDevices,
+    characteristics: &HashMap<Uuid, Characteristic>,
+) {
+    let date_time = characteristics
+        .get(&profile::DATE_TIME)
+        .filter(|c| c.properties.contains(CharPropFlags::WRITE));
+    let current_time = characteristics.get(&profile::CURRENT_TIME);
+    let Some(target) = date_time.or(current_time) else {
+        return;
+    };
+    let is_date_time = target.uuid == profile::DATE_TIME;
+    let hub_local = crate::clock::now_local().naive_local();
+    if target.properties.contains(CharPropFlags::READ) {
+        if let Ok(bytes) = peripheral.read(target).await {
+            let device_time = if is_date_time {
+                current_time::decode_date_time(&bytes).ok()
+            } else {
+                current_time::decode_current_time(&bytes)
+                    .ok()
+                    .map(|c| c.date_time)
+            };
+            if let Some(device_time) = device_time {
+                let offset = current_time::clock_offset(device_time, hub_local);
+                let not_set = matches!(device_time, DeviceDateTime::Unknown)
+                    || matches!(device_time, DeviceDateTime::Known(t) if chrono::Datelike::year(&t) < 2010);
+                let checked = crate::clock::now_utc();
+                update(devices, address, |device| {
+                    device.clock_offset_s = offset.filter(|_| !not_set).map(|o| o.num_seconds());
+                    device.clock_not_set = not_set;
+                    device.clock_checked_at = Some(checked);
+                });
+                if not_set {
+                    tracing::info!(%address, "The device clock was not set; the hub sets it now.");
+                } else if let Some(offset) = offset {
+                    tracing::info!(%address, offset_s = offset.num_seconds(), "Device clock checked before setting it.");
+                }
+            }
+        }
+    }
+    let hub_local = crate::clock::now_local().naive_local();
+    let value = if is_date_time {
+        current_time::encode_date_time(hub_local).map(|bytes| bytes.to_vec())
+    } else {
+        current_time::encode_current_time(hub_local, current_time::ADJUST_EXTERNAL_REFERENCE)
+            .map(|bytes| bytes.to_vec())
+    };
+    let Some(value) = value else { return };
+    if let Err(error) = peripheral
+        .write(target, &value, WriteType::WithResponse)
+        .await
+    {
+        tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.");
+    }
+}

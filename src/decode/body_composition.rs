@@ -1,0 +1,303 @@
+//! Body Composition Service: Body Composition Measurement 0x2A9C (including records split over two
+//! indications) and the Body Composition Feature 0x2A9B.
+
+use chrono::{DateTime, Utc};
+
+use super::ieee11073::{bit_names, stamp, Cursor, DeviceDateTime};
+use super::weight_scale::{height, height_resolution, mass, weight_resolution, ScaleFeature};
+use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
+use crate::codes;
+use crate::reading::{Kind, Reading, Special, TimeSource, Value};
+
+const UNSUCCESSFUL: u16 = 0xFFFF;
+const UNKNOWN_USER: u8 = 0xFF;
+const FLAG_MULTIPLE_PACKETS: u16 = 1 << 12;
+/// The second half of a split record follows the first at once; one arriving later belongs to nothing.
+const SECOND_PACKET_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// Decodes 0x2A9C indications. A record split over two packets (flag bit 12) is held until its second
+/// packet arrives and then reported once, with the fields of both.
+#[derive(Debug, Default)]
+pub struct BodyCompositionMeasurementDecoder {
+    first_half: Option<(Packet, DateTime<Utc>)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Packet {
+    imperial: bool,
+    multiple: bool,
+    body_fat: Option<u16>,
+    time_stamp: Option<DeviceDateTime>,
+    user_id: Option<u8>,
+    /// The optional mass-like fields in flag order: basal metabolism, muscle %, muscle mass, fat-free mass,
+    /// soft lean mass, body water mass, impedance, weight, height.
+    fields: [Option<u16>; 9],
+    raw: Vec<u8>,
+}
+
+const FIELD_NAMES: [&str; 9] = [
+    "basal metabolism",
+    "muscle percentage",
+    "muscle mass",
+    "fat free mass",
+    "soft lean mass",
+    "body water mass",
+    "impedance",
+    "weight",
+    "height",
+];
+
+fn parse(message: &[u8]) -> Result<Packet, FrameError> {
+    let mut cursor = Cursor::new(message);
+    let flags = cursor.u16("flags")?;
+    let body_fat = cursor.u16("body fat percentage")?;
+    let time_stamp = (flags & 0x0002 != 0)
+        .then(|| cursor.date_time("time stamp"))
+        .transpose()?;
+    let user_id = (flags & 0x0004 != 0)
+        .then(|| cursor.u8("user id"))
+        .transpose()?;
+    let mut fields = [None; 9];
+    for (index, field) in fields.iter_mut().enumerate() {
+        if flags & (1 << (index + 3)) != 0 {
+            *field = Some(cursor.u16(FIELD_NAMES[index])?);
+        }
+    }
+    Ok(Packet {
+        imperial: flags & 0x0001 != 0,
+        multiple: flags & FLAG_MULTIPLE_PACKETS != 0,
+        body_fat: Some(body_fat),
+        time_stamp,
+        user_id,
+        fields,
+        raw: message.to_vec(),
+    })
+}
+
+impl Packet {
+    /// Completes the first half with what the second adds; a field both halves carry keeps the first's value.
+    fn merge(mut self, second: Packet) -> Result<Packet, FrameError> {
+        if self.imperial != second.imperial {
+            return Err(FrameError::Invalid {
+                reason: "the two packets of a record disagree on units".to_string(),
+                raw: hex_of(&[self.raw.as_slice(), second.raw.as_slice()].concat()),
+            });
+        }
+        // The mandatory body fat field of a continuation packet may be the "unsuccessful" filler.
+        if self.body_fat == Some(UNSUCCESSFUL) {
+            self.body_fat = second.body_fat;
+        }
+        self.time_stamp = self.time_stamp.or(second.time_stamp);
+        self.user_id = self.user_id.or(second.user_id);
+        for (mine, theirs) in self.fields.iter_mut().zip(second.fields) {
+            *mine = mine.or(theirs);
+        }
+        self.raw.extend_from_slice(&second.raw);
+        Ok(self)
+    }
+
+    fn into_reading(self, context: &DecodeContext<'_>, partial: bool) -> Reading {
+        let imperial = self.imperial;
+        let mut reading =
+            Reading::at_hub_time(Kind::BodyComposition, context.received_at, &self.raw);
+        match self.body_fat {
+            Some(UNSUCCESSFUL) | None => {
+                reading.values.push(Value::special(
+                    &codes::BODY_FAT_PERCENTAGE,
+                    Special::NoMeasurement,
+                ));
+                reading.flags.push("measurement_failed");
+            }
+            Some(raw) => reading.values.push(Value::number(
+                &codes::BODY_FAT_PERCENTAGE,
+                f64::from(raw) / 10.0,
+            )),
+        }
+        let [basal, muscle_pct, muscle, fat_free, soft_lean, water, impedance, weight, body_height] =
+            self.fields;
+        let masses = |raw: Option<u16>, kg, lb| raw.map(|raw| mass(raw, imperial, kg, lb));
+        reading.values.extend(
+            [
+                basal.map(|raw| Value::number(&codes::BASAL_METABOLISM, f64::from(raw))),
+                muscle_pct
+                    .map(|raw| Value::number(&codes::MUSCLE_PERCENTAGE, f64::from(raw) / 10.0)),
+                masses(muscle, &codes::MUSCLE_MASS_KG, &codes::MUSCLE_MASS_LB),
+                masses(fat_free, &codes::FAT_FREE_MASS_KG, &codes::FAT_FREE_MASS_LB),
+                masses(
+                    soft_lean,
+                    &codes::SOFT_LEAN_MASS_KG,
+                    &codes::SOFT_LEAN_MASS_LB,
+                ),
+                masses(
+                    water,
+                    &codes::BODY_WATER_MASS_KG,
+                    &codes::BODY_WATER_MASS_LB,
+                ),
+                impedance.map(|raw| Value::number(&codes::IMPEDANCE, f64::from(raw) / 10.0)),
+                masses(weight, &codes::BODY_WEIGHT_KG, &codes::BODY_WEIGHT_LB),
+                body_height.map(|raw| height(raw, imperial)),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        if partial {
+            reading.flags.push("partial_record");
+        }
+        reading.user_id = self.user_id.filter(|user| *user != UNKNOWN_USER);
+        if let Some(time_stamp) = self.time_stamp {
+            stamp(&mut reading, time_stamp, context);
+            if reading.time_source == TimeSource::Device && !partial {
+                reading.record_key = Some(format!("body-composition:{}", hex_of(&self.raw)));
+            }
+        }
+        reading
+    }
+}
+
+impl MessageDecoder for BodyCompositionMeasurementDecoder {
+    fn decode(
+        &mut self,
+        message: &[u8],
+        context: &DecodeContext<'_>,
+    ) -> Result<Vec<Reading>, FrameError> {
+        let packet = parse(message)?;
+        let mut readings = Vec::new();
+        if let Some((first, at)) = self.first_half.take() {
+            let in_time =
+                context.received_at.signed_duration_since(at).abs() <= SECOND_PACKET_WINDOW;
+            if in_time {
+                readings.push(first.merge(packet)?.into_reading(context, false));
+                return Ok(readings);
+            }
+            // Its second half never came: report what the first half holds rather than lose it.
+            readings.push(first.into_reading(context, true));
+        }
+        if packet.multiple {
+            self.first_half = Some((packet, context.received_at));
+        } else {
+            readings.push(packet.into_reading(context, false));
+        }
+        Ok(readings)
+    }
+}
+
+/// What a body composition scale supports (0x2A9B).
+pub fn decode_feature(bytes: &[u8]) -> Result<ScaleFeature, FrameError> {
+    let word = Cursor::new(bytes).u32("body composition feature")?;
+    Ok(ScaleFeature {
+        supported: bit_names(
+            word,
+            &[
+                (0, "time_stamp"),
+                (1, "multiple_users"),
+                (2, "basal_metabolism"),
+                (3, "muscle_percentage"),
+                (4, "muscle_mass"),
+                (5, "fat_free_mass"),
+                (6, "soft_lean_mass"),
+                (7, "body_water_mass"),
+                (8, "impedance"),
+                (9, "weight"),
+                (10, "height"),
+            ],
+        ),
+        weight_resolution: weight_resolution((word >> 11) & 0x0F),
+        height_resolution: height_resolution((word >> 15) & 0x07),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::test_support::{bytes_of, decode_messages, received_at, render_error, utc};
+
+    #[track_caller]
+    fn check(messages: &[&str], expected: &[&str]) {
+        let mut decoder = BodyCompositionMeasurementDecoder::default();
+        assert_eq!(
+            decode_messages(&mut decoder, messages),
+            expected,
+            "{messages:?}"
+        );
+    }
+
+    const HUB: &str = "at=2024-03-15T12:00:00 hub";
+
+    #[rustfmt::skip]
+    #[test]
+    fn body_composition_vectors() {
+        check(&["1E 06 E1 00 E8 07 03 0F 07 1E 00 01 64 19 60 01 03 14 80 3E"],
+            &["body_composition body_fat_percentage=22.5 basal_metabolism=6500[kJ] muscle_percentage=35.2 impedance=512.3[Ohm] body_weight=80[kg] flags=[] at=2024-03-15T07:30:00 device user=1"]);
+        check(&["00 00 E1 00"], &[&format!("body_composition body_fat_percentage=22.5 flags=[] {HUB}")]);
+        check(&["00 00 FF FF"], &[&format!("body_composition body_fat_percentage=no_measurement flags=[measurement_failed] {HUB}")]);
+        // Every field, imperial units.
+        check(&["F9 0F E1 00 64 19 60 01 10 27 20 4E 30 75 40 9C 03 14 A0 8C B4 02"],
+            &[&format!("body_composition body_fat_percentage=22.5 basal_metabolism=6500[kJ] muscle_percentage=35.2 muscle_mass=100[[lb_av]] fat_free_mass=200[[lb_av]] soft_lean_mass=300[[lb_av]] body_water_mass=400[[lb_av]] impedance=512.3[Ohm] body_weight=360[[lb_av]] body_height=69.2[[in_i]] flags=[] {HUB}")]);
+        // Reserved flag bits 13–15 do not shift fields.
+        check(&["00 E0 E1 00"], &[&format!("body_composition body_fat_percentage=22.5 flags=[] {HUB}")]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn a_record_split_over_two_packets_is_reported_once_merged() {
+        check(&["1E 10 E1 00 E8 07 03 0F 07 1E 00 01 64 19 60 01", "00 1E FF FF 03 14 80 3E 08 07"],
+            &["body_composition body_fat_percentage=22.5 basal_metabolism=6500[kJ] muscle_percentage=35.2 impedance=512.3[Ohm] body_weight=80[kg] body_height=1.8[m] flags=[] at=2024-03-15T07:30:00 device user=1"]);
+        // The second packet may carry the flag too.
+        check(&["00 10 E1 00", "00 1E FF FF 03 14 80 3E 08 07"],
+            &[&format!("body_composition body_fat_percentage=22.5 impedance=512.3[Ohm] body_weight=80[kg] body_height=1.8[m] flags=[] {HUB}")]);
+        check(&["00 10 E1 00", "01 04 E1 00 80 3E"],
+            &["error invalid: the two packets of a record disagree on units"]);
+    }
+
+    #[test]
+    fn a_first_half_whose_second_never_comes_is_reported_as_partial() {
+        let mut decoder = BodyCompositionMeasurementDecoder::default();
+        let zone = utc();
+        let at = |seconds| DecodeContext {
+            received_at: received_at() + chrono::TimeDelta::seconds(seconds),
+            time_zone: &zone,
+        };
+        let first = decoder.decode(&bytes_of("00 10 E1 00"), &at(0)).unwrap();
+        assert!(first.is_empty());
+        let later = decoder.decode(&bytes_of("00 00 DC 00"), &at(60)).unwrap();
+        let fats: Vec<(Option<f64>, Vec<&str>)> = later
+            .iter()
+            .map(|r| (r.values[0].value, r.flags.clone()))
+            .collect();
+        assert_eq!(
+            fats,
+            [(Some(22.5), vec!["partial_record"]), (Some(22.0), vec![])]
+        );
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn short_messages_are_errors() {
+        check(&["00"], &["error too short for flags"]);
+        check(&["00 00 E1"], &["error too short for body fat percentage"]);
+        check(&["02 00 E1 00 E8 07 03"], &["error too short for time stamp"]);
+        check(&["00 02 E1 00 03"], &["error too short for impedance"]);
+        check(&["1E 06 E1 00 E8 07 03 0F 07 1E 00 01 64 19 60 01 03 14 80"], &["error too short for weight"]);
+    }
+
+    #[test]
+    fn feature_vector() {
+        let render = |hex: &str| match decode_feature(&bytes_of(hex)) {
+            Ok(f) => format!(
+                "{} | {} | {}",
+                f.supported.join(","),
+                f.weight_resolution,
+                f.height_resolution
+            ),
+            Err(error) => render_error(&error),
+        };
+        assert_eq!(
+            render("07 A3 01 00"),
+            "time_stamp,multiple_users,basal_metabolism,impedance,weight | 0.05 kg / 0.1 lb | 0.001 m / 0.1 in"
+        );
+        assert_eq!(
+            render("07 23"),
+            "error too short for body composition feature"
+        );
+    }
+}

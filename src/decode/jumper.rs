@@ -1,0 +1,77 @@
+//! Jumper JPD-500F / PLS-01BT oximeter notifications: the 4-byte numeric frame `81 PR SpO2 PI`; waveform
+//! and idle frames share the characteristic and are ignored.
+
+use super::{DecodeContext, FrameError, MessageDecoder};
+use crate::codes;
+use crate::reading::{Kind, Reading, Special, Value};
+
+const NUMERIC_FRAME: u8 = 0x81;
+const PULSE_INVALID: u8 = 255;
+const SPO2_INVALID: u8 = 127;
+
+#[derive(Debug, Default)]
+pub struct JumperOximeterDecoder;
+
+impl MessageDecoder for JumperOximeterDecoder {
+    fn decode(
+        &mut self,
+        message: &[u8],
+        context: &DecodeContext<'_>,
+    ) -> Result<Vec<Reading>, FrameError> {
+        let &[NUMERIC_FRAME, pulse, spo2, perfusion] = message else {
+            return Ok(Vec::new());
+        };
+        let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
+        reading.values = vec![
+            match spo2 {
+                SPO2_INVALID => Value::special(&codes::SPO2, Special::Missing),
+                spo2 => Value::number(&codes::SPO2, f64::from(spo2)),
+            },
+            match pulse {
+                PULSE_INVALID => Value::special(&codes::PULSE_RATE_OXIMETER, Special::Missing),
+                pulse => Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(pulse)),
+            },
+            match perfusion {
+                0 => Value::special(&codes::PERFUSION_INDEX, Special::Missing),
+                tenths => Value::number(&codes::PERFUSION_INDEX, f64::from(tenths) / 10.0),
+            },
+        ];
+        Ok(vec![reading])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::test_support::decode_messages;
+
+    #[track_caller]
+    fn check(hex: &str, expected: &[&str]) {
+        assert_eq!(
+            decode_messages(&mut JumperOximeterDecoder, &[hex]),
+            expected,
+            "{hex}"
+        );
+    }
+
+    const HUB: &str = "at=2024-03-15T12:00:00 hub";
+
+    #[test]
+    fn numeric_frames() {
+        check(
+            "81 38 63 44",
+            &[&format!(
+                "pulse_oximetry spo2=99 pulse_rate=56 perfusion_index=6.8 flags=[] {HUB}"
+            )],
+        );
+        check("81 FF 7F 00", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing perfusion_index=missing flags=[] {HUB}")]);
+    }
+
+    #[test]
+    fn other_frames_are_ignored() {
+        check("2D", &[]);
+        check("80 10 20 30 40", &[]);
+        check("81 38 63", &[]);
+        check("81 38 63 44 00", &[]);
+    }
+}
