@@ -7,6 +7,7 @@
 #[allow(dead_code, reason = "shared with the benchmark, which uses the rest")]
 mod support;
 
+mod bluetooth;
 mod cli;
 mod delivery;
 mod faults;

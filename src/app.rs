@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use crate::ble;
 use crate::bound_devices::BoundDevices;
 use crate::config::Config;
+use crate::control;
 use crate::mqtt::{self, UplinkSettings};
 use crate::outbox::{spawn_worker, Outbox, OutboxOptions};
 use crate::payload::DeviceInfo;
@@ -103,10 +104,22 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 };
                 devices.spawn(ble::run(
                     settings,
-                    shared,
+                    shared.clone(),
                     outbox.clone(),
                     stop_signal.clone(),
                 ));
+                let runtime_dir = config.hub.runtime_dir.clone();
+                let adapter = config.ble.adapter.clone();
+                let control_stop = stop_signal.clone();
+                devices.spawn(async move {
+                    // Without the socket the technician commands still work once the daemon is stopped.
+                    if let Err(error) =
+                        control::serve(runtime_dir, adapter, shared, control_stop).await
+                    {
+                        tracing::error!(%error, "The control socket is not available.");
+                    }
+                    Ok(())
+                });
             }
             // Serial devices keep working; Bluetooth waits until someone fixes or removes the file.
             Err(error) => tracing::error!(%error, "Bluetooth devices are NOT read."),

@@ -18,11 +18,13 @@
 
 pub mod app;
 pub mod ble;
+pub mod ble_cli;
 pub mod bound_devices;
 pub mod cli;
 pub mod clock;
 pub mod codes;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod decode;
 pub mod mqtt;
@@ -32,6 +34,7 @@ pub mod pipeline;
 pub mod reading;
 pub mod serial;
 pub mod spot;
+pub mod technician;
 
 #[cfg(test)]
 mod tidy;

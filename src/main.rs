@@ -49,6 +49,59 @@ enum Command {
         hex: Vec<String>,
     },
     /// Show the outbox: pending and delivered readings, last delivery, last broker error.
+    /// Lists nearby Bluetooth health devices, updating live.
+    Scan {
+        #[arg(
+            long,
+            env = "VITALSD_CONFIG",
+            default_value = "/etc/vitalsd/vitalsd.toml"
+        )]
+        config: PathBuf,
+        /// How long to scan.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Binds a Bluetooth device to this hub and bonds with it.
+    Pair {
+        #[arg(
+            long,
+            env = "VITALSD_CONFIG",
+            default_value = "/etc/vitalsd/vitalsd.toml"
+        )]
+        config: PathBuf,
+        /// The device address, such as AA:BB:CC:DD:EE:FF.
+        address: String,
+        /// The passkey the device shows, for devices that pair with one.
+        #[arg(long)]
+        passkey: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unbinds a Bluetooth device and removes the hub's bond with it.
+    Unpair {
+        #[arg(
+            long,
+            env = "VITALSD_CONFIG",
+            default_value = "/etc/vitalsd/vitalsd.toml"
+        )]
+        config: PathBuf,
+        address: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the bound Bluetooth devices.
+    Devices {
+        #[arg(
+            long,
+            env = "VITALSD_CONFIG",
+            default_value = "/etc/vitalsd/vitalsd.toml"
+        )]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     Status {
         #[arg(
             long,
@@ -72,5 +125,22 @@ fn main() -> ExitCode {
             vitalsd::cli::decode(protocol.as_deref().unwrap_or_default(), &hex)
         }
         Command::Status { config, json } => vitalsd::cli::status(&config, json),
+        Command::Scan {
+            config,
+            seconds,
+            json,
+        } => vitalsd::ble_cli::scan(&config, seconds, json),
+        Command::Pair {
+            config,
+            address,
+            passkey,
+            json,
+        } => vitalsd::ble_cli::pair(&config, &address, passkey, json),
+        Command::Unpair {
+            config,
+            address,
+            json,
+        } => vitalsd::ble_cli::unpair(&config, &address, json),
+        Command::Devices { config, json } => vitalsd::ble_cli::devices(&config, json),
     }
 }

@@ -41,6 +41,15 @@ impl DaemonWorld {
         self.state_dir().join("outbox.db")
     }
 
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// A system bus address where nothing listens, so a test never reaches the machine's real BlueZ.
+    fn no_bus(&self) -> String {
+        format!("unix:path={}", self.dir.path().join("no-bus").display())
+    }
+
     pub fn by_id(&self, name: &str) -> PathBuf {
         self.dir.path().join("by-id").join(name)
     }
@@ -48,10 +57,11 @@ impl DaemonWorld {
     /// Writes the configuration; `mqtt_extra` lines go into `[mqtt]`.
     pub fn write_config(&self, broker_url: &str, mqtt_extra: &[&str], serial: &[SerialEntry]) {
         let mut text = format!(
-            "[hub]\nid = \"{}\"\nstate_dir = \"{}\"\n\n[mqtt]\nurl = \"{broker_url}\"\nkeep_alive_s = 5\n\
+            "[hub]\nid = \"{}\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n[mqtt]\nurl = \"{broker_url}\"\nkeep_alive_s = 5\n\
              reconnect_min_ms = 200\nreconnect_max_s = 1\n",
             self.hub_id,
-            self.state_dir().display()
+            self.state_dir().display(),
+            self.runtime_dir().display()
         );
         for line in mqtt_extra {
             text.push_str(line);
@@ -116,6 +126,7 @@ impl DaemonWorld {
             .arg(self.config_path())
             .env("TZ", "UTC")
             .env("RUST_LOG", "vitalsd=debug,info")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.no_bus())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -130,11 +141,18 @@ impl DaemonWorld {
 
     /// Runs a `vitalsd` subcommand against this world's configuration.
     pub fn command(&self, args: &[&str]) -> Output {
+        self.command_with_env(args, &[])
+    }
+
+    /// Runs a `vitalsd` subcommand with extra environment variables (a simulated BlueZ's bus).
+    pub fn command_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(BINARY)
             .args(args)
             .arg("--config")
             .arg(self.config_path())
             .env("TZ", "UTC")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.no_bus())
+            .envs(env.iter().copied())
             .output()
             .expect("run vitalsd")
     }

@@ -198,6 +198,54 @@ impl Bluez {
         Ok(bluez)
     }
 
+    /// Connects without an agent, for reading and removing devices.
+    pub async fn connect_without_agent(adapter: &str) -> Result<Bluez, BluezError> {
+        let connection = Connection::system().await.map_err(BluezError::Bus)?;
+        Ok(Bluez {
+            connection,
+            window: Arc::new(Mutex::new(PairingWindow::default())),
+            adapter: adapter.to_string(),
+        })
+    }
+
+    async fn device_property<T>(&self, address: &str, property: &str) -> Option<T>
+    where
+        T: TryFrom<OwnedValue>,
+        T::Error: Into<zbus::Error>,
+    {
+        let device = self
+            .proxy(&device_path(&self.adapter, address), "org.bluez.Device1")
+            .await
+            .ok()?;
+        device.get_property::<T>(property).await.ok()
+    }
+
+    pub async fn device_name(&self, address: &str) -> Option<String> {
+        match self.device_property::<String>(address, "Alias").await {
+            Some(alias) => Some(alias),
+            None => self.device_property::<String>(address, "Name").await,
+        }
+    }
+
+    /// Whether the device advertises in LE Limited Discoverable mode, which A&D devices use for pairing
+    /// mode; `None` when BlueZ does not expose the advertising flags.
+    pub async fn pairing_mode(&self, address: &str) -> Option<bool> {
+        let flags: Vec<u8> = self.device_property(address, "AdvertisingFlags").await?;
+        flags.first().map(|flags| flags & 0x01 != 0)
+    }
+
+    /// Whether the device carries its measurements in advertised service data (Xiaomi scales).
+    pub async fn advertises_scale_data(&self, address: &str) -> bool {
+        let data: Option<HashMap<String, OwnedValue>> =
+            self.device_property(address, "ServiceData").await;
+        data.unwrap_or_default().into_iter().any(|(uuid, value)| {
+            let bytes: Vec<u8> = Vec::try_from(value).unwrap_or_default();
+            uuid::Uuid::parse_str(&uuid)
+                .map(|uuid| super::profile::advertisement_protocol(uuid, &bytes).is_some())
+                .unwrap_or(false)
+        })
+    }
+
     /// (Re-)registers the agent; needed again after bluetoothd restarts.
     pub async fn register_agent(&self) -> Result<(), BluezError> {
         let manager = self.proxy("/org/bluez", "org.bluez.AgentManager1").await?;

@@ -1,0 +1,234 @@
+//! The technician's Bluetooth operations (scan, pair, unpair, list devices), written once and run either by
+//! the daemon for its control socket or by the command itself when no daemon runs. Each reports progress
+//! as JSON events through a callback, so both paths print the same thing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use btleplug::api::{Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
+use btleplug::platform::{Adapter, Manager};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::ble::bluez::{Bluez, BluezError};
+use crate::ble::profile;
+use crate::ble::session::SharedDevices;
+use crate::bound_devices::{normalise_address, BoundDevice, Reach};
+use crate::decode::current_time::{clock_verdict, ClockVerdict};
+
+/// How long `pair` looks for a device that BlueZ has not seen yet.
+const FIND_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TechnicianError {
+    #[error(transparent)]
+    Address(#[from] crate::bound_devices::StoreError),
+    #[error(transparent)]
+    Bluez(#[from] BluezError),
+    #[error("Bluetooth: {0}")]
+    Ble(#[from] btleplug::Error),
+    #[error("no Bluetooth adapter named {0}")]
+    NoAdapter(String),
+    #[error("{0} is not bound to this hub")]
+    NotBound(String),
+}
+
+/// One progress or result event; the command prints it as text or, with `--json`, as one JSON line.
+pub type Emit<'a> = &'a mut (dyn FnMut(serde_json::Value) + Send);
+
+async fn adapter_named(name: &str) -> Result<Adapter, TechnicianError> {
+    let manager = Manager::new().await?;
+    for adapter in manager.adapters().await? {
+        if adapter.adapter_info().await?.split_whitespace().next() == Some(name) {
+            return Ok(adapter);
+        }
+    }
+    Err(TechnicianError::NoAdapter(name.to_string()))
+}
+
+/// Lists nearby health devices for `duration`, emitting a `device` event whenever one is first seen or its
+/// signal strength changes. Nothing about them is stored.
+pub async fn scan(
+    adapter_name: &str,
+    duration: Duration,
+    devices: &SharedDevices,
+    emit: Emit<'_>,
+) -> Result<(), TechnicianError> {
+    let adapter = adapter_named(adapter_name).await?;
+    let bluez = Bluez::connect_without_agent(adapter_name).await.ok();
+    let mut events = adapter.events().await?;
+    adapter
+        .start_scan(ScanFilter {
+            services: profile::SCAN_SERVICES.to_vec(),
+        })
+        .await?;
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    let mut last_rssi: HashMap<String, Option<i16>> = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event { Some(event) => event, None => break },
+            _ = &mut deadline => break,
+        };
+        let id = match event {
+            CentralEvent::DeviceDiscovered(id)
+            | CentralEvent::DeviceUpdated(id)
+            | CentralEvent::RssiUpdate { id, .. }
+            | CentralEvent::ServiceDataAdvertisement { id, .. }
+            | CentralEvent::ServicesAdvertisement { id, .. } => id,
+            _ => continue,
+        };
+        let Ok(peripheral) = adapter.peripheral(&id).await else {
+            continue;
+        };
+        let Ok(Some(properties)) = peripheral.properties().await else {
+            continue;
+        };
+        let health = properties
+            .services
+            .iter()
+            .any(|s| profile::SCAN_SERVICES.contains(s))
+            || properties
+                .service_data
+                .keys()
+                .any(|s| profile::SCAN_SERVICES.contains(s));
+        if !health {
+            continue;
+        }
+        let address = peripheral.address().to_string().to_ascii_uppercase();
+        if last_rssi.get(&address) == Some(&properties.rssi) {
+            continue;
+        }
+        last_rssi.insert(address.clone(), properties.rssi);
+        let name = properties.local_name.clone();
+        let pairing_mode = match &bluez {
+            Some(bluez) => bluez.pairing_mode(&address).await,
+            None => None,
+        };
+        let bound = devices.lock().unwrap().is_bound(&address);
+        emit(json!({
+            "event": "device",
+            "address": address,
+            "name": name,
+            "model": name.as_deref().and_then(profile::recognise_model),
+            "rssi": properties.rssi,
+            "pairing_mode": pairing_mode,
+            "advertisement_only": properties.service_data.iter().any(|(s, d)| profile::advertisement_protocol(*s, d).is_some()),
+            "bound": bound,
+        }));
+    }
+    let _ = adapter.stop_scan().await;
+    Ok(())
+}
+
+/// Binds a device to the hub and bonds with it. Advertisement-only scales are bound without a bond.
+pub async fn pair(
+    adapter_name: &str,
+    address: &str,
+    passkey: Option<u32>,
+    devices: &SharedDevices,
+    emit: Emit<'_>,
+) -> Result<(), TechnicianError> {
+    let address = normalise_address(address)?;
+    let bluez = Bluez::connect(adapter_name).await?;
+    emit(json!({"event": "progress", "message": format!("Looking for {address}…")}));
+    bluez.find_device(&address, FIND_TIMEOUT).await?;
+    let name = bluez.device_name(&address).await;
+    let advertisement_only = bluez.advertises_scale_data(&address).await;
+    let now = crate::clock::now_utc();
+    if advertisement_only {
+        let mut device = BoundDevice::new(&address, Reach::Advertisement, name, now);
+        device.bonded = false;
+        bind(devices, device);
+        emit(
+            json!({"event": "paired", "address": address, "bonded": false, "message": "Bound. This scale only advertises its measurements, so no bond is needed."}),
+        );
+        return Ok(());
+    }
+    emit(json!({"event": "progress", "message": "Pairing; confirm on the device if it asks."}));
+    match bluez.pair(&address, passkey).await {
+        Ok(()) => {}
+        // A device whose bond we hold but which forgot it: start clean and pair again.
+        Err(BluezError::BondLost) => {
+            emit(
+                json!({"event": "progress", "message": "The device refused the old keys; removing the stale bond and pairing again."}),
+            );
+            bluez.remove_device(&address).await?;
+            bluez.find_device(&address, FIND_TIMEOUT).await?;
+            bluez.pair(&address, passkey).await?;
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let mut device = BoundDevice::new(&address, Reach::Connect, name, now);
+    device.bonded = true;
+    bind(devices, device);
+    emit(
+        json!({"event": "paired", "address": address, "bonded": true, "message": "Paired, trusted and bound. Readings will be collected when the device next connects."}),
+    );
+    Ok(())
+}
+
+fn bind(devices: &SharedDevices, device: BoundDevice) {
+    let mut list = devices.lock().unwrap();
+    list.bind(device);
+    if let Err(error) = list.save() {
+        tracing::error!(%error, "Cannot save the device list.");
+    }
+}
+
+/// Unbinds the device and removes the hub's bond with it.
+pub async fn unpair(
+    adapter_name: &str,
+    address: &str,
+    devices: &SharedDevices,
+    emit: Emit<'_>,
+) -> Result<(), TechnicianError> {
+    let address = normalise_address(address)?;
+    let was_bound = {
+        let mut list = devices.lock().unwrap();
+        let was_bound = list.unbind(&address);
+        if let Err(error) = list.save() {
+            tracing::error!(%error, "Cannot save the device list.");
+        }
+        was_bound
+    };
+    let bond_removed = match Bluez::connect_without_agent(adapter_name).await {
+        Ok(bluez) => bluez.remove_device(&address).await.is_ok(),
+        Err(_) => false,
+    };
+    if !was_bound && !bond_removed {
+        return Err(TechnicianError::NotBound(address));
+    }
+    emit(
+        json!({"event": "unpaired", "address": address, "was_bound": was_bound, "bond_removed": bond_removed}),
+    );
+    Ok(())
+}
+
+/// The bound devices as JSON, with the clock verdict spelled out.
+pub fn list(devices: &SharedDevices) -> serde_json::Value {
+    let list = devices.lock().unwrap();
+    let entries: Vec<serde_json::Value> = list
+        .all()
+        .iter()
+        .map(|device| {
+            let mut value = serde_json::to_value(device).expect("serialisable");
+            let clock = if device.clock_checked_at.is_none() {
+                "unknown".to_string()
+            } else if device.clock_not_set {
+                "not set (the hub set it)".to_string()
+            } else {
+                match clock_verdict(device.clock_offset_s.map(chrono::TimeDelta::seconds)) {
+                    ClockVerdict::NotSet => "unknown".to_string(),
+                    ClockVerdict::InSync => "in sync".to_string(),
+                    ClockVerdict::Off(offset) => {
+                        format!("was off by {} s (the hub set it)", offset.num_seconds())
+                    }
+                }
+            };
+            value["clock"] = json!(clock);
+            value
+        })
+        .collect();
+    json!({"event": "devices", "devices": entries})
+}
