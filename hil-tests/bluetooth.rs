@@ -242,3 +242,382 @@ fn an_unbound_device_advertising_nearby_is_ignored() {
         "the stranger was stored: {state}"
     );
 }
+
+const OXIMETER: &str = "AA:BB:CC:DD:EE:02";
+const SCALE: &str = "AA:BB:CC:DD:EE:03";
+const GLUCOSE_METER: &str = "AA:BB:CC:DD:EE:04";
+const THERMOMETER: &str = "AA:BB:CC:DD:EE:05";
+const XIAOMI: &str = "AA:BB:CC:DD:EE:06";
+const OMRON: &str = "AA:BB:CC:DD:EE:07";
+
+fn number(reading: &serde_json::Value, name: &str) -> f64 {
+    values(reading)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_f64())
+        .unwrap_or_else(|| panic!("no {name} in {reading}"))
+}
+
+#[test]
+fn six_kinds_of_device_at_once_deliver_every_reading_once_with_the_right_values() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.sim.add_device(OXIMETER, devices::oximeter());
+    rig.sim.add_device(SCALE, devices::scale());
+    rig.sim.add_device(GLUCOSE_METER, devices::glucose_meter());
+    rig.sim.add_device(THERMOMETER, devices::thermometer());
+    rig.sim.add_device(XIAOMI, devices::xiaomi_scale());
+    rig.sim.advertise_service_data(
+        XIAOMI,
+        0x181B,
+        &hex::decode("0226e8070b16091e00ac018642").unwrap(),
+    );
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(5));
+    rig.sim.store_records(
+        OXIMETER,
+        0x2A5E,
+        &[devices::spot_check_record(
+            97,
+            64,
+            date_time(2024, 3, 15, 9, 0, 0),
+        )],
+    );
+    rig.sim.store_records(
+        SCALE,
+        0x2A9D,
+        &[devices::weight_record(
+            16_100,
+            date_time(2024, 3, 15, 7, 30, 0),
+        )],
+    );
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records = (1..=3)
+            .map(|seq| {
+                (
+                    seq,
+                    devices::glucose_record(
+                        seq,
+                        date_time(2024, 3, 15, 6 + seq as u8, 0, 0),
+                        90 + seq,
+                    ),
+                )
+            })
+            .collect();
+    });
+    rig.sim.store_records(
+        THERMOMETER,
+        0x2A1C,
+        &[devices::temperature_record(
+            371,
+            date_time(2024, 3, 15, 10, 0, 0),
+        )],
+    );
+    for address in [CUFF, OXIMETER, SCALE, GLUCOSE_METER, THERMOMETER, XIAOMI] {
+        rig.pair(address);
+    }
+    let _daemon = rig.start();
+
+    let cuff = rig.wait_for_readings(CUFF, 5, Duration::from_secs(30));
+    let spot = rig.wait_for_readings(OXIMETER, 1, Duration::from_secs(30));
+    let weight = rig.wait_for_readings(SCALE, 1, Duration::from_secs(30));
+    let glucose = rig.wait_for_readings(GLUCOSE_METER, 3, Duration::from_secs(30));
+    let temperature = rig.wait_for_readings(THERMOMETER, 1, Duration::from_secs(30));
+    let scale = rig.wait_for_readings(XIAOMI, 1, Duration::from_secs(30));
+
+    // Live values from the oximeter's continuous characteristic become one spot reading.
+    for _ in 0..13 {
+        rig.sim
+            .notify(OXIMETER, 0x2A5F, &[0x00, 0x62, 0x00, 0x48, 0x00]);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let oximeter = rig.wait_for_readings(OXIMETER, 2, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        rig.readings_of(XIAOMI).len(),
+        1,
+        "one reading per weighing, however often it is advertised"
+    );
+
+    assert_eq!(cuff.len(), 5);
+    assert_eq!(number(&spot[0], "spo2"), 97.0);
+    assert_eq!(spot[0]["measured_at"], "2024-03-15T09:00:00+00:00");
+    let live = oximeter
+        .iter()
+        .find(|r| r["device"]["protocol"] == "plx-continuous")
+        .expect("a spot from the live stream");
+    assert_eq!(
+        (number(live, "spo2"), number(live, "pulse_rate")),
+        (98.0, 72.0)
+    );
+    assert_eq!(number(&weight[0], "body_weight"), 80.5);
+    assert_eq!(weight[0]["kind"], "body_weight");
+    let mut glucose_values: Vec<f64> = glucose.iter().map(|r| number(r, "glucose")).collect();
+    glucose_values.sort_by(f64::total_cmp);
+    assert_eq!(glucose_values, [91.0, 92.0, 93.0]);
+    assert_eq!(glucose[0]["values"][0]["unit"], "mg/dL");
+    assert_eq!(number(&temperature[0], "body_temperature"), 37.1);
+    assert_eq!(scale[0]["kind"], "body_composition");
+    assert_eq!(
+        (
+            number(&scale[0], "body_weight"),
+            number(&scale[0], "impedance")
+        ),
+        (85.15, 428.0)
+    );
+    assert_eq!(scale[0]["measured_at"], "2024-11-22T09:30:00+00:00");
+    for reading in rig.subscriber.readings() {
+        crate::assert_valid_reading(&reading);
+    }
+    let ids = rig.subscriber.unique_reading_ids();
+    assert_eq!(
+        ids.len(),
+        rig.subscriber.readings().len(),
+        "a reading was published twice"
+    );
+}
+
+#[test]
+fn a_link_lost_mid_burst_is_read_again_on_reconnect_without_losing_or_duplicating() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(20));
+    rig.sim.device(CUFF, |cuff| cuff.drop_link_after = Some(8));
+    rig.pair(CUFF);
+    let _daemon = rig.start();
+    let readings = rig.wait_for_readings(CUFF, 20, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(readings.len(), 20);
+    assert_eq!(rig.subscriber.readings().len(), 20, "nothing duplicated");
+    let connects = rig.sim.device(CUFF, |cuff| cuff.connect_attempts);
+    assert!(
+        connects >= 2,
+        "the burst needed a second connection, saw {connects}"
+    );
+}
+
+#[test]
+fn a_glucose_meter_is_read_incrementally_and_a_restarted_numbering_loses_and_duplicates_nothing() {
+    let rig = BleRig::new();
+    rig.sim.add_device(GLUCOSE_METER, devices::glucose_meter());
+    let record = |seq: u16, hour: u8, mg: u16| {
+        (
+            seq,
+            devices::glucose_record(seq, date_time(2024, 3, 15, hour, 0, 0), mg),
+        )
+    };
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records = vec![record(1, 6, 101), record(2, 7, 102), record(3, 8, 103)]
+    });
+    rig.pair(GLUCOSE_METER);
+    let _daemon = rig.start();
+    rig.wait_for_readings(GLUCOSE_METER, 3, Duration::from_secs(30));
+
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records.push(record(4, 9, 104))
+    });
+    rig.wait_for_readings(GLUCOSE_METER, 4, Duration::from_secs(30));
+    let writes = rig.sim.device(GLUCOSE_METER, |meter| meter.writes.clone());
+    let racp: Vec<String> = writes
+        .iter()
+        .filter(|(uuid, _)| *uuid == uuid16(0x2A52))
+        .map(|(_, v)| hex::encode(v))
+        .collect();
+    assert!(
+        racp.contains(&"0101".to_string()),
+        "first read asks for everything: {racp:?}"
+    );
+    assert!(
+        racp.contains(&"0103010400".to_string()),
+        "then only after the last stored sequence number: {racp:?}"
+    );
+
+    // A battery change resets the meter's numbering; its new records reuse sequence numbers 1 and 2.
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records = vec![record(1, 10, 105), record(2, 11, 106)]
+    });
+    let readings = rig.wait_for_readings(GLUCOSE_METER, 6, Duration::from_secs(40));
+    std::thread::sleep(Duration::from_secs(8));
+    let mut values: Vec<f64> = rig
+        .readings_of(GLUCOSE_METER)
+        .iter()
+        .map(|r| number(r, "glucose"))
+        .collect();
+    values.sort_by(f64::total_cmp);
+    assert_eq!(
+        values,
+        [101.0, 102.0, 103.0, 104.0, 105.0, 106.0],
+        "{readings:?}"
+    );
+    assert!(
+        rig.world.log().contains("numbering restarted"),
+        "log:\n{}",
+        rig.world.log()
+    );
+}
+
+#[test]
+fn a_device_that_lost_its_bond_is_reported_its_stale_bond_removed_and_re_pairing_works_while_running(
+) {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.pair(CUFF);
+    rig.sim.device(CUFF, |cuff| cuff.bond_lost_on_device = true);
+    let _daemon = rig.start();
+    assert!(
+        wait_until(Duration::from_secs(30), || rig.devices_json()["devices"][0]
+            ["needs_repairing"]
+            == true),
+        "devices: {}\nlog:\n{}",
+        rig.devices_json(),
+        rig.world.log()
+    );
+    assert!(
+        rig.sim
+            .calls()
+            .iter()
+            .any(|call| call.starts_with("RemoveDevice")),
+        "{:?}",
+        rig.sim.calls()
+    );
+    assert!(rig.world.log().contains("lost its bond"));
+    let human = rig.vitalsd(&["devices"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("NEEDS RE-PAIRING"));
+
+    // The technician pairs it again while the daemon runs: the command goes through the control socket.
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(3));
+    rig.pair(CUFF);
+    rig.wait_for_readings(CUFF, 3, Duration::from_secs(30));
+    assert_eq!(rig.devices_json()["devices"][0]["needs_repairing"], false);
+    let socket = rig.world.runtime_dir().join("control.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+}
+
+#[test]
+fn passkey_pairing_needs_the_passkey_the_device_shows() {
+    let rig = BleRig::new();
+    rig.sim.add_device(OMRON, devices::omron_cuff(123_456));
+    let without = rig.vitalsd(&["pair", OMRON]);
+    assert!(!without.status.success());
+    let wrong = rig.vitalsd(&["pair", OMRON, "--passkey", "111111"]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("error"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(!rig.sim.device(OMRON, |d| d.paired));
+    let right = rig.vitalsd(&["pair", OMRON, "--passkey", "123456"]);
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    assert!(rig.sim.device(OMRON, |d| d.paired && d.trusted));
+    rig.sim.store_records(OMRON, 0x2A35, &cuff_records(2));
+    let _daemon = rig.start();
+    rig.wait_for_readings(OMRON, 2, Duration::from_secs(30));
+    // Omron cuffs keep time through the Current Time Service.
+    let writes = rig.sim.device(OMRON, |d| d.writes.clone());
+    assert!(writes
+        .iter()
+        .any(|(uuid, value)| *uuid == uuid16(0x2A2B) && value.len() == 10));
+}
+
+#[test]
+fn the_adapter_powered_off_and_on_again_and_a_bluetoothd_restart_are_recovered_from() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.pair(CUFF);
+    let _daemon = rig.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || rig.sim.with(|s| s.discovering)),
+        "never scanned"
+    );
+
+    rig.sim.set_powered(false);
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(2));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(rig.readings_of(CUFF).is_empty());
+    rig.sim.set_powered(true);
+    rig.wait_for_readings(CUFF, 2, Duration::from_secs(30));
+
+    rig.sim.restart_bluetoothd(Duration::from_secs(1));
+    let more: Vec<Vec<u8>> = (0..3)
+        .map(|i| blood_pressure_record(130, 85, 100, 70, date_time(2024, 3, 16, 9, i, 0)))
+        .collect();
+    rig.sim.store_records(CUFF, 0x2A35, &more);
+    rig.wait_for_readings(CUFF, 5, Duration::from_secs(45));
+    assert!(
+        rig.world.log().contains("bluetoothd restarted"),
+        "log:\n{}",
+        rig.world.log()
+    );
+}
+
+#[test]
+fn malformed_characteristic_values_are_counted_and_skipped() {
+    let rig = BleRig::new();
+    rig.sim.add_device(THERMOMETER, devices::thermometer());
+    rig.sim.store_records(
+        THERMOMETER,
+        0x2A1C,
+        &[
+            devices::temperature_record(365, date_time(2024, 3, 15, 6, 0, 0)),
+            hex::decode("06b00e00fedc070c050b32").unwrap(),
+            vec![],
+            devices::temperature_record(372, date_time(2024, 3, 15, 7, 0, 0)),
+        ],
+    );
+    rig.pair(THERMOMETER);
+    let _daemon = rig.start();
+    let readings = rig.wait_for_readings(THERMOMETER, 2, Duration::from_secs(30));
+    let mut temperatures: Vec<f64> = readings
+        .iter()
+        .map(|r| number(r, "body_temperature"))
+        .collect();
+    temperatures.sort_by(f64::total_cmp);
+    assert_eq!(temperatures, [36.5, 37.2]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            rig.world.status()["counters"][format!("frames_rejected.ble:{THERMOMETER}")].as_u64()
+                == Some(2)
+        }),
+        "status: {}",
+        rig.world.status()
+    );
+}
+
+#[test]
+fn scan_lists_nearby_health_devices_with_model_signal_and_pairing_mode() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.sim.device(CUFF, |cuff| cuff.pairing_mode = true);
+    rig.sim.add_device(OXIMETER, devices::oximeter());
+    let output = rig.vitalsd(&["scan", "--seconds", "3", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let cuff = lines
+        .iter()
+        .find(|l| l["address"] == CUFF)
+        .expect("the cuff is listed");
+    assert_eq!(cuff["model"], "A&D UA-651BLE");
+    assert_eq!(cuff["pairing_mode"], true);
+    assert!(cuff["rssi"].as_i64().is_some());
+    let oximeter = lines
+        .iter()
+        .find(|l| l["address"] == OXIMETER)
+        .expect("the oximeter is listed");
+    assert_eq!(oximeter["pairing_mode"], false);
+    assert_eq!(oximeter["bound"], false);
+}

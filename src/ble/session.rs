@@ -284,6 +284,9 @@ async fn collect(
                 }
             }
             _ = connection_check.tick() => {
+                for channel in channels.values_mut() {
+                    channel.decoding.flush_counters(outbox).await?;
+                }
                 if !peripheral.is_connected().await.unwrap_or(false) {
                     break SessionEnd::Finished { readings };
                 }

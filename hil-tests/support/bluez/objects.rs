@@ -394,6 +394,11 @@ impl Device {
     }
 
     #[zbus(property)]
+    fn advertising_flags(&self) -> Vec<u8> {
+        self.with(|d| vec![if d.pairing_mode { 0x05 } else { 0x06 }])
+    }
+
+    #[zbus(property)]
     fn adapter(&self) -> OwnedObjectPath {
         OwnedObjectPath::try_from(ADAPTER_PATH).unwrap()
     }

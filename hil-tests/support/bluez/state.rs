@@ -65,6 +65,8 @@ pub struct DeviceState {
     pub glucose_records: Vec<(u16, Vec<u8>)>,
     pub passkey: Option<u32>,
     pub in_range: bool,
+    /// Advertising as LE Limited Discoverable (AD flags 0x05), as A&D devices do in pairing mode.
+    pub pairing_mode: bool,
     pub exported: bool,
     pub connected: bool,
     pub services_resolved: bool,
@@ -101,6 +103,7 @@ impl DeviceState {
             glucose_records: Vec::new(),
             passkey: None,
             in_range: true,
+            pairing_mode: false,
             exported: false,
             connected: false,
             services_resolved: false,
