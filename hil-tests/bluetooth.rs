@@ -621,3 +621,63 @@ fn scan_lists_nearby_health_devices_with_model_signal_and_pairing_mode() {
     assert_eq!(oximeter["pairing_mode"], false);
     assert_eq!(oximeter["bound"], false);
 }
+
+#[test]
+fn records_stamped_by_a_device_clock_that_was_days_behind_are_corrected_with_a_flag() {
+    use chrono::{Datelike, Timelike};
+    let rig = BleRig::new();
+    let now = chrono::Utc::now().naive_utc();
+    let stamp = |t: chrono::NaiveDateTime| {
+        date_time(
+            t.year() as u16,
+            t.month() as u8,
+            t.day() as u8,
+            t.hour() as u8,
+            t.minute() as u8,
+            t.second() as u8,
+        )
+    };
+    let device_clock = now - chrono::TimeDelta::days(3);
+    let mut scale = devices::scale();
+    scale
+        .values
+        .insert(uuid16(0x2A08), stamp(device_clock).to_vec());
+    rig.sim.add_device(SCALE, scale);
+    // Weighed an hour before the sync, by the scale's clock.
+    rig.sim.store_records(
+        SCALE,
+        0x2A9D,
+        &[devices::weight_record(
+            15_000,
+            stamp(device_clock - chrono::TimeDelta::hours(1)),
+        )],
+    );
+    rig.pair(SCALE);
+    let _daemon = rig.start();
+    let readings = rig.wait_for_readings(SCALE, 1, Duration::from_secs(30));
+    let measured: chrono::DateTime<chrono::FixedOffset> = readings[0]["measured_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = now - chrono::TimeDelta::hours(1);
+    let error = (measured.naive_utc() - expected).num_seconds().abs();
+    assert!(
+        error < 120,
+        "measured_at {measured}, expected about {expected}"
+    );
+    assert_eq!(readings[0]["time_source"], "device");
+    assert_eq!(
+        readings[0]["flags"],
+        serde_json::json!(["device_clock_corrected"])
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            rig.devices_json()["devices"][0]["clock_offset_s"]
+                .as_i64()
+                .is_some_and(|s| (s + 3 * 86_400).abs() < 120)
+        }),
+        "{}",
+        rig.devices_json()
+    );
+}

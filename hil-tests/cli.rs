@@ -74,6 +74,67 @@ fn decode_prints_the_reading_of_a_captured_frame() {
 }
 
 #[test]
+fn decode_reads_bluetooth_characteristics_one_message_per_slash() {
+    let (code, stdout, stderr) = run(&[
+        "decode",
+        "blood-pressure-measurement",
+        "1E 8A 00 58 00 78 00 00 00 04 11 14 29 3B 3C 00 01 27 00",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let reading: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    crate::assert_valid_reading(&reading);
+    assert_eq!(reading["device"]["transport"], "ble");
+    assert_eq!(reading["values"][0]["name"], "systolic");
+    assert_eq!(reading["values"][0]["value"], 138);
+    assert_eq!(reading["user_id"], 1);
+    assert_eq!(
+        reading["time_source"], "hub",
+        "year 0 is a clock that was never set"
+    );
+
+    let (code, stdout, stderr) = run(&[
+        "decode",
+        "body-composition-measurement",
+        "00 10 E1 00 / 00 1E FF FF 03 14 80 3E 08 07",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "two packets, one record");
+    let names: Vec<&str> = lines[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "body_fat_percentage",
+            "impedance",
+            "body_weight",
+            "body_height"
+        ]
+    );
+
+    // An advertisement that is not a finished weighing decodes to nothing, successfully.
+    let (code, stdout, _) = run(&["decode", "xiaomi-scale", "02 9E 43 E5 07 04 0B 10 13 01"]);
+    assert_eq!((code, stdout.trim()), (0, ""));
+
+    // A message whose flags promise more than it holds is an error, not a shifted parse.
+    let (code, stdout, stderr) = run(&[
+        "decode",
+        "glucose-measurement",
+        "1B 00 00 E2 07 04 1A 0B 09 1E 1E 00 12 05 01",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("too short"), "{stderr}");
+}
+
+#[test]
 fn decode_prints_every_frame_of_a_stream() {
     let (code, stdout, stderr) = run(&["decode", "nonin-df8", "80486100", "81025f00", "837f7f00"]);
     assert_eq!(code, 0, "{stderr}");

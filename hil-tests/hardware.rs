@@ -1,6 +1,7 @@
 //! Scenarios against real hardware, run when the environment names it:
 //! `VITALSD_HIL_SERIAL_PATH` (the device's port) and `VITALSD_HIL_SERIAL_PROTOCOL` (its protocol name).
 //! Take a measurement on the device while the test waits (`VITALSD_HIL_TIMEOUT_S`, default 120 s).
+//! Bluetooth: `VITALSD_HIL_BLE_ADAPTER` and `VITALSD_HIL_BLE_ADDRESS` (see the test below).
 
 use std::time::Duration;
 
@@ -71,4 +72,61 @@ fn a_real_serial_device_reading_arrives_and_survives_a_broker_outage() {
     assert!(queued, "no reading queued while the broker was down");
     broker.restart();
     assert!(subscriber.wait_for_unique_readings(2, Duration::from_secs(30)));
+}
+
+/// `VITALSD_HIL_BLE_ADAPTER` (e.g. `hci0`) and `VITALSD_HIL_BLE_ADDRESS` name a real adapter and device on
+/// the machine's own BlueZ. The test pairs and binds the device (`VITALSD_HIL_BLE_PAIR=1` prompts to put it
+/// in pairing mode first; `VITALSD_HIL_BLE_PASSKEY` for devices that show a passkey), then waits for a
+/// reading.
+#[test]
+fn a_real_bluetooth_device_is_paired_and_its_reading_arrives() {
+    let (Ok(adapter), Ok(address)) = (
+        std::env::var("VITALSD_HIL_BLE_ADAPTER"),
+        std::env::var("VITALSD_HIL_BLE_ADDRESS"),
+    ) else {
+        eprintln!(
+            "VITALSD_HIL_BLE_ADAPTER/ADDRESS are not set: no real Bluetooth device to test against"
+        );
+        return;
+    };
+    let seconds = std::env::var("VITALSD_HIL_TIMEOUT_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    world.write_config(&broker.url(), &[], &[]);
+    world.append_config(&format!("[ble]\nadapter = \"{adapter}\"\n"));
+    let system_bus = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".to_string());
+    let env = [("DBUS_SYSTEM_BUS_ADDRESS", system_bus.as_str())];
+    let mut args = vec!["pair", address.as_str()];
+    let passkey = std::env::var("VITALSD_HIL_BLE_PASSKEY").unwrap_or_default();
+    if !passkey.is_empty() {
+        args.extend(["--passkey", passkey.as_str()]);
+    }
+    if std::env::var("VITALSD_HIL_BLE_PAIR").as_deref() == Ok("1") {
+        eprintln!("Put {address} in pairing mode now.");
+    }
+    // For a device already bonded with this machine, pairing succeeds at once and only binds it.
+    let output = world.command_with_env(&args, &env);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _daemon = world.start_with_env(&env);
+    eprintln!("Take a measurement on {address} now ({seconds} s).");
+    let id = format!("ble:{}", address.to_ascii_uppercase());
+    let arrived = crate::support::wait_until(Duration::from_secs(seconds), || {
+        subscriber
+            .readings()
+            .iter()
+            .any(|r| r["device"]["id"] == id.as_str())
+    });
+    assert!(arrived, "no reading from {address}; log:\n{}", world.log());
+    for reading in subscriber.readings() {
+        crate::assert_valid_reading(&reading);
+    }
 }

@@ -42,6 +42,32 @@ pub struct Decoding {
     decoder: Box<dyn crate::decode::StreamDecoder>,
     spot: SpotFilter,
     counters: Counters,
+    clock: Option<ClockCorrection>,
+}
+
+/// What the hub learned when it set a device clock that was far off: records the device stamped with its
+/// old clock (device time up to the clock reading) are moved by the offset and flagged
+/// `device_clock_corrected`, rather than passed on with a wrong date.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClockCorrection {
+    /// The device clock when the hub read it, device wall time.
+    pub device_time_at_sync: chrono::NaiveDateTime,
+    /// Device clock minus hub clock at that moment.
+    pub offset: chrono::TimeDelta,
+}
+
+impl ClockCorrection {
+    fn apply(&self, reading: &mut Reading) {
+        if reading.time_source != crate::reading::TimeSource::Device
+            || reading.measured_at.naive_local() > self.device_time_at_sync
+        {
+            return;
+        }
+        if let Some(corrected) = reading.measured_at.checked_sub_signed(self.offset) {
+            reading.measured_at = corrected;
+            reading.flags.push("device_clock_corrected");
+        }
+    }
 }
 
 impl Decoding {
@@ -51,7 +77,13 @@ impl Decoding {
             spot: SpotFilter::new(settings.spot),
             settings,
             counters: Counters::default(),
+            clock: None,
         }
+    }
+
+    /// Corrects the time stamps of records made under a device clock the hub found far off.
+    pub fn correct_clock(&mut self, correction: Option<ClockCorrection>) {
+        self.clock = correction;
     }
 
     pub fn settings(&self) -> &DeviceSettings {
@@ -70,13 +102,20 @@ impl Decoding {
         bytes: &[u8],
         received_at: chrono::DateTime<chrono::Utc>,
     ) -> Vec<(NewRecord, Reading)> {
-        let decoded = self.decoder.feed(
+        let mut decoded = self.decoder.feed(
             bytes,
             &DecodeContext {
                 received_at,
                 time_zone: &Local,
             },
         );
+        if let Some(clock) = &self.clock {
+            for event in &mut decoded {
+                if let DecodeEvent::Reading(reading) = event {
+                    clock.apply(reading);
+                }
+            }
+        }
         collect(&self.settings, decoded, &mut self.spot, &mut self.counters)
     }
 

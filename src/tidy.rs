@@ -60,6 +60,7 @@ fn decoders_and_the_model_do_no_io_and_read_no_clock() {
             "codes.rs",
             "spot.rs",
             "payload.rs",
+            "ble/profile.rs",
             "mqtt/inflight.rs",
         ],
         &[

@@ -161,6 +161,7 @@ async fn run_stack(
         HashMap::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     let mut dirty = false;
+    let mut powered_off = false;
     let outcome = loop {
         tokio::select! {
             event = events.next() => {
@@ -173,10 +174,16 @@ async fn run_stack(
                     | CentralEvent::ManufacturerDataAdvertisement { id, .. } => (id, None),
                     CentralEvent::ServiceDataAdvertisement { id, service_data } => (id, Some(service_data)),
                     CentralEvent::StateUpdate(CentralState::PoweredOff) => {
-                        tracing::warn!(adapter = %settings.adapter, "The Bluetooth adapter was powered off.");
+                        if !powered_off {
+                            tracing::warn!(adapter = %settings.adapter, "The Bluetooth adapter was powered off.");
+                        }
+                        powered_off = true;
                         continue;
                     }
-                    CentralEvent::StateUpdate(CentralState::PoweredOn) => {
+                    // Only a change matters: restarting the scan sets Powered again, which some BlueZ
+                    // builds signal even when it was already on.
+                    CentralEvent::StateUpdate(CentralState::PoweredOn) if powered_off => {
+                        powered_off = false;
                         tracing::info!(adapter = %settings.adapter, "The Bluetooth adapter is on again; scanning.");
                         restart_scan(&adapter).await;
                         continue;
@@ -279,6 +286,7 @@ async fn run_stack(
                     }
                 }
                 if matches!(adapter.adapter_state().await, Ok(CentralState::PoweredOff)) {
+                    powered_off = true;
                     restart_scan(&adapter).await;
                 }
                 for decoding in advertisement_decoders.values_mut() {

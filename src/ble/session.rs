@@ -21,12 +21,14 @@ use crate::decode::ieee11073::DeviceDateTime;
 use crate::decode::Protocol;
 use crate::outbox::OutboxHandle;
 use crate::payload::DeviceInfo;
-use crate::pipeline::{Decoding, DeviceSettings};
+use crate::pipeline::{ClockCorrection, Decoding, DeviceSettings};
 use crate::spot::SpotRule;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A device that sends nothing for this long is done with us; the hub lets go of the link.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A device clock further off than this when the hub reads it has its records' time stamps corrected.
+const CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 /// How long a glucose meter may take to answer a RACP request.
 const RACP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -148,7 +150,7 @@ async fn collect(
             }
         }
     }
-    sync_clock(peripheral, address, devices, &characteristics).await;
+    let clock = sync_clock(peripheral, address, devices, &characteristics).await;
 
     let mut channels: HashMap<Uuid, Channel> = HashMap::new();
     for (uuid, _) in characteristics
@@ -164,12 +166,13 @@ async fn collect(
             model: information.model.clone(),
             serial_number: information.serial_number.clone(),
         };
-        let decoding = Decoding::new(DeviceSettings {
+        let mut decoding = Decoding::new(DeviceSettings {
             hub_id: settings.hub_id.clone(),
             device,
             protocol,
             spot: settings.spot,
         });
+        decoding.correct_clock(clock);
         channels.insert(*uuid, Channel { decoding });
     }
 
@@ -366,19 +369,21 @@ async fn read_information(
 
 /// Records the device clock against the hub's, then sets it: Date Time where the device has it writable
 /// (A&D), else Current Time (Omron and the Current Time Service). A refused write is logged, not fatal.
+/// Returns the correction for records stamped by the old clock when it was far off.
 async fn sync_clock(
     peripheral: &Peripheral,
     address: &str,
     devices: &SharedDevices,
     characteristics: &HashMap<Uuid, Characteristic>,
-) {
+) -> Option<ClockCorrection> {
     let date_time = characteristics
         .get(&profile::DATE_TIME)
         .filter(|c| c.properties.contains(CharPropFlags::WRITE));
     let current_time = characteristics.get(&profile::CURRENT_TIME);
     let Some(target) = date_time.or(current_time) else {
-        return;
+        return None;
     };
+    let mut correction = None;
     let is_date_time = target.uuid == profile::DATE_TIME;
     let hub_local = crate::clock::now_local().naive_local();
     if target.properties.contains(CharPropFlags::READ) {
@@ -404,6 +409,14 @@ async fn sync_clock(
                     tracing::info!(%address, "The device clock was not set; the hub sets it now.");
                 } else if let Some(offset) = offset {
                     tracing::info!(%address, offset_s = offset.num_seconds(), "Device clock checked before setting it.");
+                    if let (DeviceDateTime::Known(device_time_at_sync), true) =
+                        (device_time, offset.abs() > CLOCK_TOLERANCE)
+                    {
+                        correction = Some(ClockCorrection {
+                            device_time_at_sync,
+                            offset,
+                        });
+                    }
                 }
             }
         }
@@ -415,11 +428,13 @@ async fn sync_clock(
         current_time::encode_current_time(hub_local, current_time::ADJUST_EXTERNAL_REFERENCE)
             .map(|bytes| bytes.to_vec())
     };
-    let Some(value) = value else { return };
-    if let Err(error) = peripheral
-        .write(target, &value, WriteType::WithResponse)
-        .await
-    {
-        tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.");
+    if let Some(value) = value {
+        if let Err(error) = peripheral
+            .write(target, &value, WriteType::WithResponse)
+            .await
+        {
+            tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.");
+        }
     }
+    correction
 }

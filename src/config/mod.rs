@@ -519,6 +519,15 @@ mod tests {
                 &["hub: expected a table, found a string"],
             ),
             (&format!("{MINIMAL}\n[log]\nlevel = 3"), &["log.level: expected a string, found an integer"]),
+            (&format!("{MINIMAL}\n[ble]\nenabled = \"yes\"\nadapter = \"hci 0\"\nadaptor = 1"), &[
+                "ble.enabled: expected a boolean, found a string",
+                "ble.adapter: \"hci 0\" is not an adapter name such as \"hci0\"",
+                "ble.adaptor: unknown key",
+            ]),
+            (&MINIMAL.replace("state_dir = ", "runtime_dir = \"run\"\nstate_dir = "), &["hub.runtime_dir: must be an absolute path, found \"run\""]),
+            (&format!("{MINIMAL}\n[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"blood-pressure-measurement\""), &[
+                "serial[0].protocol: \"blood-pressure-measurement\" is not a serial protocol (serial: nonin-df13, nonin-df8, nonin-df7, nonin-df2)",
+            ]),
             (&format!("serial = 1\n{MINIMAL}"), &["serial: expected an array of tables ([[serial]]), found an integer"]),
             (&format!("{MINIMAL}\n[serial]\npath = \"/dev/ttyS0\""), &[
                 "serial: expected an array of tables ([[serial]]), found a table",

@@ -127,6 +127,7 @@ impl Adapter {
         "usb:v1D6Bp0246d0540".into()
     }
 
+    // Unlike BlueZ, a Set signals Powered even when it does not change; the daemon must not loop on it.
     #[zbus(property)]
     fn powered(&self) -> bool {
         self.state.lock().unwrap().powered
