@@ -380,9 +380,7 @@ async fn sync_clock(
         .get(&profile::DATE_TIME)
         .filter(|c| c.properties.contains(CharPropFlags::WRITE));
     let current_time = characteristics.get(&profile::CURRENT_TIME);
-    let Some(target) = date_time.or(current_time) else {
-        return None;
-    };
+    let target = date_time.or(current_time)?;
     let mut correction = None;
     let is_date_time = target.uuid == profile::DATE_TIME;
     let hub_local = crate::clock::now_local().naive_local();
