@@ -681,3 +681,33 @@ fn records_stamped_by_a_device_clock_that_was_days_behind_are_corrected_with_a_f
         rig.devices_json()
     );
 }
+
+#[test]
+fn a_bound_device_that_requires_pairing_is_paired_through_the_agent_and_then_read() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.pair(CUFF);
+    // The hub's bond was cleared behind the daemon's back (bluetoothctl remove, a wiped /var/lib/bluetooth):
+    // the cuff refuses the subscription until it is paired again.
+    rig.sim.device(CUFF, |cuff| {
+        cuff.paired = false;
+        cuff.bonded = false;
+    });
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(4));
+    let _daemon = rig.start();
+    rig.wait_for_readings(CUFF, 4, Duration::from_secs(40));
+    let calls = rig.sim.calls();
+    let pairs = calls
+        .iter()
+        .filter(|call| call.starts_with("Pair "))
+        .count();
+    assert_eq!(
+        pairs, 2,
+        "the technician's pairing and the daemon's: {calls:?}"
+    );
+    assert!(rig.sim.device(CUFF, |cuff| cuff.paired));
+    assert!(rig
+        .world
+        .log()
+        .contains("pairing it through the hub's agent"));
+}

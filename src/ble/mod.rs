@@ -101,6 +101,14 @@ async fn find_adapter(name: &str) -> Result<Adapter, StackError> {
     Err(StackError::NoAdapter(name.to_string()))
 }
 
+/// What a future in the supervisor's set of device work ended with.
+enum Work {
+    Session(Result<SessionEnd, SessionError>),
+    Paired(Result<(), bluez::BluezError>),
+}
+
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (String, Work)> + Send + 'a>>;
+
 /// When each bound device may be tried again.
 #[derive(Default)]
 struct Backoff {
@@ -119,6 +127,11 @@ impl Backoff {
             address.to_string(),
             (Instant::now() + AFTER_SESSION, RETRY_MIN),
         );
+    }
+
+    fn retry_soon(&mut self, address: &str) {
+        self.next
+            .insert(address.to_string(), (Instant::now(), RETRY_MIN));
     }
 
     fn failed(&mut self, address: &str) -> Duration {
@@ -154,7 +167,7 @@ async fn run_stack(
     };
     let owner_changed = bluez.owner_changed();
     tokio::pin!(owner_changed);
-    let mut sessions = FuturesUnordered::new();
+    let mut sessions: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
     let mut in_session: Vec<String> = Vec::new();
     let mut backoff = Backoff::default();
     let mut advertisement_decoders: HashMap<(String, crate::decode::Protocol), Decoding> =
@@ -241,15 +254,33 @@ async fn run_stack(
                         let outbox = outbox.clone();
                         let mut shutdown = shutdown.clone();
                         let session_settings = &session_settings;
-                        sessions.push(async move {
+                        let work: Pending<'_> = Box::pin(async move {
                             let result = session::run(&peripheral, &address, &devices, &outbox, session_settings, &mut shutdown).await;
-                            (address, result)
+                            (address, Work::Session(result))
                         });
+                        sessions.push(work);
                     }
                 }
             }
-            Some((address, result)) = sessions.next(), if !sessions.is_empty() => {
+            Some((address, work)) = sessions.next(), if !sessions.is_empty() => {
                 in_session.retain(|a| *a != address);
+                let result = match work {
+                    Work::Session(result) => result,
+                    Work::Paired(Ok(())) => {
+                        tracing::info!(%address, "Paired through the hub's agent; reading it when it next advertises.");
+                        if let Some(device) = devices.lock().unwrap().get_mut(&address) {
+                            device.bonded = true;
+                        }
+                        dirty = true;
+                        backoff.retry_soon(&address);
+                        continue;
+                    }
+                    Work::Paired(Err(error)) => {
+                        let retry = backoff.failed(&address);
+                        tracing::warn!(%address, %error, retry_in_s = retry.as_secs(), "The device requires pairing and the hub could not pair it; run `vitalsd pair` for it.");
+                        continue;
+                    }
+                };
                 match result {
                     Ok(SessionEnd::Finished { readings }) => {
                         tracing::info!(%address, readings, "Device session finished.");
@@ -268,9 +299,21 @@ async fn run_stack(
                         }
                         dirty = true;
                     }
+                    // A bound device whose bond the hub no longer holds (cleared by hand, or never made):
+                    // the technician already chose it, so the hub pairs it through its own agent, once per
+                    // backoff step, without stalling the other sessions.
                     Err(SessionError::NeedsPairing(reason)) => {
-                        let retry = backoff.failed(&address);
-                        tracing::warn!(%address, %reason, retry_in_s = retry.as_secs(), "The device wants pairing; run `vitalsd pair` for it.");
+                        tracing::warn!(%address, %reason, "The device requires pairing; pairing it through the hub's agent.");
+                        in_session.push(address.clone());
+                        let bluez = &bluez;
+                        let work: Pending<'_> = Box::pin(async move {
+                            let paired = match bluez.register_agent().await {
+                                Ok(()) => bluez.pair(&address, None).await,
+                                Err(error) => Err(error),
+                            };
+                            (address, Work::Paired(paired))
+                        });
+                        sessions.push(work);
                     }
                     Err(error) => {
                         let retry = backoff.failed(&address);
@@ -298,8 +341,8 @@ async fn run_stack(
         }
     };
     // Let running sessions see the shutdown and hand over what they decoded.
-    while let Some((_, result)) = sessions.next().await {
-        if let Err(SessionError::OutboxGone) = result {
+    while let Some((_, work)) = sessions.next().await {
+        if let Work::Session(Err(SessionError::OutboxGone)) = work {
             return Err(StackError::OutboxGone);
         }
     }
