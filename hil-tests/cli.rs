@@ -180,12 +180,16 @@ fn decode_rejects_bad_input_with_a_clear_error_and_no_panic() {
 fn decode_lists_its_protocols() {
     let (code, stdout, _) = run(&["decode", "--list"]);
     assert_eq!(code, 0);
-    for name in ["nonin-df13", "nonin-df8", "nonin-df7", "nonin-df2"] {
+    for protocol in vitalsd::decode::Protocol::ALL {
+        let name = protocol.name();
         assert!(
-            stdout.lines().any(|l| l.starts_with(name)),
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
             "{name} missing from:\n{stdout}"
         );
     }
+    assert_eq!(stdout.lines().count(), vitalsd::decode::Protocol::ALL.len());
 }
 
 #[test]

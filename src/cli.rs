@@ -18,7 +18,7 @@ use crate::payload::{self, DeviceInfo};
 pub fn list_protocols() -> ExitCode {
     let mut out = std::io::stdout().lock();
     for protocol in Protocol::ALL {
-        let _ = writeln!(out, "{:<24}{}", protocol.name(), protocol.description());
+        let _ = writeln!(out, "{:<30} {}", protocol.name(), protocol.description());
     }
     ExitCode::SUCCESS
 }
