@@ -711,3 +711,63 @@ fn a_bound_device_that_requires_pairing_is_paired_through_the_agent_and_then_rea
         .log()
         .contains("pairing it through the hub's agent"));
 }
+
+#[test]
+fn a_glucose_context_joins_its_measurement() {
+    let rig = BleRig::new();
+    rig.sim.add_device(GLUCOSE_METER, devices::glucose_meter());
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records = vec![
+            (
+                1,
+                devices::glucose_record_with_context(1, date_time(2024, 3, 15, 7, 0, 0), 101),
+            ),
+            (
+                2,
+                devices::glucose_record(2, date_time(2024, 3, 15, 8, 0, 0), 102),
+            ),
+            // The meter announces a context for its last record but never sends it.
+            (
+                3,
+                devices::glucose_record_with_context(3, date_time(2024, 3, 15, 9, 0, 0), 103),
+            ),
+        ];
+        // Preprandial, by the patient, no health issues.
+        meter
+            .glucose_contexts
+            .insert(1, hex::decode("0601000151").unwrap());
+    });
+    rig.pair(GLUCOSE_METER);
+    let _daemon = rig.start();
+    let readings = rig.wait_for_readings(GLUCOSE_METER, 3, Duration::from_secs(30));
+    let flags_of = |mg: f64| {
+        readings
+            .iter()
+            .find(|r| number(r, "glucose") == mg)
+            .map(|r| r["flags"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        flags_of(101.0),
+        serde_json::json!([
+            "sample_capillary_whole_blood",
+            "location_finger",
+            "context_follows",
+            "meal_preprandial",
+            "tester_self",
+            "health_none"
+        ])
+    );
+    assert_eq!(
+        flags_of(102.0),
+        serde_json::json!(["sample_capillary_whole_blood", "location_finger"])
+    );
+    assert_eq!(
+        flags_of(103.0),
+        serde_json::json!([
+            "sample_capillary_whole_blood",
+            "location_finger",
+            "context_follows"
+        ])
+    );
+}

@@ -43,6 +43,8 @@ pub struct Decoding {
     spot: SpotFilter,
     counters: Counters,
     clock: Option<ClockCorrection>,
+    /// A glucose record whose context (0x2A34) the meter announced; it waits for it, briefly.
+    awaiting_context: Option<Reading>,
 }
 
 /// What the hub learned when it set a device clock that was far off: records the device stamped with its
@@ -78,6 +80,7 @@ impl Decoding {
             settings,
             counters: Counters::default(),
             clock: None,
+            awaiting_context: None,
         }
     }
 
@@ -116,7 +119,60 @@ impl Decoding {
                 }
             }
         }
-        collect(&self.settings, decoded, &mut self.spot, &mut self.counters)
+        // Anything new means the awaited context is not coming: the held record goes first, as it is.
+        let mut events: Vec<DecodeEvent> = self
+            .awaiting_context
+            .take()
+            .map(DecodeEvent::Reading)
+            .into_iter()
+            .collect();
+        for event in decoded {
+            match event {
+                DecodeEvent::Reading(reading) if reading.flags.contains(&"context_follows") => {
+                    events.extend(
+                        self.awaiting_context
+                            .replace(reading)
+                            .map(DecodeEvent::Reading),
+                    );
+                }
+                other => events.push(other),
+            }
+        }
+        collect(&self.settings, events, &mut self.spot, &mut self.counters)
+    }
+
+    /// A Glucose Measurement Context: its flags join the record that announced it.
+    pub fn context(
+        &mut self,
+        context: &crate::decode::glucose::GlucoseContext,
+    ) -> Vec<(NewRecord, Reading)> {
+        let matches = self.awaiting_context.as_ref().is_some_and(|reading| {
+            crate::decode::glucose::sequence_number(&reading.raw) == Some(context.sequence_number)
+        });
+        if !matches {
+            return Vec::new();
+        }
+        let mut reading = self.awaiting_context.take().expect("checked");
+        reading.flags.extend(context.flags());
+        collect(
+            &self.settings,
+            vec![DecodeEvent::Reading(reading)],
+            &mut self.spot,
+            &mut self.counters,
+        )
+    }
+
+    /// Releases a record still waiting for its context (the context never came, or the link ended).
+    pub fn release_held(&mut self) -> Vec<(NewRecord, Reading)> {
+        match self.awaiting_context.take() {
+            Some(reading) => collect(
+                &self.settings,
+                vec![DecodeEvent::Reading(reading)],
+                &mut self.spot,
+                &mut self.counters,
+            ),
+            None => Vec::new(),
+        }
     }
 
     /// The connection ended: a frame left unfinished is counted.

@@ -18,7 +18,6 @@ use crate::bound_devices::{BoundDevices, DeviceStrings};
 use crate::decode::current_time;
 use crate::decode::glucose;
 use crate::decode::ieee11073::DeviceDateTime;
-use crate::decode::Protocol;
 use crate::outbox::OutboxHandle;
 use crate::payload::DeviceInfo;
 use crate::pipeline::{ClockCorrection, Decoding, DeviceSettings};
@@ -189,6 +188,11 @@ async fn collect(
         .collect();
     let racp = characteristics.get(&profile::RECORD_ACCESS_CONTROL_POINT);
     subscribe_to.extend(racp);
+    subscribe_to.extend(
+        characteristics
+            .get(&profile::GLUCOSE_CONTEXT)
+            .filter(|c| c.properties.contains(CharPropFlags::NOTIFY)),
+    );
     // Indications first, so the intermediate-cuff-pressure notifications never delay a record.
     subscribe_to.sort_by_key(|c| !c.properties.contains(CharPropFlags::INDICATE));
     for characteristic in subscribe_to {
@@ -236,6 +240,12 @@ async fn collect(
                             continue;
                         }
                     };
+                    // A record held for a context that did not come must count before the answer is judged.
+                    if let Some(channel) = channels.get_mut(&profile::sig(0x2A18)) {
+                        let held = channel.decoding.release_held();
+                        readings += held.len();
+                        append(outbox, devices, address, held, glucose == GlucosePhase::CheckingLast, &mut restart_seen).await?;
+                    }
                     let next = match (glucose, code) {
                         // Nothing past our last sequence number: either nothing is new, or the meter's
                         // numbering restarted (battery change, reset). Its last record tells which.
@@ -253,38 +263,22 @@ async fn collect(
                     }
                     continue;
                 }
-                let Some(channel) = channels.get_mut(&notification.uuid) else { continue };
-                let protocol = channel.decoding.settings().protocol;
-                let decoded = channel.decoding.bytes(&notification.value, received_at);
-                let mut newest = None;
-                let mut records = Vec::with_capacity(decoded.len());
-                for (record, reading) in decoded {
-                    if protocol == Protocol::GlucoseMeasurement {
-                        newest = glucose::sequence_number(&reading.raw).map(|seq| (seq, reading.record_key.clone()));
+                if notification.uuid == profile::GLUCOSE_CONTEXT {
+                    let Some(channel) = channels.get_mut(&profile::sig(0x2A18)) else { continue };
+                    match glucose::decode_context(&notification.value) {
+                        Ok(context) => {
+                            let released = channel.decoding.context(&context);
+                            readings += released.len();
+                            append(outbox, devices, address, released, glucose == GlucosePhase::CheckingLast, &mut restart_seen).await?;
+                        }
+                        Err(error) => tracing::debug!(%address, %error, "Unreadable glucose context."),
                     }
-                    records.push(record);
-                }
-                if records.is_empty() {
                     continue;
                 }
-                readings += records.len();
-                outbox.append(records).await?;
-                let checking_last = glucose == GlucosePhase::CheckingLast;
-                update(devices, address, |device| {
-                    device.last_reading_at = Some(received_at);
-                    if let Some((sequence, key)) = newest {
-                        if checking_last && (device.glucose_last_sequence != Some(sequence) || device.glucose_last_key != key) {
-                            restart_seen = true;
-                        }
-                        if !checking_last || restart_seen {
-                            device.glucose_last_sequence = Some(sequence);
-                            device.glucose_last_key = key;
-                        }
-                    }
-                });
-                if restart_seen && checking_last {
-                    tracing::warn!(%address, "The glucose meter's record numbering restarted; reading all its records again (stored ones are not queued twice).");
-                }
+                let Some(channel) = channels.get_mut(&notification.uuid) else { continue };
+                let decoded = channel.decoding.bytes(&notification.value, received_at);
+                readings += decoded.len();
+                append(outbox, devices, address, decoded, glucose == GlucosePhase::CheckingLast, &mut restart_seen).await?;
             }
             _ = connection_check.tick() => {
                 for channel in channels.values_mut() {
@@ -303,11 +297,61 @@ async fn collect(
         }
     };
     for channel in channels.values_mut() {
+        let held = channel.decoding.release_held();
+        append(outbox, devices, address, held, false, &mut restart_seen).await?;
         channel.decoding.closed();
         channel.decoding.flush_counters(outbox).await?;
     }
     save(devices);
     Ok(end)
+}
+
+/// Makes decoded records durable and notes what they say about the device: the last reading time and,
+/// for a glucose meter, the newest sequence number. While checking a meter's last record
+/// (`checking_last`), a record that differs from the one the hub stored means the numbering restarted.
+async fn append(
+    outbox: &OutboxHandle,
+    devices: &SharedDevices,
+    address: &str,
+    decoded: Vec<(crate::outbox::NewRecord, crate::reading::Reading)>,
+    checking_last: bool,
+    restart_seen: &mut bool,
+) -> Result<(), SessionError> {
+    if decoded.is_empty() {
+        return Ok(());
+    }
+    let newest = decoded
+        .iter()
+        .filter(|(_, reading)| reading.kind == crate::reading::Kind::BloodGlucose)
+        .filter_map(|(_, reading)| {
+            glucose::sequence_number(&reading.raw).map(|seq| (seq, reading.record_key.clone()))
+        })
+        .next_back();
+    let received_at = decoded.last().map(|(_, reading)| reading.received_at);
+    outbox
+        .append(decoded.into_iter().map(|(record, _)| record).collect())
+        .await?;
+    let mut restarted = false;
+    update(devices, address, |device| {
+        device.last_reading_at = received_at.or(device.last_reading_at);
+        if let Some((sequence, key)) = newest {
+            if checking_last
+                && (device.glucose_last_sequence != Some(sequence)
+                    || device.glucose_last_key != key)
+            {
+                restarted = true;
+            }
+            if !checking_last || restarted || *restart_seen {
+                device.glucose_last_sequence = Some(sequence);
+                device.glucose_last_key = key;
+            }
+        }
+    });
+    if restarted && !*restart_seen {
+        tracing::warn!(%address, "The glucose meter's record numbering restarted; reading all its records again (stored ones are not queued twice).");
+    }
+    *restart_seen |= restarted;
+    Ok(())
 }
 
 fn update(

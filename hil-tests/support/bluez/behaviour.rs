@@ -79,9 +79,11 @@ pub async fn on_write(
             "Operation failed with ATT error: 0x81".into(),
         ));
     }
-    let records = state.lock().unwrap().devices[address]
-        .glucose_records
-        .clone();
+    let (records, contexts) = {
+        let state = state.lock().unwrap();
+        let meter = &state.devices[address];
+        (meter.glucose_records.clone(), meter.glucose_contexts.clone())
+    };
     let (selected, response): (Vec<(u16, Vec<u8>)>, Vec<u8>) = match value {
         [0x01, 0x01] => (records.clone(), vec![0x06, 0x00, 0x01, 0x01]),
         [0x01, 0x03, 0x01, lo, hi] => {
@@ -120,9 +122,13 @@ pub async fn on_write(
     let address = address.to_string();
     tokio::spawn(async move {
         let measurement = uuid16(0x2A18);
-        for (_, record) in &selected {
+        let context = uuid16(0x2A34);
+        for (sequence, record) in &selected {
             if !super::notify(&connection, &state, &address, &measurement, record).await {
                 return;
+            }
+            if let Some(value) = contexts.get(sequence) {
+                super::notify(&connection, &state, &address, &context, value).await;
             }
         }
         super::notify(&connection, &state, &address, &racp, &response).await;

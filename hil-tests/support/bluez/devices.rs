@@ -47,6 +47,13 @@ pub fn glucose_record(sequence: u16, at: [u8; 7], mg_dl: u16) -> Vec<u8> {
     record
 }
 
+/// The same record announcing that a Glucose Measurement Context follows (flags bit 4).
+pub fn glucose_record_with_context(sequence: u16, at: [u8; 7], mg_dl: u16) -> Vec<u8> {
+    let mut record = glucose_record(sequence, at, mg_dl);
+    record[0] |= 0x10;
+    record
+}
+
 /// A Temperature Measurement in °C with a time stamp: `tenths` of a degree.
 pub fn temperature_record(tenths: u32, at: [u8; 7]) -> Vec<u8> {
     let mut record = vec![0x02];

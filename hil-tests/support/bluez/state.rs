@@ -63,6 +63,8 @@ pub struct DeviceState {
     pub stored: BTreeMap<String, Vec<Vec<u8>>>,
     /// Glucose records as (sequence number, bytes).
     pub glucose_records: Vec<(u16, Vec<u8>)>,
+    /// Glucose Measurement Context values, sent right after the record with the same sequence number.
+    pub glucose_contexts: HashMap<u16, Vec<u8>>,
     pub passkey: Option<u32>,
     pub in_range: bool,
     /// Advertising as LE Limited Discoverable (AD flags 0x05), as A&D devices do in pairing mode.
@@ -101,6 +103,7 @@ impl DeviceState {
             last_notified: HashMap::new(),
             stored: BTreeMap::new(),
             glucose_records: Vec::new(),
+            glucose_contexts: HashMap::new(),
             passkey: None,
             in_range: true,
             pairing_mode: false,
