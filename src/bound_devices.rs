@@ -95,6 +95,17 @@ pub struct BoundDevice {
     /// The record key of that newest record, to notice a meter whose numbering restarted.
     #[serde(default)]
     pub glucose_last_key: Option<String>,
+    /// The cuff pressure a cuff reports while it inflates (Intermediate Cuff Pressure): progress for the
+    /// technician, never stored or published.
+    #[serde(skip)]
+    pub measuring: Option<CuffProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CuffProgress {
+    pub pressure: f64,
+    pub unit: &'static str,
+    pub at: DateTime<Utc>,
 }
 
 impl BoundDevice {
@@ -125,6 +136,7 @@ impl BoundDevice {
             clock_checked_at: None,
             glucose_last_sequence: None,
             glucose_last_key: None,
+            measuring: None,
         }
     }
 }

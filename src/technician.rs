@@ -227,6 +227,16 @@ pub fn list(devices: &SharedDevices) -> serde_json::Value {
                 }
             };
             value["clock"] = json!(clock);
+            // A cuff reports its pressure while inflating; older than this, the measurement is over.
+            let fresh = chrono::TimeDelta::seconds(10);
+            if let Some(progress) = device
+                .measuring
+                .as_ref()
+                .filter(|p| crate::clock::now_utc() - p.at <= fresh)
+            {
+                value["measuring"] =
+                    json!({"cuff_pressure": progress.pressure, "unit": progress.unit});
+            }
             value
         })
         .collect();

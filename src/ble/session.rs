@@ -275,6 +275,10 @@ async fn collect(
                     }
                     continue;
                 }
+                if notification.uuid == profile::sig(0x2A36) {
+                    note_cuff_progress(devices, address, &notification.value, received_at);
+                    continue;
+                }
                 let Some(channel) = channels.get_mut(&notification.uuid) else { continue };
                 let decoded = channel.decoding.bytes(&notification.value, received_at);
                 readings += decoded.len();
@@ -352,6 +356,36 @@ async fn append(
     }
     *restart_seen |= restarted;
     Ok(())
+}
+
+/// Intermediate Cuff Pressure is progress, not a reading: it is kept in memory for `vitalsd devices`.
+fn note_cuff_progress(
+    devices: &SharedDevices,
+    address: &str,
+    value: &[u8],
+    received_at: chrono::DateTime<chrono::Utc>,
+) {
+    use crate::decode::MessageDecoder;
+    let context = crate::decode::DecodeContext {
+        received_at,
+        time_zone: &chrono::Local,
+    };
+    let Ok(readings) =
+        crate::decode::blood_pressure::IntermediateCuffPressureDecoder.decode(value, &context)
+    else {
+        return;
+    };
+    let Some(value) = readings.first().and_then(|reading| reading.values.first()) else {
+        return;
+    };
+    let progress = value
+        .value
+        .map(|pressure| crate::bound_devices::CuffProgress {
+            pressure,
+            unit: value.measure.unit,
+            at: received_at,
+        });
+    update(devices, address, |device| device.measuring = progress);
 }
 
 fn update(

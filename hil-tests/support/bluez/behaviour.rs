@@ -82,7 +82,10 @@ pub async fn on_write(
     let (records, contexts) = {
         let state = state.lock().unwrap();
         let meter = &state.devices[address];
-        (meter.glucose_records.clone(), meter.glucose_contexts.clone())
+        (
+            meter.glucose_records.clone(),
+            meter.glucose_contexts.clone(),
+        )
     };
     let (selected, response): (Vec<(u16, Vec<u8>)>, Vec<u8>) = match value {
         [0x01, 0x01] => (records.clone(), vec![0x06, 0x00, 0x01, 0x01]),

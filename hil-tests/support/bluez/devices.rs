@@ -94,6 +94,7 @@ pub fn omron_cuff(passkey: u32) -> DeviceState {
     device.passkey = Some(passkey);
     device
         .characteristic(0x1810, 0x2A35, &["indicate"])
+        .characteristic(0x1810, 0x2A36, &["notify"])
         .characteristic(0x1810, 0x2A49, &["read"])
         .characteristic(0x1805, 0x2A2B, &["read", "write", "notify"])
         .value(
