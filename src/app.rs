@@ -56,15 +56,18 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let mut devices = JoinSet::new();
     for port in &config.serial {
         let (events_tx, events_rx) = mpsc::channel(64);
+        let line = port.protocol.line_settings();
         let settings = PortSettings {
             path: port.path.clone(),
             baud_rate: port
                 .baud_rate
-                .or(port
-                    .protocol
-                    .line_settings()
-                    .map(|settings| settings.baud_rate))
+                .or(line.map(|settings| settings.baud_rate))
                 .unwrap_or(9600),
+            parity: port
+                .parity
+                .or(line.map(|settings| settings.parity))
+                .unwrap_or(crate::decode::Parity::None),
+            commands: port.protocol.host_commands(port.select_format),
         };
         let port_stop = stop_signal.clone();
         devices.spawn(async move {

@@ -82,6 +82,15 @@ pub const SOFT_LEAN_MASS_KG: Measure = uncoded("soft_lean_mass", "kg");
 pub const SOFT_LEAN_MASS_LB: Measure = uncoded("soft_lean_mass", "[lb_av]");
 pub const BODY_WATER_MASS_KG: Measure = uncoded("body_water_mass", "kg");
 pub const BODY_WATER_MASS_LB: Measure = uncoded("body_water_mass", "[lb_av]");
+pub const BODY_WATER_PERCENTAGE: Measure = uncoded("body_water_percentage", "%");
+pub const BODY_FAT_MASS_KG: Measure = uncoded("body_fat_mass", "kg");
+pub const BODY_FAT_MASS_LB: Measure = uncoded("body_fat_mass", "[lb_av]");
+pub const BONE_MASS_KG: Measure = uncoded("bone_mass", "kg");
+pub const BONE_MASS_LB: Measure = uncoded("bone_mass", "[lb_av]");
+pub const BASAL_METABOLISM_KCAL: Measure = uncoded("basal_metabolism", "kcal");
+/// Tanita's visceral fat rating, a dimensionless score (1–59).
+pub const VISCERAL_FAT_RATING: Measure = uncoded("visceral_fat_rating", "{score}");
+pub const METABOLIC_AGE: Measure = uncoded("metabolic_age", "a");
 
 // Glucose: capillary whole blood by glucometer, in the unit the meter sent.
 pub const GLUCOSE_MG_DL: Measure = measure("glucose", "mg/dL", 160184, "41653-7");
@@ -127,6 +136,14 @@ pub const ALL: &[&Measure] = &[
     &SOFT_LEAN_MASS_LB,
     &BODY_WATER_MASS_KG,
     &BODY_WATER_MASS_LB,
+    &BODY_WATER_PERCENTAGE,
+    &BODY_FAT_MASS_KG,
+    &BODY_FAT_MASS_LB,
+    &BONE_MASS_KG,
+    &BONE_MASS_LB,
+    &BASAL_METABOLISM_KCAL,
+    &VISCERAL_FAT_RATING,
+    &METABOLIC_AGE,
     &GLUCOSE_MG_DL,
     &GLUCOSE_MMOL_L,
     &BODY_TEMPERATURE_CEL,

@@ -139,6 +139,10 @@ pub struct SerialConfig {
     pub device_id: String,
     /// Overrides the protocol's line speed.
     pub baud_rate: Option<u32>,
+    /// Overrides the protocol's parity.
+    pub parity: Option<crate::decode::Parity>,
+    /// Ask a Nonin 9560 for this data format when the port opens.
+    pub select_format: bool,
     pub spot: SpotRule,
 }
 
@@ -526,7 +530,11 @@ mod tests {
             ]),
             (&MINIMAL.replace("state_dir = ", "runtime_dir = \"run\"\nstate_dir = "), &["hub.runtime_dir: must be an absolute path, found \"run\""]),
             (&format!("{MINIMAL}\n[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"blood-pressure-measurement\""), &[
-                "serial[0].protocol: \"blood-pressure-measurement\" is not a serial protocol (serial: nonin-df13, nonin-df8, nonin-df7, nonin-df2)",
+                "serial[0].protocol: \"blood-pressure-measurement\" is not a serial protocol (serial: nonin-df13, nonin-df8, nonin-df7, nonin-df2, contec-cms50-legacy, contec-cms50, masimo-ascii, tanita)",
+            ]),
+            (&format!("{MINIMAL}\n[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"tanita\"\nparity = \"mark\"\nselect_format = true"), &[
+                "serial[0].parity: \"mark\" is not a parity: use \"none\", \"odd\" or \"even\"",
+                "serial[0].select_format: only Nonin data formats can be selected, not \"tanita\"",
             ]),
             (&format!("serial = 1\n{MINIMAL}"), &["serial: expected an array of tables ([[serial]]), found an integer"]),
             (&format!("{MINIMAL}\n[serial]\npath = \"/dev/ttyS0\""), &[
@@ -664,7 +672,7 @@ mod tests {
                 "serial[0].path: names no device file, so the default id cannot be derived from it: set id",
             ]),
             ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df99\"", &[
-                r#"serial[0].protocol: unknown protocol "nonin-df99" (known: nonin-df13, nonin-df8, nonin-df7, nonin-df2)"#,
+                r#"serial[0].protocol: unknown protocol "nonin-df99" (known: nonin-df13, nonin-df8, nonin-df7, nonin-df2, contec-cms50-legacy, contec-cms50, masimo-ascii, tanita)"#,
             ]),
             ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\nbaud_rate = 299", &[
                 "serial[0].baud_rate: must be between 300 and 4000000, found 299",
@@ -687,9 +695,9 @@ mod tests {
             ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nid = \"oxi meter\"", &[
                 r#"serial[0].id: "oxi meter" is not a valid device id: use 1 to 128 characters without spaces, control characters, '/' or '|'"#,
             ]),
-            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nbaud = 9600\nparity = \"none\"", &[
+            ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df8\"\nbaud = 9600\nstop_bits = 2", &[
                 "serial[0].baud: unknown key",
-                "serial[0].parity: unknown key",
+                "serial[0].stop_bits: unknown key",
             ]),
             // Uniqueness, with the default ids too.
             (
@@ -747,7 +755,7 @@ mod tests {
                 "mqtt.keep_alive_s: expected an integer, found a string",
                 "mqtt.window: must be between 1 and 256, found 1000",
                 "mqtt.pasword_file: unknown key",
-                r#"serial[0].protocol: unknown protocol "nonin-df99" (known: nonin-df13, nonin-df8, nonin-df7, nonin-df2)"#,
+                r#"serial[0].protocol: unknown protocol "nonin-df99" (known: nonin-df13, nonin-df8, nonin-df7, nonin-df2, contec-cms50-legacy, contec-cms50, masimo-ascii, tanita)"#,
                 "serial[1].path: /dev/ttyUSB0 is already used by serial[0]",
             ],
         );

@@ -13,7 +13,7 @@ use super::{
     io_message, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig, OutboxConfig,
     SecretSource, SerialConfig,
 };
-use crate::decode::{Protocol, Transport};
+use crate::decode::{Parity, Protocol, Transport};
 use crate::spot::SpotRule;
 
 /// The top-level tables; the environment overlay may set keys in these.
@@ -44,6 +44,8 @@ const SERIAL_KEYS: &[&str] = &[
     "protocol",
     "id",
     "baud_rate",
+    "parity",
+    "select_format",
     "spot_stable_s",
     "spot_repeat_s",
 ];
@@ -692,6 +694,32 @@ impl Checker<'_> {
             c.integer(key, value, 300, 4_000_000)
                 .and_then(|rate| u32::try_from(rate).ok())
         });
+        let parity = self.field(section, "parity", |c, key, value| {
+            match c.string(key, value)?.as_str() {
+                "none" => Some(Parity::None),
+                "odd" => Some(Parity::Odd),
+                "even" => Some(Parity::Even),
+                other => {
+                    c.report(
+                        key,
+                        format!("{other:?} is not a parity: use \"none\", \"odd\" or \"even\""),
+                    );
+                    None
+                }
+            }
+        });
+        let select_format = self.field(section, "select_format", Self::boolean);
+        if let (Field::Valid(true), Some(protocol)) = (&select_format, protocol) {
+            if !protocol.name().starts_with("nonin-") {
+                self.report(
+                    &section.key("select_format"),
+                    format!(
+                        "only Nonin data formats can be selected, not {:?}",
+                        protocol.name()
+                    ),
+                );
+            }
+        }
         let stable_for = self.field(section, "spot_stable_s", Self::seconds);
         let repeat_every = self.field(section, "spot_repeat_s", Self::seconds);
         self.unknown_keys(section, SERIAL_KEYS);
@@ -723,6 +751,8 @@ impl Checker<'_> {
             baud_rate.optional(),
             stable_for.or(defaults.stable_for),
             repeat_every.or(defaults.repeat_every),
+            parity.optional(),
+            select_format.or(false),
         ) {
             (
                 Some(path),
@@ -731,11 +761,15 @@ impl Checker<'_> {
                 Some(baud_rate),
                 Some(stable_for),
                 Some(repeat_every),
+                Some(parity),
+                Some(select_format),
             ) => Some(SerialConfig {
                 path,
                 protocol,
                 device_id,
                 baud_rate,
+                parity,
+                select_format,
                 spot: SpotRule {
                     stable_for,
                     repeat_every,

@@ -1,5 +1,7 @@
-//! BerryMed BCI protocol oximeter stream: 5-byte packets at 100 Hz whose first byte alone has bit 7 set,
-//! so a packet split across notifications, or several in one, are found by resynchronising on that bit.
+//! The 5-byte "BCI" oximeter packet family: BerryMed BCI over Bluetooth (100 Hz) and the legacy Contec
+//! CMS50 serial stream (60 Hz), whose first byte alone has bit 7 set, so a packet split across reads or
+//! notifications, or several in one, are found by resynchronising on that bit. The two differ only in the
+//! names of their status bits.
 
 use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
 use crate::codes;
@@ -11,15 +13,40 @@ const SYNC: u8 = 0x80;
 const SPO2_INVALID: u8 = 0x7F;
 const PULSE_INVALID: u8 = 0xFF;
 
+/// Which device's names the status bits get.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum BciFlavour {
+    #[default]
+    Berrymed,
+    /// Contec CMS50D+/E legacy protocol (atbrask's names: finger out, dropping SpO2, probe error, searching).
+    ContecLegacy,
+}
+
+/// Finds 5-byte BCI packets in a byte stream and turns each into a pulse oximetry reading at hub time.
 #[derive(Debug, Default)]
 pub struct BerrymedDecoder {
+    flavour: BciFlavour,
     buffer: Vec<u8>,
     /// Bytes skipped since the last good packet, reported just before the next one.
     skipped: usize,
 }
 
-fn packet_reading(packet: &[u8], context: &DecodeContext<'_>) -> Reading {
-    let [b1, _pleth, b3, b4, b5] = <[u8; PACKET]>::try_from(packet).expect("a whole packet");
+impl BerrymedDecoder {
+    /// A decoder naming the status bits as `flavour`'s devices do; `default()` is the BerryMed one.
+    pub fn new(flavour: BciFlavour) -> BerrymedDecoder {
+        BerrymedDecoder {
+            flavour,
+            ..BerrymedDecoder::default()
+        }
+    }
+}
+
+fn packet_reading(
+    packet: &[u8; PACKET],
+    flavour: BciFlavour,
+    context: &DecodeContext<'_>,
+) -> Reading {
+    let &[b1, _pleth, b3, b4, b5] = packet;
     let spo2 = b5 & 0x7F;
     let pulse = ((b3 & 0x40) << 1) | (b4 & 0x7F);
     let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, packet);
@@ -33,15 +60,21 @@ fn packet_reading(packet: &[u8], context: &DecodeContext<'_>) -> Reading {
             pulse => Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(pulse)),
         },
     ];
-    push_flags(
-        &mut reading.flags,
-        &[
+    let table = match flavour {
+        BciFlavour::Berrymed => [
             (b1 & 0x10 != 0, "no_signal"),
             (b1 & 0x20 != 0, "sensor_disconnected"),
             (b3 & 0x10 != 0, "no_finger"),
             (b3 & 0x20 != 0, "pulse_searching"),
         ],
-    );
+        BciFlavour::ContecLegacy => [
+            (b1 & 0x10 != 0, "no_finger"),
+            (b1 & 0x20 != 0, "spo2_dropping"),
+            (b3 & 0x10 != 0, "sensor_alarm"),
+            (b3 & 0x20 != 0, "pulse_searching"),
+        ],
+    };
+    push_flags(&mut reading.flags, &table);
     reading
 }
 
@@ -72,9 +105,9 @@ impl StreamDecoder for BerrymedDecoder {
                 start += next_head + 1;
                 continue;
             }
-            if window.len() < PACKET {
+            let Some(packet) = window.first_chunk::<PACKET>() else {
                 break;
-            }
+            };
             if self.skipped > 0 {
                 events.push(DecodeEvent::Rejected(FrameError::Garbage {
                     count: self.skipped,
@@ -82,7 +115,8 @@ impl StreamDecoder for BerrymedDecoder {
                 self.skipped = 0;
             }
             events.push(DecodeEvent::Reading(packet_reading(
-                &window[..PACKET],
+                packet,
+                self.flavour,
                 context,
             )));
             start += PACKET;
@@ -107,8 +141,10 @@ impl StreamDecoder for BerrymedDecoder {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
-    use crate::decode::test_support::decode_stream;
+    use crate::decode::test_support::{decode_stream, received_at, utc};
 
     fn make() -> Box<dyn StreamDecoder> {
         Box::new(BerrymedDecoder::default())
@@ -132,6 +168,38 @@ mod tests {
             &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"),
             &format!("pulse_oximetry spo2=95 pulse_rate=130 flags=[] {HUB}"),
         ]);
+        check("C4 32 05 48 62 C4 33 05 48 62 C4 34 05 48 62", &[
+            &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"),
+            &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"),
+            &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"),
+        ]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn values_and_flags() {
+        check("84 20 00 7F 7F", &[&format!("pulse_oximetry spo2=missing pulse_rate=127 flags=[] {HUB}")]);
+        check("84 20 40 00 64", &[&format!("pulse_oximetry spo2=100 pulse_rate=128 flags=[] {HUB}")]);
+        check("84 20 40 7E 00", &[&format!("pulse_oximetry spo2=0 pulse_rate=254 flags=[] {HUB}")]);
+        check("84 20 47 7F 5F", &[&format!("pulse_oximetry spo2=95 pulse_rate=missing flags=[] {HUB}")]);
+        check("84 20 07 48 7F", &[&format!("pulse_oximetry spo2=missing pulse_rate=72 flags=[] {HUB}")]);
+        check("90 00 00 48 62", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[no_signal] {HUB}")]);
+        check("A0 00 00 48 62", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[sensor_disconnected] {HUB}")]);
+        check("80 00 10 48 62", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[no_finger] {HUB}")]);
+        check("80 00 20 48 62", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[pulse_searching] {HUB}")]);
+        check("BF 64 7F 7F 7F", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[no_signal,sensor_disconnected,no_finger,pulse_searching] {HUB}")]);
+    }
+
+    fn contec() -> Box<dyn StreamDecoder> {
+        Box::new(BerrymedDecoder::new(BciFlavour::ContecLegacy))
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn contec_legacy_packets_name_their_bits_as_contec_does() {
+        assert_eq!(decode_stream(contec, "C4 32 05 48 62"), [format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
+        assert_eq!(decode_stream(contec, "F0 00 70 7F 7F"), [format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[no_finger,spo2_dropping,sensor_alarm,pulse_searching] {HUB}")]);
+        assert_eq!(decode_stream(contec, "84 20 47 02 5F 99"), [format!("pulse_oximetry spo2=95 pulse_rate=130 flags=[] {HUB}"), "truncated 1/5".to_string()]);
     }
 
     #[rustfmt::skip]
@@ -140,34 +208,46 @@ mod tests {
         check("01 02 03 C4 32 05 48 62", &["garbage 3", &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
         // A packet broken by the next head byte is skipped; the next packet still arrives.
         check("C4 32 05 84 20 47 02 5F", &["garbage 3", &format!("pulse_oximetry spo2=95 pulse_rate=130 flags=[] {HUB}")]);
+        check("01 02 C4 32 05 84 20 47 02 5F", &["garbage 5", &format!("pulse_oximetry spo2=95 pulse_rate=130 flags=[] {HUB}")]);
+        check("C4 32 05 48 84 20 47 02 5F", &["garbage 4", &format!("pulse_oximetry spo2=95 pulse_rate=130 flags=[] {HUB}")]);
+        check("C4 84 C4 32 05 48 62", &["garbage 2", &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
+        check("C4 32 05 48 62 01 02 84 20 47 02 5F 03", &[
+            &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"),
+            "garbage 2",
+            &format!("pulse_oximetry spo2=95 pulse_rate=130 flags=[] {HUB}"),
+            "garbage 1",
+        ]);
         check("C4 32 05", &["truncated 3/5"]);
+        check("C4 32 05 48 62 84", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"), "truncated 1/5"]);
         check("01 02", &["garbage 2"]);
         check("", &[]);
     }
 
-    #[test]
-    fn random_bytes_never_panic() {
+    /// Feeds `bytes` in chunks of `chunk` bytes and returns every event, then what `finish` reports.
+    fn feed_in_chunks(bytes: &[u8], chunk: usize) -> (Vec<DecodeEvent>, Option<FrameError>) {
         let context = DecodeContext {
-            received_at: crate::decode::test_support::received_at(),
-            time_zone: &crate::decode::test_support::utc(),
+            received_at: received_at(),
+            time_zone: &utc(),
         };
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        for _ in 0..200 {
-            let mut decoder = BerrymedDecoder::default();
-            let bytes: Vec<u8> = (0..64)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
-            let mut readings = 0;
-            for chunk in bytes.chunks(7) {
-                readings += decoder.feed(chunk, &context).len();
-            }
-            let _ = decoder.finish();
-            assert!(readings <= bytes.len());
+        let mut decoder = BerrymedDecoder::default();
+        let events = bytes
+            .chunks(chunk.max(1))
+            .flat_map(|part| decoder.feed(part, &context))
+            .collect();
+        (events, decoder.finish())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_chunking_does_not_matter(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            chunk in 1usize..17,
+        ) {
+            let whole = feed_in_chunks(&bytes, usize::MAX);
+            prop_assert_eq!(feed_in_chunks(&bytes, chunk), whole.clone());
+            let (events, _) = whole;
+            let readings = events.iter().filter(|event| matches!(event, DecodeEvent::Reading(_))).count();
+            prop_assert!(readings <= bytes.len() / PACKET);
         }
     }
 }

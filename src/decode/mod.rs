@@ -8,13 +8,17 @@
 pub mod berrymed;
 pub mod blood_pressure;
 pub mod body_composition;
+pub mod contec;
 pub mod current_time;
 pub mod device_information;
 pub mod glucose;
 pub mod ieee11073;
 pub mod jumper;
+pub mod line;
+pub mod masimo;
 pub mod nonin;
 pub mod pulse_oximeter;
+pub mod tanita;
 pub mod thermometer;
 pub mod weight_scale;
 pub mod xiaomi_scale;
@@ -101,6 +105,25 @@ pub trait MessageDecoder: Send {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineSettings {
     pub baud_rate: u32,
+    pub parity: Parity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Odd,
+    Even,
+}
+
+/// What the hub sends a device on its own: commands right after the port opens, and a keep-alive some
+/// devices need to keep streaming. Pure data; the serial transport does the writing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostCommands {
+    pub on_open: Vec<Vec<u8>>,
+    /// A command repeated at this interval while the port is open.
+    pub keep_alive: Option<(std::time::Duration, Vec<u8>)>,
+    /// When nothing arrives for this long, the `on_open` commands are sent again (a stream that stopped).
+    pub restart_after_silence: Option<std::time::Duration>,
 }
 
 /// How a protocol's bytes reach the hub.
@@ -139,10 +162,14 @@ pub enum Protocol {
     XiaomiBodyCompositionScale,
     Berrymed,
     JumperOximeter,
+    ContecCms50Legacy,
+    ContecCms50,
+    MasimoAscii,
+    Tanita,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 16] = [
+    pub const ALL: [Protocol; 20] = [
         Protocol::NoninDf13,
         Protocol::NoninDf8,
         Protocol::NoninDf7,
@@ -159,6 +186,10 @@ impl Protocol {
         Protocol::XiaomiBodyCompositionScale,
         Protocol::Berrymed,
         Protocol::JumperOximeter,
+        Protocol::ContecCms50Legacy,
+        Protocol::ContecCms50,
+        Protocol::MasimoAscii,
+        Protocol::Tanita,
     ];
 
     pub fn name(self) -> &'static str {
@@ -179,6 +210,10 @@ impl Protocol {
             Protocol::XiaomiBodyCompositionScale => "xiaomi-body-composition-scale",
             Protocol::Berrymed => "berrymed",
             Protocol::JumperOximeter => "jumper-oximeter",
+            Protocol::ContecCms50Legacy => "contec-cms50-legacy",
+            Protocol::ContecCms50 => "contec-cms50",
+            Protocol::MasimoAscii => "masimo-ascii",
+            Protocol::Tanita => "tanita",
         }
     }
 
@@ -207,14 +242,23 @@ impl Protocol {
             Protocol::XiaomiBodyCompositionScale => "Xiaomi Mi Body Composition Scale advertisement, service data 0x181B",
             Protocol::Berrymed => "BerryMed BCI oximeter stream (5-byte packets)",
             Protocol::JumperOximeter => "Jumper JPD-500F / PLS-01BT oximeter notifications",
+            Protocol::ContecCms50Legacy => "Contec CMS50D+/E legacy 5-byte stream (19200 8O1)",
+            Protocol::ContecCms50 => "Contec CMS50D+/E/F \"7D 81\" protocol (115200 8N1; the hub starts and keeps the stream)",
+            Protocol::MasimoAscii => "Masimo Rad-8 / Radical-7 ASCII 1 and ASCII 2 lines (9600 8N1)",
+            Protocol::Tanita => "Tanita scale CSV lines \"{0,16,~0,1,...\" (9600 8N1, CR LF)",
         }
     }
 
     pub fn transport(self) -> Transport {
         match self {
-            Protocol::NoninDf13 | Protocol::NoninDf8 | Protocol::NoninDf7 | Protocol::NoninDf2 => {
-                Transport::Serial
-            }
+            Protocol::NoninDf13
+            | Protocol::NoninDf8
+            | Protocol::NoninDf7
+            | Protocol::NoninDf2
+            | Protocol::ContecCms50Legacy
+            | Protocol::ContecCms50
+            | Protocol::MasimoAscii
+            | Protocol::Tanita => Transport::Serial,
             _ => Transport::Ble,
         }
     }
@@ -229,25 +273,54 @@ impl Protocol {
                 | Protocol::PlxContinuous
                 | Protocol::Berrymed
                 | Protocol::JumperOximeter
+                | Protocol::ContecCms50Legacy
+                | Protocol::ContecCms50
+                | Protocol::MasimoAscii
         )
     }
 
     /// Whether every message (characteristic value, advertisement) is complete in itself, rather than a
     /// byte stream that needs framing. `vitalsd decode` separates several messages with `/`.
     pub fn is_message_based(self) -> bool {
-        !matches!(
-            self,
-            Protocol::NoninDf13
-                | Protocol::NoninDf8
-                | Protocol::NoninDf7
-                | Protocol::NoninDf2
-                | Protocol::Berrymed
-        )
+        self.transport() == Transport::Ble && self != Protocol::Berrymed
     }
 
-    /// Serial line settings, for serial protocols.
+    /// Serial line settings, for serial protocols: 8 data bits, 1 stop bit, no flow control, and these.
     pub fn line_settings(self) -> Option<LineSettings> {
-        (self.transport() == Transport::Serial).then_some(LineSettings { baud_rate: 9600 })
+        let (baud_rate, parity) = match self {
+            Protocol::ContecCms50Legacy => (19_200, Parity::Odd),
+            Protocol::ContecCms50 => (115_200, Parity::None),
+            protocol if protocol.transport() == Transport::Serial => (9600, Parity::None),
+            _ => return None,
+        };
+        Some(LineSettings { baud_rate, parity })
+    }
+
+    /// What the hub must send the device. `select_format` asks a Nonin 9560 to switch to this data
+    /// format (it listens only in its first seconds after connecting, and stores the choice).
+    pub fn host_commands(self, select_format: bool) -> HostCommands {
+        let nonin_format = match self {
+            Protocol::NoninDf13 => Some(0x0D),
+            Protocol::NoninDf8 => Some(0x08),
+            Protocol::NoninDf7 => Some(0x07),
+            Protocol::NoninDf2 => Some(0x02),
+            _ => None,
+        };
+        match (self, nonin_format) {
+            (_, Some(format)) if select_format => HostCommands {
+                on_open: vec![vec![0x02, 0x70, 0x02, 0x02, format, 0x03]],
+                ..HostCommands::default()
+            },
+            (Protocol::ContecCms50, _) => HostCommands {
+                on_open: vec![contec::command(contec::START_LIVE).to_vec()],
+                keep_alive: Some((
+                    std::time::Duration::from_secs(5),
+                    contec::command(contec::KEEP_ALIVE).to_vec(),
+                )),
+                restart_after_silence: Some(std::time::Duration::from_secs(5)),
+            },
+            _ => HostCommands::default(),
+        }
     }
 
     pub fn new_decoder(self) -> Box<dyn StreamDecoder> {
@@ -278,6 +351,12 @@ impl Protocol {
             }
             Protocol::Berrymed => Box::new(berrymed::BerrymedDecoder::default()),
             Protocol::JumperOximeter => messages(jumper::JumperOximeterDecoder),
+            Protocol::ContecCms50Legacy => Box::new(berrymed::BerrymedDecoder::new(
+                berrymed::BciFlavour::ContecLegacy,
+            )),
+            Protocol::ContecCms50 => Box::new(contec::ContecDecoder::default()),
+            Protocol::MasimoAscii => Box::new(masimo::MasimoDecoder::default()),
+            Protocol::Tanita => Box::new(tanita::TanitaDecoder::default()),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
@@ -29,11 +29,13 @@ pub enum PortEvent {
     },
 }
 
-/// Where and how to open a port.
+/// Where and how to open a port, and what to send the device.
 #[derive(Debug, Clone)]
 pub struct PortSettings {
     pub path: PathBuf,
     pub baud_rate: u32,
+    pub parity: crate::decode::Parity,
+    pub commands: crate::decode::HostCommands,
 }
 
 /// Runs until `shutdown` turns true or the receiver of `events` is gone.
@@ -56,7 +58,7 @@ pub async fn run_port(
                 }
                 let reason = tokio::select! {
                     _ = shutdown.changed() => return,
-                    reason = read_until_gone(&mut port, &events) => reason,
+                    reason = read_until_gone(&mut port, &events, &settings) => reason,
                 };
                 let Some(reason) = reason else { return };
                 tracing::warn!(path = %settings.path.display(), %reason, "Serial device gone; waiting for it to return.");
@@ -90,7 +92,11 @@ fn open(settings: &PortSettings) -> Result<SerialStream, tokio_serial::Error> {
     let path = settings.path.to_string_lossy();
     let mut port = tokio_serial::new(path.as_ref(), settings.baud_rate)
         .data_bits(tokio_serial::DataBits::Eight)
-        .parity(tokio_serial::Parity::None)
+        .parity(match settings.parity {
+            crate::decode::Parity::None => tokio_serial::Parity::None,
+            crate::decode::Parity::Odd => tokio_serial::Parity::Odd,
+            crate::decode::Parity::Even => tokio_serial::Parity::Even,
+        })
         .stop_bits(tokio_serial::StopBits::One)
         .flow_control(tokio_serial::FlowControl::None)
         .open_native_async()?;
@@ -104,25 +110,63 @@ fn open(settings: &PortSettings) -> Result<SerialStream, tokio_serial::Error> {
     Ok(port)
 }
 
-/// Reads until the device goes away; returns why, or `None` when the receiver is gone.
+/// Sends commands to the device; a failed write is logged, since the read side notices a device that left.
+async fn send(port: &mut SerialStream, path: &std::path::Path, command: &[u8]) {
+    if let Err(error) = port.write_all(command).await {
+        tracing::debug!(path = %path.display(), %error, "Writing to the device failed.");
+    }
+}
+
+/// Reads until the device goes away; returns why, or `None` when the receiver is gone. Meanwhile it sends
+/// the protocol's commands: once on open, a keep-alive at its interval, and the opening commands again when
+/// the device has been silent too long (a stream that stopped).
 async fn read_until_gone(
     port: &mut SerialStream,
     events: &mpsc::Sender<PortEvent>,
+    settings: &PortSettings,
 ) -> Option<String> {
+    let commands = &settings.commands;
+    for command in &commands.on_open {
+        send(port, &settings.path, command).await;
+    }
+    let talks = commands.keep_alive.is_some() || commands.restart_after_silence.is_some();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_data = tokio::time::Instant::now();
+    let mut last_keep_alive = tokio::time::Instant::now();
     let mut buffer = vec![0u8; 4096];
     loop {
-        match port.read(&mut buffer).await {
-            Ok(0) => return Some("end of file".to_string()),
-            Ok(count) => {
-                let event = PortEvent::Bytes {
-                    bytes: buffer[..count].to_vec(),
-                    received_at: crate::clock::now_utc(),
-                };
-                if events.send(event).await.is_err() {
-                    return None;
+        tokio::select! {
+            read = port.read(&mut buffer) => match read {
+                Ok(0) => return Some("end of file".to_string()),
+                Ok(count) => {
+                    last_data = tokio::time::Instant::now();
+                    let event = PortEvent::Bytes {
+                        bytes: buffer[..count].to_vec(),
+                        received_at: crate::clock::now_utc(),
+                    };
+                    if events.send(event).await.is_err() {
+                        return None;
+                    }
+                }
+                Err(error) => return Some(error.to_string()),
+            },
+            _ = tick.tick(), if talks => {
+                if let Some((period, command)) = &commands.keep_alive {
+                    if last_keep_alive.elapsed() >= *period {
+                        send(port, &settings.path, command).await;
+                        last_keep_alive = tokio::time::Instant::now();
+                    }
+                }
+                if let Some(silence) = commands.restart_after_silence {
+                    if last_data.elapsed() >= silence {
+                        tracing::info!(path = %settings.path.display(), "The device stopped sending; starting its stream again.");
+                        for command in &commands.on_open {
+                            send(port, &settings.path, command).await;
+                        }
+                        last_data = tokio::time::Instant::now();
+                    }
                 }
             }
-            Err(error) => return Some(error.to_string()),
         }
     }
 }

@@ -1,0 +1,253 @@
+//! Tanita body-composition scales' serial output: one CR LF line of `KEY,VALUE` pairs after the
+//! `{0,16,~0,1,…` control header, sent right after a measurement.
+//!
+//! A line becomes a `body_weight` reading (weight, BMI, height) and, when the scale measured them, a
+//! `body_composition` reading (fat, muscle, bone, water, BMR, visceral fat, metabolic age, impedance).
+//! Noise before the header (some models send a burst after the line) is skipped. The checksum rule is
+//! inferred, not documented, so a mismatch is flagged `checksum_unverified` rather than rejected.
+
+use super::line::LineFramer;
+use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
+use crate::codes::{self, Measure};
+use crate::reading::{Kind, Reading, Value};
+
+const HEADER: &[u8] = b"{0,16,";
+
+#[derive(Debug, Default)]
+pub struct TanitaDecoder {
+    lines: LineFramer,
+}
+
+/// The inferred checksum: the byte sum from `{` through the comma before `CS`, as two hex digits.
+fn checksum_matches(line: &[u8]) -> Option<bool> {
+    let at = find(line, b",CS,")?;
+    let expected = line[..=at]
+        .iter()
+        .fold(0u8, |sum, byte| sum.wrapping_add(*byte));
+    let written = std::str::from_utf8(&line[at + 4..]).ok()?.trim();
+    Some(u8::from_str_radix(written.get(..2)?, 16).ok()? == expected)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Stones and pounds as `S L` or `S-L` (e.g. `10 7.5`), in pounds.
+fn stone_pounds(text: &str) -> Option<f64> {
+    let (stones, pounds) = text.trim().split_once([' ', '-'])?;
+    Some(stones.trim().parse::<f64>().ok()? * 14.0 + pounds.trim().parse::<f64>().ok()?)
+}
+
+fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
+    let Some(start) = find(line, HEADER) else {
+        return vec![DecodeEvent::Rejected(FrameError::Garbage {
+            count: line.len(),
+        })];
+    };
+    let mut events = Vec::new();
+    if start > 0 {
+        events.push(DecodeEvent::Rejected(FrameError::Garbage { count: start }));
+    }
+    let line = &line[start..];
+    let malformed = |reason: &'static str| {
+        DecodeEvent::Rejected(FrameError::Malformed {
+            reason,
+            raw: hex_of(line),
+        })
+    };
+    let Ok(text) = std::str::from_utf8(line) else {
+        events.push(malformed("not ASCII text"));
+        return events;
+    };
+    let fields: Vec<&str> = text.split(',').collect();
+    let mut pairs = Vec::new();
+    let mut index = 2;
+    while index + 1 < fields.len() {
+        let (key, value) = (
+            fields[index].trim(),
+            fields[index + 1].trim().trim_matches('"'),
+        );
+        index += 2;
+        if !key.starts_with('~') {
+            pairs.push((key, value));
+        }
+    }
+    let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let number = |key: &str| -> Result<Option<f64>, &'static str> {
+        match get(key) {
+            None | Some("") => Ok(None),
+            Some(text) => text
+                .parse::<f64>()
+                .map(Some)
+                .map_err(|_| "unreadable number"),
+        }
+    };
+    let parsed = (|| -> Result<(Vec<Value>, Vec<Value>), &'static str> {
+        let pounds = get("Wp").is_some() || get("Ws").is_some();
+        let mass = |key: &str,
+                    kg: &'static Measure,
+                    lb: &'static Measure|
+         -> Result<Option<Value>, &'static str> {
+            Ok(number(key)?.map(|v| Value::number(if pounds { lb } else { kg }, v)))
+        };
+        let weight = match (number("Wk")?, number("Wp")?, get("Ws")) {
+            (Some(kg), _, _) => Value::number(&codes::BODY_WEIGHT_KG, kg),
+            (None, Some(lb), _) => Value::number(&codes::BODY_WEIGHT_LB, lb),
+            (None, None, Some(text)) => Value::number(
+                &codes::BODY_WEIGHT_LB,
+                stone_pounds(text).ok_or("unreadable stone-pound weight")?,
+            ),
+            (None, None, None) => return Err("no weight in the line"),
+        };
+        let mut weight_values = vec![weight];
+        weight_values.extend(number("MI")?.map(|v| Value::number(&codes::BMI, v)));
+        weight_values
+            .extend(number("Hm")?.map(|cm| Value::number(&codes::BODY_HEIGHT_M, cm / 100.0)));
+        let composition: Vec<Value> = [
+            number("FW")?.map(|v| Value::number(&codes::BODY_FAT_PERCENTAGE, v)),
+            mass("fW", &codes::BODY_FAT_MASS_KG, &codes::BODY_FAT_MASS_LB)?,
+            mass("MW", &codes::FAT_FREE_MASS_KG, &codes::FAT_FREE_MASS_LB)?,
+            mass("mW", &codes::MUSCLE_MASS_KG, &codes::MUSCLE_MASS_LB)?,
+            mass("bW", &codes::BONE_MASS_KG, &codes::BONE_MASS_LB)?,
+            mass("wW", &codes::BODY_WATER_MASS_KG, &codes::BODY_WATER_MASS_LB)?,
+            number("ww")?.map(|v| Value::number(&codes::BODY_WATER_PERCENTAGE, v)),
+            // One basal metabolism: kJ where the scale gives it, else kcal.
+            match number("rb")? {
+                Some(kj) => Some(Value::number(&codes::BASAL_METABOLISM, kj)),
+                None => number("rB")?.map(|v| Value::number(&codes::BASAL_METABOLISM_KCAL, v)),
+            },
+            number("IF")?.map(|v| Value::number(&codes::VISCERAL_FAT_RATING, v)),
+            number("rA")?.map(|v| Value::number(&codes::METABOLIC_AGE, v)),
+            number("ZF")?.map(|v| Value::number(&codes::IMPEDANCE, v)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Ok((weight_values, composition))
+    })();
+    let (weight_values, composition) = match parsed {
+        Ok(values) => values,
+        Err(reason) => {
+            events.push(malformed(reason));
+            return events;
+        }
+    };
+    let checksum_flag = match checksum_matches(line) {
+        Some(false) => Some("checksum_unverified"),
+        _ => None,
+    };
+    // A line that carries the scale's date and time names its measurement; a resend gets the same ids.
+    let dated = (get("Da").or(get("DA")).or(get("DT"))).is_some() && get("TI").is_some();
+    let mut make = |kind: Kind, values: Vec<Value>, name: &str| {
+        let mut reading = Reading::at_hub_time(kind, context.received_at, line);
+        reading.values = values;
+        reading.flags.extend(checksum_flag);
+        if dated {
+            reading.record_key = Some(format!("tanita:{name}:{}", hex_of(line)));
+        }
+        events.push(DecodeEvent::Reading(reading));
+    };
+    make(Kind::BodyWeight, weight_values, "weight");
+    if !composition.is_empty() {
+        make(Kind::BodyComposition, composition, "composition");
+    }
+    events
+}
+
+impl StreamDecoder for TanitaDecoder {
+    fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
+        let mut events = Vec::new();
+        for line in self.lines.feed(bytes) {
+            match line {
+                Ok(line) => events.extend(parse_line(&line, context)),
+                Err(error) => events.push(DecodeEvent::Rejected(error)),
+            }
+        }
+        events
+    }
+
+    fn finish(&mut self) -> Option<FrameError> {
+        self.lines.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::test_support::decode_stream;
+
+    fn make() -> Box<dyn StreamDecoder> {
+        Box::new(TanitaDecoder::default())
+    }
+
+    #[track_caller]
+    fn check(text: &str, expected: &[&str]) {
+        assert_eq!(
+            decode_stream(make, &hex::encode(text)),
+            expected,
+            "{text:?}"
+        );
+    }
+
+    const HUB: &str = "at=2024-03-15T12:00:00 hub";
+
+    #[rustfmt::skip]
+    #[test]
+    fn the_reference_line() {
+        check("{0,16,~0,1,~1,1,~2,1,MO,\"WB-3000\",Hm,170.0,Wk,65.4,MI,22.6,CS,73\r\n",
+            &[&format!("body_weight body_weight=65.4[kg] bmi=22.6[kg/m2] body_height=1.7[m] flags=[] {HUB}")]);
+        // The same line with a wrong checksum is read, and flagged.
+        check("{0,16,~0,1,~1,1,~2,1,MO,\"WB-3000\",Hm,170.0,Wk,65.4,MI,22.6,CS,74\r\n",
+            &[&format!("body_weight body_weight=65.4[kg] bmi=22.6[kg/m2] body_height=1.7[m] flags=[checksum_unverified] {HUB}")]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn body_composition_lines() {
+        check("{0,16,~0,1,~1,1,~2,1,MO,\"BC-418\",DT,\"15/03/2024\",TI,\"07:30\",Bt,0,GE,1,AG,45,Hm,180.0,Pt,1.0,Wk,80.0,MI,24.7,FW,22.5,fW,18.0,MW,62.0,mW,58.9,bW,3.1,wW,45.4,ww,56.8,rb,7531,rB,1800,IF,9,rA,44,ZF,512\r\n", &[
+            &format!("body_weight body_weight=80[kg] bmi=24.7[kg/m2] body_height=1.8[m] flags=[] {HUB}"),
+            &format!("body_composition body_fat_percentage=22.5 body_fat_mass=18[kg] fat_free_mass=62[kg] muscle_mass=58.9[kg] bone_mass=3.1[kg] body_water_mass=45.4[kg] body_water_percentage=56.8 basal_metabolism=7531[kJ] visceral_fat_rating=9[{{score}}] metabolic_age=44[a] impedance=512[Ohm] flags=[] {HUB}"),
+        ]);
+        check("{0,16,~0,1,~1,1,~2,1,Wp,176.4,FW,22.5,fW,39.7\r\n", &[
+            &format!("body_weight body_weight=176.4[[lb_av]] flags=[] {HUB}"),
+            &format!("body_composition body_fat_percentage=22.5 body_fat_mass=39.7[[lb_av]] flags=[] {HUB}"),
+        ]);
+        check("{0,16,~0,1,Ws,12 8.4\r\n", &[&format!("body_weight body_weight=176.4[[lb_av]] flags=[] {HUB}")]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn noise_and_broken_lines() {
+        // The burst some scales send after a line, on its own line or glued to the next one.
+        check("\u{0}\u{7f}xx\r\n", &["garbage 4"]);
+        check("@@{0,16,~0,1,Wk,65.4\r\n", &["garbage 2", &format!("body_weight body_weight=65.4[kg] flags=[] {HUB}")]);
+        check("{0,16,~0,1,Wk,6x.4\r\n", &["error malformed: unreadable number"]);
+        check("{0,16,~0,1,MO,\"X\"\r\n", &["error malformed: no weight in the line"]);
+        check("{0,16,~0,1,Wk,65", &["truncated 16/17"]);
+    }
+
+    #[test]
+    fn a_dated_line_names_its_readings_and_an_undated_one_does_not() {
+        let context = DecodeContext {
+            received_at: crate::decode::test_support::received_at(),
+            time_zone: &crate::decode::test_support::utc(),
+        };
+        let keys = |text: &str| -> Vec<Option<String>> {
+            TanitaDecoder::default()
+                .feed(text.as_bytes(), &context)
+                .into_iter()
+                .filter_map(|event| match event {
+                    DecodeEvent::Reading(reading) => Some(reading.record_key),
+                    DecodeEvent::Rejected(_) => None,
+                })
+                .collect()
+        };
+        let dated = keys("{0,16,~0,1,DT,\"15/03/2024\",TI,\"07:30\",Wk,80.0,FW,22.5\r\n");
+        assert_eq!(dated.len(), 2);
+        assert!(dated.iter().all(Option::is_some));
+        assert_ne!(dated[0], dated[1]);
+        assert_eq!(keys("{0,16,~0,1,Wk,80.0\r\n"), [None]);
+    }
+}
