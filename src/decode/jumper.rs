@@ -8,7 +8,10 @@ use crate::reading::{Kind, Reading, Special, Value};
 const NUMERIC_FRAME: u8 = 0x81;
 const PULSE_INVALID: u8 = 255;
 const SPO2_INVALID: u8 = 127;
+const PERFUSION_INVALID: u8 = 0;
 
+/// Decodes the numeric frames of a Jumper oximeter's notify characteristic into readings at hub time;
+/// every other notification decodes to nothing.
 #[derive(Debug, Default)]
 pub struct JumperOximeterDecoder;
 
@@ -32,7 +35,7 @@ impl MessageDecoder for JumperOximeterDecoder {
                 pulse => Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(pulse)),
             },
             match perfusion {
-                0 => Value::special(&codes::PERFUSION_INDEX, Special::Missing),
+                PERFUSION_INVALID => Value::special(&codes::PERFUSION_INDEX, Special::Missing),
                 tenths => Value::number(&codes::PERFUSION_INDEX, f64::from(tenths) / 10.0),
             },
         ];
@@ -43,7 +46,7 @@ impl MessageDecoder for JumperOximeterDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::test_support::decode_messages;
+    use crate::decode::test_support::{bytes_of, decode_messages, received_at, utc};
 
     #[track_caller]
     fn check(hex: &str, expected: &[&str]) {
@@ -56,22 +59,48 @@ mod tests {
 
     const HUB: &str = "at=2024-03-15T12:00:00 hub";
 
+    #[rustfmt::skip]
     #[test]
     fn numeric_frames() {
-        check(
-            "81 38 63 44",
-            &[&format!(
-                "pulse_oximetry spo2=99 pulse_rate=56 perfusion_index=6.8 flags=[] {HUB}"
-            )],
-        );
+        check("81 38 63 44", &[&format!("pulse_oximetry spo2=99 pulse_rate=56 perfusion_index=6.8 flags=[] {HUB}")]);
+        check("81 48 62 0A", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 perfusion_index=1 flags=[] {HUB}")]);
+        check("81 FE 64 FF", &[&format!("pulse_oximetry spo2=100 pulse_rate=254 perfusion_index=25.5 flags=[] {HUB}")]);
+        check("81 00 00 01", &[&format!("pulse_oximetry spo2=0 pulse_rate=0 perfusion_index=0.1 flags=[] {HUB}")]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn invalid_values_are_missing() {
+        check("81 FF 63 44", &[&format!("pulse_oximetry spo2=99 pulse_rate=missing perfusion_index=6.8 flags=[] {HUB}")]);
+        check("81 38 7F 44", &[&format!("pulse_oximetry spo2=missing pulse_rate=56 perfusion_index=6.8 flags=[] {HUB}")]);
+        check("81 38 63 00", &[&format!("pulse_oximetry spo2=99 pulse_rate=56 perfusion_index=missing flags=[] {HUB}")]);
         check("81 FF 7F 00", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing perfusion_index=missing flags=[] {HUB}")]);
     }
 
+    #[rustfmt::skip]
     #[test]
     fn other_frames_are_ignored() {
+        check("", &[]);
         check("2D", &[]);
+        check("2D 2D 2D 2D", &[]);
+        check("80 10 20 30", &[]);
         check("80 10 20 30 40", &[]);
+        check("81", &[]);
         check("81 38 63", &[]);
         check("81 38 63 44 00", &[]);
+        check("81 38 63 44 81 38 63 44", &[]);
+    }
+
+    #[test]
+    fn a_reading_keeps_its_frame_and_has_no_record_key() {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+        };
+        let readings = JumperOximeterDecoder
+            .decode(&bytes_of("81 38 63 44"), &context)
+            .unwrap();
+        assert_eq!(readings[0].raw, bytes_of("81 38 63 44"));
+        assert_eq!(readings[0].record_key, None);
     }
 }

@@ -10,28 +10,71 @@ use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
 use crate::reading::{Kind, Reading, Value};
 
+const SMART_SCALE_LEN: usize = 10;
+const BODY_COMPOSITION_LEN: usize = 13;
+
+// Mi Smart Scale control byte.
+const V1_POUNDS: u8 = 0x01;
+const V1_JIN: u8 = 0x10;
+const V1_STABILISED: u8 = 0x20;
+const V1_OBJECT: u8 = 0x40;
+const V1_REMOVED: u8 = 0x80;
+
+// Mi Body Composition Scale control bytes 0 and 1.
+const V2_POUNDS: u8 = 0x01;
+const V2_OBJECT: u8 = 0x04;
+const V2_IMPEDANCE: u8 = 0x02;
+const V2_STABILISED: u8 = 0x20;
+const V2_JIN: u8 = 0x40;
+const V2_REMOVED: u8 = 0x80;
+
+/// Mi Smart Scale (XMTZC01HM / XMTZC04HM): decodes the 10-byte service data under UUID 0x181D into one
+/// `body_weight` reading per weighing.
 #[derive(Debug, Default)]
 pub struct XiaomiScaleDecoder {
     last_key: Option<String>,
 }
 
+/// Mi Body Composition Scale (XMTZC02HM / XMTZC05HM / NUN4049CN): decodes the 13-byte service data under
+/// UUID 0x181B into one `body_composition` reading (weight, and impedance once the scale has it) per weighing.
 #[derive(Debug, Default)]
 pub struct XiaomiBodyCompositionScaleDecoder {
     last_key: Option<String>,
 }
 
-/// A weight in the unit the control bits name; jin (catty, 0.5 kg) is converted to kg exactly.
-fn weight(raw: u16, pounds: bool, jin: bool) -> (Value, bool) {
-    if pounds {
-        (
-            Value::number(&codes::BODY_WEIGHT_LB, f64::from(raw) / 100.0),
-            false,
-        )
-    } else {
-        (
-            Value::number(&codes::BODY_WEIGHT_KG, f64::from(raw) / 200.0),
-            jin,
-        )
+/// The control bits both scales send, wherever each layout keeps them.
+struct Weighing {
+    raw: u16,
+    pounds: bool,
+    jin: bool,
+    stabilised: bool,
+    removed: bool,
+    object: bool,
+}
+
+impl Weighing {
+    /// The reading for a finished weighing, or `None` while the scale is settling or after the person left.
+    fn reading(&self, kind: Kind, message: &[u8], context: &DecodeContext<'_>) -> Option<Reading> {
+        if !self.stabilised || self.removed || self.raw == 0 {
+            return None;
+        }
+        let mut reading = Reading::at_hub_time(kind, context.received_at, message);
+        let raw = f64::from(self.raw);
+        // One jin is exactly half a kilogram, so a jin weight in hundredths is the kilogram weight in 1/200 kg.
+        let (value, from_jin) = if self.pounds {
+            (Value::number(&codes::BODY_WEIGHT_LB, raw / 100.0), false)
+        } else {
+            (Value::number(&codes::BODY_WEIGHT_KG, raw / 200.0), self.jin)
+        };
+        reading.values.push(value);
+        push_flags(
+            &mut reading.flags,
+            &[
+                (from_jin, "converted_from_jin"),
+                (self.object, "object_mode"),
+            ],
+        );
+        Some(reading)
     }
 }
 
@@ -60,27 +103,27 @@ impl MessageDecoder for XiaomiScaleDecoder {
         message: &[u8],
         context: &DecodeContext<'_>,
     ) -> Result<Vec<Reading>, FrameError> {
-        let Ok(&[control, w0, w1, ref time @ ..]) = <&[u8; 10]>::try_from(message) else {
-            return Err(wrong_length(message, 10));
+        let Ok(&[control, w0, w1, ref time @ ..]) = <&[u8; SMART_SCALE_LEN]>::try_from(message)
+        else {
+            return Err(wrong_length(message, SMART_SCALE_LEN));
         };
-        let raw = u16::from_le_bytes([w0, w1]);
-        let stabilised = control & 0x20 != 0;
-        let removed = control & 0x80 != 0;
-        if !stabilised || removed || raw == 0 {
+        let weighing = Weighing {
+            raw: u16::from_le_bytes([w0, w1]),
+            pounds: control & V1_POUNDS != 0,
+            jin: control & V1_JIN != 0,
+            stabilised: control & V1_STABILISED != 0,
+            removed: control & V1_REMOVED != 0,
+            object: control & V1_OBJECT != 0,
+        };
+        let Some(mut reading) = weighing.reading(Kind::BodyWeight, message, context) else {
             return Ok(Vec::new());
-        }
-        let (value, from_jin) = weight(raw, control & 0x01 != 0, control & 0x10 != 0);
-        let mut reading = Reading::at_hub_time(Kind::BodyWeight, context.received_at, message);
-        reading.values.push(value);
-        push_flags(
-            &mut reading.flags,
-            &[
-                (from_jin, "converted_from_jin"),
-                (control & 0x40 != 0, "object_mode"),
-            ],
-        );
+        };
         stamp(&mut reading, date_time(time), context);
-        reading.record_key = Some(format!("xiaomi-scale:{}", hex_of(&message[1..])));
+        reading.record_key = Some(format!(
+            "xiaomi-scale:{}{}",
+            hex_of(&[w0, w1]),
+            hex_of(time)
+        ));
         Ok(once(&mut self.last_key, reading))
     }
 }
@@ -92,35 +135,31 @@ impl MessageDecoder for XiaomiBodyCompositionScaleDecoder {
         context: &DecodeContext<'_>,
     ) -> Result<Vec<Reading>, FrameError> {
         let Ok(&[control0, control1, ref time @ .., i0, i1, w0, w1]) =
-            <&[u8; 13]>::try_from(message)
+            <&[u8; BODY_COMPOSITION_LEN]>::try_from(message)
         else {
-            return Err(wrong_length(message, 13));
+            return Err(wrong_length(message, BODY_COMPOSITION_LEN));
         };
-        let raw = u16::from_le_bytes([w0, w1]);
-        let stabilised = control1 & 0x20 != 0;
-        let removed = control1 & 0x80 != 0;
-        if !stabilised || removed || raw == 0 {
+        let weighing = Weighing {
+            raw: u16::from_le_bytes([w0, w1]),
+            pounds: control0 & V2_POUNDS != 0,
+            jin: control1 & V2_JIN != 0,
+            stabilised: control1 & V2_STABILISED != 0,
+            removed: control1 & V2_REMOVED != 0,
+            object: control0 & V2_OBJECT != 0,
+        };
+        let Some(mut reading) = weighing.reading(Kind::BodyComposition, message, context) else {
             return Ok(Vec::new());
-        }
-        let has_impedance = control1 & 0x02 != 0;
-        let (value, from_jin) = weight(raw, control0 & 0x01 != 0, control1 & 0x40 != 0);
-        let mut reading = Reading::at_hub_time(Kind::BodyComposition, context.received_at, message);
-        reading.values.push(value);
-        if has_impedance {
+        };
+        let impedance: &[u8] = if control1 & V2_IMPEDANCE != 0 {
             reading.values.push(Value::number(
                 &codes::IMPEDANCE,
                 f64::from(u16::from_le_bytes([i0, i1])),
             ));
-        }
-        push_flags(
-            &mut reading.flags,
-            &[
-                (from_jin, "converted_from_jin"),
-                (control0 & 0x04 != 0, "object_mode"),
-            ],
-        );
+            &[i0, i1]
+        } else {
+            &[]
+        };
         stamp(&mut reading, date_time(time), context);
-        let impedance: &[u8] = if has_impedance { &[i0, i1] } else { &[] };
         reading.record_key = Some(format!(
             "xiaomi-body-composition-scale:{}{}{}",
             hex_of(&[w0, w1]),
@@ -134,7 +173,7 @@ impl MessageDecoder for XiaomiBodyCompositionScaleDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::test_support::decode_messages;
+    use crate::decode::test_support::{bytes_of, decode_messages, received_at, utc};
 
     #[track_caller]
     fn check_v1(messages: &[&str], expected: &[&str]) {
@@ -154,38 +193,188 @@ mod tests {
         );
     }
 
-    const T1: &str = "at=2021-04-11T16:19:01 device";
-    const T2: &str = "at=2024-03-15T12:00:00 hub";
+    fn record_key(decoder: &mut dyn MessageDecoder, hex: &str) -> Option<String> {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+        };
+        let readings = decoder.decode(&bytes_of(hex), &context).unwrap();
+        readings
+            .first()
+            .and_then(|reading| reading.record_key.clone())
+    }
+
+    /// The scale's clock in the reference vector, which it advertises as 2021-04-11 16:19:01.
+    const V1_TIME: &str = "at=2021-04-11T16:19:01 device";
+    const HUB: &str = "at=2024-03-15T12:00:00 hub";
 
     #[rustfmt::skip]
     #[test]
-    fn mi_smart_scale() {
-        check_v1(&["22 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=86.55[kg] flags=[] {T1}")]);
-        check_v1(&["02 9E 43 E5 07 04 0B 10 13 01"], &[]);
-        check_v1(&["A2 9E 43 E5 07 04 0B 10 13 01"], &[]);
-        check_v1(&["22 00 00 E5 07 04 0B 10 13 01"], &[]);
-        check_v1(&["23 CE 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=173.58[[lb_av]] flags=[] {T1}")]);
-        check_v1(&["32 CE 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=86.79[kg] flags=[converted_from_jin] {T1}")]);
-        check_v1(&["62 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=86.55[kg] flags=[object_mode] {T1}")]);
-        check_v1(&["22 9E 43 B2 07 01 01 00 00 05"], &["body_weight body_weight=86.55[kg] flags=[device_clock_invalid] at=2024-03-15T12:00:00 hub"]);
-        // The advertisement repeats: one reading per weighing; a new weighing is reported.
-        check_v1(&["22 9E 43 E5 07 04 0B 10 13 01", "22 9E 43 E5 07 04 0B 10 13 01", "22 A0 43 E5 07 04 0B 10 14 01"],
-            &[&format!("body_weight body_weight=86.55[kg] flags=[] {T1}"), "body_weight body_weight=86.56[kg] flags=[] at=2021-04-11T16:20:01 device"]);
-        check_v1(&["22 9E 43 E5 07 04 0B 10 13"], &["error invalid: expected 10 bytes of service data, got 9"]);
+    fn mi_smart_scale_weighings() {
+        check_v1(&["22 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=86.55[kg] flags=[] {V1_TIME}")]);
+        check_v1(&["23 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=173.1[[lb_av]] flags=[] {V1_TIME}")]);
+        check_v1(&["32 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=86.55[kg] flags=[converted_from_jin] {V1_TIME}")]);
+        check_v1(&["33 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=173.1[[lb_av]] flags=[] {V1_TIME}")]);
+        check_v1(&["62 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=86.55[kg] flags=[object_mode] {V1_TIME}")]);
+        check_v1(&["72 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=86.55[kg] flags=[converted_from_jin,object_mode] {V1_TIME}")]);
+        check_v1(&["20 9E 43 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=86.55[kg] flags=[] {V1_TIME}")]);
+        check_v1(&["22 01 00 E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=0.005[kg] flags=[] {V1_TIME}")]);
+        check_v1(&["22 FF FF E5 07 04 0B 10 13 01"], &[&format!("body_weight body_weight=327.675[kg] flags=[] {V1_TIME}")]);
     }
 
     #[rustfmt::skip]
     #[test]
-    fn mi_body_composition_scale() {
-        check_v2(&["02 26 B2 07 05 04 0F 02 01 AC 01 86 42"], &[&format!("body_composition body_weight=85.15[kg] impedance=428[Ohm] flags=[device_clock_invalid] {T2}")]);
+    fn mi_smart_scale_reports_only_a_finished_weighing() {
+        check_v1(&["02 9E 43 E5 07 04 0B 10 13 01"], &[]);
+        check_v1(&["A2 9E 43 E5 07 04 0B 10 13 01"], &[]);
+        check_v1(&["82 9E 43 E5 07 04 0B 10 13 01"], &[]);
+        check_v1(&["E2 9E 43 E5 07 04 0B 10 13 01"], &[]);
+        check_v1(&["22 00 00 E5 07 04 0B 10 13 01"], &[]);
+        check_v1(&["03 9E 43 E5 07 04 0B 10 13 01"], &[]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_smart_scale_clock() {
+        check_v1(&["22 9E 43 B2 07 01 01 00 00 05"], &[&format!("body_weight body_weight=86.55[kg] flags=[device_clock_invalid] {HUB}")]);
+        check_v1(&["22 9E 43 00 00 00 00 00 00 00"], &[&format!("body_weight body_weight=86.55[kg] flags=[device_clock_invalid] {HUB}")]);
+        check_v1(&["22 9E 43 E5 07 02 1E 10 13 01"], &[&format!("body_weight body_weight=86.55[kg] flags=[device_clock_invalid] {HUB}")]);
+        check_v1(&["22 9E 43 E9 07 01 01 00 00 00"], &[&format!("body_weight body_weight=86.55[kg] flags=[device_clock_ahead] {HUB}")]);
+        check_v1(&["62 9E 43 B2 07 01 01 00 00 05"], &[&format!("body_weight body_weight=86.55[kg] flags=[object_mode,device_clock_invalid] {HUB}")]);
+        check_v1(&["22 9E 43 E8 07 03 0F 07 1E 00"], &["body_weight body_weight=86.55[kg] flags=[] at=2024-03-15T07:30:00 device"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_smart_scale_reports_a_weighing_once() {
+        let reference = "22 9E 43 E5 07 04 0B 10 13 01";
+        let first = format!("body_weight body_weight=86.55[kg] flags=[] {V1_TIME}");
+        check_v1(&[reference, reference, reference], &[&first]);
+        // Settling, the finished weighing, its repeats and the person stepping off are one weighing.
+        check_v1(&["02 90 43 E5 07 04 0B 10 13 01", reference, reference, "A2 9E 43 E5 07 04 0B 10 13 01", reference], &[&first]);
+        check_v1(&[reference, "22 A0 43 E5 07 04 0B 10 14 01"], &[&first, "body_weight body_weight=86.56[kg] flags=[] at=2021-04-11T16:20:01 device"]);
+        check_v1(&[reference, "22 9E 43 E5 07 04 0B 10 14 01"], &[&first, "body_weight body_weight=86.55[kg] flags=[] at=2021-04-11T16:20:01 device"]);
+        check_v1(&[reference, "22 A0 43 E5 07 04 0B 10 14 01", reference], &[&first, "body_weight body_weight=86.56[kg] flags=[] at=2021-04-11T16:20:01 device", &first]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_smart_scale_wrong_lengths_are_errors() {
+        check_v1(&[""], &["error invalid: expected 10 bytes of service data, got 0"]);
+        check_v1(&["22 9E 43 E5 07 04 0B 10 13"], &["error invalid: expected 10 bytes of service data, got 9"]);
+        check_v1(&["22 9E 43 E5 07 04 0B 10 13 01 00"], &["error invalid: expected 10 bytes of service data, got 11"]);
+        check_v1(&["02 26 B2 07 05 04 0F 02 01 AC 01 86 42"], &["error invalid: expected 10 bytes of service data, got 13"]);
+    }
+
+    #[test]
+    fn mi_smart_scale_record_key_is_weight_and_time() {
+        let mut decoder = XiaomiScaleDecoder::default();
+        assert_eq!(
+            record_key(&mut decoder, "22 9E 43 E5 07 04 0B 10 13 01").as_deref(),
+            Some("xiaomi-scale:9e43e507040b101301")
+        );
+        assert_eq!(
+            record_key(
+                &mut XiaomiScaleDecoder::default(),
+                "62 9E 43 E5 07 04 0B 10 13 01"
+            )
+            .as_deref(),
+            Some("xiaomi-scale:9e43e507040b101301")
+        );
+    }
+
+    /// The reference vector's scale clock reads 1970, a clock never set, so the hub time stands in.
+    const V2_HUB: &str = "flags=[device_clock_invalid] at=2024-03-15T12:00:00 hub";
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_body_composition_scale_weighings() {
+        check_v2(&["02 26 B2 07 05 04 0F 02 01 AC 01 86 42"], &[&format!("body_composition body_weight=85.15[kg] impedance=428[Ohm] {V2_HUB}")]);
+        check_v2(&["02 24 B2 07 05 04 0F 02 01 AC 01 86 42"], &[&format!("body_composition body_weight=85.15[kg] {V2_HUB}")]);
+        check_v2(&["02 24 B2 07 05 04 0F 02 01 00 00 86 42"], &[&format!("body_composition body_weight=85.15[kg] {V2_HUB}")]);
+        check_v2(&["03 26 B2 07 05 04 0F 02 01 AC 01 86 42"], &[&format!("body_composition body_weight=170.3[[lb_av]] impedance=428[Ohm] {V2_HUB}")]);
+        check_v2(&["02 66 B2 07 05 04 0F 02 01 AC 01 86 42"], &["body_composition body_weight=85.15[kg] impedance=428[Ohm] flags=[converted_from_jin,device_clock_invalid] at=2024-03-15T12:00:00 hub"]);
+        check_v2(&["03 66 B2 07 05 04 0F 02 01 AC 01 86 42"], &[&format!("body_composition body_weight=170.3[[lb_av]] impedance=428[Ohm] {V2_HUB}")]);
+        check_v2(&["06 26 B2 07 05 04 0F 02 01 AC 01 86 42"], &["body_composition body_weight=85.15[kg] impedance=428[Ohm] flags=[object_mode,device_clock_invalid] at=2024-03-15T12:00:00 hub"]);
+        check_v2(&["06 24 B2 07 05 04 0F 02 01 00 00 86 42"], &["body_composition body_weight=85.15[kg] flags=[object_mode,device_clock_invalid] at=2024-03-15T12:00:00 hub"]);
+        check_v2(&["02 26 E8 07 03 0F 07 1E 00 F4 01 86 42"], &["body_composition body_weight=85.15[kg] impedance=500[Ohm] flags=[] at=2024-03-15T07:30:00 device"]);
+        check_v2(&["02 26 E9 07 01 01 00 00 00 F4 01 86 42"], &["body_composition body_weight=85.15[kg] impedance=500[Ohm] flags=[device_clock_ahead] at=2024-03-15T12:00:00 hub"]);
+        check_v2(&["02 26 00 00 00 00 00 00 00 F4 01 86 42"], &["body_composition body_weight=85.15[kg] impedance=500[Ohm] flags=[device_clock_invalid] at=2024-03-15T12:00:00 hub"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_body_composition_scale_reports_only_a_finished_weighing() {
         check_v2(&["02 06 B2 07 05 04 0F 02 01 AC 01 86 42"], &[]);
+        check_v2(&["02 04 B2 07 05 04 0F 02 01 00 00 86 42"], &[]);
         check_v2(&["02 A6 B2 07 05 04 0F 02 01 AC 01 86 42"], &[]);
-        check_v2(&["02 24 B2 07 05 04 0F 02 01 00 00 86 42"], &[&format!("body_composition body_weight=85.15[kg] flags=[device_clock_invalid] {T2}")]);
-        check_v2(&["03 26 B2 07 05 04 0F 02 01 AC 01 86 42"], &[&format!("body_composition body_weight=170.3[[lb_av]] impedance=428[Ohm] flags=[device_clock_invalid] {T2}")]);
-        check_v2(&["02 66 B2 07 05 04 0F 02 01 AC 01 86 42"], &[&format!("body_composition body_weight=85.15[kg] impedance=428[Ohm] flags=[converted_from_jin,device_clock_invalid] {T2}")]);
-        check_v2(&["06 26 B2 07 05 04 0F 02 01 AC 01 86 42"], &[&format!("body_composition body_weight=85.15[kg] impedance=428[Ohm] flags=[object_mode,device_clock_invalid] {T2}")]);
-        check_v2(&["02 26 B2 07 05 04 0F 02 01 AC 01 86 42", "02 26 B2 07 05 04 0F 02 01 AC 01 86 42"],
-            &[&format!("body_composition body_weight=85.15[kg] impedance=428[Ohm] flags=[device_clock_invalid] {T2}")]);
+        check_v2(&["02 A4 B2 07 05 04 0F 02 01 00 00 86 42"], &[]);
+        check_v2(&["02 26 B2 07 05 04 0F 02 01 AC 01 00 00"], &[]);
+        check_v2(&["22 06 B2 07 05 04 0F 02 01 AC 01 86 42"], &[]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_body_composition_scale_reports_a_weighing_once() {
+        let reference = "02 26 B2 07 05 04 0F 02 01 AC 01 86 42";
+        let first = format!("body_composition body_weight=85.15[kg] impedance=428[Ohm] {V2_HUB}");
+        check_v2(&[reference, reference, "02 A6 B2 07 05 04 0F 02 01 AC 01 86 42", reference], &[&first]);
+        // The weight settles before the impedance; the weighing with impedance is a new reading.
+        check_v2(&["02 24 B2 07 05 04 0F 02 01 00 00 86 42", "02 24 B2 07 05 04 0F 02 01 00 00 86 42", reference, reference],
+            &[&format!("body_composition body_weight=85.15[kg] {V2_HUB}"), &first]);
+        check_v2(&[reference, "02 26 B2 07 05 04 0F 03 01 AC 01 86 42"], &[&first, &first]);
+        check_v2(&[reference, "02 26 B2 07 05 04 0F 02 01 AD 01 86 42"], &[&first, &format!("body_composition body_weight=85.15[kg] impedance=429[Ohm] {V2_HUB}")]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_body_composition_scale_wrong_lengths_are_errors() {
+        check_v2(&[""], &["error invalid: expected 13 bytes of service data, got 0"]);
         check_v2(&["02 26 B2 07 05 04 0F 02 01 AC 01 86"], &["error invalid: expected 13 bytes of service data, got 12"]);
+        check_v2(&["02 26 B2 07 05 04 0F 02 01 AC 01 86 42 00"], &["error invalid: expected 13 bytes of service data, got 14"]);
+        check_v2(&["22 9E 43 E5 07 04 0B 10 13 01"], &["error invalid: expected 13 bytes of service data, got 10"]);
+    }
+
+    #[test]
+    fn mi_body_composition_scale_record_key_has_impedance_only_when_valid() {
+        assert_eq!(
+            record_key(
+                &mut XiaomiBodyCompositionScaleDecoder::default(),
+                "02 26 B2 07 05 04 0F 02 01 AC 01 86 42"
+            )
+            .as_deref(),
+            Some("xiaomi-body-composition-scale:8642ac01b20705040f0201")
+        );
+        assert_eq!(
+            record_key(
+                &mut XiaomiBodyCompositionScaleDecoder::default(),
+                "02 24 B2 07 05 04 0F 02 01 AC 01 86 42"
+            )
+            .as_deref(),
+            Some("xiaomi-body-composition-scale:8642b20705040f0201")
+        );
+    }
+
+    #[test]
+    fn arbitrary_service_data_never_panics() {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+        };
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut v1 = XiaomiScaleDecoder::default();
+        let mut v2 = XiaomiBodyCompositionScaleDecoder::default();
+        for length in 0..2000 {
+            let message: Vec<u8> = (0..length % 16)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed.to_le_bytes()[0]
+                })
+                .collect();
+            let _ = v1.decode(&message, &context);
+            let _ = v2.decode(&message, &context);
+        }
     }
 }
