@@ -1,97 +1,136 @@
 //! Date Time 0x2A08 and Current Time 0x2A2B: decoding a device clock, encoding the hub's time to set it,
 //! and the device-minus-hub clock offset the hub records at every sync (the HL7 PHD "coincident time").
 //!
-//! The hub reads the device clock before writing it, so the offset says how far the clock had drifted (or
-//! that it was never set) when the records stamped by it were made.
+//! Devices keep local wall time with no zone, as set by the last write, and stamp their stored records with
+//! it (A&D writes Date Time inside its measurement service, Omron the Current Time Service). The hub therefore
+//! reads the device clock before writing its own time to it, and records the offset: it says how far the clock
+//! had drifted, or that it was never set, when the records already on the device were stamped.
 
 use chrono::{Datelike, NaiveDateTime, TimeDelta, Timelike, Weekday};
 
 use super::ieee11073::{Cursor, DeviceDateTime};
 use super::FrameError;
 
+/// Adjust Reason bit 0: the time was set by hand.
 pub const ADJUST_MANUAL: u8 = 0x01;
+/// Adjust Reason bit 1: the time came from an external reference (the hub sets this one).
 pub const ADJUST_EXTERNAL_REFERENCE: u8 = 0x02;
+/// Adjust Reason bit 2: the time zone changed.
 pub const ADJUST_TIME_ZONE: u8 = 0x04;
+/// Adjust Reason bit 3: daylight saving time started or ended.
 pub const ADJUST_DST: u8 = 0x08;
 
-/// A device clock within this much of the hub's counts as in sync.
+/// The years a Date Time can carry; 0 means "unknown" and the rest is reserved.
+const ENCODABLE_YEARS: std::ops::RangeInclusive<u16> = 1582..=9999;
+
+/// A device clock within this much of the hub's, either way, counts as in sync.
 const IN_SYNC: TimeDelta = TimeDelta::minutes(2);
 
-/// Encodes a Date Time; `None` for years the field cannot hold.
+/// Encodes a Date Time: year u16 LE, month, day, hours, minutes, seconds. `None` for a year outside
+/// 1582–9999, which the field cannot hold.
 pub fn encode_date_time(local: NaiveDateTime) -> Option<[u8; 7]> {
     let year = u16::try_from(local.year())
         .ok()
-        .filter(|year| (1582..=9999).contains(year))?;
-    let [y0, y1] = year.to_le_bytes();
+        .filter(|year| ENCODABLE_YEARS.contains(year))?;
+    let [year_low, year_high] = year.to_le_bytes();
     Some([
-        y0,
-        y1,
-        local.month() as u8,
-        local.day() as u8,
-        local.hour() as u8,
-        local.minute() as u8,
-        local.second() as u8,
+        year_low,
+        year_high,
+        small(local.month()),
+        small(local.day()),
+        small(local.hour()),
+        small(local.minute()),
+        small(local.second()),
     ])
 }
 
-/// Encodes a Current Time: Date Time, day of week (1 = Monday), 1/256 s fractions and the adjust reason.
+/// Encodes a Current Time: the Date Time, day of week (1 = Monday … 7 = Sunday), the sub-second part in
+/// 1/256 s (rounded down) and the adjust reason bits. `None` when the Date Time cannot be encoded.
 pub fn encode_current_time(local: NaiveDateTime, adjust_reason: u8) -> Option<[u8; 10]> {
-    let date_time = encode_date_time(local)?;
-    let fractions = (u64::from(local.nanosecond().min(999_999_999)) * 256 / 1_000_000_000) as u8;
-    let mut bytes = [0u8; 10];
-    bytes[..7].copy_from_slice(&date_time);
-    bytes[7] = local.weekday().number_from_monday() as u8;
-    bytes[8] = fractions;
-    bytes[9] = adjust_reason;
-    Some(bytes)
+    let [y0, y1, month, day, hour, minute, second] = encode_date_time(local)?;
+    // chrono puts a leap second in the nanoseconds (up to 1 999 999 999); it is still the last 1/256 s.
+    let nanoseconds = u64::from(local.nanosecond().min(999_999_999));
+    let fractions256 = u8::try_from(nanoseconds * 256 / 1_000_000_000).unwrap_or(u8::MAX);
+    let day_of_week = small(local.weekday().number_from_monday());
+    Some([
+        y0,
+        y1,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        day_of_week,
+        fractions256,
+        adjust_reason,
+    ])
+}
+
+/// Narrows a calendar field that chrono keeps in a `u32` but that never exceeds 60.
+fn small(field: u32) -> u8 {
+    u8::try_from(field).unwrap_or(u8::MAX)
 }
 
 /// A decoded Current Time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CurrentTime {
     pub date_time: DeviceDateTime,
+    /// `None` when the device sends 0 ("unknown") or a reserved value.
     pub day_of_week: Option<Weekday>,
+    /// The sub-second part in 1/256 s.
     pub fractions256: u8,
+    /// The `ADJUST_*` bits.
     pub adjust_reason: u8,
 }
 
+/// Decodes a Date Time from its first 7 bytes; a year, month or day of 0 is an unknown time, not an error.
 pub fn decode_date_time(bytes: &[u8]) -> Result<DeviceDateTime, FrameError> {
     Cursor::new(bytes).date_time("date time")
 }
 
+/// Decodes a Current Time from its first 10 bytes; bytes after them are ignored.
 pub fn decode_current_time(bytes: &[u8]) -> Result<CurrentTime, FrameError> {
     let mut cursor = Cursor::new(bytes);
     let date_time = cursor.date_time("date time")?;
-    let day = cursor.u8("day of week")?;
-    let fractions256 = cursor.u8("fractions256")?;
-    let adjust_reason = cursor.u8("adjust reason")?;
-    let day_of_week = match day {
-        1..=7 => Weekday::try_from(day - 1).ok(),
+    let day_of_week = match cursor.u8("day of week")? {
+        1 => Some(Weekday::Mon),
+        2 => Some(Weekday::Tue),
+        3 => Some(Weekday::Wed),
+        4 => Some(Weekday::Thu),
+        5 => Some(Weekday::Fri),
+        6 => Some(Weekday::Sat),
+        7 => Some(Weekday::Sun),
         _ => None,
     };
     Ok(CurrentTime {
         date_time,
         day_of_week,
-        fractions256,
-        adjust_reason,
+        fractions256: cursor.u8("fractions256")?,
+        adjust_reason: cursor.u8("adjust reason")?,
     })
 }
 
-/// Device clock minus hub clock, both local wall time; `None` when the device clock is unknown.
+/// The device clock minus the hub clock, both local wall time, read at the same moment before the hub
+/// sets the device clock; `None` when the device does not know its time.
 pub fn clock_offset(device_local: DeviceDateTime, hub_local: NaiveDateTime) -> Option<TimeDelta> {
     match device_local {
-        DeviceDateTime::Known(device) => Some(device - hub_local),
+        DeviceDateTime::Known(device) => Some(device.signed_duration_since(hub_local)),
         DeviceDateTime::Unknown => None,
     }
 }
 
+/// What a recorded clock offset means for the records the device stamped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockVerdict {
+    /// The device did not know the time.
     NotSet,
+    /// The device clock was within two minutes of the hub's.
     InSync,
+    /// The device clock was this far ahead (positive) or behind (negative).
     Off(TimeDelta),
 }
 
+/// Judges an offset from [`clock_offset`]: within two minutes either way is in sync.
 pub fn clock_verdict(offset: Option<TimeDelta>) -> ClockVerdict {
     match offset {
         None => ClockVerdict::NotSet,
@@ -109,80 +148,143 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn render_date_time(date_time: DeviceDateTime) -> String {
+        match date_time {
+            DeviceDateTime::Known(time) => time.to_string(),
+            DeviceDateTime::Unknown => "unknown".to_string(),
+        }
+    }
+
+    /// Decodes a Date Time and, when it is a known time, checks it encodes back to the same 7 bytes.
     #[track_caller]
     fn check_date_time(hex: &str, expected: &str) {
-        let rendered = match decode_date_time(&bytes_of(hex)) {
-            Ok(DeviceDateTime::Known(time)) => time.to_string(),
-            Ok(DeviceDateTime::Unknown) => "unknown".to_string(),
-            Err(error) => render_error(&error),
+        let bytes = bytes_of(hex);
+        let decoded = decode_date_time(&bytes);
+        let rendered = match decoded {
+            Ok(date_time) => render_date_time(date_time),
+            Err(ref error) => render_error(error),
         };
         assert_eq!(rendered, expected, "{hex}");
-        if let Ok(DeviceDateTime::Known(time)) = decode_date_time(&bytes_of(hex)) {
+        if let Ok(DeviceDateTime::Known(time)) = decoded {
             assert_eq!(
-                encode_date_time(time).map(hex::encode),
-                Some(hex.replace(' ', "").to_lowercase())
+                encode_date_time(time).as_ref().map(|b| &b[..]),
+                bytes.get(..7),
+                "{hex}"
             );
         }
     }
 
+    #[track_caller]
+    fn check_current_time(hex: &str, expected: &str) {
+        let rendered = match decode_current_time(&bytes_of(hex)) {
+            Ok(time) => format!(
+                "{} {} {}/256 adjust={:#04x}",
+                render_date_time(time.date_time),
+                time.day_of_week
+                    .map_or("day?".to_string(), |day| day.to_string()),
+                time.fractions256,
+                time.adjust_reason,
+            ),
+            Err(error) => render_error(&error),
+        };
+        assert_eq!(rendered, expected, "{hex}");
+    }
+
+    #[track_caller]
+    fn check_encode_date_time(local: &str, expected: Option<&str>) {
+        let expected = expected.map(bytes_of);
+        assert_eq!(
+            encode_date_time(at(local)).map(Vec::from),
+            expected,
+            "{local}"
+        );
+    }
+
+    #[track_caller]
+    fn check_encode_current_time(local: &str, adjust_reason: u8, expected: Option<&str>) {
+        let expected = expected.map(bytes_of);
+        let encoded = encode_current_time(at(local), adjust_reason).map(Vec::from);
+        assert_eq!(encoded, expected, "{local}");
+    }
+
+    #[track_caller]
+    fn check_clock(device: Option<&str>, expected_offset: Option<i64>, expected: ClockVerdict) {
+        let device = device.map_or(DeviceDateTime::Unknown, |text| {
+            DeviceDateTime::Known(at(text))
+        });
+        let offset = clock_offset(device, at("2024-03-15T12:00:00"));
+        assert_eq!(
+            offset.map(|o| o.num_seconds()),
+            expected_offset,
+            "{device:?}"
+        );
+        assert_eq!(clock_verdict(offset), expected, "{device:?}");
+    }
+
+    #[rustfmt::skip]
     #[test]
-    fn date_time_vectors() {
+    fn date_time_decodes_and_encodes_back() {
         check_date_time("E2 07 04 11 0F 33 00", "2018-04-17 15:51:00");
         check_date_time("DD 07 08 1A 09 0A 14", "2013-08-26 09:10:20");
         check_date_time("00 00 00 00 12 1A 20", "unknown");
         check_date_time("E2 07 04 11 0F 33", "error too short for date time");
+        check_date_time("", "error too short for date time");
+        check_date_time("E2 07 04 11 0F 33 00 FF", "2018-04-17 15:51:00");
+        check_date_time("E2 07 0D 11 0F 33 00", "unknown");
+        check_date_time("E2 07 02 1E 0F 33 00", "unknown");
+        check_date_time("2E 06 01 01 00 00 00", "1582-01-01 00:00:00");
+        check_date_time("0F 27 0C 1F 17 3B 3B", "9999-12-31 23:59:59");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn current_time_decodes() {
+        check_current_time("E8 07 06 06 0C 04 2C 04 80 01", "2024-06-06 12:04:44 Thu 128/256 adjust=0x01");
+        check_current_time("E8 07 06 06 0C 04 2C 04 80 01 FF", "2024-06-06 12:04:44 Thu 128/256 adjust=0x01");
+        check_current_time("E8 07 06 09 0C 04 2C 07 00 0F", "2024-06-09 12:04:44 Sun 0/256 adjust=0x0f");
+        check_current_time("E8 07 06 06 0C 04 2C 00 00 00", "2024-06-06 12:04:44 day? 0/256 adjust=0x00");
+        check_current_time("E8 07 06 06 0C 04 2C 08 FF 00", "2024-06-06 12:04:44 day? 255/256 adjust=0x00");
+        check_current_time("00 00 00 00 00 00 00 00 00 00", "unknown day? 0/256 adjust=0x00");
+        check_current_time("E8 07 06 06 0C 04 2C 04 80", "error too short for adjust reason");
+        check_current_time("E8 07 06 06 0C 04 2C", "error too short for day of week");
+        check_current_time("E8 07 06 06 0C 04", "error too short for date time");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn hub_time_encodes() {
+        check_encode_date_time("2018-04-17T15:51:00", Some("E2 07 04 11 0F 33 00"));
+        check_encode_date_time("2013-08-26T09:10:20.999", Some("DD 07 08 1A 09 0A 14"));
+        check_encode_date_time("+10000-01-01T00:00:00", None);
+        check_encode_date_time("1581-12-31T23:59:59", None);
+        check_encode_current_time("2024-06-06T12:04:44.5", ADJUST_MANUAL, Some("E8 07 06 06 0C 04 2C 04 80 01"));
+        check_encode_current_time("2024-06-10T00:00:00", ADJUST_EXTERNAL_REFERENCE, Some("E8 07 06 0A 00 00 00 01 00 02"));
+        check_encode_current_time("2024-06-09T23:59:59.999999999", ADJUST_TIME_ZONE | ADJUST_DST, Some("E8 07 06 09 17 3B 3B 07 FF 0C"));
+        check_encode_current_time("2024-06-06T12:04:44.003906249", 0, Some("E8 07 06 06 0C 04 2C 04 00 00"));
+        check_encode_current_time("2024-06-06T12:04:44.00390625", 0, Some("E8 07 06 06 0C 04 2C 04 01 00"));
+        check_encode_current_time("+10000-01-01T00:00:00", ADJUST_MANUAL, None);
     }
 
     #[test]
-    fn current_time_vector_both_ways() {
-        let bytes = bytes_of("E8 07 06 06 0C 04 2C 04 80 01");
-        let decoded = decode_current_time(&bytes).unwrap();
-        assert_eq!(
-            decoded,
-            CurrentTime {
-                date_time: DeviceDateTime::Known(at("2024-06-06T12:04:44")),
-                day_of_week: Some(Weekday::Thu),
-                fractions256: 128,
-                adjust_reason: ADJUST_MANUAL,
-            }
-        );
-        assert_eq!(
-            encode_current_time(at("2024-06-06T12:04:44.5"), ADJUST_MANUAL).map(|b| b.to_vec()),
-            Some(bytes)
-        );
-        assert_eq!(
-            decode_current_time(&bytes_of("E8 07 06 06 0C 04 2C 04 80"))
-                .map_err(|e| render_error(&e)),
-            Err("error too short for adjust reason".to_string())
-        );
-        assert_eq!(
-            decode_current_time(&bytes_of("E8 07 06 06 0C 04 2C 00 00 00"))
-                .unwrap()
-                .day_of_week,
-            None
-        );
+    fn a_leap_second_is_the_last_fraction() {
+        let leap = at("2016-12-31T23:59:59")
+            .with_nanosecond(1_500_000_000)
+            .unwrap();
+        assert_eq!(encode_current_time(leap, 0).map(|b| b[8]), Some(0xFF));
     }
 
+    #[rustfmt::skip]
     #[test]
-    fn unencodable_years() {
-        assert_eq!(encode_date_time(at("+10000-01-01T00:00:00")), None);
-        assert_eq!(encode_date_time(at("1500-01-01T00:00:00")), None);
-    }
-
-    #[test]
-    fn offsets_and_verdicts() {
-        let hub = at("2024-03-15T12:00:00");
-        let offset = |device: &str| clock_offset(DeviceDateTime::Known(at(device)), hub);
-        assert_eq!(offset("2024-03-15T12:01:00"), Some(TimeDelta::minutes(1)));
-        assert_eq!(
-            clock_verdict(offset("2024-03-15T12:01:00")),
-            ClockVerdict::InSync
-        );
-        assert_eq!(
-            clock_verdict(offset("2024-03-15T11:57:59")),
-            ClockVerdict::Off(TimeDelta::seconds(-121))
-        );
-        assert_eq!(clock_offset(DeviceDateTime::Unknown, hub), None);
-        assert_eq!(clock_verdict(None), ClockVerdict::NotSet);
+    fn clock_offsets_and_verdicts() {
+        let off = |seconds| ClockVerdict::Off(TimeDelta::seconds(seconds));
+        check_clock(Some("2024-03-15T12:00:00"), Some(0), ClockVerdict::InSync);
+        check_clock(Some("2024-03-15T12:01:00"), Some(60), ClockVerdict::InSync);
+        check_clock(Some("2024-03-15T12:02:00"), Some(120), ClockVerdict::InSync);
+        check_clock(Some("2024-03-15T11:58:00"), Some(-120), ClockVerdict::InSync);
+        check_clock(Some("2024-03-15T12:02:01"), Some(121), off(121));
+        check_clock(Some("2024-03-15T11:57:59"), Some(-121), off(-121));
+        check_clock(Some("2024-03-15T13:00:00"), Some(3600), off(3600));
+        check_clock(Some("2000-01-01T00:00:00"), Some(-763_819_200), off(-763_819_200));
+        check_clock(None, None, ClockVerdict::NotSet);
     }
 }
