@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod nonin;
 pub mod pty;
 pub mod schema;
+pub mod serial_devices;
 pub mod subscriber;
 
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! `/dev/serial/by-id`-style symlink, which disappears on unplug like the real one.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,35 @@ impl SimulatedPort {
     pub fn unplug(&mut self) {
         let _ = std::fs::remove_file(&self.link);
         self.ends = None;
+    }
+
+    /// Reads what the host sent the device for up to `duration` (commands such as a stream start).
+    pub fn read_for(&mut self, duration: Duration) -> Vec<u8> {
+        let (master, _) = self.ends.as_mut().expect("device is plugged in");
+        let deadline = Instant::now() + duration;
+        let mut received = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let timeout =
+                nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
+            let mut fds = [nix::poll::PollFd::new(
+                master.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let mut buffer = [0u8; 512];
+            match master.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => received.extend_from_slice(&buffer[..count]),
+            }
+        }
+        received
     }
 
     /// Writes bytes as the device would; gives up after 5 s if nobody drains the line.
