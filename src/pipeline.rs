@@ -304,3 +304,54 @@ async fn flush_counters(
     }
     outbox.add_counters(deltas).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Transport;
+
+    /// Random bytes (what a device at another line speed, or line noise, looks like) fed through each serial
+    /// protocol's decoder and spot filter must never produce a record for the backend.
+    #[test]
+    fn ten_megabytes_of_random_bytes_never_become_a_reading() {
+        let megabytes: usize = std::env::var("VITALSD_NOISE_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let protocols = Protocol::ALL
+            .into_iter()
+            .filter(|p| p.transport() == Transport::Serial || *p == Protocol::Berrymed);
+        for (round, protocol) in protocols.enumerate() {
+            let mut decoding = Decoding::new(DeviceSettings {
+                hub_id: "hub-test".into(),
+                device: DeviceInfo {
+                    id: "serial:noise".into(),
+                    transport: "serial",
+                    protocol: protocol.name(),
+                    manufacturer: None,
+                    model: None,
+                    serial_number: None,
+                },
+                protocol,
+                spot: SpotRule::default(),
+            });
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (round as u64 + 1);
+            let mut at: chrono::DateTime<chrono::Utc> = "2026-11-22T10:00:00Z".parse().unwrap();
+            let mut chunk = vec![0u8; 4096];
+            let mut records = 0;
+            for _ in 0..(megabytes * 1024 * 1024 / chunk.len()) {
+                for byte in &mut chunk {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    *byte = seed as u8;
+                }
+                // Chunks arrive about as fast as a 115200-baud line delivers them.
+                at += chrono::TimeDelta::milliseconds(350);
+                records += decoding.bytes(&chunk, at).len();
+            }
+            decoding.closed();
+            assert_eq!(records, 0, "{} turned noise into readings", protocol.name());
+        }
+    }
+}
