@@ -331,3 +331,88 @@ fn a_tanita_unplugged_mid_line_is_read_again_when_it_returns() {
         .unwrap();
     assert_eq!(value(&weight, "body_weight"), 71.3);
 }
+
+/// Writes Nonin DF8 frames once a second for `seconds` on another thread, handing the port back after.
+fn stream_df8(mut port: SimulatedPort, seconds: u64) -> std::thread::JoinHandle<SimulatedPort> {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(seconds) {
+            port.write(&crate::support::nonin::df8_frame(72, 97, false));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        port
+    })
+}
+
+#[test]
+fn a_port_found_by_its_usb_ids_is_listed_recognised_and_read_even_after_moving_socket() {
+    use crate::support::usb::FakeUsb;
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    let usb = FakeUsb::new(&world.dir.path().join("usb"));
+    let port = SimulatedPort::plug_in(&world.by_id("pty-nonin"));
+    usb.plug("ttyUSB0", 0x0403, 0x6001, "A10K2", port.link());
+    let env_owned = usb.env();
+    let env: Vec<(&str, &str)> = env_owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+
+    // The technician's view: the adapter, its ids, its by-id path, and the protocol heard on it.
+    world.write_config(&broker.url(), &[], &[]);
+    let streaming = stream_df8(port, 5);
+    let output = world.command_with_env(&["serial", "--json", "--listen", "2"], &env);
+    let port = streaming.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(listed["vid"], "0403");
+    assert_eq!(listed["pid"], "6001");
+    assert_eq!(listed["serial_number"], "A10K2");
+    assert!(listed["by_id"]
+        .as_str()
+        .unwrap()
+        .ends_with("usb-FTDI_FT232R_USB_UART_A10K2-if00-port0"));
+    assert_eq!(listed["protocol"], "nonin-df8", "{listed}");
+
+    // The configuration names the port by USB identity, not by path.
+    world.append_config(
+        "[[serial]]\nmatch = { vid = 0x0403, pid = 0x6001 }\nprotocol = \"nonin-df8\"\n",
+    );
+    let _daemon = world.start_with_env(&env);
+    let port = stream_df8(port, 13).join().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !readings_of(
+            &subscriber,
+            "nonin-df8"
+        )
+        .is_empty()),
+        "log:\n{}",
+        world.log()
+    );
+    let reading = &readings_of(&subscriber, "nonin-df8")[0];
+    assert_eq!(reading["device"]["id"], "serial:usb-0403-6001");
+
+    // Unplugged and plugged into another socket: a new tty name, the same ids.
+    let mut port = port;
+    usb.unplug("ttyUSB0", "A10K2");
+    port.unplug();
+    std::thread::sleep(Duration::from_secs(2));
+    port.plug();
+    usb.plug("ttyUSB3", 0x0403, 0x6001, "A10K2", port.link());
+    let _port = stream_df8(port, 14).join().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || readings_of(
+            &subscriber,
+            "nonin-df8"
+        )
+        .len()
+            >= 2),
+        "log:\n{}",
+        world.log()
+    );
+}

@@ -58,7 +58,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         let (events_tx, events_rx) = mpsc::channel(64);
         let line = port.protocol.line_settings();
         let settings = PortSettings {
-            path: port.path.clone(),
+            location: port.path.clone(),
             baud_rate: port
                 .baud_rate
                 .or(line.map(|settings| settings.baud_rate))

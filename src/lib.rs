@@ -33,6 +33,7 @@ pub mod payload;
 pub mod pipeline;
 pub mod reading;
 pub mod serial;
+pub mod serial_cli;
 pub mod spot;
 pub mod technician;
 

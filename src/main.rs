@@ -91,6 +91,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Lists the serial ports present and the protocol each seems to speak.
+    Serial {
+        /// Marks the ports this configuration reads (they are not listened to).
+        #[arg(long, env = "VITALSD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Seconds to listen at each line setting on ports not in use; 0 to skip listening.
+        #[arg(long, default_value_t = 3)]
+        listen: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Lists the bound Bluetooth devices.
     Devices {
         #[arg(
@@ -142,5 +153,10 @@ fn main() -> ExitCode {
             json,
         } => vitalsd::ble_cli::unpair(&config, &address, json),
         Command::Devices { config, json } => vitalsd::ble_cli::devices(&config, json),
+        Command::Serial {
+            config,
+            listen,
+            json,
+        } => vitalsd::serial_cli::serial(config.as_deref(), listen, json),
     }
 }

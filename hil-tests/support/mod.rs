@@ -9,6 +9,7 @@ pub mod pty;
 pub mod schema;
 pub mod serial_devices;
 pub mod subscriber;
+pub mod usb;
 
 use std::time::{Duration, Instant};
 

@@ -132,8 +132,8 @@ pub struct OutboxConfig {
 /// One `[[serial]]` entry: a device on a serial port.
 #[derive(Debug, Clone)]
 pub struct SerialConfig {
-    /// Absolute; preferably a `/dev/serial/by-id/...` link.
-    pub path: PathBuf,
+    /// An absolute path (preferably a `/dev/serial/by-id/...` link), or a USB identity to look for.
+    pub path: crate::serial::ports::PortLocation,
     pub protocol: Protocol,
     /// Unique across entries; defaults to `serial:` and the file name of `path`.
     pub device_id: String,
@@ -663,7 +663,15 @@ mod tests {
     fn serial_entries() {
         let cases: &[(&str, &[&str])] = &[
             ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"", &[]),
-            ("[[serial]]\nprotocol = \"nonin-df13\"", &["serial[0].path: missing"]),
+            ("[[serial]]\nprotocol = \"nonin-df13\"", &["serial[0].path: missing (or name the port by its USB identity: match = { vid = 0x10c4, pid = 0xea60 })"]),
+            ("[[serial]]\nprotocol = \"tanita\"\npath = \"/dev/ttyUSB0\"\nmatch = { vid = 0x0403, pid = 0x6001 }", &["serial[0].match: set path or match, not both"]),
+            ("[[serial]]\nprotocol = \"tanita\"\nmatch = { vid = 0x0403, pid = 70000, model = 1 }", &[
+                "serial[0].match.pid: must be between 0 and 65535, found 70000",
+                "serial[0].match.model: unknown key",
+            ]),
+            ("[[serial]]\nprotocol = \"tanita\"\nmatch = { vid = 0x0403, pid = 0x6001 }\n[[serial]]\nprotocol = \"masimo-ascii\"\nmatch = { vid = 0x0403, pid = 0x6001 }", &[
+                "serial[1].match: USB 0403:6001 is already used by serial[0]",
+            ]),
             ("[[serial]]\npath = \"/dev/ttyUSB0\"", &["serial[0].protocol: missing"]),
             ("[[serial]]\npath = \"ttyUSB0\"\nprotocol = \"nonin-df13\"", &[
                 r#"serial[0].path: must be an absolute path, found "ttyUSB0""#,

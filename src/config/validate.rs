@@ -14,6 +14,7 @@ use super::{
     SecretSource, SerialConfig,
 };
 use crate::decode::{Parity, Protocol, Transport};
+use crate::serial::ports::PortLocation;
 use crate::spot::SpotRule;
 
 /// The top-level tables; the environment overlay may set keys in these.
@@ -41,6 +42,7 @@ const MQTT_KEYS: &[&str] = &[
 const OUTBOX_KEYS: &[&str] = &["max_pending", "dedup_retention_days"];
 const SERIAL_KEYS: &[&str] = &[
     "path",
+    "match",
     "protocol",
     "id",
     "baud_rate",
@@ -592,7 +594,7 @@ impl Checker<'_> {
         };
         let mut ports = Vec::new();
         let mut all_valid = true;
-        let mut paths: HashMap<PathBuf, usize> = HashMap::new();
+        let mut paths: HashMap<PortLocation, usize> = HashMap::new();
         let mut ids: HashMap<String, usize> = HashMap::new();
         for (index, entry) in entries.iter().enumerate() {
             let entry_path = format!("{SERIAL_SECTION}[{index}]");
@@ -609,16 +611,20 @@ impl Checker<'_> {
             let entry = self.serial_entry(&section);
             // Duplicates are checked on whatever is valid, so they show up together with the entry's other errors.
             let mut duplicate_path = false;
-            if let Some(path) = &entry.path {
-                if let Some(first) = paths.get(path) {
+            if let Some(location) = &entry.path {
+                if let Some(first) = paths.get(location) {
                     duplicate_path = true;
                     let message = format!(
                         "{} is already used by {SERIAL_SECTION}[{first}]",
-                        path.display()
+                        location.describe()
                     );
-                    self.report(&section.key("path"), message);
+                    let key = match location {
+                        PortLocation::Path(_) => "path",
+                        PortLocation::Usb { .. } => "match",
+                    };
+                    self.report(&section.key(key), message);
                 } else {
-                    paths.insert(path.clone(), index);
+                    paths.insert(location.clone(), index);
                 }
             }
             if let Some(id) = &entry.device_id {
@@ -644,9 +650,61 @@ impl Checker<'_> {
         all_valid.then_some(ports)
     }
 
+    /// `match = { vid = 0x10c4, pid = 0xea60, serial = "0001" }`: a port found by its USB identity.
+    fn usb_match(&mut self, key: &str, value: &Value) -> Option<PortLocation> {
+        let Value::Table(table) = value else {
+            self.wrong_type(key, "a table such as { vid = 0x10c4, pid = 0xea60 }", value);
+            return None;
+        };
+        let mut id = |name: &str| -> Option<u16> {
+            let path = format!("{key}.{name}");
+            match table.get(name) {
+                None => {
+                    self.report(&path, "missing");
+                    None
+                }
+                Some(value) => self.integer(&path, value, 0, 0xFFFF).map(|v| v as u16),
+            }
+        };
+        let (vid, pid) = (id("vid"), id("pid"));
+        let serial_number = match table.get("serial") {
+            None => Some(None),
+            Some(value) => self
+                .non_empty_string(&format!("{key}.serial"), value)
+                .map(Some),
+        };
+        for unknown in table
+            .keys()
+            .filter(|k| !["vid", "pid", "serial"].contains(&k.as_str()))
+        {
+            self.report(&format!("{key}.{unknown}"), "unknown key");
+        }
+        Some(PortLocation::Usb {
+            vid: vid?,
+            pid: pid?,
+            serial_number: serial_number?,
+        })
+    }
+
     fn serial_entry(&mut self, section: &Section<'_>) -> SerialEntry {
-        let path = self.field(section, "path", Self::absolute_path);
-        let path = self.required(section, "path", path);
+        let by_path = self.field(section, "path", Self::absolute_path);
+        let by_usb = self.field(section, "match", Self::usb_match);
+        let path = match (by_path, by_usb) {
+            (Field::Valid(path), Field::Absent) => Some(PortLocation::Path(path)),
+            (Field::Absent, Field::Valid(location)) => Some(location),
+            (Field::Absent, Field::Absent) => {
+                self.report(
+                    &section.key("path"),
+                    "missing (or name the port by its USB identity: match = { vid = 0x10c4, pid = 0xea60 })",
+                );
+                None
+            }
+            (Field::Valid(_), Field::Valid(_)) => {
+                self.report(&section.key("match"), "set path or match, not both");
+                None
+            }
+            _ => None,
+        };
         let protocol = self.field(section, "protocol", |c, key, value| {
             let name = c.string(key, value)?;
             let known: Vec<&str> = Protocol::ALL
@@ -726,7 +784,19 @@ impl Checker<'_> {
 
         let device_id = match (id, &path) {
             (Field::Valid(id), _) => Some(id),
-            (Field::Absent, Some(path)) => {
+            (
+                Field::Absent,
+                Some(PortLocation::Usb {
+                    vid,
+                    pid,
+                    serial_number,
+                }),
+            ) => Some(match serial_number {
+                Some(serial) => format!("serial:usb-{vid:04x}-{pid:04x}-{serial}"),
+                None => format!("serial:usb-{vid:04x}-{pid:04x}"),
+            })
+            .filter(|id| is_device_id(id)),
+            (Field::Absent, Some(PortLocation::Path(path))) => {
                 let derived = path
                     .file_name()
                     .map(|name| format!("serial:{}", name.to_string_lossy()));
@@ -804,7 +874,7 @@ impl Checker<'_> {
 
 /// What one `[[serial]]` table yielded: its parts that are valid, for the duplicate checks, and the whole if all are.
 struct SerialEntry {
-    path: Option<PathBuf>,
+    path: Option<PortLocation>,
     device_id: Option<String>,
     id_given: bool,
     config: Option<SerialConfig>,

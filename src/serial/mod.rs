@@ -5,7 +5,8 @@
 //! port cleanly; the task then polls the configured path (usually a `/dev/serial/by-id/` link, which
 //! disappears while the device is unplugged) and reopens it when it is back.
 
-use std::path::PathBuf;
+pub mod ports;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -32,7 +33,7 @@ pub enum PortEvent {
 /// Where and how to open a port, and what to send the device.
 #[derive(Debug, Clone)]
 pub struct PortSettings {
-    pub path: PathBuf,
+    pub location: ports::PortLocation,
     pub baud_rate: u32,
     pub parity: crate::decode::Parity,
     pub commands: crate::decode::HostCommands,
@@ -45,33 +46,38 @@ pub async fn run_port(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reported_missing = false;
+    let roots = ports::Roots::from_environment();
+    let wanted = settings.location.describe();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match open(&settings) {
+        // A port matched by USB identity is looked up afresh each time: a new cable or socket moves it.
+        let path = settings.location.resolve(&roots);
+        match open(path.as_deref(), &settings) {
             Ok(mut port) => {
                 reported_missing = false;
-                tracing::info!(path = %settings.path.display(), "Serial port opened.");
+                let path = path.unwrap_or_default();
+                tracing::info!(port = %wanted, path = %path.display(), "Serial port opened.");
                 if events.send(PortEvent::Opened).await.is_err() {
                     return;
                 }
                 let reason = tokio::select! {
                     _ = shutdown.changed() => return,
-                    reason = read_until_gone(&mut port, &events, &settings) => reason,
+                    reason = read_until_gone(&mut port, &events, &settings, &path) => reason,
                 };
                 let Some(reason) = reason else { return };
-                tracing::warn!(path = %settings.path.display(), %reason, "Serial device gone; waiting for it to return.");
+                tracing::warn!(port = %wanted, %reason, "Serial device gone; waiting for it to return.");
                 if events.send(PortEvent::Closed { reason }).await.is_err() {
                     return;
                 }
             }
             Err(error) => {
                 if !reported_missing {
-                    tracing::warn!(path = %settings.path.display(), %error, "Cannot open serial port; will keep trying.");
+                    tracing::warn!(port = %wanted, %error, "Cannot open serial port; will keep trying.");
                     reported_missing = true;
                 } else {
-                    tracing::debug!(path = %settings.path.display(), %error, "Serial port still unavailable.");
+                    tracing::debug!(port = %wanted, %error, "Serial port still unavailable.");
                 }
             }
         }
@@ -82,14 +88,17 @@ pub async fn run_port(
     }
 }
 
-fn open(settings: &PortSettings) -> Result<SerialStream, tokio_serial::Error> {
-    if !settings.path.exists() {
+fn open(
+    path: Option<&std::path::Path>,
+    settings: &PortSettings,
+) -> Result<SerialStream, tokio_serial::Error> {
+    let Some(path) = path.filter(|path| path.exists()) else {
         return Err(tokio_serial::Error::new(
             tokio_serial::ErrorKind::NoDevice,
             "no such device",
         ));
-    }
-    let path = settings.path.to_string_lossy();
+    };
+    let path = path.to_string_lossy();
     let mut port = tokio_serial::new(path.as_ref(), settings.baud_rate)
         .data_bits(tokio_serial::DataBits::Eight)
         .parity(match settings.parity {
@@ -124,10 +133,11 @@ async fn read_until_gone(
     port: &mut SerialStream,
     events: &mpsc::Sender<PortEvent>,
     settings: &PortSettings,
+    path: &std::path::Path,
 ) -> Option<String> {
     let commands = &settings.commands;
     for command in &commands.on_open {
-        send(port, &settings.path, command).await;
+        send(port, path, command).await;
     }
     let talks = commands.keep_alive.is_some() || commands.restart_after_silence.is_some();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -153,15 +163,15 @@ async fn read_until_gone(
             _ = tick.tick(), if talks => {
                 if let Some((period, command)) = &commands.keep_alive {
                     if last_keep_alive.elapsed() >= *period {
-                        send(port, &settings.path, command).await;
+                        send(port, path, command).await;
                         last_keep_alive = tokio::time::Instant::now();
                     }
                 }
                 if let Some(silence) = commands.restart_after_silence {
                     if last_data.elapsed() >= silence {
-                        tracing::info!(path = %settings.path.display(), "The device stopped sending; starting its stream again.");
+                        tracing::info!(path = %path.display(), "The device stopped sending; starting its stream again.");
                         for command in &commands.on_open {
-                            send(port, &settings.path, command).await;
+                            send(port, path, command).await;
                         }
                         last_data = tokio::time::Instant::now();
                     }
