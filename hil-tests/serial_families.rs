@@ -416,3 +416,41 @@ fn a_port_found_by_its_usb_ids_is_listed_recognised_and_read_even_after_moving_s
         world.log()
     );
 }
+
+#[test]
+fn a_nonin_9560_is_asked_for_the_configured_data_format_when_the_port_opens() {
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    let mut port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
+    world.write_config(
+        &broker.url(),
+        &[],
+        &[SerialEntry {
+            path: port.link().to_path_buf(),
+            protocol: "nonin-df8",
+            id: None,
+            extra: vec!["select_format = true".to_string()],
+        }],
+    );
+    let _daemon = world.start();
+    let received = port.read_for(Duration::from_secs(5));
+    assert_eq!(
+        received,
+        [0x02, 0x70, 0x02, 0x02, 0x08, 0x03],
+        "{received:02x?}"
+    );
+    // The device acknowledges and streams Data Format 8.
+    port.write(&[0x06]);
+    let port = stream_df8(port, 13).join().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !readings_of(
+            &subscriber,
+            "nonin-df8"
+        )
+        .is_empty()),
+        "log:\n{}",
+        world.log()
+    );
+    drop(port);
+}
