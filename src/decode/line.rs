@@ -1,7 +1,7 @@
 //! Line framing for the text protocols (Masimo, Tanita): splits a byte stream into lines ending in LF
 //! (a CR before it is dropped), and treats an overlong run without a line end as garbage.
 
-use super::{hex_of, FrameError};
+use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
 
 /// No device line is longer; a longer run is noise (a wrong baud rate, a binary device on the port).
 const MAX_LINE: usize = 512;
@@ -53,6 +53,38 @@ impl LineFramer {
             need: partial.len() + 1,
             raw: hex_of(&partial),
         })
+    }
+}
+
+/// A decoder for a protocol of one measurement per line: the framer plus the protocol's line parser.
+pub struct LineDecoder {
+    lines: LineFramer,
+    parse: fn(&[u8], &DecodeContext<'_>) -> Vec<DecodeEvent>,
+}
+
+impl LineDecoder {
+    pub fn new(parse: fn(&[u8], &DecodeContext<'_>) -> Vec<DecodeEvent>) -> LineDecoder {
+        LineDecoder {
+            lines: LineFramer::default(),
+            parse,
+        }
+    }
+}
+
+impl StreamDecoder for LineDecoder {
+    fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
+        let mut events = Vec::new();
+        for line in self.lines.feed(bytes) {
+            match line {
+                Ok(line) => events.extend((self.parse)(&line, context)),
+                Err(error) => events.push(DecodeEvent::Rejected(error)),
+            }
+        }
+        events
+    }
+
+    fn finish(&mut self) -> Option<FrameError> {
+        self.lines.finish()
     }
 }
 

@@ -4,8 +4,8 @@
 //! `---`, `--`, `--.-` and an all-zero value mean "no reading". The device clock is unreliable, so the
 //! hub's receive time is used. Exception bits (`EXC`) become flags.
 
-use super::line::LineFramer;
-use super::{DecodeContext, DecodeEvent, FrameError, StreamDecoder};
+use super::line::LineDecoder;
+use super::{DecodeContext, DecodeEvent, FrameError};
 use crate::codes;
 use crate::reading::{Kind, Reading, Special, Value};
 
@@ -23,9 +23,17 @@ const EXCEPTIONS: [(u32, &str); 10] = [
     (0x800, "set_mode"),
 ];
 
-#[derive(Debug, Default)]
-pub struct MasimoDecoder {
-    lines: LineFramer,
+/// A decoder for Masimo ASCII lines.
+pub fn decoder() -> LineDecoder {
+    LineDecoder::new(parse)
+}
+
+fn parse(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
+    match parse_line(line, context) {
+        Ok(Some(reading)) => vec![DecodeEvent::Reading(reading)],
+        Ok(None) => Vec::new(),
+        Err(error) => vec![DecodeEvent::Rejected(error)],
+    }
 }
 
 /// A value that is a number, or the device's way of saying there is none.
@@ -97,34 +105,14 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Result<Option<Reading
     Ok(Some(reading))
 }
 
-impl StreamDecoder for MasimoDecoder {
-    fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
-        let mut events = Vec::new();
-        for line in self.lines.feed(bytes) {
-            match line {
-                Ok(line) => match parse_line(&line, context) {
-                    Ok(Some(reading)) => events.push(DecodeEvent::Reading(reading)),
-                    Ok(None) => {}
-                    Err(error) => events.push(DecodeEvent::Rejected(error)),
-                },
-                Err(error) => events.push(DecodeEvent::Rejected(error)),
-            }
-        }
-        events
-    }
-
-    fn finish(&mut self) -> Option<FrameError> {
-        self.lines.finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decode::test_support::decode_stream;
+    use crate::decode::StreamDecoder;
 
     fn make() -> Box<dyn StreamDecoder> {
-        Box::new(MasimoDecoder::default())
+        Box::new(decoder())
     }
 
     #[track_caller]

@@ -355,8 +355,8 @@ impl Protocol {
                 berrymed::BciFlavour::ContecLegacy,
             )),
             Protocol::ContecCms50 => Box::new(contec::ContecDecoder::default()),
-            Protocol::MasimoAscii => Box::new(masimo::MasimoDecoder::default()),
-            Protocol::Tanita => Box::new(tanita::TanitaDecoder::default()),
+            Protocol::MasimoAscii => Box::new(masimo::decoder()),
+            Protocol::Tanita => Box::new(tanita::decoder()),
         }
     }
 }

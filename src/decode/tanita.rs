@@ -6,16 +6,16 @@
 //! Noise before the header (some models send a burst after the line) is skipped. The checksum rule is
 //! inferred, not documented, so a mismatch is flagged `checksum_unverified` rather than rejected.
 
-use super::line::LineFramer;
-use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
+use super::line::LineDecoder;
+use super::{hex_of, DecodeContext, DecodeEvent, FrameError};
 use crate::codes::{self, Measure};
 use crate::reading::{Kind, Reading, Value};
 
 const HEADER: &[u8] = b"{0,16,";
 
-#[derive(Debug, Default)]
-pub struct TanitaDecoder {
-    lines: LineFramer,
+/// A decoder for Tanita lines.
+pub fn decoder() -> LineDecoder {
+    LineDecoder::new(parse_line)
 }
 
 /// The inferred checksum: the byte sum from `{` through the comma before `CS`, as two hex digits.
@@ -156,30 +156,14 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
     events
 }
 
-impl StreamDecoder for TanitaDecoder {
-    fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
-        let mut events = Vec::new();
-        for line in self.lines.feed(bytes) {
-            match line {
-                Ok(line) => events.extend(parse_line(&line, context)),
-                Err(error) => events.push(DecodeEvent::Rejected(error)),
-            }
-        }
-        events
-    }
-
-    fn finish(&mut self) -> Option<FrameError> {
-        self.lines.finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decode::test_support::decode_stream;
+    use crate::decode::StreamDecoder;
 
     fn make() -> Box<dyn StreamDecoder> {
-        Box::new(TanitaDecoder::default())
+        Box::new(decoder())
     }
 
     #[track_caller]
@@ -235,7 +219,7 @@ mod tests {
             time_zone: &crate::decode::test_support::utc(),
         };
         let keys = |text: &str| -> Vec<Option<String>> {
-            TanitaDecoder::default()
+            decoder()
                 .feed(text.as_bytes(), &context)
                 .into_iter()
                 .filter_map(|event| match event {
