@@ -13,6 +13,13 @@ use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
 use crate::reading::{Kind, Reading, Special, Value};
 
+const TIME_OFFSET_PRESENT: u8 = 0x01;
+const CONCENTRATION_PRESENT: u8 = 0x02;
+const MOL_PER_LITRE: u8 = 0x04;
+const STATUS_PRESENT: u8 = 0x08;
+const CONTEXT_FOLLOWS: u8 = 0x10;
+
+/// Sensor Status Annunciation bits as the nRF5 SDK `ble_gls.h` defines them (bit5 higher, bit6 lower).
 const SENSOR_STATUS: [(u32, &str); 12] = [
     (0, "low_battery"),
     (1, "sensor_malfunction"),
@@ -28,19 +35,56 @@ const SENSOR_STATUS: [(u32, &str); 12] = [
     (11, "time_fault"),
 ];
 
-const SAMPLE_TYPES: [&str; 9] = [
-    "sample_capillary_whole_blood",
-    "sample_capillary_plasma",
-    "sample_venous_whole_blood",
-    "sample_venous_plasma",
-    "sample_arterial_whole_blood",
-    "sample_arterial_plasma",
-    "sample_undetermined_whole_blood",
-    "sample_undetermined_plasma",
-    "sample_interstitial_fluid",
+const SAMPLE_TYPES: [(u8, &str); 9] = [
+    (1, "sample_capillary_whole_blood"),
+    (2, "sample_capillary_plasma"),
+    (3, "sample_venous_whole_blood"),
+    (4, "sample_venous_plasma"),
+    (5, "sample_arterial_whole_blood"),
+    (6, "sample_arterial_plasma"),
+    (7, "sample_undetermined_whole_blood"),
+    (8, "sample_undetermined_plasma"),
+    (9, "sample_interstitial_fluid"),
 ];
+
+const SAMPLE_LOCATIONS: [(u8, &str); 3] = [
+    (1, "location_finger"),
+    (2, "location_alternate_site"),
+    (3, "location_earlobe"),
+];
+
 const CONTROL_SOLUTION_TYPE: u8 = 10;
 const CONTROL_SOLUTION_LOCATION: u8 = 4;
+
+const MEALS: [(u8, &str); 5] = [
+    (1, "meal_preprandial"),
+    (2, "meal_postprandial"),
+    (3, "meal_fasting"),
+    (4, "meal_casual"),
+    (5, "meal_bedtime"),
+];
+
+const TESTERS: [(u8, &str); 3] = [
+    (1, "tester_self"),
+    (2, "tester_health_care_professional"),
+    (3, "tester_lab_test"),
+];
+
+const HEALTH: [(u8, &str); 5] = [
+    (1, "health_minor_issues"),
+    (2, "health_major_issues"),
+    (3, "health_during_menses"),
+    (4, "health_under_stress"),
+    (5, "health_none"),
+];
+
+/// The name a table gives `code`; reserved and "not available" codes have none.
+fn name_of(table: &[(u8, &'static str)], code: u8) -> Option<&'static str> {
+    table
+        .iter()
+        .find(|(value, _)| *value == code)
+        .map(|(_, name)| *name)
+}
 
 /// Decodes 0x2A18 notifications: one stored or new glucose record each.
 #[derive(Debug, Default)]
@@ -64,62 +108,42 @@ impl MessageDecoder for GlucoseMeasurementDecoder {
         let flags = cursor.u8("flags")?;
         let sequence = cursor.u16("sequence number")?;
         let base_time = cursor.date_time("base time")?;
-        let offset = (flags & 0x01 != 0)
-            .then(|| cursor.u16("time offset"))
-            .transpose()?;
-        let concentration = (flags & 0x02 != 0)
-            .then(|| {
-                Ok::<_, FrameError>((
-                    cursor.u16("concentration")?,
-                    cursor.u8("type and sample location")?,
-                ))
-            })
-            .transpose()?;
-        let status = (flags & 0x08 != 0)
-            .then(|| cursor.u16("sensor status annunciation"))
-            .transpose()?;
-        let mol_per_litre = flags & 0x04 != 0;
+        let offset_minutes = if flags & TIME_OFFSET_PRESENT != 0 {
+            Some(cursor.u16("time offset")? as i16)
+        } else {
+            None
+        };
+        let concentration = if flags & CONCENTRATION_PRESENT != 0 {
+            Some((
+                cursor.u16("concentration")?,
+                cursor.u8("type and sample location")?,
+            ))
+        } else {
+            None
+        };
+        let status = if flags & STATUS_PRESENT != 0 {
+            Some(cursor.u16("sensor status annunciation")?)
+        } else {
+            None
+        };
 
         let mut reading = Reading::at_hub_time(Kind::BloodGlucose, context.received_at, message);
-        let measure = if mol_per_litre {
-            &codes::GLUCOSE_MMOL_L
-        } else {
-            &codes::GLUCOSE_MG_DL
-        };
         match concentration {
             Some((raw, type_and_location)) => {
-                // kg/L → mg/dL is ×10⁵; mol/L → mmol/L is ×10³.
-                let shift = if mol_per_litre { 3 } else { 5 };
+                let (measure, shift) = if flags & MOL_PER_LITRE != 0 {
+                    (&codes::GLUCOSE_MMOL_L, 3)
+                } else {
+                    (&codes::GLUCOSE_MG_DL, 5)
+                };
                 reading
                     .values
                     .push(value_of(measure, sfloat_shifted(raw, shift)));
-                let sample_type = type_and_location & 0x0F;
-                let location = type_and_location >> 4;
-                if let Some(name) = usize::from(sample_type)
-                    .checked_sub(1)
-                    .and_then(|i| SAMPLE_TYPES.get(i))
-                {
-                    reading.flags.push(name);
-                }
-                let location_flag = match location {
-                    1 => Some("location_finger"),
-                    2 => Some("location_alternate_site"),
-                    3 => Some("location_earlobe"),
-                    _ => None,
-                };
-                reading.flags.extend(location_flag);
-                push_flags(
-                    &mut reading.flags,
-                    &[(
-                        sample_type == CONTROL_SOLUTION_TYPE
-                            || location == CONTROL_SOLUTION_LOCATION,
-                        "control_solution",
-                    )],
-                );
+                reading.flags.extend(sample_flags(type_and_location));
             }
-            None => reading
-                .values
-                .push(Value::special(measure, Special::NoMeasurement)),
+            None => reading.values.push(Value::special(
+                &codes::GLUCOSE_MG_DL,
+                Special::NoMeasurement,
+            )),
         }
         if let Some(status) = status {
             reading
@@ -128,15 +152,13 @@ impl MessageDecoder for GlucoseMeasurementDecoder {
         }
         push_flags(
             &mut reading.flags,
-            &[(flags & 0x10 != 0, "context_follows")],
+            &[(flags & CONTEXT_FOLLOWS != 0, "context_follows")],
         );
-        let measured = match (base_time, offset) {
-            (DeviceDateTime::Known(base), Some(minutes)) => base
-                .checked_add_signed(TimeDelta::minutes(i64::from(minutes as i16)))
-                .map_or(DeviceDateTime::Unknown, DeviceDateTime::Known),
-            (time, _) => time,
-        };
-        stamp(&mut reading, measured, context);
+        stamp(
+            &mut reading,
+            measurement_time(base_time, offset_minutes),
+            context,
+        );
         // The sequence number alone is not an identity: meters restart their numbering after a reset.
         reading.record_key = Some(format!(
             "glucose:{sequence}:{}",
@@ -146,75 +168,122 @@ impl MessageDecoder for GlucoseMeasurementDecoder {
     }
 }
 
+/// The sample type (low nibble) and location (high nibble) as flags, then `control_solution` if either says so.
+fn sample_flags(type_and_location: u8) -> Vec<&'static str> {
+    let sample_type = type_and_location & 0x0F;
+    let location = type_and_location >> 4;
+    let mut flags: Vec<&'static str> = [
+        name_of(&SAMPLE_TYPES, sample_type),
+        name_of(&SAMPLE_LOCATIONS, location),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    push_flags(
+        &mut flags,
+        &[(
+            sample_type == CONTROL_SOLUTION_TYPE || location == CONTROL_SOLUTION_LOCATION,
+            "control_solution",
+        )],
+    );
+    flags
+}
+
+/// Base Time plus Time Offset; an unknown base time stays unknown, so the reading gets the hub's time.
+fn measurement_time(base_time: DeviceDateTime, offset_minutes: Option<i16>) -> DeviceDateTime {
+    match (base_time, offset_minutes) {
+        (DeviceDateTime::Known(base), Some(minutes)) => base
+            .checked_add_signed(TimeDelta::minutes(i64::from(minutes)))
+            .map_or(DeviceDateTime::Unknown, DeviceDateTime::Known),
+        (base_time, _) => base_time,
+    }
+}
+
+/// The unit of a Glucose Measurement Context medication amount (flags bit5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MedicationUnit {
     Kilograms,
     Litres,
 }
 
-/// A decoded Glucose Measurement Context (0x2A34).
+/// A decoded Glucose Measurement Context (0x2A34); codes stay as sent, [`GlucoseContext::flags`] names them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlucoseContext {
+    /// The sequence number of the 0x2A18 record this context belongs to.
     pub sequence_number: u16,
+    /// Carbohydrate ID (1 breakfast … 7 brunch) and amount in kilograms.
     pub carbohydrate: Option<(u8, MderNumber)>,
     pub meal: Option<u8>,
     pub tester: Option<u8>,
     pub health: Option<u8>,
+    /// Exercise duration in seconds (65535 = overrun) and intensity in percent.
     pub exercise: Option<(u16, u8)>,
+    /// Medication ID (1 rapid-acting insulin … 5 pre-mixed), amount and its unit.
     pub medication: Option<(u8, MderNumber, MedicationUnit)>,
+    /// HbA1c in percent.
     pub hba1c: Option<MderNumber>,
 }
 
+/// Decodes a Glucose Measurement Context (0x2A34).
 pub fn decode_context(bytes: &[u8]) -> Result<GlucoseContext, FrameError> {
     let mut cursor = Cursor::new(bytes);
     let flags = cursor.u8("flags")?;
     let sequence_number = cursor.u16("sequence number")?;
     if flags & 0x80 != 0 {
+        // No extended flag is defined; the byte is read only so that the fields after it stay in place.
         cursor.u8("extended flags")?;
     }
-    let carbohydrate = (flags & 0x01 != 0)
-        .then(|| {
-            Ok::<_, FrameError>((
-                cursor.u8("carbohydrate id")?,
-                cursor.sfloat("carbohydrate")?,
-            ))
-        })
-        .transpose()?;
-    let meal = (flags & 0x02 != 0).then(|| cursor.u8("meal")).transpose()?;
-    let tester_health = (flags & 0x04 != 0)
-        .then(|| cursor.u8("tester and health"))
-        .transpose()?;
-    let exercise = (flags & 0x08 != 0)
-        .then(|| {
-            Ok::<_, FrameError>((
-                cursor.u16("exercise duration")?,
-                cursor.u8("exercise intensity")?,
-            ))
-        })
-        .transpose()?;
-    let unit = if flags & 0x20 != 0 {
-        MedicationUnit::Litres
+    let carbohydrate = if flags & 0x01 != 0 {
+        Some((
+            cursor.u8("carbohydrate id")?,
+            cursor.sfloat("carbohydrate")?,
+        ))
     } else {
-        MedicationUnit::Kilograms
+        None
     };
-    let medication = (flags & 0x10 != 0)
-        .then(|| {
-            Ok::<_, FrameError>((
-                cursor.u8("medication id")?,
-                cursor.sfloat("medication")?,
-                unit,
-            ))
-        })
-        .transpose()?;
-    let hba1c = (flags & 0x40 != 0)
-        .then(|| cursor.sfloat("HbA1c"))
-        .transpose()?;
+    let meal = if flags & 0x02 != 0 {
+        Some(cursor.u8("meal")?)
+    } else {
+        None
+    };
+    let tester_and_health = if flags & 0x04 != 0 {
+        Some(cursor.u8("tester and health")?)
+    } else {
+        None
+    };
+    let exercise = if flags & 0x08 != 0 {
+        Some((
+            cursor.u16("exercise duration")?,
+            cursor.u8("exercise intensity")?,
+        ))
+    } else {
+        None
+    };
+    let medication = if flags & 0x10 != 0 {
+        let unit = if flags & 0x20 != 0 {
+            MedicationUnit::Litres
+        } else {
+            MedicationUnit::Kilograms
+        };
+        Some((
+            cursor.u8("medication id")?,
+            cursor.sfloat("medication")?,
+            unit,
+        ))
+    } else {
+        None
+    };
+    let hba1c = if flags & 0x40 != 0 {
+        Some(cursor.sfloat("HbA1c")?)
+    } else {
+        None
+    };
     Ok(GlucoseContext {
         sequence_number,
         carbohydrate,
         meal,
-        tester: tester_health.map(|byte| byte & 0x0F),
-        health: tester_health.map(|byte| byte >> 4),
+        tester: tester_and_health.map(|byte| byte & 0x0F),
+        health: tester_and_health.map(|byte| byte >> 4),
         exercise,
         medication,
         hba1c,
@@ -222,56 +291,47 @@ pub fn decode_context(bytes: &[u8]) -> Result<GlucoseContext, FrameError> {
 }
 
 impl GlucoseContext {
-    /// The meal, tester and health fields as flag names; "not available" gives none.
+    /// The meal, tester and health fields as flag names, in that order; "not available" and reserved codes
+    /// give none.
     pub fn flags(&self) -> Vec<&'static str> {
-        let meal = match self.meal {
-            Some(1) => Some("meal_preprandial"),
-            Some(2) => Some("meal_postprandial"),
-            Some(3) => Some("meal_fasting"),
-            Some(4) => Some("meal_casual"),
-            Some(5) => Some("meal_bedtime"),
-            _ => None,
-        };
-        let tester = match self.tester {
-            Some(1) => Some("tester_self"),
-            Some(2) => Some("tester_health_care_professional"),
-            Some(3) => Some("tester_lab_test"),
-            _ => None,
-        };
-        let health = match self.health {
-            Some(1) => Some("health_minor_issues"),
-            Some(2) => Some("health_major_issues"),
-            Some(3) => Some("health_during_menses"),
-            Some(4) => Some("health_under_stress"),
-            Some(5) => Some("health_none"),
-            _ => None,
-        };
-        [meal, tester, health].into_iter().flatten().collect()
+        [
+            self.meal.and_then(|code| name_of(&MEALS, code)),
+            self.tester.and_then(|code| name_of(&TESTERS, code)),
+            self.health.and_then(|code| name_of(&HEALTH, code)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
+/// RACP: report all stored records.
 pub fn racp_report_all() -> Vec<u8> {
     vec![0x01, 0x01]
 }
 
-/// Report the records whose sequence number is at least `first`.
+/// RACP: report the stored records whose sequence number is at least `first`.
 pub fn racp_report_from_sequence(first: u16) -> Vec<u8> {
     let [lo, hi] = first.to_le_bytes();
     vec![0x01, 0x03, 0x01, lo, hi]
 }
 
+/// RACP: report the last (newest) stored record.
 pub fn racp_report_last() -> Vec<u8> {
     vec![0x01, 0x06]
 }
 
+/// RACP: report the number of all stored records.
 pub fn racp_count_all() -> Vec<u8> {
     vec![0x04, 0x01]
 }
 
+/// RACP: abort the running procedure.
 pub fn racp_abort() -> Vec<u8> {
     vec![0x03, 0x00]
 }
 
+/// The outcome an RACP response code (opcode 0x06) reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RacpResponseCode {
     Success,
@@ -286,18 +346,22 @@ pub enum RacpResponseCode {
     Other(u8),
 }
 
+/// An RACP indication from the meter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RacpResponse {
+    /// The procedure started by `request_opcode` ended (opcode 0x06).
     Completed {
         request_opcode: u8,
         code: RacpResponseCode,
     },
+    /// The answer to a count request (opcode 0x05).
     NumberOfRecords(u32),
 }
 
+/// Decodes an RACP indication; requests and unknown opcodes are invalid here.
 pub fn decode_racp(bytes: &[u8]) -> Result<RacpResponse, FrameError> {
-    let invalid = |reason: &str| FrameError::Invalid {
-        reason: reason.to_string(),
+    let invalid = |reason: String| FrameError::Invalid {
+        reason,
         raw: hex_of(bytes),
     };
     let mut cursor = Cursor::new(bytes);
@@ -305,11 +369,16 @@ pub fn decode_racp(bytes: &[u8]) -> Result<RacpResponse, FrameError> {
     let _operator = cursor.u8("operator")?;
     match opcode {
         0x05 => {
+            // GLS sends a uint16; Nordic's collector also accepts the 1- and 4-byte forms some meters send.
             let count = match cursor.remaining() {
                 1 => u32::from(cursor.u8("count")?),
                 2 => u32::from(cursor.u16("count")?),
                 4 => cursor.u32("count")?,
-                _ => return Err(invalid("a record count must be 1, 2 or 4 bytes")),
+                _ => {
+                    return Err(invalid(
+                        "a record count must be 1, 2 or 4 bytes".to_string(),
+                    ))
+                }
             };
             Ok(RacpResponse::NumberOfRecords(count))
         }
@@ -332,158 +401,388 @@ pub fn decode_racp(bytes: &[u8]) -> Result<RacpResponse, FrameError> {
                 code,
             })
         }
-        other => Err(invalid(&format!("opcode {other:#04x} is not a response"))),
+        other => Err(invalid(format!("opcode {other:#04x} is not a response"))),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::decode::test_support::{bytes_of, decode_messages, received_at, render_error, utc};
 
     #[track_caller]
-    fn check(hex: &str, expected: &str) {
+    fn check(messages: &[&str], expected: &[&str]) {
         assert_eq!(
-            decode_messages(&mut GlucoseMeasurementDecoder, &[hex]),
-            [expected],
-            "{hex}"
+            decode_messages(&mut GlucoseMeasurementDecoder, messages),
+            expected,
+            "{messages:?}"
         );
     }
 
     const HUB: &str = "at=2024-03-15T12:00:00 hub";
 
-    #[rustfmt::skip]
-    #[test]
-    fn measurement_vectors() {
-        check("1B 01 00 E3 07 02 1B 0B 0A 1E FB FF 1E 00 12 05 01",
-            "blood_glucose glucose=3000000[mg/dL] flags=[sample_capillary_plasma,location_finger,low_battery,sample_size_insufficient,sensor_temperature_low,context_follows] at=2019-02-27T11:05:30 device");
-        check("03 05 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11",
-            "blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device");
-        check("06 06 00 E8 07 03 0F 08 00 00 35 C0 11",
-            "blood_glucose glucose=5.3[mmol/L] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T08:00:00 device");
-        check("1B 00 00 E2 07 04 1A 0B 09 1E 1E 00 12 05 01", "error too short for sensor status annunciation");
-    }
+    /// The reference's vector 2 (seq 5, 2024-03-15 07:30:00, 95 mg/dL, capillary whole blood, finger).
+    const VECTOR_2: &str = "03 05 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11";
 
-    #[rustfmt::skip]
-    #[test]
-    fn measurement_fields_and_edge_cases() {
-        check("00 07 00 E8 07 03 0F 07 1E 00", "blood_glucose glucose=no_measurement flags=[] at=2024-03-15T07:30:00 device");
-        check("02 07 00 E8 07 03 0F 07 1E 00 5F B0 1A", "blood_glucose glucose=95[mg/dL] flags=[location_finger,control_solution] at=2024-03-15T07:30:00 device");
-        check("02 07 00 E8 07 03 0F 07 1E 00 5F B0 41", "blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,control_solution] at=2024-03-15T07:30:00 device");
-        check("02 07 00 00 00 00 00 07 1E 00 5F B0 F1", &format!("blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,device_clock_invalid] {HUB}"));
-        check("02 07 00 E8 07 03 0F 07 1E 00 FF 07 F1", "blood_glucose glucose=nan flags=[sample_capillary_whole_blood] at=2024-03-15T07:30:00 device");
-        check("0A 07 00 E8 07 03 0F 07 1E 00 5F B0 11 60 08", "blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger,result_above_range,result_below_range,time_fault] at=2024-03-15T07:30:00 device");
-        // Reserved flag bits 5–7 do not shift fields.
-        check("E2 07 00 E8 07 03 0F 07 1E 00 5F B0 11", "blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device");
-        check("01 07 00 E8 07 03 0F 07 1E 00 3C 00", "blood_glucose glucose=no_measurement flags=[] at=2024-03-15T08:30:00 device");
-        check("02 07 00 E8 07 03 0F 07 1E 00 5F B0", "error too short for type and sample location");
-        check("00 07 00 E8 07 03 0F 07", "error too short for base time");
-    }
-
-    #[test]
-    fn record_identity() {
+    fn decode_one(hex: &str, received_at: chrono::DateTime<chrono::Utc>) -> Reading {
+        let zone = utc();
         let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
+            received_at,
+            time_zone: &zone,
         };
-        let key = |hex: &str| {
-            GlucoseMeasurementDecoder
-                .decode(&bytes_of(hex), &context)
-                .unwrap()[0]
-                .record_key
-                .clone()
-                .unwrap()
-        };
-        let record = "03 05 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11";
-        assert_eq!(key(record), key(record));
-        assert_ne!(
-            key(record),
-            key("03 05 00 E8 07 03 10 07 1E 00 00 00 5F B0 11")
-        );
-        assert_eq!(sequence_number(&bytes_of(record)), Some(5));
-        assert_eq!(sequence_number(&bytes_of("03 05")), None);
-        let readings = GlucoseMeasurementDecoder
-            .decode(
-                &bytes_of("02 07 00 E8 07 03 0F 07 1E 00 5F B0 1A"),
-                &context,
-            )
+        let mut readings = GlucoseMeasurementDecoder
+            .decode(&bytes_of(hex), &context)
             .unwrap();
-        assert!(!readings[0].is_clinical());
+        assert_eq!(readings.len(), 1, "{hex}");
+        readings.remove(0)
+    }
+
+    fn key(hex: &str) -> String {
+        decode_one(hex, received_at()).record_key.unwrap()
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn measurement_vectors_from_the_reference() {
+        check(&["1B 01 00 E3 07 02 1B 0B 0A 1E FB FF 1E 00 12 05 01"], &["blood_glucose glucose=3000000[mg/dL] flags=[sample_capillary_plasma,location_finger,low_battery,sample_size_insufficient,sensor_temperature_low,context_follows] at=2019-02-27T11:05:30 device"]);
+        check(&["1B 00 00 E2 07 04 1A 0B 09 1E 1E 00 12 05 01"], &["error too short for sensor status annunciation"]);
+        check(&[VECTOR_2], &["blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["06 06 00 E8 07 03 0F 08 00 00 35 C0 11"], &["blood_glucose glucose=5.3[mmol/L] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T08:00:00 device"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn concentration_and_its_specials() {
+        check(&["00 07 00 E8 07 03 0F 07 1E 00"], &["blood_glucose glucose=no_measurement flags=[] at=2024-03-15T07:30:00 device"]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 64 00 11"], &["blood_glucose glucose=10000000[mg/dL] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 B5 F4 11"], &["blood_glucose glucose=12050000[mg/dL] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 FF 07 11"], &["blood_glucose glucose=nan flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 00 08 11"], &["blood_glucose glucose=nres flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 FE 07 11"], &["blood_glucose glucose=+inf flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["06 07 00 E8 07 03 0F 07 1E 00 02 08 11"], &["blood_glucose glucose=-inf flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["06 07 00 E8 07 03 0F 07 1E 00 B2 C1 11"], &["blood_glucose glucose=43.4[mmol/L] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn sample_type_and_location() {
+        let at = "at=2024-03-15T07:30:00 device";
+        let line = |flags: &str| format!("blood_glucose glucose=95[mg/dL] flags=[{flags}] {at}");
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 22"], &[&line("sample_capillary_plasma,location_alternate_site")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 33"], &[&line("sample_venous_whole_blood,location_earlobe")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 F4"], &[&line("sample_venous_plasma")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 F5"], &[&line("sample_arterial_whole_blood")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 F6"], &[&line("sample_arterial_plasma")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 F7"], &[&line("sample_undetermined_whole_blood")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 F8"], &[&line("sample_undetermined_plasma")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 F9"], &[&line("sample_interstitial_fluid")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 00"], &[&line("")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 5B"], &[&line("")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 1A"], &[&line("location_finger,control_solution")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 41"], &[&line("sample_capillary_whole_blood,control_solution")]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0 4A"], &[&line("control_solution")]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn sensor_status_and_context_follows() {
+        let at = "at=2024-03-15T07:30:00 device";
+        check(&["08 07 00 E8 07 03 0F 07 1E 00 20 00"], &[&format!("blood_glucose glucose=no_measurement flags=[result_above_range] {at}")]);
+        check(&["08 07 00 E8 07 03 0F 07 1E 00 40 00"], &[&format!("blood_glucose glucose=no_measurement flags=[result_below_range] {at}")]);
+        check(&["08 07 00 E8 07 03 0F 07 1E 00 FF 0F"], &[&format!("blood_glucose glucose=no_measurement flags=[low_battery,sensor_malfunction,sample_size_insufficient,strip_insertion_error,strip_type_incorrect,result_above_range,result_below_range,sensor_temperature_high,sensor_temperature_low,read_interrupted,device_fault,time_fault] {at}")]);
+        check(&["08 07 00 E8 07 03 0F 07 1E 00 00 F0"], &[&format!("blood_glucose glucose=no_measurement flags=[] {at}")]);
+        check(&["0A 07 00 E8 07 03 0F 07 1E 00 5F B0 11 60 08"], &[&format!("blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger,result_above_range,result_below_range,time_fault] {at}")]);
+        check(&["10 07 00 E8 07 03 0F 07 1E 00"], &[&format!("blood_glucose glucose=no_measurement flags=[context_follows] {at}")]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn reserved_flag_bits_shift_nothing() {
+        let line = "blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device";
+        check(&["23 05 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11"], &[line]);
+        check(&["43 05 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11"], &[line]);
+        check(&["83 05 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11"], &[line]);
+        check(&["E3 05 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11"], &[line]);
+        check(&["20 05 00 E8 07 03 0F 07 1E 00"], &["blood_glucose glucose=no_measurement flags=[] at=2024-03-15T07:30:00 device"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn time_offset_and_device_clock() {
+        check(&["01 07 00 E8 07 03 0F 07 1E 00 3C 00"], &["blood_glucose glucose=no_measurement flags=[] at=2024-03-15T08:30:00 device"]);
+        check(&["01 07 00 E8 07 03 0F 00 0A 00 EC FF"], &["blood_glucose glucose=no_measurement flags=[] at=2024-03-14T23:50:00 device"]);
+        check(&["01 07 00 E8 07 03 0F 0B 37 00 1E 00"], &[&format!("blood_glucose glucose=no_measurement flags=[device_clock_ahead] {HUB}")]);
+        check(&["01 07 00 E8 07 03 0F 0C 14 00 E2 FF"], &["blood_glucose glucose=no_measurement flags=[] at=2024-03-15T11:50:00 device"]);
+        check(&["02 07 00 00 00 00 00 07 1E 00 5F B0 F1"], &[&format!("blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,device_clock_invalid] {HUB}")]);
+        check(&["03 07 00 00 00 00 00 07 1E 00 05 00 5F B0 11"], &[&format!("blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger,device_clock_invalid] {HUB}")]);
+        check(&["00 07 00 D0 07 01 01 00 00 00"], &[&format!("blood_glucose glucose=no_measurement flags=[device_clock_invalid] {HUB}")]);
+        check(&["00 07 00 E8 07 02 1E 07 1E 00"], &[&format!("blood_glucose glucose=no_measurement flags=[device_clock_invalid] {HUB}")]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn short_messages_are_errors() {
+        check(&[""], &["error too short for flags"]);
+        check(&["03 05"], &["error too short for sequence number"]);
+        check(&["00 07 00 E8 07 03 0F 07"], &["error too short for base time"]);
+        check(&["01 07 00 E8 07 03 0F 07 1E 00 3C"], &["error too short for time offset"]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F"], &["error too short for concentration"]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 5F B0"], &["error too short for type and sample location"]);
+        check(&["08 07 00 E8 07 03 0F 07 1E 00 20"], &["error too short for sensor status annunciation"]);
+        check(&["03 05 00 E8 07 03 0F 07 1E 00 5F B0 11"], &["error too short for concentration"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn each_message_is_one_record() {
+        check(&[VECTOR_2, "03 05", "06 06 00 E8 07 03 0F 08 00 00 35 C0 11"], &[
+            "blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device",
+            "error too short for sequence number",
+            "blood_glucose glucose=5.3[mmol/L] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T08:00:00 device",
+        ]);
     }
 
     #[test]
-    fn context_vectors() {
-        let flags = |hex: &str| decode_context(&bytes_of(hex)).unwrap().flags().join(",");
+    fn every_prefix_of_a_record_is_too_short() {
+        for hex in [
+            "1B 01 00 E3 07 02 1B 0B 0A 1E FB FF 1E 00 12 05 01",
+            VECTOR_2,
+            "06 06 00 E8 07 03 0F 08 00 00 35 C0 11",
+        ] {
+            let bytes = bytes_of(hex);
+            for length in 0..bytes.len() {
+                let prefix = hex::encode(&bytes[..length]);
+                let lines = decode_messages(&mut GlucoseMeasurementDecoder, &[&prefix]);
+                assert!(lines[0].starts_with("error too short for "), "{prefix}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_without_a_concentration_has_a_null_value_in_mg_per_dl() {
+        let reading = decode_one("04 07 00 E8 07 03 0F 07 1E 00", received_at());
         assert_eq!(
-            flags("06 05 00 01 51"),
-            "meal_preprandial,tester_self,health_none"
+            reading.values,
+            [Value::special(
+                &codes::GLUCOSE_MG_DL,
+                Special::NoMeasurement
+            )]
         );
-        let context = decode_context(&bytes_of("01 05 00 01 32 D0")).unwrap();
-        assert_eq!(context.carbohydrate, Some((1, MderNumber::Number(0.05))));
+        assert_eq!(reading.kind, Kind::BloodGlucose);
+        assert!(reading.is_clinical());
+    }
+
+    #[test]
+    fn control_solution_records_are_not_clinical() {
+        assert!(decode_one(VECTOR_2, received_at()).is_clinical());
+        for hex in [
+            "02 07 00 E8 07 03 0F 07 1E 00 5F B0 1A",
+            "02 07 00 E8 07 03 0F 07 1E 00 5F B0 41",
+        ] {
+            let reading = decode_one(hex, received_at());
+            assert!(reading.flags.contains(&"control_solution"), "{hex}");
+            assert!(!reading.is_clinical(), "{hex}");
+        }
+    }
+
+    #[test]
+    fn the_record_key_is_the_sequence_number_and_the_record_from_its_base_time_on() {
+        assert_eq!(key(VECTOR_2), "glucose:5:e807030f071e0000005fb011");
+        assert_eq!(key(VECTOR_2), key(VECTOR_2));
+        let later: chrono::DateTime<chrono::Utc> = "2024-03-16T09:00:00Z".parse().unwrap();
         assert_eq!(
-            decode_context(&bytes_of("40 05 00 41 F0")).unwrap().hba1c,
-            Some(MderNumber::Number(6.5))
+            decode_one(VECTOR_2, later).record_key.unwrap(),
+            key(VECTOR_2),
+            "a record read again later is the same record"
         );
-        let context = decode_context(&bytes_of("18 05 00 3C 00 32 04 0A D0")).unwrap();
-        assert_eq!(context.exercise, Some((60, 50)));
-        assert_eq!(
-            context.medication,
-            Some((4, MderNumber::Number(0.01), MedicationUnit::Kilograms))
+        assert_ne!(
+            key(VECTOR_2),
+            key("03 05 00 E8 07 03 10 07 1E 00 00 00 5F B0 11"),
+            "a meter that restarted its numbering reuses sequence numbers for new records"
+        );
+        assert_ne!(
+            key(VECTOR_2),
+            key("03 06 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11")
         );
         assert_eq!(
-            decode_context(&bytes_of("86 05 00 00 01 51"))
-                .unwrap()
-                .flags()
-                .join(","),
-            "meal_preprandial,tester_self,health_none"
-        );
-        assert_eq!(
-            decode_context(&bytes_of("02 05 00")).map_err(|e| render_error(&e)),
-            Err("error too short for meal".to_string())
+            key("13 05 00 E8 07 03 0F 07 1E 00 00 00 5F B0 11"),
+            "glucose:5:e807030f071e0000005fb011",
+            "the flags byte is not part of the record"
         );
     }
 
     #[test]
-    fn racp_vectors() {
-        use RacpResponseCode::*;
-        let check = |hex: &str| decode_racp(&bytes_of(hex)).map_err(|e| render_error(&e));
-        let completed = |request_opcode, code| {
-            Ok(RacpResponse::Completed {
-                request_opcode,
-                code,
-            })
+    fn sequence_number_reads_bytes_one_and_two() {
+        assert_eq!(sequence_number(&bytes_of(VECTOR_2)), Some(5));
+        assert_eq!(
+            sequence_number(&bytes_of(
+                "1B 01 00 E3 07 02 1B 0B 0A 1E FB FF 1E 00 12 05 01"
+            )),
+            Some(1)
+        );
+        assert_eq!(sequence_number(&bytes_of("00 34 12")), Some(0x1234));
+        assert_eq!(sequence_number(&bytes_of("03 05")), None);
+        assert_eq!(sequence_number(&[]), None);
+    }
+
+    fn render_number(number: MderNumber) -> String {
+        match number {
+            MderNumber::Number(value) => format!("{value}"),
+            MderNumber::Special(special) => special.as_str().to_string(),
+        }
+    }
+
+    /// One line per context: the fields present, then the flags.
+    fn render_context(context: &GlucoseContext) -> String {
+        let mut parts = vec![format!("seq={}", context.sequence_number)];
+        if let Some((id, amount)) = context.carbohydrate {
+            parts.push(format!("carbohydrate={id}:{}kg", render_number(amount)));
+        }
+        if let Some(meal) = context.meal {
+            parts.push(format!("meal={meal}"));
+        }
+        if let (Some(tester), Some(health)) = (context.tester, context.health) {
+            parts.push(format!("tester={tester} health={health}"));
+        }
+        if let Some((seconds, intensity)) = context.exercise {
+            parts.push(format!("exercise={seconds}s:{intensity}%"));
+        }
+        if let Some((id, amount, unit)) = context.medication {
+            let unit = match unit {
+                MedicationUnit::Kilograms => "kg",
+                MedicationUnit::Litres => "L",
+            };
+            parts.push(format!("medication={id}:{}{unit}", render_number(amount)));
+        }
+        if let Some(hba1c) = context.hba1c {
+            parts.push(format!("hba1c={}%", render_number(hba1c)));
+        }
+        parts.push(format!("flags=[{}]", context.flags().join(",")));
+        parts.join(" ")
+    }
+
+    #[track_caller]
+    fn check_context(hex: &str, expected: &str) {
+        let rendered = match decode_context(&bytes_of(hex)) {
+            Ok(context) => render_context(&context),
+            Err(error) => render_error(&error),
         };
-        assert_eq!(check("06 00 01 01"), completed(1, Success));
-        assert_eq!(check("06 00 0C 02"), completed(12, OpCodeNotSupported));
-        assert_eq!(check("06 00 01 03"), completed(1, InvalidOperator));
-        assert_eq!(check("06 00 02 04"), completed(2, OperatorNotSupported));
-        assert_eq!(check("06 00 01 05"), completed(1, InvalidOperand));
-        assert_eq!(check("06 00 01 06"), completed(1, NoRecordsFound));
-        assert_eq!(check("06 00 03 07"), completed(3, AbortUnsuccessful));
-        assert_eq!(check("06 00 02 08"), completed(2, ProcedureNotCompleted));
-        assert_eq!(check("06 00 02 09"), completed(2, OperandNotSupported));
-        assert_eq!(check("05 00 02 01"), Ok(RacpResponse::NumberOfRecords(258)));
-        assert_eq!(check("05 00 01"), Ok(RacpResponse::NumberOfRecords(1)));
-        assert_eq!(
-            check("05 00 04 03 02 01"),
-            Ok(RacpResponse::NumberOfRecords(16_909_060))
-        );
-        assert_eq!(
-            check("05 00 03 02 01"),
-            Err("error invalid: a record count must be 1, 2 or 4 bytes".to_string())
-        );
-        assert_eq!(
-            check("06 00 01"),
-            Err("error too short for response code".to_string())
-        );
+        assert_eq!(rendered, expected, "{hex}");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn context_vectors_from_the_reference() {
+        check_context("06 05 00 01 51", "seq=5 meal=1 tester=1 health=5 flags=[meal_preprandial,tester_self,health_none]");
+        check_context("01 05 00 01 32 D0", "seq=5 carbohydrate=1:0.05kg flags=[]");
+        check_context("40 05 00 41 F0", "seq=5 hba1c=6.5% flags=[]");
+        check_context("18 05 00 3C 00 32 04 0A D0", "seq=5 exercise=60s:50% medication=4:0.01kg flags=[]");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn context_fields_and_flags() {
+        check_context("00 09 00", "seq=9 flags=[]");
+        check_context("86 05 00 00 01 51", "seq=5 meal=1 tester=1 health=5 flags=[meal_preprandial,tester_self,health_none]");
+        check_context("FF 09 00 00 02 32 D0 02 F2 FF FF 64 01 0A D0 FF 07", "seq=9 carbohydrate=2:0.05kg meal=2 tester=2 health=15 exercise=65535s:100% medication=1:0.01L hba1c=nan% flags=[meal_postprandial,tester_health_care_professional]");
+        check_context("30 05 00 05 0A D0", "seq=5 medication=5:0.01L flags=[]");
+        check_context("20 05 00", "seq=5 flags=[]");
+        check_context("02 05 00 03", "seq=5 meal=3 flags=[meal_fasting]");
+        check_context("02 05 00 04", "seq=5 meal=4 flags=[meal_casual]");
+        check_context("02 05 00 05", "seq=5 meal=5 flags=[meal_bedtime]");
+        check_context("02 05 00 00", "seq=5 meal=0 flags=[]");
+        check_context("02 05 00 06", "seq=5 meal=6 flags=[]");
+        check_context("04 05 00 13", "seq=5 tester=3 health=1 flags=[tester_lab_test,health_minor_issues]");
+        check_context("04 05 00 2F", "seq=5 tester=15 health=2 flags=[health_major_issues]");
+        check_context("04 05 00 31", "seq=5 tester=1 health=3 flags=[tester_self,health_during_menses]");
+        check_context("04 05 00 42", "seq=5 tester=2 health=4 flags=[tester_health_care_professional,health_under_stress]");
+        check_context("04 05 00 FF", "seq=5 tester=15 health=15 flags=[]");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn short_contexts_are_errors() {
+        check_context("", "error too short for flags");
+        check_context("06 05", "error too short for sequence number");
+        check_context("86 05 00", "error too short for extended flags");
+        check_context("01 05 00 01 32", "error too short for carbohydrate");
+        check_context("02 05 00", "error too short for meal");
+        check_context("06 05 00 01", "error too short for tester and health");
+        check_context("08 05 00 3C 00", "error too short for exercise intensity");
+        check_context("10 05 00 04", "error too short for medication");
+        check_context("40 05 00 41", "error too short for HbA1c");
+    }
+
+    #[track_caller]
+    fn check_racp(hex: &str, expected: &str) {
+        let rendered = match decode_racp(&bytes_of(hex)) {
+            Ok(response) => format!("{response:?}"),
+            Err(error) => render_error(&error),
+        };
+        assert_eq!(rendered, expected, "{hex}");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn racp_vectors_from_the_reference() {
+        check_racp("06 00 01 01", "Completed { request_opcode: 1, code: Success }");
+        check_racp("06 00 0C 02", "Completed { request_opcode: 12, code: OpCodeNotSupported }");
+        check_racp("06 00 01 03", "Completed { request_opcode: 1, code: InvalidOperator }");
+        check_racp("06 00 02 04", "Completed { request_opcode: 2, code: OperatorNotSupported }");
+        check_racp("06 00 01 05", "Completed { request_opcode: 1, code: InvalidOperand }");
+        check_racp("06 00 01 06", "Completed { request_opcode: 1, code: NoRecordsFound }");
+        check_racp("06 00 03 07", "Completed { request_opcode: 3, code: AbortUnsuccessful }");
+        check_racp("06 00 02 08", "Completed { request_opcode: 2, code: ProcedureNotCompleted }");
+        check_racp("06 00 02 09", "Completed { request_opcode: 2, code: OperandNotSupported }");
+        check_racp("05 00 02 01", "NumberOfRecords(258)");
+        check_racp("05 00 01", "NumberOfRecords(1)");
+        check_racp("05 00 04 03 02 01", "NumberOfRecords(16909060)");
+        check_racp("05 00 03 02 01", "error invalid: a record count must be 1, 2 or 4 bytes");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn racp_oddities() {
+        check_racp("06 00 01 0A", "Completed { request_opcode: 1, code: Other(10) }");
+        check_racp("06 00 01 00", "Completed { request_opcode: 1, code: Other(0) }");
+        check_racp("05 00", "error invalid: a record count must be 1, 2 or 4 bytes");
+        check_racp("05 00 01 02 03 04 05", "error invalid: a record count must be 1, 2 or 4 bytes");
+        check_racp("01 01", "error invalid: opcode 0x01 is not a response");
+        check_racp("07 00 01", "error invalid: opcode 0x07 is not a response");
+        check_racp("", "error too short for opcode");
+        check_racp("06", "error too short for operator");
+        check_racp("06 00", "error too short for request opcode");
+        check_racp("06 00 01", "error too short for response code");
     }
 
     #[test]
-    fn racp_requests() {
+    fn racp_requests_from_the_reference() {
         assert_eq!(hex::encode(racp_report_all()), "0101");
         assert_eq!(hex::encode(racp_count_all()), "0401");
         assert_eq!(hex::encode(racp_report_from_sequence(5)), "0103010500");
+        assert_eq!(hex::encode(racp_report_from_sequence(0x1234)), "0103013412");
         assert_eq!(hex::encode(racp_report_last()), "0106");
         assert_eq!(hex::encode(racp_abort()), "0300");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..32)) {
+            let zone = utc();
+            let context = DecodeContext { received_at: received_at(), time_zone: &zone };
+            match GlucoseMeasurementDecoder.decode(&bytes, &context) {
+                Ok(readings) => {
+                    prop_assert_eq!(readings.len(), 1);
+                    prop_assert_eq!(readings[0].values.len(), 1);
+                }
+                Err(error) => prop_assert!(matches!(error, FrameError::TooShort { .. }), "{error}"),
+            }
+            let _ = decode_context(&bytes);
+            let _ = decode_racp(&bytes);
+        }
     }
 }
