@@ -363,17 +363,42 @@ async fn restart_scan(adapter: &Adapter) {
     }
 }
 
-/// The peripheral and its normalised address, only when the device is bound.
+/// The peripheral and its normalised address, only when the device is bound. The address comes from the
+/// BlueZ object path in the id, so the many adverts of devices that are not bound cost no D-Bus call.
 async fn bound_peripheral(
     adapter: &Adapter,
     id: &PeripheralId,
     devices: &SharedDevices,
 ) -> Option<(Peripheral, String)> {
+    let address = address_of(&id.to_string())?;
+    if !devices.lock().unwrap().is_bound(&address) {
+        return None;
+    }
     let peripheral = adapter.peripheral(id).await.ok()?;
-    let address = peripheral.address().to_string().to_ascii_uppercase();
-    devices
-        .lock()
-        .unwrap()
-        .is_bound(&address)
-        .then_some((peripheral, address))
+    Some((peripheral, address))
+}
+
+/// `hci0/dev_AA_BB_CC_DD_EE_01` (a peripheral id: the object path under `/org/bluez/`) → `AA:BB:CC:DD:EE:01`.
+fn address_of(peripheral_id: &str) -> Option<String> {
+    let (_, device) = peripheral_id.rsplit_once("/dev_")?;
+    crate::bound_devices::normalise_address(device).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_of;
+
+    #[test]
+    fn addresses_come_from_the_object_path() {
+        assert_eq!(
+            address_of("hci0/dev_AA_BB_CC_DD_EE_01").as_deref(),
+            Some("AA:BB:CC:DD:EE:01")
+        );
+        assert_eq!(
+            address_of("/org/bluez/hci1/dev_aa_bb_cc_dd_ee_0f").as_deref(),
+            Some("AA:BB:CC:DD:EE:0F")
+        );
+        assert_eq!(address_of("hci0"), None);
+        assert_eq!(address_of("hci0/dev_AA_BB"), None);
+    }
 }
