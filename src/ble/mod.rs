@@ -34,6 +34,8 @@ const RETRY_MAX: Duration = Duration::from_secs(120);
 /// has a new measurement.
 const AFTER_SESSION: Duration = Duration::from_secs(5);
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// How often advert-driven last-seen times alone are written to the device list.
+const SEEN_SAVE_INTERVAL: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct BleSettings {
@@ -174,6 +176,10 @@ async fn run_stack(
         HashMap::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     let mut dirty = false;
+    // Last-seen times change with every advert; they are written with the next real change, or every
+    // SEEN_SAVE_INTERVAL, not every few seconds (an fsync each time wears a hub's SD card).
+    let mut seen_changed = false;
+    let mut last_save = Instant::now();
     let mut powered_off = false;
     let outcome = loop {
         tokio::select! {
@@ -208,7 +214,7 @@ async fn run_stack(
                     let mut list = devices.lock().unwrap();
                     let Some(device) = list.get_mut(&address) else { continue };
                     device.last_seen = Some(crate::clock::now_utc());
-                    dirty = true;
+                    seen_changed = true;
                     if device.needs_repairing { continue; }
                     device.reach
                 };
@@ -322,8 +328,10 @@ async fn run_stack(
                 }
             }
             _ = housekeeping.tick() => {
-                if dirty {
+                if dirty || (seen_changed && last_save.elapsed() >= SEEN_SAVE_INTERVAL) {
                     dirty = false;
+                    seen_changed = false;
+                    last_save = Instant::now();
                     if let Err(error) = devices.lock().unwrap().save() {
                         tracing::error!(%error, "Cannot save the device list.");
                     }
