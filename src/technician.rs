@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use btleplug::api::{Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
-use btleplug::platform::{Adapter, Manager};
+use btleplug::api::{Central, CentralEvent, Peripheral as _, ScanFilter};
+use btleplug::platform::Adapter;
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -37,13 +37,9 @@ pub enum TechnicianError {
 pub type Emit<'a> = &'a mut (dyn FnMut(serde_json::Value) + Send);
 
 async fn adapter_named(name: &str) -> Result<Adapter, TechnicianError> {
-    let manager = Manager::new().await?;
-    for adapter in manager.adapters().await? {
-        if adapter.adapter_info().await?.split_whitespace().next() == Some(name) {
-            return Ok(adapter);
-        }
-    }
-    Err(TechnicianError::NoAdapter(name.to_string()))
+    crate::ble::find_adapter(name)
+        .await?
+        .ok_or_else(|| TechnicianError::NoAdapter(name.to_string()))
 }
 
 /// Lists nearby health devices for `duration`, emitting a `device` event whenever one is first seen or its

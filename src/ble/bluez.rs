@@ -41,13 +41,17 @@ impl From<zbus::Error> for BluezError {
     }
 }
 
+/// Whether a BlueZ error (its name, its text, or both as btleplug prints them) says the device refused
+/// our keys: HCI "PIN or Key Missing", or an authentication failure.
+pub fn means_lost_bond(text: &str) -> bool {
+    text.contains("Key Missing")
+        || text.contains("AuthenticationFailed")
+        || text.contains("Authentication Failed")
+}
+
 /// Tells a lost bond from other failures by BlueZ's error name and text.
 pub fn classify(name: &str, message: &str) -> BluezError {
-    let lost = message.contains("PIN or Key Missing")
-        || message.contains("Key Missing")
-        || name.ends_with("AuthenticationFailed")
-        || message.contains("Authentication Failed");
-    if lost {
+    if means_lost_bond(name) || means_lost_bond(message) {
         return BluezError::BondLost;
     }
     if name.ends_with("AuthenticationRejected") || name.ends_with("AuthenticationCanceled") {

@@ -91,16 +91,40 @@ pub async fn run(
     }
 }
 
-async fn find_adapter(name: &str) -> Result<Adapter, StackError> {
+/// The adapter with this name (`hci0`); `None` when there is none.
+pub async fn find_adapter(name: &str) -> Result<Option<Adapter>, btleplug::Error> {
     let manager = Manager::new().await?;
     for adapter in manager.adapters().await? {
         // btleplug lists adapters in no fixed order; its info starts with the adapter's name.
         let info = adapter.adapter_info().await?;
         if info.split_whitespace().next() == Some(name) {
-            return Ok(adapter);
+            return Ok(Some(adapter));
         }
     }
-    Err(StackError::NoAdapter(name.to_string()))
+    Ok(None)
+}
+
+/// The decoding channel for one protocol of a bound device, named `ble:ADDRESS` in payloads.
+pub(crate) fn decoding_for(
+    address: &str,
+    protocol: crate::decode::Protocol,
+    information: &crate::bound_devices::DeviceStrings,
+    hub_id: &str,
+    spot: SpotRule,
+) -> Decoding {
+    Decoding::new(DeviceSettings {
+        hub_id: hub_id.to_string(),
+        device: DeviceInfo {
+            id: format!("ble:{address}"),
+            transport: "ble",
+            protocol: protocol.name(),
+            manufacturer: information.manufacturer.clone(),
+            model: information.model.clone(),
+            serial_number: information.serial_number.clone(),
+        },
+        protocol,
+        spot,
+    })
 }
 
 /// What a future in the supervisor's set of device work ended with.
@@ -154,7 +178,9 @@ async fn run_stack(
     outbox: &OutboxHandle,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Restart, StackError> {
-    let adapter = find_adapter(&settings.adapter).await?;
+    let adapter = find_adapter(&settings.adapter)
+        .await?
+        .ok_or_else(|| StackError::NoAdapter(settings.adapter.clone()))?;
     let bluez = bluez::Bluez::connect(&settings.adapter).await?;
     let mut events = adapter.events().await?;
     adapter
@@ -227,19 +253,7 @@ async fn run_stack(
                         for (service, bytes) in data {
                             let Some(protocol) = profile::advertisement_protocol(service, &bytes) else { continue };
                             let decoding = advertisement_decoders.entry((address.clone(), protocol)).or_insert_with(|| {
-                                Decoding::new(DeviceSettings {
-                                    hub_id: settings.hub_id.clone(),
-                                    device: DeviceInfo {
-                                        id: format!("ble:{address}"),
-                                        transport: "ble",
-                                        protocol: protocol.name(),
-                                        manufacturer: None,
-                                        model: None,
-                                        serial_number: None,
-                                    },
-                                    protocol,
-                                    spot: settings.spot,
-                                })
+                                decoding_for(&address, protocol, &Default::default(), &settings.hub_id, settings.spot)
                             });
                             let received_at = crate::clock::now_utc();
                             let records: Vec<_> = decoding.bytes(&bytes, received_at).into_iter().map(|(record, _)| record).collect();

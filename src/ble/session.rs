@@ -19,8 +19,7 @@ use crate::decode::current_time;
 use crate::decode::glucose;
 use crate::decode::ieee11073::DeviceDateTime;
 use crate::outbox::OutboxHandle;
-use crate::payload::DeviceInfo;
-use crate::pipeline::{ClockCorrection, Decoding, DeviceSettings};
+use crate::pipeline::{ClockCorrection, Decoding};
 use crate::spot::SpotRule;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -70,10 +69,7 @@ impl From<crate::outbox::worker::WorkerGone> for SessionError {
 /// Sorts a btleplug error: a refused key means a lost bond, a refused subscription means no pairing.
 fn classify(error: btleplug::Error) -> SessionError {
     let text = error.to_string();
-    if text.contains("PIN or Key Missing")
-        || text.contains("AuthenticationFailed")
-        || text.contains("Authentication Failed")
-    {
+    if super::bluez::means_lost_bond(&text) {
         SessionError::BondLost
     } else if text.contains("NotPermitted")
         || text.contains("Not paired")
@@ -157,20 +153,13 @@ async fn collect(
         .filter(|(uuid, _)| measurement_protocol(**uuid).is_some())
     {
         let protocol = measurement_protocol(*uuid).expect("filtered");
-        let device = DeviceInfo {
-            id: format!("ble:{address}"),
-            transport: "ble",
-            protocol: protocol.name(),
-            manufacturer: information.manufacturer.clone(),
-            model: information.model.clone(),
-            serial_number: information.serial_number.clone(),
-        };
-        let mut decoding = Decoding::new(DeviceSettings {
-            hub_id: settings.hub_id.clone(),
-            device,
+        let mut decoding = super::decoding_for(
+            address,
             protocol,
-            spot: settings.spot,
-        });
+            &information,
+            &settings.hub_id,
+            settings.spot,
+        );
         decoding.correct_clock(clock);
         channels.insert(*uuid, Channel { decoding });
     }
