@@ -106,6 +106,15 @@ impl Value {
         }
     }
 
+    /// A number the device sent, or "missing" when it is the device's own no-data marker.
+    pub fn reported(measure: &'static Measure, value: f64, missing: bool) -> Value {
+        if missing {
+            Value::special(measure, Special::Missing)
+        } else {
+            Value::number(measure, value)
+        }
+    }
+
     pub fn special(measure: &'static Measure, special: Special) -> Value {
         Value {
             measure,

@@ -6,7 +6,7 @@
 use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
 use crate::codes;
 use crate::decode::ieee11073::push_flags;
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Kind, Reading, Value};
 
 const PACKET: usize = 5;
 const SYNC: u8 = 0x80;
@@ -51,14 +51,12 @@ fn packet_reading(
     let pulse = ((b3 & 0x40) << 1) | (b4 & 0x7F);
     let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, packet);
     reading.values = vec![
-        match spo2 {
-            SPO2_INVALID => Value::special(&codes::SPO2, Special::Missing),
-            spo2 => Value::number(&codes::SPO2, f64::from(spo2)),
-        },
-        match pulse {
-            PULSE_INVALID => Value::special(&codes::PULSE_RATE_OXIMETER, Special::Missing),
-            pulse => Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(pulse)),
-        },
+        Value::reported(&codes::SPO2, f64::from(spo2), spo2 == SPO2_INVALID),
+        Value::reported(
+            &codes::PULSE_RATE_OXIMETER,
+            f64::from(pulse),
+            pulse == PULSE_INVALID,
+        ),
     ];
     let table = match flavour {
         BciFlavour::Berrymed => [

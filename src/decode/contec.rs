@@ -8,7 +8,7 @@
 
 use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Kind, Reading, Value};
 
 const LIVE: u8 = 0x01;
 const LIVE_LENGTH: usize = 9;
@@ -52,14 +52,16 @@ fn live_reading(message: &[u8], context: &DecodeContext<'_>) -> Reading {
     let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
     // 0 is what the device shows without a finger, as much "no reading" as the 0x7F/0xFF markers.
     reading.values = vec![
-        match spo2 {
-            0 | SPO2_INVALID..=u8::MAX => Value::special(&codes::SPO2, Special::Missing),
-            spo2 => Value::number(&codes::SPO2, f64::from(spo2)),
-        },
-        match pulse {
-            0 | PULSE_INVALID => Value::special(&codes::PULSE_RATE_OXIMETER, Special::Missing),
-            pulse => Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(pulse)),
-        },
+        Value::reported(
+            &codes::SPO2,
+            f64::from(spo2),
+            spo2 == 0 || spo2 >= SPO2_INVALID,
+        ),
+        Value::reported(
+            &codes::PULSE_RATE_OXIMETER,
+            f64::from(pulse),
+            pulse == 0 || pulse == PULSE_INVALID,
+        ),
     ];
     reading
 }

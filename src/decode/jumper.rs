@@ -3,7 +3,7 @@
 
 use super::{DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Kind, Reading, Value};
 
 const NUMERIC_FRAME: u8 = 0x81;
 const PULSE_INVALID: u8 = 255;
@@ -26,18 +26,17 @@ impl MessageDecoder for JumperOximeterDecoder {
         };
         let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
         reading.values = vec![
-            match spo2 {
-                SPO2_INVALID => Value::special(&codes::SPO2, Special::Missing),
-                spo2 => Value::number(&codes::SPO2, f64::from(spo2)),
-            },
-            match pulse {
-                PULSE_INVALID => Value::special(&codes::PULSE_RATE_OXIMETER, Special::Missing),
-                pulse => Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(pulse)),
-            },
-            match perfusion {
-                PERFUSION_INVALID => Value::special(&codes::PERFUSION_INDEX, Special::Missing),
-                tenths => Value::number(&codes::PERFUSION_INDEX, f64::from(tenths) / 10.0),
-            },
+            Value::reported(&codes::SPO2, f64::from(spo2), spo2 == SPO2_INVALID),
+            Value::reported(
+                &codes::PULSE_RATE_OXIMETER,
+                f64::from(pulse),
+                pulse == PULSE_INVALID,
+            ),
+            Value::reported(
+                &codes::PERFUSION_INDEX,
+                f64::from(perfusion) / 10.0,
+                perfusion == PERFUSION_INVALID,
+            ),
         ];
         Ok(vec![reading])
     }
