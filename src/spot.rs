@@ -2,11 +2,11 @@
 //!
 //! # The spot rule
 //!
-//! - A sample is *valid* when both `spo2` and `pulse_rate` carry numbers, it is clinical (not demonstration, test,
-//!   unavailable or invalid data), and none of the flags `sensor_disconnected`, `sensor_alarm`, `artifact`,
+//! - A sample is *valid* when both `spo2` and `pulse_rate` carry numbers and none of the flags `sensor_disconnected`, `sensor_alarm`, `artifact`,
 //!   `out_of_track`, `low_perfusion`, `sensor_unconnected`, `sensor_displaced`, `sensor_malfunctioning`,
 //!   `equipment_malfunction`, `inadequate_signal`, `no_signal`, `no_finger` or `pulse_searching` is set. An invalid sample (the finger was removed,
-//!   or the signal is bad) empties the window and re-arms the filter.
+//!   or the signal is bad) empties the window and re-arms the filter. Samples that are not patient data
+//!   (demonstration, test, unavailable, invalid) never reach the filter: the pipeline withholds them first.
 //! - A gap of more than 5 s between consecutive samples (by `received_at`), or a receive time that goes backwards,
 //!   also empties the window and re-arms the filter.
 //! - The window holds the most recent valid samples spanning `stable_for`: samples older than `stable_for` are dropped,
@@ -147,11 +147,10 @@ impl SpotFilter {
         let has_number = |value: &&Value| value.value.is_some_and(f64::is_finite);
         let spo2 = sample.value("spo2").filter(has_number)?;
         let pulse = sample.value("pulse_rate").filter(has_number)?;
-        if !sample.is_clinical()
-            || sample
-                .flags
-                .iter()
-                .any(|flag| INVALIDATING_FLAGS.contains(flag))
+        if sample
+            .flags
+            .iter()
+            .any(|flag| INVALIDATING_FLAGS.contains(flag))
         {
             return None;
         }
