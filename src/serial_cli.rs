@@ -37,11 +37,7 @@ fn listen_groups() -> Vec<(u32, Parity, Vec<Protocol>)> {
 /// Reads the port for `duration` at one line setting; `None` when it cannot be opened.
 fn listen(path: &Path, baud: u32, parity: Parity, duration: Duration) -> Option<Vec<u8>> {
     let mut port = serialport::new(path.to_string_lossy(), baud)
-        .parity(match parity {
-            Parity::None => serialport::Parity::None,
-            Parity::Odd => serialport::Parity::Odd,
-            Parity::Even => serialport::Parity::Even,
-        })
+        .parity(crate::serial::line_parity(parity))
         .timeout(Duration::from_millis(200))
         .open()
         .ok()?;

@@ -88,6 +88,15 @@ pub async fn run_port(
     }
 }
 
+/// The serial library's parity for a protocol's (tokio-serial re-exports serialport's type).
+pub fn line_parity(parity: crate::decode::Parity) -> serialport::Parity {
+    match parity {
+        crate::decode::Parity::None => serialport::Parity::None,
+        crate::decode::Parity::Odd => serialport::Parity::Odd,
+        crate::decode::Parity::Even => serialport::Parity::Even,
+    }
+}
+
 fn open(
     path: Option<&std::path::Path>,
     settings: &PortSettings,
@@ -101,11 +110,7 @@ fn open(
     let path = path.to_string_lossy();
     let mut port = tokio_serial::new(path.as_ref(), settings.baud_rate)
         .data_bits(tokio_serial::DataBits::Eight)
-        .parity(match settings.parity {
-            crate::decode::Parity::None => tokio_serial::Parity::None,
-            crate::decode::Parity::Odd => tokio_serial::Parity::Odd,
-            crate::decode::Parity::Even => tokio_serial::Parity::Even,
-        })
+        .parity(line_parity(settings.parity))
         .stop_bits(tokio_serial::StopBits::One)
         .flow_control(tokio_serial::FlowControl::None)
         .open_native_async()?;
