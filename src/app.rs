@@ -56,6 +56,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let mut devices = JoinSet::new();
     for port in &config.serial {
         let (events_tx, events_rx) = mpsc::channel(64);
+        let (commands_tx, commands_rx) = mpsc::channel(16);
         let line = port.protocol.line_settings();
         let settings = PortSettings {
             location: port.path.clone(),
@@ -71,7 +72,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         };
         let port_stop = stop_signal.clone();
         devices.spawn(async move {
-            serial::run_port(settings, events_tx, port_stop).await;
+            serial::run_port(settings, events_tx, commands_rx, port_stop).await;
             Ok(())
         });
         let device = DeviceSettings {
@@ -86,10 +87,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             },
             protocol: port.protocol,
             spot: port.spot,
+            checkpoints: Some(crate::download_checkpoints::CheckpointFile::new(
+                &config.hub.state_dir,
+                &port.device_id,
+            )),
         };
         devices.spawn(pipeline::run_device(
             device,
             events_rx,
+            commands_tx,
             outbox.clone(),
             stop_signal.clone(),
         ));

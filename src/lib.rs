@@ -9,6 +9,7 @@
 //! - `spot`: turns continuous streams into spot readings; sans I/O.
 //! - `payload`: the public wire contract `vitalsd.reading.v1` (JSON) and reading ids.
 //! - `config`: the validated configuration, loaded and checked in two stages.
+//! - `download_checkpoints`: per device, which stored data was already fetched; small files in the state dir.
 //! - `pipeline`: per device, transport bytes → decoder → spot filter → payload → outbox.
 //! - `outbox`: the crash-safe on-disk queue (SQLite); stores opaque records, knows no MQTT or devices.
 //! - `serial`: the serial transport; opens ports, reads bytes, reopens after hot-unplug.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod decode;
+pub mod download_checkpoints;
 pub mod mqtt;
 pub mod outbox;
 pub mod payload;

@@ -9,7 +9,10 @@ use std::time::Duration;
 use chrono::Local;
 use tokio::sync::{mpsc, watch};
 
-use crate::decode::{DecodeContext, DecodeEvent, FrameError, Protocol};
+use crate::decode::{
+    CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, Protocol,
+};
+use crate::download_checkpoints::CheckpointFile;
 use crate::outbox::{NewRecord, OutboxHandle};
 use crate::payload::{self, DeviceInfo};
 use crate::reading::Reading;
@@ -18,6 +21,8 @@ use crate::spot::{SpotFilter, SpotRule};
 
 /// How often counters are written to the outbox's statistics.
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+/// How often the decoder is asked whether the device needs a command (a keep-alive, a timed-out question).
+const DIALOG_POLL: Duration = Duration::from_millis(500);
 
 /// Who a pipeline decodes for.
 pub struct DeviceSettings {
@@ -25,6 +30,8 @@ pub struct DeviceSettings {
     pub device: DeviceInfo,
     pub protocol: Protocol,
     pub spot: SpotRule,
+    /// Where the decoder's download checkpoint is kept; `None` keeps it for the life of the pipeline only.
+    pub checkpoints: Option<CheckpointFile>,
 }
 
 #[derive(Default)]
@@ -45,6 +52,10 @@ pub struct Decoding {
     clock: Option<ClockCorrection>,
     /// A glucose record whose context (0x2A34) the meter announced; it waits for it, briefly.
     awaiting_context: Option<Reading>,
+    /// The decoder's checkpoint as last saved (or loaded).
+    checkpoint: Option<String>,
+    /// Saving the checkpoint failed and was reported; the next success is reported too.
+    checkpoint_failing: bool,
 }
 
 /// What the hub learned when it set a device clock that was far off: records the device stamped with its
@@ -74,13 +85,68 @@ impl ClockCorrection {
 
 impl Decoding {
     pub fn new(settings: DeviceSettings) -> Decoding {
-        Decoding {
+        let checkpoint = settings
+            .checkpoints
+            .as_ref()
+            .and_then(|file| match file.load() {
+                Ok(checkpoint) => checkpoint,
+                Err(error) => {
+                    tracing::warn!(device = %settings.device.id, %error, "Cannot read the download checkpoint; the device's stored data will be fetched again.");
+                    None
+                }
+            });
+        let mut decoding = Decoding {
             decoder: settings.protocol.new_decoder(),
             spot: SpotFilter::new(settings.spot),
             settings,
             counters: Counters::default(),
             clock: None,
             awaiting_context: None,
+            checkpoint,
+            checkpoint_failing: false,
+        };
+        decoding.resume_decoder();
+        decoding
+    }
+
+    fn resume_decoder(&mut self) {
+        if let Some(checkpoint) = &self.checkpoint {
+            self.decoder.resume(checkpoint);
+        }
+    }
+
+    /// What the device should be sent now; call it after the records of the last `bytes` were appended.
+    pub fn poll(&mut self, now: chrono::DateTime<chrono::Utc>) -> Vec<HostCommand> {
+        self.save_checkpoint();
+        self.decoder.poll(now)
+    }
+
+    /// Saves the decoder's checkpoint when it moved. Called only after the records decoded so far were
+    /// handed to the outbox, so the checkpoint never covers a reading the outbox does not have.
+    fn save_checkpoint(&mut self) {
+        let current = self.decoder.checkpoint();
+        if current.is_none() || current == self.checkpoint {
+            return;
+        }
+        let text = current.expect("checked");
+        let Some(file) = &self.settings.checkpoints else {
+            self.checkpoint = Some(text);
+            return;
+        };
+        match file.save(&text) {
+            Ok(()) => {
+                if self.checkpoint_failing {
+                    tracing::info!(device = %self.settings.device.id, "Download checkpoint saved again.");
+                }
+                self.checkpoint_failing = false;
+                self.checkpoint = Some(text);
+            }
+            Err(error) => {
+                if !self.checkpoint_failing {
+                    tracing::warn!(device = %self.settings.device.id, %error, "Cannot save the download checkpoint; will retry. Until then a reconnect fetches the stored data again (with the same reading ids).");
+                }
+                self.checkpoint_failing = true;
+            }
         }
     }
 
@@ -96,6 +162,7 @@ impl Decoding {
     /// A new connection: half a frame from before must not glue onto bytes after it.
     pub fn opened(&mut self) {
         self.decoder = self.settings.protocol.new_decoder();
+        self.resume_decoder();
         self.spot = SpotFilter::new(self.settings.spot);
     }
 
@@ -192,32 +259,64 @@ impl Decoding {
 }
 
 /// Runs until the transport's sender is gone; `shutdown` only stops the periodic counter flush early.
+/// Commands for the device go to the transport on `commands`.
 pub async fn run_device(
     settings: DeviceSettings,
     mut events: mpsc::Receiver<PortEvent>,
+    commands: mpsc::Sender<Vec<u8>>,
     outbox: OutboxHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::outbox::worker::WorkerGone> {
     let mut decoding = Decoding::new(settings);
     let mut flush = tokio::time::interval(COUNTER_FLUSH);
+    let mut dialog = tokio::time::interval(DIALOG_POLL);
+    let mut open = false;
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(PortEvent::Opened) => decoding.opened(),
+                Some(PortEvent::Opened) => {
+                    open = true;
+                    decoding.opened();
+                }
                 Some(PortEvent::Bytes { bytes, received_at }) => {
                     let records: Vec<NewRecord> = decoding.bytes(&bytes, received_at).into_iter().map(|(record, _)| record).collect();
                     if !records.is_empty() {
                         outbox.append(records).await?;
                     }
                 }
-                Some(PortEvent::Closed { .. }) => decoding.closed(),
+                Some(PortEvent::Closed { .. }) => {
+                    open = false;
+                    decoding.closed();
+                }
                 None => break,
             },
             _ = flush.tick() => decoding.flush_counters(&outbox).await?,
+            _ = dialog.tick(), if open => {}
             _ = shutdown.changed() => {}
+        }
+        if open {
+            for command in decoding.poll(crate::clock::now_utc()) {
+                pass_on(&decoding.settings.device.id, command, &commands);
+            }
         }
     }
     decoding.flush_counters(&outbox).await
+}
+
+/// Hands a command to the transport without waiting: the transport may itself be waiting for this task to
+/// take its bytes, and a dialog recovers from a lost command by its own time-outs.
+fn pass_on(device: &str, command: HostCommand, commands: &mpsc::Sender<Vec<u8>>) {
+    match command.purpose {
+        CommandPurpose::RestartStream => {
+            tracing::info!(%device, "The device stopped sending; starting its stream again.")
+        }
+        purpose => {
+            tracing::debug!(%device, ?purpose, command = %hex::encode(&command.bytes), "Command for the device.")
+        }
+    }
+    if let Err(error) = commands.try_send(command.bytes) {
+        tracing::debug!(%device, %error, "Could not pass a command to the transport.");
+    }
 }
 
 fn collect(
@@ -334,6 +433,7 @@ mod tests {
                 },
                 protocol,
                 spot: SpotRule::default(),
+                checkpoints: None,
             });
             let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (round as u64 + 1);
             let mut at: chrono::DateTime<chrono::Utc> = "2026-11-22T10:00:00Z".parse().unwrap();
@@ -349,6 +449,8 @@ mod tests {
                 // Chunks arrive about as fast as a 115200-baud line delivers them.
                 at += chrono::TimeDelta::milliseconds(350);
                 records += decoding.bytes(&chunk, at).len();
+                // The dialog runs too, so noise that looks like answers may move it (a Contec download).
+                decoding.poll(at);
             }
             decoding.closed();
             assert_eq!(records, 0, "{} turned noise into readings", protocol.name());

@@ -7,16 +7,20 @@
 //!   `equipment_malfunction`, `inadequate_signal`, `no_signal`, `no_finger` or `pulse_searching` is set. An invalid sample (the finger was removed,
 //!   or the signal is bad) empties the window and re-arms the filter. Samples that are not patient data
 //!   (demonstration, test, unavailable, invalid) never reach the filter: the pipeline withholds them first.
-//! - A gap of more than 5 s between consecutive samples (by `received_at`), or a receive time that goes backwards,
-//!   also empties the window and re-arms the filter.
+//! - A sample's time is its `received_at`, except for a sample the device stamped itself (`time_source` device:
+//!   a recorded session downloaded later), whose time is its `measured_at`; the rule then runs on the device's
+//!   timeline, as if the recording were streamed live. A gap of more than 5 s between consecutive samples, or a
+//!   time that goes backwards (the switch between a recording and the live stream), also empties the window
+//!   and re-arms the filter.
 //! - The window holds the most recent valid samples spanning `stable_for`: samples older than `stable_for` are dropped,
 //!   except the newest of them, which marks the start of the span (otherwise a stream whose samples do not land on
 //!   exact seconds could never span `stable_for`).
 //! - The stream is *stable* when the window's oldest sample is at least `stable_for` older than its newest, the window
 //!   holds at least 3 samples, and over the window max − min SpO2 ≤ 2 and max − min pulse rate ≤ 5.
 //! - When stable and either armed or the last spot is at least `repeat_every` old, the filter emits one spot reading
-//!   and disarms. The spot takes its kind, `measured_at`, `received_at` and `raw` from the newest sample, has
-//!   `time_source` hub and no record key, and its SpO2 and pulse rate are each the lower median of the window's values
+//!   and disarms. The spot takes its kind, `measured_at`, `received_at` and `raw` from the newest sample; a spot of
+//!   live samples has `time_source` hub and no record key, a spot of recorded samples keeps `time_source` device
+//!   and the newest sample's record key (so downloading the recording again yields the same reading ids). Its SpO2 and pulse rate are each the lower median of the window's values
 //!   (a value that was actually observed, never an average). Its flags are the union of the window's flags, in the
 //!   order they were first seen.
 //!
@@ -72,7 +76,8 @@ impl Default for SpotRule {
 }
 
 struct Sample {
-    received_at: DateTime<Utc>,
+    /// The sample's time on the timeline the rule runs on (see the module documentation).
+    at: DateTime<Utc>,
     spo2: Value,
     pulse: Value,
     flags: Vec<&'static str>,
@@ -83,8 +88,16 @@ pub struct SpotFilter {
     rule: SpotRule,
     window: VecDeque<Sample>,
     armed: bool,
-    last_received: Option<DateTime<Utc>>,
+    last_at: Option<DateTime<Utc>>,
     last_spot: Option<DateTime<Utc>>,
+}
+
+/// A sample's time for the rule: the device's stamp for a recorded sample, the receive time otherwise.
+fn timeline(sample: &Reading) -> DateTime<Utc> {
+    match sample.time_source {
+        TimeSource::Device => sample.measured_at.to_utc(),
+        TimeSource::Hub => sample.received_at,
+    }
 }
 
 /// Time from `earlier` to `later`, `None` if `later` is before `earlier`.
@@ -102,18 +115,18 @@ impl SpotFilter {
             rule,
             window: VecDeque::new(),
             armed: true,
-            last_received: None,
+            last_at: None,
             last_spot: None,
         }
     }
 
     /// Takes the next sample of the stream; returns a spot reading when this sample completes one.
     pub fn push(&mut self, sample: Reading) -> Option<Reading> {
-        let latest = sample.received_at;
+        let latest = timeline(&sample);
         let interrupted = self
-            .last_received
+            .last_at
             .is_some_and(|last| elapsed(last, latest).is_none_or(|gap| gap > MAX_GAP));
-        self.last_received = Some(latest);
+        self.last_at = Some(latest);
         if interrupted {
             self.rearm();
         }
@@ -155,7 +168,7 @@ impl SpotFilter {
             return None;
         }
         Some(Sample {
-            received_at: sample.received_at,
+            at: timeline(sample),
             spo2: spo2.clone(),
             pulse: pulse.clone(),
             flags: sample.flags.clone(),
@@ -164,7 +177,7 @@ impl SpotFilter {
 
     /// Drops samples that are older than needed to span `stable_for` back from `latest`.
     fn trim(&mut self, latest: DateTime<Utc>) {
-        let age = |sample: &Sample| elapsed(sample.received_at, latest).unwrap_or(Duration::ZERO);
+        let age = |sample: &Sample| elapsed(sample.at, latest).unwrap_or(Duration::ZERO);
         while self.window.len() > MAX_WINDOW
             || self
                 .window
@@ -179,8 +192,7 @@ impl SpotFilter {
         let Some(oldest) = self.window.front() else {
             return false;
         };
-        let spans =
-            elapsed(oldest.received_at, latest).is_some_and(|span| span >= self.rule.stable_for);
+        let spans = elapsed(oldest.at, latest).is_some_and(|span| span >= self.rule.stable_for);
         let spread = |values: &mut dyn Iterator<Item = f64>| {
             let (min, max) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(min, max), v| {
                 (min.min(v), max.max(v))
@@ -207,11 +219,14 @@ impl SpotFilter {
         .into_iter()
         .flatten()
         .collect();
+        let record_key = match newest.time_source {
+            TimeSource::Device => newest.record_key.clone(),
+            TimeSource::Hub => None,
+        };
         Reading {
-            time_source: TimeSource::Hub,
             values,
             flags,
-            record_key: None,
+            record_key,
             user_id: None,
             ..newest
         }
@@ -525,5 +540,54 @@ mod tests {
             ["spo2", "pulse_rate"]
         );
         assert_eq!(spot.values[1].measure, &codes::PULSE_RATE_OXIMETER);
+    }
+
+    /// A recording downloaded in one burst: all samples share one receive time, and the rule runs on the
+    /// device's stamps instead.
+    #[test]
+    fn recorded_samples_follow_the_device_timeline() {
+        let downloaded_at = start() + TimeDelta::hours(10);
+        let recorded = |s: i64, spo2: u8| {
+            let mut reading = sample(0, Some(spo2), Some(60), &["stored_session"]);
+            reading.received_at = downloaded_at;
+            reading.measured_at = (start() + TimeDelta::seconds(s)).fixed_offset();
+            reading.time_source = TimeSource::Device;
+            reading.record_key = Some(format!("stored:{s}"));
+            reading
+        };
+        let mut filter = SpotFilter::new(SpotRule::default());
+        let mut spots = Vec::new();
+        // 700 s of a steady recording, then 20 s at another level after a 10 s gap, then the live stream.
+        for s in 0..=700 {
+            spots.extend(filter.push(recorded(s, 95)));
+        }
+        for s in 711..=730 {
+            spots.extend(filter.push(recorded(s, 91)));
+        }
+        for s in 0..=10 {
+            spots.extend(filter.push(sample(36_000_000 + s * 1000, Some(97), Some(72), &[])));
+        }
+        let rendered: Vec<String> = spots
+            .iter()
+            .map(|spot| {
+                format!(
+                    "{} {} {} spo2={}",
+                    (spot.measured_at.to_utc() - start()).num_seconds(),
+                    spot.time_source.as_str(),
+                    spot.record_key.as_deref().unwrap_or("-"),
+                    spot.value("spo2").and_then(|v| v.value).unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            rendered,
+            [
+                "10 device stored:10 spo2=95",
+                "310 device stored:310 spo2=95",
+                "610 device stored:610 spo2=95",
+                "721 device stored:721 spo2=91",
+                "36010 hub - spo2=97",
+            ]
+        );
     }
 }

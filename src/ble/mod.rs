@@ -124,6 +124,7 @@ pub(crate) fn decoding_for(
         },
         protocol,
         spot,
+        checkpoints: None,
     })
 }
 

@@ -1,36 +1,158 @@
 //! The Contec CMS50D+/E/F "7D 81" protocol: typed messages whose payload bytes all carry bit 7 on the
-//! wire, with their real most significant bits gathered in the second byte; and the host commands that
-//! start the live stream and keep it alive.
+//! wire, with their real most significant bits gathered in the second byte; and the hub's side of the
+//! dialog: download the sessions the oximeter stored, then start the live stream and keep it alive.
 //!
 //! A message starts with its type byte, the only byte below 0x80, which is also how the decoder finds the
-//! next message after garbage. Live data (type 0x01) becomes a reading; other message types (replies to
-//! commands, stored-session data) are skipped without counting as errors.
+//! next message after garbage. Live data (type 0x01) becomes a reading at any time. Replies to the hub's
+//! questions and stored-session data count only while the dialog waits for them, so a stray or noisy
+//! message can never start a download or be taken for a recorded sample.
+//!
+//! # The dialog
+//!
+//! 1. On the first poll the hub stops both streams (`A7`, `A2`) and asks how many sessions are stored (`A3`,
+//!    answered by type 0x0A).
+//! 2. For each session, oldest index first, it asks the start time (`A5 <index>`, answered by 0x07 with the
+//!    date and 0x12 with the time). A session whose start is in the checkpoint (the starts already downloaded,
+//!    on this connection or an earlier one) is skipped; one without a date (a CMS50D+ has no clock)
+//!    is reported and skipped, since its samples could only be given invented times.
+//! 3. It asks for the session's data (`A6 <index>`); types 0x0F (three SpO2/pulse pairs) and 0x09 (one pair
+//!    and a perfusion index) follow, one sample per second from the session start. The session ends when
+//!    another message type arrives or the data pauses for [`DATA_PAUSE`].
+//!    Each downloaded session's start joins the checkpoint.
+//! 4. After the last session the hub starts the
+//!    live stream (`A1`), sends a keep-alive (`AF`) every [`KEEP_ALIVE_EVERY`], and starts the stream again
+//!    when it falls silent for [`SILENCE_RESTART`]. A device that does not answer a question within
+//!    [`ANSWER_WAIT`] (an older firmware without storage) goes straight to the live stream.
 
-use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
+
+use super::{
+    hex_of, CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, StreamDecoder,
+};
 use crate::codes;
-use crate::reading::{Kind, Reading, Value};
+use crate::reading::{Kind, Reading, TimeSource, Value};
 
 const LIVE: u8 = 0x01;
-const LIVE_LENGTH: usize = 9;
-/// A message longer than this is not one; the bytes are dropped as garbage.
+const STORED_PAIR: u8 = 0x09;
+const SESSION_DATE: u8 = 0x07;
+const SESSION_COUNT: u8 = 0x0A;
+const STORED_TRIPLE: u8 = 0x0F;
+const SESSION_TIME: u8 = 0x12;
+/// A message of a type not in [`message_length`] longer than this is not one; the bytes are dropped as garbage.
 const MAX_MESSAGE: usize = 32;
 const PULSE_INVALID: u8 = 0xFF;
 const SPO2_INVALID: u8 = 0x7F;
 
-/// A host command: `7D 81 <0x80|command> 80 80 80 80 80 80`.
-pub fn command(code: u8) -> [u8; 9] {
-    [0x7D, 0x81, 0x80 | code, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80]
-}
-
 /// Starts the live stream.
 pub const START_LIVE: u8 = 0x21;
+/// Stops the live stream ("hello 2").
+pub const STOP_LIVE: u8 = 0x22;
+/// Asks how many sessions are stored.
+pub const ASK_SESSION_COUNT: u8 = 0x23;
+/// Asks when a stored session started.
+pub const ASK_SESSION_START: u8 = 0x25;
+/// Asks for a stored session's samples.
+pub const ASK_SESSION_DATA: u8 = 0x26;
+/// Stops a stored-data transfer ("hello 1").
+pub const STOP_STORED: u8 = 0x27;
 /// Keeps the live stream going; without it the device stops after about 30 s.
 pub const KEEP_ALIVE: u8 = 0x2F;
 
-#[derive(Debug, Default)]
+/// How long the hub waits for the answer to a question before it gives up on it.
+pub const ANSWER_WAIT: TimeDelta = TimeDelta::seconds(3);
+/// A pause this long in a session's data ends the session.
+pub const DATA_PAUSE: TimeDelta = TimeDelta::seconds(2);
+pub const KEEP_ALIVE_EVERY: TimeDelta = TimeDelta::seconds(5);
+/// A live stream silent this long is started again.
+pub const SILENCE_RESTART: TimeDelta = TimeDelta::seconds(5);
+
+/// The recorded samples are one a second.
+const SAMPLE_INTERVAL: TimeDelta = TimeDelta::seconds(1);
+const CHECKPOINT_KEY: &str = "stored_sessions=";
+
+/// A host command: `7D 81 <0x80|command> 80 80 80 80 80 80`.
+pub fn command(code: u8) -> [u8; 9] {
+    command_with(code, 0)
+}
+
+/// A host command whose parameter (a session index) travels in byte 4, OR'ed with 0x80 like every byte.
+pub fn command_with(code: u8, parameter: u8) -> [u8; 9] {
+    [
+        0x7D,
+        0x81,
+        0x80 | code,
+        0x80,
+        0x80 | (parameter & 0x7F),
+        0x80,
+        0x80,
+        0x80,
+        0x80,
+    ]
+}
+
+/// The length of the messages of a type, where it is known (OSCAR's table); other types run to the next
+/// type byte.
+fn message_length(kind: u8) -> Option<usize> {
+    Some(match kind {
+        0x01..=0x05 | 0x11 | 0x13 | 0x14 => 9,
+        0x06 | 0x0A | 0x0B => 4,
+        0x07 | 0x08 | 0x0F | 0x12 => 8,
+        0x09 => 6,
+        0x0C => 2,
+        0x0E | 0x10 => 3,
+        _ => return None,
+    })
+}
+
+/// Where the dialog stands.
+#[derive(Debug, Clone, PartialEq)]
+enum Dialog {
+    /// Nothing sent yet.
+    NotStarted,
+    AwaitingCount {
+        since: DateTime<Utc>,
+    },
+    AwaitingStart {
+        since: DateTime<Utc>,
+        index: u8,
+        count: u8,
+        date: Option<Option<NaiveDate>>,
+        time: Option<NaiveTime>,
+    },
+    Receiving {
+        /// The last data message, or the request when none came yet.
+        since: DateTime<Utc>,
+        index: u8,
+        count: u8,
+        start: DateTime<chrono::FixedOffset>,
+        samples: u32,
+    },
+    Live {
+        last_heard: DateTime<Utc>,
+        last_keep_alive: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug)]
 pub struct ContecDecoder {
     buffer: Vec<u8>,
     skipped: usize,
+    dialog: Dialog,
+    /// The starts (device wall time) of the sessions downloaded, on this connection or an earlier one.
+    downloaded: Vec<NaiveDateTime>,
+    outgoing: Vec<HostCommand>,
+}
+
+impl Default for ContecDecoder {
+    fn default() -> Self {
+        ContecDecoder {
+            buffer: Vec::new(),
+            skipped: 0,
+            dialog: Dialog::NotStarted,
+            downloaded: Vec::new(),
+            outgoing: Vec::new(),
+        }
+    }
 }
 
 /// Restores the payload bytes: bit i of byte 1 is the most significant bit of byte i + 2.
@@ -41,29 +163,271 @@ fn unpack(message: &[u8]) -> Vec<u8> {
         .enumerate()
         .map(|(index, byte)| match index {
             0 | 1 => *byte,
-            _ => (byte & 0x7F) | (((high >> (index - 2)) & 1) << 7),
+            // Only bytes 2 to 8 have a high bit in byte 1; longer (unknown) messages keep their low bits.
+            _ => (byte & 0x7F) | ((high.checked_shr(index as u32 - 2).unwrap_or(0) & 1) << 7),
         })
         .collect()
 }
 
+fn spo2_value(spo2: u8) -> Value {
+    // 0 is what the device shows without a finger, as much "no reading" as the 0x7F marker; above 100 is
+    // no saturation at all.
+    Value::reported(
+        &codes::SPO2,
+        f64::from(spo2),
+        spo2 == 0 || spo2 >= SPO2_INVALID || spo2 > 100,
+    )
+}
+
+fn pulse_value(pulse: u8) -> Value {
+    Value::reported(
+        &codes::PULSE_RATE_OXIMETER,
+        f64::from(pulse),
+        pulse == 0 || pulse == PULSE_INVALID,
+    )
+}
+
 fn live_reading(message: &[u8], context: &DecodeContext<'_>) -> Reading {
     let bytes = unpack(message);
-    let (pulse, spo2) = (bytes[5], bytes[6]);
     let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
-    // 0 is what the device shows without a finger, as much "no reading" as the 0x7F/0xFF markers.
-    reading.values = vec![
-        Value::reported(
-            &codes::SPO2,
-            f64::from(spo2),
-            spo2 == 0 || spo2 >= SPO2_INVALID,
-        ),
-        Value::reported(
-            &codes::PULSE_RATE_OXIMETER,
-            f64::from(pulse),
-            pulse == 0 || pulse == PULSE_INVALID,
-        ),
-    ];
+    reading.values = vec![spo2_value(bytes[6]), pulse_value(bytes[5])];
     reading
+}
+
+/// A recorded sample: device time from the session start, a record key that names it within the session.
+fn stored_reading(
+    message: &[u8],
+    spo2: u8,
+    pulse: u8,
+    start: DateTime<chrono::FixedOffset>,
+    sample: u32,
+    context: &DecodeContext<'_>,
+) -> Reading {
+    let measured_at = start + SAMPLE_INTERVAL * sample as i32;
+    Reading {
+        kind: Kind::PulseOximetry,
+        measured_at,
+        received_at: context.received_at,
+        time_source: TimeSource::Device,
+        values: vec![spo2_value(spo2), pulse_value(pulse)],
+        flags: vec!["stored_session"],
+        raw: message.to_vec(),
+        user_id: None,
+        record_key: Some(format!(
+            "contec-stored:{}",
+            measured_at.naive_local().format("%Y-%m-%dT%H:%M:%S")
+        )),
+    }
+}
+
+/// How many downloaded session starts the checkpoint remembers; a CMS50F stores far fewer sessions.
+const REMEMBERED_SESSIONS: usize = 64;
+
+impl ContecDecoder {
+    fn send(&mut self, bytes: [u8; 9], purpose: CommandPurpose) {
+        self.outgoing.push(HostCommand {
+            bytes: bytes.to_vec(),
+            purpose,
+        });
+    }
+
+    fn ask_start(&mut self, index: u8, count: u8, now: DateTime<Utc>) {
+        self.send(
+            command_with(ASK_SESSION_START, index),
+            CommandPurpose::Dialog,
+        );
+        self.dialog = Dialog::AwaitingStart {
+            since: now,
+            index,
+            count,
+            date: None,
+            time: None,
+        };
+    }
+
+    fn go_live(&mut self, now: DateTime<Utc>) {
+        self.send(command(START_LIVE), CommandPurpose::Dialog);
+        self.dialog = Dialog::Live {
+            last_heard: now,
+            last_keep_alive: now,
+        };
+    }
+
+    /// On to the session after `index`, or, after the last, to the live stream.
+    fn next_session(&mut self, index: u8, count: u8, now: DateTime<Utc>) {
+        if index.saturating_add(1) < count {
+            self.ask_start(index + 1, count, now);
+        } else {
+            self.go_live(now);
+        }
+    }
+
+    fn session_done(&mut self, start: NaiveDateTime) {
+        if !self.downloaded.contains(&start) {
+            self.downloaded.push(start);
+        }
+        let surplus = self.downloaded.len().saturating_sub(REMEMBERED_SESSIONS);
+        self.downloaded.drain(..surplus);
+    }
+
+    /// Both halves of a session's start arrived: fetch its data, or skip it.
+    fn start_known(
+        &mut self,
+        index: u8,
+        count: u8,
+        local: Option<NaiveDateTime>,
+        context: &DecodeContext<'_>,
+        events: &mut Vec<DecodeEvent>,
+        message: &[u8],
+    ) {
+        let now = context.received_at;
+        let Some(local) = local else {
+            events.push(DecodeEvent::Rejected(FrameError::Invalid {
+                reason: format!(
+                    "stored session {index} has no start date (the oximeter keeps no clock); not downloaded"
+                ),
+                raw: hex_of(message),
+            }));
+            return self.next_session(index, count, now);
+        };
+        if self.downloaded.contains(&local) {
+            return self.next_session(index, count, now);
+        }
+        let Some(start) = context.time_zone.resolve(local) else {
+            events.push(DecodeEvent::Rejected(FrameError::Invalid {
+                reason: format!("stored session {index} starts at {local}, a time the hub's zone skips; not downloaded"),
+                raw: hex_of(message),
+            }));
+            return self.next_session(index, count, now);
+        };
+        self.send(
+            command_with(ASK_SESSION_DATA, index),
+            CommandPurpose::Dialog,
+        );
+        self.dialog = Dialog::Receiving {
+            since: now,
+            index,
+            count,
+            start,
+            samples: 0,
+        };
+    }
+
+    /// Moves the dialog on with a message the device sent.
+    fn heard(
+        &mut self,
+        message: &[u8],
+        context: &DecodeContext<'_>,
+        events: &mut Vec<DecodeEvent>,
+    ) {
+        let now = context.received_at;
+        let kind = message[0];
+        let bytes = unpack(message);
+        match self.dialog.clone() {
+            Dialog::NotStarted => {}
+            Dialog::Live {
+                last_keep_alive, ..
+            } => {
+                self.dialog = Dialog::Live {
+                    last_heard: now,
+                    last_keep_alive,
+                };
+            }
+            Dialog::AwaitingCount { .. } if kind == SESSION_COUNT => match bytes[3] {
+                0 => self.go_live(now),
+                count => self.ask_start(0, count, now),
+            },
+            Dialog::AwaitingCount { .. } => {}
+            Dialog::AwaitingStart {
+                since,
+                index,
+                count,
+                mut date,
+                mut time,
+            } => {
+                match kind {
+                    SESSION_DATE => date = Some(session_date(&bytes)),
+                    SESSION_TIME => time = session_time(&bytes),
+                    _ => return,
+                }
+                match (date, time) {
+                    (Some(date), Some(time)) => self.start_known(
+                        index,
+                        count,
+                        date.map(|date| date.and_time(time)),
+                        context,
+                        events,
+                        message,
+                    ),
+                    _ => {
+                        self.dialog = Dialog::AwaitingStart {
+                            since,
+                            index,
+                            count,
+                            date,
+                            time,
+                        }
+                    }
+                }
+            }
+            Dialog::Receiving {
+                index,
+                count,
+                start,
+                samples,
+                ..
+            } => {
+                let pairs: &[(usize, usize)] = match kind {
+                    STORED_TRIPLE => &[(2, 3), (4, 5), (6, 7)],
+                    STORED_PAIR => &[(2, 3)],
+                    _ => {
+                        self.session_done(start.naive_local());
+                        return self.next_session(index, count, now);
+                    }
+                };
+                for (offset, (spo2, pulse)) in pairs.iter().enumerate() {
+                    events.push(DecodeEvent::Reading(stored_reading(
+                        message,
+                        bytes[*spo2],
+                        bytes[*pulse],
+                        start,
+                        samples + offset as u32,
+                        context,
+                    )));
+                }
+                self.dialog = Dialog::Receiving {
+                    since: now,
+                    index,
+                    count,
+                    start,
+                    samples: samples + pairs.len() as u32,
+                };
+            }
+        }
+    }
+}
+
+/// The date half of a session start (type 0x07): century, year, month, day in bytes 4 to 7. A year of 0 is
+/// a device without a clock.
+fn session_date(bytes: &[u8]) -> Option<NaiveDate> {
+    let year = i32::from(bytes[4]) * 100 + i32::from(bytes[5]);
+    (year != 0)
+        .then(|| NaiveDate::from_ymd_opt(year, u32::from(bytes[6]), u32::from(bytes[7])))
+        .flatten()
+}
+
+/// The time half of a session start (type 0x12): hour, minute, second in bytes 4 to 6.
+fn session_time(bytes: &[u8]) -> Option<NaiveTime> {
+    NaiveTime::from_hms_opt(
+        u32::from(bytes[4]),
+        u32::from(bytes[5]),
+        u32::from(bytes[6]),
+    )
+}
+
+/// Whether a broken-off message of this type is worth reporting: it may have held a measurement.
+fn reports_truncation(kind: u8) -> bool {
+    matches!(kind, LIVE | STORED_TRIPLE | STORED_PAIR)
 }
 
 impl StreamDecoder for ContecDecoder {
@@ -82,45 +446,44 @@ impl StreamDecoder for ContecDecoder {
             start += type_at;
             let window = &self.buffer[start..];
             let kind = window[0];
-            // The message runs until the next type byte; live data has a known length, so it need not wait.
             let next_type = window
                 .iter()
                 .skip(1)
                 .position(|byte| byte & 0x80 == 0)
                 .map(|p| p + 1);
-            let length = match (kind, next_type) {
-                (LIVE, _)
-                    if window.len() >= LIVE_LENGTH
-                        && next_type.is_none_or(|n| n >= LIVE_LENGTH) =>
-                {
-                    LIVE_LENGTH
+            let length = match (message_length(kind), next_type) {
+                (Some(need), Some(next)) if next < need => {
+                    // Another message began before this one was complete.
+                    if reports_truncation(kind) {
+                        let raw = hex_of(&window[..next]);
+                        self.flush_garbage(&mut events);
+                        events.push(DecodeEvent::Rejected(FrameError::Truncated {
+                            have: next,
+                            need,
+                            raw,
+                        }));
+                    } else {
+                        self.skipped += next;
+                    }
+                    start += next;
+                    continue;
                 }
-                (_, Some(next)) => next,
-                (_, None) if window.len() > MAX_MESSAGE => {
+                (Some(need), _) if window.len() >= need => need,
+                (Some(_), _) => break,
+                (None, Some(next)) => next,
+                (None, None) if window.len() > MAX_MESSAGE => {
                     self.skipped += window.len();
                     start = self.buffer.len();
                     break;
                 }
-                (_, None) => break,
+                (None, None) => break,
             };
-            let message = &window[..length];
-            if self.skipped > 0 {
-                events.push(DecodeEvent::Rejected(FrameError::Garbage {
-                    count: self.skipped,
-                }));
-                self.skipped = 0;
-            }
+            let message = self.buffer[start..start + length].to_vec();
+            self.flush_garbage(&mut events);
             if kind == LIVE {
-                if length == LIVE_LENGTH {
-                    events.push(DecodeEvent::Reading(live_reading(message, context)));
-                } else {
-                    events.push(DecodeEvent::Rejected(FrameError::Truncated {
-                        have: length,
-                        need: LIVE_LENGTH,
-                        raw: hex_of(message),
-                    }));
-                }
+                events.push(DecodeEvent::Reading(live_reading(&message, context)));
             }
+            self.heard(&message, context, &mut events);
             start += length;
         }
         self.buffer.drain(..start);
@@ -131,12 +494,100 @@ impl StreamDecoder for ContecDecoder {
         let partial = std::mem::take(&mut self.buffer);
         let skipped = std::mem::take(&mut self.skipped);
         match partial.first() {
-            Some(&LIVE) => Some(FrameError::Truncated {
+            Some(&kind) if reports_truncation(kind) => Some(FrameError::Truncated {
                 have: partial.len(),
-                need: LIVE_LENGTH,
+                need: message_length(kind).unwrap_or(partial.len()),
                 raw: hex_of(&partial),
             }),
             _ => (skipped > 0).then_some(FrameError::Garbage { count: skipped }),
+        }
+    }
+
+    fn poll(&mut self, now: DateTime<Utc>) -> Vec<HostCommand> {
+        match self.dialog.clone() {
+            Dialog::NotStarted => {
+                self.send(command(STOP_STORED), CommandPurpose::Dialog);
+                self.send(command(STOP_LIVE), CommandPurpose::Dialog);
+                self.send(command(ASK_SESSION_COUNT), CommandPurpose::Dialog);
+                self.dialog = Dialog::AwaitingCount { since: now };
+            }
+            Dialog::AwaitingCount { since } if now - since >= ANSWER_WAIT => self.go_live(now),
+            Dialog::AwaitingStart {
+                since,
+                index,
+                count,
+                ..
+            } if now - since >= ANSWER_WAIT => self.next_session(index, count, now),
+            Dialog::Receiving {
+                since,
+                index,
+                count,
+                start,
+                samples,
+            } if now - since
+                >= if samples == 0 {
+                    ANSWER_WAIT
+                } else {
+                    DATA_PAUSE
+                } =>
+            {
+                if samples > 0 {
+                    self.session_done(start.naive_local());
+                }
+                self.next_session(index, count, now);
+            }
+            Dialog::Live {
+                last_heard,
+                last_keep_alive,
+            } => {
+                let mut state = (last_heard, last_keep_alive);
+                if now - last_keep_alive >= KEEP_ALIVE_EVERY {
+                    self.send(command(KEEP_ALIVE), CommandPurpose::KeepAlive);
+                    state.1 = now;
+                }
+                if now - last_heard >= SILENCE_RESTART {
+                    self.send(command(START_LIVE), CommandPurpose::RestartStream);
+                    state.0 = now;
+                }
+                self.dialog = Dialog::Live {
+                    last_heard: state.0,
+                    last_keep_alive: state.1,
+                };
+            }
+            _ => {}
+        }
+        std::mem::take(&mut self.outgoing)
+    }
+
+    fn checkpoint(&self) -> Option<String> {
+        (!self.downloaded.is_empty()).then(|| {
+            let starts: Vec<String> = self
+                .downloaded
+                .iter()
+                .map(|start| start.format("%Y-%m-%dT%H:%M:%S").to_string())
+                .collect();
+            format!("{CHECKPOINT_KEY}{}", starts.join(","))
+        })
+    }
+
+    fn resume(&mut self, checkpoint: &str) {
+        let Some(list) = checkpoint.strip_prefix(CHECKPOINT_KEY) else {
+            return;
+        };
+        self.downloaded = list
+            .split(',')
+            .filter_map(|start| NaiveDateTime::parse_from_str(start, "%Y-%m-%dT%H:%M:%S").ok())
+            .collect();
+    }
+}
+
+impl ContecDecoder {
+    fn flush_garbage(&mut self, events: &mut Vec<DecodeEvent>) {
+        if self.skipped > 0 {
+            events.push(DecodeEvent::Rejected(FrameError::Garbage {
+                count: self.skipped,
+            }));
+            self.skipped = 0;
         }
     }
 }
@@ -144,7 +595,7 @@ impl StreamDecoder for ContecDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::test_support::decode_stream;
+    use crate::decode::test_support::{decode_stream, render_error, render_reading, utc};
 
     fn make() -> Box<dyn StreamDecoder> {
         Box::new(ContecDecoder::default())
@@ -165,6 +616,8 @@ mod tests {
         check("01 80 85 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
         check("01 80 85 B3 96 80 80 FF FF", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[] {HUB}")]);
         check("01 88 85 B3 96 FF FF FF FF", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[] {HUB}")]);
+        // SpO2 above 100 is no saturation (the high bit of byte 6 comes from bit 4 of byte 1).
+        check("01 90 85 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=missing pulse_rate=72 flags=[] {HUB}")]);
         check("01 80 85 B3 96 C8 E2 FF FF 01 80 85 B3 96 C9 E1 FF FF", &[
             &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"),
             &format!("pulse_oximetry spo2=97 pulse_rate=73 flags=[] {HUB}"),
@@ -175,15 +628,197 @@ mod tests {
     #[test]
     fn other_messages_garbage_and_truncation() {
         // A reply to a command (type 0x0B here) is skipped quietly; the live message after it is read.
-        check("0B 80 C3 D4 C5 01 80 85 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
+        check("0B 80 C3 D4 01 80 85 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
+        // A message of a type without a known length runs to the next type byte.
+        check("1A 80 C3 D4 C5 01 80 85 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
         check("FF FE 01 80 85 B3 96 C8 E2 FF FF", &["garbage 2", &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
         check("01 80 85 B3 01 80 85 B3 96 C8 E2 FF FF", &["truncated 4/9", &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
         check("01 80 85 B3", &["truncated 4/9"]);
+        // Stored data that nobody asked for is never a reading, whole or broken off.
+        check("0F 80 DE C2 DE C2 DE C2 09 80 E1 C4 CE 82", &[]);
+        check("0F 80 DE C2", &["truncated 4/8"]);
+        // A broken-off reply is skipped like garbage.
+        check("07 80 80 01 80 85 B3 96 C8 E2 FF FF", &["garbage 3", &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
     }
 
     #[test]
     fn host_commands() {
         assert_eq!(hex::encode(command(START_LIVE)), "7d81a1808080808080");
         assert_eq!(hex::encode(command(KEEP_ALIVE)), "7d81af808080808080");
+        assert_eq!(
+            hex::encode(command_with(ASK_SESSION_DATA, 2)),
+            "7d81a6808280808080"
+        );
+    }
+
+    fn render_command(command: &HostCommand) -> String {
+        let purpose = match command.purpose {
+            CommandPurpose::Dialog => "",
+            CommandPurpose::KeepAlive => " (keep-alive)",
+            CommandPurpose::RestartStream => " (restart)",
+        };
+        match command.bytes[4] & 0x7F {
+            0 => format!("> {:02x}{purpose}", command.bytes[2]),
+            parameter => format!("> {:02x} {parameter}{purpose}", command.bytes[2]),
+        }
+    }
+
+    /// Plays a dialog: at each step's second (after 2024-03-15T12:00:00Z) the device sends the step's bytes
+    /// (if any) and the hub polls. Returns what the hub sent ("> a5 1": command byte and parameter) and
+    /// decoded, in order, and the checkpoint at the end.
+    fn dialog(checkpoint: Option<&str>, steps: &[(i64, &str)]) -> (Vec<String>, Option<String>) {
+        let zone = utc();
+        let base: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
+        let mut decoder = ContecDecoder::default();
+        if let Some(checkpoint) = checkpoint {
+            decoder.resume(checkpoint);
+        }
+        let mut lines = Vec::new();
+        for (second, hex) in steps {
+            let context = DecodeContext {
+                received_at: base + TimeDelta::seconds(*second),
+                time_zone: &zone,
+            };
+            let bytes = crate::decode::test_support::bytes_of(hex);
+            for event in decoder.feed(&bytes, &context) {
+                lines.push(match event {
+                    DecodeEvent::Reading(reading) => render_reading(&reading),
+                    DecodeEvent::Rejected(error) => render_error(&error),
+                });
+            }
+            lines.extend(decoder.poll(context.received_at).iter().map(render_command));
+        }
+        (lines, decoder.checkpoint())
+    }
+
+    /// 2014-08-18 and 02:38:18, a session count of 1, and both kinds of data, as quoted from a device in
+    /// OSCAR's loader.
+    const DATE: &str = "07 80 80 80 94 8E 88 92";
+    const TIME: &str = "12 80 80 80 82 A6 92 80";
+    const ONE_SESSION: &str = "0A 80 80 81";
+    const TRIPLE: &str = "0F 80 DE C2 DE C2 DE C2";
+    const PAIR: &str = "09 80 E1 C4 CE 82";
+    const STORED: &str = "stored_session";
+
+    fn stored(spo2: &str, pulse: &str, at: &str) -> String {
+        format!("pulse_oximetry spo2={spo2} pulse_rate={pulse} flags=[{STORED}] at={at} device")
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn downloads_a_stored_session_then_streams_live() {
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, ONE_SESSION),
+            (0, DATE),
+            (0, TIME),
+            // 0x0F: three samples a message; a pulse of 0xFF is no reading; the pulse's high bit comes from byte 1.
+            (1, &format!("{TRIPLE} 0F 8A DE FF DE 82 DE C2 {PAIR}")),
+            (4, ""),
+            (4, "01 80 85 B3 96 C8 E2 FF FF"),
+            (9, "01 80 85 B3 96 C8 E2 FF FF"),
+            (16, ""),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3",
+            "> a5",
+            "> a6",
+            &stored("94", "66", "2014-08-18T02:38:18"),
+            &stored("94", "66", "2014-08-18T02:38:19"),
+            &stored("94", "66", "2014-08-18T02:38:20"),
+            &stored("94", "missing", "2014-08-18T02:38:21"),
+            &stored("94", "130", "2014-08-18T02:38:22"),
+            &stored("94", "66", "2014-08-18T02:38:23"),
+            &stored("97", "68", "2014-08-18T02:38:24"),
+            // The data paused for 2 s: the session is over, the live stream starts.
+            "> a1",
+            "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:04 hub",
+            "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:09 hub",
+            "> af (keep-alive)",
+            // Silent from 12:00:09 to 12:00:16: the stream is started again.
+            "> af (keep-alive)", "> a1 (restart)",
+        ]);
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn sessions_already_downloaded_and_sessions_without_a_clock_are_skipped() {
+        // Two sessions: the first is in the checkpoint, the second has no date (a CMS50D+ without a clock).
+        let (lines, checkpoint) = dialog(Some("stored_sessions=2014-08-18T02:38:18"), &[
+            (0, ""),
+            (0, "0A 80 80 82"),
+            (0, &format!("{TIME} {DATE}")),
+            (0, "07 80 80 80 80 80 80 80"),
+            (0, TIME),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3",
+            "> a5",
+            "> a5 1",
+            "error invalid: stored session 1 has no start date (the oximeter keeps no clock); not downloaded",
+            "> a1",
+        ]);
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn a_session_ends_when_another_message_arrives_and_the_next_one_follows() {
+        let (lines, checkpoint) = dialog(Some("something else=1"), &[
+            (0, ""),
+            (0, "0A 80 80 82"),
+            (0, DATE),
+            (0, TIME),
+            (0, TRIPLE),
+            // The device's answer to the next question would come only after the hub asks; a hello reply ends the data.
+            (0, "0C 80"),
+            (0, "07 80 80 80 94 98 83 8E 12 80 80 80 96 9E 80 80"),
+            (1, PAIR),
+            (3, ""),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3",
+            "> a5", "> a6",
+            &stored("94", "66", "2014-08-18T02:38:18"),
+            &stored("94", "66", "2014-08-18T02:38:19"),
+            &stored("94", "66", "2014-08-18T02:38:20"),
+            "> a5 1", "> a6 1",
+            &stored("97", "68", "2024-03-14T22:30:00"),
+            "> a1",
+        ]);
+        assert_eq!(
+            checkpoint.as_deref(),
+            Some("stored_sessions=2014-08-18T02:38:18,2024-03-14T22:30:00")
+        );
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn a_device_that_does_not_answer_gets_the_live_stream() {
+        // No answer to the count within 3 s.
+        let (lines, _) = dialog(None, &[(0, ""), (2, ""), (3, "")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a1"]);
+        // No sessions stored.
+        let (lines, checkpoint) = dialog(None, &[(0, ""), (0, "0A 80 80 80")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a1"]);
+        assert_eq!(checkpoint, None);
+        // The start time never comes whole; the data never comes.
+        let (lines, _) = dialog(None, &[(0, ""), (0, "0A 80 80 82"), (0, DATE), (3, ""), (3, DATE), (3, TIME), (6, "")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a5 1", "> a6 1", "> a1"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn answers_nobody_asked_for_change_nothing() {
+        // A count, a start time and data while live streaming: no download starts, no stored reading appears.
+        let (lines, _) = dialog(None, &[
+            (0, ""),
+            (3, ""),
+            (4, &format!("{ONE_SESSION} {DATE} {TIME} {TRIPLE}")),
+            (8, ""),
+        ]);
+        // The keep-alive is due 5 s after the start; the messages at 4 s count as the device being heard.
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a1", "> af (keep-alive)"]);
     }
 }

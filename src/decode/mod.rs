@@ -87,6 +87,39 @@ pub trait StreamDecoder: Send {
 
     /// Called when the input ends (a `decode` command line, a closed port): reports a frame left unfinished.
     fn finish(&mut self) -> Option<FrameError>;
+
+    /// What the hub should send the device now, given what was decoded so far and the time passed in.
+    /// Protocols that hold a dialog with the device (start a stream, keep it alive, ask for stored data)
+    /// answer here; the transport only writes the bytes. Called after every `feed` and about twice a second.
+    fn poll(&mut self, _now: DateTime<Utc>) -> Vec<HostCommand> {
+        Vec::new()
+    }
+
+    /// Download progress that must outlive the connection (which stored sessions were already fetched), as
+    /// opaque text the pipeline keeps in the state directory; `None` for protocols that keep none.
+    fn checkpoint(&self) -> Option<String> {
+        None
+    }
+
+    /// Takes back a checkpoint this protocol gave earlier; text it cannot read is ignored.
+    fn resume(&mut self, _checkpoint: &str) {}
+}
+
+/// Bytes the hub sends a device in the course of its protocol's dialog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCommand {
+    pub bytes: Vec<u8>,
+    pub purpose: CommandPurpose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandPurpose {
+    /// A step of a dialog: a question, or the start of a stream.
+    Dialog,
+    /// Keeps a running stream going.
+    KeepAlive,
+    /// Starts again a stream that stopped on its own.
+    RestartStream,
 }
 
 /// A decoder for protocols whose every message is complete in itself: a GATT characteristic value or an
@@ -115,15 +148,13 @@ pub enum Parity {
     Even,
 }
 
-/// What the hub sends a device on its own: commands right after the port opens, and a keep-alive some
-/// devices need to keep streaming. Pure data; the serial transport does the writing.
+/// What the transport sends a device on its own right after the port opens, before any byte is decoded
+/// (a Nonin 9560 listens for its data-format command only in its first seconds). Pure data; the serial
+/// transport does the writing. Dialogs that depend on the device's answers go through
+/// [`StreamDecoder::poll`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostCommands {
     pub on_open: Vec<Vec<u8>>,
-    /// A command repeated at this interval while the port is open.
-    pub keep_alive: Option<(std::time::Duration, Vec<u8>)>,
-    /// When nothing arrives for this long, the `on_open` commands are sent again (a stream that stopped).
-    pub restart_after_silence: Option<std::time::Duration>,
 }
 
 /// How a protocol's bytes reach the hub.
@@ -296,7 +327,7 @@ impl Protocol {
         Some(LineSettings { baud_rate, parity })
     }
 
-    /// What the hub must send the device. `select_format` asks a Nonin 9560 to switch to this data
+    /// What the hub sends the device as the port opens. `select_format` asks a Nonin 9560 to switch to this data
     /// format (it listens only in its first seconds after connecting, and stores the choice).
     pub fn host_commands(self, select_format: bool) -> HostCommands {
         let nonin_format = match self {
@@ -306,18 +337,9 @@ impl Protocol {
             Protocol::NoninDf2 => Some(0x02),
             _ => None,
         };
-        match (self, nonin_format) {
-            (_, Some(format)) if select_format => HostCommands {
+        match nonin_format {
+            Some(format) if select_format => HostCommands {
                 on_open: vec![vec![0x02, 0x70, 0x02, 0x02, format, 0x03]],
-                ..HostCommands::default()
-            },
-            (Protocol::ContecCms50, _) => HostCommands {
-                on_open: vec![contec::command(contec::START_LIVE).to_vec()],
-                keep_alive: Some((
-                    std::time::Duration::from_secs(5),
-                    contec::command(contec::KEEP_ALIVE).to_vec(),
-                )),
-                restart_after_silence: Some(std::time::Duration::from_secs(5)),
             },
             _ => HostCommands::default(),
         }

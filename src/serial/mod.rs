@@ -1,7 +1,8 @@
 //! The serial transport: opens a port by path, reads bytes, and reopens it when the device comes back.
 //!
 //! It does I/O and nothing else: bytes go out as [`PortEvent::Bytes`] with the time they were read, and
-//! decoding happens downstream. A vanished device (EOF or a read error, as a USB unplug gives) closes the
+//! decoding happens downstream; commands for the device come in on a channel from the pipeline, whose
+//! decoder holds the protocol's dialog, and are written as they come. A vanished device (EOF or a read error, as a USB unplug gives) closes the
 //! port cleanly; the task then polls the configured path (usually a `/dev/serial/by-id/` link, which
 //! disappears while the device is unplugged) and reopens it when it is back.
 
@@ -39,10 +40,12 @@ pub struct PortSettings {
     pub commands: crate::decode::HostCommands,
 }
 
-/// Runs until `shutdown` turns true or the receiver of `events` is gone.
+/// Runs until `shutdown` turns true or the receiver of `events` is gone. Commands that arrive while the
+/// port is closed were meant for the connection that ended and are dropped.
 pub async fn run_port(
     settings: PortSettings,
     events: mpsc::Sender<PortEvent>,
+    mut commands: mpsc::Receiver<Vec<u8>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reported_missing = false;
@@ -64,7 +67,7 @@ pub async fn run_port(
                 }
                 let reason = tokio::select! {
                     _ = shutdown.changed() => return,
-                    reason = read_until_gone(&mut port, &events, &settings, &path) => reason,
+                    reason = read_until_gone(&mut port, &events, &mut commands, &settings, &path) => reason,
                 };
                 let Some(reason) = reason else { return };
                 tracing::warn!(port = %wanted, %reason, "Serial device gone; waiting for it to return.");
@@ -81,9 +84,16 @@ pub async fn run_port(
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(REOPEN_POLL) => {}
+        let reopen = tokio::time::sleep(REOPEN_POLL);
+        tokio::pin!(reopen);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = &mut reopen => break,
+                Some(command) = commands.recv() => {
+                    tracing::debug!(port = %wanted, bytes = command.len(), "Dropped a command for a closed port.");
+                }
+            }
         }
     }
 }
@@ -132,29 +142,24 @@ async fn send(port: &mut SerialStream, path: &std::path::Path, command: &[u8]) {
 }
 
 /// Reads until the device goes away; returns why, or `None` when the receiver is gone. Meanwhile it sends
-/// the protocol's commands: once on open, a keep-alive at its interval, and the opening commands again when
-/// the device has been silent too long (a stream that stopped).
+/// the opening commands once, and every command the pipeline passes on.
 async fn read_until_gone(
     port: &mut SerialStream,
     events: &mpsc::Sender<PortEvent>,
+    commands: &mut mpsc::Receiver<Vec<u8>>,
     settings: &PortSettings,
     path: &std::path::Path,
 ) -> Option<String> {
-    let commands = &settings.commands;
-    for command in &commands.on_open {
+    for command in &settings.commands.on_open {
         send(port, path, command).await;
     }
-    let talks = commands.keep_alive.is_some() || commands.restart_after_silence.is_some();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_data = tokio::time::Instant::now();
-    let mut last_keep_alive = tokio::time::Instant::now();
     let mut buffer = vec![0u8; 4096];
+    let mut commands_open = true;
     loop {
         tokio::select! {
             read = port.read(&mut buffer) => match read {
                 Ok(0) => return Some("end of file".to_string()),
                 Ok(count) => {
-                    last_data = tokio::time::Instant::now();
                     let event = PortEvent::Bytes {
                         bytes: buffer[..count].to_vec(),
                         received_at: crate::clock::now_utc(),
@@ -165,23 +170,10 @@ async fn read_until_gone(
                 }
                 Err(error) => return Some(error.to_string()),
             },
-            _ = tick.tick(), if talks => {
-                if let Some((period, command)) = &commands.keep_alive {
-                    if last_keep_alive.elapsed() >= *period {
-                        send(port, path, command).await;
-                        last_keep_alive = tokio::time::Instant::now();
-                    }
-                }
-                if let Some(silence) = commands.restart_after_silence {
-                    if last_data.elapsed() >= silence {
-                        tracing::info!(path = %path.display(), "The device stopped sending; starting its stream again.");
-                        for command in &commands.on_open {
-                            send(port, path, command).await;
-                        }
-                        last_data = tokio::time::Instant::now();
-                    }
-                }
-            }
+            command = commands.recv(), if commands_open => match command {
+                Some(command) => send(port, path, &command).await,
+                None => commands_open = false,
+            },
         }
     }
 }
