@@ -7,7 +7,8 @@ use crate::support::broker::Broker;
 use crate::support::daemon::{DaemonWorld, SerialEntry};
 use crate::support::pty::SimulatedPort;
 use crate::support::serial_devices::{
-    contec_legacy_packet, contec_live_message, masimo_line, tanita_line,
+    contec_legacy_packet, contec_live_message, contec_message, contec_session_data,
+    contec_session_start, masimo_line, tanita_line,
 };
 use crate::support::subscriber::Subscriber;
 use crate::support::wait_until;
@@ -49,27 +50,89 @@ fn value(reading: &serde_json::Value, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {reading}"))
 }
 
-/// A Contec CMS50 that streams only after the start command and stops when keep-alives stop coming
-/// (`forgetful`: once, it stops after a few seconds whatever the host does, as a flaky firmware might).
+/// A session a simulated Contec recorded: its start (device wall time) and one (SpO2, pulse) a second.
+#[derive(Clone)]
+struct StoredSession {
+    start: (u16, u8, u8, u8, u8),
+    samples: Vec<(u8, u8)>,
+}
+
+/// A Contec CMS50F that answers the "7D 81" commands as the real device does: it streams only after the
+/// start command and stops when keep-alives stop coming (`forgetful`: once, it stops after a few seconds
+/// whatever the host does, as a flaky firmware might), and it serves the sessions it stored.
 struct Contec {
     port: SimulatedPort,
     streaming: bool,
     last_keep_alive: Instant,
     received: Vec<u8>,
     forgetful: bool,
+    sessions: Vec<StoredSession>,
+    /// Bytes of a command the host has not finished sending.
+    partial: Vec<u8>,
+    /// The sessions whose data the host asked for, in order.
+    downloads: Vec<u8>,
 }
 
 impl Contec {
+    fn new(port: SimulatedPort) -> Contec {
+        Contec {
+            port,
+            streaming: false,
+            last_keep_alive: Instant::now(),
+            received: Vec::new(),
+            forgetful: false,
+            sessions: Vec::new(),
+            partial: Vec::new(),
+            downloads: Vec::new(),
+        }
+    }
+
+    fn answer(&mut self, command: [u8; 9]) {
+        let parameter = command[4] & 0x7F;
+        match command[2] {
+            0xA1 => {
+                self.streaming = true;
+                self.last_keep_alive = Instant::now();
+            }
+            0xAF if !self.forgetful => self.last_keep_alive = Instant::now(),
+            0xA2 => {
+                self.streaming = false;
+                self.port.write(&contec_message(0x0C, &[]));
+            }
+            0xA7 => self.port.write(&contec_message(0x0C, &[])),
+            0xA3 => self
+                .port
+                .write(&contec_message(0x0A, &[0, self.sessions.len() as u8])),
+            0xA5 => {
+                if let Some(session) = self.sessions.get(usize::from(parameter)) {
+                    let (year, month, day, hour, minute) = session.start;
+                    self.port
+                        .write(&contec_session_start(year, month, day, hour, minute));
+                }
+            }
+            0xA6 => {
+                if let Some(session) = self.sessions.get(usize::from(parameter)).cloned() {
+                    self.downloads.push(parameter);
+                    self.port.write(&contec_session_data(&session.samples));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn serve(&mut self, spo2: u8, pulse: u8) {
-        let commands = self.port.read_for(Duration::from_millis(50));
-        if count(&commands, &START_LIVE) > 0 {
-            self.streaming = true;
-            self.last_keep_alive = Instant::now();
+        let bytes = self.port.read_for(Duration::from_millis(50));
+        self.received.extend(&bytes);
+        self.partial.extend(bytes);
+        while let Some(at) = self.partial.windows(2).position(|w| w == [0x7D, 0x81]) {
+            if self.partial.len() < at + 9 {
+                self.partial.drain(..at);
+                break;
+            }
+            let command: [u8; 9] = self.partial[at..at + 9].try_into().unwrap();
+            self.partial.drain(..at + 9);
+            self.answer(command);
         }
-        if count(&commands, &KEEP_ALIVE) > 0 && !self.forgetful {
-            self.last_keep_alive = Instant::now();
-        }
-        self.received.extend(commands);
         // The real device gives up after about 30 s without a keep-alive; the simulator after 8 s (3 s
         // when forgetful), so the test does not take minutes.
         let patience = if self.forgetful { 3 } else { 8 };
@@ -82,6 +145,23 @@ impl Contec {
             self.port.write(&contec_live_message(spo2, pulse));
         }
     }
+
+    /// Serves for `duration`, one live sample a second while streaming, or until `done` holds.
+    fn serve_until(
+        &mut self,
+        duration: Duration,
+        spo2: u8,
+        pulse: u8,
+        mut done: impl FnMut() -> bool,
+    ) {
+        let started = Instant::now();
+        while started.elapsed() < duration && !done() {
+            let second = Instant::now();
+            while second.elapsed() < Duration::from_secs(1) {
+                self.serve(spo2, pulse);
+            }
+        }
+    }
 }
 
 #[test]
@@ -91,13 +171,9 @@ fn every_family_on_its_own_port_at_once_delivers_the_right_values() {
     let world = DaemonWorld::new();
     let mut legacy =
         SimulatedPort::plug_in(&world.by_id("usb-Silicon_Labs_CP2102_CMS50D-if00-port0"));
-    let mut contec = Contec {
-        port: SimulatedPort::plug_in(&world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0")),
-        streaming: false,
-        last_keep_alive: Instant::now(),
-        received: Vec::new(),
-        forgetful: false,
-    };
+    let mut contec = Contec::new(SimulatedPort::plug_in(
+        &world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"),
+    ));
     let mut masimo = SimulatedPort::plug_in(&world.by_id("usb-FTDI_Rad-8-if00-port0"));
     let mut tanita = SimulatedPort::plug_in(&world.by_id("usb-FTDI_Tanita_BC-418-if00-port0"));
     world.write_config(
@@ -195,13 +271,10 @@ fn a_contec_whose_stream_stops_is_started_again() {
     let broker = Broker::start();
     let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
     let world = DaemonWorld::new();
-    let mut contec = Contec {
-        port: SimulatedPort::plug_in(&world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0")),
-        streaming: false,
-        last_keep_alive: Instant::now(),
-        received: Vec::new(),
-        forgetful: true,
-    };
+    let mut contec = Contec::new(SimulatedPort::plug_in(
+        &world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"),
+    ));
+    contec.forgetful = true;
     world.write_config(&broker.url(), &[], &[entry(&contec.port, "contec-cms50")]);
     let _daemon = world.start();
     let started = Instant::now();
@@ -453,4 +526,103 @@ fn a_nonin_9560_is_asked_for_the_configured_data_format_when_the_port_opens() {
         world.log()
     );
     drop(port);
+}
+
+/// A night the oximeter recorded: 22:00:00 on 2026-11-30, 700 s of SpO2 94 and pulse 131 (above 127, so
+/// the high bits matter), then 60 s without a finger.
+fn recorded_night() -> StoredSession {
+    let mut samples = vec![(94, 131); 700];
+    samples.extend(vec![(0x7F, 0xFF); 60]);
+    StoredSession {
+        start: (2026, 11, 30, 22, 0),
+        samples,
+    }
+}
+
+#[test]
+fn a_contec_stored_night_arrives_once_with_device_times_then_the_live_stream() {
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    let mut contec = Contec::new(SimulatedPort::plug_in(
+        &world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"),
+    ));
+    contec.sessions = vec![recorded_night()];
+    world.write_config(&broker.url(), &[], &[entry(&contec.port, "contec-cms50")]);
+    let mut daemon = world.start_with_env(&[("TZ", "UTC")]);
+    let stored = |subscriber: &Subscriber| -> Vec<serde_json::Value> {
+        readings_of(subscriber, "contec-cms50")
+            .into_iter()
+            .filter(|r| r["time_source"] == "device")
+            .collect()
+    };
+    let live = |subscriber: &Subscriber| -> Vec<serde_json::Value> {
+        readings_of(subscriber, "contec-cms50")
+            .into_iter()
+            .filter(|r| r["time_source"] == "hub")
+            .collect()
+    };
+    contec.serve_until(Duration::from_secs(30), 97, 72, || {
+        !live(&subscriber).is_empty()
+    });
+    assert!(
+        !live(&subscriber).is_empty(),
+        "no live reading after the download; log:\n{}",
+        world.log()
+    );
+    // The spot rule ran on the device's timeline: a spot 10 s into the night, then every 5 minutes.
+    let night = stored(&subscriber);
+    let times: Vec<&str> = night
+        .iter()
+        .map(|r| r["measured_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        times,
+        [
+            "2026-11-30T22:00:10+00:00",
+            "2026-11-30T22:05:10+00:00",
+            "2026-11-30T22:10:10+00:00"
+        ],
+        "log:\n{}",
+        world.log()
+    );
+    for reading in &night {
+        assert_eq!(
+            (value(reading, "spo2"), value(reading, "pulse_rate")),
+            (94.0, 131.0)
+        );
+        assert_eq!(reading["flags"], serde_json::json!(["stored_session"]));
+        crate::assert_valid_reading(reading);
+    }
+    assert_eq!(
+        (
+            value(&live(&subscriber)[0], "spo2"),
+            value(&live(&subscriber)[0], "pulse_rate")
+        ),
+        (97.0, 72.0)
+    );
+    assert_eq!(contec.downloads, [0], "the night was downloaded once");
+
+    // Unplugged, the daemon restarted, plugged in again: the night is known and not fetched again, and
+    // the live stream resumes.
+    contec.port.unplug();
+    daemon.terminate();
+    contec.port.plug();
+    let live_before = live(&subscriber).len();
+    let _daemon = world.start_with_env(&[("TZ", "UTC")]);
+    contec.serve_until(Duration::from_secs(30), 96, 70, || {
+        live(&subscriber).len() > live_before
+    });
+    assert!(
+        live(&subscriber).len() > live_before,
+        "no live reading after the restart; log:\n{}",
+        world.log()
+    );
+    assert_eq!(contec.downloads, [0], "log:\n{}", world.log());
+    assert_eq!(
+        count(&contec.received, &[0x7D, 0x81, 0xA3]),
+        2,
+        "the hub asked for the session count on each connection"
+    );
+    assert_eq!(stored(&subscriber).len(), 3);
 }

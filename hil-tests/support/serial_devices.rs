@@ -12,18 +12,52 @@ pub fn contec_legacy_packet(spo2: u8, pulse: u8) -> [u8; 5] {
     ]
 }
 
-/// A "7D 81" live-data message (type 0x01), high bits gathered into byte 1.
-pub fn contec_live_message(spo2: u8, pulse: u8) -> [u8; 9] {
-    let payload = [0x05u8, 0x33, 0x16, pulse, spo2, 0xFF, 0xFF];
+/// A "7D 81" device message: the type, then the high bits of the payload bytes gathered into byte 1,
+/// then the payload bytes with bit 7 set.
+pub fn contec_message(kind: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(
+        payload.len() <= 7,
+        "byte 1 carries the high bits of 7 bytes at most"
+    );
     let mut high = 0x80u8;
-    let mut message = [0u8; 9];
-    message[0] = 0x01;
+    let mut message = vec![kind, 0];
     for (index, byte) in payload.iter().enumerate() {
         high |= ((byte >> 7) & 1) << index;
-        message[index + 2] = 0x80 | (byte & 0x7F);
+        message.push(0x80 | (byte & 0x7F));
     }
     message[1] = high;
     message
+}
+
+/// A "7D 81" live-data message (type 0x01).
+pub fn contec_live_message(spo2: u8, pulse: u8) -> Vec<u8> {
+    contec_message(0x01, &[0x05, 0x33, 0x16, pulse, spo2, 0xFF, 0xFF])
+}
+
+/// The answer to "when did session N start" (`A5`): the date message (0x07) and the time message (0x12).
+pub fn contec_session_start(year: u16, month: u8, day: u8, hour: u8, minute: u8) -> Vec<u8> {
+    let mut bytes = contec_message(
+        0x07,
+        &[0, 0, (year / 100) as u8, (year % 100) as u8, month, day],
+    );
+    bytes.extend(contec_message(0x12, &[0, 0, hour, minute, 0, 0]));
+    bytes
+}
+
+/// A recorded session's data (the answer to `A6`): type 0x0F messages of three SpO2/pulse pairs each,
+/// the last padded with "no reading" pairs.
+pub fn contec_session_data(samples: &[(u8, u8)]) -> Vec<u8> {
+    samples
+        .chunks(3)
+        .flat_map(|chunk| {
+            let mut payload = Vec::new();
+            for index in 0..3 {
+                let (spo2, pulse) = chunk.get(index).copied().unwrap_or((0x7F, 0xFF));
+                payload.extend([spo2, pulse]);
+            }
+            contec_message(0x0F, &payload)
+        })
+        .collect()
 }
 
 /// A Masimo Rad-8 ASCII 2 trend line.
