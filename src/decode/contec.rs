@@ -26,6 +26,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 
+use super::ieee11073::{measured_at, DeviceDateTime};
 use super::{
     hex_of, CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, StreamDecoder,
 };
@@ -293,13 +294,19 @@ impl ContecDecoder {
         if self.downloaded.contains(&local) {
             return self.next_session(index, count, now);
         }
-        let Some(start) = context.time_zone.resolve(local) else {
+        // The project's rule for device clocks; a recording whose start fails it cannot fall back to the
+        // hub's time as a single measurement can, since that would invent the time of every sample.
+        let (start, source, verdict) = measured_at(DeviceDateTime::Known(local), context);
+        if source != TimeSource::Device {
             events.push(DecodeEvent::Rejected(FrameError::Invalid {
-                reason: format!("stored session {index} starts at {local}, a time the hub's zone skips; not downloaded"),
+                reason: format!(
+                    "stored session {index} starts at {local}, which the hub cannot trust ({}); not downloaded",
+                    verdict.unwrap_or("device_clock_invalid")
+                ),
                 raw: hex_of(message),
             }));
             return self.next_session(index, count, now);
-        };
+        }
         self.send(
             command_with(ASK_SESSION_DATA, index),
             CommandPurpose::Dialog,
@@ -760,6 +767,27 @@ mod tests {
             "> a1",
         ]);
         assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn sessions_whose_clock_cannot_be_trusted_are_skipped() {
+        // One from 2008 (a clock never set), one from tomorrow (a clock far ahead of the hub's noon).
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, "0A 80 80 82"),
+            (0, "07 80 80 80 94 88 81 81 12 80 80 80 80 80 80 80"),
+            (0, "07 80 80 80 94 98 83 90 12 80 80 80 88 80 80 80"),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3",
+            "> a5",
+            "error invalid: stored session 0 starts at 2008-01-01 00:00:00, which the hub cannot trust (device_clock_invalid); not downloaded",
+            "> a5 1",
+            "error invalid: stored session 1 starts at 2024-03-16 08:00:00, which the hub cannot trust (device_clock_ahead); not downloaded",
+            "> a1",
+        ]);
+        assert_eq!(checkpoint, None);
     }
 
     #[rustfmt::skip]
