@@ -110,6 +110,15 @@ impl Contec {
                         .write(&contec_session_start(year, month, day, hour, minute));
                 }
             }
+            0xA4 => {
+                if let Some(session) = self.sessions.get(usize::from(parameter)) {
+                    let length = (session.samples.len() as u32 * 2).to_le_bytes();
+                    self.port.write(&contec_message(
+                        0x08,
+                        &[0, parameter, length[0], length[1], length[2], length[3]],
+                    ));
+                }
+            }
             0xA6 => {
                 if let Some(session) = self.sessions.get(usize::from(parameter)).cloned() {
                     self.downloads.push(parameter);

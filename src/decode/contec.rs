@@ -12,16 +12,20 @@
 //! 1. On the first poll the hub stops both streams (`A7`, `A2`) and asks how many sessions are stored (`A3`,
 //!    answered by type 0x0A).
 //! 2. For each session, oldest index first, it asks the start time (`A5 <index>`, answered by 0x07 with the
-//!    date and 0x12 with the time). A session whose start is in the checkpoint (the starts already downloaded,
-//!    on this connection or an earlier one) is skipped; one without a date (a CMS50D+ has no clock)
-//!    is reported and skipped, since its samples could only be given invented times.
-//! 3. It asks for the session's data (`A6 <index>`); types 0x0F (three SpO2/pulse pairs) and 0x09 (one pair
-//!    and a perfusion index) follow, one sample per second from the session start. The session ends when
-//!    another message type arrives or the data pauses for [`DATA_PAUSE`].
-//!    Each downloaded session's start joins the checkpoint.
-//! 4. After the last session the hub starts the
-//!    live stream (`A1`), sends a keep-alive (`AF`) every [`KEEP_ALIVE_EVERY`], and starts the stream again
-//!    when it falls silent for [`SILENCE_RESTART`]. A device that does not answer a question within
+//!    date and 0x12 with the time). A session whose start is in the checkpoint (the starts already
+//!    downloaded, on this connection or an earlier one) is skipped. One without a date (a CMS50D+ has no
+//!    clock), or whose start fails the project's device-clock rule, is reported and skipped, since its
+//!    samples could only be given invented times.
+//! 3. It asks how many bytes the session holds (`A4`, answered by 0x08: a u32 at bytes 4 to 7, two bytes a
+//!    sample in type 0x0F and four in type 0x09), then for its data (`A6 <index>`). Type 0x0F (three SpO2/
+//!    pulse pairs) or 0x09 (one pair and a perfusion index) follow, one sample per second from the session
+//!    start (as OSCAR and the other public readers take it). The session ends when its length is reached
+//!    (the padding of the last message is dropped), or, without a length, when another message type
+//!    arrives or the data pauses for [`DATA_PAUSE`]. A session that breaks off short of its length keeps
+//!    the samples that arrived and is fetched again on the next connection; a whole one joins the
+//!    checkpoint.
+//! 4. After the last session the hub starts the live stream (`A1`), sends a keep-alive (`AF`) every
+//!    [`KEEP_ALIVE_EVERY`], and starts the stream again when it falls silent for [`SILENCE_RESTART`]. A device that does not answer a question within
 //!    [`ANSWER_WAIT`] (an older firmware without storage) goes straight to the live stream.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
@@ -37,6 +41,7 @@ const LIVE: u8 = 0x01;
 const STORED_PAIR: u8 = 0x09;
 const SESSION_DATE: u8 = 0x07;
 const SESSION_COUNT: u8 = 0x0A;
+const SESSION_LENGTH: u8 = 0x08;
 const STORED_TRIPLE: u8 = 0x0F;
 const SESSION_TIME: u8 = 0x12;
 /// A message of a type not in [`message_length`] longer than this is not one; the bytes are dropped as garbage.
@@ -50,6 +55,8 @@ pub const START_LIVE: u8 = 0x21;
 pub const STOP_LIVE: u8 = 0x22;
 /// Asks how many sessions are stored.
 pub const ASK_SESSION_COUNT: u8 = 0x23;
+/// Asks how many bytes a stored session holds.
+pub const ASK_SESSION_LENGTH: u8 = 0x24;
 /// Asks when a stored session started.
 pub const ASK_SESSION_START: u8 = 0x25;
 /// Asks for a stored session's samples.
@@ -120,18 +127,39 @@ enum Dialog {
         date: Option<Option<NaiveDate>>,
         time: Option<NaiveTime>,
     },
+    AwaitingLength {
+        since: DateTime<Utc>,
+        session: Download,
+    },
     Receiving {
         /// The last data message, or the request when none came yet.
         since: DateTime<Utc>,
-        index: u8,
-        count: u8,
-        start: DateTime<chrono::FixedOffset>,
-        samples: u32,
+        session: Download,
     },
     Live {
         last_heard: DateTime<Utc>,
         last_keep_alive: DateTime<Utc>,
     },
+}
+
+/// A stored session being downloaded.
+#[derive(Debug, Clone, PartialEq)]
+struct Download {
+    index: u8,
+    count: u8,
+    start: DateTime<chrono::FixedOffset>,
+    /// Samples read so far.
+    samples: u32,
+    /// The stored length in bytes the device gave (`A4`): 2 bytes a sample in type 0x0F, 4 in type 0x09.
+    length: Option<u32>,
+    /// Stored bytes read so far, counted the same way.
+    received: u32,
+}
+
+impl Download {
+    fn complete(&self) -> bool {
+        self.length.is_some_and(|length| self.received >= length)
+    }
 }
 
 #[derive(Debug)]
@@ -142,6 +170,8 @@ pub struct ContecDecoder {
     /// The starts (device wall time) of the sessions downloaded, on this connection or an earlier one.
     downloaded: Vec<NaiveDateTime>,
     outgoing: Vec<HostCommand>,
+    /// Problems found while polling, reported with the next bytes fed.
+    pending: Vec<DecodeEvent>,
 }
 
 impl Default for ContecDecoder {
@@ -152,6 +182,7 @@ impl Default for ContecDecoder {
             dialog: Dialog::NotStarted,
             downloaded: Vec::new(),
             outgoing: Vec::new(),
+            pending: Vec::new(),
         }
     }
 }
@@ -308,16 +339,61 @@ impl ContecDecoder {
             return self.next_session(index, count, now);
         }
         self.send(
-            command_with(ASK_SESSION_DATA, index),
+            command_with(ASK_SESSION_LENGTH, index),
+            CommandPurpose::Dialog,
+        );
+        self.dialog = Dialog::AwaitingLength {
+            since: now,
+            session: Download {
+                index,
+                count,
+                start,
+                samples: 0,
+                length: None,
+                received: 0,
+            },
+        };
+    }
+
+    /// Asks for the session's data; without a known length its end is found by the pause after it.
+    fn ask_data(&mut self, session: Download, now: DateTime<Utc>) {
+        if session.complete() {
+            // An empty session: nothing to fetch.
+            self.session_done(session.start.naive_local());
+            return self.next_session(session.index, session.count, now);
+        }
+        self.send(
+            command_with(ASK_SESSION_DATA, session.index),
             CommandPurpose::Dialog,
         );
         self.dialog = Dialog::Receiving {
             since: now,
-            index,
-            count,
-            start,
-            samples: 0,
+            session,
         };
+    }
+
+    /// The data stopped (another message, or a pause). A session whose length is known and was not
+    /// reached broke off: what arrived is kept, and the session stays out of the checkpoint, so the next
+    /// connection fetches it again (the readings already sent get the same ids).
+    fn data_ended(&mut self, session: Download, now: DateTime<Utc>) -> Option<DecodeEvent> {
+        let problem = match session.length {
+            Some(length) if session.received < length => {
+                Some(DecodeEvent::Rejected(FrameError::Invalid {
+                    reason: format!(
+                        "stored session {} broke off after {} of {length} bytes; it will be fetched again",
+                        session.index, session.received
+                    ),
+                    raw: String::new(),
+                }))
+            }
+            _ if session.samples == 0 => None,
+            _ => {
+                self.session_done(session.start.naive_local());
+                None
+            }
+        };
+        self.next_session(session.index, session.count, now);
+        problem
     }
 
     /// Moves the dialog on with a message the device sent.
@@ -377,38 +453,45 @@ impl ContecDecoder {
                     }
                 }
             }
-            Dialog::Receiving {
-                index,
-                count,
-                start,
-                samples,
-                ..
-            } => {
-                let pairs: &[(usize, usize)] = match kind {
-                    STORED_TRIPLE => &[(2, 3), (4, 5), (6, 7)],
-                    STORED_PAIR => &[(2, 3)],
+            Dialog::AwaitingLength { mut session, .. } if kind == SESSION_LENGTH => {
+                session.length = Some(u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]));
+                self.ask_data(session, now);
+            }
+            Dialog::AwaitingLength { .. } => {}
+            Dialog::Receiving { mut session, .. } => {
+                let (pairs, record_size): (&[(usize, usize)], u32) = match kind {
+                    STORED_TRIPLE => (&[(2, 3), (4, 5), (6, 7)], 2),
+                    STORED_PAIR => (&[(2, 3)], 4),
                     _ => {
-                        self.session_done(start.naive_local());
-                        return self.next_session(index, count, now);
+                        events.extend(self.data_ended(session, now));
+                        return;
                     }
                 };
-                for (offset, (spo2, pulse)) in pairs.iter().enumerate() {
+                for (spo2, pulse) in pairs {
+                    // The last message of a session is padded to three pairs; the stored length ends it.
+                    if session.complete() {
+                        break;
+                    }
                     events.push(DecodeEvent::Reading(stored_reading(
                         message,
                         bytes[*spo2],
                         bytes[*pulse],
-                        start,
-                        samples + offset as u32,
+                        session.start,
+                        session.samples,
                         context,
                     )));
+                    session.samples += 1;
+                    session.received += record_size;
                 }
-                self.dialog = Dialog::Receiving {
-                    since: now,
-                    index,
-                    count,
-                    start,
-                    samples: samples + pairs.len() as u32,
-                };
+                if session.complete() {
+                    self.session_done(session.start.naive_local());
+                    self.next_session(session.index, session.count, now);
+                } else {
+                    self.dialog = Dialog::Receiving {
+                        since: now,
+                        session,
+                    };
+                }
             }
         }
     }
@@ -440,7 +523,7 @@ fn reports_truncation(kind: u8) -> bool {
 impl StreamDecoder for ContecDecoder {
     fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         self.buffer.extend_from_slice(bytes);
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.pending);
         let mut start = 0;
         loop {
             let window = &self.buffer[start..];
@@ -525,23 +608,19 @@ impl StreamDecoder for ContecDecoder {
                 count,
                 ..
             } if now - since >= ANSWER_WAIT => self.next_session(index, count, now),
-            Dialog::Receiving {
-                since,
-                index,
-                count,
-                start,
-                samples,
-            } if now - since
-                >= if samples == 0 {
-                    ANSWER_WAIT
-                } else {
-                    DATA_PAUSE
-                } =>
+            Dialog::AwaitingLength { since, session } if now - since >= ANSWER_WAIT => {
+                self.ask_data(session, now)
+            }
+            Dialog::Receiving { since, session }
+                if now - since
+                    >= if session.samples == 0 {
+                        ANSWER_WAIT
+                    } else {
+                        DATA_PAUSE
+                    } =>
             {
-                if samples > 0 {
-                    self.session_done(start.naive_local());
-                }
-                self.next_session(index, count, now);
+                let problem = self.data_ended(session, now);
+                self.pending.extend(problem);
             }
             Dialog::Live {
                 last_heard,
@@ -719,17 +798,18 @@ mod tests {
             (0, ONE_SESSION),
             (0, DATE),
             (0, TIME),
-            // 0x0F: three samples a message; a pulse of 0xFF is no reading; the pulse's high bit comes from byte 1.
-            (1, &format!("{TRIPLE} 0F 8A DE FF DE 82 DE C2 {PAIR}")),
-            (4, ""),
+            // 14 stored bytes: seven samples of two bytes.
+            (0, "08 80 80 80 8E 80 80 80"),
+            // Three samples a message; a pulse of 0xFF is no reading; the pulse's high bit comes from byte 1;
+            // the last message is padded, and the stored length says where the session ends.
+            (1, &format!("{TRIPLE} 0F 8A DE FF DE 82 DE C2 0F 80 E1 C4 FF FF FF FF")),
             (4, "01 80 85 B3 96 C8 E2 FF FF"),
             (9, "01 80 85 B3 96 C8 E2 FF FF"),
             (16, ""),
         ]);
         assert_eq!(lines, [
             "> a7", "> a2", "> a3",
-            "> a5",
-            "> a6",
+            "> a5", "> a4", "> a6",
             &stored("94", "66", "2014-08-18T02:38:18"),
             &stored("94", "66", "2014-08-18T02:38:19"),
             &stored("94", "66", "2014-08-18T02:38:20"),
@@ -737,7 +817,7 @@ mod tests {
             &stored("94", "130", "2014-08-18T02:38:22"),
             &stored("94", "66", "2014-08-18T02:38:23"),
             &stored("97", "68", "2014-08-18T02:38:24"),
-            // The data paused for 2 s: the session is over, the live stream starts.
+            // The whole session arrived: the live stream starts at once.
             "> a1",
             "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:04 hub",
             "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:09 hub",
@@ -746,6 +826,30 @@ mod tests {
             "> af (keep-alive)", "> a1 (restart)",
         ]);
         assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn a_session_that_breaks_off_is_kept_and_fetched_again_next_time() {
+        // The device says 292 bytes (146 samples, as in OSCAR's capture) and sends three.
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, &format!("{ONE_SESSION} {DATE} {TIME}")),
+            (0, "08 80 80 80 A4 81 80 80"),
+            (0, TRIPLE),
+            (2, ""),
+            (3, "01 80 85 B3 96 C8 E2 FF FF"),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
+            &stored("94", "66", "2014-08-18T02:38:18"),
+            &stored("94", "66", "2014-08-18T02:38:19"),
+            &stored("94", "66", "2014-08-18T02:38:20"),
+            "> a1",
+            "error invalid: stored session 0 broke off after 6 of 292 bytes; it will be fetched again",
+            "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:03 hub",
+        ]);
+        assert_eq!(checkpoint, None);
     }
 
     #[rustfmt::skip]
@@ -792,27 +896,31 @@ mod tests {
 
     #[rustfmt::skip]
     #[test]
-    fn a_session_ends_when_another_message_arrives_and_the_next_one_follows() {
+    fn without_a_length_a_session_ends_when_another_message_arrives_and_the_next_one_follows() {
         let (lines, checkpoint) = dialog(Some("something else=1"), &[
             (0, ""),
             (0, "0A 80 80 82"),
             (0, DATE),
             (0, TIME),
-            (0, TRIPLE),
-            // The device's answer to the next question would come only after the hub asks; a hello reply ends the data.
-            (0, "0C 80"),
-            (0, "07 80 80 80 94 98 83 8E 12 80 80 80 96 9E 80 80"),
-            (1, PAIR),
+            // No answer to the length question within 3 s: the data is asked for all the same.
             (3, ""),
+            (3, TRIPLE),
+            // A hello reply (type 0x0C) after the data ends the session.
+            (3, "0C 80"),
+            // The second session is a CMS50I's: type 0x09, four stored bytes a sample (SpO2, pulse, PI).
+            (3, "07 80 80 80 94 98 83 8E 12 80 80 80 96 9E 80 80"),
+            (3, "08 80 80 80 88 80 80 80"),
+            (4, &format!("{PAIR} 09 80 E0 C5 CE 82")),
         ]);
         assert_eq!(lines, [
             "> a7", "> a2", "> a3",
-            "> a5", "> a6",
+            "> a5", "> a4", "> a6",
             &stored("94", "66", "2014-08-18T02:38:18"),
             &stored("94", "66", "2014-08-18T02:38:19"),
             &stored("94", "66", "2014-08-18T02:38:20"),
-            "> a5 1", "> a6 1",
+            "> a5 1", "> a4 1", "> a6 1",
             &stored("97", "68", "2024-03-14T22:30:00"),
+            &stored("96", "69", "2024-03-14T22:30:01"),
             "> a1",
         ]);
         assert_eq!(
@@ -832,8 +940,13 @@ mod tests {
         assert_eq!(lines, ["> a7", "> a2", "> a3", "> a1"]);
         assert_eq!(checkpoint, None);
         // The start time never comes whole; the data never comes.
-        let (lines, _) = dialog(None, &[(0, ""), (0, "0A 80 80 82"), (0, DATE), (3, ""), (3, DATE), (3, TIME), (6, "")]);
-        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a5 1", "> a6 1", "> a1"]);
+        let (lines, checkpoint) = dialog(None, &[(0, ""), (0, "0A 80 80 82"), (0, DATE), (3, ""), (3, DATE), (3, TIME), (6, ""), (9, "")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a5 1", "> a4 1", "> a6 1", "> a1"]);
+        assert_eq!(checkpoint, None);
+        // An empty session is known to be empty from its length.
+        let (lines, checkpoint) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME}")), (0, "08 80 80 80 80 80 80 80")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a1"]);
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
     }
 
     #[rustfmt::skip]
