@@ -151,6 +151,48 @@ fn decode_prints_every_frame_of_a_stream() {
 }
 
 #[test]
+fn decode_reads_a_captured_contec_download() {
+    // The device's side of a download: one session, started 2024-03-14 22:30:00, 6 stored bytes (three
+    // samples), its data, then a live message.
+    let (code, stdout, stderr) = run(&[
+        "decode",
+        "contec-cms50",
+        "0C 80 0C 80 0A 80 80 81",
+        "07 80 80 80 94 98 83 8E 12 80 80 80 96 9E 80 80 08 80 80 80 86 80 80 80",
+        "0F 82 DE 82 DE C2 DE C2",
+        "01 80 85 B3 96 C8 E2 FF FF",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(String, String, u64)> = lines
+        .iter()
+        .map(|r| {
+            (
+                r["time_source"].as_str().unwrap().to_string(),
+                r["measured_at"].as_str().unwrap()[..19].to_string(),
+                r["values"][1]["value"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary.len(), 4, "{stdout}");
+    assert_eq!(
+        summary[..3],
+        [
+            ("device".to_string(), "2024-03-14T22:30:00".to_string(), 130),
+            ("device".to_string(), "2024-03-14T22:30:01".to_string(), 66),
+            ("device".to_string(), "2024-03-14T22:30:02".to_string(), 66),
+        ]
+    );
+    assert_eq!((summary[3].0.as_str(), summary[3].2), ("hub", 72));
+    for line in &lines {
+        crate::assert_valid_reading(line);
+    }
+}
+
+#[test]
 fn decode_rejects_bad_input_with_a_clear_error_and_no_panic() {
     #[track_caller]
     fn check(args: &[&str], expected_in_stderr: &str) {

@@ -65,6 +65,10 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
         time_zone: &Local,
     };
     let mut decoder = protocol.new_decoder();
+    // A protocol with a dialog starts it as if the hub had asked its questions, so a captured download
+    // (the device's side of it: a Contec's session count, start, length and data) decodes too; what it
+    // would send is not needed here.
+    let _ = decoder.poll(context.received_at);
     let mut events: Vec<DecodeEvent> = messages
         .iter()
         .flat_map(|bytes| decoder.feed(bytes, &context))
