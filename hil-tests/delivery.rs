@@ -99,8 +99,9 @@ fn spot_check_arrives_on_the_right_topic_with_the_right_values() {
 fn readings_wait_in_the_outbox_while_the_broker_is_down_then_arrive_once_each() {
     let mut rig = rig();
     let _daemon = rig.world.start();
-    std::thread::sleep(Duration::from_millis(1500)); // lets the broker autosave the subscriber's session
-    rig.broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Stopped, not killed, so the subscriber's session is saved for certain rather than by a lucky autosave.
+    rig.broker.stop();
     for n in 0..30 {
         rig.port.write(&SpotCheck::numbered(n).frame());
     }

@@ -118,8 +118,10 @@ fn kill_9_at_random_points_while_readings_arrive_and_while_draining_loses_nothin
 #[test]
 fn broker_stopped_and_restarted_mid_drain_loses_nothing() {
     let mut rig = rig();
-    std::thread::sleep(Duration::from_millis(1500));
-    rig.broker.kill();
+    // Stopped, not killed: a SIGTERM saves the subscriber's session for certain, where a SIGKILL keeps it
+    // only if an autosave happened to run, and without it the readings published before the subscriber
+    // subscribes again are rightly dropped by the broker (about 1 run in 10 lost some that way).
+    rig.broker.stop();
     let _daemon = rig.world.start();
     let mut burst = Vec::new();
     for n in 0..3000 {
@@ -142,7 +144,9 @@ fn broker_stopped_and_restarted_mid_drain_loses_nothing() {
     assert!(
         rig.subscriber
             .wait_for_unique_readings(3000, Duration::from_secs(60)),
-        "log:\n{}",
+        "delivered {} unique; status {}\nlog:\n{}",
+        rig.subscriber.unique_reading_ids().len(),
+        rig.world.status(),
         rig.world.log()
     );
     assert!(wait_until(Duration::from_secs(10), || rig
