@@ -130,3 +130,170 @@ fn a_real_bluetooth_device_is_paired_and_its_reading_arrives() {
         crate::assert_valid_reading(&reading);
     }
 }
+
+/// Starts a daemon reading the real device, with a broker and a subscriber.
+fn real_device_world(device: &RealSerialDevice) -> (Broker, Subscriber, DaemonWorld) {
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    world.write_config(
+        &broker.url(),
+        &[],
+        &[SerialEntry {
+            path: device.path.clone().into(),
+            protocol: device.protocol,
+            id: None,
+            extra: vec![],
+        }],
+    );
+    (broker, subscriber, world)
+}
+
+/// `VITALSD_HIL_REPLUG=1`: the test asks for the cable to be pulled during a measurement and plugged back.
+#[test]
+fn a_real_serial_device_unplugged_and_plugged_back_is_read_again() {
+    let Some(device) = real_serial_device() else {
+        eprintln!("VITALSD_HIL_SERIAL_PATH is not set: no real serial device to test against");
+        return;
+    };
+    if std::env::var("VITALSD_HIL_REPLUG").as_deref() != Ok("1") {
+        eprintln!("VITALSD_HIL_REPLUG is not 1: the unplug scenario needs someone at the device");
+        return;
+    }
+    let (_broker, subscriber, world) = real_device_world(&device);
+    let _daemon = world.start();
+    let path = std::path::PathBuf::from(&device.path);
+    eprintln!(
+        "start a measurement, then unplug {} while it runs",
+        device.path
+    );
+    assert!(
+        crate::support::wait_until(device.timeout, || !path.exists()),
+        "{} never went away",
+        device.path
+    );
+    let before = subscriber.unique_reading_ids().len();
+    eprintln!("plug it back in and take a measurement");
+    assert!(
+        crate::support::wait_until(device.timeout, || path.exists()),
+        "{} never came back",
+        device.path
+    );
+    assert!(
+        subscriber.wait_for_unique_readings(before + 1, device.timeout),
+        "no reading after the device returned; log:\n{}",
+        world.log()
+    );
+    for reading in subscriber.readings() {
+        crate::assert_valid_reading(&reading);
+    }
+}
+
+/// With `VITALSD_HIL_SERIAL_PROTOCOL=contec-cms50`: the stream goes on past the device's 30 s limit without a
+/// restart (the hub keeps it alive), and with `VITALSD_HIL_CONTEC_STORED=1` (the oximeter holds a recording)
+/// the recording arrives with device times once, and not again after a daemon restart.
+#[test]
+fn a_real_contec_is_kept_alive_and_its_recording_arrives_once() {
+    let Some(device) = real_serial_device().filter(|d| d.protocol == "contec-cms50") else {
+        eprintln!(
+            "VITALSD_HIL_SERIAL_PROTOCOL is not contec-cms50: no real Contec to test against"
+        );
+        return;
+    };
+    let expect_recording = std::env::var("VITALSD_HIL_CONTEC_STORED").as_deref() == Ok("1");
+    let (_broker, subscriber, world) = real_device_world(&device);
+    let stored = |subscriber: &Subscriber| {
+        subscriber
+            .readings()
+            .into_iter()
+            .filter(|r| r["time_source"] == "device")
+            .count()
+    };
+    let mut daemon = world.start();
+    eprintln!("put a finger in the oximeter and keep it there for about 2 minutes");
+    assert!(
+        subscriber.wait_for_unique_readings(1, device.timeout),
+        "no reading; log:\n{}",
+        world.log()
+    );
+    std::thread::sleep(Duration::from_secs(60));
+    assert!(
+        !world.log().contains("starting its stream again"),
+        "the stream stopped although it was kept alive; log:\n{}",
+        world.log()
+    );
+    let recorded = stored(&subscriber);
+    if expect_recording {
+        assert!(recorded > 0, "no recorded reading; log:\n{}", world.log());
+        for reading in subscriber.readings() {
+            crate::assert_valid_reading(&reading);
+        }
+    }
+    daemon.terminate();
+    let _daemon = world.start();
+    std::thread::sleep(Duration::from_secs(30));
+    assert_eq!(
+        stored(&subscriber),
+        recorded,
+        "the recording was fetched again; log:\n{}",
+        world.log()
+    );
+}
+
+/// `VITALSD_HIL_SERIAL_PATH_2` and `VITALSD_HIL_SERIAL_PROTOCOL_2` name a second device: both are read at once.
+#[test]
+fn two_real_serial_devices_are_read_at_once() {
+    let (Some(first), Ok(path), Ok(name)) = (
+        real_serial_device(),
+        std::env::var("VITALSD_HIL_SERIAL_PATH_2"),
+        std::env::var("VITALSD_HIL_SERIAL_PROTOCOL_2"),
+    ) else {
+        eprintln!("VITALSD_HIL_SERIAL_PATH_2/PROTOCOL_2 are not set: no second real serial device");
+        return;
+    };
+    let second = vitalsd::decode::Protocol::from_name(&name)
+        .unwrap_or_else(|| panic!("VITALSD_HIL_SERIAL_PROTOCOL_2={name} is not a protocol name"))
+        .name();
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    let entry = |path: &str, protocol| SerialEntry {
+        path: path.into(),
+        protocol,
+        id: None,
+        extra: vec![],
+    };
+    world.write_config(
+        &broker.url(),
+        &[],
+        &[entry(&first.path, first.protocol), entry(&path, second)],
+    );
+    let _daemon = world.start();
+    eprintln!(
+        "take a measurement on both devices ({} and {path}) now",
+        first.path
+    );
+    // Each port's readings carry its own device id, `serial:` and the link's file name.
+    let id_of = |path: &str| {
+        format!(
+            "serial:{}",
+            std::path::Path::new(path)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+        )
+    };
+    let (first_id, second_id) = (id_of(&first.path), id_of(&path));
+    let from = |id: &str| {
+        subscriber
+            .readings()
+            .iter()
+            .any(|r| r["device"]["id"] == id)
+    };
+    assert!(
+        crate::support::wait_until(first.timeout, || from(&first_id) && from(&second_id)),
+        "readings: {:?}\nlog:\n{}",
+        subscriber.readings(),
+        world.log()
+    );
+}
