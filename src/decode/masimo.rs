@@ -142,6 +142,16 @@ mod tests {
         check("SPO2=099 PI=03.10 BPM=081 EXC=000004\n", &[&format!("pulse_oximetry spo2=99 pulse_rate=81 perfusion_index=3.1 flags=[low_perfusion] {HUB}")]);
     }
 
+    /// Lines quoted from the devices in masimo-datacapture's parser: a Rad-8 and two Radical-7 variants in
+    /// ASCII 1, with `%` after values, a pulse "---%", seven-digit EXC and EXC1.
+    #[rustfmt::skip]
+    #[test]
+    fn ascii_1_lines_as_the_devices_send_them() {
+        check("03/19/16 13:37:12 SN=0000093112 SPO2=---% BPM=---% DESAT=-- PIDELTA=+-- ALARM=0000 EXC=000001\r\n", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[no_sensor] {HUB}")]);
+        check("03/17/16 19:19:36 SN=---------- SPO2=098% BPM=123 PI=00.55 SPCO=--% SPMET=--.-% SPHB=--.- SPOC=-- RESVD=--- DESAT=-- PIDELTA=+-- PVI=--- ALARM=000000 EXC=0000C00 EXC1=00000000\r\n", &[&format!("pulse_oximetry spo2=98 pulse_rate=123 perfusion_index=0.55 flags=[low_signal_iq,set_mode] {HUB}")]);
+        check("05/15/07 08:12:21 SN=0000070986 SPO2=---% BPM=--- PI=--.--% SPCO=--.-% SPMET=--.-% DESAT=-- PIDELTA=+-- PVI=--- ALARM=0000 EXC=000000\r\n", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing perfusion_index=missing flags=[] {HUB}")]);
+    }
+
     #[rustfmt::skip]
     #[test]
     fn noise_and_broken_lines() {

@@ -199,6 +199,12 @@ mod tests {
             &format!("body_composition body_fat_percentage=22.5 body_fat_mass=39.7[[lb_av]] flags=[] {HUB}"),
         ]);
         check("{0,16,~0,1,Ws,12 8.4\r\n", &[&format!("body_weight body_weight=176.4[[lb_av]] flags=[] {HUB}")]);
+        // An SC-330 line as a public simulator sends it: a closing brace after the checksum, which matches;
+        // both BMR keys (rb kJ, rB kcal) and rJ, which is no BMR.
+        check("{0,16,~0,1,~1,1,~2,1,MO,\"SC-330\",SN,\"00000001\",ID,\"0000000000\",Da,\"25/09/2014\",TI,\"08:20\",Bt,0,GE,1,AG,34,Hm,191.0,Pt,0.0,Wk,89.2,FW,18.8,fW,16.8,MW,72.4,mW,68.8,sW,13,bW,3.6,wW,48.0,ww,53.8,MI,24.5,Sw,80.3,OV,11.1,IF,6,rb,8874,rB,2121,rJ,13,rA,29,ZF,501.8,CS,D9}\r\n", &[
+            &format!("body_weight body_weight=89.2[kg] bmi=24.5[kg/m2] body_height=1.91[m] flags=[] {HUB}"),
+            &format!("body_composition body_fat_percentage=18.8 body_fat_mass=16.8[kg] fat_free_mass=72.4[kg] muscle_mass=68.8[kg] bone_mass=3.6[kg] body_water_mass=48[kg] body_water_percentage=53.8 basal_metabolism=8874[kJ] visceral_fat_rating=6[{{score}}] metabolic_age=29[a] impedance=501.8[Ohm] flags=[] {HUB}"),
+        ]);
     }
 
     #[rustfmt::skip]
