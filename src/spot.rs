@@ -4,7 +4,7 @@
 //!
 //! - A sample is *valid* when both `spo2` and `pulse_rate` carry numbers and none of the flags `sensor_disconnected`, `sensor_alarm`, `artifact`,
 //!   `out_of_track`, `low_perfusion`, `sensor_unconnected`, `sensor_displaced`, `sensor_malfunctioning`,
-//!   `equipment_malfunction`, `inadequate_signal`, `no_signal`, `no_finger` or `pulse_searching` is set. An invalid sample (the finger was removed,
+//!   `equipment_malfunction`, `inadequate_signal`, `no_signal`, `no_finger`, `pulse_searching` or `pulse_searching_too_long` is set. An invalid sample (the finger was removed,
 //!   or the signal is bad) empties the window and re-arms the filter. Samples that are not patient data
 //!   (demonstration, test, unavailable, invalid) never reach the filter: the pipeline withholds them first.
 //! - A sample's time is its `received_at`, except for a sample the device stamped itself (`time_source` device:
@@ -41,7 +41,7 @@ const MAX_SPO2_SPREAD: f64 = 2.0;
 const MAX_PULSE_SPREAD: f64 = 5.0;
 /// Bounds memory if a stream delivers many samples with the same receive time.
 const MAX_WINDOW: usize = 4096;
-const INVALIDATING_FLAGS: [&str; 13] = [
+const INVALIDATING_FLAGS: [&str; 14] = [
     "sensor_disconnected",
     "sensor_alarm",
     "artifact",
@@ -55,6 +55,7 @@ const INVALIDATING_FLAGS: [&str; 13] = [
     "no_signal",
     "no_finger",
     "pulse_searching",
+    "pulse_searching_too_long",
 ];
 
 /// When a continuous stream counts as a spot measurement.

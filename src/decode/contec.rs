@@ -30,7 +30,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 
-use super::ieee11073::{measured_at, DeviceDateTime};
+use super::ieee11073::{measured_at, push_flags, DeviceDateTime};
 use super::{
     hex_of, CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, StreamDecoder,
 };
@@ -219,10 +219,22 @@ fn pulse_value(pulse: u8) -> Value {
     )
 }
 
+/// Live data: byte 2 holds the signal strength and status bits, byte 3 the pleth and the "searching"
+/// bit, byte 5 the pulse rate and byte 6 the SpO2 (bit names as CMS50Dplus7 documents them). The
+/// pulse-beep bit (byte 2 bit 6) marks a heartbeat, not a state, and is left out.
 fn live_reading(message: &[u8], context: &DecodeContext<'_>) -> Reading {
     let bytes = unpack(message);
     let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
     reading.values = vec![spo2_value(bytes[6]), pulse_value(bytes[5])];
+    push_flags(
+        &mut reading.flags,
+        &[
+            (bytes[2] & 0x10 != 0, "pulse_searching_too_long"),
+            (bytes[2] & 0x20 != 0, "low_spo2_alarm"),
+            (bytes[2] & 0x80 != 0, "sensor_alarm"),
+            (bytes[3] & 0x80 != 0, "pulse_searching"),
+        ],
+    );
     reading
 }
 
@@ -702,6 +714,10 @@ mod tests {
         check("01 80 85 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
         check("01 80 85 B3 96 80 80 FF FF", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[] {HUB}")]);
         check("01 88 85 B3 96 FF FF FF FF", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[] {HUB}")]);
+        // Status bits: searching too long and low SpO2 in byte 2, probe error as byte 2's high bit (from byte 1
+        // bit 0), pulse searching as byte 3's high bit (byte 1 bit 1); the pulse beep (byte 2 bit 6) is no flag.
+        check("01 80 F5 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[pulse_searching_too_long,low_spo2_alarm] {HUB}")]);
+        check("01 83 C5 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[sensor_alarm,pulse_searching] {HUB}")]);
         // SpO2 above 100 is no saturation (the high bit of byte 6 comes from bit 4 of byte 1).
         check("01 90 85 B3 96 C8 E2 FF FF", &[&format!("pulse_oximetry spo2=missing pulse_rate=72 flags=[] {HUB}")]);
         check("01 80 85 B3 96 C8 E2 FF FF 01 80 85 B3 96 C9 E1 FF FF", &[
