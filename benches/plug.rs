@@ -4,6 +4,11 @@
 //! spot-check at once, as the device does when it connects; the time until a subscriber has the reading is
 //! measured over several plug-ins (`VITALSD_BENCH_PLUGS`, default 10). The daemon looks for a missing port
 //! every second, so the expected figure is about that second plus the delivery latency.
+//!
+//! Then a Contec CMS50F, which the hub must talk to: plugged in with a new 20 s recording each time, the
+//! time to the recording's first reading measures the whole dialog (stop the streams, session count, start,
+//! length, data); plugged in with no recording, the time to the first live reading includes the 10 s the
+//! spot rule waits for a steady finger, which is the device's own measurement time.
 
 #[path = "../hil-tests/support/mod.rs"]
 #[allow(dead_code)]
@@ -15,6 +20,7 @@ use support::broker::Broker;
 use support::daemon::{DaemonWorld, SerialEntry};
 use support::nonin::SpotCheck;
 use support::pty::SimulatedPort;
+use support::serial_devices::{Contec, StoredSession};
 use support::subscriber::Subscriber;
 
 fn main() {
@@ -54,16 +60,85 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1500));
     }
     daemon.terminate();
+    report("a Nonin 9560 to its first reading", &mut times);
+    println!(
+        "  delivered {} of {plugs}",
+        subscriber.unique_reading_ids().len()
+    );
+
+    let (mut recorded, mut live) = contec_plug_ins(&broker, &subscriber, plugs);
+    report(
+        "a Contec CMS50F to the first reading of its new recording",
+        &mut recorded,
+    );
+    report("a Contec CMS50F without a recording to its first live reading (10 s of it the spot rule's wait)", &mut live);
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn report(what: &str, times: &mut [Duration]) {
     times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("plug-in of a Nonin 9560 to its first reading on the broker, {plugs} plug-ins:");
+    println!("plug-in of {what} on the broker, {} plug-ins:", times.len());
     println!(
         "  median {:.0} ms, max {:.0} ms (target: ≤ 5 s plus the device's measurement time)",
         ms(times[times.len() / 2]),
         ms(times[times.len() - 1])
     );
-    println!(
-        "  delivered {} of {plugs}",
-        subscriber.unique_reading_ids().len()
+}
+
+/// Plugs a simulated CMS50F in `plugs` times with a new recording, then `plugs` times without one.
+fn contec_plug_ins(
+    broker: &Broker,
+    subscriber: &Subscriber,
+    plugs: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let world = DaemonWorld::new();
+    let link =
+        world.by_id("usb-Silicon_Labs_CP2102_USB_to_UART_Bridge_Controller_CMS50F-if00-port0");
+    world.write_config(
+        &broker.url(),
+        &[],
+        &[SerialEntry {
+            path: link.clone(),
+            protocol: "contec-cms50",
+            id: None,
+            extra: vec![],
+        }],
     );
+    let mut daemon = world.start();
+    std::thread::sleep(Duration::from_secs(2));
+    let contec_readings = |source: &str| {
+        subscriber
+            .readings()
+            .iter()
+            .filter(|r| r["device"]["protocol"] == "contec-cms50" && r["time_source"] == source)
+            .count()
+    };
+    let measure = |recording: Option<StoredSession>, source: &str| {
+        let before = contec_readings(source);
+        let plugged = Instant::now();
+        let mut contec = Contec::new(SimulatedPort::plug_in(&link));
+        contec.sessions.extend(recording);
+        while contec_readings(source) == before && plugged.elapsed() < Duration::from_secs(30) {
+            contec.serve(97, 72);
+        }
+        let took = plugged.elapsed();
+        contec.port.unplug();
+        std::thread::sleep(Duration::from_millis(1500));
+        took
+    };
+    let recorded = (0..plugs)
+        .map(|n| {
+            let night = StoredSession {
+                start: (2026, 11, 30, 22, n as u8),
+                samples: vec![(95, 61); 20],
+            };
+            measure(Some(night), "device")
+        })
+        .collect();
+    let live = (0..plugs).map(|_| measure(None, "hub")).collect();
+    daemon.terminate();
+    (recorded, live)
 }

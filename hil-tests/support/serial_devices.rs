@@ -1,5 +1,9 @@
-//! Frames of the serial device families besides Nonin, built as the devices send them, for the
-//! pseudo-terminal simulators.
+//! Frames of the serial device families besides Nonin, built as the devices send them, and a Contec
+//! CMS50F simulator that holds the "7D 81" dialog, for the pseudo-terminal simulators.
+
+use std::time::{Duration, Instant};
+
+use super::pty::SimulatedPort;
 
 /// A legacy Contec CMS50 (and BerryMed BCI) 5-byte packet.
 pub fn contec_legacy_packet(spo2: u8, pulse: u8) -> [u8; 5] {
@@ -72,4 +76,129 @@ pub fn tanita_line(weight_kg: f64, fat_percent: f64) -> Vec<u8> {
     );
     let sum = body.bytes().fold(0u8, |s, b| s.wrapping_add(b));
     format!("{body}CS,{sum:02X}\r\n").into_bytes()
+}
+
+/// A session a simulated Contec recorded: its start (device wall time) and one (SpO2, pulse) a second.
+#[derive(Clone)]
+pub struct StoredSession {
+    pub start: (u16, u8, u8, u8, u8),
+    pub samples: Vec<(u8, u8)>,
+}
+
+/// A Contec CMS50F that answers the "7D 81" commands as the real device does: it streams only after the
+/// start command and stops when keep-alives stop coming (`forgetful`: once, it stops after a few seconds
+/// whatever the host does, as a flaky firmware might), and it serves the sessions it stored.
+pub struct Contec {
+    pub port: SimulatedPort,
+    streaming: bool,
+    last_keep_alive: Instant,
+    /// Every byte the host sent.
+    pub received: Vec<u8>,
+    pub forgetful: bool,
+    pub sessions: Vec<StoredSession>,
+    /// Bytes of a command the host has not finished sending.
+    partial: Vec<u8>,
+    /// The sessions whose data the host asked for, in order.
+    pub downloads: Vec<u8>,
+}
+
+impl Contec {
+    pub fn new(port: SimulatedPort) -> Contec {
+        Contec {
+            port,
+            streaming: false,
+            last_keep_alive: Instant::now(),
+            received: Vec::new(),
+            forgetful: false,
+            sessions: Vec::new(),
+            partial: Vec::new(),
+            downloads: Vec::new(),
+        }
+    }
+
+    fn answer(&mut self, command: [u8; 9]) {
+        let parameter = command[4] & 0x7F;
+        match command[2] {
+            0xA1 => {
+                self.streaming = true;
+                self.last_keep_alive = Instant::now();
+            }
+            0xAF if !self.forgetful => self.last_keep_alive = Instant::now(),
+            0xA2 => {
+                self.streaming = false;
+                self.port.write(&contec_message(0x0C, &[]));
+            }
+            0xA7 => self.port.write(&contec_message(0x0C, &[])),
+            0xA3 => self
+                .port
+                .write(&contec_message(0x0A, &[0, self.sessions.len() as u8])),
+            0xA5 => {
+                if let Some(session) = self.sessions.get(usize::from(parameter)) {
+                    let (year, month, day, hour, minute) = session.start;
+                    self.port
+                        .write(&contec_session_start(year, month, day, hour, minute));
+                }
+            }
+            0xA4 => {
+                if let Some(session) = self.sessions.get(usize::from(parameter)) {
+                    let length = (session.samples.len() as u32 * 2).to_le_bytes();
+                    self.port.write(&contec_message(
+                        0x08,
+                        &[0, parameter, length[0], length[1], length[2], length[3]],
+                    ));
+                }
+            }
+            0xA6 => {
+                if let Some(session) = self.sessions.get(usize::from(parameter)).cloned() {
+                    self.downloads.push(parameter);
+                    self.port.write(&contec_session_data(&session.samples));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers what the host sent in the last 50 ms, and sends one live message while streaming.
+    pub fn serve(&mut self, spo2: u8, pulse: u8) {
+        let bytes = self.port.read_for(Duration::from_millis(50));
+        self.received.extend(&bytes);
+        self.partial.extend(bytes);
+        while let Some(at) = self.partial.windows(2).position(|w| w == [0x7D, 0x81]) {
+            if self.partial.len() < at + 9 {
+                self.partial.drain(..at);
+                break;
+            }
+            let command: [u8; 9] = self.partial[at..at + 9].try_into().unwrap();
+            self.partial.drain(..at + 9);
+            self.answer(command);
+        }
+        // The real device gives up after about 30 s without a keep-alive; the simulator after 8 s (3 s
+        // when forgetful), so the test does not take minutes.
+        let patience = if self.forgetful { 3 } else { 8 };
+        if self.streaming && self.last_keep_alive.elapsed() > Duration::from_secs(patience) {
+            self.streaming = false;
+            // The glitch happens once; after a restart the device behaves.
+            self.forgetful = false;
+        }
+        if self.streaming {
+            self.port.write(&contec_live_message(spo2, pulse));
+        }
+    }
+
+    /// Serves for `duration`, one live sample a second while streaming, or until `done` holds.
+    pub fn serve_until(
+        &mut self,
+        duration: Duration,
+        spo2: u8,
+        pulse: u8,
+        mut done: impl FnMut() -> bool,
+    ) {
+        let started = Instant::now();
+        while started.elapsed() < duration && !done() {
+            let second = Instant::now();
+            while second.elapsed() < Duration::from_secs(1) {
+                self.serve(spo2, pulse);
+            }
+        }
+    }
 }
