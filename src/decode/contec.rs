@@ -47,7 +47,6 @@ const SESSION_TIME: u8 = 0x12;
 /// A message of a type not in [`message_length`] longer than this is not one; the bytes are dropped as garbage.
 const MAX_MESSAGE: usize = 32;
 const PULSE_INVALID: u8 = 0xFF;
-const SPO2_INVALID: u8 = 0x7F;
 
 /// Starts the live stream.
 pub const START_LIVE: u8 = 0x21;
@@ -124,6 +123,7 @@ enum Dialog {
         since: DateTime<Utc>,
         index: u8,
         count: u8,
+        /// `None` until the date message came; `Some(None)` when it came without a usable date.
         date: Option<Option<NaiveDate>>,
         time: Option<NaiveTime>,
     },
@@ -202,13 +202,9 @@ fn unpack(message: &[u8]) -> Vec<u8> {
 }
 
 fn spo2_value(spo2: u8) -> Value {
-    // 0 is what the device shows without a finger, as much "no reading" as the 0x7F marker; above 100 is
-    // no saturation at all.
-    Value::reported(
-        &codes::SPO2,
-        f64::from(spo2),
-        spo2 == 0 || spo2 >= SPO2_INVALID || spo2 > 100,
-    )
+    // 0 is what the device shows without a finger, as much "no reading" as its 0x7F marker; anything above
+    // 100 (the marker among them) is no saturation at all.
+    Value::reported(&codes::SPO2, f64::from(spo2), spo2 == 0 || spo2 > 100)
 }
 
 fn pulse_value(pulse: u8) -> Value {

@@ -2,9 +2,10 @@
 //!
 //! It does I/O and nothing else: bytes go out as [`PortEvent::Bytes`] with the time they were read, and
 //! decoding happens downstream; commands for the device come in on a channel from the pipeline, whose
-//! decoder holds the protocol's dialog, and are written as they come. A vanished device (EOF or a read error, as a USB unplug gives) closes the
-//! port cleanly; the task then polls the configured path (usually a `/dev/serial/by-id/` link, which
-//! disappears while the device is unplugged) and reopens it when it is back.
+//! decoder holds the protocol's dialog, and are written as they come. A vanished device (EOF or a read
+//! error, as a USB unplug gives) closes the port cleanly; the task then polls the configured path (usually
+//! a `/dev/serial/by-id/` link, which disappears while the device is unplugged) and reopens it when it is
+//! back.
 
 pub mod ports;
 
