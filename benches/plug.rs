@@ -71,7 +71,9 @@ fn main() {
         "a Contec CMS50F to the first reading of its new recording",
         &mut recorded,
     );
+    println!("  delivered {} of {plugs}", recorded.len());
     report("a Contec CMS50F without a recording to its first live reading (10 s of it the spot rule's wait)", &mut live);
+    println!("  delivered {} of {plugs}", live.len());
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -79,6 +81,10 @@ fn ms(duration: Duration) -> f64 {
 }
 
 fn report(what: &str, times: &mut [Duration]) {
+    if times.is_empty() {
+        println!("plug-in of {what} on the broker: nothing delivered");
+        return;
+    }
     times.sort();
     println!("plug-in of {what} on the broker, {} plug-ins:", times.len());
     println!(
@@ -124,13 +130,13 @@ fn contec_plug_ins(
         while contec_readings(source) == before && plugged.elapsed() < Duration::from_secs(30) {
             contec.serve(97, 72);
         }
-        let took = plugged.elapsed();
+        let took = (contec_readings(source) > before).then(|| plugged.elapsed());
         contec.port.unplug();
         std::thread::sleep(Duration::from_millis(1500));
         took
     };
     let recorded = (0..plugs)
-        .map(|n| {
+        .filter_map(|n| {
             let night = StoredSession {
                 start: (2026, 11, 30, 22, n as u8),
                 samples: vec![(95, 61); 20],
@@ -138,7 +144,7 @@ fn contec_plug_ins(
             measure(Some(night), "device")
         })
         .collect();
-    let live = (0..plugs).map(|_| measure(None, "hub")).collect();
+    let live = (0..plugs).filter_map(|_| measure(None, "hub")).collect();
     daemon.terminate();
     (recorded, live)
 }

@@ -178,18 +178,31 @@ fn decode_reads_a_captured_contec_download() {
         })
         .collect();
     assert_eq!(summary.len(), 4, "{stdout}");
+    // The live message that follows the data is what shows the session ended cleanly, so it comes first.
+    assert_eq!((summary[0].0.as_str(), summary[0].2), ("hub", 72));
     assert_eq!(
-        summary[..3],
+        summary[1..],
         [
             ("device".to_string(), "2024-03-14T22:30:00".to_string(), 130),
             ("device".to_string(), "2024-03-14T22:30:01".to_string(), 66),
             ("device".to_string(), "2024-03-14T22:30:02".to_string(), 66),
         ]
     );
-    assert_eq!((summary[3].0.as_str(), summary[3].2), ("hub", 72));
     for line in &lines {
         crate::assert_valid_reading(line);
     }
+}
+
+#[test]
+fn decode_reads_a_captured_contec_download_that_ends_with_the_data() {
+    let (code, stdout, stderr) = run(&[
+        "decode",
+        "contec-cms50",
+        "0A 80 80 81 07 80 80 80 94 98 83 8E 12 80 80 80 96 9E 80 80 08 80 80 80 86 80 80 80",
+        "0F 82 DE 82 DE C2 DE C2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
 }
 
 #[test]

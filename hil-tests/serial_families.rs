@@ -511,3 +511,47 @@ fn a_contec_stored_night_arrives_once_with_device_times_then_the_live_stream() {
     );
     assert_eq!(stored(&subscriber).len(), 3);
 }
+
+#[test]
+fn a_damaged_contec_download_publishes_nothing_and_the_retry_delivers_the_night_with_the_right_times(
+) {
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    let mut contec = Contec::new(SimulatedPort::plug_in(
+        &world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"),
+    ));
+    contec.sessions = vec![recorded_night()];
+    contec.damage_next_download = true;
+    world.write_config(&broker.url(), &[], &[entry(&contec.port, "contec-cms50")]);
+    let _daemon = world.start_with_env(&[("TZ", "UTC")]);
+    let stored = |subscriber: &Subscriber| -> Vec<serde_json::Value> {
+        readings_of(subscriber, "contec-cms50")
+            .into_iter()
+            .filter(|r| r["time_source"] == "device")
+            .collect()
+    };
+    contec.serve_until(Duration::from_secs(30), 97, 72, || {
+        stored(&subscriber).len() >= 3
+    });
+    assert_eq!(contec.downloads, [0, 0], "log:\n{}", world.log());
+    let times: Vec<String> = stored(&subscriber)
+        .iter()
+        .map(|r| r["measured_at"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        times,
+        [
+            "2026-11-30T22:00:10+00:00",
+            "2026-11-30T22:05:10+00:00",
+            "2026-11-30T22:10:10+00:00"
+        ],
+        "log:\n{}",
+        world.log()
+    );
+    assert!(
+        world.log().contains("damaged on the line"),
+        "log:\n{}",
+        world.log()
+    );
+}

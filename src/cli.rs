@@ -73,6 +73,12 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
         .iter()
         .flat_map(|bytes| decoder.feed(bytes, &context))
         .collect();
+    // Then as if the line had paused: a download at the end of the capture is settled.
+    events.extend(
+        decoder
+            .poll(context.received_at + chrono::TimeDelta::hours(1))
+            .events,
+    );
     events.extend(decoder.finish().map(DecodeEvent::Rejected));
     let mut failed = false;
     let mut out = std::io::stdout().lock();

@@ -16,7 +16,7 @@ use crate::download_checkpoints::CheckpointFile;
 use crate::outbox::{NewRecord, OutboxHandle};
 use crate::payload::{self, DeviceInfo};
 use crate::reading::Reading;
-use crate::serial::PortEvent;
+use crate::serial::{DeviceCommand, PortEvent};
 use crate::spot::{SpotFilter, SpotRule};
 
 /// How often counters are written to the outbox's statistics.
@@ -115,15 +115,25 @@ impl Decoding {
         }
     }
 
-    /// What the device should be sent now; call it after the records of the last `bytes` were appended.
-    pub fn poll(&mut self, now: chrono::DateTime<chrono::Utc>) -> Vec<HostCommand> {
-        self.save_checkpoint();
-        self.decoder.poll(now)
+    /// What the device should be sent now, and the records the passing of time settled (a download that
+    /// ended with a pause). Call it only when every byte read so far was fed.
+    pub fn poll(
+        &mut self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (Vec<(NewRecord, Reading)>, Vec<HostCommand>) {
+        let polled = self.decoder.poll(now);
+        let records = collect(
+            &self.settings,
+            polled.events,
+            &mut self.spot,
+            &mut self.counters,
+        );
+        (records, polled.commands)
     }
 
-    /// Saves the decoder's checkpoint when it moved. Called only after the records decoded so far were
+    /// Saves the decoder's checkpoint when it moved. Call it only after the records decoded so far were
     /// handed to the outbox, so the checkpoint never covers a reading the outbox does not have.
-    fn save_checkpoint(&mut self) {
+    pub fn save_checkpoint(&mut self) {
         let current = self.decoder.checkpoint();
         if current.is_none() || current == self.checkpoint {
             return;
@@ -259,23 +269,23 @@ impl Decoding {
 }
 
 /// Runs until the transport's sender is gone; `shutdown` only stops the periodic counter flush early.
-/// Commands for the device go to the transport on `commands`.
+/// Commands for the device go to the transport on `commands`, marked with the connection they are for.
 pub async fn run_device(
     settings: DeviceSettings,
     mut events: mpsc::Receiver<PortEvent>,
-    commands: mpsc::Sender<Vec<u8>>,
+    commands: mpsc::Sender<DeviceCommand>,
     outbox: OutboxHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::outbox::worker::WorkerGone> {
     let mut decoding = Decoding::new(settings);
     let mut flush = tokio::time::interval(COUNTER_FLUSH);
     let mut dialog = tokio::time::interval(DIALOG_POLL);
-    let mut open = false;
+    let mut connection = None;
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(PortEvent::Opened) => {
-                    open = true;
+                Some(PortEvent::Opened { connection: opened }) => {
+                    connection = Some(opened);
                     decoding.opened();
                 }
                 Some(PortEvent::Bytes { bytes, received_at }) => {
@@ -283,21 +293,32 @@ pub async fn run_device(
                     if !records.is_empty() {
                         outbox.append(records).await?;
                     }
+                    decoding.save_checkpoint();
                 }
                 Some(PortEvent::Closed { .. }) => {
-                    open = false;
+                    connection = None;
                     decoding.closed();
                 }
                 None => break,
             },
             _ = flush.tick() => decoding.flush_counters(&outbox).await?,
-            _ = dialog.tick(), if open => {}
+            _ = dialog.tick(), if connection.is_some() => {}
             _ = shutdown.changed() => {}
         }
-        if open {
-            for command in decoding.poll(crate::clock::now_utc()) {
-                pass_on(&decoding.settings.device.id, command, &commands);
-            }
+        // The dialog's time-outs are judged only once every byte read so far was fed: bytes still queued
+        // (behind a slow disk, say) are not a silent device.
+        let Some(connection) = connection.filter(|_| events.is_empty()) else {
+            continue;
+        };
+        let (records, to_send) = decoding.poll(crate::clock::now_utc());
+        if !records.is_empty() {
+            outbox
+                .append(records.into_iter().map(|(record, _)| record).collect())
+                .await?;
+            decoding.save_checkpoint();
+        }
+        for command in to_send {
+            pass_on(&decoding.settings.device.id, connection, command, &commands);
         }
     }
     decoding.flush_counters(&outbox).await
@@ -305,7 +326,12 @@ pub async fn run_device(
 
 /// Hands a command to the transport without waiting: the transport may itself be waiting for this task to
 /// take its bytes, and a dialog recovers from a lost command by its own time-outs.
-fn pass_on(device: &str, command: HostCommand, commands: &mpsc::Sender<Vec<u8>>) {
+fn pass_on(
+    device: &str,
+    connection: u64,
+    command: HostCommand,
+    commands: &mpsc::Sender<DeviceCommand>,
+) {
     match command.purpose {
         CommandPurpose::RestartStream => {
             tracing::info!(%device, "The device stopped sending; starting its stream again.")
@@ -314,7 +340,10 @@ fn pass_on(device: &str, command: HostCommand, commands: &mpsc::Sender<Vec<u8>>)
             tracing::debug!(%device, ?purpose, command = %hex::encode(&command.bytes), "Command for the device.")
         }
     }
-    if let Err(error) = commands.try_send(command.bytes) {
+    if let Err(error) = commands.try_send(DeviceCommand {
+        connection,
+        bytes: command.bytes,
+    }) {
         tracing::debug!(%device, %error, "Could not pass a command to the transport.");
     }
 }
@@ -450,7 +479,7 @@ mod tests {
                 at += chrono::TimeDelta::milliseconds(350);
                 records += decoding.bytes(&chunk, at).len();
                 // The dialog runs too, so noise that looks like answers may move it (a Contec download).
-                decoding.poll(at);
+                records += decoding.poll(at).0.len();
             }
             decoding.closed();
             assert_eq!(records, 0, "{} turned noise into readings", protocol.name());

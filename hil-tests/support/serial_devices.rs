@@ -100,6 +100,8 @@ pub struct Contec {
     partial: Vec<u8>,
     /// The sessions whose data the host asked for, in order.
     pub downloads: Vec<u8>,
+    /// The next download loses a byte in the middle, as a noisy cable might.
+    pub damage_next_download: bool,
 }
 
 impl Contec {
@@ -113,6 +115,7 @@ impl Contec {
             sessions: Vec::new(),
             partial: Vec::new(),
             downloads: Vec::new(),
+            damage_next_download: false,
         }
     }
 
@@ -151,7 +154,11 @@ impl Contec {
             0xA6 => {
                 if let Some(session) = self.sessions.get(usize::from(parameter)).cloned() {
                     self.downloads.push(parameter);
-                    self.port.write(&contec_session_data(&session.samples));
+                    let mut data = contec_session_data(&session.samples);
+                    if std::mem::take(&mut self.damage_next_download) {
+                        data.remove(data.len() / 2);
+                    }
+                    self.port.write(&data);
                 }
             }
             _ => {}

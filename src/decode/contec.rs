@@ -10,29 +10,38 @@
 //! # The dialog
 //!
 //! 1. On the first poll the hub stops both streams (`A7`, `A2`) and asks how many sessions are stored (`A3`,
-//!    answered by type 0x0A).
+//!    answered by type 0x0A; a count above [`MAX_SESSIONS`] is noise).
 //! 2. For each session, oldest index first, it asks the start time (`A5 <index>`, answered by 0x07 with the
 //!    date and 0x12 with the time). A session whose start is in the checkpoint (the starts already
 //!    downloaded, on this connection or an earlier one) is skipped. One without a date (a CMS50D+ has no
 //!    clock), or whose start fails the project's device-clock rule, is reported and skipped, since its
 //!    samples could only be given invented times.
-//! 3. It asks how many bytes the session holds (`A4`, answered by 0x08: a u32 at bytes 4 to 7, two bytes a
-//!    sample in type 0x0F and four in type 0x09), then for its data (`A6 <index>`). Type 0x0F (three SpO2/
-//!    pulse pairs) or 0x09 (one pair and a perfusion index) follow, one sample per second from the session
-//!    start (as OSCAR and the other public readers take it). The session ends when its length is reached
-//!    (the padding of the last message is dropped), or, without a length, when another message type
-//!    arrives or the data pauses for [`DATA_PAUSE`]. A session that breaks off short of its length keeps
-//!    the samples that arrived and is fetched again on the next connection; a whole one joins the
-//!    checkpoint.
-//! 4. After the last session the hub starts the live stream (`A1`), sends a keep-alive (`AF`) every
-//!    [`KEEP_ALIVE_EVERY`], and starts the stream again when it falls silent for [`SILENCE_RESTART`]. A device that does not answer a question within
-//!    [`ANSWER_WAIT`] (an older firmware without storage) goes straight to the live stream.
+//! 3. It asks how many bytes the session holds (`A4`, answered by 0x08, which echoes the session in byte 3:
+//!    a u32 at bytes 4 to 7, two bytes a sample in type 0x0F and four in type 0x09), then for its data
+//!    (`A6 <index>`). Type 0x0F (three SpO2/pulse pairs) or 0x09 (one pair and a perfusion index) follow,
+//!    one sample per second from the session start (as OSCAR and the other public readers take it).
+//! 4. The samples are held until the session is known to have arrived whole and clean: its length reached
+//!    (the padding of the last message dropped) and the next message starting cleanly or the line pausing
+//!    for [`DATA_PAUSE`]. Then they become readings, and the session joins the checkpoint. Without a length
+//!    (the device did not answer `A4`) the data ends at the next message or the pause, and the session stays
+//!    out of the checkpoint, since nothing proves it whole; fetched again, its readings get the same ids.
+//! 5. A byte lost or added (garbage, a message broken off by the next), data stopping short of the length,
+//!    or more data than the length: nothing of the session is published. The hub stops the stored stream
+//!    (`A7`), waits for the line to fall quiet ([`DATA_PAUSE`], at most [`DRAIN_LIMIT`]), and starts the
+//!    dialog again, [`RETRIES`] times a connection at most. A session that would end more than ten minutes
+//!    after the hub's time has a clock that cannot be trusted after all and is not published.
+//! 6. After the last session the hub starts the live stream (`A1`), sends a keep-alive (`AF`) every
+//!    [`KEEP_ALIVE_EVERY`], and starts the stream again when it falls silent for [`SILENCE_RESTART`]. A
+//!    device that does not answer the count or a start within [`ANSWER_WAIT`] (an older firmware without
+//!    storage) gets the live stream at once; one that does not answer the length is asked for the data all
+//!    the same, and one that then sends no data is reported and passed over.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 
 use super::ieee11073::{measured_at, push_flags, DeviceDateTime};
 use super::{
-    hex_of, CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, StreamDecoder,
+    hex_of, CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, Polled,
+    StreamDecoder,
 };
 use crate::codes;
 use crate::reading::{Kind, Reading, TimeSource, Value};
@@ -72,6 +81,16 @@ pub const DATA_PAUSE: TimeDelta = TimeDelta::seconds(2);
 pub const KEEP_ALIVE_EVERY: TimeDelta = TimeDelta::seconds(5);
 /// A live stream silent this long is started again.
 pub const SILENCE_RESTART: TimeDelta = TimeDelta::seconds(5);
+
+/// After a broken-off download the hub waits at most this long for the line to fall quiet.
+pub const DRAIN_LIMIT: TimeDelta = TimeDelta::seconds(10);
+/// How often one connection starts the dialog again after a broken-off download.
+pub const RETRIES: u8 = 2;
+/// More sessions than a CMS50 stores: a count above it is noise, and the checkpoint remembers this many.
+pub const MAX_SESSIONS: usize = 64;
+const REMEMBERED_SESSIONS: usize = MAX_SESSIONS;
+/// The project's device-clock rule: a device time this far ahead of the hub is not trusted.
+const MAX_AHEAD: TimeDelta = TimeDelta::minutes(10);
 
 /// The recorded samples are one a second.
 const SAMPLE_INTERVAL: TimeDelta = TimeDelta::seconds(1);
@@ -136,24 +155,40 @@ enum Dialog {
         since: DateTime<Utc>,
         session: Download,
     },
+    /// The session's stored length arrived; it is published once the next message starts cleanly or the
+    /// line pauses, which shows that no byte of its last message was lost or added.
+    Confirming {
+        since: DateTime<Utc>,
+        session: Download,
+    },
+    /// After a broken-off download: the device was told to stop sending stored data, and the hub waits
+    /// for the line to fall quiet before it asks anything, so the rest of the broken session cannot be
+    /// taken for an answer.
+    Draining {
+        since: DateTime<Utc>,
+        quiet_since: DateTime<Utc>,
+    },
     Live {
         last_heard: DateTime<Utc>,
         last_keep_alive: DateTime<Utc>,
     },
 }
 
-/// A stored session being downloaded.
+/// A stored session being downloaded. Its samples are held until the whole session arrived cleanly, so a
+/// damaged download publishes nothing rather than values shifted in time.
 #[derive(Debug, Clone, PartialEq)]
 struct Download {
     index: u8,
     count: u8,
     start: DateTime<chrono::FixedOffset>,
-    /// Samples read so far.
-    samples: u32,
     /// The stored length in bytes the device gave (`A4`): 2 bytes a sample in type 0x0F, 4 in type 0x09.
     length: Option<u32>,
     /// Stored bytes read so far, counted the same way.
     received: u32,
+    /// (SpO2, pulse, index into `messages`) for each sample so far.
+    samples: Vec<(u8, u8, u32)>,
+    /// The data messages, for the readings' `raw`.
+    messages: Vec<Vec<u8>>,
 }
 
 impl Download {
@@ -169,9 +204,9 @@ pub struct ContecDecoder {
     dialog: Dialog,
     /// The starts (device wall time) of the sessions downloaded, on this connection or an earlier one.
     downloaded: Vec<NaiveDateTime>,
+    /// How many more times this connection starts the dialog again after a broken-off download.
+    retries_left: u8,
     outgoing: Vec<HostCommand>,
-    /// Problems found while polling, reported with the next bytes fed.
-    pending: Vec<DecodeEvent>,
 }
 
 impl Default for ContecDecoder {
@@ -181,8 +216,8 @@ impl Default for ContecDecoder {
             skipped: 0,
             dialog: Dialog::NotStarted,
             downloaded: Vec::new(),
+            retries_left: RETRIES,
             outgoing: Vec::new(),
-            pending: Vec::new(),
         }
     }
 }
@@ -241,13 +276,13 @@ fn stored_reading(
     pulse: u8,
     start: DateTime<chrono::FixedOffset>,
     sample: u32,
-    context: &DecodeContext<'_>,
+    received_at: DateTime<Utc>,
 ) -> Reading {
     let measured_at = start + SAMPLE_INTERVAL * sample as i32;
     Reading {
         kind: Kind::PulseOximetry,
         measured_at,
-        received_at: context.received_at,
+        received_at,
         time_source: TimeSource::Device,
         values: vec![spo2_value(spo2), pulse_value(pulse)],
         flags: vec!["stored_session"],
@@ -260,15 +295,20 @@ fn stored_reading(
     }
 }
 
-/// How many downloaded session starts the checkpoint remembers; a CMS50F stores far fewer sessions.
-const REMEMBERED_SESSIONS: usize = 64;
-
 impl ContecDecoder {
     fn send(&mut self, bytes: [u8; 9], purpose: CommandPurpose) {
         self.outgoing.push(HostCommand {
             bytes: bytes.to_vec(),
             purpose,
         });
+    }
+
+    /// Stops both streams and asks how many sessions are stored.
+    fn ask_count(&mut self, now: DateTime<Utc>) {
+        self.send(command(STOP_STORED), CommandPurpose::Dialog);
+        self.send(command(STOP_LIVE), CommandPurpose::Dialog);
+        self.send(command(ASK_SESSION_COUNT), CommandPurpose::Dialog);
+        self.dialog = Dialog::AwaitingCount { since: now };
     }
 
     fn ask_start(&mut self, index: u8, count: u8, now: DateTime<Utc>) {
@@ -310,7 +350,7 @@ impl ContecDecoder {
         self.downloaded.drain(..surplus);
     }
 
-    /// Both halves of a session's start arrived: fetch its data, or skip it.
+    /// Both halves of a session's start arrived: ask its length, or skip it.
     fn start_known(
         &mut self,
         index: u8,
@@ -322,12 +362,10 @@ impl ContecDecoder {
     ) {
         let now = context.received_at;
         let Some(local) = local else {
-            events.push(DecodeEvent::Rejected(FrameError::Invalid {
-                reason: format!(
-                    "stored session {index} has no start date (the oximeter keeps no clock); not downloaded"
-                ),
-                raw: hex_of(message),
-            }));
+            events.push(invalid(
+                format!("stored session {index} has no start date (the oximeter keeps no clock); not downloaded"),
+                message,
+            ));
             return self.next_session(index, count, now);
         };
         if self.downloaded.contains(&local) {
@@ -337,13 +375,13 @@ impl ContecDecoder {
         // hub's time as a single measurement can, since that would invent the time of every sample.
         let (start, source, verdict) = measured_at(DeviceDateTime::Known(local), context);
         if source != TimeSource::Device {
-            events.push(DecodeEvent::Rejected(FrameError::Invalid {
-                reason: format!(
+            events.push(invalid(
+                format!(
                     "stored session {index} starts at {local}, which the hub cannot trust ({}); not downloaded",
                     verdict.unwrap_or("device_clock_invalid")
                 ),
-                raw: hex_of(message),
-            }));
+                message,
+            ));
             return self.next_session(index, count, now);
         }
         self.send(
@@ -356,19 +394,19 @@ impl ContecDecoder {
                 index,
                 count,
                 start,
-                samples: 0,
                 length: None,
                 received: 0,
+                samples: Vec::new(),
+                messages: Vec::new(),
             },
         };
     }
 
-    /// Asks for the session's data; without a known length its end is found by the pause after it.
-    fn ask_data(&mut self, session: Download, now: DateTime<Utc>) {
+    /// Asks for the session's data; without a known length its end is the next message or a pause.
+    fn ask_data(&mut self, session: Download, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
         if session.complete() {
             // An empty session: nothing to fetch.
-            self.session_done(session.start.naive_local());
-            return self.next_session(session.index, session.count, now);
+            return self.publish(session, now, events);
         }
         self.send(
             command_with(ASK_SESSION_DATA, session.index),
@@ -380,31 +418,63 @@ impl ContecDecoder {
         };
     }
 
-    /// The data stopped (another message, or a pause). A session whose length is known and was not
-    /// reached broke off: what arrived is kept, and the session stays out of the checkpoint, so the next
-    /// connection fetches it again (the readings already sent get the same ids).
-    fn data_ended(&mut self, session: Download, now: DateTime<Utc>) -> Option<DecodeEvent> {
-        let problem = match session.length {
-            Some(length) if session.received < length => {
-                Some(DecodeEvent::Rejected(FrameError::Invalid {
-                    reason: format!(
-                        "stored session {} broke off after {} of {length} bytes; it will be fetched again",
-                        session.index, session.received
-                    ),
-                    raw: String::new(),
-                }))
+    /// The session arrived cleanly: its samples become readings. A session whose length was known joins
+    /// the checkpoint; one without (the device did not answer `A4`) is fetched again on the next
+    /// connection, since nothing proves it was whole, and its readings then get the same ids.
+    fn publish(&mut self, session: Download, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
+        let last = session.start + SAMPLE_INTERVAL * session.samples.len() as i32;
+        if last.signed_duration_since(now) > MAX_AHEAD {
+            events.push(invalid(
+                format!(
+                    "stored session {} would end at {}, after the hub's time; its clock cannot be trusted and it is not published",
+                    session.index,
+                    last.naive_local()
+                ),
+                &[],
+            ));
+        } else {
+            for (sample, (spo2, pulse, message)) in session.samples.iter().enumerate() {
+                events.push(DecodeEvent::Reading(stored_reading(
+                    &session.messages[*message as usize],
+                    *spo2,
+                    *pulse,
+                    session.start,
+                    sample as u32,
+                    now,
+                )));
             }
-            _ if session.samples == 0 => None,
-            _ => {
+            if session.length.is_some() {
                 self.session_done(session.start.naive_local());
-                None
             }
-        };
+        }
         self.next_session(session.index, session.count, now);
-        problem
     }
 
-    /// Moves the dialog on with a message the device sent.
+    /// The download was damaged (a byte lost or added) or broke off short of its length: nothing of it is
+    /// published, the device is told to stop, and once the line is quiet the dialog starts again (a few
+    /// times a connection; after that the next connection tries again).
+    fn break_off(
+        &mut self,
+        session: &Download,
+        why: &str,
+        now: DateTime<Utc>,
+        events: &mut Vec<DecodeEvent>,
+    ) {
+        events.push(invalid(
+            format!(
+                "stored session {} {why} after {} stored bytes; nothing of it is published and it will be fetched again",
+                session.index, session.received
+            ),
+            &[],
+        ));
+        self.send(command(STOP_STORED), CommandPurpose::Dialog);
+        self.dialog = Dialog::Draining {
+            since: now,
+            quiet_since: now,
+        };
+    }
+
+    /// Moves the dialog on with a message the device sent, cleanly framed.
     fn heard(
         &mut self,
         message: &[u8],
@@ -424,10 +494,25 @@ impl ContecDecoder {
                     last_keep_alive,
                 };
             }
-            Dialog::AwaitingCount { .. } if kind == SESSION_COUNT => match bytes[3] {
-                0 => self.go_live(now),
-                count => self.ask_start(0, count, now),
-            },
+            Dialog::Draining { since, .. } => {
+                self.dialog = Dialog::Draining {
+                    since,
+                    quiet_since: now,
+                };
+            }
+            Dialog::AwaitingCount { .. } if kind == SESSION_COUNT => {
+                match bytes[3] {
+                    0 => self.go_live(now),
+                    count if usize::from(count) > MAX_SESSIONS => {
+                        events.push(invalid(
+                        format!("a session count of {count} is more than a CMS50 stores; no download"),
+                        message,
+                    ));
+                        self.go_live(now);
+                    }
+                    count => self.ask_start(0, count, now),
+                }
+            }
             Dialog::AwaitingCount { .. } => {}
             Dialog::AwaitingStart {
                 since,
@@ -461,48 +546,93 @@ impl ContecDecoder {
                     }
                 }
             }
-            Dialog::AwaitingLength { mut session, .. } if kind == SESSION_LENGTH => {
+            // The length answer echoes the session asked for in byte 3.
+            Dialog::AwaitingLength { mut session, .. }
+                if kind == SESSION_LENGTH && bytes[3] == session.index =>
+            {
                 session.length = Some(u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]));
-                self.ask_data(session, now);
+                self.ask_data(session, now, events);
             }
             Dialog::AwaitingLength { .. } => {}
             Dialog::Receiving { mut session, .. } => {
                 let (pairs, record_size): (&[(usize, usize)], u32) = match kind {
                     STORED_TRIPLE => (&[(2, 3), (4, 5), (6, 7)], 2),
                     STORED_PAIR => (&[(2, 3)], 4),
-                    _ => {
-                        events.extend(self.data_ended(session, now));
-                        return;
+                    // Another message: without a length that is the end of the data; with one, the data
+                    // stopped short.
+                    _ if session.length.is_none() && !session.samples.is_empty() => {
+                        return self.publish(session, now, events);
                     }
+                    _ => return self.break_off(&session, "stopped short", now, events),
                 };
+                let message_index = session.messages.len() as u32;
+                session.messages.push(message.to_vec());
                 for (spo2, pulse) in pairs {
                     // The last message of a session is padded to three pairs; the stored length ends it.
                     if session.complete() {
                         break;
                     }
-                    events.push(DecodeEvent::Reading(stored_reading(
-                        message,
-                        bytes[*spo2],
-                        bytes[*pulse],
-                        session.start,
-                        session.samples,
-                        context,
-                    )));
-                    session.samples += 1;
+                    session
+                        .samples
+                        .push((bytes[*spo2], bytes[*pulse], message_index));
                     session.received += record_size;
                 }
-                if session.complete() {
-                    self.session_done(session.start.naive_local());
-                    self.next_session(session.index, session.count, now);
-                } else {
-                    self.dialog = Dialog::Receiving {
+                self.dialog = if session.complete() {
+                    Dialog::Confirming {
                         since: now,
                         session,
-                    };
-                }
+                    }
+                } else {
+                    Dialog::Receiving {
+                        since: now,
+                        session,
+                    }
+                };
             }
+            // The next message began cleanly after the last data message (a data message more would be
+            // more than the device said it stored).
+            Dialog::Confirming { session, .. } => match kind {
+                STORED_TRIPLE | STORED_PAIR => {
+                    self.break_off(&session, "sent more than its stored length", now, events)
+                }
+                _ => self.publish(session, now, events),
+            },
         }
     }
+
+    /// Bytes that belong to no message, or a message broken off by the next one: while a session's data
+    /// is coming, either means a byte was lost or added, and the session cannot be trusted.
+    fn damaged(&mut self, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
+        match self.dialog.clone() {
+            Dialog::Receiving { session, .. } | Dialog::Confirming { session, .. } => {
+                self.break_off(&session, "was damaged on the line", now, events)
+            }
+            Dialog::Draining { since, .. } => {
+                self.dialog = Dialog::Draining {
+                    since,
+                    quiet_since: now,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn flush_garbage(&mut self, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
+        if self.skipped > 0 {
+            events.push(DecodeEvent::Rejected(FrameError::Garbage {
+                count: self.skipped,
+            }));
+            self.skipped = 0;
+            self.damaged(now, events);
+        }
+    }
+}
+
+fn invalid(reason: String, message: &[u8]) -> DecodeEvent {
+    DecodeEvent::Rejected(FrameError::Invalid {
+        reason,
+        raw: hex_of(message),
+    })
 }
 
 /// The date half of a session start (type 0x07): century, year, month, day in bytes 4 to 7. A year of 0 is
@@ -530,8 +660,9 @@ fn reports_truncation(kind: u8) -> bool {
 
 impl StreamDecoder for ContecDecoder {
     fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
+        let now = context.received_at;
         self.buffer.extend_from_slice(bytes);
-        let mut events = std::mem::take(&mut self.pending);
+        let mut events = Vec::new();
         let mut start = 0;
         loop {
             let window = &self.buffer[start..];
@@ -554,12 +685,13 @@ impl StreamDecoder for ContecDecoder {
                     // Another message began before this one was complete.
                     if reports_truncation(kind) {
                         let raw = hex_of(&window[..next]);
-                        self.flush_garbage(&mut events);
+                        self.flush_garbage(now, &mut events);
                         events.push(DecodeEvent::Rejected(FrameError::Truncated {
                             have: next,
                             need,
                             raw,
                         }));
+                        self.damaged(now, &mut events);
                     } else {
                         self.skipped += next;
                     }
@@ -577,7 +709,7 @@ impl StreamDecoder for ContecDecoder {
                 (None, None) => break,
             };
             let message = self.buffer[start..start + length].to_vec();
-            self.flush_garbage(&mut events);
+            self.flush_garbage(now, &mut events);
             if kind == LIVE {
                 events.push(DecodeEvent::Reading(live_reading(&message, context)));
             }
@@ -601,34 +733,65 @@ impl StreamDecoder for ContecDecoder {
         }
     }
 
-    fn poll(&mut self, now: DateTime<Utc>) -> Vec<HostCommand> {
+    fn poll(&mut self, now: DateTime<Utc>) -> Polled {
+        let mut events = Vec::new();
+        // Bytes left over when the line paused: garbage, or a message that never finished.
+        let unclean = self.skipped > 0 || !self.buffer.is_empty();
         match self.dialog.clone() {
-            Dialog::NotStarted => {
-                self.send(command(STOP_STORED), CommandPurpose::Dialog);
-                self.send(command(STOP_LIVE), CommandPurpose::Dialog);
-                self.send(command(ASK_SESSION_COUNT), CommandPurpose::Dialog);
-                self.dialog = Dialog::AwaitingCount { since: now };
-            }
+            Dialog::NotStarted => self.ask_count(now),
             Dialog::AwaitingCount { since } if now - since >= ANSWER_WAIT => self.go_live(now),
-            Dialog::AwaitingStart {
-                since,
-                index,
-                count,
-                ..
-            } if now - since >= ANSWER_WAIT => self.next_session(index, count, now),
+            // A device that said it holds sessions but does not say when one started is asked no more.
+            Dialog::AwaitingStart { since, .. } if now - since >= ANSWER_WAIT => self.go_live(now),
             Dialog::AwaitingLength { since, session } if now - since >= ANSWER_WAIT => {
-                self.ask_data(session, now)
+                self.ask_data(session, now, &mut events)
             }
             Dialog::Receiving { since, session }
-                if now - since
-                    >= if session.samples == 0 {
-                        ANSWER_WAIT
-                    } else {
-                        DATA_PAUSE
-                    } =>
+                if session.samples.is_empty() && now - since >= ANSWER_WAIT =>
             {
-                let problem = self.data_ended(session, now);
-                self.pending.extend(problem);
+                events.push(invalid(
+                    format!(
+                        "stored session {} sent no data; not downloaded",
+                        session.index
+                    ),
+                    &[],
+                ));
+                self.next_session(session.index, session.count, now);
+            }
+            Dialog::Receiving { since, session }
+                if !session.samples.is_empty() && now - since >= DATA_PAUSE =>
+            {
+                if unclean {
+                    self.break_off(&session, "was damaged on the line", now, &mut events);
+                } else if session.length.is_none() {
+                    self.publish(session, now, &mut events);
+                } else {
+                    self.break_off(&session, "stopped short", now, &mut events);
+                }
+            }
+            Dialog::Confirming { since, session } if now - since >= DATA_PAUSE => {
+                if unclean {
+                    self.break_off(&session, "was damaged on the line", now, &mut events);
+                } else {
+                    self.publish(session, now, &mut events);
+                }
+            }
+            Dialog::Draining { since, quiet_since }
+                if now - quiet_since >= DATA_PAUSE || now - since >= DRAIN_LIMIT =>
+            {
+                // What is left of the broken session is dropped unread.
+                let dropped = self.skipped + std::mem::take(&mut self.buffer).len();
+                self.skipped = 0;
+                if dropped > 0 {
+                    events.push(DecodeEvent::Rejected(FrameError::Garbage {
+                        count: dropped,
+                    }));
+                }
+                if self.retries_left > 0 {
+                    self.retries_left -= 1;
+                    self.ask_count(now);
+                } else {
+                    self.go_live(now);
+                }
             }
             Dialog::Live {
                 last_heard,
@@ -650,7 +813,10 @@ impl StreamDecoder for ContecDecoder {
             }
             _ => {}
         }
-        std::mem::take(&mut self.outgoing)
+        Polled {
+            commands: std::mem::take(&mut self.outgoing),
+            events,
+        }
     }
 
     fn checkpoint(&self) -> Option<String> {
@@ -672,17 +838,6 @@ impl StreamDecoder for ContecDecoder {
             .split(',')
             .filter_map(|start| NaiveDateTime::parse_from_str(start, "%Y-%m-%dT%H:%M:%S").ok())
             .collect();
-    }
-}
-
-impl ContecDecoder {
-    fn flush_garbage(&mut self, events: &mut Vec<DecodeEvent>) {
-        if self.skipped > 0 {
-            events.push(DecodeEvent::Rejected(FrameError::Garbage {
-                count: self.skipped,
-            }));
-            self.skipped = 0;
-        }
     }
 }
 
@@ -784,7 +939,14 @@ mod tests {
                     DecodeEvent::Rejected(error) => render_error(&error),
                 });
             }
-            lines.extend(decoder.poll(context.received_at).iter().map(render_command));
+            let polled = decoder.poll(context.received_at);
+            for event in polled.events {
+                lines.push(match event {
+                    DecodeEvent::Reading(reading) => render_reading(&reading),
+                    DecodeEvent::Rejected(error) => render_error(&error),
+                });
+            }
+            lines.extend(polled.commands.iter().map(render_command));
         }
         (lines, decoder.checkpoint())
     }
@@ -802,6 +964,27 @@ mod tests {
         format!("pulse_oximetry spo2={spo2} pulse_rate={pulse} flags=[{STORED}] at={at} device")
     }
 
+    /// Seven samples: three, three (a pulse of 0xFF is no reading; 130 takes its high bit from byte 1),
+    /// and one followed by two padding pairs.
+    const SEVEN: &str = "0F 80 DE C2 DE C2 DE C2 0F 8A DE FF DE 82 DE C2 0F 80 E1 C4 FF FF FF FF";
+
+    fn seven_stored() -> Vec<String> {
+        [
+            ("94", "66", "18"),
+            ("94", "66", "19"),
+            ("94", "66", "20"),
+            ("94", "missing", "21"),
+            ("94", "130", "22"),
+            ("94", "66", "23"),
+            ("97", "68", "24"),
+        ]
+        .iter()
+        .map(|(spo2, pulse, second)| stored(spo2, pulse, &format!("2014-08-18T02:38:{second}")))
+        .collect()
+    }
+
+    const BROKE_OFF: &str = "nothing of it is published and it will be fetched again";
+
     #[rustfmt::skip]
     #[test]
     fn downloads_a_stored_session_then_streams_live() {
@@ -812,37 +995,30 @@ mod tests {
             (0, TIME),
             // 14 stored bytes: seven samples of two bytes.
             (0, "08 80 80 80 8E 80 80 80"),
-            // Three samples a message; a pulse of 0xFF is no reading; the pulse's high bit comes from byte 1;
-            // the last message is padded, and the stored length says where the session ends.
-            (1, &format!("{TRIPLE} 0F 8A DE FF DE 82 DE C2 0F 80 E1 C4 FF FF FF FF")),
+            (1, SEVEN),
+            // The line pauses after the last message: the session was whole, and is published.
+            (3, ""),
             (4, "01 80 85 B3 96 C8 E2 FF FF"),
             (9, "01 80 85 B3 96 C8 E2 FF FF"),
             (16, ""),
         ]);
-        assert_eq!(lines, [
-            "> a7", "> a2", "> a3",
-            "> a5", "> a4", "> a6",
-            &stored("94", "66", "2014-08-18T02:38:18"),
-            &stored("94", "66", "2014-08-18T02:38:19"),
-            &stored("94", "66", "2014-08-18T02:38:20"),
-            &stored("94", "missing", "2014-08-18T02:38:21"),
-            &stored("94", "130", "2014-08-18T02:38:22"),
-            &stored("94", "66", "2014-08-18T02:38:23"),
-            &stored("97", "68", "2014-08-18T02:38:24"),
-            // The whole session arrived: the live stream starts at once.
+        let mut expected: Vec<String> = ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6"].map(String::from).to_vec();
+        expected.extend(seven_stored());
+        expected.extend([
             "> a1",
             "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:04 hub",
             "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:09 hub",
             "> af (keep-alive)",
             // Silent from 12:00:09 to 12:00:16: the stream is started again.
             "> af (keep-alive)", "> a1 (restart)",
-        ]);
+        ].map(String::from));
+        assert_eq!(lines, expected);
         assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
     }
 
     #[rustfmt::skip]
     #[test]
-    fn a_session_that_breaks_off_is_kept_and_fetched_again_next_time() {
+    fn a_session_that_stops_short_is_not_published_and_the_dialog_starts_again() {
         // The device says 292 bytes (146 samples, as in OSCAR's capture) and sends three.
         let (lines, checkpoint) = dialog(None, &[
             (0, ""),
@@ -850,18 +1026,68 @@ mod tests {
             (0, "08 80 80 80 A4 81 80 80"),
             (0, TRIPLE),
             (2, ""),
+            // The hub stopped the stored stream and waits for quiet; live data meanwhile is still live data.
             (3, "01 80 85 B3 96 C8 E2 FF FF"),
+            (5, ""),
+            (5, "0A 80 80 80"),
         ]);
         assert_eq!(lines, [
             "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
-            &stored("94", "66", "2014-08-18T02:38:18"),
-            &stored("94", "66", "2014-08-18T02:38:19"),
-            &stored("94", "66", "2014-08-18T02:38:20"),
-            "> a1",
-            "error invalid: stored session 0 broke off after 6 of 292 bytes; it will be fetched again",
+            &format!("error invalid: stored session 0 stopped short after 6 stored bytes; {BROKE_OFF}"),
+            "> a7",
             "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:03 hub",
+            "> a7", "> a2", "> a3",
+            "> a1",
         ]);
         assert_eq!(checkpoint, None);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn a_byte_lost_or_added_in_a_download_publishes_nothing_and_the_retry_gets_it_right() {
+        // A byte lost from the second message: nothing is published, rather than later samples a second early.
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, &format!("{ONE_SESSION} {DATE} {TIME}")),
+            (0, "08 80 80 80 8E 80 80 80"),
+            (1, "0F 80 DE C2 DE C2 DE C2 0F 8A DE FF DE 82 DE 0F 80 E1 C4 FF FF FF FF"),
+            (3, ""),
+            // The retry: the device answers again, and this time the data comes whole.
+            (3, &format!("{ONE_SESSION} {DATE} {TIME} 08 80 80 80 8E 80 80 80")),
+            (3, SEVEN),
+            (5, ""),
+        ]);
+        let mut expected: Vec<String> = [
+            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
+            "truncated 7/8",
+            &format!("error invalid: stored session 0 was damaged on the line after 6 stored bytes; {BROKE_OFF}"),
+            "> a7",
+            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
+        ].map(String::from).to_vec();
+        expected.extend(seven_stored());
+        expected.push("> a1".to_string());
+        assert_eq!(lines, expected);
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+
+        // A byte added between messages, and a message more than the stored length.
+        let start = format!("{ONE_SESSION} {DATE} {TIME}");
+        let (lines, _) = dialog(None, &[(0, ""), (0, &start), (0, "08 80 80 80 8C 80 80 80"), (0, &format!("{TRIPLE} C2 {TRIPLE}"))]);
+        assert_eq!(lines[6..], [
+            "garbage 1".to_string(),
+            format!("error invalid: stored session 0 was damaged on the line after 6 stored bytes; {BROKE_OFF}"),
+            "> a7".to_string(),
+        ]);
+        let (lines, _) = dialog(None, &[(0, ""), (0, &start), (0, "08 80 80 80 86 80 80 80"), (0, &format!("{TRIPLE} {TRIPLE}"))]);
+        assert_eq!(lines[6..], [
+            format!("error invalid: stored session 0 sent more than its stored length after 6 stored bytes; {BROKE_OFF}"),
+            "> a7".to_string(),
+        ]);
+        // Garbage after the last message, then a pause: the last message may have lost its tail.
+        let (lines, _) = dialog(None, &[(0, ""), (0, &start), (0, "08 80 80 80 86 80 80 80"), (0, &format!("{TRIPLE} C2")), (2, "")]);
+        assert_eq!(lines[6..], [
+            format!("error invalid: stored session 0 was damaged on the line after 6 stored bytes; {BROKE_OFF}"),
+            "> a7".to_string(),
+        ]);
     }
 
     #[rustfmt::skip]
@@ -904,11 +1130,28 @@ mod tests {
             "> a1",
         ]);
         assert_eq!(checkpoint, None);
+
+        // A start two minutes before the hub's noon, with twenty minutes of samples: the recording would end
+        // in the future, so its clock is off after all.
+        let triples = vec![TRIPLE; 400].join(" ");
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, "0A 80 80 81 07 80 80 80 94 98 83 8F 12 80 80 80 8B BA 80 80"),
+            (0, "08 80 80 80 E0 89 80 80"),
+            (0, &triples),
+            (2, ""),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
+            "error invalid: stored session 0 would end at 2024-03-15 12:18:00, after the hub's time; its clock cannot be trusted and it is not published",
+            "> a1",
+        ]);
+        assert_eq!(checkpoint, None);
     }
 
     #[rustfmt::skip]
     #[test]
-    fn without_a_length_a_session_ends_when_another_message_arrives_and_the_next_one_follows() {
+    fn without_a_length_a_session_ends_at_the_next_message_and_stays_out_of_the_checkpoint() {
         let (lines, checkpoint) = dialog(Some("something else=1"), &[
             (0, ""),
             (0, "0A 80 80 82"),
@@ -921,8 +1164,9 @@ mod tests {
             (3, "0C 80"),
             // The second session is a CMS50I's: type 0x09, four stored bytes a sample (SpO2, pulse, PI).
             (3, "07 80 80 80 94 98 83 8E 12 80 80 80 96 9E 80 80"),
-            (3, "08 80 80 80 88 80 80 80"),
+            (3, "08 80 80 81 88 80 80 80"),
             (4, &format!("{PAIR} 09 80 E0 C5 CE 82")),
+            (6, ""),
         ]);
         assert_eq!(lines, [
             "> a7", "> a2", "> a3",
@@ -935,15 +1179,13 @@ mod tests {
             &stored("96", "69", "2024-03-14T22:30:01"),
             "> a1",
         ]);
-        assert_eq!(
-            checkpoint.as_deref(),
-            Some("stored_sessions=2014-08-18T02:38:18,2024-03-14T22:30:00")
-        );
+        // Only the session whose length was known and reached is known to be whole.
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-14T22:30:00"));
     }
 
     #[rustfmt::skip]
     #[test]
-    fn a_device_that_does_not_answer_gets_the_live_stream() {
+    fn a_device_that_stops_answering_gets_the_live_stream() {
         // No answer to the count within 3 s.
         let (lines, _) = dialog(None, &[(0, ""), (2, ""), (3, "")]);
         assert_eq!(lines, ["> a7", "> a2", "> a3", "> a1"]);
@@ -951,14 +1193,39 @@ mod tests {
         let (lines, checkpoint) = dialog(None, &[(0, ""), (0, "0A 80 80 80")]);
         assert_eq!(lines, ["> a7", "> a2", "> a3", "> a1"]);
         assert_eq!(checkpoint, None);
-        // The start time never comes whole; the data never comes.
-        let (lines, checkpoint) = dialog(None, &[(0, ""), (0, "0A 80 80 82"), (0, DATE), (3, ""), (3, DATE), (3, TIME), (6, ""), (9, "")]);
-        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a5 1", "> a4 1", "> a6 1", "> a1"]);
+        // A start that never comes whole: no further session is asked for.
+        let (lines, _) = dialog(None, &[(0, ""), (0, "0A 80 80 82"), (0, DATE), (3, "")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a1"]);
+        // A length answer for another session is not this one's; the data that never comes is reported.
+        let (lines, checkpoint) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME}")), (0, "08 80 80 81 8E 80 80 80"), (3, ""), (6, "")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "error invalid: stored session 0 sent no data; not downloaded", "> a1"]);
         assert_eq!(checkpoint, None);
         // An empty session is known to be empty from its length.
         let (lines, checkpoint) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME}")), (0, "08 80 80 80 80 80 80 80")]);
         assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a1"]);
         assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+        // A count no CMS50 could hold (200, its high bit from byte 1) is noise.
+        let (lines, _) = dialog(None, &[(0, ""), (0, "0A 82 80 C8")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "error invalid: a session count of 200 is more than a CMS50 stores; no download", "> a1"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn a_line_that_never_falls_quiet_after_a_break_off_is_left_after_ten_seconds() {
+        let live = "01 80 85 B3 96 C8 E2 FF FF";
+        let mut steps: Vec<(i64, String)> = vec![
+            (0, String::new()),
+            (0, format!("{ONE_SESSION} {DATE} {TIME} 08 80 80 80 8E 80 80 80")),
+            (0, TRIPLE.to_string()),
+            (2, String::new()),
+        ];
+        // Live data every second (a device that went on streaming) keeps the line busy.
+        steps.extend((3..=12).map(|second| (second, live.to_string())));
+        let steps: Vec<(i64, &str)> = steps.iter().map(|(t, hex)| (*t, hex.as_str())).collect();
+        let (lines, _) = dialog(None, &steps);
+        let commands: Vec<&String> = lines.iter().filter(|line| line.starts_with('>')).collect();
+        // The break-off at 2 s, then ten seconds later the dialog starts again.
+        assert_eq!(commands, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a7", "> a7", "> a2", "> a3"]);
     }
 
     #[rustfmt::skip]

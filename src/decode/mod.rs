@@ -88,11 +88,13 @@ pub trait StreamDecoder: Send {
     /// Called when the input ends (a `decode` command line, a closed port): reports a frame left unfinished.
     fn finish(&mut self) -> Option<FrameError>;
 
-    /// What the hub should send the device now, given what was decoded so far and the time passed in.
-    /// Protocols that hold a dialog with the device (start a stream, keep it alive, ask for stored data)
-    /// answer here; the transport only writes the bytes. Called after every `feed` and about twice a second.
-    fn poll(&mut self, _now: DateTime<Utc>) -> Vec<HostCommand> {
-        Vec::new()
+    /// What the hub should send the device now, given what was decoded so far and the time passed in, and
+    /// what the passing of time settled (a download that ended with a pause). Protocols that hold a dialog
+    /// with the device (start a stream, keep it alive, ask for stored data) answer here; the transport only
+    /// writes the bytes. Called after every `feed` and about twice a second, never while bytes the
+    /// transport read wait to be fed.
+    fn poll(&mut self, _now: DateTime<Utc>) -> Polled {
+        Polled::default()
     }
 
     /// Download progress that must outlive the connection (which stored sessions were already fetched), as
@@ -103,6 +105,13 @@ pub trait StreamDecoder: Send {
 
     /// Takes back a checkpoint this protocol gave earlier; text it cannot read is ignored.
     fn resume(&mut self, _checkpoint: &str) {}
+}
+
+/// What a [`StreamDecoder::poll`] found: commands for the device, and events the time settled.
+#[derive(Debug, Default, PartialEq)]
+pub struct Polled {
+    pub commands: Vec<HostCommand>,
+    pub events: Vec<DecodeEvent>,
 }
 
 /// Bytes the hub sends a device in the course of its protocol's dialog.

@@ -22,7 +22,11 @@ const REOPEN_POLL: Duration = Duration::from_secs(1);
 /// What happened on a port.
 #[derive(Debug)]
 pub enum PortEvent {
-    Opened,
+    /// The port opened; `connection` numbers the openings, so commands meant for an earlier one can be
+    /// told apart.
+    Opened {
+        connection: u64,
+    },
     Bytes {
         bytes: Vec<u8>,
         received_at: DateTime<Utc>,
@@ -30,6 +34,14 @@ pub enum PortEvent {
     Closed {
         reason: String,
     },
+}
+
+/// Bytes for the device, for one connection: a command made for a connection that ended is not sent on
+/// the next.
+#[derive(Debug)]
+pub struct DeviceCommand {
+    pub connection: u64,
+    pub bytes: Vec<u8>,
 }
 
 /// Where and how to open a port, and what to send the device.
@@ -46,10 +58,11 @@ pub struct PortSettings {
 pub async fn run_port(
     settings: PortSettings,
     events: mpsc::Sender<PortEvent>,
-    mut commands: mpsc::Receiver<Vec<u8>>,
+    mut commands: mpsc::Receiver<DeviceCommand>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reported_missing = false;
+    let mut connection = 0u64;
     let roots = ports::Roots::from_environment();
     let wanted = settings.location.describe();
     loop {
@@ -63,12 +76,13 @@ pub async fn run_port(
                 reported_missing = false;
                 let path = path.unwrap_or_default();
                 tracing::info!(port = %wanted, path = %path.display(), "Serial port opened.");
-                if events.send(PortEvent::Opened).await.is_err() {
+                connection += 1;
+                if events.send(PortEvent::Opened { connection }).await.is_err() {
                     return;
                 }
                 let reason = tokio::select! {
                     _ = shutdown.changed() => return,
-                    reason = read_until_gone(&mut port, &events, &mut commands, &settings, &path) => reason,
+                    reason = read_until_gone(&mut port, connection, &events, &mut commands, &settings, &path) => reason,
                 };
                 let Some(reason) = reason else { return };
                 tracing::warn!(port = %wanted, %reason, "Serial device gone; waiting for it to return.");
@@ -92,7 +106,7 @@ pub async fn run_port(
                 _ = shutdown.changed() => return,
                 _ = &mut reopen => break,
                 Some(command) = commands.recv() => {
-                    tracing::debug!(port = %wanted, bytes = command.len(), "Dropped a command for a closed port.");
+                    tracing::debug!(port = %wanted, bytes = command.bytes.len(), "Dropped a command for a closed port.");
                 }
             }
         }
@@ -146,8 +160,9 @@ async fn send(port: &mut SerialStream, path: &std::path::Path, command: &[u8]) {
 /// the opening commands once, and every command the pipeline passes on.
 async fn read_until_gone(
     port: &mut SerialStream,
+    connection: u64,
     events: &mpsc::Sender<PortEvent>,
-    commands: &mut mpsc::Receiver<Vec<u8>>,
+    commands: &mut mpsc::Receiver<DeviceCommand>,
     settings: &PortSettings,
     path: &std::path::Path,
 ) -> Option<String> {
@@ -172,7 +187,8 @@ async fn read_until_gone(
                 Err(error) => return Some(error.to_string()),
             },
             command = commands.recv(), if commands_open => match command {
-                Some(command) => send(port, path, &command).await,
+                Some(command) if command.connection == connection => send(port, path, &command.bytes).await,
+                Some(_) => tracing::debug!(path = %path.display(), "Dropped a command meant for an earlier connection."),
                 None => commands_open = false,
             },
         }
