@@ -21,8 +21,9 @@
 //!    (`A6 <index>`). Type 0x0F (three SpO2/pulse pairs) or 0x09 (one pair and a perfusion index) follow,
 //!    one sample per second from the session start (as OSCAR and the other public readers take it).
 //! 4. The samples are held until the session is known to have arrived whole and clean: its length reached
-//!    (the padding of the last message dropped) and the next message starting cleanly or the line pausing
-//!    for [`DATA_PAUSE`]. Then they become readings, and the session joins the checkpoint. Without a length
+//!    (the padding of the last message dropped; the next question goes out at once) and the next message,
+//!    usually the answer to that question, starting cleanly, or the line pausing for [`DATA_PAUSE`]. Then
+//!    they become readings, and the session joins the checkpoint. Without a length
 //!    (the device did not answer `A4`) the data ends at the next message or the pause, and the session stays
 //!    out of the checkpoint, since nothing proves it whole; fetched again, its readings get the same ids.
 //! 5. A byte lost or added (garbage, a message broken off by the next), data stopping short of the length,
@@ -335,11 +336,38 @@ impl ContecDecoder {
 
     /// On to the session after `index`, or, after the last, to the live stream.
     fn next_session(&mut self, index: u8, count: u8, now: DateTime<Utc>) {
+        self.ask_next(index, count);
+        self.expect_next(index, count, now);
+    }
+
+    /// Sends the question that follows session `index`: the next session's start, or the live stream.
+    fn ask_next(&mut self, index: u8, count: u8) {
         if index.saturating_add(1) < count {
-            self.ask_start(index + 1, count, now);
+            self.send(
+                command_with(ASK_SESSION_START, index + 1),
+                CommandPurpose::Dialog,
+            );
         } else {
-            self.go_live(now);
+            self.send(command(START_LIVE), CommandPurpose::Dialog);
         }
+    }
+
+    /// Waits for the answer to [`Self::ask_next`].
+    fn expect_next(&mut self, index: u8, count: u8, now: DateTime<Utc>) {
+        self.dialog = if index.saturating_add(1) < count {
+            Dialog::AwaitingStart {
+                since: now,
+                index: index + 1,
+                count,
+                date: None,
+                time: None,
+            }
+        } else {
+            Dialog::Live {
+                last_heard: now,
+                last_keep_alive: now,
+            }
+        };
     }
 
     fn session_done(&mut self, start: NaiveDateTime) {
@@ -406,7 +434,7 @@ impl ContecDecoder {
     fn ask_data(&mut self, session: Download, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
         if session.complete() {
             // An empty session: nothing to fetch.
-            return self.publish(session, now, events);
+            return self.publish(session, now, events, false);
         }
         self.send(
             command_with(ASK_SESSION_DATA, session.index),
@@ -420,8 +448,15 @@ impl ContecDecoder {
 
     /// The session arrived cleanly: its samples become readings. A session whose length was known joins
     /// the checkpoint; one without (the device did not answer `A4`) is fetched again on the next
-    /// connection, since nothing proves it was whole, and its readings then get the same ids.
-    fn publish(&mut self, session: Download, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
+    /// connection, since nothing proves it was whole, and its readings then get the same ids. `asked`:
+    /// the question after it was sent already.
+    fn publish(
+        &mut self,
+        session: Download,
+        now: DateTime<Utc>,
+        events: &mut Vec<DecodeEvent>,
+        asked: bool,
+    ) {
         let last = session.start + SAMPLE_INTERVAL * session.samples.len() as i32;
         if last.signed_duration_since(now) > MAX_AHEAD {
             events.push(invalid(
@@ -447,7 +482,11 @@ impl ContecDecoder {
                 self.session_done(session.start.naive_local());
             }
         }
-        self.next_session(session.index, session.count, now);
+        if asked {
+            self.expect_next(session.index, session.count, now);
+        } else {
+            self.next_session(session.index, session.count, now);
+        }
     }
 
     /// The download was damaged (a byte lost or added) or broke off short of its length: nothing of it is
@@ -561,7 +600,7 @@ impl ContecDecoder {
                     // Another message: without a length that is the end of the data; with one, the data
                     // stopped short.
                     _ if session.length.is_none() && !session.samples.is_empty() => {
-                        return self.publish(session, now, events);
+                        return self.publish(session, now, events, false);
                     }
                     _ => return self.break_off(&session, "stopped short", now, events),
                 };
@@ -578,6 +617,9 @@ impl ContecDecoder {
                     session.received += record_size;
                 }
                 self.dialog = if session.complete() {
+                    // The next question goes out at once: its answer starting cleanly is what confirms
+                    // the session's last message.
+                    self.ask_next(session.index, session.count);
                     Dialog::Confirming {
                         since: now,
                         session,
@@ -595,7 +637,11 @@ impl ContecDecoder {
                 STORED_TRIPLE | STORED_PAIR => {
                     self.break_off(&session, "sent more than its stored length", now, events)
                 }
-                _ => self.publish(session, now, events),
+                _ => {
+                    self.publish(session, now, events, true);
+                    // The message may well be the answer to the question that followed the session.
+                    self.heard(message, context, events);
+                }
             },
         }
     }
@@ -763,7 +809,7 @@ impl StreamDecoder for ContecDecoder {
                 if unclean {
                     self.break_off(&session, "was damaged on the line", now, &mut events);
                 } else if session.length.is_none() {
-                    self.publish(session, now, &mut events);
+                    self.publish(session, now, &mut events, false);
                 } else {
                     self.break_off(&session, "stopped short", now, &mut events);
                 }
@@ -772,7 +818,7 @@ impl StreamDecoder for ContecDecoder {
                 if unclean {
                     self.break_off(&session, "was damaged on the line", now, &mut events);
                 } else {
-                    self.publish(session, now, &mut events);
+                    self.publish(session, now, &mut events, true);
                 }
             }
             Dialog::Draining { since, quiet_since }
@@ -995,17 +1041,18 @@ mod tests {
             (0, TIME),
             // 14 stored bytes: seven samples of two bytes.
             (0, "08 80 80 80 8E 80 80 80"),
+            // The stored length is reached: the hub starts the live stream at once, ...
             (1, SEVEN),
-            // The line pauses after the last message: the session was whole, and is published.
+            // ... and when the line pauses after the last message (or the next one starts cleanly) the
+            // session was whole, and is published.
             (3, ""),
             (4, "01 80 85 B3 96 C8 E2 FF FF"),
             (9, "01 80 85 B3 96 C8 E2 FF FF"),
             (16, ""),
         ]);
-        let mut expected: Vec<String> = ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6"].map(String::from).to_vec();
+        let mut expected: Vec<String> = ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a1"].map(String::from).to_vec();
         expected.extend(seven_stored());
         expected.extend([
-            "> a1",
             "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:04 hub",
             "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:09 hub",
             "> af (keep-alive)",
@@ -1062,10 +1109,9 @@ mod tests {
             "truncated 7/8",
             &format!("error invalid: stored session 0 was damaged on the line after 6 stored bytes; {BROKE_OFF}"),
             "> a7",
-            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
+            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a1",
         ].map(String::from).to_vec();
         expected.extend(seven_stored());
-        expected.push("> a1".to_string());
         assert_eq!(lines, expected);
         assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
 
@@ -1080,11 +1126,13 @@ mod tests {
         let (lines, _) = dialog(None, &[(0, ""), (0, &start), (0, "08 80 80 80 86 80 80 80"), (0, &format!("{TRIPLE} {TRIPLE}"))]);
         assert_eq!(lines[6..], [
             format!("error invalid: stored session 0 sent more than its stored length after 6 stored bytes; {BROKE_OFF}"),
+            "> a1".to_string(),
             "> a7".to_string(),
         ]);
         // Garbage after the last message, then a pause: the last message may have lost its tail.
         let (lines, _) = dialog(None, &[(0, ""), (0, &start), (0, "08 80 80 80 86 80 80 80"), (0, &format!("{TRIPLE} C2")), (2, "")]);
         assert_eq!(lines[6..], [
+            "> a1".to_string(),
             format!("error invalid: stored session 0 was damaged on the line after 6 stored bytes; {BROKE_OFF}"),
             "> a7".to_string(),
         ]);
@@ -1142,9 +1190,8 @@ mod tests {
             (2, ""),
         ]);
         assert_eq!(lines, [
-            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
+            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a1",
             "error invalid: stored session 0 would end at 2024-03-15 12:18:00, after the hub's time; its clock cannot be trusted and it is not published",
-            "> a1",
         ]);
         assert_eq!(checkpoint, None);
     }
@@ -1174,10 +1221,9 @@ mod tests {
             &stored("94", "66", "2014-08-18T02:38:18"),
             &stored("94", "66", "2014-08-18T02:38:19"),
             &stored("94", "66", "2014-08-18T02:38:20"),
-            "> a5 1", "> a4 1", "> a6 1",
+            "> a5 1", "> a4 1", "> a6 1", "> a1",
             &stored("97", "68", "2024-03-14T22:30:00"),
             &stored("96", "69", "2024-03-14T22:30:01"),
-            "> a1",
         ]);
         // Only the session whose length was known and reached is known to be whole.
         assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-14T22:30:00"));
@@ -1226,6 +1272,34 @@ mod tests {
         let commands: Vec<&String> = lines.iter().filter(|line| line.starts_with('>')).collect();
         // The break-off at 2 s, then ten seconds later the dialog starts again.
         assert_eq!(commands, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a7", "> a7", "> a2", "> a3"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn the_answer_to_the_next_question_confirms_a_session_and_is_read() {
+        // Two sessions of three samples: the second's start, asked for as soon as the first was complete,
+        // confirms the first and is read as the answer it is.
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, &format!("0A 80 80 82 {DATE} {TIME} 08 80 80 80 86 80 80 80")),
+            (0, TRIPLE),
+            (0, "07 80 80 80 94 98 83 8E 12 80 80 80 96 9E 80 80 08 80 80 81 86 80 80 80"),
+            (0, "0F 80 E1 C4 E1 C4 E1 C4"),
+            (0, "01 80 85 B3 96 C8 E2 FF FF"),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
+            "> a5 1",
+            &stored("94", "66", "2014-08-18T02:38:18"),
+            &stored("94", "66", "2014-08-18T02:38:19"),
+            &stored("94", "66", "2014-08-18T02:38:20"),
+            "> a4 1", "> a6 1", "> a1",
+            "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:00 hub",
+            &stored("97", "68", "2024-03-14T22:30:00"),
+            &stored("97", "68", "2024-03-14T22:30:01"),
+            &stored("97", "68", "2024-03-14T22:30:02"),
+        ]);
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18,2024-03-14T22:30:00"));
     }
 
     #[rustfmt::skip]
