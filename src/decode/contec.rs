@@ -23,19 +23,17 @@
 //! 4. The samples are held until the session is known to have arrived whole and clean: its length reached
 //!    (the padding of the last message dropped; the next question goes out at once) and the next message,
 //!    usually the answer to that question, starting cleanly, or the line pausing for [`DATA_PAUSE`]. Then
-//!    they become readings, and the session joins the checkpoint. Without a length
-//!    (the device did not answer `A4`) the data ends at the next message or the pause, and the session stays
-//!    out of the checkpoint, since nothing proves it whole; fetched again, its readings get the same ids.
-//! 5. A byte lost or added (garbage, a message broken off by the next), data stopping short of the length,
-//!    or more data than the length: nothing of the session is published. The hub stops the stored stream
-//!    (`A7`), waits for the line to fall quiet ([`DATA_PAUSE`], at most [`DRAIN_LIMIT`]), and starts the
-//!    dialog again, [`RETRIES`] times a connection at most. A session that would end more than ten minutes
-//!    after the hub's time has a clock that cannot be trusted after all and is not published.
+//!    they become readings, and the session joins the checkpoint. A session whose length does not come is
+//!    not downloaded, since nothing could show its data whole; nor is one whose length no CMS50 records, or
+//!    whose samples would run more than ten minutes past the hub's time (its clock is off after all).
+//! 5. A byte lost or added anywhere from a start answer on (garbage, a message broken off by the next), data
+//!    stopping short of the length, or more data than the length: nothing of the session is published. The
+//!    hub stops both streams (`A7`, `A2`), waits for the line to fall quiet ([`DATA_PAUSE`], at most
+//!    [`DRAIN_LIMIT`]), and starts the dialog again, [`RETRIES`] times a connection at most.
 //! 6. After the last session the hub starts the live stream (`A1`), sends a keep-alive (`AF`) every
 //!    [`KEEP_ALIVE_EVERY`], and starts the stream again when it falls silent for [`SILENCE_RESTART`]. A
 //!    device that does not answer the count or a start within [`ANSWER_WAIT`] (an older firmware without
-//!    storage) gets the live stream at once; one that does not answer the length is asked for the data all
-//!    the same, and one that then sends no data is reported and passed over.
+//!    storage) gets the live stream at once; a session that sends no data is reported and passed over.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 
@@ -90,6 +88,9 @@ pub const RETRIES: u8 = 2;
 /// More sessions than a CMS50 stores: a count above it is noise, and the checkpoint remembers this many.
 pub const MAX_SESSIONS: usize = 64;
 const REMEMBERED_SESSIONS: usize = MAX_SESSIONS;
+/// More stored bytes than any CMS50 records in one session (72 hours at four bytes a sample): a longer
+/// length is noise, and holding its samples would grow without bound.
+const MAX_SESSION_BYTES: u32 = 72 * 3600 * 4;
 /// The project's device-clock rule: a device time this far ahead of the hub is not trusted.
 const MAX_AHEAD: TimeDelta = TimeDelta::minutes(10);
 
@@ -149,7 +150,9 @@ enum Dialog {
     },
     AwaitingLength {
         since: DateTime<Utc>,
-        session: Download,
+        index: u8,
+        count: u8,
+        start: DateTime<chrono::FixedOffset>,
     },
     Receiving {
         /// The last data message, or the request when none came yet.
@@ -183,7 +186,7 @@ struct Download {
     count: u8,
     start: DateTime<chrono::FixedOffset>,
     /// The stored length in bytes the device gave (`A4`): 2 bytes a sample in type 0x0F, 4 in type 0x09.
-    length: Option<u32>,
+    length: u32,
     /// Stored bytes read so far, counted the same way.
     received: u32,
     /// (SpO2, pulse, index into `messages`) for each sample so far.
@@ -194,7 +197,7 @@ struct Download {
 
 impl Download {
     fn complete(&self) -> bool {
-        self.length.is_some_and(|length| self.received >= length)
+        self.received >= self.length
     }
 }
 
@@ -418,19 +421,54 @@ impl ContecDecoder {
         );
         self.dialog = Dialog::AwaitingLength {
             since: now,
-            session: Download {
-                index,
-                count,
-                start,
-                length: None,
-                received: 0,
-                samples: Vec::new(),
-                messages: Vec::new(),
-            },
+            index,
+            count,
+            start,
         };
     }
 
-    /// Asks for the session's data; without a known length its end is the next message or a pause.
+    /// The session's length arrived: ask for its data, unless the length is one no CMS50 records or one
+    /// whose samples would run past the hub's time whatever their type.
+    fn length_known(
+        &mut self,
+        (index, count, start): (u8, u8, DateTime<chrono::FixedOffset>),
+        length: u32,
+        now: DateTime<Utc>,
+        events: &mut Vec<DecodeEvent>,
+    ) {
+        let shortest = start + SAMPLE_INTERVAL * (length / 4) as i32;
+        let problem = if length > MAX_SESSION_BYTES {
+            Some(format!(
+                "claims {length} stored bytes, more than a CMS50 records"
+            ))
+        } else if shortest.signed_duration_since(now) > MAX_AHEAD {
+            Some(format!(
+                "would run to {} at least, after the hub's time, so its clock cannot be trusted",
+                shortest.naive_local()
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            events.push(invalid(
+                format!("stored session {index} {problem}; not downloaded"),
+                &[],
+            ));
+            return self.next_session(index, count, now);
+        }
+        let session = Download {
+            index,
+            count,
+            start,
+            length,
+            received: 0,
+            samples: Vec::new(),
+            messages: Vec::new(),
+        };
+        self.ask_data(session, now, events);
+    }
+
+    /// Asks for the session's data.
     fn ask_data(&mut self, session: Download, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
         if session.complete() {
             // An empty session: nothing to fetch.
@@ -446,10 +484,8 @@ impl ContecDecoder {
         };
     }
 
-    /// The session arrived cleanly: its samples become readings. A session whose length was known joins
-    /// the checkpoint; one without (the device did not answer `A4`) is fetched again on the next
-    /// connection, since nothing proves it was whole, and its readings then get the same ids. `asked`:
-    /// the question after it was sent already.
+    /// The session arrived whole and cleanly: its samples become readings, and it joins the checkpoint.
+    /// `asked`: the question after it was sent already.
     fn publish(
         &mut self,
         session: Download,
@@ -478,9 +514,7 @@ impl ContecDecoder {
                     now,
                 )));
             }
-            if session.length.is_some() {
-                self.session_done(session.start.naive_local());
-            }
+            self.session_done(session.start.naive_local());
         }
         if asked {
             self.expect_next(session.index, session.count, now);
@@ -490,8 +524,7 @@ impl ContecDecoder {
     }
 
     /// The download was damaged (a byte lost or added) or broke off short of its length: nothing of it is
-    /// published, the device is told to stop, and once the line is quiet the dialog starts again (a few
-    /// times a connection; after that the next connection tries again).
+    /// published.
     fn break_off(
         &mut self,
         session: &Download,
@@ -499,14 +532,23 @@ impl ContecDecoder {
         now: DateTime<Utc>,
         events: &mut Vec<DecodeEvent>,
     ) {
-        events.push(invalid(
+        self.start_over(
             format!(
                 "stored session {} {why} after {} stored bytes; nothing of it is published and it will be fetched again",
                 session.index, session.received
             ),
-            &[],
-        ));
+            now,
+            events,
+        );
+    }
+
+    /// Something the device sent in the dialog was damaged: the device is told to stop both streams, and
+    /// once the line is quiet the dialog starts again (a few times a connection; after that the next
+    /// connection tries again).
+    fn start_over(&mut self, report: String, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
+        events.push(invalid(report, &[]));
         self.send(command(STOP_STORED), CommandPurpose::Dialog);
+        self.send(command(STOP_LIVE), CommandPurpose::Dialog);
         self.dialog = Dialog::Draining {
             since: now,
             quiet_since: now,
@@ -586,22 +628,21 @@ impl ContecDecoder {
                 }
             }
             // The length answer echoes the session asked for in byte 3.
-            Dialog::AwaitingLength { mut session, .. }
-                if kind == SESSION_LENGTH && bytes[3] == session.index =>
-            {
-                session.length = Some(u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]));
-                self.ask_data(session, now, events);
+            Dialog::AwaitingLength {
+                index,
+                count,
+                start,
+                ..
+            } if kind == SESSION_LENGTH && bytes[3] == index => {
+                let length = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+                self.length_known((index, count, start), length, now, events);
             }
             Dialog::AwaitingLength { .. } => {}
             Dialog::Receiving { mut session, .. } => {
                 let (pairs, record_size): (&[(usize, usize)], u32) = match kind {
                     STORED_TRIPLE => (&[(2, 3), (4, 5), (6, 7)], 2),
                     STORED_PAIR => (&[(2, 3)], 4),
-                    // Another message: without a length that is the end of the data; with one, the data
-                    // stopped short.
-                    _ if session.length.is_none() && !session.samples.is_empty() => {
-                        return self.publish(session, now, events, false);
-                    }
+                    // Another message before the stored length was reached: the data stopped short.
                     _ => return self.break_off(&session, "stopped short", now, events),
                 };
                 let message_index = session.messages.len() as u32;
@@ -653,6 +694,19 @@ impl ContecDecoder {
             Dialog::Receiving { session, .. } | Dialog::Confirming { session, .. } => {
                 self.break_off(&session, "was damaged on the line", now, events)
             }
+            // Bytes around the start answer, or between it and the length answer: either may be damaged,
+            // and a wrong start would stamp every sample wrongly.
+            Dialog::AwaitingStart { index, .. } => self
+                .start_over(
+                    format!("the start of stored session {index} was damaged on the line; the download starts again"),
+                    now,
+                    events,
+                ),
+            Dialog::AwaitingLength { index, .. } => self.start_over(
+                format!("the start or length of stored session {index} was damaged on the line; the download starts again"),
+                now,
+                events,
+            ),
             Dialog::Draining { since, .. } => {
                 self.dialog = Dialog::Draining {
                     since,
@@ -788,8 +842,18 @@ impl StreamDecoder for ContecDecoder {
             Dialog::AwaitingCount { since } if now - since >= ANSWER_WAIT => self.go_live(now),
             // A device that said it holds sessions but does not say when one started is asked no more.
             Dialog::AwaitingStart { since, .. } if now - since >= ANSWER_WAIT => self.go_live(now),
-            Dialog::AwaitingLength { since, session } if now - since >= ANSWER_WAIT => {
-                self.ask_data(session, now, &mut events)
+            // Without its length nothing could show the session arrived whole.
+            Dialog::AwaitingLength {
+                since,
+                index,
+                count,
+                ..
+            } if now - since >= ANSWER_WAIT => {
+                events.push(invalid(
+                    format!("stored session {index} did not say its length; not downloaded"),
+                    &[],
+                ));
+                self.next_session(index, count, now);
             }
             Dialog::Receiving { since, session }
                 if session.samples.is_empty() && now - since >= ANSWER_WAIT =>
@@ -808,8 +872,6 @@ impl StreamDecoder for ContecDecoder {
             {
                 if unclean {
                     self.break_off(&session, "was damaged on the line", now, &mut events);
-                } else if session.length.is_none() {
-                    self.publish(session, now, &mut events, false);
                 } else {
                     self.break_off(&session, "stopped short", now, &mut events);
                 }
@@ -1081,7 +1143,7 @@ mod tests {
         assert_eq!(lines, [
             "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
             &format!("error invalid: stored session 0 stopped short after 6 stored bytes; {BROKE_OFF}"),
-            "> a7",
+            "> a7", "> a2",
             "pulse_oximetry spo2=98 pulse_rate=72 flags=[] at=2024-03-15T12:00:03 hub",
             "> a7", "> a2", "> a3",
             "> a1",
@@ -1108,7 +1170,7 @@ mod tests {
             "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
             "truncated 7/8",
             &format!("error invalid: stored session 0 was damaged on the line after 6 stored bytes; {BROKE_OFF}"),
-            "> a7",
+            "> a7", "> a2",
             "> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a1",
         ].map(String::from).to_vec();
         expected.extend(seven_stored());
@@ -1122,12 +1184,14 @@ mod tests {
             "garbage 1".to_string(),
             format!("error invalid: stored session 0 was damaged on the line after 6 stored bytes; {BROKE_OFF}"),
             "> a7".to_string(),
+            "> a2".to_string(),
         ]);
         let (lines, _) = dialog(None, &[(0, ""), (0, &start), (0, "08 80 80 80 86 80 80 80"), (0, &format!("{TRIPLE} {TRIPLE}"))]);
         assert_eq!(lines[6..], [
             format!("error invalid: stored session 0 sent more than its stored length after 6 stored bytes; {BROKE_OFF}"),
             "> a1".to_string(),
             "> a7".to_string(),
+            "> a2".to_string(),
         ]);
         // Garbage after the last message, then a pause: the last message may have lost its tail.
         let (lines, _) = dialog(None, &[(0, ""), (0, &start), (0, "08 80 80 80 86 80 80 80"), (0, &format!("{TRIPLE} C2")), (2, "")]);
@@ -1135,6 +1199,7 @@ mod tests {
             "> a1".to_string(),
             format!("error invalid: stored session 0 was damaged on the line after 6 stored bytes; {BROKE_OFF}"),
             "> a7".to_string(),
+            "> a2".to_string(),
         ]);
     }
 
@@ -1198,17 +1263,14 @@ mod tests {
 
     #[rustfmt::skip]
     #[test]
-    fn without_a_length_a_session_ends_at_the_next_message_and_stays_out_of_the_checkpoint() {
+    fn a_session_without_a_length_is_not_downloaded_and_a_cms50i_session_is() {
         let (lines, checkpoint) = dialog(Some("something else=1"), &[
             (0, ""),
             (0, "0A 80 80 82"),
             (0, DATE),
             (0, TIME),
-            // No answer to the length question within 3 s: the data is asked for all the same.
+            // No answer to the length question within 3 s: nothing could show the data arrived whole.
             (3, ""),
-            (3, TRIPLE),
-            // A hello reply (type 0x0C) after the data ends the session.
-            (3, "0C 80"),
             // The second session is a CMS50I's: type 0x09, four stored bytes a sample (SpO2, pulse, PI).
             (3, "07 80 80 80 94 98 83 8E 12 80 80 80 96 9E 80 80"),
             (3, "08 80 80 81 88 80 80 80"),
@@ -1217,16 +1279,56 @@ mod tests {
         ]);
         assert_eq!(lines, [
             "> a7", "> a2", "> a3",
-            "> a5", "> a4", "> a6",
-            &stored("94", "66", "2014-08-18T02:38:18"),
-            &stored("94", "66", "2014-08-18T02:38:19"),
-            &stored("94", "66", "2014-08-18T02:38:20"),
+            "> a5", "> a4",
+            "error invalid: stored session 0 did not say its length; not downloaded",
             "> a5 1", "> a4 1", "> a6 1", "> a1",
             &stored("97", "68", "2024-03-14T22:30:00"),
             &stored("96", "69", "2024-03-14T22:30:01"),
         ]);
-        // Only the session whose length was known and reached is known to be whole.
         assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-14T22:30:00"));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn a_damaged_start_or_length_answer_starts_the_download_again() {
+        // A byte added to the time answer: taken as it stands it would read 01:02:38; the byte left over
+        // shows the damage before any data is asked for.
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, &format!("{ONE_SESSION} {DATE}")),
+            (0, "12 80 80 80 81 82 A6 92 80"),
+            (0, "08 80 80 80 8E 80 80 80"),
+            (2, ""),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3", "> a5", "> a4",
+            "garbage 1",
+            "error invalid: the start or length of stored session 0 was damaged on the line; the download starts again",
+            "> a7", "> a2",
+            "> a7", "> a2", "> a3",
+        ]);
+        assert_eq!(checkpoint, None);
+        // A byte lost between the date and the time answers.
+        let (lines, _) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} 07 80 80 80 94 8E 88 12 80 80 80 82 A6 92 80"))]);
+        assert_eq!(lines[3..], [
+            "garbage 7",
+            "error invalid: the start of stored session 0 was damaged on the line; the download starts again",
+            "> a5",
+            "> a7",
+            "> a2",
+        ].map(String::from));
+        // A length no CMS50 records, and one whose samples would run past the hub's noon whatever their type
+        // (a start two minutes before it, 4800 bytes: twenty minutes at least).
+        let (lines, _) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME} 08 BC 80 80 FF FF FF FF"))]);
+        assert_eq!(lines[3..], [
+            "error invalid: stored session 0 claims 4294967295 stored bytes, more than a CMS50 records; not downloaded",
+            "> a5", "> a4", "> a1",
+        ].map(String::from));
+        let (lines, _) = dialog(None, &[(0, ""), (0, "0A 80 80 81 07 80 80 80 94 98 83 8F 12 80 80 80 8B BA 80 80 08 84 80 80 C0 92 80 80")]);
+        assert_eq!(lines[3..], [
+            "error invalid: stored session 0 would run to 2024-03-15 12:18:00 at least, after the hub's time, so its clock cannot be trusted; not downloaded",
+            "> a5", "> a4", "> a1",
+        ].map(String::from));
     }
 
     #[rustfmt::skip]
@@ -1242,10 +1344,13 @@ mod tests {
         // A start that never comes whole: no further session is asked for.
         let (lines, _) = dialog(None, &[(0, ""), (0, "0A 80 80 82"), (0, DATE), (3, "")]);
         assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a1"]);
-        // A length answer for another session is not this one's; the data that never comes is reported.
-        let (lines, checkpoint) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME}")), (0, "08 80 80 81 8E 80 80 80"), (3, ""), (6, "")]);
-        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "error invalid: stored session 0 sent no data; not downloaded", "> a1"]);
+        // A length answer for another session is not this one's.
+        let (lines, checkpoint) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME}")), (0, "08 80 80 81 8E 80 80 80"), (3, "")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "error invalid: stored session 0 did not say its length; not downloaded", "> a1"]);
         assert_eq!(checkpoint, None);
+        // Data that never comes is reported.
+        let (lines, _) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME} 08 80 80 80 8E 80 80 80")), (3, "")]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "error invalid: stored session 0 sent no data; not downloaded", "> a1"]);
         // An empty session is known to be empty from its length.
         let (lines, checkpoint) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME}")), (0, "08 80 80 80 80 80 80 80")]);
         assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a1"]);
@@ -1271,7 +1376,7 @@ mod tests {
         let (lines, _) = dialog(None, &steps);
         let commands: Vec<&String> = lines.iter().filter(|line| line.starts_with('>')).collect();
         // The break-off at 2 s, then ten seconds later the dialog starts again.
-        assert_eq!(commands, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a7", "> a7", "> a2", "> a3"]);
+        assert_eq!(commands, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a7", "> a2", "> a7", "> a2", "> a3"]);
     }
 
     #[rustfmt::skip]
