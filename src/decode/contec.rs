@@ -1407,6 +1407,110 @@ mod tests {
         assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18,2024-03-14T22:30:00"));
     }
 
+    /// A message as the device packs it: high bits of the payload gathered into byte 1.
+    fn pack(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut message = vec![kind, 0x80];
+        for (index, byte) in payload.iter().enumerate() {
+            message[1] |= (byte >> 7) << index;
+            message.push(0x80 | byte);
+        }
+        message
+    }
+
+    /// A whole download with one byte lost or added somewhere (the damage a checksum-less line can do
+    /// that framing can see), fed in random chunks: the session is published whole or not at all, and
+    /// every published sample carries the time that belongs to its value.
+    #[test]
+    fn a_download_with_one_byte_lost_or_added_is_published_whole_or_not_at_all() {
+        let samples = 37u32;
+        let value = |k: u32| (80 + (k % 20) as u8, 60 + (k / 20) as u8 * 7);
+        let mut device = pack(0x0A, &[0, 1]);
+        device.extend(pack(0x07, &[0, 0, 20, 14, 8, 18]));
+        device.extend(pack(0x12, &[0, 0, 2, 38, 18, 0]));
+        let length = (samples * 2).to_le_bytes();
+        device.extend(pack(
+            0x08,
+            &[0, 0, length[0], length[1], length[2], length[3]],
+        ));
+        for chunk in (0..samples).collect::<Vec<_>>().chunks(3) {
+            let mut payload = Vec::new();
+            for slot in 0..3 {
+                let (spo2, pulse) = chunk.get(slot).map_or((0x7F, 0xFF), |k| value(*k));
+                payload.extend([spo2, pulse]);
+            }
+            device.extend(pack(0x0F, &payload));
+        }
+        let zone = utc();
+        let base: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
+        let start: NaiveDateTime = "2014-08-18T02:38:18".parse().unwrap();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |bound: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound as u64) as usize
+        };
+        let mut whole = 0;
+        // Run 600 is the undamaged download, which must be published whole.
+        for run in 0..=600 {
+            let mut bytes = device.clone();
+            let at = next(bytes.len());
+            match run % 2 {
+                _ if run == 600 => {}
+                0 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.insert(at, next(256) as u8),
+            }
+            let mut decoder = ContecDecoder::default();
+            let mut stored = Vec::new();
+            let mut now = base;
+            decoder.poll(now);
+            let mut rest = &bytes[..];
+            while !rest.is_empty() || now < base + TimeDelta::seconds(30) {
+                let take = next(12).min(rest.len());
+                let context = DecodeContext {
+                    received_at: now,
+                    time_zone: &zone,
+                };
+                let mut events = decoder.feed(&rest[..take], &context);
+                rest = &rest[take..];
+                events.extend(decoder.poll(now).events);
+                stored.extend(events.into_iter().filter_map(|event| match event {
+                    DecodeEvent::Reading(reading) if reading.time_source == TimeSource::Device => {
+                        Some(reading)
+                    }
+                    _ => None,
+                }));
+                now += TimeDelta::milliseconds(if rest.is_empty() { 500 } else { 10 });
+            }
+            assert!(
+                stored.is_empty() || stored.len() == samples as usize,
+                "run {run}: {} of {samples} samples published",
+                stored.len()
+            );
+            if run == 600 {
+                assert_eq!(stored.len(), samples as usize, "the undamaged download");
+            } else {
+                whole += usize::from(!stored.is_empty());
+            }
+            for reading in &stored {
+                let k = (reading.measured_at.naive_local() - start).num_seconds() as u32;
+                let (spo2, pulse) = value(k);
+                assert_eq!(
+                    (
+                        reading.value("spo2").unwrap().value,
+                        reading.value("pulse_rate").unwrap().value
+                    ),
+                    (Some(f64::from(spo2)), Some(f64::from(pulse))),
+                    "run {run}: the sample at second {k} carries another sample's values"
+                );
+            }
+        }
+        // Some damage cannot matter (a byte added before the first answer, say); most must be caught.
+        assert!(whole < 600, "no damage was ever caught");
+    }
+
     #[rustfmt::skip]
     #[test]
     fn answers_nobody_asked_for_change_nothing() {
