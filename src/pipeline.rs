@@ -134,11 +134,13 @@ impl Decoding {
     /// Saves the decoder's checkpoint when it moved. Call it only after the records decoded so far were
     /// handed to the outbox, so the checkpoint never covers a reading the outbox does not have.
     pub fn save_checkpoint(&mut self) {
-        let current = self.decoder.checkpoint();
-        if current.is_none() || current == self.checkpoint {
+        let Some(text) = self
+            .decoder
+            .checkpoint()
+            .filter(|current| Some(current) != self.checkpoint.as_ref())
+        else {
             return;
-        }
-        let text = current.expect("checked");
+        };
         let Some(file) = &self.settings.checkpoints else {
             self.checkpoint = Some(text);
             return;

@@ -4,8 +4,9 @@
 //!
 //! - A sample is *valid* when both `spo2` and `pulse_rate` carry numbers and none of the flags `sensor_disconnected`, `sensor_alarm`, `artifact`,
 //!   `out_of_track`, `low_perfusion`, `sensor_unconnected`, `sensor_displaced`, `sensor_malfunctioning`,
-//!   `equipment_malfunction`, `inadequate_signal`, `no_signal`, `no_finger`, `pulse_searching` or `pulse_searching_too_long` is set. An invalid sample (the finger was removed,
-//!   or the signal is bad) empties the window and re-arms the filter. Samples that are not patient data
+//!   `equipment_malfunction`, `inadequate_signal`, `no_signal`, `no_finger`, `pulse_searching` or
+//!   `pulse_searching_too_long` is set. An invalid sample (the finger was removed, or the signal is bad)
+//!   empties the window and re-arms the filter. Samples that are not patient data
 //!   (demonstration, test, unavailable, invalid) never reach the filter: the pipeline withholds them first.
 //! - A sample's time is its `received_at`, except for a sample the device stamped itself (`time_source` device:
 //!   a recorded session downloaded later), whose time is its `measured_at`; the rule then runs on the device's
@@ -20,8 +21,9 @@
 //! - When stable and either armed or the last spot is at least `repeat_every` old, the filter emits one spot reading
 //!   and disarms. The spot takes its kind, `measured_at`, `received_at` and `raw` from the newest sample; a spot of
 //!   live samples has `time_source` hub and no record key, a spot of recorded samples keeps `time_source` device
-//!   and the newest sample's record key (so downloading the recording again yields the same reading ids). Its SpO2 and pulse rate are each the lower median of the window's values
-//!   (a value that was actually observed, never an average). Its flags are the union of the window's flags, in the
+//!   and the newest sample's record key (so downloading the recording again yields the same reading ids). Its
+//!   SpO2 and pulse rate are each the lower median of the window's values (a value that was actually
+//!   observed, never an average). Its flags are the union of the window's flags, in the
 //!   order they were first seen.
 //!
 //! Defaults: `stable_for` 10 s, `repeat_every` 300 s, so a steady finger yields one spot after 10 s and then one

@@ -336,8 +336,8 @@ impl Protocol {
         Some(LineSettings { baud_rate, parity })
     }
 
-    /// What the hub sends the device as the port opens. `select_format` asks a Nonin 9560 to switch to this data
-    /// format (it listens only in its first seconds after connecting, and stores the choice).
+    /// What the hub sends the device as the port opens. `select_format` asks a Nonin 9560 to switch to this
+    /// data format (it listens only in its first seconds after connecting, and stores the choice).
     pub fn host_commands(self, select_format: bool) -> HostCommands {
         let nonin_format = match self {
             Protocol::NoninDf13 => Some(0x0D),
