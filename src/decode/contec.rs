@@ -581,19 +581,17 @@ impl ContecDecoder {
                     quiet_since: now,
                 };
             }
-            Dialog::AwaitingCount { .. } if kind == SESSION_COUNT => {
-                match bytes[3] {
-                    0 => self.go_live(now),
-                    count if usize::from(count) > MAX_SESSIONS => {
-                        events.push(invalid(
-                        format!("a session count of {count} is more than a CMS50 stores; no download"),
-                        message,
-                    ));
-                        self.go_live(now);
-                    }
-                    count => self.ask_start(0, count, now),
+            Dialog::AwaitingCount { .. } if kind == SESSION_COUNT => match bytes[3] {
+                0 => self.go_live(now),
+                count if usize::from(count) > MAX_SESSIONS => {
+                    let reason = format!(
+                        "a session count of {count} is more than a CMS50 stores; no download"
+                    );
+                    events.push(invalid(reason, message));
+                    self.go_live(now);
                 }
-            }
+                count => self.ask_start(0, count, now),
+            },
             Dialog::AwaitingCount { .. } => {}
             Dialog::AwaitingStart {
                 since,
@@ -687,8 +685,8 @@ impl ContecDecoder {
         }
     }
 
-    /// Bytes that belong to no message, or a message broken off by the next one: while a session's data
-    /// is coming, either means a byte was lost or added, and the session cannot be trusted.
+    /// Bytes that belong to no message, or a message broken off by the next one: while a session's start,
+    /// length or data is coming, either means a byte was lost or added, and the session cannot be trusted.
     fn damaged(&mut self, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
         match self.dialog.clone() {
             Dialog::Receiving { session, .. } | Dialog::Confirming { session, .. } => {
