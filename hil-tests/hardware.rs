@@ -39,19 +39,7 @@ fn a_real_serial_device_reading_arrives_and_survives_a_broker_outage() {
         eprintln!("VITALSD_HIL_SERIAL_PATH is not set: no real serial device to test against");
         return;
     };
-    let mut broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    world.write_config(
-        &broker.url(),
-        &[],
-        &[SerialEntry {
-            path: device.path.clone().into(),
-            protocol: device.protocol,
-            id: None,
-            extra: vec![],
-        }],
-    );
+    let (mut broker, subscriber, world) = real_device_world(&device);
     let _daemon = world.start();
     eprintln!("take a measurement on the device at {} now", device.path);
     assert!(

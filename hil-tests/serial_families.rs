@@ -424,6 +424,28 @@ fn recorded_night() -> StoredSession {
     }
 }
 
+/// The spots of [`recorded_night`] on the device's timeline: 10 s into the night, then every 5 minutes.
+const NIGHT_SPOTS: [&str; 3] = [
+    "2026-11-30T22:00:10+00:00",
+    "2026-11-30T22:05:10+00:00",
+    "2026-11-30T22:10:10+00:00",
+];
+
+/// The Contec's readings with this `time_source`: `device` for recorded ones, `hub` for live ones.
+fn contec_readings(subscriber: &Subscriber, source: &str) -> Vec<serde_json::Value> {
+    readings_of(subscriber, "contec-cms50")
+        .into_iter()
+        .filter(|r| r["time_source"] == source)
+        .collect()
+}
+
+fn measured_times(readings: &[serde_json::Value]) -> Vec<&str> {
+    readings
+        .iter()
+        .map(|r| r["measured_at"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn a_contec_stored_night_arrives_once_with_device_times_then_the_live_stream() {
     let broker = Broker::start();
@@ -435,18 +457,8 @@ fn a_contec_stored_night_arrives_once_with_device_times_then_the_live_stream() {
     contec.sessions = vec![recorded_night()];
     world.write_config(&broker.url(), &[], &[entry(&contec.port, "contec-cms50")]);
     let mut daemon = world.start_with_env(&[("TZ", "UTC")]);
-    let stored = |subscriber: &Subscriber| -> Vec<serde_json::Value> {
-        readings_of(subscriber, "contec-cms50")
-            .into_iter()
-            .filter(|r| r["time_source"] == "device")
-            .collect()
-    };
-    let live = |subscriber: &Subscriber| -> Vec<serde_json::Value> {
-        readings_of(subscriber, "contec-cms50")
-            .into_iter()
-            .filter(|r| r["time_source"] == "hub")
-            .collect()
-    };
+    let stored = |subscriber: &Subscriber| contec_readings(subscriber, "device");
+    let live = |subscriber: &Subscriber| contec_readings(subscriber, "hub");
     contec.serve_until(Duration::from_secs(30), 97, 72, || {
         !live(&subscriber).is_empty()
     });
@@ -457,20 +469,7 @@ fn a_contec_stored_night_arrives_once_with_device_times_then_the_live_stream() {
     );
     // The spot rule ran on the device's timeline: a spot 10 s into the night, then every 5 minutes.
     let night = stored(&subscriber);
-    let times: Vec<&str> = night
-        .iter()
-        .map(|r| r["measured_at"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        times,
-        [
-            "2026-11-30T22:00:10+00:00",
-            "2026-11-30T22:05:10+00:00",
-            "2026-11-30T22:10:10+00:00"
-        ],
-        "log:\n{}",
-        world.log()
-    );
+    assert_eq!(measured_times(&night), NIGHT_SPOTS, "log:\n{}", world.log());
     for reading in &night {
         assert_eq!(
             (value(reading, "spo2"), value(reading, "pulse_rate")),
@@ -525,27 +524,14 @@ fn a_damaged_contec_download_publishes_nothing_and_the_retry_delivers_the_night_
     contec.damage_next_download = true;
     world.write_config(&broker.url(), &[], &[entry(&contec.port, "contec-cms50")]);
     let _daemon = world.start_with_env(&[("TZ", "UTC")]);
-    let stored = |subscriber: &Subscriber| -> Vec<serde_json::Value> {
-        readings_of(subscriber, "contec-cms50")
-            .into_iter()
-            .filter(|r| r["time_source"] == "device")
-            .collect()
-    };
+    let stored = |subscriber: &Subscriber| contec_readings(subscriber, "device");
     contec.serve_until(Duration::from_secs(30), 97, 72, || {
         stored(&subscriber).len() >= 3
     });
     assert_eq!(contec.downloads, [0, 0], "log:\n{}", world.log());
-    let times: Vec<String> = stored(&subscriber)
-        .iter()
-        .map(|r| r["measured_at"].as_str().unwrap().to_string())
-        .collect();
     assert_eq!(
-        times,
-        [
-            "2026-11-30T22:00:10+00:00",
-            "2026-11-30T22:05:10+00:00",
-            "2026-11-30T22:10:10+00:00"
-        ],
+        measured_times(&stored(&subscriber)),
+        NIGHT_SPOTS,
         "log:\n{}",
         world.log()
     );

@@ -178,6 +178,25 @@ enum Dialog {
     },
 }
 
+impl Dialog {
+    fn awaiting_start(index: u8, count: u8, now: DateTime<Utc>) -> Dialog {
+        Dialog::AwaitingStart {
+            since: now,
+            index,
+            count,
+            date: None,
+            time: None,
+        }
+    }
+
+    fn live(now: DateTime<Utc>) -> Dialog {
+        Dialog::Live {
+            last_heard: now,
+            last_keep_alive: now,
+        }
+    }
+}
+
 /// A stored session being downloaded. Its samples are held until the whole session arrived cleanly, so a
 /// damaged download publishes nothing rather than values shifted in time.
 #[derive(Debug, Clone, PartialEq)]
@@ -320,21 +339,12 @@ impl ContecDecoder {
             command_with(ASK_SESSION_START, index),
             CommandPurpose::Dialog,
         );
-        self.dialog = Dialog::AwaitingStart {
-            since: now,
-            index,
-            count,
-            date: None,
-            time: None,
-        };
+        self.dialog = Dialog::awaiting_start(index, count, now);
     }
 
     fn go_live(&mut self, now: DateTime<Utc>) {
         self.send(command(START_LIVE), CommandPurpose::Dialog);
-        self.dialog = Dialog::Live {
-            last_heard: now,
-            last_keep_alive: now,
-        };
+        self.dialog = Dialog::live(now);
     }
 
     /// On to the session after `index`, or, after the last, to the live stream.
@@ -358,18 +368,9 @@ impl ContecDecoder {
     /// Waits for the answer to [`Self::ask_next`].
     fn expect_next(&mut self, index: u8, count: u8, now: DateTime<Utc>) {
         self.dialog = if index.saturating_add(1) < count {
-            Dialog::AwaitingStart {
-                since: now,
-                index: index + 1,
-                count,
-                date: None,
-                time: None,
-            }
+            Dialog::awaiting_start(index + 1, count, now)
         } else {
-            Dialog::Live {
-                last_heard: now,
-                last_keep_alive: now,
-            }
+            Dialog::live(now)
         };
     }
 
