@@ -111,6 +111,8 @@ fn sample_payload(n: u32) -> Vec<u8> {
     let context = vitalsd::decode::DecodeContext {
         received_at: chrono::Utc::now(),
         time_zone: &chrono::Utc,
+        hub_clock: vitalsd::measurement_time::HubClock::Trusted,
+        device_clock: None,
     };
     let mut decoder = vitalsd::decode::Protocol::NoninDf13.new_decoder();
     let Some(vitalsd::decode::DecodeEvent::Reading(reading)) =
@@ -198,6 +200,7 @@ fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
                     format: 1,
                     payload: template.clone(),
                     created_at_ms: i as i64,
+                    held: false,
                 })
                 .collect();
             outbox.append(&batch).unwrap();

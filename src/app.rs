@@ -28,6 +28,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             config.hub.state_dir.display()
         )
     })?;
+    crate::clock::set_policy(config.hub.clock);
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
     let now_ms = crate::clock::now_utc().timestamp_millis();
     let (outbox, report) = Outbox::open(
@@ -48,12 +49,18 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     tracing::info!(path = %outbox_path.display(), pending = outbox.pending(), "Outbox open.");
     let (outbox, worker) = spawn_worker(outbox, config.outbox.dedup_retention_days, || {
-        crate::clock::now_utc().timestamp_millis()
+        crate::clock::hub_clock()
+            .is_trusted()
+            .then(|| crate::clock::now_utc().timestamp_millis())
     });
     let mut worker = tokio::task::spawn_blocking(move || worker.join());
 
     let (stop_tasks, stop_signal) = watch::channel(false);
     let mut devices = JoinSet::new();
+    devices.spawn(crate::held_readings::run(
+        outbox.clone(),
+        stop_signal.clone(),
+    ));
     for port in &config.serial {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (commands_tx, commands_rx) = mpsc::channel(16);

@@ -63,6 +63,8 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
     let context = DecodeContext {
         received_at: crate::clock::now_utc(),
         time_zone: &Local,
+        hub_clock: crate::measurement_time::HubClock::Trusted,
+        device_clock: None,
     };
     let mut decoder = protocol.new_decoder();
     // A protocol with a dialog starts it as if the hub had asked its questions, so a captured download
@@ -204,6 +206,8 @@ fn status_report(
             "path": outbox_path.display().to_string(),
             "exists": outbox_path.exists(),
             "pending": stats.pending,
+            "held_for_clock": stats.held,
+            "hub_clock": crate::clock::hub_clock().as_str(),
             "oldest_pending_at": oldest.map(|t| t.to_rfc3339()),
             "oldest_pending_age_s": oldest.map(|t| (now - t).num_seconds().max(0)),
             "delivered_total": stats.delivered_total,
@@ -229,6 +233,11 @@ fn print_status(report: &serde_json::Value) {
     };
     println!("outbox                  {}", text(&outbox["path"]));
     println!("pending readings        {}", outbox["pending"]);
+    println!(
+        "hub clock               {} ({} reading(s) held until it is trusted)",
+        text(&outbox["hub_clock"]),
+        outbox["held_for_clock"]
+    );
     match outbox["oldest_pending_age_s"].as_i64() {
         Some(age) => println!(
             "oldest pending          {age} s old ({})",

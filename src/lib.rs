@@ -29,6 +29,8 @@ pub mod control;
 pub mod daemon;
 pub mod decode;
 pub mod download_checkpoints;
+pub mod held_readings;
+pub mod measurement_time;
 pub mod mqtt;
 pub mod outbox;
 pub mod payload;

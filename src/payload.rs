@@ -3,7 +3,7 @@
 //! Backends depend on these field names; `schema/vitalsd.reading.v1.schema.json` documents them and the
 //! tests validate every payload against it. Additive changes stay within v1.
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::reading::Reading;
@@ -33,9 +33,17 @@ pub struct DeviceInfo {
 /// device and that name only, so reading the same stored record again yields the same id. Other readings
 /// get an id derived from the receive time and bytes, fixed when the reading enters the outbox.
 pub fn reading_id(device_id: &str, reading: &Reading, index_in_chunk: usize) -> String {
-    let name = match &reading.record_key {
-        Some(key) => format!("{device_id}|{key}"),
-        None => format!(
+    let name = match (&reading.record_key, &reading.received_since_boot) {
+        (Some(key), _) => format!("{device_id}|{key}"),
+        // An untrusted wall clock can repeat itself (a Pi boots on the same saved time after every power
+        // cut); the boot and the instant within it cannot.
+        (None, Some(boot)) if !reading.hub_clock.is_trusted() => format!(
+            "{device_id}|boot:{}|{}|{}|{index_in_chunk}",
+            boot.boot_id,
+            boot.since_boot.as_nanos(),
+            hex::encode(&reading.raw)
+        ),
+        (None, _) => format!(
             "{device_id}|{}|{}|{index_in_chunk}",
             reading
                 .received_at
@@ -61,6 +69,28 @@ struct ReadingV1<'a> {
     raw: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_time: Option<String>,
+    hub_clock: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_clock: Option<DeviceClockV1>,
+    /// Present only while the record is held in the outbox: how to resolve its times once the hub clock is
+    /// trusted. Never published.
+    #[serde(rename = "hub_time_pending", skip_serializing_if = "Option::is_none")]
+    pending: Option<PendingV1>,
+}
+
+#[derive(Serialize)]
+struct DeviceClockV1 {
+    offset_s: i64,
+    read_at: String,
+    set: bool,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct PendingV1 {
+    boot_id: String,
+    since_boot_ns: u64,
 }
 
 #[derive(Serialize)]
@@ -104,8 +134,103 @@ pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -
         flags: &reading.flags,
         raw: hex::encode(&reading.raw),
         user_id: reading.user_id,
+        device_time: reading
+            .device_time
+            .map(|time| time.format("%Y-%m-%dT%H:%M:%S").to_string()),
+        hub_clock: reading.hub_clock.as_str(),
+        device_clock: reading.device_clock.as_ref().and_then(|check| {
+            Some(DeviceClockV1 {
+                offset_s: check.offset()?.num_seconds(),
+                read_at: check.hub_time.to_rfc3339_opts(SecondsFormat::Millis, true),
+                set: check.set,
+            })
+        }),
+        pending: held(reading).map(|boot| PendingV1 {
+            boot_id: boot.boot_id.clone(),
+            since_boot_ns: u64::try_from(boot.since_boot.as_nanos()).unwrap_or(u64::MAX),
+        }),
     };
     serde_json::to_vec(&document).expect("invariant: the payload types serialise infallibly")
+}
+
+/// The boot instant a reading waits on: readings received under an untrusted hub clock are held until the
+/// clock is trusted, then their times are resolved from it ([`release_held`]).
+pub fn held(reading: &Reading) -> Option<&crate::reading::BootInstant> {
+    reading
+        .received_since_boot
+        .as_ref()
+        .filter(|_| !reading.hub_clock.is_trusted())
+}
+
+/// What the hub knows, when it releases held readings, about the boot it runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClockResolution<'a> {
+    pub boot_id: &'a str,
+    /// The wall-clock time at which this boot's boot-time clock read zero, known once the clock is
+    /// trusted; `None` while it is not.
+    pub boot_started_at: Option<DateTime<Utc>>,
+}
+
+/// A held payload made final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub payload: Vec<u8>,
+    /// The resolved receive time (ms since the epoch); `None` when it could not be resolved.
+    pub received_at_ms: Option<i64>,
+}
+
+/// Why a stored payload could not be released.
+#[derive(Debug, thiserror::Error)]
+#[error("held reading payload is unreadable: {0}")]
+pub struct HeldPayloadError(String);
+
+/// Resolves a held payload: `Ok(None)` while it must wait (its boot is this one and the clock is not
+/// trusted yet). A reading of this boot gets its exact `received_at` (and, if it carries hub time, its
+/// `measured_at`) from its boot-time instant; a reading of an earlier boot whose clock was never trusted
+/// keeps the hub's clock as it read and gains the flag `hub_clock_unresolved`. Either way the rest of the
+/// document, its id included, is unchanged, and the result is final: it is published exactly so.
+pub fn release_held(
+    payload: &[u8],
+    resolution: &ClockResolution<'_>,
+) -> Result<Option<Released>, HeldPayloadError> {
+    let mut document: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(payload).map_err(|e| HeldPayloadError(e.to_string()))?;
+    let pending: PendingV1 = match document.get("hub_time_pending") {
+        Some(value) => {
+            serde_json::from_value(value.clone()).map_err(|e| HeldPayloadError(e.to_string()))?
+        }
+        None => return Err(HeldPayloadError("no hub_time_pending".into())),
+    };
+    let received_at = if pending.boot_id == resolution.boot_id {
+        let Some(boot_started_at) = resolution.boot_started_at else {
+            return Ok(None);
+        };
+        let since_boot = chrono::TimeDelta::nanoseconds(
+            i64::try_from(pending.since_boot_ns).unwrap_or(i64::MAX),
+        );
+        let received_at = boot_started_at + since_boot;
+        let text = received_at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        document.insert("received_at".into(), text.into());
+        if document.get("time_source").and_then(|v| v.as_str()) == Some("hub") {
+            let measured = received_at
+                .fixed_offset()
+                .to_rfc3339_opts(SecondsFormat::AutoSi, false);
+            document.insert("measured_at".into(), measured.into());
+        }
+        Some(received_at.timestamp_millis())
+    } else {
+        match document.get_mut("flags") {
+            Some(serde_json::Value::Array(flags)) => flags.push("hub_clock_unresolved".into()),
+            _ => return Err(HeldPayloadError("no flags array".into())),
+        }
+        None
+    };
+    document.remove("hub_time_pending");
+    let payload = serde_json::to_vec(&document).map_err(|e| HeldPayloadError(e.to_string()))?;
+    Ok(Some(Released {
+        payload,
+        received_at_ms: received_at,
+    }))
 }
 
 /// Whole numbers print without a fraction (`97`, not `97.0`); non-finite numbers have no JSON form.
@@ -139,6 +264,10 @@ mod tests {
             raw: vec![0x00, 0x02, 0xab],
             record_key: Some("nonin-df13:abc".to_string()),
             user_id: None,
+            device_time: Some("2024-03-15T10:20:30".parse().unwrap()),
+            hub_clock: crate::measurement_time::HubClock::Synchronized,
+            device_clock: None,
+            received_since_boot: None,
         }
     }
 
@@ -174,7 +303,9 @@ mod tests {
                     {"name": "pulse_rate", "value": null, "unit": "/min", "mdc": 149530, "loinc": "8867-4", "special": "missing"}
                 ],
                 "flags": ["smartpoint"],
-                "raw": "0002ab"
+                "raw": "0002ab",
+                "device_time": "2024-03-15T10:20:30",
+                "hub_clock": "synchronized"
             })
         );
     }

@@ -9,10 +9,12 @@ use std::time::Duration;
 use chrono::Local;
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::HubNow;
 use crate::decode::{
     CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, Protocol,
 };
 use crate::download_checkpoints::CheckpointFile;
+use crate::measurement_time::DeviceClockCheck;
 use crate::outbox::{NewRecord, OutboxHandle};
 use crate::payload::{self, DeviceInfo};
 use crate::reading::Reading;
@@ -49,38 +51,14 @@ pub struct Decoding {
     decoder: Box<dyn crate::decode::StreamDecoder>,
     spot: SpotFilter,
     counters: Counters,
-    clock: Option<ClockCorrection>,
+    /// The device clock read in this session (a coincident time stamp), if the transport read one.
+    device_clock: Option<DeviceClockCheck>,
     /// A glucose record whose context (0x2A34) the meter announced; it waits for it, briefly.
     awaiting_context: Option<Reading>,
     /// The decoder's checkpoint as last saved (or loaded).
     checkpoint: Option<String>,
     /// Saving the checkpoint failed and was reported; the next success is reported too.
     checkpoint_failing: bool,
-}
-
-/// What the hub learned when it set a device clock that was far off: records the device stamped with its
-/// old clock (device time up to the clock reading) are moved by the offset and flagged
-/// `device_clock_corrected`, rather than passed on with a wrong date.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ClockCorrection {
-    /// The device clock when the hub read it, device wall time.
-    pub device_time_at_sync: chrono::NaiveDateTime,
-    /// Device clock minus hub clock at that moment.
-    pub offset: chrono::TimeDelta,
-}
-
-impl ClockCorrection {
-    fn apply(&self, reading: &mut Reading) {
-        if reading.time_source != crate::reading::TimeSource::Device
-            || reading.measured_at.naive_local() > self.device_time_at_sync
-        {
-            return;
-        }
-        if let Some(corrected) = reading.measured_at.checked_sub_signed(self.offset) {
-            reading.measured_at = corrected;
-            reading.flags.push("device_clock_corrected");
-        }
-    }
 }
 
 impl Decoding {
@@ -100,7 +78,7 @@ impl Decoding {
             spot: SpotFilter::new(settings.spot),
             settings,
             counters: Counters::default(),
-            clock: None,
+            device_clock: None,
             awaiting_context: None,
             checkpoint,
             checkpoint_failing: false,
@@ -117,11 +95,9 @@ impl Decoding {
 
     /// What the device should be sent now, and the records the passing of time settled (a download that
     /// ended with a pause). Call it only when every byte read so far was fed.
-    pub fn poll(
-        &mut self,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> (Vec<(NewRecord, Reading)>, Vec<HostCommand>) {
-        let polled = self.decoder.poll(now);
+    pub fn poll(&mut self, now: &HubNow) -> (Vec<(NewRecord, Reading)>, Vec<HostCommand>) {
+        let mut polled = self.decoder.poll(now.wall);
+        self.received(&mut polled.events, now);
         let records = collect(
             &self.settings,
             polled.events,
@@ -162,9 +138,22 @@ impl Decoding {
         }
     }
 
-    /// Corrects the time stamps of records made under a device clock the hub found far off.
-    pub fn correct_clock(&mut self, correction: Option<ClockCorrection>) {
-        self.clock = correction;
+    /// The device clock the transport read in this session; the time model judges the session's records
+    /// by it, and every reading of the session carries it.
+    pub fn device_clock_read(&mut self, check: Option<DeviceClockCheck>) {
+        self.device_clock = check;
+    }
+
+    /// Notes on every decoded reading what the hub knew when it received it: whether its clock was
+    /// trusted, the instant on the boot-time clock, and the device clock read in the session.
+    fn received(&self, events: &mut [DecodeEvent], now: &HubNow) {
+        for event in events {
+            if let DecodeEvent::Reading(reading) = event {
+                reading.hub_clock = now.clock;
+                reading.received_since_boot = Some(now.boot_instant_at(reading.received_at));
+                reading.device_clock = self.device_clock;
+            }
+        }
     }
 
     pub fn settings(&self) -> &DeviceSettings {
@@ -179,25 +168,17 @@ impl Decoding {
     }
 
     /// Decodes bytes; returns the records to make durable and the readings they came from.
-    pub fn bytes(
-        &mut self,
-        bytes: &[u8],
-        received_at: chrono::DateTime<chrono::Utc>,
-    ) -> Vec<(NewRecord, Reading)> {
+    pub fn bytes(&mut self, bytes: &[u8], now: &HubNow) -> Vec<(NewRecord, Reading)> {
         let mut decoded = self.decoder.feed(
             bytes,
             &DecodeContext {
-                received_at,
+                received_at: now.wall,
                 time_zone: &Local,
+                hub_clock: now.clock,
+                device_clock: self.device_clock.as_ref(),
             },
         );
-        if let Some(clock) = &self.clock {
-            for event in &mut decoded {
-                if let DecodeEvent::Reading(reading) = event {
-                    clock.apply(reading);
-                }
-            }
-        }
+        self.received(&mut decoded, now);
         // Anything new means the awaited context is not coming: the held record goes first, as it is.
         let mut events: Vec<DecodeEvent> = self
             .awaiting_context
@@ -290,8 +271,8 @@ pub async fn run_device(
                     connection = Some(opened);
                     decoding.opened();
                 }
-                Some(PortEvent::Bytes { bytes, received_at }) => {
-                    let records: Vec<NewRecord> = decoding.bytes(&bytes, received_at).into_iter().map(|(record, _)| record).collect();
+                Some(PortEvent::Bytes { bytes, received }) => {
+                    let records: Vec<NewRecord> = decoding.bytes(&bytes, &received).into_iter().map(|(record, _)| record).collect();
                     if !records.is_empty() {
                         outbox.append(records).await?;
                     }
@@ -312,7 +293,7 @@ pub async fn run_device(
         let Some(connection) = connection.filter(|_| events.is_empty()) else {
             continue;
         };
-        let (records, to_send) = decoding.poll(crate::clock::now_utc());
+        let (records, to_send) = decoding.poll(&crate::clock::hub_now());
         if !records.is_empty() {
             outbox
                 .append(records.into_iter().map(|(record, _)| record).collect())
@@ -393,6 +374,7 @@ fn record_of(settings: &DeviceSettings, reading: &Reading, index: usize) -> NewR
         label: reading.kind.as_str().to_string(),
         format: payload::OUTBOX_FORMAT,
         created_at_ms: reading.received_at.timestamp_millis(),
+        held: payload::held(reading).is_some(),
     }
 }
 
@@ -439,6 +421,18 @@ async fn flush_counters(
 mod tests {
     use super::*;
     use crate::decode::Transport;
+    use crate::measurement_time::HubClock;
+
+    fn test_now(wall: chrono::DateTime<chrono::Utc>) -> HubNow {
+        HubNow {
+            wall,
+            boot: crate::reading::BootInstant {
+                boot_id: "test-boot".into(),
+                since_boot: std::time::Duration::from_secs(100),
+            },
+            clock: HubClock::Synchronized,
+        }
+    }
 
     /// Random bytes (what a device at another line speed, or line noise, looks like) fed through each serial
     /// protocol's decoder and spot filter must never produce a record for the backend.
@@ -479,9 +473,10 @@ mod tests {
                 }
                 // Chunks arrive about as fast as a 115200-baud line delivers them.
                 at += chrono::TimeDelta::milliseconds(350);
-                records += decoding.bytes(&chunk, at).len();
+                let now = test_now(at);
+                records += decoding.bytes(&chunk, &now).len();
                 // The dialog runs too, so noise that looks like answers may move it (a Contec download).
-                records += decoding.poll(at).0.len();
+                records += decoding.poll(&now).0.len();
             }
             decoding.closed();
             assert_eq!(records, 0, "{} turned noise into readings", protocol.name());

@@ -3,6 +3,7 @@
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 
 use crate::codes::Measure;
+use crate::measurement_time::{DeviceClockCheck, HubClock};
 
 /// What a reading measures; also the last segment of its MQTT topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,6 +143,23 @@ pub struct Reading {
     /// The identity the device gives this record (its timestamp or sequence number plus what it measured), if any.
     /// Two decodes of the same stored record yield the same key; the hub derives the reading id from it.
     pub record_key: Option<String>,
+    /// The device's time stamp exactly as it reported it (local wall time, no zone), when it sent one.
+    pub device_time: Option<NaiveDateTime>,
+    /// Whether the hub's clock was trusted when it received the bytes; the pipeline fills it in.
+    pub hub_clock: HubClock,
+    /// The device clock the hub read in this session, when it read one; the pipeline fills it in.
+    pub device_clock: Option<DeviceClockCheck>,
+    /// The receive instant on the boot-time clock, which a wall-clock step does not move; the pipeline fills
+    /// it in. A reading received under an untrusted hub clock is resolved from it once the clock is trusted.
+    pub received_since_boot: Option<BootInstant>,
+}
+
+/// An instant on the kernel's boot-time clock (`CLOCK_BOOTTIME`), which counts from boot, runs through
+/// suspend, and is never stepped by NTP; meaningful only together with the id of the boot it counts from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BootInstant {
+    pub boot_id: String,
+    pub since_boot: std::time::Duration,
 }
 
 impl Reading {
@@ -157,6 +175,10 @@ impl Reading {
             raw: raw.to_vec(),
             user_id: None,
             record_key: None,
+            device_time: None,
+            hub_clock: HubClock::Trusted,
+            device_clock: None,
+            received_since_boot: None,
         }
     }
 

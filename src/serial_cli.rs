@@ -59,6 +59,8 @@ fn recognise(bytes: &[u8], candidates: &[Protocol]) -> Option<Protocol> {
     let context = DecodeContext {
         received_at: crate::clock::now_utc(),
         time_zone: &chrono::Local,
+        hub_clock: crate::measurement_time::HubClock::Trusted,
+        device_clock: None,
     };
     candidates
         .iter()

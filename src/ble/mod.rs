@@ -256,8 +256,9 @@ async fn run_stack(
                             let decoding = advertisement_decoders.entry((address.clone(), protocol)).or_insert_with(|| {
                                 decoding_for(&address, protocol, &Default::default(), &settings.hub_id, settings.spot)
                             });
-                            let received_at = crate::clock::now_utc();
-                            let records: Vec<_> = decoding.bytes(&bytes, received_at).into_iter().map(|(record, _)| record).collect();
+                            let received = crate::clock::hub_now();
+                            let received_at = received.wall;
+                            let records: Vec<_> = decoding.bytes(&bytes, &received).into_iter().map(|(record, _)| record).collect();
                             if !records.is_empty() {
                                 outbox.append(records).await.map_err(|_| StackError::OutboxGone)?;
                                 if let Some(device) = devices.lock().unwrap().get_mut(&address) {

@@ -17,16 +17,14 @@ use super::profile::{self, measurement_protocol};
 use crate::bound_devices::{BoundDevices, DeviceStrings};
 use crate::decode::current_time;
 use crate::decode::glucose;
-use crate::decode::ieee11073::DeviceDateTime;
+use crate::measurement_time::DeviceClockCheck;
 use crate::outbox::OutboxHandle;
-use crate::pipeline::{ClockCorrection, Decoding};
+use crate::pipeline::Decoding;
 use crate::spot::SpotRule;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A device that sends nothing for this long is done with us; the hub lets go of the link.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A device clock further off than this when the hub reads it has its records' time stamps corrected.
-const CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 /// How long a glucose meter may take to answer a RACP request.
 const RACP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -160,7 +158,7 @@ async fn collect(
             &settings.hub_id,
             settings.spot,
         );
-        decoding.correct_clock(clock);
+        decoding.device_clock_read(clock);
         channels.insert(*uuid, Channel { decoding });
     }
 
@@ -219,7 +217,8 @@ async fn collect(
             notification = notifications.next() => {
                 let Some(notification) = notification else { break SessionEnd::Finished { readings } };
                 last_activity = tokio::time::Instant::now();
-                let received_at = crate::clock::now_utc();
+                let received = crate::clock::hub_now();
+                let received_at = received.wall;
                 if notification.uuid == profile::RECORD_ACCESS_CONTROL_POINT {
                     let code = match glucose::decode_racp(&notification.value) {
                         Ok(glucose::RacpResponse::Completed { code, .. }) => code,
@@ -269,7 +268,7 @@ async fn collect(
                     continue;
                 }
                 let Some(channel) = channels.get_mut(&notification.uuid) else { continue };
-                let decoded = channel.decoding.bytes(&notification.value, received_at);
+                let decoded = channel.decoding.bytes(&notification.value, &received);
                 readings += decoded.len();
                 append(outbox, devices, address, decoded, glucose == GlucosePhase::CheckingLast, &mut restart_seen).await?;
             }
@@ -358,6 +357,8 @@ fn note_cuff_progress(
     let context = crate::decode::DecodeContext {
         received_at,
         time_zone: &chrono::Local,
+        hub_clock: crate::measurement_time::HubClock::Trusted,
+        device_clock: None,
     };
     let Ok(readings) =
         crate::decode::blood_pressure::IntermediateCuffPressureDecoder.decode(value, &context)
@@ -434,24 +435,26 @@ async fn read_information(
     strings
 }
 
-/// Records the device clock against the hub's, then sets it: Date Time where the device has it writable
-/// (A&D), else Current Time (Omron and the Current Time Service). A refused write is logged, not fatal.
-/// Returns the correction for records stamped by the old clock when it was far off.
+/// Reads the device clock against the hub's (a coincident time stamp), then sets it: Date Time where the
+/// device has it writable (A&D), else Current Time (Omron and the Current Time Service). The hub writes
+/// its time only while it trusts its own clock: one boot on a stale saved time must not corrupt the cuff's
+/// clock and every measurement stamped by it afterwards. A refused write is logged, not fatal.
 async fn sync_clock(
     peripheral: &Peripheral,
     address: &str,
     devices: &SharedDevices,
     characteristics: &HashMap<Uuid, Characteristic>,
-) -> Option<ClockCorrection> {
+) -> Option<DeviceClockCheck> {
     let date_time = characteristics
         .get(&profile::DATE_TIME)
         .filter(|c| c.properties.contains(CharPropFlags::WRITE));
     let current_time = characteristics.get(&profile::CURRENT_TIME);
     let target = date_time.or(current_time)?;
-    let mut correction = None;
     let is_date_time = target.uuid == profile::DATE_TIME;
-    let hub_local = crate::clock::now_local().naive_local();
+    let mut check = None;
     if target.properties.contains(CharPropFlags::READ) {
+        let hub = crate::clock::hub_now();
+        let hub_local = crate::clock::now_local().naive_local();
         if let Ok(bytes) = peripheral.read(target).await {
             let device_time = if is_date_time {
                 current_time::decode_date_time(&bytes).ok()
@@ -461,30 +464,36 @@ async fn sync_clock(
                     .map(|c| c.date_time)
             };
             if let Some(device_time) = device_time {
-                let offset = current_time::clock_offset(device_time, hub_local);
-                let not_set = matches!(device_time, DeviceDateTime::Unknown)
-                    || matches!(device_time, DeviceDateTime::Known(t) if chrono::Datelike::year(&t) < 2010);
-                let checked = crate::clock::now_utc();
+                let read = DeviceClockCheck {
+                    device_time,
+                    hub_time: hub.wall,
+                    hub_local,
+                    hub_clock: hub.clock,
+                    set: false,
+                };
+                let not_set = device_time.plausible().is_none();
                 update(devices, address, |device| {
-                    device.clock_offset_s = offset.filter(|_| !not_set).map(|o| o.num_seconds());
+                    device.clock_offset_s = read.offset().map(|o| o.num_seconds());
                     device.clock_not_set = not_set;
-                    device.clock_checked_at = Some(checked);
+                    device.clock_checked_at = Some(hub.wall);
                 });
-                if not_set {
-                    tracing::info!(%address, "The device clock was not set; the hub sets it now.");
-                } else if let Some(offset) = offset {
-                    tracing::info!(%address, offset_s = offset.num_seconds(), "Device clock checked before setting it.");
-                    if let (DeviceDateTime::Known(device_time_at_sync), true) =
-                        (device_time, offset.abs() > CLOCK_TOLERANCE)
-                    {
-                        correction = Some(ClockCorrection {
-                            device_time_at_sync,
-                            offset,
-                        });
+                match read.offset() {
+                    _ if not_set => tracing::info!(%address, "The device clock is not set."),
+                    Some(offset) => {
+                        tracing::info!(%address, offset_s = offset.num_seconds(), "Device clock checked.")
+                    }
+                    None => {
+                        tracing::info!(%address, "Device clock read; the hub clock is not synchronised, so no offset is measured.")
                     }
                 }
+                check = Some(read);
             }
         }
+    }
+    let hub = crate::clock::hub_now();
+    if !hub.clock.is_trusted() {
+        tracing::info!(%address, "The hub clock is not synchronised; the device clock is left as it is.");
+        return check;
     }
     let hub_local = crate::clock::now_local().naive_local();
     let value = if is_date_time {
@@ -494,12 +503,19 @@ async fn sync_clock(
             .map(|bytes| bytes.to_vec())
     };
     if let Some(value) = value {
-        if let Err(error) = peripheral
+        match peripheral
             .write(target, &value, WriteType::WithResponse)
             .await
         {
-            tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.");
+            Ok(()) => {
+                if let Some(read) = &mut check {
+                    read.set = true;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.")
+            }
         }
     }
-    correction
+    check
 }

@@ -46,6 +46,8 @@ pub struct HubConfig {
     pub state_dir: PathBuf,
     /// Absolute; holds the control socket (`control.sock`).
     pub runtime_dir: PathBuf,
+    /// When the hub believes its own wall clock (`"ntp"`, the default, or `"trusted"`).
+    pub clock: crate::clock::ClockPolicy,
 }
 
 /// `[mqtt]`: the broker connection.
@@ -302,6 +304,7 @@ mod tests {
                 state_dir: "/var/lib/vitalsd".into(),
                 runtime_dir: std::env::var_os("RUNTIME_DIRECTORY")
                     .map_or_else(|| "/run/vitalsd".into(), Into::into),
+                clock: crate::clock::ClockPolicy::Ntp,
             }
         );
         assert_eq!(

@@ -13,6 +13,7 @@ use super::{
     io_message, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig, OutboxConfig,
     SecretSource, SerialConfig,
 };
+use crate::clock::ClockPolicy;
 use crate::decode::{Parity, Protocol, Transport};
 use crate::serial::ports::PortLocation;
 use crate::spot::SpotRule;
@@ -22,7 +23,7 @@ pub(super) const TABLE_SECTIONS: [&str; 5] = ["hub", "mqtt", "outbox", "ble", "l
 /// The array of tables, one per serial device.
 pub(super) const SERIAL_SECTION: &str = "serial";
 
-const HUB_KEYS: &[&str] = &["id", "state_dir", "runtime_dir"];
+const HUB_KEYS: &[&str] = &["id", "state_dir", "runtime_dir", "clock"];
 const BLE_KEYS: &[&str] = &["enabled", "adapter"];
 const MQTT_KEYS: &[&str] = &[
     "url",
@@ -82,7 +83,7 @@ pub(super) fn validate(
         errors: Vec::new(),
     };
     let root = &layers.table;
-    let (hub_id, state_dir, runtime_dir) = checker.hub(root);
+    let (hub_id, state_dir, runtime_dir, clock) = checker.hub(root);
     let mqtt = checker.mqtt(root, hub_id.as_deref());
     let outbox = checker.outbox(root);
     let ble = checker.ble(root);
@@ -93,6 +94,7 @@ pub(super) fn validate(
         hub_id,
         state_dir,
         runtime_dir,
+        clock,
         mqtt,
         outbox,
         ble,
@@ -103,6 +105,7 @@ pub(super) fn validate(
             Some(id),
             Some(state_dir),
             Some(runtime_dir),
+            Some(clock),
             Some(mqtt),
             Some(outbox),
             Some(ble),
@@ -113,6 +116,7 @@ pub(super) fn validate(
                 id,
                 state_dir,
                 runtime_dir,
+                clock,
             },
             mqtt,
             outbox,
@@ -371,7 +375,16 @@ impl Checker<'_> {
         }
     }
 
-    fn hub(&mut self, root: &Table) -> (Option<String>, Option<PathBuf>, Option<PathBuf>) {
+    #[allow(clippy::type_complexity)]
+    fn hub(
+        &mut self,
+        root: &Table,
+    ) -> (
+        Option<String>,
+        Option<PathBuf>,
+        Option<PathBuf>,
+        Option<ClockPolicy>,
+    ) {
         let hub = self.section(root, "hub");
         let id = self.field(&hub, "id", |c, path, value| {
             let id = c.string(path, value)?;
@@ -396,8 +409,23 @@ impl Checker<'_> {
         let runtime_dir = self
             .field(&hub, "runtime_dir", Self::absolute_path)
             .or(default_runtime);
+        let clock = self
+            .field(&hub, "clock", |c, path, value| {
+                match c.string(path, value)?.as_str() {
+                    "ntp" => Some(ClockPolicy::Ntp),
+                    "trusted" => Some(ClockPolicy::Trusted),
+                    other => {
+                        c.report(
+                            path,
+                            format!("{other:?} is not a clock policy: use \"ntp\" (trust the clock only while the kernel says it is synchronised) or \"trusted\" (a real-time clock or other source you vouch for)"),
+                        );
+                        None
+                    }
+                }
+            })
+            .or(ClockPolicy::default());
         self.unknown_keys(&hub, HUB_KEYS);
-        (id, state_dir, runtime_dir)
+        (id, state_dir, runtime_dir, clock)
     }
 
     fn boolean(&mut self, path: &str, value: &Value) -> Option<bool> {

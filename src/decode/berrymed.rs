@@ -226,6 +226,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let mut decoder = BerrymedDecoder::default();
         let events = bytes

@@ -265,6 +265,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &crate::decode::test_support::utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let readings = IntermediateCuffPressureDecoder
             .decode(&bytes_of("00 96 00 FF 07 FF 07"), &context)
@@ -281,6 +283,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &crate::decode::test_support::utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let key = |hex: &str| {
             BloodPressureMeasurementDecoder

@@ -256,6 +256,8 @@ mod tests {
         let at = |seconds| DecodeContext {
             received_at: received_at() + chrono::TimeDelta::seconds(seconds),
             time_zone: &zone,
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let first = decoder.decode(&bytes_of("00 10 E1 00"), &at(0)).unwrap();
         assert!(first.is_empty());

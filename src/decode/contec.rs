@@ -37,12 +37,13 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 
-use super::ieee11073::{measured_at, push_flags, DeviceDateTime};
+use super::ieee11073::{push_flags, DeviceDateTime};
 use super::{
     hex_of, CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, Polled,
     StreamDecoder,
 };
 use crate::codes;
+use crate::measurement_time::{self, HubClock};
 use crate::reading::{Kind, Reading, TimeSource, Value};
 
 const LIVE: u8 = 0x01;
@@ -91,8 +92,6 @@ const REMEMBERED_SESSIONS: usize = MAX_SESSIONS;
 /// More stored bytes than any CMS50 records in one session (72 hours at four bytes a sample): a longer
 /// length is noise, and holding its samples would grow without bound.
 const MAX_SESSION_BYTES: u32 = 72 * 3600 * 4;
-/// The project's device-clock rule: a device time this far ahead of the hub is not trusted.
-const MAX_AHEAD: TimeDelta = TimeDelta::minutes(10);
 
 /// The recorded samples are one a second.
 const SAMPLE_INTERVAL: TimeDelta = TimeDelta::seconds(1);
@@ -230,6 +229,8 @@ pub struct ContecDecoder {
     /// How many more times this connection starts the dialog again after a broken-off download.
     retries_left: u8,
     outgoing: Vec<HostCommand>,
+    /// Whether the hub trusted its clock at the last bytes fed; an untrusted clock judges no recording late.
+    hub_clock: HubClock,
 }
 
 impl Default for ContecDecoder {
@@ -241,6 +242,7 @@ impl Default for ContecDecoder {
             downloaded: Vec::new(),
             retries_left: RETRIES,
             outgoing: Vec::new(),
+            hub_clock: HubClock::Trusted,
         }
     }
 }
@@ -302,7 +304,7 @@ fn stored_reading(
     received_at: DateTime<Utc>,
 ) -> Reading {
     let measured_at = start + SAMPLE_INTERVAL * sample as i32;
-    Reading {
+    let mut reading = Reading {
         kind: Kind::PulseOximetry,
         measured_at,
         received_at,
@@ -315,10 +317,19 @@ fn stored_reading(
             "contec-stored:{}",
             measured_at.naive_local().format("%Y-%m-%dT%H:%M:%S")
         )),
-    }
+        ..Reading::at_hub_time(Kind::PulseOximetry, received_at, message)
+    };
+    reading.device_time = Some(measured_at.naive_local());
+    reading
 }
 
 impl ContecDecoder {
+    /// Whether a recording's time lies after the hub's, by the project's rule: only a trusted hub clock
+    /// can tell.
+    fn runs_past_hub(&self, time: DateTime<chrono::FixedOffset>, now: DateTime<Utc>) -> bool {
+        self.hub_clock.is_trusted() && time.signed_duration_since(now) > measurement_time::MAX_AHEAD
+    }
+
     fn send(&mut self, bytes: [u8; 9], purpose: CommandPurpose) {
         self.outgoing.push(HostCommand {
             bytes: bytes.to_vec(),
@@ -405,12 +416,13 @@ impl ContecDecoder {
         }
         // The project's rule for device clocks; a recording whose start fails it cannot fall back to the
         // hub's time as a single measurement can, since that would invent the time of every sample.
-        let (start, source, verdict) = measured_at(DeviceDateTime::Known(local), context);
-        if source != TimeSource::Device {
+        let verdict = measurement_time::judge(DeviceDateTime::Known(local), context);
+        let start = verdict.measured_at;
+        if verdict.time_source != TimeSource::Device {
             events.push(invalid(
                 format!(
                     "stored session {index} starts at {local}, which the hub cannot trust ({}); not downloaded",
-                    verdict.unwrap_or("device_clock_invalid")
+                    verdict.flag.unwrap_or("device_clock_invalid")
                 ),
                 message,
             ));
@@ -442,7 +454,7 @@ impl ContecDecoder {
             Some(format!(
                 "claims {length} stored bytes, more than a CMS50 records"
             ))
-        } else if shortest.signed_duration_since(now) > MAX_AHEAD {
+        } else if self.runs_past_hub(shortest, now) {
             Some(format!(
                 "would run to {} at least, after the hub's time, so its clock cannot be trusted",
                 shortest.naive_local()
@@ -495,7 +507,7 @@ impl ContecDecoder {
         asked: bool,
     ) {
         let last = session.start + SAMPLE_INTERVAL * session.samples.len() as i32;
-        if last.signed_duration_since(now) > MAX_AHEAD {
+        if self.runs_past_hub(last, now) {
             events.push(invalid(
                 format!(
                     "stored session {} would end at {}, after the hub's time; its clock cannot be trusted and it is not published",
@@ -760,6 +772,7 @@ fn reports_truncation(kind: u8) -> bool {
 impl StreamDecoder for ContecDecoder {
     fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         let now = context.received_at;
+        self.hub_clock = context.hub_clock;
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
@@ -1038,6 +1051,8 @@ mod tests {
             let context = DecodeContext {
                 received_at: base + TimeDelta::seconds(*second),
                 time_zone: &zone,
+                hub_clock: crate::measurement_time::HubClock::Trusted,
+                device_clock: None,
             };
             let bytes = crate::decode::test_support::bytes_of(hex);
             for event in decoder.feed(&bytes, &context) {
@@ -1471,6 +1486,8 @@ mod tests {
                 let context = DecodeContext {
                     received_at: now,
                     time_zone: &zone,
+                    hub_clock: crate::measurement_time::HubClock::Trusted,
+                    device_clock: None,
                 };
                 let mut events = decoder.feed(&rest[..take], &context);
                 rest = &rest[take..];

@@ -1,14 +1,16 @@
-//! IEEE 11073-20601 number formats (SFLOAT, FLOAT) and the Bluetooth Date Time, shared by the GATT decoders.
+//! IEEE 11073-20601 number formats (SFLOAT, FLOAT), the Bluetooth Date Time and a value cursor, shared by the GATT
+//! decoders. Whether a decoded time is believed is `measurement_time`'s to decide.
 //!
 //! Special values (NaN, NRes, ±INF, reserved) exist only at exponent 0 and are recognised on the whole raw
 //! word before any arithmetic, so `0xF800` is −204.8 and not NRes. Numbers are computed by dividing by a
 //! power of ten, which keeps `0xF4B5` exactly 120.5 where multiplying by 0.1 would not.
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
+use chrono::NaiveDate;
 
 use super::{DecodeContext, FrameError};
 use crate::codes::Measure;
-use crate::reading::{Reading, Special, TimeSource, Value};
+pub use crate::measurement_time::DeviceDateTime;
+use crate::reading::{Reading, Special, Value};
 
 /// A decoded SFLOAT or FLOAT: a number, or the special value the device sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -143,15 +145,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A Bluetooth Date Time (7 bytes, device-local wall time, no zone).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceDateTime {
-    /// A plausible calendar time.
-    Known(NaiveDateTime),
-    /// Year, month or day 0 ("unknown", a clock never set) or an impossible date.
-    Unknown,
-}
-
 /// Decodes the 7 bytes of a Date Time: year u16 LE, month, day, hours, minutes, seconds.
 pub fn date_time(bytes: &[u8]) -> DeviceDateTime {
     let [y0, y1, month, day, hour, minute, second] = match <[u8; 7]>::try_from(bytes) {
@@ -167,43 +160,9 @@ pub fn date_time(bytes: &[u8]) -> DeviceDateTime {
         .map_or(DeviceDateTime::Unknown, DeviceDateTime::Known)
 }
 
-/// How far ahead of the hub a device clock may run before its time is distrusted.
-const MAX_AHEAD_MINUTES: i64 = 10;
-
-/// Device times before this year are a clock that was never set (scales that count from 1970, cuffs
-/// that start at their factory date of 2000), not old records: no device we read stores a decade.
-const MIN_PLAUSIBLE_YEAR: i32 = 2010;
-
-/// Resolves a device time stamp against the hub: the device's time in the hub's zone when it is plausible,
-/// else the receive time, with a flag saying why (`device_clock_invalid`, `device_clock_ahead`).
-pub fn measured_at(
-    device_time: DeviceDateTime,
-    context: &DecodeContext<'_>,
-) -> (DateTime<FixedOffset>, TimeSource, Option<&'static str>) {
-    let hub_time = context.received_at.fixed_offset();
-    let DeviceDateTime::Known(local) = device_time else {
-        return (hub_time, TimeSource::Hub, Some("device_clock_invalid"));
-    };
-    if chrono::Datelike::year(&local) < MIN_PLAUSIBLE_YEAR {
-        return (hub_time, TimeSource::Hub, Some("device_clock_invalid"));
-    }
-    let Some(resolved) = context.time_zone.resolve(local) else {
-        return (hub_time, TimeSource::Hub, Some("device_clock_invalid"));
-    };
-    if resolved.signed_duration_since(context.received_at)
-        > chrono::Duration::minutes(MAX_AHEAD_MINUTES)
-    {
-        return (hub_time, TimeSource::Hub, Some("device_clock_ahead"));
-    }
-    (resolved, TimeSource::Device, None)
-}
-
-/// Stamps a reading with a device time stamp resolved by [`measured_at`], adding its flag if any.
+/// Stamps a reading with a device time stamp judged by the one time model, adding its flag if any.
 pub fn stamp(reading: &mut Reading, device_time: DeviceDateTime, context: &DecodeContext<'_>) {
-    let (at, source, flag) = measured_at(device_time, context);
-    reading.measured_at = at;
-    reading.time_source = source;
-    reading.flags.extend(flag);
+    crate::measurement_time::judge(device_time, context).apply_to(reading);
 }
 
 /// Appends the names whose condition holds, in table order.
@@ -311,48 +270,6 @@ mod tests {
         check_date_time("E2 07 02 1E 0F 33 00", "unknown");
         check_date_time("E2 07 04 11 19 00 00", "unknown");
         check_date_time("E2 07 04 11 0F 33", "unknown");
-    }
-
-    #[test]
-    fn device_time_is_trusted_only_when_plausible() {
-        let utc = chrono::FixedOffset::east_opt(0).unwrap();
-        let context = DecodeContext {
-            received_at: "2024-03-15T12:00:00Z".parse().unwrap(),
-            time_zone: &utc,
-        };
-        let at = |text: &str| DeviceDateTime::Known(text.parse().unwrap());
-        let render = |(time, source, flag): (DateTime<FixedOffset>, TimeSource, Option<&str>)| {
-            format!(
-                "{} {} {}",
-                time.to_rfc3339(),
-                source.as_str(),
-                flag.unwrap_or("-")
-            )
-        };
-        assert_eq!(
-            render(measured_at(at("2024-03-15T11:00:00"), &context)),
-            "2024-03-15T11:00:00+00:00 device -"
-        );
-        assert_eq!(
-            render(measured_at(at("2024-03-15T12:09:00"), &context)),
-            "2024-03-15T12:09:00+00:00 device -"
-        );
-        assert_eq!(
-            render(measured_at(at("2024-03-15T12:30:00"), &context)),
-            "2024-03-15T12:00:00+00:00 hub device_clock_ahead"
-        );
-        assert_eq!(
-            render(measured_at(DeviceDateTime::Unknown, &context)),
-            "2024-03-15T12:00:00+00:00 hub device_clock_invalid"
-        );
-        assert_eq!(
-            render(measured_at(at("1970-01-01T00:05:00"), &context)),
-            "2024-03-15T12:00:00+00:00 hub device_clock_invalid"
-        );
-        assert_eq!(
-            render(measured_at(at("2010-01-01T00:00:00"), &context)),
-            "2010-01-01T00:00:00+00:00 device -"
-        );
     }
 
     #[test]

@@ -95,6 +95,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let readings = JumperOximeterDecoder
             .decode(&bytes_of("81 38 63 44"), &context)

@@ -25,15 +25,11 @@ pub mod xiaomi_scale;
 
 use chrono::{DateTime, Utc};
 
-use crate::reading::{HubTimeZone, Reading};
+use crate::reading::Reading;
 
-/// What a decoder needs from the outside world, passed in rather than read.
-pub struct DecodeContext<'a> {
-    /// When the hub read the bytes being fed.
-    pub received_at: DateTime<Utc>,
-    /// The hub's time zone, for devices whose clocks carry local wall time.
-    pub time_zone: &'a dyn HubTimeZone,
-}
+/// What a decoder needs from the outside world, passed in rather than read: the receive time, the hub's
+/// time zone, whether the hub trusted its clock, and the device clock read in the session.
+pub use crate::measurement_time::HubTime as DecodeContext;
 
 /// One thing a decoder found in the bytes fed to it.
 #[derive(Debug, Clone, PartialEq)]

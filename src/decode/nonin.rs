@@ -6,20 +6,18 @@
 //! are not counted as garbage a second time. Values outside what the device can report (SpO2 101–126 or above 127,
 //! pulse rate 301–510) reject the frame, so bytes that only look like a frame cannot produce impossible readings.
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::codes;
 use crate::decode::ieee11073::push_flags;
 use crate::decode::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
-use crate::reading::{HubTimeZone, Kind, Reading, Special, TimeSource, Value};
+use crate::measurement_time::DeviceDateTime;
+use crate::reading::{Kind, Reading, Special, Value};
 
 const SPO2_MISSING: u8 = 127;
 const PULSE_MISSING: u16 = 511;
 const SPO2_MAX: u8 = 100;
 const PULSE_MAX: u16 = 300;
-
-/// How far a device clock may run ahead of the hub before its timestamp is distrusted.
-const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::minutes(10);
 
 fn spo2_value(raw: u8) -> Result<Value, &'static str> {
     match raw {
@@ -272,20 +270,8 @@ fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, Fr
             (status_lsb & 0x01 != 0, "low_battery"),
         ],
     );
-    match device_time([c, y, mo, d, h, mi, s], context.time_zone) {
-        None => reading.flags.push("device_clock_invalid"),
-        Some(at)
-            if received_at
-                .checked_add_signed(MAX_CLOCK_AHEAD)
-                .is_some_and(|limit| at > limit) =>
-        {
-            reading.flags.push("device_clock_ahead");
-        }
-        Some(at) => {
-            reading.measured_at = at;
-            reading.time_source = TimeSource::Device;
-        }
-    }
+    crate::measurement_time::judge(device_time([c, y, mo, d, h, mi, s]), context)
+        .apply_to(&mut reading);
     let key = [
         c,
         y,
@@ -310,16 +296,14 @@ fn bcd(byte: u8) -> Option<u32> {
     (tens <= 9 && units <= 9).then(|| u32::from(tens * 10 + units))
 }
 
-/// Century, year, month, day, hour, minute, second, all BCD, in the hub's time zone.
-fn device_time(
-    bytes: [u8; 7],
-    time_zone: &dyn HubTimeZone,
-) -> Option<DateTime<chrono::FixedOffset>> {
+/// Century, year, month, day, hour, minute, second, all BCD, as the device's wall time.
+fn device_time(bytes: [u8; 7]) -> DeviceDateTime {
     let [century, year, month, day, hour, minute, second] = bytes.map(bcd);
-    let year = i32::try_from(century? * 100 + year?).ok()?;
-    let naive =
-        NaiveDate::from_ymd_opt(year, month?, day?)?.and_hms_opt(hour?, minute?, second?)?;
-    time_zone.resolve(naive)
+    let time = || {
+        let year = i32::try_from(century? * 100 + year?).ok()?;
+        NaiveDate::from_ymd_opt(year, month?, day?)?.and_hms_opt(hour?, minute?, second?)
+    };
+    time().map_or(DeviceDateTime::Unknown, DeviceDateTime::Known)
 }
 
 // ----- Data Format 8 -----
@@ -589,10 +573,11 @@ fn df2_packet(frames: &[Df2Frame], received_at: DateTime<Utc>) -> DecodeEvent {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{FixedOffset, TimeZone};
+    use chrono::{FixedOffset, TimeDelta, TimeZone};
     use proptest::prelude::*;
 
     use super::*;
+    use crate::reading::TimeSource;
 
     type MakeDecoder = fn() -> Box<dyn StreamDecoder>;
     /// (frame number, status) pairs replacing the packet's usual status.
@@ -638,6 +623,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: zone,
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let events = bytes
             .chunks(chunk.max(1))
@@ -928,6 +915,8 @@ mod tests {
             let context = DecodeContext {
                 received_at,
                 time_zone: &utc(),
+                hub_clock: crate::measurement_time::HubClock::Trusted,
+                device_clock: None,
             };
             match decoder.feed(bytes, &context).as_slice() {
                 [DecodeEvent::Reading(reading)] => reading.record_key.clone().unwrap(),
@@ -1268,6 +1257,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let mut bytes = bytes_of("00 02 00 0D 02 00");
         bytes.extend(std::iter::repeat_n(0x00, 2000));
@@ -1283,6 +1274,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         assert!(decoder.feed(&bytes_of("11 80 48"), &context).is_empty());
         assert!(matches!(

@@ -223,6 +223,8 @@ mod tests {
         let context = DecodeContext {
             received_at: crate::decode::test_support::received_at(),
             time_zone: &crate::decode::test_support::utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let keys = |text: &str| -> Vec<Option<String>> {
             decoder()

@@ -80,6 +80,8 @@ pub fn decode_messages(decoder: &mut dyn MessageDecoder, messages: &[&str]) -> V
     let context = DecodeContext {
         received_at: received_at(),
         time_zone: &zone,
+        hub_clock: crate::measurement_time::HubClock::Trusted,
+        device_clock: None,
     };
     messages
         .iter()
@@ -94,6 +96,8 @@ pub fn decode_stream(make: fn() -> Box<dyn StreamDecoder>, hex: &str) -> Vec<Str
     let context = DecodeContext {
         received_at: received_at(),
         time_zone: &zone,
+        hub_clock: crate::measurement_time::HubClock::Trusted,
+        device_clock: None,
     };
     let run = |chunk: usize| {
         let mut decoder = make();

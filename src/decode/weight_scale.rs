@@ -188,6 +188,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let key = |hex: &str| {
             WeightMeasurementDecoder

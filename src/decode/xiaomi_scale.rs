@@ -197,6 +197,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let readings = decoder.decode(&bytes_of(hex), &context).unwrap();
         readings
@@ -360,6 +362,8 @@ mod tests {
         let context = DecodeContext {
             received_at: received_at(),
             time_zone: &utc(),
+            hub_clock: crate::measurement_time::HubClock::Trusted,
+            device_clock: None,
         };
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut v1 = XiaomiScaleDecoder::default();

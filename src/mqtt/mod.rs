@@ -335,8 +335,10 @@ impl Uplink {
             "hub_id": self.hub_id,
             "version": env!("CARGO_PKG_VERSION"),
             "at": crate::clock::now_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "hub_clock": crate::clock::hub_clock().as_str(),
             "outbox": {
                 "pending": stats.pending,
+                "held_for_clock": stats.held,
                 "rejected_full_total": stats.rejected_full_total,
                 "delivered_total": stats.delivered_total,
             },

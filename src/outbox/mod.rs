@@ -12,6 +12,9 @@
 //!   within the retention window is a no-op reported as [`Appended::Duplicate`], so a device that dumps
 //!   the same stored records twice is queued once.
 //! * Records come back from [`Outbox::fetch_after`] in `seq` order, which is insertion order.
+//! * A record appended as *held* is durable and claims its key, but is not in the queue until its producer
+//!   releases it with its final payload ([`Outbox::release`]); it then joins the queue's end. The outbox
+//!   never decides when: it does not know why a producer holds a record.
 //! * The outbox stores opaque records: a key, a label, a format number and payload bytes. It knows
 //!   nothing about MQTT, devices or JSON.
 //!
@@ -28,6 +31,7 @@
 //! ```text
 //! record(seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, label TEXT, format INTEGER,
 //!        payload BLOB, created_at INTEGER /* ms since the epoch */)
+//! held(... the same columns as record ...)      -- records their producer has not released yet
 //! seen(key TEXT PRIMARY KEY, seen_at INTEGER)  -- every key appended; dedup memory, pruned after the retention
 //! stat(name TEXT PRIMARY KEY, value INTEGER, text TEXT)     -- counters and last events for `status`
 //! ```
@@ -56,6 +60,18 @@ pub struct NewRecord {
     pub payload: Vec<u8>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    /// Held back from the queue until the producer releases it with its final payload
+    /// ([`Outbox::release`]); durable and deduplicated like any other record meanwhile.
+    pub held: bool,
+}
+
+/// A held record's final payload, for [`Outbox::release`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub seq: i64,
+    pub payload: Vec<u8>,
+    /// The record's creation time if the producer now knows it, in milliseconds since the Unix epoch.
+    pub created_at_ms: Option<i64>,
 }
 
 /// A record as stored, with its position in the queue.
@@ -80,7 +96,10 @@ pub enum Appended {
 /// A snapshot of the outbox for `vitalsd status` and the status topic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutboxStats {
+    /// Records not yet acknowledged, held ones included.
     pub pending: u64,
+    /// Records held back by their producer (readings waiting for a trusted hub clock).
+    pub held: u64,
     pub oldest_pending_created_at_ms: Option<i64>,
     pub delivered_total: u64,
     pub last_delivered_at_ms: Option<i64>,

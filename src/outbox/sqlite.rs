@@ -3,14 +3,26 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{Appended, NewRecord, OutboxError, OutboxStats, StoredRecord};
+use super::{Appended, NewRecord, OutboxError, OutboxStats, Release, StoredRecord};
 
-const SCHEMA_VERSION: i64 = 1;
+/// The dedup time of a key released without a trusted time: dated by the next prune.
+const UNDATED: i64 = 0;
+
+/// 2 added `held`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS record (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    label TEXT NOT NULL,
+    format INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
     label TEXT NOT NULL,
@@ -99,8 +111,11 @@ impl Outbox {
         }
         connection.execute_batch(SCHEMA)?;
         connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        let pending: i64 =
-            connection.query_row("SELECT count(*) FROM record", [], |row| row.get(0))?;
+        let pending: i64 = connection.query_row(
+            "SELECT (SELECT count(*) FROM record) + (SELECT count(*) FROM held)",
+            [],
+            |row| row.get(0),
+        )?;
         Ok(Outbox {
             connection,
             options,
@@ -151,6 +166,11 @@ impl Outbox {
                     "INSERT INTO record (key, label, format, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(OutboxError::classify)?;
+            let mut hold = transaction
+                .prepare_cached(
+                    "INSERT INTO held (key, label, format, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(OutboxError::classify)?;
             for record in records {
                 if self.pending + stored >= self.options.max_pending {
                     rejected += 1;
@@ -161,7 +181,8 @@ impl Outbox {
                     .execute(params![record.key, record.created_at_ms])
                     .map_err(OutboxError::classify)?;
                 if claimed == 1 {
-                    insert
+                    let statement = if record.held { &mut hold } else { &mut insert };
+                    statement
                         .execute(params![
                             record.key,
                             record.label,
@@ -201,6 +222,81 @@ impl Outbox {
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Up to `limit` held records with `seq > after`, oldest first.
+    pub fn fetch_held(&self, after: i64, limit: usize) -> Result<Vec<StoredRecord>, OutboxError> {
+        let mut query = self.connection.prepare_cached(
+            "SELECT seq, key, label, format, payload, created_at FROM held WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = query.query_map(params![after, limit as i64], |row| {
+            Ok(StoredRecord {
+                seq: row.get(0)?,
+                key: row.get(1)?,
+                label: row.get(2)?,
+                format: row.get(3)?,
+                payload: row.get(4)?,
+                created_at_ms: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Moves held records into the queue with their final payloads, in one transaction; each joins the
+    /// queue's end under its own key. A release with a known creation time makes that the key's time in the
+    /// dedup memory; one without leaves the key to be dated by the next [`Outbox::prune_delivered`], since
+    /// the time it was stored with came from a clock nobody trusted. Returns how many moved.
+    pub fn release(&mut self, released: &[Release]) -> Result<u64, OutboxError> {
+        let transaction = self
+            .connection
+            .transaction()
+            .map_err(OutboxError::classify)?;
+        let mut moved = 0u64;
+        {
+            let mut take = transaction
+                .prepare_cached(
+                    "DELETE FROM held WHERE seq = ?1 RETURNING key, label, format, created_at",
+                )
+                .map_err(OutboxError::classify)?;
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT INTO record (key, label, format, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(OutboxError::classify)?;
+            let mut date = transaction
+                .prepare_cached("UPDATE seen SET seen_at = ?2 WHERE key = ?1")
+                .map_err(OutboxError::classify)?;
+            for release in released {
+                let row = take
+                    .query_row(params![release.seq], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, u32>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(OutboxError::classify)?;
+                let Some((key, label, format, created_at)) = row else {
+                    continue;
+                };
+                insert
+                    .execute(params![
+                        key,
+                        label,
+                        format,
+                        release.payload,
+                        release.created_at_ms.unwrap_or(created_at)
+                    ])
+                    .map_err(OutboxError::classify)?;
+                date.execute(params![key, release.created_at_ms.unwrap_or(UNDATED)])
+                    .map_err(OutboxError::classify)?;
+                moved += 1;
+            }
+        }
+        transaction.commit().map_err(OutboxError::classify)?;
+        Ok(moved)
     }
 
     /// Removes records the consumer confirmed (their keys stay claimed for deduplication). Unknown seqs are
@@ -267,15 +363,29 @@ impl Outbox {
     /// Forgets the keys of delivered records first seen before `before_ms`; after that, a replay of those
     /// records is queued again. Keys of records still pending are never forgotten: a key's `seen_at` is its
     /// record's `created_at`, so a key older than every pending record cannot belong to one.
-    pub fn prune_delivered(&mut self, before_ms: i64) -> Result<u64, OutboxError> {
-        let removed = self
+    ///
+    /// Call it only with a trusted `now_ms`: keys released without a trusted time are dated with it first,
+    /// and held keys are never forgotten.
+    pub fn prune_delivered(&mut self, before_ms: i64, now_ms: i64) -> Result<u64, OutboxError> {
+        let transaction = self
             .connection
+            .transaction()
+            .map_err(OutboxError::classify)?;
+        transaction
+            .execute(
+                "UPDATE seen SET seen_at = ?1 WHERE seen_at = ?2",
+                params![now_ms, UNDATED],
+            )
+            .map_err(OutboxError::classify)?;
+        let removed = transaction
             .execute(
                 "DELETE FROM seen WHERE seen_at < ?1
-                 AND seen_at < coalesce((SELECT min(created_at) FROM record), ?1)",
+                 AND seen_at < coalesce((SELECT min(created_at) FROM record), ?1)
+                 AND key NOT IN (SELECT key FROM held)",
                 params![before_ms],
             )
             .map_err(OutboxError::classify)?;
+        transaction.commit().map_err(OutboxError::classify)?;
         Ok(removed as u64)
     }
 
@@ -301,8 +411,14 @@ impl Outbox {
             [],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
+        // An older daemon's file has no `held` until this version opens it for writing.
+        let held: i64 = self
+            .connection
+            .query_row("SELECT count(*) FROM held", [], |row| row.get(0))
+            .unwrap_or(0);
         let mut stats = OutboxStats {
-            pending: pending as u64,
+            pending: (pending + held) as u64,
+            held: held as u64,
             oldest_pending_created_at_ms: oldest,
             ..OutboxStats::default()
         };
@@ -432,6 +548,7 @@ mod tests {
             format: 1,
             payload: format!("payload of {key}").into_bytes(),
             created_at_ms: 1_000,
+            held: false,
         }
     }
 
@@ -499,7 +616,7 @@ mod tests {
         outbox.append(&[record("a")]).unwrap();
         let seq = outbox.fetch_after(0, 10).unwrap()[0].seq;
         outbox.acknowledge(&[seq], 5_000).unwrap();
-        assert_eq!(outbox.prune_delivered(5_001).unwrap(), 1);
+        assert_eq!(outbox.prune_delivered(5_001, 10_000).unwrap(), 1);
         assert_eq!(outbox.append(&[record("a")]).unwrap(), [Appended::Stored]);
     }
 
@@ -508,7 +625,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = open(&dir, 100);
         outbox.append(&[record("a")]).unwrap();
-        assert_eq!(outbox.prune_delivered(i64::MAX).unwrap(), 0);
+        assert_eq!(outbox.prune_delivered(i64::MAX, i64::MAX).unwrap(), 0);
         assert_eq!(
             outbox.append(&[record("a")]).unwrap(),
             [Appended::Duplicate]

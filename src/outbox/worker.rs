@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{Appended, NewRecord, Outbox, OutboxError, OutboxStats, StoredRecord};
+use super::{Appended, NewRecord, Outbox, OutboxError, OutboxStats, Release, StoredRecord};
 
 /// At most this many records go into one transaction; bounds latency and memory per commit.
 const MAX_GROUP: usize = 1024;
@@ -37,6 +37,15 @@ enum Command {
     },
     Stats {
         reply: oneshot::Sender<OutboxStats>,
+    },
+    FetchHeld {
+        after: i64,
+        limit: usize,
+        reply: oneshot::Sender<Vec<StoredRecord>>,
+    },
+    Release {
+        released: Vec<Release>,
+        done: oneshot::Sender<u64>,
     },
 }
 
@@ -151,6 +160,35 @@ impl OutboxHandle {
         wait.await.map_err(|_| WorkerGone)
     }
 
+    /// Up to `limit` held records with `seq > after`, oldest first.
+    pub async fn fetch_held(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, WorkerGone> {
+        let (reply, wait) = oneshot::channel();
+        self.commands
+            .send(Command::FetchHeld {
+                after,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| WorkerGone)?;
+        wait.await.map_err(|_| WorkerGone)
+    }
+
+    /// Releases held records into the queue with their final payloads; waits for the commit and returns
+    /// how many moved (0 when the disk was full: they stay held and the caller tries again later).
+    pub async fn release(&self, released: Vec<Release>) -> Result<u64, WorkerGone> {
+        let (done, wait) = oneshot::channel();
+        self.commands
+            .send(Command::Release { released, done })
+            .await
+            .map_err(|_| WorkerGone)?;
+        wait.await.map_err(|_| WorkerGone)
+    }
+
     /// Signalled after every commit that stored at least one new record.
     pub fn appended(&self) -> Arc<Notify> {
         self.appended.clone()
@@ -162,7 +200,7 @@ impl OutboxHandle {
 pub fn spawn_worker(
     outbox: Outbox,
     dedup_retention_days: u32,
-    now_ms: fn() -> i64,
+    trusted_now_ms: fn() -> Option<i64>,
 ) -> (
     OutboxHandle,
     std::thread::JoinHandle<Result<(), OutboxError>>,
@@ -176,7 +214,7 @@ pub fn spawn_worker(
     let retention_ms = i64::from(dedup_retention_days) * DAY_MS;
     let thread = std::thread::Builder::new()
         .name("outbox".to_string())
-        .spawn(move || run(outbox, receiver, appended, retention_ms, now_ms))
+        .spawn(move || run(outbox, receiver, appended, retention_ms, trusted_now_ms))
         .expect("invariant: the OS can start one thread at startup");
     (handle, thread)
 }
@@ -186,7 +224,7 @@ fn run(
     mut receiver: mpsc::Receiver<Command>,
     appended: Arc<Notify>,
     retention_ms: i64,
-    now_ms: fn() -> i64,
+    trusted_now_ms: fn() -> Option<i64>,
 ) -> Result<(), OutboxError> {
     let mut last_housekeeping = std::time::Instant::now();
     let mut held: Option<Command> = None;
@@ -259,10 +297,31 @@ fn run(
             Command::Stats { reply } => {
                 let _ = reply.send(outbox.stats()?);
             }
+            Command::FetchHeld {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(outbox.fetch_held(after, limit)?);
+            }
+            Command::Release { released, done } => {
+                let moved = match outbox.release(&released) {
+                    Ok(moved) => moved,
+                    Err(OutboxError::DiskFull(error)) => {
+                        tracing::error!(%error, "Could not release held readings; they stay held.");
+                        0
+                    }
+                    Err(other) => return Err(other),
+                };
+                if moved > 0 {
+                    appended.notify_one();
+                }
+                let _ = done.send(moved);
+            }
         }
         if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
             last_housekeeping = std::time::Instant::now();
-            housekeeping(&mut outbox, now_ms() - retention_ms);
+            housekeeping(&mut outbox, trusted_now_ms(), retention_ms);
         }
     }
     if let Err(error) = outbox.checkpoint() {
@@ -312,11 +371,15 @@ fn report_append(outcomes: &[Appended], pending: u64) {
     }
 }
 
-fn housekeeping(outbox: &mut Outbox, forget_before_ms: i64) {
-    match outbox.prune_delivered(forget_before_ms) {
-        Ok(0) => {}
-        Ok(pruned) => tracing::debug!(pruned, "Forgot old delivered reading ids."),
-        Err(error) => tracing::warn!(%error, "Could not prune delivered reading ids."),
+/// Prunes the dedup memory only by a trusted clock: a hub that booted on an old saved time would otherwise
+/// forget ids early (or, ahead, keep them forever) and a device's replay would be queued again.
+fn housekeeping(outbox: &mut Outbox, trusted_now_ms: Option<i64>, retention_ms: i64) {
+    if let Some(now_ms) = trusted_now_ms {
+        match outbox.prune_delivered(now_ms - retention_ms, now_ms) {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "Forgot old delivered reading ids."),
+            Err(error) => tracing::warn!(%error, "Could not prune delivered reading ids."),
+        }
     }
     if outbox.pending() == 0 {
         if let Err(error) = outbox.checkpoint() {

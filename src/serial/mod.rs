@@ -11,7 +11,6 @@ pub mod ports;
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
@@ -29,7 +28,7 @@ pub enum PortEvent {
     },
     Bytes {
         bytes: Vec<u8>,
-        received_at: DateTime<Utc>,
+        received: crate::clock::HubNow,
     },
     Closed {
         reason: String,
@@ -178,7 +177,7 @@ async fn read_until_gone(
                 Ok(count) => {
                     let event = PortEvent::Bytes {
                         bytes: buffer[..count].to_vec(),
-                        received_at: crate::clock::now_utc(),
+                        received: crate::clock::hub_now(),
                     };
                     if events.send(event).await.is_err() {
                         return None;

@@ -1,0 +1,132 @@
+//! Releases the readings held in the outbox for a trusted hub clock: resolves their times from the
+//! boot-time clock once the hub clock is trusted in the same boot, or flags them once their boot has ended.
+//!
+//! Why here, and not at publish time: the payload is final before it reaches the queue, so the uplink
+//! publishes opaque bytes and a record republished after a reconnect or a crash is the same document. A
+//! held reading is durable and claims its id from the moment it is received, so a device's re-sent
+//! records are still queued once; only its times wait.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock::HubNow;
+use crate::measurement_time::HubClock;
+use crate::outbox::worker::WorkerGone;
+use crate::outbox::{OutboxHandle, Release};
+use crate::payload::{release_held, ClockResolution};
+
+/// How often the hub clock's trust is checked; sync usually arrives some seconds to minutes after boot.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Held records read and released per transaction.
+const BATCH: usize = 512;
+
+/// What a release pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Held records whose times were resolved from this boot's clock.
+    pub resolved: u64,
+    /// Held records of an earlier boot whose clock was never trusted, published with `hub_clock_unresolved`.
+    pub unresolved: u64,
+    /// Held records still waiting for this boot's clock.
+    pub waiting: u64,
+}
+
+/// Runs until `shutdown`: a pass at start (earlier boots' readings), then one whenever the clock is trusted.
+pub async fn run(
+    outbox: OutboxHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerGone> {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    let mut last_clock: Option<HubClock> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        let now = crate::clock::hub_now();
+        let first = last_clock.is_none();
+        if last_clock != Some(now.clock) {
+            match now.clock {
+                HubClock::Unsynchronized => tracing::warn!(
+                    "The hub clock is not synchronised: readings are held in the outbox, and no device clock is set, until it is."
+                ),
+                clock => tracing::info!(clock = clock.as_str(), "The hub clock is trusted."),
+            }
+            last_clock = Some(now.clock);
+        }
+        if first || now.clock.is_trusted() {
+            let released = release_pass(&outbox, &now).await?;
+            if released.resolved + released.unresolved > 0 {
+                tracing::info!(
+                    resolved = released.resolved,
+                    unresolved = released.unresolved,
+                    waiting = released.waiting,
+                    "Released readings held for a trusted hub clock."
+                );
+            }
+            if released.unresolved > 0 {
+                tracing::warn!(
+                    count = released.unresolved,
+                    "Readings received before a reboot, while the hub clock was never trusted, were published with the flag hub_clock_unresolved: their receive times are the unsynchronised clock's."
+                );
+            }
+        }
+    }
+}
+
+/// Releases every held record that can be released now.
+pub async fn release_pass(outbox: &OutboxHandle, now: &HubNow) -> Result<Released, WorkerGone> {
+    let boot_started_at = now
+        .clock
+        .is_trusted()
+        .then(|| now.wall - chrono::TimeDelta::from_std(now.boot.since_boot).unwrap_or_default());
+    let resolution = ClockResolution {
+        boot_id: &now.boot.boot_id,
+        boot_started_at,
+    };
+    let mut released = Released::default();
+    let mut after = 0;
+    loop {
+        let held = outbox.fetch_held(after, BATCH).await?;
+        let Some(last) = held.last() else {
+            return Ok(released);
+        };
+        after = last.seq;
+        let full = held.len() == BATCH;
+        let mut batch = Vec::new();
+        for record in held {
+            match release_held(&record.payload, &resolution) {
+                Ok(Some(done)) => {
+                    if done.received_at_ms.is_some() {
+                        released.resolved += 1;
+                    } else {
+                        released.unresolved += 1;
+                    }
+                    batch.push(Release {
+                        seq: record.seq,
+                        payload: done.payload,
+                        created_at_ms: done.received_at_ms,
+                    });
+                }
+                Ok(None) => released.waiting += 1,
+                Err(error) => {
+                    // Never dropped: it stays held, visible in `vitalsd status`, for a later version to read.
+                    tracing::error!(seq = record.seq, %error, "A held reading cannot be released.");
+                    released.waiting += 1;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let count = batch.len() as u64;
+            let moved = outbox.release(batch).await?;
+            if moved < count {
+                // A full disk: what did not move stays held and is tried at the next pass.
+                return Ok(released);
+            }
+        }
+        if !full {
+            return Ok(released);
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The one time model: how a reading's time is decided from a device's time stamp, the trust the hub has in
+//! its own clock, and the device clock the hub read in the same session. Pure: every time is passed in.
+//!
+//! The rules, in the order they are applied to a record the device stamped (the README's "Time" table is
+//! the same rules from the reader's side):
+//!
+//! 1. A time stamp that is not a plausible calendar time (a clock never set, a year before 2010 or after
+//!    2099, an impossible field, a local time that does not exist) is not used: hub time and
+//!    `device_clock_invalid`.
+//! 2. When the hub read the device's clock in this session (the coincident time stamp) and that clock
+//!    itself was not plausible, or the record lies after the device's clock by more than the tolerance
+//!    while the hub did not set the clock in between, the device's timeline restarted since the record was
+//!    made: hub time and `device_clock_reset`, since its time cannot be known.
+//! 3. When that read measured a large offset against a trusted hub clock, a record stamped on the old
+//!    timeline (not after the clock read) is moved by the offset: device time, `device_clock_corrected`.
+//! 4. A device time more than ten minutes after a trusted hub clock is distrusted: hub time and
+//!    `device_clock_ahead`. Against an untrusted hub clock no such judgement is made.
+//! 5. Otherwise the device's time stands.
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeDelta, Utc};
+
+use crate::reading::{HubTimeZone, TimeSource};
+
+/// Device times before this year are a clock that was never set (scales that count from 1970, cuffs
+/// that start at their factory date of 2000), not old records: no device we read stores a decade.
+pub const MIN_PLAUSIBLE_YEAR: i32 = 2010;
+/// Device times after this year are a corrupt or wrapped clock (0xFFFF years, BCD 99), not a future.
+pub const MAX_PLAUSIBLE_YEAR: i32 = 2099;
+/// How far ahead of a trusted hub clock a device clock may run before its time is distrusted.
+pub const MAX_AHEAD: TimeDelta = TimeDelta::minutes(10);
+/// A device clock within this of the hub's is in sync; beyond it, records are corrected by the offset.
+pub const CLOCK_TOLERANCE: TimeDelta = TimeDelta::minutes(2);
+
+/// Whether the hub's own wall clock could be trusted when it read something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HubClock {
+    /// The kernel says the clock is synchronised (NTP, through timesyncd, chrony or ntpd).
+    Synchronized,
+    /// The operator vouches for the clock (`hub.clock = "trusted"`: a battery-backed RTC, GPS).
+    Trusted,
+    /// Neither: after a power cut a Raspberry Pi runs on the last saved time until NTP answers.
+    Unsynchronized,
+}
+
+impl HubClock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HubClock::Synchronized => "synchronized",
+            HubClock::Trusted => "trusted",
+            HubClock::Unsynchronized => "unsynchronized",
+        }
+    }
+
+    pub fn is_trusted(self) -> bool {
+        self != HubClock::Unsynchronized
+    }
+}
+
+/// A device's time stamp as it was on the wire: local wall time without a zone, or "not a time".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceDateTime {
+    /// A valid calendar time (not yet judged plausible).
+    Known(NaiveDateTime),
+    /// Year, month or day 0 ("unknown", a clock never set) or an impossible date.
+    Unknown,
+}
+
+impl DeviceDateTime {
+    /// The time as read, when it is a calendar time at all.
+    pub fn known(self) -> Option<NaiveDateTime> {
+        match self {
+            DeviceDateTime::Known(time) => Some(time),
+            DeviceDateTime::Unknown => None,
+        }
+    }
+
+    /// A calendar time inside the years a device clock that was ever set can show.
+    pub fn plausible(self) -> Option<NaiveDateTime> {
+        self.known()
+            .filter(|time| (MIN_PLAUSIBLE_YEAR..=MAX_PLAUSIBLE_YEAR).contains(&time.year()))
+    }
+}
+
+/// The device clock as the hub read it during a session: a coincident time stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceClockCheck {
+    /// What the device's clock said.
+    pub device_time: DeviceDateTime,
+    /// The hub's wall clock at the read (trusted or not; see `hub_clock`).
+    pub hub_time: DateTime<Utc>,
+    /// The hub's wall clock at the read, local wall time, as the device keeps it.
+    pub hub_local: NaiveDateTime,
+    pub hub_clock: HubClock,
+    /// Whether the hub then wrote its own time into the device.
+    pub set: bool,
+}
+
+impl DeviceClockCheck {
+    /// Device clock minus hub clock, when both are known and the hub clock was trusted: an offset against
+    /// an untrusted clock says nothing about the device.
+    pub fn offset(&self) -> Option<TimeDelta> {
+        let device = self.device_time.plausible()?;
+        self.hub_clock
+            .is_trusted()
+            .then(|| device.signed_duration_since(self.hub_local))
+    }
+}
+
+/// What a decoder knows about time when it stamps a reading.
+#[derive(Clone, Copy)]
+pub struct HubTime<'a> {
+    /// When the hub read the bytes, by its own wall clock.
+    pub received_at: DateTime<Utc>,
+    /// The hub's time zone, in which device wall times are read.
+    pub time_zone: &'a dyn HubTimeZone,
+    pub hub_clock: HubClock,
+    /// The device clock read earlier in this session, if the hub could read it.
+    pub device_clock: Option<&'a DeviceClockCheck>,
+}
+
+/// A reading's time, decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamp {
+    pub measured_at: DateTime<FixedOffset>,
+    pub time_source: TimeSource,
+    /// `device_clock_invalid`, `device_clock_reset`, `device_clock_corrected` or `device_clock_ahead`.
+    pub flag: Option<&'static str>,
+    /// The time stamp as the device reported it, when it reported a calendar time.
+    pub device_time: Option<NaiveDateTime>,
+}
+
+impl Stamp {
+    /// Writes the verdict into a reading (time, source, flag and the time as reported).
+    pub fn apply_to(self, reading: &mut crate::reading::Reading) {
+        reading.measured_at = self.measured_at;
+        reading.time_source = self.time_source;
+        reading.flags.extend(self.flag);
+        reading.device_time = self.device_time;
+    }
+}
+
+/// Decides a record's time from the device's time stamp (the rules are at the top of this module).
+pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
+    let hub_stamp = |flag| Stamp {
+        measured_at: hub.received_at.fixed_offset(),
+        time_source: TimeSource::Hub,
+        flag: Some(flag),
+        device_time: device_time.known(),
+    };
+    let Some(local) = device_time.plausible() else {
+        return hub_stamp("device_clock_invalid");
+    };
+    let Some(resolved) = hub.time_zone.resolve(local) else {
+        return hub_stamp("device_clock_invalid");
+    };
+    let mut stamp = Stamp {
+        measured_at: resolved,
+        time_source: TimeSource::Device,
+        flag: None,
+        device_time: Some(local),
+    };
+    if let Some(check) = hub.device_clock {
+        let Some(device_at_check) = check.device_time.plausible() else {
+            return hub_stamp("device_clock_reset");
+        };
+        // The device clock has run on since the hub read it, by as much as the hub's clock has.
+        let device_now = device_at_check
+            + hub
+                .received_at
+                .signed_duration_since(check.hub_time)
+                .max(TimeDelta::zero());
+        if local > device_now + CLOCK_TOLERANCE && !check.set {
+            return hub_stamp("device_clock_reset");
+        }
+        if let Some(offset) = check.offset().filter(|o| o.abs() > CLOCK_TOLERANCE) {
+            if local <= device_at_check {
+                if let Some(corrected) = resolved.checked_sub_signed(offset) {
+                    stamp.measured_at = corrected;
+                    stamp.flag = Some("device_clock_corrected");
+                }
+            }
+        }
+    }
+    if is_after_trusted_hub(stamp.measured_at, hub) {
+        return hub_stamp("device_clock_ahead");
+    }
+    stamp
+}
+
+/// Whether `time` lies further after a trusted hub clock than a device clock may run ahead. Always false
+/// against an untrusted hub clock, which cannot tell a device clock ahead from its own that is behind.
+pub fn is_after_trusted_hub(time: DateTime<FixedOffset>, hub: &HubTime<'_>) -> bool {
+    hub.hub_clock.is_trusted() && time.signed_duration_since(hub.received_at) > MAX_AHEAD
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc() -> FixedOffset {
+        FixedOffset::east_opt(0).unwrap()
+    }
+
+    fn local(text: &str) -> NaiveDateTime {
+        text.parse().unwrap()
+    }
+
+    fn check_at(device: &str, hub: &str, clock: HubClock, set: bool) -> DeviceClockCheck {
+        let hub_time: DateTime<Utc> = hub.parse().unwrap();
+        DeviceClockCheck {
+            device_time: if device == "unknown" {
+                DeviceDateTime::Unknown
+            } else {
+                DeviceDateTime::Known(local(device))
+            },
+            hub_time,
+            hub_local: hub_time.naive_utc(),
+            hub_clock: clock,
+            set,
+        }
+    }
+
+    /// Renders a verdict as `measured_at source flag`.
+    #[track_caller]
+    fn check(device: &str, clock: HubClock, session: Option<DeviceClockCheck>, expected: &str) {
+        let zone = utc();
+        let hub = HubTime {
+            received_at: "2026-03-15T12:00:00Z".parse().unwrap(),
+            time_zone: &zone,
+            hub_clock: clock,
+            device_clock: session.as_ref(),
+        };
+        let device_time = match device {
+            "unknown" => DeviceDateTime::Unknown,
+            text => DeviceDateTime::Known(local(text)),
+        };
+        let stamp = judge(device_time, &hub);
+        let rendered = format!(
+            "{} {} {}",
+            stamp.measured_at.naive_local(),
+            stamp.time_source.as_str(),
+            stamp.flag.unwrap_or("-")
+        );
+        assert_eq!(rendered, expected, "{device} {clock:?} {session:?}");
+        assert_eq!(stamp.device_time, device_time.known());
+    }
+
+    use HubClock::{Synchronized as Sync, Trusted, Unsynchronized as Unsync};
+    const HUB: &str = "2026-03-15 12:00:00 hub";
+
+    #[test]
+    fn years_a_set_clock_cannot_show_are_invalid_whatever_the_hub_clock() {
+        for clock in [Sync, Trusted, Unsync] {
+            check(
+                "unknown",
+                clock,
+                None,
+                &format!("{HUB} device_clock_invalid"),
+            );
+            check(
+                "1999-12-31T23:59:59",
+                clock,
+                None,
+                &format!("{HUB} device_clock_invalid"),
+            );
+            check(
+                "2000-01-01T00:00:00",
+                clock,
+                None,
+                &format!("{HUB} device_clock_invalid"),
+            );
+            check(
+                "2009-12-31T23:59:59",
+                clock,
+                None,
+                &format!("{HUB} device_clock_invalid"),
+            );
+            check(
+                "2100-01-01T00:00:00",
+                clock,
+                None,
+                &format!("{HUB} device_clock_invalid"),
+            );
+            check(
+                "2010-01-01T00:00:00",
+                clock,
+                None,
+                "2010-01-01 00:00:00 device -",
+            );
+            check(
+                "2026-03-15T11:00:00",
+                clock,
+                None,
+                "2026-03-15 11:00:00 device -",
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_trusted_hub_clock_judges_a_device_clock_ahead() {
+        check(
+            "2026-03-15T12:09:59",
+            Sync,
+            None,
+            "2026-03-15 12:09:59 device -",
+        );
+        check(
+            "2026-03-15T12:10:01",
+            Sync,
+            None,
+            &format!("{HUB} device_clock_ahead"),
+        );
+        check(
+            "2026-03-15T12:10:01",
+            Trusted,
+            None,
+            &format!("{HUB} device_clock_ahead"),
+        );
+        check(
+            "2099-12-31T00:00:00",
+            Sync,
+            None,
+            &format!("{HUB} device_clock_ahead"),
+        );
+        // An unsynchronised hub clock may be the one that is behind (a Pi booted on last week's time).
+        check(
+            "2026-03-17T12:00:00",
+            Unsync,
+            None,
+            "2026-03-17 12:00:00 device -",
+        );
+        check(
+            "2099-12-31T00:00:00",
+            Unsync,
+            None,
+            "2099-12-31 00:00:00 device -",
+        );
+    }
+
+    #[test]
+    fn a_device_clock_read_in_the_session_corrects_or_exposes_its_records() {
+        let ahead = |set| {
+            Some(check_at(
+                "2026-03-15T13:00:00",
+                "2026-03-15T12:00:00Z",
+                Sync,
+                set,
+            ))
+        };
+        // Records on the old timeline move by the offset (one hour ahead).
+        check(
+            "2026-03-15T12:30:00",
+            Sync,
+            ahead(true),
+            "2026-03-15 11:30:00 device device_clock_corrected",
+        );
+        check(
+            "2026-03-15T13:00:00",
+            Sync,
+            ahead(true),
+            "2026-03-15 12:00:00 device device_clock_corrected",
+        );
+        // An untrusted hub clock measures nothing: no correction, and no ahead verdict either.
+        let untrusted = Some(check_at(
+            "2026-03-15T13:00:00",
+            "2026-03-15T11:59:00Z",
+            Unsync,
+            false,
+        ));
+        check(
+            "2026-03-15T12:30:00",
+            Unsync,
+            untrusted,
+            "2026-03-15 12:30:00 device -",
+        );
+        // A small offset changes nothing.
+        let close = Some(check_at(
+            "2026-03-15T12:00:30",
+            "2026-03-15T12:00:00Z",
+            Sync,
+            true,
+        ));
+        check(
+            "2026-03-15T11:00:00",
+            Sync,
+            close,
+            "2026-03-15 11:00:00 device -",
+        );
+        // A record after the device's own clock: the clock went back since (a battery change).
+        let behind = Some(check_at(
+            "2026-01-01T08:00:00",
+            "2026-03-15T11:59:00Z",
+            Unsync,
+            false,
+        ));
+        check(
+            "2026-03-10T08:00:00",
+            Unsync,
+            behind,
+            &format!("{HUB} device_clock_reset"),
+        );
+        check(
+            "2025-12-31T08:00:00",
+            Unsync,
+            behind,
+            "2025-12-31 08:00:00 device -",
+        );
+        // A clock that reads "not set" now: every plausible record was made on a timeline that is gone.
+        let reset = Some(check_at("unknown", "2026-03-15T11:59:00Z", Sync, true));
+        check(
+            "2026-03-10T08:00:00",
+            Sync,
+            reset,
+            &format!("{HUB} device_clock_reset"),
+        );
+        check(
+            "2000-01-01T00:10:00",
+            Sync,
+            reset,
+            &format!("{HUB} device_clock_invalid"),
+        );
+    }
+}
