@@ -59,7 +59,8 @@ impl TimeSource {
 /// A device's way of saying "there is no number here"; published as `"value": null` plus `"special"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Special {
-    /// The device's "no data" sentinel (Nonin HR 511 / SpO2 127, Masimo `---`).
+    /// The device's "no data" sentinel (Nonin HR 511 / SpO2 127, Masimo `---`), or a 0 no patient can have
+    /// (SpO2, pulse rate, blood pressure, weight, body temperature, glucose): a device that sends one has no number.
     Missing,
     /// The device says it attempted no measurement or the measurement failed.
     NoMeasurement,

@@ -51,11 +51,15 @@ fn packet_reading(
     let pulse = ((b3 & 0x40) << 1) | (b4 & 0x7F);
     let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, packet);
     reading.values = vec![
-        Value::reported(&codes::SPO2, f64::from(spo2), spo2 == SPO2_INVALID),
+        Value::reported(
+            &codes::SPO2,
+            f64::from(spo2),
+            spo2 == 0 || spo2 == SPO2_INVALID,
+        ),
         Value::reported(
             &codes::PULSE_RATE_OXIMETER,
             f64::from(pulse),
-            pulse == PULSE_INVALID,
+            pulse == 0 || pulse == PULSE_INVALID,
         ),
     ];
     let table = match flavour {
@@ -178,7 +182,9 @@ mod tests {
     fn values_and_flags() {
         check("84 20 00 7F 7F", &[&format!("pulse_oximetry spo2=missing pulse_rate=127 flags=[] {HUB}")]);
         check("84 20 40 00 64", &[&format!("pulse_oximetry spo2=100 pulse_rate=128 flags=[] {HUB}")]);
-        check("84 20 40 7E 00", &[&format!("pulse_oximetry spo2=0 pulse_rate=254 flags=[] {HUB}")]);
+        check("84 20 40 7E 00", &[&format!("pulse_oximetry spo2=missing pulse_rate=254 flags=[] {HUB}")]);
+        check("84 20 00 00 62", &[&format!("pulse_oximetry spo2=98 pulse_rate=missing flags=[] {HUB}")]);
+        check("80 00 10 00 00", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[no_finger] {HUB}")]);
         check("84 20 47 7F 5F", &[&format!("pulse_oximetry spo2=95 pulse_rate=missing flags=[] {HUB}")]);
         check("84 20 07 48 7F", &[&format!("pulse_oximetry spo2=missing pulse_rate=72 flags=[] {HUB}")]);
         check("90 00 00 48 62", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[no_signal] {HUB}")]);
@@ -197,6 +203,7 @@ mod tests {
     fn contec_legacy_packets_name_their_bits_as_contec_does() {
         assert_eq!(decode_stream(contec, "C4 32 05 48 62"), [format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}")]);
         assert_eq!(decode_stream(contec, "F0 00 70 7F 7F"), [format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[no_finger,spo2_dropping,sensor_alarm,pulse_searching] {HUB}")]);
+        assert_eq!(decode_stream(contec, "90 00 00 00 00"), [format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[no_finger] {HUB}")]);
         assert_eq!(decode_stream(contec, "84 20 47 02 5F 99"), [format!("pulse_oximetry spo2=95 pulse_rate=130 flags=[] {HUB}"), "truncated 1/5".to_string()]);
     }
 

@@ -1,7 +1,9 @@
 //! Blood Pressure Service: Blood Pressure Measurement 0x2A35, Intermediate Cuff Pressure 0x2A36 and the
 //! Blood Pressure Feature 0x2A49.
 
-use super::ieee11073::{bit_names, push_flags, stamp, value_of, Cursor, MderNumber};
+use super::ieee11073::{
+    bit_names, patient_value_of, push_flags, stamp, value_of, Cursor, MderNumber,
+};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
 use crate::reading::{Kind, Reading};
@@ -111,14 +113,14 @@ impl MessageDecoder for BloodPressureMeasurementDecoder {
         let mut reading = Reading::at_hub_time(Kind::BloodPressure, context.received_at, message);
         let [sys, dia, map] = parsed.pressures;
         reading.values = vec![
-            value_of(systolic, sys),
-            value_of(diastolic, dia),
-            value_of(mean, map),
+            patient_value_of(systolic, sys),
+            patient_value_of(diastolic, dia),
+            patient_value_of(mean, map),
         ];
         if let Some(pulse) = parsed.pulse_rate {
             reading
                 .values
-                .push(value_of(&codes::PULSE_RATE_CUFF, pulse));
+                .push(patient_value_of(&codes::PULSE_RATE_CUFF, pulse));
         }
         let failed = parsed
             .pressures
@@ -233,6 +235,10 @@ mod tests {
         check("E0 80 00 50 00 5F 00", &format!("blood_pressure systolic=128[mm[Hg]] diastolic=80[mm[Hg]] mean_arterial_pressure=95[mm[Hg]] flags=[] {HUB}"));
         // Special values are kept as specials, even in one field only.
         check("00 80 00 00 08 5F 00", &format!("blood_pressure systolic=128[mm[Hg]] diastolic=nres mean_arterial_pressure=95[mm[Hg]] flags=[] {HUB}"));
+        // A 0 is no pressure or pulse a patient has: missing, not a number.
+        check("04 00 00 00 00 00 00 00 00", &format!("blood_pressure systolic=missing diastolic=missing mean_arterial_pressure=missing pulse_rate=missing flags=[] {HUB}"));
+        check("04 80 00 50 00 5F 00 00 00", &format!("blood_pressure systolic=128[mm[Hg]] diastolic=80[mm[Hg]] mean_arterial_pressure=95[mm[Hg]] pulse_rate=missing flags=[] {HUB}"));
+        check("01 00 F0 6A F0 8E F0", &format!("blood_pressure systolic=missing diastolic=10.6[kPa] mean_arterial_pressure=14.2[kPa] flags=[] {HUB}"));
         // Trailing bytes beyond what the flags announce (BLS 1.1 fields we do not read) are ignored.
         check("00 80 00 50 00 5F 00 AA", &format!("blood_pressure systolic=128[mm[Hg]] diastolic=80[mm[Hg]] mean_arterial_pressure=95[mm[Hg]] flags=[] {HUB}"));
     }

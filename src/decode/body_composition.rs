@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 
 use super::ieee11073::{bit_names, stamp, Cursor, DeviceDateTime};
-use super::weight_scale::{height, height_resolution, mass, weight_resolution, ScaleFeature};
+use super::weight_scale::{
+    body_weight, height, height_resolution, mass, weight_resolution, ScaleFeature,
+};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
 use crate::reading::{Kind, Reading, Special, TimeSource, Value};
@@ -134,7 +136,7 @@ impl Packet {
                     &codes::BODY_WATER_MASS_LB,
                 ),
                 impedance.map(|raw| Value::number(&codes::IMPEDANCE, f64::from(raw) / 10.0)),
-                masses(weight, &codes::BODY_WEIGHT_KG, &codes::BODY_WEIGHT_LB),
+                weight.map(|raw| body_weight(raw, imperial)),
                 body_height.map(|raw| height(raw, imperial)),
             ]
             .into_iter()
@@ -230,6 +232,8 @@ mod tests {
             &["body_composition body_fat_percentage=22.5 basal_metabolism=6500[kJ] muscle_percentage=35.2 impedance=512.3[Ohm] body_weight=80[kg] flags=[] at=2024-03-15T07:30:00 device user=1"]);
         check(&["00 00 E1 00"], &[&format!("body_composition body_fat_percentage=22.5 flags=[] {HUB}")]);
         check(&["00 00 FF FF"], &[&format!("body_composition body_fat_percentage=no_measurement flags=[measurement_failed] {HUB}")]);
+        check(&["00 04 E1 00 00 00"], &[&format!("body_composition body_fat_percentage=22.5 body_weight=missing flags=[] {HUB}")]);
+        check(&["01 04 E1 00 00 00"], &[&format!("body_composition body_fat_percentage=22.5 body_weight=missing flags=[] {HUB}")]);
         // Every field, imperial units.
         check(&["F9 0F E1 00 64 19 60 01 10 27 20 4E 30 75 40 9C 03 14 A0 8C B4 02"],
             &[&format!("body_composition body_fat_percentage=22.5 basal_metabolism=6500[kJ] muscle_percentage=35.2 muscle_mass=100[[lb_av]] fat_free_mass=200[[lb_av]] soft_lean_mass=300[[lb_av]] body_water_mass=400[[lb_av]] impedance=512.3[Ohm] body_weight=360[[lb_av]] body_height=69.2[[in_i]] flags=[] {HUB}")]);

@@ -7,7 +7,8 @@
 use chrono::TimeDelta;
 
 use super::ieee11073::{
-    bit_names, push_flags, sfloat_shifted, stamp, value_of, Cursor, DeviceDateTime, MderNumber,
+    bit_names, patient_value_of, push_flags, sfloat_shifted, stamp, Cursor, DeviceDateTime,
+    MderNumber,
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
@@ -137,7 +138,7 @@ impl MessageDecoder for GlucoseMeasurementDecoder {
                 };
                 reading
                     .values
-                    .push(value_of(measure, sfloat_shifted(raw, shift)));
+                    .push(patient_value_of(measure, sfloat_shifted(raw, shift)));
                 reading.flags.extend(sample_flags(type_and_location));
             }
             None => reading.values.push(Value::special(
@@ -465,6 +466,8 @@ mod tests {
         check(&["02 07 00 E8 07 03 0F 07 1E 00 FE 07 11"], &["blood_glucose glucose=+inf flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
         check(&["06 07 00 E8 07 03 0F 07 1E 00 02 08 11"], &["blood_glucose glucose=-inf flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
         check(&["06 07 00 E8 07 03 0F 07 1E 00 B2 C1 11"], &["blood_glucose glucose=43.4[mmol/L] flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["02 07 00 E8 07 03 0F 07 1E 00 00 00 11"], &["blood_glucose glucose=missing flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
+        check(&["06 07 00 E8 07 03 0F 07 1E 00 00 D0 11"], &["blood_glucose glucose=missing flags=[sample_capillary_whole_blood,location_finger] at=2024-03-15T07:30:00 device"]);
     }
 
     #[rustfmt::skip]

@@ -70,6 +70,15 @@ pub fn value_of(measure: &'static Measure, number: MderNumber) -> Value {
     }
 }
 
+/// Like [`value_of`], for a quantity no patient has at 0 (SpO2, pulse rate, blood pressure, glucose, body
+/// temperature): a device that sends 0 has no number, and the value is missing.
+pub fn patient_value_of(measure: &'static Measure, number: MderNumber) -> Value {
+    match number {
+        MderNumber::Number(value) => Value::reported(measure, value, value == 0.0),
+        MderNumber::Special(special) => Value::special(measure, special),
+    }
+}
+
 fn scale(mantissa: i32, exponent: i8) -> f64 {
     let power = 10f64.powi(i32::from(exponent.unsigned_abs()));
     if exponent < 0 {

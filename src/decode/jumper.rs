@@ -26,11 +26,15 @@ impl MessageDecoder for JumperOximeterDecoder {
         };
         let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
         reading.values = vec![
-            Value::reported(&codes::SPO2, f64::from(spo2), spo2 == SPO2_INVALID),
+            Value::reported(
+                &codes::SPO2,
+                f64::from(spo2),
+                spo2 == 0 || spo2 == SPO2_INVALID,
+            ),
             Value::reported(
                 &codes::PULSE_RATE_OXIMETER,
                 f64::from(pulse),
-                pulse == PULSE_INVALID,
+                pulse == 0 || pulse == PULSE_INVALID,
             ),
             Value::reported(
                 &codes::PERFUSION_INDEX,
@@ -64,7 +68,7 @@ mod tests {
         check("81 38 63 44", &[&format!("pulse_oximetry spo2=99 pulse_rate=56 perfusion_index=6.8 flags=[] {HUB}")]);
         check("81 48 62 0A", &[&format!("pulse_oximetry spo2=98 pulse_rate=72 perfusion_index=1 flags=[] {HUB}")]);
         check("81 FE 64 FF", &[&format!("pulse_oximetry spo2=100 pulse_rate=254 perfusion_index=25.5 flags=[] {HUB}")]);
-        check("81 00 00 01", &[&format!("pulse_oximetry spo2=0 pulse_rate=0 perfusion_index=0.1 flags=[] {HUB}")]);
+        check("81 01 01 01", &[&format!("pulse_oximetry spo2=1 pulse_rate=1 perfusion_index=0.1 flags=[] {HUB}")]);
     }
 
     #[rustfmt::skip]
@@ -74,6 +78,9 @@ mod tests {
         check("81 38 7F 44", &[&format!("pulse_oximetry spo2=missing pulse_rate=56 perfusion_index=6.8 flags=[] {HUB}")]);
         check("81 38 63 00", &[&format!("pulse_oximetry spo2=99 pulse_rate=56 perfusion_index=missing flags=[] {HUB}")]);
         check("81 FF 7F 00", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing perfusion_index=missing flags=[] {HUB}")]);
+        check("81 00 63 44", &[&format!("pulse_oximetry spo2=99 pulse_rate=missing perfusion_index=6.8 flags=[] {HUB}")]);
+        check("81 38 00 44", &[&format!("pulse_oximetry spo2=missing pulse_rate=56 perfusion_index=6.8 flags=[] {HUB}")]);
+        check("81 00 00 00", &[&format!("pulse_oximetry spo2=missing pulse_rate=missing perfusion_index=missing flags=[] {HUB}")]);
     }
 
     #[rustfmt::skip]

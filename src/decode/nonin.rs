@@ -21,16 +21,16 @@ const PULSE_MAX: u16 = 300;
 
 fn spo2_value(raw: u8) -> Result<Value, &'static str> {
     match raw {
-        0..=SPO2_MAX => Ok(Value::number(&codes::SPO2, f64::from(raw))),
-        SPO2_MISSING => Ok(Value::special(&codes::SPO2, Special::Missing)),
+        1..=SPO2_MAX => Ok(Value::number(&codes::SPO2, f64::from(raw))),
+        0 | SPO2_MISSING => Ok(Value::special(&codes::SPO2, Special::Missing)),
         _ => Err("spo2 out of range"),
     }
 }
 
 fn pulse_value(raw: u16) -> Result<Value, &'static str> {
     match raw {
-        0..=PULSE_MAX => Ok(Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(raw))),
-        PULSE_MISSING => Ok(Value::special(
+        1..=PULSE_MAX => Ok(Value::number(&codes::PULSE_RATE_OXIMETER, f64::from(raw))),
+        0 | PULSE_MISSING => Ok(Value::special(
             &codes::PULSE_RATE_OXIMETER,
             Special::Missing,
         )),
@@ -738,6 +738,9 @@ mod tests {
         check(df13, &df13_packet("20 24 03 15 10 20 30 00 00 00 01 FF 00 7F"), &["reading spo2=missing pulse_rate=missing flags=[] at=2024-03-15T10:20:30+00:00 source=device"]);
         check(df13, &df13_packet("20 24 03 15 10 20 30 00 00 00 00 48 00 7F"), &["reading spo2=missing pulse_rate=72 flags=[] at=2024-03-15T10:20:30+00:00 source=device"]);
         check(df13, &df13_packet("20 24 03 15 10 20 30 00 01 00 01 FF 00 7F"), &["reading spo2=no_measurement pulse_rate=no_measurement flags=[no_measurement] at=2024-03-15T10:20:30+00:00 source=device"]);
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 00 00 00 00 00 00"), &["reading spo2=missing pulse_rate=missing flags=[] at=2024-03-15T10:20:30+00:00 source=device"]);
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 00 00 00 48 00 00"), &["reading spo2=missing pulse_rate=72 flags=[] at=2024-03-15T10:20:30+00:00 source=device"]);
+        check(df13, &df13_packet("20 24 03 15 10 20 30 00 00 00 00 00 00 61"), &["reading spo2=97 pulse_rate=missing flags=[] at=2024-03-15T10:20:30+00:00 source=device"]);
         check(
             df13,
             &df13_packet("20 24 03 15 10 20 30 00 00 00 00 48 00 65"),
@@ -963,7 +966,19 @@ mod tests {
         check(
             df8,
             "80 00 00 00",
-            &[&format!("reading spo2=0 pulse_rate=0 flags=[] {at}")],
+            &[&format!(
+                "reading spo2=missing pulse_rate=missing flags=[] {at}"
+            )],
+        );
+        check(
+            df8,
+            "80 00 61 00",
+            &[&format!("reading spo2=97 pulse_rate=missing flags=[] {at}")],
+        );
+        check(
+            df8,
+            "80 48 00 00",
+            &[&format!("reading spo2=missing pulse_rate=72 flags=[] {at}")],
         );
         check(
             df8,
@@ -1101,6 +1116,21 @@ mod tests {
                 make,
                 &packet(variant, 127, 511, normal, &[]),
                 &[&hub_reading("spo2=missing pulse_rate=missing", "")],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 0, 0, normal, &[]),
+                &[&hub_reading("spo2=missing pulse_rate=missing", "")],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 0, 72, normal, &[]),
+                &[&hub_reading("spo2=missing pulse_rate=72", "")],
+            );
+            check_bytes(
+                make,
+                &packet(variant, 97, 0, normal, &[]),
+                &[&hub_reading("spo2=97 pulse_rate=missing", "")],
             );
             check_bytes(
                 make,

@@ -4,7 +4,9 @@
 //! Readings the device marks as demonstration, testing, unavailable or invalid keep their values but carry
 //! a flag from `reading::NON_CLINICAL_FLAGS`, so the pipeline withholds them from the readings topic.
 
-use super::ieee11073::{bit_names, push_flags, stamp, value_of, Cursor, DeviceDateTime};
+use super::ieee11073::{
+    bit_names, patient_value_of, push_flags, stamp, value_of, Cursor, DeviceDateTime,
+};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
 use crate::reading::{Kind, Reading, TimeSource};
@@ -95,8 +97,8 @@ impl MessageDecoder for PlxSpotCheckDecoder {
 
         let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
         reading.values = vec![
-            value_of(&codes::SPO2, spo2),
-            value_of(&codes::PULSE_RATE_OXIMETER, pulse),
+            patient_value_of(&codes::SPO2, spo2),
+            patient_value_of(&codes::PULSE_RATE_OXIMETER, pulse),
         ];
         reading
             .values
@@ -160,23 +162,27 @@ impl MessageDecoder for PlxContinuousDecoder {
 
         let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
         reading.values = vec![
-            value_of(&codes::SPO2, spo2),
-            value_of(&codes::PULSE_RATE_OXIMETER, pulse),
+            patient_value_of(&codes::SPO2, spo2),
+            patient_value_of(&codes::PULSE_RATE_OXIMETER, pulse),
         ];
         reading
             .values
             .extend(pulse_amplitude.map(|number| value_of(&codes::PERFUSION_INDEX, number)));
         if let Some((spo2, pulse)) = fast {
-            reading.values.push(value_of(&codes::SPO2_FAST, spo2));
             reading
                 .values
-                .push(value_of(&codes::PULSE_RATE_FAST, pulse));
+                .push(patient_value_of(&codes::SPO2_FAST, spo2));
+            reading
+                .values
+                .push(patient_value_of(&codes::PULSE_RATE_FAST, pulse));
         }
         if let Some((spo2, pulse)) = slow {
-            reading.values.push(value_of(&codes::SPO2_SLOW, spo2));
             reading
                 .values
-                .push(value_of(&codes::PULSE_RATE_SLOW, pulse));
+                .push(patient_value_of(&codes::SPO2_SLOW, spo2));
+            reading
+                .values
+                .push(patient_value_of(&codes::PULSE_RATE_SLOW, pulse));
         }
         status_flags(&mut reading, measurement_status, device_status);
         Ok(vec![reading])
@@ -258,6 +264,9 @@ mod tests {
         check_continuous("1F 61 00 48 00 60 00 4A 00 62 00 46 00 80 00 20 00 00 2A F0",
             &format!("pulse_oximetry spo2=97 pulse_rate=72 perfusion_index=4.2 spo2_fast=96 pulse_rate_fast=74 spo2_slow=98 pulse_rate_slow=70 flags=[validated_data,low_perfusion] {HUB}"));
         check_continuous("04 FF 07 FF 07 00 20", &format!("pulse_oximetry spo2=nan pulse_rate=nan flags=[measurement_unavailable] {HUB}"));
+        check_continuous("00 00 00 00 00", &format!("pulse_oximetry spo2=missing pulse_rate=missing flags=[] {HUB}"));
+        check_continuous("00 62 00 00 F0", &format!("pulse_oximetry spo2=98 pulse_rate=missing flags=[] {HUB}"));
+        check_continuous("03 62 00 48 00 00 00 00 00 00 00 00 00", &format!("pulse_oximetry spo2=98 pulse_rate=72 spo2_fast=missing pulse_rate_fast=missing spo2_slow=missing pulse_rate_slow=missing flags=[] {HUB}"));
         check_continuous("08 62 00 48 00 00 80 00", &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[sensor_disconnected] {HUB}"));
         // Reserved flag and status bits change nothing.
         check_continuous("E4 62 00 48 00 1F 00", &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"));
@@ -277,6 +286,8 @@ mod tests {
     #[test]
     fn spot_check_vectors() {
         check_spot("00 62 00 48 00", &format!("pulse_oximetry spo2=98 pulse_rate=72 flags=[] {HUB}"));
+        check_spot("00 00 00 48 00", &format!("pulse_oximetry spo2=missing pulse_rate=72 flags=[] {HUB}"));
+        check_spot("00 62 00 00 00", &format!("pulse_oximetry spo2=98 pulse_rate=missing flags=[] {HUB}"));
         // Time stamp, both statuses and PAI.
         check_spot("0F 61 00 48 00 E8 07 03 0F 07 1E 00 80 02 00 00 00 2A F0",
             "pulse_oximetry spo2=97 pulse_rate=72 perfusion_index=4.2 flags=[validated_data,from_memory] at=2024-03-15T07:30:00 device");

@@ -9,7 +9,7 @@
 use super::line::LineDecoder;
 use super::{hex_of, DecodeContext, DecodeEvent, FrameError};
 use crate::codes::{self, Measure};
-use crate::reading::{Kind, Reading, Value};
+use crate::reading::{Kind, Reading, Special, Value};
 
 const HEADER: &[u8] = b"{0,16,";
 
@@ -100,6 +100,12 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
                 stone_pounds(text).ok_or("unreadable stone-pound weight")?,
             ),
             (None, None, None) => return Err("no weight in the line"),
+        };
+        // A 0 is a scale with nobody on it, not a weighing.
+        let weight = if weight.value == Some(0.0) {
+            Value::special(weight.measure, Special::Missing)
+        } else {
+            weight
         };
         let mut weight_values = vec![weight];
         weight_values.extend(number("MI")?.map(|v| Value::number(&codes::BMI, v)));
@@ -199,6 +205,9 @@ mod tests {
             &format!("body_composition body_fat_percentage=22.5 body_fat_mass=39.7[[lb_av]] flags=[] {HUB}"),
         ]);
         check("{0,16,~0,1,Ws,12 8.4\r\n", &[&format!("body_weight body_weight=176.4[[lb_av]] flags=[] {HUB}")]);
+        check("{0,16,~0,1,~1,1,~2,1,MO,\"WB-3000\",Hm,170.0,Wk,0.0,CS,7E\r\n", &[&format!("body_weight body_weight=missing body_height=1.7[m] flags=[] {HUB}")]);
+        check("{0,16,~0,1,~1,1,~2,1,MO,\"WB-3000\",Wp,0.0,CS,80\r\n", &[&format!("body_weight body_weight=missing flags=[] {HUB}")]);
+        check("{0,16,~0,1,Ws,0 0\r\n", &[&format!("body_weight body_weight=missing flags=[] {HUB}")]);
         // An SC-330 line as a public simulator sends it: a closing brace after the checksum, which matches;
         // both BMR keys (rb kJ, rB kcal) and rJ, which is no BMR.
         check("{0,16,~0,1,~1,1,~2,1,MO,\"SC-330\",SN,\"00000001\",ID,\"0000000000\",Da,\"25/09/2014\",TI,\"08:20\",Bt,0,GE,1,AG,34,Hm,191.0,Pt,0.0,Wk,89.2,FW,18.8,fW,16.8,MW,72.4,mW,68.8,sW,13,bW,3.6,wW,48.0,ww,53.8,MI,24.5,Sw,80.3,OV,11.1,IF,6,rb,8874,rB,2121,rJ,13,rA,29,ZF,501.8,CS,D9}\r\n", &[

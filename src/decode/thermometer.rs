@@ -1,7 +1,7 @@
 //! Health Thermometer Service: Temperature Measurement 0x2A1C (and Intermediate Temperature 0x2A1E, which
 //! has the same layout).
 
-use super::ieee11073::{stamp, value_of, Cursor};
+use super::ieee11073::{patient_value_of, stamp, Cursor};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
 use crate::reading::{Kind, Reading, TimeSource};
@@ -53,7 +53,7 @@ impl MessageDecoder for TemperatureMeasurementDecoder {
             &codes::BODY_TEMPERATURE_CEL
         };
         let mut reading = Reading::at_hub_time(Kind::BodyTemperature, context.received_at, message);
-        reading.values.push(value_of(measure, temperature));
+        reading.values.push(patient_value_of(measure, temperature));
         reading.flags.extend(site.and_then(|code| {
             SITES
                 .iter()
@@ -130,7 +130,9 @@ mod tests {
         check(&["00 02 00 80 00"], &[&format!("body_temperature body_temperature=-inf flags=[] {HUB}")]);
         check(&["00 01 00 80 00"], &[&format!("body_temperature body_temperature=reserved flags=[] {HUB}")]);
         check(&["01 FF FF 7F 00"], &[&format!("body_temperature body_temperature=nan flags=[] {HUB}")]);
-        check(&["00 00 00 00 00"], &[&format!("body_temperature body_temperature=0[Cel] flags=[] {HUB}")]);
+        check(&["00 00 00 00 00"], &[&format!("body_temperature body_temperature=missing flags=[] {HUB}")]);
+        check(&["00 00 00 00 FF"], &[&format!("body_temperature body_temperature=missing flags=[] {HUB}")]);
+        check(&["01 00 00 00 00"], &[&format!("body_temperature body_temperature=missing flags=[] {HUB}")]);
         check(&["00 9C FF FF FF"], &[&format!("body_temperature body_temperature=-10[Cel] flags=[] {HUB}")]);
     }
 

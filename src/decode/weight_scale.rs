@@ -29,6 +29,21 @@ pub(crate) fn mass(
     }
 }
 
+/// The weight field; 0 is a scale with nobody on it, not a weighing, so the value is missing.
+pub(crate) fn body_weight(raw: u16, imperial: bool) -> Value {
+    let weight = mass(
+        raw,
+        imperial,
+        &codes::BODY_WEIGHT_KG,
+        &codes::BODY_WEIGHT_LB,
+    );
+    if raw == 0 {
+        Value::special(weight.measure, Special::Missing)
+    } else {
+        weight
+    }
+}
+
 /// A height field: metres in 0.001 steps, or inches in 0.1 steps.
 pub(crate) fn height(raw: u16, imperial: bool) -> Value {
     if imperial {
@@ -68,12 +83,7 @@ impl MessageDecoder for WeightMeasurementDecoder {
             reading.flags.push("measurement_failed");
             Value::special(measure, Special::NoMeasurement)
         } else {
-            mass(
-                weight,
-                imperial,
-                &codes::BODY_WEIGHT_KG,
-                &codes::BODY_WEIGHT_LB,
-            )
+            body_weight(weight, imperial)
         });
         if let Some((bmi, height_raw)) = bmi_and_height {
             reading
@@ -166,6 +176,9 @@ mod tests {
             "body_weight body_weight=80[kg] bmi=24.7[kg/m2] body_height=1.8[m] flags=[] at=2024-03-15T07:30:00 device user=1");
         check("01 E5 44", &format!("body_weight body_weight=176.37[[lb_av]] flags=[] {HUB}"));
         check("00 FF FF", &format!("body_weight body_weight=no_measurement flags=[measurement_failed] {HUB}"));
+        check("00 00 00", &format!("body_weight body_weight=missing flags=[] {HUB}"));
+        check("01 00 00", &format!("body_weight body_weight=missing flags=[] {HUB}"));
+        check("00 01 00", &format!("body_weight body_weight=0.005[kg] flags=[] {HUB}"));
         check("09 E5 44 F7 00 B4 02", &format!("body_weight body_weight=176.37[[lb_av]] bmi=24.7[kg/m2] body_height=69.2[[in_i]] flags=[] {HUB}"));
         check("04 14 37 FF", &format!("body_weight body_weight=70.5[kg] flags=[] {HUB}"));
         // Bits 4–7 are reserved; they must not shift the fields after them.
