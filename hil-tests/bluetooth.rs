@@ -152,12 +152,20 @@ fn an_and_cuff_is_paired_then_its_stored_burst_arrives_complete_with_its_clock_s
     for reading in &readings {
         crate::assert_valid_reading(reading);
     }
+    // The cuff's clock reads 2000 (reset since it stamped these records in 2024): their times are on a
+    // timeline that is gone, so they carry the hub's time, the flag, and the time stamp as it was sent.
     let first = readings
         .iter()
-        .find(|r| r["measured_at"] == "2024-03-15T07:00:00+00:00")
+        .find(|r| r["device_time"] == "2024-03-15T07:00:00")
         .expect("the oldest record");
     assert_eq!(first["kind"], "blood_pressure");
-    assert_eq!(first["time_source"], "device");
+    assert_eq!(first["time_source"], "hub");
+    assert_eq!(first["flags"], serde_json::json!(["device_clock_reset"]));
+    assert_eq!(first["hub_clock"], "trusted");
+    assert!(
+        first.get("device_clock").is_none(),
+        "a clock that is not set has no offset"
+    );
     assert_eq!(first["device"]["manufacturer"], "A&D Medical");
     assert_eq!(first["device"]["model"], "UA-651BLE");
     assert_eq!(
@@ -172,14 +180,17 @@ fn an_and_cuff_is_paired_then_its_stored_burst_arrives_complete_with_its_clock_s
     // The failed measurement is accepted, with nothing invented.
     let failed = readings
         .iter()
-        .find(|r| r["measured_at"] == "2024-03-15T08:00:00+00:00")
+        .find(|r| r["device_time"] == "2024-03-15T08:00:00")
         .expect("the all-NaN record");
     assert!(failed["values"]
         .as_array()
         .unwrap()
         .iter()
         .all(|v| v["value"].is_null() && v["special"] == "nan"));
-    assert_eq!(failed["flags"], serde_json::json!(["measurement_failed"]));
+    assert_eq!(
+        failed["flags"],
+        serde_json::json!(["measurement_failed", "device_clock_reset"])
+    );
 
     // The hub wrote the cuff's Date Time before subscribing, and recorded that the clock was not set.
     let writes = rig.sim.device(CUFF, |device| device.writes.clone());
@@ -671,6 +682,20 @@ fn records_stamped_by_a_device_clock_that_was_days_behind_are_corrected_with_a_f
         readings[0]["flags"],
         serde_json::json!(["device_clock_corrected"])
     );
+    // The coincident time stamp rides along: what the scale's clock said, and what the hub made of it.
+    let weighed = device_clock - chrono::TimeDelta::hours(1);
+    assert_eq!(
+        readings[0]["device_time"],
+        weighed.format("%Y-%m-%dT%H:%M:%S").to_string()
+    );
+    let clock = &readings[0]["device_clock"];
+    assert!(
+        clock["offset_s"]
+            .as_i64()
+            .is_some_and(|s| (s + 3 * 86_400).abs() < 120),
+        "{clock}"
+    );
+    assert_eq!(clock["set"], true);
     assert!(
         wait_until(Duration::from_secs(10), || {
             rig.devices_json()["devices"][0]["clock_offset_s"]

@@ -89,6 +89,9 @@ pub struct BoundDevice {
     pub clock_not_set: bool,
     #[serde(default)]
     pub clock_checked_at: Option<DateTime<Utc>>,
+    /// The hub wrote its time into the device at the last sync (it does only while it trusts its clock).
+    #[serde(default)]
+    pub clock_set: bool,
     /// The newest glucose record sequence number stored in the outbox for this meter.
     #[serde(default)]
     pub glucose_last_sequence: Option<u16>,
@@ -134,6 +137,7 @@ impl BoundDevice {
             clock_offset_s: None,
             clock_not_set: false,
             clock_checked_at: None,
+            clock_set: false,
             glucose_last_sequence: None,
             glucose_last_key: None,
             measuring: None,

@@ -130,3 +130,116 @@ pub async fn release_pass(outbox: &OutboxHandle, now: &HubNow) -> Result<Release
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes;
+    use crate::outbox::{NewRecord, Outbox, OutboxOptions};
+    use crate::payload::{self, DeviceInfo};
+    use crate::reading::{BootInstant, Kind, Reading, Value};
+
+    fn now(boot_id: &str, since_boot_s: u64, clock: HubClock) -> HubNow {
+        HubNow {
+            wall: "2026-12-05T08:00:00Z".parse().unwrap(),
+            boot: BootInstant {
+                boot_id: boot_id.into(),
+                since_boot: Duration::from_secs(since_boot_s),
+            },
+            clock,
+        }
+    }
+
+    /// A reading received under an untrusted clock at `since_boot_s` of `boot_id`, as the pipeline stores it.
+    fn held_record(boot_id: &str, since_boot_s: u64) -> NewRecord {
+        let received: HubNow = now(boot_id, since_boot_s, HubClock::Unsynchronized);
+        let mut reading = Reading::at_hub_time(
+            Kind::PulseOximetry,
+            "2020-01-01T00:00:00Z".parse().unwrap(),
+            &[since_boot_s as u8],
+        );
+        reading.values = vec![Value::number(&codes::SPO2, 97.0)];
+        reading.hub_clock = received.clock;
+        reading.received_since_boot = Some(received.boot);
+        let device = DeviceInfo {
+            id: "serial:test".into(),
+            transport: "serial",
+            protocol: "nonin-df8",
+            manufacturer: None,
+            model: None,
+            serial_number: None,
+        };
+        let id = payload::reading_id(&device.id, &reading, 0);
+        NewRecord {
+            payload: payload::to_json("hub", &id, &device, &reading),
+            key: id,
+            label: "pulse_oximetry".into(),
+            format: payload::OUTBOX_FORMAT,
+            created_at_ms: reading.received_at.timestamp_millis(),
+            held: payload::held(&reading).is_some(),
+        }
+    }
+
+    #[tokio::test]
+    async fn held_readings_wait_for_their_boots_clock_and_earlier_boots_are_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(
+            &dir.path().join("outbox.db"),
+            OutboxOptions { max_pending: 100 },
+            0,
+        )
+        .unwrap();
+        let (outbox, _worker) = crate::outbox::spawn_worker(outbox, 400, || None);
+        outbox
+            .append_durable(vec![
+                held_record("old-boot", 50),
+                held_record("this-boot", 60),
+            ])
+            .await
+            .unwrap();
+        assert!(outbox.fetch_after(0, 10).await.unwrap().is_empty());
+
+        // This boot's clock is not trusted yet: only the earlier boot's reading can go, flagged.
+        let pass = release_pass(&outbox, &now("this-boot", 100, HubClock::Unsynchronized))
+            .await
+            .unwrap();
+        assert_eq!(
+            pass,
+            Released {
+                resolved: 0,
+                unresolved: 1,
+                waiting: 1
+            }
+        );
+        let queued = outbox.fetch_after(0, 10).await.unwrap();
+        let first: serde_json::Value = serde_json::from_slice(&queued[0].payload).unwrap();
+        assert_eq!(first["flags"], serde_json::json!(["hub_clock_unresolved"]));
+        assert_eq!(first["received_at"], "2020-01-01T00:00:00.000Z");
+
+        // Trust arrives 100 s into the boot at 08:00:00: the reading taken at 60 s was received 40 s before.
+        let pass = release_pass(&outbox, &now("this-boot", 100, HubClock::Synchronized))
+            .await
+            .unwrap();
+        assert_eq!(
+            pass,
+            Released {
+                resolved: 1,
+                unresolved: 0,
+                waiting: 0
+            }
+        );
+        let queued = outbox.fetch_after(0, 10).await.unwrap();
+        let second: serde_json::Value = serde_json::from_slice(&queued[1].payload).unwrap();
+        assert_eq!(second["received_at"], "2026-12-05T07:59:20.000Z");
+        assert_eq!(second["measured_at"], "2026-12-05T07:59:20+00:00");
+        assert_eq!(second["flags"], serde_json::json!([]));
+        assert_eq!(
+            queued[1].created_at_ms,
+            "2026-12-05T07:59:20Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+                .timestamp_millis()
+        );
+        assert_eq!(outbox.stats().await.unwrap().held, 0);
+    }
+}

@@ -139,6 +139,16 @@ impl Stamp {
     }
 }
 
+/// Whether a reading's device time stamp, with its bytes, names the record: true for any plausible time
+/// stamp, whatever the hub made of it (ahead, reset, corrected), so a record re-sent after a reboot is
+/// recognised whatever the hub clock said either time. A clock that was never set stamps every record
+/// alike, so such a stamp names nothing.
+pub fn stamp_names_the_record(reading: &crate::reading::Reading) -> bool {
+    reading
+        .device_time
+        .is_some_and(|time| DeviceDateTime::Known(time).plausible().is_some())
+}
+
 /// Decides a record's time from the device's time stamp (the rules are at the top of this module).
 pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
     let hub_stamp = |flag| Stamp {
@@ -190,7 +200,17 @@ pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
 /// Whether `time` lies further after a trusted hub clock than a device clock may run ahead. Always false
 /// against an untrusted hub clock, which cannot tell a device clock ahead from its own that is behind.
 pub fn is_after_trusted_hub(time: DateTime<FixedOffset>, hub: &HubTime<'_>) -> bool {
-    hub.hub_clock.is_trusted() && time.signed_duration_since(hub.received_at) > MAX_AHEAD
+    runs_past_hub(time, hub.received_at, hub.hub_clock)
+}
+
+/// [`is_after_trusted_hub`] for callers that hold the hub's time and trust but no time zone (a decoder
+/// judging a recording's end when the dialog moves on).
+pub fn runs_past_hub(
+    time: DateTime<FixedOffset>,
+    hub_now: DateTime<Utc>,
+    hub_clock: HubClock,
+) -> bool {
+    hub_clock.is_trusted() && time.signed_duration_since(hub_now) > MAX_AHEAD
 }
 
 #[cfg(test)]
@@ -419,5 +439,120 @@ mod tests {
             reset,
             &format!("{HUB} device_clock_invalid"),
         );
+    }
+
+    mod properties {
+        use chrono::NaiveDate;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A device time stamp: calendar fields as a clock might send them (any of which may be impossible),
+        /// a time near a given instant (so the ahead, reset and correction rules are reached), or "unknown".
+        #[derive(Debug, Clone)]
+        enum Stamped {
+            Fields(i32, u32, u32, u32, u32, u32),
+            Near(i64),
+            Unknown,
+        }
+
+        impl Stamped {
+            /// The time stamp as the device sends it; `near` is the wall time `Near` is relative to.
+            fn read(&self, near: NaiveDateTime) -> DeviceDateTime {
+                let known = match *self {
+                    Stamped::Fields(year, month, day, hour, minute, second) => {
+                        NaiveDate::from_ymd_opt(year, month, day)
+                            .and_then(|date| date.and_hms_opt(hour, minute, second))
+                    }
+                    Stamped::Near(seconds) => near.checked_add_signed(TimeDelta::seconds(seconds)),
+                    Stamped::Unknown => None,
+                };
+                known.map_or(DeviceDateTime::Unknown, DeviceDateTime::Known)
+            }
+        }
+
+        fn stamped() -> impl Strategy<Value = Stamped> {
+            let year = prop_oneof![0..=9999i32, 2005..=2105i32];
+            prop_oneof![
+                2 => (year, 0..=13u32, 0..=32u32, 0..=25u32, 0..=60u32, 0..=60u32)
+                    .prop_map(|(y, mo, d, h, mi, s)| Stamped::Fields(y, mo, d, h, mi, s)),
+                // From days before to days after, around the tolerances (two and ten minutes).
+                3 => prop_oneof![-900..=900i64, -400_000..=400_000i64].prop_map(Stamped::Near),
+                1 => Just(Stamped::Unknown),
+            ]
+        }
+
+        fn hub_clock() -> impl Strategy<Value = HubClock> {
+            prop_oneof![
+                Just(HubClock::Synchronized),
+                Just(HubClock::Trusted),
+                Just(HubClock::Unsynchronized),
+            ]
+        }
+
+        /// The device clock read earlier in the session: what it said, how long before the reading the hub
+        /// read it, by which hub clock, and whether the hub then set it.
+        fn session() -> impl Strategy<Value = Option<(Stamped, i64, HubClock, bool)>> {
+            let before = prop_oneof![0..=3600i64, 0..=400_000_000i64];
+            proptest::option::of((stamped(), before, hub_clock(), any::<bool>()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn a_verdict_never_trusts_what_the_rules_distrust(
+                device in stamped(),
+                // Mostly 2010 to 2100; a hub clock may be far off (1970 to 2200), but it is a time.
+                received_seconds in prop_oneof![1_262_304_000..=4_102_444_800i64, 0..=7_258_118_400i64],
+                clock in hub_clock(),
+                session in session(),
+                offset_seconds in -86_399..=86_399i32,
+            ) {
+                let zone = FixedOffset::east_opt(offset_seconds).unwrap();
+                let received_at = DateTime::from_timestamp(received_seconds, 0).unwrap();
+                let local_at = |time: DateTime<Utc>| time.with_timezone(&zone).naive_local();
+                let check = session.map(|(said, before, check_clock, set)| {
+                    let hub_time = received_at - TimeDelta::seconds(before);
+                    DeviceClockCheck {
+                        device_time: said.read(local_at(hub_time)),
+                        hub_time,
+                        hub_local: local_at(hub_time),
+                        hub_clock: check_clock,
+                        set,
+                    }
+                });
+                let hub = HubTime {
+                    received_at,
+                    time_zone: &zone,
+                    hub_clock: clock,
+                    device_clock: check.as_ref(),
+                };
+                let device_time = device.read(local_at(received_at));
+                let stamp = judge(device_time, &hub);
+
+                // (a) Never in the future of a trusted hub clock beyond the tolerance, corrected or not.
+                if clock.is_trusted() {
+                    prop_assert!(
+                        stamp.measured_at.signed_duration_since(received_at) <= MAX_AHEAD,
+                        "{stamp:?} is ahead of the trusted hub clock at {received_at}"
+                    );
+                }
+                // (b) A device time is one a set clock can show.
+                if stamp.time_source == TimeSource::Device {
+                    let year = stamp.device_time.map(|time| time.year());
+                    prop_assert!(
+                        year.is_some_and(|year| (MIN_PLAUSIBLE_YEAR..=MAX_PLAUSIBLE_YEAR).contains(&year)),
+                        "{stamp:?} uses an implausible device time"
+                    );
+                    prop_assert!(matches!(stamp.flag, None | Some("device_clock_corrected")), "{stamp:?}");
+                } else {
+                    prop_assert_eq!(stamp.measured_at, received_at.fixed_offset());
+                    prop_assert!(stamp.flag.is_some(), "{:?}", stamp);
+                }
+                // (c) The time as reported is kept exactly, whatever the verdict.
+                prop_assert_eq!(stamp.device_time, device_time.known());
+            }
+        }
     }
 }

@@ -340,4 +340,106 @@ mod tests {
         assert_ne!(reading_id("dev", &first, 0), reading_id("dev", &first, 1));
         assert_eq!(reading_id("dev", &first, 0), reading_id("dev", &first, 0));
     }
+
+    /// A hub-time reading received at boot-time 100 s of boot "b1" while the hub clock read 2020.
+    fn held_reading() -> Reading {
+        let mut reading = sample();
+        reading.record_key = None;
+        reading.time_source = TimeSource::Hub;
+        reading.received_at = "2020-01-01T00:00:00Z".parse().unwrap();
+        reading.measured_at = reading.received_at.fixed_offset();
+        reading.device_time = None;
+        reading.hub_clock = crate::measurement_time::HubClock::Unsynchronized;
+        reading.received_since_boot = Some(crate::reading::BootInstant {
+            boot_id: "b1".into(),
+            since_boot: std::time::Duration::from_millis(100_250),
+        });
+        reading
+    }
+
+    fn release(
+        reading: &Reading,
+        boot_id: &str,
+        started: Option<&str>,
+    ) -> Option<serde_json::Value> {
+        let payload = to_json("hub-0001", "the-id", &device(), reading);
+        let resolution = ClockResolution {
+            boot_id,
+            boot_started_at: started.map(|text| text.parse().unwrap()),
+        };
+        release_held(&payload, &resolution)
+            .unwrap()
+            .map(|released| serde_json::from_slice(&released.payload).unwrap())
+    }
+
+    #[test]
+    fn a_held_reading_gets_its_exact_times_once_its_boot_trusts_the_clock() {
+        let reading = held_reading();
+        assert!(held(&reading).is_some());
+        let waiting: serde_json::Value =
+            serde_json::from_slice(&to_json("hub-0001", "the-id", &device(), &reading)).unwrap();
+        assert_eq!(
+            waiting["hub_time_pending"]["since_boot_ns"],
+            100_250_000_000u64
+        );
+        // Not yet: same boot, clock still untrusted.
+        assert_eq!(release(&reading, "b1", None), None);
+        let done = release(&reading, "b1", Some("2026-12-05T08:00:00Z")).unwrap();
+        assert_eq!(done["received_at"], "2026-12-05T08:01:40.250Z");
+        assert_eq!(done["measured_at"], "2026-12-05T08:01:40.250+00:00");
+        assert_eq!(done["hub_clock"], "unsynchronized");
+        assert_eq!(done["flags"], serde_json::json!(["smartpoint"]));
+        assert_eq!(done["id"], "the-id");
+        assert!(done.get("hub_time_pending").is_none());
+    }
+
+    #[test]
+    fn a_device_timed_reading_keeps_its_measured_at_when_released() {
+        let mut reading = held_reading();
+        reading.time_source = TimeSource::Device;
+        reading.measured_at = "2026-12-05T09:00:00+01:00".parse().unwrap();
+        let done = release(&reading, "b1", Some("2026-12-05T08:00:00Z")).unwrap();
+        assert_eq!(done["measured_at"], "2026-12-05T09:00:00+01:00");
+        assert_eq!(done["received_at"], "2026-12-05T08:01:40.250Z");
+    }
+
+    #[test]
+    fn a_held_reading_of_a_boot_that_never_trusted_its_clock_is_flagged_not_dated() {
+        let reading = held_reading();
+        for started in [None, Some("2026-12-05T08:00:00Z")] {
+            let done = release(&reading, "b2", started).unwrap();
+            assert_eq!(done["received_at"], "2020-01-01T00:00:00.000Z");
+            assert_eq!(
+                done["flags"],
+                serde_json::json!(["smartpoint", "hub_clock_unresolved"])
+            );
+            assert!(done.get("hub_time_pending").is_none());
+        }
+    }
+
+    #[test]
+    fn a_reading_received_under_a_trusted_clock_is_not_held() {
+        let mut reading = held_reading();
+        reading.hub_clock = crate::measurement_time::HubClock::Synchronized;
+        assert!(held(&reading).is_none());
+        let json: serde_json::Value =
+            serde_json::from_slice(&to_json("h", "i", &device(), &reading)).unwrap();
+        assert!(json.get("hub_time_pending").is_none());
+    }
+
+    #[test]
+    fn untrusted_hub_time_ids_come_from_the_boot_not_the_wall_clock() {
+        // After a power cut a Pi boots on the same saved time: the wall clock repeats, the boot does not.
+        let first = held_reading();
+        let mut next_boot = held_reading();
+        next_boot.received_since_boot.as_mut().unwrap().boot_id = "b2".into();
+        assert_ne!(
+            reading_id("dev", &first, 0),
+            reading_id("dev", &next_boot, 0)
+        );
+        assert_eq!(
+            reading_id("dev", &first, 0),
+            reading_id("dev", &held_reading(), 0)
+        );
+    }
 }

@@ -209,16 +209,23 @@ pub fn list(devices: &SharedDevices) -> serde_json::Value {
         .iter()
         .map(|device| {
             let mut value = serde_json::to_value(device).expect("serialisable");
+            let by_hub = if device.clock_set {
+                " (the hub set it)"
+            } else {
+                " (left as it was)"
+            };
             let clock = if device.clock_checked_at.is_none() {
                 "unknown".to_string()
             } else if device.clock_not_set {
-                "not set (the hub set it)".to_string()
+                format!("not set{by_hub}")
             } else {
                 match clock_verdict(device.clock_offset_s.map(chrono::TimeDelta::seconds)) {
-                    ClockVerdict::NotSet => "unknown".to_string(),
+                    ClockVerdict::NotSet => {
+                        format!("not compared: the hub clock was not synchronised{by_hub}")
+                    }
                     ClockVerdict::InSync => "in sync".to_string(),
                     ClockVerdict::Off(offset) => {
-                        format!("was off by {} s (the hub set it)", offset.num_seconds())
+                        format!("was off by {} s{by_hub}", offset.num_seconds())
                     }
                 }
             };

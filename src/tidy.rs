@@ -60,6 +60,7 @@ fn decoders_and_the_model_do_no_io_and_read_no_clock() {
             "codes.rs",
             "spot.rs",
             "payload.rs",
+            "measurement_time.rs",
             "ble/profile.rs",
             "mqtt/inflight.rs",
         ],
@@ -99,9 +100,41 @@ fn only_the_clock_module_reads_the_clock() {
             continue;
         }
         let text = production_text(&path);
-        for word in ["Utc::now", "Local::now", "SystemTime::now"] {
+        for word in [
+            "Utc::now",
+            "Local::now",
+            "SystemTime::now",
+            "libc::adjtimex",
+            "libc::CLOCK_BOOTTIME",
+            "random/boot_id",
+        ] {
             if text.contains(word) {
                 violations.push(format!("{} calls {word}", path.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// The time model's rules live in one place: no other module holds a year limit, compares a device
+/// year, or keeps its own "ahead" or tolerance window.
+#[test]
+fn only_the_time_model_judges_device_clocks() {
+    let mut violations = Vec::new();
+    for path in sources(&src()) {
+        if path.ends_with("measurement_time.rs") || path.ends_with("tidy.rs") {
+            continue;
+        }
+        let text = production_text(&path);
+        for word in [
+            "2010",
+            "2099",
+            "Datelike::year",
+            "TimeDelta::minutes(10)",
+            "TimeDelta::minutes(2)",
+        ] {
+            if text.contains(word) {
+                violations.push(format!("{} holds {word}", path.display()));
             }
         }
     }

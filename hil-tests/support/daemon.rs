@@ -19,6 +19,10 @@ pub struct SerialEntry {
 pub struct DaemonWorld {
     pub dir: tempfile::TempDir,
     pub hub_id: String,
+    /// `hub.clock` of the generated configuration. Scenarios run `"trusted"` unless they are about the
+    /// hub clock: the test machines' kernels always report the clock unsynchronised, and under `"ntp"`
+    /// every reading would wait for a synchronisation that never comes.
+    pub hub_clock: &'static str,
 }
 
 impl DaemonWorld {
@@ -26,6 +30,7 @@ impl DaemonWorld {
         DaemonWorld {
             dir: tempfile::tempdir().expect("daemon temp dir"),
             hub_id: "hub-test".to_string(),
+            hub_clock: "trusted",
         }
     }
 
@@ -57,11 +62,12 @@ impl DaemonWorld {
     /// Writes the configuration; `mqtt_extra` lines go into `[mqtt]`.
     pub fn write_config(&self, broker_url: &str, mqtt_extra: &[&str], serial: &[SerialEntry]) {
         let mut text = format!(
-            "[hub]\nid = \"{}\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n[mqtt]\nurl = \"{broker_url}\"\nkeep_alive_s = 5\n\
+            "[hub]\nid = \"{}\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\nclock = \"{}\"\n\n[mqtt]\nurl = \"{broker_url}\"\nkeep_alive_s = 5\n\
              reconnect_min_ms = 200\nreconnect_max_s = 1\n",
             self.hub_id,
             self.state_dir().display(),
-            self.runtime_dir().display()
+            self.runtime_dir().display(),
+            self.hub_clock
         );
         for line in mqtt_extra {
             text.push_str(line);

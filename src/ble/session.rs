@@ -476,6 +476,7 @@ async fn sync_clock(
                     device.clock_offset_s = read.offset().map(|o| o.num_seconds());
                     device.clock_not_set = not_set;
                     device.clock_checked_at = Some(hub.wall);
+                    device.clock_set = false;
                 });
                 match read.offset() {
                     _ if not_set => tracing::info!(%address, "The device clock is not set."),
@@ -511,6 +512,7 @@ async fn sync_clock(
                 if let Some(read) = &mut check {
                     read.set = true;
                 }
+                update(devices, address, |device| device.clock_set = true);
             }
             Err(error) => {
                 tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.")

@@ -134,7 +134,7 @@ impl MessageDecoder for BloodPressureMeasurementDecoder {
         if let Some(time_stamp) = parsed.time_stamp {
             stamp(&mut reading, time_stamp, context);
             // A stored record replayed by the cuff carries the same time stamp and bytes, so the bytes name it.
-            if reading.time_source == crate::reading::TimeSource::Device {
+            if crate::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("blood-pressure:{}", hex_of(message)));
             }
         }
@@ -187,12 +187,34 @@ pub fn decode_feature(bytes: &[u8]) -> Result<Vec<&'static str>, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::test_support::{bytes_of, decode_messages, received_at, render_error};
+    use crate::decode::test_support::{
+        bytes_of, decode_messages, received_at, render_error, render_reading, utc,
+    };
+    use crate::measurement_time::HubClock;
 
     #[track_caller]
     fn check(hex: &str, expected: &str) {
         let lines = decode_messages(&mut BloodPressureMeasurementDecoder, &[hex]);
         assert_eq!(lines, [expected], "{hex}");
+    }
+
+    /// Like `check`, against `clock`, with the time stamp as the device sent it (`sent=`, `-` for none).
+    #[track_caller]
+    fn check_clock(clock: HubClock, hex: &str, expected: &str) {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+            hub_clock: clock,
+            device_clock: None,
+        };
+        let readings = BloodPressureMeasurementDecoder
+            .decode(&bytes_of(hex), &context)
+            .unwrap();
+        let sent = readings[0]
+            .device_time
+            .map_or("-".into(), |time| time.to_string());
+        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
+        assert_eq!(rendered, expected, "{hex}");
     }
 
     #[track_caller]
@@ -241,6 +263,45 @@ mod tests {
         check("01 00 F0 6A F0 8E F0", &format!("blood_pressure systolic=missing diastolic=10.6[kPa] mean_arterial_pressure=14.2[kPa] flags=[] {HUB}"));
         // Trailing bytes beyond what the flags announce (BLS 1.1 fields we do not read) are ignored.
         check("00 80 00 50 00 5F 00 AA", &format!("blood_pressure systolic=128[mm[Hg]] diastolic=80[mm[Hg]] mean_arterial_pressure=95[mm[Hg]] flags=[] {HUB}"));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn device_clock_years_and_impossible_fields() {
+        let line = |at: &str| format!("blood_pressure systolic=128[mm[Hg]] diastolic=80[mm[Hg]] mean_arterial_pressure=95[mm[Hg]] {at}");
+        let invalid = line(&format!("flags=[device_clock_invalid] {HUB}"));
+        let ahead = line(&format!("flags=[device_clock_ahead] {HUB}"));
+        // Year 0 is in `blood_pressure_measurement_vectors`.
+        check("02 80 00 50 00 5F 00 CF 07 0C 1F 17 3B 3B", &invalid);
+        check("02 80 00 50 00 5F 00 D0 07 01 01 00 00 00", &invalid);
+        check("02 80 00 50 00 5F 00 D9 07 0C 1F 17 3B 3B", &invalid);
+        check("02 80 00 50 00 5F 00 DA 07 01 01 00 00 00", &line("flags=[] at=2010-01-01T00:00:00 device"));
+        check("02 80 00 50 00 5F 00 33 08 0C 1F 00 00 00", &ahead);
+        check("02 80 00 50 00 5F 00 34 08 01 01 00 00 00", &invalid);
+        check("02 80 00 50 00 5F 00 FF FF 01 01 00 00 00", &invalid);
+        // Month 0 and 13, day 0 and 32, 30 February, hour 24, minute 60, second 60.
+        check("02 80 00 50 00 5F 00 E8 07 00 0F 07 1E 00", &invalid);
+        check("02 80 00 50 00 5F 00 E8 07 0D 0F 07 1E 00", &invalid);
+        check("02 80 00 50 00 5F 00 E8 07 03 00 07 1E 00", &invalid);
+        check("02 80 00 50 00 5F 00 E8 07 03 20 07 1E 00", &invalid);
+        check("02 80 00 50 00 5F 00 E8 07 02 1E 07 1E 00", &invalid);
+        check("02 80 00 50 00 5F 00 E8 07 03 0F 18 00 00", &invalid);
+        check("02 80 00 50 00 5F 00 E8 07 03 0F 07 3C 00", &invalid);
+        check("02 80 00 50 00 5F 00 E8 07 03 0F 07 1E 3C", &invalid);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn only_a_trusted_hub_clock_finds_the_cuff_ahead_and_the_time_sent_is_kept() {
+        let line = |at: &str| format!("blood_pressure systolic=128[mm[Hg]] diastolic=80[mm[Hg]] mean_arterial_pressure=95[mm[Hg]] {at}");
+        // Three days after the hub's noon: a cuff ahead of a trusted clock, or a hub clock that is behind.
+        check_clock(HubClock::Synchronized, "02 80 00 50 00 5F 00 E8 07 03 12 07 1E 00", &line(&format!("flags=[device_clock_ahead] {HUB} sent=2024-03-18 07:30:00")));
+        check_clock(HubClock::Unsynchronized, "02 80 00 50 00 5F 00 E8 07 03 12 07 1E 00", &line("flags=[] at=2024-03-18T07:30:00 device sent=2024-03-18 07:30:00"));
+        check_clock(HubClock::Unsynchronized, "02 80 00 50 00 5F 00 33 08 0C 1F 00 00 00", &line("flags=[] at=2099-12-31T00:00:00 device sent=2099-12-31 00:00:00"));
+        // An untrusted hub clock does not make an implausible year plausible; the time sent is kept either way.
+        check_clock(HubClock::Unsynchronized, "02 80 00 50 00 5F 00 D9 07 0C 1F 17 3B 3B", &line(&format!("flags=[device_clock_invalid] {HUB} sent=2009-12-31 23:59:59")));
+        check_clock(HubClock::Trusted, "02 80 00 50 00 5F 00 E8 07 03 0F 07 1E 00", &line("flags=[] at=2024-03-15T07:30:00 device sent=2024-03-15 07:30:00"));
+        check_clock(HubClock::Trusted, "02 80 00 50 00 5F 00 E8 07 0D 0F 07 1E 00", &line(&format!("flags=[device_clock_invalid] {HUB} sent=-")));
     }
 
     #[rustfmt::skip]

@@ -327,7 +327,7 @@ impl ContecDecoder {
     /// Whether a recording's time lies after the hub's, by the project's rule: only a trusted hub clock
     /// can tell.
     fn runs_past_hub(&self, time: DateTime<chrono::FixedOffset>, now: DateTime<Utc>) -> bool {
-        self.hub_clock.is_trusted() && time.signed_duration_since(now) > measurement_time::MAX_AHEAD
+        measurement_time::runs_past_hub(time, now, self.hub_clock)
     }
 
     fn send(&mut self, bytes: [u8; 9], purpose: CommandPurpose) {
@@ -1040,6 +1040,15 @@ mod tests {
     /// (if any) and the hub polls. Returns what the hub sent ("> a5 1": command byte and parameter) and
     /// decoded, in order, and the checkpoint at the end.
     fn dialog(checkpoint: Option<&str>, steps: &[(i64, &str)]) -> (Vec<String>, Option<String>) {
+        dialog_with(HubClock::Trusted, checkpoint, steps)
+    }
+
+    /// [`dialog`] against a hub clock of the given trust.
+    fn dialog_with(
+        clock: HubClock,
+        checkpoint: Option<&str>,
+        steps: &[(i64, &str)],
+    ) -> (Vec<String>, Option<String>) {
         let zone = utc();
         let base: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
         let mut decoder = ContecDecoder::default();
@@ -1051,7 +1060,7 @@ mod tests {
             let context = DecodeContext {
                 received_at: base + TimeDelta::seconds(*second),
                 time_zone: &zone,
-                hub_clock: crate::measurement_time::HubClock::Trusted,
+                hub_clock: clock,
                 device_clock: None,
             };
             let bytes = crate::decode::test_support::bytes_of(hex);
@@ -1273,6 +1282,129 @@ mod tests {
             "error invalid: stored session 0 would end at 2024-03-15 12:18:00, after the hub's time; its clock cannot be trusted and it is not published",
         ]);
         assert_eq!(checkpoint, None);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn a_session_start_is_judged_by_the_device_clock_rule() {
+        // What follows the start answer: the length question, or the report and the next question.
+        let after_start = |date: &str, time: &str| {
+            dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {date} {time}"))]).0[3..].to_vec()
+        };
+        let skipped = |why: &str| vec![format!("error invalid: stored session 0 {why}; not downloaded"), "> a5".to_string(), "> a1".to_string()];
+        let no_date = skipped("has no start date (the oximeter keeps no clock)");
+        let untrusted = |start: &str, flag: &str| skipped(&format!("starts at {start}, which the hub cannot trust ({flag})"));
+        let midnight = "12 80 80 80 80 80 80 80";
+        let last_second = "12 80 80 80 97 BB BB 80";
+        // Years 0, 1999, 2000 and 2009, the first plausible year, 2099 (ahead of the hub) and 2100.
+        assert_eq!(after_start("07 80 80 80 80 80 81 81", midnight), no_date);
+        assert_eq!(after_start("07 80 80 80 93 E3 8C 9F", last_second), untrusted("1999-12-31 23:59:59", "device_clock_invalid"));
+        assert_eq!(after_start("07 80 80 80 94 80 81 81", midnight), untrusted("2000-01-01 00:00:00", "device_clock_invalid"));
+        assert_eq!(after_start("07 80 80 80 94 89 8C 9F", last_second), untrusted("2009-12-31 23:59:59", "device_clock_invalid"));
+        assert_eq!(after_start("07 80 80 80 94 8A 81 81", midnight), ["> a5", "> a4"]);
+        assert_eq!(after_start("07 80 80 80 94 E3 8C 9F", midnight), untrusted("2099-12-31 00:00:00", "device_clock_ahead"));
+        assert_eq!(after_start("07 80 80 80 95 80 81 81", midnight), untrusted("2100-01-01 00:00:00", "device_clock_invalid"));
+        // Month 0 and 13, day 0 and 32, 30 February: no date at all.
+        assert_eq!(after_start("07 80 80 80 94 98 80 8F", midnight), no_date);
+        assert_eq!(after_start("07 80 80 80 94 98 8D 8F", midnight), no_date);
+        assert_eq!(after_start("07 80 80 80 94 98 83 80", midnight), no_date);
+        assert_eq!(after_start("07 80 80 80 94 98 83 A0", midnight), no_date);
+        assert_eq!(after_start("07 80 80 80 94 98 82 9E", midnight), no_date);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn sessions_from_2000_and_2009_are_not_downloaded_and_one_from_2010_is() {
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, "0A 80 80 83"),
+            (0, "07 80 80 80 94 80 81 81 12 80 80 80 80 80 80 80"),
+            (0, "07 80 80 80 94 89 8C 9F 12 80 80 80 97 BB BB 80"),
+            (0, "07 80 80 80 94 8A 81 81 12 80 80 80 80 80 80 80"),
+            (0, "08 80 80 82 86 80 80 80"),
+            (0, TRIPLE),
+            (2, ""),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3", "> a5",
+            "error invalid: stored session 0 starts at 2000-01-01 00:00:00, which the hub cannot trust (device_clock_invalid); not downloaded",
+            "> a5 1",
+            "error invalid: stored session 1 starts at 2009-12-31 23:59:59, which the hub cannot trust (device_clock_invalid); not downloaded",
+            "> a5 2", "> a4 2", "> a6 2", "> a1",
+            &stored("94", "66", "2010-01-01T00:00:00"),
+            &stored("94", "66", "2010-01-01T00:00:01"),
+            &stored("94", "66", "2010-01-01T00:00:02"),
+        ]);
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2010-01-01T00:00:00"));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn an_untrusted_hub_clock_judges_no_session_ahead() {
+        // A session from tomorrow: a device clock ahead of a trusted hub clock, or a hub clock that is behind.
+        let tomorrow = "0A 80 80 81 07 80 80 80 94 98 83 90 12 80 80 80 88 80 80 80 08 80 80 80 8E 80 80 80";
+        let (lines, _) = dialog(None, &[(0, ""), (0, tomorrow), (1, SEVEN), (3, "")]);
+        assert_eq!(lines[3..], [
+            "error invalid: stored session 0 starts at 2024-03-16 08:00:00, which the hub cannot trust (device_clock_ahead); not downloaded",
+            "> a5", "> a1",
+        ].map(String::from));
+        let (lines, checkpoint) = dialog_with(HubClock::Unsynchronized, None, &[(0, ""), (0, tomorrow), (1, SEVEN), (3, "")]);
+        assert_eq!(lines.len(), 7 + 7, "{lines:#?}");
+        assert_eq!(lines[7], stored("94", "66", "2024-03-16T08:00:00"));
+        assert_eq!(lines[13], stored("97", "68", "2024-03-16T08:00:06"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-16T08:00:00"));
+
+        // A start 9 min 58 s after the hub's noon: the start passes, but the samples run more than ten
+        // minutes past the hub's time. A trusted hub clock refuses the session; an untrusted one cannot tell.
+        let late = "0A 80 80 81 07 80 80 80 94 98 83 8F 12 80 80 80 8C 89 BA 80 08 80 80 80 8E 80 80 80";
+        let (lines, _) = dialog(None, &[(0, ""), (0, late), (1, SEVEN), (3, "")]);
+        assert_eq!(lines[3..], [
+            "> a5", "> a4",
+            "error invalid: stored session 0 would run to 2024-03-15 12:10:01 at least, after the hub's time, so its clock cannot be trusted; not downloaded",
+            "> a1",
+        ].map(String::from));
+        let (lines, checkpoint) = dialog_with(HubClock::Unsynchronized, None, &[(0, ""), (0, late), (1, SEVEN), (3, "")]);
+        let mut expected: Vec<String> = ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a1"].map(String::from).to_vec();
+        expected.extend(
+            [("94", "66"), ("94", "66"), ("94", "66"), ("94", "missing"), ("94", "130"), ("94", "66"), ("97", "68")]
+                .iter()
+                .zip(58..)
+                .map(|((spo2, pulse), second)| {
+                    let at = if second < 60 { format!("2024-03-15T12:09:{second}") } else { format!("2024-03-15T12:10:{:02}", second - 60) };
+                    stored(spo2, pulse, &at)
+                }),
+        );
+        assert_eq!(lines, expected);
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-15T12:09:58"));
+    }
+
+    #[test]
+    fn a_stored_sample_reports_the_device_time_it_was_sent_with() {
+        let zone = utc();
+        let base: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
+        let context = DecodeContext {
+            received_at: base,
+            time_zone: &zone,
+            hub_clock: HubClock::Trusted,
+            device_clock: None,
+        };
+        let mut decoder = ContecDecoder::default();
+        decoder.poll(base);
+        let session = format!("{ONE_SESSION} {DATE} {TIME} 08 80 80 80 8E 80 80 80 {SEVEN}");
+        let mut events = decoder.feed(&crate::decode::test_support::bytes_of(&session), &context);
+        events.extend(decoder.poll(base + DATA_PAUSE).events);
+        let sent: Vec<String> = events
+            .iter()
+            .filter_map(|event| match event {
+                DecodeEvent::Reading(reading) => reading.device_time.map(|time| time.to_string()),
+                DecodeEvent::Rejected(_) => None,
+            })
+            .collect();
+        // The session's start as the oximeter sent it (2014-08-18 02:38:18), one second a sample.
+        let expected: Vec<String> = (18..25)
+            .map(|second| format!("2014-08-18 02:38:{second}"))
+            .collect();
+        assert_eq!(sent, expected);
     }
 
     #[rustfmt::skip]

@@ -24,7 +24,7 @@ pub const ADJUST_DST: u8 = 0x08;
 const ENCODABLE_YEARS: std::ops::RangeInclusive<u16> = 1582..=9999;
 
 /// A device clock within this much of the hub's, either way, counts as in sync.
-const IN_SYNC: TimeDelta = TimeDelta::minutes(2);
+const IN_SYNC: TimeDelta = crate::measurement_time::CLOCK_TOLERANCE;
 
 /// Encodes a Date Time: year u16 LE, month, day, hours, minutes, seconds. `None` for a year outside
 /// 1582–9999, which the field cannot hold.

@@ -411,7 +411,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::decode::test_support::{bytes_of, decode_messages, received_at, render_error, utc};
+    use crate::decode::test_support::{
+        bytes_of, decode_messages, received_at, render_error, render_reading, utc,
+    };
+    use crate::measurement_time::HubClock;
 
     #[track_caller]
     fn check(messages: &[&str], expected: &[&str]) {
@@ -440,6 +443,26 @@ mod tests {
             .unwrap();
         assert_eq!(readings.len(), 1, "{hex}");
         readings.remove(0)
+    }
+
+    /// Like `check` for one message, against `clock`, with the time stamp as the device sent it (`sent=`,
+    /// `-` for none).
+    #[track_caller]
+    fn check_clock(clock: HubClock, hex: &str, expected: &str) {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+            hub_clock: clock,
+            device_clock: None,
+        };
+        let readings = GlucoseMeasurementDecoder
+            .decode(&bytes_of(hex), &context)
+            .unwrap();
+        let sent = readings[0]
+            .device_time
+            .map_or("-".into(), |time| time.to_string());
+        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
+        assert_eq!(rendered, expected, "{hex}");
     }
 
     fn key(hex: &str) -> String {
@@ -524,6 +547,41 @@ mod tests {
         check(&["03 07 00 00 00 00 00 07 1E 00 05 00 5F B0 11"], &[&format!("blood_glucose glucose=95[mg/dL] flags=[sample_capillary_whole_blood,location_finger,device_clock_invalid] {HUB}")]);
         check(&["00 07 00 D0 07 01 01 00 00 00"], &[&format!("blood_glucose glucose=no_measurement flags=[device_clock_invalid] {HUB}")]);
         check(&["00 07 00 E8 07 02 1E 07 1E 00"], &[&format!("blood_glucose glucose=no_measurement flags=[device_clock_invalid] {HUB}")]);
+        // Years 0, 1999 and 2009, the first plausible year, 2099 (ahead of the hub), 2100 and 65535.
+        let invalid = format!("blood_glucose glucose=no_measurement flags=[device_clock_invalid] {HUB}");
+        let ahead = format!("blood_glucose glucose=no_measurement flags=[device_clock_ahead] {HUB}");
+        check(&["00 07 00 00 00 01 01 00 00 00"], &[&invalid]);
+        check(&["00 07 00 CF 07 0C 1F 17 3B 3B"], &[&invalid]);
+        check(&["00 07 00 D9 07 0C 1F 17 3B 3B"], &[&invalid]);
+        check(&["00 07 00 DA 07 01 01 00 00 00"], &["blood_glucose glucose=no_measurement flags=[] at=2010-01-01T00:00:00 device"]);
+        check(&["00 07 00 33 08 0C 1F 00 00 00"], &[&ahead]);
+        check(&["00 07 00 34 08 01 01 00 00 00"], &[&invalid]);
+        check(&["00 07 00 FF FF 01 01 00 00 00"], &[&invalid]);
+        // Month 0 and 13, day 0 and 32, hour 24, minute 60, second 60.
+        check(&["00 07 00 E8 07 00 0F 07 1E 00"], &[&invalid]);
+        check(&["00 07 00 E8 07 0D 0F 07 1E 00"], &[&invalid]);
+        check(&["00 07 00 E8 07 03 00 07 1E 00"], &[&invalid]);
+        check(&["00 07 00 E8 07 03 20 07 1E 00"], &[&invalid]);
+        check(&["00 07 00 E8 07 03 0F 18 00 00"], &[&invalid]);
+        check(&["00 07 00 E8 07 03 0F 07 3C 00"], &[&invalid]);
+        check(&["00 07 00 E8 07 03 0F 07 1E 3C"], &[&invalid]);
+        // The time judged is base time plus offset: 2009-12-31 23:50 + 20 min is 2010, 2010-01-01 00:10 - 20 min
+        // is 2009; 2099-12-31 23:50 + 20 min is 2100, 2100-01-01 00:10 - 20 min is 2099 and ahead of the hub.
+        check(&["01 07 00 D9 07 0C 1F 17 32 00 14 00"], &["blood_glucose glucose=no_measurement flags=[] at=2010-01-01T00:10:00 device"]);
+        check(&["01 07 00 DA 07 01 01 00 0A 00 EC FF"], &[&invalid]);
+        check(&["01 07 00 33 08 0C 1F 17 32 00 14 00"], &[&invalid]);
+        check(&["01 07 00 34 08 01 01 00 0A 00 EC FF"], &[&ahead]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn only_a_trusted_hub_clock_finds_the_meter_ahead_and_the_time_sent_is_kept() {
+        check_clock(HubClock::Trusted, "00 07 00 E8 07 03 12 07 1E 00", &format!("blood_glucose glucose=no_measurement flags=[device_clock_ahead] {HUB} sent=2024-03-18 07:30:00"));
+        check_clock(HubClock::Unsynchronized, "00 07 00 E8 07 03 12 07 1E 00", "blood_glucose glucose=no_measurement flags=[] at=2024-03-18T07:30:00 device sent=2024-03-18 07:30:00");
+        check_clock(HubClock::Unsynchronized, "00 07 00 D9 07 0C 1F 17 3B 3B", &format!("blood_glucose glucose=no_measurement flags=[device_clock_invalid] {HUB} sent=2009-12-31 23:59:59"));
+        // The time sent is the record's time: base time plus offset.
+        check_clock(HubClock::Synchronized, "01 07 00 E8 07 03 0F 07 1E 00 3C 00", "blood_glucose glucose=no_measurement flags=[] at=2024-03-15T08:30:00 device sent=2024-03-15 08:30:00");
+        check_clock(HubClock::Trusted, "01 07 00 DA 07 01 01 00 0A 00 EC FF", &format!("blood_glucose glucose=no_measurement flags=[device_clock_invalid] {HUB} sent=2009-12-31 23:50:00"));
     }
 
     #[rustfmt::skip]

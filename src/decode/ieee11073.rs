@@ -161,7 +161,7 @@ pub fn date_time(bytes: &[u8]) -> DeviceDateTime {
         Err(_) => return DeviceDateTime::Unknown,
     };
     let year = u16::from_le_bytes([y0, y1]);
-    if year < 1582 || month == 0 || day == 0 {
+    if !(1582..=9999).contains(&year) || month == 0 || day == 0 {
         return DeviceDateTime::Unknown;
     }
     NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))

@@ -577,6 +577,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::measurement_time::HubClock;
     use crate::reading::TimeSource;
 
     type MakeDecoder = fn() -> Box<dyn StreamDecoder>;
@@ -815,6 +816,60 @@ mod tests {
                 "00 00 00 00 00 00 00 00",
                 &format!("flags=[device_clock_invalid] {hub}"),
             ),
+            // Years 0, 1999, 2000 and 2009, the first plausible year, 2099 (ahead of the hub), 2100, 9999.
+            (
+                "00 00 01 01 00 00 00 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "19 99 12 31 23 59 59 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 00 01 01 00 00 00 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 09 12 31 23 59 59 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 10 01 01 00 00 00 00",
+                "flags=[] at=2010-01-01T00:00:00+00:00 source=device",
+            ),
+            (
+                "20 99 12 31 00 00 00 00",
+                &format!("flags=[device_clock_ahead] {hub}"),
+            ),
+            (
+                "21 00 01 01 00 00 00 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "99 99 12 31 23 59 59 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            // Month 13, day 0, day 32, minute 60, second 60 (month 0, 30 February and hour 24 are above).
+            (
+                "20 24 13 15 10 20 30 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 24 03 00 10 20 30 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 24 03 32 10 20 30 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 24 03 15 10 60 30 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 24 03 15 10 20 60 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
         ];
         for (time, expected) in cases {
             let packet = df13_packet(&format!("{time} 00 00 00 48 00 61"));
@@ -826,6 +881,72 @@ mod tests {
         }
         let plus_one = FixedOffset::east_opt(3600).unwrap();
         check_bytes_in(df13, &bytes_of(DF13_VECTOR), &plus_one, &["reading spo2=97 pulse_rate=72 flags=[smartpoint] at=2024-03-15T10:20:30+01:00 source=device"]);
+    }
+
+    /// One DF13 spot-check stamped `time` (BCD century to second, then the fraction), decoded against
+    /// `clock`; rendered with the time stamp as the device sent it (`sent=`, `-` for none).
+    fn df13_against(clock: HubClock, time: &str) -> String {
+        let packet = bytes_of(&df13_packet(&format!("{time} 00 00 00 48 00 61")));
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+            hub_clock: clock,
+            device_clock: None,
+        };
+        let events = DataFormat13Decoder::default().feed(&packet, &context);
+        let [DecodeEvent::Reading(reading)] = &events[..] else {
+            panic!("{time}: {events:?}");
+        };
+        let sent = reading
+            .device_time
+            .map_or("-".into(), |time| time.to_string());
+        format!("{} sent={sent}", render(&events[0]))
+    }
+
+    #[test]
+    fn df13_only_a_trusted_hub_clock_finds_the_oximeter_ahead_and_the_time_sent_is_kept() {
+        let hub = "at=2024-03-15T12:00:00+00:00 source=hub";
+        let cases = [
+            (
+                HubClock::Trusted,
+                "20 24 03 18 07 30 00 00",
+                format!("flags=[device_clock_ahead] {hub} sent=2024-03-18 07:30:00"),
+            ),
+            (
+                HubClock::Unsynchronized,
+                "20 24 03 18 07 30 00 00",
+                "flags=[] at=2024-03-18T07:30:00+00:00 source=device sent=2024-03-18 07:30:00"
+                    .to_string(),
+            ),
+            (
+                HubClock::Unsynchronized,
+                "20 09 12 31 23 59 59 00",
+                format!("flags=[device_clock_invalid] {hub} sent=2009-12-31 23:59:59"),
+            ),
+            (
+                HubClock::Synchronized,
+                "00 00 01 01 00 00 00 00",
+                format!("flags=[device_clock_invalid] {hub} sent=0000-01-01 00:00:00"),
+            ),
+            (
+                HubClock::Synchronized,
+                "20 24 03 15 10 20 30 00",
+                "flags=[] at=2024-03-15T10:20:30+00:00 source=device sent=2024-03-15 10:20:30"
+                    .to_string(),
+            ),
+            (
+                HubClock::Trusted,
+                "20 24 13 15 10 20 30 00",
+                format!("flags=[device_clock_invalid] {hub} sent=-"),
+            ),
+        ];
+        for (clock, time, expected) in cases {
+            assert_eq!(
+                df13_against(clock, time),
+                format!("reading spo2=97 pulse_rate=72 {expected}"),
+                "{clock:?} {time}"
+            );
+        }
     }
 
     #[test]

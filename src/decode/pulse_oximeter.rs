@@ -9,7 +9,7 @@ use super::ieee11073::{
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, TimeSource};
+use crate::reading::{Kind, Reading};
 
 /// Measurement Status (uint16); bits 0–4 are reserved.
 const MEASUREMENT_STATUS: [(u32, &str); 11] = [
@@ -111,7 +111,7 @@ impl MessageDecoder for PlxSpotCheckDecoder {
                 time_stamp
             };
             stamp(&mut reading, device_time, context);
-            if reading.time_source == TimeSource::Device {
+            if crate::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("plx-spot-check:{}", hex_of(message)));
             }
         } else {
@@ -232,7 +232,10 @@ pub fn decode_features(bytes: &[u8]) -> Result<PlxFeatures, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::test_support::{bytes_of, decode_messages, received_at, render_error, utc};
+    use crate::decode::test_support::{
+        bytes_of, decode_messages, received_at, render_error, render_reading, utc,
+    };
+    use crate::measurement_time::HubClock;
 
     #[track_caller]
     fn check_spot(hex: &str, expected: &str) {
@@ -241,6 +244,25 @@ mod tests {
             [expected],
             "{hex}"
         );
+    }
+
+    /// Like `check_spot`, against `clock`, with the time stamp as the device sent it (`sent=`, `-` for none).
+    #[track_caller]
+    fn check_spot_clock(clock: HubClock, hex: &str, expected: &str) {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+            hub_clock: clock,
+            device_clock: None,
+        };
+        let readings = PlxSpotCheckDecoder
+            .decode(&bytes_of(hex), &context)
+            .unwrap();
+        let sent = readings[0]
+            .device_time
+            .map_or("-".into(), |time| time.to_string());
+        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
+        assert_eq!(rendered, expected, "{hex}");
     }
 
     #[track_caller]
@@ -304,6 +326,39 @@ mod tests {
         check_spot("02 61 00 48 00 00", "error too short for measurement status");
         check_spot("04 61 00 48 00 00 00", "error too short for device and sensor status");
         check_spot("08 61 00 48 00 2A", "error too short for pulse amplitude index");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn spot_check_device_clock_years_and_impossible_fields() {
+        let invalid = format!("pulse_oximetry spo2=97 pulse_rate=72 flags=[device_clock_invalid] {HUB}");
+        let ahead = format!("pulse_oximetry spo2=97 pulse_rate=72 flags=[device_clock_ahead] {HUB}");
+        check_spot("01 61 00 48 00 00 00 01 01 00 00 00", &invalid);
+        check_spot("01 61 00 48 00 CF 07 0C 1F 17 3B 3B", &invalid);
+        check_spot("01 61 00 48 00 D0 07 01 01 00 00 00", &invalid);
+        check_spot("01 61 00 48 00 D9 07 0C 1F 17 3B 3B", &invalid);
+        check_spot("01 61 00 48 00 DA 07 01 01 00 00 00", "pulse_oximetry spo2=97 pulse_rate=72 flags=[] at=2010-01-01T00:00:00 device");
+        check_spot("01 61 00 48 00 33 08 0C 1F 00 00 00", &ahead);
+        check_spot("01 61 00 48 00 34 08 01 01 00 00 00", &invalid);
+        check_spot("01 61 00 48 00 FF FF 01 01 00 00 00", &invalid);
+        // Month 0 and 13, day 0 and 32, 30 February, hour 24, minute 60, second 60.
+        check_spot("01 61 00 48 00 E8 07 00 0F 07 1E 00", &invalid);
+        check_spot("01 61 00 48 00 E8 07 0D 0F 07 1E 00", &invalid);
+        check_spot("01 61 00 48 00 E8 07 03 00 07 1E 00", &invalid);
+        check_spot("01 61 00 48 00 E8 07 03 20 07 1E 00", &invalid);
+        check_spot("01 61 00 48 00 E8 07 02 1E 07 1E 00", &invalid);
+        check_spot("01 61 00 48 00 E8 07 03 0F 18 00 00", &invalid);
+        check_spot("01 61 00 48 00 E8 07 03 0F 07 3C 00", &invalid);
+        check_spot("01 61 00 48 00 E8 07 03 0F 07 1E 3C", &invalid);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn only_a_trusted_hub_clock_finds_the_oximeter_ahead_and_the_time_sent_is_kept() {
+        check_spot_clock(HubClock::Trusted, "01 61 00 48 00 E8 07 03 12 07 1E 00", &format!("pulse_oximetry spo2=97 pulse_rate=72 flags=[device_clock_ahead] {HUB} sent=2024-03-18 07:30:00"));
+        check_spot_clock(HubClock::Unsynchronized, "01 61 00 48 00 E8 07 03 12 07 1E 00", "pulse_oximetry spo2=97 pulse_rate=72 flags=[] at=2024-03-18T07:30:00 device sent=2024-03-18 07:30:00");
+        check_spot_clock(HubClock::Unsynchronized, "01 61 00 48 00 D0 07 01 01 00 00 00", &format!("pulse_oximetry spo2=97 pulse_rate=72 flags=[device_clock_invalid] {HUB} sent=2000-01-01 00:00:00"));
+        check_spot_clock(HubClock::Synchronized, "01 61 00 48 00 E8 07 03 0F 07 1E 00", "pulse_oximetry spo2=97 pulse_rate=72 flags=[] at=2024-03-15T07:30:00 device sent=2024-03-15 07:30:00");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::ieee11073::{patient_value_of, stamp, Cursor};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, TimeSource};
+use crate::reading::{Kind, Reading};
 
 const FAHRENHEIT: u8 = 0x01;
 const TIME_STAMP_PRESENT: u8 = 0x02;
@@ -64,7 +64,7 @@ impl MessageDecoder for TemperatureMeasurementDecoder {
             stamp(&mut reading, time_stamp, context);
             // A stored record replayed by the thermometer carries the same time stamp and bytes, so the bytes
             // name it; without a trusted time stamp two equal temperatures would wrongly share one name.
-            if reading.time_source == TimeSource::Device {
+            if crate::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("temperature:{}", hex_of(message)));
             }
         }
@@ -77,7 +77,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::decode::test_support::{bytes_of, decode_messages, received_at, utc};
+    use crate::decode::test_support::{
+        bytes_of, decode_messages, received_at, render_reading, utc,
+    };
+    use crate::measurement_time::HubClock;
 
     #[track_caller]
     fn check(messages: &[&str], expected: &[&str]) {
@@ -106,6 +109,26 @@ mod tests {
             .unwrap();
         assert_eq!(readings.len(), 1, "{hex}");
         readings.remove(0)
+    }
+
+    /// Like `check` for one message, against `clock`, with the time stamp as the device sent it (`sent=`,
+    /// `-` for none).
+    #[track_caller]
+    fn check_clock(clock: HubClock, hex: &str, expected: &str) {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+            hub_clock: clock,
+            device_clock: None,
+        };
+        let readings = TemperatureMeasurementDecoder
+            .decode(&bytes_of(hex), &context)
+            .unwrap();
+        let sent = readings[0]
+            .device_time
+            .map_or("-".into(), |time| time.to_string());
+        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
+        assert_eq!(rendered, expected, "{hex}");
     }
 
     fn key(hex: &str) -> Option<String> {
@@ -162,6 +185,33 @@ mod tests {
         check(&["02 6E 01 00 FF D0 07 01 01 00 00 00"], &[&format!("body_temperature body_temperature=36.6[Cel] flags=[device_clock_invalid] {HUB}")]);
         check(&["F8 6E 01 00 FF"], &[&format!("body_temperature body_temperature=36.6[Cel] flags=[] {HUB}")]);
         check(&["0E B0 0E 00 FE DC 07 0C 05 0B 32 1B 04"], &["body_temperature body_temperature=37.6[Cel] flags=[site_finger] at=2012-12-05T11:50:27 device"]);
+        // Years 0, 1999 and 2009, the first plausible year, 2099 (ahead of the hub), 2100 and 65535.
+        let invalid = format!("body_temperature body_temperature=36.6[Cel] flags=[device_clock_invalid] {HUB}");
+        check(&["02 6E 01 00 FF 00 00 01 01 00 00 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF CF 07 0C 1F 17 3B 3B"], &[&invalid]);
+        check(&["02 6E 01 00 FF D9 07 0C 1F 17 3B 3B"], &[&invalid]);
+        check(&["02 6E 01 00 FF DA 07 01 01 00 00 00"], &["body_temperature body_temperature=36.6[Cel] flags=[] at=2010-01-01T00:00:00 device"]);
+        check(&["02 6E 01 00 FF 33 08 0C 1F 00 00 00"], &[&format!("body_temperature body_temperature=36.6[Cel] flags=[device_clock_ahead] {HUB}")]);
+        check(&["02 6E 01 00 FF 34 08 01 01 00 00 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF FF FF 01 01 00 00 00"], &[&invalid]);
+        // Month 0 and 13, day 0 and 32, 30 February, hour 24, minute 60, second 60.
+        check(&["02 6E 01 00 FF E8 07 00 0F 07 1E 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF E8 07 0D 0F 07 1E 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF E8 07 03 00 07 1E 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF E8 07 03 20 07 1E 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF E8 07 02 1E 07 1E 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF E8 07 03 0F 18 00 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF E8 07 03 0F 07 3C 00"], &[&invalid]);
+        check(&["02 6E 01 00 FF E8 07 03 0F 07 1E 3C"], &[&invalid]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn only_a_trusted_hub_clock_finds_the_thermometer_ahead_and_the_time_sent_is_kept() {
+        check_clock(HubClock::Trusted, "02 6E 01 00 FF E8 07 03 12 07 1E 00", &format!("body_temperature body_temperature=36.6[Cel] flags=[device_clock_ahead] {HUB} sent=2024-03-18 07:30:00"));
+        check_clock(HubClock::Unsynchronized, "02 6E 01 00 FF E8 07 03 12 07 1E 00", "body_temperature body_temperature=36.6[Cel] flags=[] at=2024-03-18T07:30:00 device sent=2024-03-18 07:30:00");
+        check_clock(HubClock::Unsynchronized, "02 6E 01 00 FF D0 07 01 01 00 00 00", &format!("body_temperature body_temperature=36.6[Cel] flags=[device_clock_invalid] {HUB} sent=2000-01-01 00:00:00"));
+        check_clock(HubClock::Trusted, NORDIC, "body_temperature body_temperature=37.6[Cel] flags=[site_finger] at=2012-12-05T11:50:27 device sent=2012-12-05 11:50:27");
     }
 
     #[rustfmt::skip]
@@ -195,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_trusted_time_stamp_gives_a_record_key() {
+    fn only_a_plausible_time_stamp_gives_a_record_key() {
         assert_eq!(
             key(NORDIC).as_deref(),
             Some("temperature:06b00e00fedc070c050b321b04")
@@ -213,9 +263,10 @@ mod tests {
             None,
             "clock not set"
         );
+        // A clock ahead of the hub still names its record: identity must not depend on the hub clock.
         assert_eq!(
-            key("02 6E 01 00 FF E8 07 03 0F 0D 00 00"),
-            None,
+            key("02 6E 01 00 FF E8 07 03 0F 0D 00 00").as_deref(),
+            Some("temperature:026e0100ffe807030f0d0000"),
             "clock ahead"
         );
     }

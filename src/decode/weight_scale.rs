@@ -6,7 +6,7 @@
 use super::ieee11073::{bit_names, stamp, Cursor};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, Special, TimeSource, Value};
+use crate::reading::{Kind, Reading, Special, Value};
 
 const UNSUCCESSFUL: u16 = 0xFFFF;
 const UNKNOWN_USER: u8 = 0xFF;
@@ -94,7 +94,7 @@ impl MessageDecoder for WeightMeasurementDecoder {
         reading.user_id = user_id.filter(|user| *user != UNKNOWN_USER);
         if let Some(time_stamp) = time_stamp {
             stamp(&mut reading, time_stamp, context);
-            if reading.time_source == TimeSource::Device {
+            if crate::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("weight:{}", hex_of(message)));
             }
         }
@@ -155,7 +155,10 @@ pub(crate) fn height_resolution(index: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::test_support::{bytes_of, decode_messages, received_at, render_error, utc};
+    use crate::decode::test_support::{
+        bytes_of, decode_messages, received_at, render_error, render_reading, utc,
+    };
+    use crate::measurement_time::HubClock;
 
     #[track_caller]
     fn check(hex: &str, expected: &str) {
@@ -164,6 +167,25 @@ mod tests {
             [expected],
             "{hex}"
         );
+    }
+
+    /// Like `check`, against `clock`, with the time stamp as the device sent it (`sent=`, `-` for none).
+    #[track_caller]
+    fn check_clock(clock: HubClock, hex: &str, expected: &str) {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+            hub_clock: clock,
+            device_clock: None,
+        };
+        let readings = WeightMeasurementDecoder
+            .decode(&bytes_of(hex), &context)
+            .unwrap();
+        let sent = readings[0]
+            .device_time
+            .map_or("-".into(), |time| time.to_string());
+        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
+        assert_eq!(rendered, expected, "{hex}");
     }
 
     const HUB: &str = "at=2024-03-15T12:00:00 hub";
@@ -184,6 +206,39 @@ mod tests {
         // Bits 4–7 are reserved; they must not shift the fields after them.
         check("F4 14 37 02", &format!("body_weight body_weight=70.5[kg] flags=[] {HUB} user=2"));
         check("02 14 37 00 00 00 00 07 1E 00", &format!("body_weight body_weight=70.5[kg] flags=[device_clock_invalid] {HUB}"));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn device_clock_years_and_impossible_fields() {
+        let invalid = format!("body_weight body_weight=70.5[kg] flags=[device_clock_invalid] {HUB}");
+        let ahead = format!("body_weight body_weight=70.5[kg] flags=[device_clock_ahead] {HUB}");
+        check("02 14 37 00 00 01 01 00 00 00", &invalid);
+        check("02 14 37 CF 07 0C 1F 17 3B 3B", &invalid);
+        check("02 14 37 D0 07 01 01 00 00 00", &invalid);
+        check("02 14 37 D9 07 0C 1F 17 3B 3B", &invalid);
+        check("02 14 37 DA 07 01 01 00 00 00", "body_weight body_weight=70.5[kg] flags=[] at=2010-01-01T00:00:00 device");
+        check("02 14 37 33 08 0C 1F 00 00 00", &ahead);
+        check("02 14 37 34 08 01 01 00 00 00", &invalid);
+        check("02 14 37 FF FF 01 01 00 00 00", &invalid);
+        // Month 0 and 13, day 0 and 32, 30 February, hour 24, minute 60, second 60.
+        check("02 14 37 E8 07 00 0F 07 1E 00", &invalid);
+        check("02 14 37 E8 07 0D 0F 07 1E 00", &invalid);
+        check("02 14 37 E8 07 03 00 07 1E 00", &invalid);
+        check("02 14 37 E8 07 03 20 07 1E 00", &invalid);
+        check("02 14 37 E8 07 02 1E 07 1E 00", &invalid);
+        check("02 14 37 E8 07 03 0F 18 00 00", &invalid);
+        check("02 14 37 E8 07 03 0F 07 3C 00", &invalid);
+        check("02 14 37 E8 07 03 0F 07 1E 3C", &invalid);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn only_a_trusted_hub_clock_finds_the_scale_ahead_and_the_time_sent_is_kept() {
+        check_clock(HubClock::Trusted, "02 14 37 E8 07 03 12 07 1E 00", &format!("body_weight body_weight=70.5[kg] flags=[device_clock_ahead] {HUB} sent=2024-03-18 07:30:00"));
+        check_clock(HubClock::Unsynchronized, "02 14 37 E8 07 03 12 07 1E 00", "body_weight body_weight=70.5[kg] flags=[] at=2024-03-18T07:30:00 device sent=2024-03-18 07:30:00");
+        check_clock(HubClock::Unsynchronized, "02 14 37 CF 07 0C 1F 17 3B 3B", &format!("body_weight body_weight=70.5[kg] flags=[device_clock_invalid] {HUB} sent=1999-12-31 23:59:59"));
+        check_clock(HubClock::Synchronized, "02 14 37 DA 07 01 01 00 00 00", "body_weight body_weight=70.5[kg] flags=[] at=2010-01-01T00:00:00 device sent=2010-01-01 00:00:00");
     }
 
     #[rustfmt::skip]

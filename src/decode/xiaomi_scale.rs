@@ -173,7 +173,10 @@ impl MessageDecoder for XiaomiBodyCompositionScaleDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::test_support::{bytes_of, decode_messages, received_at, utc};
+    use crate::decode::test_support::{
+        bytes_of, decode_messages, received_at, render_reading, utc,
+    };
+    use crate::measurement_time::HubClock;
 
     #[track_caller]
     fn check_v1(messages: &[&str], expected: &[&str]) {
@@ -191,6 +194,24 @@ mod tests {
             expected,
             "{messages:?}"
         );
+    }
+
+    /// Decodes one weighing against `clock`; renders it with the time stamp as the scale sent it (`sent=`,
+    /// `-` for none).
+    #[track_caller]
+    fn check_clock(decoder: &mut dyn MessageDecoder, clock: HubClock, hex: &str, expected: &str) {
+        let context = DecodeContext {
+            received_at: received_at(),
+            time_zone: &utc(),
+            hub_clock: clock,
+            device_clock: None,
+        };
+        let readings = decoder.decode(&bytes_of(hex), &context).unwrap();
+        let sent = readings[0]
+            .device_time
+            .map_or("-".into(), |time| time.to_string());
+        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
+        assert_eq!(rendered, expected, "{hex}");
     }
 
     fn record_key(decoder: &mut dyn MessageDecoder, hex: &str) -> Option<String> {
@@ -244,6 +265,34 @@ mod tests {
         check_v1(&["22 9E 43 E9 07 01 01 00 00 00"], &[&format!("body_weight body_weight=86.55[kg] flags=[device_clock_ahead] {HUB}")]);
         check_v1(&["62 9E 43 B2 07 01 01 00 00 05"], &[&format!("body_weight body_weight=86.55[kg] flags=[object_mode,device_clock_invalid] {HUB}")]);
         check_v1(&["22 9E 43 E8 07 03 0F 07 1E 00"], &["body_weight body_weight=86.55[kg] flags=[] at=2024-03-15T07:30:00 device"]);
+        // Years 0, 1999, 2000 and 2009, the first plausible year, 2099 (ahead of the hub), 2100 and 65535.
+        let invalid = format!("body_weight body_weight=86.55[kg] flags=[device_clock_invalid] {HUB}");
+        check_v1(&["22 9E 43 00 00 01 01 00 00 00"], &[&invalid]);
+        check_v1(&["22 9E 43 CF 07 0C 1F 17 3B 3B"], &[&invalid]);
+        check_v1(&["22 9E 43 D0 07 01 01 00 00 00"], &[&invalid]);
+        check_v1(&["22 9E 43 D9 07 0C 1F 17 3B 3B"], &[&invalid]);
+        check_v1(&["22 9E 43 DA 07 01 01 00 00 00"], &["body_weight body_weight=86.55[kg] flags=[] at=2010-01-01T00:00:00 device"]);
+        check_v1(&["22 9E 43 33 08 0C 1F 00 00 00"], &[&format!("body_weight body_weight=86.55[kg] flags=[device_clock_ahead] {HUB}")]);
+        check_v1(&["22 9E 43 34 08 01 01 00 00 00"], &[&invalid]);
+        check_v1(&["22 9E 43 FF FF 01 01 00 00 00"], &[&invalid]);
+        // Month 0 and 13, day 0 and 32, hour 24, minute 60, second 60 (30 February is above).
+        check_v1(&["22 9E 43 E8 07 00 0F 07 1E 00"], &[&invalid]);
+        check_v1(&["22 9E 43 E8 07 0D 0F 07 1E 00"], &[&invalid]);
+        check_v1(&["22 9E 43 E8 07 03 00 07 1E 00"], &[&invalid]);
+        check_v1(&["22 9E 43 E8 07 03 20 07 1E 00"], &[&invalid]);
+        check_v1(&["22 9E 43 E8 07 03 0F 18 00 00"], &[&invalid]);
+        check_v1(&["22 9E 43 E8 07 03 0F 07 3C 00"], &[&invalid]);
+        check_v1(&["22 9E 43 E8 07 03 0F 07 1E 3C"], &[&invalid]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_smart_scale_only_a_trusted_hub_clock_finds_it_ahead_and_the_time_sent_is_kept() {
+        let v1 = XiaomiScaleDecoder::default;
+        check_clock(&mut v1(), HubClock::Trusted, "22 9E 43 E8 07 03 12 07 1E 00", &format!("body_weight body_weight=86.55[kg] flags=[device_clock_ahead] {HUB} sent=2024-03-18 07:30:00"));
+        check_clock(&mut v1(), HubClock::Unsynchronized, "22 9E 43 E8 07 03 12 07 1E 00", "body_weight body_weight=86.55[kg] flags=[] at=2024-03-18T07:30:00 device sent=2024-03-18 07:30:00");
+        check_clock(&mut v1(), HubClock::Unsynchronized, "22 9E 43 B2 07 01 01 00 00 05", &format!("body_weight body_weight=86.55[kg] flags=[device_clock_invalid] {HUB} sent=1970-01-01 00:00:05"));
+        check_clock(&mut v1(), HubClock::Synchronized, "22 9E 43 E5 07 04 0B 10 13 01", &format!("body_weight body_weight=86.55[kg] flags=[] {V1_TIME} sent=2021-04-11 16:19:01"));
     }
 
     #[rustfmt::skip]
@@ -302,6 +351,40 @@ mod tests {
         check_v2(&["02 26 E8 07 03 0F 07 1E 00 F4 01 86 42"], &["body_composition body_weight=85.15[kg] impedance=500[Ohm] flags=[] at=2024-03-15T07:30:00 device"]);
         check_v2(&["02 26 E9 07 01 01 00 00 00 F4 01 86 42"], &["body_composition body_weight=85.15[kg] impedance=500[Ohm] flags=[device_clock_ahead] at=2024-03-15T12:00:00 hub"]);
         check_v2(&["02 26 00 00 00 00 00 00 00 F4 01 86 42"], &["body_composition body_weight=85.15[kg] impedance=500[Ohm] flags=[device_clock_invalid] at=2024-03-15T12:00:00 hub"]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_body_composition_scale_clock() {
+        // Years 0, 1999, 2000 and 2009, the first plausible year, 2099 (ahead of the hub), 2100 and 65535.
+        let invalid = format!("body_composition body_weight=85.15[kg] flags=[device_clock_invalid] {HUB}");
+        check_v2(&["02 24 00 00 01 01 00 00 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 CF 07 0C 1F 17 3B 3B 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 D0 07 01 01 00 00 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 D9 07 0C 1F 17 3B 3B 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 DA 07 01 01 00 00 00 00 00 86 42"], &["body_composition body_weight=85.15[kg] flags=[] at=2010-01-01T00:00:00 device"]);
+        check_v2(&["02 24 33 08 0C 1F 00 00 00 00 00 86 42"], &[&format!("body_composition body_weight=85.15[kg] flags=[device_clock_ahead] {HUB}")]);
+        check_v2(&["02 24 34 08 01 01 00 00 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 FF FF 01 01 00 00 00 00 00 86 42"], &[&invalid]);
+        // Month 0 and 13, day 0 and 32, 30 February, hour 24, minute 60, second 60.
+        check_v2(&["02 24 E8 07 00 0F 07 1E 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 E8 07 0D 0F 07 1E 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 E8 07 03 00 07 1E 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 E8 07 03 20 07 1E 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 E8 07 02 1E 07 1E 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 E8 07 03 0F 18 00 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 E8 07 03 0F 07 3C 00 00 00 86 42"], &[&invalid]);
+        check_v2(&["02 24 E8 07 03 0F 07 1E 3C 00 00 86 42"], &[&invalid]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn mi_body_composition_scale_only_a_trusted_hub_clock_finds_it_ahead_and_the_time_sent_is_kept() {
+        let v2 = XiaomiBodyCompositionScaleDecoder::default;
+        check_clock(&mut v2(), HubClock::Trusted, "02 24 E8 07 03 12 07 1E 00 00 00 86 42", &format!("body_composition body_weight=85.15[kg] flags=[device_clock_ahead] {HUB} sent=2024-03-18 07:30:00"));
+        check_clock(&mut v2(), HubClock::Unsynchronized, "02 24 E8 07 03 12 07 1E 00 00 00 86 42", "body_composition body_weight=85.15[kg] flags=[] at=2024-03-18T07:30:00 device sent=2024-03-18 07:30:00");
+        check_clock(&mut v2(), HubClock::Unsynchronized, "02 26 B2 07 05 04 0F 02 01 AC 01 86 42", &format!("body_composition body_weight=85.15[kg] impedance=428[Ohm] {V2_HUB} sent=1970-05-04 15:02:01"));
+        check_clock(&mut v2(), HubClock::Trusted, "02 26 E8 07 03 0F 07 1E 00 F4 01 86 42", "body_composition body_weight=85.15[kg] impedance=500[Ohm] flags=[] at=2024-03-15T07:30:00 device sent=2024-03-15 07:30:00");
     }
 
     #[rustfmt::skip]

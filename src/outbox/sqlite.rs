@@ -620,6 +620,101 @@ mod tests {
         assert_eq!(outbox.append(&[record("a")]).unwrap(), [Appended::Stored]);
     }
 
+    fn held(key: &str, created_at_ms: i64) -> NewRecord {
+        NewRecord {
+            held: true,
+            created_at_ms,
+            ..record(key)
+        }
+    }
+
+    #[test]
+    fn a_held_record_is_durable_and_deduplicated_but_not_queued_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        outbox
+            .append(&[record("a"), held("b", 7), record("c")])
+            .unwrap();
+        assert_eq!(keys(&outbox), ["a", "c"]);
+        assert_eq!(
+            outbox.append(&[held("b", 8)]).unwrap(),
+            [Appended::Duplicate]
+        );
+        drop(outbox);
+        let mut outbox = open(&dir, 100);
+        assert_eq!(outbox.pending(), 3);
+        let stats = outbox.stats().unwrap();
+        assert_eq!((stats.pending, stats.held), (3, 1));
+        let waiting = outbox.fetch_held(0, 10).unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(
+            (waiting[0].key.as_str(), waiting[0].created_at_ms),
+            ("b", 7)
+        );
+        let moved = outbox
+            .release(&[Release {
+                seq: waiting[0].seq,
+                payload: b"final".to_vec(),
+                created_at_ms: Some(9),
+            }])
+            .unwrap();
+        assert_eq!(moved, 1);
+        // It joins the queue's end, with its final payload and time, and is held no more.
+        assert_eq!(keys(&outbox), ["a", "c", "b"]);
+        let released = outbox.fetch_after(0, 10).unwrap().pop().unwrap();
+        assert_eq!(
+            (released.payload, released.created_at_ms),
+            (b"final".to_vec(), 9)
+        );
+        assert_eq!(outbox.stats().unwrap().held, 0);
+        assert!(outbox.fetch_held(0, 10).unwrap().is_empty());
+        // Released once: a second release of the same seq moves nothing.
+        let again = Release {
+            seq: waiting[0].seq,
+            payload: b"other".to_vec(),
+            created_at_ms: None,
+        };
+        assert_eq!(outbox.release(&[again]).unwrap(), 0);
+        assert_eq!(outbox.pending(), 3);
+    }
+
+    #[test]
+    fn a_key_stored_under_an_untrusted_clock_is_remembered_for_the_whole_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        // Stored while the hub believed it was 1 000 ms after the epoch; released without a known time.
+        outbox.append(&[held("old-clock", 1_000)]).unwrap();
+        let seq = outbox.fetch_held(0, 10).unwrap()[0].seq;
+        let release = Release {
+            seq,
+            payload: b"p".to_vec(),
+            created_at_ms: None,
+        };
+        outbox.release(&[release]).unwrap();
+        let seq = outbox.fetch_after(0, 10).unwrap()[0].seq;
+        outbox.acknowledge(&[seq], 2_000).unwrap();
+        // The first trusted prune dates the key by its own clock instead of forgetting it at once ...
+        assert_eq!(outbox.prune_delivered(50_000, 100_000).unwrap(), 0);
+        assert_eq!(
+            outbox.append(&[record("old-clock")]).unwrap(),
+            [Appended::Duplicate]
+        );
+        // ... and a retention later it is forgotten like any other.
+        assert_eq!(outbox.prune_delivered(100_001, 200_000).unwrap(), 1);
+    }
+
+    #[test]
+    fn pruning_never_forgets_a_held_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        outbox.append(&[held("waiting", 10)]).unwrap();
+        assert_eq!(outbox.prune_delivered(i64::MAX, i64::MAX).unwrap(), 0);
+        assert_eq!(
+            outbox.append(&[held("waiting", 20)]).unwrap(),
+            [Appended::Duplicate]
+        );
+    }
+
     #[test]
     fn pruning_never_forgets_a_pending_key() {
         let dir = tempfile::tempdir().unwrap();
