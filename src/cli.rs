@@ -170,6 +170,7 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    crate::clock::set_policy(config.hub.clock);
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
     let stats = if outbox_path.exists() {
         match Outbox::open_for_status(&outbox_path).and_then(|outbox| outbox.stats()) {

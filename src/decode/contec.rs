@@ -1314,6 +1314,19 @@ mod tests {
 
     #[rustfmt::skip]
     #[test]
+    #[ignore = "bug: a start time of hour 24, minute 60 or second 60 is neither reported nor skipped; the dialog waits out ANSWER_WAIT and goes live, so later sessions are never downloaded"]
+    fn a_session_start_at_an_impossible_time_of_day_is_reported_and_skipped() {
+        for time in ["12 80 80 80 98 80 80 80", "12 80 80 80 8A BC 80 80", "12 80 80 80 8A 80 BC 80"] {
+            let (lines, _) = dialog(None, &[(0, ""), (0, &format!("0A 80 80 82 07 80 80 80 94 98 83 8F {time}")), (3, "")]);
+            assert_eq!(lines.len(), 6, "{time}: {lines:#?}");
+            assert!(lines[4].starts_with("error invalid: stored session 0 "), "{time}: {lines:#?}");
+            assert!(lines[4].ends_with("; not downloaded"), "{time}: {lines:#?}");
+            assert_eq!(lines[5], "> a5 1", "{time}: {lines:#?}");
+        }
+    }
+
+    #[rustfmt::skip]
+    #[test]
     fn sessions_from_2000_and_2009_are_not_downloaded_and_one_from_2010_is() {
         let (lines, checkpoint) = dialog(None, &[
             (0, ""),
@@ -1359,9 +1372,8 @@ mod tests {
         let late = "0A 80 80 81 07 80 80 80 94 98 83 8F 12 80 80 80 8C 89 BA 80 08 80 80 80 8E 80 80 80";
         let (lines, _) = dialog(None, &[(0, ""), (0, late), (1, SEVEN), (3, "")]);
         assert_eq!(lines[3..], [
-            "> a5", "> a4",
             "error invalid: stored session 0 would run to 2024-03-15 12:10:01 at least, after the hub's time, so its clock cannot be trusted; not downloaded",
-            "> a1",
+            "> a5", "> a4", "> a1",
         ].map(String::from));
         let (lines, checkpoint) = dialog_with(HubClock::Unsynchronized, None, &[(0, ""), (0, late), (1, SEVEN), (3, "")]);
         let mut expected: Vec<String> = ["> a7", "> a2", "> a3", "> a5", "> a4", "> a6", "> a1"].map(String::from).to_vec();
