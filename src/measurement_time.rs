@@ -12,7 +12,8 @@
 //!    while the hub did not set the clock in between, the device's timeline restarted since the record was
 //!    made: hub time and `device_clock_reset`, since its time cannot be known.
 //! 3. When that read measured a large offset against a trusted hub clock, a record stamped on the old
-//!    timeline (not after the clock read) is moved by the offset: device time, `device_clock_corrected`.
+//!    timeline (not after the clock read) is moved by the offset: device time, `device_clock_corrected`;
+//!    unless that leaves the plausible years, which no clock error explains: `device_clock_invalid`.
 //! 4. A device time more than ten minutes after a trusted hub clock is distrusted: hub time and
 //!    `device_clock_ahead`. Against an untrusted hub clock no such judgement is made.
 //! 5. Otherwise the device's time stands.
@@ -184,10 +185,16 @@ pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
         }
         if let Some(offset) = check.offset().filter(|o| o.abs() > CLOCK_TOLERANCE) {
             if local <= device_at_check {
-                if let Some(corrected) = resolved.checked_sub_signed(offset) {
-                    stamp.measured_at = corrected;
-                    stamp.flag = Some("device_clock_corrected");
-                }
+                let corrected = resolved.checked_sub_signed(offset).filter(|time| {
+                    (MIN_PLAUSIBLE_YEAR..=MAX_PLAUSIBLE_YEAR).contains(&time.naive_local().year())
+                });
+                // An offset that moves a record out of the years a set clock shows is no clock error the
+                // hub can undo: the record's time cannot be known.
+                let Some(corrected) = corrected else {
+                    return hub_stamp("device_clock_invalid");
+                };
+                stamp.measured_at = corrected;
+                stamp.flag = Some("device_clock_corrected");
             }
         }
     }
@@ -406,6 +413,19 @@ mod tests {
             close,
             "2026-03-15 11:00:00 device -",
         );
+        // A correction that would leave the years a set clock shows is not made.
+        let far = Some(check_at(
+            "2099-01-01T00:00:00",
+            "2026-03-15T12:00:00Z",
+            Sync,
+            false,
+        ));
+        check(
+            "2010-06-01T00:00:00",
+            Sync,
+            far,
+            &format!("{HUB} device_clock_invalid"),
+        );
         // A record after the device's own clock: the clock went back since (a battery change).
         let behind = Some(check_at(
             "2026-01-01T08:00:00",
@@ -544,6 +564,12 @@ mod tests {
                     prop_assert!(
                         year.is_some_and(|year| (MIN_PLAUSIBLE_YEAR..=MAX_PLAUSIBLE_YEAR).contains(&year)),
                         "{stamp:?} uses an implausible device time"
+                    );
+                    // ... and so is the time published, after any correction.
+                    let published = stamp.measured_at.naive_local().year();
+                    prop_assert!(
+                        (MIN_PLAUSIBLE_YEAR..=MAX_PLAUSIBLE_YEAR).contains(&published),
+                        "{stamp:?} was corrected to an implausible time"
                     );
                     prop_assert!(matches!(stamp.flag, None | Some("device_clock_corrected")), "{stamp:?}");
                 } else {
