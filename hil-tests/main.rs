@@ -12,6 +12,7 @@ mod cli;
 mod delivery;
 mod faults;
 mod hardware;
+mod hub_clock;
 mod serial_families;
 mod serial_link;
 mod service;

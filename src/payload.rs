@@ -225,7 +225,7 @@ pub fn release_held(
         }
         None
     };
-    document.remove("hub_time_pending");
+    document.shift_remove("hub_time_pending");
     let payload = serde_json::to_vec(&document).map_err(|e| HeldPayloadError(e.to_string()))?;
     Ok(Some(Released {
         payload,

@@ -32,7 +32,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::reading::{Reading, TimeSource, Value};
 
@@ -95,11 +95,16 @@ pub struct SpotFilter {
     last_spot: Option<DateTime<Utc>>,
 }
 
-/// A sample's time for the rule: the device's stamp for a recorded sample, the receive time otherwise.
+/// A sample's time for the rule: the device's stamp for a recorded sample, else the receive instant on the
+/// boot-time clock where the pipeline noted it (an NTP step of the wall clock is no gap in the stream and
+/// must not re-arm the filter), else the receive time.
 fn timeline(sample: &Reading) -> DateTime<Utc> {
-    match sample.time_source {
-        TimeSource::Device => sample.measured_at.to_utc(),
-        TimeSource::Hub => sample.received_at,
+    match (sample.time_source, &sample.received_since_boot) {
+        (TimeSource::Device, _) => sample.measured_at.to_utc(),
+        (TimeSource::Hub, Some(boot)) => {
+            DateTime::<Utc>::UNIX_EPOCH + TimeDelta::from_std(boot.since_boot).unwrap_or_default()
+        }
+        (TimeSource::Hub, None) => sample.received_at,
     }
 }
 
@@ -308,6 +313,26 @@ mod tests {
     #[track_caller]
     fn check(samples: Vec<Reading>, expected: &[&str]) {
         check_with(SpotRule::default(), samples, expected);
+    }
+
+    #[test]
+    fn a_wall_clock_step_in_a_steady_stream_is_no_gap() {
+        // NTP steps the hub clock forward two days after the first spot; the boot-time clock runs on. A
+        // gap would re-arm the filter and give a second spot ten seconds later.
+        let mut filter = SpotFilter::new(SpotRule::default());
+        let mut spots = Vec::new();
+        for s in 0..=30i64 {
+            let mut reading = sample(s * 1000, Some(97), Some(72), &[]);
+            if s >= 12 {
+                reading.received_at += TimeDelta::days(2);
+            }
+            reading.received_since_boot = Some(crate::reading::BootInstant {
+                boot_id: "b".into(),
+                since_boot: Duration::from_secs(100 + s as u64),
+            });
+            spots.extend(filter.push(reading));
+        }
+        assert_eq!(spots.len(), 1, "one placement, one spot");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod bluez;
 pub mod broker;
+pub mod clock;
 pub mod daemon;
 pub mod nonin;
 pub mod pty;

@@ -114,6 +114,8 @@ impl MessageDecoder for PlxSpotCheckDecoder {
             if crate::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("plx-spot-check:{}", hex_of(message)));
             }
+            // The time stamp as sent, even one the device itself says its clock did not know.
+            reading.device_time = time_stamp.known();
         } else {
             push_flags(
                 &mut reading.flags,

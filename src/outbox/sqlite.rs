@@ -406,16 +406,19 @@ impl Outbox {
         if !has_tables {
             return Ok(OutboxStats::default());
         }
-        let (pending, oldest): (i64, Option<i64>) = self.connection.query_row(
+        let (pending, mut oldest): (i64, Option<i64>) = self.connection.query_row(
             "SELECT count(*), min(created_at) FROM record",
             [],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
         // An older daemon's file has no `held` until this version opens it for writing.
-        let held: i64 = self
+        let (held, oldest_held): (i64, Option<i64>) = self
             .connection
-            .query_row("SELECT count(*) FROM held", [], |row| row.get(0))
-            .unwrap_or(0);
+            .query_row("SELECT count(*), min(created_at) FROM held", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .unwrap_or((0, None));
+        oldest = oldest.into_iter().chain(oldest_held).min();
         let mut stats = OutboxStats {
             pending: (pending + held) as u64,
             held: held as u64,
