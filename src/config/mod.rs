@@ -295,6 +295,16 @@ mod tests {
     }
 
     #[test]
+    fn the_hub_clock_policy_is_ntp_unless_the_operator_vouches_for_the_clock() {
+        assert_eq!(valid(MINIMAL).hub.clock, crate::clock::ClockPolicy::Ntp);
+        let trusted = MINIMAL.replace("state_dir = ", "clock = \"trusted\"\nstate_dir = ");
+        assert_eq!(
+            valid(&trusted).hub.clock,
+            crate::clock::ClockPolicy::Trusted
+        );
+    }
+
+    #[test]
     fn a_minimal_config_gets_every_default() {
         let config = valid(MINIMAL);
         assert_eq!(
@@ -532,6 +542,8 @@ mod tests {
                 "ble.adaptor: unknown key",
             ]),
             (&MINIMAL.replace("state_dir = ", "runtime_dir = \"run\"\nstate_dir = "), &["hub.runtime_dir: must be an absolute path, found \"run\""]),
+            (&MINIMAL.replace("state_dir = ", "clock = \"gps\"\nstate_dir = "), &["hub.clock: \"gps\" is not a clock policy: use \"ntp\" (trust the clock only while the kernel says it is synchronised) or \"trusted\" (a real-time clock or other source you vouch for)"]),
+            (&MINIMAL.replace("state_dir = ", "clock = true\nstate_dir = "), &["hub.clock: expected a string, found a boolean"]),
             (&format!("{MINIMAL}\n[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"blood-pressure-measurement\""), &[
                 "serial[0].protocol: \"blood-pressure-measurement\" is not a serial protocol (serial: nonin-df13, nonin-df8, nonin-df7, nonin-df2, contec-cms50-legacy, contec-cms50, masimo-ascii, tanita)",
             ]),
