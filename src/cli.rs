@@ -70,7 +70,7 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
     // A protocol with a dialog starts it as if the hub had asked its questions, so a captured download
     // (the device's side of it: a Contec's session count, start, length and data) decodes too; what it
     // would send is not needed here.
-    let _ = decoder.poll(context.received_at);
+    let _ = decoder.poll(context.received_at, context.hub_clock);
     let mut events: Vec<DecodeEvent> = messages
         .iter()
         .flat_map(|bytes| decoder.feed(bytes, &context))
@@ -78,7 +78,10 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
     // Then as if the line had paused: a download at the end of the capture is settled.
     events.extend(
         decoder
-            .poll(context.received_at + chrono::TimeDelta::hours(1))
+            .poll(
+                context.received_at + chrono::TimeDelta::hours(1),
+                context.hub_clock,
+            )
             .events,
     );
     events.extend(decoder.finish().map(DecodeEvent::Rejected));

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::clock::HubNow;
@@ -28,17 +29,23 @@ pub struct Released {
     pub resolved: u64,
     /// Held records of an earlier boot whose clock was never trusted, published with `hub_clock_unresolved`.
     pub unresolved: u64,
-    /// Held records still waiting for this boot's clock.
+    /// Held records still waiting for this boot's clock (or that could not be read).
     pub waiting: u64,
 }
 
-/// Runs until `shutdown`: a pass at start (earlier boots' readings), then one whenever the clock is trusted.
+/// Runs until `shutdown`: a pass at start (earlier boots' readings), then one every tick once this boot's
+/// clock was trusted. A pass over an empty table is one indexed query, and a periodic one cannot miss a
+/// reading held just after an earlier pass looked.
 pub async fn run(
     outbox: OutboxHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerGone> {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     let mut last_clock: Option<HubClock> = None;
+    // When this boot's boot-time clock read zero, by a trusted wall clock. It stays true after the kernel
+    // withdraws its trust (timesyncd's clock is "unsynchronised" again after hours without an NTP answer):
+    // readings received meanwhile are still dated exactly, to the boot-time clock's drift.
+    let mut boot_started_at: Option<DateTime<Utc>> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -55,8 +62,11 @@ pub async fn run(
             }
             last_clock = Some(now.clock);
         }
-        if first || now.clock.is_trusted() {
-            let released = release_pass(&outbox, &now).await?;
+        if now.clock.is_trusted() {
+            boot_started_at = Some(boot_start(&now));
+        }
+        if first || boot_started_at.is_some() {
+            let released = release_pass(&outbox, &now.boot.boot_id, boot_started_at).await?;
             if released.resolved + released.unresolved > 0 {
                 tracing::info!(
                     resolved = released.resolved,
@@ -75,14 +85,20 @@ pub async fn run(
     }
 }
 
-/// Releases every held record that can be released now.
-pub async fn release_pass(outbox: &OutboxHandle, now: &HubNow) -> Result<Released, WorkerGone> {
-    let boot_started_at = now
-        .clock
-        .is_trusted()
-        .then(|| now.wall - chrono::TimeDelta::from_std(now.boot.since_boot).unwrap_or_default());
+/// When the boot-time clock read zero, by the wall clock of `now` (which the caller trusts).
+pub fn boot_start(now: &HubNow) -> DateTime<Utc> {
+    now.wall - chrono::TimeDelta::from_std(now.boot.since_boot).unwrap_or_default()
+}
+
+/// Releases every held record that can be released now: those of `boot_id` when its start is known by a
+/// trusted clock, and those of any other boot.
+pub async fn release_pass(
+    outbox: &OutboxHandle,
+    boot_id: &str,
+    boot_started_at: Option<DateTime<Utc>>,
+) -> Result<Released, WorkerGone> {
     let resolution = ClockResolution {
-        boot_id: &now.boot.boot_id,
+        boot_id,
         boot_started_at,
     };
     let mut released = Released::default();
@@ -200,9 +216,7 @@ mod tests {
         assert!(outbox.fetch_after(0, 10).await.unwrap().is_empty());
 
         // This boot's clock is not trusted yet: only the earlier boot's reading can go, flagged.
-        let pass = release_pass(&outbox, &now("this-boot", 100, HubClock::Unsynchronized))
-            .await
-            .unwrap();
+        let pass = release_pass(&outbox, "this-boot", None).await.unwrap();
         assert_eq!(
             pass,
             Released {
@@ -217,7 +231,8 @@ mod tests {
         assert_eq!(first["received_at"], "2020-01-01T00:00:00.000Z");
 
         // Trust arrives 100 s into the boot at 08:00:00: the reading taken at 60 s was received 40 s before.
-        let pass = release_pass(&outbox, &now("this-boot", 100, HubClock::Synchronized))
+        let trusted = now("this-boot", 100, HubClock::Synchronized);
+        let pass = release_pass(&outbox, "this-boot", Some(boot_start(&trusted)))
             .await
             .unwrap();
         assert_eq!(

@@ -12,6 +12,7 @@
 //! - `download_checkpoints`: per device, which stored data was already fetched; small files in the state dir.
 //! - `pipeline`: per device, transport bytes → decoder → spot filter → payload → outbox.
 //! - `outbox`: the crash-safe on-disk queue (SQLite); stores opaque records, knows no MQTT or devices.
+//! - `held_readings`: releases readings held for a trusted hub clock, their times resolved.
 //! - `serial`: the serial transport; opens ports, reads bytes, reopens after hot-unplug.
 //! - `mqtt`: the uplink; publishes outbox records and deletes them only after the broker's PUBACK.
 //! - `app`: wiring; builds the tasks from the config, owns the channels and the shutdown signal.

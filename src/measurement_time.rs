@@ -140,6 +140,12 @@ impl Stamp {
     }
 }
 
+/// Whether a calendar time has a four-digit year, as every device time format and the payload's
+/// `device_time` do; arithmetic on a device time (a glucose base time plus its offset) can leave them.
+pub fn has_four_digit_year(time: &NaiveDateTime) -> bool {
+    (0..=9999).contains(&time.year())
+}
+
 /// Whether a reading's device time stamp, with its bytes, names the record: true for any plausible time
 /// stamp, whatever the hub made of it (ahead, reset, corrected), so a record re-sent after a reboot is
 /// recognised whatever the hub clock said either time. A clock that was never set stamps every record
@@ -175,12 +181,14 @@ pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
             return hub_stamp("device_clock_reset");
         };
         // The device clock has run on since the hub read it, by as much as the hub's clock has.
+        let since_check = hub
+            .received_at
+            .signed_duration_since(check.hub_time)
+            .max(TimeDelta::zero());
         let device_now = device_at_check
-            + hub
-                .received_at
-                .signed_duration_since(check.hub_time)
-                .max(TimeDelta::zero());
-        if local > device_now + CLOCK_TOLERANCE && !check.set {
+            .checked_add_signed(since_check + CLOCK_TOLERANCE)
+            .unwrap_or(NaiveDateTime::MAX);
+        if local > device_now && !check.set {
             return hub_stamp("device_clock_reset");
         }
         if let Some(offset) = check.offset().filter(|o| o.abs() > CLOCK_TOLERANCE) {
@@ -320,6 +328,22 @@ mod tests {
                 None,
                 "2026-03-15 11:00:00 device -",
             );
+        }
+    }
+
+    #[test]
+    fn extreme_hub_times_are_judged_without_overflow() {
+        let zone = utc();
+        let session = check_at("2026-03-15T12:00:00", "1970-01-01T00:00:00Z", Sync, false);
+        for received_at in [DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC] {
+            let hub = HubTime {
+                received_at,
+                time_zone: &zone,
+                hub_clock: Sync,
+                device_clock: Some(&session),
+            };
+            let stamp = judge(DeviceDateTime::Known(local("2026-03-15T11:00:00")), &hub);
+            assert_eq!(stamp.device_time, Some(local("2026-03-15T11:00:00")));
         }
     }
 

@@ -134,8 +134,10 @@ pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -
         flags: &reading.flags,
         raw: hex::encode(&reading.raw),
         user_id: reading.user_id,
+        // Four-digit years only: the wire formats hold no more, and the schema promises no more.
         device_time: reading
             .device_time
+            .filter(crate::measurement_time::has_four_digit_year)
             .map(|time| time.format("%Y-%m-%dT%H:%M:%S").to_string()),
         hub_clock: reading.hub_clock.as_str(),
         device_clock: reading.device_clock.as_ref().and_then(|check| {

@@ -96,7 +96,7 @@ impl Decoding {
     /// What the device should be sent now, and the records the passing of time settled (a download that
     /// ended with a pause). Call it only when every byte read so far was fed.
     pub fn poll(&mut self, now: &HubNow) -> (Vec<(NewRecord, Reading)>, Vec<HostCommand>) {
-        let mut polled = self.decoder.poll(now.wall);
+        let mut polled = self.decoder.poll(now.wall, now.clock);
         self.received(&mut polled.events, now);
         let records = collect(
             &self.settings,
@@ -431,6 +431,70 @@ mod tests {
                 since_boot: std::time::Duration::from_secs(100),
             },
             clock: HubClock::Synchronized,
+        }
+    }
+
+    /// A Contec recording downloaded while the hub clock was unsynchronised and published by a poll after NTP
+    /// synchronised it is judged by the clock's trust at that poll, not at the last bytes fed.
+    #[test]
+    fn a_recording_published_after_the_clock_is_trusted_is_judged_by_the_trusted_clock() {
+        let at = |s: i64, clock| HubNow {
+            wall: test_now("2024-03-15T12:00:00Z".parse().unwrap()).wall
+                + chrono::TimeDelta::seconds(s),
+            clock,
+            ..test_now("2024-03-15T12:00:00Z".parse().unwrap())
+        };
+        let bytes = |hex: &str| hex::decode(hex.replace(' ', "")).unwrap();
+        let mut decoding = Decoding::new(DeviceSettings {
+            hub_id: "hub".into(),
+            device: DeviceInfo {
+                id: "serial:contec".into(),
+                transport: "serial",
+                protocol: "contec-cms50",
+                manufacturer: None,
+                model: None,
+                serial_number: None,
+            },
+            protocol: Protocol::ContecCms50,
+            spot: SpotRule::default(),
+            checkpoints: None,
+        });
+        let untrusted = HubClock::Unsynchronized;
+        let mut records = Vec::new();
+        records.extend(decoding.poll(&at(0, untrusted)).0);
+        // One session, starting 2024-03-16 08:00 (20 h after the hub's time), 24 stored bytes.
+        let answers =
+            "0A 80 80 81 07 80 80 80 94 98 83 90 12 80 80 80 88 80 80 80 08 80 80 80 98 80 80 80";
+        records.extend(decoding.bytes(&bytes(answers), &at(0, untrusted)));
+        records.extend(decoding.poll(&at(0, untrusted)).0);
+        records.extend(decoding.bytes(
+            &bytes(&["0F 80 DE C2 DE C2 DE C2"; 4].join(" ")),
+            &at(1, untrusted),
+        ));
+        records.extend(decoding.poll(&at(1, untrusted)).0);
+        let trusted = at(3, HubClock::Synchronized);
+        records.extend(decoding.poll(&trusted).0);
+        // The trusted clock shows the recording would end in the hub's future: it is not published at all.
+        assert_eq!(
+            records.len(),
+            0,
+            "{:?}",
+            records
+                .iter()
+                .map(|(_, r)| r.measured_at)
+                .collect::<Vec<_>>()
+        );
+        for (record, reading) in &records {
+            let ahead = reading.measured_at.signed_duration_since(trusted.wall);
+            assert!(
+                !(reading.hub_clock.is_trusted()
+                    && !record.held
+                    && ahead > crate::measurement_time::MAX_AHEAD),
+                "published as {:?}, measured_at {} is {} h after the trusted hub clock",
+                reading.hub_clock,
+                reading.measured_at,
+                ahead.num_hours()
+            );
         }
     }
 

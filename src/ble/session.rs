@@ -491,8 +491,13 @@ async fn sync_clock(
             }
         }
     }
-    let hub = crate::clock::hub_now();
-    if !hub.clock.is_trusted() {
+    // Judged by the same clock reading as the read, so a clock trusted only after the read cannot overwrite
+    // a device clock the hub measured nothing against: its records would lose the reset rule unnoticed.
+    let trusted = match &check {
+        Some(read) => read.hub_clock.is_trusted(),
+        None => crate::clock::hub_clock().is_trusted(),
+    };
+    if !trusted {
         tracing::info!(%address, "The hub clock is not synchronised; the device clock is left as it is.");
         return check;
     }

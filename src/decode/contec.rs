@@ -846,7 +846,8 @@ impl StreamDecoder for ContecDecoder {
         }
     }
 
-    fn poll(&mut self, now: DateTime<Utc>) -> Polled {
+    fn poll(&mut self, now: DateTime<Utc>, hub_clock: HubClock) -> Polled {
+        self.hub_clock = hub_clock;
         let mut events = Vec::new();
         // Bytes left over when the line paused: garbage, or a message that never finished.
         let unclean = self.skipped > 0 || !self.buffer.is_empty();
@@ -1071,7 +1072,7 @@ mod tests {
                     DecodeEvent::Rejected(error) => render_error(&error),
                 });
             }
-            let polled = decoder.poll(context.received_at);
+            let polled = decoder.poll(context.received_at, context.hub_clock);
             for event in polled.events {
                 lines.push(match event {
                     DecodeEvent::Reading(reading) => render_reading(&reading),
@@ -1401,10 +1402,10 @@ mod tests {
             device_clock: None,
         };
         let mut decoder = ContecDecoder::default();
-        decoder.poll(base);
+        decoder.poll(base, HubClock::Trusted);
         let session = format!("{ONE_SESSION} {DATE} {TIME} 08 80 80 80 8E 80 80 80 {SEVEN}");
         let mut events = decoder.feed(&crate::decode::test_support::bytes_of(&session), &context);
-        events.extend(decoder.poll(base + DATA_PAUSE).events);
+        events.extend(decoder.poll(base + DATA_PAUSE, HubClock::Trusted).events);
         let sent: Vec<String> = events
             .iter()
             .filter_map(|event| match event {
@@ -1623,7 +1624,7 @@ mod tests {
             let mut decoder = ContecDecoder::default();
             let mut stored = Vec::new();
             let mut now = base;
-            decoder.poll(now);
+            decoder.poll(now, HubClock::Trusted);
             let mut rest = &bytes[..];
             while !rest.is_empty() || now < base + TimeDelta::seconds(30) {
                 let take = next(12).min(rest.len());
@@ -1635,7 +1636,7 @@ mod tests {
                 };
                 let mut events = decoder.feed(&rest[..take], &context);
                 rest = &rest[take..];
-                events.extend(decoder.poll(now).events);
+                events.extend(decoder.poll(now, HubClock::Trusted).events);
                 stored.extend(events.into_iter().filter_map(|event| match event {
                     DecodeEvent::Reading(reading) if reading.time_source == TimeSource::Device => {
                         Some(reading)

@@ -195,6 +195,8 @@ fn measurement_time(base_time: DeviceDateTime, offset_minutes: Option<i16>) -> D
     match (base_time, offset_minutes) {
         (DeviceDateTime::Known(base), Some(minutes)) => base
             .checked_add_signed(TimeDelta::minutes(i64::from(minutes)))
+            // A Date Time holds years up to 9999; an offset cannot carry it past what the wire can say.
+            .filter(crate::measurement_time::has_four_digit_year)
             .map_or(DeviceDateTime::Unknown, DeviceDateTime::Known),
         (base_time, _) => base_time,
     }
@@ -443,6 +445,21 @@ mod tests {
             .unwrap();
         assert_eq!(readings.len(), 1, "{hex}");
         readings.remove(0)
+    }
+
+    #[test]
+    fn an_offset_that_carries_the_base_time_past_9999_is_no_time() {
+        // Base time 9999-12-31 23:59:59 plus 32767 minutes would be year 10000, which no payload can carry.
+        let reading = decode_one(
+            "03 01 00 0F 27 0C 1F 17 3B 3B FF 7F 50 B0 11",
+            received_at(),
+        );
+        assert_eq!(reading.device_time, None);
+        assert!(
+            reading.flags.contains(&"device_clock_invalid"),
+            "{:?}",
+            reading.flags
+        );
     }
 
     /// Like `check` for one message, against `clock`, with the time stamp as the device sent it (`sent=`,

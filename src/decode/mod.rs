@@ -89,7 +89,11 @@ pub trait StreamDecoder: Send {
     /// with the device (start a stream, keep it alive, ask for stored data) answer here; the transport only
     /// writes the bytes. Called after every `feed` and about twice a second, never while bytes the
     /// transport read wait to be fed.
-    fn poll(&mut self, _now: DateTime<Utc>) -> Polled {
+    fn poll(
+        &mut self,
+        _now: DateTime<Utc>,
+        _hub_clock: crate::measurement_time::HubClock,
+    ) -> Polled {
         Polled::default()
     }
 
