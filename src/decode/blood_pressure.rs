@@ -188,7 +188,7 @@ pub fn decode_feature(bytes: &[u8]) -> Result<Vec<&'static str>, FrameError> {
 mod tests {
     use super::*;
     use crate::decode::test_support::{
-        bytes_of, decode_messages, received_at, render_error, render_reading, utc,
+        bytes_of, decode_against_clock, decode_messages, received_at, render_error,
     };
     use crate::measurement_time::HubClock;
 
@@ -201,20 +201,11 @@ mod tests {
     /// Like `check`, against `clock`, with the time stamp as the device sent it (`sent=`, `-` for none).
     #[track_caller]
     fn check_clock(clock: HubClock, hex: &str, expected: &str) {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: clock,
-            device_clock: None,
-        };
-        let readings = BloodPressureMeasurementDecoder
-            .decode(&bytes_of(hex), &context)
-            .unwrap();
-        let sent = readings[0]
-            .device_time
-            .map_or("-".into(), |time| time.to_string());
-        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
-        assert_eq!(rendered, expected, "{hex}");
+        assert_eq!(
+            decode_against_clock(&mut BloodPressureMeasurementDecoder, clock, hex),
+            expected,
+            "{hex}"
+        );
     }
 
     #[track_caller]

@@ -212,7 +212,7 @@ pub fn decode_feature(bytes: &[u8]) -> Result<ScaleFeature, FrameError> {
 mod tests {
     use super::*;
     use crate::decode::test_support::{
-        bytes_of, decode_messages, received_at, render_error, render_reading, utc,
+        bytes_of, decode_against_clock, decode_messages, received_at, render_error, utc,
     };
     use crate::measurement_time::HubClock;
 
@@ -230,20 +230,15 @@ mod tests {
     /// `-` for none).
     #[track_caller]
     fn check_clock(clock: HubClock, hex: &str, expected: &str) {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: clock,
-            device_clock: None,
-        };
-        let readings = BodyCompositionMeasurementDecoder::default()
-            .decode(&bytes_of(hex), &context)
-            .unwrap();
-        let sent = readings[0]
-            .device_time
-            .map_or("-".into(), |time| time.to_string());
-        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
-        assert_eq!(rendered, expected, "{hex}");
+        assert_eq!(
+            decode_against_clock(
+                &mut BodyCompositionMeasurementDecoder::default(),
+                clock,
+                hex
+            ),
+            expected,
+            "{hex}"
+        );
     }
 
     const HUB: &str = "at=2024-03-15T12:00:00 hub";

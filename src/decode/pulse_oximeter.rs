@@ -235,7 +235,7 @@ pub fn decode_features(bytes: &[u8]) -> Result<PlxFeatures, FrameError> {
 mod tests {
     use super::*;
     use crate::decode::test_support::{
-        bytes_of, decode_messages, received_at, render_error, render_reading, utc,
+        bytes_of, decode_against_clock, decode_messages, received_at, render_error, utc,
     };
     use crate::measurement_time::HubClock;
 
@@ -251,20 +251,11 @@ mod tests {
     /// Like `check_spot`, against `clock`, with the time stamp as the device sent it (`sent=`, `-` for none).
     #[track_caller]
     fn check_spot_clock(clock: HubClock, hex: &str, expected: &str) {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: clock,
-            device_clock: None,
-        };
-        let readings = PlxSpotCheckDecoder
-            .decode(&bytes_of(hex), &context)
-            .unwrap();
-        let sent = readings[0]
-            .device_time
-            .map_or("-".into(), |time| time.to_string());
-        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
-        assert_eq!(rendered, expected, "{hex}");
+        assert_eq!(
+            decode_against_clock(&mut PlxSpotCheckDecoder, clock, hex),
+            expected,
+            "{hex}"
+        );
     }
 
     #[track_caller]

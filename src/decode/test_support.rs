@@ -118,3 +118,23 @@ pub fn decode_stream(make: fn() -> Box<dyn StreamDecoder>, hex: &str) -> Vec<Str
     }
     whole
 }
+
+/// Decodes one message with the hub clock `clock` and renders its first reading followed by the time stamp
+/// as the device sent it (`sent=`, `-` for none).
+pub fn decode_against_clock(
+    decoder: &mut dyn MessageDecoder,
+    clock: crate::measurement_time::HubClock,
+    hex: &str,
+) -> String {
+    let context = DecodeContext {
+        received_at: received_at(),
+        time_zone: &utc(),
+        hub_clock: clock,
+        device_clock: None,
+    };
+    let readings = decoder.decode(&bytes_of(hex), &context).unwrap();
+    let sent = readings[0]
+        .device_time
+        .map_or("-".into(), |time| time.to_string());
+    format!("{} sent={sent}", render_reading(&readings[0]))
+}

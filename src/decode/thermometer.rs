@@ -78,7 +78,7 @@ mod tests {
 
     use super::*;
     use crate::decode::test_support::{
-        bytes_of, decode_messages, received_at, render_reading, utc,
+        bytes_of, decode_against_clock, decode_messages, received_at, utc,
     };
     use crate::measurement_time::HubClock;
 
@@ -115,20 +115,11 @@ mod tests {
     /// `-` for none).
     #[track_caller]
     fn check_clock(clock: HubClock, hex: &str, expected: &str) {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: clock,
-            device_clock: None,
-        };
-        let readings = TemperatureMeasurementDecoder
-            .decode(&bytes_of(hex), &context)
-            .unwrap();
-        let sent = readings[0]
-            .device_time
-            .map_or("-".into(), |time| time.to_string());
-        let rendered = format!("{} sent={sent}", render_reading(&readings[0]));
-        assert_eq!(rendered, expected, "{hex}");
+        assert_eq!(
+            decode_against_clock(&mut TemperatureMeasurementDecoder, clock, hex),
+            expected,
+            "{hex}"
+        );
     }
 
     fn key(hex: &str) -> Option<String> {

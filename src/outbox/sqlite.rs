@@ -208,27 +208,24 @@ impl Outbox {
 
     /// Up to `limit` records with `seq > after`, oldest first.
     pub fn fetch_after(&self, after: i64, limit: usize) -> Result<Vec<StoredRecord>, OutboxError> {
-        let mut query = self.connection.prepare_cached(
+        self.fetch(
             "SELECT seq, key, label, format, payload, created_at FROM record WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = query.query_map(params![after, limit as i64], |row| {
-            Ok(StoredRecord {
-                seq: row.get(0)?,
-                key: row.get(1)?,
-                label: row.get(2)?,
-                format: row.get(3)?,
-                payload: row.get(4)?,
-                created_at_ms: row.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            after,
+            limit,
+        )
     }
 
     /// Up to `limit` held records with `seq > after`, oldest first.
     pub fn fetch_held(&self, after: i64, limit: usize) -> Result<Vec<StoredRecord>, OutboxError> {
-        let mut query = self.connection.prepare_cached(
+        self.fetch(
             "SELECT seq, key, label, format, payload, created_at FROM held WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
+            after,
+            limit,
+        )
+    }
+
+    fn fetch(&self, sql: &str, after: i64, limit: usize) -> Result<Vec<StoredRecord>, OutboxError> {
+        let mut query = self.connection.prepare_cached(sql)?;
         let rows = query.query_map(params![after, limit as i64], |row| {
             Ok(StoredRecord {
                 seq: row.get(0)?,
