@@ -232,6 +232,38 @@ fn decode_rejects_bad_input_with_a_clear_error_and_no_panic() {
 }
 
 #[test]
+fn help_describes_each_command_under_its_own_name() {
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    let description = |command: &str| {
+        stdout
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(command))
+            .map(|line| line.trim_start()[command.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    assert!(description("status").contains("outbox"), "{stdout}");
+    assert!(description("scan").contains("Bluetooth"), "{stdout}");
+    assert!(!description("scan").contains("outbox"), "{stdout}");
+    for command in [
+        "run",
+        "check-config",
+        "decode",
+        "scan",
+        "pair",
+        "unpair",
+        "serial",
+        "devices",
+        "status",
+    ] {
+        assert!(
+            !description(command).is_empty(),
+            "{command} has no description:\n{stdout}"
+        );
+    }
+}
+
+#[test]
 fn decode_lists_its_protocols() {
     let (code, stdout, _) = run(&["decode", "--list"]);
     assert_eq!(code, 0);

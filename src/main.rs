@@ -48,7 +48,6 @@ enum Command {
         #[arg(required_unless_present = "list")]
         hex: Vec<String>,
     },
-    /// Show the outbox: pending and delivered readings, last delivery, last broker error.
     /// Lists nearby Bluetooth health devices, updating live.
     Scan {
         #[arg(
@@ -113,6 +112,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Shows the outbox: pending and held readings, the hub clock, deliveries, the last broker error.
     Status {
         #[arg(
             long,

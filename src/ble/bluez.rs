@@ -131,7 +131,9 @@ impl Agent {
     }
 
     fn display_passkey(&self, device: ObjectPath<'_>, passkey: u32, _entered: u16) {
-        tracing::info!(
+        // A passkey is a pairing secret: the technician sees it through `vitalsd pair`, the log only at
+        // debug level.
+        tracing::debug!(
             device = device.as_str(),
             passkey,
             "Passkey to enter on the device."

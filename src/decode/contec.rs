@@ -35,6 +35,8 @@
 //!    device that does not answer the count or a start within [`ANSWER_WAIT`] (an older firmware without
 //!    storage) gets the live stream at once; a session that sends no data is reported and passed over.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 
 use super::ieee11073::{push_flags, DeviceDateTime};
@@ -157,13 +159,15 @@ enum Dialog {
     Receiving {
         /// The last data message, or the request when none came yet.
         since: DateTime<Utc>,
-        session: Download,
+        /// Shared, so that looking at the dialog (it is cloned for every message and poll) does not copy
+        /// a night's samples each time: that made a download quadratic in its length.
+        session: Arc<Download>,
     },
     /// The session's stored length arrived; it is published once the next message starts cleanly or the
     /// line pauses, which shows that no byte of its last message was lost or added.
     Confirming {
         since: DateTime<Utc>,
-        session: Download,
+        session: Arc<Download>,
     },
     /// After a broken-off download: the device was told to stop sending stored data, and the hub waits
     /// for the line to fall quiet before it asks anything, so the rest of the broken session cannot be
@@ -486,7 +490,7 @@ impl ContecDecoder {
     fn ask_data(&mut self, session: Download, now: DateTime<Utc>, events: &mut Vec<DecodeEvent>) {
         if session.complete() {
             // An empty session: nothing to fetch.
-            return self.publish(session, now, events, false);
+            return self.publish(&session, now, events, false);
         }
         self.send(
             command_with(ASK_SESSION_DATA, session.index),
@@ -494,7 +498,7 @@ impl ContecDecoder {
         );
         self.dialog = Dialog::Receiving {
             since: now,
-            session,
+            session: Arc::new(session),
         };
     }
 
@@ -502,7 +506,7 @@ impl ContecDecoder {
     /// `asked`: the question after it was sent already.
     fn publish(
         &mut self,
-        session: Download,
+        session: &Download,
         now: DateTime<Utc>,
         events: &mut Vec<DecodeEvent>,
         asked: bool,
@@ -651,23 +655,26 @@ impl ContecDecoder {
             }
             Dialog::AwaitingLength { .. } => {}
             Dialog::Receiving { mut session, .. } => {
+                // Drop the dialog's own reference first, so the samples below are appended in place.
+                self.dialog = Dialog::NotStarted;
                 let (pairs, record_size): (&[(usize, usize)], u32) = match kind {
                     STORED_TRIPLE => (&[(2, 3), (4, 5), (6, 7)], 2),
                     STORED_PAIR => (&[(2, 3)], 4),
                     // Another message before the stored length was reached: the data stopped short.
                     _ => return self.break_off(&session, "stopped short", now, events),
                 };
-                let message_index = session.messages.len() as u32;
-                session.messages.push(message.to_vec());
+                let session_mut = Arc::make_mut(&mut session);
+                let message_index = session_mut.messages.len() as u32;
+                session_mut.messages.push(message.to_vec());
                 for (spo2, pulse) in pairs {
                     // The last message of a session is padded to three pairs; the stored length ends it.
-                    if session.complete() {
+                    if session_mut.complete() {
                         break;
                     }
-                    session
+                    session_mut
                         .samples
                         .push((bytes[*spo2], bytes[*pulse], message_index));
-                    session.received += record_size;
+                    session_mut.received += record_size;
                 }
                 self.dialog = if session.complete() {
                     // The next question goes out at once: its answer starting cleanly is what confirms
@@ -691,7 +698,7 @@ impl ContecDecoder {
                     self.break_off(&session, "sent more than its stored length", now, events)
                 }
                 _ => {
-                    self.publish(session, now, events, true);
+                    self.publish(&session, now, events, true);
                     // The message may well be the answer to the question that followed the session.
                     self.heard(message, context, events);
                 }
@@ -894,7 +901,7 @@ impl StreamDecoder for ContecDecoder {
                 if unclean {
                     self.break_off(&session, "was damaged on the line", now, &mut events);
                 } else {
-                    self.publish(session, now, &mut events, true);
+                    self.publish(&session, now, &mut events, true);
                 }
             }
             Dialog::Draining { since, quiet_since }
@@ -1574,6 +1581,55 @@ mod tests {
             message.push(0x80 | byte);
         }
         message
+    }
+
+    /// An 8-hour night (28,800 samples in 9,600 messages), fed as a serial read delivers it with a poll
+    /// after every chunk, decodes in well under a second: the dialog's state is not copied per message.
+    #[test]
+    fn an_eight_hour_session_decodes_in_linear_time() {
+        let samples = 8 * 3600u32;
+        let mut device = pack(0x0A, &[0, 1]);
+        device.extend(pack(0x07, &[0, 0, 20, 14, 8, 18]));
+        device.extend(pack(0x12, &[0, 0, 2, 38, 18, 0]));
+        let length = (samples * 2).to_le_bytes();
+        device.extend(pack(
+            0x08,
+            &[0, 0, length[0], length[1], length[2], length[3]],
+        ));
+        for _ in 0..samples / 3 {
+            device.extend(pack(0x0F, &[97, 72, 97, 72, 97, 72]));
+        }
+        let zone = utc();
+        let now: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
+        let context = DecodeContext {
+            received_at: now,
+            time_zone: &zone,
+            hub_clock: HubClock::Trusted,
+            device_clock: None,
+        };
+        let mut decoder = ContecDecoder::default();
+        decoder.poll(now, HubClock::Trusted);
+        let started = std::time::Instant::now();
+        let mut readings = 0;
+        for chunk in device.chunks(64) {
+            let mut events = decoder.feed(chunk, &context);
+            events.extend(decoder.poll(now, HubClock::Trusted).events);
+            readings += events
+                .iter()
+                .filter(|e| matches!(e, DecodeEvent::Reading(_)))
+                .count();
+        }
+        let pause = decoder.poll(now + DATA_PAUSE, HubClock::Trusted).events;
+        readings += pause
+            .iter()
+            .filter(|e| matches!(e, DecodeEvent::Reading(_)))
+            .count();
+        let took = started.elapsed();
+        assert_eq!(readings, samples as usize);
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "an 8-hour session took {took:?}"
+        );
     }
 
     /// A whole download with one byte lost or added somewhere (the damage a checksum-less line can do
