@@ -675,6 +675,42 @@ mod tests {
     }
 
     #[test]
+    fn a_link_and_the_device_it_leads_to_are_one_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("ttyUSB0");
+        std::fs::write(&device, b"").unwrap();
+        let link = dir.path().join("usb-Nonin_9560-if00-port0");
+        std::os::unix::fs::symlink(&device, &link).unwrap();
+        let entry = |path: &std::path::Path, id: &str| {
+            format!(
+                "[[serial]]\npath = \"{}\"\nprotocol = \"nonin-df13\"\nid = \"{id}\"\n",
+                path.display()
+            )
+        };
+        let toml = format!("{MINIMAL}\n{}{}", entry(&device, "a"), entry(&link, "b"));
+        let message = format!(
+            "serial[1].path: {} leads to {}, already read by serial[0]",
+            link.display(),
+            std::fs::canonicalize(&device).unwrap().display()
+        );
+        check(&toml, &[&message]);
+    }
+
+    #[test]
+    fn a_hub_reads_tens_of_serial_ports_not_thousands() {
+        let entry = |n: usize| {
+            format!("[[serial]]\npath = \"/dev/ttyUSB{n}\"\nprotocol = \"nonin-df13\"\n")
+        };
+        let many: String = (0..65).map(entry).collect();
+        check(
+            &format!("{MINIMAL}\n{many}"),
+            &["serial: 65 entries; a hub reads at most 64 serial ports"],
+        );
+        let enough: String = (0..64).map(entry).collect();
+        check(&format!("{MINIMAL}\n{enough}"), &[]);
+    }
+
+    #[test]
     fn serial_entries() {
         let cases: &[(&str, &[&str])] = &[
             ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"", &[]),

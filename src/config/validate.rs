@@ -53,6 +53,9 @@ const SERIAL_KEYS: &[&str] = &[
     "spot_repeat_s",
 ];
 const LOG_KEYS: &[&str] = &["level"];
+/// A hub has tens of serial ports, not thousands; a longer list is a generated or damaged file, and
+/// validating each entry of it would cost memory for nothing.
+const MAX_SERIAL_PORTS: usize = 64;
 
 const DEFAULT_TOPIC_PREFIX: &str = "vitalsd/v1";
 const DEFAULT_KEEP_ALIVE_S: i64 = 30;
@@ -620,9 +623,21 @@ impl Checker<'_> {
                 return None;
             }
         };
+        if entries.len() > MAX_SERIAL_PORTS {
+            self.report(
+                SERIAL_SECTION,
+                format!(
+                    "{} entries; a hub reads at most {MAX_SERIAL_PORTS} serial ports",
+                    entries.len()
+                ),
+            );
+            return None;
+        }
         let mut ports = Vec::new();
         let mut all_valid = true;
         let mut paths: HashMap<PortLocation, usize> = HashMap::new();
+        // Two paths that lead to one device node (a by-id link and its /dev/ttyUSB0) are one port.
+        let mut devices: HashMap<std::path::PathBuf, usize> = HashMap::new();
         let mut ids: HashMap<String, usize> = HashMap::new();
         for (index, entry) in entries.iter().enumerate() {
             let entry_path = format!("{SERIAL_SECTION}[{index}]");
@@ -653,6 +668,23 @@ impl Checker<'_> {
                     self.report(&section.key(key), message);
                 } else {
                     paths.insert(location.clone(), index);
+                    if let PortLocation::Path(path) = location {
+                        if let Ok(device) = std::fs::canonicalize(path) {
+                            if let Some(first) = devices.get(&device) {
+                                duplicate_path = true;
+                                self.report(
+                                    &section.key("path"),
+                                    format!(
+                                        "{} leads to {}, already read by {SERIAL_SECTION}[{first}]",
+                                        path.display(),
+                                        device.display()
+                                    ),
+                                );
+                            } else {
+                                devices.insert(device, index);
+                            }
+                        }
+                    }
                 }
             }
             if let Some(id) = &entry.device_id {
