@@ -675,6 +675,36 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_bad_value_is_quoted_by_its_beginning_only() {
+        let error_for = |id: &str| {
+            let toml = MINIMAL.replace("\"hub-0001\"", &format!("'{id}'"));
+            match Config::from_toml_str(&toml, "test.toml") {
+                Ok(_) => panic!("a bad hub id was accepted"),
+                Err(errors) => errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }
+        };
+        let errors = error_for(&"x".repeat(1_000_000));
+        assert_eq!(
+            errors,
+            [format!(
+                "hub.id: \"{}…\" (1000000 characters) is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'",
+                "x".repeat(200)
+            )]
+        );
+        // Escaped quotes inside the value neither end the quoting early nor leak the rest.
+        let errors = error_for(&"a\"b".repeat(300_000));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].len() < 400, "{}", &errors[0][..400]);
+        assert!(
+            errors[0].ends_with(
+                "is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"
+            ),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
     fn a_link_and_the_device_it_leads_to_are_one_port() {
         let dir = tempfile::tempdir().unwrap();
         let device = dir.path().join("ttyUSB0");

@@ -189,6 +189,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn report(&mut self, path: &str, message: impl Into<String>) {
+        let message = shorten_quoted(&message.into());
         self.errors
             .push(ConfigError::new(self.sources.label(path), message));
     }
@@ -938,6 +939,50 @@ struct SerialEntry {
     device_id: Option<String>,
     id_given: bool,
     config: Option<SerialConfig>,
+}
+
+/// Quoted values longer than this are shown by their beginning only.
+const MAX_QUOTED_CHARS: usize = 200;
+
+/// Shortens every quoted value in an error message to its first characters and its length, so a bad value
+/// of megabytes is not echoed back whole; messages quote values with `{:?}`, so a quote inside one is
+/// escaped and only an unescaped quote ends it.
+fn shorten_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        let mut quoted = String::new();
+        let mut escaped = false;
+        let mut closed = false;
+        for inner in chars.by_ref() {
+            if inner == '"' && !escaped {
+                closed = true;
+                break;
+            }
+            escaped = inner == '\\' && !escaped;
+            quoted.push(inner);
+        }
+        let length = quoted.chars().count();
+        if length > MAX_QUOTED_CHARS {
+            let mut prefix: String = quoted.chars().take(MAX_QUOTED_CHARS).collect();
+            // Never end the prefix inside an escape, which would swallow the closing quote.
+            if prefix.ends_with('\\') && !prefix.ends_with("\\\\") {
+                prefix.pop();
+            }
+            out.push_str(&prefix);
+            out.push_str(&format!("…\" ({length} characters)"));
+        } else {
+            out.push_str(&quoted);
+            if closed {
+                out.push('"');
+            }
+        }
+    }
+    out
 }
 
 fn type_name(value: &Value) -> &'static str {
