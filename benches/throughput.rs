@@ -108,12 +108,7 @@ fn median(values: &[f64]) -> f64 {
 /// A realistic reading payload, as the daemon would store it.
 fn sample_payload(n: u32) -> Vec<u8> {
     let record = SpotCheck::numbered(n);
-    let context = vitalsd::decode::DecodeContext {
-        received_at: chrono::Utc::now(),
-        time_zone: &chrono::Utc,
-        hub_clock: vitalsd::measurement_time::HubClock::Trusted,
-        device_clock: None,
-    };
+    let context = vitalsd::decode::DecodeContext::trusted(chrono::Utc::now(), &chrono::Utc);
     let mut decoder = vitalsd::decode::Protocol::NoninDf13.new_decoder();
     let Some(vitalsd::decode::DecodeEvent::Reading(reading)) =
         decoder.feed(&record.frame(), &context).into_iter().next()

@@ -60,12 +60,7 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
         model: None,
         serial_number: None,
     };
-    let context = DecodeContext {
-        received_at: crate::clock::now_utc(),
-        time_zone: &Local,
-        hub_clock: crate::measurement_time::HubClock::Trusted,
-        device_clock: None,
-    };
+    let context = DecodeContext::trusted(crate::clock::now_utc(), &Local);
     let mut decoder = protocol.new_decoder();
     // A protocol with a dialog starts it as if the hub had asked its questions, so a captured download
     // (the device's side of it: a Contec's session count, start, length and data) decodes too; what it

@@ -119,6 +119,19 @@ pub struct HubTime<'a> {
     pub device_clock: Option<&'a DeviceClockCheck>,
 }
 
+impl<'a> HubTime<'a> {
+    /// A receive time read by a clock taken as trusted, with no device clock read: what offline decoding
+    /// (`vitalsd decode`, `vitalsd serial --listen`) and the tables assume.
+    pub fn trusted(received_at: DateTime<Utc>, time_zone: &'a dyn HubTimeZone) -> HubTime<'a> {
+        HubTime {
+            received_at,
+            time_zone,
+            hub_clock: HubClock::Trusted,
+            device_clock: None,
+        }
+    }
+}
+
 /// A reading's time, decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stamp {

@@ -56,12 +56,7 @@ fn listen(path: &Path, baud: u32, parity: Parity, duration: Duration) -> Option<
 
 /// The protocol whose decoder finds readings in `bytes` and rejects nothing, if exactly one does best.
 fn recognise(bytes: &[u8], candidates: &[Protocol]) -> Option<Protocol> {
-    let context = DecodeContext {
-        received_at: crate::clock::now_utc(),
-        time_zone: &chrono::Local,
-        hub_clock: crate::measurement_time::HubClock::Trusted,
-        device_clock: None,
-    };
+    let context = DecodeContext::trusted(crate::clock::now_utc(), &chrono::Local);
     candidates
         .iter()
         .filter_map(|protocol| {

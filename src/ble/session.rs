@@ -354,12 +354,7 @@ fn note_cuff_progress(
     received_at: chrono::DateTime<chrono::Utc>,
 ) {
     use crate::decode::MessageDecoder;
-    let context = crate::decode::DecodeContext {
-        received_at,
-        time_zone: &chrono::Local,
-        hub_clock: crate::measurement_time::HubClock::Trusted,
-        device_clock: None,
-    };
+    let context = crate::decode::DecodeContext::trusted(received_at, &chrono::Local);
     let Ok(readings) =
         crate::decode::blood_pressure::IntermediateCuffPressureDecoder.decode(value, &context)
     else {

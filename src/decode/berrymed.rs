@@ -230,12 +230,8 @@ mod tests {
 
     /// Feeds `bytes` in chunks of `chunk` bytes and returns every event, then what `finish` reports.
     fn feed_in_chunks(bytes: &[u8], chunk: usize) -> (Vec<DecodeEvent>, Option<FrameError>) {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let mut decoder = BerrymedDecoder::default();
         let events = bytes
             .chunks(chunk.max(1))

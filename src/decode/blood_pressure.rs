@@ -320,12 +320,8 @@ mod tests {
 
     #[test]
     fn cuff_pressure_progress_is_not_a_clinical_reading() {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &crate::decode::test_support::utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = crate::decode::test_support::utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let readings = IntermediateCuffPressureDecoder
             .decode(&bytes_of("00 96 00 FF 07 FF 07"), &context)
             .unwrap();
@@ -338,12 +334,8 @@ mod tests {
 
     #[test]
     fn a_replayed_stored_record_has_the_same_key_and_a_live_one_none() {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &crate::decode::test_support::utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = crate::decode::test_support::utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let key = |hex: &str| {
             BloodPressureMeasurementDecoder
                 .decode(&bytes_of(hex), &context)

@@ -275,11 +275,8 @@ mod tests {
     fn a_first_half_whose_second_never_comes_is_reported_as_partial() {
         let mut decoder = BodyCompositionMeasurementDecoder::default();
         let zone = utc();
-        let at = |seconds| DecodeContext {
-            received_at: received_at() + chrono::TimeDelta::seconds(seconds),
-            time_zone: &zone,
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
+        let at = |seconds| {
+            DecodeContext::trusted(received_at() + chrono::TimeDelta::seconds(seconds), &zone)
         };
         let first = decoder.decode(&bytes_of("00 10 E1 00"), &at(0)).unwrap();
         assert!(first.is_empty());

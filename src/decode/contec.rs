@@ -1402,12 +1402,7 @@ mod tests {
     fn a_stored_sample_reports_the_device_time_it_was_sent_with() {
         let zone = utc();
         let base: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
-        let context = DecodeContext {
-            received_at: base,
-            time_zone: &zone,
-            hub_clock: HubClock::Trusted,
-            device_clock: None,
-        };
+        let context = DecodeContext::trusted(base, &zone);
         let mut decoder = ContecDecoder::default();
         decoder.poll(base, HubClock::Trusted);
         let session = format!("{ONE_SESSION} {DATE} {TIME} 08 80 80 80 8E 80 80 80 {SEVEN}");
@@ -1601,12 +1596,7 @@ mod tests {
         }
         let zone = utc();
         let now: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
-        let context = DecodeContext {
-            received_at: now,
-            time_zone: &zone,
-            hub_clock: HubClock::Trusted,
-            device_clock: None,
-        };
+        let context = DecodeContext::trusted(now, &zone);
         let mut decoder = ContecDecoder::default();
         decoder.poll(now, HubClock::Trusted);
         let started = std::time::Instant::now();
@@ -1684,12 +1674,7 @@ mod tests {
             let mut rest = &bytes[..];
             while !rest.is_empty() || now < base + TimeDelta::seconds(30) {
                 let take = next(12).min(rest.len());
-                let context = DecodeContext {
-                    received_at: now,
-                    time_zone: &zone,
-                    hub_clock: crate::measurement_time::HubClock::Trusted,
-                    device_clock: None,
-                };
+                let context = DecodeContext::trusted(now, &zone);
                 let mut events = decoder.feed(&rest[..take], &context);
                 rest = &rest[take..];
                 events.extend(decoder.poll(now, HubClock::Trusted).events);

@@ -99,12 +99,8 @@ mod tests {
 
     #[test]
     fn a_reading_keeps_its_frame_and_has_no_record_key() {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let readings = JumperOximeterDecoder
             .decode(&bytes_of("81 38 63 44"), &context)
             .unwrap();

@@ -621,12 +621,7 @@ mod tests {
         zone: &FixedOffset,
     ) -> (Vec<DecodeEvent>, Option<FrameError>) {
         let mut decoder = make();
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: zone,
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let context = DecodeContext::trusted(received_at(), zone);
         let events = bytes
             .chunks(chunk.max(1))
             .flat_map(|part| decoder.feed(part, &context))
@@ -1036,12 +1031,8 @@ mod tests {
         let other = bytes_of(&df13_packet("20 24 03 15 10 20 31 00 02 10 00 48 00 61"));
         let key = |bytes: &[u8], received_at: DateTime<Utc>| {
             let mut decoder = DataFormat13Decoder::default();
-            let context = DecodeContext {
-                received_at,
-                time_zone: &utc(),
-                hub_clock: crate::measurement_time::HubClock::Trusted,
-                device_clock: None,
-            };
+            let time_zone = utc();
+            let context = DecodeContext::trusted(received_at, &time_zone);
             match decoder.feed(bytes, &context).as_slice() {
                 [DecodeEvent::Reading(reading)] => reading.record_key.clone().unwrap(),
                 other => panic!("expected one reading, got {other:?}"),
@@ -1405,12 +1396,8 @@ mod tests {
     #[test]
     fn buffers_stay_bounded() {
         let mut decoder = DataFormat13Decoder::default();
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let mut bytes = bytes_of("00 02 00 0D 02 00");
         bytes.extend(std::iter::repeat_n(0x00, 2000));
         for byte in &bytes {
@@ -1422,12 +1409,8 @@ mod tests {
     #[test]
     fn finish_clears_state() {
         let mut decoder = DataFormat8Decoder::default();
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         assert!(decoder.feed(&bytes_of("11 80 48"), &context).is_empty());
         assert!(matches!(
             decoder.finish(),

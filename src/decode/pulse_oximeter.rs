@@ -356,12 +356,8 @@ mod tests {
 
     #[test]
     fn demonstration_testing_unavailable_and_invalid_readings_are_not_clinical() {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let clinical = |hex: &str| {
             PlxSpotCheckDecoder
                 .decode(&bytes_of(hex), &context)

@@ -229,12 +229,9 @@ mod tests {
 
     #[test]
     fn a_dated_line_names_its_readings_and_an_undated_one_does_not() {
-        let context = DecodeContext {
-            received_at: crate::decode::test_support::received_at(),
-            time_zone: &crate::decode::test_support::utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = crate::decode::test_support::utc();
+        let context =
+            DecodeContext::trusted(crate::decode::test_support::received_at(), &time_zone);
         let keys = |text: &str| -> Vec<Option<String>> {
             decoder()
                 .feed(text.as_bytes(), &context)

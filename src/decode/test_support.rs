@@ -77,12 +77,7 @@ pub fn render_result(result: Result<Vec<Reading>, FrameError>) -> Vec<String> {
 /// renders everything the messages produced.
 pub fn decode_messages(decoder: &mut dyn MessageDecoder, messages: &[&str]) -> Vec<String> {
     let zone = utc();
-    let context = DecodeContext {
-        received_at: received_at(),
-        time_zone: &zone,
-        hub_clock: crate::measurement_time::HubClock::Trusted,
-        device_clock: None,
-    };
+    let context = DecodeContext::trusted(received_at(), &zone);
     messages
         .iter()
         .flat_map(|hex| render_result(decoder.decode(&bytes_of(hex), &context)))
@@ -93,12 +88,7 @@ pub fn decode_messages(decoder: &mut dyn MessageDecoder, messages: &[&str]) -> V
 pub fn decode_stream(make: fn() -> Box<dyn StreamDecoder>, hex: &str) -> Vec<String> {
     let bytes = bytes_of(hex);
     let zone = utc();
-    let context = DecodeContext {
-        received_at: received_at(),
-        time_zone: &zone,
-        hub_clock: crate::measurement_time::HubClock::Trusted,
-        device_clock: None,
-    };
+    let context = DecodeContext::trusted(received_at(), &zone);
     let run = |chunk: usize| {
         let mut decoder = make();
         let mut lines: Vec<String> = bytes

@@ -98,12 +98,7 @@ mod tests {
 
     fn decode_one(hex: &str, received_at: chrono::DateTime<chrono::Utc>) -> Reading {
         let zone = utc();
-        let context = DecodeContext {
-            received_at,
-            time_zone: &zone,
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let context = DecodeContext::trusted(received_at, &zone);
         let mut readings = TemperatureMeasurementDecoder
             .decode(&bytes_of(hex), &context)
             .unwrap();
@@ -281,7 +276,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..24)) {
             let zone = utc();
-            let context = DecodeContext { received_at: received_at(), time_zone: &zone,     hub_clock: crate::measurement_time::HubClock::Trusted,     device_clock: None, };
+            let context = DecodeContext::trusted(received_at(), &zone);
             match TemperatureMeasurementDecoder.decode(&bytes, &context) {
                 Ok(readings) => prop_assert_eq!(readings.len(), 1),
                 Err(error) => prop_assert!(matches!(error, FrameError::TooShort { .. }), "{error}"),

@@ -244,12 +244,8 @@ mod tests {
 
     #[test]
     fn a_stored_weighing_has_a_record_key() {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let key = |hex: &str| {
             WeightMeasurementDecoder
                 .decode(&bytes_of(hex), &context)

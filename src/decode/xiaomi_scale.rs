@@ -204,12 +204,8 @@ mod tests {
     }
 
     fn record_key(decoder: &mut dyn MessageDecoder, hex: &str) -> Option<String> {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let readings = decoder.decode(&bytes_of(hex), &context).unwrap();
         readings
             .first()
@@ -431,12 +427,8 @@ mod tests {
 
     #[test]
     fn arbitrary_service_data_never_panics() {
-        let context = DecodeContext {
-            received_at: received_at(),
-            time_zone: &utc(),
-            hub_clock: crate::measurement_time::HubClock::Trusted,
-            device_clock: None,
-        };
+        let time_zone = utc();
+        let context = DecodeContext::trusted(received_at(), &time_zone);
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut v1 = XiaomiScaleDecoder::default();
         let mut v2 = XiaomiBodyCompositionScaleDecoder::default();
