@@ -10,6 +10,7 @@ mod support;
 mod bluetooth;
 mod cli;
 mod delivery;
+mod disk_full;
 mod faults;
 mod hardware;
 mod hub_clock;

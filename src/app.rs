@@ -1,6 +1,7 @@
 //! Wiring: builds the daemon's tasks from the configuration, connects them with bounded channels, and
 //! owns the shutdown signal. The only place that spawns tasks.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,7 +13,8 @@ use crate::bound_devices::BoundDevices;
 use crate::config::Config;
 use crate::control;
 use crate::mqtt::{self, UplinkSettings};
-use crate::outbox::{spawn_worker, Outbox, OutboxOptions};
+use crate::outbox::space::{self, Space};
+use crate::outbox::{spawn_worker, OpenReport, Outbox, OutboxOptions};
 use crate::payload::DeviceInfo;
 use crate::pipeline::{self, DeviceSettings};
 use crate::serial::{self, PortSettings};
@@ -30,15 +32,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     })?;
     crate::clock::set_policy(config.hub.clock);
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
-    let now_ms = crate::clock::now_utc().timestamp_millis();
-    let (outbox, report) = Outbox::open(
-        &outbox_path,
-        OutboxOptions {
-            max_pending: config.outbox.max_pending,
-        },
-        now_ms,
-    )
-    .with_context(|| format!("cannot open the outbox {}", outbox_path.display()))?;
+    let (outbox, report) = open_outbox(&config, &outbox_path)?;
     if let Some(moved_to) = &report.quarantined_to {
         tracing::error!(
             moved_to = %moved_to.display(),
@@ -48,7 +42,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         );
     }
     tracing::info!(path = %outbox_path.display(), pending = outbox.pending(), "Outbox open.");
-    let (outbox, worker) = spawn_worker(outbox, config.outbox.dedup_retention_days, || {
+    let space = Space::new(&config.hub.state_dir);
+    let (outbox, worker) = spawn_worker(outbox, space, config.outbox.dedup_retention_days, || {
         crate::clock::hub_clock()
             .is_trusted()
             .then(|| crate::clock::now_utc().timestamp_millis())
@@ -189,10 +184,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             }
             _ = watchdog.tick() => {
                 // The ping proves the outbox worker still answers, not merely that a timer fires.
+                // Stats never wait behind an append, so a full disk does not silence the watchdog.
                 if let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_secs(5), outbox.stats()).await {
+                    let status = match stats.waiting_for_space_since_ms {
+                        Some(since_ms) => format!(
+                            "waiting for space in state_dir since {}: devices are not read; {} reading(s) waiting in the outbox",
+                            chrono::DateTime::from_timestamp_millis(since_ms).map(|t| t.to_rfc3339()).unwrap_or_default(),
+                            stats.pending
+                        ),
+                        None => format!("running; {} reading(s) waiting in the outbox", stats.pending),
+                    };
                     let _ = sd_notify::notify(&[
                         sd_notify::NotifyState::Watchdog,
-                        sd_notify::NotifyState::Status(&format!("running; {} reading(s) waiting in the outbox", stats.pending)),
+                        sd_notify::NotifyState::Status(&status),
                     ]);
                 }
             }
@@ -227,4 +231,34 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Opens the outbox; a full state directory is said in words an operator can act on. When the reserve
+/// is there, its room is used to open (the daemon can then deliver, and so remove, stored readings).
+fn open_outbox(config: &Config, outbox_path: &Path) -> anyhow::Result<(Outbox, OpenReport)> {
+    let options = OutboxOptions {
+        max_pending: config.outbox.max_pending,
+    };
+    let state_dir = &config.hub.state_dir;
+    let open = || {
+        Outbox::open(
+            outbox_path,
+            options,
+            crate::clock::now_utc().timestamp_millis(),
+        )
+    };
+    let no_space = |error: &crate::outbox::OutboxError| {
+        space::no_space_message(state_dir, outbox_path, error.is_disk_full())
+    };
+    let mut result = open();
+    if let Err(error) = &result {
+        if no_space(error).is_some() && Space::new(state_dir).release_reserve() {
+            result = open();
+        }
+    }
+    result.map_err(|error| match no_space(&error) {
+        Some(message) => anyhow::anyhow!("{message} (SQLite: {error})"),
+        None => anyhow::Error::new(error)
+            .context(format!("cannot open the outbox {}", outbox_path.display())),
+    })
 }

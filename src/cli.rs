@@ -11,6 +11,7 @@ use chrono::{DateTime, Local, TimeZone, Utc};
 use crate::app::OUTBOX_FILE;
 use crate::config::Config;
 use crate::decode::{DecodeContext, DecodeEvent, Protocol};
+use crate::outbox::space;
 use crate::outbox::{Outbox, OutboxStats};
 use crate::payload::{self, DeviceInfo};
 
@@ -182,7 +183,8 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
         None
     };
     let now = crate::clock::now_utc();
-    let report = status_report(&outbox_path, stats.as_ref(), now);
+    let mut report = status_report(&outbox_path, stats.as_ref(), now);
+    report["state_dir"] = state_dir_report(&config.hub.state_dir);
     if json {
         println!("{report}");
     } else {
@@ -220,6 +222,23 @@ fn status_report(
             "last_error_at": stats.last_uplink_error.as_ref().and_then(|(ms, _)| time(Some(*ms))).map(|t| t.to_rfc3339()),
         },
         "counters": stats.counters,
+    })
+}
+
+/// Room on the state directory's filesystem. The daemon's own word on waiting for space is in memory (the
+/// status topic, `systemctl status`); this is what the filesystem says, which holds with or without it.
+fn state_dir_report(state_dir: &Path) -> serde_json::Value {
+    let Ok(room) = space::room(state_dir) else {
+        return serde_json::json!({ "path": state_dir.display().to_string() });
+    };
+    let reserve_file =
+        std::fs::metadata(state_dir.join(space::RESERVE_FILE)).map_or(0, |m| m.len());
+    serde_json::json!({
+        "path": state_dir.display().to_string(),
+        "free_bytes": room.free,
+        "size_bytes": room.total,
+        "reserve_bytes": reserve_file,
+        "low_on_space": room.is_low(),
     })
 }
 
@@ -261,6 +280,21 @@ fn print_status(report: &serde_json::Value) {
     println!("duplicates skipped      {}", outbox["duplicates_total"]);
     if let Some(quarantined) = outbox["quarantined"].as_str() {
         println!("QUARANTINED OUTBOX      {quarantined}");
+    }
+    let state_dir = &report["state_dir"];
+    if let (Some(free), Some(size)) = (
+        state_dir["free_bytes"].as_u64(),
+        state_dir["size_bytes"].as_u64(),
+    ) {
+        println!(
+            "state_dir free          {} of {} (reserve {})",
+            space::human(free),
+            space::human(size),
+            space::human(state_dir["reserve_bytes"].as_u64().unwrap_or(0))
+        );
+    }
+    if state_dir["low_on_space"] == true {
+        println!("STATE DIR LOW ON SPACE  when the outbox cannot write, new readings wait and devices are not read");
     }
     if let Some(counters) = report["counters"].as_object() {
         for (name, value) in counters {

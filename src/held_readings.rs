@@ -205,7 +205,12 @@ mod tests {
             0,
         )
         .unwrap();
-        let (outbox, _worker) = crate::outbox::spawn_worker(outbox, 400, || None);
+        let (outbox, _worker) = crate::outbox::spawn_worker(
+            outbox,
+            crate::outbox::space::Space::new(dir.path()),
+            400,
+            || None,
+        );
         outbox
             .append_durable(vec![
                 held_record("old-boot", 50),

@@ -25,6 +25,8 @@ use crate::spot::{SpotFilter, SpotRule};
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
 /// How often the decoder is asked whether the device needs a command (a keep-alive, a timed-out question).
 const DIALOG_POLL: Duration = Duration::from_millis(500);
+/// Once the daemon is stopping, how long records may still wait for room in the outbox.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Who a pipeline decodes for.
 pub struct DeviceSettings {
@@ -136,6 +138,15 @@ impl Decoding {
                 self.checkpoint_failing = true;
             }
         }
+    }
+
+    /// Whether the decoder's checkpoint moved since it was last saved.
+    pub fn checkpoint_moved(&self) -> bool {
+        self.settings.checkpoints.is_some()
+            && self
+                .decoder
+                .checkpoint()
+                .is_some_and(|current| Some(&current) != self.checkpoint.as_ref())
     }
 
     /// The device clock the transport read in this session; the time model judges the session's records
@@ -251,7 +262,8 @@ impl Decoding {
     }
 }
 
-/// Runs until the transport's sender is gone; `shutdown` only stops the periodic counter flush early.
+/// Runs until the transport's sender is gone; `shutdown` only limits how long records may wait for the
+/// outbox.
 /// Commands for the device go to the transport on `commands`, marked with the connection they are for.
 pub async fn run_device(
     settings: DeviceSettings,
@@ -264,6 +276,7 @@ pub async fn run_device(
     let mut flush = tokio::time::interval(COUNTER_FLUSH);
     let mut dialog = tokio::time::interval(DIALOG_POLL);
     let mut connection = None;
+    let mut grace = StopGrace::default();
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -273,10 +286,7 @@ pub async fn run_device(
                 }
                 Some(PortEvent::Bytes { bytes, received }) => {
                     let records: Vec<NewRecord> = decoding.bytes(&bytes, &received).into_iter().map(|(record, _)| record).collect();
-                    if !records.is_empty() {
-                        outbox.append(records).await?;
-                    }
-                    decoding.save_checkpoint();
+                    hand_over(&mut decoding, &outbox, records, &mut shutdown, &mut grace).await?;
                 }
                 Some(PortEvent::Closed { .. }) => {
                     connection = None;
@@ -294,17 +304,92 @@ pub async fn run_device(
             continue;
         };
         let (records, to_send) = decoding.poll(&crate::clock::hub_now());
-        if !records.is_empty() {
-            outbox
-                .append(records.into_iter().map(|(record, _)| record).collect())
-                .await?;
-            decoding.save_checkpoint();
-        }
+        let records = records.into_iter().map(|(record, _)| record).collect();
+        hand_over(&mut decoding, &outbox, records, &mut shutdown, &mut grace).await?;
         for command in to_send {
             pass_on(&decoding.settings.device.id, connection, command, &commands);
         }
     }
+    if grace.dropped > 0 {
+        tracing::warn!(
+            device = %decoding.settings.device.id,
+            records = grace.dropped,
+            "Stopped while the outbox could not take more: readings not yet stored were dropped (a device that keeps its records sends them again)."
+        );
+    }
     decoding.flush_counters(&outbox).await
+}
+
+/// Hands records to the outbox and then saves the decoder's checkpoint. When the checkpoint moved, it
+/// waits until everything this pipeline handed over is durable first, so the checkpoint never covers a
+/// reading the outbox could still lose. While the outbox waits for disk space this waits too, and the
+/// device is not read meanwhile; once the daemon is stopping it waits out the [`StopGrace`] at most and
+/// then drops the records, which were never durable (the device's to send again).
+async fn hand_over(
+    decoding: &mut Decoding,
+    outbox: &OutboxHandle,
+    records: Vec<NewRecord>,
+    shutdown: &mut watch::Receiver<bool>,
+    grace: &mut StopGrace,
+) -> Result<(), crate::outbox::worker::WorkerGone> {
+    let durable = decoding.checkpoint_moved();
+    if records.is_empty() && !durable {
+        decoding.save_checkpoint();
+        return Ok(());
+    }
+    let count = records.len();
+    let handed = async {
+        if durable {
+            outbox.append_durable(records).await.map(|_| ())
+        } else {
+            outbox.append(records).await
+        }
+    };
+    let stored = grace.until_stored(handed, shutdown).await;
+    match stored {
+        Some(result) => {
+            result?;
+            decoding.save_checkpoint();
+        }
+        None => grace.dropped += count,
+    }
+    Ok(())
+}
+
+/// How long a task's records may still wait for room in the outbox once the daemon is stopping: one
+/// [`SHUTDOWN_GRACE`] from the moment it saw the stop, for all its waits together, so a full disk cannot
+/// hold up the shutdown however many records are still queued in front of the task.
+#[derive(Default)]
+pub struct StopGrace {
+    deadline: Option<tokio::time::Instant>,
+    /// Records given up when the grace ran out.
+    pub dropped: usize,
+}
+
+impl StopGrace {
+    /// Waits for `handed` (records going into the outbox); `None` when the grace ran out first: the records
+    /// were not stored.
+    pub async fn until_stored<T>(
+        &mut self,
+        handed: impl std::future::Future<Output = T>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<T> {
+        tokio::pin!(handed);
+        let deadline = match self.deadline {
+            Some(deadline) => deadline,
+            None => {
+                tokio::select! {
+                    result = &mut handed => return Some(result),
+                    _ = shutdown.wait_for(|stop| *stop) => {}
+                }
+                *self
+                    .deadline
+                    .insert(tokio::time::Instant::now() + SHUTDOWN_GRACE)
+            }
+        };
+        // An outbox with room still takes the records after the deadline: the inner future is polled first.
+        tokio::time::timeout_at(deadline, handed).await.ok()
+    }
 }
 
 /// Hands a command to the transport without waiting: the transport may itself be waiting for this task to

@@ -232,6 +232,22 @@ impl Daemon {
         panic!("vitalsd did not stop within 10 s of SIGTERM");
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("daemon started");
+            if let Some(status) = child.try_wait().expect("wait for vitalsd") {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -98,6 +98,33 @@ impl SimulatedPort {
         received
     }
 
+    /// Writes bytes as the device would, waiting as long as the line is full (a host that stopped reading)
+    /// unless `give_up` says to stop; returns whether all of them went out.
+    pub fn write_waiting(&mut self, bytes: &[u8], give_up: impl Fn() -> bool) -> bool {
+        let (master, _) = self.ends.as_mut().expect("device is plugged in");
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if give_up() {
+                return false;
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                master.as_fd(),
+                nix::poll::PollFlags::POLLOUT,
+            )];
+            if !matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u8)), Ok(n) if n > 0)
+            {
+                continue;
+            }
+            // One byte at a time once the line has room: a write never blocks past what the poll promised.
+            match master.write(&rest[..1]) {
+                Ok(n) => rest = &rest[n..],
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => panic!("writing to the simulated device failed: {error}"),
+            }
+        }
+        true
+    }
+
     /// Writes bytes as the device would; gives up after 5 s if nobody drains the line.
     pub fn write(&mut self, bytes: &[u8]) {
         let (master, _) = self.ends.as_mut().expect("device is plugged in");

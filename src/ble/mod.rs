@@ -259,10 +259,17 @@ async fn run_stack(
                             let received = crate::clock::hub_now();
                             let received_at = received.wall;
                             let records: Vec<_> = decoding.bytes(&bytes, &received).into_iter().map(|(record, _)| record).collect();
+                            // The scan loop must not wait for a full disk (the sessions and the shutdown
+                            // run in it). A scale repeats its advertisement for a while; a fresh decoder
+                            // takes the repeat, which the old one would skip as already reported.
                             if !records.is_empty() {
-                                outbox.append(records).await.map_err(|_| StackError::OutboxGone)?;
-                                if let Some(device) = devices.lock().unwrap().get_mut(&address) {
-                                    device.last_reading_at = Some(received_at);
+                                if outbox.try_append(records).map_err(|_| StackError::OutboxGone)? {
+                                    if let Some(device) = devices.lock().unwrap().get_mut(&address) {
+                                        device.last_reading_at = Some(received_at);
+                                    }
+                                } else {
+                                    tracing::debug!(%address, "The outbox cannot take an advertised reading now.");
+                                    advertisement_decoders.remove(&(address.clone(), protocol));
                                 }
                             }
                         }

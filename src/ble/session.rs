@@ -19,7 +19,7 @@ use crate::decode::current_time;
 use crate::decode::glucose;
 use crate::measurement_time::DeviceClockCheck;
 use crate::outbox::OutboxHandle;
-use crate::pipeline::Decoding;
+use crate::pipeline::{Decoding, StopGrace};
 use crate::spot::SpotRule;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -208,6 +208,7 @@ async fn collect(
         glucose = GlucosePhase::Fetching;
     }
     let mut restart_seen = false;
+    let mut grace = StopGrace::default();
     let mut readings = 0usize;
     let mut connection_check = tokio::time::interval(Duration::from_secs(1));
     let mut last_activity = tokio::time::Instant::now();
@@ -232,7 +233,9 @@ async fn collect(
                     if let Some(channel) = channels.get_mut(&profile::sig(0x2A18)) {
                         let held = channel.decoding.release_held();
                         readings += held.len();
-                        append(outbox, devices, address, held, glucose == GlucosePhase::CheckingLast, &mut restart_seen).await?;
+                        if !append(outbox, devices, address, held, glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
+                            break SessionEnd::Shutdown;
+                        }
                     }
                     let next = match (glucose, code) {
                         // Nothing past our last sequence number: either nothing is new, or the meter's
@@ -257,7 +260,9 @@ async fn collect(
                         Ok(context) => {
                             let released = channel.decoding.context(&context);
                             readings += released.len();
-                            append(outbox, devices, address, released, glucose == GlucosePhase::CheckingLast, &mut restart_seen).await?;
+                            if !append(outbox, devices, address, released, glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
+                                break SessionEnd::Shutdown;
+                            }
                         }
                         Err(error) => tracing::debug!(%address, %error, "Unreadable glucose context."),
                     }
@@ -270,7 +275,9 @@ async fn collect(
                 let Some(channel) = channels.get_mut(&notification.uuid) else { continue };
                 let decoded = channel.decoding.bytes(&notification.value, &received);
                 readings += decoded.len();
-                append(outbox, devices, address, decoded, glucose == GlucosePhase::CheckingLast, &mut restart_seen).await?;
+                if !append(outbox, devices, address, decoded, glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
+                    break SessionEnd::Shutdown;
+                }
             }
             _ = connection_check.tick() => {
                 for channel in channels.values_mut() {
@@ -290,7 +297,17 @@ async fn collect(
     };
     for channel in channels.values_mut() {
         let held = channel.decoding.release_held();
-        append(outbox, devices, address, held, false, &mut restart_seen).await?;
+        append(
+            outbox,
+            devices,
+            address,
+            held,
+            false,
+            &mut restart_seen,
+            shutdown,
+            &mut grace,
+        )
+        .await?;
         channel.decoding.closed();
         channel.decoding.flush_counters(outbox).await?;
     }
@@ -298,9 +315,16 @@ async fn collect(
     Ok(end)
 }
 
-/// Makes decoded records durable and notes what they say about the device: the last reading time and,
-/// for a glucose meter, the newest sequence number. While checking a meter's last record
-/// (`checking_last`), a record that differs from the one the hub stored means the numbering restarted.
+/// Makes decoded records durable and only then notes what they say about the device: the last reading
+/// time and, for a glucose meter, the newest sequence number (from which the next session asks for
+/// records), so a meter's records count as read only once they are on disk. While checking a meter's last
+/// record (`checking_last`), a record that differs from the one the hub stored means the numbering
+/// restarted. Waits while the outbox waits for disk space; returns `false` when the daemon stopped first
+/// (nothing was noted, so the next session asks for those records again).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per kind of notification"
+)]
 async fn append(
     outbox: &OutboxHandle,
     devices: &SharedDevices,
@@ -308,9 +332,11 @@ async fn append(
     decoded: Vec<(crate::outbox::NewRecord, crate::reading::Reading)>,
     checking_last: bool,
     restart_seen: &mut bool,
-) -> Result<(), SessionError> {
+    shutdown: &mut watch::Receiver<bool>,
+    grace: &mut StopGrace,
+) -> Result<bool, SessionError> {
     if decoded.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let newest = decoded
         .iter()
@@ -320,9 +346,18 @@ async fn append(
         })
         .next_back();
     let received_at = decoded.last().map(|(_, reading)| reading.received_at);
-    outbox
-        .append(decoded.into_iter().map(|(record, _)| record).collect())
-        .await?;
+    let count = decoded.len();
+    let records = decoded.into_iter().map(|(record, _)| record).collect();
+    let Some(outcomes) = grace
+        .until_stored(outbox.append_durable(records), shutdown)
+        .await
+    else {
+        tracing::warn!(%address, records = count, "Stopping while the outbox cannot take more: the device's records were not stored; it is asked for them again next time.");
+        return Ok(false);
+    };
+    // A record the outbox refused (it holds `max_pending`) is not read: the meter is asked for it again.
+    let outcomes = outcomes?;
+    let newest = newest.filter(|_| !outcomes.contains(&crate::outbox::Appended::RejectedFull));
     let mut restarted = false;
     update(devices, address, |device| {
         device.last_reading_at = received_at.or(device.last_reading_at);
@@ -343,7 +378,7 @@ async fn append(
         tracing::warn!(%address, "The glucose meter's record numbering restarted; reading all its records again (stored ones are not queued twice).");
     }
     *restart_seen |= restarted;
-    Ok(())
+    Ok(true)
 }
 
 /// Intermediate Cuff Pressure is progress, not a reading: it is kept in memory for `vitalsd devices`.

@@ -40,6 +40,7 @@
 //! counted in `stat` and logged: the oldest readings are the ones a clinician has not seen yet, so they
 //! are kept, and the refusal is visible rather than silent.
 
+pub mod space;
 mod sqlite;
 pub mod worker;
 
@@ -107,6 +108,9 @@ pub struct OutboxStats {
     pub duplicates_total: u64,
     pub last_uplink_error: Option<(i64, String)>,
     pub quarantined: Option<String>,
+    /// Since when (ms since the epoch) appends wait for disk space; known only to the running worker, so
+    /// always `None` when read from the file.
+    pub waiting_for_space_since_ms: Option<i64>,
     /// Producer-defined counters (frames rejected, bytes skipped, ...).
     pub counters: BTreeMap<String, u64>,
 }
@@ -135,7 +139,29 @@ impl OutboxError {
     fn classify(error: rusqlite::Error) -> OutboxError {
         match error.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => OutboxError::DiskFull(error),
+            // Growing the WAL index (`-shm`) on a full filesystem fails with this I/O error, not with FULL.
+            _ if is_shm_size_error(&error) => OutboxError::DiskFull(error),
             _ => OutboxError::Storage(error),
         }
     }
+
+    /// Whether the operation failed for lack of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            OutboxError::DiskFull(_) => true,
+            OutboxError::Storage(error) => {
+                error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+                    || is_shm_size_error(error)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_shm_size_error(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+    )
 }

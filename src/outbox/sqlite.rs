@@ -386,6 +386,35 @@ impl Outbox {
         Ok(removed as u64)
     }
 
+    /// Checkpoints after `autocheckpoint_pages` WAL pages and keeps at most `journal_size_limit` bytes of
+    /// WAL file, for a small filesystem (see [`super::space`]).
+    pub fn limit_wal(&mut self, limits: super::space::WalLimits) -> Result<(), OutboxError> {
+        self.connection
+            .query_row(
+                &format!(
+                    "PRAGMA wal_autocheckpoint = {}",
+                    limits.autocheckpoint_pages
+                ),
+                [],
+                |_| Ok(()),
+            )
+            .map_err(OutboxError::classify)?;
+        self.connection
+            .pragma_update(None, "journal_size_limit", limits.journal_size_limit as i64)
+            .map_err(OutboxError::classify)
+    }
+
+    /// Bytes of free pages inside the database file, which new records use before the file grows.
+    pub fn free_bytes(&self) -> Result<u64, OutboxError> {
+        let pages: i64 = self
+            .connection
+            .query_row("PRAGMA freelist_count", [], |row| row.get(0))?;
+        let page_size: i64 = self
+            .connection
+            .query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        Ok((pages * page_size) as u64)
+    }
+
     /// Folds the WAL back into the database file and truncates it; cheap when idle.
     pub fn checkpoint(&mut self) -> Result<(), OutboxError> {
         self.connection

@@ -1,24 +1,45 @@
 //! The outbox worker: one thread owns the only writing connection; everything else talks to it through
 //! [`OutboxHandle`]. Appends that queue up while a commit runs are committed together (group commit).
+//!
+//! Appends come on their own bounded queue. When the disk is full the worker keeps the batch that failed,
+//! retries it on a timer, and stops taking appends meanwhile, so the queue fills and pushes back on the
+//! devices; every other command (stats for the watchdog, fetch and acknowledge for the uplink) is still
+//! answered. When every handle is gone (the daemon is stopping) a batch that still does not fit is given
+//! up: it was never durable, so nobody was told it was stored.
 
+use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::space::{Space, ACK_CHUNK};
 use super::{Appended, NewRecord, Outbox, OutboxError, OutboxStats, Release, StoredRecord};
 
 /// At most this many records go into one transaction; bounds latency and memory per commit.
 const MAX_GROUP: usize = 1024;
+/// Append requests waiting for the worker; when full (a slow or full disk), producers wait.
+const APPEND_QUEUE: usize = 16;
+const COMMAND_QUEUE: usize = 256;
 /// Every this often the worker prunes old dedup keys and checkpoints the WAL.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(300);
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// A batch that did not fit is retried after this, doubling up to [`RETRY_MAX`]: a short maximum, so the
+/// outbox takes readings again within seconds of space returning.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// While the disk stays full, a reminder is logged this often.
+const STILL_FULL_LOG: Duration = Duration::from_secs(60);
 
+/// Records to append, and who waits for them to be durable.
+struct AppendRequest {
+    records: Vec<NewRecord>,
+    done: Option<oneshot::Sender<Vec<Appended>>>,
+}
+
+/// Everything but appends: answered even while appends wait for disk space.
 enum Command {
-    Append {
-        records: Vec<NewRecord>,
-        done: Option<oneshot::Sender<Vec<Appended>>>,
-    },
     Acknowledge {
         seqs: Vec<i64>,
         now_ms: i64,
@@ -53,6 +74,7 @@ enum Command {
 #[derive(Clone)]
 pub struct OutboxHandle {
     commands: mpsc::Sender<Command>,
+    appends: mpsc::Sender<AppendRequest>,
     appended: Arc<Notify>,
 }
 
@@ -63,9 +85,10 @@ pub struct WorkerGone;
 
 impl OutboxHandle {
     /// Queues records for the next group commit; waits only for room in the queue, not for the commit.
+    /// While the disk is full the queue stays full, so this waits until space returns.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<(), WorkerGone> {
-        self.commands
-            .send(Command::Append {
+        self.appends
+            .send(AppendRequest {
                 records,
                 done: None,
             })
@@ -73,14 +96,29 @@ impl OutboxHandle {
             .map_err(|_| WorkerGone)
     }
 
-    /// Appends and waits until the records are durable; returns what happened to each.
+    /// Queues records if the queue has room now; `Ok(false)` when it is full (a full disk, or a worker far
+    /// behind), for producers that must not wait.
+    pub fn try_append(&self, records: Vec<NewRecord>) -> Result<bool, WorkerGone> {
+        match self.appends.try_send(AppendRequest {
+            records,
+            done: None,
+        }) {
+            Ok(()) => Ok(true),
+            Err(TrySendError::Full(_)) => Ok(false),
+            Err(TrySendError::Closed(_)) => Err(WorkerGone),
+        }
+    }
+
+    /// Appends and waits until the records are durable; returns what happened to each. Appends are
+    /// committed in the order they were queued, so when this returns, every record this caller queued
+    /// before is durable too.
     pub async fn append_durable(
         &self,
         records: Vec<NewRecord>,
     ) -> Result<Vec<Appended>, WorkerGone> {
         let (done, wait) = oneshot::channel();
-        self.commands
-            .send(Command::Append {
+        self.appends
+            .send(AppendRequest {
                 records,
                 done: Some(done),
             })
@@ -196,116 +234,194 @@ impl OutboxHandle {
 }
 
 /// Starts the worker thread. It runs until every handle is dropped, or stops with an error on a storage
-/// failure that must not be retried; the daemon then exits and systemd restarts it.
+/// failure that must not be retried; the daemon then exits and systemd restarts it. `space` is the state
+/// directory's reserve (see [`super::space`]).
 pub fn spawn_worker(
     outbox: Outbox,
+    space: Space,
     dedup_retention_days: u32,
     trusted_now_ms: fn() -> Option<i64>,
 ) -> (
     OutboxHandle,
     std::thread::JoinHandle<Result<(), OutboxError>>,
 ) {
-    let (commands, receiver) = mpsc::channel(256);
+    let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
+    let (appends, append_queue) = mpsc::channel(APPEND_QUEUE);
     let appended = Arc::new(Notify::new());
     let handle = OutboxHandle {
         commands,
+        appends,
         appended: appended.clone(),
     };
-    let retention_ms = i64::from(dedup_retention_days) * DAY_MS;
+    let worker = Worker {
+        outbox,
+        space,
+        appended,
+        retention_ms: i64::from(dedup_retention_days) * DAY_MS,
+        trusted_now_ms,
+        last_housekeeping: Instant::now(),
+        stalled: None,
+        unremoved: Vec::new(),
+        unremoved_retry_at: None,
+        unremoved_since: None,
+    };
     let thread = std::thread::Builder::new()
         .name("outbox".to_string())
-        .spawn(move || run(outbox, receiver, appended, retention_ms, trusted_now_ms))
+        .spawn(move || {
+            // The worker's own small runtime lets it wait for commands and for its retry timer at once;
+            // SQLite calls block this thread only, never the daemon's runtime.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("invariant: a timer-only runtime starts at startup");
+            runtime.block_on(worker.serve(command_queue, append_queue))
+        })
         .expect("invariant: the OS can start one thread at startup");
     (handle, thread)
 }
 
-fn run(
-    mut outbox: Outbox,
-    mut receiver: mpsc::Receiver<Command>,
+/// Who waits for an append to be durable, and for which records of the batch.
+type Waiter = (Range<usize>, Option<oneshot::Sender<Vec<Appended>>>);
+
+/// Appended records and, per request, the range of them its waiter gets outcomes for.
+struct Batch {
+    records: Vec<NewRecord>,
+    waiters: Vec<Waiter>,
+}
+
+/// A batch that did not fit on the disk, waiting for space. It is stored in pieces as room appears (a
+/// whole group may need more WAL than a small filesystem can ever hold at once); its waiters are answered
+/// when the last piece is stored.
+struct Stalled {
+    batch: Batch,
+    /// What happened to the records stored so far, a prefix of the batch.
+    outcomes: Vec<Appended>,
+    /// Records per transaction for the next try: halved when a try does not fit, doubled when one does.
+    piece: usize,
+    since: Instant,
+    since_ms: i64,
+    retry_at: tokio::time::Instant,
+    delay: Duration,
+    last_log: Instant,
+}
+
+struct Worker {
+    outbox: Outbox,
+    space: Space,
     appended: Arc<Notify>,
     retention_ms: i64,
     trusted_now_ms: fn() -> Option<i64>,
-) -> Result<(), OutboxError> {
-    let mut last_housekeeping = std::time::Instant::now();
-    let mut held: Option<Command> = None;
-    loop {
-        let command = match held.take() {
-            Some(command) => command,
-            None => match receiver.blocking_recv() {
-                Some(command) => command,
-                None => break,
-            },
-        };
+    last_housekeeping: Instant,
+    stalled: Option<Stalled>,
+    /// Delivered records a full disk kept from being removed, retried at `unremoved_retry_at`.
+    unremoved: Vec<i64>,
+    unremoved_retry_at: Option<tokio::time::Instant>,
+    unremoved_since: Option<Instant>,
+}
+
+impl Worker {
+    async fn serve(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut appends: mpsc::Receiver<AppendRequest>,
+    ) -> Result<(), OutboxError> {
+        if let Some(limits) = self.space.wal_limits() {
+            if let Err(error) = self.outbox.limit_wal(limits) {
+                tracing::warn!(%error, "Could not limit the WAL for a small filesystem.");
+            }
+        }
+        if !self.space.ensure_reserve() {
+            tracing::warn!(
+                bytes = self.space.reserve_size(),
+                "No room for the outbox reserve; it is made once the state directory has room."
+            );
+        }
+        let mut commands_open = true;
+        let mut appends_open = true;
+        while commands_open || appends_open || self.stalled.is_some() {
+            // Every handle is gone, so the daemon is stopping: nobody waits for the batch any more.
+            if !commands_open && self.stalled.is_some() {
+                self.retry_stalled(true)?;
+                continue;
+            }
+            let retry_at = self
+                .stalled
+                .as_ref()
+                .map(|stalled| stalled.retry_at)
+                .into_iter()
+                .chain(self.unremoved_retry_at)
+                .min();
+            tokio::select! {
+                // Commands first: a stream of appends must never delay the watchdog's stats or the
+                // uplink's acknowledgements.
+                biased;
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => self.handle(command)?,
+                    None => commands_open = false,
+                },
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                    // Removals first: the room they free is what the waiting readings need.
+                    if self.unremoved_retry_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                        self.acknowledge(&[], crate::clock::now_utc().timestamp_millis())?;
+                    }
+                    if self.stalled.as_ref().is_some_and(|stalled| stalled.retry_at <= tokio::time::Instant::now()) {
+                        self.retry_stalled(false)?;
+                    }
+                }
+                request = appends.recv(), if appends_open && self.stalled.is_none() => match request {
+                    Some(request) => {
+                        let batch = gather(request, &mut appends);
+                        self.append(batch, !commands_open)?;
+                    }
+                    None => appends_open = false,
+                },
+            }
+            if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                self.last_housekeeping = Instant::now();
+                self.housekeeping();
+            }
+        }
+        if let Err(error) = self.outbox.checkpoint() {
+            tracing::debug!(%error, "Final checkpoint failed; SQLite replays the WAL on the next open.");
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, command: Command) -> Result<(), OutboxError> {
         match command {
-            Command::Append { records, done } => {
-                let mut batch = records;
-                let mut waiters = vec![(0..batch.len(), done)];
-                // Group commit: take every append already queued behind this one.
-                while batch.len() < MAX_GROUP {
-                    match receiver.try_recv() {
-                        Ok(Command::Append { records, done }) => {
-                            let start = batch.len();
-                            batch.extend(records);
-                            waiters.push((start..batch.len(), done));
-                        }
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let outcomes = append_with_retry(&mut outbox, &batch)?;
-                report_append(&outcomes, outbox.pending());
-                if outcomes.contains(&Appended::Stored) {
-                    appended.notify_one();
-                }
-                for (range, done) in waiters {
-                    if let Some(done) = done {
-                        let _ = done.send(outcomes[range].to_vec());
-                    }
-                }
-            }
-            Command::Acknowledge { seqs, now_ms } => {
-                if let Err(error) = outbox.acknowledge(&seqs, now_ms) {
-                    match error {
-                        // The rows stay and are published again later: a duplicate, never a loss.
-                        OutboxError::DiskFull(_) => {
-                            tracing::error!(%error, "Could not remove delivered readings.")
-                        }
-                        other => return Err(other),
-                    }
-                }
-            }
+            Command::Acknowledge { seqs, now_ms } => self.acknowledge(&seqs, now_ms)?,
             Command::Fetch {
                 after,
                 limit,
                 reply,
             } => {
-                let _ = reply.send(outbox.fetch_after(after, limit)?);
+                let _ = reply.send(self.outbox.fetch_after(after, limit)?);
             }
             Command::UplinkError { message, now_ms } => {
-                if let Err(error) = outbox.record_uplink_error(&message, now_ms) {
-                    tracing::warn!(%error, "Could not record the uplink error.");
+                if let Err(error) = self.outbox.record_uplink_error(&message, now_ms) {
+                    self.note_write_failure(&error, "Could not record the uplink error.");
                 }
             }
             Command::Counters { deltas } => {
-                if let Err(error) = outbox.add_counters(&deltas) {
-                    tracing::warn!(%error, "Could not record counters.");
+                if let Err(error) = self.outbox.add_counters(&deltas) {
+                    self.note_write_failure(&error, "Could not record counters.");
                 }
             }
             Command::Stats { reply } => {
-                let _ = reply.send(outbox.stats()?);
+                let mut stats = self.outbox.stats()?;
+                stats.waiting_for_space_since_ms =
+                    self.stalled.as_ref().map(|stalled| stalled.since_ms);
+                let _ = reply.send(stats);
             }
             Command::FetchHeld {
                 after,
                 limit,
                 reply,
             } => {
-                let _ = reply.send(outbox.fetch_held(after, limit)?);
+                let _ = reply.send(self.outbox.fetch_held(after, limit)?);
             }
             Command::Release { released, done } => {
-                let moved = match outbox.release(&released) {
+                let moved = match self.outbox.release(&released) {
                     Ok(moved) => moved,
                     Err(OutboxError::DiskFull(error)) => {
                         tracing::error!(%error, "Could not release held readings; they stay held.");
@@ -314,40 +430,313 @@ fn run(
                     Err(other) => return Err(other),
                 };
                 if moved > 0 {
-                    appended.notify_one();
+                    self.appended.notify_one();
                 }
                 let _ = done.send(moved);
             }
         }
-        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-            last_housekeeping = std::time::Instant::now();
-            housekeeping(&mut outbox, trusted_now_ms(), retention_ms);
+        Ok(())
+    }
+
+    /// A write that is only bookkeeping failed; while the disk is known to be full that was said already.
+    fn note_write_failure(&self, error: &OutboxError, what: &str) {
+        if self.stalled.is_some() {
+            tracing::debug!(%error, "{what}");
+        } else {
+            tracing::warn!(%error, "{what}");
         }
     }
-    if let Err(error) = outbox.checkpoint() {
-        tracing::debug!(%error, "Final checkpoint failed; SQLite replays the WAL on the next open.");
+
+    fn append(&mut self, batch: Batch, closing: bool) -> Result<(), OutboxError> {
+        let mut stalled = Stalled {
+            piece: batch.records.len().max(1),
+            batch,
+            outcomes: Vec::new(),
+            since: Instant::now(),
+            since_ms: crate::clock::now_utc().timestamp_millis(),
+            retry_at: tokio::time::Instant::now() + RETRY_FIRST,
+            delay: RETRY_FIRST,
+            last_log: Instant::now(),
+        };
+        if self.advance(&mut stalled)? {
+            let outcomes = std::mem::take(&mut stalled.outcomes);
+            self.finish(stalled.batch, &outcomes);
+            return Ok(());
+        }
+        if closing {
+            give_up(&stalled);
+            return Ok(());
+        }
+        tracing::error!(
+            records = stalled.batch.records.len() - stalled.outcomes.len(),
+            "The outbox disk is full: new readings wait (devices are not read) until space returns; \
+             stored readings are still delivered and removed."
+        );
+        self.stalled = Some(stalled);
+        Ok(())
     }
-    Ok(())
+
+    /// Stores what it can of the waiting batch; when `closing`, what still does not fit is given up.
+    fn retry_stalled(&mut self, closing: bool) -> Result<(), OutboxError> {
+        let Some(mut stalled) = self.stalled.take() else {
+            return Ok(());
+        };
+        if self.advance(&mut stalled)? {
+            tracing::warn!(
+                waited_s = stalled.since.elapsed().as_secs(),
+                "Disk space is back: the outbox takes readings again."
+            );
+            let outcomes = std::mem::take(&mut stalled.outcomes);
+            self.finish(stalled.batch, &outcomes);
+        } else if closing {
+            give_up(&stalled);
+        } else {
+            if stalled.last_log.elapsed() >= STILL_FULL_LOG {
+                stalled.last_log = Instant::now();
+                tracing::error!(
+                    waiting_s = stalled.since.elapsed().as_secs(),
+                    "The outbox disk is still full; devices are not read."
+                );
+            }
+            stalled.delay = (stalled.delay * 2).min(RETRY_MAX);
+            stalled.retry_at = tokio::time::Instant::now() + stalled.delay;
+            self.stalled = Some(stalled);
+        }
+        Ok(())
+    }
+
+    /// Stores as much of the batch as the disk takes; `true` once all of it is stored. On a small or
+    /// nearly full filesystem it commits in pieces within the space's commit budget and folds each into
+    /// the database at once, so the WAL never holds more than one commit the database has not taken and
+    /// the reserve can always give the room that needs.
+    fn advance(&mut self, pending: &mut Stalled) -> Result<bool, OutboxError> {
+        loop {
+            let rest = &pending.batch.records[pending.outcomes.len()..];
+            if rest.is_empty() {
+                return Ok(true);
+            }
+            let budget = self.space.commit_budget();
+            let mut piece = pending.piece.min(rest.len());
+            if let Some(budget) = budget {
+                piece = piece.min(records_within(rest, budget));
+                if !self.may_grow(&rest[..piece])? {
+                    return Ok(false);
+                }
+            }
+            match self.store(&rest[..piece]) {
+                Ok(outcomes) => {
+                    pending.outcomes.extend(outcomes);
+                    pending.piece = piece.saturating_mul(2);
+                    if budget.is_some() {
+                        self.settle_wal();
+                    }
+                }
+                Err(OutboxError::DiskFull(_)) if piece > 1 => pending.piece = piece / 2,
+                Err(OutboxError::DiskFull(error)) => {
+                    tracing::debug!(%error, "A reading does not fit on the disk.");
+                    return Ok(false);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Whether a commit of `records` on a nearly full disk can be folded into the database come what may:
+    /// the reserve is there to give the room the database grows by, or the database has free pages enough.
+    /// Without either, the commit waits: the outbox must not take the room a delete needs.
+    fn may_grow(&mut self, records: &[NewRecord]) -> Result<bool, OutboxError> {
+        if self.space.ensure_reserve() {
+            return Ok(true);
+        }
+        let needed: u64 = records.iter().map(stored_size).sum();
+        Ok(self.outbox.free_bytes()? >= 2 * needed)
+    }
+
+    /// Folds the WAL into the database and truncates it, with the reserve's room if the database must grow
+    /// and the disk has none; then makes the reserve again if it fits.
+    fn settle_wal(&mut self) {
+        match self.outbox.checkpoint() {
+            Ok(()) => {}
+            Err(OutboxError::DiskFull(_)) if self.space.release_reserve() => {
+                if let Err(error) = self.outbox.checkpoint() {
+                    tracing::error!(%error, "The WAL cannot be folded into the outbox even with the reserve's room.");
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "Checkpoint after a commit on a nearly full disk failed.")
+            }
+        }
+        self.space.ensure_reserve();
+    }
+
+    /// Appends; on a full disk makes what room it can without touching readings and tries once more.
+    fn store(&mut self, records: &[NewRecord]) -> Result<Vec<Appended>, OutboxError> {
+        let result = match self.outbox.append(records) {
+            Err(OutboxError::DiskFull(_)) => {
+                self.make_room();
+                self.outbox.append(records)
+            }
+            other => return other,
+        };
+        if matches!(result, Err(OutboxError::DiskFull(_))) {
+            // The failed transaction's pages stay in the WAL file, taking the room a delete would need;
+            // truncating the WAL gives it back.
+            if let Err(error) = self.outbox.checkpoint() {
+                tracing::debug!(%error, "Checkpoint after a failed append failed.");
+            }
+        }
+        result
+    }
+
+    /// Folds the WAL back into the database and truncates it, which returns a WAL that filled the
+    /// filesystem to it; when the checkpoint itself needs room (the database file must grow), the reserve
+    /// gives it. Then makes the reserve again if it fits.
+    fn make_room(&mut self) {
+        match self.outbox.checkpoint() {
+            Ok(()) => {}
+            Err(OutboxError::DiskFull(_)) if self.space.release_reserve() => {
+                if let Err(error) = self.outbox.checkpoint() {
+                    tracing::debug!(%error, "Checkpoint failed even with the reserve's room.");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "Checkpoint on a full disk failed."),
+        }
+        self.space.ensure_reserve();
+    }
+
+    /// Removes acknowledged records, and those a full disk kept from being removed before. On a full
+    /// disk each removal must still be written to the WAL first, so the records are removed a few at a
+    /// time, with the reserve's room if needed and the WAL folded back after each step. What still cannot
+    /// be removed is remembered and retried on a timer; it was delivered, so it is never lost, and the
+    /// uplink does not publish it again unless it reconnects first.
+    fn acknowledge(&mut self, seqs: &[i64], now_ms: i64) -> Result<(), OutboxError> {
+        let mut seqs = seqs.to_vec();
+        if !self.unremoved.is_empty() {
+            seqs.append(&mut self.unremoved);
+        }
+        let error = match self.outbox.acknowledge(&seqs, now_ms) {
+            Ok(_) => return Ok(()),
+            Err(OutboxError::DiskFull(error)) => error,
+            Err(other) => return Err(other),
+        };
+        tracing::debug!(%error, records = seqs.len(), "Removing delivered readings on a full disk, a few at a time.");
+        self.make_room();
+        for (index, chunk) in seqs.chunks(ACK_CHUNK).enumerate() {
+            let mut result = self.outbox.acknowledge(chunk, now_ms);
+            if matches!(result, Err(OutboxError::DiskFull(_))) && self.space.release_reserve() {
+                result = self.outbox.acknowledge(chunk, now_ms);
+            }
+            match result {
+                Ok(_) => {
+                    if let Err(error) = self.outbox.checkpoint() {
+                        tracing::debug!(%error, "Checkpoint after a removal failed.");
+                    }
+                }
+                Err(OutboxError::DiskFull(error)) => {
+                    if self.unremoved_since.is_none() {
+                        tracing::error!(%error, "Could not remove delivered readings: the disk is full even without the reserve. They stay until there is room.");
+                        self.unremoved_since = Some(Instant::now());
+                    }
+                    self.unremoved = seqs[index * ACK_CHUNK..].to_vec();
+                    self.unremoved_retry_at = Some(tokio::time::Instant::now() + RETRY_MAX);
+                    return Ok(());
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if let Some(since) = self.unremoved_since.take() {
+            tracing::warn!(
+                waited_s = since.elapsed().as_secs(),
+                "Delivered readings removed now that there is room."
+            );
+        }
+        self.unremoved_retry_at = None;
+        self.space.ensure_reserve();
+        Ok(())
+    }
+
+    fn finish(&mut self, batch: Batch, outcomes: &[Appended]) {
+        report_append(outcomes, self.outbox.pending());
+        if outcomes.contains(&Appended::Stored) {
+            self.appended.notify_one();
+        }
+        for (range, done) in batch.waiters {
+            if let Some(done) = done {
+                let _ = done.send(outcomes[range].to_vec());
+            }
+        }
+    }
+
+    /// Prunes the dedup memory only by a trusted clock: a hub that booted on an old saved time would
+    /// otherwise forget ids early (or, ahead, keep them forever) and a device's replay would be queued again.
+    fn housekeeping(&mut self) {
+        if let Some(now_ms) = (self.trusted_now_ms)() {
+            match self
+                .outbox
+                .prune_delivered(now_ms - self.retention_ms, now_ms)
+            {
+                Ok(0) => {}
+                Ok(pruned) => tracing::debug!(pruned, "Forgot old delivered reading ids."),
+                Err(error) => {
+                    self.note_write_failure(&error, "Could not prune delivered reading ids.")
+                }
+            }
+        }
+        if self.outbox.pending() == 0 {
+            if let Err(error) = self.outbox.checkpoint() {
+                tracing::debug!(%error, "Idle checkpoint failed.");
+            }
+        }
+        self.space.ensure_reserve();
+    }
 }
 
-/// A full disk is retried until space appears: the readings wait in memory and the bounded queue pushes
-/// back on the devices. Any other error stops the worker (an fsync error must not be retried).
-fn append_with_retry(
-    outbox: &mut Outbox,
-    batch: &[NewRecord],
-) -> Result<Vec<Appended>, OutboxError> {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match outbox.append(batch) {
-            Ok(outcomes) => return Ok(outcomes),
-            Err(OutboxError::DiskFull(error)) => {
-                tracing::error!(%error, records = batch.len(), retry_in = ?delay, "Outbox disk full; holding readings and retrying.");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            Err(other) => return Err(other),
-        }
+/// Group commit: the request and every append already queued behind it, up to [`MAX_GROUP`] records.
+fn gather(first: AppendRequest, appends: &mut mpsc::Receiver<AppendRequest>) -> Batch {
+    let mut batch = Batch {
+        waiters: vec![(0..first.records.len(), first.done)],
+        records: first.records,
+    };
+    while batch.records.len() < MAX_GROUP {
+        let Ok(request) = appends.try_recv() else {
+            break;
+        };
+        let start = batch.records.len();
+        batch.records.extend(request.records);
+        batch
+            .waiters
+            .push((start..batch.records.len(), request.done));
     }
+    batch
+}
+
+/// How many of `records`, at least one, fit in `budget` bytes.
+fn records_within(records: &[NewRecord], budget: u64) -> usize {
+    let mut total = 0;
+    let count = records
+        .iter()
+        .take_while(|record| {
+            total += stored_size(record);
+            total <= budget
+        })
+        .count();
+    count.max(1)
+}
+
+/// About how many bytes a record takes in the database: its payload, its key twice (the record and the
+/// dedup index), its label and row overhead.
+fn stored_size(record: &NewRecord) -> u64 {
+    (record.payload.len() + 2 * record.key.len() + record.label.len() + 64) as u64
+}
+
+/// The daemon is stopping and the disk is still full: the records not stored yet never will be, and
+/// nobody was told they were (a waiter sees the worker gone). Devices that keep their records send them
+/// again.
+fn give_up(stalled: &Stalled) {
+    tracing::error!(
+        dropped = stalled.batch.records.len() - stalled.outcomes.len(),
+        "Stopping with the disk full: readings that were never stored are dropped."
+    );
 }
 
 fn report_append(outcomes: &[Appended], pending: u64) {
@@ -368,22 +757,5 @@ fn report_append(outcomes: &[Appended], pending: u64) {
         .count();
     if duplicates > 0 {
         tracing::debug!(duplicates, "Skipped readings already queued or delivered.");
-    }
-}
-
-/// Prunes the dedup memory only by a trusted clock: a hub that booted on an old saved time would otherwise
-/// forget ids early (or, ahead, keep them forever) and a device's replay would be queued again.
-fn housekeeping(outbox: &mut Outbox, trusted_now_ms: Option<i64>, retention_ms: i64) {
-    if let Some(now_ms) = trusted_now_ms {
-        match outbox.prune_delivered(now_ms - retention_ms, now_ms) {
-            Ok(0) => {}
-            Ok(pruned) => tracing::debug!(pruned, "Forgot old delivered reading ids."),
-            Err(error) => tracing::warn!(%error, "Could not prune delivered reading ids."),
-        }
-    }
-    if outbox.pending() == 0 {
-        if let Err(error) = outbox.checkpoint() {
-            tracing::debug!(%error, "Idle checkpoint failed.");
-        }
     }
 }

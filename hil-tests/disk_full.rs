@@ -1,0 +1,493 @@
+//! A full disk: the state directory on a small tmpfs that fills while readings arrive. The daemon keeps
+//! answering `status`, keeps pinging the watchdog, stops on SIGTERM within its stop timeout, and recovers
+//! by itself when space returns, losing nothing it had stored. These tests mount filesystems: they need
+//! root, and fail (never pass quietly) without it.
+
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::delivery::{rig, Rig};
+use crate::support::daemon::DaemonWorld;
+use crate::support::nonin::SpotCheck;
+use crate::support::pty::SimulatedPort;
+use crate::support::subscriber::Subscriber;
+use crate::support::wait_until;
+
+/// The watchdog period the daemon is started with; it pings every half of it.
+const WATCHDOG: Duration = Duration::from_secs(4);
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "this test mounts a tmpfs as the daemon's state directory and needs root: run the HIL suite as root"
+        );
+        std::fs::create_dir_all(path).expect("create the mount point");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so a daemon that is still closing its files cannot keep the mount.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .unwrap_or(0)
+}
+
+/// Another program filling the filesystem: it takes all free space, and keeps taking what is freed,
+/// until it is stopped and its file deleted.
+struct Hog {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Hog {
+    fn start(dir: &Path) -> Hog {
+        let path = dir.join("filler");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_path, thread_stop) = (path.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&thread_path)
+                .expect("create the filler");
+            let chunk = vec![0x5Au8; 4096];
+            while !thread_stop.load(Ordering::Relaxed) {
+                match file.write(&chunk) {
+                    Ok(_) => {}
+                    Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(error) => panic!("filling the state directory failed: {error}"),
+                }
+            }
+        });
+        let hog = Hog {
+            path,
+            stop,
+            thread: Some(thread),
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || free_bytes(dir) < 8192),
+            "the filler did not fill {}",
+            dir.display()
+        );
+        hog
+    }
+
+    /// Stops taking space and deletes the filler: the space returns.
+    fn free(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("filler thread");
+        }
+        std::fs::remove_file(&self.path).expect("delete the filler");
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The sd_notify datagrams the daemon sends, with their arrival times.
+struct Notifications {
+    seen: Arc<Mutex<Vec<(Instant, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Notifications {
+    fn listen(path: &Path) -> Notifications {
+        let socket = UnixDatagram::bind(path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_seen, thread_stop) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while !thread_stop.load(Ordering::Relaxed) {
+                if let Ok(count) = socket.recv(&mut buffer) {
+                    let text = String::from_utf8_lossy(&buffer[..count]).into_owned();
+                    thread_seen.lock().unwrap().push((Instant::now(), text));
+                }
+            }
+        });
+        Notifications {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The last `STATUS=` line sent after `since`.
+    fn status_since(&self, since: Instant) -> String {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .flat_map(|(_, text)| text.lines().map(str::to_string).collect::<Vec<_>>())
+            .rfind(|line| line.starts_with("STATUS="))
+            .unwrap_or_default()
+    }
+
+    /// The longest time without a `WATCHDOG=1` between `from` and `to`, counting the edges.
+    fn longest_watchdog_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for (at, text) in self.seen.lock().unwrap().iter() {
+            if *at < from || *at > to || !text.lines().any(|line| line == "WATCHDOG=1") {
+                continue;
+            }
+            longest = longest.max(*at - last);
+            last = *at;
+        }
+        longest.max(to - last)
+    }
+
+    fn waiting_for_space(&self, since: Instant) -> bool {
+        self.status_since(since).contains("waiting for space")
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The oximeter sending numbered spot checks, one every `every`, blocked like a real device's line when
+/// the host stops reading; counts only frames that went out whole.
+struct Feeder {
+    next: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<SimulatedPort>,
+}
+
+impl Feeder {
+    fn start(mut port: SimulatedPort, first: u32, every: Duration) -> Feeder {
+        let next = Arc::new(AtomicU32::new(first));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_next, thread_stop) = (next.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                let n = thread_next.load(Ordering::SeqCst);
+                let frame = SpotCheck::numbered(n).frame();
+                if port.write_waiting(&frame, || thread_stop.load(Ordering::Relaxed)) {
+                    thread_next.store(n + 1, Ordering::SeqCst);
+                }
+                std::thread::sleep(every);
+            }
+            port
+        });
+        Feeder { next, stop, thread }
+    }
+
+    /// Stops sending; the port, and the number of the next frame it would have sent.
+    fn stop(self) -> (SimulatedPort, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        let port = self.thread.join().expect("feeder thread");
+        (port, self.next.load(Ordering::SeqCst))
+    }
+}
+
+fn notify_env(path: &Path) -> [(&'static str, String); 2] {
+    [
+        ("NOTIFY_SOCKET", path.display().to_string()),
+        ("WATCHDOG_USEC", WATCHDOG.as_micros().to_string()),
+    ]
+}
+
+fn start_notified(world: &DaemonWorld, socket: &Path) -> crate::support::daemon::Daemon {
+    let env = notify_env(socket);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    world.start_with_env(&env)
+}
+
+/// While the disk stays full for `duration`: `vitalsd status` answers every second and says the state
+/// directory is low on space, the daemon runs, and the watchdog hears from it at least every half period.
+fn stays_answering_while_full(
+    world: &DaemonWorld,
+    daemon: &mut crate::support::daemon::Daemon,
+    notifications: &Notifications,
+    duration: Duration,
+) {
+    let from = Instant::now();
+    while from.elapsed() < duration {
+        let status = world.status();
+        assert_eq!(
+            status["state_dir"]["low_on_space"], true,
+            "status does not show the full state directory: {status}"
+        );
+        assert!(daemon.is_running(), "the daemon died:\n{}", world.log());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let gap = notifications.longest_watchdog_gap(from, Instant::now());
+    assert!(
+        gap <= WATCHDOG / 2 + Duration::from_millis(700),
+        "the watchdog went {gap:?} without a ping while the disk was full (period {WATCHDOG:?})"
+    );
+    assert!(
+        notifications.waiting_for_space(from),
+        "STATUS= does not say the outbox waits for space: {}",
+        notifications.status_since(from)
+    );
+}
+
+/// Waits until the subscriber has every reading numbered `0..sent` (they are distinct), then checks that
+/// no reading arrived that the device did not send.
+fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: Duration) {
+    let arrived = subscriber.wait_for_unique_readings(sent as usize, timeout);
+    assert!(
+        arrived,
+        "{} of {sent} readings arrived; status {}\nlog tail:\n{}",
+        subscriber.unique_reading_ids().len(),
+        world.status(),
+        tail(&world.log())
+    );
+    let written: BTreeSet<String> = (0..sent)
+        .map(|n| SpotCheck::numbered(n).measured_at_utc())
+        .collect();
+    let delivered: BTreeSet<String> = subscriber
+        .readings()
+        .iter()
+        .map(|r| r["measured_at"].as_str().expect("measured_at").to_string())
+        .collect();
+    assert_eq!(
+        delivered, written,
+        "the delivered readings are not the ones sent"
+    );
+    assert_eq!(subscriber.unique_reading_ids().len(), sent as usize);
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[test]
+fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_losing_nothing() {
+    let Rig {
+        broker: _broker,
+        subscriber,
+        world,
+        port,
+    } = rig();
+    let _tmpfs = Tmpfs::mount(&world.state_dir(), "16m");
+    let socket = world.dir.path().join("notify.sock");
+    let notifications = Notifications::listen(&socket);
+    let mut daemon = start_notified(&world, &socket);
+    let feeder = Feeder::start(port, 0, Duration::from_millis(20));
+    assert!(
+        subscriber.wait_for_unique_readings(20, Duration::from_secs(30)),
+        "no readings before the disk filled: {}",
+        world.log()
+    );
+
+    // Full while readings arrive, then the space returns: everything the device sent arrives.
+    let hog = Hog::start(&world.state_dir());
+    let filled = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || notifications
+            .waiting_for_space(filled)),
+        "the daemon never said it waits for space: {}\n{}",
+        notifications.status_since(filled),
+        tail(&world.log())
+    );
+    stays_answering_while_full(&world, &mut daemon, &notifications, Duration::from_secs(12));
+    hog.free();
+    let freed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let status = notifications.status_since(freed + Duration::from_millis(10));
+            status.starts_with("STATUS=running")
+        }),
+        "the outbox did not take readings again after space returned: {}\n{}",
+        notifications.status_since(freed),
+        tail(&world.log())
+    );
+    let (port, sent) = feeder.stop();
+    all_arrive(&subscriber, &world, sent, Duration::from_secs(60));
+    eprintln!("full for 12 s while {sent} readings were sent: all arrived once space returned");
+
+    // Full again, and SIGTERM while it is: the daemon stops in time and keeps what was stored.
+    let feeder = Feeder::start(port, sent, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_secs(1));
+    let hog = Hog::start(&world.state_dir());
+    let filled = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || notifications
+            .waiting_for_space(filled)),
+        "the daemon never said it waits for space the second time"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("send SIGTERM");
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "vitalsd did not stop within 10 s of SIGTERM with the disk full; log tail:\n{}",
+                tail(&world.log())
+            )
+        });
+    let stop_took = asked.elapsed();
+    let (_port, sent) = feeder.stop();
+    hog.free();
+    // Durable: whatever the outbox file holds after the stop, and whatever was delivered before it.
+    let mut durable: BTreeSet<String> = world.outbox_keys().into_iter().collect();
+    durable.extend(subscriber.unique_reading_ids());
+    let _daemon = world.start();
+    let delivered_all = wait_until(Duration::from_secs(60), || {
+        subscriber.unique_reading_ids().is_superset(&durable)
+    });
+    let missing = durable.len()
+        - durable
+            .intersection(&subscriber.unique_reading_ids())
+            .count();
+    assert!(
+        delivered_all,
+        "{missing} stored readings never arrived; log tail:\n{}",
+        tail(&world.log())
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!(
+        "SIGTERM while full: stopped in {stop_took:?} ({status}); {sent} readings sent, {} were stored and all \
+         of them delivered; {} arrived in all (the rest were in memory only when it stopped)",
+        durable.len(),
+        subscriber.unique_reading_ids().len()
+    );
+}
+
+#[test]
+fn a_two_mebibyte_state_dir_filled_by_the_outbox_itself_or_by_another_program_recovers() {
+    let Rig {
+        mut broker,
+        subscriber,
+        world,
+        port,
+    } = rig();
+    let _tmpfs = Tmpfs::mount(&world.state_dir(), "2m");
+    let socket = world.dir.path().join("notify.sock");
+    let notifications = Notifications::listen(&socket);
+    broker.stop();
+    let mut daemon = start_notified(&world, &socket);
+    let feeder = Feeder::start(port, 0, Duration::from_millis(2));
+
+    // The broker is away and the readings alone fill the filesystem (the WAL among them).
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(90), || notifications
+            .waiting_for_space(started)),
+        "the outbox never filled the 2 MiB filesystem: {}\n{}",
+        world.status(),
+        tail(&world.log())
+    );
+    let stored_when_full = world.status()["outbox"]["pending"].clone();
+    stays_answering_while_full(&world, &mut daemon, &notifications, Duration::from_secs(5));
+    broker.restart();
+    let restarted = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(60), || notifications
+            .status_since(restarted + Duration::from_millis(10))
+            .starts_with("STATUS=running")),
+        "the outbox did not recover once the broker took its readings: {}\n{}",
+        world.status(),
+        tail(&world.log())
+    );
+
+    // Another program fills it, then frees the space again.
+    let hog = Hog::start(&world.state_dir());
+    let filled = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || notifications
+            .waiting_for_space(filled)),
+        "the daemon never said it waits for space: {}",
+        tail(&world.log())
+    );
+    stays_answering_while_full(&world, &mut daemon, &notifications, Duration::from_secs(5));
+    hog.free();
+    let (_port, sent) = feeder.stop();
+    all_arrive(&subscriber, &world, sent, Duration::from_secs(120));
+    assert!(
+        wait_until(Duration::from_secs(20), || world.outbox_keys().is_empty()),
+        "delivered readings stay in the outbox: {}\nlog tail:\n{}",
+        world.status(),
+        tail(&world.log())
+    );
+    eprintln!(
+        "2 MiB state_dir: {stored_when_full} readings filled it; {sent} sent in all, all delivered"
+    );
+}
+
+#[test]
+fn starting_on_a_full_state_dir_says_so_and_exits() {
+    let world = DaemonWorld::new();
+    let _port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{}", crate::support::free_port()));
+    let _tmpfs = Tmpfs::mount(&world.state_dir(), "1m");
+    let hog = Hog::start(&world.state_dir());
+    drop(hog);
+    let mut daemon = world.start();
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("vitalsd kept running on a full disk:\n{}", world.log()));
+    assert!(!status.success(), "exit status {status}");
+    let log = world.log();
+    let expected = format!(
+        "state_dir {} has no free space",
+        world.state_dir().display()
+    );
+    assert!(
+        log.contains(&expected) && log.contains("Free space on that filesystem"),
+        "the log does not say what to do:\n{log}"
+    );
+}
