@@ -289,10 +289,10 @@ struct Batch {
     waiters: Vec<Waiter>,
 }
 
-/// A batch that did not fit on the disk, waiting for space. It is stored in pieces as room appears (a
-/// whole group may need more WAL than a small filesystem can ever hold at once); its waiters are answered
-/// when the last piece is stored.
-struct Stalled {
+/// A batch being stored, and once it did not fit, waiting for space. It is stored in pieces when the disk
+/// is small or nearly full or as room appears (a whole group may need more WAL than a small filesystem
+/// can hold at once); its waiters are answered when the last piece is stored.
+struct Pending {
     batch: Batch,
     /// What happened to the records stored so far, a prefix of the batch.
     outcomes: Vec<Appended>,
@@ -312,7 +312,8 @@ struct Worker {
     retention_ms: i64,
     trusted_now_ms: fn() -> Option<i64>,
     last_housekeeping: Instant,
-    stalled: Option<Stalled>,
+    /// The batch waiting for space; no appends are taken while there is one.
+    stalled: Option<Pending>,
     /// Delivered records a full disk kept from being removed, retried at `unremoved_retry_at`.
     unremoved: Vec<i64>,
     unremoved_retry_at: Option<tokio::time::Instant>,
@@ -448,7 +449,7 @@ impl Worker {
     }
 
     fn append(&mut self, batch: Batch, closing: bool) -> Result<(), OutboxError> {
-        let mut stalled = Stalled {
+        let mut stalled = Pending {
             piece: batch.records.len().max(1),
             batch,
             outcomes: Vec::new(),
@@ -509,7 +510,7 @@ impl Worker {
     /// nearly full filesystem it commits in pieces within the space's commit budget and folds each into
     /// the database at once, so the WAL never holds more than one commit the database has not taken and
     /// the reserve can always give the room that needs.
-    fn advance(&mut self, pending: &mut Stalled) -> Result<bool, OutboxError> {
+    fn advance(&mut self, pending: &mut Pending) -> Result<bool, OutboxError> {
         loop {
             let rest = &pending.batch.records[pending.outcomes.len()..];
             if rest.is_empty() {
@@ -528,7 +529,7 @@ impl Worker {
                     pending.outcomes.extend(outcomes);
                     pending.piece = piece.saturating_mul(2);
                     if budget.is_some() {
-                        self.settle_wal();
+                        self.make_room();
                     }
                 }
                 Err(OutboxError::DiskFull(_)) if piece > 1 => pending.piece = piece / 2,
@@ -550,23 +551,6 @@ impl Worker {
         }
         let needed: u64 = records.iter().map(stored_size).sum();
         Ok(self.outbox.free_bytes()? >= 2 * needed)
-    }
-
-    /// Folds the WAL into the database and truncates it, with the reserve's room if the database must grow
-    /// and the disk has none; then makes the reserve again if it fits.
-    fn settle_wal(&mut self) {
-        match self.outbox.checkpoint() {
-            Ok(()) => {}
-            Err(OutboxError::DiskFull(_)) if self.space.release_reserve() => {
-                if let Err(error) = self.outbox.checkpoint() {
-                    tracing::error!(%error, "The WAL cannot be folded into the outbox even with the reserve's room.");
-                }
-            }
-            Err(error) => {
-                tracing::debug!(%error, "Checkpoint after a commit on a nearly full disk failed.")
-            }
-        }
-        self.space.ensure_reserve();
     }
 
     /// Appends; on a full disk makes what room it can without touching readings and tries once more.
@@ -596,7 +580,7 @@ impl Worker {
             Ok(()) => {}
             Err(OutboxError::DiskFull(_)) if self.space.release_reserve() => {
                 if let Err(error) = self.outbox.checkpoint() {
-                    tracing::debug!(%error, "Checkpoint failed even with the reserve's room.");
+                    tracing::error!(%error, "The WAL cannot be folded into the outbox even with the reserve's room.");
                 }
             }
             Err(error) => tracing::debug!(%error, "Checkpoint on a full disk failed."),
@@ -732,7 +716,7 @@ fn stored_size(record: &NewRecord) -> u64 {
 /// The daemon is stopping and the disk is still full: the records not stored yet never will be, and
 /// nobody was told they were (a waiter sees the worker gone). Devices that keep their records send them
 /// again.
-fn give_up(stalled: &Stalled) {
+fn give_up(stalled: &Pending) {
     tracing::error!(
         dropped = stalled.batch.records.len() - stalled.outcomes.len(),
         "Stopping with the disk full: readings that were never stored are dropped."
@@ -757,5 +741,79 @@ fn report_append(outcomes: &[Appended], pending: u64) {
         .count();
     if duplicates > 0 {
         tracing::debug!(duplicates, "Skipped readings already queued or delivered.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(payload_bytes: usize) -> NewRecord {
+        NewRecord {
+            key: "k".repeat(36),
+            label: "pulse_oximetry".to_string(),
+            format: 1,
+            payload: vec![b'x'; payload_bytes],
+            created_at_ms: 0,
+            held: false,
+        }
+    }
+
+    #[test]
+    fn a_commit_budget_takes_whole_records_and_at_least_one() {
+        // Each record is about its payload plus 150 bytes of key, label and row overhead.
+        let records: Vec<NewRecord> = (0..10).map(|_| record(850)).collect();
+        for (budget, expected) in [
+            (0, 1),
+            (999, 1),
+            (1_000, 1),
+            (2_000, 2),
+            (5_500, 5),
+            (1_000_000, 10),
+        ] {
+            assert_eq!(
+                records_within(&records, budget),
+                expected,
+                "budget {budget}"
+            );
+        }
+        assert_eq!(records_within(&[record(1_000_000)], 32 * 1024), 1);
+    }
+
+    /// The pipeline saves a download checkpoint after a durable append: that must cover every append it
+    /// queued before, although stats travel on the other queue and could overtake them.
+    #[tokio::test]
+    async fn a_durable_append_returns_only_after_every_append_queued_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(
+            &dir.path().join("outbox.db"),
+            crate::outbox::OutboxOptions {
+                max_pending: 100_000,
+            },
+            0,
+        )
+        .unwrap();
+        let (handle, _worker) = spawn_worker(outbox, Space::new(dir.path()), 400, || None);
+        let producer = {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                for n in 0..200 {
+                    let records = (0..50)
+                        .map(|i| NewRecord {
+                            key: format!("{n}-{i}"),
+                            ..record(600)
+                        })
+                        .collect();
+                    handle.append(records).await.unwrap();
+                }
+            })
+        };
+        producer.await.unwrap();
+        let durable = handle.append_durable(Vec::new()).await.unwrap();
+        assert!(durable.is_empty());
+        let stats = handle.stats().await.unwrap();
+        assert_eq!(stats.pending, 10_000);
+        assert_eq!(stats.waiting_for_space_since_ms, None);
+        assert!(dir.path().join(crate::outbox::space::RESERVE_FILE).exists());
     }
 }
