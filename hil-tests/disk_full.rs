@@ -491,3 +491,45 @@ fn starting_on_a_full_state_dir_says_so_and_exits() {
         "the log does not say what to do:\n{log}"
     );
 }
+
+#[test]
+fn a_full_state_dir_with_the_reserve_in_place_starts_with_its_room_and_delivers() {
+    let Rig {
+        broker: _broker,
+        subscriber,
+        world,
+        mut port,
+    } = rig();
+    let _tmpfs = Tmpfs::mount(&world.state_dir(), "2m");
+    let mut daemon = world.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || world
+            .state_dir()
+            .join("outbox.reserve")
+            .exists()),
+        "no reserve was made: {}",
+        tail(&world.log())
+    );
+    daemon.terminate();
+    let hog = Hog::start(&world.state_dir());
+    drop(hog);
+    let mut daemon = world.start();
+    port.write(&SpotCheck::numbered(0).frame());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        daemon.is_running(),
+        "the daemon did not start on the reserve's room:\n{}",
+        tail(&world.log())
+    );
+    assert!(
+        world.log().contains("released the outbox reserve"),
+        "{}",
+        tail(&world.log())
+    );
+    std::fs::remove_file(world.state_dir().join("filler")).unwrap();
+    assert!(
+        subscriber.wait_for_unique_readings(1, Duration::from_secs(20)),
+        "the reading sent while full did not arrive once space returned:\n{}",
+        tail(&world.log())
+    );
+}

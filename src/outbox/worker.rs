@@ -424,8 +424,11 @@ impl Worker {
             Command::Release { released, done } => {
                 let moved = match self.outbox.release(&released) {
                     Ok(moved) => moved,
-                    Err(OutboxError::DiskFull(error)) => {
-                        tracing::error!(%error, "Could not release held readings; they stay held.");
+                    Err(error @ OutboxError::DiskFull(_)) => {
+                        self.note_write_failure(
+                            &error,
+                            "Could not release held readings; they stay held.",
+                        );
                         0
                     }
                     Err(other) => return Err(other),
