@@ -283,13 +283,6 @@ fn stays_answering_while_full(
 /// no reading arrived that the device did not send.
 fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: Duration) {
     let arrived = subscriber.wait_for_unique_readings(sent as usize, timeout);
-    assert!(
-        arrived,
-        "{} of {sent} readings arrived; status {}\nlog tail:\n{}",
-        subscriber.unique_reading_ids().len(),
-        world.status(),
-        tail(&world.log())
-    );
     let written: BTreeSet<String> = (0..sent)
         .map(|n| SpotCheck::numbered(n).measured_at_utc())
         .collect();
@@ -298,6 +291,18 @@ fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: 
         .iter()
         .map(|r| r["measured_at"].as_str().expect("measured_at").to_string())
         .collect();
+    let missing: Vec<usize> = (0..sent as usize)
+        .filter(|n| !delivered.contains(&SpotCheck::numbered(*n as u32).measured_at_utc()))
+        .collect();
+    assert!(
+        arrived,
+        "{} of {sent} readings arrived, missing numbers {:?}; in the outbox {}; status {}\nlog tail:\n{}",
+        subscriber.unique_reading_ids().len(),
+        &missing[..missing.len().min(20)],
+        world.outbox_keys().len(),
+        world.status(),
+        tail(&world.log())
+    );
     assert_eq!(
         delivered, written,
         "the delivered readings are not the ones sent"
@@ -352,7 +357,7 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
         tail(&world.log())
     );
     let (port, sent) = feeder.stop();
-    all_arrive(&subscriber, &world, sent, Duration::from_secs(60));
+    all_arrive(&subscriber, &world, sent, Duration::from_secs(90));
     eprintln!("full for 12 s while {sent} readings were sent: all arrived once space returned");
 
     // Full again, and SIGTERM while it is: the daemon stops in time and keeps what was stored.
