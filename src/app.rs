@@ -30,6 +30,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     })?;
     crate::clock::set_policy(config.hub.clock);
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
+    // Held for the daemon's life: `vitalsd outbox salvage` must not write while the daemon does.
+    let _outbox_lock = crate::outbox::salvage::OutboxLock::acquire(&outbox_path)?;
     let now_ms = crate::clock::now_utc().timestamp_millis();
     let (outbox, report) = Outbox::open(
         &outbox_path,
@@ -46,6 +48,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             "THE OUTBOX DATABASE WAS UNREADABLE. It was moved aside, not deleted, and a fresh outbox was started. \
              Readings in the old file were NOT forwarded; recover them from the moved file."
         );
+    }
+    if let Some(loss) = &report.lost {
+        tracing::error!(
+            lost = loss.records,
+            copy = %loss.kept_copy.as_ref().map_or("none".to_string(), |p| p.display().to_string()),
+            "STORED READINGS WERE LOST: the outbox's write-ahead log was damaged or cut, and {} committed \
+             reading(s) are missing. A copy of the files as found was kept; with the service stopped, run \
+             `vitalsd outbox salvage` to recover what is readable.",
+            loss.records
+        );
+    }
+    if let Some(problem) = &report.mark_problem {
+        tracing::warn!(%problem, "The outbox's commit mark is unusable; loss detection starts again from now.");
     }
     tracing::info!(path = %outbox_path.display(), pending = outbox.pending(), "Outbox open.");
     let (outbox, worker) = spawn_worker(outbox, config.outbox.dedup_retention_days, || {

@@ -191,6 +191,104 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `vitalsd outbox salvage`: copies the readable records of moved-aside outbox files into the live outbox.
+/// Refuses while the daemon runs (it holds the outbox lock).
+pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCode {
+    use crate::outbox::salvage::{moved_aside_files, salvage_file, OutboxLock};
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
+    let _lock = match OutboxLock::acquire(&outbox_path) {
+        Ok(lock) => lock,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let files = if files.is_empty() {
+        match moved_aside_files(&config.hub.state_dir, OUTBOX_FILE) {
+            Ok(found) => found,
+            Err(error) => {
+                eprintln!(
+                    "error: cannot list {}: {error}",
+                    config.hub.state_dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        files.to_vec()
+    };
+    if files.is_empty() && !json {
+        println!(
+            "No moved-aside outbox files (outbox.db.broken-* or outbox.db.damaged-*) in {}.",
+            config.hub.state_dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let now_ms = crate::clock::now_utc().timestamp_millis();
+    let mut live = match Outbox::open(
+        &outbox_path,
+        crate::outbox::OutboxOptions {
+            max_pending: config.outbox.max_pending,
+        },
+        now_ms,
+    ) {
+        Ok((outbox, _)) => outbox,
+        Err(error) => {
+            eprintln!("error: cannot open {}: {error}", outbox_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    let mut results = Vec::new();
+    for file in &files {
+        match salvage_file(&mut live, file) {
+            Ok(report) => {
+                if !json {
+                    println!(
+                        "{}: {} intact record(s): {} copied, {} already known, {} refused (outbox full); \
+                         {} damaged left behind, {} unreadable",
+                        file.display(),
+                        report.readable,
+                        report.copied,
+                        report.duplicates,
+                        report.refused_full,
+                        report.damaged,
+                        report.unreadable
+                    );
+                }
+                failed |= report.refused_full > 0;
+                results.push(
+                    serde_json::json!({"file": file.display().to_string(), "report": report}),
+                );
+            }
+            Err(error) => {
+                failed = true;
+                if !json {
+                    eprintln!("{}: {error}", file.display());
+                }
+                results.push(serde_json::json!({"file": file.display().to_string(), "error": error.to_string()}));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "salvaged": results }));
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn status_report(
     outbox_path: &Path,
     stats: Option<&OutboxStats>,
@@ -214,6 +312,9 @@ fn status_report(
             "rejected_full_total": stats.rejected_full_total,
             "duplicates_total": stats.duplicates_total,
             "quarantined": stats.quarantined,
+            "quarantined_records": stats.quarantined_records,
+            "lost_total": stats.lost_total,
+            "last_loss": stats.last_loss,
         },
         "uplink": {
             "last_error": stats.last_uplink_error.as_ref().map(|(_, text)| text),
@@ -261,6 +362,19 @@ fn print_status(report: &serde_json::Value) {
     println!("duplicates skipped      {}", outbox["duplicates_total"]);
     if let Some(quarantined) = outbox["quarantined"].as_str() {
         println!("QUARANTINED OUTBOX      {quarantined}");
+    }
+    if outbox["quarantined_records"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "DAMAGED READINGS        {} (failed their checksum; kept in the quarantine table, not published)",
+            outbox["quarantined_records"]
+        );
+    }
+    if outbox["lost_total"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "LOST FROM STORAGE       {} ({}); try `vitalsd outbox salvage`",
+            outbox["lost_total"],
+            text(&outbox["last_loss"])
+        );
     }
     if let Some(counters) = report["counters"].as_object() {
         for (name, value) in counters {

@@ -17,6 +17,8 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 enum Command {
     Append {
         records: Vec<NewRecord>,
+        /// Counters committed in the same transaction as the records.
+        counters: Vec<(String, u64)>,
         done: Option<oneshot::Sender<Vec<Appended>>>,
     },
     Acknowledge {
@@ -64,9 +66,19 @@ pub struct WorkerGone;
 impl OutboxHandle {
     /// Queues records for the next group commit; waits only for room in the queue, not for the commit.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<(), WorkerGone> {
+        self.append_counted(records, Vec::new()).await
+    }
+
+    /// Like [`OutboxHandle::append`], with counters committed in the same transaction as the records.
+    pub async fn append_counted(
+        &self,
+        records: Vec<NewRecord>,
+        counters: Vec<(String, u64)>,
+    ) -> Result<(), WorkerGone> {
         self.commands
             .send(Command::Append {
                 records,
+                counters,
                 done: None,
             })
             .await
@@ -82,6 +94,7 @@ impl OutboxHandle {
         self.commands
             .send(Command::Append {
                 records,
+                counters: Vec::new(),
                 done: Some(done),
             })
             .await
@@ -237,15 +250,25 @@ fn run(
             },
         };
         match command {
-            Command::Append { records, done } => {
+            Command::Append {
+                records,
+                counters,
+                done,
+            } => {
                 let mut batch = records;
+                let mut batch_counters = counters;
                 let mut waiters = vec![(0..batch.len(), done)];
                 // Group commit: take every append already queued behind this one.
                 while batch.len() < MAX_GROUP {
                     match receiver.try_recv() {
-                        Ok(Command::Append { records, done }) => {
+                        Ok(Command::Append {
+                            records,
+                            counters,
+                            done,
+                        }) => {
                             let start = batch.len();
                             batch.extend(records);
+                            batch_counters.extend(counters);
                             waiters.push((start..batch.len(), done));
                         }
                         Ok(other) => {
@@ -255,7 +278,7 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                let outcomes = append_with_retry(&mut outbox, &batch)?;
+                let outcomes = append_with_retry(&mut outbox, &batch, &batch_counters)?;
                 report_append(&outcomes, outbox.pending());
                 if outcomes.contains(&Appended::Stored) {
                     appended.notify_one();
@@ -282,7 +305,9 @@ fn run(
                 limit,
                 reply,
             } => {
-                let _ = reply.send(outbox.fetch_after(after, limit)?);
+                let records = outbox.fetch_after(after, limit)?;
+                report_quarantined(&mut outbox);
+                let _ = reply.send(records);
             }
             Command::UplinkError { message, now_ms } => {
                 if let Err(error) = outbox.record_uplink_error(&message, now_ms) {
@@ -302,7 +327,9 @@ fn run(
                 limit,
                 reply,
             } => {
-                let _ = reply.send(outbox.fetch_held(after, limit)?);
+                let records = outbox.fetch_held(after, limit)?;
+                report_quarantined(&mut outbox);
+                let _ = reply.send(records);
             }
             Command::Release { released, done } => {
                 let moved = match outbox.release(&released) {
@@ -335,10 +362,11 @@ fn run(
 fn append_with_retry(
     outbox: &mut Outbox,
     batch: &[NewRecord],
+    counters: &[(String, u64)],
 ) -> Result<Vec<Appended>, OutboxError> {
     let mut delay = Duration::from_millis(500);
     loop {
-        match outbox.append(batch) {
+        match outbox.append_counted(batch, counters) {
             Ok(outcomes) => return Ok(outcomes),
             Err(OutboxError::DiskFull(error)) => {
                 tracing::error!(%error, records = batch.len(), retry_in = ?delay, "Outbox disk full; holding readings and retrying.");
@@ -347,6 +375,19 @@ fn append_with_retry(
             }
             Err(other) => return Err(other),
         }
+    }
+}
+
+/// Damaged records are never published; each is named (by its place and id, never its contents).
+fn report_quarantined(outbox: &mut Outbox) {
+    for record in outbox.take_quarantined() {
+        tracing::error!(
+            seq = record.seq,
+            table = record.source,
+            id = %record.key,
+            "A stored reading failed its checksum (storage damage). It was moved to the quarantine table, \
+             kept, and will not be published; the device's copy is accepted again if it sends it."
+        );
     }
 }
 
