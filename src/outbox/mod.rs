@@ -40,7 +40,11 @@
 //! counted in `stat` and logged: the oldest readings are the ones a clinician has not seen yet, so they
 //! are kept, and the refusal is visible rather than silent.
 
+#[cfg(test)]
+mod damage_tests;
 pub mod integrity;
+#[cfg(test)]
+mod model_tests;
 pub mod salvage;
 mod sqlite;
 pub mod worker;

@@ -276,10 +276,22 @@ impl Outbox {
                     "INSERT INTO held (key, label, format, payload, created_at, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(OutboxError::classify)?;
+            let mut known = transaction
+                .prepare_cached("SELECT count(*) FROM seen WHERE key = ?1")
+                .map_err(OutboxError::classify)?;
             for record in records {
                 if self.pending + stored >= self.options.max_pending {
-                    rejected += 1;
-                    outcomes.push(Appended::RejectedFull);
+                    // A reading already stored or delivered is not lost by a full outbox: say so.
+                    let seen: i64 = known
+                        .query_row(params![record.key], |row| row.get(0))
+                        .map_err(OutboxError::classify)?;
+                    if seen > 0 {
+                        duplicates += 1;
+                        outcomes.push(Appended::Duplicate);
+                    } else {
+                        rejected += 1;
+                        outcomes.push(Appended::RejectedFull);
+                    }
                     continue;
                 }
                 let claimed = claim
