@@ -16,6 +16,7 @@ mod hub_clock;
 mod serial_families;
 mod serial_link;
 mod service;
+mod storage_damage;
 mod uplink_security;
 
 pub use support::schema::assert_valid_reading;
