@@ -87,12 +87,23 @@ impl OutboxLock {
             .write(true)
             .open(&path)
             .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => Ok(OutboxLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(LockError::Held(path.display().to_string()))
-            }
-            Err(std::fs::TryLockError::Error(error)) => Err(io(error)),
+        // flock, not fcntl: SQLite's own fcntl locks on the database are not disturbed, and the lock goes
+        // with the process however it ends.
+        // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked == 0 {
+            return Ok(OutboxLock { _file: file });
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::WouldBlock {
+            Err(LockError::Held(path.display().to_string()))
+        } else {
+            Err(io(error))
         }
     }
 }
