@@ -125,6 +125,15 @@ fn mqtt5_a_refused_reading_stays_pending_and_drains_once_the_broker_allows_it() 
         "{status}"
     );
     assert!(rig.subscriber.readings().is_empty());
+    let human = String::from_utf8(rig.world.command(&["status"]).stdout).unwrap();
+    let line = human
+        .lines()
+        .find(|line| line.starts_with("refused by the broker"))
+        .unwrap_or_else(|| panic!("no refusal line:\n{human}"));
+    assert!(
+        line.contains("not_authorized") && line.contains("MQTT 5"),
+        "{line}"
+    );
 
     // The refusal is on the retained status topic: a newcomer sees it at once.
     let shown = wait_until(Duration::from_secs(10), || {
@@ -222,6 +231,8 @@ fn mqtt311_cannot_see_a_refusal_so_refused_readings_are_reported_delivered_and_l
     assert!(reported_delivered, "{status}\n{}", rig.world.log());
     assert_eq!(status["uplink"]["protocol"], "3.1.1");
     assert_eq!(status["uplink"]["refused_total"], 0, "{status}");
+    let human = String::from_utf8(rig.world.command(&["status"]).stdout).unwrap();
+    assert!(human.contains("not detectable over MQTT 3.1.1"), "{human}");
     assert!(!rig.world.log().contains("refused a reading"));
 
     // Not one reached the subscriber, and fixing the rule brings none back: they are gone.

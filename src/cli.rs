@@ -268,7 +268,9 @@ fn print_status(report: &serde_json::Value) {
         .flatten()
         .map(|(reason, count)| format!("{reason} {count}"))
         .collect();
-    if refused.is_empty() {
+    if uplink["protocol"] == "3.1.1" && refused.is_empty() {
+        println!("refused by the broker   not detectable over MQTT 3.1.1 (see the README)");
+    } else if refused.is_empty() {
         println!(
             "refused by the broker   {} (MQTT {})",
             uplink["refused_total"],
