@@ -8,6 +8,7 @@
 mod support;
 
 mod bluetooth;
+mod broker_refusal;
 mod cli;
 mod delivery;
 mod faults;

@@ -85,6 +85,13 @@ fn a_changed_byte_in_a_stored_reading_is_quarantined_and_never_published() {
         .all(|reading| { reading["values"][0]["value"] != 35 }));
     let status = rig.world.status();
     assert_eq!(status["outbox"]["pending"], 0);
+    assert!(wait_until(Duration::from_secs(5), || rig
+        .subscriber
+        .messages()
+        .iter()
+        .any(
+            |m| m.topic.ends_with("/status") && m.json()["outbox"]["quarantined_records"] == 1
+        )));
     let log = rig.world.log();
     assert!(log.contains("failed its checksum"), "{log}");
     assert!(log.contains(victim.as_str()));

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use chrono::{DateTime, Local, TimeZone, Utc};
 
 use crate::app::OUTBOX_FILE;
-use crate::config::Config;
+use crate::config::{Config, MqttProtocol};
 use crate::decode::{DecodeContext, DecodeEvent, Protocol};
+use crate::mqtt::{refused_by_reason, REFUSED_COUNTER};
 use crate::outbox::{Outbox, OutboxStats};
 use crate::payload::{self, DeviceInfo};
 
@@ -182,7 +183,7 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
         None
     };
     let now = crate::clock::now_utc();
-    let report = status_report(&outbox_path, stats.as_ref(), now);
+    let report = status_report(&outbox_path, stats.as_ref(), config.mqtt.protocol, now);
     if json {
         println!("{report}");
     } else {
@@ -292,6 +293,7 @@ pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCod
 fn status_report(
     outbox_path: &Path,
     stats: Option<&OutboxStats>,
+    protocol: MqttProtocol,
     now: DateTime<Utc>,
 ) -> serde_json::Value {
     let empty = OutboxStats::default();
@@ -319,6 +321,9 @@ fn status_report(
         "uplink": {
             "last_error": stats.last_uplink_error.as_ref().map(|(_, text)| text),
             "last_error_at": stats.last_uplink_error.as_ref().and_then(|(ms, _)| time(Some(*ms))).map(|t| t.to_rfc3339()),
+            "protocol": protocol.as_str(),
+            "refused_total": stats.counters.get(REFUSED_COUNTER).copied().unwrap_or(0),
+            "refused": refused_by_reason(stats),
         },
         "counters": stats.counters,
     })
@@ -358,6 +363,28 @@ fn print_status(report: &serde_json::Value) {
         ),
         None => println!("last broker error       none"),
     }
+    let refused: Vec<String> = uplink["refused"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
+    if uplink["protocol"] == "3.1.1" && refused.is_empty() {
+        println!("refused by the broker   not detectable over MQTT 3.1.1 (see the README)");
+    } else if refused.is_empty() {
+        println!(
+            "refused by the broker   {} (MQTT {})",
+            uplink["refused_total"],
+            text(&uplink["protocol"])
+        );
+    } else {
+        println!(
+            "refused by the broker   {} ({}; MQTT {})",
+            uplink["refused_total"],
+            refused.join(", "),
+            text(&uplink["protocol"])
+        );
+    }
     println!("refused, outbox full    {}", outbox["rejected_full_total"]);
     println!("duplicates skipped      {}", outbox["duplicates_total"]);
     if let Some(quarantined) = outbox["quarantined"].as_str() {
@@ -377,7 +404,11 @@ fn print_status(report: &serde_json::Value) {
         );
     }
     if let Some(counters) = report["counters"].as_object() {
-        for (name, value) in counters {
+        // Refusals are shown on their own line above.
+        for (name, value) in counters
+            .iter()
+            .filter(|(name, _)| !name.starts_with(REFUSED_COUNTER))
+        {
             println!("{name:<23} {value}");
         }
     }

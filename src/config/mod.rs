@@ -73,6 +73,28 @@ pub struct MqttConfig {
     pub reconnect_max: Duration,
     /// How many publishes may await their PUBACK at once.
     pub window: usize,
+    /// `mqtt.protocol`: MQTT 5 unless the broker lacks it.
+    pub protocol: MqttProtocol,
+}
+
+/// The MQTT version the uplink speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttProtocol {
+    /// `"5"`: a PUBACK says whether the broker took the message.
+    #[default]
+    V5,
+    /// `"3.1.1"`: for brokers without MQTT 5; a broker that refuses a publish still acknowledges it.
+    V311,
+}
+
+impl MqttProtocol {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttProtocol::V5 => "5",
+            MqttProtocol::V311 => "3.1.1",
+        }
+    }
 }
 
 /// Where a secret is read from; the secret itself never enters the configuration.
@@ -341,6 +363,7 @@ mod tests {
                 reconnect_min: Duration::from_millis(500),
                 reconnect_max: Duration::from_secs(60),
                 window: 128,
+                protocol: MqttProtocol::V5,
             }
         );
         assert_eq!(
@@ -380,6 +403,7 @@ mod tests {
             reconnect_min_ms = 60000
             reconnect_max_s = 60
             window = 256
+            protocol = "3.1.1"
 
             [outbox]
             max_pending = 1
@@ -423,6 +447,7 @@ mod tests {
             (Duration::from_secs(60), Duration::from_secs(60))
         );
         assert_eq!(mqtt.window, 256);
+        assert_eq!(mqtt.protocol, MqttProtocol::V311);
         assert_eq!(
             config.outbox,
             OutboxConfig {
@@ -560,6 +585,8 @@ mod tests {
             (&with_mqtt("keep_alive_s = 3601"), &["mqtt.keep_alive_s: must be between 5 and 3600, found 3601"]),
             (&with_mqtt("window = 0"), &["mqtt.window: must be between 1 and 256, found 0"]),
             (&with_mqtt("window = 257"), &["mqtt.window: must be between 1 and 256, found 257"]),
+            (&with_mqtt("protocol = \"3.1\""), &["mqtt.protocol: \"3.1\" is not a supported MQTT version: use \"5\" (the default) or \"3.1.1\" (for brokers without MQTT 5; it cannot tell a refused reading from a delivered one)"]),
+            (&with_mqtt("protocol = 5"), &["mqtt.protocol: expected a string, found an integer"]),
             (&with_mqtt("reconnect_min_ms = 0"), &["mqtt.reconnect_min_ms: must be between 1 and 3600000, found 0"]),
             (&with_mqtt("reconnect_max_s = 0"), &["mqtt.reconnect_max_s: must be between 1 and 86400, found 0"]),
             (&format!("{MINIMAL}\n[outbox]\nmax_pending = 0"), &["outbox.max_pending: must be at least 1, found 0"]),

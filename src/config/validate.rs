@@ -10,8 +10,8 @@ use toml::{Table, Value};
 
 use super::file::{key_path, Layers, Sources};
 use super::{
-    io_message, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig, OutboxConfig,
-    SecretSource, SerialConfig,
+    io_message, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig, MqttProtocol,
+    OutboxConfig, SecretSource, SerialConfig,
 };
 use crate::clock::ClockPolicy;
 use crate::decode::{Parity, Protocol, Transport};
@@ -39,6 +39,7 @@ const MQTT_KEYS: &[&str] = &[
     "reconnect_min_ms",
     "reconnect_max_s",
     "window",
+    "protocol",
 ];
 const OUTBOX_KEYS: &[&str] = &["max_pending", "dedup_retention_days"];
 const SERIAL_KEYS: &[&str] = &[
@@ -498,6 +499,21 @@ impl Checker<'_> {
         let window = self.field(&mqtt, "window", |c, path, value| {
             c.integer(path, value, 1, 256)
         });
+        let protocol = self
+            .field(&mqtt, "protocol", |c, path, value| {
+                match c.string(path, value)?.as_str() {
+                    "5" => Some(MqttProtocol::V5),
+                    "3.1.1" => Some(MqttProtocol::V311),
+                    other => {
+                        c.report(
+                            path,
+                            format!("{other:?} is not a supported MQTT version: use \"5\" (the default) or \"3.1.1\" (for brokers without MQTT 5; it cannot tell a refused reading from a delivered one)"),
+                        );
+                        None
+                    }
+                }
+            })
+            .or(MqttProtocol::default());
         self.unknown_keys(&mqtt, MQTT_KEYS);
 
         if password_file.is_present() && password_credential.is_present() {
@@ -577,6 +593,7 @@ impl Checker<'_> {
             reconnect_min: Duration::from_millis(u64::try_from(reconnect_min_ms?).ok()?),
             reconnect_max: Duration::from_secs(u64::try_from(reconnect_max_s?).ok()?),
             window: usize::try_from(window.or(DEFAULT_WINDOW)?).ok()?,
+            protocol: protocol?,
         })
     }
 

@@ -56,6 +56,7 @@ enum Command {
 pub struct OutboxHandle {
     commands: mpsc::Sender<Command>,
     appended: Arc<Notify>,
+    quarantined: Arc<Notify>,
 }
 
 /// The worker stopped; its thread reports why through the join handle.
@@ -206,6 +207,11 @@ impl OutboxHandle {
     pub fn appended(&self) -> Arc<Notify> {
         self.appended.clone()
     }
+
+    /// Signalled when a fetch found damaged records and quarantined them.
+    pub fn quarantined(&self) -> Arc<Notify> {
+        self.quarantined.clone()
+    }
 }
 
 /// Starts the worker thread. It runs until every handle is dropped, or stops with an error on a storage
@@ -220,22 +226,41 @@ pub fn spawn_worker(
 ) {
     let (commands, receiver) = mpsc::channel(256);
     let appended = Arc::new(Notify::new());
+    let quarantined = Arc::new(Notify::new());
     let handle = OutboxHandle {
         commands,
         appended: appended.clone(),
+        quarantined: quarantined.clone(),
     };
     let retention_ms = i64::from(dedup_retention_days) * DAY_MS;
     let thread = std::thread::Builder::new()
         .name("outbox".to_string())
-        .spawn(move || run(outbox, receiver, appended, retention_ms, trusted_now_ms))
+        .spawn(move || {
+            run(
+                outbox,
+                receiver,
+                Signals {
+                    appended,
+                    quarantined,
+                },
+                retention_ms,
+                trusted_now_ms,
+            )
+        })
         .expect("invariant: the OS can start one thread at startup");
     (handle, thread)
+}
+
+/// What the worker tells the tasks that wait on it.
+struct Signals {
+    appended: Arc<Notify>,
+    quarantined: Arc<Notify>,
 }
 
 fn run(
     mut outbox: Outbox,
     mut receiver: mpsc::Receiver<Command>,
-    appended: Arc<Notify>,
+    signals: Signals,
     retention_ms: i64,
     trusted_now_ms: fn() -> Option<i64>,
 ) -> Result<(), OutboxError> {
@@ -281,7 +306,7 @@ fn run(
                 let outcomes = append_with_retry(&mut outbox, &batch, &batch_counters)?;
                 report_append(&outcomes, outbox.pending());
                 if outcomes.contains(&Appended::Stored) {
-                    appended.notify_one();
+                    signals.appended.notify_one();
                 }
                 for (range, done) in waiters {
                     if let Some(done) = done {
@@ -306,7 +331,7 @@ fn run(
                 reply,
             } => {
                 let records = outbox.fetch_after(after, limit)?;
-                report_quarantined(&mut outbox);
+                report_quarantined(&mut outbox, &signals);
                 let _ = reply.send(records);
             }
             Command::UplinkError { message, now_ms } => {
@@ -328,7 +353,7 @@ fn run(
                 reply,
             } => {
                 let records = outbox.fetch_held(after, limit)?;
-                report_quarantined(&mut outbox);
+                report_quarantined(&mut outbox, &signals);
                 let _ = reply.send(records);
             }
             Command::Release { released, done } => {
@@ -341,7 +366,7 @@ fn run(
                     Err(other) => return Err(other),
                 };
                 if moved > 0 {
-                    appended.notify_one();
+                    signals.appended.notify_one();
                 }
                 let _ = done.send(moved);
             }
@@ -379,8 +404,12 @@ fn append_with_retry(
 }
 
 /// Damaged records are never published; each is named (by its place and id, never its contents).
-fn report_quarantined(outbox: &mut Outbox) {
-    for record in outbox.take_quarantined() {
+fn report_quarantined(outbox: &mut Outbox, signals: &Signals) {
+    let damaged = outbox.take_quarantined();
+    if !damaged.is_empty() {
+        signals.quarantined.notify_one();
+    }
+    for record in damaged {
         tracing::error!(
             seq = record.seq,
             table = record.source,
