@@ -9,6 +9,7 @@ mod support;
 
 mod bluetooth;
 mod cli;
+mod control_socket;
 mod delivery;
 mod faults;
 mod hardware;

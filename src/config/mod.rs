@@ -35,6 +35,16 @@ pub struct BleConfig {
     pub enabled: bool,
     /// The BlueZ adapter name, such as `hci0`.
     pub adapter: String,
+    /// `admin_group`: when set, only root, the daemon's own user and this group's members may pair and
+    /// unpair through the control socket; without it, anyone who can open the socket may.
+    pub admin_group: Option<AdminGroup>,
+}
+
+/// A system group, resolved to its id when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminGroup {
+    pub name: String,
+    pub gid: u32,
 }
 
 /// `[hub]`: who this hub is and where it keeps its state.
@@ -321,7 +331,8 @@ mod tests {
             config.ble,
             BleConfig {
                 enabled: true,
-                adapter: "hci0".into()
+                adapter: "hci0".into(),
+                admin_group: None,
             }
         );
         assert_eq!(
@@ -453,6 +464,25 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_group_is_resolved_to_its_id() {
+        // Group 0 exists on every Linux system, under whatever name it has there.
+        let root_group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(0))
+            .expect("look up group 0")
+            .expect("group 0 exists");
+        let config = valid(&format!(
+            "{MINIMAL}\n[ble]\nadmin_group = \"{}\"",
+            root_group.name
+        ));
+        assert_eq!(
+            config.ble.admin_group,
+            Some(AdminGroup {
+                name: root_group.name,
+                gid: 0
+            })
+        );
+    }
+
+    #[test]
     fn the_shipped_example_is_valid() {
         let config = match Config::from_toml_str(
             include_str!("../../config/vitalsd.toml"),
@@ -541,6 +571,11 @@ mod tests {
                 "ble.adapter: \"hci 0\" is not an adapter name such as \"hci0\"",
                 "ble.adaptor: unknown key",
             ]),
+            (&format!("{MINIMAL}\n[ble]\nadmin_group = \"no-such-group-vitalsd\""), &[
+                "ble.admin_group: no group \"no-such-group-vitalsd\" on this system (create it with groupadd, or leave the key out)",
+            ]),
+            (&format!("{MINIMAL}\n[ble]\nadmin_group = \"\""), &["ble.admin_group: must not be empty"]),
+            (&format!("{MINIMAL}\n[ble]\nadmin_group = 0"), &["ble.admin_group: expected a string, found an integer"]),
             (&MINIMAL.replace("state_dir = ", "runtime_dir = \"run\"\nstate_dir = "), &["hub.runtime_dir: must be an absolute path, found \"run\""]),
             (&MINIMAL.replace("state_dir = ", "clock = \"gps\"\nstate_dir = "), &["hub.clock: \"gps\" is not a clock policy: use \"ntp\" (trust the clock only while the kernel says it is synchronised) or \"trusted\" (a real-time clock or other source you vouch for)"]),
             (&MINIMAL.replace("state_dir = ", "clock = true\nstate_dir = "), &["hub.clock: expected a string, found a boolean"]),

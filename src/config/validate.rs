@@ -10,8 +10,8 @@ use toml::{Table, Value};
 
 use super::file::{key_path, Layers, Sources};
 use super::{
-    io_message, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig, OutboxConfig,
-    SecretSource, SerialConfig,
+    io_message, AdminGroup, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig,
+    OutboxConfig, SecretSource, SerialConfig,
 };
 use crate::clock::ClockPolicy;
 use crate::decode::{Parity, Protocol, Transport};
@@ -24,7 +24,7 @@ pub(super) const TABLE_SECTIONS: [&str; 5] = ["hub", "mqtt", "outbox", "ble", "l
 pub(super) const SERIAL_SECTION: &str = "serial";
 
 const HUB_KEYS: &[&str] = &["id", "state_dir", "runtime_dir", "clock"];
-const BLE_KEYS: &[&str] = &["enabled", "adapter"];
+const BLE_KEYS: &[&str] = &["enabled", "adapter", "admin_group"];
 const MQTT_KEYS: &[&str] = &[
     "url",
     "topic_prefix",
@@ -456,11 +456,32 @@ impl Checker<'_> {
             }
             Some(name)
         });
+        let admin_group = self.field(&ble, "admin_group", Self::system_group);
         self.unknown_keys(&ble, BLE_KEYS);
         Some(BleConfig {
             enabled: enabled.or(true)?,
             adapter: adapter.or(DEFAULT_ADAPTER.to_string())?,
+            admin_group: admin_group.optional()?,
         })
+    }
+
+    /// A group name that exists on this system (`/etc/group` or whatever NSS consults), with its id.
+    fn system_group(&mut self, path: &str, value: &Value) -> Option<AdminGroup> {
+        let name = self.non_empty_string(path, value)?;
+        match nix::unistd::Group::from_name(&name) {
+            Ok(Some(group)) => Some(AdminGroup {
+                name,
+                gid: group.gid.as_raw(),
+            }),
+            Ok(None) => {
+                self.report(path, format!("no group {name:?} on this system (create it with groupadd, or leave the key out)"));
+                None
+            }
+            Err(error) => {
+                self.report(path, format!("cannot look up group {name:?}: {error}"));
+                None
+            }
+        }
     }
 
     fn mqtt(&mut self, root: &Table, hub_id: Option<&str>) -> Option<MqttConfig> {
