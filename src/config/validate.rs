@@ -88,6 +88,9 @@ pub(super) fn validate(
     let root = &layers.table;
     let (hub_id, state_dir, runtime_dir, clock) = checker.hub(root);
     let mqtt = checker.mqtt(root, hub_id.as_deref());
+    if let Some(mqtt) = &mqtt {
+        checker.mqtt_files(mqtt);
+    }
     let outbox = checker.outbox(root);
     let ble = checker.ble(root);
     let serial = checker.serial(root);
@@ -599,6 +602,41 @@ impl Checker<'_> {
             reconnect_max: Duration::from_secs(u64::try_from(reconnect_max_s?).ok()?),
             window: usize::try_from(window.or(DEFAULT_WINDOW)?).ok()?,
         })
+    }
+
+    /// Reads the TLS files and the password as the uplink will, so a file that would stop it is an
+    /// error now rather than an exit at start.
+    fn mqtt_files(&mut self, mqtt: &MqttConfig) {
+        if mqtt.tls {
+            if let Err(error) = super::tls_files::client_config(mqtt) {
+                self.report(&key_path("mqtt", error.key), error.file_problem());
+            }
+        }
+        let Some(source) = &mqtt.password else {
+            return;
+        };
+        let (key, shown) = match source {
+            SecretSource::File(path) => ("password_file", path.clone()),
+            SecretSource::Credential(name) => match self.credentials_dir {
+                Some(dir) => ("password_credential", dir.join(name)),
+                // Readable only where systemd provides it, as in the unit's ExecStartPre.
+                None => return,
+            },
+        };
+        let credentials_dir = self.credentials_dir.map(|dir| dir.as_os_str().to_owned());
+        // The password itself never enters a message.
+        let problem = match source.read_from(credentials_dir) {
+            Err(error) => format!("cannot read {error}"),
+            Ok(password) if password.is_empty() => {
+                format!("{}: empty; the file must hold the password", shown.display())
+            }
+            Ok(password) if password.contains(['\n', '\r']) => format!(
+                "{}: more than one line; the file must hold just the password (one trailing newline is ignored)",
+                shown.display()
+            ),
+            Ok(_) => return,
+        };
+        self.report(&key_path("mqtt", key), problem);
     }
 
     /// A systemd credential name; checked against `$CREDENTIALS_DIRECTORY` when systemd set it.
