@@ -662,10 +662,12 @@ pub async fn request(
     let (reader, mut writer) = stream.into_split();
     let line = serde_json::to_string(request).expect("serialisable") + "\n";
     // A daemon that refuses at once (busy) may close before the request is written; its reason is
-    // still there to read.
-    let _ = writer.write_all(line.as_bytes()).await;
+    // still there to read, so a failed write counts only if the daemon said nothing.
+    let written = writer.write_all(line.as_bytes()).await;
     let mut lines = BufReader::new(reader).lines();
+    let mut heard = false;
     while let Some(line) = lines.next_line().await? {
+        heard = true;
         let event: serde_json::Value =
             serde_json::from_str(&line).unwrap_or(json!({"event": "error", "message": line}));
         let last = matches!(event["event"].as_str(), Some("done" | "error"));
@@ -674,7 +676,10 @@ pub async fn request(
             break;
         }
     }
-    Ok(Some(()))
+    match written {
+        Err(error) if !heard => Err(error),
+        _ => Ok(Some(())),
+    }
 }
 
 #[cfg(test)]
