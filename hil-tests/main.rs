@@ -10,6 +10,7 @@ mod support;
 mod bluetooth;
 mod broker_refusal;
 mod cli;
+mod control_socket;
 mod delivery;
 mod faults;
 mod hardware;

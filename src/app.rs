@@ -139,13 +139,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     outbox.clone(),
                     stop_signal.clone(),
                 ));
-                let runtime_dir = config.hub.runtime_dir.clone();
-                let adapter = config.ble.adapter.clone();
+                let control_settings = control::ControlSettings {
+                    runtime_dir: config.hub.runtime_dir.clone(),
+                    adapter: config.ble.adapter.clone(),
+                    admin_group: config.ble.admin_group.clone(),
+                };
                 let control_stop = stop_signal.clone();
                 devices.spawn(async move {
                     // Without the socket the technician commands still work once the daemon is stopped.
-                    if let Err(error) =
-                        control::serve(runtime_dir, adapter, shared, control_stop).await
+                    if let Err(error) = control::serve(control_settings, shared, control_stop).await
                     {
                         tracing::error!(%error, "The control socket is not available.");
                     }

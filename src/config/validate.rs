@@ -10,8 +10,8 @@ use toml::{Table, Value};
 
 use super::file::{key_path, Layers, Sources};
 use super::{
-    io_message, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig, MqttProtocol,
-    OutboxConfig, SecretSource, SerialConfig,
+    io_message, AdminGroup, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig,
+    MqttProtocol, OutboxConfig, SecretSource, SerialConfig,
 };
 use crate::clock::ClockPolicy;
 use crate::decode::{Parity, Protocol, Transport};
@@ -24,7 +24,7 @@ pub(super) const TABLE_SECTIONS: [&str; 5] = ["hub", "mqtt", "outbox", "ble", "l
 pub(super) const SERIAL_SECTION: &str = "serial";
 
 const HUB_KEYS: &[&str] = &["id", "state_dir", "runtime_dir", "clock"];
-const BLE_KEYS: &[&str] = &["enabled", "adapter"];
+const BLE_KEYS: &[&str] = &["enabled", "adapter", "admin_group"];
 const MQTT_KEYS: &[&str] = &[
     "url",
     "topic_prefix",
@@ -89,6 +89,9 @@ pub(super) fn validate(
     let root = &layers.table;
     let (hub_id, state_dir, runtime_dir, clock) = checker.hub(root);
     let mqtt = checker.mqtt(root, hub_id.as_deref());
+    if let Some(mqtt) = &mqtt {
+        checker.mqtt_files(mqtt);
+    }
     let outbox = checker.outbox(root);
     let ble = checker.ble(root);
     let serial = checker.serial(root);
@@ -457,11 +460,32 @@ impl Checker<'_> {
             }
             Some(name)
         });
+        let admin_group = self.field(&ble, "admin_group", Self::system_group);
         self.unknown_keys(&ble, BLE_KEYS);
         Some(BleConfig {
             enabled: enabled.or(true)?,
             adapter: adapter.or(DEFAULT_ADAPTER.to_string())?,
+            admin_group: admin_group.optional()?,
         })
+    }
+
+    /// A group name that exists on this system (`/etc/group` or whatever NSS consults), with its id.
+    fn system_group(&mut self, path: &str, value: &Value) -> Option<AdminGroup> {
+        let name = self.non_empty_string(path, value)?;
+        match nix::unistd::Group::from_name(&name) {
+            Ok(Some(group)) => Some(AdminGroup {
+                name,
+                gid: group.gid.as_raw(),
+            }),
+            Ok(None) => {
+                self.report(path, format!("no group {name:?} on this system (create it with groupadd, or leave the key out)"));
+                None
+            }
+            Err(error) => {
+                self.report(path, format!("cannot look up group {name:?}: {error}"));
+                None
+            }
+        }
     }
 
     fn mqtt(&mut self, root: &Table, hub_id: Option<&str>) -> Option<MqttConfig> {
@@ -595,6 +619,41 @@ impl Checker<'_> {
             window: usize::try_from(window.or(DEFAULT_WINDOW)?).ok()?,
             protocol: protocol?,
         })
+    }
+
+    /// Reads the TLS files and the password as the uplink will, so a file that would stop it is an
+    /// error now rather than an exit at start.
+    fn mqtt_files(&mut self, mqtt: &MqttConfig) {
+        if mqtt.tls {
+            if let Err(error) = super::tls_files::client_config(mqtt) {
+                self.report(&key_path("mqtt", error.key), error.file_problem());
+            }
+        }
+        let Some(source) = &mqtt.password else {
+            return;
+        };
+        let (key, shown) = match source {
+            SecretSource::File(path) => ("password_file", path.clone()),
+            SecretSource::Credential(name) => match self.credentials_dir {
+                Some(dir) => ("password_credential", dir.join(name)),
+                // Readable only where systemd provides it, as in the unit's ExecStartPre.
+                None => return,
+            },
+        };
+        let credentials_dir = self.credentials_dir.map(|dir| dir.as_os_str().to_owned());
+        // The password itself never enters a message.
+        let problem = match source.read_from(credentials_dir) {
+            Err(error) => format!("cannot read {error}"),
+            Ok(password) if password.is_empty() => {
+                format!("{}: empty; the file must hold the password", shown.display())
+            }
+            Ok(password) if password.contains(['\n', '\r']) => format!(
+                "{}: more than one line; the file must hold just the password (one trailing newline is ignored)",
+                shown.display()
+            ),
+            Ok(_) => return,
+        };
+        self.report(&key_path("mqtt", key), problem);
     }
 
     /// A systemd credential name; checked against `$CREDENTIALS_DIRECTORY` when systemd set it.
