@@ -255,8 +255,18 @@ fn salvage_keeps_intact_records_of_an_unreadable_file_and_leaves_damaged_ones() 
 fn an_outbox_of_schema_2_gets_checksums_and_keeps_its_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
+    write_schema_2(&path);
+    let (mut outbox, report) = open(&path);
+    assert_eq!(report, OpenReport::default());
+    assert_eq!(keys(&mut outbox), ["a"]);
+    assert_eq!(outbox.fetch_held(0, 10).unwrap().len(), 1);
+    assert!(outbox.take_quarantined().is_empty());
+}
+
+/// An outbox as vitalsd wrote it before checksums: one queued record, one held.
+fn write_schema_2(path: &Path) {
     {
-        let old = rusqlite::Connection::open(&path).unwrap();
+        let old = rusqlite::Connection::open(path).unwrap();
         old.execute_batch(
             "PRAGMA journal_mode=WAL;
              CREATE TABLE record (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, label TEXT NOT NULL,
@@ -272,11 +282,6 @@ fn an_outbox_of_schema_2_gets_checksums_and_keeps_its_records() {
         )
         .unwrap();
     }
-    let (mut outbox, report) = open(&path);
-    assert_eq!(report, OpenReport::default());
-    assert_eq!(keys(&mut outbox), ["a"]);
-    assert_eq!(outbox.fetch_held(0, 10).unwrap().len(), 1);
-    assert!(outbox.take_quarantined().is_empty());
 }
 
 #[test]
@@ -308,4 +313,74 @@ fn salvage_and_the_daemon_never_write_at_once() {
     assert!(refused.contains("stop the service first"), "{refused}");
     drop(held);
     assert!(OutboxLock::acquire(&path).is_ok());
+}
+
+#[test]
+fn reading_status_after_a_crash_leaves_the_write_ahead_log_for_the_next_start() {
+    let (_dir, path) = crashed_outbox_with_twenty_records();
+    let before = std::fs::read(wal_of(&path)).unwrap();
+    let stats = Outbox::open_for_status(&path).unwrap().stats().unwrap();
+    assert_eq!(stats.pending, 20);
+    assert_eq!(std::fs::read(wal_of(&path)).unwrap(), before);
+}
+
+#[test]
+fn text_that_is_not_utf8_is_damage_not_a_storage_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let (mut outbox, _) = open(&path);
+    let held = NewRecord {
+        held: true,
+        ..record("h")
+    };
+    outbox
+        .append(&[record("a"), record("b"), held.clone()])
+        .unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute(
+            "UPDATE record SET key = CAST(X'6BFF' AS TEXT) WHERE key = 'a'",
+            [],
+        )
+        .unwrap();
+    other
+        .execute(
+            "UPDATE held SET label = CAST(X'C328' AS TEXT) WHERE key = 'h'",
+            [],
+        )
+        .unwrap();
+    drop(other);
+    assert_eq!(keys(&mut outbox), ["b"]);
+    let waiting = outbox.fetch_held(0, 10).unwrap();
+    assert!(waiting.is_empty());
+    assert_eq!(outbox.stats().unwrap().quarantined_records, 2);
+    let damaged = outbox.take_quarantined();
+    assert_eq!(damaged[0].key, "k\u{fffd}");
+}
+
+#[test]
+fn a_held_record_damaged_before_its_release_is_quarantined_not_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let (mut outbox, _) = open(&path);
+    let held = NewRecord {
+        held: true,
+        ..record("h")
+    };
+    outbox.append(&[held]).unwrap();
+    let seq = outbox.fetch_held(0, 10).unwrap()[0].seq;
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE held SET format = 7 WHERE seq = ?1", [seq])
+        .unwrap();
+    let moved = outbox
+        .release(&[super::Release {
+            seq,
+            payload: b"final".to_vec(),
+            created_at_ms: Some(5),
+        }])
+        .unwrap();
+    assert_eq!(moved, 0);
+    assert!(keys(&mut outbox).is_empty());
+    assert_eq!(outbox.stats().unwrap().quarantined_records, 1);
 }

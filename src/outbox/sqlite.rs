@@ -102,6 +102,9 @@ pub struct Outbox {
     mark: Option<CommitMark>,
     /// Records quarantined by fetches since the last [`Outbox::take_quarantined`].
     quarantined: Vec<Quarantined>,
+    /// The commit mark could not be written; reported once through [`Outbox::take_mark_error`].
+    mark_error: Option<std::io::Error>,
+    mark_failing: bool,
 }
 
 impl Outbox {
@@ -176,9 +179,12 @@ impl Outbox {
                 kept_copy: kept_copy.clone(),
             });
         }
-        connection.execute_batch(SCHEMA)?;
-        add_checksums_to_older_schema(&connection)?;
-        connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Schema, migration and the loss note commit together: a kill midway leaves the file as it was.
+        let mut connection = connection;
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(SCHEMA)?;
+        add_checksums_to_older_schema(&transaction)?;
+        transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         if let Some(loss) = &report.lost {
             let kept = loss
                 .kept_copy
@@ -186,12 +192,13 @@ impl Outbox {
                 .map_or("no copy could be kept".to_string(), |copy| {
                     format!("copy kept at {}", copy.display())
                 });
-            connection.execute(
+            transaction.execute(
                 "INSERT INTO stat (name, value, text) VALUES ('lost_total', ?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET value = value + excluded.value, text = excluded.text",
                 params![loss.records as i64, format!("{} at {now_ms} ms; {kept}", loss.records)],
             )?;
         }
+        transaction.commit()?;
         let pending: i64 = connection.query_row(
             "SELECT (SELECT count(*) FROM record) + (SELECT count(*) FROM held)",
             [],
@@ -212,14 +219,18 @@ impl Outbox {
             stored_total,
             mark,
             quarantined: Vec::new(),
+            mark_error: None,
+            mark_failing: false,
         })
     }
 
-    /// Opens an existing outbox for reading statistics while the daemon may be writing it.
+    /// Opens an existing outbox for reading statistics while the daemon may be writing it. Read-only, so
+    /// that with the daemon stopped its close cannot checkpoint and remove a write-ahead log that the next
+    /// start must compare with the commit mark (and keep for salvage if commits are missing from it).
     pub fn open_for_status(path: &Path) -> Result<Outbox, OutboxError> {
         let connection = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Outbox {
@@ -231,6 +242,8 @@ impl Outbox {
             stored_total: 0,
             mark: None,
             quarantined: Vec::new(),
+            mark_error: None,
+            mark_failing: false,
         })
     }
 
@@ -336,15 +349,39 @@ impl Outbox {
     }
 
     /// Moves the commit mark past records just committed. A failed write only lets the mark lag behind,
-    /// which can hide a later loss but never reports one that did not happen.
+    /// which can hide a later loss but never reports one that did not happen; it is tried again at the
+    /// next commit, and the first failure of a run is reported.
     fn note_stored(&mut self, stored: u64) {
         if stored == 0 {
             return;
         }
         self.stored_total += stored;
         if let Some(mark) = self.mark.as_mut() {
-            if mark.write(self.stored_total).is_err() {
-                self.mark = None;
+            match mark.write(self.stored_total) {
+                Ok(()) => self.mark_failing = false,
+                Err(error) => {
+                    if !self.mark_failing {
+                        self.mark_error = Some(error);
+                    }
+                    self.mark_failing = true;
+                }
+            }
+        }
+    }
+
+    /// The first failure to write the commit mark since it last worked, if not yet taken.
+    pub fn take_mark_error(&mut self) -> Option<std::io::Error> {
+        self.mark_error.take()
+    }
+
+    /// Makes the commit mark durable if a write is waiting for it; the worker calls it when idle.
+    pub fn sync_mark(&mut self) {
+        if let Some(mark) = self.mark.as_mut() {
+            if let Err(error) = mark.sync_if_dirty() {
+                if !self.mark_failing {
+                    self.mark_error = Some(error);
+                }
+                self.mark_failing = true;
             }
         }
     }
@@ -383,91 +420,21 @@ impl Outbox {
         let mut damaged = Vec::new();
         {
             let mut query = self.connection.prepare_cached(&format!(
-                "SELECT seq, key, label, format, payload, created_at, checksum FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                "SELECT {ROW_COLUMNS} FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
             ))?;
             let rows = query.query_map(params![after, limit as i64], |row| {
-                Ok((
-                    StoredRecord {
-                        seq: row.get(0)?,
-                        key: row.get(1)?,
-                        label: row.get(2)?,
-                        format: row.get(3)?,
-                        payload: row.get(4)?,
-                        created_at_ms: row.get(5)?,
-                    },
-                    row.get::<_, i64>(6)?,
-                ))
+                Ok((row.get::<_, i64>(0)?, checked_row(row)))
             })?;
-            let mut unreadable = false;
             for row in rows {
-                // A damaged row may not even have the types it was written with; that is damage too.
-                match row {
-                    Ok((record, checksum)) if checksum == checksum_of(&record) => {
-                        fetched.push(record)
-                    }
-                    Ok((record, _)) => damaged.push(record.seq),
-                    Err(error) if is_type_damage(&error) => {
-                        unreadable = true;
-                        break;
-                    }
-                    Err(error) => return Err(error.into()),
+                match row? {
+                    (_, Some(record)) => fetched.push(record),
+                    (seq, None) => damaged.push(seq),
                 }
-            }
-            if unreadable {
-                drop(query);
-                return self.quarantine_unreadable_rows(table, after, limit);
             }
         }
         if !damaged.is_empty() {
             self.move_to_quarantine(table, &damaged)?;
         }
-        Ok(fetched)
-    }
-
-    /// A fetch met a row it could not even read as a record: check the batch row by row.
-    fn quarantine_unreadable_rows(
-        &mut self,
-        table: &'static str,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<StoredRecord>, OutboxError> {
-        let seqs: Vec<i64> = {
-            let mut query = self.connection.prepare(&format!(
-                "SELECT seq FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            ))?;
-            let rows = query.query_map(params![after, limit as i64], |row| row.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let mut fetched = Vec::new();
-        let mut damaged = Vec::new();
-        for seq in seqs {
-            let row = self.connection.query_row(
-                &format!(
-                    "SELECT key, label, format, payload, created_at, checksum FROM {table} WHERE seq = ?1"
-                ),
-                params![seq],
-                |row| {
-                    Ok((
-                        StoredRecord {
-                            seq,
-                            key: row.get(0)?,
-                            label: row.get(1)?,
-                            format: row.get(2)?,
-                            payload: row.get(3)?,
-                            created_at_ms: row.get(4)?,
-                        },
-                        row.get::<_, i64>(5)?,
-                    ))
-                },
-            );
-            match row {
-                Ok((record, checksum)) if checksum == checksum_of(&record) => fetched.push(record),
-                Ok(_) => damaged.push(seq),
-                Err(error) if is_type_damage(&error) => damaged.push(seq),
-                Err(error) => return Err(error.into()),
-            }
-        }
-        self.move_to_quarantine(table, &damaged)?;
         Ok(fetched)
     }
 
@@ -481,7 +448,19 @@ impl Outbox {
             .map_err(OutboxError::classify)?;
         let mut moved = Vec::new();
         for &seq in seqs {
-            let copied = transaction
+            // The key is handled as SQLite holds it: damage may have left it as anything but valid text.
+            let key: Option<Option<Vec<u8>>> = transaction
+                .query_row(
+                    &format!("SELECT CAST(key AS BLOB) FROM {table} WHERE seq = ?1"),
+                    params![seq],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(OutboxError::classify)?;
+            let Some(key) = key else {
+                continue;
+            };
+            transaction
                 .execute(
                     &format!(
                         "INSERT INTO quarantine (source, seq, key, label, format, payload, created_at, checksum, quarantined_at)
@@ -490,30 +469,23 @@ impl Outbox {
                     params![table, seq, now_ms],
                 )
                 .map_err(OutboxError::classify)?;
-            if copied == 0 {
-                continue;
-            }
-            let key: Option<String> = transaction
-                .query_row(
-                    &format!("SELECT CAST(key AS TEXT) FROM {table} WHERE seq = ?1"),
+            transaction
+                .execute(
+                    &format!(
+                        "DELETE FROM seen WHERE key = (SELECT key FROM {table} WHERE seq = ?1)"
+                    ),
                     params![seq],
-                    |row| row.get(0),
                 )
-                .optional()
-                .map_err(OutboxError::classify)?
-                .flatten();
-            if let Some(key) = &key {
-                transaction
-                    .execute("DELETE FROM seen WHERE key = ?1", params![key])
-                    .map_err(OutboxError::classify)?;
-            }
+                .map_err(OutboxError::classify)?;
             transaction
                 .execute(&format!("DELETE FROM {table} WHERE seq = ?1"), params![seq])
                 .map_err(OutboxError::classify)?;
             moved.push(Quarantined {
                 seq,
                 source: table,
-                key: key.unwrap_or_default(),
+                key: key.map_or_else(String::new, |bytes| {
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }),
             });
         }
         transaction.commit().map_err(OutboxError::classify)?;
@@ -532,11 +504,14 @@ impl Outbox {
             .transaction()
             .map_err(OutboxError::classify)?;
         let mut moved = 0u64;
+        let mut damaged = Vec::new();
         {
+            // A held row is checked again: its key, label and format are published with the new payload.
+            let mut read = transaction
+                .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM held WHERE seq = ?1"))
+                .map_err(OutboxError::classify)?;
             let mut take = transaction
-                .prepare_cached(
-                    "DELETE FROM held WHERE seq = ?1 RETURNING key, label, format, created_at",
-                )
+                .prepare_cached("DELETE FROM held WHERE seq = ?1")
                 .map_err(OutboxError::classify)?;
             let mut insert = transaction
                 .prepare_cached(
@@ -547,37 +522,41 @@ impl Outbox {
                 .prepare_cached("UPDATE seen SET seen_at = ?2 WHERE key = ?1")
                 .map_err(OutboxError::classify)?;
             for release in released {
-                let row = take
-                    .query_row(params![release.seq], |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, u32>(2)?,
-                            row.get::<_, i64>(3)?,
-                        ))
-                    })
+                let row = read
+                    .query_row(params![release.seq], |row| Ok(checked_row(row)))
                     .optional()
                     .map_err(OutboxError::classify)?;
-                let Some((key, label, format, created_at)) = row else {
-                    continue;
+                let held = match row {
+                    None => continue,
+                    Some(None) => {
+                        damaged.push(release.seq);
+                        continue;
+                    }
+                    Some(Some(held)) => held,
                 };
-                let checksum = record_checksum(&key, &label, format, &release.payload);
+                take.execute(params![release.seq])
+                    .map_err(OutboxError::classify)?;
+                let checksum =
+                    record_checksum(&held.key, &held.label, held.format, &release.payload);
                 insert
                     .execute(params![
-                        key,
-                        label,
-                        format,
+                        held.key,
+                        held.label,
+                        held.format,
                         release.payload,
-                        release.created_at_ms.unwrap_or(created_at),
+                        release.created_at_ms.unwrap_or(held.created_at_ms),
                         checksum
                     ])
                     .map_err(OutboxError::classify)?;
-                date.execute(params![key, release.created_at_ms.unwrap_or(UNDATED)])
+                date.execute(params![held.key, release.created_at_ms.unwrap_or(UNDATED)])
                     .map_err(OutboxError::classify)?;
                 moved += 1;
             }
         }
         transaction.commit().map_err(OutboxError::classify)?;
+        if !damaged.is_empty() {
+            self.move_to_quarantine("held", &damaged)?;
+        }
         Ok(moved)
     }
 
@@ -761,7 +740,7 @@ impl Outbox {
 impl Drop for Outbox {
     fn drop(&mut self) {
         if let Some(mark) = self.mark.as_mut() {
-            let _ = mark.sync();
+            let _ = mark.sync_if_dirty();
         }
     }
 }
@@ -783,14 +762,22 @@ fn configure(connection: &Connection) -> Result<(), OutboxError> {
     Ok(())
 }
 
-/// A column that no longer holds the type it was written with: the row is damaged, the database is not.
-pub(super) fn is_type_damage(error: &rusqlite::Error) -> bool {
-    matches!(
-        error,
-        rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..)
-    )
+/// The columns [`checked_row`] reads, in its order.
+const ROW_COLUMNS: &str = "seq, key, label, format, payload, created_at, checksum";
+
+/// The record in a row read with [`ROW_COLUMNS`], or `None` if the row is damaged: a column no longer holds
+/// the type it was written with (text that is not UTF-8, a number that is not one), or the checksum fails.
+fn checked_row(row: &rusqlite::Row<'_>) -> Option<StoredRecord> {
+    let record = StoredRecord {
+        seq: row.get(0).ok()?,
+        key: row.get(1).ok()?,
+        label: row.get(2).ok()?,
+        format: row.get(3).ok()?,
+        payload: row.get(4).ok()?,
+        created_at_ms: row.get(5).ok()?,
+    };
+    let checksum: i64 = row.get(6).ok()?;
+    (checksum == checksum_of(&record)).then_some(record)
 }
 
 fn checksum_of(record: &StoredRecord) -> i64 {
@@ -817,8 +804,11 @@ fn read_stored_total(connection: &Connection) -> Result<u64, OutboxError> {
     Ok(value.unwrap_or(0).max(0) as u64)
 }
 
-/// Schema 2 had no checksums: the records it stored get theirs now, computed from what they hold.
+/// Schema 2 had no checksums: the records it stored get theirs now, computed from what they hold (so a
+/// record damaged before the upgrade passes as it is). A row that no longer reads as a record keeps
+/// checksum 0 and is quarantined when fetched. Runs inside the open's transaction, a batch at a time.
 fn add_checksums_to_older_schema(connection: &Connection) -> Result<(), OutboxError> {
+    const BATCH: i64 = 1000;
     for table in ["record", "held"] {
         let has_checksum: bool = connection.query_row(
             &format!(
@@ -833,28 +823,33 @@ fn add_checksums_to_older_schema(connection: &Connection) -> Result<(), OutboxEr
         connection.execute_batch(&format!(
             "ALTER TABLE {table} ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0"
         ))?;
-        let rows: Vec<(i64, String, String, u32, Vec<u8>)> = {
-            let mut query = connection.prepare(&format!(
-                "SELECT seq, key, label, format, payload FROM {table}"
-            ))?;
-            let rows = query.query_map([], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                ))
-            })?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let mut read = connection.prepare(&format!(
+            "SELECT seq, key, label, format, payload FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))?;
         let mut update =
             connection.prepare(&format!("UPDATE {table} SET checksum = ?2 WHERE seq = ?1"))?;
-        for (seq, key, label, format, payload) in rows {
-            update.execute(params![
-                seq,
-                record_checksum(&key, &label, format, &payload)
-            ])?;
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<(i64, Option<i64>)> = read
+                .query_map(params![after, BATCH], |row| {
+                    let checksum = (|| -> rusqlite::Result<i64> {
+                        let key: String = row.get(1)?;
+                        let label: String = row.get(2)?;
+                        let payload: Vec<u8> = row.get(4)?;
+                        Ok(record_checksum(&key, &label, row.get(3)?, &payload))
+                    })();
+                    Ok((row.get(0)?, checksum.ok()))
+                })?
+                .collect::<Result<_, _>>()?;
+            let Some(&(last, _)) = rows.last() else {
+                break;
+            };
+            for (seq, checksum) in rows {
+                if let Some(checksum) = checksum {
+                    update.execute(params![seq, checksum])?;
+                }
+            }
+            after = last;
         }
     }
     Ok(())

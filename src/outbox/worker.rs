@@ -303,7 +303,8 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                let outcomes = append_with_retry(&mut outbox, &batch, &batch_counters)?;
+                let outcomes =
+                    append_with_retry(&mut outbox, &batch, &sum_counters(batch_counters))?;
                 report_append(&outcomes, outbox.pending());
                 if outcomes.contains(&Appended::Stored) {
                     signals.appended.notify_one();
@@ -371,6 +372,12 @@ fn run(
                 let _ = done.send(moved);
             }
         }
+        if receiver.is_empty() && held.is_none() {
+            outbox.sync_mark();
+        }
+        if let Some(error) = outbox.take_mark_error() {
+            tracing::error!(%error, "Cannot write the outbox's commit mark; a loss of stored readings may go unreported until it works again.");
+        }
         if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
             last_housekeeping = std::time::Instant::now();
             housekeeping(&mut outbox, trusted_now_ms(), retention_ms);
@@ -401,6 +408,15 @@ fn append_with_retry(
             Err(other) => return Err(other),
         }
     }
+}
+
+/// One delta per counter name: a group commit gathers many appends, each with its own deltas.
+fn sum_counters(deltas: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    let mut sums = std::collections::BTreeMap::new();
+    for (name, delta) in deltas {
+        *sums.entry(name).or_insert(0) += delta;
+    }
+    sums.into_iter().collect()
 }
 
 /// Damaged records are never published; each is named (by its place and id, never its contents).
