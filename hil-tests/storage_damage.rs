@@ -152,6 +152,13 @@ fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_rea
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(report["salvaged"][0]["report"]["copied"], 20, "{report}");
     assert_eq!(report["salvaged"][0]["report"]["damaged"], 0, "{report}");
+    assert!(report["salvaged"][0]["renamed_to"]
+        .as_str()
+        .unwrap()
+        .ends_with(".salvaged"));
+    // Taken whole, so it is not offered again.
+    let again = rig.world.command(&["outbox", "salvage"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("No moved-aside outbox files"));
 
     let _daemon = rig.world.start();
     rig.broker.restart();

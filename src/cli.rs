@@ -195,7 +195,7 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
 /// `vitalsd outbox salvage`: copies the readable records of moved-aside outbox files into the live outbox.
 /// Refuses while the daemon runs (it holds the outbox lock).
 pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCode {
-    use crate::outbox::salvage::{moved_aside_files, salvage_file, OutboxLock};
+    use crate::outbox::salvage::{mark_salvaged, moved_aside_files, salvage_file, OutboxLock};
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -267,9 +267,30 @@ pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCod
                     );
                 }
                 failed |= report.refused_full > 0;
-                results.push(
-                    serde_json::json!({"file": file.display().to_string(), "report": report}),
-                );
+                // A file taken whole is renamed so that it is not salvaged again; one the outbox could
+                // not take whole stays for the next run.
+                let renamed = if report.refused_full == 0 {
+                    match mark_salvaged(file) {
+                        Ok(renamed) => Some(renamed.display().to_string()),
+                        Err(error) => {
+                            eprintln!(
+                                "{}: salvaged, but cannot rename it: {error}",
+                                file.display()
+                            );
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                if let (Some(renamed), false) = (&renamed, json) {
+                    println!("  renamed to {renamed}");
+                }
+                results.push(serde_json::json!({
+                    "file": file.display().to_string(),
+                    "report": report,
+                    "renamed_to": renamed,
+                }));
             }
             Err(error) => {
                 failed = true;

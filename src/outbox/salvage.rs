@@ -145,21 +145,70 @@ pub fn salvage_file(live: &mut Outbox, source: &Path) -> Result<SalvageReport, S
             source: source_error,
         })?;
     for (table, held) in [("record", false), ("held", true)] {
-        let mut batch = Vec::new();
+        let mut copier = Copier {
+            live: &mut *live,
+            batch: Vec::new(),
+            outcomes: Vec::new(),
+            failed: None,
+        };
         read_table(&connection, table, &mut report, |record| {
-            batch.push(NewRecord { held, ..record });
+            copier.add(NewRecord { held, ..record })
         });
-        for chunk in batch.chunks(CHUNK as usize) {
-            for outcome in live.append(chunk)? {
-                match outcome {
-                    Appended::Stored => report.copied += 1,
-                    Appended::Duplicate => report.duplicates += 1,
-                    Appended::RejectedFull => report.refused_full += 1,
-                }
+        copier.flush();
+        if let Some(error) = copier.failed {
+            return Err(error.into());
+        }
+        for outcome in copier.outcomes {
+            match outcome {
+                Appended::Stored => report.copied += 1,
+                Appended::Duplicate => report.duplicates += 1,
+                Appended::RejectedFull => report.refused_full += 1,
             }
         }
     }
     Ok(report)
+}
+
+/// Renames a salvaged file and its side files to `<name>.salvaged`, so that a later salvage (after the
+/// duplicate memory forgot the ids) does not queue its readings again.
+pub fn mark_salvaged(source: &Path) -> std::io::Result<PathBuf> {
+    let target = PathBuf::from(format!("{}.salvaged", source.display()));
+    std::fs::rename(source, &target)?;
+    for suffix in ["-wal", "-shm", ".committed"] {
+        let side = PathBuf::from(format!("{}{suffix}", source.display()));
+        if side.exists() {
+            std::fs::rename(&side, format!("{}{suffix}", target.display()))?;
+        }
+    }
+    Ok(target)
+}
+
+/// Appends salvaged records to the live outbox a chunk at a time, so a large file never sits in memory.
+struct Copier<'a> {
+    live: &'a mut Outbox,
+    batch: Vec<NewRecord>,
+    outcomes: Vec<Appended>,
+    failed: Option<OutboxError>,
+}
+
+impl Copier<'_> {
+    fn add(&mut self, record: NewRecord) {
+        self.batch.push(record);
+        if self.batch.len() >= CHUNK as usize {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        if self.failed.is_some() || batch.is_empty() {
+            return;
+        }
+        match self.live.append(&batch) {
+            Ok(outcomes) => self.outcomes.extend(outcomes),
+            Err(error) => self.failed = Some(error),
+        }
+    }
 }
 
 /// Reads every row of `table` it can, passing on the intact ones.
