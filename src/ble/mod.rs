@@ -260,7 +260,7 @@ async fn run_stack(
                             let received_at = received.wall;
                             let records: Vec<_> = decoding.bytes(&bytes, &received).into_iter().map(|(record, _)| record).collect();
                             if !records.is_empty() {
-                                outbox.append(records).await.map_err(|_| StackError::OutboxGone)?;
+                                outbox.append_counted(records, decoding.take_counter_deltas()).await.map_err(|_| StackError::OutboxGone)?;
                                 if let Some(device) = devices.lock().unwrap().get_mut(&address) {
                                     device.last_reading_at = Some(received_at);
                                 }
