@@ -47,6 +47,55 @@ fn check_config_lists_every_error_with_its_key_path() {
 }
 
 #[test]
+fn check_config_reads_the_tls_and_password_files_as_run_would() {
+    let world = DaemonWorld::new();
+    let dir = world.dir.path();
+    let garbage_ca = dir.join("ca.pem");
+    std::fs::write(&garbage_ca, "not a certificate\n").unwrap();
+    let empty_password = dir.join("password");
+    std::fs::write(&empty_password, "\n").unwrap();
+    let write_config = |ca: &std::path::Path| {
+        world.write_config(
+            "mqtts://127.0.0.1:8883",
+            &[
+                &format!("ca_file = \"{}\"", ca.display()),
+                "username = \"hub\"",
+                &format!("password_file = \"{}\"", empty_password.display()),
+            ],
+            &[],
+        );
+    };
+    write_config(&garbage_ca);
+    let config = world.config_path();
+    let (code, _, stderr) = run(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "mqtt.ca_file: {}: no PEM certificate found",
+            garbage_ca.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "mqtt.password_file: {}: empty; the file must hold the password",
+            empty_password.display()
+        )),
+        "{stderr}"
+    );
+
+    // With a real CA and a password, the same configuration passes.
+    std::fs::write(&empty_password, "s3cret\n").unwrap();
+    write_config(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/tls/ca.pem"
+    )));
+    let (code, stdout, stderr) = run(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("with TLS"), "{stdout}");
+}
+
+#[test]
 fn check_config_accepts_the_shipped_example() {
     let (code, stdout, stderr) = run(&[
         "check-config",

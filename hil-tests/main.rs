@@ -8,7 +8,9 @@
 mod support;
 
 mod bluetooth;
+mod broker_refusal;
 mod cli;
+mod control_socket;
 mod delivery;
 mod disk_full;
 mod faults;
@@ -17,6 +19,7 @@ mod hub_clock;
 mod serial_families;
 mod serial_link;
 mod service;
+mod storage_damage;
 mod uplink_security;
 
 pub use support::schema::assert_valid_reading;

@@ -32,6 +32,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     })?;
     crate::clock::set_policy(config.hub.clock);
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
+    // Held for the daemon's life: `vitalsd outbox salvage` must not write while the daemon does.
+    let _outbox_lock = crate::outbox::salvage::OutboxLock::acquire(&outbox_path)?;
     let (outbox, report) = open_outbox(&config, &outbox_path)?;
     if let Some(moved_to) = &report.quarantined_to {
         tracing::error!(
@@ -40,6 +42,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             "THE OUTBOX DATABASE WAS UNREADABLE. It was moved aside, not deleted, and a fresh outbox was started. \
              Readings in the old file were NOT forwarded; recover them from the moved file."
         );
+    }
+    if let Some(loss) = &report.lost {
+        tracing::error!(
+            lost = loss.records,
+            copy = %loss.kept_copy.as_ref().map_or("none".to_string(), |p| p.display().to_string()),
+            "STORED READINGS WERE LOST: the outbox's write-ahead log was damaged or cut, and {} committed \
+             reading(s) are missing. A copy of the files as found was kept; with the service stopped, run \
+             `vitalsd outbox salvage` to recover what is readable.",
+            loss.records
+        );
+    }
+    if let Some(problem) = &report.mark_problem {
+        tracing::warn!(%problem, "The outbox's commit mark is unusable; loss detection starts again from now.");
     }
     tracing::info!(path = %outbox_path.display(), pending = outbox.pending(), "Outbox open.");
     let space = Space::new(&config.hub.state_dir);
@@ -119,13 +134,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     outbox.clone(),
                     stop_signal.clone(),
                 ));
-                let runtime_dir = config.hub.runtime_dir.clone();
-                let adapter = config.ble.adapter.clone();
+                let control_settings = control::ControlSettings {
+                    runtime_dir: config.hub.runtime_dir.clone(),
+                    adapter: config.ble.adapter.clone(),
+                    admin_group: config.ble.admin_group.clone(),
+                };
                 let control_stop = stop_signal.clone();
                 devices.spawn(async move {
                     // Without the socket the technician commands still work once the daemon is stopped.
-                    if let Err(error) =
-                        control::serve(runtime_dir, adapter, shared, control_stop).await
+                    if let Err(error) = control::serve(control_settings, shared, control_stop).await
                     {
                         tracing::error!(%error, "The control socket is not available.");
                     }

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use chrono::{DateTime, Local, TimeZone, Utc};
 
 use crate::app::OUTBOX_FILE;
-use crate::config::Config;
+use crate::config::{Config, MqttProtocol};
 use crate::decode::{DecodeContext, DecodeEvent, Protocol};
+use crate::mqtt::{refused_by_reason, REFUSED_COUNTER};
 use crate::outbox::space;
 use crate::outbox::{Outbox, OutboxStats};
 use crate::payload::{self, DeviceInfo};
@@ -183,7 +184,7 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
         None
     };
     let now = crate::clock::now_utc();
-    let mut report = status_report(&outbox_path, stats.as_ref(), now);
+    let mut report = status_report(&outbox_path, stats.as_ref(), config.mqtt.protocol, now);
     report["state_dir"] = state_dir_report(&config.hub.state_dir);
     if json {
         println!("{report}");
@@ -193,9 +194,129 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `vitalsd outbox salvage`: copies the readable records of moved-aside outbox files into the live outbox.
+/// Refuses while the daemon runs (it holds the outbox lock).
+pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCode {
+    use crate::outbox::salvage::{mark_salvaged, moved_aside_files, salvage_file, OutboxLock};
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
+    let _lock = match OutboxLock::acquire(&outbox_path) {
+        Ok(lock) => lock,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let files = if files.is_empty() {
+        match moved_aside_files(&config.hub.state_dir, OUTBOX_FILE) {
+            Ok(found) => found,
+            Err(error) => {
+                eprintln!(
+                    "error: cannot list {}: {error}",
+                    config.hub.state_dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        files.to_vec()
+    };
+    if files.is_empty() && !json {
+        println!(
+            "No moved-aside outbox files (outbox.db.broken-* or outbox.db.damaged-*) in {}.",
+            config.hub.state_dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let now_ms = crate::clock::now_utc().timestamp_millis();
+    let mut live = match Outbox::open(
+        &outbox_path,
+        crate::outbox::OutboxOptions {
+            max_pending: config.outbox.max_pending,
+        },
+        now_ms,
+    ) {
+        Ok((outbox, _)) => outbox,
+        Err(error) => {
+            eprintln!("error: cannot open {}: {error}", outbox_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    let mut results = Vec::new();
+    for file in &files {
+        match salvage_file(&mut live, file) {
+            Ok(report) => {
+                if !json {
+                    println!(
+                        "{}: {} intact record(s): {} copied, {} already known, {} refused (outbox full); \
+                         {} damaged left behind, {} unreadable",
+                        file.display(),
+                        report.readable,
+                        report.copied,
+                        report.duplicates,
+                        report.refused_full,
+                        report.damaged,
+                        report.unreadable
+                    );
+                }
+                failed |= report.refused_full > 0;
+                // A file taken whole is renamed so that it is not salvaged again; one the outbox could
+                // not take whole stays for the next run.
+                let renamed = if report.refused_full == 0 {
+                    match mark_salvaged(file) {
+                        Ok(renamed) => Some(renamed.display().to_string()),
+                        Err(error) => {
+                            eprintln!(
+                                "{}: salvaged, but cannot rename it: {error}",
+                                file.display()
+                            );
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                if let (Some(renamed), false) = (&renamed, json) {
+                    println!("  renamed to {renamed}");
+                }
+                results.push(serde_json::json!({
+                    "file": file.display().to_string(),
+                    "report": report,
+                    "renamed_to": renamed,
+                }));
+            }
+            Err(error) => {
+                failed = true;
+                if !json {
+                    eprintln!("{}: {error}", file.display());
+                }
+                results.push(serde_json::json!({"file": file.display().to_string(), "error": error.to_string()}));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "salvaged": results }));
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn status_report(
     outbox_path: &Path,
     stats: Option<&OutboxStats>,
+    protocol: MqttProtocol,
     now: DateTime<Utc>,
 ) -> serde_json::Value {
     let empty = OutboxStats::default();
@@ -216,10 +337,16 @@ fn status_report(
             "rejected_full_total": stats.rejected_full_total,
             "duplicates_total": stats.duplicates_total,
             "quarantined": stats.quarantined,
+            "quarantined_records": stats.quarantined_records,
+            "lost_total": stats.lost_total,
+            "last_loss": stats.last_loss,
         },
         "uplink": {
             "last_error": stats.last_uplink_error.as_ref().map(|(_, text)| text),
             "last_error_at": stats.last_uplink_error.as_ref().and_then(|(ms, _)| time(Some(*ms))).map(|t| t.to_rfc3339()),
+            "protocol": protocol.as_str(),
+            "refused_total": stats.counters.get(REFUSED_COUNTER).copied().unwrap_or(0),
+            "refused": refused_by_reason(stats),
         },
         "counters": stats.counters,
     })
@@ -276,10 +403,45 @@ fn print_status(report: &serde_json::Value) {
         ),
         None => println!("last broker error       none"),
     }
+    let refused: Vec<String> = uplink["refused"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
+    if uplink["protocol"] == "3.1.1" && refused.is_empty() {
+        println!("refused by the broker   not detectable over MQTT 3.1.1 (see the README)");
+    } else if refused.is_empty() {
+        println!(
+            "refused by the broker   {} (MQTT {})",
+            uplink["refused_total"],
+            text(&uplink["protocol"])
+        );
+    } else {
+        println!(
+            "refused by the broker   {} ({}; MQTT {})",
+            uplink["refused_total"],
+            refused.join(", "),
+            text(&uplink["protocol"])
+        );
+    }
     println!("refused, outbox full    {}", outbox["rejected_full_total"]);
     println!("duplicates skipped      {}", outbox["duplicates_total"]);
     if let Some(quarantined) = outbox["quarantined"].as_str() {
         println!("QUARANTINED OUTBOX      {quarantined}");
+    }
+    if outbox["quarantined_records"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "DAMAGED READINGS        {} (failed their checksum; kept in the quarantine table, not published)",
+            outbox["quarantined_records"]
+        );
+    }
+    if outbox["lost_total"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "LOST FROM STORAGE       {} ({}); try `vitalsd outbox salvage`",
+            outbox["lost_total"],
+            text(&outbox["last_loss"])
+        );
     }
     let state_dir = &report["state_dir"];
     if let (Some(free), Some(size)) = (
@@ -297,7 +459,11 @@ fn print_status(report: &serde_json::Value) {
         println!("STATE DIR LOW ON SPACE  when the outbox cannot write, new readings wait and devices are not read");
     }
     if let Some(counters) = report["counters"].as_object() {
-        for (name, value) in counters {
+        // Refusals are shown on their own line above.
+        for (name, value) in counters
+            .iter()
+            .filter(|(name, _)| !name.starts_with(REFUSED_COUNTER))
+        {
             println!("{name:<23} {value}");
         }
     }

@@ -112,6 +112,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Works on the outbox's files; the daemon must be stopped.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxCommand,
+    },
     /// Shows the outbox: pending and held readings, the hub clock, deliveries, the last broker error.
     Status {
         #[arg(
@@ -126,6 +131,23 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Copies every intact record of moved-aside outbox files into the live outbox, deduplicated by id.
+    Salvage {
+        #[arg(
+            long,
+            env = "VITALSD_CONFIG",
+            default_value = "/etc/vitalsd/vitalsd.toml"
+        )]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Files to salvage; by default every outbox.db.broken-* and outbox.db.damaged-* in the state directory.
+        files: Vec<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -136,6 +158,14 @@ fn main() -> ExitCode {
             vitalsd::cli::decode(protocol.as_deref().unwrap_or_default(), &hex)
         }
         Command::Status { config, json } => vitalsd::cli::status(&config, json),
+        Command::Outbox {
+            action:
+                OutboxCommand::Salvage {
+                    config,
+                    json,
+                    files,
+                },
+        } => vitalsd::cli::salvage(&config, &files, json),
         Command::Scan {
             config,
             seconds,

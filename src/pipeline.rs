@@ -44,6 +44,8 @@ struct Counters {
     bytes_skipped: u64,
     readings: u64,
     readings_withheld: u64,
+    /// Rejected frames not yet mentioned in the log (a warning at most once per flush).
+    rejections_unlogged: u64,
 }
 
 /// The I/O-free part of a pipeline: decoder, spot filter and counters for one device channel (a serial
@@ -253,6 +255,12 @@ impl Decoding {
         }
     }
 
+    /// The counters gathered since they were last taken, as outbox counter deltas, to be committed with the
+    /// records they count ([`OutboxHandle::append_counted`]) so that no kill can part them.
+    pub fn take_counter_deltas(&mut self) -> Vec<(String, u64)> {
+        counter_deltas(&self.settings, &mut self.counters)
+    }
+
     /// Writes the counters gathered since the last flush to the outbox's statistics.
     pub async fn flush_counters(
         &mut self,
@@ -338,11 +346,16 @@ async fn hand_over(
         return Ok(());
     }
     let count = records.len();
+    // Counted with the records they count, so a kill cannot part them (nor a shutdown that drops them).
+    let counters = decoding.take_counter_deltas();
     let handed = async {
         if durable {
-            outbox.append_durable(records).await.map(|_| ())
+            outbox
+                .append_durable_counted(records, counters)
+                .await
+                .map(|_| ())
         } else {
-            outbox.append(records).await
+            outbox.append_counted(records, counters).await
         }
     };
     let stored = grace.until_stored(handed, shutdown).await;
@@ -468,6 +481,7 @@ fn count_rejection(settings: &DeviceSettings, error: &FrameError, counters: &mut
         FrameError::Garbage { count } => counters.bytes_skipped += *count as u64,
         other => {
             counters.frames_rejected += 1;
+            counters.rejections_unlogged += 1;
             // The frame bytes may hold a measurement, so they are logged at debug level only.
             tracing::debug!(device = %settings.device.id, error = %other, "Rejected a malformed frame.");
         }
@@ -479,13 +493,23 @@ async fn flush_counters(
     outbox: &OutboxHandle,
     counters: &mut Counters,
 ) -> Result<(), crate::outbox::worker::WorkerGone> {
-    let taken = std::mem::take(counters);
-    if taken.frames_rejected + taken.bytes_skipped + taken.readings + taken.readings_withheld == 0 {
+    if counters.rejections_unlogged > 0 {
+        tracing::warn!(device = %settings.device.id, count = counters.rejections_unlogged, "Skipped malformed frames.");
+        counters.rejections_unlogged = 0;
+    }
+    let deltas = counter_deltas(settings, counters);
+    if deltas.is_empty() {
         return Ok(());
     }
-    if taken.frames_rejected > 0 {
-        tracing::warn!(device = %settings.device.id, count = taken.frames_rejected, "Skipped malformed frames.");
-    }
+    outbox.add_counters(deltas).await
+}
+
+fn counter_deltas(settings: &DeviceSettings, counters: &mut Counters) -> Vec<(String, u64)> {
+    let taken = Counters {
+        rejections_unlogged: counters.rejections_unlogged,
+        ..std::mem::take(counters)
+    };
+    counters.rejections_unlogged = taken.rejections_unlogged;
     let device = &settings.device.id;
     let mut deltas = Vec::new();
     for (name, value) in [
@@ -499,7 +523,7 @@ async fn flush_counters(
             deltas.push((format!("{name}.{device}"), value));
         }
     }
-    outbox.add_counters(deltas).await
+    deltas
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ fn decoders_and_the_model_do_no_io_and_read_no_clock() {
             "measurement_time.rs",
             "ble/profile.rs",
             "mqtt/inflight.rs",
+            "mqtt/refusal.rs",
         ],
         &[
             "tokio",

@@ -91,6 +91,38 @@ impl Broker {
         Broker::launch(port, dir, &config)
     }
 
+    /// Starts a broker that lets anonymous clients (the test's subscriber) in, knows `user` with
+    /// `password`, and applies the access rules `acl` (Mosquitto's `acl_file` format) to both.
+    pub fn start_with_acl(user: &str, password: &str, acl: &str) -> Broker {
+        Broker::start_custom(|port, dir| {
+            let status = Command::new("mosquitto_passwd")
+                .args(["-b", "-c"])
+                .arg(dir.join("passwords"))
+                .args([user, password])
+                .status()
+                .expect("run mosquitto_passwd (install mosquitto)");
+            assert!(status.success(), "mosquitto_passwd failed");
+            std::fs::write(dir.join("acl"), acl).expect("write acl");
+            format!(
+                "{STAY_AS_INVOKING_USER}listener {port} 127.0.0.1\nallow_anonymous true\n\
+                 password_file {d}/passwords\nacl_file {d}/acl\npersistence false\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\n",
+                d = dir.display()
+            )
+        })
+    }
+
+    /// Replaces the access rules of a broker started with [`Broker::start_with_acl`]; they apply after
+    /// [`Broker::reload`].
+    pub fn set_acl(&self, acl: &str) {
+        std::fs::write(self.dir.path().join("acl"), acl).expect("write acl");
+    }
+
+    /// SIGHUP: Mosquitto reads its password and ACL files again, keeping its connections.
+    pub fn reload(&self) {
+        kill(self.pid(), Signal::SIGHUP).expect("SIGHUP mosquitto");
+    }
+
     fn launch(port: u16, dir: tempfile::TempDir, config: &str) -> Broker {
         std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
         let mut broker = Broker {

@@ -263,7 +263,7 @@ async fn run_stack(
                             // run in it). A scale repeats its advertisement for a while; a fresh decoder
                             // takes the repeat, which the old one would skip as already reported.
                             if !records.is_empty() {
-                                if outbox.try_append(records).map_err(|_| StackError::OutboxGone)? {
+                                if outbox.try_append_counted(records, decoding.take_counter_deltas()).map_err(|_| StackError::OutboxGone)? {
                                     if let Some(device) = devices.lock().unwrap().get_mut(&address) {
                                         device.last_reading_at = Some(received_at);
                                     }

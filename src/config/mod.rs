@@ -6,6 +6,7 @@
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 
 mod file;
+pub mod tls_files;
 mod validate;
 
 use std::ffi::OsString;
@@ -35,6 +36,16 @@ pub struct BleConfig {
     pub enabled: bool,
     /// The BlueZ adapter name, such as `hci0`.
     pub adapter: String,
+    /// `admin_group`: when set, only root, the daemon's own user and this group's members may pair and
+    /// unpair through the control socket; without it, anyone who can open the socket may.
+    pub admin_group: Option<AdminGroup>,
+}
+
+/// A system group, resolved to its id when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminGroup {
+    pub name: String,
+    pub gid: u32,
 }
 
 /// `[hub]`: who this hub is and where it keeps its state.
@@ -73,6 +84,28 @@ pub struct MqttConfig {
     pub reconnect_max: Duration,
     /// How many publishes may await their PUBACK at once.
     pub window: usize,
+    /// `mqtt.protocol`: MQTT 5 unless the broker lacks it.
+    pub protocol: MqttProtocol,
+}
+
+/// The MQTT version the uplink speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttProtocol {
+    /// `"5"`: a PUBACK says whether the broker took the message.
+    #[default]
+    V5,
+    /// `"3.1.1"`: for brokers without MQTT 5; a broker that refuses a publish still acknowledges it.
+    V311,
+}
+
+impl MqttProtocol {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttProtocol::V5 => "5",
+            MqttProtocol::V311 => "3.1.1",
+        }
+    }
 }
 
 /// Where a secret is read from; the secret itself never enters the configuration.
@@ -276,6 +309,11 @@ mod tests {
         }
     }
 
+    /// A committed test file (`testdata/`): TLS files made once with openssl, a password file.
+    fn fixture(name: &str) -> String {
+        format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
     const MINIMAL: &str = r#"
         [hub]
         id = "hub-0001"
@@ -321,7 +359,8 @@ mod tests {
             config.ble,
             BleConfig {
                 enabled: true,
-                adapter: "hci0".into()
+                adapter: "hci0".into(),
+                admin_group: None,
             }
         );
         assert_eq!(
@@ -341,6 +380,7 @@ mod tests {
                 reconnect_min: Duration::from_millis(500),
                 reconnect_max: Duration::from_secs(60),
                 window: 128,
+                protocol: MqttProtocol::V5,
             }
         );
         assert_eq!(
@@ -362,7 +402,7 @@ mod tests {
     #[test]
     fn every_key_set_overrides_its_default() {
         let config = valid(
-            r#"
+            &r#"
             [hub]
             id = "ward_3-b"
             state_dir = "/srv/vitalsd"
@@ -372,14 +412,15 @@ mod tests {
             topic_prefix = "rpm/v2"
             client_id = "custom"
             username = "hub"
-            password_file = "/dev/null"
-            ca_file = "/dev/null"
-            client_cert_file = "/dev/null"
-            client_key_file = "/dev/null"
+            password_file = "PASSWORD"
+            ca_file = "CA"
+            client_cert_file = "CERT"
+            client_key_file = "KEY"
             keep_alive_s = 5
             reconnect_min_ms = 60000
             reconnect_max_s = 60
             window = 256
+            protocol = "3.1.1"
 
             [outbox]
             max_pending = 1
@@ -399,7 +440,11 @@ mod tests {
 
             [log]
             level = "info,vitalsd::serial=debug"
-            "#,
+            "#
+            .replace("PASSWORD", &fixture("mqtt-password"))
+            .replace("CA", &fixture("tls/ca.pem"))
+            .replace("CERT", &fixture("tls/hub.pem"))
+            .replace("KEY", &fixture("tls/hub.key")),
         );
         assert_eq!(config.hub.id, "ward_3-b");
         let mqtt = &config.mqtt;
@@ -412,10 +457,13 @@ mod tests {
             ("rpm/v2", "custom")
         );
         assert_eq!(mqtt.username.as_deref(), Some("hub"));
-        assert_eq!(mqtt.password, Some(SecretSource::File("/dev/null".into())));
+        assert_eq!(
+            mqtt.password,
+            Some(SecretSource::File(fixture("mqtt-password").into()))
+        );
         assert_eq!(
             mqtt.client_key_file.as_deref(),
-            Some(Path::new("/dev/null"))
+            Some(Path::new(&fixture("tls/hub.key")))
         );
         assert_eq!(mqtt.keep_alive, Duration::from_secs(5));
         assert_eq!(
@@ -423,6 +471,7 @@ mod tests {
             (Duration::from_secs(60), Duration::from_secs(60))
         );
         assert_eq!(mqtt.window, 256);
+        assert_eq!(mqtt.protocol, MqttProtocol::V311);
         assert_eq!(
             config.outbox,
             OutboxConfig {
@@ -450,6 +499,25 @@ mod tests {
             (default_spot.stable_for, default_spot.repeat_every)
         );
         assert_eq!(config.log.level, "info,vitalsd::serial=debug");
+    }
+
+    #[test]
+    fn the_admin_group_is_resolved_to_its_id() {
+        // Group 0 exists on every Linux system, under whatever name it has there.
+        let root_group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(0))
+            .expect("look up group 0")
+            .expect("group 0 exists");
+        let config = valid(&format!(
+            "{MINIMAL}\n[ble]\nadmin_group = \"{}\"",
+            root_group.name
+        ));
+        assert_eq!(
+            config.ble.admin_group,
+            Some(AdminGroup {
+                name: root_group.name,
+                gid: 0
+            })
+        );
     }
 
     #[test]
@@ -541,6 +609,11 @@ mod tests {
                 "ble.adapter: \"hci 0\" is not an adapter name such as \"hci0\"",
                 "ble.adaptor: unknown key",
             ]),
+            (&format!("{MINIMAL}\n[ble]\nadmin_group = \"no-such-group-vitalsd\""), &[
+                "ble.admin_group: no group \"no-such-group-vitalsd\" on this system (create it with groupadd, or leave the key out)",
+            ]),
+            (&format!("{MINIMAL}\n[ble]\nadmin_group = \"\""), &["ble.admin_group: must not be empty"]),
+            (&format!("{MINIMAL}\n[ble]\nadmin_group = 0"), &["ble.admin_group: expected a string, found an integer"]),
             (&MINIMAL.replace("state_dir = ", "runtime_dir = \"run\"\nstate_dir = "), &["hub.runtime_dir: must be an absolute path, found \"run\""]),
             (&MINIMAL.replace("state_dir = ", "clock = \"gps\"\nstate_dir = "), &["hub.clock: \"gps\" is not a clock policy: use \"ntp\" (trust the clock only while the kernel says it is synchronised) or \"trusted\" (a real-time clock or other source you vouch for)"]),
             (&MINIMAL.replace("state_dir = ", "clock = true\nstate_dir = "), &["hub.clock: expected a string, found a boolean"]),
@@ -560,6 +633,8 @@ mod tests {
             (&with_mqtt("keep_alive_s = 3601"), &["mqtt.keep_alive_s: must be between 5 and 3600, found 3601"]),
             (&with_mqtt("window = 0"), &["mqtt.window: must be between 1 and 256, found 0"]),
             (&with_mqtt("window = 257"), &["mqtt.window: must be between 1 and 256, found 257"]),
+            (&with_mqtt("protocol = \"3.1\""), &["mqtt.protocol: \"3.1\" is not a supported MQTT version: use \"5\" (the default) or \"3.1.1\" (for brokers without MQTT 5; it cannot tell a refused reading from a delivered one)"]),
+            (&with_mqtt("protocol = 5"), &["mqtt.protocol: expected a string, found an integer"]),
             (&with_mqtt("reconnect_min_ms = 0"), &["mqtt.reconnect_min_ms: must be between 1 and 3600000, found 0"]),
             (&with_mqtt("reconnect_max_s = 0"), &["mqtt.reconnect_max_s: must be between 1 and 86400, found 0"]),
             (&format!("{MINIMAL}\n[outbox]\nmax_pending = 0"), &["outbox.max_pending: must be at least 1, found 0"]),
@@ -618,7 +693,7 @@ mod tests {
             (&with_mqtt("reconnect_min_ms = 5000\nreconnect_max_s = 2"), &[
                 "mqtt.reconnect_min_ms: 5000 ms is longer than mqtt.reconnect_max_s (2 s)",
             ]),
-            (&with_mqtt("password_file = \"/dev/null\""), &[
+            (&with_mqtt(&format!("password_file = \"{}\"", fixture("mqtt-password"))), &[
                 "mqtt.username: missing (MQTT sends a password only together with a user name)",
             ]),
             (&with_mqtt("ca_file = \"/dev/null\""), &["mqtt.ca_file: needs an mqtts:// url"]),
@@ -647,16 +722,136 @@ mod tests {
     fn tls_settings() {
         let tls = MINIMAL.replace("mqtt://127.0.0.1", "mqtts://broker");
         let cases: &[(&str, &[&str])] = &[
-            ("ca_file = \"/dev/null\"\nclient_cert_file = \"/dev/null\"\nclient_key_file = \"/dev/null\"", &[]),
-            ("client_cert_file = \"/dev/null\"", &["mqtt.client_cert_file: given without mqtt.client_key_file"]),
-            ("client_key_file = \"/dev/null\"", &["mqtt.client_key_file: given without mqtt.client_cert_file"]),
+            ("ca_file = \"CA\"\nclient_cert_file = \"CERT\"\nclient_key_file = \"KEY\"", &[]),
+            ("ca_file = \"CA\"", &[]),
+            ("ca_file = \"CA\"\nclient_cert_file = \"CERT\"", &["mqtt.client_cert_file: given without mqtt.client_key_file"]),
+            ("ca_file = \"CA\"\nclient_key_file = \"KEY\"", &["mqtt.client_key_file: given without mqtt.client_cert_file"]),
             ("ca_file = \"/nonexistent/ca.pem\"", &["mqtt.ca_file: cannot read /nonexistent/ca.pem: No such file or directory"]),
-            ("client_cert_file = \"/nonexistent/hub.pem\"\nclient_key_file = \"/dev/null\"", &[
+            ("ca_file = \"CA\"\nclient_cert_file = \"/nonexistent/hub.pem\"\nclient_key_file = \"KEY\"", &[
                 "mqtt.client_cert_file: cannot read /nonexistent/hub.pem: No such file or directory",
             ]),
         ];
         for (extra, expected) in cases {
+            let extra = extra
+                .replace("CA", &fixture("tls/ca.pem"))
+                .replace("CERT", &fixture("tls/hub.pem"))
+                .replace("KEY", &fixture("tls/hub.key"));
             check(&format!("{tls}\n{extra}\n"), expected);
+        }
+    }
+
+    /// What `run` would trip over in the TLS files is found by loading the configuration, with the key.
+    #[test]
+    fn tls_files_are_parsed_as_the_uplink_parses_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = |name: &str, content: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write test file");
+            path.display().to_string()
+        };
+        let ca = fixture("tls/ca.pem");
+        let cert = fixture("tls/hub.pem");
+        let key = fixture("tls/hub.key");
+        let valid_ca = std::fs::read_to_string(&ca).expect("fixture");
+        let empty = file("empty", b"");
+        let garbage = file("garbage", b"this is not a certificate\n\x00\xff");
+        let bad_base64 = file(
+            "bad-base64.pem",
+            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        let not_der = file(
+            "not-der.pem",
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let unterminated = file(
+            "unterminated.pem",
+            valid_ca.replace("-----END CERTIFICATE-----", "").as_bytes(),
+        );
+        let not_a_key = file(
+            "not-a-key.pem",
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        let other_key = fixture("tls/other.key");
+        // (ca_file, client_cert_file, client_key_file, expected errors)
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Vec<String>);
+        let cases: Vec<Case> = vec![
+            (&ca, Some(&cert), Some(&key), vec![]),
+            // Without a client certificate.
+            (&ca, None, None, vec![]),
+            (&empty, None, None, vec![format!("mqtt.ca_file: {empty}: no PEM certificate found")]),
+            (&garbage, None, None, vec![format!("mqtt.ca_file: {garbage}: no PEM certificate found")]),
+            // A key where the CA should be is not a certificate either.
+            (&key, None, None, vec![format!("mqtt.ca_file: {key}: no PEM certificate found")]),
+            (&bad_base64, None, None, vec![format!(
+                "mqtt.ca_file: {bad_base64}: not valid PEM: a section is not valid base64"
+            )]),
+            (&unterminated, None, None, vec![format!(
+                "mqtt.ca_file: {unterminated}: not valid PEM: a section has no END line"
+            )]),
+            (&not_der, None, None, vec![format!(
+                "mqtt.ca_file: {not_der}: certificate 1 is not a usable CA certificate: invalid peer certificate: BadEncoding"
+            )]),
+            (&ca, Some(&garbage), Some(&key), vec![format!("mqtt.client_cert_file: {garbage}: no PEM certificate found")]),
+            (&ca, Some(&not_der), Some(&key), vec![format!(
+                "mqtt.client_cert_file: {not_der}: not a usable certificate: invalid peer certificate: BadEncoding"
+            )]),
+            (&ca, Some(&cert), Some(&empty), vec![format!(
+                "mqtt.client_key_file: {empty}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)"
+            )]),
+            (&ca, Some(&cert), Some(&cert), vec![format!(
+                "mqtt.client_key_file: {cert}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)"
+            )]),
+            (&ca, Some(&cert), Some(&not_a_key), vec![format!(
+                "mqtt.client_key_file: {not_a_key}: not a usable private key: unexpected error: failed to parse private key as RSA, ECDSA, or EdDSA"
+            )]),
+            (&ca, Some(&cert), Some(&other_key), vec![format!(
+                "mqtt.client_key_file: {other_key}: does not belong to the certificate in mqtt.client_cert_file"
+            )]),
+        ];
+        for (ca_file, cert_file, key_file, expected) in cases {
+            let mut toml = format!(
+                "{}\nca_file = \"{ca_file}\"\n",
+                MINIMAL.replace("mqtt://127.0.0.1", "mqtts://broker")
+            );
+            if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
+                toml.push_str(&format!(
+                    "client_cert_file = \"{cert_file}\"\nclient_key_file = \"{key_file}\"\n"
+                ));
+            }
+            let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+            check(&toml, &expected);
+        }
+    }
+
+    #[test]
+    fn a_password_file_is_read_as_the_uplink_reads_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"s3cret", None),
+            (b"s3cret\n", None),
+            (b"s3cret\r\n", None),
+            (b"", Some("empty; the file must hold the password")),
+            (b"\n", Some("empty; the file must hold the password")),
+            (b"s3cret\nsecond line\n", Some("more than one line; the file must hold just the password (one trailing newline is ignored)")),
+            (b"s3cret\n\n", Some("more than one line; the file must hold just the password (one trailing newline is ignored)")),
+        ];
+        for (index, (content, problem)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("password-{index}"));
+            write(&path, std::str::from_utf8(content).unwrap());
+            let toml = with_mqtt(&format!(
+                "username = \"hub\"\npassword_file = \"{}\"",
+                path.display()
+            ));
+            let expected: Vec<String> = problem
+                .iter()
+                .map(|problem| format!("mqtt.password_file: {}: {problem}", path.display()))
+                .collect();
+            let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+            check(&toml, &expected);
+            // No message ever holds the password.
+            if let Err(errors) = Config::from_toml_str(&toml, "test.toml") {
+                assert!(!errors.to_string().contains("s3cret"), "{errors}");
+            }
         }
     }
 
@@ -669,7 +864,7 @@ mod tests {
             config.mqtt.password,
             Some(SecretSource::Credential("mqtt-password".into()))
         );
-        check(&with_mqtt("username = \"hub\"\npassword_file = \"/dev/null\"\npassword_credential = \"mqtt-password\""), &[
+        check(&with_mqtt(&format!("username = \"hub\"\npassword_file = \"{}\"\npassword_credential = \"mqtt-password\"", fixture("mqtt-password"))), &[
             "mqtt.password_credential: conflicts with mqtt.password_file: set only one",
         ]);
     }

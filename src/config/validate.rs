@@ -10,8 +10,8 @@ use toml::{Table, Value};
 
 use super::file::{key_path, Layers, Sources};
 use super::{
-    io_message, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig, OutboxConfig,
-    SecretSource, SerialConfig,
+    io_message, AdminGroup, BleConfig, Config, ConfigError, HubConfig, LogConfig, MqttConfig,
+    MqttProtocol, OutboxConfig, SecretSource, SerialConfig,
 };
 use crate::clock::ClockPolicy;
 use crate::decode::{Parity, Protocol, Transport};
@@ -24,7 +24,7 @@ pub(super) const TABLE_SECTIONS: [&str; 5] = ["hub", "mqtt", "outbox", "ble", "l
 pub(super) const SERIAL_SECTION: &str = "serial";
 
 const HUB_KEYS: &[&str] = &["id", "state_dir", "runtime_dir", "clock"];
-const BLE_KEYS: &[&str] = &["enabled", "adapter"];
+const BLE_KEYS: &[&str] = &["enabled", "adapter", "admin_group"];
 const MQTT_KEYS: &[&str] = &[
     "url",
     "topic_prefix",
@@ -39,6 +39,7 @@ const MQTT_KEYS: &[&str] = &[
     "reconnect_min_ms",
     "reconnect_max_s",
     "window",
+    "protocol",
 ];
 const OUTBOX_KEYS: &[&str] = &["max_pending", "dedup_retention_days"];
 const SERIAL_KEYS: &[&str] = &[
@@ -88,6 +89,9 @@ pub(super) fn validate(
     let root = &layers.table;
     let (hub_id, state_dir, runtime_dir, clock) = checker.hub(root);
     let mqtt = checker.mqtt(root, hub_id.as_deref());
+    if let Some(mqtt) = &mqtt {
+        checker.mqtt_files(mqtt);
+    }
     let outbox = checker.outbox(root);
     let ble = checker.ble(root);
     let serial = checker.serial(root);
@@ -456,11 +460,32 @@ impl Checker<'_> {
             }
             Some(name)
         });
+        let admin_group = self.field(&ble, "admin_group", Self::system_group);
         self.unknown_keys(&ble, BLE_KEYS);
         Some(BleConfig {
             enabled: enabled.or(true)?,
             adapter: adapter.or(DEFAULT_ADAPTER.to_string())?,
+            admin_group: admin_group.optional()?,
         })
+    }
+
+    /// A group name that exists on this system (`/etc/group` or whatever NSS consults), with its id.
+    fn system_group(&mut self, path: &str, value: &Value) -> Option<AdminGroup> {
+        let name = self.non_empty_string(path, value)?;
+        match nix::unistd::Group::from_name(&name) {
+            Ok(Some(group)) => Some(AdminGroup {
+                name,
+                gid: group.gid.as_raw(),
+            }),
+            Ok(None) => {
+                self.report(path, format!("no group {name:?} on this system (create it with groupadd, or leave the key out)"));
+                None
+            }
+            Err(error) => {
+                self.report(path, format!("cannot look up group {name:?}: {error}"));
+                None
+            }
+        }
     }
 
     fn mqtt(&mut self, root: &Table, hub_id: Option<&str>) -> Option<MqttConfig> {
@@ -498,6 +523,21 @@ impl Checker<'_> {
         let window = self.field(&mqtt, "window", |c, path, value| {
             c.integer(path, value, 1, 256)
         });
+        let protocol = self
+            .field(&mqtt, "protocol", |c, path, value| {
+                match c.string(path, value)?.as_str() {
+                    "5" => Some(MqttProtocol::V5),
+                    "3.1.1" => Some(MqttProtocol::V311),
+                    other => {
+                        c.report(
+                            path,
+                            format!("{other:?} is not a supported MQTT version: use \"5\" (the default) or \"3.1.1\" (for brokers without MQTT 5; it cannot tell a refused reading from a delivered one)"),
+                        );
+                        None
+                    }
+                }
+            })
+            .or(MqttProtocol::default());
         self.unknown_keys(&mqtt, MQTT_KEYS);
 
         if password_file.is_present() && password_credential.is_present() {
@@ -577,7 +617,43 @@ impl Checker<'_> {
             reconnect_min: Duration::from_millis(u64::try_from(reconnect_min_ms?).ok()?),
             reconnect_max: Duration::from_secs(u64::try_from(reconnect_max_s?).ok()?),
             window: usize::try_from(window.or(DEFAULT_WINDOW)?).ok()?,
+            protocol: protocol?,
         })
+    }
+
+    /// Reads the TLS files and the password as the uplink will, so a file that would stop it is an
+    /// error now rather than an exit at start.
+    fn mqtt_files(&mut self, mqtt: &MqttConfig) {
+        if mqtt.tls {
+            if let Err(error) = super::tls_files::client_config(mqtt) {
+                self.report(&key_path("mqtt", error.key), error.file_problem());
+            }
+        }
+        let Some(source) = &mqtt.password else {
+            return;
+        };
+        let (key, shown) = match source {
+            SecretSource::File(path) => ("password_file", path.clone()),
+            SecretSource::Credential(name) => match self.credentials_dir {
+                Some(dir) => ("password_credential", dir.join(name)),
+                // Readable only where systemd provides it, as in the unit's ExecStartPre.
+                None => return,
+            },
+        };
+        let credentials_dir = self.credentials_dir.map(|dir| dir.as_os_str().to_owned());
+        // The password itself never enters a message.
+        let problem = match source.read_from(credentials_dir) {
+            Err(error) => format!("cannot read {error}"),
+            Ok(password) if password.is_empty() => {
+                format!("{}: empty; the file must hold the password", shown.display())
+            }
+            Ok(password) if password.contains(['\n', '\r']) => format!(
+                "{}: more than one line; the file must hold just the password (one trailing newline is ignored)",
+                shown.display()
+            ),
+            Ok(_) => return,
+        };
+        self.report(&key_path("mqtt", key), problem);
     }
 
     /// A systemd credential name; checked against `$CREDENTIALS_DIRECTORY` when systemd set it.

@@ -1,29 +1,36 @@
-//! The MQTT uplink: publishes outbox records to the broker and removes each only after its PUBACK.
+//! The MQTT uplink: publishes outbox records to the broker and removes each only after the broker took it.
 //!
-//! One task owns the rumqttc event loop and every publish. rumqttc keeps in-flight and queued publishes in
-//! memory only and drops them on a clean-session reconnect without telling anyone (mqtt-outbox.md §2), so
-//! the outbox is the source of truth: the packet-id mapping ([`inflight`]) is reset at every connection
-//! boundary, and after each CONNACK everything still in the outbox is published again, oldest first.
-//! Acknowledged records are removed in batches; a crash between PUBACK and removal costs a duplicate
-//! (every payload carries its stable `id`), never a loss.
+//! One task owns the MQTT client's event loop and every publish. rumqttc keeps in-flight and queued
+//! publishes in memory only and drops them on a clean-start reconnect without telling anyone
+//! (mqtt-outbox.md §2), so the outbox is the source of truth: the packet-id mapping ([`inflight`]) is reset
+//! at every connection boundary, and after each CONNACK everything still in the outbox is published again,
+//! oldest first. Acknowledged records are removed in batches; a crash between PUBACK and removal costs a
+//! duplicate (every payload carries its stable `id`), never a loss.
+//!
+//! MQTT 5 is the default: its PUBACK says whether the broker took the message. A refused reading stays in
+//! the outbox, is counted per reason and retried as [`refusal`] describes. MQTT 3.1.1 ([`link`]) is the
+//! fallback for brokers without MQTT 5, and cannot see a refusal.
 
 pub mod inflight;
+mod link;
+pub mod refusal;
 mod tls;
 pub mod topic;
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, MqttProtocol};
 use crate::outbox::worker::WorkerGone;
-use crate::outbox::{OutboxHandle, StoredRecord};
+use crate::outbox::{OutboxHandle, OutboxStats, StoredRecord};
 use inflight::{Inflight, Slot};
+use link::{Link, LinkEvent, NotQueued};
+use refusal::{
+    AckOutcome, AfterRefusal, Refusal, RefusalCounts, RefusalLog, RefusalReport, RetryGate,
+};
 use topic::Topics;
 
 /// Records fetched from the outbox per round trip.
@@ -35,6 +42,8 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 /// How long a clean shutdown waits for the broker to take the "offline" status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The outbox counter of refused publishes; `REFUSED_COUNTER.{reason}` counts each reason.
+pub const REFUSED_COUNTER: &str = "uplink_refused";
 
 /// Why the uplink stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -60,17 +69,32 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), UplinkError> {
     let topics = Topics::new(&settings.mqtt.topic_prefix, &settings.hub_id);
-    let options = mqtt_options(&settings, &topics)?;
-    let mut uplink = Uplink::new(options, &settings, topics, outbox);
+    let mut uplink = Uplink::new(&settings, topics, outbox)?;
     let mut backoff = Backoff::new(settings.mqtt.reconnect_min, settings.mqtt.reconnect_max);
     let appended = uplink.outbox.appended();
+    let quarantined = uplink.outbox.quarantined();
     // Timers live across iterations and are re-armed, rather than rebuilt for every MQTT event.
     let ack_timer = sleep_until(Instant::now());
     let status_timer = sleep_until(uplink.status_due);
-    tokio::pin!(ack_timer, status_timer);
+    let pause_timer = sleep_until(Instant::now());
+    tokio::pin!(ack_timer, status_timer, pause_timer);
     loop {
+        let mut paused = false;
         if uplink.connected {
             uplink.fill_window().await?;
+            uplink.retry_when_walk_ended().await?;
+            let pause = if uplink.gate.is_throttled() {
+                uplink.gate.paused_until(Instant::now().into_std())
+            } else {
+                None
+            };
+            if let Some(until) = pause {
+                let until = Instant::from_std(until);
+                if pause_timer.deadline() != until {
+                    pause_timer.as_mut().reset(until);
+                }
+                paused = true;
+            }
         }
         if let Some(deadline) = uplink.ack_deadline {
             if ack_timer.deadline() != deadline {
@@ -84,14 +108,14 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            event = uplink.eventloop.poll() => match event {
+            event = uplink.link.poll() => match event {
                 Ok(event) => {
                     if uplink.handle_event(event).await? {
                         backoff.reset();
                     }
                 }
                 Err(error) => {
-                    uplink.handle_connection_error(&error).await?;
+                    uplink.handle_connection_error(error).await?;
                     let delay = backoff.next_delay();
                     tokio::select! {
                         _ = shutdown.changed() => break,
@@ -101,19 +125,25 @@ pub async fn run(
             },
             _ = &mut ack_timer, if uplink.ack_deadline.is_some() => uplink.flush_acks().await?,
             _ = appended.notified(), if waiting_for_records => uplink.exhausted = false,
+            _ = &mut pause_timer, if paused => {}
             _ = &mut status_timer, if uplink.connected => uplink.publish_status("online").await?,
+            // Storage damage is news for the backend at once, not at the next refresh.
+            _ = quarantined.notified(), if uplink.connected => uplink.publish_status("online").await?,
         }
     }
     uplink.shut_down().await
 }
 
 struct Uplink {
-    client: AsyncClient,
-    eventloop: rumqttc::EventLoop,
+    link: Link,
     outbox: OutboxHandle,
     topics: Topics,
     hub_id: String,
+    protocol: MqttProtocol,
+    /// The configured window.
     window: usize,
+    /// This connection's window: the configured one within the broker's Receive Maximum.
+    connection_window: usize,
     inflight: Inflight,
     connected: bool,
     /// Records fetched but not yet published on this connection, oldest first.
@@ -128,24 +158,31 @@ struct Uplink {
     ack_deadline: Option<Instant>,
     status_due: Instant,
     last_error: Option<String>,
+    /// Pauses and retry passes after refusals.
+    gate: RetryGate,
+    refusal_log: RefusalLog,
+    /// Refusals not yet added to the outbox's counters.
+    refused_unsaved: RefusalCounts,
+    /// A refused status publish was logged on this connection.
+    status_refusal_logged: bool,
 }
 
 impl Uplink {
     fn new(
-        options: MqttOptions,
         settings: &UplinkSettings,
         topics: Topics,
         outbox: OutboxHandle,
-    ) -> Uplink {
+    ) -> Result<Uplink, UplinkError> {
         let window = settings.mqtt.window;
-        let (client, eventloop) = AsyncClient::new(options, window + 8);
-        Uplink {
-            client,
-            eventloop,
+        let link = Link::new(settings, topics.status(), window + 8)?;
+        Ok(Uplink {
+            link,
             outbox,
             topics,
             hub_id: settings.hub_id.clone(),
+            protocol: settings.mqtt.protocol,
             window,
+            connection_window: window,
             inflight: Inflight::default(),
             connected: false,
             buffer: VecDeque::new(),
@@ -156,12 +193,22 @@ impl Uplink {
             ack_deadline: None,
             status_due: Instant::now(),
             last_error: None,
-        }
+            gate: RetryGate::new(settings.mqtt.reconnect_min, settings.mqtt.reconnect_max),
+            refusal_log: RefusalLog::default(),
+            refused_unsaved: RefusalCounts::default(),
+            status_refusal_logged: false,
+        })
     }
 
     /// Publishes outbox records until the window is full or the outbox has nothing more.
     async fn fill_window(&mut self) -> Result<(), UplinkError> {
-        while self.inflight.len() < self.window {
+        let window = if self.gate.is_throttled() {
+            self.gate
+                .window(self.connection_window, Instant::now().into_std())
+        } else {
+            self.connection_window
+        };
+        while self.inflight.len() < window {
             if let Some(pending) = self.next_batch.as_mut() {
                 // Take a prefetched batch when it is ready, or wait for it when there is nothing else to send.
                 let records = match pending.try_recv() {
@@ -198,16 +245,12 @@ impl Uplink {
             self.inflight
                 .handle_publish_requested(Slot::Record(record.seq));
             let payload = std::mem::take(&mut record.payload);
-            if let Err(error) = self
-                .client
-                .try_publish(topic, QoS::AtLeastOnce, false, payload)
-            {
+            if let Err(NotQueued(payload)) = self.link.try_publish_reading(topic, payload) {
                 // The request queue is full; the record goes back and waits for the window to move.
-                tracing::debug!(%error, "Publish queue full.");
+                tracing::debug!("Publish queue full.");
                 self.inflight.handle_publish_not_queued();
-                if let rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(publish)) = error
-                {
-                    record.payload = publish.payload.to_vec();
+                if let Some(payload) = payload {
+                    record.payload = payload;
                     self.buffer.push_front(record);
                 } else {
                     // The payload did not come back; read it again from the outbox, which still holds it.
@@ -218,75 +261,173 @@ impl Uplink {
                 }
                 break;
             }
+            self.gate.handle_published(record.seq);
         }
         Ok(())
     }
 
+    /// Starts a retry pass from the oldest reading once the walk has reached the end of the outbox past
+    /// refused readings, nothing is in flight and the pause is over.
+    async fn retry_when_walk_ended(&mut self) -> Result<(), UplinkError> {
+        let walk_ended = self.exhausted && self.buffer.is_empty() && self.next_batch.is_none();
+        if !self.gate.has_refused_behind()
+            || !walk_ended
+            || !self.inflight.is_empty()
+            || !self.gate.handle_walk_ended(Instant::now().into_std())
+        {
+            return Ok(());
+        }
+        // Removals queued first, so the fetch no longer sees what the broker already took.
+        self.flush_acks().await?;
+        self.restart_walk(0);
+        self.fill_window().await
+    }
+
+    /// The walk goes on after `seq`, forgetting what it fetched.
+    fn restart_walk(&mut self, seq: i64) {
+        self.buffer.clear();
+        self.next_batch = None;
+        self.cursor = seq;
+        self.exhausted = false;
+    }
+
     /// Returns true when the event shows a healthy connection (CONNACK).
-    async fn handle_event(&mut self, event: Event) -> Result<bool, UplinkError> {
+    async fn handle_event(&mut self, event: LinkEvent) -> Result<bool, UplinkError> {
         match event {
-            Event::Incoming(Incoming::ConnAck(connack)) => {
-                tracing::info!(code = ?connack.code, "Connected to the MQTT broker.");
+            LinkEvent::Connected { receive_maximum } => {
+                self.connection_window = self
+                    .window
+                    .min(usize::from(receive_maximum.unwrap_or(u16::MAX)).max(1));
+                tracing::info!(
+                    protocol = self.protocol.as_str(),
+                    window = self.connection_window,
+                    "Connected to the MQTT broker."
+                );
                 self.start_connection();
                 self.publish_status("online").await?;
                 return Ok(true);
             }
-            Event::Incoming(Incoming::PubAck(puback)) => {
-                match self.inflight.handle_puback(puback.pkid) {
-                    Some(Slot::Record(seq)) => {
+            LinkEvent::PubAck { pkid, outcome } => {
+                match (self.inflight.handle_puback(pkid), outcome) {
+                    (Some(Slot::Record(seq)), AckOutcome::Accepted) => {
+                        self.gate.handle_accepted();
                         self.acked.push(seq);
-                        if self.acked.len() >= ACK_BATCH {
+                        if let Some(RefusalReport::Ended { refused }) =
+                            self.refusal_log.handle_accepted()
+                        {
+                            tracing::info!(
+                            refused,
+                            "The MQTT broker takes readings again; the refused ones are being sent again."
+                        );
+                            // The status topic stops saying "refusing" at once.
+                            self.flush_acks().await?;
+                            self.publish_status("online").await?;
+                        } else if self.acked.len() >= ACK_BATCH {
                             self.flush_acks().await?;
                         } else if self.ack_deadline.is_none() {
                             self.ack_deadline = Some(Instant::now() + ACK_DELAY);
                         }
                     }
-                    Some(Slot::Status) => {}
-                    None => tracing::debug!(
-                        pkid = puback.pkid,
-                        "PUBACK for a publish of an earlier connection."
-                    ),
+                    (Some(Slot::Record(seq)), AckOutcome::Refused(refusal)) => {
+                        self.handle_refused(seq, refusal).await?;
+                    }
+                    (Some(Slot::Status), AckOutcome::Refused(refusal)) => {
+                        if !self.status_refusal_logged {
+                            self.status_refusal_logged = true;
+                            tracing::warn!(
+                                reason = refusal.name(),
+                                topic = %self.topics.status(),
+                                "The MQTT broker refused the hub's status message."
+                            );
+                        }
+                    }
+                    (Some(Slot::Status), AckOutcome::Accepted) => {}
+                    (None, _) => {
+                        tracing::debug!(pkid, "PUBACK for a publish of an earlier connection.")
+                    }
                 }
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+            LinkEvent::PublishSent(pkid) => {
                 if let Err(error) = self.inflight.handle_publish_sent(pkid) {
                     // The mapping can no longer be trusted: start a fresh connection and re-send from the outbox.
                     tracing::error!(%error, "Lost track of publishes in flight; reconnecting.");
                     self.restart_client().await?;
                 }
             }
-            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+            LinkEvent::Collision(pkid) => {
+                // rumqttc holds the publish back until the old use of the id is acknowledged, and may never
+                // let go (rumqtt #1056); a fresh client re-sends everything from the outbox instead.
                 tracing::warn!(
                     pkid,
-                    "Packet id collision in the MQTT client; waiting for its acknowledgement."
+                    "Packet id collision in the MQTT client; reconnecting."
                 );
+                self.restart_client().await?;
             }
-            _ => {}
+            LinkEvent::Disconnected | LinkEvent::Other => {}
         }
         Ok(false)
+    }
+
+    /// The broker did not take a reading: it stays in the outbox, and the refusal is counted and logged
+    /// once per burst (see [`refusal`]).
+    async fn handle_refused(&mut self, seq: i64, refusal: Refusal) -> Result<(), UplinkError> {
+        let now = Instant::now().into_std();
+        self.refused_unsaved.add(refusal);
+        if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(Instant::now() + ACK_DELAY);
+        }
+        if let AfterRefusal::JumpTo(frontier) = self.gate.handle_refused(seq, now, fastrand::f64())
+        {
+            self.restart_walk(frontier);
+        }
+        match self.refusal_log.handle_refused(refusal, now) {
+            Some(RefusalReport::Started(refusal)) => {
+                let message = format!(
+                    "broker refused a reading: {} (PUBACK reason code >= 0x80)",
+                    refusal.name()
+                );
+                tracing::error!(
+                    reason = refusal.name(),
+                    "The MQTT broker refused a reading; it stays in the outbox and is retried with backoff. \
+                     Check the broker's access rules for this hub's user and topics."
+                );
+                self.outbox
+                    .record_uplink_error(message, crate::clock::now_utc().timestamp_millis())
+                    .await?;
+                // The status topic shows the refusal at once rather than at the next refresh.
+                self.flush_acks().await?;
+                self.publish_status("online").await?;
+            }
+            Some(RefusalReport::Summary(counts)) => {
+                let reasons: Vec<String> = counts
+                    .iter()
+                    .map(|(name, count)| format!("{name} {count}"))
+                    .collect();
+                tracing::error!(
+                    refused = counts.total(),
+                    reasons = %reasons.join(", "),
+                    "The MQTT broker still refuses readings; they stay in the outbox."
+                );
+            }
+            Some(RefusalReport::Ended { .. }) | None => {}
+        }
+        Ok(())
     }
 
     fn start_connection(&mut self) {
         self.connected = true;
         self.inflight.handle_connection_lost();
-        self.buffer.clear();
-        self.next_batch = None;
-        self.cursor = 0;
-        self.exhausted = false;
+        self.gate.handle_connected();
+        self.restart_walk(0);
         self.last_error = None;
+        self.status_refusal_logged = false;
     }
 
-    async fn handle_connection_error(
-        &mut self,
-        error: &ConnectionError,
-    ) -> Result<(), UplinkError> {
+    async fn handle_connection_error(&mut self, message: String) -> Result<(), UplinkError> {
         let was_connected = self.connected;
-        self.connected = false;
-        self.inflight.handle_connection_lost();
-        self.buffer.clear();
-        self.next_batch = None;
-        self.flush_acks().await?;
-        let message = describe(error);
+        // A fresh client for the next attempt: no packet ids, collision or queue carried over (rumqtt
+        // #1056), and the packet-id space fits a broker whose Receive Maximum changed.
+        self.restart_client().await?;
         if self.last_error.as_deref() != Some(message.as_str()) {
             if was_connected {
                 tracing::warn!(error = %message, "Lost the MQTT connection; readings stay in the outbox.");
@@ -308,15 +449,23 @@ impl Uplink {
         self.buffer.clear();
         self.next_batch = None;
         self.flush_acks().await?;
-        let options = self.eventloop.mqtt_options.clone();
-        let (client, eventloop) = AsyncClient::new(options, self.window + 8);
-        self.client = client;
-        self.eventloop = eventloop;
+        self.link.restart();
         Ok(())
     }
 
+    /// Removes acknowledged records and saves refusal counters.
     async fn flush_acks(&mut self) -> Result<(), UplinkError> {
         self.ack_deadline = None;
+        if !self.refused_unsaved.is_empty() {
+            let refused = self.refused_unsaved.take();
+            let mut deltas = vec![(REFUSED_COUNTER.to_string(), refused.total())];
+            deltas.extend(
+                refused
+                    .iter()
+                    .map(|(name, count)| (format!("{REFUSED_COUNTER}.{name}"), count)),
+            );
+            self.outbox.add_counters(deltas).await?;
+        }
         if self.acked.is_empty() {
             return Ok(());
         }
@@ -330,27 +479,20 @@ impl Uplink {
     async fn publish_status(&mut self, state: &str) -> Result<(), UplinkError> {
         self.status_due = Instant::now() + STATUS_REFRESH;
         let stats = self.outbox.stats().await?;
-        let document = serde_json::json!({
-            "state": state,
-            "hub_id": self.hub_id,
-            "version": env!("CARGO_PKG_VERSION"),
-            "at": crate::clock::now_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "hub_clock": crate::clock::hub_clock().as_str(),
-            "outbox": {
-                "pending": stats.pending,
-                "held_for_clock": stats.held,
-                "rejected_full_total": stats.rejected_full_total,
-                "delivered_total": stats.delivered_total,
-            },
-        });
+        let document = status_document(
+            state,
+            &self.hub_id,
+            self.protocol,
+            self.refusal_log.in_burst(),
+            &stats,
+        );
         self.inflight.handle_publish_requested(Slot::Status);
-        if let Err(error) = self.client.try_publish(
-            self.topics.status(),
-            QoS::AtLeastOnce,
-            true,
-            document.to_string().into_bytes(),
-        ) {
-            tracing::debug!(%error, "Status publish not queued.");
+        if self
+            .link
+            .try_publish_status(self.topics.status(), document.to_string().into_bytes())
+            .is_err()
+        {
+            tracing::debug!("Status publish not queued.");
             self.inflight.handle_publish_not_queued();
         }
         Ok(())
@@ -360,13 +502,13 @@ impl Uplink {
     async fn shut_down(mut self) -> Result<(), UplinkError> {
         if self.connected {
             self.publish_status("offline").await?;
-            let _ = self.client.try_disconnect();
+            self.link.try_disconnect();
             let deadline = Instant::now() + SHUTDOWN_GRACE;
             loop {
                 tokio::select! {
                     _ = sleep_until(deadline) => break,
-                    event = self.eventloop.poll() => match event {
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    event = self.link.poll() => match event {
+                        Ok(LinkEvent::Disconnected) | Err(_) => break,
                         Ok(event) => { self.handle_event(event).await?; }
                     }
                 }
@@ -377,45 +519,49 @@ impl Uplink {
     }
 }
 
-fn describe(error: &ConnectionError) -> String {
-    match error {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
-        }
-        other => other.to_string(),
-    }
+/// The retained status document. `refusing` is true while the broker refuses readings.
+fn status_document(
+    state: &str,
+    hub_id: &str,
+    protocol: MqttProtocol,
+    refusing: bool,
+    stats: &OutboxStats,
+) -> serde_json::Value {
+    let refused = refused_by_reason(stats);
+    serde_json::json!({
+        "state": state,
+        "hub_id": hub_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "at": crate::clock::now_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "hub_clock": crate::clock::hub_clock().as_str(),
+        "outbox": {
+            "pending": stats.pending,
+            "held_for_clock": stats.held,
+            "rejected_full_total": stats.rejected_full_total,
+            "delivered_total": stats.delivered_total,
+            "quarantined_records": stats.quarantined_records,
+            "lost_total": stats.lost_total,
+        },
+        "uplink": {
+            "protocol": protocol.as_str(),
+            "refusing": refusing,
+            "refused_total": stats.counters.get(REFUSED_COUNTER).copied().unwrap_or(0),
+            "refused": refused,
+        },
+    })
 }
 
-fn mqtt_options(settings: &UplinkSettings, topics: &Topics) -> Result<MqttOptions, UplinkError> {
-    let mqtt = &settings.mqtt;
-    let mut options = MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
-    options.set_keep_alive(mqtt.keep_alive);
-    // The outbox owns retransmission, so the broker keeps no session for us (see the module docs).
-    options.set_clean_session(true);
-    // Packet ids cycle through 1..=inflight; keeping our window at most half of it means an id is never
-    // reused while an earlier use may still be acknowledged, which sidesteps rumqtt #1014/#1056.
-    options.set_inflight((mqtt.window * 2 + 8) as u16);
-    options.set_max_packet_size(256 * 1024, 256 * 1024);
-    let will = serde_json::json!({"state": "lost", "hub_id": settings.hub_id});
-    options.set_last_will(LastWill::new(
-        topics.status(),
-        will.to_string(),
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some(username) = &mqtt.username {
-        let password = match &mqtt.password {
-            Some(source) => source.read().map_err(UplinkError::Password)?,
-            None => String::new(),
-        };
-        options.set_credentials(username, password);
-    }
-    if mqtt.tls {
-        options.set_transport(rumqttc::Transport::tls_with_config(tls::client_config(
-            mqtt,
-        )?));
-    }
-    Ok(options)
+/// The refusal counters by reason name, from the outbox's counters.
+pub fn refused_by_reason(stats: &OutboxStats) -> serde_json::Map<String, serde_json::Value> {
+    let prefix = format!("{REFUSED_COUNTER}.");
+    stats
+        .counters
+        .iter()
+        .filter_map(|(name, count)| {
+            name.strip_prefix(&prefix)
+                .map(|reason| (reason.to_string(), serde_json::Value::from(*count)))
+        })
+        .collect()
 }
 
 /// Capped exponential backoff with ±20 % jitter, so a fleet of hubs does not reconnect in lockstep.

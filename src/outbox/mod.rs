@@ -40,11 +40,17 @@
 //! counted in `stat` and logged: the oldest readings are the ones a clinician has not seen yet, so they
 //! are kept, and the refusal is visible rather than silent.
 
+#[cfg(test)]
+mod damage_tests;
+pub mod integrity;
+#[cfg(test)]
+mod model_tests;
+pub mod salvage;
 pub mod space;
 mod sqlite;
 pub mod worker;
 
-pub use sqlite::{OpenReport, Outbox, OutboxOptions};
+pub use sqlite::{Loss, OpenReport, Outbox, OutboxOptions, Quarantined};
 pub use worker::{spawn_worker, OutboxHandle};
 
 use std::collections::BTreeMap;
@@ -108,6 +114,12 @@ pub struct OutboxStats {
     pub duplicates_total: u64,
     pub last_uplink_error: Option<(i64, String)>,
     pub quarantined: Option<String>,
+    /// Records that failed their checksum, kept in the quarantine table and never published.
+    pub quarantined_records: u64,
+    /// Committed records found missing when the outbox was opened (a damaged or cut write-ahead log).
+    pub lost_total: u64,
+    /// What the last such loss was and where a copy of the damaged files is.
+    pub last_loss: Option<String>,
     /// Since when (ms since the epoch) appends wait for disk space; known only to the running worker, so
     /// always `None` when read from the file.
     pub waiting_for_space_since_ms: Option<i64>,

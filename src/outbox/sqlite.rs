@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::integrity::{self, record_checksum, CommitMark, MarkReading};
 use super::{Appended, NewRecord, OutboxError, OutboxStats, Release, StoredRecord};
 
 /// The dedup time of a key released without a trusted time: dated by the next prune.
 const UNDATED: i64 = 0;
 
-/// 2 added `held`.
-const SCHEMA_VERSION: i64 = 2;
+/// 2 added `held`; 3 added the record checksum and `quarantine`.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS record (
@@ -20,7 +21,8 @@ CREATE TABLE IF NOT EXISTS record (
     label TEXT NOT NULL,
     format INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    checksum INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS held (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -28,7 +30,20 @@ CREATE TABLE IF NOT EXISTS held (
     label TEXT NOT NULL,
     format INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    checksum INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    key TEXT,
+    label TEXT,
+    format INTEGER,
+    payload BLOB,
+    created_at INTEGER,
+    checksum INTEGER,
+    quarantined_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS seen (
     key TEXT PRIMARY KEY,
@@ -54,6 +69,27 @@ pub struct OpenReport {
     pub quarantined_to: Option<PathBuf>,
     /// Why it was unreadable.
     pub quarantine_reason: Option<String>,
+    /// Committed records the database no longer holds (its write-ahead log was damaged or cut).
+    pub lost: Option<Loss>,
+    /// The commit mark could not be read or written; loss detection starts again from here.
+    pub mark_problem: Option<String>,
+}
+
+/// Records found missing at open: the commit mark counted more stored records than the database holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    pub records: u64,
+    /// A copy of the database and its log as found, for `vitalsd outbox salvage`.
+    pub kept_copy: Option<PathBuf>,
+}
+
+/// A record that failed its checksum and was moved to the quarantine table instead of being returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub seq: i64,
+    /// `record` (queued) or `held`.
+    pub source: &'static str,
+    pub key: String,
 }
 
 /// The single writing connection to the outbox database.
@@ -61,6 +97,14 @@ pub struct Outbox {
     connection: Connection,
     options: OutboxOptions,
     pending: u64,
+    /// Records ever stored in this database, as its `stat` table counts them; mirrored in `mark`.
+    stored_total: u64,
+    mark: Option<CommitMark>,
+    /// Records quarantined by fetches since the last [`Outbox::take_quarantined`].
+    quarantined: Vec<Quarantined>,
+    /// The commit mark could not be written; reported once through [`Outbox::take_mark_error`].
+    mark_error: Option<std::io::Error>,
+    mark_failing: bool,
 }
 
 impl Outbox {
@@ -71,27 +115,31 @@ impl Outbox {
         options: OutboxOptions,
         now_ms: i64,
     ) -> Result<(Outbox, OpenReport), OutboxError> {
-        match Outbox::open_existing_or_new(path, options) {
-            Ok(outbox) => Ok((outbox, OpenReport::default())),
+        let mut report = OpenReport::default();
+        let outbox = match Outbox::open_existing_or_new(path, options, now_ms, &mut report) {
+            Ok(outbox) => outbox,
             Err(OutboxError::Storage(error)) if is_corruption(&error) => {
                 let moved_to = quarantine(path, now_ms)?;
-                let mut outbox = Outbox::open_existing_or_new(path, options)?;
+                report = OpenReport::default();
+                let mut outbox = Outbox::open_existing_or_new(path, options, now_ms, &mut report)?;
                 let reason = error.to_string();
                 outbox
                     .set_text_stat("quarantined", &format!("{} ({reason})", moved_to.display()))?;
-                Ok((
-                    outbox,
-                    OpenReport {
-                        quarantined_to: Some(moved_to),
-                        quarantine_reason: Some(reason),
-                    },
-                ))
+                report.quarantined_to = Some(moved_to);
+                report.quarantine_reason = Some(reason);
+                outbox
             }
-            Err(error) => Err(error),
-        }
+            Err(error) => return Err(error),
+        };
+        Ok((outbox, report))
     }
 
-    fn open_existing_or_new(path: &Path, options: OutboxOptions) -> Result<Outbox, OutboxError> {
+    fn open_existing_or_new(
+        path: &Path,
+        options: OutboxOptions,
+        now_ms: i64,
+        report: &mut OpenReport,
+    ) -> Result<Outbox, OutboxError> {
         let connection = Connection::open(path)?;
         configure(&connection)?;
         let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -109,25 +157,80 @@ impl Outbox {
                 Some(check),
             )));
         }
-        connection.execute_batch(SCHEMA)?;
-        connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Compare with the commit mark before anything writes: a write would overwrite a damaged log.
+        let mark_path = integrity::mark_path(path);
+        let stored_total = read_stored_total(&connection)?;
+        let lost = match CommitMark::read(&mark_path) {
+            Ok(MarkReading::Stored(marked)) if marked > stored_total => Some(marked - stored_total),
+            Ok(MarkReading::Stored(_)) | Ok(MarkReading::Missing) => None,
+            Ok(MarkReading::Unreadable) => {
+                report.mark_problem = Some(format!("{} is damaged", mark_path.display()));
+                None
+            }
+            Err(error) => {
+                report.mark_problem = Some(format!("cannot read {}: {error}", mark_path.display()));
+                None
+            }
+        };
+        if let Some(records) = lost {
+            let kept_copy = keep_damaged_copy(path, now_ms);
+            report.lost = Some(Loss {
+                records,
+                kept_copy: kept_copy.clone(),
+            });
+        }
+        // Schema, migration and the loss note commit together: a kill midway leaves the file as it was.
+        let mut connection = connection;
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(SCHEMA)?;
+        add_checksums_to_older_schema(&transaction)?;
+        transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if let Some(loss) = &report.lost {
+            let kept = loss
+                .kept_copy
+                .as_ref()
+                .map_or("no copy could be kept".to_string(), |copy| {
+                    format!("copy kept at {}", copy.display())
+                });
+            transaction.execute(
+                "INSERT INTO stat (name, value, text) VALUES ('lost_total', ?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value, text = excluded.text",
+                params![loss.records as i64, format!("{} at {now_ms} ms; {kept}", loss.records)],
+            )?;
+        }
+        transaction.commit()?;
         let pending: i64 = connection.query_row(
             "SELECT (SELECT count(*) FROM record) + (SELECT count(*) FROM held)",
             [],
             |row| row.get(0),
         )?;
+        let mark = match CommitMark::open(&mark_path, stored_total) {
+            Ok(mark) => Some(mark),
+            Err(error) => {
+                report.mark_problem =
+                    Some(format!("cannot write {}: {error}", mark_path.display()));
+                None
+            }
+        };
         Ok(Outbox {
             connection,
             options,
             pending: pending as u64,
+            stored_total,
+            mark,
+            quarantined: Vec::new(),
+            mark_error: None,
+            mark_failing: false,
         })
     }
 
-    /// Opens an existing outbox for reading statistics while the daemon may be writing it.
+    /// Opens an existing outbox for reading statistics while the daemon may be writing it. Read-only, so
+    /// that with the daemon stopped its close cannot checkpoint and remove a write-ahead log that the next
+    /// start must compare with the commit mark (and keep for salvage if commits are missing from it).
     pub fn open_for_status(path: &Path) -> Result<Outbox, OutboxError> {
         let connection = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Outbox {
@@ -136,6 +239,11 @@ impl Outbox {
                 max_pending: u64::MAX,
             },
             pending: 0,
+            stored_total: 0,
+            mark: None,
+            quarantined: Vec::new(),
+            mark_error: None,
+            mark_failing: false,
         })
     }
 
@@ -145,6 +253,16 @@ impl Outbox {
 
     /// Appends records in one transaction: all of them are durable when this returns `Ok`, none if it errs.
     pub fn append(&mut self, records: &[NewRecord]) -> Result<Vec<Appended>, OutboxError> {
+        self.append_counted(records, &[])
+    }
+
+    /// Appends records and adds to producer-defined counters in the same transaction, so a counter of
+    /// readings can never disagree with the readings stored, whatever kills the process.
+    pub fn append_counted(
+        &mut self,
+        records: &[NewRecord],
+        counters: &[(String, u64)],
+    ) -> Result<Vec<Appended>, OutboxError> {
         let transaction = self
             .connection
             .transaction()
@@ -163,18 +281,30 @@ impl Outbox {
                 .map_err(OutboxError::classify)?;
             let mut insert = transaction
                 .prepare_cached(
-                    "INSERT INTO record (key, label, format, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO record (key, label, format, payload, created_at, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(OutboxError::classify)?;
             let mut hold = transaction
                 .prepare_cached(
-                    "INSERT INTO held (key, label, format, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO held (key, label, format, payload, created_at, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
+                .map_err(OutboxError::classify)?;
+            let mut known = transaction
+                .prepare_cached("SELECT count(*) FROM seen WHERE key = ?1")
                 .map_err(OutboxError::classify)?;
             for record in records {
                 if self.pending + stored >= self.options.max_pending {
-                    rejected += 1;
-                    outcomes.push(Appended::RejectedFull);
+                    // A reading already stored or delivered is not lost by a full outbox: say so.
+                    let seen: i64 = known
+                        .query_row(params![record.key], |row| row.get(0))
+                        .map_err(OutboxError::classify)?;
+                    if seen > 0 {
+                        duplicates += 1;
+                        outcomes.push(Appended::Duplicate);
+                    } else {
+                        rejected += 1;
+                        outcomes.push(Appended::RejectedFull);
+                    }
                     continue;
                 }
                 let claimed = claim
@@ -188,7 +318,13 @@ impl Outbox {
                             record.label,
                             record.format,
                             record.payload,
-                            record.created_at_ms
+                            record.created_at_ms,
+                            record_checksum(
+                                &record.key,
+                                &record.label,
+                                record.format,
+                                &record.payload
+                            )
                         ])
                         .map_err(OutboxError::classify)?;
                     stored += 1;
@@ -201,42 +337,161 @@ impl Outbox {
         }
         bump(&transaction, "duplicates_total", duplicates).map_err(OutboxError::classify)?;
         bump(&transaction, "rejected_full_total", rejected).map_err(OutboxError::classify)?;
+        bump(&transaction, "stored_total", stored).map_err(OutboxError::classify)?;
+        for (name, delta) in counters {
+            bump(&transaction, &format!("counter.{name}"), *delta)
+                .map_err(OutboxError::classify)?;
+        }
         transaction.commit().map_err(OutboxError::classify)?;
         self.pending += stored;
+        self.note_stored(stored);
         Ok(outcomes)
     }
 
-    /// Up to `limit` records with `seq > after`, oldest first.
-    pub fn fetch_after(&self, after: i64, limit: usize) -> Result<Vec<StoredRecord>, OutboxError> {
-        self.fetch(
-            "SELECT seq, key, label, format, payload, created_at FROM record WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            after,
-            limit,
-        )
+    /// Moves the commit mark past records just committed. A failed write only lets the mark lag behind,
+    /// which can hide a later loss but never reports one that did not happen; it is tried again at the
+    /// next commit, and the first failure of a run is reported.
+    fn note_stored(&mut self, stored: u64) {
+        if stored == 0 {
+            return;
+        }
+        self.stored_total += stored;
+        if let Some(mark) = self.mark.as_mut() {
+            match mark.write(self.stored_total) {
+                Ok(()) => self.mark_failing = false,
+                Err(error) => {
+                    if !self.mark_failing {
+                        self.mark_error = Some(error);
+                    }
+                    self.mark_failing = true;
+                }
+            }
+        }
     }
 
-    /// Up to `limit` held records with `seq > after`, oldest first.
-    pub fn fetch_held(&self, after: i64, limit: usize) -> Result<Vec<StoredRecord>, OutboxError> {
-        self.fetch(
-            "SELECT seq, key, label, format, payload, created_at FROM held WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            after,
-            limit,
-        )
+    /// The first failure to write the commit mark since it last worked, if not yet taken.
+    pub fn take_mark_error(&mut self) -> Option<std::io::Error> {
+        self.mark_error.take()
     }
 
-    fn fetch(&self, sql: &str, after: i64, limit: usize) -> Result<Vec<StoredRecord>, OutboxError> {
-        let mut query = self.connection.prepare_cached(sql)?;
-        let rows = query.query_map(params![after, limit as i64], |row| {
-            Ok(StoredRecord {
-                seq: row.get(0)?,
-                key: row.get(1)?,
-                label: row.get(2)?,
-                format: row.get(3)?,
-                payload: row.get(4)?,
-                created_at_ms: row.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    /// Makes the commit mark durable if a write is waiting for it; the worker calls it when idle.
+    pub fn sync_mark(&mut self) {
+        if let Some(mark) = self.mark.as_mut() {
+            if let Err(error) = mark.sync_if_dirty() {
+                if !self.mark_failing {
+                    self.mark_error = Some(error);
+                }
+                self.mark_failing = true;
+            }
+        }
+    }
+
+    /// Up to `limit` records with `seq > after`, oldest first. Each is checked against its checksum first;
+    /// one that fails is moved to the quarantine table instead (see [`Outbox::take_quarantined`]).
+    pub fn fetch_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, OutboxError> {
+        self.fetch_checked("record", after, limit)
+    }
+
+    /// Up to `limit` held records with `seq > after`, oldest first, checked like [`Outbox::fetch_after`].
+    pub fn fetch_held(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, OutboxError> {
+        self.fetch_checked("held", after, limit)
+    }
+
+    /// Records the fetches found damaged and quarantined since the last call.
+    pub fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantined)
+    }
+
+    fn fetch_checked(
+        &mut self,
+        table: &'static str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, OutboxError> {
+        let mut fetched = Vec::new();
+        let mut damaged = Vec::new();
+        {
+            let mut query = self.connection.prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = query.query_map(params![after, limit as i64], |row| {
+                Ok((row.get::<_, i64>(0)?, checked_row(row)))
+            })?;
+            for row in rows {
+                match row? {
+                    (_, Some(record)) => fetched.push(record),
+                    (seq, None) => damaged.push(seq),
+                }
+            }
+        }
+        if !damaged.is_empty() {
+            self.move_to_quarantine(table, &damaged)?;
+        }
+        Ok(fetched)
+    }
+
+    /// Moves damaged rows to `quarantine` as they are (never deleted), and forgets their keys so that a
+    /// device that sends the reading again gets it queued again.
+    fn move_to_quarantine(&mut self, table: &'static str, seqs: &[i64]) -> Result<(), OutboxError> {
+        let now_ms = crate::clock::now_utc().timestamp_millis();
+        let transaction = self
+            .connection
+            .transaction()
+            .map_err(OutboxError::classify)?;
+        let mut moved = Vec::new();
+        for &seq in seqs {
+            // The key is handled as SQLite holds it: damage may have left it as anything but valid text.
+            let key: Option<Option<Vec<u8>>> = transaction
+                .query_row(
+                    &format!("SELECT CAST(key AS BLOB) FROM {table} WHERE seq = ?1"),
+                    params![seq],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(OutboxError::classify)?;
+            let Some(key) = key else {
+                continue;
+            };
+            transaction
+                .execute(
+                    &format!(
+                        "INSERT INTO quarantine (source, seq, key, label, format, payload, created_at, checksum, quarantined_at)
+                         SELECT ?1, seq, key, label, format, payload, created_at, checksum, ?3 FROM {table} WHERE seq = ?2"
+                    ),
+                    params![table, seq, now_ms],
+                )
+                .map_err(OutboxError::classify)?;
+            transaction
+                .execute(
+                    &format!(
+                        "DELETE FROM seen WHERE key = (SELECT key FROM {table} WHERE seq = ?1)"
+                    ),
+                    params![seq],
+                )
+                .map_err(OutboxError::classify)?;
+            transaction
+                .execute(&format!("DELETE FROM {table} WHERE seq = ?1"), params![seq])
+                .map_err(OutboxError::classify)?;
+            moved.push(Quarantined {
+                seq,
+                source: table,
+                key: key.map_or_else(String::new, |bytes| {
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }),
+            });
+        }
+        transaction.commit().map_err(OutboxError::classify)?;
+        self.pending = self.pending.saturating_sub(moved.len() as u64);
+        self.quarantined.extend(moved);
+        Ok(())
     }
 
     /// Moves held records into the queue with their final payloads, in one transaction; each joins the
@@ -249,50 +504,59 @@ impl Outbox {
             .transaction()
             .map_err(OutboxError::classify)?;
         let mut moved = 0u64;
+        let mut damaged = Vec::new();
         {
+            // A held row is checked again: its key, label and format are published with the new payload.
+            let mut read = transaction
+                .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM held WHERE seq = ?1"))
+                .map_err(OutboxError::classify)?;
             let mut take = transaction
-                .prepare_cached(
-                    "DELETE FROM held WHERE seq = ?1 RETURNING key, label, format, created_at",
-                )
+                .prepare_cached("DELETE FROM held WHERE seq = ?1")
                 .map_err(OutboxError::classify)?;
             let mut insert = transaction
                 .prepare_cached(
-                    "INSERT INTO record (key, label, format, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO record (key, label, format, payload, created_at, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(OutboxError::classify)?;
             let mut date = transaction
                 .prepare_cached("UPDATE seen SET seen_at = ?2 WHERE key = ?1")
                 .map_err(OutboxError::classify)?;
             for release in released {
-                let row = take
-                    .query_row(params![release.seq], |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, u32>(2)?,
-                            row.get::<_, i64>(3)?,
-                        ))
-                    })
+                let row = read
+                    .query_row(params![release.seq], |row| Ok(checked_row(row)))
                     .optional()
                     .map_err(OutboxError::classify)?;
-                let Some((key, label, format, created_at)) = row else {
-                    continue;
+                let held = match row {
+                    None => continue,
+                    Some(None) => {
+                        damaged.push(release.seq);
+                        continue;
+                    }
+                    Some(Some(held)) => held,
                 };
+                take.execute(params![release.seq])
+                    .map_err(OutboxError::classify)?;
+                let checksum =
+                    record_checksum(&held.key, &held.label, held.format, &release.payload);
                 insert
                     .execute(params![
-                        key,
-                        label,
-                        format,
+                        held.key,
+                        held.label,
+                        held.format,
                         release.payload,
-                        release.created_at_ms.unwrap_or(created_at)
+                        release.created_at_ms.unwrap_or(held.created_at_ms),
+                        checksum
                     ])
                     .map_err(OutboxError::classify)?;
-                date.execute(params![key, release.created_at_ms.unwrap_or(UNDATED)])
+                date.execute(params![held.key, release.created_at_ms.unwrap_or(UNDATED)])
                     .map_err(OutboxError::classify)?;
                 moved += 1;
             }
         }
         transaction.commit().map_err(OutboxError::classify)?;
+        if !damaged.is_empty() {
+            self.move_to_quarantine("held", &damaged)?;
+        }
         Ok(moved)
     }
 
@@ -445,10 +709,16 @@ impl Outbox {
             })
             .unwrap_or((0, None));
         oldest = oldest.into_iter().chain(oldest_held).min();
+        // An older daemon's file has no `quarantine` either.
+        let quarantined_records: i64 = self
+            .connection
+            .query_row("SELECT count(*) FROM quarantine", [], |row| row.get(0))
+            .unwrap_or(0);
         let mut stats = OutboxStats {
             pending: (pending + held) as u64,
             held: held as u64,
             oldest_pending_created_at_ms: oldest,
+            quarantined_records: quarantined_records as u64,
             ..OutboxStats::default()
         };
         let mut counters = BTreeMap::new();
@@ -471,6 +741,10 @@ impl Outbox {
                 "duplicates_total" => stats.duplicates_total = value as u64,
                 "last_uplink_error" => stats.last_uplink_error = text.map(|text| (value, text)),
                 "quarantined" => stats.quarantined = text,
+                "lost_total" => {
+                    stats.lost_total = value as u64;
+                    stats.last_loss = text;
+                }
                 other => {
                     if let Some(counter) = other.strip_prefix("counter.") {
                         counters.insert(counter.to_string(), value as u64);
@@ -492,6 +766,14 @@ impl Outbox {
     }
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if let Some(mark) = self.mark.as_mut() {
+            let _ = mark.sync_if_dirty();
+        }
+    }
+}
+
 fn configure(connection: &Connection) -> Result<(), OutboxError> {
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     let mode: String = connection.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
@@ -507,6 +789,116 @@ fn configure(connection: &Connection) -> Result<(), OutboxError> {
     // A small page cache keeps the daemon's memory flat; the queue is read sequentially anyway.
     connection.pragma_update(None, "cache_size", -512)?;
     Ok(())
+}
+
+/// The columns [`checked_row`] reads, in its order.
+const ROW_COLUMNS: &str = "seq, key, label, format, payload, created_at, checksum";
+
+/// The record in a row read with [`ROW_COLUMNS`], or `None` if the row is damaged: a column no longer holds
+/// the type it was written with (text that is not UTF-8, a number that is not one), or the checksum fails.
+fn checked_row(row: &rusqlite::Row<'_>) -> Option<StoredRecord> {
+    let record = StoredRecord {
+        seq: row.get(0).ok()?,
+        key: row.get(1).ok()?,
+        label: row.get(2).ok()?,
+        format: row.get(3).ok()?,
+        payload: row.get(4).ok()?,
+        created_at_ms: row.get(5).ok()?,
+    };
+    let checksum: i64 = row.get(6).ok()?;
+    (checksum == checksum_of(&record)).then_some(record)
+}
+
+fn checksum_of(record: &StoredRecord) -> i64 {
+    record_checksum(&record.key, &record.label, record.format, &record.payload)
+}
+
+/// The number of records ever stored, as the database counts it (0 for a new file or an older schema).
+fn read_stored_total(connection: &Connection) -> Result<u64, OutboxError> {
+    let has_stat: bool = connection.query_row(
+        "SELECT count(*) = 1 FROM sqlite_master WHERE type = 'table' AND name = 'stat'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_stat {
+        return Ok(0);
+    }
+    let value: Option<i64> = connection
+        .query_row(
+            "SELECT value FROM stat WHERE name = 'stored_total'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(value.unwrap_or(0).max(0) as u64)
+}
+
+/// Schema 2 had no checksums: the records it stored get theirs now, computed from what they hold (so a
+/// record damaged before the upgrade passes as it is). A row that no longer reads as a record keeps
+/// checksum 0 and is quarantined when fetched. Runs inside the open's transaction, a batch at a time.
+fn add_checksums_to_older_schema(connection: &Connection) -> Result<(), OutboxError> {
+    const BATCH: i64 = 1000;
+    for table in ["record", "held"] {
+        let has_checksum: bool = connection.query_row(
+            &format!(
+                "SELECT count(*) = 1 FROM pragma_table_info('{table}') WHERE name = 'checksum'"
+            ),
+            [],
+            |row| row.get(0),
+        )?;
+        if has_checksum {
+            continue;
+        }
+        connection.execute_batch(&format!(
+            "ALTER TABLE {table} ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0"
+        ))?;
+        let mut read = connection.prepare(&format!(
+            "SELECT seq, key, label, format, payload FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let mut update =
+            connection.prepare(&format!("UPDATE {table} SET checksum = ?2 WHERE seq = ?1"))?;
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<(i64, Option<i64>)> = read
+                .query_map(params![after, BATCH], |row| {
+                    let checksum = (|| -> rusqlite::Result<i64> {
+                        let key: String = row.get(1)?;
+                        let label: String = row.get(2)?;
+                        let payload: Vec<u8> = row.get(4)?;
+                        Ok(record_checksum(&key, &label, row.get(3)?, &payload))
+                    })();
+                    Ok((row.get(0)?, checksum.ok()))
+                })?
+                .collect::<Result<_, _>>()?;
+            let Some(&(last, _)) = rows.last() else {
+                break;
+            };
+            for (seq, checksum) in rows {
+                if let Some(checksum) = checksum {
+                    update.execute(params![seq, checksum])?;
+                }
+            }
+            after = last;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the database and its log, as found, beside them (`<path>.damaged-<unix ms>`), before the open
+/// writes to them; `None` if no copy could be made (the open goes on: the devices' readings matter more).
+fn keep_damaged_copy(path: &Path, now_ms: i64) -> Option<PathBuf> {
+    let target = PathBuf::from(format!("{}.damaged-{now_ms}", path.display()));
+    let copy = || -> std::io::Result<()> {
+        integrity::copy_if_present(path, &target)?;
+        for suffix in ["-wal", "-shm"] {
+            integrity::copy_if_present(
+                &PathBuf::from(format!("{}{suffix}", path.display())),
+                &PathBuf::from(format!("{}{suffix}", target.display())),
+            )?;
+        }
+        Ok(())
+    };
+    copy().ok().map(|()| target)
 }
 
 fn bump(
@@ -553,7 +945,7 @@ fn quarantine(path: &Path, now_ms: i64) -> Result<PathBuf, OutboxError> {
         path: path.display().to_string(),
         source,
     })?;
-    for suffix in ["-wal", "-shm"] {
+    for suffix in ["-wal", "-shm", ".committed"] {
         let side = PathBuf::from(format!("{}{suffix}", path.display()));
         if side.exists() {
             let side_target = PathBuf::from(format!("{}{suffix}", target.display()));
@@ -591,7 +983,7 @@ mod tests {
         .0
     }
 
-    fn keys(outbox: &Outbox) -> Vec<String> {
+    fn keys(outbox: &mut Outbox) -> Vec<String> {
         outbox
             .fetch_after(0, 1000)
             .unwrap()
@@ -607,8 +999,8 @@ mod tests {
         outbox.append(&[record("a"), record("b")]).unwrap();
         outbox.append(&[record("c")]).unwrap();
         drop(outbox);
-        let outbox = open(&dir, 100);
-        assert_eq!(keys(&outbox), ["a", "b", "c"]);
+        let mut outbox = open(&dir, 100);
+        assert_eq!(keys(&mut outbox), ["a", "b", "c"]);
         assert_eq!(outbox.pending(), 3);
     }
 
@@ -629,7 +1021,7 @@ mod tests {
             outbox.append(&[record("a")]).unwrap(),
             [Appended::Duplicate]
         );
-        assert_eq!(keys(&outbox), ["b"]);
+        assert_eq!(keys(&mut outbox), ["b"]);
         let stats = outbox.stats().unwrap();
         assert_eq!(
             (stats.pending, stats.delivered_total, stats.duplicates_total),
@@ -664,7 +1056,7 @@ mod tests {
         outbox
             .append(&[record("a"), held("b", 7), record("c")])
             .unwrap();
-        assert_eq!(keys(&outbox), ["a", "c"]);
+        assert_eq!(keys(&mut outbox), ["a", "c"]);
         assert_eq!(
             outbox.append(&[held("b", 8)]).unwrap(),
             [Appended::Duplicate]
@@ -689,7 +1081,7 @@ mod tests {
             .unwrap();
         assert_eq!(moved, 1);
         // It joins the queue's end, with its final payload and time, and is held no more.
-        assert_eq!(keys(&outbox), ["a", "c", "b"]);
+        assert_eq!(keys(&mut outbox), ["a", "c", "b"]);
         let released = outbox.fetch_after(0, 10).unwrap().pop().unwrap();
         assert_eq!(
             (released.payload, released.created_at_ms),
@@ -767,7 +1159,7 @@ mod tests {
             outcomes,
             [Appended::Stored, Appended::Stored, Appended::RejectedFull]
         );
-        assert_eq!(keys(&outbox), ["a", "b"]);
+        assert_eq!(keys(&mut outbox), ["a", "b"]);
         assert_eq!(outbox.stats().unwrap().rejected_full_total, 1);
     }
 
@@ -783,7 +1175,7 @@ mod tests {
             .map(|r| r.seq)
             .collect();
         assert_eq!(outbox.acknowledge(&[seqs[0], seqs[0], 999], 1).unwrap(), 1);
-        assert_eq!(keys(&outbox), ["b"]);
+        assert_eq!(keys(&mut outbox), ["b"]);
         assert_eq!(outbox.pending(), 1);
     }
 
@@ -801,7 +1193,7 @@ mod tests {
             .collect();
         let acked = [seqs[7], seqs[1], seqs[2], seqs[3], seqs[9], seqs[2]];
         assert_eq!(outbox.acknowledge(&acked, 1).unwrap(), 5);
-        assert_eq!(keys(&outbox), ["k0", "k4", "k5", "k6", "k8"]);
+        assert_eq!(keys(&mut outbox), ["k0", "k4", "k5", "k6", "k8"]);
         assert_eq!(
             outbox.append(&[record("k3"), record("k4")]).unwrap(),
             [Appended::Duplicate, Appended::Duplicate]

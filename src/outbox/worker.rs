@@ -35,6 +35,8 @@ const STILL_FULL_LOG: Duration = Duration::from_secs(60);
 /// Records to append, and who waits for them to be durable.
 struct AppendRequest {
     records: Vec<NewRecord>,
+    /// Counters committed in the same transaction as the records.
+    counters: Vec<(String, u64)>,
     done: Option<oneshot::Sender<Vec<Appended>>>,
 }
 
@@ -76,6 +78,7 @@ pub struct OutboxHandle {
     commands: mpsc::Sender<Command>,
     appends: mpsc::Sender<AppendRequest>,
     appended: Arc<Notify>,
+    quarantined: Arc<Notify>,
 }
 
 /// The worker stopped; its thread reports why through the join handle.
@@ -87,20 +90,35 @@ impl OutboxHandle {
     /// Queues records for the next group commit; waits only for room in the queue, not for the commit.
     /// While the disk is full the queue stays full, so this waits until space returns.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<(), WorkerGone> {
+        self.append_counted(records, Vec::new()).await
+    }
+
+    /// Like [`OutboxHandle::append`], with counters committed in the same transaction as the records.
+    pub async fn append_counted(
+        &self,
+        records: Vec<NewRecord>,
+        counters: Vec<(String, u64)>,
+    ) -> Result<(), WorkerGone> {
         self.appends
             .send(AppendRequest {
                 records,
+                counters,
                 done: None,
             })
             .await
             .map_err(|_| WorkerGone)
     }
 
-    /// Queues records if the queue has room now; `Ok(false)` when it is full (a full disk, or a worker far
-    /// behind), for producers that must not wait.
-    pub fn try_append(&self, records: Vec<NewRecord>) -> Result<bool, WorkerGone> {
+    /// Queues records and their counters if the queue has room now; `Ok(false)` when it is full (a full
+    /// disk, or a worker far behind), for producers that must not wait.
+    pub fn try_append_counted(
+        &self,
+        records: Vec<NewRecord>,
+        counters: Vec<(String, u64)>,
+    ) -> Result<bool, WorkerGone> {
         match self.appends.try_send(AppendRequest {
             records,
+            counters,
             done: None,
         }) {
             Ok(()) => Ok(true),
@@ -116,10 +134,20 @@ impl OutboxHandle {
         &self,
         records: Vec<NewRecord>,
     ) -> Result<Vec<Appended>, WorkerGone> {
+        self.append_durable_counted(records, Vec::new()).await
+    }
+
+    /// Like [`OutboxHandle::append_durable`], with counters committed in the same transaction.
+    pub async fn append_durable_counted(
+        &self,
+        records: Vec<NewRecord>,
+        counters: Vec<(String, u64)>,
+    ) -> Result<Vec<Appended>, WorkerGone> {
         let (done, wait) = oneshot::channel();
         self.appends
             .send(AppendRequest {
                 records,
+                counters,
                 done: Some(done),
             })
             .await
@@ -231,6 +259,11 @@ impl OutboxHandle {
     pub fn appended(&self) -> Arc<Notify> {
         self.appended.clone()
     }
+
+    /// Signalled when a fetch found damaged records and quarantined them.
+    pub fn quarantined(&self) -> Arc<Notify> {
+        self.quarantined.clone()
+    }
 }
 
 /// Starts the worker thread. It runs until every handle is dropped, or stops with an error on a storage
@@ -248,15 +281,18 @@ pub fn spawn_worker(
     let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
     let (appends, append_queue) = mpsc::channel(APPEND_QUEUE);
     let appended = Arc::new(Notify::new());
+    let quarantined = Arc::new(Notify::new());
     let handle = OutboxHandle {
         commands,
         appends,
         appended: appended.clone(),
+        quarantined: quarantined.clone(),
     };
     let worker = Worker {
         outbox,
         space,
         appended,
+        quarantined,
         retention_ms: i64::from(dedup_retention_days) * DAY_MS,
         trusted_now_ms,
         last_housekeeping: Instant::now(),
@@ -286,6 +322,8 @@ type Waiter = (Range<usize>, Option<oneshot::Sender<Vec<Appended>>>);
 /// Appended records and, per request, the range of them its waiter gets outcomes for.
 struct Batch {
     records: Vec<NewRecord>,
+    /// One delta per counter name, committed with the first records of the batch that are stored.
+    counters: Vec<(String, u64)>,
     waiters: Vec<Waiter>,
 }
 
@@ -309,6 +347,7 @@ struct Worker {
     outbox: Outbox,
     space: Space,
     appended: Arc<Notify>,
+    quarantined: Arc<Notify>,
     retention_ms: i64,
     trusted_now_ms: fn() -> Option<i64>,
     last_housekeeping: Instant,
@@ -377,6 +416,12 @@ impl Worker {
                     None => appends_open = false,
                 },
             }
+            if commands.is_empty() && appends.is_empty() {
+                self.outbox.sync_mark();
+            }
+            if let Some(error) = self.outbox.take_mark_error() {
+                tracing::error!(%error, "Cannot write the outbox's commit mark; a loss of stored readings may go unreported until it works again.");
+            }
             if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                 self.last_housekeeping = Instant::now();
                 self.housekeeping();
@@ -396,7 +441,9 @@ impl Worker {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.outbox.fetch_after(after, limit)?);
+                let records = self.outbox.fetch_after(after, limit)?;
+                self.report_quarantined();
+                let _ = reply.send(records);
             }
             Command::UplinkError { message, now_ms } => {
                 if let Err(error) = self.outbox.record_uplink_error(&message, now_ms) {
@@ -419,7 +466,9 @@ impl Worker {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.outbox.fetch_held(after, limit)?);
+                let records = self.outbox.fetch_held(after, limit)?;
+                self.report_quarantined();
+                let _ = reply.send(records);
             }
             Command::Release { released, done } => {
                 let moved = match self.outbox.release(&released) {
@@ -527,7 +576,13 @@ impl Worker {
                     return Ok(false);
                 }
             }
-            match self.store(&rest[..piece]) {
+            // The counters go with the first piece stored; a batch given up at shutdown takes them along.
+            let counters = if pending.outcomes.is_empty() {
+                pending.batch.counters.clone()
+            } else {
+                Vec::new()
+            };
+            match self.store(&rest[..piece], &counters) {
                 Ok(outcomes) => {
                     pending.outcomes.extend(outcomes);
                     pending.piece = piece.saturating_mul(2);
@@ -557,11 +612,15 @@ impl Worker {
     }
 
     /// Appends; on a full disk makes what room it can without touching readings and tries once more.
-    fn store(&mut self, records: &[NewRecord]) -> Result<Vec<Appended>, OutboxError> {
-        let result = match self.outbox.append(records) {
+    fn store(
+        &mut self,
+        records: &[NewRecord],
+        counters: &[(String, u64)],
+    ) -> Result<Vec<Appended>, OutboxError> {
+        let result = match self.outbox.append_counted(records, counters) {
             Err(OutboxError::DiskFull(_)) => {
                 self.make_room();
-                self.outbox.append(records)
+                self.outbox.append_counted(records, counters)
             }
             other => return other,
         };
@@ -642,6 +701,23 @@ impl Worker {
         Ok(())
     }
 
+    /// Damaged records are never published; each is named (by its place and id, never its contents).
+    fn report_quarantined(&mut self) {
+        let damaged = self.outbox.take_quarantined();
+        if !damaged.is_empty() {
+            self.quarantined.notify_one();
+        }
+        for record in damaged {
+            tracing::error!(
+                seq = record.seq,
+                table = record.source,
+                id = %record.key,
+                "A stored reading failed its checksum (storage damage). It was moved to the quarantine table, \
+                 kept, and will not be published; the device's copy is accepted again if it sends it."
+            );
+        }
+    }
+
     fn finish(&mut self, batch: Batch, outcomes: &[Appended]) {
         report_append(outcomes, self.outbox.pending());
         if outcomes.contains(&Appended::Stored) {
@@ -680,9 +756,11 @@ impl Worker {
 
 /// Group commit: the request and every append already queued behind it, up to [`MAX_GROUP`] records.
 fn gather(first: AppendRequest, appends: &mut mpsc::Receiver<AppendRequest>) -> Batch {
+    let mut counters = first.counters;
     let mut batch = Batch {
         waiters: vec![(0..first.records.len(), first.done)],
         records: first.records,
+        counters: Vec::new(),
     };
     while batch.records.len() < MAX_GROUP {
         let Ok(request) = appends.try_recv() else {
@@ -690,11 +768,22 @@ fn gather(first: AppendRequest, appends: &mut mpsc::Receiver<AppendRequest>) -> 
         };
         let start = batch.records.len();
         batch.records.extend(request.records);
+        counters.extend(request.counters);
         batch
             .waiters
             .push((start..batch.records.len(), request.done));
     }
+    batch.counters = sum_counters(counters);
     batch
+}
+
+/// One delta per counter name: a group commit gathers many appends, each with its own deltas.
+fn sum_counters(deltas: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    let mut sums = std::collections::BTreeMap::new();
+    for (name, delta) in deltas {
+        *sums.entry(name).or_insert(0) += delta;
+    }
+    sums.into_iter().collect()
 }
 
 /// How many of `records`, at least one, fit in `budget` bytes.

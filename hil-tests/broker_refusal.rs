@@ -1,0 +1,248 @@
+//! A broker that refuses the hub's readings (an access rule denies the readings topic): over MQTT 5 the
+//! readings stay in the outbox, the refusal is visible, and fixing the rule lets them drain without a
+//! restart; over MQTT 3.1.1 the broker's PUBACK hides the refusal and the readings are lost.
+
+use std::time::{Duration, Instant};
+
+use crate::support::broker::Broker;
+use crate::support::daemon::{DaemonWorld, SerialEntry};
+use crate::support::nonin::SpotCheck;
+use crate::support::pty::SimulatedPort;
+use crate::support::subscriber::Subscriber;
+use crate::support::wait_until;
+
+const READINGS: u32 = 20;
+
+/// Anonymous clients (the test's subscriber) read everything; the hub's user may write its status only.
+const ACL_STATUS_ONLY: &str =
+    "topic read vitalsd/v1/#\n\nuser hub\ntopic readwrite vitalsd/v1/hub-test/status\n";
+/// The same, with the readings topics the hub needs.
+const ACL_FIXED: &str =
+    "topic read vitalsd/v1/#\n\nuser hub\ntopic readwrite vitalsd/v1/hub-test/status\n\
+                         topic write vitalsd/v1/hub-test/readings/#\n";
+
+struct Rig {
+    broker: Broker,
+    subscriber: Subscriber,
+    world: DaemonWorld,
+    port: SimulatedPort,
+}
+
+fn rig(protocol: &str) -> Rig {
+    let broker = Broker::start_with_acl("hub", "s3cret", ACL_STATUS_ONLY);
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    let port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
+    let password_file = world.dir.path().join("mqtt-password");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    let lines = [
+        "username = \"hub\"".to_string(),
+        format!("password_file = \"{}\"", password_file.display()),
+        format!("protocol = \"{protocol}\""),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    world.write_config(
+        &broker.url(),
+        &lines,
+        &[SerialEntry {
+            path: port.link().to_path_buf(),
+            protocol: "nonin-df13",
+            id: None,
+            extra: vec![],
+        }],
+    );
+    Rig {
+        broker,
+        subscriber,
+        world,
+        port,
+    }
+}
+
+impl Rig {
+    /// The newest status document the subscriber saw.
+    fn last_status(&self) -> Option<serde_json::Value> {
+        self.subscriber
+            .messages()
+            .into_iter()
+            .rev()
+            .find(|m| m.topic.ends_with("/status"))
+            .map(|m| m.json())
+    }
+
+    fn wait_online(&self) {
+        let online = wait_until(Duration::from_secs(20), || {
+            self.last_status().is_some_and(|s| s["state"] == "online")
+        });
+        assert!(
+            online,
+            "the hub never came online; log:\n{}",
+            self.world.log()
+        );
+    }
+
+    fn write_readings(&mut self) {
+        for n in 0..READINGS {
+            self.port.write(&SpotCheck::numbered(n).frame());
+        }
+    }
+
+    fn log_lines_containing(&self, text: &str) -> usize {
+        self.world
+            .log()
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+}
+
+#[test]
+fn mqtt5_a_refused_reading_stays_pending_and_drains_once_the_broker_allows_it() {
+    let mut rig = rig("5");
+    let _daemon = rig.world.start();
+    rig.wait_online();
+    rig.write_readings();
+
+    let refused = wait_until(Duration::from_secs(30), || {
+        let status = rig.world.status();
+        status["outbox"]["pending"] == READINGS
+            && status["uplink"]["refused"]["not_authorized"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+    });
+    let status = rig.world.status();
+    assert!(refused, "{status}\n{}", rig.world.log());
+    assert_eq!(status["outbox"]["delivered_total"], 0, "{status}");
+    assert_eq!(status["uplink"]["protocol"], "5", "{status}");
+    assert!(
+        status["uplink"]["refused_total"].as_u64() >= Some(1),
+        "{status}"
+    );
+    assert!(
+        status["uplink"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not_authorized")),
+        "{status}"
+    );
+    assert!(rig.subscriber.readings().is_empty());
+    let human = String::from_utf8(rig.world.command(&["status"]).stdout).unwrap();
+    let line = human
+        .lines()
+        .find(|line| line.starts_with("refused by the broker"))
+        .unwrap_or_else(|| panic!("no refusal line:\n{human}"));
+    assert!(
+        line.contains("not_authorized") && line.contains("MQTT 5"),
+        "{line}"
+    );
+
+    // The refusal is on the retained status topic: a newcomer sees it at once.
+    let shown = wait_until(Duration::from_secs(10), || {
+        rig.last_status().is_some_and(|s| {
+            s["uplink"]["refusing"] == true
+                && s["uplink"]["refused"]["not_authorized"].as_u64() >= Some(1)
+        })
+    });
+    assert!(shown, "{:?}", rig.last_status());
+    let newcomer = Subscriber::start(rig.broker.port, "vitalsd/v1/hub-test/status");
+    let retained = wait_until(Duration::from_secs(10), || {
+        newcomer.messages().iter().any(|m| {
+            m.retained && m.json()["uplink"]["refused"]["not_authorized"].as_u64() >= Some(1)
+        })
+    });
+    assert!(retained, "{:?}", newcomer.messages());
+
+    // No tight loop: while the broker refuses, the hub probes about once per backoff delay (at most 1 s
+    // here, jittered by 20 %).
+    let before = rig.world.status()["uplink"]["refused_total"]
+        .as_u64()
+        .unwrap();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = rig.world.status()["uplink"]["refused_total"]
+        .as_u64()
+        .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        (after - before) as f64 <= seconds / 0.8 + 2.0,
+        "{} refusals in {seconds:.1} s",
+        after - before
+    );
+    // Logged at error level once for the burst, not once per refusal.
+    assert_eq!(
+        rig.log_lines_containing("The MQTT broker refused a reading"),
+        1,
+        "log:\n{}",
+        rig.world.log()
+    );
+    assert!(rig.world.log().contains("ERROR"), "{}", rig.world.log());
+
+    // The rule is fixed and the broker reloads it; the daemon keeps running.
+    rig.broker.set_acl(ACL_FIXED);
+    rig.broker.reload();
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(READINGS as usize, Duration::from_secs(30)),
+        "{} of {READINGS} arrived; status {}\nlog:\n{}",
+        rig.subscriber.unique_reading_ids().len(),
+        rig.world.status(),
+        rig.world.log()
+    );
+    let drained = wait_until(Duration::from_secs(10), || {
+        let status = rig.world.status();
+        status["outbox"]["pending"] == 0 && status["outbox"]["delivered_total"] == READINGS
+    });
+    assert!(drained, "{}", rig.world.status());
+    std::thread::sleep(Duration::from_millis(500));
+    let counts = rig.subscriber.reading_counts();
+    assert_eq!(counts.len(), READINGS as usize);
+    assert!(counts.values().all(|&c| c == 1), "duplicates: {counts:?}");
+    let expected: std::collections::BTreeSet<String> = (0..READINGS)
+        .map(|n| SpotCheck::numbered(n).measured_at_utc())
+        .collect();
+    let measured: std::collections::BTreeSet<String> = rig
+        .subscriber
+        .readings()
+        .iter()
+        .map(|r| r["measured_at"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(measured, expected, "other readings than were sent");
+    assert!(rig.world.log().contains("takes readings again"));
+    let back = wait_until(Duration::from_secs(10), || {
+        rig.last_status().is_some_and(|s| {
+            s["uplink"]["refusing"] == false && s["outbox"]["delivered_total"].as_u64() >= Some(1)
+        })
+    });
+    assert!(back, "{:?}", rig.last_status());
+}
+
+#[test]
+fn mqtt311_cannot_see_a_refusal_so_refused_readings_are_reported_delivered_and_lost() {
+    let mut rig = rig("3.1.1");
+    let _daemon = rig.world.start();
+    rig.wait_online();
+    rig.write_readings();
+
+    // The broker acknowledges every denied publish, so the daemon counts them delivered and deletes them.
+    let reported_delivered = wait_until(Duration::from_secs(30), || {
+        let status = rig.world.status();
+        status["outbox"]["delivered_total"] == READINGS && status["outbox"]["pending"] == 0
+    });
+    let status = rig.world.status();
+    assert!(reported_delivered, "{status}\n{}", rig.world.log());
+    assert_eq!(status["uplink"]["protocol"], "3.1.1");
+    assert_eq!(status["uplink"]["refused_total"], 0, "{status}");
+    let human = String::from_utf8(rig.world.command(&["status"]).stdout).unwrap();
+    assert!(human.contains("not detectable over MQTT 3.1.1"), "{human}");
+    assert!(!rig.world.log().contains("refused a reading"));
+
+    // Not one reached the subscriber, and fixing the rule brings none back: they are gone.
+    rig.broker.set_acl(ACL_FIXED);
+    rig.broker.reload();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        rig.subscriber.readings().is_empty(),
+        "{:?}",
+        rig.subscriber.readings()
+    );
+    assert!(rig.world.outbox_keys().is_empty());
+}

@@ -1,0 +1,225 @@
+//! Storage damage as an SD card does it, to the real files of the real daemon: a changed byte in a stored
+//! reading, a damaged or cut write-ahead log, and salvage; and counters that a kill -9 cannot part from the
+//! readings they count.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::delivery::rig;
+use crate::support::nonin::SpotCheck;
+use crate::support::wait_until;
+
+fn wal(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-wal", path.display()))
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack[from..]
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .map(|at| at + from)
+}
+
+/// Queues `count` spot checks with the broker away and waits until they are all in the outbox.
+fn queue_with_broker_away(rig: &mut crate::delivery::Rig, count: u32) {
+    for n in 0..count {
+        rig.port.write(&SpotCheck::numbered(n).frame());
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || rig.world.outbox_keys().len()
+            == count as usize),
+        "{}",
+        rig.world.log()
+    );
+}
+
+#[test]
+fn a_changed_byte_in_a_stored_reading_is_quarantined_and_never_published() {
+    let mut rig = rig();
+    rig.broker.stop();
+    let mut daemon = rig.world.start();
+    queue_with_broker_away(&mut rig, 10);
+    let keys = rig.world.outbox_keys();
+    assert!(daemon.terminate().success());
+    // Reading 5 says SpO2 95 (its raw frame too). Change the value's first digit in the database file:
+    // the page stays a valid page, so SQLite's own checks cannot see it.
+    let victim = &keys[5];
+    let path = rig.world.outbox_path();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let id_at =
+        find(&bytes, format!("\"id\":\"{victim}\"").as_bytes(), 0).expect("payload in the file");
+    let value_at = find(&bytes, b"\"name\":\"spo2\",\"value\":95", id_at).expect("the SpO2 value");
+    bytes[value_at + b"\"name\":\"spo2\",\"value\":".len()] = b'3';
+    std::fs::write(&path, &bytes).unwrap();
+    let integrity: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(
+        integrity, "ok",
+        "the damage is of the kind SQLite cannot see"
+    );
+
+    let _daemon = rig.world.start();
+    rig.broker.restart();
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(9, Duration::from_secs(30)),
+        "{}",
+        rig.world.log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        rig.world.status()["outbox"]["quarantined_records"] == 1
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    let delivered = rig.subscriber.unique_reading_ids();
+    assert_eq!(delivered.len(), 9);
+    assert!(
+        !delivered.contains(victim),
+        "a damaged reading was published"
+    );
+    assert!(rig
+        .subscriber
+        .readings()
+        .iter()
+        .all(|reading| { reading["values"][0]["value"] != 35 }));
+    let status = rig.world.status();
+    assert_eq!(status["outbox"]["pending"], 0);
+    assert!(wait_until(Duration::from_secs(5), || rig
+        .subscriber
+        .messages()
+        .iter()
+        .any(
+            |m| m.topic.ends_with("/status") && m.json()["outbox"]["quarantined_records"] == 1
+        )));
+    let log = rig.world.log();
+    assert!(log.contains("failed its checksum"), "{log}");
+    assert!(log.contains(victim.as_str()));
+    // Kept, as found: the quarantine table still has it.
+    let kept: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM quarantine WHERE key = ?1",
+            [victim],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, 1);
+}
+
+#[test]
+fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_reading() {
+    let mut rig = rig();
+    rig.broker.stop();
+    let mut daemon = rig.world.start();
+    queue_with_broker_away(&mut rig, 20);
+    let queued: std::collections::BTreeSet<String> = rig.world.outbox_keys().into_iter().collect();
+    // Killed, so the readings are still in the log, not yet folded into the database file.
+    daemon.kill9();
+    let path = rig.world.outbox_path();
+    let mut log_bytes = std::fs::read(wal(&path)).unwrap();
+    assert!(log_bytes.len() > 32 + 24, "the readings are in the log");
+    // One changed bit in the first frame's checksum: SQLite stops reading the log right there.
+    log_bytes[32 + 17] ^= 0x04;
+    std::fs::write(wal(&path), &log_bytes).unwrap();
+
+    let mut daemon = rig.world.start();
+    assert!(
+        wait_until(Duration::from_secs(10), || rig
+            .world
+            .log()
+            .contains("STORED READINGS WERE LOST")),
+        "{}",
+        rig.world.log()
+    );
+    let status = rig.world.status();
+    assert_eq!(status["outbox"]["lost_total"], 20, "{status}");
+    assert_eq!(status["outbox"]["pending"], 0);
+    assert!(rig.world.log().contains("lost=20"));
+    // Salvage refuses while the daemon runs.
+    let refused = rig.world.command(&["outbox", "salvage"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop the service first"));
+    assert!(daemon.terminate().success());
+
+    let salvaged = rig.world.command(&["outbox", "salvage", "--json"]);
+    let text = String::from_utf8_lossy(&salvaged.stdout).to_string();
+    assert!(
+        salvaged.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&salvaged.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["salvaged"][0]["report"]["copied"], 20, "{report}");
+    assert_eq!(report["salvaged"][0]["report"]["damaged"], 0, "{report}");
+    assert!(report["salvaged"][0]["renamed_to"]
+        .as_str()
+        .unwrap()
+        .ends_with(".salvaged"));
+    // Taken whole, so it is not offered again.
+    let again = rig.world.command(&["outbox", "salvage"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("No moved-aside outbox files"));
+
+    let _daemon = rig.world.start();
+    rig.broker.restart();
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(20, Duration::from_secs(30)),
+        "{}",
+        rig.world.log()
+    );
+    assert_eq!(rig.subscriber.unique_reading_ids(), queued);
+}
+
+#[test]
+fn a_cut_write_ahead_log_is_reported_at_start_with_its_count() {
+    let mut rig = rig();
+    rig.broker.stop();
+    let mut daemon = rig.world.start();
+    queue_with_broker_away(&mut rig, 12);
+    daemon.kill9();
+    let path = rig.world.outbox_path();
+    std::fs::write(wal(&path), b"").unwrap();
+    let _daemon = rig.world.start();
+    assert!(
+        wait_until(Duration::from_secs(10), || rig
+            .world
+            .log()
+            .contains("STORED READINGS WERE LOST")),
+        "{}",
+        rig.world.log()
+    );
+    assert_eq!(rig.world.status()["outbox"]["lost_total"], 12);
+    let damaged_copies = std::fs::read_dir(rig.world.state_dir())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy().to_string();
+            name.starts_with("outbox.db.damaged-")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
+        })
+        .count();
+    assert_eq!(damaged_copies, 1);
+}
+
+#[test]
+fn status_counters_survive_kill_9_with_the_readings_they_count() {
+    let mut rig = rig();
+    rig.broker.stop();
+    let mut daemon = rig.world.start();
+    for n in 0..30 {
+        rig.port.write(&SpotCheck::numbered(n).frame());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(wait_until(Duration::from_secs(20), || rig
+        .world
+        .outbox_keys()
+        .len()
+        == 30));
+    // At once: well inside the counters' periodic flush.
+    daemon.kill9();
+    let status = rig.world.status();
+    assert_eq!(status["counters"]["readings"], 30, "{status}");
+    assert_eq!(status["outbox"]["pending"], 30);
+}

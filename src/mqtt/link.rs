@@ -1,0 +1,362 @@
+//! The MQTT client under the uplink: rumqttc's MQTT 5 client, or its MQTT 3.1.1 client as the configured
+//! fallback, behind one small interface so the uplink's logic is written once.
+//!
+//! Both clients are built with a clean start and keep nothing across connections that the uplink relies
+//! on: the outbox owns retransmission. The MQTT 5 session expires when the connection ends (session expiry
+//! interval 0), so a broker keeps no queue for the hub either.
+
+use rumqttc::v5;
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
+
+use super::refusal::{classify, AckOutcome};
+use super::{tls, UplinkError, UplinkSettings};
+use crate::config::MqttProtocol;
+
+/// The largest packet either side may send: a reading is a few kilobytes at most.
+const MAX_PACKET: u32 = 256 * 1024;
+
+/// What the client reports, in the terms the uplink needs.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The broker accepted the connection. `receive_maximum` is its MQTT 5 limit on publishes awaiting
+    /// a PUBACK (absent means 65,535; MQTT 3.1.1 has none).
+    Connected {
+        receive_maximum: Option<u16>,
+    },
+    /// The PUBACK for `pkid`.
+    PubAck {
+        pkid: u16,
+        outcome: AckOutcome,
+    },
+    /// A QoS 1 publish went out with `pkid`.
+    PublishSent(u16),
+    /// The client found `pkid` still in flight when it wanted to reuse it and holds the publish back.
+    Collision(u16),
+    /// The client sent DISCONNECT.
+    Disconnected,
+    Other,
+}
+
+/// A publish the client's request queue had no room for; the payload comes back when it can.
+pub struct NotQueued(pub Option<Vec<u8>>);
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the daemon has one, built once and never moved about"
+)]
+pub enum Link {
+    V5 {
+        options: v5::MqttOptions,
+        client: v5::AsyncClient,
+        eventloop: v5::EventLoop,
+        capacity: usize,
+    },
+    V311 {
+        client: rumqttc::AsyncClient,
+        eventloop: rumqttc::EventLoop,
+        capacity: usize,
+    },
+}
+
+impl Link {
+    /// `capacity` is the client's request queue: the uplink's window plus room for status publishes.
+    pub fn new(
+        settings: &UplinkSettings,
+        status_topic: String,
+        capacity: usize,
+    ) -> Result<Link, UplinkError> {
+        let mqtt = &settings.mqtt;
+        let will = serde_json::json!({"state": "lost", "hub_id": settings.hub_id}).to_string();
+        let credentials = match &mqtt.username {
+            Some(username) => {
+                let password = match &mqtt.password {
+                    Some(source) => source.read().map_err(UplinkError::Password)?,
+                    None => String::new(),
+                };
+                Some((username.clone(), password))
+            }
+            None => None,
+        };
+        let transport = if mqtt.tls {
+            Some(rumqttc::Transport::tls_with_config(tls::client_config(
+                mqtt,
+            )?))
+        } else {
+            None
+        };
+        // The client numbers packets 1..=this. Keeping the uplink's window at most half of it means an id
+        // is never reused while an earlier use may still be acknowledged, which sidesteps rumqtt #1014/#1056
+        // (a packet-id collision that never clears). Under MQTT 5 the broker's Receive Maximum can lower
+        // it (Mosquitto says 20); the uplink then keeps its window within that limit, counts on the broker
+        // acknowledging in order as MQTT requires, and starts a fresh client if a collision happens anyway.
+        let pkid_space = u16::try_from(mqtt.window * 2 + 8).unwrap_or(u16::MAX);
+        match mqtt.protocol {
+            MqttProtocol::V5 => {
+                let mut options = v5::MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
+                options.set_keep_alive(mqtt.keep_alive);
+                options.set_clean_start(true);
+                options.set_session_expiry_interval(Some(0));
+                options.set_outgoing_inflight_upper_limit(pkid_space);
+                options.set_max_packet_size(Some(MAX_PACKET));
+                options.set_last_will(v5::mqttbytes::v5::LastWill::new(
+                    status_topic,
+                    will,
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    true,
+                    None,
+                ));
+                if let Some((username, password)) = credentials {
+                    options.set_credentials(username, password);
+                }
+                if let Some(transport) = transport {
+                    options.set_transport(transport);
+                }
+                let (client, eventloop) = v5::AsyncClient::new(options.clone(), capacity);
+                Ok(Link::V5 {
+                    options,
+                    client,
+                    eventloop,
+                    capacity,
+                })
+            }
+            MqttProtocol::V311 => {
+                let mut options = rumqttc::MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
+                options.set_keep_alive(mqtt.keep_alive);
+                options.set_clean_session(true);
+                options.set_inflight(pkid_space);
+                options.set_max_packet_size(MAX_PACKET as usize, MAX_PACKET as usize);
+                options.set_last_will(rumqttc::LastWill::new(
+                    status_topic,
+                    will,
+                    rumqttc::QoS::AtLeastOnce,
+                    true,
+                ));
+                if let Some((username, password)) = credentials {
+                    options.set_credentials(username, password);
+                }
+                if let Some(transport) = transport {
+                    options.set_transport(transport);
+                }
+                let (client, eventloop) = rumqttc::AsyncClient::new(options, capacity);
+                Ok(Link::V311 {
+                    client,
+                    eventloop,
+                    capacity,
+                })
+            }
+        }
+    }
+
+    /// Drops the client and its event loop (and so the connection) and builds new ones from the same
+    /// options, with nothing of the old state: no packet ids, no stashed collision, no queued requests.
+    pub fn restart(&mut self) {
+        match self {
+            Link::V5 {
+                options,
+                client,
+                eventloop,
+                capacity,
+            } => {
+                (*client, *eventloop) = v5::AsyncClient::new(options.clone(), *capacity);
+            }
+            Link::V311 {
+                client,
+                eventloop,
+                capacity,
+            } => {
+                let options = eventloop.mqtt_options.clone();
+                (*client, *eventloop) = rumqttc::AsyncClient::new(options, *capacity);
+            }
+        }
+    }
+
+    /// The next event; an error means the connection is gone (or never came), described for the operator.
+    pub async fn poll(&mut self) -> Result<LinkEvent, String> {
+        match self {
+            Link::V5 { eventloop, .. } => {
+                use v5::mqttbytes::v5::Packet;
+                use v5::Event;
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(connack))) => Ok(LinkEvent::Connected {
+                        receive_maximum: connack.properties.and_then(|p| p.receive_max),
+                    }),
+                    Ok(Event::Incoming(Packet::PubAck(puback))) => Ok(LinkEvent::PubAck {
+                        pkid: puback.pkid,
+                        outcome: classify(puback_code(puback.reason)),
+                    }),
+                    Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
+                    Ok(_) => Ok(LinkEvent::Other),
+                    Err(error) => Err(describe_v5(&error)),
+                }
+            }
+            Link::V311 { eventloop, .. } => {
+                use rumqttc::{Event, Incoming};
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(LinkEvent::Connected {
+                        receive_maximum: None,
+                    }),
+                    // MQTT 3.1.1 has no way to say no: a PUBACK is always "taken" (see the README).
+                    Ok(Event::Incoming(Incoming::PubAck(puback))) => Ok(LinkEvent::PubAck {
+                        pkid: puback.pkid,
+                        outcome: AckOutcome::Accepted,
+                    }),
+                    Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
+                    Ok(_) => Ok(LinkEvent::Other),
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        Err(format!("broker refused the connection: {code:?}"))
+                    }
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Queues a reading: QoS 1, not retained, never an expiry (a reading is worth delivering however
+    /// late), and under MQTT 5 the payload's schema name as the user property `schema`.
+    pub fn try_publish_reading(&self, topic: String, payload: Vec<u8>) -> Result<(), NotQueued> {
+        match self {
+            Link::V5 { client, .. } => {
+                let properties = PublishProperties {
+                    user_properties: vec![(
+                        "schema".to_string(),
+                        crate::payload::SCHEMA_NAME.to_string(),
+                    )],
+                    ..PublishProperties::default()
+                };
+                client
+                    .try_publish_with_properties(
+                        topic,
+                        v5::mqttbytes::QoS::AtLeastOnce,
+                        false,
+                        payload,
+                        properties,
+                    )
+                    .map_err(|error| match error {
+                        v5::ClientError::TryRequest(v5::Request::Publish(publish))
+                        | v5::ClientError::Request(v5::Request::Publish(publish)) => {
+                            NotQueued(Some(publish.payload.to_vec()))
+                        }
+                        _ => NotQueued(None),
+                    })
+            }
+            Link::V311 { client, .. } => client
+                .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .map_err(|error| match error {
+                    rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(publish))
+                    | rumqttc::ClientError::Request(rumqttc::Request::Publish(publish)) => {
+                        NotQueued(Some(publish.payload.to_vec()))
+                    }
+                    _ => NotQueued(None),
+                }),
+        }
+    }
+
+    /// Queues the retained status document, QoS 1.
+    pub fn try_publish_status(&self, topic: String, document: Vec<u8>) -> Result<(), NotQueued> {
+        let queued = match self {
+            Link::V5 { client, .. } => client
+                .try_publish(topic, v5::mqttbytes::QoS::AtLeastOnce, true, document)
+                .is_ok(),
+            Link::V311 { client, .. } => client
+                .try_publish(topic, rumqttc::QoS::AtLeastOnce, true, document)
+                .is_ok(),
+        };
+        if queued {
+            Ok(())
+        } else {
+            Err(NotQueued(None))
+        }
+    }
+
+    pub fn try_disconnect(&self) {
+        let _ = match self {
+            Link::V5 { client, .. } => client.try_disconnect().is_ok(),
+            Link::V311 { client, .. } => client.try_disconnect().is_ok(),
+        };
+    }
+}
+
+fn outgoing_event(outgoing: rumqttc::Outgoing) -> LinkEvent {
+    match outgoing {
+        rumqttc::Outgoing::Publish(pkid) if pkid != 0 => LinkEvent::PublishSent(pkid),
+        rumqttc::Outgoing::AwaitAck(pkid) => LinkEvent::Collision(pkid),
+        rumqttc::Outgoing::Disconnect => LinkEvent::Disconnected,
+        _ => LinkEvent::Other,
+    }
+}
+
+/// The PUBACK reason code on the wire; rumqttc only parses the codes MQTT 5.0 defines for PUBACK.
+fn puback_code(reason: PubAckReason) -> u8 {
+    match reason {
+        PubAckReason::Success => 0x00,
+        PubAckReason::NoMatchingSubscribers => 0x10,
+        PubAckReason::UnspecifiedError => 0x80,
+        PubAckReason::ImplementationSpecificError => 0x83,
+        PubAckReason::NotAuthorized => 0x87,
+        PubAckReason::TopicNameInvalid => 0x90,
+        PubAckReason::PacketIdentifierInUse => 0x91,
+        PubAckReason::QuotaExceeded => 0x97,
+        PubAckReason::PayloadFormatInvalid => 0x99,
+    }
+}
+
+fn describe_v5(error: &v5::ConnectionError) -> String {
+    match error {
+        v5::ConnectionError::ConnectionRefused(code) => {
+            format!("broker refused the connection: {code:?}")
+        }
+        v5::ConnectionError::MqttState(v5::StateError::ServerDisconnect {
+            reason_code,
+            reason_string,
+        }) => match reason_string {
+            Some(text) => format!("broker closed the connection: {reason_code:?} ({text})"),
+            None => format!("broker closed the connection: {reason_code:?}"),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::refusal::Refusal;
+
+    #[test]
+    fn every_puback_reason_rumqttc_parses_is_classified() {
+        let table = [
+            (PubAckReason::Success, AckOutcome::Accepted),
+            (PubAckReason::NoMatchingSubscribers, AckOutcome::Accepted),
+            (
+                PubAckReason::UnspecifiedError,
+                AckOutcome::Refused(Refusal::UnspecifiedError),
+            ),
+            (
+                PubAckReason::ImplementationSpecificError,
+                AckOutcome::Refused(Refusal::ImplementationSpecificError),
+            ),
+            (
+                PubAckReason::NotAuthorized,
+                AckOutcome::Refused(Refusal::NotAuthorized),
+            ),
+            (
+                PubAckReason::TopicNameInvalid,
+                AckOutcome::Refused(Refusal::TopicNameInvalid),
+            ),
+            (
+                PubAckReason::PacketIdentifierInUse,
+                AckOutcome::Refused(Refusal::PacketIdentifierInUse),
+            ),
+            (
+                PubAckReason::QuotaExceeded,
+                AckOutcome::Refused(Refusal::QuotaExceeded),
+            ),
+            (
+                PubAckReason::PayloadFormatInvalid,
+                AckOutcome::Refused(Refusal::PayloadFormatInvalid),
+            ),
+        ];
+        for (reason, outcome) in table {
+            assert_eq!(classify(puback_code(reason)), outcome, "{reason:?}");
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! A model test of the outbox: random sequences of appends, fetches, acknowledgements, crashes and reopens
+//! against the real SQLite file, checked after every step against an in-memory oracle of what was stored and
+//! what the broker acknowledged.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+
+use super::{Appended, NewRecord, Outbox, OutboxOptions};
+
+const MAX_PENDING: u64 = 12;
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Appends records with these keys (drawn from a small set, so duplicates are common).
+    Append(Vec<u8>),
+    /// The uplink fetches up to `limit` records after its cursor and the broker acknowledges those picked
+    /// by the mask (bit i for the i-th record fetched).
+    PublishAndAck { limit: usize, mask: u32 },
+    /// The uplink's connection drops: its cursor starts again from the outbox's beginning.
+    Reconnect,
+    /// The process dies: the files stay as they are on disk, with no final checkpoint.
+    Crash,
+    /// A clean restart.
+    Reopen,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => proptest::collection::vec(0u8..24, 1..6).prop_map(Step::Append),
+        4 => (1usize..8, any::<u32>()).prop_map(|(limit, mask)| Step::PublishAndAck { limit, mask }),
+        1 => Just(Step::Reconnect),
+        1 => Just(Step::Crash),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+fn record(key: u8) -> NewRecord {
+    NewRecord {
+        key: format!("key-{key}"),
+        label: "pulse_oximetry".to_string(),
+        format: 1,
+        payload: format!("{{\"id\":\"key-{key}\"}}").into_bytes(),
+        created_at_ms: 1_000,
+        held: false,
+    }
+}
+
+/// What must be true of the outbox, kept without SQLite.
+#[derive(Default)]
+struct Oracle {
+    /// Records stored and not acknowledged, by the seq they must have been given, in storage order.
+    pending: Vec<(i64, String)>,
+    /// Keys the broker acknowledged (and whose removal was committed).
+    acknowledged: BTreeSet<String>,
+    /// Seqs are never reused, not even after a crash: the next one is one more than any ever given.
+    last_seq: i64,
+}
+
+impl Oracle {
+    fn is_pending(&self, key: &str) -> bool {
+        self.pending.iter().any(|(_, k)| k == key)
+    }
+}
+
+struct Subject {
+    directory: tempfile::TempDir,
+    generation: u32,
+    path: PathBuf,
+    outbox: Option<Outbox>,
+    cursor: i64,
+}
+
+fn scratch() -> tempfile::TempDir {
+    // fsync is free on tmpfs, so thousands of sequences fit in a CI run.
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
+impl Subject {
+    fn new() -> Subject {
+        let directory = scratch();
+        let path = directory.path().join("0").join("outbox.db");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut subject = Subject {
+            directory,
+            generation: 0,
+            path,
+            outbox: None,
+            cursor: 0,
+        };
+        subject.open();
+        subject
+    }
+
+    fn open(&mut self) {
+        let (outbox, report) = Outbox::open(
+            &self.path,
+            OutboxOptions {
+                max_pending: MAX_PENDING,
+            },
+            5,
+        )
+        .unwrap();
+        assert_eq!(
+            report,
+            super::OpenReport::default(),
+            "a crash is not a loss"
+        );
+        self.outbox = Some(outbox);
+        self.cursor = 0;
+    }
+
+    fn outbox(&mut self) -> &mut Outbox {
+        self.outbox.as_mut().unwrap()
+    }
+
+    /// Copies the files as they are now to a fresh directory, abandons the running outbox there, and opens
+    /// the copy: exactly what the next process would find after a crash.
+    fn crash(&mut self) {
+        self.generation += 1;
+        let next = self
+            .directory
+            .path()
+            .join(self.generation.to_string())
+            .join("outbox.db");
+        std::fs::create_dir_all(next.parent().unwrap()).unwrap();
+        for suffix in ["", "-wal", ".committed"] {
+            let from = PathBuf::from(format!("{}{suffix}", self.path.display()));
+            if from.exists() {
+                std::fs::copy(&from, format!("{}{suffix}", next.display())).unwrap();
+            }
+        }
+        // The abandoned outbox's close happens after the copy was taken, so it cannot help the copy.
+        self.outbox = None;
+        self.path = next;
+        self.open();
+    }
+}
+
+fn run(steps: Vec<Step>) {
+    let mut subject = Subject::new();
+    let mut oracle = Oracle::default();
+    for step in steps {
+        match step {
+            Step::Append(keys) => {
+                let records: Vec<NewRecord> = keys.iter().map(|k| record(*k)).collect();
+                let outcomes = subject.outbox().append(&records).unwrap();
+                let mut batch_seen = BTreeSet::new();
+                for (record, outcome) in records.iter().zip(outcomes) {
+                    let known = oracle.is_pending(&record.key)
+                        || oracle.acknowledged.contains(&record.key)
+                        || batch_seen.contains(&record.key);
+                    let expected = if known {
+                        Appended::Duplicate
+                    } else if oracle.pending.len() as u64 >= MAX_PENDING {
+                        Appended::RejectedFull
+                    } else {
+                        Appended::Stored
+                    };
+                    assert_eq!(outcome, expected, "{}", record.key);
+                    if outcome == Appended::Stored {
+                        oracle.last_seq += 1;
+                        oracle.pending.push((oracle.last_seq, record.key.clone()));
+                        batch_seen.insert(record.key.clone());
+                    }
+                }
+            }
+            Step::PublishAndAck { limit, mask } => {
+                let cursor = subject.cursor;
+                let fetched = subject.outbox().fetch_after(cursor, limit).unwrap();
+                // Oldest first, only pending records, nothing skipped after the cursor.
+                let got: Vec<(i64, String)> =
+                    fetched.iter().map(|r| (r.seq, r.key.clone())).collect();
+                let expected: Vec<(i64, String)> = oracle
+                    .pending
+                    .iter()
+                    .filter(|(seq, _)| *seq > cursor)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                assert_eq!(got, expected);
+                if let Some(last) = fetched.last() {
+                    subject.cursor = last.seq;
+                }
+                let acked: Vec<i64> = fetched
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, r)| r.seq)
+                    .collect();
+                subject.outbox().acknowledge(&acked, 2_000).unwrap();
+                for record in fetched.iter().filter(|r| acked.contains(&r.seq)) {
+                    oracle.pending.retain(|(seq, _)| *seq != record.seq);
+                    oracle.acknowledged.insert(record.key.clone());
+                }
+            }
+            Step::Reconnect => subject.cursor = 0,
+            Step::Crash => subject.crash(),
+            Step::Reopen => {
+                subject.outbox = None;
+                subject.open();
+            }
+        }
+        check_whole_queue(subject.outbox(), &oracle);
+    }
+}
+
+/// The outbox holds exactly the oracle's pending keys, in order, each once; nothing acknowledged is back.
+fn check_whole_queue(outbox: &mut Outbox, oracle: &Oracle) {
+    let all: Vec<(i64, String)> = outbox
+        .fetch_after(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.key))
+        .collect();
+    assert_eq!(all, oracle.pending);
+    assert_eq!(outbox.pending(), oracle.pending.len() as u64);
+    let stats = outbox.stats().unwrap();
+    assert_eq!(stats.pending, oracle.pending.len() as u64);
+    assert_eq!(stats.delivered_total, oracle.acknowledged.len() as u64);
+    assert_eq!(stats.quarantined_records, 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 2000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_outbox_agrees_with_its_oracle_through_crashes_and_reopens(
+        steps in proptest::collection::vec(step(), 1..40)
+    ) {
+        run(steps);
+    }
+}
