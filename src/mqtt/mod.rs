@@ -541,6 +541,10 @@ fn status_document(
             "delivered_total": stats.delivered_total,
             "quarantined_records": stats.quarantined_records,
             "lost_total": stats.lost_total,
+            "waiting_for_space_since": stats
+                .waiting_for_space_since_ms
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         },
         "uplink": {
             "protocol": protocol.as_str(),
