@@ -107,9 +107,17 @@ fn a_changed_byte_in_a_stored_reading_is_quarantined_and_never_published() {
     assert_eq!(kept, 1);
 }
 
+/// Leaves commits in the write-ahead log (the daemon folds it into the database a second after it falls
+/// idle), so that the log can be damaged while it still holds them.
+fn keep_commits_in_the_log(rig: &crate::delivery::Rig) {
+    rig.world
+        .append_config("[outbox]\nfold_log_seconds = 86400\n");
+}
+
 #[test]
 fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_reading() {
     let mut rig = rig();
+    keep_commits_in_the_log(&rig);
     rig.broker.stop();
     let mut daemon = rig.world.start();
     queue_with_broker_away(&mut rig, 20);
@@ -174,6 +182,7 @@ fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_rea
 #[test]
 fn a_cut_write_ahead_log_is_reported_at_start_with_its_count() {
     let mut rig = rig();
+    keep_commits_in_the_log(&rig);
     rig.broker.stop();
     let mut daemon = rig.world.start();
     queue_with_broker_away(&mut rig, 12);
@@ -222,4 +231,35 @@ fn status_counters_survive_kill_9_with_the_readings_they_count() {
     let status = rig.world.status();
     assert_eq!(status["counters"]["readings"], 30, "{status}");
     assert_eq!(status["outbox"]["pending"], 30);
+}
+
+#[test]
+fn once_idle_the_daemon_folds_its_log_into_the_database_so_log_damage_costs_nothing_stored() {
+    let mut rig = rig();
+    rig.broker.stop();
+    let mut daemon = rig.world.start();
+    queue_with_broker_away(&mut rig, 20);
+    let path = rig.world.outbox_path();
+    // The default: a second after the queues fall idle the log is folded and emptied.
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::metadata(wal(&path))
+            .map(|m| m.len())
+            .unwrap_or(0)
+            == 0),
+        "the log still holds {} bytes",
+        std::fs::metadata(wal(&path)).unwrap().len()
+    );
+    daemon.kill9();
+    // Whatever happens to the log now, nothing stored is in it.
+    std::fs::write(wal(&path), b"damage").unwrap();
+    let _daemon = rig.world.start();
+    rig.broker.restart();
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(20, Duration::from_secs(30)),
+        "{}",
+        rig.world.log()
+    );
+    assert_eq!(rig.world.status()["outbox"]["lost_total"], 0);
+    assert!(!rig.world.log().contains("STORED READINGS WERE LOST"));
 }

@@ -58,11 +58,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     tracing::info!(path = %outbox_path.display(), pending = outbox.pending(), "Outbox open.");
     let space = Space::new(&config.hub.state_dir);
-    let (outbox, worker) = spawn_worker(outbox, space, config.outbox.dedup_retention_days, || {
-        crate::clock::hub_clock()
-            .is_trusted()
-            .then(|| crate::clock::now_utc().timestamp_millis())
-    });
+    let (outbox, worker) = spawn_worker(
+        outbox,
+        space,
+        config.outbox.dedup_retention_days,
+        config.outbox.fold_log_after,
+        || {
+            crate::clock::hub_clock()
+                .is_trusted()
+                .then(|| crate::clock::now_utc().timestamp_millis())
+        },
+    );
     let mut worker = tokio::task::spawn_blocking(move || worker.join());
 
     let (stop_tasks, stop_signal) = watch::channel(false);

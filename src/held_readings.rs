@@ -209,6 +209,7 @@ mod tests {
             outbox,
             crate::outbox::space::Space::new(dir.path()),
             400,
+            None,
             || None,
         );
         outbox

@@ -162,6 +162,9 @@ pub struct OutboxConfig {
     pub max_pending: u64,
     /// At least 1.
     pub dedup_retention_days: u32,
+    /// How soon, once idle, commits are folded from the write-ahead log into the database; `None` leaves
+    /// it to SQLite's own checkpoints.
+    pub fold_log_after: Option<std::time::Duration>,
 }
 
 /// One `[[serial]]` entry: a device on a serial port.
@@ -387,7 +390,8 @@ mod tests {
             config.outbox,
             OutboxConfig {
                 max_pending: 1_000_000,
-                dedup_retention_days: 400
+                dedup_retention_days: 400,
+                fold_log_after: Some(std::time::Duration::from_secs(1)),
             }
         );
         assert!(config.serial.is_empty());
@@ -425,6 +429,7 @@ mod tests {
             [outbox]
             max_pending = 1
             dedup_retention_days = 1
+            fold_log_seconds = 0
 
             [[serial]]
             path = "/dev/ttyUSB0"
@@ -476,7 +481,8 @@ mod tests {
             config.outbox,
             OutboxConfig {
                 max_pending: 1,
-                dedup_retention_days: 1
+                dedup_retention_days: 1,
+                fold_log_after: None,
             }
         );
         let [first, second] = config.serial.as_slice() else {
@@ -640,6 +646,9 @@ mod tests {
             (&format!("{MINIMAL}\n[outbox]\nmax_pending = 0"), &["outbox.max_pending: must be at least 1, found 0"]),
             (&format!("{MINIMAL}\n[outbox]\ndedup_retention_days = 0"), &[
                 "outbox.dedup_retention_days: must be between 1 and 36500, found 0",
+            ]),
+            (&format!("{MINIMAL}\n[outbox]\nfold_log_seconds = -1"), &[
+                "outbox.fold_log_seconds: must be between 0 and 86400, found -1",
             ]),
             // Hub identity.
             ("[hub]\nid = \"Hub 1\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtt://b\"", &[

@@ -41,7 +41,7 @@ const MQTT_KEYS: &[&str] = &[
     "window",
     "protocol",
 ];
-const OUTBOX_KEYS: &[&str] = &["max_pending", "dedup_retention_days"];
+const OUTBOX_KEYS: &[&str] = &["max_pending", "dedup_retention_days", "fold_log_seconds"];
 const SERIAL_KEYS: &[&str] = &[
     "path",
     "match",
@@ -65,6 +65,7 @@ const DEFAULT_RECONNECT_MAX_S: i64 = 60;
 const DEFAULT_WINDOW: i64 = 128;
 const DEFAULT_MAX_PENDING: i64 = 1_000_000;
 const DEFAULT_DEDUP_RETENTION_DAYS: i64 = 400;
+const DEFAULT_FOLD_LOG_SECONDS: i64 = 1;
 const DEFAULT_LOG_LEVEL: &str = "info";
 const DEFAULT_ADAPTER: &str = "hci0";
 const DEFAULT_RUNTIME_DIR: &str = "/run/vitalsd";
@@ -677,11 +678,16 @@ impl Checker<'_> {
         let retention = self.field(&outbox, "dedup_retention_days", |c, path, value| {
             c.integer(path, value, 1, 36_500)
         });
+        let fold = self.field(&outbox, "fold_log_seconds", |c, path, value| {
+            c.integer(path, value, 0, 86_400)
+        });
         self.unknown_keys(&outbox, OUTBOX_KEYS);
+        let fold_seconds = u64::try_from(fold.or(DEFAULT_FOLD_LOG_SECONDS)?).ok()?;
         Some(OutboxConfig {
             max_pending: u64::try_from(max_pending.or(DEFAULT_MAX_PENDING)?).ok()?,
             dedup_retention_days: u32::try_from(retention.or(DEFAULT_DEDUP_RETENTION_DAYS)?)
                 .ok()?,
+            fold_log_after: (fold_seconds > 0).then(|| Duration::from_secs(fold_seconds)),
         })
     }
 

@@ -679,6 +679,14 @@ impl Outbox {
         Ok((pages * page_size) as u64)
     }
 
+    /// The size of the write-ahead log file: what only it holds of the outbox.
+    pub fn log_bytes(&self) -> u64 {
+        self.connection
+            .path()
+            .and_then(|path| std::fs::metadata(format!("{path}-wal")).ok())
+            .map_or(0, |metadata| metadata.len())
+    }
+
     /// Folds the WAL back into the database file and truncates it; cheap when idle.
     pub fn checkpoint(&mut self) -> Result<(), OutboxError> {
         self.connection

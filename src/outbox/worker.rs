@@ -273,6 +273,7 @@ pub fn spawn_worker(
     outbox: Outbox,
     space: Space,
     dedup_retention_days: u32,
+    fold_log_after: Option<Duration>,
     trusted_now_ms: fn() -> Option<i64>,
 ) -> (
     OutboxHandle,
@@ -296,6 +297,8 @@ pub fn spawn_worker(
         retention_ms: i64::from(dedup_retention_days) * DAY_MS,
         trusted_now_ms,
         last_housekeeping: Instant::now(),
+        last_fold: Instant::now(),
+        fold_log_after,
         stalled: None,
         unremoved: Vec::new(),
         unremoved_retry_at: None,
@@ -351,6 +354,9 @@ struct Worker {
     retention_ms: i64,
     trusted_now_ms: fn() -> Option<i64>,
     last_housekeeping: Instant,
+    /// When the write-ahead log was last folded into the database while idle.
+    last_fold: Instant,
+    fold_log_after: Option<Duration>,
     /// The batch waiting for space; no appends are taken while there is one.
     stalled: Option<Pending>,
     /// Delivered records a full disk kept from being removed, retried at `unremoved_retry_at`.
@@ -418,6 +424,7 @@ impl Worker {
             }
             if commands.is_empty() && appends.is_empty() {
                 self.outbox.sync_mark();
+                self.fold_log_when_idle();
             }
             if let Some(error) = self.outbox.take_mark_error() {
                 tracing::error!(%error, "Cannot write the outbox's commit mark; a loss of stored readings may go unreported until it works again.");
@@ -732,6 +739,27 @@ impl Worker {
 
     /// Prunes the dedup memory only by a trusted clock: a hub that booted on an old saved time would
     /// otherwise forget ids early (or, ahead, keep them forever) and a device's replay would be queued again.
+    /// Folds the write-ahead log into the database and empties it once the queues fall idle, at most
+    /// every `outbox.fold_log_seconds`. SQLite forgets every commit behind a damaged log frame, so what
+    /// sits only in the log is what damage to it can cost; this keeps that to the last second of commits
+    /// at a device's pace, and to at most `wal_autocheckpoint` pages in a sustained burst (which never
+    /// falls idle).
+    fn fold_log_when_idle(&mut self) {
+        let Some(every) = self.fold_log_after else {
+            return;
+        };
+        if self.last_fold.elapsed() < every || self.stalled.is_some() {
+            return;
+        }
+        self.last_fold = Instant::now();
+        if self.outbox.log_bytes() == 0 {
+            return;
+        }
+        if let Err(error) = self.outbox.checkpoint() {
+            tracing::debug!(%error, "Idle checkpoint failed; the log is folded at the next one.");
+        }
+    }
+
     fn housekeeping(&mut self) {
         if let Some(now_ms) = (self.trusted_now_ms)() {
             match self
@@ -885,7 +913,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let (handle, _worker) = spawn_worker(outbox, Space::new(dir.path()), 400, || None);
+        let (handle, _worker) = spawn_worker(outbox, Space::new(dir.path()), 400, None, || None);
         let producer = {
             let handle = handle.clone();
             tokio::spawn(async move {
