@@ -6,7 +6,8 @@
 //! (d) latency from a frame written on the pseudo-terminal to the message reaching a subscriber.
 //!
 //! Sizes can be lowered for a quick look: `VITALSD_BENCH_DRAIN=20000 cargo bench`; `VITALSD_BENCH_ONLY=drain`
-//! stops after (b), and `VITALSD_BENCH_WINDOW=N` sets the daemon's `mqtt.window`.
+//! stops after (b), `VITALSD_BENCH_WINDOW=N` sets the daemon's `mqtt.window`, and
+//! `VITALSD_BENCH_BROKER_INFLIGHT=N` the broker's `max_inflight_messages` (its MQTT 5 Receive Maximum).
 
 #[path = "../hil-tests/support/mod.rs"]
 #[allow(dead_code)]
@@ -43,7 +44,12 @@ fn main() {
             .unwrap_or(0)
     );
 
-    let broker = Broker::start_volatile();
+    // Mosquitto announces its `max_inflight_messages` (20 by default) to MQTT 5 clients as Receive Maximum,
+    // which caps the daemon's window; `VITALSD_BENCH_BROKER_INFLIGHT=N` sets it, to measure that apart.
+    let broker = match std::env::var("VITALSD_BENCH_BROKER_INFLIGHT") {
+        Ok(n) => Broker::start_with(false, &[&format!("max_inflight_messages {n}")]),
+        Err(_) => Broker::start_volatile(),
+    };
     // The machine is shared and noisy, so (a) and (b) alternate for a few rounds and the medians are compared.
     let rounds = env_or("VITALSD_BENCH_ROUNDS", 3);
     let (mut raw_rates, mut drain_rates, mut peaks, mut idles) =
