@@ -52,10 +52,15 @@ fn main() {
     };
     // The machine is shared and noisy, so (a) and (b) alternate for a few rounds and the medians are compared.
     let rounds = env_or("VITALSD_BENCH_ROUNDS", 3);
-    let (mut raw_rates, mut drain_rates, mut peaks, mut idles) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_rates, mut raw5_rates, mut drain_rates, mut peaks, mut idles) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         raw_rates.push(raw_publisher_rate(broker.port, drain_count, payload.len()));
+        raw5_rates.push(raw_v5_publisher_rate(
+            broker.port,
+            drain_count,
+            payload.len(),
+        ));
         let (drain_rate, peak_kib, idle_kib) = vitalsd_drain_rate(&broker, drain_count);
         drain_rates.push(drain_rate);
         peaks.push(peak_kib);
@@ -68,14 +73,26 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (raw_rate, drain_rate) = (median(&raw_rates), median(&drain_rates));
+    let (raw_rate, raw5_rate, drain_rate) = (
+        median(&raw_rates),
+        median(&raw5_rates),
+        median(&drain_rates),
+    );
     println!(
         "(a) raw rumqttc QoS 1 publisher, inflight 100:   {raw_rate:>10.0} msg/s (median of {})",
         samples(&raw_rates)
     );
+    println!(
+        "(a5) the same over MQTT 5 (broker's Receive Max): {raw5_rate:>10.0} msg/s (median of {})",
+        samples(&raw5_rates)
+    );
     println!("(b) vitalsd outbox drain of {drain_count} readings:   {drain_rate:>10.0} msg/s (median of {})", samples(&drain_rates));
     println!(
-        "    ratio of the medians, drain / raw:          {:>10.2}  (target >= 0.80)",
+        "    ratio of the medians, drain / raw MQTT 5:   {:>10.2}  (target >= 0.80)",
+        drain_rate / raw5_rate
+    );
+    println!(
+        "    ratio of the medians, drain / raw 3.1.1:    {:>10.2}",
         drain_rate / raw_rate
     );
     let peak_kib = peaks.iter().copied().max().unwrap_or(0);
@@ -163,6 +180,49 @@ fn raw_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
         let mut acked = 0;
         while acked < count {
             if let Event::Incoming(Incoming::PubAck(_)) = eventloop.poll().await.expect("poll") {
+                acked += 1;
+            }
+        }
+        let elapsed = started.elapsed();
+        drop(publisher.await);
+        count as f64 / elapsed.as_secs_f64()
+    })
+}
+
+/// (a5): the raw publisher over MQTT 5, which, like the daemon, keeps no more in flight than the broker's
+/// Receive Maximum allows.
+fn raw_v5_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut options = Options5::new("bench-raw-5", "127.0.0.1", port);
+        options.set_outgoing_inflight_upper_limit(100);
+        options.set_max_packet_size(Some(1 << 20));
+        let (client, mut eventloop) = Client5::new(options, 1000);
+        loop {
+            if let Event5::Incoming(Packet::ConnAck(_)) = eventloop.poll().await.expect("connect") {
+                break;
+            }
+        }
+        let payload = vec![b'x'; payload_size];
+        let publisher = tokio::spawn(async move {
+            for _ in 0..count {
+                client
+                    .publish("bench/raw", QoS5::AtLeastOnce, false, payload.clone())
+                    .await
+                    .expect("publish");
+            }
+            client
+        });
+        let started = Instant::now();
+        let mut acked = 0;
+        while acked < count {
+            if let Event5::Incoming(Packet::PubAck(_)) = eventloop.poll().await.expect("poll") {
                 acked += 1;
             }
         }

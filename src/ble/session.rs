@@ -233,7 +233,8 @@ async fn collect(
                     if let Some(channel) = channels.get_mut(&profile::sig(0x2A18)) {
                         let held = channel.decoding.release_held();
                         readings += held.len();
-                        if !append(outbox, devices, address, held, glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
+                        let counters = channel.decoding.take_counter_deltas();
+                        if !append(outbox, devices, address, (held, counters), glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
                             break SessionEnd::Shutdown;
                         }
                     }
@@ -260,7 +261,8 @@ async fn collect(
                         Ok(context) => {
                             let released = channel.decoding.context(&context);
                             readings += released.len();
-                            if !append(outbox, devices, address, released, glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
+                            let counters = channel.decoding.take_counter_deltas();
+                            if !append(outbox, devices, address, (released, counters), glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
                                 break SessionEnd::Shutdown;
                             }
                         }
@@ -275,7 +277,8 @@ async fn collect(
                 let Some(channel) = channels.get_mut(&notification.uuid) else { continue };
                 let decoded = channel.decoding.bytes(&notification.value, &received);
                 readings += decoded.len();
-                if !append(outbox, devices, address, decoded, glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
+                let counters = channel.decoding.take_counter_deltas();
+                if !append(outbox, devices, address, (decoded, counters), glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
                     break SessionEnd::Shutdown;
                 }
             }
@@ -301,7 +304,7 @@ async fn collect(
             outbox,
             devices,
             address,
-            held,
+            (held, channel.decoding.take_counter_deltas()),
             false,
             &mut restart_seen,
             shutdown,
@@ -314,6 +317,12 @@ async fn collect(
     save(devices);
     Ok(end)
 }
+
+/// Decoded records with their readings, and the counter deltas to commit with them.
+type Decoded = (
+    Vec<(crate::outbox::NewRecord, crate::reading::Reading)>,
+    Vec<(String, u64)>,
+);
 
 /// Makes decoded records durable and only then notes what they say about the device: the last reading
 /// time and, for a glucose meter, the newest sequence number (from which the next session asks for
@@ -329,7 +338,7 @@ async fn append(
     outbox: &OutboxHandle,
     devices: &SharedDevices,
     address: &str,
-    decoded: Vec<(crate::outbox::NewRecord, crate::reading::Reading)>,
+    (decoded, counters): Decoded,
     checking_last: bool,
     restart_seen: &mut bool,
     shutdown: &mut watch::Receiver<bool>,
@@ -349,7 +358,7 @@ async fn append(
     let count = decoded.len();
     let records = decoded.into_iter().map(|(record, _)| record).collect();
     let Some(outcomes) = grace
-        .until_stored(outbox.append_durable(records), shutdown)
+        .until_stored(outbox.append_durable_counted(records, counters), shutdown)
         .await
     else {
         tracing::warn!(%address, records = count, "Stopping while the outbox cannot take more: the device's records were not stored; it is asked for them again next time.");
