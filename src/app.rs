@@ -21,6 +21,8 @@ use crate::serial::{self, PortSettings};
 
 /// The outbox database inside the state directory.
 pub const OUTBOX_FILE: &str = "outbox.db";
+/// How long a stop waits for the outbox worker to finish what it is doing.
+const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until `shutdown` turns true or a part fails that must not be papered over.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -181,6 +183,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .map(|period| period / 2)
         .unwrap_or(Duration::from_secs(3600));
     let mut watchdog = tokio::time::interval(watchdog_period);
+    let mut last_progress = outbox.progress();
     let mut failure: Option<anyhow::Error> = None;
     let mut uplink_done = false;
     let mut worker_done = false;
@@ -207,8 +210,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             }
             _ = watchdog.tick() => {
                 // The ping proves the outbox worker still answers, not merely that a timer fires.
-                // Stats never wait behind an append, so a full disk does not silence the watchdog.
-                if let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_secs(5), outbox.stats()).await {
+                // Stats never wait behind an append, so a full disk does not silence the watchdog; on slow
+                // storage they may wait behind other work, and a worker that still makes progress is alive.
+                let stats = tokio::time::timeout(Duration::from_secs(5), outbox.stats()).await;
+                let progress = outbox.progress();
+                let moving = progress != last_progress;
+                last_progress = progress;
+                if !matches!(stats, Ok(Ok(_))) && moving {
+                    let _ = sd_notify::notify(&[
+                        sd_notify::NotifyState::Watchdog,
+                        sd_notify::NotifyState::Status("running; the outbox's storage is slow"),
+                    ]);
+                }
+                if let Ok(Ok(stats)) = stats {
                     let status = match stats.waiting_for_space_since_ms {
                         Some(since_ms) => format!(
                             "waiting for space in state_dir since {}: devices are not read; {} reading(s) waiting in the outbox",
@@ -242,12 +256,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     drop(outbox);
     if !worker_done {
-        match worker.await {
-            Ok(Ok(Err(error))) => {
+        // What the worker still does at a stop (removing delivered readings, the last checkpoint) can wait
+        // for the next start: everything accepted is durable already. Slow storage must not hold the stop
+        // past systemd's timeout.
+        match tokio::time::timeout(WORKER_STOP_GRACE, worker).await {
+            Ok(Ok(Ok(Err(error)))) => {
                 return Err(anyhow::Error::new(error).context("outbox storage failed"))
             }
-            Ok(Err(_)) | Err(_) => anyhow::bail!("the outbox worker panicked"),
-            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(_))) | Ok(Err(_)) => anyhow::bail!("the outbox worker panicked"),
+            Ok(Ok(Ok(Ok(())))) => {}
+            Err(_) => tracing::warn!(
+                "The outbox worker is still busy with slow storage; stopping without waiting for it. \
+                 Stored readings are safe; delivered ones not yet removed are sent again."
+            ),
         }
     }
     match failure {

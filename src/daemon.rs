@@ -41,6 +41,9 @@ pub fn main(config_path: &Path) -> ExitCode {
         signals.abort();
         result
     });
+    // `app::run` has given up waiting for anything still running (an outbox worker on slow storage, at
+    // most); dropping the runtime would wait for it after all.
+    runtime.shutdown_background();
     match result {
         Ok(()) => {
             tracing::info!("Stopped.");

@@ -433,7 +433,11 @@ impl Outbox {
             }
         }
         if !damaged.is_empty() {
-            self.move_to_quarantine(table, &damaged)?;
+            match self.move_to_quarantine(table, &damaged) {
+                // Not returned either way; on a full disk they are moved when a later fetch meets them.
+                Ok(()) | Err(OutboxError::DiskFull(_)) => {}
+                Err(other) => return Err(other),
+            }
         }
         Ok(fetched)
     }
@@ -555,7 +559,10 @@ impl Outbox {
         }
         transaction.commit().map_err(OutboxError::classify)?;
         if !damaged.is_empty() {
-            self.move_to_quarantine("held", &damaged)?;
+            match self.move_to_quarantine("held", &damaged) {
+                Ok(()) | Err(OutboxError::DiskFull(_)) => {}
+                Err(other) => return Err(other),
+            }
         }
         Ok(moved)
     }

@@ -8,6 +8,7 @@
 //! up: it was never durable, so nobody was told it was stored.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,7 @@ pub struct OutboxHandle {
     appends: mpsc::Sender<AppendRequest>,
     appended: Arc<Notify>,
     quarantined: Arc<Notify>,
+    progress: Arc<AtomicU64>,
 }
 
 /// The worker stopped; its thread reports why through the join handle.
@@ -260,6 +262,12 @@ impl OutboxHandle {
         self.appended.clone()
     }
 
+    /// A count that grows with every step the worker takes: a worker slowed by its storage still moves it,
+    /// a stuck one does not.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
     /// Signalled when a fetch found damaged records and quarantined them.
     pub fn quarantined(&self) -> Arc<Notify> {
         self.quarantined.clone()
@@ -283,11 +291,13 @@ pub fn spawn_worker(
     let (appends, append_queue) = mpsc::channel(APPEND_QUEUE);
     let appended = Arc::new(Notify::new());
     let quarantined = Arc::new(Notify::new());
+    let progress = Arc::new(AtomicU64::new(0));
     let handle = OutboxHandle {
         commands,
         appends,
         appended: appended.clone(),
         quarantined: quarantined.clone(),
+        progress: progress.clone(),
     };
     let worker = Worker {
         outbox,
@@ -299,6 +309,8 @@ pub fn spawn_worker(
         last_housekeeping: Instant::now(),
         last_fold: Instant::now(),
         fold_log_after,
+        checkpoint_warned_at: None,
+        progress: progress.clone(),
         stalled: None,
         unremoved: Vec::new(),
         unremoved_retry_at: None,
@@ -357,6 +369,9 @@ struct Worker {
     /// When the write-ahead log was last folded into the database while idle.
     last_fold: Instant,
     fold_log_after: Option<Duration>,
+    checkpoint_warned_at: Option<Instant>,
+    /// Counts the worker's steps, so the watchdog can tell a busy worker from a stuck one.
+    progress: Arc<AtomicU64>,
     /// The batch waiting for space; no appends are taken while there is one.
     stalled: Option<Pending>,
     /// Delivered records a full disk kept from being removed, retried at `unremoved_retry_at`.
@@ -422,6 +437,7 @@ impl Worker {
                     None => appends_open = false,
                 },
             }
+            self.progress.fetch_add(1, Ordering::Relaxed);
             if commands.is_empty() && appends.is_empty() {
                 self.outbox.sync_mark();
                 self.fold_log_when_idle();
@@ -634,11 +650,31 @@ impl Worker {
         if matches!(result, Err(OutboxError::DiskFull(_))) {
             // The failed transaction's pages stay in the WAL file, taking the room a delete would need;
             // truncating the WAL gives it back.
-            if let Err(error) = self.outbox.checkpoint() {
-                tracing::debug!(%error, "Checkpoint after a failed append failed.");
-            }
+            self.checkpoint();
         }
         result
+    }
+
+    /// Folds the WAL into the database. A failure on a full disk is expected (the next one folds it); any
+    /// other failure (an I/O error) is an SD card going bad, said at warning level, at most once a minute.
+    fn checkpoint(&mut self) {
+        if let Err(error) = self.outbox.checkpoint() {
+            self.checkpoint_failed(&error);
+        }
+    }
+
+    fn checkpoint_failed(&mut self, error: &OutboxError) {
+        if error.is_disk_full() {
+            tracing::debug!(%error, "Checkpoint on a full disk failed.");
+            return;
+        }
+        if self
+            .checkpoint_warned_at
+            .is_none_or(|at| at.elapsed() >= STILL_FULL_LOG)
+        {
+            self.checkpoint_warned_at = Some(Instant::now());
+            tracing::warn!(%error, "Cannot fold the outbox's write-ahead log into its database (an I/O error: check the storage); retrying later.");
+        }
     }
 
     /// Folds the WAL back into the database and truncates it, which returns a WAL that filled the
@@ -652,7 +688,7 @@ impl Worker {
                     tracing::error!(%error, "The WAL cannot be folded into the outbox even with the reserve's room.");
                 }
             }
-            Err(error) => tracing::debug!(%error, "Checkpoint on a full disk failed."),
+            Err(error) => self.checkpoint_failed(&error),
         }
         self.space.ensure_reserve();
     }
@@ -675,15 +711,14 @@ impl Worker {
         tracing::debug!(%error, records = seqs.len(), "Removing delivered readings on a full disk, a few at a time.");
         self.make_room();
         for (index, chunk) in seqs.chunks(ACK_CHUNK).enumerate() {
+            self.progress.fetch_add(1, Ordering::Relaxed);
             let mut result = self.outbox.acknowledge(chunk, now_ms);
             if matches!(result, Err(OutboxError::DiskFull(_))) && self.space.release_reserve() {
                 result = self.outbox.acknowledge(chunk, now_ms);
             }
             match result {
                 Ok(_) => {
-                    if let Err(error) = self.outbox.checkpoint() {
-                        tracing::debug!(%error, "Checkpoint after a removal failed.");
-                    }
+                    self.checkpoint();
                 }
                 Err(OutboxError::DiskFull(error)) => {
                     if self.unremoved_since.is_none() {
@@ -755,9 +790,7 @@ impl Worker {
         if self.outbox.log_bytes() == 0 {
             return;
         }
-        if let Err(error) = self.outbox.checkpoint() {
-            tracing::debug!(%error, "Idle checkpoint failed; the log is folded at the next one.");
-        }
+        self.checkpoint();
     }
 
     fn housekeeping(&mut self) {
@@ -774,9 +807,7 @@ impl Worker {
             }
         }
         if self.outbox.pending() == 0 {
-            if let Err(error) = self.outbox.checkpoint() {
-                tracing::debug!(%error, "Idle checkpoint failed.");
-            }
+            self.checkpoint();
         }
         self.space.ensure_reserve();
     }
