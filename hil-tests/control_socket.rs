@@ -468,4 +468,18 @@ fn pair_and_unpair_are_audited_with_the_peer_and_reserved_to_the_admin_group() {
                 && line.contains("outcome=\"failed: ")),
         "{log}"
     );
+    // Failures change nothing and anyone in the socket's group can cause them: they cannot flood the log.
+    for _ in 0..20 {
+        assert!(!rig
+            .ble
+            .vitalsd(&["unpair", "still-not-an-address"])
+            .status
+            .success());
+    }
+    let log = rig.ble.world.log();
+    let failures = audit_lines(&log)
+        .into_iter()
+        .filter(|line| line.contains("outcome=\"failed: "))
+        .count();
+    assert_eq!(failures, 1, "{log}");
 }

@@ -145,6 +145,9 @@ struct Context {
     /// Refused state changes are audited at most once per interval, so a client outside the admin group cannot
     /// fill the disk with refusals; the next line counts the ones held back.
     refusals: std::sync::Mutex<RateLimit>,
+    /// Failed state changes (a bad address, a device that does not answer) change nothing and anyone in
+    /// the socket's group can cause them as fast as they connect, so they are rate-limited like refusals.
+    failures: std::sync::Mutex<RateLimit>,
 }
 
 /// Serves the control socket until `shutdown`.
@@ -180,6 +183,7 @@ pub async fn serve(
         admin_group,
         daemon_uid: nix::unistd::geteuid().as_raw(),
         refusals: std::sync::Mutex::new(RateLimit::new(LOG_INTERVAL)),
+        failures: std::sync::Mutex::new(RateLimit::new(LOG_INTERVAL)),
     });
     let mut warnings = Warnings::new();
     let mut clients = FuturesUnordered::new();
@@ -349,9 +353,29 @@ impl Audit {
         }
     }
 
-    /// Written for every state change a peer was allowed to start, never rate-limited: only the
-    /// administrators can cause these, and each takes seconds of radio work.
-    fn record(&self, outcome: &str) {
+    /// Written for every state change a peer was allowed to start that did change state (or may have:
+    /// abandoned midway), never rate-limited. Failures changed nothing and are rate-limited, with a count
+    /// of those held back.
+    fn record(&self, outcome: &str, failures: &std::sync::Mutex<RateLimit>) {
+        if outcome.starts_with("failed") {
+            let allowed = failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .allow(Instant::now());
+            if let Some(held_back) = allowed {
+                tracing::info!(
+                    command = self.command,
+                    address = ?self.address,
+                    peer_uid = self.peer.uid,
+                    peer_gid = self.peer.gid,
+                    peer_pid = self.peer.pid,
+                    outcome,
+                    held_back,
+                    "Audit: control request to change bound devices failed."
+                );
+            }
+            return;
+        }
         tracing::info!(
             command = self.command,
             address = ?self.address,
@@ -472,7 +496,7 @@ async fn handle(stream: UnixStream, peer: Option<Peer>, context: Arc<Context>) -
                 // audit line is written before the client hears the outcome.
                 if last {
                     if let Some(audit) = audit.take() {
-                        audit.record(&outcome_text(result.as_ref()));
+                        audit.record(&outcome_text(result.as_ref()), &context.failures);
                     }
                 }
                 let line = format!("{event}\n");
@@ -481,7 +505,7 @@ async fn handle(stream: UnixStream, peer: Option<Peer>, context: Arc<Context>) -
                     // Dropping `work` cancels the operation, as it always has when the technician's
                     // command goes away.
                     if let Some(audit) = audit.take() {
-                        audit.record(&outcome_text(result.as_ref()));
+                        audit.record(&outcome_text(result.as_ref()), &context.failures);
                     }
                     return match written {
                         Ok(Err(_)) => ClientEnding::Left,
@@ -495,7 +519,7 @@ async fn handle(stream: UnixStream, peer: Option<Peer>, context: Arc<Context>) -
         }
     }
     if let Some(audit) = audit {
-        audit.record(&outcome_text(result.as_ref()));
+        audit.record(&outcome_text(result.as_ref()), &context.failures);
     }
     ClientEnding::Served
 }
