@@ -159,16 +159,21 @@ pub fn check_config(path: &Path) -> ExitCode {
     }
 }
 
+/// The configuration, or its errors printed and the exit code to return.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        for error in &errors.0 {
+            eprintln!("{error}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
 /// `vitalsd status`: reads the outbox (it works while the daemon runs).
 pub fn status(path: &Path, json: bool) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(errors) => {
-            for error in &errors.0 {
-                eprintln!("{error}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     crate::clock::set_policy(config.hub.clock);
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
@@ -198,14 +203,9 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
 /// Refuses while the daemon runs (it holds the outbox lock).
 pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCode {
     use crate::outbox::salvage::{mark_salvaged, moved_aside_files, salvage_file, OutboxLock};
-    let config = match Config::load(path) {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(errors) => {
-            for error in &errors.0 {
-                eprintln!("{error}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
     let _lock = match OutboxLock::acquire(&outbox_path) {

@@ -357,25 +357,18 @@ impl Audit {
     /// abandoned midway), never rate-limited. Failures changed nothing and are rate-limited, with a count
     /// of those held back.
     fn record(&self, outcome: &str, failures: &std::sync::Mutex<RateLimit>) {
-        if outcome.starts_with("failed") {
+        let held_back = if outcome.starts_with("failed") {
             let allowed = failures
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .allow(Instant::now());
-            if let Some(held_back) = allowed {
-                tracing::info!(
-                    command = self.command,
-                    address = ?self.address,
-                    peer_uid = self.peer.uid,
-                    peer_gid = self.peer.gid,
-                    peer_pid = self.peer.pid,
-                    outcome,
-                    held_back,
-                    "Audit: control request to change bound devices failed."
-                );
+            match allowed {
+                Some(held_back) => held_back,
+                None => return,
             }
-            return;
-        }
+        } else {
+            0
+        };
         tracing::info!(
             command = self.command,
             address = ?self.address,
@@ -383,7 +376,8 @@ impl Audit {
             peer_gid = self.peer.gid,
             peer_pid = self.peer.pid,
             outcome,
-            "Audit: control request changed bound devices."
+            held_back,
+            "Audit: control request to change bound devices."
         );
     }
 
