@@ -77,14 +77,15 @@ pub async fn run(
     let ack_timer = sleep_until(Instant::now());
     let status_timer = sleep_until(uplink.status_due);
     let pause_timer = sleep_until(Instant::now());
-    tokio::pin!(ack_timer, status_timer, pause_timer);
+    let burst_timer = sleep_until(Instant::now());
+    tokio::pin!(ack_timer, status_timer, pause_timer, burst_timer);
     loop {
         let mut paused = false;
         if uplink.connected {
             uplink.fill_window().await?;
             uplink.retry_when_walk_ended().await?;
             let pause = if uplink.gate.is_throttled() {
-                uplink.gate.paused_until(Instant::now().into_std())
+                uplink.gate.wake_at(Instant::now().into_std())
             } else {
                 None
             };
@@ -99,6 +100,12 @@ pub async fn run(
         if let Some(deadline) = uplink.ack_deadline {
             if ack_timer.deadline() != deadline {
                 ack_timer.as_mut().reset(deadline);
+            }
+        }
+        let burst_end = uplink.refusal_log.ends_at().map(Instant::from_std);
+        if let Some(end) = burst_end {
+            if burst_timer.deadline() != end {
+                burst_timer.as_mut().reset(end);
             }
         }
         if status_timer.deadline() != uplink.status_due {
@@ -126,6 +133,10 @@ pub async fn run(
             _ = &mut ack_timer, if uplink.ack_deadline.is_some() => uplink.flush_acks().await?,
             _ = appended.notified(), if waiting_for_records => uplink.exhausted = false,
             _ = &mut pause_timer, if paused => {}
+            _ = &mut burst_timer, if burst_end.is_some() => {
+                let report = uplink.refusal_log.handle_time(Instant::now().into_std());
+                uplink.handle_burst_report(report).await?;
+            }
             _ = &mut status_timer, if uplink.connected => uplink.publish_status("online").await?,
             // Storage damage is news for the backend at once, not at the next refresh.
             _ = quarantined.notified(), if uplink.connected => uplink.publish_status("online").await?,
@@ -194,7 +205,9 @@ impl Uplink {
             status_due: Instant::now(),
             last_error: None,
             gate: RetryGate::new(settings.mqtt.reconnect_min, settings.mqtt.reconnect_max),
-            refusal_log: RefusalLog::default(),
+            // A reading still refused is retried at least once per `reconnect_max` (jittered by up to 20 %),
+            // so twice that without a refusal means none is left.
+            refusal_log: RefusalLog::new(settings.mqtt.reconnect_max * 2),
             refused_unsaved: RefusalCounts::default(),
             status_refusal_logged: false,
         })
@@ -310,18 +323,15 @@ impl Uplink {
             LinkEvent::PubAck { pkid, outcome } => {
                 match (self.inflight.handle_puback(pkid), outcome) {
                     (Some(Slot::Record(seq)), AckOutcome::Accepted) => {
-                        self.gate.handle_accepted();
+                        self.gate.handle_accepted(seq);
                         self.acked.push(seq);
-                        if let Some(RefusalReport::Ended { refused }) =
-                            self.refusal_log.handle_accepted()
-                        {
-                            tracing::info!(
-                            refused,
-                            "The MQTT broker takes readings again; the refused ones are being sent again."
-                        );
-                            // The status topic stops saying "refusing" at once.
-                            self.flush_acks().await?;
-                            self.publish_status("online").await?;
+                        let report = if self.refusal_log.in_burst() {
+                            self.refusal_log.handle_accepted(Instant::now().into_std())
+                        } else {
+                            None
+                        };
+                        if report.is_some() {
+                            self.handle_burst_report(report).await?;
                         } else if self.acked.len() >= ACK_BATCH {
                             self.flush_acks().await?;
                         } else if self.ack_deadline.is_none() {
@@ -410,6 +420,24 @@ impl Uplink {
                 );
             }
             Some(RefusalReport::Ended { .. }) | None => {}
+        }
+        Ok(())
+    }
+
+    /// Logs the end of a burst of refusals, and the status topic stops saying "refusing" at once.
+    async fn handle_burst_report(
+        &mut self,
+        report: Option<RefusalReport>,
+    ) -> Result<(), UplinkError> {
+        if let Some(RefusalReport::Ended { refused }) = report {
+            tracing::info!(
+                refused,
+                "The MQTT broker takes readings again and has refused none for a while."
+            );
+            self.flush_acks().await?;
+            if self.connected {
+                self.publish_status("online").await?;
+            }
         }
         Ok(())
     }
