@@ -1,7 +1,8 @@
 //! A broker that refuses the hub's readings (an access rule denies the readings topic, or one kind of it):
 //! over MQTT 5 the readings stay in the outbox, the refusal is visible once per burst, the allowed kinds keep
 //! flowing, and fixing the rule lets them drain without a restart; over MQTT 3.1.1 the broker's PUBACK hides
-//! the refusal and the readings are lost.
+//! the refusal and the readings are lost. A broker that drops each connection at once (two hubs sharing a
+//! client id) meets a growing reconnect delay, not a storm.
 
 use std::time::{Duration, Instant};
 
@@ -391,4 +392,50 @@ fn mqtt5_a_broker_denying_one_kind_gives_one_burst_and_the_other_kinds_keep_flow
         1,
         "log:\n{log}"
     );
+}
+
+/// Two hubs configured with one client id: the broker drops each connection as soon as the other hub
+/// connects. Neither hub reconnects in a tight loop (only a connection that stayed up resets the backoff),
+/// and the identical error is logged once a minute, not once per reconnect.
+#[test]
+fn two_hubs_sharing_a_client_id_back_off_instead_of_reconnecting_in_a_storm() {
+    let broker = Broker::start();
+    let worlds = [DaemonWorld::new(), DaemonWorld::new()];
+    for world in &worlds {
+        world.write_config(&broker.url(), &[], &[]);
+    }
+    let _daemons: Vec<_> = worlds.iter().map(DaemonWorld::start).collect();
+    let count = |world: &DaemonWorld, text: &str| {
+        world
+            .log()
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    };
+    let connected = wait_until(Duration::from_secs(20), || {
+        worlds
+            .iter()
+            .all(|w| count(w, "Connected to the MQTT broker") >= 1)
+    });
+    assert!(connected, "log:\n{}", worlds[0].log());
+    let before: Vec<usize> = worlds
+        .iter()
+        .map(|w| count(w, "Connected to the MQTT broker"))
+        .collect();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let seconds = started.elapsed().as_secs_f64();
+    for (world, before) in worlds.iter().zip(before) {
+        let log = world.log();
+        // The delay grows to `reconnect_max_s` (1 s here, jittered by 20 %) and stays there; a storm
+        // reconnects every `reconnect_min_ms` (200 ms here) or faster.
+        let reconnects = count(world, "Connected to the MQTT broker") - before;
+        assert!(
+            reconnects as f64 <= seconds / 0.8 + 2.0,
+            "{reconnects} reconnects in {seconds:.1} s; log:\n{log}"
+        );
+        let warnings =
+            count(world, "Lost the MQTT connection") + count(world, "Cannot reach the MQTT broker");
+        assert!(warnings <= 2, "{warnings} connection warnings; log:\n{log}");
+    }
 }

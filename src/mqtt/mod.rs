@@ -42,6 +42,12 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 /// How long a clean shutdown waits for the broker to take the "offline" status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// A connection that stayed up this long was healthy: the reconnect after it starts from the shortest delay.
+/// A broker that accepts the connection and drops it at once (an unauthorised publish on some brokers, two
+/// hubs with one client id) therefore meets a growing delay, not a reconnect every `reconnect_min`.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// An identical broker error is logged and written to the outbox at most this often.
+const ERROR_REPEAT: Duration = Duration::from_secs(60);
 /// The outbox counter of refused publishes; `REFUSED_COUNTER.{reason}` counts each reason.
 pub const REFUSED_COUNTER: &str = "uplink_refused";
 
@@ -115,21 +121,20 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            event = uplink.link.poll() => match event {
-                Ok(event) => {
-                    if uplink.handle_event(event).await? {
-                        backoff.reset();
-                    }
+            event = uplink.link.poll() => {
+                match event {
+                    Ok(event) => uplink.handle_event(event).await?,
+                    Err(error) => uplink.handle_connection_error(error).await?,
                 }
-                Err(error) => {
-                    uplink.handle_connection_error(error).await?;
-                    let delay = backoff.next_delay();
+                // Every new attempt, after a lost connection or a deliberate restart, waits its turn.
+                if let Some(lasted) = uplink.restarted.take() {
+                    let delay = backoff.next_delay(lasted);
                     tokio::select! {
                         _ = shutdown.changed() => break,
                         _ = sleep(delay) => {}
                     }
                 }
-            },
+            }
             _ = &mut ack_timer, if uplink.ack_deadline.is_some() => uplink.flush_acks().await?,
             _ = appended.notified(), if waiting_for_records => uplink.exhausted = false,
             _ = &mut pause_timer, if paused => {}
@@ -168,7 +173,12 @@ struct Uplink {
     acked: Vec<i64>,
     ack_deadline: Option<Instant>,
     status_due: Instant,
-    last_error: Option<String>,
+    /// When this connection's CONNACK came.
+    connected_at: Option<Instant>,
+    /// The client was restarted after a connection that lasted this long (zero: it never came up); the
+    /// next attempt waits for the backoff.
+    restarted: Option<Duration>,
+    errors: RepeatFilter,
     /// Pauses and retry passes after refusals.
     gate: RetryGate,
     refusal_log: RefusalLog,
@@ -203,7 +213,9 @@ impl Uplink {
             acked: Vec::new(),
             ack_deadline: None,
             status_due: Instant::now(),
-            last_error: None,
+            connected_at: None,
+            restarted: None,
+            errors: RepeatFilter::default(),
             gate: RetryGate::new(settings.mqtt.reconnect_min, settings.mqtt.reconnect_max),
             // A reading still refused is retried at least once per `reconnect_max` (jittered by up to 20 %),
             // so twice that without a refusal means none is left.
@@ -304,8 +316,7 @@ impl Uplink {
         self.exhausted = false;
     }
 
-    /// Returns true when the event shows a healthy connection (CONNACK).
-    async fn handle_event(&mut self, event: LinkEvent) -> Result<bool, UplinkError> {
+    async fn handle_event(&mut self, event: LinkEvent) -> Result<(), UplinkError> {
         match event {
             LinkEvent::Connected { receive_maximum } => {
                 self.connection_window = self
@@ -318,7 +329,6 @@ impl Uplink {
                 );
                 self.start_connection();
                 self.publish_status("online").await?;
-                return Ok(true);
             }
             LinkEvent::PubAck { pkid, outcome } => {
                 match (self.inflight.handle_puback(pkid), outcome) {
@@ -375,7 +385,7 @@ impl Uplink {
             }
             LinkEvent::Disconnected | LinkEvent::Other => {}
         }
-        Ok(false)
+        Ok(())
     }
 
     /// The broker did not take a reading: it stays in the outbox, and the refusal is counted and logged
@@ -447,7 +457,7 @@ impl Uplink {
         self.inflight.handle_connection_lost();
         self.gate.handle_connected();
         self.restart_walk(0);
-        self.last_error = None;
+        self.connected_at = Some(Instant::now());
         self.status_refusal_logged = false;
     }
 
@@ -456,16 +466,18 @@ impl Uplink {
         // A fresh client for the next attempt: no packet ids, collision or queue carried over (rumqtt
         // #1056), and the packet-id space fits a broker whose Receive Maximum changed.
         self.restart_client().await?;
-        if self.last_error.as_deref() != Some(message.as_str()) {
+        if self
+            .errors
+            .should_report(&message, Instant::now().into_std())
+        {
             if was_connected {
                 tracing::warn!(error = %message, "Lost the MQTT connection; readings stay in the outbox.");
             } else {
                 tracing::warn!(error = %message, "Cannot reach the MQTT broker; readings stay in the outbox.");
             }
             self.outbox
-                .record_uplink_error(message.clone(), crate::clock::now_utc().timestamp_millis())
+                .record_uplink_error(message, crate::clock::now_utc().timestamp_millis())
                 .await?;
-            self.last_error = Some(message);
         }
         Ok(())
     }
@@ -473,6 +485,11 @@ impl Uplink {
     /// Drops the client and event loop (and so the connection) and builds new ones.
     async fn restart_client(&mut self) -> Result<(), UplinkError> {
         self.connected = false;
+        self.restarted = Some(
+            self.connected_at
+                .take()
+                .map_or(Duration::ZERO, |at| at.elapsed()),
+        );
         self.inflight.handle_connection_lost();
         self.buffer.clear();
         self.next_batch = None;
@@ -612,14 +629,34 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    fn next_delay(&mut self) -> Duration {
+    /// The delay before the next attempt, after a connection that lasted `lasted` (zero if it never came
+    /// up). Only a connection that stayed up [`STABLE_AFTER`] resets the delay to the shortest.
+    fn next_delay(&mut self, lasted: Duration) -> Duration {
+        if lasted >= STABLE_AFTER {
+            self.current = self.min;
+        }
         let base = self.current;
         self.current = (self.current * 2).min(self.max);
         base.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+}
+
+/// Lets a broker error through when it differs from the last one let through, or that one is
+/// [`ERROR_REPEAT`] old, so a reconnect loop does not log and write the same error every attempt.
+#[derive(Debug, Default)]
+struct RepeatFilter {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl RepeatFilter {
+    fn should_report(&mut self, message: &str, now: std::time::Instant) -> bool {
+        let repeated = self.last.as_ref().is_some_and(|(last, at)| {
+            last == message && now.saturating_duration_since(*at) < ERROR_REPEAT
+        });
+        if !repeated {
+            self.last = Some((message.to_string(), now));
+        }
+        !repeated
     }
 }
 
@@ -628,17 +665,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let delays: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
-        let expected_bases = [100, 200, 400, 400, 400];
-        for (delay, base) in delays.iter().zip(expected_bases) {
+    fn backoff_doubles_up_to_the_cap_and_resets_only_after_a_stable_connection() {
+        let ms = Duration::from_millis;
+        // (how long the connection that ended lasted, the delay's base before jitter)
+        let table = [
+            (Duration::ZERO, 100),
+            (Duration::ZERO, 200),
+            (Duration::ZERO, 400),
+            (Duration::ZERO, 400),
+            // Accepted and dropped at once, again and again: the delay keeps its cap.
+            (ms(500), 400),
+            (STABLE_AFTER - ms(1), 400),
+            // A connection that stayed up starts the next round from the shortest delay.
+            (STABLE_AFTER, 100),
+            (Duration::ZERO, 200),
+            (Duration::from_secs(3600), 100),
+        ];
+        let mut backoff = Backoff::new(ms(100), ms(400));
+        for (index, (lasted, base)) in table.into_iter().enumerate() {
+            let delay = backoff.next_delay(lasted).as_millis();
             assert!(
-                *delay >= base * 8 / 10 && *delay <= base * 12 / 10,
-                "{delays:?}"
+                delay >= base * 8 / 10 && delay <= base * 12 / 10,
+                "row {index}: {delay} ms, base {base} ms"
             );
         }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn an_identical_error_is_reported_at_most_once_a_minute() {
+        let start = std::time::Instant::now();
+        // (seconds since the start, error, reported)
+        let table = [
+            (0, "connection reset", true),
+            (1, "connection reset", false),
+            (59, "connection reset", false),
+            (60, "connection reset", true),
+            (61, "connection refused", true),
+            (62, "connection reset", true),
+            (63, "connection reset", false),
+        ];
+        let mut filter = RepeatFilter::default();
+        for (index, (at, error, reported)) in table.into_iter().enumerate() {
+            assert_eq!(
+                filter.should_report(error, start + Duration::from_secs(at)),
+                reported,
+                "row {index}"
+            );
+        }
     }
 }
