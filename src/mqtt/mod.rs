@@ -46,6 +46,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// A broker that accepts the connection and drops it at once (an unauthorised publish on some brokers, two
 /// hubs with one client id) therefore meets a growing delay, not a reconnect every `reconnect_min`.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// The shortest wait for a PUBACK on a live connection before the client is restarted; at least twice
+/// the keep-alive, so a slow broker is told apart from a publish the client lost.
+const PUBACK_TIMEOUT_MIN: Duration = Duration::from_secs(30);
 /// An identical broker error is logged and written to the outbox at most this often.
 const ERROR_REPEAT: Duration = Duration::from_secs(60);
 /// The outbox counter of refused publishes; `REFUSED_COUNTER.{reason}` counts each reason.
@@ -84,7 +87,14 @@ pub async fn run(
     let status_timer = sleep_until(uplink.status_due);
     let pause_timer = sleep_until(Instant::now());
     let burst_timer = sleep_until(Instant::now());
-    tokio::pin!(ack_timer, status_timer, pause_timer, burst_timer);
+    let puback_timer = sleep_until(Instant::now());
+    tokio::pin!(
+        ack_timer,
+        status_timer,
+        pause_timer,
+        burst_timer,
+        puback_timer
+    );
     loop {
         let mut paused = false;
         if uplink.connected {
@@ -114,6 +124,19 @@ pub async fn run(
                 burst_timer.as_mut().reset(end);
             }
         }
+        let puback_due = if uplink.connected {
+            uplink
+                .inflight
+                .oldest_sent()
+                .map(|sent| Instant::from_std(sent) + uplink.puback_timeout)
+        } else {
+            None
+        };
+        if let Some(due) = puback_due {
+            if puback_timer.deadline() != due {
+                puback_timer.as_mut().reset(due);
+            }
+        }
         if status_timer.deadline() != uplink.status_due {
             status_timer.as_mut().reset(uplink.status_due);
         }
@@ -121,23 +144,14 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            event = uplink.link.poll() => {
-                match event {
-                    Ok(event) => uplink.handle_event(event).await?,
-                    Err(error) => uplink.handle_connection_error(error).await?,
-                }
-                // Every new attempt, after a lost connection or a deliberate restart, waits its turn.
-                if let Some(lasted) = uplink.restarted.take() {
-                    let delay = backoff.next_delay(lasted);
-                    tokio::select! {
-                        _ = shutdown.changed() => break,
-                        _ = sleep(delay) => {}
-                    }
-                }
-            }
+            event = uplink.link.poll() => match event {
+                Ok(event) => uplink.handle_event(event).await?,
+                Err(error) => uplink.handle_connection_error(error).await?,
+            },
             _ = &mut ack_timer, if uplink.ack_deadline.is_some() => uplink.flush_acks().await?,
             _ = appended.notified(), if waiting_for_records => uplink.exhausted = false,
             _ = &mut pause_timer, if paused => {}
+            _ = &mut puback_timer, if puback_due.is_some() => uplink.check_puback_timeout().await?,
             _ = &mut burst_timer, if burst_end.is_some() => {
                 let report = uplink.refusal_log.handle_time(Instant::now().into_std());
                 uplink.handle_burst_report(report).await?;
@@ -145,6 +159,14 @@ pub async fn run(
             _ = &mut status_timer, if uplink.connected => uplink.publish_status("online").await?,
             // Storage damage is news for the backend at once, not at the next refresh.
             _ = quarantined.notified(), if uplink.connected => uplink.publish_status("online").await?,
+        }
+        // Every new attempt, after a lost connection or a deliberate restart, waits its turn.
+        if let Some(lasted) = uplink.restarted.take() {
+            let delay = backoff.next_delay(lasted);
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = sleep(delay) => {}
+            }
         }
     }
     uplink.shut_down().await
@@ -179,6 +201,8 @@ struct Uplink {
     /// next attempt waits for the backoff.
     restarted: Option<Duration>,
     errors: RepeatFilter,
+    /// How long a publish may wait for its PUBACK on a live connection.
+    puback_timeout: Duration,
     /// Pauses and retry passes after refusals.
     gate: RetryGate,
     refusal_log: RefusalLog,
@@ -216,6 +240,7 @@ impl Uplink {
             connected_at: None,
             restarted: None,
             errors: RepeatFilter::default(),
+            puback_timeout: (settings.mqtt.keep_alive * 2).max(PUBACK_TIMEOUT_MIN),
             gate: RetryGate::new(settings.mqtt.reconnect_min, settings.mqtt.reconnect_max),
             // A reading still refused is retried at least once per `reconnect_max` (jittered by up to 20 %),
             // so twice that without a refusal means none is left.
@@ -368,7 +393,10 @@ impl Uplink {
                 }
             }
             LinkEvent::PublishSent(pkid) => {
-                if let Err(error) = self.inflight.handle_publish_sent(pkid) {
+                if let Err(error) = self
+                    .inflight
+                    .handle_publish_sent(pkid, Instant::now().into_std())
+                {
                     // The mapping can no longer be trusted: start a fresh connection and re-send from the outbox.
                     tracing::error!(%error, "Lost track of publishes in flight; reconnecting.");
                     self.restart_client().await?;
@@ -386,6 +414,25 @@ impl Uplink {
             LinkEvent::Disconnected | LinkEvent::Other => {}
         }
         Ok(())
+    }
+
+    /// A PUBACK that has not come within the timeout on a live connection will not come: the publish was
+    /// lost on the way (the client's event loop is polled inside `select!`, and may drop a write it was
+    /// in the middle of). A fresh client re-sends everything unacknowledged from the outbox, as after any
+    /// reconnect, instead of the record and every retry pass waiting for the connection to drop.
+    async fn check_puback_timeout(&mut self) -> Result<(), UplinkError> {
+        if !self.connected
+            || !self
+                .inflight
+                .puback_overdue(Instant::now().into_std(), self.puback_timeout)
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            timeout_s = self.puback_timeout.as_secs(),
+            "A publish got no PUBACK from the MQTT broker in time; reconnecting to send it again."
+        );
+        self.restart_client().await
     }
 
     /// The broker did not take a reading: it stays in the outbox, and the refusal is counted and logged
