@@ -1,6 +1,8 @@
-//! A broker that refuses the hub's readings (an access rule denies the readings topic): over MQTT 5 the
-//! readings stay in the outbox, the refusal is visible, and fixing the rule lets them drain without a
-//! restart; over MQTT 3.1.1 the broker's PUBACK hides the refusal and the readings are lost.
+//! A broker that refuses the hub's readings (an access rule denies the readings topic, or one kind of it):
+//! over MQTT 5 the readings stay in the outbox, the refusal is visible once per burst, the allowed kinds keep
+//! flowing, and fixing the rule lets them drain without a restart; over MQTT 3.1.1 the broker's PUBACK hides
+//! the refusal and the readings are lost. A broker that drops each connection at once (two hubs sharing a
+//! client id) meets a growing reconnect delay, not a storm.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +10,7 @@ use crate::support::broker::Broker;
 use crate::support::daemon::{DaemonWorld, SerialEntry};
 use crate::support::nonin::SpotCheck;
 use crate::support::pty::SimulatedPort;
+use crate::support::serial_devices::tanita_line;
 use crate::support::subscriber::Subscriber;
 use crate::support::wait_until;
 
@@ -20,6 +23,13 @@ const ACL_STATUS_ONLY: &str =
 const ACL_FIXED: &str =
     "topic read vitalsd/v1/#\n\nuser hub\ntopic readwrite vitalsd/v1/hub-test/status\n\
                          topic write vitalsd/v1/hub-test/readings/#\n";
+
+/// The hub may write its status and the Tanita's kinds, but not pulse oximetry: one kind denied, as a
+/// mistaken rule would.
+const ACL_DENY_PULSE_OXIMETRY: &str =
+    "topic read vitalsd/v1/#\n\nuser hub\ntopic readwrite vitalsd/v1/hub-test/status\n\
+     topic write vitalsd/v1/hub-test/readings/body_weight\n\
+     topic write vitalsd/v1/hub-test/readings/body_composition\n";
 
 struct Rig {
     broker: Broker,
@@ -206,13 +216,14 @@ fn mqtt5_a_refused_reading_stays_pending_and_drains_once_the_broker_allows_it() 
         .map(|r| r["measured_at"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(measured, expected, "other readings than were sent");
-    assert!(rig.world.log().contains("takes readings again"));
+    // The burst ends once the broker has refused nothing for the quiet period (2 s here).
     let back = wait_until(Duration::from_secs(10), || {
         rig.last_status().is_some_and(|s| {
             s["uplink"]["refusing"] == false && s["outbox"]["delivered_total"].as_u64() >= Some(1)
         })
     });
     assert!(back, "{:?}", rig.last_status());
+    assert!(rig.world.log().contains("takes readings again"));
 }
 
 #[test]
@@ -245,4 +256,186 @@ fn mqtt311_cannot_see_a_refusal_so_refused_readings_are_reported_delivered_and_l
         rig.subscriber.readings()
     );
     assert!(rig.world.outbox_keys().is_empty());
+}
+
+/// The broker denies one reading kind and takes the others, interleaved: the refusal is one burst (one
+/// error line, one status change), the accepted kinds are not held up, and fixing the rule drains the
+/// denied kind and, after the quiet period, ends the burst.
+#[test]
+fn mqtt5_a_broker_denying_one_kind_gives_one_burst_and_the_other_kinds_keep_flowing() {
+    const PAIRS: u32 = 10;
+    let broker = Broker::start_with_acl("hub", "s3cret", ACL_DENY_PULSE_OXIMETRY);
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let world = DaemonWorld::new();
+    let mut nonin = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
+    let mut tanita = SimulatedPort::plug_in(&world.by_id("usb-FTDI_Tanita_BC-418-if00-port0"));
+    let password_file = world.dir.path().join("mqtt-password");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    let password_line = format!("password_file = \"{}\"", password_file.display());
+    world.write_config(
+        &broker.url(),
+        &["username = \"hub\"", &password_line, "protocol = \"5\""],
+        &[
+            SerialEntry {
+                path: nonin.link().to_path_buf(),
+                protocol: "nonin-df13",
+                id: None,
+                extra: vec![],
+            },
+            SerialEntry {
+                path: tanita.link().to_path_buf(),
+                protocol: "tanita",
+                id: None,
+                extra: vec![],
+            },
+        ],
+    );
+    let _daemon = world.start();
+    let statuses = || {
+        subscriber
+            .messages()
+            .into_iter()
+            .filter(|m| m.topic.ends_with("/status"))
+            .map(|m| m.json())
+            .collect::<Vec<_>>()
+    };
+    let online = wait_until(Duration::from_secs(20), || {
+        statuses().iter().any(|s| s["state"] == "online")
+    });
+    assert!(online, "the hub never came online; log:\n{}", world.log());
+
+    // A denied pulse oximetry reading and an allowed Tanita measurement (two readings) in turn.
+    let status_messages_before = statuses().len();
+    for n in 0..PAIRS {
+        nonin.write(&SpotCheck::numbered(n).frame());
+        tanita.write(&tanita_line(70.0 + f64::from(n), 20.0));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let written = Instant::now();
+    let tanita_readings = || {
+        subscriber
+            .readings()
+            .into_iter()
+            .filter(|r| r["device"]["protocol"] == "tanita")
+            .count()
+    };
+    let flowed = wait_until(Duration::from_secs(10), || {
+        tanita_readings() >= 2 * PAIRS as usize
+    });
+    assert!(
+        flowed,
+        "{} of {} Tanita readings arrived; status {}\nlog:\n{}",
+        tanita_readings(),
+        2 * PAIRS,
+        world.status(),
+        world.log()
+    );
+    // Not held up by the refusals: they arrive about as soon as they are written.
+    assert!(
+        written.elapsed() < Duration::from_secs(3),
+        "the allowed kinds took {:?}",
+        written.elapsed()
+    );
+
+    // Retry passes go on for a few seconds; the burst lasts throughout.
+    std::thread::sleep(Duration::from_secs(4));
+    let status = world.status();
+    assert_eq!(status["outbox"]["pending"], PAIRS, "{status}");
+    assert!(
+        status["uplink"]["refused"]["not_authorized"].as_u64() >= Some(u64::from(PAIRS)),
+        "{status}"
+    );
+    let log = world.log();
+    let lines = |text: &str| log.lines().filter(|l| l.contains(text)).count();
+    assert_eq!(lines("The MQTT broker refused a reading"), 1, "log:\n{log}");
+    assert_eq!(lines("takes readings again"), 0, "log:\n{log}");
+    // The refusal changed the status topic once, not once or twice per refused reading.
+    let during = statuses()[status_messages_before..].to_vec();
+    assert!(
+        during.len() <= 2,
+        "{} status messages: {during:?}",
+        during.len()
+    );
+    assert!(
+        during
+            .last()
+            .is_some_and(|s| s["uplink"]["refusing"] == true),
+        "{during:?}"
+    );
+
+    // The rule is fixed: the denied kind drains, and the burst ends once nothing is refused for the
+    // quiet period (twice `reconnect_max_s`, 2 s here).
+    broker.set_acl(ACL_FIXED);
+    broker.reload();
+    let drained = wait_until(Duration::from_secs(20), || {
+        world.status()["outbox"]["pending"] == 0
+    });
+    assert!(drained, "{}\nlog:\n{}", world.status(), world.log());
+    let ended = wait_until(Duration::from_secs(10), || {
+        statuses()
+            .last()
+            .is_some_and(|s| s["uplink"]["refusing"] == false)
+    });
+    assert!(ended, "{:?}\nlog:\n{}", statuses().last(), world.log());
+    let log = world.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("takes readings again"))
+            .count(),
+        1,
+        "log:\n{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("The MQTT broker refused a reading"))
+            .count(),
+        1,
+        "log:\n{log}"
+    );
+}
+
+/// Two hubs configured with one client id: the broker drops each connection as soon as the other hub
+/// connects. Neither hub reconnects in a tight loop (only a connection that stayed up resets the backoff),
+/// and the identical error is logged once a minute, not once per reconnect.
+#[test]
+fn two_hubs_sharing_a_client_id_back_off_instead_of_reconnecting_in_a_storm() {
+    let broker = Broker::start();
+    let worlds = [DaemonWorld::new(), DaemonWorld::new()];
+    for world in &worlds {
+        world.write_config(&broker.url(), &[], &[]);
+    }
+    let _daemons: Vec<_> = worlds.iter().map(DaemonWorld::start).collect();
+    let count = |world: &DaemonWorld, text: &str| {
+        world
+            .log()
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    };
+    let connected = wait_until(Duration::from_secs(20), || {
+        worlds
+            .iter()
+            .all(|w| count(w, "Connected to the MQTT broker") >= 1)
+    });
+    assert!(connected, "log:\n{}", worlds[0].log());
+    let before: Vec<usize> = worlds
+        .iter()
+        .map(|w| count(w, "Connected to the MQTT broker"))
+        .collect();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let seconds = started.elapsed().as_secs_f64();
+    for (world, before) in worlds.iter().zip(before) {
+        let log = world.log();
+        // The delay grows to `reconnect_max_s` (1 s here, jittered by 20 %) and stays there; a storm
+        // reconnects every `reconnect_min_ms` (200 ms here) or faster.
+        let reconnects = count(world, "Connected to the MQTT broker") - before;
+        assert!(
+            reconnects as f64 <= seconds / 0.8 + 2.0,
+            "{reconnects} reconnects in {seconds:.1} s; log:\n{log}"
+        );
+        let warnings =
+            count(world, "Lost the MQTT connection") + count(world, "Cannot reach the MQTT broker");
+        assert!(warnings <= 2, "{warnings} connection warnings; log:\n{log}");
+    }
 }

@@ -42,6 +42,15 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 /// How long a clean shutdown waits for the broker to take the "offline" status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// A connection that stayed up this long was healthy: the reconnect after it starts from the shortest delay.
+/// A broker that accepts the connection and drops it at once (an unauthorised publish on some brokers, two
+/// hubs with one client id) therefore meets a growing delay, not a reconnect every `reconnect_min`.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// The shortest wait for a PUBACK on a live connection before the client is restarted; at least twice
+/// the keep-alive, so a slow broker is told apart from a publish the client lost.
+const PUBACK_TIMEOUT_MIN: Duration = Duration::from_secs(30);
+/// An identical broker error is logged and written to the outbox at most this often.
+const ERROR_REPEAT: Duration = Duration::from_secs(60);
 /// The outbox counter of refused publishes; `REFUSED_COUNTER.{reason}` counts each reason.
 pub const REFUSED_COUNTER: &str = "uplink_refused";
 
@@ -77,14 +86,22 @@ pub async fn run(
     let ack_timer = sleep_until(Instant::now());
     let status_timer = sleep_until(uplink.status_due);
     let pause_timer = sleep_until(Instant::now());
-    tokio::pin!(ack_timer, status_timer, pause_timer);
+    let burst_timer = sleep_until(Instant::now());
+    let puback_timer = sleep_until(Instant::now());
+    tokio::pin!(
+        ack_timer,
+        status_timer,
+        pause_timer,
+        burst_timer,
+        puback_timer
+    );
     loop {
         let mut paused = false;
         if uplink.connected {
             uplink.fill_window().await?;
             uplink.retry_when_walk_ended().await?;
             let pause = if uplink.gate.is_throttled() {
-                uplink.gate.paused_until(Instant::now().into_std())
+                uplink.gate.wake_at(Instant::now().into_std())
             } else {
                 None
             };
@@ -101,6 +118,25 @@ pub async fn run(
                 ack_timer.as_mut().reset(deadline);
             }
         }
+        let burst_end = uplink.refusal_log.ends_at().map(Instant::from_std);
+        if let Some(end) = burst_end {
+            if burst_timer.deadline() != end {
+                burst_timer.as_mut().reset(end);
+            }
+        }
+        let puback_due = if uplink.connected {
+            uplink
+                .inflight
+                .oldest_sent()
+                .map(|sent| Instant::from_std(sent) + uplink.puback_timeout)
+        } else {
+            None
+        };
+        if let Some(due) = puback_due {
+            if puback_timer.deadline() != due {
+                puback_timer.as_mut().reset(due);
+            }
+        }
         if status_timer.deadline() != uplink.status_due {
             status_timer.as_mut().reset(uplink.status_due);
         }
@@ -109,26 +145,28 @@ pub async fn run(
             biased;
             _ = shutdown.changed() => break,
             event = uplink.link.poll() => match event {
-                Ok(event) => {
-                    if uplink.handle_event(event).await? {
-                        backoff.reset();
-                    }
-                }
-                Err(error) => {
-                    uplink.handle_connection_error(error).await?;
-                    let delay = backoff.next_delay();
-                    tokio::select! {
-                        _ = shutdown.changed() => break,
-                        _ = sleep(delay) => {}
-                    }
-                }
+                Ok(event) => uplink.handle_event(event).await?,
+                Err(error) => uplink.handle_connection_error(error).await?,
             },
             _ = &mut ack_timer, if uplink.ack_deadline.is_some() => uplink.flush_acks().await?,
             _ = appended.notified(), if waiting_for_records => uplink.exhausted = false,
             _ = &mut pause_timer, if paused => {}
+            _ = &mut puback_timer, if puback_due.is_some() => uplink.check_puback_timeout().await?,
+            _ = &mut burst_timer, if burst_end.is_some() => {
+                let report = uplink.refusal_log.handle_time(Instant::now().into_std());
+                uplink.handle_burst_report(report).await?;
+            }
             _ = &mut status_timer, if uplink.connected => uplink.publish_status("online").await?,
             // Storage damage is news for the backend at once, not at the next refresh.
             _ = quarantined.notified(), if uplink.connected => uplink.publish_status("online").await?,
+        }
+        // Every new attempt, after a lost connection or a deliberate restart, waits its turn.
+        if let Some(lasted) = uplink.restarted.take() {
+            let delay = backoff.next_delay(lasted);
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = sleep(delay) => {}
+            }
         }
     }
     uplink.shut_down().await
@@ -157,7 +195,14 @@ struct Uplink {
     acked: Vec<i64>,
     ack_deadline: Option<Instant>,
     status_due: Instant,
-    last_error: Option<String>,
+    /// When this connection's CONNACK came.
+    connected_at: Option<Instant>,
+    /// The client was restarted after a connection that lasted this long (zero: it never came up); the
+    /// next attempt waits for the backoff.
+    restarted: Option<Duration>,
+    errors: RepeatFilter,
+    /// How long a publish may wait for its PUBACK on a live connection.
+    puback_timeout: Duration,
     /// Pauses and retry passes after refusals.
     gate: RetryGate,
     refusal_log: RefusalLog,
@@ -192,9 +237,14 @@ impl Uplink {
             acked: Vec::new(),
             ack_deadline: None,
             status_due: Instant::now(),
-            last_error: None,
+            connected_at: None,
+            restarted: None,
+            errors: RepeatFilter::default(),
+            puback_timeout: (settings.mqtt.keep_alive * 2).max(PUBACK_TIMEOUT_MIN),
             gate: RetryGate::new(settings.mqtt.reconnect_min, settings.mqtt.reconnect_max),
-            refusal_log: RefusalLog::default(),
+            // A reading still refused is retried at least once per `reconnect_max` (jittered by up to 20 %),
+            // so twice that without a refusal means none is left.
+            refusal_log: RefusalLog::new(settings.mqtt.reconnect_max * 2),
             refused_unsaved: RefusalCounts::default(),
             status_refusal_logged: false,
         })
@@ -291,8 +341,7 @@ impl Uplink {
         self.exhausted = false;
     }
 
-    /// Returns true when the event shows a healthy connection (CONNACK).
-    async fn handle_event(&mut self, event: LinkEvent) -> Result<bool, UplinkError> {
+    async fn handle_event(&mut self, event: LinkEvent) -> Result<(), UplinkError> {
         match event {
             LinkEvent::Connected { receive_maximum } => {
                 self.connection_window = self
@@ -305,23 +354,19 @@ impl Uplink {
                 );
                 self.start_connection();
                 self.publish_status("online").await?;
-                return Ok(true);
             }
             LinkEvent::PubAck { pkid, outcome } => {
                 match (self.inflight.handle_puback(pkid), outcome) {
                     (Some(Slot::Record(seq)), AckOutcome::Accepted) => {
-                        self.gate.handle_accepted();
+                        self.gate.handle_accepted(seq);
                         self.acked.push(seq);
-                        if let Some(RefusalReport::Ended { refused }) =
-                            self.refusal_log.handle_accepted()
-                        {
-                            tracing::info!(
-                            refused,
-                            "The MQTT broker takes readings again; the refused ones are being sent again."
-                        );
-                            // The status topic stops saying "refusing" at once.
-                            self.flush_acks().await?;
-                            self.publish_status("online").await?;
+                        let report = if self.refusal_log.in_burst() {
+                            self.refusal_log.handle_accepted(Instant::now().into_std())
+                        } else {
+                            None
+                        };
+                        if report.is_some() {
+                            self.handle_burst_report(report).await?;
                         } else if self.acked.len() >= ACK_BATCH {
                             self.flush_acks().await?;
                         } else if self.ack_deadline.is_none() {
@@ -348,7 +393,10 @@ impl Uplink {
                 }
             }
             LinkEvent::PublishSent(pkid) => {
-                if let Err(error) = self.inflight.handle_publish_sent(pkid) {
+                if let Err(error) = self
+                    .inflight
+                    .handle_publish_sent(pkid, Instant::now().into_std())
+                {
                     // The mapping can no longer be trusted: start a fresh connection and re-send from the outbox.
                     tracing::error!(%error, "Lost track of publishes in flight; reconnecting.");
                     self.restart_client().await?;
@@ -365,7 +413,26 @@ impl Uplink {
             }
             LinkEvent::Disconnected | LinkEvent::Other => {}
         }
-        Ok(false)
+        Ok(())
+    }
+
+    /// A PUBACK that has not come within the timeout on a live connection will not come: the publish was
+    /// lost on the way (the client's event loop is polled inside `select!`, and may drop a write it was
+    /// in the middle of). A fresh client re-sends everything unacknowledged from the outbox, as after any
+    /// reconnect, instead of the record and every retry pass waiting for the connection to drop.
+    async fn check_puback_timeout(&mut self) -> Result<(), UplinkError> {
+        if !self.connected
+            || !self
+                .inflight
+                .puback_overdue(Instant::now().into_std(), self.puback_timeout)
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            timeout_s = self.puback_timeout.as_secs(),
+            "A publish got no PUBACK from the MQTT broker in time; reconnecting to send it again."
+        );
+        self.restart_client().await
     }
 
     /// The broker did not take a reading: it stays in the outbox, and the refusal is counted and logged
@@ -414,12 +481,30 @@ impl Uplink {
         Ok(())
     }
 
+    /// Logs the end of a burst of refusals, and the status topic stops saying "refusing" at once.
+    async fn handle_burst_report(
+        &mut self,
+        report: Option<RefusalReport>,
+    ) -> Result<(), UplinkError> {
+        if let Some(RefusalReport::Ended { refused }) = report {
+            tracing::info!(
+                refused,
+                "The MQTT broker takes readings again and has refused none for a while."
+            );
+            self.flush_acks().await?;
+            if self.connected {
+                self.publish_status("online").await?;
+            }
+        }
+        Ok(())
+    }
+
     fn start_connection(&mut self) {
         self.connected = true;
         self.inflight.handle_connection_lost();
         self.gate.handle_connected();
         self.restart_walk(0);
-        self.last_error = None;
+        self.connected_at = Some(Instant::now());
         self.status_refusal_logged = false;
     }
 
@@ -428,16 +513,18 @@ impl Uplink {
         // A fresh client for the next attempt: no packet ids, collision or queue carried over (rumqtt
         // #1056), and the packet-id space fits a broker whose Receive Maximum changed.
         self.restart_client().await?;
-        if self.last_error.as_deref() != Some(message.as_str()) {
+        if self
+            .errors
+            .should_report(&message, Instant::now().into_std())
+        {
             if was_connected {
                 tracing::warn!(error = %message, "Lost the MQTT connection; readings stay in the outbox.");
             } else {
                 tracing::warn!(error = %message, "Cannot reach the MQTT broker; readings stay in the outbox.");
             }
             self.outbox
-                .record_uplink_error(message.clone(), crate::clock::now_utc().timestamp_millis())
+                .record_uplink_error(message, crate::clock::now_utc().timestamp_millis())
                 .await?;
-            self.last_error = Some(message);
         }
         Ok(())
     }
@@ -445,6 +532,11 @@ impl Uplink {
     /// Drops the client and event loop (and so the connection) and builds new ones.
     async fn restart_client(&mut self) -> Result<(), UplinkError> {
         self.connected = false;
+        self.restarted = Some(
+            self.connected_at
+                .take()
+                .map_or(Duration::ZERO, |at| at.elapsed()),
+        );
         self.inflight.handle_connection_lost();
         self.buffer.clear();
         self.next_batch = None;
@@ -584,14 +676,34 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    fn next_delay(&mut self) -> Duration {
+    /// The delay before the next attempt, after a connection that lasted `lasted` (zero if it never came
+    /// up). Only a connection that stayed up [`STABLE_AFTER`] resets the delay to the shortest.
+    fn next_delay(&mut self, lasted: Duration) -> Duration {
+        if lasted >= STABLE_AFTER {
+            self.current = self.min;
+        }
         let base = self.current;
         self.current = (self.current * 2).min(self.max);
         base.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+}
+
+/// Lets a broker error through when it differs from the last one let through, or that one is
+/// [`ERROR_REPEAT`] old, so a reconnect loop does not log and write the same error every attempt.
+#[derive(Debug, Default)]
+struct RepeatFilter {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl RepeatFilter {
+    fn should_report(&mut self, message: &str, now: std::time::Instant) -> bool {
+        let repeated = self.last.as_ref().is_some_and(|(last, at)| {
+            last == message && now.saturating_duration_since(*at) < ERROR_REPEAT
+        });
+        if !repeated {
+            self.last = Some((message.to_string(), now));
+        }
+        !repeated
     }
 }
 
@@ -600,17 +712,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let delays: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
-        let expected_bases = [100, 200, 400, 400, 400];
-        for (delay, base) in delays.iter().zip(expected_bases) {
+    fn backoff_doubles_up_to_the_cap_and_resets_only_after_a_stable_connection() {
+        let ms = Duration::from_millis;
+        // (how long the connection that ended lasted, the delay's base before jitter)
+        let table = [
+            (Duration::ZERO, 100),
+            (Duration::ZERO, 200),
+            (Duration::ZERO, 400),
+            (Duration::ZERO, 400),
+            // Accepted and dropped at once, again and again: the delay keeps its cap.
+            (ms(500), 400),
+            (STABLE_AFTER - ms(1), 400),
+            // A connection that stayed up starts the next round from the shortest delay.
+            (STABLE_AFTER, 100),
+            (Duration::ZERO, 200),
+            (Duration::from_secs(3600), 100),
+        ];
+        let mut backoff = Backoff::new(ms(100), ms(400));
+        for (index, (lasted, base)) in table.into_iter().enumerate() {
+            let delay = backoff.next_delay(lasted).as_millis();
             assert!(
-                *delay >= base * 8 / 10 && *delay <= base * 12 / 10,
-                "{delays:?}"
+                delay >= base * 8 / 10 && delay <= base * 12 / 10,
+                "row {index}: {delay} ms, base {base} ms"
             );
         }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn an_identical_error_is_reported_at_most_once_a_minute() {
+        let start = std::time::Instant::now();
+        // (seconds since the start, error, reported)
+        let table = [
+            (0, "connection reset", true),
+            (1, "connection reset", false),
+            (59, "connection reset", false),
+            (60, "connection reset", true),
+            (61, "connection refused", true),
+            (62, "connection reset", true),
+            (63, "connection reset", false),
+        ];
+        let mut filter = RepeatFilter::default();
+        for (index, (at, error, reported)) in table.into_iter().enumerate() {
+            assert_eq!(
+                filter.should_report(error, start + Duration::from_secs(at)),
+                reported,
+                "row {index}"
+            );
+        }
     }
 }

@@ -8,15 +8,23 @@
 //!
 //! * A refused reading stays in the outbox and the walk through the outbox goes on past it, so readings
 //!   behind it are not held back by it.
-//! * After a refusal the uplink publishes nothing new for a delay (`reconnect_min` doubling up to
-//!   `reconnect_max`, jittered), then probes with one publish at a time until the broker takes one, which
-//!   restores the full window and the shortest delay. A broker that refuses everything therefore sees one
-//!   publish per delay, never a tight loop.
-//! * When the walk reaches the end of the outbox having passed refused readings, and the delay is over, it
-//!   starts again from the oldest pending reading: a retry pass. A retry pass that meets a refusal stops
-//!   there and the walk jumps back to where the last pass ended, so readings refused for good cost later
-//!   readings at most one delay per pass rather than one per refused reading; the oldest refused reading is
-//!   the probe. Once the broker takes it, the retry pass carries on at full speed, oldest first.
+//! * A refusal with no accepted publish since the previous refusal (the broker seems to refuse everything)
+//!   pauses new publishes for a delay (`reconnect_min` doubling up to `reconnect_max`, jittered), then
+//!   the uplink probes with one publish at a time until the broker takes one, which restores the full
+//!   window and the shortest pause. A broker that refuses everything therefore sees one publish per delay,
+//!   never a tight loop. A refusal that follows an accepted publish (the broker refuses some topics, say
+//!   one reading kind) pauses nothing: the broker evidently takes the others, and they keep flowing.
+//! * When the walk reaches the end of the outbox having passed refused readings, and both the pause and
+//!   the retry delay are over, it starts again from the oldest pending reading: a retry pass. A retry pass
+//!   that meets a refusal stops there, the walk jumps back to where the last pass ended, and the retry
+//!   delay doubles (up to `reconnect_max`); it shortens again only when a retry pass gets a reading taken.
+//!   Readings refused for good therefore cost one publish per retry delay, however much else is accepted;
+//!   the oldest refused reading is the probe. Once the broker takes it, the retry pass carries on at full
+//!   speed, oldest first.
+//! * A burst of refusals, for logging and the status topic, ends only after the broker has taken a publish
+//!   and refused none for a quiet period (twice `reconnect_max`, the longest gap between retry passes
+//!   while refused readings remain), so interleaved accepted and refused traffic is one burst, not one per
+//!   refused message.
 
 use std::time::{Duration, Instant};
 
@@ -128,27 +136,45 @@ impl RefusalCounts {
 /// A log line the uplink should write about refusals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefusalReport {
-    /// The first refusal after an accepted publish (or since the start).
+    /// The first refusal outside a burst.
     Started(Refusal),
     /// Refusals since the last report, at most every [`SUMMARY_EVERY`] while the burst lasts.
     Summary(RefusalCounts),
-    /// The broker took a publish again; the burst had this many refusals in all.
+    /// The broker took publishes and refused none for the quiet period; the burst had this many refusals.
     Ended { refused: u64 },
 }
 
 /// Decides when refusals are logged: once when a burst starts, then a summary at most every
-/// [`SUMMARY_EVERY`], and once when it ends, however many publishes are refused.
-#[derive(Debug, Default)]
+/// [`SUMMARY_EVERY`], and once when it ends, however many publishes are refused and however they are
+/// interleaved with accepted ones.
+#[derive(Debug)]
 pub struct RefusalLog {
+    /// How long the broker must refuse nothing, having taken a publish, for a burst to end.
+    quiet: Duration,
     /// When the burst's last report was made; `None` outside a burst.
     last_report: Option<Instant>,
+    last_refusal: Option<Instant>,
+    accepted_since_refusal: bool,
     since_report: RefusalCounts,
     in_burst: u64,
 }
 
 impl RefusalLog {
+    pub fn new(quiet: Duration) -> RefusalLog {
+        RefusalLog {
+            quiet,
+            last_report: None,
+            last_refusal: None,
+            accepted_since_refusal: false,
+            since_report: RefusalCounts::default(),
+            in_burst: 0,
+        }
+    }
+
     pub fn handle_refused(&mut self, refusal: Refusal, now: Instant) -> Option<RefusalReport> {
         self.in_burst += 1;
+        self.last_refusal = Some(now);
+        self.accepted_since_refusal = false;
         match self.last_report {
             None => {
                 self.last_report = Some(now);
@@ -166,14 +192,32 @@ impl RefusalLog {
         }
     }
 
-    pub fn handle_accepted(&mut self) -> Option<RefusalReport> {
-        self.last_report.take()?;
+    pub fn handle_accepted(&mut self, now: Instant) -> Option<RefusalReport> {
+        self.accepted_since_refusal = true;
+        self.handle_time(now)
+    }
+
+    /// When the burst ends if nothing is refused before then; the uplink calls [`RefusalLog::handle_time`]
+    /// at that moment. `None` outside a burst, or while nothing was accepted since the last refusal.
+    pub fn ends_at(&self) -> Option<Instant> {
+        if !self.in_burst() || !self.accepted_since_refusal {
+            return None;
+        }
+        self.last_refusal.map(|last| last + self.quiet)
+    }
+
+    /// Ends the burst once the quiet period after the last refusal is over.
+    pub fn handle_time(&mut self, now: Instant) -> Option<RefusalReport> {
+        if self.ends_at().is_none_or(|end| now < end) {
+            return None;
+        }
+        self.last_report = None;
         self.since_report = RefusalCounts::default();
         let refused = std::mem::take(&mut self.in_burst);
         Some(RefusalReport::Ended { refused })
     }
 
-    /// True between the first refusal and the next accepted publish.
+    /// True from the first refusal until the burst ends.
     pub fn in_burst(&self) -> bool {
         self.last_report.is_some()
     }
@@ -184,12 +228,18 @@ impl RefusalLog {
 pub struct RetryGate {
     min: Duration,
     max: Duration,
-    /// The pause the next refusal starts.
-    next_delay: Duration,
+    /// The pause the next refusal in a row starts.
+    next_pause: Duration,
     /// No new publish before this.
     paused_until: Option<Instant>,
     /// One publish at a time until the broker takes one.
     probing: bool,
+    /// The broker took a publish since the last refusal: it refuses some topics, not everything.
+    accepted_since_refusal: bool,
+    /// The delay the next retry pass that meets a refusal sets.
+    next_retry_delay: Duration,
+    /// No retry pass before this.
+    retry_not_before: Option<Instant>,
     /// The walk has passed refused readings since it last started from the oldest.
     refused_behind: bool,
     /// The highest seq a pass reached; a retry pass covers the seqs up to it.
@@ -212,9 +262,12 @@ impl RetryGate {
         RetryGate {
             min,
             max,
-            next_delay: min,
+            next_pause: min,
             paused_until: None,
             probing: false,
+            accepted_since_refusal: false,
+            next_retry_delay: min,
+            retry_not_before: None,
             refused_behind: false,
             frontier: 0,
             retry_until: 0,
@@ -228,10 +281,9 @@ impl RetryGate {
         self.retry_until = 0;
     }
 
-    /// True from a refusal until the broker takes a publish again; only then does the window depend on
-    /// the time, so the uplink reads the clock only then.
+    /// True while the window or a retry pass depends on the time, so the uplink reads the clock only then.
     pub fn is_throttled(&self) -> bool {
-        self.paused_until.is_some() || self.probing
+        self.paused_until.is_some() || self.probing || self.refused_behind
     }
 
     /// The walk passed refused readings since it last started from the oldest.
@@ -250,9 +302,14 @@ impl RetryGate {
         }
     }
 
-    /// When publishing may resume, if it is paused.
-    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
-        self.paused_until.filter(|until| now < *until)
+    /// The next moment the window or a retry pass may change without any event: the end of the pause,
+    /// or of the retry delay while refused readings are behind the walk.
+    pub fn wake_at(&self, now: Instant) -> Option<Instant> {
+        let pause = self.paused_until.filter(|until| now < *until);
+        let retry = self
+            .retry_not_before
+            .filter(|at| self.refused_behind && now < *at);
+        pause.into_iter().chain(retry).min()
     }
 
     /// The walk handed the record with `seq` to the client.
@@ -260,25 +317,38 @@ impl RetryGate {
         self.frontier = self.frontier.max(seq);
     }
 
-    /// The broker took a reading.
-    pub fn handle_accepted(&mut self) {
+    /// The broker took the reading with `seq`.
+    pub fn handle_accepted(&mut self, seq: i64) {
         self.probing = false;
-        self.next_delay = self.min;
+        self.next_pause = self.min;
         self.paused_until = None;
+        self.accepted_since_refusal = true;
+        if seq <= self.retry_until {
+            // A reading refused before was taken: the rule that refused it may be fixed.
+            self.next_retry_delay = self.min;
+        }
     }
 
     /// The broker refused the reading with `seq`. `jitter` in [0, 1) spreads a fleet's retries (±20 %).
     pub fn handle_refused(&mut self, seq: i64, now: Instant, jitter: f64) -> AfterRefusal {
         self.refused_behind = true;
-        // Publishes already in flight when the pause began are answered during it; they do not lengthen it.
-        if self.paused_until.is_none_or(|until| now >= until) {
-            self.paused_until = Some(now + self.next_delay.mul_f64(0.8 + 0.4 * jitter));
-            self.next_delay = (self.next_delay * 2).min(self.max);
+        let spread = 0.8 + 0.4 * jitter;
+        // Publishes already in flight when the pause began are answered during it; they do not lengthen
+        // it. A refusal right after an accepted publish is about its topic, not the broker: no pause.
+        if !self.accepted_since_refusal && self.paused_until.is_none_or(|until| now >= until) {
+            self.paused_until = Some(now + self.next_pause.mul_f64(spread));
+            self.next_pause = (self.next_pause * 2).min(self.max);
+            self.probing = true;
         }
-        self.probing = true;
+        self.accepted_since_refusal = false;
+        if self.retry_not_before.is_none_or(|at| now >= at) {
+            self.retry_not_before = Some(now + self.next_retry_delay.mul_f64(spread));
+        }
         if seq <= self.retry_until {
             let frontier = self.frontier;
             self.retry_until = 0;
+            self.retry_not_before = Some(now + self.next_retry_delay.mul_f64(spread));
+            self.next_retry_delay = (self.next_retry_delay * 2).min(self.max);
             AfterRefusal::JumpTo(frontier)
         } else {
             AfterRefusal::Continue
@@ -288,7 +358,10 @@ impl RetryGate {
     /// The walk reached the end of the outbox with nothing in flight. Returns true when it should start a
     /// retry pass from the oldest reading now.
     pub fn handle_walk_ended(&mut self, now: Instant) -> bool {
-        if !self.refused_behind || self.paused_until.is_some_and(|until| now < until) {
+        if !self.refused_behind
+            || self.paused_until.is_some_and(|until| now < until)
+            || self.retry_not_before.is_some_and(|at| now < at)
+        {
             return false;
         }
         self.refused_behind = false;
@@ -375,8 +448,12 @@ mod tests {
     }
 
     enum LogStep {
+        /// Seconds since the start.
         Refused(u64, Refusal, Option<RefusalReport>),
-        Accepted(Option<RefusalReport>),
+        Accepted(u64, Option<RefusalReport>),
+        /// The uplink's timer for the end of the burst fired.
+        Time(u64, Option<RefusalReport>),
+        EndsAt(Option<u64>),
     }
 
     fn counts(entries: &[(Refusal, u64)]) -> RefusalCounts {
@@ -389,18 +466,43 @@ mod tests {
         counts
     }
 
+    #[track_caller]
+    fn check_log(steps: Vec<LogStep>) -> RefusalLog {
+        use LogStep::*;
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut log = RefusalLog::new(Duration::from_secs(120));
+        for (index, step) in steps.into_iter().enumerate() {
+            match step {
+                Refused(s, refusal, expected) => {
+                    assert_eq!(log.handle_refused(refusal, at(s)), expected, "step {index}")
+                }
+                Accepted(s, expected) => {
+                    assert_eq!(log.handle_accepted(at(s)), expected, "step {index}")
+                }
+                Time(s, expected) => assert_eq!(log.handle_time(at(s)), expected, "step {index}"),
+                EndsAt(expected) => {
+                    assert_eq!(log.ends_at(), expected.map(at), "step {index}")
+                }
+            }
+        }
+        log
+    }
+
     #[test]
     fn a_burst_is_logged_once_then_summarised_at_most_every_minute() {
         use LogStep::*;
         use Refusal::*;
-        let start = Instant::now();
-        let steps = [
-            Accepted(None),
+        let log = check_log(vec![
+            Accepted(0, None),
+            EndsAt(None),
             Refused(
                 0,
                 NotAuthorized,
                 Some(RefusalReport::Started(NotAuthorized)),
             ),
+            // Nothing accepted since the refusal: the burst has no end in sight.
+            EndsAt(None),
             Refused(1, NotAuthorized, None),
             Refused(30, QuotaExceeded, None),
             Refused(59, NotAuthorized, None),
@@ -418,37 +520,62 @@ mod tests {
                 NotAuthorized,
                 Some(RefusalReport::Summary(counts(&[(NotAuthorized, 2)]))),
             ),
-            Accepted(Some(RefusalReport::Ended { refused: 7 })),
-            Accepted(None),
+            // An accepted publish ends the burst only after a quiet period with no refusal.
+            Accepted(201, None),
+            EndsAt(Some(320)),
+            Time(319, None),
+            Time(320, Some(RefusalReport::Ended { refused: 7 })),
+            Accepted(321, None),
+            Time(500, None),
             Refused(
-                201,
+                501,
                 QuotaExceeded,
                 Some(RefusalReport::Started(QuotaExceeded)),
             ),
-            Accepted(Some(RefusalReport::Ended { refused: 1 })),
-        ];
-        let mut log = RefusalLog::default();
-        for (index, step) in steps.into_iter().enumerate() {
-            match step {
-                Refused(at, refusal, expected) => assert_eq!(
-                    log.handle_refused(refusal, start + Duration::from_secs(at)),
-                    expected,
-                    "step {index}"
-                ),
-                Accepted(expected) => assert_eq!(log.handle_accepted(), expected, "step {index}"),
-            }
-        }
+            Accepted(700, Some(RefusalReport::Ended { refused: 1 })),
+        ]);
         assert!(!log.in_burst());
+    }
+
+    #[test]
+    fn refusals_interleaved_with_accepted_publishes_are_one_burst() {
+        use LogStep::*;
+        use Refusal::*;
+        // One kind's topic is denied, the others are allowed: a refusal every few seconds between accepted
+        // readings, for ten minutes, is one burst with a summary a minute.
+        let mut steps = vec![Refused(
+            0,
+            NotAuthorized,
+            Some(RefusalReport::Started(NotAuthorized)),
+        )];
+        for second in (1..600).step_by(2) {
+            steps.push(Accepted(second, None));
+            let summary = (second + 1) % 60 == 0;
+            steps.push(Refused(
+                second + 1,
+                NotAuthorized,
+                summary.then(|| RefusalReport::Summary(counts(&[(NotAuthorized, 30)]))),
+            ));
+            steps.push(Time(second + 1, None));
+        }
+        steps.extend([
+            Accepted(601, None),
+            EndsAt(Some(720)),
+            Time(720, Some(RefusalReport::Ended { refused: 301 })),
+        ]);
+        check_log(steps);
     }
 
     enum GateStep {
         /// Milliseconds since the start.
         At(u64),
         Published(i64),
-        Accepted,
+        Accepted(i64),
         Refused(i64, AfterRefusal),
         Window(usize),
         WalkEnded(bool),
+        /// Milliseconds since the start.
+        WakeAt(Option<u64>),
     }
 
     #[track_caller]
@@ -460,7 +587,7 @@ mod tests {
             match step {
                 GateStep::At(ms) => now = start + Duration::from_millis(*ms),
                 GateStep::Published(seq) => gate.handle_published(*seq),
-                GateStep::Accepted => gate.handle_accepted(),
+                GateStep::Accepted(seq) => gate.handle_accepted(*seq),
                 // A jitter of 0.5 gives the delay itself.
                 GateStep::Refused(seq, expected) => {
                     assert_eq!(
@@ -475,12 +602,17 @@ mod tests {
                 GateStep::WalkEnded(expected) => {
                     assert_eq!(gate.handle_walk_ended(now), *expected, "step {index}")
                 }
+                GateStep::WakeAt(expected) => assert_eq!(
+                    gate.wake_at(now),
+                    expected.map(|ms| start + Duration::from_millis(ms)),
+                    "step {index}"
+                ),
             }
         }
     }
 
     #[test]
-    fn a_refusal_pauses_then_probes_one_at_a_time_with_a_doubling_delay() {
+    fn a_broker_refusing_everything_sees_one_publish_per_doubling_delay() {
         use AfterRefusal::Continue;
         use GateStep::*;
         check_gate(&[
@@ -497,68 +629,115 @@ mod tests {
             Window(0),
             At(100),
             Window(1),
-            Accepted,
-            Window(16),
-            // After an acceptance the delay starts short again; while refusals follow each other it doubles
-            // up to the cap.
+            // While refusals follow each other with nothing accepted, the pause doubles up to the cap.
             Refused(4, Continue),
-            At(199),
+            At(299),
             Window(0),
-            At(200),
+            At(300),
             Window(1),
             Refused(5, Continue),
-            At(399),
+            At(699),
             Window(0),
-            At(400),
+            At(700),
             Refused(6, Continue),
-            At(799),
+            At(1099),
             Window(0),
-            At(800),
-            Refused(7, Continue),
-            At(1199),
+            At(1100),
+            Window(1),
+            // An accepted publish restores the window and the shortest pause.
+            Accepted(7),
+            Window(16),
+            At(2000),
+            Refused(8, Continue),
+            Window(16),
+            Refused(9, Continue),
+            At(2099),
             Window(0),
-            At(1200),
+            At(2100),
             Window(1),
         ]);
     }
 
     #[test]
-    fn a_walk_past_refused_readings_starts_again_from_the_oldest_after_the_pause() {
+    fn a_refusal_between_accepted_publishes_pauses_nothing() {
+        use AfterRefusal::Continue;
+        use GateStep::*;
+        check_gate(&[
+            Accepted(1),
+            Refused(2, Continue),
+            Window(16),
+            Accepted(3),
+            Refused(4, Continue),
+            Accepted(5),
+            Refused(6, Continue),
+            Window(16),
+            // Two refusals in a row: now the broker may be refusing everything.
+            Refused(7, Continue),
+            Window(0),
+            At(100),
+            Window(1),
+        ]);
+    }
+
+    #[test]
+    fn a_walk_past_refused_readings_starts_again_from_the_oldest_after_the_delays() {
         use AfterRefusal::*;
         use GateStep::*;
         check_gate(&[
             // Nothing refused: the end of the outbox is just the end.
             Published(1),
-            Accepted,
+            Accepted(1),
             WalkEnded(false),
+            WakeAt(None),
             Published(2),
             Published(3),
             Refused(2, Continue),
-            Window(0),
-            // A reading taken after the refusal ends the pause: the broker takes readings.
-            Accepted,
             Window(16),
-            WalkEnded(true),
-            // The retry pass covers seqs up to 3; reading 2 is refused again, so the walk goes back to 3.
-            Refused(2, JumpTo(3)),
-            Window(0),
-            At(99),
-            Window(0),
+            Accepted(3),
+            Window(16),
+            // The retry delay is not over yet.
+            WalkEnded(false),
+            WakeAt(Some(100)),
             At(100),
-            Window(1),
-            // A new reading beyond the frontier is refused on its own account: the walk carries on.
-            Published(4),
-            Refused(4, Continue),
-            At(299),
-            WalkEnded(false),
-            At(300),
+            WakeAt(None),
             WalkEnded(true),
-            // This time the broker takes the oldest; the retry pass carries on at full speed.
-            Accepted,
+            // The retry pass covers seqs up to 3; reading 2 is refused again, so the walk goes back to 3
+            // and the next pass waits for the retry delay, which doubles with each pass that meets a
+            // refusal, however many readings are accepted in between.
+            Refused(2, JumpTo(3)),
             Window(16),
             Published(4),
-            Accepted,
+            Accepted(4),
             WalkEnded(false),
+            At(199),
+            WalkEnded(false),
+            At(200),
+            WalkEnded(true),
+            Refused(2, JumpTo(4)),
+            At(399),
+            WalkEnded(false),
+            At(400),
+            WalkEnded(true),
+            Refused(2, JumpTo(4)),
+            // The delay stops doubling at the cap.
+            At(799),
+            WalkEnded(false),
+            At(800),
+            WalkEnded(true),
+            Refused(2, JumpTo(4)),
+            At(1199),
+            WalkEnded(false),
+            At(1200),
+            WalkEnded(true),
+            // This time the broker takes the oldest: the retry pass carries on, and the delay is short again.
+            Accepted(2),
+            Window(16),
+            Published(5),
+            Refused(5, Continue),
+            At(1299),
+            WalkEnded(false),
+            At(1300),
+            WalkEnded(true),
         ]);
     }
 }
