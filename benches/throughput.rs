@@ -7,7 +7,9 @@
 //!
 //! Sizes can be lowered for a quick look: `VITALSD_BENCH_DRAIN=20000 cargo bench`; `VITALSD_BENCH_ONLY=drain`
 //! stops after (b), `VITALSD_BENCH_WINDOW=N` sets the daemon's `mqtt.window`, and
-//! `VITALSD_BENCH_BROKER_INFLIGHT=N` the broker's `max_inflight_messages` (its MQTT 5 Receive Maximum).
+//! `VITALSD_BENCH_BROKER_INFLIGHT=N` the broker's `max_inflight_messages` (its MQTT 5 Receive Maximum), and
+//! `VITALSD_BENCH_PROTOCOL=3.1.1` the daemon's `mqtt.protocol`, `VITALSD_BENCH_FOLD_LOG_SECONDS=N` its
+//! `outbox.fold_log_seconds` for the drain.
 
 #[path = "../hil-tests/support/mod.rs"]
 #[allow(dead_code)]
@@ -237,11 +239,14 @@ fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
     let window = std::env::var("VITALSD_BENCH_WINDOW")
         .ok()
         .map(|w| format!("window = {w}"));
-    world.write_config(
-        &broker.url(),
-        &window.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[],
-    );
+    let protocol = std::env::var("VITALSD_BENCH_PROTOCOL")
+        .ok()
+        .map(|p| format!("protocol = \"{p}\""));
+    let extra: Vec<&str> = window.iter().chain(&protocol).map(String::as_str).collect();
+    world.write_config(&broker.url(), &extra, &[]);
+    if let Ok(seconds) = std::env::var("VITALSD_BENCH_FOLD_LOG_SECONDS") {
+        world.append_config(&format!("[outbox]\nfold_log_seconds = {seconds}\n"));
+    }
     std::fs::create_dir_all(world.state_dir()).unwrap();
     {
         let (mut outbox, _) = Outbox::open(
