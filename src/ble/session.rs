@@ -345,6 +345,10 @@ async fn append(
     grace: &mut StopGrace,
 ) -> Result<bool, SessionError> {
     if decoded.is_empty() {
+        // Nothing to store, but what was counted (rejected values) still goes to the statistics.
+        if !counters.is_empty() {
+            outbox.add_counters(counters).await?;
+        }
         return Ok(true);
     }
     let newest = decoded
