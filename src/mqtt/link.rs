@@ -87,8 +87,9 @@ impl Link {
         // The client numbers packets 1..=this. Keeping the uplink's window at most half of it means an id
         // is never reused while an earlier use may still be acknowledged, which sidesteps rumqtt #1014/#1056
         // (a packet-id collision that never clears). Under MQTT 5 the broker's Receive Maximum can lower
-        // it (Mosquitto says 20); the uplink then keeps its window within that limit, counts on the broker
-        // acknowledging in order as MQTT requires, and starts a fresh client if a collision happens anyway.
+        // it (Mosquitto says 20); the client then keeps no more than that on the wire and holds the rest of
+        // the uplink's window in its queue, counts on the broker acknowledging in order as MQTT requires,
+        // and the uplink starts a fresh client if a collision happens anyway.
         let pkid_space = u16::try_from(mqtt.window * 2 + 8).unwrap_or(u16::MAX);
         match mqtt.protocol {
             MqttProtocol::V5 => {

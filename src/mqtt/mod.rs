@@ -178,10 +178,10 @@ struct Uplink {
     topics: Topics,
     hub_id: String,
     protocol: MqttProtocol,
-    /// The configured window.
+    /// The configured window: publishes handed to the client and not yet acknowledged. The client itself
+    /// keeps no more of them on the wire than the broker's Receive Maximum and holds the rest in its queue,
+    /// so a PUBACK lets the next publish go out at once instead of after a turn of this task's loop.
     window: usize,
-    /// This connection's window: the configured one within the broker's Receive Maximum.
-    connection_window: usize,
     inflight: Inflight,
     connected: bool,
     /// Records fetched but not yet published on this connection, oldest first.
@@ -227,7 +227,6 @@ impl Uplink {
             hub_id: settings.hub_id.clone(),
             protocol: settings.mqtt.protocol,
             window,
-            connection_window: window,
             inflight: Inflight::default(),
             connected: false,
             buffer: VecDeque::new(),
@@ -253,10 +252,9 @@ impl Uplink {
     /// Publishes outbox records until the window is full or the outbox has nothing more.
     async fn fill_window(&mut self) -> Result<(), UplinkError> {
         let window = if self.gate.is_throttled() {
-            self.gate
-                .window(self.connection_window, Instant::now().into_std())
+            self.gate.window(self.window, Instant::now().into_std())
         } else {
-            self.connection_window
+            self.window
         };
         while self.inflight.len() < window {
             if let Some(pending) = self.next_batch.as_mut() {
@@ -344,12 +342,10 @@ impl Uplink {
     async fn handle_event(&mut self, event: LinkEvent) -> Result<(), UplinkError> {
         match event {
             LinkEvent::Connected { receive_maximum } => {
-                self.connection_window = self
-                    .window
-                    .min(usize::from(receive_maximum.unwrap_or(u16::MAX)).max(1));
                 tracing::info!(
                     protocol = self.protocol.as_str(),
-                    window = self.connection_window,
+                    window = self.window,
+                    receive_maximum,
                     "Connected to the MQTT broker."
                 );
                 self.start_connection();
