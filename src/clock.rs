@@ -132,8 +132,11 @@ pub fn boot_id() -> &'static str {
 
 /// Time since boot on `CLOCK_BOOTTIME`, which NTP never steps and which runs through suspend.
 fn since_boot() -> Duration {
+    let mut spec = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes the timespec it is given.
-    let mut spec: libc::timespec = unsafe { std::mem::zeroed() };
     if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut spec) } != 0 {
         return Duration::ZERO;
     }

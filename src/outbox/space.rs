@@ -47,8 +47,9 @@ pub struct Room {
 pub fn room(dir: &Path) -> io::Result<Room> {
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
-    // SAFETY: `path` is a valid NUL-terminated string and `stat` a plain struct the call fills in.
+    // SAFETY: statvfs is a plain C struct of integers, for which all zeroes is a valid value.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `stat` a plain struct the call fills in.
     if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
         return Err(io::Error::last_os_error());
     }
