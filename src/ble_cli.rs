@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::bound_devices::BoundDevices;
 use crate::config::Config;
-use crate::control::{self, Request};
+use crate::control::{self, Event, Request};
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|errors| {
@@ -35,15 +35,13 @@ fn run(config: &Config, request: Request, json: bool) -> ExitCode {
         }
     };
     let mut ok = false;
-    let mut print = |event: &serde_json::Value| {
-        if event["event"] == "done" {
+    let mut print = |event: &Event| {
+        if *event == Event::Done {
             ok = true;
+        } else if json {
+            println!("{}", event.to_line().trim_end());
         }
-        if json {
-            if event["event"] != "done" {
-                println!("{event}");
-            }
-        } else {
+        if !json {
             print_text(event);
         }
     };
@@ -71,28 +69,22 @@ fn run(config: &Config, request: Request, json: bool) -> ExitCode {
 async fn run_directly(
     config: &Config,
     request: Request,
-    print: &mut dyn FnMut(&serde_json::Value),
+    print: &mut dyn FnMut(&Event),
 ) -> Result<(), String> {
     let list = BoundDevices::load(&config.hub.state_dir).map_err(|error| error.to_string())?;
     std::fs::create_dir_all(&config.hub.state_dir).map_err(|error| error.to_string())?;
     let devices = Arc::new(Mutex::new(list));
     let (events_tx, mut events_rx) = mpsc::channel(256);
-    let work = control::execute(request, &config.ble.adapter, &devices, &events_tx);
-    tokio::pin!(work);
-    let mut finished = false;
-    loop {
-        tokio::select! {
-            _ = &mut work, if !finished => finished = true,
-            event = events_rx.recv() => {
-                let Some(event) = event else { break };
-                let last = matches!(event["event"].as_str(), Some("done" | "error"));
-                print(&event);
-                if last {
-                    break;
-                }
-            }
+    // The sender goes when the operation ends, after its last event, which ends the printing.
+    let work =
+        async move { control::execute(request, &config.ble.adapter, &devices, &events_tx).await };
+    let printing = async {
+        while let Some(event) = events_rx.recv().await {
+            print(&event);
         }
-    }
+    };
+    // A failure has been printed as the operation's last event, which also sets the exit status.
+    let (_failure, ()) = tokio::join!(work, printing);
     Ok(())
 }
 
@@ -102,40 +94,44 @@ fn text(value: &serde_json::Value) -> String {
         .map_or_else(|| "-".to_string(), str::to_string)
 }
 
-fn print_text(event: &serde_json::Value) {
-    match event["event"].as_str() {
-        Some("device") => println!(
+fn print_text(event: &Event) {
+    match event {
+        Event::Device {
+            address,
+            name,
+            model,
+            rssi,
+            pairing_mode,
+            bound,
+            ..
+        } => println!(
             "{}  {:>4} dBm  {:<34} {:<28} {}{}",
-            text(&event["address"]),
-            event["rssi"]
-                .as_i64()
-                .map_or("?".to_string(), |rssi| rssi.to_string()),
-            text(&event["model"]),
-            text(&event["name"]),
-            match event["pairing_mode"].as_bool() {
+            address,
+            rssi.map_or("?".to_string(), |rssi| rssi.to_string()),
+            model.as_deref().unwrap_or("-"),
+            name.as_deref().unwrap_or("-"),
+            match pairing_mode {
                 Some(true) => "pairing mode",
                 Some(false) => "not in pairing mode",
                 None => "pairing mode unknown",
             },
-            if event["bound"] == true {
-                ", bound"
-            } else {
-                ""
-            },
+            if *bound { ", bound" } else { "" },
         ),
-        Some("progress") => println!("… {}", text(&event["message"])),
-        Some("paired") => println!("OK: {}", text(&event["message"])),
-        Some("unpaired") => println!(
-            "OK: {} unbound{}",
-            text(&event["address"]),
-            if event["bond_removed"] == true {
+        Event::Progress { message } => println!("… {message}"),
+        Event::Paired { message, .. } => println!("OK: {message}"),
+        Event::Unpaired {
+            address,
+            bond_removed,
+            ..
+        } => println!(
+            "OK: {address} unbound{}",
+            if *bond_removed {
                 " and its bond removed"
             } else {
                 ""
             }
         ),
-        Some("devices") => {
-            let devices = event["devices"].as_array().cloned().unwrap_or_default();
+        Event::Devices { devices } => {
             if devices.is_empty() {
                 println!("No devices are bound. Bind one with `vitalsd pair ADDRESS`.");
             }
@@ -158,8 +154,8 @@ fn print_text(event: &serde_json::Value) {
                 );
             }
         }
-        Some("error") => eprintln!("error: {}", text(&event["message"])),
-        _ => {}
+        Event::Error { message } => eprintln!("error: {message}"),
+        Event::Done => {}
     }
 }
 

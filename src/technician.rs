@@ -10,6 +10,8 @@ use btleplug::platform::Adapter;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::control::Event;
+
 use crate::ble::bluez::{Bluez, BluezError};
 use crate::ble::profile;
 use crate::ble::session::SharedDevices;
@@ -34,7 +36,7 @@ pub enum TechnicianError {
 }
 
 /// One progress or result event; the command prints it as text or, with `--json`, as one JSON line.
-pub type Emit<'a> = &'a mut (dyn FnMut(serde_json::Value) + Send);
+pub type Emit<'a> = &'a mut (dyn FnMut(Event) + Send);
 
 async fn adapter_named(name: &str) -> Result<Adapter, TechnicianError> {
     crate::ble::find_adapter(name)
@@ -102,16 +104,21 @@ pub async fn scan(
             None => None,
         };
         let bound = devices.lock().unwrap().is_bound(&address);
-        emit(json!({
-            "event": "device",
-            "address": address,
-            "name": name,
-            "model": name.as_deref().and_then(profile::recognise_model),
-            "rssi": properties.rssi,
-            "pairing_mode": pairing_mode,
-            "advertisement_only": properties.service_data.iter().any(|(s, d)| profile::advertisement_protocol(*s, d).is_some()),
-            "bound": bound,
-        }));
+        emit(Event::Device {
+            address,
+            model: name
+                .as_deref()
+                .and_then(profile::recognise_model)
+                .map(str::to_string),
+            name,
+            rssi: properties.rssi,
+            pairing_mode,
+            advertisement_only: properties
+                .service_data
+                .iter()
+                .any(|(s, d)| profile::advertisement_protocol(*s, d).is_some()),
+            bound,
+        });
     }
     let _ = adapter.stop_scan().await;
     Ok(())
@@ -127,7 +134,9 @@ pub async fn pair(
 ) -> Result<(), TechnicianError> {
     let address = normalise_address(address)?;
     let bluez = Bluez::connect(adapter_name).await?;
-    emit(json!({"event": "progress", "message": format!("Looking for {address}…")}));
+    emit(Event::Progress {
+        message: format!("Looking for {address}…"),
+    });
     bluez.find_device(&address, FIND_TIMEOUT).await?;
     let name = bluez.device_name(&address).await;
     let advertisement_only = bluez.advertises_scale_data(&address).await;
@@ -136,19 +145,26 @@ pub async fn pair(
         let mut device = BoundDevice::new(&address, Reach::Advertisement, name, now);
         device.bonded = false;
         bind(devices, device);
-        emit(
-            json!({"event": "paired", "address": address, "bonded": false, "message": "Bound. This scale only advertises its measurements, so no bond is needed."}),
-        );
+        emit(Event::Paired {
+            address,
+            bonded: false,
+            message: "Bound. This scale only advertises its measurements, so no bond is needed."
+                .to_string(),
+        });
         return Ok(());
     }
-    emit(json!({"event": "progress", "message": "Pairing; confirm on the device if it asks."}));
+    emit(Event::Progress {
+        message: "Pairing; confirm on the device if it asks.".to_string(),
+    });
     match bluez.pair(&address, passkey).await {
         Ok(()) => {}
         // A device whose bond we hold but which forgot it: start clean and pair again.
         Err(BluezError::BondLost) => {
-            emit(
-                json!({"event": "progress", "message": "The device refused the old keys; removing the stale bond and pairing again."}),
-            );
+            emit(Event::Progress {
+                message:
+                    "The device refused the old keys; removing the stale bond and pairing again."
+                        .to_string(),
+            });
             bluez.remove_device(&address).await?;
             bluez.find_device(&address, FIND_TIMEOUT).await?;
             bluez.pair(&address, passkey).await?;
@@ -158,9 +174,13 @@ pub async fn pair(
     let mut device = BoundDevice::new(&address, Reach::Connect, name, now);
     device.bonded = true;
     bind(devices, device);
-    emit(
-        json!({"event": "paired", "address": address, "bonded": true, "message": "Paired, trusted and bound. Readings will be collected when the device next connects."}),
-    );
+    emit(Event::Paired {
+        address,
+        bonded: true,
+        message:
+            "Paired, trusted and bound. Readings will be collected when the device next connects."
+                .to_string(),
+    });
     Ok(())
 }
 
@@ -195,14 +215,16 @@ pub async fn unpair(
     if !was_bound && !bond_removed {
         return Err(TechnicianError::NotBound(address));
     }
-    emit(
-        json!({"event": "unpaired", "address": address, "was_bound": was_bound, "bond_removed": bond_removed}),
-    );
+    emit(Event::Unpaired {
+        address,
+        was_bound,
+        bond_removed,
+    });
     Ok(())
 }
 
-/// The bound devices as JSON, with the clock verdict spelled out.
-pub fn list(devices: &SharedDevices) -> serde_json::Value {
+/// The bound devices, with the clock verdict spelled out.
+pub fn list(devices: &SharedDevices) -> Event {
     let list = devices.lock().unwrap();
     let entries: Vec<serde_json::Value> = list
         .all()
@@ -243,5 +265,5 @@ pub fn list(devices: &SharedDevices) -> serde_json::Value {
             value
         })
         .collect();
-    json!({"event": "devices", "devices": entries})
+    Event::Devices { devices: entries }
 }

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
@@ -29,6 +27,9 @@ use tokio::time::Instant;
 use crate::ble::session::SharedDevices;
 use crate::config::AdminGroup;
 use crate::technician;
+
+mod protocol;
+pub use protocol::{Event, Request};
 
 pub const SOCKET: &str = "control.sock";
 /// The longest scan a request may ask for.
@@ -49,34 +50,6 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// How much of a request's address an audit line quotes.
 const AUDIT_ADDRESS_CHARS: usize = 40;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum Request {
-    Scan {
-        seconds: u64,
-    },
-    Pair {
-        address: String,
-        passkey: Option<u32>,
-    },
-    Unpair {
-        address: String,
-    },
-    Devices,
-}
-
-impl Request {
-    /// A request that changes what is stored: which devices are bound and bonded. A scan drives the
-    /// radio for a bounded time but changes nothing stored, so it is not one.
-    pub fn changes_state(&self) -> Option<(&'static str, &str)> {
-        match self {
-            Request::Pair { address, .. } => Some(("pair", address)),
-            Request::Unpair { address } => Some(("unpair", address)),
-            Request::Scan { .. } | Request::Devices => None,
-        }
-    }
-}
-
 pub fn socket_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(SOCKET)
 }
@@ -87,11 +60,11 @@ pub async fn execute(
     request: Request,
     adapter: &str,
     devices: &SharedDevices,
-    events: &mpsc::Sender<serde_json::Value>,
+    events: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
     let sender = events.clone();
     // Progress events may be dropped if the reader is slow; the final event is always sent.
-    let mut emit = move |event: serde_json::Value| {
+    let mut emit = move |event: Event| {
         let _ = sender.try_send(event);
     };
     let result = match request {
@@ -112,8 +85,10 @@ pub async fn execute(
     };
     let result = result.map_err(|error| error.to_string());
     let last = match &result {
-        Ok(()) => json!({"event": "done"}),
-        Err(message) => json!({"event": "error", "message": message}),
+        Ok(()) => Event::Done,
+        Err(message) => Event::Error {
+            message: message.clone(),
+        },
     };
     let _ = events.send(last).await;
     result
@@ -237,11 +212,12 @@ pub async fn serve(
 /// Tells a client over the limit why it is turned away. The write never waits: a fresh socket's buffer
 /// has room for one line, and the accept loop must not stall on a client.
 fn refuse_busy(stream: &UnixStream) {
-    let reply = json!({
-        "event": "error",
-        "message": format!("the daemon is busy ({MAX_CLIENTS} clients connected); try again in a few seconds"),
-    });
-    let _ = stream.try_write(format!("{reply}\n").as_bytes());
+    let reply = Event::Error {
+        message: format!(
+            "the daemon is busy ({MAX_CLIENTS} clients connected); try again in a few seconds"
+        ),
+    };
+    let _ = stream.try_write(reply.to_line().as_bytes());
 }
 
 /// The rate limiters for the server's warnings, one per kind, so one flood cannot hide another.
@@ -485,7 +461,7 @@ async fn handle(stream: UnixStream, peer: Option<Peer>, context: Arc<Context>) -
             outcome = &mut work, if result.is_none() => result = Some(outcome),
             event = events_rx.recv() => {
                 let Some(event) = event else { break };
-                let last = matches!(event["event"].as_str(), Some("done" | "error"));
+                let last = event.is_last();
                 // `execute` returns as it sends its final event, so the outcome is known here; the
                 // audit line is written before the client hears the outcome.
                 if last {
@@ -493,7 +469,7 @@ async fn handle(stream: UnixStream, peer: Option<Peer>, context: Arc<Context>) -
                         audit.record(&outcome_text(result.as_ref()), &context.failures);
                     }
                 }
-                let line = format!("{event}\n");
+                let line = event.to_line();
                 let written = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(line.as_bytes())).await;
                 if !matches!(written, Ok(Ok(()))) {
                     // Dropping `work` cancels the operation, as it always has when the technician's
@@ -527,12 +503,10 @@ fn outcome_text(result: Option<&Result<(), String>>) -> String {
 }
 
 async fn reply_error(writer: &mut OwnedWriteHalf, message: &str) {
-    let reply = json!({"event": "error", "message": message});
-    let _ = tokio::time::timeout(
-        WRITE_TIMEOUT,
-        writer.write_all(format!("{reply}\n").as_bytes()),
-    )
-    .await;
+    let reply = Event::Error {
+        message: message.to_string(),
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(reply.to_line().as_bytes())).await;
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -663,7 +637,7 @@ impl RateLimit {
 pub async fn request(
     runtime_dir: &Path,
     request: &Request,
-    on_event: &mut dyn FnMut(&serde_json::Value),
+    on_event: &mut dyn FnMut(&Event),
 ) -> std::io::Result<Option<()>> {
     let stream = match UnixStream::connect(socket_path(runtime_dir)).await {
         Ok(stream) => stream,
@@ -686,11 +660,9 @@ pub async fn request(
     let mut heard = false;
     while let Some(line) = lines.next_line().await? {
         heard = true;
-        let event: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or(json!({"event": "error", "message": line}));
-        let last = matches!(event["event"].as_str(), Some("done" | "error"));
+        let event = Event::from_line(&line);
         on_event(&event);
-        if last {
+        if event.is_last() {
             break;
         }
     }

@@ -1,0 +1,179 @@
+//! The control socket's messages: one JSON request line in, JSON event lines out, the last `done` or `error`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Scan {
+        seconds: u64,
+    },
+    Pair {
+        address: String,
+        passkey: Option<u32>,
+    },
+    Unpair {
+        address: String,
+    },
+    Devices,
+}
+
+impl Request {
+    /// A request that changes what is stored: which devices are bound and bonded. A scan drives the
+    /// radio for a bounded time but changes nothing stored, so it is not one.
+    pub fn changes_state(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Request::Pair { address, .. } => Some(("pair", address)),
+            Request::Unpair { address } => Some(("unpair", address)),
+            Request::Scan { .. } | Request::Devices => None,
+        }
+    }
+}
+
+/// One event of a request. Absent optional values are sent as `null`, as clients have always seen them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A health device heard while scanning, or heard again with another signal strength.
+    Device {
+        address: String,
+        name: Option<String>,
+        model: Option<String>,
+        rssi: Option<i16>,
+        pairing_mode: Option<bool>,
+        advertisement_only: bool,
+        bound: bool,
+    },
+    Progress {
+        message: String,
+    },
+    Paired {
+        address: String,
+        bonded: bool,
+        message: String,
+    },
+    Unpaired {
+        address: String,
+        was_bound: bool,
+        bond_removed: bool,
+    },
+    /// The bound devices, each as stored with its clock verdict (and cuff pressure while measuring) added.
+    Devices {
+        devices: Vec<serde_json::Value>,
+    },
+    Done,
+    Error {
+        message: String,
+    },
+}
+
+impl Event {
+    /// The event that ends a request's stream.
+    pub fn is_last(&self) -> bool {
+        matches!(self, Event::Done | Event::Error { .. })
+    }
+
+    /// The event as one line of the socket's protocol, newline included.
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).expect("events serialise");
+        line.push('\n');
+        line
+    }
+
+    /// Reads one line a daemon sent. A line that is not an event (a daemon of another version, say) is
+    /// shown to the technician as an error carrying the line, which also ends the request.
+    pub fn from_line(line: &str) -> Event {
+        serde_json::from_str(line).unwrap_or_else(|_| Event::Error {
+            message: line.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(event: Event, line: &str) {
+        assert_eq!(event.to_line(), format!("{line}\n"));
+        assert_eq!(Event::from_line(line), event);
+    }
+
+    #[test]
+    fn events_keep_the_wire_format_clients_know() {
+        check(Event::Done, r#"{"event":"done"}"#);
+        check(
+            Event::Error {
+                message: "no".into(),
+            },
+            r#"{"event":"error","message":"no"}"#,
+        );
+        check(
+            Event::Progress {
+                message: "Pairing".into(),
+            },
+            r#"{"event":"progress","message":"Pairing"}"#,
+        );
+        check(
+            Event::Device {
+                address: "A4:C1:38:00:00:01".into(),
+                name: None,
+                model: Some("Nonin 3230".into()),
+                rssi: Some(-60),
+                pairing_mode: None,
+                advertisement_only: false,
+                bound: true,
+            },
+            r#"{"event":"device","address":"A4:C1:38:00:00:01","name":null,"model":"Nonin 3230","rssi":-60,"pairing_mode":null,"advertisement_only":false,"bound":true}"#,
+        );
+        check(
+            Event::Paired {
+                address: "A".into(),
+                bonded: false,
+                message: "Bound.".into(),
+            },
+            r#"{"event":"paired","address":"A","bonded":false,"message":"Bound."}"#,
+        );
+        check(
+            Event::Unpaired {
+                address: "A".into(),
+                was_bound: true,
+                bond_removed: false,
+            },
+            r#"{"event":"unpaired","address":"A","was_bound":true,"bond_removed":false}"#,
+        );
+        check(
+            Event::Devices { devices: vec![] },
+            r#"{"event":"devices","devices":[]}"#,
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_an_event_ends_the_request_as_an_error_that_quotes_it() {
+        let event = Event::from_line("garbage");
+        assert!(event.is_last());
+        assert_eq!(
+            event,
+            Event::Error {
+                message: "garbage".into()
+            }
+        );
+        assert!(!Event::from_line(r#"{"event":"progress","message":"m"}"#).is_last());
+    }
+
+    #[test]
+    fn requests_keep_their_wire_format() {
+        let request: Request =
+            serde_json::from_str(r#"{"command":"pair","address":"A","passkey":123456}"#).unwrap();
+        assert_eq!(
+            request,
+            Request::Pair {
+                address: "A".into(),
+                passkey: Some(123456)
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Devices).unwrap(),
+            r#"{"command":"devices"}"#
+        );
+    }
+}
