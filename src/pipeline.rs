@@ -57,8 +57,6 @@ pub struct Decoding {
     counters: Counters,
     /// The device clock read in this session (a coincident time stamp), if the transport read one.
     device_clock: Option<DeviceClockCheck>,
-    /// A glucose record whose context (0x2A34) the meter announced; it waits for it, briefly.
-    awaiting_context: Option<Reading>,
     /// The decoder's checkpoint as last saved (or loaded).
     checkpoint: Option<String>,
     /// Saving the checkpoint failed and was reported; the next success is reported too.
@@ -83,7 +81,6 @@ impl Decoding {
             settings,
             counters: Counters::default(),
             device_clock: None,
-            awaiting_context: None,
             checkpoint,
             checkpoint_failing: false,
         };
@@ -182,6 +179,14 @@ impl Decoding {
 
     /// Decodes bytes; returns the records to make durable and the readings they came from.
     pub fn bytes(&mut self, bytes: &[u8], now: &HubNow) -> Vec<(NewRecord, Reading)> {
+        let decoded = self.decode(bytes, now);
+        self.records(decoded)
+    }
+
+    /// The first half of [`Decoding::bytes`], for a transport whose device dialog sees the decoded events
+    /// before they become records (a glucose record waiting for its context): decodes bytes into events
+    /// that carry what the hub knew when it received them.
+    pub fn decode(&mut self, bytes: &[u8], now: &HubNow) -> Vec<DecodeEvent> {
         let mut decoded = self.decoder.feed(
             bytes,
             &DecodeContext {
@@ -192,60 +197,13 @@ impl Decoding {
             },
         );
         self.received(&mut decoded, now);
-        // Anything new means the awaited context is not coming: the held record goes first, as it is.
-        let mut events: Vec<DecodeEvent> = self
-            .awaiting_context
-            .take()
-            .map(DecodeEvent::Reading)
-            .into_iter()
-            .collect();
-        for event in decoded {
-            match event {
-                DecodeEvent::Reading(reading) if reading.flags.contains(&"context_follows") => {
-                    events.extend(
-                        self.awaiting_context
-                            .replace(reading)
-                            .map(DecodeEvent::Reading),
-                    );
-                }
-                other => events.push(other),
-            }
-        }
+        decoded
+    }
+
+    /// The second half of [`Decoding::bytes`]: decoded events through the spot filter into records,
+    /// counting what is rejected or withheld.
+    pub fn records(&mut self, events: Vec<DecodeEvent>) -> Vec<(NewRecord, Reading)> {
         collect(&self.settings, events, &mut self.spot, &mut self.counters)
-    }
-
-    /// A Glucose Measurement Context: its flags join the record that announced it.
-    pub fn context(
-        &mut self,
-        context: &crate::decode::glucose::GlucoseContext,
-    ) -> Vec<(NewRecord, Reading)> {
-        let matches = self.awaiting_context.as_ref().is_some_and(|reading| {
-            crate::decode::glucose::sequence_number(&reading.raw) == Some(context.sequence_number)
-        });
-        if !matches {
-            return Vec::new();
-        }
-        let mut reading = self.awaiting_context.take().expect("checked");
-        reading.flags.extend(context.flags());
-        collect(
-            &self.settings,
-            vec![DecodeEvent::Reading(reading)],
-            &mut self.spot,
-            &mut self.counters,
-        )
-    }
-
-    /// Releases a record still waiting for its context (the context never came, or the link ended).
-    pub fn release_held(&mut self) -> Vec<(NewRecord, Reading)> {
-        match self.awaiting_context.take() {
-            Some(reading) => collect(
-                &self.settings,
-                vec![DecodeEvent::Reading(reading)],
-                &mut self.spot,
-                &mut self.counters,
-            ),
-            None => Vec::new(),
-        }
     }
 
     /// The connection ended: a frame left unfinished is counted.
