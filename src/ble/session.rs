@@ -18,9 +18,10 @@ use super::profile::{self, measurement_protocol};
 use crate::bound_devices::{BoundDevices, DeviceStrings};
 use crate::decode::current_time::{ClockCharacteristic, ClockFound, ClockSync, ClockWrite};
 use crate::decode::glucose::dialog::{Action, LastRecord, RecordDialog};
+use crate::hand_over::{flush_counters, StopGrace};
 use crate::measurement_time::DeviceClockCheck;
 use crate::outbox::{NewRecord, OutboxHandle};
-use crate::pipeline::{Decoding, StopGrace};
+use crate::pipeline::Decoding;
 use crate::reading::Reading;
 use crate::spot::SpotRule;
 
@@ -302,14 +303,6 @@ async fn follow(
             .map_err(classify)?;
     }
     Ok(action)
-}
-
-/// Writes a channel's counters gathered since the last flush to the outbox's statistics.
-async fn flush_counters(
-    decoding: &mut Decoding,
-    outbox: &OutboxHandle,
-) -> Result<(), SessionError> {
-    Ok(decoding.flush_counters(outbox).await?)
 }
 
 /// Where a session's records go: the outbox, and then what they say about the device into the device list.
