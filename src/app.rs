@@ -16,7 +16,7 @@ use crate::mqtt::{self, UplinkSettings};
 use crate::outbox::space::{self, Space};
 use crate::outbox::{spawn_worker, OpenReport, Outbox, OutboxOptions};
 use crate::payload::DeviceInfo;
-use crate::pipeline::{self, DeviceSettings};
+use crate::pipeline::DeviceSettings;
 use crate::serial::{self, PortSettings};
 
 /// The outbox database inside the state directory.
@@ -112,13 +112,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             },
             protocol: port.protocol,
             spot: port.spot,
-            checkpoints: Some(crate::download_checkpoints::CheckpointFile::new(
-                &config.hub.state_dir,
-                &port.device_id,
-            )),
+            time_zone: &chrono::Local,
         };
-        devices.spawn(pipeline::run_device(
+        let checkpoints = crate::download_checkpoints::CheckpointFile::new(
+            &config.hub.state_dir,
+            &port.device_id,
+        );
+        devices.spawn(serial::device::run_device(
             device,
+            Some(checkpoints),
             events_rx,
             commands_tx,
             outbox.clone(),

@@ -10,10 +10,11 @@
 //! - `payload`: the public wire contract `vitalsd.reading.v1` (JSON) and reading ids.
 //! - `config`: the validated configuration, loaded and checked in two stages.
 //! - `download_checkpoints`: per device, which stored data was already fetched; small files in the state dir.
-//! - `pipeline`: per device, transport bytes → decoder → spot filter → payload → outbox.
+//! - `pipeline`: per device, transport bytes → decoder → spot filter → payload → outbox records; sans I/O.
 //! - `outbox`: the crash-safe on-disk queue (SQLite); stores opaque records, knows no MQTT or devices.
 //! - `held_readings`: releases readings held for a trusted hub clock, their times resolved.
-//! - `serial`: the serial transport; opens ports, reads bytes, reopens after hot-unplug.
+//! - `serial`: the serial transport; opens ports, reads bytes, reopens after hot-unplug; `serial::device`
+//!   drives a pipeline from a port and saves its download checkpoint.
 //! - `mqtt`: the uplink; publishes outbox records and deletes them only after the broker's PUBACK.
 //! - `app`: wiring; builds the tasks from the config, owns the channels and the shutdown signal.
 //! - `cli`: the technician commands other than `run`.
@@ -30,6 +31,7 @@ pub mod control;
 pub mod daemon;
 pub mod decode;
 pub mod download_checkpoints;
+pub mod hand_over;
 pub mod held_readings;
 pub mod measurement_time;
 pub mod mqtt;

@@ -1,32 +1,19 @@
-//! The device pipeline: transport bytes → protocol decoder → spot filter → payload → outbox records.
+//! The device pipeline's sans-IO core: transport bytes → protocol decoder → spot filter → payload → outbox
+//! records, for one device channel (a serial port, or one characteristic of a Bluetooth device).
 //!
-//! One pipeline per device. It owns the decoder state for the current connection (a reconnect starts a
-//! fresh decoder, so half a frame from before an unplug never glues onto bytes after it), counts rejected
-//! frames, and hands finished records to the outbox worker, which makes them durable.
-
-use std::time::Duration;
-
-use chrono::Local;
-use tokio::sync::{mpsc, watch};
+//! `Decoding` owns the decoder state for the current connection (a reconnect starts a fresh decoder, so
+//! half a frame from before an unplug never glues onto bytes after it), counts rejected frames and
+//! withheld readings, and hands back records. It does no I/O and reads no clock: times and the time zone
+//! are passed in, the download checkpoint comes in and goes out as a value (the transport's task loads and
+//! saves it), and counters leave as deltas the caller commits to the outbox.
 
 use crate::clock::HubNow;
-use crate::decode::{
-    CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, Protocol,
-};
-use crate::download_checkpoints::CheckpointFile;
+use crate::decode::{DecodeContext, DecodeEvent, FrameError, HostCommand, Protocol};
 use crate::measurement_time::DeviceClockCheck;
-use crate::outbox::{NewRecord, OutboxHandle};
+use crate::outbox::NewRecord;
 use crate::payload::{self, DeviceInfo};
-use crate::reading::Reading;
-use crate::serial::{DeviceCommand, PortEvent};
+use crate::reading::{HubTimeZone, Reading};
 use crate::spot::{SpotFilter, SpotRule};
-
-/// How often counters are written to the outbox's statistics.
-const COUNTER_FLUSH: Duration = Duration::from_secs(1);
-/// How often the decoder is asked whether the device needs a command (a keep-alive, a timed-out question).
-const DIALOG_POLL: Duration = Duration::from_millis(500);
-/// Once the daemon is stopping, how long records may still wait for room in the outbox.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Who a pipeline decodes for.
 pub struct DeviceSettings {
@@ -34,8 +21,8 @@ pub struct DeviceSettings {
     pub device: DeviceInfo,
     pub protocol: Protocol,
     pub spot: SpotRule,
-    /// Where the decoder's download checkpoint is kept; `None` keeps it for the life of the pipeline only.
-    pub checkpoints: Option<CheckpointFile>,
+    /// The hub's time zone, in which device wall times are read.
+    pub time_zone: &'static (dyn HubTimeZone + Send + Sync),
 }
 
 #[derive(Default)]
@@ -57,35 +44,20 @@ pub struct Decoding {
     counters: Counters,
     /// The device clock read in this session (a coincident time stamp), if the transport read one.
     device_clock: Option<DeviceClockCheck>,
-    /// A glucose record whose context (0x2A34) the meter announced; it waits for it, briefly.
-    awaiting_context: Option<Reading>,
-    /// The decoder's checkpoint as last saved (or loaded).
+    /// The decoder's checkpoint as the caller last kept it (or gave it at the start).
     checkpoint: Option<String>,
-    /// Saving the checkpoint failed and was reported; the next success is reported too.
-    checkpoint_failing: bool,
 }
 
 impl Decoding {
-    pub fn new(settings: DeviceSettings) -> Decoding {
-        let checkpoint = settings
-            .checkpoints
-            .as_ref()
-            .and_then(|file| match file.load() {
-                Ok(checkpoint) => checkpoint,
-                Err(error) => {
-                    tracing::warn!(device = %settings.device.id, %error, "Cannot read the download checkpoint; the device's stored data will be fetched again.");
-                    None
-                }
-            });
+    /// A pipeline whose decoder resumes from `checkpoint`, the one its protocol gave in an earlier run.
+    pub fn new(settings: DeviceSettings, checkpoint: Option<String>) -> Decoding {
         let mut decoding = Decoding {
             decoder: settings.protocol.new_decoder(),
             spot: SpotFilter::new(settings.spot),
             settings,
             counters: Counters::default(),
             device_clock: None,
-            awaiting_context: None,
             checkpoint,
-            checkpoint_failing: false,
         };
         decoding.resume_decoder();
         decoding
@@ -102,53 +74,21 @@ impl Decoding {
     pub fn poll(&mut self, now: &HubNow) -> (Vec<(NewRecord, Reading)>, Vec<HostCommand>) {
         let mut polled = self.decoder.poll(now.wall, now.clock);
         self.received(&mut polled.events, now);
-        let records = collect(
-            &self.settings,
-            polled.events,
-            &mut self.spot,
-            &mut self.counters,
-        );
-        (records, polled.commands)
+        (self.records(polled.events), polled.commands)
     }
 
-    /// Saves the decoder's checkpoint when it moved. Call it only after the records decoded so far were
-    /// handed to the outbox, so the checkpoint never covers a reading the outbox does not have.
-    pub fn save_checkpoint(&mut self) {
-        let Some(text) = self
-            .decoder
+    /// The decoder's checkpoint when it moved since the caller last kept one. Take it only after the
+    /// records decoded so far were handed to the outbox, so a kept checkpoint never covers a reading the
+    /// outbox does not have; then pass it to [`Decoding::checkpoint_kept`] once it is saved.
+    pub fn checkpoint_moved(&self) -> Option<String> {
+        self.decoder
             .checkpoint()
             .filter(|current| Some(current) != self.checkpoint.as_ref())
-        else {
-            return;
-        };
-        let Some(file) = &self.settings.checkpoints else {
-            self.checkpoint = Some(text);
-            return;
-        };
-        match file.save(&text) {
-            Ok(()) => {
-                if self.checkpoint_failing {
-                    tracing::info!(device = %self.settings.device.id, "Download checkpoint saved again.");
-                }
-                self.checkpoint_failing = false;
-                self.checkpoint = Some(text);
-            }
-            Err(error) => {
-                if !self.checkpoint_failing {
-                    tracing::warn!(device = %self.settings.device.id, %error, "Cannot save the download checkpoint; will retry. Until then a reconnect fetches the stored data again (with the same reading ids).");
-                }
-                self.checkpoint_failing = true;
-            }
-        }
     }
 
-    /// Whether the decoder's checkpoint moved since it was last saved.
-    pub fn checkpoint_moved(&self) -> bool {
-        self.settings.checkpoints.is_some()
-            && self
-                .decoder
-                .checkpoint()
-                .is_some_and(|current| Some(&current) != self.checkpoint.as_ref())
+    /// The caller saved this checkpoint: the next connection's decoder resumes from it.
+    pub fn checkpoint_kept(&mut self, checkpoint: String) {
+        self.checkpoint = Some(checkpoint);
     }
 
     /// The device clock the transport read in this session; the time model judges the session's records
@@ -181,71 +121,32 @@ impl Decoding {
     }
 
     /// Decodes bytes; returns the records to make durable and the readings they came from.
-    pub fn bytes(&mut self, bytes: &[u8], now: &HubNow) -> Vec<(NewRecord, Reading)> {
+    pub fn feed(&mut self, bytes: &[u8], now: &HubNow) -> Vec<(NewRecord, Reading)> {
+        let decoded = self.decode(bytes, now);
+        self.records(decoded)
+    }
+
+    /// The first half of [`Decoding::feed`], for a transport whose device dialog sees the decoded events
+    /// before they become records (a glucose record waiting for its context): decodes bytes into events
+    /// that carry what the hub knew when it received them.
+    pub fn decode(&mut self, bytes: &[u8], now: &HubNow) -> Vec<DecodeEvent> {
         let mut decoded = self.decoder.feed(
             bytes,
             &DecodeContext {
                 received_at: now.wall,
-                time_zone: &Local,
+                time_zone: self.settings.time_zone,
                 hub_clock: now.clock,
                 device_clock: self.device_clock.as_ref(),
             },
         );
         self.received(&mut decoded, now);
-        // Anything new means the awaited context is not coming: the held record goes first, as it is.
-        let mut events: Vec<DecodeEvent> = self
-            .awaiting_context
-            .take()
-            .map(DecodeEvent::Reading)
-            .into_iter()
-            .collect();
-        for event in decoded {
-            match event {
-                DecodeEvent::Reading(reading) if reading.flags.contains(&"context_follows") => {
-                    events.extend(
-                        self.awaiting_context
-                            .replace(reading)
-                            .map(DecodeEvent::Reading),
-                    );
-                }
-                other => events.push(other),
-            }
-        }
+        decoded
+    }
+
+    /// The second half of [`Decoding::feed`]: decoded events through the spot filter into records,
+    /// counting what is rejected or withheld.
+    pub fn records(&mut self, events: Vec<DecodeEvent>) -> Vec<(NewRecord, Reading)> {
         collect(&self.settings, events, &mut self.spot, &mut self.counters)
-    }
-
-    /// A Glucose Measurement Context: its flags join the record that announced it.
-    pub fn context(
-        &mut self,
-        context: &crate::decode::glucose::GlucoseContext,
-    ) -> Vec<(NewRecord, Reading)> {
-        let matches = self.awaiting_context.as_ref().is_some_and(|reading| {
-            crate::decode::glucose::sequence_number(&reading.raw) == Some(context.sequence_number)
-        });
-        if !matches {
-            return Vec::new();
-        }
-        let mut reading = self.awaiting_context.take().expect("checked");
-        reading.flags.extend(context.flags());
-        collect(
-            &self.settings,
-            vec![DecodeEvent::Reading(reading)],
-            &mut self.spot,
-            &mut self.counters,
-        )
-    }
-
-    /// Releases a record still waiting for its context (the context never came, or the link ended).
-    pub fn release_held(&mut self) -> Vec<(NewRecord, Reading)> {
-        match self.awaiting_context.take() {
-            Some(reading) => collect(
-                &self.settings,
-                vec![DecodeEvent::Reading(reading)],
-                &mut self.spot,
-                &mut self.counters,
-            ),
-            None => Vec::new(),
-        }
     }
 
     /// The connection ended: a frame left unfinished is counted.
@@ -257,175 +158,20 @@ impl Decoding {
 
     /// The counters gathered since they were last taken, as outbox counter deltas, to be committed with the
     /// records they count ([`OutboxHandle::append_counted`]) so that no kill can part them.
+    ///
+    /// [`OutboxHandle::append_counted`]: crate::outbox::OutboxHandle::append_counted
     pub fn take_counter_deltas(&mut self) -> Vec<(String, u64)> {
         counter_deltas(&self.settings, &mut self.counters)
     }
 
-    /// Writes the counters gathered since the last flush to the outbox's statistics.
-    pub async fn flush_counters(
-        &mut self,
-        outbox: &OutboxHandle,
-    ) -> Result<(), crate::outbox::worker::WorkerGone> {
-        flush_counters(&self.settings, outbox, &mut self.counters).await
-    }
-}
-
-/// Runs until the transport's sender is gone; `shutdown` only limits how long records may wait for the
-/// outbox.
-/// Commands for the device go to the transport on `commands`, marked with the connection they are for.
-pub async fn run_device(
-    settings: DeviceSettings,
-    mut events: mpsc::Receiver<PortEvent>,
-    commands: mpsc::Sender<DeviceCommand>,
-    outbox: OutboxHandle,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), crate::outbox::worker::WorkerGone> {
-    let mut decoding = Decoding::new(settings);
-    let mut flush = tokio::time::interval(COUNTER_FLUSH);
-    let mut dialog = tokio::time::interval(DIALOG_POLL);
-    let mut connection = None;
-    let mut grace = StopGrace::default();
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(PortEvent::Opened { connection: opened }) => {
-                    connection = Some(opened);
-                    decoding.opened();
-                }
-                Some(PortEvent::Bytes { bytes, received }) => {
-                    let records: Vec<NewRecord> = decoding.bytes(&bytes, &received).into_iter().map(|(record, _)| record).collect();
-                    hand_over(&mut decoding, &outbox, records, &mut shutdown, &mut grace).await?;
-                }
-                Some(PortEvent::Closed { .. }) => {
-                    connection = None;
-                    decoding.closed();
-                }
-                None => break,
-            },
-            _ = flush.tick() => decoding.flush_counters(&outbox).await?,
-            _ = dialog.tick(), if connection.is_some() => {}
-            _ = shutdown.changed() => {}
+    /// The periodic flush: logs the frames rejected since the last one (once, as a count) and returns the
+    /// counter deltas for the caller to add to the outbox's statistics.
+    pub fn flush_counters(&mut self) -> Vec<(String, u64)> {
+        if self.counters.rejections_unlogged > 0 {
+            tracing::warn!(device = %self.settings.device.id, count = self.counters.rejections_unlogged, "Skipped malformed frames.");
+            self.counters.rejections_unlogged = 0;
         }
-        // The dialog's time-outs are judged only once every byte read so far was fed: bytes still queued
-        // (behind a slow disk, say) are not a silent device.
-        let Some(connection) = connection.filter(|_| events.is_empty()) else {
-            continue;
-        };
-        let (records, to_send) = decoding.poll(&crate::clock::hub_now());
-        let records = records.into_iter().map(|(record, _)| record).collect();
-        hand_over(&mut decoding, &outbox, records, &mut shutdown, &mut grace).await?;
-        for command in to_send {
-            pass_on(&decoding.settings.device.id, connection, command, &commands);
-        }
-    }
-    if grace.dropped > 0 {
-        tracing::warn!(
-            device = %decoding.settings.device.id,
-            records = grace.dropped,
-            "Stopped while the outbox could not take more: readings not yet stored were dropped (a device that keeps its records sends them again)."
-        );
-    }
-    decoding.flush_counters(&outbox).await
-}
-
-/// Hands records to the outbox and then saves the decoder's checkpoint. When the checkpoint moved, it
-/// waits until everything this pipeline handed over is durable first, so the checkpoint never covers a
-/// reading the outbox could still lose. While the outbox waits for disk space this waits too, and the
-/// device is not read meanwhile; once the daemon is stopping it waits out the [`StopGrace`] at most and
-/// then drops the records, which were never durable (the device's to send again).
-async fn hand_over(
-    decoding: &mut Decoding,
-    outbox: &OutboxHandle,
-    records: Vec<NewRecord>,
-    shutdown: &mut watch::Receiver<bool>,
-    grace: &mut StopGrace,
-) -> Result<(), crate::outbox::worker::WorkerGone> {
-    let durable = decoding.checkpoint_moved();
-    if records.is_empty() && !durable {
-        decoding.save_checkpoint();
-        return Ok(());
-    }
-    let count = records.len();
-    // Counted with the records they count, so a kill cannot part them (nor a shutdown that drops them).
-    let counters = decoding.take_counter_deltas();
-    let handed = async {
-        if durable {
-            outbox
-                .append_durable_counted(records, counters)
-                .await
-                .map(|_| ())
-        } else {
-            outbox.append_counted(records, counters).await
-        }
-    };
-    let stored = grace.until_stored(handed, shutdown).await;
-    match stored {
-        Some(result) => {
-            result?;
-            decoding.save_checkpoint();
-        }
-        None => grace.dropped += count,
-    }
-    Ok(())
-}
-
-/// How long a task's records may still wait for room in the outbox once the daemon is stopping: one
-/// [`SHUTDOWN_GRACE`] from the moment it saw the stop, for all its waits together, so a full disk cannot
-/// hold up the shutdown however many records are still queued in front of the task.
-#[derive(Default)]
-pub struct StopGrace {
-    deadline: Option<tokio::time::Instant>,
-    /// Records given up when the grace ran out.
-    pub dropped: usize,
-}
-
-impl StopGrace {
-    /// Waits for `handed` (records going into the outbox); `None` when the grace ran out first: the records
-    /// were not stored.
-    pub async fn until_stored<T>(
-        &mut self,
-        handed: impl std::future::Future<Output = T>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<T> {
-        tokio::pin!(handed);
-        let deadline = match self.deadline {
-            Some(deadline) => deadline,
-            None => {
-                tokio::select! {
-                    result = &mut handed => return Some(result),
-                    _ = shutdown.wait_for(|stop| *stop) => {}
-                }
-                *self
-                    .deadline
-                    .insert(tokio::time::Instant::now() + SHUTDOWN_GRACE)
-            }
-        };
-        // An outbox with room still takes the records after the deadline: the inner future is polled first.
-        tokio::time::timeout_at(deadline, handed).await.ok()
-    }
-}
-
-/// Hands a command to the transport without waiting: the transport may itself be waiting for this task to
-/// take its bytes, and a dialog recovers from a lost command by its own time-outs.
-fn pass_on(
-    device: &str,
-    connection: u64,
-    command: HostCommand,
-    commands: &mpsc::Sender<DeviceCommand>,
-) {
-    match command.purpose {
-        CommandPurpose::RestartStream => {
-            tracing::info!(%device, "The device stopped sending; starting its stream again.")
-        }
-        purpose => {
-            tracing::debug!(%device, ?purpose, command = %hex::encode(&command.bytes), "Command for the device.")
-        }
-    }
-    if let Err(error) = commands.try_send(DeviceCommand {
-        connection,
-        bytes: command.bytes,
-    }) {
-        tracing::debug!(%device, %error, "Could not pass a command to the transport.");
+        self.take_counter_deltas()
     }
 }
 
@@ -488,22 +234,6 @@ fn count_rejection(settings: &DeviceSettings, error: &FrameError, counters: &mut
     }
 }
 
-async fn flush_counters(
-    settings: &DeviceSettings,
-    outbox: &OutboxHandle,
-    counters: &mut Counters,
-) -> Result<(), crate::outbox::worker::WorkerGone> {
-    if counters.rejections_unlogged > 0 {
-        tracing::warn!(device = %settings.device.id, count = counters.rejections_unlogged, "Skipped malformed frames.");
-        counters.rejections_unlogged = 0;
-    }
-    let deltas = counter_deltas(settings, counters);
-    if deltas.is_empty() {
-        return Ok(());
-    }
-    outbox.add_counters(deltas).await
-}
-
 fn counter_deltas(settings: &DeviceSettings, counters: &mut Counters) -> Vec<(String, u64)> {
     let taken = Counters {
         rejections_unlogged: counters.rejections_unlogged,
@@ -554,29 +284,32 @@ mod tests {
             ..test_now("2024-03-15T12:00:00Z".parse().unwrap())
         };
         let bytes = |hex: &str| hex::decode(hex.replace(' ', "")).unwrap();
-        let mut decoding = Decoding::new(DeviceSettings {
-            hub_id: "hub".into(),
-            device: DeviceInfo {
-                id: "serial:contec".into(),
-                transport: "serial",
-                protocol: "contec-cms50",
-                manufacturer: None,
-                model: None,
-                serial_number: None,
+        let mut decoding = Decoding::new(
+            DeviceSettings {
+                hub_id: "hub".into(),
+                device: DeviceInfo {
+                    id: "serial:contec".into(),
+                    transport: "serial",
+                    protocol: "contec-cms50",
+                    manufacturer: None,
+                    model: None,
+                    serial_number: None,
+                },
+                protocol: Protocol::ContecCms50,
+                spot: SpotRule::default(),
+                time_zone: &chrono::Local,
             },
-            protocol: Protocol::ContecCms50,
-            spot: SpotRule::default(),
-            checkpoints: None,
-        });
+            None,
+        );
         let untrusted = HubClock::Unsynchronized;
         let mut records = Vec::new();
         records.extend(decoding.poll(&at(0, untrusted)).0);
         // One session, starting 2024-03-16 08:00 (20 h after the hub's time), 24 stored bytes.
         let answers =
             "0A 80 80 81 07 80 80 80 94 98 83 90 12 80 80 80 88 80 80 80 08 80 80 80 98 80 80 80";
-        records.extend(decoding.bytes(&bytes(answers), &at(0, untrusted)));
+        records.extend(decoding.feed(&bytes(answers), &at(0, untrusted)));
         records.extend(decoding.poll(&at(0, untrusted)).0);
-        records.extend(decoding.bytes(
+        records.extend(decoding.feed(
             &bytes(&["0F 80 DE C2 DE C2 DE C2"; 4].join(" ")),
             &at(1, untrusted),
         ));
@@ -607,6 +340,80 @@ mod tests {
         }
     }
 
+    /// A Contec CMS50 pipeline in UTC, resumed from `checkpoint`.
+    fn contec(checkpoint: Option<&str>) -> Decoding {
+        Decoding::new(
+            DeviceSettings {
+                hub_id: "hub".into(),
+                device: DeviceInfo {
+                    id: "serial:contec".into(),
+                    transport: "serial",
+                    protocol: "contec-cms50",
+                    manufacturer: None,
+                    model: None,
+                    serial_number: None,
+                },
+                protocol: Protocol::ContecCms50,
+                spot: SpotRule::default(),
+                time_zone: &chrono::Utc,
+            },
+            checkpoint.map(str::to_string),
+        )
+    }
+
+    /// Plays a Contec device answering with one stored session from 2014-08-18 02:38:18 (seven samples):
+    /// at each step's second the device's bytes are fed, then the pipeline is polled, as the serial task
+    /// does. Returns the commands the hub sent (their command byte, as in `decode::contec`'s tables).
+    fn download_one_session(decoding: &mut Decoding) -> Vec<String> {
+        let steps = [
+            (0, ""),
+            (0, "0A 80 80 81"),
+            (0, "07 80 80 80 94 8E 88 92"),
+            (0, "12 80 80 80 82 A6 92 80"),
+            (0, "08 80 80 80 8E 80 80 80"),
+            (
+                1,
+                "0F 80 DE C2 DE C2 DE C2 0F 8A DE FF DE 82 DE C2 0F 80 E1 C4 FF FF FF FF",
+            ),
+            (3, ""),
+        ];
+        let start: chrono::DateTime<chrono::Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
+        let mut sent = Vec::new();
+        for (second, hex) in steps {
+            let now = test_now(start + chrono::TimeDelta::seconds(second));
+            decoding.feed(&hex::decode(hex.replace(' ', "")).unwrap(), &now);
+            let (_, commands) = decoding.poll(&now);
+            sent.extend(
+                commands
+                    .iter()
+                    .map(|command| format!("{:02x}", command.bytes[2])),
+            );
+        }
+        sent
+    }
+
+    /// The checkpoint leaves the pipeline as a value once it moved, stops moving once the caller kept it,
+    /// and a pipeline started from it does not ask for the session it covers again.
+    #[test]
+    fn the_download_checkpoint_is_a_value_the_caller_keeps_and_gives_back() {
+        let mut first = contec(None);
+        assert_eq!(first.checkpoint_moved(), None);
+        let asked = download_one_session(&mut first);
+        let checkpoint = first
+            .checkpoint_moved()
+            .expect("the download moved the checkpoint");
+        assert_eq!(checkpoint, "stored_sessions=2014-08-18T02:38:18");
+        first.checkpoint_kept(checkpoint.clone());
+        assert_eq!(first.checkpoint_moved(), None);
+
+        let mut resumed = contec(Some(&checkpoint));
+        let asked_again = download_one_session(&mut resumed);
+        assert_eq!(resumed.checkpoint_moved(), None);
+        // Count, date, time, session start, length, download, live; resumed: no length and no download.
+        assert_eq!(asked.join(" "), "a7 a2 a3 a5 a4 a6 a1");
+        assert_eq!(asked_again.join(" "), "a7 a2 a3 a5 a1");
+    }
+
     /// Random bytes (what a device at another line speed, or line noise, looks like) fed through each serial
     /// protocol's decoder and spot filter must never produce a record for the backend.
     #[test]
@@ -619,20 +426,23 @@ mod tests {
             .into_iter()
             .filter(|p| p.transport() == Transport::Serial || *p == Protocol::Berrymed);
         for (round, protocol) in protocols.enumerate() {
-            let mut decoding = Decoding::new(DeviceSettings {
-                hub_id: "hub-test".into(),
-                device: DeviceInfo {
-                    id: "serial:noise".into(),
-                    transport: "serial",
-                    protocol: protocol.name(),
-                    manufacturer: None,
-                    model: None,
-                    serial_number: None,
+            let mut decoding = Decoding::new(
+                DeviceSettings {
+                    hub_id: "hub-test".into(),
+                    device: DeviceInfo {
+                        id: "serial:noise".into(),
+                        transport: "serial",
+                        protocol: protocol.name(),
+                        manufacturer: None,
+                        model: None,
+                        serial_number: None,
+                    },
+                    protocol,
+                    spot: SpotRule::default(),
+                    time_zone: &chrono::Local,
                 },
-                protocol,
-                spot: SpotRule::default(),
-                checkpoints: None,
-            });
+                None,
+            );
             let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (round as u64 + 1);
             let mut at: chrono::DateTime<chrono::Utc> = "2026-11-22T10:00:00Z".parse().unwrap();
             let mut chunk = vec![0u8; 4096];
@@ -647,7 +457,7 @@ mod tests {
                 // Chunks arrive about as fast as a 115200-baud line delivers them.
                 at += chrono::TimeDelta::milliseconds(350);
                 let now = test_now(at);
-                records += decoding.bytes(&chunk, &now).len();
+                records += decoding.feed(&chunk, &now).len();
                 // The dialog runs too, so noise that looks like answers may move it (a Contec download).
                 records += decoding.poll(&now).0.len();
             }

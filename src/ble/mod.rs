@@ -112,20 +112,23 @@ pub(crate) fn decoding_for(
     hub_id: &str,
     spot: SpotRule,
 ) -> Decoding {
-    Decoding::new(DeviceSettings {
-        hub_id: hub_id.to_string(),
-        device: DeviceInfo {
-            id: format!("ble:{address}"),
-            transport: "ble",
-            protocol: protocol.name(),
-            manufacturer: information.manufacturer.clone(),
-            model: information.model.clone(),
-            serial_number: information.serial_number.clone(),
+    Decoding::new(
+        DeviceSettings {
+            hub_id: hub_id.to_string(),
+            device: DeviceInfo {
+                id: format!("ble:{address}"),
+                transport: "ble",
+                protocol: protocol.name(),
+                manufacturer: information.manufacturer.clone(),
+                model: information.model.clone(),
+                serial_number: information.serial_number.clone(),
+            },
+            protocol,
+            spot,
+            time_zone: &chrono::Local,
         },
-        protocol,
-        spot,
-        checkpoints: None,
-    })
+        None,
+    )
 }
 
 /// What a future in the supervisor's set of device work ended with.
@@ -258,7 +261,7 @@ async fn run_stack(
                             });
                             let received = crate::clock::hub_now();
                             let received_at = received.wall;
-                            let records: Vec<_> = decoding.bytes(&bytes, &received).into_iter().map(|(record, _)| record).collect();
+                            let records: Vec<_> = decoding.feed(&bytes, &received).into_iter().map(|(record, _)| record).collect();
                             // The scan loop must not wait for a full disk (the sessions and the shutdown
                             // run in it). A scale repeats its advertisement for a while; a fresh decoder
                             // takes the repeat, which the old one would skip as already reported.
@@ -364,7 +367,7 @@ async fn run_stack(
                     restart_scan(&adapter).await;
                 }
                 for decoding in advertisement_decoders.values_mut() {
-                    decoding.flush_counters(outbox).await.map_err(|_| StackError::OutboxGone)?;
+                    crate::hand_over::flush_counters(decoding, outbox).await.map_err(|_| StackError::OutboxGone)?;
                 }
             }
             _ = &mut owner_changed => break Restart::BluezRestarted,

@@ -1,7 +1,8 @@
-//! One connection to one bound Bluetooth device: connect, discover, read Device Information once, set
-//! the device clock (recording its offset first), subscribe with the notification stream already open,
-//! make every record durable as it arrives, fetch glucose records through the RACP, and end when the
-//! device is done.
+//! One connection to one bound Bluetooth device, I/O only: connect, discover, read Device Information
+//! once, read and set the device clock as `decode::current_time::ClockSync` decides, subscribe with the
+//! notification stream already open, feed what arrives to the decoding channels and to the glucose
+//! meter's `RecordDialog`, write the RACP requests the dialog makes, make every record durable as it
+//! arrives, and end when the device (or the dialog) is done.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,18 +16,18 @@ use uuid::Uuid;
 
 use super::profile::{self, measurement_protocol};
 use crate::bound_devices::{BoundDevices, DeviceStrings};
-use crate::decode::current_time;
-use crate::decode::glucose;
+use crate::decode::current_time::{ClockCharacteristic, ClockFound, ClockSync, ClockWrite};
+use crate::decode::glucose::dialog::{Action, LastRecord, RecordDialog};
+use crate::hand_over::{flush_counters, StopGrace};
 use crate::measurement_time::DeviceClockCheck;
-use crate::outbox::OutboxHandle;
-use crate::pipeline::{Decoding, StopGrace};
+use crate::outbox::{NewRecord, OutboxHandle};
+use crate::pipeline::Decoding;
+use crate::reading::Reading;
 use crate::spot::SpotRule;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A device that sends nothing for this long is done with us; the hub lets go of the link.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a glucose meter may take to answer a RACP request.
-const RACP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type SharedDevices = Arc<Mutex<BoundDevices>>;
 
@@ -79,21 +80,10 @@ fn classify(error: btleplug::Error) -> SessionError {
     }
 }
 
-/// Where a glucose meter's record transfer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GlucosePhase {
-    Idle,
-    /// Asked for the records after our last sequence number (or all, the first time).
-    Fetching,
-    /// Asked for the meter's last record, to see whether its numbering restarted.
-    CheckingLast,
-    /// The numbering restarted: asked for everything; keys already stored are not queued again.
-    FetchingAll,
-}
-
-struct Channel {
-    decoding: Decoding,
-}
+/// Glucose Measurement: glucose records, which go through the meter's [`RecordDialog`].
+const GLUCOSE_MEASUREMENT: Uuid = profile::sig(0x2A18);
+/// Intermediate Cuff Pressure: progress while a cuff inflates, never a reading.
+const INTERMEDIATE_CUFF_PRESSURE: Uuid = profile::sig(0x2A36);
 
 /// Runs one session; the caller decides about reconnecting.
 pub async fn run(
@@ -145,12 +135,11 @@ async fn collect(
     }
     let clock = sync_clock(peripheral, address, devices, &characteristics).await;
 
-    let mut channels: HashMap<Uuid, Channel> = HashMap::new();
-    for (uuid, _) in characteristics
-        .iter()
-        .filter(|(uuid, _)| measurement_protocol(**uuid).is_some())
-    {
-        let protocol = measurement_protocol(*uuid).expect("filtered");
+    let mut channels: HashMap<Uuid, Decoding> = HashMap::new();
+    for uuid in characteristics.keys() {
+        let Some(protocol) = measurement_protocol(*uuid) else {
+            continue;
+        };
         let mut decoding = super::decoding_for(
             address,
             protocol,
@@ -159,7 +148,7 @@ async fn collect(
             settings.spot,
         );
         decoding.device_clock_read(clock);
-        channels.insert(*uuid, Channel { decoding });
+        channels.insert(*uuid, decoding);
     }
 
     // The stream must exist before the first subscription: cuffs start their burst of stored records
@@ -189,209 +178,194 @@ async fn collect(
             .map_err(classify)?;
     }
 
-    let glucose_meter = racp.is_some() && channels.contains_key(&profile::sig(0x2A18));
-    let mut glucose = GlucosePhase::Idle;
-    if let (true, Some(racp)) = (glucose_meter, racp) {
-        let last = devices
-            .lock()
-            .unwrap()
-            .get(address)
-            .and_then(|d| d.glucose_last_sequence);
-        let request = match last {
-            Some(sequence) => glucose::racp_report_from_sequence(sequence.wrapping_add(1)),
-            None => glucose::racp_report_all(),
-        };
-        peripheral
-            .write(racp, &request, WriteType::WithResponse)
-            .await
-            .map_err(classify)?;
-        glucose = GlucosePhase::Fetching;
-    }
-    let mut restart_seen = false;
-    let mut grace = StopGrace::default();
-    let mut readings = 0usize;
+    let last = devices
+        .lock()
+        .unwrap()
+        .get(address)
+        .map(|device| LastRecord {
+            sequence: device.glucose_last_sequence,
+            key: device.glucose_last_key.clone(),
+        })
+        .unwrap_or_default();
+    let mut glucose = RecordDialog::new(
+        last,
+        racp.is_some() && channels.contains_key(&GLUCOSE_MEASUREMENT),
+    );
+    let mut store = Store {
+        outbox,
+        devices,
+        address,
+        grace: StopGrace::default(),
+        readings: 0,
+    };
     let mut connection_check = tokio::time::interval(Duration::from_secs(1));
     let mut last_activity = tokio::time::Instant::now();
-    let mut racp_deadline = tokio::time::Instant::now() + RACP_TIMEOUT;
-    let end = loop {
-        tokio::select! {
-            notification = notifications.next() => {
-                let Some(notification) = notification else { break SessionEnd::Finished { readings } };
-                last_activity = tokio::time::Instant::now();
-                let received = crate::clock::hub_now();
-                let received_at = received.wall;
-                if notification.uuid == profile::RECORD_ACCESS_CONTROL_POINT {
-                    let code = match glucose::decode_racp(&notification.value) {
-                        Ok(glucose::RacpResponse::Completed { code, .. }) => code,
-                        Ok(glucose::RacpResponse::NumberOfRecords(_)) => continue,
-                        Err(error) => {
-                            tracing::debug!(%address, %error, "Unreadable RACP response.");
+    let end = 'session: {
+        if follow(peripheral, racp, &mut glucose).await? == Some(Action::Finished) {
+            break 'session SessionEnd::Finished {
+                readings: store.readings,
+            };
+        }
+        loop {
+            tokio::select! {
+                notification = notifications.next() => {
+                    let Some(notification) = notification else { break SessionEnd::Finished { readings: store.readings } };
+                    last_activity = tokio::time::Instant::now();
+                    let received = crate::clock::hub_now();
+                    let (uuid, value) = (notification.uuid, notification.value);
+                    let (channel, events) = match uuid {
+                        profile::RECORD_ACCESS_CONTROL_POINT => match glucose.handle_racp(&value) {
+                            Ok(events) => (GLUCOSE_MEASUREMENT, events),
+                            Err(error) => {
+                                tracing::debug!(%address, %error, "Unreadable RACP response.");
+                                continue;
+                            }
+                        },
+                        profile::GLUCOSE_CONTEXT if channels.contains_key(&GLUCOSE_MEASUREMENT) => match glucose.handle_context(&value) {
+                            Ok(events) => (GLUCOSE_MEASUREMENT, events),
+                            Err(error) => {
+                                tracing::debug!(%address, %error, "Unreadable glucose context.");
+                                continue;
+                            }
+                        },
+                        INTERMEDIATE_CUFF_PRESSURE => {
+                            note_cuff_progress(devices, address, &value, received.wall);
                             continue;
                         }
+                        uuid => match channels.get_mut(&uuid) {
+                            Some(decoding) if uuid == GLUCOSE_MEASUREMENT => {
+                                (uuid, glucose.handle_measurement(decoding.decode(&value, &received)))
+                            }
+                            Some(decoding) => (uuid, decoding.decode(&value, &received)),
+                            None => continue,
+                        },
                     };
-                    // A record held for a context that did not come must count before the answer is judged.
-                    if let Some(channel) = channels.get_mut(&profile::sig(0x2A18)) {
-                        let held = channel.decoding.release_held();
-                        readings += held.len();
-                        let counters = channel.decoding.take_counter_deltas();
-                        if !append(outbox, devices, address, (held, counters), glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
+                    if let Some(decoding) = channels.get_mut(&channel) {
+                        let records = decoding.records(events);
+                        let counters = decoding.take_counter_deltas();
+                        if !store.store(records, counters, &mut glucose, shutdown).await? {
                             break SessionEnd::Shutdown;
                         }
                     }
-                    let next = match (glucose, code) {
-                        // Nothing past our last sequence number: either nothing is new, or the meter's
-                        // numbering restarted (battery change, reset). Its last record tells which.
-                        (GlucosePhase::Fetching, glucose::RacpResponseCode::NoRecordsFound) => Some((GlucosePhase::CheckingLast, glucose::racp_report_last())),
-                        (GlucosePhase::CheckingLast, _) if restart_seen => Some((GlucosePhase::FetchingAll, glucose::racp_report_all())),
-                        _ => None,
-                    };
-                    match (next, racp) {
-                        (Some((phase, request)), Some(racp)) => {
-                            peripheral.write(racp, &request, WriteType::WithResponse).await.map_err(classify)?;
-                            glucose = phase;
-                            racp_deadline = tokio::time::Instant::now() + RACP_TIMEOUT;
-                        }
-                        _ => break SessionEnd::Finished { readings },
+                    if follow(peripheral, racp, &mut glucose).await? == Some(Action::Finished) {
+                        break SessionEnd::Finished { readings: store.readings };
                     }
-                    continue;
                 }
-                if notification.uuid == profile::GLUCOSE_CONTEXT {
-                    let Some(channel) = channels.get_mut(&profile::sig(0x2A18)) else { continue };
-                    match glucose::decode_context(&notification.value) {
-                        Ok(context) => {
-                            let released = channel.decoding.context(&context);
-                            readings += released.len();
-                            let counters = channel.decoding.take_counter_deltas();
-                            if !append(outbox, devices, address, (released, counters), glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
-                                break SessionEnd::Shutdown;
-                            }
-                        }
-                        Err(error) => tracing::debug!(%address, %error, "Unreadable glucose context."),
+                _ = connection_check.tick() => {
+                    for decoding in channels.values_mut() {
+                        flush_counters(decoding, outbox).await?;
                     }
-                    continue;
+                    if !peripheral.is_connected().await.unwrap_or(false) {
+                        break SessionEnd::Finished { readings: store.readings };
+                    }
+                    if last_activity.elapsed() >= IDLE_TIMEOUT {
+                        break SessionEnd::Finished { readings: store.readings };
+                    }
+                    if follow(peripheral, racp, &mut glucose).await? == Some(Action::Finished) {
+                        break SessionEnd::Finished { readings: store.readings };
+                    }
                 }
-                if notification.uuid == profile::sig(0x2A36) {
-                    note_cuff_progress(devices, address, &notification.value, received_at);
-                    continue;
-                }
-                let Some(channel) = channels.get_mut(&notification.uuid) else { continue };
-                let decoded = channel.decoding.bytes(&notification.value, &received);
-                readings += decoded.len();
-                let counters = channel.decoding.take_counter_deltas();
-                if !append(outbox, devices, address, (decoded, counters), glucose == GlucosePhase::CheckingLast, &mut restart_seen, shutdown, &mut grace).await? {
-                    break SessionEnd::Shutdown;
-                }
+                _ = shutdown.changed() => break SessionEnd::Shutdown,
             }
-            _ = connection_check.tick() => {
-                for channel in channels.values_mut() {
-                    channel.decoding.flush_counters(outbox).await?;
-                }
-                if !peripheral.is_connected().await.unwrap_or(false) {
-                    break SessionEnd::Finished { readings };
-                }
-                let idle = last_activity.elapsed() >= IDLE_TIMEOUT;
-                let racp_late = glucose != GlucosePhase::Idle && tokio::time::Instant::now() >= racp_deadline;
-                if idle || racp_late {
-                    break SessionEnd::Finished { readings };
-                }
-            }
-            _ = shutdown.changed() => break SessionEnd::Shutdown,
         }
     };
-    for channel in channels.values_mut() {
-        let held = channel.decoding.release_held();
-        append(
-            outbox,
-            devices,
-            address,
-            (held, channel.decoding.take_counter_deltas()),
-            false,
-            &mut restart_seen,
-            shutdown,
-            &mut grace,
-        )
-        .await?;
-        channel.decoding.closed();
-        channel.decoding.flush_counters(outbox).await?;
+    for (uuid, decoding) in channels.iter_mut() {
+        // A record still waiting for its context is stored as it is.
+        let held = if *uuid == GLUCOSE_MEASUREMENT {
+            glucose.finish()
+        } else {
+            Vec::new()
+        };
+        let records = decoding.records(held);
+        let counters = decoding.take_counter_deltas();
+        store
+            .store(records, counters, &mut glucose, shutdown)
+            .await?;
+        decoding.closed();
+        flush_counters(decoding, outbox).await?;
     }
     save(devices);
     Ok(end)
 }
 
-/// Decoded records with their readings, and the counter deltas to commit with them.
-type Decoded = (
-    Vec<(crate::outbox::NewRecord, crate::reading::Reading)>,
-    Vec<(String, u64)>,
-);
+/// Does what the glucose dialog says now: writes its next RACP request, or reports that the transfer is
+/// over.
+async fn follow(
+    peripheral: &Peripheral,
+    racp: Option<&Characteristic>,
+    glucose: &mut RecordDialog,
+) -> Result<Option<Action>, SessionError> {
+    let action = glucose.poll(std::time::Instant::now());
+    if let (Some(Action::Write(request)), Some(racp)) = (&action, racp) {
+        peripheral
+            .write(racp, request, WriteType::WithResponse)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(action)
+}
 
-/// Makes decoded records durable and only then notes what they say about the device: the last reading
-/// time and, for a glucose meter, the newest sequence number (from which the next session asks for
-/// records), so a meter's records count as read only once they are on disk. While checking a meter's last
-/// record (`checking_last`), a record that differs from the one the hub stored means the numbering
-/// restarted. Waits while the outbox waits for disk space; returns `false` when the daemon stopped first
-/// (nothing was noted, so the next session asks for those records again).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site per kind of notification"
-)]
-async fn append(
-    outbox: &OutboxHandle,
-    devices: &SharedDevices,
-    address: &str,
-    (decoded, counters): Decoded,
-    checking_last: bool,
-    restart_seen: &mut bool,
-    shutdown: &mut watch::Receiver<bool>,
-    grace: &mut StopGrace,
-) -> Result<bool, SessionError> {
-    if decoded.is_empty() {
-        // Nothing to store, but what was counted (rejected values) still goes to the statistics.
-        if !counters.is_empty() {
-            outbox.add_counters(counters).await?;
-        }
-        return Ok(true);
-    }
-    let newest = decoded
-        .iter()
-        .filter(|(_, reading)| reading.kind == crate::reading::Kind::BloodGlucose)
-        .filter_map(|(_, reading)| {
-            glucose::sequence_number(&reading.raw).map(|seq| (seq, reading.record_key.clone()))
-        })
-        .next_back();
-    let received_at = decoded.last().map(|(_, reading)| reading.received_at);
-    let count = decoded.len();
-    let records = decoded.into_iter().map(|(record, _)| record).collect();
-    let Some(outcomes) = grace
-        .until_stored(outbox.append_durable_counted(records, counters), shutdown)
-        .await
-    else {
-        tracing::warn!(%address, records = count, "Stopping while the outbox cannot take more: the device's records were not stored; it is asked for them again next time.");
-        return Ok(false);
-    };
-    // A record the outbox refused (it holds `max_pending`) is not read: the meter is asked for it again.
-    let outcomes = outcomes?;
-    let newest = newest.filter(|_| !outcomes.contains(&crate::outbox::Appended::RejectedFull));
-    let mut restarted = false;
-    update(devices, address, |device| {
-        device.last_reading_at = received_at.or(device.last_reading_at);
-        if let Some((sequence, key)) = newest {
-            if checking_last
-                && (device.glucose_last_sequence != Some(sequence)
-                    || device.glucose_last_key != key)
-            {
-                restarted = true;
+/// Where a session's records go: the outbox, and then what they say about the device into the device list.
+struct Store<'a> {
+    outbox: &'a OutboxHandle,
+    devices: &'a SharedDevices,
+    address: &'a str,
+    grace: StopGrace,
+    /// Records handed over in this session.
+    readings: usize,
+}
+
+impl Store<'_> {
+    /// Makes records durable and only then notes what they say about the device: the last reading time
+    /// and what the glucose dialog noted (the newest sequence number, from which the next session asks for
+    /// records), so a meter's records count as read only once they are on disk. Waits while the outbox
+    /// waits for disk space; returns `false` when the daemon stopped first (nothing was noted, so the next
+    /// session asks for those records again).
+    async fn store(
+        &mut self,
+        decoded: Vec<(NewRecord, Reading)>,
+        counters: Vec<(String, u64)>,
+        glucose: &mut RecordDialog,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, SessionError> {
+        let address = self.address;
+        if decoded.is_empty() {
+            // Nothing to store, but what was counted (rejected values) still goes to the statistics.
+            if !counters.is_empty() {
+                self.outbox.add_counters(counters).await?;
             }
-            if !checking_last || restarted || *restart_seen {
-                device.glucose_last_sequence = Some(sequence);
-                device.glucose_last_key = key;
-            }
+            return Ok(true);
         }
-    });
-    if restarted && !*restart_seen {
-        tracing::warn!(%address, "The glucose meter's record numbering restarted; reading all its records again (stored ones are not queued twice).");
+        self.readings += decoded.len();
+        let received_at = decoded.last().map(|(_, reading)| reading.received_at);
+        let count = decoded.len();
+        let (records, readings): (Vec<NewRecord>, Vec<Reading>) = decoded.into_iter().unzip();
+        let Some(outcomes) = self
+            .grace
+            .until_stored(
+                self.outbox.append_durable_counted(records, counters),
+                shutdown,
+            )
+            .await
+        else {
+            tracing::warn!(%address, records = count, "Stopping while the outbox cannot take more: the device's records were not stored; it is asked for them again next time.");
+            return Ok(false);
+        };
+        // A record the outbox refused (it holds `max_pending`) is not read: the meter is asked for it again.
+        let all_taken = !outcomes?.contains(&crate::outbox::Appended::RejectedFull);
+        let noted = glucose.handle_stored(&readings, all_taken);
+        update(self.devices, address, |device| {
+            device.last_reading_at = received_at.or(device.last_reading_at);
+            if let Some(last) = noted.last {
+                device.glucose_last_sequence = last.sequence;
+                device.glucose_last_key = last.key;
+            }
+        });
+        if noted.restart_found {
+            tracing::warn!(%address, "The glucose meter's record numbering restarted; reading all its records again (stored ones are not queued twice).");
+        }
+        Ok(true)
     }
-    *restart_seen |= restarted;
-    Ok(true)
 }
 
 /// Intermediate Cuff Pressure is progress, not a reading: it is kept in memory for `vitalsd devices`.
@@ -478,10 +452,10 @@ async fn read_information(
     strings
 }
 
-/// Reads the device clock against the hub's (a coincident time stamp), then sets it: Date Time where the
-/// device has it writable (A&D), else Current Time (Omron and the Current Time Service). The hub writes
-/// its time only while it trusts its own clock: one boot on a stale saved time must not corrupt the cuff's
-/// clock and every measurement stamped by it afterwards. A refused write is logged, not fatal.
+/// Reads the device clock against the hub's (a coincident time stamp), then sets it, as
+/// [`ClockSync`] decides: Date Time where the device has it writable (A&D), else Current Time (Omron and
+/// the Current Time Service), and only while the hub trusts its own clock. A refused write is logged, not
+/// fatal.
 async fn sync_clock(
     peripheral: &Peripheral,
     address: &str,
@@ -492,80 +466,58 @@ async fn sync_clock(
         .get(&profile::DATE_TIME)
         .filter(|c| c.properties.contains(CharPropFlags::WRITE));
     let current_time = characteristics.get(&profile::CURRENT_TIME);
-    let target = date_time.or(current_time)?;
-    let is_date_time = target.uuid == profile::DATE_TIME;
-    let mut check = None;
+    let mut sync = ClockSync::new(date_time.is_some(), current_time.is_some())?;
+    let target = match sync.characteristic() {
+        ClockCharacteristic::DateTime => date_time,
+        ClockCharacteristic::CurrentTime => current_time,
+    }
+    .expect("chosen from the characteristics present");
     if target.properties.contains(CharPropFlags::READ) {
         let hub = crate::clock::hub_now();
         let hub_local = crate::clock::now_local().naive_local();
         if let Ok(bytes) = peripheral.read(target).await {
-            let device_time = if is_date_time {
-                current_time::decode_date_time(&bytes).ok()
-            } else {
-                current_time::decode_current_time(&bytes)
-                    .ok()
-                    .map(|c| c.date_time)
-            };
-            if let Some(device_time) = device_time {
-                let read = DeviceClockCheck {
-                    device_time,
-                    hub_time: hub.wall,
-                    hub_local,
-                    hub_clock: hub.clock,
-                    set: false,
-                };
-                let not_set = device_time.plausible().is_none();
+            if let Some(found) = sync.handle_read(&bytes, hub.wall, hub_local, hub.clock) {
                 update(devices, address, |device| {
-                    device.clock_offset_s = read.offset().map(|o| o.num_seconds());
-                    device.clock_not_set = not_set;
+                    device.clock_offset_s = match found {
+                        ClockFound::Offset(offset) => Some(offset.num_seconds()),
+                        ClockFound::NotSet | ClockFound::Unmeasured => None,
+                    };
+                    device.clock_not_set = found == ClockFound::NotSet;
                     device.clock_checked_at = Some(hub.wall);
                     device.clock_set = false;
                 });
-                match read.offset() {
-                    _ if not_set => tracing::info!(%address, "The device clock is not set."),
-                    Some(offset) => {
+                match found {
+                    ClockFound::NotSet => tracing::info!(%address, "The device clock is not set."),
+                    ClockFound::Offset(offset) => {
                         tracing::info!(%address, offset_s = offset.num_seconds(), "Device clock checked.")
                     }
-                    None => {
+                    ClockFound::Unmeasured => {
                         tracing::info!(%address, "Device clock read; the hub clock is not synchronised, so no offset is measured.")
                     }
                 }
-                check = Some(read);
             }
         }
-    }
-    // Judged by the same clock reading as the read, so a clock trusted only after the read cannot overwrite
-    // a device clock the hub measured nothing against: its records would lose the reset rule unnoticed.
-    let trusted = match &check {
-        Some(read) => read.hub_clock.is_trusted(),
-        None => crate::clock::hub_clock().is_trusted(),
-    };
-    if !trusted {
-        tracing::info!(%address, "The hub clock is not synchronised; the device clock is left as it is.");
-        return check;
     }
     let hub_local = crate::clock::now_local().naive_local();
-    let value = if is_date_time {
-        current_time::encode_date_time(hub_local).map(|bytes| bytes.to_vec())
-    } else {
-        current_time::encode_current_time(hub_local, current_time::ADJUST_EXTERNAL_REFERENCE)
-            .map(|bytes| bytes.to_vec())
-    };
-    if let Some(value) = value {
-        match peripheral
-            .write(target, &value, WriteType::WithResponse)
-            .await
-        {
-            Ok(()) => {
-                if let Some(read) = &mut check {
-                    read.set = true;
+    match sync.write(crate::clock::hub_clock(), hub_local) {
+        ClockWrite::HubUntrusted => {
+            tracing::info!(%address, "The hub clock is not synchronised; the device clock is left as it is.");
+        }
+        ClockWrite::Unencodable => {}
+        ClockWrite::Write(value) => {
+            match peripheral
+                .write(target, &value, WriteType::WithResponse)
+                .await
+            {
+                Ok(()) => {
+                    sync.handle_written();
+                    update(devices, address, |device| device.clock_set = true);
                 }
-                update(devices, address, |device| device.clock_set = true);
-            }
-            Err(error) => {
-                tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.")
+                Err(error) => {
+                    tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.")
+                }
             }
         }
     }
-    check
+    sync.check()
 }

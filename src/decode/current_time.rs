@@ -5,11 +5,15 @@
 //! it (A&D writes Date Time inside its measurement service, Omron the Current Time Service). The hub therefore
 //! reads the device clock before writing its own time to it, and records the offset: it says how far the clock
 //! had drifted, or that it was never set, when the records already on the device were stamped.
+//!
+//! [`ClockSync`] is the hub's side of that exchange, sans-IO: which characteristic to use, what the read
+//! found (by the one device-clock rule of `measurement_time`), and whether and what to write.
 
-use chrono::{Datelike, NaiveDateTime, TimeDelta, Timelike, Weekday};
+use chrono::{DateTime, Datelike, NaiveDateTime, TimeDelta, Timelike, Utc, Weekday};
 
 use super::ieee11073::{Cursor, DeviceDateTime};
 use super::FrameError;
+use crate::measurement_time::{DeviceClockCheck, HubClock};
 
 /// Adjust Reason bit 0: the time was set by hand.
 pub const ADJUST_MANUAL: u8 = 0x01;
@@ -110,15 +114,6 @@ pub fn decode_current_time(bytes: &[u8]) -> Result<CurrentTime, FrameError> {
     })
 }
 
-/// The device clock minus the hub clock, both local wall time, read at the same moment before the hub
-/// sets the device clock; `None` when the device does not know its time.
-pub fn clock_offset(device_local: DeviceDateTime, hub_local: NaiveDateTime) -> Option<TimeDelta> {
-    match device_local {
-        DeviceDateTime::Known(device) => Some(device.signed_duration_since(hub_local)),
-        DeviceDateTime::Unknown => None,
-    }
-}
-
 /// What a recorded clock offset means for the records the device stamped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockVerdict {
@@ -130,12 +125,138 @@ pub enum ClockVerdict {
     Off(TimeDelta),
 }
 
-/// Judges an offset from [`clock_offset`]: within two minutes either way is in sync.
+/// Judges a recorded offset (device minus hub, `None` when none was measured): within two minutes either
+/// way is in sync.
 pub fn clock_verdict(offset: Option<TimeDelta>) -> ClockVerdict {
     match offset {
         None => ClockVerdict::NotSet,
         Some(offset) if offset.abs() <= IN_SYNC => ClockVerdict::InSync,
         Some(offset) => ClockVerdict::Off(offset),
+    }
+}
+
+/// Which of a device's clock characteristics the hub reads and sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockCharacteristic {
+    /// Date Time 0x2A08, where the device lets the hub write it (A&D keeps it in its measurement service).
+    DateTime,
+    /// Current Time 0x2A2B (Omron, and the Current Time Service).
+    CurrentTime,
+}
+
+/// What reading the device clock found, for the device list and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockFound {
+    /// The device does not know the time, or shows a time no set clock shows.
+    NotSet,
+    /// Device minus hub, against a trusted hub clock.
+    Offset(TimeDelta),
+    /// The hub clock was not trusted, so no offset was measured.
+    Unmeasured,
+}
+
+/// What the hub writes into the device clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClockWrite {
+    /// These bytes, to the chosen characteristic.
+    Write(Vec<u8>),
+    /// Nothing: the hub does not trust its own clock (one boot on a stale saved time must not corrupt the
+    /// device clock and every measurement stamped by it afterwards).
+    HubUntrusted,
+    /// Nothing: the hub's time does not fit the characteristic.
+    Unencodable,
+}
+
+/// Reading and setting one device's clock in a session: read it against the hub's clock (a coincident
+/// time stamp), then write the hub's time while the hub trusts its clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockSync {
+    characteristic: ClockCharacteristic,
+    check: Option<DeviceClockCheck>,
+}
+
+impl ClockSync {
+    /// Date Time where the device lets the hub write it, else Current Time; `None` when it has neither.
+    pub fn new(date_time_writable: bool, has_current_time: bool) -> Option<ClockSync> {
+        let characteristic = if date_time_writable {
+            ClockCharacteristic::DateTime
+        } else if has_current_time {
+            ClockCharacteristic::CurrentTime
+        } else {
+            return None;
+        };
+        Some(ClockSync {
+            characteristic,
+            check: None,
+        })
+    }
+
+    pub fn characteristic(&self) -> ClockCharacteristic {
+        self.characteristic
+    }
+
+    /// The characteristic's value as read, with the hub's clock as read just before it (wall time, local
+    /// wall time, trust). `None` when the value holds no time at all.
+    pub fn handle_read(
+        &mut self,
+        value: &[u8],
+        hub_time: DateTime<Utc>,
+        hub_local: NaiveDateTime,
+        hub_clock: HubClock,
+    ) -> Option<ClockFound> {
+        let device_time = match self.characteristic {
+            ClockCharacteristic::DateTime => decode_date_time(value).ok()?,
+            ClockCharacteristic::CurrentTime => decode_current_time(value).ok()?.date_time,
+        };
+        let check = DeviceClockCheck {
+            device_time,
+            hub_time,
+            hub_local,
+            hub_clock,
+            set: false,
+        };
+        self.check = Some(check);
+        Some(if device_time.plausible().is_none() {
+            ClockFound::NotSet
+        } else {
+            check
+                .offset()
+                .map_or(ClockFound::Unmeasured, ClockFound::Offset)
+        })
+    }
+
+    /// What to write now, given the hub's clock trust and local wall time. The trust is the one of the
+    /// clock reading the device clock was read against, when there was one, so a clock trusted only after
+    /// the read cannot overwrite a device clock the hub measured nothing against: its records would lose
+    /// the reset rule unnoticed.
+    pub fn write(&self, hub_clock: HubClock, hub_local: NaiveDateTime) -> ClockWrite {
+        let trusted = self
+            .check
+            .map_or(hub_clock, |check| check.hub_clock)
+            .is_trusted();
+        if !trusted {
+            return ClockWrite::HubUntrusted;
+        }
+        let value = match self.characteristic {
+            ClockCharacteristic::DateTime => encode_date_time(hub_local).map(Vec::from),
+            ClockCharacteristic::CurrentTime => {
+                encode_current_time(hub_local, ADJUST_EXTERNAL_REFERENCE).map(Vec::from)
+            }
+        };
+        value.map_or(ClockWrite::Unencodable, ClockWrite::Write)
+    }
+
+    /// The device took the write.
+    pub fn handle_written(&mut self) {
+        if let Some(check) = &mut self.check {
+            check.set = true;
+        }
+    }
+
+    /// The device clock as read in this session, and whether the hub then set it; `None` when it was not
+    /// read.
+    pub fn check(&self) -> Option<DeviceClockCheck> {
+        self.check
     }
 }
 
@@ -208,17 +329,64 @@ mod tests {
     }
 
     #[track_caller]
-    fn check_clock(device: Option<&str>, expected_offset: Option<i64>, expected: ClockVerdict) {
-        let device = device.map_or(DeviceDateTime::Unknown, |text| {
-            DeviceDateTime::Known(at(text))
-        });
-        let offset = clock_offset(device, at("2024-03-15T12:00:00"));
+    fn check_verdict(offset_s: Option<i64>, expected: ClockVerdict) {
         assert_eq!(
-            offset.map(|o| o.num_seconds()),
-            expected_offset,
-            "{device:?}"
+            clock_verdict(offset_s.map(TimeDelta::seconds)),
+            expected,
+            "{offset_s:?}"
         );
-        assert_eq!(clock_verdict(offset), expected, "{device:?}");
+    }
+
+    /// Chooses the characteristic from what the device offers (`date-time`: a writable Date Time, `current-time`:
+    /// a Current Time, `both`), reads `read` from it (`-`: not readable) against a hub whose clock says
+    /// 2024-03-15 12:00:00 local and is `read_clock`, then asks what to write five seconds later, when the
+    /// hub's clock is `write_clock`, and takes the write. Renders the choice, what the read found, the
+    /// write and whether the check says the clock was set.
+    #[track_caller]
+    fn check_sync(
+        offers: &str,
+        read: &str,
+        read_clock: HubClock,
+        write_clock: HubClock,
+        expected: &str,
+    ) {
+        let (date_time, current_time) = match offers {
+            "date-time" => (true, false),
+            "current-time" => (false, true),
+            "both" => (true, true),
+            _ => (false, false),
+        };
+        let Some(mut sync) = ClockSync::new(date_time, current_time) else {
+            assert_eq!("none", expected, "{offers} {read}");
+            return;
+        };
+        let mut out = vec![format!("{:?}", sync.characteristic())];
+        if read != "-" {
+            let hub_time = "2024-03-15T12:00:00Z".parse().unwrap();
+            let found = sync.handle_read(
+                &bytes_of(read),
+                hub_time,
+                at("2024-03-15T12:00:00"),
+                read_clock,
+            );
+            out.push(match found {
+                Some(ClockFound::NotSet) => "not set".to_string(),
+                Some(ClockFound::Offset(offset)) => format!("offset {} s", offset.num_seconds()),
+                Some(ClockFound::Unmeasured) => "unmeasured".to_string(),
+                None => "unreadable".to_string(),
+            });
+        }
+        match sync.write(write_clock, at("2024-03-15T12:00:05")) {
+            ClockWrite::Write(bytes) => {
+                out.push(format!("write {}", hex::encode_upper(bytes)));
+                sync.handle_written();
+            }
+            other => out.push(format!("{other:?}")),
+        }
+        if let Some(check) = sync.check() {
+            out.push(format!("set={}", check.set));
+        }
+        assert_eq!(out.join("; "), expected, "{offers} {read}");
     }
 
     #[rustfmt::skip]
@@ -275,16 +443,67 @@ mod tests {
 
     #[rustfmt::skip]
     #[test]
-    fn clock_offsets_and_verdicts() {
+    fn clock_verdicts() {
         let off = |seconds| ClockVerdict::Off(TimeDelta::seconds(seconds));
-        check_clock(Some("2024-03-15T12:00:00"), Some(0), ClockVerdict::InSync);
-        check_clock(Some("2024-03-15T12:01:00"), Some(60), ClockVerdict::InSync);
-        check_clock(Some("2024-03-15T12:02:00"), Some(120), ClockVerdict::InSync);
-        check_clock(Some("2024-03-15T11:58:00"), Some(-120), ClockVerdict::InSync);
-        check_clock(Some("2024-03-15T12:02:01"), Some(121), off(121));
-        check_clock(Some("2024-03-15T11:57:59"), Some(-121), off(-121));
-        check_clock(Some("2024-03-15T13:00:00"), Some(3600), off(3600));
-        check_clock(Some("2000-01-01T00:00:00"), Some(-763_819_200), off(-763_819_200));
-        check_clock(None, None, ClockVerdict::NotSet);
+        check_verdict(Some(0), ClockVerdict::InSync);
+        check_verdict(Some(120), ClockVerdict::InSync);
+        check_verdict(Some(-120), ClockVerdict::InSync);
+        check_verdict(Some(121), off(121));
+        check_verdict(Some(-121), off(-121));
+        check_verdict(Some(3600), off(3600));
+        check_verdict(None, ClockVerdict::NotSet);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn the_clock_characteristic_is_a_writable_date_time_else_current_time() {
+        use HubClock::Synchronized as S;
+        check_sync("none", "-", S, S, "none");
+        check_sync("date-time", "-", S, S, "DateTime; write E807030F0C0005");
+        check_sync("both", "-", S, S, "DateTime; write E807030F0C0005");
+        // 2024-03-15 is a Friday; the hub sets "external reference" as the adjust reason.
+        check_sync("current-time", "-", S, S, "CurrentTime; write E807030F0C0005050002");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn the_read_finds_an_offset_or_a_clock_never_set_by_the_one_device_clock_rule() {
+        use HubClock::Synchronized as S;
+        check_sync("date-time", "E8 07 03 0F 0C 01 00", S, S, "DateTime; offset 60 s; write E807030F0C0005; set=true");
+        check_sync("date-time", "E8 07 03 0F 0D 00 00", S, S, "DateTime; offset 3600 s; write E807030F0C0005; set=true");
+        check_sync("date-time", "E8 07 03 0C 0C 00 00", S, S, "DateTime; offset -259200 s; write E807030F0C0005; set=true");
+        check_sync("current-time", "E8 07 03 0F 0B 3B 00 05 00 00", S, S, "CurrentTime; offset -60 s; write E807030F0C0005050002; set=true");
+        // Years before 2010 and after 2099 are a clock that was never set, not an offset.
+        check_sync("date-time", "D0 07 01 01 00 00 00", S, S, "DateTime; not set; write E807030F0C0005; set=true");
+        check_sync("date-time", "D9 07 0C 1F 17 3B 3B", S, S, "DateTime; not set; write E807030F0C0005; set=true");
+        check_sync("date-time", "DA 07 01 01 00 00 00", S, S, "DateTime; offset -448200000 s; write E807030F0C0005; set=true");
+        check_sync("date-time", "34 08 01 01 00 00 00", S, S, "DateTime; not set; write E807030F0C0005; set=true");
+        check_sync("date-time", "00 00 00 00 00 00 00", S, S, "DateTime; not set; write E807030F0C0005; set=true");
+        // A value that holds no time is no read: the write is judged by the hub clock at the write.
+        check_sync("date-time", "E8 07", S, S, "DateTime; unreadable; write E807030F0C0005");
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn only_a_hub_clock_trusted_at_the_read_sets_the_device_clock() {
+        use HubClock::{Synchronized as S, Trusted as T, Unsynchronized as U};
+        check_sync("date-time", "E8 07 03 0F 0C 01 00", U, U, "DateTime; unmeasured; HubUntrusted; set=false");
+        // A clock trusted only after the read does not write: the hub measured nothing against it.
+        check_sync("date-time", "E8 07 03 0F 0C 01 00", U, S, "DateTime; unmeasured; HubUntrusted; set=false");
+        // The read's trust stands for the write.
+        check_sync("date-time", "E8 07 03 0F 0C 01 00", S, U, "DateTime; offset 60 s; write E807030F0C0005; set=true");
+        check_sync("date-time", "E8 07 03 0F 0C 01 00", T, T, "DateTime; offset 60 s; write E807030F0C0005; set=true");
+        // Without a read, the trust at the write decides.
+        check_sync("date-time", "-", U, U, "DateTime; HubUntrusted");
+        check_sync("date-time", "-", U, T, "DateTime; write E807030F0C0005");
+    }
+
+    #[test]
+    fn a_hub_time_no_characteristic_can_carry_is_not_written() {
+        let sync = ClockSync::new(true, false).unwrap();
+        assert_eq!(
+            sync.write(HubClock::Synchronized, at("+10000-01-01T00:00:00")),
+            ClockWrite::Unencodable
+        );
     }
 }

@@ -811,9 +811,14 @@ mod tests {
                 "00 00 00 00 00 00 00 00",
                 &format!("flags=[device_clock_invalid] {hub}"),
             ),
-            // Years 0, 1999, 2000 and 2009, the first plausible year, 2099 (ahead of the hub), 2100, 9999.
+            // Years 0, 1999, 2000, 2005 and 2009, the first plausible year, 2099 (ahead of the hub), 2100,
+            // 9999. A 9560 whose clock reads 2005 once passed as a device time (issue 11's review).
             (
                 "00 00 01 01 00 00 00 00",
+                &format!("flags=[device_clock_invalid] {hub}"),
+            ),
+            (
+                "20 05 06 15 08 30 00 00",
                 &format!("flags=[device_clock_invalid] {hub}"),
             ),
             (

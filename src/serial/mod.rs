@@ -1,12 +1,13 @@
 //! The serial transport: opens a port by path, reads bytes, and reopens it when the device comes back.
 //!
 //! It does I/O and nothing else: bytes go out as [`PortEvent::Bytes`] with the time they were read, and
-//! decoding happens downstream; commands for the device come in on a channel from the pipeline, whose
-//! decoder holds the protocol's dialog, and are written as they come. A vanished device (EOF or a read
+//! decoding happens downstream (`device` drives the pipeline); commands for the device come in on a channel
+//! from that task, whose decoder holds the protocol's dialog, and are written as they come. A vanished device (EOF or a read
 //! error, as a USB unplug gives) closes the port cleanly; the task then polls the configured path (usually
 //! a `/dev/serial/by-id/` link, which disappears while the device is unplugged) and reopens it when it is
 //! back.
 
+pub mod device;
 pub mod ports;
 
 use std::time::Duration;

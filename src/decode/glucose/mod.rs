@@ -1,8 +1,12 @@
-//! Glucose Service: Glucose Measurement 0x2A18, Glucose Measurement Context 0x2A34 and the Record Access
-//! Control Point 0x2A52 requests and responses.
+//! Glucose Service: Glucose Measurement 0x2A18 and Glucose Measurement Context 0x2A34. `racp` holds the
+//! Record Access Control Point's requests and responses, `dialog` the hub's side of a record transfer
+//! (which records to ask for, a restarted numbering, a record waiting for its context).
 //!
 //! Control-solution results are meter self-tests, not patient data: they carry the `control_solution` flag
 //! and the pipeline withholds them.
+
+pub mod dialog;
+pub mod racp;
 
 use chrono::TimeDelta;
 
@@ -97,6 +101,15 @@ pub fn sequence_number(message: &[u8]) -> Option<u16> {
         [_, lo, hi, ..] => Some(u16::from_le_bytes([*lo, *hi])),
         _ => None,
     }
+}
+
+/// Whether a decoded glucose record announced a Glucose Measurement Context (its flags byte, kept in `raw`).
+pub fn announces_context(reading: &Reading) -> bool {
+    reading.kind == Kind::BloodGlucose
+        && reading
+            .raw
+            .first()
+            .is_some_and(|flags| flags & CONTEXT_FOLLOWS != 0)
 }
 
 impl MessageDecoder for GlucoseMeasurementDecoder {
@@ -305,106 +318,6 @@ impl GlucoseContext {
         .into_iter()
         .flatten()
         .collect()
-    }
-}
-
-/// RACP: report all stored records.
-pub fn racp_report_all() -> Vec<u8> {
-    vec![0x01, 0x01]
-}
-
-/// RACP: report the stored records whose sequence number is at least `first`.
-pub fn racp_report_from_sequence(first: u16) -> Vec<u8> {
-    let [lo, hi] = first.to_le_bytes();
-    vec![0x01, 0x03, 0x01, lo, hi]
-}
-
-/// RACP: report the last (newest) stored record.
-pub fn racp_report_last() -> Vec<u8> {
-    vec![0x01, 0x06]
-}
-
-/// RACP: report the number of all stored records.
-pub fn racp_count_all() -> Vec<u8> {
-    vec![0x04, 0x01]
-}
-
-/// RACP: abort the running procedure.
-pub fn racp_abort() -> Vec<u8> {
-    vec![0x03, 0x00]
-}
-
-/// The outcome an RACP response code (opcode 0x06) reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RacpResponseCode {
-    Success,
-    OpCodeNotSupported,
-    InvalidOperator,
-    OperatorNotSupported,
-    InvalidOperand,
-    NoRecordsFound,
-    AbortUnsuccessful,
-    ProcedureNotCompleted,
-    OperandNotSupported,
-    Other(u8),
-}
-
-/// An RACP indication from the meter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RacpResponse {
-    /// The procedure started by `request_opcode` ended (opcode 0x06).
-    Completed {
-        request_opcode: u8,
-        code: RacpResponseCode,
-    },
-    /// The answer to a count request (opcode 0x05).
-    NumberOfRecords(u32),
-}
-
-/// Decodes an RACP indication; requests and unknown opcodes are invalid here.
-pub fn decode_racp(bytes: &[u8]) -> Result<RacpResponse, FrameError> {
-    let invalid = |reason: String| FrameError::Invalid {
-        reason,
-        raw: hex_of(bytes),
-    };
-    let mut cursor = Cursor::new(bytes);
-    let opcode = cursor.u8("opcode")?;
-    let _operator = cursor.u8("operator")?;
-    match opcode {
-        0x05 => {
-            // GLS sends a uint16; Nordic's collector also accepts the 1- and 4-byte forms some meters send.
-            let count = match cursor.remaining() {
-                1 => u32::from(cursor.u8("count")?),
-                2 => u32::from(cursor.u16("count")?),
-                4 => cursor.u32("count")?,
-                _ => {
-                    return Err(invalid(
-                        "a record count must be 1, 2 or 4 bytes".to_string(),
-                    ))
-                }
-            };
-            Ok(RacpResponse::NumberOfRecords(count))
-        }
-        0x06 => {
-            let request_opcode = cursor.u8("request opcode")?;
-            let code = match cursor.u8("response code")? {
-                0x01 => RacpResponseCode::Success,
-                0x02 => RacpResponseCode::OpCodeNotSupported,
-                0x03 => RacpResponseCode::InvalidOperator,
-                0x04 => RacpResponseCode::OperatorNotSupported,
-                0x05 => RacpResponseCode::InvalidOperand,
-                0x06 => RacpResponseCode::NoRecordsFound,
-                0x07 => RacpResponseCode::AbortUnsuccessful,
-                0x08 => RacpResponseCode::ProcedureNotCompleted,
-                0x09 => RacpResponseCode::OperandNotSupported,
-                other => RacpResponseCode::Other(other),
-            };
-            Ok(RacpResponse::Completed {
-                request_opcode,
-                code,
-            })
-        }
-        other => Err(invalid(format!("opcode {other:#04x} is not a response"))),
     }
 }
 
@@ -781,58 +694,6 @@ mod tests {
         check_context("40 05 00 41", "error too short for HbA1c");
     }
 
-    #[track_caller]
-    fn check_racp(hex: &str, expected: &str) {
-        let rendered = match decode_racp(&bytes_of(hex)) {
-            Ok(response) => format!("{response:?}"),
-            Err(error) => render_error(&error),
-        };
-        assert_eq!(rendered, expected, "{hex}");
-    }
-
-    #[rustfmt::skip]
-    #[test]
-    fn racp_vectors_from_the_reference() {
-        check_racp("06 00 01 01", "Completed { request_opcode: 1, code: Success }");
-        check_racp("06 00 0C 02", "Completed { request_opcode: 12, code: OpCodeNotSupported }");
-        check_racp("06 00 01 03", "Completed { request_opcode: 1, code: InvalidOperator }");
-        check_racp("06 00 02 04", "Completed { request_opcode: 2, code: OperatorNotSupported }");
-        check_racp("06 00 01 05", "Completed { request_opcode: 1, code: InvalidOperand }");
-        check_racp("06 00 01 06", "Completed { request_opcode: 1, code: NoRecordsFound }");
-        check_racp("06 00 03 07", "Completed { request_opcode: 3, code: AbortUnsuccessful }");
-        check_racp("06 00 02 08", "Completed { request_opcode: 2, code: ProcedureNotCompleted }");
-        check_racp("06 00 02 09", "Completed { request_opcode: 2, code: OperandNotSupported }");
-        check_racp("05 00 02 01", "NumberOfRecords(258)");
-        check_racp("05 00 01", "NumberOfRecords(1)");
-        check_racp("05 00 04 03 02 01", "NumberOfRecords(16909060)");
-        check_racp("05 00 03 02 01", "error invalid: a record count must be 1, 2 or 4 bytes");
-    }
-
-    #[rustfmt::skip]
-    #[test]
-    fn racp_oddities() {
-        check_racp("06 00 01 0A", "Completed { request_opcode: 1, code: Other(10) }");
-        check_racp("06 00 01 00", "Completed { request_opcode: 1, code: Other(0) }");
-        check_racp("05 00", "error invalid: a record count must be 1, 2 or 4 bytes");
-        check_racp("05 00 01 02 03 04 05", "error invalid: a record count must be 1, 2 or 4 bytes");
-        check_racp("01 01", "error invalid: opcode 0x01 is not a response");
-        check_racp("07 00 01", "error invalid: opcode 0x07 is not a response");
-        check_racp("", "error too short for opcode");
-        check_racp("06", "error too short for operator");
-        check_racp("06 00", "error too short for request opcode");
-        check_racp("06 00 01", "error too short for response code");
-    }
-
-    #[test]
-    fn racp_requests_from_the_reference() {
-        assert_eq!(hex::encode(racp_report_all()), "0101");
-        assert_eq!(hex::encode(racp_count_all()), "0401");
-        assert_eq!(hex::encode(racp_report_from_sequence(5)), "0103010500");
-        assert_eq!(hex::encode(racp_report_from_sequence(0x1234)), "0103013412");
-        assert_eq!(hex::encode(racp_report_last()), "0106");
-        assert_eq!(hex::encode(racp_abort()), "0300");
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -848,7 +709,6 @@ mod tests {
                 Err(error) => prop_assert!(matches!(error, FrameError::TooShort { .. }), "{error}"),
             }
             let _ = decode_context(&bytes);
-            let _ = decode_racp(&bytes);
         }
     }
 }
