@@ -972,6 +972,9 @@ mod tests {
             ("[[serial]]\npath = \"/\"\nprotocol = \"nonin-df13\"", &[
                 "serial[0].path: names no device file, so the default id cannot be derived from it: set id",
             ]),
+            ("[[serial]]\nprotocol = \"tanita\"\nmatch = { vid = 0x0403, pid = 0x6001, serial = \"A B\" }", &[
+                "serial[0].match: has a serial a device id cannot hold, so the default id cannot be derived from it: set id",
+            ]),
             ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df99\"", &[
                 r#"serial[0].protocol: unknown protocol "nonin-df99" (known: nonin-df13, nonin-df8, nonin-df7, nonin-df2, contec-cms50-legacy, contec-cms50, masimo-ascii, tanita)"#,
             ]),

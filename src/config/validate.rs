@@ -123,6 +123,17 @@ impl Checker<'_> {
         self.ok(path, verdict).unwrap_or_default()
     }
 
+    /// An optional key through `check`: `None` if it is absent, or invalid and reported.
+    fn opt<U, T>(
+        &mut self,
+        path: &str,
+        value: Option<U>,
+        check: impl FnOnce(U) -> Result<T, String>,
+    ) -> Option<T> {
+        let verdict = check(value?);
+        self.ok(path, verdict)
+    }
+
     /// A required key's value; reported missing if absent.
     fn required<T>(&mut self, path: &str, value: Option<T>) -> Option<T> {
         if value.is_none() {
@@ -154,7 +165,7 @@ impl Checker<'_> {
 
     /// An absolute path to a file the daemon must be able to read (a password, a certificate, a key).
     fn file(&mut self, path: &str, value: &Option<String>) -> Option<PathBuf> {
-        let file = self.ok(path, absolute(value.as_deref()?))?;
+        let file = self.opt(path, value.as_deref(), absolute)?;
         self.ok(path, readable(&file)).map(|()| file)
     }
 
@@ -327,32 +338,22 @@ fn type_name(actual: &Actual) -> String {
 
 fn check_hub(c: &mut Checker, section: Option<&Value>) -> HubConfig {
     let hub: HubFile = c.table("hub", section, "a table");
-    let id = c.required("hub.id", hub.id.as_deref()).map(hub_id);
-    let state_dir = c
-        .required("hub.state_dir", hub.state_dir.as_deref())
-        .map(absolute);
+    let id = c.required("hub.id", hub.id.as_deref());
+    let state_dir = c.required("hub.state_dir", hub.state_dir.as_deref());
     // systemd's RuntimeDirectory= sets $RUNTIME_DIRECTORY; the key overrides both.
-    let runtime_dir = match hub.runtime_dir.as_deref() {
-        Some(dir) => absolute(dir),
-        None => Ok(c
-            .env
-            .runtime_dir
-            .unwrap_or(Path::new("/run/vitalsd"))
-            .to_path_buf()),
-    };
+    let runtime_dir = c.env.runtime_dir.unwrap_or(Path::new("/run/vitalsd"));
     let policies = [("ntp", ClockPolicy::Ntp), ("trusted", ClockPolicy::Trusted)];
-    let clock = hub
-        .clock
-        .as_deref()
-        .map(|clock| choice(clock, &policies, CLOCK_POLICIES));
+    let clock = |clock| choice(clock, &policies, CLOCK_POLICIES);
     HubConfig {
-        id: id.map(|id| c.check("hub.id", id)).unwrap_or_default(),
-        state_dir: state_dir
-            .map(|dir| c.check("hub.state_dir", dir))
+        id: c.opt("hub.id", id, hub_id).unwrap_or_default(),
+        state_dir: c
+            .opt("hub.state_dir", state_dir, absolute)
             .unwrap_or_default(),
-        runtime_dir: c.check("hub.runtime_dir", runtime_dir),
-        clock: clock
-            .map(|clock| c.check("hub.clock", clock))
+        runtime_dir: c
+            .opt("hub.runtime_dir", hub.runtime_dir.as_deref(), absolute)
+            .unwrap_or(runtime_dir.into()),
+        clock: c
+            .opt("hub.clock", hub.clock.as_deref(), clock)
             .unwrap_or_default(),
     }
 }
@@ -360,10 +361,10 @@ fn check_hub(c: &mut Checker, section: Option<&Value>) -> HubConfig {
 fn check_mqtt(c: &mut Checker, section: Option<&Value>, hub_id: &str) -> MqttConfig {
     let m: MqttFile = c.table("mqtt", section, "a table");
     let url = c.required("mqtt.url", m.url.as_deref());
-    let url = url.and_then(|url| c.ok("mqtt.url", broker_url(url)));
+    let url = c.opt("mqtt.url", url, broker_url);
     let password_file = c.file("mqtt.password_file", &m.password_file);
-    let credential = m.password_credential.as_deref().map(credential_name);
-    let mut credential = credential.and_then(|name| c.ok("mqtt.password_credential", name));
+    let credential = m.password_credential.as_deref();
+    let mut credential = c.opt("mqtt.password_credential", credential, credential_name);
     // A credential is checked where systemd provides it, as in the unit's ExecStartPre.
     if let (Some(name), Some(dir)) = (&credential, c.env.credentials_dir) {
         let readable = readable(&dir.join(name));
@@ -412,10 +413,7 @@ fn check_mqtt(c: &mut Checker, section: Option<&Value>, hub_id: &str) -> MqttCon
         c.report("mqtt.reconnect_min_ms", message);
     }
     let versions = [("5", MqttProtocol::V5), ("3.1.1", MqttProtocol::V311)];
-    let protocol = m
-        .protocol
-        .as_deref()
-        .map(|version| choice(version, &versions, MQTT_VERSIONS));
+    let protocol = |version| choice(version, &versions, MQTT_VERSIONS);
     let prefix = topic_prefix(m.topic_prefix.as_deref().unwrap_or("vitalsd/v1"));
     let url = url.unwrap_or_default();
     MqttConfig {
@@ -427,9 +425,7 @@ fn check_mqtt(c: &mut Checker, section: Option<&Value>, hub_id: &str) -> MqttCon
             Some(client_id) => c.check("mqtt.client_id", non_empty(client_id)),
             None => format!("vitalsd-{hub_id}"),
         },
-        username: m
-            .username
-            .map(|name| c.check("mqtt.username", non_empty(&name))),
+        username: c.opt("mqtt.username", m.username.as_deref(), non_empty),
         password: password_file
             .map(SecretSource::File)
             .or(credential.map(SecretSource::Credential)),
@@ -440,8 +436,8 @@ fn check_mqtt(c: &mut Checker, section: Option<&Value>, hub_id: &str) -> MqttCon
         reconnect_min: Duration::from_millis(min_ms),
         reconnect_max: Duration::from_secs(max_s),
         window: c.int("mqtt.window", m.window, 128, (1, 256)) as usize,
-        protocol: protocol
-            .map(|protocol| c.check("mqtt.protocol", protocol))
+        protocol: c
+            .opt("mqtt.protocol", m.protocol.as_deref(), protocol)
             .unwrap_or_default(),
     }
 }
@@ -517,9 +513,7 @@ fn check_ble(c: &mut Checker, section: Option<&Value>) -> BleConfig {
             "ble.adapter",
             adapter_name(b.adapter.as_deref().unwrap_or("hci0")),
         ),
-        admin_group: b
-            .admin_group
-            .and_then(|name| c.ok("ble.admin_group", system_group(&name))),
+        admin_group: c.opt("ble.admin_group", b.admin_group.as_deref(), system_group),
     }
 }
 
@@ -644,41 +638,25 @@ fn check_serial_entry(
         }
     };
     let protocol = c.required(&key("protocol"), s.protocol.as_deref());
-    let protocol = protocol.and_then(|name| c.ok(&key("protocol"), serial_protocol(name)));
+    let protocol = c.opt(&key("protocol"), protocol, serial_protocol);
     let id = match (&s.id, &location) {
-        (Some(id), _) => c.ok(&key("id"), device_id(id)).map(|id| (id, true)),
-        (None, _) if c.rejected.contains(&key("id")) => None,
-        (
-            None,
-            Some(PortLocation::Usb {
-                vid,
-                pid,
-                serial_number,
-            }),
-        ) => {
-            let serial = serial_number
-                .as_ref()
-                .map(|serial| format!("-{serial}"))
-                .unwrap_or_default();
-            device_id(&format!("serial:usb-{vid:04x}-{pid:04x}{serial}"))
-                .ok()
-                .map(|id| (id, false))
-        }
-        (None, Some(PortLocation::Path(file))) => {
-            let derived = file
-                .file_name()
-                .map(|name| format!("serial:{}", name.to_string_lossy()));
-            let derived = derived
-                .and_then(|id| device_id(&id).ok())
-                .map(|id| (id, false));
+        (Some(id), _) => c
+            .opt(&key("id"), Some(id.as_str()), device_id)
+            .map(|id| (id, true)),
+        (None, Some(location)) if !c.rejected.contains(&key("id")) => {
+            let (by, problem) = match location {
+                PortLocation::Path(_) => ("path", "names no device file"),
+                PortLocation::Usb { .. } => ("match", "has a serial a device id cannot hold"),
+            };
+            let derived = default_id(location).filter(|id| device_id(id).is_ok());
             if derived.is_none() {
                 let message =
-                    "names no device file, so the default id cannot be derived from it: set id";
-                c.report(&key("path"), message);
+                    format!("{problem}, so the default id cannot be derived from it: set id");
+                c.report(&key(by), message);
             }
-            derived
+            derived.map(|id| (id, false))
         }
-        (None, None) => None,
+        (None, _) => None,
     };
     if let (Some(true), Some(protocol)) = (s.select_format, protocol) {
         if !protocol.name().starts_with("nonin-") {
@@ -694,34 +672,54 @@ fn check_serial_entry(
         ("odd", Parity::Odd),
         ("even", Parity::Even),
     ];
-    let parity = s.parity.map(|parity| {
+    let parity = |parity| {
         choice(
-            &parity,
+            parity,
             &parities,
             "is not a parity: use \"none\", \"odd\" or \"even\"",
         )
-    });
-    let spot = |c: &mut Checker, name: &str, value: Option<f64>, default: Duration| {
-        value.map_or(default, |value| c.check(&key(name), seconds(value)))
     };
-    let defaults = SpotRule::default();
+    let timing = |c: &mut Checker, name: &str, value: Option<f64>, default: Duration| {
+        c.opt(&key(name), value, seconds).unwrap_or(default)
+    };
+    let spot = SpotRule::default();
     let port = SerialConfig {
         path: location
             .clone()
             .unwrap_or(PortLocation::Path(PathBuf::new())),
         protocol: protocol.unwrap_or(Protocol::ALL[0]),
         device_id: id.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
-        baud_rate: s
-            .baud_rate
-            .map(|rate| c.check(&key("baud_rate"), range(rate, 300, 4_000_000)) as u32),
-        parity: parity.and_then(|parity| c.ok(&key("parity"), parity)),
+        baud_rate: c
+            .opt(&key("baud_rate"), s.baud_rate, |rate| {
+                range(rate, 300, 4_000_000)
+            })
+            .map(|rate| rate as u32),
+        parity: c.opt(&key("parity"), s.parity.as_deref(), parity),
         select_format: s.select_format.unwrap_or(false),
         spot: SpotRule {
-            stable_for: spot(c, "spot_stable_s", s.spot_stable_s, defaults.stable_for),
-            repeat_every: spot(c, "spot_repeat_s", s.spot_repeat_s, defaults.repeat_every),
+            stable_for: timing(c, "spot_stable_s", s.spot_stable_s, spot.stable_for),
+            repeat_every: timing(c, "spot_repeat_s", s.spot_repeat_s, spot.repeat_every),
         },
     };
     (port, location, id)
+}
+
+/// The id of a port without one: `serial:` and the device file's name, or its USB identity.
+fn default_id(location: &PortLocation) -> Option<String> {
+    match location {
+        PortLocation::Path(file) => Some(format!("serial:{}", file.file_name()?.to_string_lossy())),
+        PortLocation::Usb {
+            vid,
+            pid,
+            serial_number,
+        } => {
+            let serial = serial_number.as_ref().map(|serial| format!("-{serial}"));
+            Some(format!(
+                "serial:usb-{vid:04x}-{pid:04x}{}",
+                serial.unwrap_or_default()
+            ))
+        }
+    }
 }
 
 fn check_usb_match(c: &mut Checker, path: &str, table: Option<&Value>) -> Option<PortLocation> {
