@@ -840,6 +840,22 @@ mod tests {
         }
     }
 
+    /// A bad key elsewhere does not hide what `run` would trip over in the TLS files.
+    #[test]
+    fn tls_files_are_read_even_when_another_section_has_errors() {
+        let not_a_certificate = fixture("mqtt-password");
+        let toml = format!(
+            "[hub]\nid = \"Hub\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtts://b\"\nca_file = \"{not_a_certificate}\""
+        );
+        check(
+            &toml,
+            &[
+                r#"hub.id: "Hub" is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"#,
+                &format!("mqtt.ca_file: {not_a_certificate}: no PEM certificate found"),
+            ],
+        );
+    }
+
     #[test]
     fn a_password_file_is_read_as_the_uplink_reads_it() {
         let dir = tempfile::tempdir().expect("temp dir");
