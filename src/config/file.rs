@@ -1,13 +1,22 @@
-//! The first stage: reads the main file, its drop-ins and the environment overlay into one untyped TOML table,
-//! remembering which drop-in or variable set each value so errors can name it.
+//! The first stage: the main file, its drop-ins and the `VITALSD_<SECTION>__<KEY>` variables layered with
+//! figment, so every value remembers which file or variable set it, and the serde mirrors of the tables.
+//!
+//! The mirrors hold what the file says, unchecked: every key is optional here, and whether it is required,
+//! in range or consistent with the others is `validate`'s business.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use toml::{Table, Value};
+use figment::value::{Dict, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
-use super::validate::{SERIAL_SECTION, TABLE_SECTIONS};
 use super::{io_message, ConfigError};
+
+/// The top-level keys, in the order errors are listed; all but `serial` are tables.
+pub(super) const SECTIONS: &[&str] = &["hub", "mqtt", "outbox", "ble", "serial", "log"];
+/// The array of tables, one per serial device.
+pub(super) const SERIAL: &str = "serial";
 
 /// Environment overrides are `VITALSD_<SECTION>__<KEY>`.
 const ENV_PREFIX: &str = "VITALSD_";
@@ -15,82 +24,110 @@ const ENV_SEPARATOR: &str = "__";
 /// Names the main file (read by the command line), so it is not an override.
 const ENV_CONFIG_PATH: &str = "VITALSD_CONFIG";
 
-/// The merged table and where its values came from.
-#[derive(Debug, Default)]
-pub(super) struct Layers {
-    pub(super) table: Table,
-    pub(super) sources: Sources,
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HubFile {
+    pub id: Option<String>,
+    pub state_dir: Option<String>,
+    pub runtime_dir: Option<String>,
+    pub clock: Option<String>,
 }
 
-impl Layers {
-    /// A configuration made of one file only.
-    pub(super) fn from_main(table: Table) -> Layers {
-        Layers {
-            table,
-            sources: Sources::default(),
-        }
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MqttFile {
+    pub url: Option<String>,
+    pub topic_prefix: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub password_credential: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    pub keep_alive_s: Option<i64>,
+    pub reconnect_min_ms: Option<i64>,
+    pub reconnect_max_s: Option<i64>,
+    pub window: Option<i64>,
+    pub protocol: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OutboxFile {
+    pub max_pending: Option<i64>,
+    pub dedup_retention_days: Option<i64>,
+    pub fold_log_seconds: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BleFile {
+    pub enabled: Option<bool>,
+    pub adapter: Option<String>,
+    pub admin_group: Option<String>,
+}
+
+/// One `[[serial]]` entry.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SerialFile {
+    pub path: Option<String>,
+    /// A [`UsbMatch`] table, read on its own so that each of its keys is checked.
+    #[serde(rename = "match")]
+    pub usb: Option<IgnoredAny>,
+    pub protocol: Option<String>,
+    pub id: Option<String>,
+    pub baud_rate: Option<i64>,
+    pub parity: Option<String>,
+    pub select_format: Option<bool>,
+    pub spot_stable_s: Option<f64>,
+    pub spot_repeat_s: Option<f64>,
+}
+
+/// `match = { vid = 0x10c4, pid = 0xea60, serial = "0001" }`: a port found by its USB identity.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UsbMatch {
+    pub vid: Option<i64>,
+    pub pid: Option<i64>,
+    pub serial: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogFile {
+    pub level: Option<String>,
+}
+
+/// One layer: a file's table or one variable, under the name an error gives it.
+pub(super) struct Layer {
+    metadata: Metadata,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        self.metadata.clone()
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
     }
 }
 
-/// Where a value that did not come from the main file came from.
-#[derive(Debug, Clone, PartialEq)]
-enum Origin {
-    DropIn(PathBuf),
-    /// `text` is the variable's value before it was read as a TOML integer, float or boolean.
-    Env {
-        variable: String,
-        text: String,
-    },
+/// Where a value came from, for an error about it: a drop-in or a variable; `None` for the main file.
+pub(super) fn origin(metadata: &Metadata) -> Option<String> {
+    match metadata.source.as_ref()? {
+        Source::File(path) => Some(path.display().to_string()),
+        Source::Custom(variable) => Some(variable.clone()),
+        _ => None,
+    }
 }
 
-/// The origins of values set by drop-ins and variables, by key path (`mqtt.url`, `serial`).
-#[derive(Debug, Default)]
-pub(super) struct Sources {
-    origins: BTreeMap<String, Origin>,
-}
-
-impl Sources {
-    fn set(&mut self, path: &str, origin: Origin) {
-        self.forget(path);
-        self.origins.insert(path.to_string(), origin);
-    }
-
-    /// Drops the origins of `path` and of everything inside it, when a later layer replaces it.
-    fn forget(&mut self, path: &str) {
-        let table_prefix = format!("{path}.");
-        let array_prefix = format!("{path}[");
-        self.origins.retain(|key, _| {
-            key != path && !key.starts_with(&table_prefix) && !key.starts_with(&array_prefix)
-        });
-    }
-
-    /// The origin of the value at `path`, or of the array or table holding it.
-    fn origin(&self, path: &str) -> Option<&Origin> {
-        let mut current = path;
-        loop {
-            if let Some(origin) = self.origins.get(current) {
-                return Some(origin);
-            }
-            current = &current[..current.rfind(['.', '['])?];
-        }
-    }
-
-    /// `path` as an error shows it: with the drop-in or variable that set it, if one did.
-    pub(super) fn label(&self, path: &str) -> String {
-        match self.origin(path) {
-            None => path.to_string(),
-            Some(Origin::DropIn(file)) => format!("{path} (from {})", file.display()),
-            Some(Origin::Env { variable, .. }) => format!("{path} (from {variable})"),
-        }
-    }
-
-    /// The text of the variable that set exactly `path`, so a string key may hold `1234` or `true`.
-    pub(super) fn env_text(&self, path: &str) -> Option<&str> {
-        match self.origins.get(path) {
-            Some(Origin::Env { text, .. }) => Some(text),
-            _ => None,
-        }
-    }
+/// The variable that set a value, whose text may be read again as a string.
+pub(super) fn variable(metadata: &Metadata) -> Option<&str> {
+    metadata.source.as_ref()?.custom()
 }
 
 /// Joins a key onto a key path, quoting keys that TOML would need quoted.
@@ -111,78 +148,63 @@ pub(super) fn key_path(parent: &str, key: &str) -> String {
     }
 }
 
-/// Parses one file's text; a syntax error is reported under `origin` with its line and column.
-pub(super) fn parse(text: &str, origin: &str) -> Result<Table, ConfigError> {
-    text.parse::<Table>().map_err(|error| {
-        let position = match error.span() {
-            Some(span) => {
-                let before = &text[..span.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before
-                    .rsplit('\n')
-                    .next()
-                    .map_or(0, |last| last.chars().count())
-                    + 1;
-                format!(" at line {line}, column {column}")
-            }
-            None => String::new(),
-        };
-        ConfigError::new(
-            origin,
-            format!("TOML syntax error{position}: {}", error.message()),
-        )
-    })
+/// Parses one file's text into a layer; a syntax error is reported under `origin`, with toml's line and column.
+pub(super) fn parse(text: &str, origin: &str, source: Option<&Path>) -> Result<Layer, ConfigError> {
+    let syntax = |error: toml::de::Error| {
+        let position = error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        ConfigError::new(origin, format!("{position}: {}", error.message()))
+    };
+    let table: toml::Table = text.parse().map_err(syntax)?;
+    let dict = Value::serialize(table)
+        .ok()
+        .and_then(|value| value.into_dict())
+        .ok_or_else(|| ConfigError::new(origin, "cannot be read as a table"))?;
+    let metadata = match source {
+        Some(path) => Metadata::from("drop-in", path),
+        None => Metadata::named("main file"),
+    };
+    Ok(Layer { metadata, dict })
 }
 
-/// Reads `path` and then `path.d/*.toml` in lexical order, each layer merged over the ones before.
+/// Reads `path` and then `path.d/*.toml` in lexical order, each layer merged over the ones before: tables
+/// key by key, anything else (arrays included) replaced whole.
 ///
 /// Unreadable files and syntax errors are all reported together, and end loading: validating what is left would
 /// report keys as missing that are only unreadable.
-pub(super) fn read_files(path: &Path) -> Result<Layers, Vec<ConfigError>> {
+pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    let main = read_one(path, "");
     let drop_ins = drop_in_files(path).unwrap_or_else(|error| {
         errors.push(error);
         Vec::new()
     });
-    let mut layers = match main {
-        Ok(table) => Some(Layers::from_main(table)),
-        Err(error) => {
-            errors.insert(0, error);
-            None
-        }
-    };
-    for drop_in in drop_ins {
-        match read_one(&drop_in, &drop_in.display().to_string()) {
-            Ok(overlay) => {
-                if let Some(layers) = &mut layers {
-                    merge(
-                        &mut layers.table,
-                        overlay,
-                        "",
-                        &Origin::DropIn(drop_in),
-                        &mut layers.sources,
-                    );
-                }
-            }
+    let mut figment = Figment::new();
+    for (index, file) in std::iter::once(path.to_path_buf())
+        .chain(drop_ins)
+        .enumerate()
+    {
+        let shown = file.display().to_string();
+        let layer = std::fs::read_to_string(&file)
+            .map_err(|error| {
+                let message = format!("cannot read {shown}: {}", io_message(&error));
+                ConfigError::new(if index == 0 { "" } else { &shown }, message)
+            })
+            .and_then(|text| parse(&text, &shown, (index > 0).then_some(file.as_path())));
+        match layer {
+            Ok(layer) => figment = figment.merge(layer),
+            Err(error) if index == 0 => errors.insert(0, error),
             Err(error) => errors.push(error),
         }
     }
-    match layers {
-        Some(layers) if errors.is_empty() => Ok(layers),
-        _ => Err(errors),
+    if errors.is_empty() {
+        Ok(figment)
+    } else {
+        Err(errors)
     }
-}
-
-/// Reads and parses one file; `unreadable_path` is the error path if it cannot be read.
-fn read_one(path: &Path, unreadable_path: &str) -> Result<Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        ConfigError::new(
-            unreadable_path,
-            format!("cannot read {}: {}", path.display(), io_message(&error)),
-        )
-    })?;
-    parse(&text, &path.display().to_string())
 }
 
 /// The drop-ins of `path`, sorted by file name; none if `path.d` does not exist.
@@ -191,10 +213,8 @@ fn drop_in_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     dir.push(".d");
     let dir = PathBuf::from(dir);
     let unreadable = |error: std::io::Error| {
-        ConfigError::new(
-            "",
-            format!("cannot read {}: {}", dir.display(), io_message(&error)),
-        )
+        let message = format!("cannot read {}: {}", dir.display(), io_message(&error));
+        ConfigError::new("", message)
     };
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -213,44 +233,20 @@ fn drop_in_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(files)
 }
 
-/// Merges `overlay` into `base`: tables key by key, anything else (arrays included) replaced whole.
-fn merge(base: &mut Table, overlay: Table, parent: &str, origin: &Origin, sources: &mut Sources) {
-    for (key, value) in overlay {
-        let path = key_path(parent, &key);
-        match value {
-            Value::Table(incoming) => {
-                let slot = base
-                    .entry(key)
-                    .or_insert_with(|| Value::Table(Table::new()));
-                if !slot.is_table() {
-                    *slot = Value::Table(Table::new());
-                    sources.forget(&path);
-                }
-                if let Value::Table(existing) = slot {
-                    merge(existing, incoming, &path, origin, sources);
-                }
-            }
-            value => {
-                sources.set(&path, origin.clone());
-                base.insert(key, value);
-            }
-        }
-    }
-}
-
-/// Applies the `VITALSD_<SECTION>__<KEY>` variables among `env` to single keys of the top-level tables.
+/// Layers the `VITALSD_<SECTION>__<KEY>` variables among `env` over single keys of the top-level tables.
 ///
-/// A value that parses as a TOML integer, float or boolean is taken as one, anything else as a string.
+/// Each value is kept as text; `validate` reads it as a TOML integer, float or boolean where it looks like one.
 /// Other `VITALSD_` variables without the `__` separator are left alone: the test suites use some.
-pub(super) fn apply_env(layers: &mut Layers, env: &[(String, String)]) -> Vec<ConfigError> {
+pub(super) fn layer_env(
+    mut figment: Figment,
+    env: &[(String, String)],
+) -> (Figment, Vec<ConfigError>) {
     let mut errors = Vec::new();
     for (variable, text) in env {
-        if variable == ENV_CONFIG_PATH {
-            continue;
-        }
         let Some((section, key)) = variable
             .strip_prefix(ENV_PREFIX)
             .and_then(|rest| rest.split_once(ENV_SEPARATOR))
+            .filter(|_| variable != ENV_CONFIG_PATH)
         else {
             continue;
         };
@@ -262,43 +258,41 @@ pub(super) fn apply_env(layers: &mut Layers, env: &[(String, String)]) -> Vec<Co
             continue;
         }
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let path = key_path(&key_path("", &section), &key);
-        let labelled = format!("{path} (from {variable})");
-        if section == SERIAL_SECTION {
-            errors.push(ConfigError::new(
-                labelled,
-                "[[serial]] entries cannot be set from the environment",
-            ));
+        let labelled = format!(
+            "{} (from {variable})",
+            key_path(&key_path("", &section), &key)
+        );
+        if section == SERIAL {
+            let message = "[[serial]] entries cannot be set from the environment";
+            errors.push(ConfigError::new(labelled, message));
             continue;
         }
-        if !TABLE_SECTIONS.contains(&section.as_str()) {
+        if !SECTIONS.contains(&section.as_str()) {
             errors.push(ConfigError::new(labelled, "unknown section"));
             continue;
         }
         // A section that is not a table is reported by validation; there is nothing to override in it.
-        let Value::Table(table) = layers
-            .table
-            .entry(section)
-            .or_insert_with(|| Value::Table(Table::new()))
-        else {
+        if figment
+            .find_value(&section)
+            .is_ok_and(|value| value.as_dict().is_none())
+        {
             continue;
-        };
-        table.insert(key, env_value(text));
-        layers.sources.set(
-            &path,
-            Origin::Env {
-                variable: variable.clone(),
-                text: text.clone(),
-            },
-        );
+        }
+        let value = Dict::from([(key, Value::from(text.as_str()))]);
+        let dict = Dict::from([(section, Value::from(value))]);
+        let metadata = Metadata::from("environment", Source::Custom(variable.clone()));
+        figment = figment.merge(Layer { metadata, dict });
     }
-    errors
+    (figment, errors)
 }
 
-fn env_value(text: &str) -> Value {
-    match text.parse::<Value>() {
-        Ok(value @ (Value::Integer(_) | Value::Float(_) | Value::Boolean(_))) => value,
-        _ => Value::String(text.to_string()),
+/// The typed reading of a variable's text, where it looks like a TOML integer, float or boolean.
+pub(super) fn env_scalar(text: &str) -> Option<Value> {
+    match text.parse::<toml::Value>().ok()? {
+        toml::Value::Integer(number) => Some(Value::from(number)),
+        toml::Value::Float(number) => Some(Value::from(number)),
+        toml::Value::Boolean(flag) => Some(Value::from(flag)),
+        _ => None,
     }
 }
 
@@ -309,24 +303,21 @@ mod tests {
     #[test]
     fn environment_values_are_typed_when_they_look_like_toml_scalars() {
         let cases = [
-            ("45", Value::Integer(45)),
-            ("-3", Value::Integer(-3)),
-            ("1_000", Value::Integer(1000)),
-            ("2.5", Value::Float(2.5)),
-            ("true", Value::Boolean(true)),
-            ("false", Value::Boolean(false)),
-            (
-                "mqtt://broker:1883",
-                Value::String("mqtt://broker:1883".into()),
-            ),
-            ("\"quoted\"", Value::String("\"quoted\"".into())),
-            ("[1, 2]", Value::String("[1, 2]".into())),
-            ("1979-05-27", Value::String("1979-05-27".into())),
-            ("", Value::String(String::new())),
-            ("45\nx = 1", Value::String("45\nx = 1".into())),
+            ("45", Some(Value::from(45i64))),
+            ("-3", Some(Value::from(-3i64))),
+            ("1_000", Some(Value::from(1000i64))),
+            ("2.5", Some(Value::from(2.5))),
+            ("true", Some(Value::from(true))),
+            ("false", Some(Value::from(false))),
+            ("mqtt://broker:1883", None),
+            ("\"quoted\"", None),
+            ("[1, 2]", None),
+            ("1979-05-27", None),
+            ("", None),
+            ("45\nx = 1", None),
         ];
         for (text, expected) in cases {
-            assert_eq!(env_value(text), expected, "for {text:?}");
+            assert_eq!(env_scalar(text), expected, "for {text:?}");
         }
     }
 
@@ -336,52 +327,5 @@ mod tests {
         assert_eq!(key_path("mqtt", "keep_alive_s"), "mqtt.keep_alive_s");
         assert_eq!(key_path("mqtt", "a.b"), r#"mqtt."a.b""#);
         assert_eq!(key_path("mqtt", ""), r#"mqtt."""#);
-    }
-
-    #[test]
-    fn a_later_layer_replaces_origins_inside_what_it_replaces() {
-        let mut sources = Sources::default();
-        let first = Origin::DropIn("/10.toml".into());
-        sources.set("serial", first.clone());
-        assert_eq!(sources.origin("serial[2].path"), Some(&first));
-        assert_eq!(
-            sources.label("serial[2].path"),
-            "serial[2].path (from /10.toml)"
-        );
-        sources.set("mqtt.url", first.clone());
-        sources.forget("mqtt");
-        assert_eq!(sources.origin("mqtt.url"), None);
-        assert_eq!(sources.label("mqtt.url"), "mqtt.url");
-    }
-
-    #[test]
-    fn merging_replaces_arrays_and_scalars_and_merges_tables() {
-        let mut base = parse(
-            "[mqtt]\nurl = \"a\"\nwindow = 1\n[[serial]]\npath = \"/a\"\n",
-            "base",
-        )
-        .expect("base");
-        let overlay =
-            parse("[mqtt]\nwindow = 2\n[[serial]]\npath = \"/b\"\n", "overlay").expect("overlay");
-        let mut sources = Sources::default();
-        merge(
-            &mut base,
-            overlay,
-            "",
-            &Origin::DropIn("/o.toml".into()),
-            &mut sources,
-        );
-        let expected = parse(
-            "[mqtt]\nurl = \"a\"\nwindow = 2\n[[serial]]\npath = \"/b\"\n",
-            "expected",
-        )
-        .expect("expected");
-        assert_eq!(base, expected);
-        assert_eq!(sources.label("mqtt.url"), "mqtt.url");
-        assert_eq!(sources.label("mqtt.window"), "mqtt.window (from /o.toml)");
-        assert_eq!(
-            sources.label("serial[0].path"),
-            "serial[0].path (from /o.toml)"
-        );
     }
 }

@@ -1,8 +1,9 @@
 //! The validated configuration: the only config type the rest of the daemon sees.
 //!
-//! Loading has two stages. `file` reads `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
-//! `VITALSD_<SECTION>__<KEY>` environment overlay into one untyped TOML table; `validate` walks that table
-//! by hand into a [`Config`], collecting every problem with its key path rather than stopping at the first.
+//! Loading has two stages. `file` layers `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
+//! `VITALSD_<SECTION>__<KEY>` environment overrides with figment, which remembers where each value came from;
+//! `validate` reads each table into its serde mirror key by key and checks the values in one `check_*`
+//! function per section, collecting every problem with its key path rather than stopping at the first.
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 
 mod file;
@@ -193,6 +194,8 @@ pub struct LogConfig {
 
 /// The environment variable systemd sets to the directory of the unit's credentials.
 const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+/// The environment variable systemd sets to the unit's `RuntimeDirectory=`.
+const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 
 impl Config {
     /// Loads `path`, then its drop-ins `path.d/*.toml` in lexical order (tables merged key by key, later wins),
@@ -206,15 +209,17 @@ impl Config {
 
     /// [`Config::load`] with the environment passed in.
     pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
-        let mut layers = file::read_files(path).map_err(ConfigErrors)?;
-        let mut errors = file::apply_env(&mut layers, env);
-        let credentials_dir = env
-            .iter()
-            .rev()
-            .find(|(name, _)| name == CREDENTIALS_DIRECTORY)
-            .filter(|(_, dir)| !dir.is_empty())
-            .map(|(_, dir)| Path::new(dir));
-        match validate::validate(&layers, credentials_dir) {
+        let figment = file::read_files(path).map_err(ConfigErrors)?;
+        let (figment, mut errors) = file::layer_env(figment, env);
+        let var = |name: &str| {
+            let value = env.iter().rev().find(|(variable, _)| variable == name)?;
+            Some(Path::new(&value.1)).filter(|dir| !dir.as_os_str().is_empty())
+        };
+        let systemd = validate::Environment {
+            credentials_dir: var(CREDENTIALS_DIRECTORY),
+            runtime_dir: var(RUNTIME_DIRECTORY),
+        };
+        match validate::validate(&figment, &systemd) {
             Ok(config) if errors.is_empty() => Ok(config),
             Ok(_) => Err(ConfigErrors(errors)),
             Err(more) => {
@@ -226,10 +231,9 @@ impl Config {
 
     /// Parses and validates one TOML text without drop-ins or environment; `origin` names it in a syntax error.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        let layers = file::Layers::from_main(
-            file::parse(text, origin).map_err(|error| ConfigErrors(vec![error]))?,
-        );
-        validate::validate(&layers, None).map_err(ConfigErrors)
+        let layer = file::parse(text, origin, None).map_err(|error| ConfigErrors(vec![error]))?;
+        let figment = figment::Figment::from(layer);
+        validate::validate(&figment, &validate::Environment::default()).map_err(ConfigErrors)
     }
 }
 
@@ -353,8 +357,7 @@ mod tests {
             HubConfig {
                 id: "hub-0001".into(),
                 state_dir: "/var/lib/vitalsd".into(),
-                runtime_dir: std::env::var_os("RUNTIME_DIRECTORY")
-                    .map_or_else(|| "/run/vitalsd".into(), Into::into),
+                runtime_dir: "/run/vitalsd".into(),
                 clock: crate::clock::ClockPolicy::Ntp,
             }
         );
@@ -562,6 +565,8 @@ mod tests {
             broker("MQTTS://broker.local:8884/"),
             ("broker.local".into(), 8884, true)
         );
+        // As in any url, an empty port is the scheme's default.
+        assert_eq!(broker("mqtt://broker:"), ("broker".into(), 1883, false));
         assert_eq!(broker("mqtt://[::1]:1884"), ("::1".into(), 1884, false));
         assert_eq!(broker("mqtts://[fe80::1]"), ("fe80::1".into(), 8883, true));
 
@@ -570,14 +575,16 @@ mod tests {
             ("broker:1883", "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
             ("mqtt://", "missing host"),
             ("mqtt://:1883", "missing host"),
-            ("mqtt://broker:", r#"bad port "": expected a number from 1 to 65535"#),
-            ("mqtt://broker:0", r#"bad port "0": expected a number from 1 to 65535"#),
-            ("mqtt://broker:70000", r#"bad port "70000": expected a number from 1 to 65535"#),
-            ("mqtt://broker:mqtt", r#"bad port "mqtt": expected a number from 1 to 65535"#),
-            ("mqtt://bro ker", r#"invalid host "bro ker""#),
+            ("mqtt://broker:0", "bad port: expected a number from 1 to 65535"),
+            ("mqtt://broker:70000", "bad port: expected a number from 1 to 65535"),
+            ("mqtt://broker:mqtt", "bad port: expected a number from 1 to 65535"),
+            ("mqtt://bro ker", "invalid host: use a name of letters, digits, '-', '.' and '_', or an IP address"),
+            ("mqtt://bro!ker", "invalid host: use a name of letters, digits, '-', '.' and '_', or an IP address"),
             ("mqtt://::1", "an IPv6 address must be in brackets, as in mqtt://[::1]:1883"),
-            ("mqtt://[::1", "missing ']' after the IPv6 address"),
-            ("mqtt://[::1]x", r#"unexpected "x" after the IPv6 address"#),
+            ("mqtt://fe80::1:1883", "an IPv6 address must be in brackets, as in mqtt://[::1]:1883"),
+            ("mqtt://[::1", "invalid IPv6 address in brackets"),
+            ("mqtt://[::1]x", "invalid IPv6 address in brackets"),
+            ("mqtt://[::g]", "invalid IPv6 address in brackets"),
             (
                 "mqtt://hub:secret@broker",
                 "must not contain a user name or password: use mqtt.username and mqtt.password_file or mqtt.password_credential",
@@ -605,6 +612,7 @@ mod tests {
             (&with_mqtt("username = 7"), &["mqtt.username: expected a string, found an integer"]),
             (&with_mqtt("topic_prefix = [\"a\"]"), &["mqtt.topic_prefix: expected a string, found an array"]),
             (&MINIMAL.replace("\"mqtt://127.0.0.1\"", "true"), &["mqtt.url: expected a string, found a boolean"]),
+            (&MINIMAL.replace("\"hub-0001\"", "1979-05-27"), &["hub.id: expected a string, found a date-time"]),
             (
                 "hub = \"hub-0001\"\n[mqtt]\nurl = \"mqtt://b\"",
                 &["hub: expected a table, found a string"],
@@ -832,6 +840,22 @@ mod tests {
         }
     }
 
+    /// A bad key elsewhere does not hide what `run` would trip over in the TLS files.
+    #[test]
+    fn tls_files_are_read_even_when_another_section_has_errors() {
+        let not_a_certificate = fixture("mqtt-password");
+        let toml = format!(
+            "[hub]\nid = \"Hub\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtts://b\"\nca_file = \"{not_a_certificate}\""
+        );
+        check(
+            &toml,
+            &[
+                r#"hub.id: "Hub" is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"#,
+                &format!("mqtt.ca_file: {not_a_certificate}: no PEM certificate found"),
+            ],
+        );
+    }
+
     #[test]
     fn a_password_file_is_read_as_the_uplink_reads_it() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -964,6 +988,9 @@ mod tests {
             ("[[serial]]\npath = \"/\"\nprotocol = \"nonin-df13\"", &[
                 "serial[0].path: names no device file, so the default id cannot be derived from it: set id",
             ]),
+            ("[[serial]]\nprotocol = \"tanita\"\nmatch = { vid = 0x0403, pid = 0x6001, serial = \"A B\" }", &[
+                "serial[0].match: has a serial a device id cannot hold, so the default id cannot be derived from it: set id",
+            ]),
             ("[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df99\"", &[
                 r#"serial[0].protocol: unknown protocol "nonin-df99" (known: nonin-df13, nonin-df8, nonin-df7, nonin-df2, contec-cms50-legacy, contec-cms50, masimo-ascii, tanita)"#,
             ]),
@@ -1056,10 +1083,10 @@ mod tests {
 
     #[test]
     fn a_syntax_error_is_one_error_with_line_and_column() {
-        check("[hub]\nid = hub-0001\n", &["test.toml: TOML syntax error at line 2, column 6: string values must be quoted, expected literal string"]);
+        check("[hub]\nid = hub-0001\n", &["test.toml: TOML parse error at line 2, column 6: string values must be quoted, expected literal string"]);
         check(
             "[hub]\nid = \"a\"\nid = \"b\"\n",
-            &["test.toml: TOML syntax error at line 3, column 1: duplicate key"],
+            &["test.toml: TOML parse error at line 3, column 1: duplicate key"],
         );
     }
 
@@ -1185,6 +1212,37 @@ mod tests {
         assert!(Config::load_with_env(&path, &vars).is_ok());
     }
 
+    /// The runtime directory comes from the environment the loader is given, never from the process's own.
+    #[test]
+    fn the_runtime_directory_defaults_to_the_one_systemd_sets() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vitalsd.toml");
+        write(&path, MINIMAL);
+        let runtime_dir = |vars: &[(&str, &str)]| match Config::load_with_env(&path, &env(vars)) {
+            Ok(config) => config.hub.runtime_dir,
+            Err(errors) => panic!("{errors}"),
+        };
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "/run/vitalsd"),
+            (&[("RUNTIME_DIRECTORY", "")], "/run/vitalsd"),
+            (
+                &[("RUNTIME_DIRECTORY", "/run/vitalsd-test-unit")],
+                "/run/vitalsd-test-unit",
+            ),
+        ];
+        for (vars, expected) in cases {
+            assert_eq!(runtime_dir(vars), Path::new(expected), "for {vars:?}");
+        }
+        write(
+            &path,
+            &MINIMAL.replace("state_dir = ", "runtime_dir = \"/srv/run\"\nstate_dir = "),
+        );
+        assert_eq!(
+            runtime_dir(&[("RUNTIME_DIRECTORY", "/run/x")]),
+            Path::new("/srv/run")
+        );
+    }
+
     #[test]
     fn drop_ins_merge_key_by_key_in_lexical_order() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1260,7 +1318,7 @@ mod tests {
         assert!(
             errors
                 .iter()
-                .all(|e| e.message.starts_with("TOML syntax error at line ")),
+                .all(|e| e.message.starts_with("TOML parse error at line ")),
             "{errors:?}"
         );
     }
