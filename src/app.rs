@@ -9,7 +9,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::ble;
-use crate::bound_devices::BoundDevices;
 use crate::config::Config;
 use crate::control;
 use crate::mqtt::{self, UplinkSettings};
@@ -18,6 +17,7 @@ use crate::outbox::{spawn_worker, OpenReport, Outbox, OutboxOptions};
 use crate::payload::DeviceInfo;
 use crate::pipeline::DeviceSettings;
 use crate::serial::{self, PortSettings};
+use crate::state::devices::BoundDevices;
 
 /// The outbox database inside the state directory.
 pub const OUTBOX_FILE: &str = "outbox.db";
@@ -114,10 +114,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             spot: port.spot,
             time_zone: &chrono::Local,
         };
-        let checkpoints = crate::download_checkpoints::CheckpointFile::new(
-            &config.hub.state_dir,
-            &port.device_id,
-        );
+        let checkpoints =
+            crate::state::checkpoints::CheckpointFile::new(&config.hub.state_dir, &port.device_id);
         devices.spawn(serial::device::run_device(
             device,
             Some(checkpoints),

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::bound_devices::BoundDevices;
 use crate::config::Config;
 use crate::control::{self, Event, Request};
+use crate::state::devices::BoundDevices;
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|errors| {

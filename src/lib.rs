@@ -22,7 +22,6 @@
 pub mod app;
 pub mod ble;
 pub mod ble_cli;
-pub mod bound_devices;
 pub mod cli;
 pub mod clock;
 pub mod codes;
@@ -30,7 +29,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod decode;
-pub mod download_checkpoints;
 pub mod hand_over;
 pub mod held_readings;
 pub mod measurement_time;
@@ -42,6 +40,7 @@ pub mod reading;
 pub mod serial;
 pub mod serial_cli;
 pub mod spot;
+pub mod state;
 pub mod technician;
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use crate::control::Event;
 use crate::ble::bluez::{Bluez, BluezError};
 use crate::ble::profile;
 use crate::ble::session::SharedDevices;
-use crate::bound_devices::{normalise_address, BoundDevice, Reach};
 use crate::decode::current_time::{clock_verdict, ClockVerdict};
+use crate::state::devices::{normalise_address, BoundDevice, Reach};
 
 /// How long `pair` looks for a device that BlueZ has not seen yet.
 const FIND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,7 +24,7 @@ const FIND_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum TechnicianError {
     #[error(transparent)]
-    Address(#[from] crate::bound_devices::StoreError),
+    Address(#[from] crate::state::devices::StoreError),
     #[error(transparent)]
     Bluez(#[from] BluezError),
     #[error("Bluetooth: {0}")]

@@ -21,11 +21,11 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::bound_devices::Reach;
 use crate::outbox::OutboxHandle;
 use crate::payload::DeviceInfo;
 use crate::pipeline::{Decoding, DeviceSettings};
 use crate::spot::SpotRule;
+use crate::state::devices::Reach;
 use session::{SessionEnd, SessionError, SessionSettings, SharedDevices};
 
 const RETRY_MIN: Duration = Duration::from_secs(2);
@@ -108,7 +108,7 @@ pub async fn find_adapter(name: &str) -> Result<Option<Adapter>, btleplug::Error
 pub(crate) fn decoding_for(
     address: &str,
     protocol: crate::decode::Protocol,
-    information: &crate::bound_devices::DeviceStrings,
+    information: &crate::state::devices::DeviceStrings,
     hub_id: &str,
     spot: SpotRule,
 ) -> Decoding {
@@ -415,7 +415,7 @@ async fn bound_peripheral(
 /// `hci0/dev_AA_BB_CC_DD_EE_01` (a peripheral id: the object path under `/org/bluez/`) → `AA:BB:CC:DD:EE:01`.
 fn address_of(peripheral_id: &str) -> Option<String> {
     let (_, device) = peripheral_id.rsplit_once("/dev_")?;
-    crate::bound_devices::normalise_address(device).ok()
+    crate::state::devices::normalise_address(device).ok()
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::profile::{self, measurement_protocol};
-use crate::bound_devices::{BoundDevices, DeviceStrings};
 use crate::decode::current_time::{ClockCharacteristic, ClockFound, ClockSync, ClockWrite};
 use crate::decode::glucose::dialog::{Action, LastRecord, RecordDialog};
 use crate::hand_over::{flush_counters, StopGrace};
@@ -24,6 +23,7 @@ use crate::outbox::{NewRecord, OutboxHandle};
 use crate::pipeline::Decoding;
 use crate::reading::Reading;
 use crate::spot::SpotRule;
+use crate::state::devices::{BoundDevices, DeviceStrings};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A device that sends nothing for this long is done with us; the hub lets go of the link.
@@ -387,7 +387,7 @@ fn note_cuff_progress(
     };
     let progress = value
         .value
-        .map(|pressure| crate::bound_devices::CuffProgress {
+        .map(|pressure| crate::state::devices::CuffProgress {
             pressure,
             unit: value.measure.unit,
             at: received_at,
@@ -398,7 +398,7 @@ fn note_cuff_progress(
 fn update(
     devices: &SharedDevices,
     address: &str,
-    change: impl FnOnce(&mut crate::bound_devices::BoundDevice),
+    change: impl FnOnce(&mut crate::state::devices::BoundDevice),
 ) {
     let mut devices = devices.lock().unwrap();
     if let Some(device) = devices.get_mut(address) {

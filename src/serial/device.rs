@@ -10,10 +10,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::{DeviceCommand, PortEvent};
 use crate::decode::{CommandPurpose, HostCommand};
-use crate::download_checkpoints::CheckpointFile;
 use crate::hand_over::{flush_counters, StopGrace};
 use crate::outbox::{NewRecord, OutboxHandle};
 use crate::pipeline::{Decoding, DeviceSettings};
+use crate::state::checkpoints::CheckpointFile;
 
 /// How often counters are written to the outbox's statistics.
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);

@@ -7,7 +7,6 @@
 //! covers were handed to the outbox, so at worst a crash repeats a download, and the repeated readings
 //! carry the same ids as before.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +72,8 @@ impl CheckpointFile {
         };
         let directory = self.path.parent().expect("the file lies in a directory");
         std::fs::create_dir_all(directory).map_err(failed("create the directory of"))?;
-        let temporary = self.path.with_extension("txt.tmp");
-        let mut file = std::fs::File::create(&temporary).map_err(failed("write"))?;
-        file.write_all(format!("{checkpoint}\n").as_bytes())
-            .map_err(failed("write"))?;
-        file.sync_all().map_err(failed("write"))?;
-        std::fs::rename(&temporary, &self.path).map_err(failed("replace"))?;
-        std::fs::File::open(directory)
-            .and_then(|dir| dir.sync_all())
-            .map_err(failed("sync the directory of"))?;
+        super::replace_file(&self.path, format!("{checkpoint}\n").as_bytes())
+            .map_err(failed("replace"))?;
         Ok(())
     }
 }

@@ -6,7 +6,6 @@
 //! either the old list or the new one. While the daemon runs it is the only writer; the technician
 //! commands go through its control socket then.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -202,16 +201,7 @@ impl BoundDevices {
         };
         let mut bytes = serde_json::to_vec_pretty(&document).expect("device list serialises");
         bytes.push(b'\n');
-        let temporary = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&temporary).map_err(write_error)?;
-        file.write_all(&bytes).map_err(write_error)?;
-        file.sync_all().map_err(write_error)?;
-        std::fs::rename(&temporary, &self.path).map_err(write_error)?;
-        if let Some(directory) = self.path.parent() {
-            std::fs::File::open(directory)
-                .and_then(|dir| dir.sync_all())
-                .map_err(write_error)?;
-        }
+        super::replace_file(&self.path, &bytes).map_err(write_error)?;
         Ok(())
     }
 
