@@ -21,13 +21,11 @@
 
 pub mod app;
 pub mod ble;
-pub mod ble_cli;
 pub mod cli;
 pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod control;
-pub mod daemon;
 pub mod decode;
 pub mod hand_over;
 pub mod held_readings;
@@ -41,7 +39,6 @@ pub mod serial;
 pub mod serial_cli;
 pub mod spot;
 pub mod state;
-pub mod technician;
 
 #[cfg(test)]
 mod tidy;

@@ -16,25 +16,29 @@ struct Cli {
     command: Command,
 }
 
+/// `--config`, shared by every command that reads the configuration.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The configuration file; its drop-in directory `<file>.d/` is read too.
+    #[arg(
+        long = "config",
+        env = "VITALSD_CONFIG",
+        default_value = "/etc/vitalsd/vitalsd.toml"
+    )]
+    path: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground.
     Run {
-        #[arg(
-            long,
-            env = "VITALSD_CONFIG",
-            default_value = "/etc/vitalsd/vitalsd.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Validate the configuration; lists every error with its key path.
     CheckConfig {
-        #[arg(
-            long,
-            env = "VITALSD_CONFIG",
-            default_value = "/etc/vitalsd/vitalsd.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Decode captured bytes with the daemon's decoders; one JSON reading per line.
     Decode {
@@ -50,12 +54,8 @@ enum Command {
     },
     /// Lists nearby Bluetooth health devices, updating live.
     Scan {
-        #[arg(
-            long,
-            env = "VITALSD_CONFIG",
-            default_value = "/etc/vitalsd/vitalsd.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// How long to scan.
         #[arg(long, default_value_t = 15)]
         seconds: u64,
@@ -64,12 +64,8 @@ enum Command {
     },
     /// Binds a Bluetooth device to this hub and bonds with it.
     Pair {
-        #[arg(
-            long,
-            env = "VITALSD_CONFIG",
-            default_value = "/etc/vitalsd/vitalsd.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The device address, such as AA:BB:CC:DD:EE:FF.
         address: String,
         /// The passkey the device shows, for devices that pair with one.
@@ -80,12 +76,8 @@ enum Command {
     },
     /// Unbinds a Bluetooth device and removes the hub's bond with it.
     Unpair {
-        #[arg(
-            long,
-            env = "VITALSD_CONFIG",
-            default_value = "/etc/vitalsd/vitalsd.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         address: String,
         #[arg(long)]
         json: bool,
@@ -103,12 +95,8 @@ enum Command {
     },
     /// Lists the bound Bluetooth devices.
     Devices {
-        #[arg(
-            long,
-            env = "VITALSD_CONFIG",
-            default_value = "/etc/vitalsd/vitalsd.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         json: bool,
     },
@@ -119,12 +107,8 @@ enum Command {
     },
     /// Shows the outbox: pending and held readings, the hub clock, deliveries, the last broker error.
     Status {
-        #[arg(
-            long,
-            env = "VITALSD_CONFIG",
-            default_value = "/etc/vitalsd/vitalsd.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -135,12 +119,8 @@ enum Command {
 enum OutboxCommand {
     /// Copies every intact record of moved-aside outbox files into the live outbox, deduplicated by id.
     Salvage {
-        #[arg(
-            long,
-            env = "VITALSD_CONFIG",
-            default_value = "/etc/vitalsd/vitalsd.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         json: bool,
         /// Files to salvage; by default every outbox.db.broken-* and outbox.db.damaged-* in the state directory.
@@ -151,13 +131,13 @@ enum OutboxCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => vitalsd::daemon::main(&config),
-        Command::CheckConfig { config } => vitalsd::cli::check_config(&config),
+        Command::Run { config } => vitalsd::cli::run::main(&config.path),
+        Command::CheckConfig { config } => vitalsd::cli::check_config(&config.path),
         Command::Decode { list: true, .. } => vitalsd::cli::list_protocols(),
         Command::Decode { protocol, hex, .. } => {
             vitalsd::cli::decode(protocol.as_deref().unwrap_or_default(), &hex)
         }
-        Command::Status { config, json } => vitalsd::cli::status(&config, json),
+        Command::Status { config, json } => vitalsd::cli::status(&config.path, json),
         Command::Outbox {
             action:
                 OutboxCommand::Salvage {
@@ -165,24 +145,24 @@ fn main() -> ExitCode {
                     json,
                     files,
                 },
-        } => vitalsd::cli::salvage(&config, &files, json),
+        } => vitalsd::cli::salvage(&config.path, &files, json),
         Command::Scan {
             config,
             seconds,
             json,
-        } => vitalsd::ble_cli::scan(&config, seconds, json),
+        } => vitalsd::cli::ble::scan(&config.path, seconds, json),
         Command::Pair {
             config,
             address,
             passkey,
             json,
-        } => vitalsd::ble_cli::pair(&config, &address, passkey, json),
+        } => vitalsd::cli::ble::pair(&config.path, &address, passkey, json),
         Command::Unpair {
             config,
             address,
             json,
-        } => vitalsd::ble_cli::unpair(&config, &address, json),
-        Command::Devices { config, json } => vitalsd::ble_cli::devices(&config, json),
+        } => vitalsd::cli::ble::unpair(&config.path, &address, json),
+        Command::Devices { config, json } => vitalsd::cli::ble::devices(&config.path, json),
         Command::Serial {
             config,
             listen,

@@ -6,6 +6,7 @@
 //! lacks (the pairing agent, `Pair`, `RemoveDevice`, watching `org.bluez`).
 
 pub mod bluez;
+pub mod operations;
 pub mod profile;
 pub mod session;
 

@@ -24,9 +24,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::ble::operations;
 use crate::ble::session::SharedDevices;
 use crate::config::AdminGroup;
-use crate::technician;
 
 mod protocol;
 pub use protocol::{Event, Request};
@@ -70,16 +70,16 @@ pub async fn execute(
     let result = match request {
         Request::Scan { seconds } => {
             let duration = Duration::from_secs(seconds).min(MAX_SCAN);
-            technician::scan(adapter, duration, devices, &mut emit).await
+            operations::scan(adapter, duration, devices, &mut emit).await
         }
         Request::Pair { address, passkey } => {
-            technician::pair(adapter, &address, passkey, devices, &mut emit).await
+            operations::pair(adapter, &address, passkey, devices, &mut emit).await
         }
         Request::Unpair { address } => {
-            technician::unpair(adapter, &address, devices, &mut emit).await
+            operations::unpair(adapter, &address, devices, &mut emit).await
         }
         Request::Devices => {
-            emit(technician::list(devices));
+            emit(operations::list(devices));
             Ok(())
         }
     };

@@ -6,18 +6,10 @@ use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::config::Config;
-
 pub fn main(config_path: &Path) -> ExitCode {
-    let config = match Config::load(config_path) {
+    let config = match super::load_config(config_path) {
         Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{}: {} error(s)", config_path.display(), errors.0.len());
-            for error in &errors.0 {
-                eprintln!("{error}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     init_logging(&config.log.level);
     // One process-wide TLS provider; ring avoids a C toolchain dependency when cross-building.

@@ -13,14 +13,7 @@ use crate::config::Config;
 use crate::control::{self, Event, Request};
 use crate::state::devices::BoundDevices;
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
-        for error in &errors.0 {
-            eprintln!("{error}");
-        }
-        ExitCode::FAILURE
-    })
-}
+use super::load_config as load;
 
 /// Runs `request` through the daemon or directly; returns whether it ended in success.
 fn run(config: &Config, request: Request, json: bool) -> ExitCode {

@@ -1,6 +1,10 @@
-//! The technician commands other than `run`: `decode`, `status` and `check-config`.
+//! The command line's commands: `run` (in `run`), the Bluetooth ones (in `ble`), and here `decode`, `status`,
+//! `check-config` and `outbox salvage`.
 //!
 //! Data goes to stdout, diagnostics to stderr; each command returns its process exit code.
+
+pub mod ble;
+pub mod run;
 
 use std::io::Write;
 use std::path::Path;
@@ -149,24 +153,21 @@ pub fn check_config(path: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-            for error in &errors.0 {
-                eprintln!("{error}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(errors) => print_config_errors(path, &errors),
     }
 }
 
 /// The configuration, or its errors printed and the exit code to return.
-fn load_config(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
-        for error in &errors.0 {
-            eprintln!("{error}");
-        }
-        ExitCode::FAILURE
-    })
+pub(crate) fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| print_config_errors(path, &errors))
+}
+
+fn print_config_errors(path: &Path, errors: &crate::config::ConfigErrors) -> ExitCode {
+    eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+    for error in &errors.0 {
+        eprintln!("{error}");
+    }
+    ExitCode::FAILURE
 }
 
 /// `vitalsd status`: reads the outbox (it works while the daemon runs).
