@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The events are the Bluetooth operations' own, with `done` and `error` for the end of every request.
+pub use crate::ble::operations::Event;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
@@ -27,65 +30,6 @@ impl Request {
             Request::Unpair { address } => Some(("unpair", address)),
             Request::Scan { .. } | Request::Devices => None,
         }
-    }
-}
-
-/// One event of a request. Absent optional values are sent as `null`, as clients have always seen them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// A health device heard while scanning, or heard again with another signal strength.
-    Device {
-        address: String,
-        name: Option<String>,
-        model: Option<String>,
-        rssi: Option<i16>,
-        pairing_mode: Option<bool>,
-        advertisement_only: bool,
-        bound: bool,
-    },
-    Progress {
-        message: String,
-    },
-    Paired {
-        address: String,
-        bonded: bool,
-        message: String,
-    },
-    Unpaired {
-        address: String,
-        was_bound: bool,
-        bond_removed: bool,
-    },
-    /// The bound devices, each as stored with its clock verdict (and cuff pressure while measuring) added.
-    Devices {
-        devices: Vec<serde_json::Value>,
-    },
-    Done,
-    Error {
-        message: String,
-    },
-}
-
-impl Event {
-    /// The event that ends a request's stream.
-    pub fn is_last(&self) -> bool {
-        matches!(self, Event::Done | Event::Error { .. })
-    }
-
-    /// The event as one line of the socket's protocol, newline included.
-    pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(self).expect("events serialise");
-        line.push('\n');
-        line
-    }
-
-    /// Reads one line a daemon sent. A line that is not an event (a daemon of another version, say) is
-    /// shown to the technician as an error carrying the line, which also ends the request.
-    pub fn from_line(line: &str) -> Event {
-        serde_json::from_str(line).unwrap_or_else(|_| Event::Error {
-            message: line.to_string(),
-        })
     }
 }
 
