@@ -159,10 +159,7 @@ impl OutboxHandle {
 
     /// Queues removal of records the broker acknowledged. Commands run in order, so a later fetch no longer sees them.
     pub async fn acknowledge(&self, seqs: Vec<i64>, now_ms: i64) -> Result<(), WorkerGone> {
-        self.commands
-            .send(Command::Acknowledge { seqs, now_ms })
-            .await
-            .map_err(|_| WorkerGone)
+        self.tell(Command::Acknowledge { seqs, now_ms }).await
     }
 
     /// Asks for up to `limit` records after `after` without waiting for them, so the caller can keep
@@ -173,14 +170,12 @@ impl OutboxHandle {
         limit: usize,
     ) -> Result<oneshot::Receiver<Vec<StoredRecord>>, WorkerGone> {
         let (reply, wait) = oneshot::channel();
-        self.commands
-            .send(Command::Fetch {
-                after,
-                limit,
-                reply,
-            })
-            .await
-            .map_err(|_| WorkerGone)?;
+        self.tell(Command::Fetch {
+            after,
+            limit,
+            reply,
+        })
+        .await?;
         Ok(wait)
     }
 
@@ -189,16 +184,12 @@ impl OutboxHandle {
         after: i64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, WorkerGone> {
-        let (reply, wait) = oneshot::channel();
-        self.commands
-            .send(Command::Fetch {
-                after,
-                limit,
-                reply,
-            })
-            .await
-            .map_err(|_| WorkerGone)?;
-        wait.await.map_err(|_| WorkerGone)
+        self.ask(|reply| Command::Fetch {
+            after,
+            limit,
+            reply,
+        })
+        .await
     }
 
     pub async fn record_uplink_error(
@@ -206,26 +197,15 @@ impl OutboxHandle {
         message: String,
         now_ms: i64,
     ) -> Result<(), WorkerGone> {
-        self.commands
-            .send(Command::UplinkError { message, now_ms })
-            .await
-            .map_err(|_| WorkerGone)
+        self.tell(Command::UplinkError { message, now_ms }).await
     }
 
     pub async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), WorkerGone> {
-        self.commands
-            .send(Command::Counters { deltas })
-            .await
-            .map_err(|_| WorkerGone)
+        self.tell(Command::Counters { deltas }).await
     }
 
     pub async fn stats(&self) -> Result<OutboxStats, WorkerGone> {
-        let (reply, wait) = oneshot::channel();
-        self.commands
-            .send(Command::Stats { reply })
-            .await
-            .map_err(|_| WorkerGone)?;
-        wait.await.map_err(|_| WorkerGone)
+        self.ask(|reply| Command::Stats { reply }).await
     }
 
     /// Up to `limit` held records with `seq > after`, oldest first.
@@ -234,26 +214,32 @@ impl OutboxHandle {
         after: i64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, WorkerGone> {
-        let (reply, wait) = oneshot::channel();
-        self.commands
-            .send(Command::FetchHeld {
-                after,
-                limit,
-                reply,
-            })
-            .await
-            .map_err(|_| WorkerGone)?;
-        wait.await.map_err(|_| WorkerGone)
+        self.ask(|reply| Command::FetchHeld {
+            after,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Releases held records into the queue with their final payloads; waits for the commit and returns
     /// how many moved (0 when the disk was full: they stay held and the caller tries again later).
     pub async fn release(&self, released: Vec<Release>) -> Result<u64, WorkerGone> {
-        let (done, wait) = oneshot::channel();
-        self.commands
-            .send(Command::Release { released, done })
-            .await
-            .map_err(|_| WorkerGone)?;
+        self.ask(|done| Command::Release { released, done }).await
+    }
+
+    /// Sends a command that expects no answer.
+    async fn tell(&self, command: Command) -> Result<(), WorkerGone> {
+        self.commands.send(command).await.map_err(|_| WorkerGone)
+    }
+
+    /// Sends a command and waits for its answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, WorkerGone> {
+        let (reply, wait) = oneshot::channel();
+        self.tell(command(reply)).await?;
         wait.await.map_err(|_| WorkerGone)
     }
 
