@@ -302,10 +302,7 @@ impl Uplink {
                     self.buffer.push_front(record);
                 } else {
                     // The payload did not come back; read it again from the outbox, which still holds it.
-                    self.buffer.clear();
-                    self.next_batch = None;
-                    self.exhausted = false;
-                    self.cursor = record.seq - 1;
+                    self.restart_walk(record.seq - 1);
                 }
                 break;
             }
@@ -534,8 +531,8 @@ impl Uplink {
                 .map_or(Duration::ZERO, |at| at.elapsed()),
         );
         self.inflight.handle_connection_lost();
-        self.buffer.clear();
-        self.next_batch = None;
+        // The next connection walks the outbox from its start again.
+        self.restart_walk(0);
         self.flush_acks().await?;
         self.link.restart();
         Ok(())
