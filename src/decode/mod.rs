@@ -166,8 +166,9 @@ pub struct HostCommands {
     pub on_open: Vec<Vec<u8>>,
 }
 
-/// How a protocol's bytes reach the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a protocol's bytes reach the hub; published as `device.transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Transport {
     Serial,
     Ble,
@@ -175,10 +176,7 @@ pub enum Transport {
 
 impl Transport {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Serial => "serial",
-            Transport::Ble => "ble",
-        }
+        self.into()
     }
 }
 
