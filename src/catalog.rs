@@ -132,17 +132,13 @@ const SELECT_DF7: [u8; 6] = nonin_format(0x07);
 const SELECT_DF2: [u8; 6] = nonin_format(0x02);
 
 /// Every protocol, in the order `vitalsd decode --list` shows them.
+#[rustfmt::skip]
 pub const PROTOCOLS: [ProtocolSpec; 20] = [
     ProtocolSpec {
         protocol: Protocol::NoninDf13,
         name: "nonin-df13",
         description: "Nonin Data Format 13: spot-checks with BCD timestamps, stored records oldest first",
-        link: Link::Serial(SerialLink {
-            line: NINE_SIX_N,
-            select_format: Some(&SELECT_DF13),
-            listen: Listen::Passive,
-            adapters: &[],
-        }),
+        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: Some(&SELECT_DF13), listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Spot,
         decoder: Decoder::Stream(|| Box::new(nonin::DataFormat13Decoder::default())),
         models: &[],
@@ -151,12 +147,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::NoninDf8,
         name: "nonin-df8",
         description: "Nonin Data Format 8: 4-byte live stream, one frame per second",
-        link: Link::Serial(SerialLink {
-            line: NINE_SIX_N,
-            select_format: Some(&SELECT_DF8),
-            listen: Listen::Passive,
-            adapters: &[],
-        }),
+        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: Some(&SELECT_DF8), listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(nonin::DataFormat8Decoder::default())),
         models: &[],
@@ -165,63 +156,37 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::NoninDf7,
         name: "nonin-df7",
         description: "Nonin Data Format 7: 5-byte frames with 16-bit pleth, 25-frame packets",
-        link: Link::Serial(SerialLink {
-            line: NINE_SIX_N,
-            select_format: Some(&SELECT_DF7),
-            listen: Listen::Passive,
-            adapters: &[],
-        }),
+        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: Some(&SELECT_DF7), listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Continuous,
-        decoder: Decoder::Stream(|| {
-            Box::new(nonin::DataFormat2Decoder::new(nonin::Df2Variant::Df7))
-        }),
+        decoder: Decoder::Stream(|| Box::new(nonin::DataFormat2Decoder::new(nonin::Df2Variant::Df7))),
         models: &[],
     },
     ProtocolSpec {
         protocol: Protocol::NoninDf2,
         name: "nonin-df2",
         description: "Nonin Data Format 2: 5-byte frames starting 01, 25-frame packets",
-        link: Link::Serial(SerialLink {
-            line: NINE_SIX_N,
-            select_format: Some(&SELECT_DF2),
-            listen: Listen::Passive,
-            adapters: &[],
-        }),
+        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: Some(&SELECT_DF2), listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Continuous,
-        decoder: Decoder::Stream(|| {
-            Box::new(nonin::DataFormat2Decoder::new(nonin::Df2Variant::Df2))
-        }),
+        decoder: Decoder::Stream(|| Box::new(nonin::DataFormat2Decoder::new(nonin::Df2Variant::Df2))),
         models: &[],
     },
     ProtocolSpec {
         protocol: Protocol::BloodPressureMeasurement,
         name: "blood-pressure-measurement",
         description: "GATT 0x2A35 Blood Pressure Measurement",
-        link: Link::Gatt {
-            service: BLOOD_PRESSURE_SERVICE,
-            characteristic: sig(0x2A35),
-        },
+        link: Link::Gatt { service: BLOOD_PRESSURE_SERVICE, characteristic: sig(0x2A35) },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(blood_pressure::BloodPressureMeasurementDecoder)),
         models: &[
-            Model {
-                name_prefix: "A&D_UA-651",
-                model: "A&D UA-651BLE",
-            },
-            Model {
-                name_prefix: "BLESMART_",
-                model: "Omron (BLESmart)",
-            },
+            Model { name_prefix: "A&D_UA-651", model: "A&D UA-651BLE" },
+            Model { name_prefix: "BLESMART_", model: "Omron (BLESmart)" },
         ],
     },
     ProtocolSpec {
         protocol: Protocol::IntermediateCuffPressure,
         name: "intermediate-cuff-pressure",
         description: "GATT 0x2A36 Intermediate Cuff Pressure (progress, never forwarded)",
-        link: Link::Gatt {
-            service: BLOOD_PRESSURE_SERVICE,
-            characteristic: sig(0x2A36),
-        },
+        link: Link::Gatt { service: BLOOD_PRESSURE_SERVICE, characteristic: sig(0x2A36) },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(blood_pressure::IntermediateCuffPressureDecoder)),
         models: &[],
@@ -230,10 +195,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::PlxSpotCheck,
         name: "plx-spot-check",
         description: "GATT 0x2A5E PLX Spot-check Measurement",
-        link: Link::Gatt {
-            service: PULSE_OXIMETER_SERVICE,
-            characteristic: sig(0x2A5E),
-        },
+        link: Link::Gatt { service: PULSE_OXIMETER_SERVICE, characteristic: sig(0x2A5E) },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(pulse_oximeter::PlxSpotCheckDecoder)),
         models: &[],
@@ -242,10 +204,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::PlxContinuous,
         name: "plx-continuous",
         description: "GATT 0x2A5F PLX Continuous Measurement",
-        link: Link::Gatt {
-            service: PULSE_OXIMETER_SERVICE,
-            characteristic: sig(0x2A5F),
-        },
+        link: Link::Gatt { service: PULSE_OXIMETER_SERVICE, characteristic: sig(0x2A5F) },
         continuity: Continuity::Continuous,
         decoder: Decoder::Messages(|| Box::new(pulse_oximeter::PlxContinuousDecoder)),
         models: &[],
@@ -254,40 +213,25 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::WeightMeasurement,
         name: "weight-measurement",
         description: "GATT 0x2A9D Weight Measurement",
-        link: Link::Gatt {
-            service: WEIGHT_SCALE_SERVICE,
-            characteristic: sig(0x2A9D),
-        },
+        link: Link::Gatt { service: WEIGHT_SCALE_SERVICE, characteristic: sig(0x2A9D) },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(weight_scale::WeightMeasurementDecoder)),
-        models: &[Model {
-            name_prefix: "A&D_UC-352",
-            model: "A&D UC-352BLE",
-        }],
+        models: &[Model { name_prefix: "A&D_UC-352", model: "A&D UC-352BLE" }],
     },
     ProtocolSpec {
         protocol: Protocol::BodyCompositionMeasurement,
         name: "body-composition-measurement",
-        description:
-            "GATT 0x2A9C Body Composition Measurement (two-packet records: separate the values with /)",
-        link: Link::Gatt {
-            service: BODY_COMPOSITION_SERVICE,
-            characteristic: sig(0x2A9C),
-        },
+        description: "GATT 0x2A9C Body Composition Measurement (two-packet records: separate the values with /)",
+        link: Link::Gatt { service: BODY_COMPOSITION_SERVICE, characteristic: sig(0x2A9C) },
         continuity: Continuity::Spot,
-        decoder: Decoder::Messages(|| {
-            Box::new(body_composition::BodyCompositionMeasurementDecoder::default())
-        }),
+        decoder: Decoder::Messages(|| Box::new(body_composition::BodyCompositionMeasurementDecoder::default())),
         models: &[],
     },
     ProtocolSpec {
         protocol: Protocol::GlucoseMeasurement,
         name: "glucose-measurement",
         description: "GATT 0x2A18 Glucose Measurement",
-        link: Link::Gatt {
-            service: GLUCOSE_SERVICE,
-            characteristic: sig(0x2A18),
-        },
+        link: Link::Gatt { service: GLUCOSE_SERVICE, characteristic: sig(0x2A18) },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(glucose::GlucoseMeasurementDecoder)),
         models: &[],
@@ -296,10 +240,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::TemperatureMeasurement,
         name: "temperature-measurement",
         description: "GATT 0x2A1C Temperature Measurement (also 0x2A1E)",
-        link: Link::Gatt {
-            service: HEALTH_THERMOMETER_SERVICE,
-            characteristic: sig(0x2A1C),
-        },
+        link: Link::Gatt { service: HEALTH_THERMOMETER_SERVICE, characteristic: sig(0x2A1C) },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(thermometer::TemperatureMeasurementDecoder)),
         models: &[],
@@ -308,120 +249,70 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::XiaomiScale,
         name: "xiaomi-scale",
         description: "Xiaomi Mi Smart Scale advertisement, service data 0x181D",
-        link: Link::Advertisement {
-            service: WEIGHT_SCALE_SERVICE,
-            data_len: 10,
-        },
+        link: Link::Advertisement { service: WEIGHT_SCALE_SERVICE, data_len: 10 },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(xiaomi_scale::XiaomiScaleDecoder::default())),
         models: &[
-            Model {
-                name_prefix: "MI SCALE2",
-                model: "Xiaomi Mi Smart Scale 2",
-            },
-            Model {
-                name_prefix: "MI_SCALE",
-                model: "Xiaomi Mi Smart Scale",
-            },
+            Model { name_prefix: "MI SCALE2", model: "Xiaomi Mi Smart Scale 2" },
+            Model { name_prefix: "MI_SCALE", model: "Xiaomi Mi Smart Scale" },
         ],
     },
     ProtocolSpec {
         protocol: Protocol::XiaomiBodyCompositionScale,
         name: "xiaomi-body-composition-scale",
         description: "Xiaomi Mi Body Composition Scale advertisement, service data 0x181B",
-        link: Link::Advertisement {
-            service: BODY_COMPOSITION_SERVICE,
-            data_len: 13,
-        },
+        link: Link::Advertisement { service: BODY_COMPOSITION_SERVICE, data_len: 13 },
         continuity: Continuity::Spot,
-        decoder: Decoder::Messages(|| {
-            Box::new(xiaomi_scale::XiaomiBodyCompositionScaleDecoder::default())
-        }),
+        decoder: Decoder::Messages(|| Box::new(xiaomi_scale::XiaomiBodyCompositionScaleDecoder::default())),
         models: &[
-            Model {
-                name_prefix: "MIBCS",
-                model: "Xiaomi Mi Body Composition Scale",
-            },
-            Model {
-                name_prefix: "MIBFS",
-                model: "Xiaomi Mi Body Composition Scale",
-            },
+            Model { name_prefix: "MIBCS", model: "Xiaomi Mi Body Composition Scale" },
+            Model { name_prefix: "MIBFS", model: "Xiaomi Mi Body Composition Scale" },
         ],
     },
     ProtocolSpec {
         protocol: Protocol::Berrymed,
         name: "berrymed",
         description: "BerryMed BCI oximeter stream (5-byte packets)",
-        link: Link::Gatt {
-            service: BERRYMED_SERVICE,
-            characteristic: BERRYMED_NOTIFY,
-        },
+        link: Link::Gatt { service: BERRYMED_SERVICE, characteristic: BERRYMED_NOTIFY },
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(berrymed::BerrymedDecoder::default())),
         models: &[
-            Model {
-                name_prefix: "BERRYMED",
-                model: "BerryMed BCI oximeter",
-            },
-            Model {
-                name_prefix: "BM1000",
-                model: "BerryMed BCI oximeter",
-            },
+            Model { name_prefix: "BERRYMED", model: "BerryMed BCI oximeter" },
+            Model { name_prefix: "BM1000", model: "BerryMed BCI oximeter" },
         ],
     },
     ProtocolSpec {
         protocol: Protocol::JumperOximeter,
         name: "jumper-oximeter",
         description: "Jumper JPD-500F / PLS-01BT oximeter notifications",
-        link: Link::Gatt {
-            service: JUMPER_SERVICE,
-            characteristic: JUMPER_NOTIFY,
-        },
+        link: Link::Gatt { service: JUMPER_SERVICE, characteristic: JUMPER_NOTIFY },
         continuity: Continuity::Continuous,
         decoder: Decoder::Messages(|| Box::new(jumper::JumperOximeterDecoder)),
-        models: &[Model {
-            name_prefix: "MY OXIMETER",
-            model: "Jumper JPD-500F",
-        }],
+        models: &[Model { name_prefix: "MY OXIMETER", model: "Jumper JPD-500F" }],
     },
     ProtocolSpec {
         protocol: Protocol::ContecCms50Legacy,
         name: "contec-cms50-legacy",
         description: "Contec CMS50D+/E legacy 5-byte stream (19200 8O1)",
         link: Link::Serial(SerialLink {
-            line: LineSettings {
-                baud_rate: 19_200,
-                parity: Parity::Odd,
-            },
+            line: LineSettings { baud_rate: 19_200, parity: Parity::Odd },
             select_format: None,
             listen: Listen::Passive,
             adapters: &[],
         }),
         continuity: Continuity::Continuous,
-        decoder: Decoder::Stream(|| {
-            Box::new(berrymed::BerrymedDecoder::new(
-                berrymed::BciFlavour::ContecLegacy,
-            ))
-        }),
+        decoder: Decoder::Stream(|| Box::new(berrymed::BerrymedDecoder::new(berrymed::BciFlavour::ContecLegacy))),
         models: &[],
     },
     ProtocolSpec {
         protocol: Protocol::ContecCms50,
         name: "contec-cms50",
-        description:
-            "Contec CMS50D+/E/F \"7D 81\" protocol (115200 8N1; the hub starts and keeps the stream)",
+        description: "Contec CMS50D+/E/F \"7D 81\" protocol (115200 8N1; the hub starts and keeps the stream)",
         link: Link::Serial(SerialLink {
-            line: LineSettings {
-                baud_rate: 115_200,
-                parity: Parity::None,
-            },
+            line: LineSettings { baud_rate: 115_200, parity: Parity::None },
             select_format: None,
             listen: Listen::OnlyWhenAsked,
-            adapters: &[UsbAdapter {
-                vid: 0x10C4,
-                pid: 0xEA60,
-                description: "Silicon Labs CP210x, the Contec CMS50 cable",
-            }],
+            adapters: &[UsbAdapter { vid: 0x10C4, pid: 0xEA60, description: "Silicon Labs CP210x, the Contec CMS50 cable" }],
         }),
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(contec::ContecDecoder::default())),
@@ -431,12 +322,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::MasimoAscii,
         name: "masimo-ascii",
         description: "Masimo Rad-8 / Radical-7 ASCII 1 and ASCII 2 lines (9600 8N1)",
-        link: Link::Serial(SerialLink {
-            line: NINE_SIX_N,
-            select_format: None,
-            listen: Listen::Passive,
-            adapters: &[],
-        }),
+        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: None, listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(masimo::decoder())),
         models: &[],
@@ -445,12 +331,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::Tanita,
         name: "tanita",
         description: "Tanita scale CSV lines \"{0,16,~0,1,...\" (9600 8N1, CR LF)",
-        link: Link::Serial(SerialLink {
-            line: NINE_SIX_N,
-            select_format: None,
-            listen: Listen::Passive,
-            adapters: &[],
-        }),
+        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: None, listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Spot,
         decoder: Decoder::Stream(|| Box::new(tanita::decoder())),
         models: &[],
@@ -458,40 +339,20 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
 ];
 
 /// USB serial adapters that many device families use: the ids say what the adapter is, not the protocol.
+#[rustfmt::skip]
 pub const SHARED_ADAPTERS: [UsbAdapter; 4] = [
-    UsbAdapter {
-        vid: 0x0403,
-        pid: 0x6001,
-        description: "FTDI USB-serial (Masimo, Tanita and Nonin cables, among others)",
-    },
-    UsbAdapter {
-        vid: 0x0403,
-        pid: 0x6015,
-        description: "FTDI USB-serial (Masimo, Tanita and Nonin cables, among others)",
-    },
-    UsbAdapter {
-        vid: 0x067B,
-        pid: 0x2303,
-        description: "Prolific PL2303 USB-serial",
-    },
-    UsbAdapter {
-        vid: 0x1A86,
-        pid: 0x7523,
-        description: "WCH CH340 USB-serial",
-    },
+    UsbAdapter { vid: 0x0403, pid: 0x6001, description: "FTDI USB-serial (Masimo, Tanita and Nonin cables, among others)" },
+    UsbAdapter { vid: 0x0403, pid: 0x6015, description: "FTDI USB-serial (Masimo, Tanita and Nonin cables, among others)" },
+    UsbAdapter { vid: 0x067B, pid: 0x2303, description: "Prolific PL2303 USB-serial" },
+    UsbAdapter { vid: 0x1A86, pid: 0x7523, description: "WCH CH340 USB-serial" },
 ];
 
 /// Advertised-name prefixes that say only who made a device, not what it speaks; a model's own prefix
 /// (in a protocol's row) is longer and wins.
+#[rustfmt::skip]
 pub const VENDORS: [Model; 2] = [
-    Model {
-        name_prefix: "A&D_",
-        model: "A&D Medical",
-    },
-    Model {
-        name_prefix: "NONIN",
-        model: "Nonin oximeter",
-    },
+    Model { name_prefix: "A&D_", model: "A&D Medical" },
+    Model { name_prefix: "NONIN", model: "Nonin oximeter" },
 ];
 
 impl Protocol {
