@@ -4,7 +4,8 @@
 //! advertisement), whether its readings are a continuous stream or spot measurements, which decoder reads
 //! it, and how the hub recognises a device that speaks it (USB adapter ids, listening, advertised names).
 //! `vitalsd decode --list`, the Bluetooth profile, `vitalsd serial` and the configuration's `protocol`
-//! check all read these rows, so adding a device is one decoder module, one row here and their tests.
+//! check all read these rows, so adding a device is one decoder module, a `Protocol` variant with its row
+//! here, and their tests (which hold every variant to exactly one row).
 //! Pure data: it names decoder constructors but no transport.
 
 use uuid::Uuid;
@@ -26,7 +27,8 @@ pub struct ProtocolSpec {
     pub link: Link,
     pub continuity: Continuity,
     pub decoder: Decoder,
-    /// Advertised names of the Bluetooth devices known to speak this protocol, for `vitalsd scan`.
+    /// Advertised names of the Bluetooth devices known to speak this protocol, for `vitalsd scan` and the
+    /// bound devices' model.
     pub models: &'static [Model],
 }
 
@@ -117,7 +119,7 @@ pub const BERRYMED_NOTIFY: Uuid = Uuid::from_u128(0x49535343_1e4d_4bd9_ba61_23c6
 pub const JUMPER_SERVICE: Uuid = Uuid::from_u128(0xcdeacb80_5235_4c07_8846_93a37ee6b86d);
 pub const JUMPER_NOTIFY: Uuid = Uuid::from_u128(0xcdeacb81_5235_4c07_8846_93a37ee6b86d);
 
-const NINE_SIX_N: LineSettings = LineSettings {
+const LINE_9600_8N1: LineSettings = LineSettings {
     baud_rate: 9600,
     parity: Parity::None,
 };
@@ -138,7 +140,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::NoninDf13,
         name: "nonin-df13",
         description: "Nonin Data Format 13: spot-checks with BCD timestamps, stored records oldest first",
-        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: Some(&SELECT_DF13), listen: Listen::Passive, adapters: &[] }),
+        link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: Some(&SELECT_DF13), listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Spot,
         decoder: Decoder::Stream(|| Box::new(nonin::DataFormat13Decoder::default())),
         models: &[],
@@ -147,7 +149,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::NoninDf8,
         name: "nonin-df8",
         description: "Nonin Data Format 8: 4-byte live stream, one frame per second",
-        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: Some(&SELECT_DF8), listen: Listen::Passive, adapters: &[] }),
+        link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: Some(&SELECT_DF8), listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(nonin::DataFormat8Decoder::default())),
         models: &[],
@@ -156,7 +158,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::NoninDf7,
         name: "nonin-df7",
         description: "Nonin Data Format 7: 5-byte frames with 16-bit pleth, 25-frame packets",
-        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: Some(&SELECT_DF7), listen: Listen::Passive, adapters: &[] }),
+        link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: Some(&SELECT_DF7), listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(nonin::DataFormat2Decoder::new(nonin::Df2Variant::Df7))),
         models: &[],
@@ -165,7 +167,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::NoninDf2,
         name: "nonin-df2",
         description: "Nonin Data Format 2: 5-byte frames starting 01, 25-frame packets",
-        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: Some(&SELECT_DF2), listen: Listen::Passive, adapters: &[] }),
+        link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: Some(&SELECT_DF2), listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(nonin::DataFormat2Decoder::new(nonin::Df2Variant::Df2))),
         models: &[],
@@ -322,7 +324,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::MasimoAscii,
         name: "masimo-ascii",
         description: "Masimo Rad-8 / Radical-7 ASCII 1 and ASCII 2 lines (9600 8N1)",
-        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: None, listen: Listen::Passive, adapters: &[] }),
+        link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: None, listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(masimo::decoder())),
         models: &[],
@@ -331,7 +333,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::Tanita,
         name: "tanita",
         description: "Tanita scale CSV lines \"{0,16,~0,1,...\" (9600 8N1, CR LF)",
-        link: Link::Serial(SerialLink { line: NINE_SIX_N, select_format: None, listen: Listen::Passive, adapters: &[] }),
+        link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: None, listen: Listen::Passive, adapters: &[] }),
         continuity: Continuity::Spot,
         decoder: Decoder::Stream(|| Box::new(tanita::decoder())),
         models: &[],
