@@ -6,6 +6,7 @@
 //!
 //! - `reading`, `codes`: the normalised reading and its clinical codes; pure data.
 //! - `decode`: device protocols, bytes (and a receive time) in, readings out; sans I/O.
+//! - `catalog`: one row per protocol (name, link, decoder, recognition); everything else reads it.
 //! - `spot`: turns continuous streams into spot readings; sans I/O.
 //! - `payload`: the public wire contract `vitalsd.reading.v1` (JSON) and reading ids.
 //! - `config`: the validated configuration, loaded and checked in two stages.
@@ -21,6 +22,7 @@
 
 pub mod app;
 pub mod ble;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod codes;

@@ -20,7 +20,7 @@
 
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeDelta, Utc};
 
-use crate::reading::{HubTimeZone, TimeSource};
+use crate::reading::{Flag, HubTimeZone, TimeSource};
 
 /// Device times before this year are a clock that was never set (scales that count from 1970, cuffs
 /// that start at their factory date of 2000), not old records: no device we read stores a decade.
@@ -32,8 +32,9 @@ pub const MAX_AHEAD: TimeDelta = TimeDelta::minutes(10);
 /// A device clock within this of the hub's is in sync; beyond it, records are corrected by the offset.
 pub const CLOCK_TOLERANCE: TimeDelta = TimeDelta::minutes(2);
 
-/// Whether the hub's own wall clock could be trusted when it read something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Whether the hub's own wall clock could be trusted when it read something; published as `hub_clock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum HubClock {
     /// The kernel says the clock is synchronised (NTP, through timesyncd, chrony or ntpd).
     Synchronized,
@@ -45,11 +46,7 @@ pub enum HubClock {
 
 impl HubClock {
     pub fn as_str(self) -> &'static str {
-        match self {
-            HubClock::Synchronized => "synchronized",
-            HubClock::Trusted => "trusted",
-            HubClock::Unsynchronized => "unsynchronized",
-        }
+        self.into()
     }
 
     pub fn is_trusted(self) -> bool {
@@ -138,7 +135,7 @@ pub struct Stamp {
     pub measured_at: DateTime<FixedOffset>,
     pub time_source: TimeSource,
     /// `device_clock_invalid`, `device_clock_reset`, `device_clock_corrected` or `device_clock_ahead`.
-    pub flag: Option<&'static str>,
+    pub flag: Option<Flag>,
     /// The time stamp as the device reported it, when it reported a calendar time.
     pub device_time: Option<NaiveDateTime>,
 }
@@ -178,10 +175,10 @@ pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
         device_time: device_time.known(),
     };
     let Some(local) = device_time.plausible() else {
-        return hub_stamp("device_clock_invalid");
+        return hub_stamp(Flag::DeviceClockInvalid);
     };
     let Some(resolved) = hub.time_zone.resolve(local) else {
-        return hub_stamp("device_clock_invalid");
+        return hub_stamp(Flag::DeviceClockInvalid);
     };
     let mut stamp = Stamp {
         measured_at: resolved,
@@ -191,7 +188,7 @@ pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
     };
     if let Some(check) = hub.device_clock {
         let Some(device_at_check) = check.device_time.plausible() else {
-            return hub_stamp("device_clock_reset");
+            return hub_stamp(Flag::DeviceClockReset);
         };
         // The device clock has run on since the hub read it, by as much as the hub's clock has.
         let since_check = hub
@@ -202,7 +199,7 @@ pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
             .checked_add_signed(since_check + CLOCK_TOLERANCE)
             .unwrap_or(NaiveDateTime::MAX);
         if local > device_now && !check.set {
-            return hub_stamp("device_clock_reset");
+            return hub_stamp(Flag::DeviceClockReset);
         }
         if let Some(offset) = check.offset().filter(|o| o.abs() > CLOCK_TOLERANCE) {
             if local <= device_at_check {
@@ -212,15 +209,15 @@ pub fn judge(device_time: DeviceDateTime, hub: &HubTime<'_>) -> Stamp {
                 // An offset that moves a record out of the years a set clock shows is no clock error the
                 // hub can undo: the record's time cannot be known.
                 let Some(corrected) = corrected else {
-                    return hub_stamp("device_clock_invalid");
+                    return hub_stamp(Flag::DeviceClockInvalid);
                 };
                 stamp.measured_at = corrected;
-                stamp.flag = Some("device_clock_corrected");
+                stamp.flag = Some(Flag::DeviceClockCorrected);
             }
         }
     }
     if is_after_trusted_hub(stamp.measured_at, hub) {
-        return hub_stamp("device_clock_ahead");
+        return hub_stamp(Flag::DeviceClockAhead);
     }
     stamp
 }
@@ -287,7 +284,7 @@ mod tests {
             "{} {} {}",
             stamp.measured_at.naive_local(),
             stamp.time_source.as_str(),
-            stamp.flag.unwrap_or("-")
+            stamp.flag.map_or("-", Flag::as_str)
         );
         assert_eq!(rendered, expected, "{device} {clock:?} {session:?}");
         assert_eq!(stamp.device_time, device_time.known());
@@ -608,7 +605,7 @@ mod tests {
                         (MIN_PLAUSIBLE_YEAR..=MAX_PLAUSIBLE_YEAR).contains(&published),
                         "{stamp:?} was corrected to an implausible time"
                     );
-                    prop_assert!(matches!(stamp.flag, None | Some("device_clock_corrected")), "{stamp:?}");
+                    prop_assert!(matches!(stamp.flag, None | Some(Flag::DeviceClockCorrected)), "{stamp:?}");
                 } else {
                     prop_assert_eq!(stamp.measured_at, received_at.fixed_offset());
                     prop_assert!(stamp.flag.is_some(), "{:?}", stamp);

@@ -6,7 +6,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::reading::Reading;
+use crate::reading::{Flag, Reading};
 
 pub const SCHEMA_NAME: &str = "vitalsd.reading.v1";
 /// The outbox format number of payloads built here.
@@ -65,7 +65,7 @@ struct ReadingV1<'a> {
     received_at: String,
     time_source: &'static str,
     values: Vec<ValueV1>,
-    flags: &'a [&'static str],
+    flags: &'a [Flag],
     raw: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<u8>,
@@ -222,7 +222,9 @@ pub fn release_held(
         Some(received_at.timestamp_millis())
     } else {
         match document.get_mut("flags") {
-            Some(serde_json::Value::Array(flags)) => flags.push("hub_clock_unresolved".into()),
+            Some(serde_json::Value::Array(flags)) => {
+                flags.push(Flag::HubClockUnresolved.as_str().into())
+            }
             _ => return Err(HeldPayloadError("no flags array".into())),
         }
         None
@@ -262,7 +264,7 @@ mod tests {
                 Value::number(&codes::SPO2, 97.0),
                 Value::special(&codes::PULSE_RATE_OXIMETER, Special::Missing),
             ],
-            flags: vec!["smartpoint"],
+            flags: vec![Flag::Smartpoint],
             raw: vec![0x00, 0x02, 0xab],
             record_key: Some("nonin-df13:abc".to_string()),
             user_id: None,
@@ -324,7 +326,7 @@ mod tests {
         let first = sample();
         let mut again = sample();
         again.received_at = "2026-11-23T00:00:00Z".parse().unwrap();
-        again.flags.push("from_memory");
+        again.flags.push(Flag::FromMemory);
         assert_eq!(reading_id("dev", &first, 0), reading_id("dev", &again, 5));
         assert_ne!(
             reading_id("dev", &first, 0),

@@ -5,8 +5,12 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use crate::codes::Measure;
 use crate::measurement_time::{DeviceClockCheck, HubClock};
 
+// The vocabularies below are published (payload, topics): strum derives their wire names from the
+// variant names, and `as_str` is the one way to read them.
+
 /// What a reading measures; also the last segment of its MQTT topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Kind {
     BloodPressure,
     PulseOximetry,
@@ -17,29 +21,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
-        Kind::BloodPressure,
-        Kind::PulseOximetry,
-        Kind::BodyWeight,
-        Kind::BodyComposition,
-        Kind::BloodGlucose,
-        Kind::BodyTemperature,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::BloodPressure => "blood_pressure",
-            Kind::PulseOximetry => "pulse_oximetry",
-            Kind::BodyWeight => "body_weight",
-            Kind::BodyComposition => "body_composition",
-            Kind::BloodGlucose => "blood_glucose",
-            Kind::BodyTemperature => "body_temperature",
-        }
+        self.into()
     }
 }
 
 /// Where `measured_at` came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum TimeSource {
     /// The device's own clock stamped the measurement.
     Device,
@@ -49,15 +38,13 @@ pub enum TimeSource {
 
 impl TimeSource {
     pub fn as_str(self) -> &'static str {
-        match self {
-            TimeSource::Device => "device",
-            TimeSource::Hub => "hub",
-        }
+        self.into()
     }
 }
 
 /// A device's way of saying "there is no number here"; published as `"value": null` plus `"special"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Special {
     /// The device's "no data" sentinel (Nonin HR 511 / SpO2 127, Masimo `---`), or a 0 no patient can have
     /// (SpO2, pulse rate, blood pressure, weight, body temperature, glucose): a device that sends one has no number.
@@ -65,12 +52,16 @@ pub enum Special {
     /// The device says it attempted no measurement or the measurement failed.
     NoMeasurement,
     /// IEEE 11073 NaN.
+    #[strum(serialize = "nan")]
     NotANumber,
     /// IEEE 11073 NRes (not at this resolution).
+    #[strum(serialize = "nres")]
     NotAtThisResolution,
     /// IEEE 11073 +INF.
+    #[strum(serialize = "+inf")]
     PositiveInfinity,
     /// IEEE 11073 -INF.
+    #[strum(serialize = "-inf")]
     NegativeInfinity,
     /// IEEE 11073 reserved value.
     Reserved,
@@ -78,15 +69,174 @@ pub enum Special {
 
 impl Special {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Special::Missing => "missing",
-            Special::NoMeasurement => "no_measurement",
-            Special::NotANumber => "nan",
-            Special::NotAtThisResolution => "nres",
-            Special::PositiveInfinity => "+inf",
-            Special::NegativeInfinity => "-inf",
-            Special::Reserved => "reserved",
-        }
+        self.into()
+    }
+}
+
+/// A quality or status flag of a reading, published by its snake_case name (`"low_perfusion"`). Decoders
+/// push them in the device's bit order; the README lists them. Several devices share a name where they
+/// mean the same thing (`low_battery`, `sensor_disconnected`, `pulse_searching`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
+#[cfg_attr(test, derive(strum::EnumIter))]
+#[strum(serialize_all = "snake_case")]
+pub enum Flag {
+    // Nonin status (also used by other oximeters with the same meaning).
+    Smartpoint,
+    FromMemory,
+    LowBattery,
+    NoMeasurement,
+    Artifact,
+    OutOfTrack,
+    SensorAlarm,
+    SensorDisconnected,
+    LowPerfusion,
+    MarginalPerfusion,
+    // Blood pressure Measurement Status, and a failed measurement (every value NaN); cuff progress.
+    BodyMovement,
+    CuffLoose,
+    IrregularPulse,
+    PulseRateAboveRange,
+    PulseRateBelowRange,
+    ImproperPosition,
+    MeasurementFailed,
+    CuffPressureProgress,
+    // PLX Measurement Status.
+    MeasurementOngoing,
+    EarlyEstimate,
+    ValidatedData,
+    FullyQualifiedData,
+    DemonstrationData,
+    TestingData,
+    CalibrationOngoing,
+    MeasurementUnavailable,
+    QuestionableMeasurement,
+    InvalidMeasurement,
+    // PLX Device and Sensor Status.
+    ExtendedDisplayUpdate,
+    EquipmentMalfunction,
+    SignalProcessingIrregularity,
+    InadequateSignal,
+    PoorSignal,
+    ErraticSignal,
+    NonpulsatileSignal,
+    QuestionablePulse,
+    SignalAnalysisOngoing,
+    SensorInterference,
+    SensorUnconnected,
+    UnknownSensor,
+    SensorDisplaced,
+    SensorMalfunctioning,
+    // Glucose Sensor Status Annunciation.
+    SensorMalfunction,
+    SampleSizeInsufficient,
+    StripInsertionError,
+    StripTypeIncorrect,
+    ResultAboveRange,
+    ResultBelowRange,
+    SensorTemperatureHigh,
+    SensorTemperatureLow,
+    ReadInterrupted,
+    DeviceFault,
+    TimeFault,
+    // Glucose sample type and location.
+    SampleCapillaryWholeBlood,
+    SampleCapillaryPlasma,
+    SampleVenousWholeBlood,
+    SampleVenousPlasma,
+    SampleArterialWholeBlood,
+    SampleArterialPlasma,
+    SampleUndeterminedWholeBlood,
+    SampleUndeterminedPlasma,
+    SampleInterstitialFluid,
+    LocationFinger,
+    LocationAlternateSite,
+    LocationEarlobe,
+    ControlSolution,
+    // Glucose Measurement Context: announced, then its meal, tester and health.
+    ContextFollows,
+    MealPreprandial,
+    MealPostprandial,
+    MealFasting,
+    MealCasual,
+    MealBedtime,
+    TesterSelf,
+    TesterHealthCareProfessional,
+    TesterLabTest,
+    HealthMinorIssues,
+    HealthMajorIssues,
+    HealthDuringMenses,
+    HealthUnderStress,
+    HealthNone,
+    // Thermometer Temperature Type (the measurement site).
+    SiteArmpit,
+    SiteBody,
+    SiteEar,
+    SiteFinger,
+    SiteGastrointestinalTract,
+    SiteMouth,
+    SiteRectum,
+    SiteToe,
+    SiteTympanum,
+    // Scales.
+    PartialRecord,
+    ObjectMode,
+    ConvertedFromJin,
+    ChecksumUnverified,
+    // Masimo exception bits.
+    NoSensor,
+    DefectiveSensor,
+    PulseSearching,
+    Interference,
+    SensorOff,
+    AmbientLight,
+    UnrecognisedSensor,
+    LowSignalIq,
+    SetMode,
+    // BerryMed and Contec status bits; a Contec recording downloaded from the oximeter.
+    NoSignal,
+    NoFinger,
+    Spo2Dropping,
+    PulseSearchingTooLong,
+    LowSpo2Alarm,
+    StoredSession,
+    // Time (see the README's Time section).
+    DeviceClockInvalid,
+    DeviceClockReset,
+    DeviceClockCorrected,
+    DeviceClockAhead,
+    HubClockUnresolved,
+}
+
+impl Flag {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether the flag marks a value as something other than a patient measurement: demonstration, test,
+    /// control-solution, invalid or unavailable measurements and cuff-pressure progress.
+    pub fn is_non_clinical(self) -> bool {
+        matches!(
+            self,
+            Flag::DemonstrationData
+                | Flag::TestingData
+                | Flag::MeasurementUnavailable
+                | Flag::InvalidMeasurement
+                | Flag::ControlSolution
+                | Flag::CuffPressureProgress
+        )
+    }
+}
+
+/// As the wire name, so logs and test failures read like the payload.
+impl std::fmt::Debug for Flag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl serde::Serialize for Flag {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -134,8 +284,8 @@ pub struct Reading {
     pub received_at: DateTime<Utc>,
     pub time_source: TimeSource,
     pub values: Vec<Value>,
-    /// Quality and status flags, snake_case, in a fixed order per decoder.
-    pub flags: Vec<&'static str>,
+    /// Quality and status flags, in a fixed order per decoder.
+    pub flags: Vec<Flag>,
     /// The bytes of the source frame or packet.
     pub raw: Vec<u8>,
     /// The device's own user index (multi-user cuffs and scales), when it reports one; 0xFF (unknown user)
@@ -191,22 +341,9 @@ impl Reading {
     /// invalid or unavailable measurements and cuff-pressure progress are not: the pipeline counts them
     /// (`readings_withheld` in `vitalsd status`) and logs them at debug level instead of publishing them.
     pub fn is_clinical(&self) -> bool {
-        !self
-            .flags
-            .iter()
-            .any(|flag| NON_CLINICAL_FLAGS.contains(flag))
+        !self.flags.iter().any(|flag| flag.is_non_clinical())
     }
 }
-
-/// Flags that mark a decoded value as something other than a patient measurement.
-pub const NON_CLINICAL_FLAGS: [&str; 6] = [
-    "demonstration_data",
-    "testing_data",
-    "measurement_unavailable",
-    "invalid_measurement",
-    "control_solution",
-    "cuff_pressure_progress",
-];
 
 /// Resolves a device's wall-clock time (no zone on the wire) in the hub's time zone.
 ///
@@ -221,5 +358,49 @@ impl<Tz: TimeZone> HubTimeZone for Tz {
         self.from_local_datetime(&local)
             .earliest()
             .map(|t| t.fixed_offset())
+    }
+}
+
+/// Flags as the decoder tests write them: their names, comma-separated.
+#[cfg(test)]
+pub(crate) fn joined(flags: &[Flag]) -> String {
+    let names: Vec<&str> = flags.iter().map(|flag| flag.as_str()).collect();
+    names.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use strum::IntoEnumIterator;
+
+    use super::*;
+
+    #[test]
+    fn flag_names_are_unique_snake_case_and_serialise_as_themselves() {
+        let mut names = HashSet::new();
+        for flag in Flag::iter() {
+            let name = flag.as_str();
+            assert!(names.insert(name), "{name} twice");
+            let snake = name.split('_').all(|word| {
+                !word.is_empty()
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            });
+            assert!(snake, "{name} is not snake_case");
+            assert_eq!(serde_json::to_string(&flag).unwrap(), format!("\"{name}\""));
+        }
+    }
+
+    #[test]
+    fn wire_names_follow_the_payload_and_keep_digits_inside_their_word() {
+        assert_eq!(Flag::Spo2Dropping.as_str(), "spo2_dropping");
+        assert_eq!(Flag::LowSpo2Alarm.as_str(), "low_spo2_alarm");
+        assert_eq!(Special::PositiveInfinity.as_str(), "+inf");
+        assert_eq!(Kind::BloodGlucose.as_str(), "blood_glucose");
+        assert_eq!(TimeSource::Hub.as_str(), "hub");
+        assert_eq!(HubClock::Unsynchronized.as_str(), "unsynchronized");
+        assert_eq!(crate::decode::Transport::Ble.as_str(), "ble");
     }
 }

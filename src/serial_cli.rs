@@ -8,27 +8,25 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::catalog::{Link, Listen, PROTOCOLS};
 use crate::config::Config;
-use crate::decode::{DecodeContext, DecodeEvent, Parity, Protocol, Transport};
+use crate::decode::{DecodeContext, DecodeEvent, LineSettings, Parity, Protocol};
 use crate::serial::ports::{self, PortInfo, PortLocation, Roots};
 
-/// Protocols a port can be recognised by without sending it anything, grouped by line settings.
-fn listen_groups() -> Vec<(u32, Parity, Vec<Protocol>)> {
-    let mut groups: Vec<(u32, Parity, Vec<Protocol>)> = Vec::new();
-    for protocol in Protocol::ALL {
-        // The 7D 81 Contec speaks only when asked, which is not passive.
-        if protocol.transport() != Transport::Serial || protocol == Protocol::ContecCms50 {
+/// Protocols a port can be recognised by without sending it anything, grouped by line settings (one
+/// listen per group), in catalogue order.
+fn listen_groups() -> Vec<(LineSettings, Vec<Protocol>)> {
+    let mut groups: Vec<(LineSettings, Vec<Protocol>)> = Vec::new();
+    for row in &PROTOCOLS {
+        let Link::Serial(serial) = &row.link else {
+            continue;
+        };
+        if serial.listen != Listen::Passive {
             continue;
         }
-        let line = protocol
-            .line_settings()
-            .expect("serial protocols have line settings");
-        match groups
-            .iter_mut()
-            .find(|(baud, parity, _)| *baud == line.baud_rate && *parity == line.parity)
-        {
-            Some((_, _, protocols)) => protocols.push(protocol),
-            None => groups.push((line.baud_rate, line.parity, vec![protocol])),
+        match groups.iter_mut().find(|(line, _)| *line == serial.line) {
+            Some((_, protocols)) => protocols.push(row.protocol),
+            None => groups.push((serial.line, vec![row.protocol])),
         }
     }
     groups
@@ -117,9 +115,9 @@ pub fn serial(config_path: Option<&Path>, listen_seconds: u64, json: bool) -> Ex
         // A port the daemon reads is not listened to: two readers would steal each other's bytes.
         if in_use.is_none() && listen_seconds > 0 {
             let path = port.by_id.clone().unwrap_or_else(|| port.device.clone());
-            for (baud, parity, candidates) in listen_groups() {
-                let Some(bytes) = listen(&path, baud, parity, Duration::from_secs(listen_seconds))
-                else {
+            for (line, candidates) in listen_groups() {
+                let duration = Duration::from_secs(listen_seconds);
+                let Some(bytes) = listen(&path, line.baud_rate, line.parity, duration) else {
                     break;
                 };
                 if let Some(found) = recognise(&bytes, &candidates) {
@@ -180,15 +178,9 @@ mod tests {
     fn listening_groups_share_line_settings_and_skip_the_talking_protocols() {
         let groups: Vec<String> = listen_groups()
             .iter()
-            .map(|(baud, parity, protocols)| {
-                format!(
-                    "{baud} {parity:?}: {}",
-                    protocols
-                        .iter()
-                        .map(|p| p.name())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                )
+            .map(|(line, protocols)| {
+                let names: Vec<&str> = protocols.iter().map(|p| p.name()).collect();
+                format!("{} {:?}: {}", line.baud_rate, line.parity, names.join(" "))
             })
             .collect();
         assert_eq!(
@@ -203,7 +195,7 @@ mod tests {
     #[test]
     fn recognition_by_decoding() {
         let df8: Vec<u8> = [0x80u8, 0x48, 0x61, 0x00].repeat(5);
-        let candidates = &listen_groups()[0].2;
+        let candidates = &listen_groups()[0].1;
         assert_eq!(recognise(&df8, candidates), Some(Protocol::NoninDf8));
         let masimo = b"SpO2=097 PR=069 PI=04.69 EXC=800:SET\r\n".repeat(3);
         assert_eq!(recognise(&masimo, candidates), Some(Protocol::MasimoAscii));

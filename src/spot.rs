@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::reading::{Reading, TimeSource, Value};
+use crate::reading::{Flag, Reading, TimeSource, Value};
 
 /// A gap longer than this between samples means the stream was interrupted.
 const MAX_GAP: Duration = Duration::from_secs(5);
@@ -43,21 +43,21 @@ const MAX_SPO2_SPREAD: f64 = 2.0;
 const MAX_PULSE_SPREAD: f64 = 5.0;
 /// Bounds memory if a stream delivers many samples with the same receive time.
 const MAX_WINDOW: usize = 4096;
-const INVALIDATING_FLAGS: [&str; 14] = [
-    "sensor_disconnected",
-    "sensor_alarm",
-    "artifact",
-    "out_of_track",
-    "low_perfusion",
-    "sensor_unconnected",
-    "sensor_displaced",
-    "sensor_malfunctioning",
-    "equipment_malfunction",
-    "inadequate_signal",
-    "no_signal",
-    "no_finger",
-    "pulse_searching",
-    "pulse_searching_too_long",
+const INVALIDATING_FLAGS: [Flag; 14] = [
+    Flag::SensorDisconnected,
+    Flag::SensorAlarm,
+    Flag::Artifact,
+    Flag::OutOfTrack,
+    Flag::LowPerfusion,
+    Flag::SensorUnconnected,
+    Flag::SensorDisplaced,
+    Flag::SensorMalfunctioning,
+    Flag::EquipmentMalfunction,
+    Flag::InadequateSignal,
+    Flag::NoSignal,
+    Flag::NoFinger,
+    Flag::PulseSearching,
+    Flag::PulseSearchingTooLong,
 ];
 
 /// When a continuous stream counts as a spot measurement.
@@ -83,7 +83,7 @@ struct Sample {
     at: DateTime<Utc>,
     spo2: Value,
     pulse: Value,
-    flags: Vec<&'static str>,
+    flags: Vec<Flag>,
 }
 
 /// Applies a [`SpotRule`] to one device's stream of readings.
@@ -214,10 +214,10 @@ impl SpotFilter {
     }
 
     fn spot(&self, newest: Reading) -> Reading {
-        let mut flags: Vec<&'static str> = Vec::new();
+        let mut flags: Vec<Flag> = Vec::new();
         for flag in self.window.iter().flat_map(|sample| &sample.flags) {
             if !flags.contains(flag) {
-                flags.push(flag);
+                flags.push(*flag);
             }
         }
         let values = [
@@ -262,7 +262,7 @@ mod tests {
     }
 
     /// A sample received `ms` milliseconds after the start; `None` values are the device's "missing".
-    fn sample(ms: i64, spo2: Option<u8>, pulse: Option<u16>, flags: &[&'static str]) -> Reading {
+    fn sample(ms: i64, spo2: Option<u8>, pulse: Option<u16>, flags: &[Flag]) -> Reading {
         let received_at = start() + TimeDelta::milliseconds(ms);
         let mut reading = Reading::at_hub_time(Kind::PulseOximetry, received_at, &ms.to_be_bytes());
         reading.values = vec![
@@ -295,7 +295,7 @@ mod tests {
             "t={ms} spo2={} pulse_rate={} flags=[{}]",
             value("spo2"),
             value("pulse_rate"),
-            spot.flags.join(",")
+            crate::reading::joined(&spot.flags)
         )
     }
 
@@ -414,11 +414,11 @@ mod tests {
     #[test]
     fn invalid_sample_rearms() {
         for invalid in [
-            sample(21_000, Some(97), Some(72), &["sensor_disconnected"]),
-            sample(21_000, Some(97), Some(72), &["sensor_alarm"]),
-            sample(21_000, Some(97), Some(72), &["artifact"]),
-            sample(21_000, Some(97), Some(72), &["out_of_track"]),
-            sample(21_000, Some(97), Some(72), &["low_perfusion"]),
+            sample(21_000, Some(97), Some(72), &[Flag::SensorDisconnected]),
+            sample(21_000, Some(97), Some(72), &[Flag::SensorAlarm]),
+            sample(21_000, Some(97), Some(72), &[Flag::Artifact]),
+            sample(21_000, Some(97), Some(72), &[Flag::OutOfTrack]),
+            sample(21_000, Some(97), Some(72), &[Flag::LowPerfusion]),
             sample(21_000, None, Some(72), &[]),
             sample(21_000, Some(97), None, &[]),
         ] {
@@ -522,14 +522,14 @@ mod tests {
             ..SpotRule::default()
         };
         let samples = vec![
-            sample(0, Some(97), Some(72), &["smartpoint"]),
+            sample(0, Some(97), Some(72), &[Flag::Smartpoint]),
             sample(
                 1000,
                 Some(97),
                 Some(72),
-                &["marginal_perfusion", "smartpoint"],
+                &[Flag::MarginalPerfusion, Flag::Smartpoint],
             ),
-            sample(2000, Some(97), Some(72), &["low_battery"]),
+            sample(2000, Some(97), Some(72), &[Flag::LowBattery]),
         ];
         check_with(
             rule,
@@ -576,7 +576,7 @@ mod tests {
     fn recorded_samples_follow_the_device_timeline() {
         let downloaded_at = start() + TimeDelta::hours(10);
         let recorded = |s: i64, spo2: u8| {
-            let mut reading = sample(0, Some(spo2), Some(60), &["stored_session"]);
+            let mut reading = sample(0, Some(spo2), Some(60), &[Flag::StoredSession]);
             reading.received_at = downloaded_at;
             reading.measured_at = (start() + TimeDelta::seconds(s)).fixed_offset();
             reading.time_source = TimeSource::Device;

@@ -52,13 +52,14 @@ fn check_absent(files: &[&str], forbidden: &[&str]) {
 }
 
 /// The sans-IO modules: decoders and their dialogs (`decode/`, with the glucose record dialog and the
-/// clock sync), the model, the time model, the pipeline's `Decoding`, the Bluetooth profile table and the
-/// uplink's bookkeeping. None of them is `async`, touches a file, socket or thread, or reads a clock.
+/// clock sync), the protocol catalogue, the model, the time model, the pipeline's `Decoding`, the
+/// Bluetooth profile table and the uplink's bookkeeping. None of them is `async`, touches a file, socket or thread, or reads a clock.
 #[test]
 fn decoders_and_the_model_do_no_io_and_read_no_clock() {
     check_absent(
         &[
             "decode",
+            "catalog.rs",
             "reading.rs",
             "codes.rs",
             "spot.rs",

@@ -190,7 +190,7 @@ async fn run_stack(
     let mut events = adapter.events().await?;
     adapter
         .start_scan(ScanFilter {
-            services: profile::SCAN_SERVICES.to_vec(),
+            services: profile::scan_services(),
         })
         .await?;
     tracing::info!(adapter = %settings.adapter, bound = devices.lock().unwrap().all().len(), "Bluetooth scanning.");
@@ -391,7 +391,7 @@ async fn run_stack(
 /// Starting a scan also asks BlueZ to power the adapter; it fails quietly while the adapter stays off.
 async fn restart_scan(adapter: &Adapter) {
     let filter = ScanFilter {
-        services: profile::SCAN_SERVICES.to_vec(),
+        services: profile::scan_services(),
     };
     if let Err(error) = adapter.start_scan(filter).await {
         tracing::debug!(%error, "Scan not restarted yet.");

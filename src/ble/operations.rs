@@ -113,9 +113,10 @@ pub async fn scan(
     let adapter = adapter_named(adapter_name).await?;
     let bluez = Bluez::connect_without_agent(adapter_name).await.ok();
     let mut events = adapter.events().await?;
+    let scan_services = profile::scan_services();
     adapter
         .start_scan(ScanFilter {
-            services: profile::SCAN_SERVICES.to_vec(),
+            services: scan_services.clone(),
         })
         .await?;
     let deadline = tokio::time::sleep(duration);
@@ -143,11 +144,8 @@ pub async fn scan(
         let health = properties
             .services
             .iter()
-            .any(|s| profile::SCAN_SERVICES.contains(s))
-            || properties
-                .service_data
-                .keys()
-                .any(|s| profile::SCAN_SERVICES.contains(s));
+            .chain(properties.service_data.keys())
+            .any(|s| scan_services.contains(s));
         if !health {
             continue;
         }
@@ -166,7 +164,7 @@ pub async fn scan(
             address,
             model: name
                 .as_deref()
-                .and_then(profile::recognise_model)
+                .and_then(crate::catalog::recognise_model)
                 .map(str::to_string),
             name,
             rssi: properties.rssi,

@@ -6,7 +6,7 @@
 use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
 use crate::codes;
 use crate::decode::ieee11073::push_flags;
-use crate::reading::{Kind, Reading, Value};
+use crate::reading::{Flag, Kind, Reading, Value};
 
 const PACKET: usize = 5;
 const SYNC: u8 = 0x80;
@@ -64,16 +64,16 @@ fn packet_reading(
     ];
     let table = match flavour {
         BciFlavour::Berrymed => [
-            (b1 & 0x10 != 0, "no_signal"),
-            (b1 & 0x20 != 0, "sensor_disconnected"),
-            (b3 & 0x10 != 0, "no_finger"),
-            (b3 & 0x20 != 0, "pulse_searching"),
+            (b1 & 0x10 != 0, Flag::NoSignal),
+            (b1 & 0x20 != 0, Flag::SensorDisconnected),
+            (b3 & 0x10 != 0, Flag::NoFinger),
+            (b3 & 0x20 != 0, Flag::PulseSearching),
         ],
         BciFlavour::ContecLegacy => [
-            (b1 & 0x10 != 0, "no_finger"),
-            (b1 & 0x20 != 0, "spo2_dropping"),
-            (b3 & 0x10 != 0, "sensor_alarm"),
-            (b3 & 0x20 != 0, "pulse_searching"),
+            (b1 & 0x10 != 0, Flag::NoFinger),
+            (b1 & 0x20 != 0, Flag::Spo2Dropping),
+            (b3 & 0x10 != 0, Flag::SensorAlarm),
+            (b3 & 0x20 != 0, Flag::PulseSearching),
         ],
     };
     push_flags(&mut reading.flags, &table);

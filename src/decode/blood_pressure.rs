@@ -6,7 +6,7 @@ use super::ieee11073::{
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading};
+use crate::reading::{Flag, Kind, Reading};
 
 const FLAG_KPA: u8 = 0x01;
 const FLAG_TIME_STAMP: u8 = 0x02;
@@ -64,25 +64,25 @@ fn parse(message: &[u8]) -> Result<Parsed, FrameError> {
 }
 
 /// Measurement Status bits 0–2 and 5; bits 3–4 are the two-bit pulse-rate range, handled apart.
-const STATUS_BITS: [(u32, &str); 4] = [
-    (0, "body_movement"),
-    (1, "cuff_loose"),
-    (2, "irregular_pulse"),
-    (5, "improper_position"),
+const STATUS_BITS: [(u32, Flag); 4] = [
+    (0, Flag::BodyMovement),
+    (1, Flag::CuffLoose),
+    (2, Flag::IrregularPulse),
+    (5, Flag::ImproperPosition),
 ];
 
-fn status_flags(status: u16) -> Vec<&'static str> {
+fn status_flags(status: u16) -> Vec<Flag> {
     let mut flags = bit_names(u32::from(status), &STATUS_BITS);
     // Keep the spec's bit order: the pulse-rate range (bits 3–4) comes between irregular pulse and position.
     let range = match (status >> 3) & 0x03 {
-        1 => Some("pulse_rate_above_range"),
-        2 => Some("pulse_rate_below_range"),
+        1 => Some(Flag::PulseRateAboveRange),
+        2 => Some(Flag::PulseRateBelowRange),
         _ => None,
     };
     if let Some(range) = range {
         let at = flags
             .iter()
-            .position(|flag| *flag == "improper_position")
+            .position(|flag| *flag == Flag::ImproperPosition)
             .unwrap_or(flags.len());
         flags.insert(at, range);
     }
@@ -126,7 +126,7 @@ impl MessageDecoder for BloodPressureMeasurementDecoder {
             .pressures
             .iter()
             .all(|number| matches!(number, MderNumber::Special(_)));
-        push_flags(&mut reading.flags, &[(failed, "measurement_failed")]);
+        push_flags(&mut reading.flags, &[(failed, Flag::MeasurementFailed)]);
         reading
             .flags
             .extend(parsed.status.map(status_flags).unwrap_or_default());
@@ -156,7 +156,7 @@ impl MessageDecoder for IntermediateCuffPressureDecoder {
         };
         let mut reading = Reading::at_hub_time(Kind::BloodPressure, context.received_at, message);
         reading.values = vec![value_of(measure, parsed.pressures[0])];
-        reading.flags.push("cuff_pressure_progress");
+        reading.flags.push(Flag::CuffPressureProgress);
         reading
             .flags
             .extend(parsed.status.map(status_flags).unwrap_or_default());

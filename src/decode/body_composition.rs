@@ -9,7 +9,7 @@ use super::weight_scale::{
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Flag, Kind, Reading, Special, Value};
 
 const UNSUCCESSFUL: u16 = 0xFFFF;
 const UNKNOWN_USER: u8 = 0xFF;
@@ -108,7 +108,7 @@ impl Packet {
                     &codes::BODY_FAT_PERCENTAGE,
                     Special::NoMeasurement,
                 ));
-                reading.flags.push("measurement_failed");
+                reading.flags.push(Flag::MeasurementFailed);
             }
             Some(raw) => reading.values.push(Value::number(
                 &codes::BODY_FAT_PERCENTAGE,
@@ -143,7 +143,7 @@ impl Packet {
             .flatten(),
         );
         if partial {
-            reading.flags.push("partial_record");
+            reading.flags.push(Flag::PartialRecord);
         }
         reading.user_id = self.user_id.filter(|user| *user != UNKNOWN_USER);
         if let Some(time_stamp) = self.time_stamp {
@@ -281,13 +281,16 @@ mod tests {
         let first = decoder.decode(&bytes_of("00 10 E1 00"), &at(0)).unwrap();
         assert!(first.is_empty());
         let later = decoder.decode(&bytes_of("00 00 DC 00"), &at(60)).unwrap();
-        let fats: Vec<(Option<f64>, Vec<&str>)> = later
+        let fats: Vec<(Option<f64>, Vec<Flag>)> = later
             .iter()
             .map(|r| (r.values[0].value, r.flags.clone()))
             .collect();
         assert_eq!(
             fats,
-            [(Some(22.5), vec!["partial_record"]), (Some(22.0), vec![])]
+            [
+                (Some(22.5), vec![Flag::PartialRecord]),
+                (Some(22.0), vec![])
+            ]
         );
     }
 

@@ -46,7 +46,7 @@ use super::{
 };
 use crate::codes;
 use crate::measurement_time::{self, HubClock};
-use crate::reading::{Kind, Reading, TimeSource, Value};
+use crate::reading::{Flag, Kind, Reading, TimeSource, Value};
 
 const LIVE: u8 = 0x01;
 const STORED_PAIR: u8 = 0x09;
@@ -290,10 +290,10 @@ fn live_reading(message: &[u8], context: &DecodeContext<'_>) -> Reading {
     push_flags(
         &mut reading.flags,
         &[
-            (bytes[2] & 0x10 != 0, "pulse_searching_too_long"),
-            (bytes[2] & 0x20 != 0, "low_spo2_alarm"),
-            (bytes[2] & 0x80 != 0, "sensor_alarm"),
-            (bytes[3] & 0x80 != 0, "pulse_searching"),
+            (bytes[2] & 0x10 != 0, Flag::PulseSearchingTooLong),
+            (bytes[2] & 0x20 != 0, Flag::LowSpo2Alarm),
+            (bytes[2] & 0x80 != 0, Flag::SensorAlarm),
+            (bytes[3] & 0x80 != 0, Flag::PulseSearching),
         ],
     );
     reading
@@ -315,7 +315,7 @@ fn stored_reading(
         received_at,
         time_source: TimeSource::Device,
         values: vec![spo2_value(spo2), pulse_value(pulse)],
-        flags: vec!["stored_session"],
+        flags: vec![Flag::StoredSession],
         raw: message.to_vec(),
         user_id: None,
         record_key: Some(format!(
@@ -427,7 +427,7 @@ impl ContecDecoder {
             events.push(invalid(
                 format!(
                     "stored session {index} starts at {local}, which the hub cannot trust ({}); not downloaded",
-                    verdict.flag.unwrap_or("device_clock_invalid")
+                    verdict.flag.unwrap_or(Flag::DeviceClockInvalid)
                 ),
                 message,
             ));

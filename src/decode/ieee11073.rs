@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 use super::{DecodeContext, FrameError};
 use crate::codes::Measure;
 pub use crate::measurement_time::DeviceDateTime;
-use crate::reading::{Reading, Special, Value};
+use crate::reading::{Flag, Reading, Special, Value};
 
 /// A decoded SFLOAT or FLOAT: a number, or the special value the device sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -174,13 +174,14 @@ pub fn stamp(reading: &mut Reading, device_time: DeviceDateTime, context: &Decod
     crate::measurement_time::judge(device_time, context).apply_to(reading);
 }
 
-/// Appends the names whose condition holds, in table order.
-pub fn push_flags(flags: &mut Vec<&'static str>, table: &[(bool, &'static str)]) {
-    flags.extend(table.iter().filter(|(set, _)| *set).map(|(_, name)| *name));
+/// Appends the flags whose condition holds, in table order.
+pub fn push_flags(flags: &mut Vec<Flag>, table: &[(bool, Flag)]) {
+    flags.extend(table.iter().filter(|(set, _)| *set).map(|(_, flag)| *flag));
 }
 
-/// The names of the set bits of a status or feature word, in bit order; unknown bits are ignored.
-pub fn bit_names(word: u32, names: &[(u32, &'static str)]) -> Vec<&'static str> {
+/// The names (flags, or feature names) of the set bits of a status or feature word, in bit order; unknown
+/// bits are ignored.
+pub fn bit_names<T: Copy>(word: u32, names: &[(u32, T)]) -> Vec<T> {
     names
         .iter()
         .filter(|(bit, _)| word & (1 << bit) != 0)

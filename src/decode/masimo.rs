@@ -7,20 +7,20 @@
 use super::line::LineDecoder;
 use super::{DecodeContext, DecodeEvent, FrameError};
 use crate::codes;
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Flag, Kind, Reading, Special, Value};
 
 /// EXC bits from the Rad-8 manual.
-const EXCEPTIONS: [(u32, &str); 10] = [
-    (0x001, "no_sensor"),
-    (0x002, "defective_sensor"),
-    (0x004, "low_perfusion"),
-    (0x008, "pulse_searching"),
-    (0x010, "interference"),
-    (0x020, "sensor_off"),
-    (0x040, "ambient_light"),
-    (0x080, "unrecognised_sensor"),
-    (0x400, "low_signal_iq"),
-    (0x800, "set_mode"),
+const EXCEPTIONS: [(u32, Flag); 10] = [
+    (0x001, Flag::NoSensor),
+    (0x002, Flag::DefectiveSensor),
+    (0x004, Flag::LowPerfusion),
+    (0x008, Flag::PulseSearching),
+    (0x010, Flag::Interference),
+    (0x020, Flag::SensorOff),
+    (0x040, Flag::AmbientLight),
+    (0x080, Flag::UnrecognisedSensor),
+    (0x400, Flag::LowSignalIq),
+    (0x800, Flag::SetMode),
 ];
 
 /// A decoder for Masimo ASCII lines.

@@ -166,8 +166,9 @@ pub struct HostCommands {
     pub on_open: Vec<Vec<u8>>,
 }
 
-/// How a protocol's bytes reach the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a protocol's bytes reach the hub; published as `device.transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Transport {
     Serial,
     Ble,
@@ -175,16 +176,14 @@ pub enum Transport {
 
 impl Transport {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Serial => "serial",
-            Transport::Ble => "ble",
-        }
+        self.into()
     }
 }
 
-/// Every protocol this build decodes; the names are `vitalsd decode` names, and the serial ones are also
-/// `[[serial]] protocol` values.
+/// Every protocol this build decodes: the key of the catalogue (`crate::catalog`), whose rows say
+/// everything else about each (its name, link, decoder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 pub enum Protocol {
     NoninDf13,
     NoninDf8,
@@ -208,198 +207,15 @@ pub enum Protocol {
     Tanita,
 }
 
-impl Protocol {
-    pub const ALL: [Protocol; 20] = [
-        Protocol::NoninDf13,
-        Protocol::NoninDf8,
-        Protocol::NoninDf7,
-        Protocol::NoninDf2,
-        Protocol::BloodPressureMeasurement,
-        Protocol::IntermediateCuffPressure,
-        Protocol::PlxSpotCheck,
-        Protocol::PlxContinuous,
-        Protocol::WeightMeasurement,
-        Protocol::BodyCompositionMeasurement,
-        Protocol::GlucoseMeasurement,
-        Protocol::TemperatureMeasurement,
-        Protocol::XiaomiScale,
-        Protocol::XiaomiBodyCompositionScale,
-        Protocol::Berrymed,
-        Protocol::JumperOximeter,
-        Protocol::ContecCms50Legacy,
-        Protocol::ContecCms50,
-        Protocol::MasimoAscii,
-        Protocol::Tanita,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::NoninDf13 => "nonin-df13",
-            Protocol::NoninDf8 => "nonin-df8",
-            Protocol::NoninDf7 => "nonin-df7",
-            Protocol::NoninDf2 => "nonin-df2",
-            Protocol::BloodPressureMeasurement => "blood-pressure-measurement",
-            Protocol::IntermediateCuffPressure => "intermediate-cuff-pressure",
-            Protocol::PlxSpotCheck => "plx-spot-check",
-            Protocol::PlxContinuous => "plx-continuous",
-            Protocol::WeightMeasurement => "weight-measurement",
-            Protocol::BodyCompositionMeasurement => "body-composition-measurement",
-            Protocol::GlucoseMeasurement => "glucose-measurement",
-            Protocol::TemperatureMeasurement => "temperature-measurement",
-            Protocol::XiaomiScale => "xiaomi-scale",
-            Protocol::XiaomiBodyCompositionScale => "xiaomi-body-composition-scale",
-            Protocol::Berrymed => "berrymed",
-            Protocol::JumperOximeter => "jumper-oximeter",
-            Protocol::ContecCms50Legacy => "contec-cms50-legacy",
-            Protocol::ContecCms50 => "contec-cms50",
-            Protocol::MasimoAscii => "masimo-ascii",
-            Protocol::Tanita => "tanita",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Protocol> {
-        Protocol::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// One line for `vitalsd decode --list`.
-    pub fn description(self) -> &'static str {
-        match self {
-            Protocol::NoninDf13 => "Nonin Data Format 13: spot-checks with BCD timestamps, stored records oldest first",
-            Protocol::NoninDf8 => "Nonin Data Format 8: 4-byte live stream, one frame per second",
-            Protocol::NoninDf7 => "Nonin Data Format 7: 5-byte frames with 16-bit pleth, 25-frame packets",
-            Protocol::NoninDf2 => "Nonin Data Format 2: 5-byte frames starting 01, 25-frame packets",
-            Protocol::BloodPressureMeasurement => "GATT 0x2A35 Blood Pressure Measurement",
-            Protocol::IntermediateCuffPressure => "GATT 0x2A36 Intermediate Cuff Pressure (progress, never forwarded)",
-            Protocol::PlxSpotCheck => "GATT 0x2A5E PLX Spot-check Measurement",
-            Protocol::PlxContinuous => "GATT 0x2A5F PLX Continuous Measurement",
-            Protocol::WeightMeasurement => "GATT 0x2A9D Weight Measurement",
-            Protocol::BodyCompositionMeasurement => {
-                "GATT 0x2A9C Body Composition Measurement (two-packet records: separate the values with /)"
-            }
-            Protocol::GlucoseMeasurement => "GATT 0x2A18 Glucose Measurement",
-            Protocol::TemperatureMeasurement => "GATT 0x2A1C Temperature Measurement (also 0x2A1E)",
-            Protocol::XiaomiScale => "Xiaomi Mi Smart Scale advertisement, service data 0x181D",
-            Protocol::XiaomiBodyCompositionScale => "Xiaomi Mi Body Composition Scale advertisement, service data 0x181B",
-            Protocol::Berrymed => "BerryMed BCI oximeter stream (5-byte packets)",
-            Protocol::JumperOximeter => "Jumper JPD-500F / PLS-01BT oximeter notifications",
-            Protocol::ContecCms50Legacy => "Contec CMS50D+/E legacy 5-byte stream (19200 8O1)",
-            Protocol::ContecCms50 => "Contec CMS50D+/E/F \"7D 81\" protocol (115200 8N1; the hub starts and keeps the stream)",
-            Protocol::MasimoAscii => "Masimo Rad-8 / Radical-7 ASCII 1 and ASCII 2 lines (9600 8N1)",
-            Protocol::Tanita => "Tanita scale CSV lines \"{0,16,~0,1,...\" (9600 8N1, CR LF)",
-        }
-    }
-
-    pub fn transport(self) -> Transport {
-        match self {
-            Protocol::NoninDf13
-            | Protocol::NoninDf8
-            | Protocol::NoninDf7
-            | Protocol::NoninDf2
-            | Protocol::ContecCms50Legacy
-            | Protocol::ContecCms50
-            | Protocol::MasimoAscii
-            | Protocol::Tanita => Transport::Serial,
-            _ => Transport::Ble,
-        }
-    }
-
-    /// Continuous streams produce a value set every second or so; the pipeline turns them into spot readings.
-    pub fn is_continuous(self) -> bool {
-        matches!(
-            self,
-            Protocol::NoninDf8
-                | Protocol::NoninDf7
-                | Protocol::NoninDf2
-                | Protocol::PlxContinuous
-                | Protocol::Berrymed
-                | Protocol::JumperOximeter
-                | Protocol::ContecCms50Legacy
-                | Protocol::ContecCms50
-                | Protocol::MasimoAscii
-        )
-    }
-
-    /// Whether every message (characteristic value, advertisement) is complete in itself, rather than a
-    /// byte stream that needs framing. `vitalsd decode` separates several messages with `/`.
-    pub fn is_message_based(self) -> bool {
-        self.transport() == Transport::Ble && self != Protocol::Berrymed
-    }
-
-    /// Serial line settings, for serial protocols: 8 data bits, 1 stop bit, no flow control, and these.
-    pub fn line_settings(self) -> Option<LineSettings> {
-        let (baud_rate, parity) = match self {
-            Protocol::ContecCms50Legacy => (19_200, Parity::Odd),
-            Protocol::ContecCms50 => (115_200, Parity::None),
-            protocol if protocol.transport() == Transport::Serial => (9600, Parity::None),
-            _ => return None,
-        };
-        Some(LineSettings { baud_rate, parity })
-    }
-
-    /// What the hub sends the device as the port opens. `select_format` asks a Nonin 9560 to switch to this
-    /// data format (it listens only in its first seconds after connecting, and stores the choice).
-    pub fn host_commands(self, select_format: bool) -> HostCommands {
-        let nonin_format = match self {
-            Protocol::NoninDf13 => Some(0x0D),
-            Protocol::NoninDf8 => Some(0x08),
-            Protocol::NoninDf7 => Some(0x07),
-            Protocol::NoninDf2 => Some(0x02),
-            _ => None,
-        };
-        match nonin_format {
-            Some(format) if select_format => HostCommands {
-                on_open: vec![vec![0x02, 0x70, 0x02, 0x02, format, 0x03]],
-            },
-            _ => HostCommands::default(),
-        }
-    }
-
-    pub fn new_decoder(self) -> Box<dyn StreamDecoder> {
-        match self {
-            Protocol::NoninDf13 => Box::new(nonin::DataFormat13Decoder::default()),
-            Protocol::NoninDf8 => Box::new(nonin::DataFormat8Decoder::default()),
-            Protocol::NoninDf7 => Box::new(nonin::DataFormat2Decoder::new(nonin::Df2Variant::Df7)),
-            Protocol::NoninDf2 => Box::new(nonin::DataFormat2Decoder::new(nonin::Df2Variant::Df2)),
-            Protocol::BloodPressureMeasurement => {
-                messages(blood_pressure::BloodPressureMeasurementDecoder)
-            }
-            Protocol::IntermediateCuffPressure => {
-                messages(blood_pressure::IntermediateCuffPressureDecoder)
-            }
-            Protocol::PlxSpotCheck => messages(pulse_oximeter::PlxSpotCheckDecoder),
-            Protocol::PlxContinuous => messages(pulse_oximeter::PlxContinuousDecoder),
-            Protocol::WeightMeasurement => messages(weight_scale::WeightMeasurementDecoder),
-            Protocol::BodyCompositionMeasurement => {
-                messages(body_composition::BodyCompositionMeasurementDecoder::default())
-            }
-            Protocol::GlucoseMeasurement => messages(glucose::GlucoseMeasurementDecoder),
-            Protocol::TemperatureMeasurement => {
-                messages(thermometer::TemperatureMeasurementDecoder)
-            }
-            Protocol::XiaomiScale => messages(xiaomi_scale::XiaomiScaleDecoder::default()),
-            Protocol::XiaomiBodyCompositionScale => {
-                messages(xiaomi_scale::XiaomiBodyCompositionScaleDecoder::default())
-            }
-            Protocol::Berrymed => Box::new(berrymed::BerrymedDecoder::default()),
-            Protocol::JumperOximeter => messages(jumper::JumperOximeterDecoder),
-            Protocol::ContecCms50Legacy => Box::new(berrymed::BerrymedDecoder::new(
-                berrymed::BciFlavour::ContecLegacy,
-            )),
-            Protocol::ContecCms50 => Box::new(contec::ContecDecoder::default()),
-            Protocol::MasimoAscii => Box::new(masimo::decoder()),
-            Protocol::Tanita => Box::new(tanita::decoder()),
-        }
-    }
-}
-
-fn messages(decoder: impl MessageDecoder + 'static) -> Box<dyn StreamDecoder> {
+/// A message decoder seen as a stream decoder whose every `feed` is one whole message.
+pub fn message_stream(decoder: Box<dyn MessageDecoder>) -> Box<dyn StreamDecoder> {
     Box::new(Messages(decoder))
 }
 
 /// Presents a message decoder as a stream decoder whose every `feed` is one whole message.
-struct Messages<D>(D);
+struct Messages(Box<dyn MessageDecoder>);
 
-impl<D: MessageDecoder> StreamDecoder for Messages<D> {
+impl StreamDecoder for Messages {
     fn feed(&mut self, message: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         match self.0.decode(message, context) {
             Ok(readings) => readings.into_iter().map(DecodeEvent::Reading).collect(),

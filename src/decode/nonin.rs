@@ -12,7 +12,7 @@ use crate::codes;
 use crate::decode::ieee11073::push_flags;
 use crate::decode::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
 use crate::measurement_time::DeviceDateTime;
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Flag, Kind, Reading, Special, Value};
 
 const SPO2_MISSING: u8 = 127;
 const PULSE_MISSING: u16 = 511;
@@ -264,10 +264,10 @@ fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, Fr
     push_flags(
         &mut reading.flags,
         &[
-            (no_measurement, "no_measurement"),
-            (status_msb & 0x02 != 0, "smartpoint"),
-            (status_lsb & DF13_MEM != 0, "from_memory"),
-            (status_lsb & 0x01 != 0, "low_battery"),
+            (no_measurement, Flag::NoMeasurement),
+            (status_msb & 0x02 != 0, Flag::Smartpoint),
+            (status_lsb & DF13_MEM != 0, Flag::FromMemory),
+            (status_lsb & 0x01 != 0, Flag::LowBattery),
         ],
     );
     crate::measurement_time::judge(device_time([c, y, mo, d, h, mi, s]), context)
@@ -361,13 +361,13 @@ fn df8_step(window: &[u8], received_at: DateTime<Utc>) -> Step {
     push_flags(
         &mut reading.flags,
         &[
-            (b1 & 0x20 != 0, "out_of_track"),
-            (b1 & 0x10 != 0, "low_perfusion"),
-            (b1 & 0x08 != 0, "marginal_perfusion"),
-            (b1 & 0x04 != 0, "artifact"),
-            (b4 & 0x20 != 0, "smartpoint"),
-            (b4 & 0x08 != 0, "sensor_alarm"),
-            (b4 & 0x01 != 0, "low_battery"),
+            (b1 & 0x20 != 0, Flag::OutOfTrack),
+            (b1 & 0x10 != 0, Flag::LowPerfusion),
+            (b1 & 0x08 != 0, Flag::MarginalPerfusion),
+            (b1 & 0x04 != 0, Flag::Artifact),
+            (b4 & 0x20 != 0, Flag::Smartpoint),
+            (b4 & 0x08 != 0, Flag::SensorAlarm),
+            (b4 & 0x01 != 0, Flag::LowBattery),
         ],
     );
     Step::Good(DF8_FRAME, reading)
@@ -560,12 +560,12 @@ fn df2_packet(frames: &[Df2Frame], received_at: DateTime<Utc>) -> DecodeEvent {
     push_flags(
         &mut reading.flags,
         &[
-            (status & 0x40 != 0, "sensor_disconnected"),
-            (status & 0x20 != 0, "artifact"),
-            (status & 0x10 != 0, "out_of_track"),
-            (status & 0x08 != 0, "sensor_alarm"),
-            (perfusion == 0x04, "low_perfusion"),
-            (perfusion == 0x06, "marginal_perfusion"),
+            (status & 0x40 != 0, Flag::SensorDisconnected),
+            (status & 0x20 != 0, Flag::Artifact),
+            (status & 0x10 != 0, Flag::OutOfTrack),
+            (status & 0x08 != 0, Flag::SensorAlarm),
+            (perfusion == 0x04, Flag::LowPerfusion),
+            (perfusion == 0x06, Flag::MarginalPerfusion),
         ],
     );
     DecodeEvent::Reading(reading)
@@ -657,7 +657,7 @@ mod tests {
                     .map(render_value)
                     .collect::<Vec<_>>()
                     .join(" "),
-                reading.flags.join(","),
+                crate::reading::joined(&reading.flags),
                 reading.measured_at.to_rfc3339(),
                 reading.time_source.as_str(),
             ),

@@ -2,48 +2,48 @@
 //! Features 0x2A60.
 //!
 //! Readings the device marks as demonstration, testing, unavailable or invalid keep their values but carry
-//! a flag from `reading::NON_CLINICAL_FLAGS`, so the pipeline withholds them from the readings topic.
+//! a flag `reading::Flag::is_non_clinical` names, so the pipeline withholds them from the readings topic.
 
 use super::ieee11073::{
     bit_names, patient_value_of, push_flags, stamp, value_of, Cursor, DeviceDateTime,
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading};
+use crate::reading::{Flag, Kind, Reading};
 
 /// Measurement Status (uint16); bits 0–4 are reserved.
-const MEASUREMENT_STATUS: [(u32, &str); 11] = [
-    (5, "measurement_ongoing"),
-    (6, "early_estimate"),
-    (7, "validated_data"),
-    (8, "fully_qualified_data"),
-    (9, "from_memory"),
-    (10, "demonstration_data"),
-    (11, "testing_data"),
-    (12, "calibration_ongoing"),
-    (13, "measurement_unavailable"),
-    (14, "questionable_measurement"),
-    (15, "invalid_measurement"),
+const MEASUREMENT_STATUS: [(u32, Flag); 11] = [
+    (5, Flag::MeasurementOngoing),
+    (6, Flag::EarlyEstimate),
+    (7, Flag::ValidatedData),
+    (8, Flag::FullyQualifiedData),
+    (9, Flag::FromMemory),
+    (10, Flag::DemonstrationData),
+    (11, Flag::TestingData),
+    (12, Flag::CalibrationOngoing),
+    (13, Flag::MeasurementUnavailable),
+    (14, Flag::QuestionableMeasurement),
+    (15, Flag::InvalidMeasurement),
 ];
 
 /// Device and Sensor Status (uint24); bits 16–23 are reserved.
-const DEVICE_AND_SENSOR_STATUS: [(u32, &str); 16] = [
-    (0, "extended_display_update"),
-    (1, "equipment_malfunction"),
-    (2, "signal_processing_irregularity"),
-    (3, "inadequate_signal"),
-    (4, "poor_signal"),
-    (5, "low_perfusion"),
-    (6, "erratic_signal"),
-    (7, "nonpulsatile_signal"),
-    (8, "questionable_pulse"),
-    (9, "signal_analysis_ongoing"),
-    (10, "sensor_interference"),
-    (11, "sensor_unconnected"),
-    (12, "unknown_sensor"),
-    (13, "sensor_displaced"),
-    (14, "sensor_malfunctioning"),
-    (15, "sensor_disconnected"),
+const DEVICE_AND_SENSOR_STATUS: [(u32, Flag); 16] = [
+    (0, Flag::ExtendedDisplayUpdate),
+    (1, Flag::EquipmentMalfunction),
+    (2, Flag::SignalProcessingIrregularity),
+    (3, Flag::InadequateSignal),
+    (4, Flag::PoorSignal),
+    (5, Flag::LowPerfusion),
+    (6, Flag::ErraticSignal),
+    (7, Flag::NonpulsatileSignal),
+    (8, Flag::QuestionablePulse),
+    (9, Flag::SignalAnalysisOngoing),
+    (10, Flag::SensorInterference),
+    (11, Flag::SensorUnconnected),
+    (12, Flag::UnknownSensor),
+    (13, Flag::SensorDisplaced),
+    (14, Flag::SensorMalfunctioning),
+    (15, Flag::SensorDisconnected),
 ];
 
 /// Decodes 0x2A5E indications: one spot-check each, with the device's time stamp when it has one.
@@ -119,7 +119,7 @@ impl MessageDecoder for PlxSpotCheckDecoder {
         } else {
             push_flags(
                 &mut reading.flags,
-                &[(clock_not_set, "device_clock_invalid")],
+                &[(clock_not_set, Flag::DeviceClockInvalid)],
             );
         }
         Ok(vec![reading])
@@ -195,8 +195,8 @@ impl MessageDecoder for PlxContinuousDecoder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlxFeatures {
     pub supported: Vec<&'static str>,
-    pub measurement_status_support: Vec<&'static str>,
-    pub device_and_sensor_status_support: Vec<&'static str>,
+    pub measurement_status_support: Vec<Flag>,
+    pub device_and_sensor_status_support: Vec<Flag>,
 }
 
 pub fn decode_features(bytes: &[u8]) -> Result<PlxFeatures, FrameError> {
@@ -377,8 +377,8 @@ mod tests {
             Ok(features) => format!(
                 "{} | {} | {}",
                 features.supported.join(","),
-                features.measurement_status_support.join(","),
-                features.device_and_sensor_status_support.join(",")
+                crate::reading::joined(&features.measurement_status_support),
+                crate::reading::joined(&features.device_and_sensor_status_support)
             ),
             Err(error) => render_error(&error),
         };

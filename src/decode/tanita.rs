@@ -9,7 +9,7 @@
 use super::line::LineDecoder;
 use super::{hex_of, DecodeContext, DecodeEvent, FrameError};
 use crate::codes::{self, Measure};
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Flag, Kind, Reading, Special, Value};
 
 const HEADER: &[u8] = b"{0,16,";
 
@@ -141,7 +141,7 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         }
     };
     let checksum_flag = match checksum_matches(line) {
-        Some(false) => Some("checksum_unverified"),
+        Some(false) => Some(Flag::ChecksumUnverified),
         _ => None,
     };
     // A line that carries the scale's date and time names its measurement; a resend gets the same ids.

@@ -45,7 +45,7 @@ pub fn render_reading(reading: &Reading) -> String {
             .map(render_value)
             .collect::<Vec<_>>()
             .join(" "),
-        reading.flags.join(","),
+        crate::reading::joined(&reading.flags),
         reading.measured_at.format("%Y-%m-%dT%H:%M:%S"),
         reading.time_source.as_str(),
     );

@@ -4,23 +4,23 @@
 use super::ieee11073::{patient_value_of, stamp, Cursor};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading};
+use crate::reading::{Flag, Kind, Reading};
 
 const FAHRENHEIT: u8 = 0x01;
 const TIME_STAMP_PRESENT: u8 = 0x02;
 const TEMPERATURE_TYPE_PRESENT: u8 = 0x04;
 
 /// Temperature Type (0x2A1D) values as flags.
-const SITES: [(u8, &str); 9] = [
-    (1, "site_armpit"),
-    (2, "site_body"),
-    (3, "site_ear"),
-    (4, "site_finger"),
-    (5, "site_gastrointestinal_tract"),
-    (6, "site_mouth"),
-    (7, "site_rectum"),
-    (8, "site_toe"),
-    (9, "site_tympanum"),
+const SITES: [(u8, Flag); 9] = [
+    (1, Flag::SiteArmpit),
+    (2, Flag::SiteBody),
+    (3, Flag::SiteEar),
+    (4, Flag::SiteFinger),
+    (5, Flag::SiteGastrointestinalTract),
+    (6, Flag::SiteMouth),
+    (7, Flag::SiteRectum),
+    (8, Flag::SiteToe),
+    (9, Flag::SiteTympanum),
 ];
 
 /// Decodes 0x2A1C indications (and 0x2A1E notifications): one temperature each.

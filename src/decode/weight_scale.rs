@@ -6,7 +6,7 @@
 use super::ieee11073::{bit_names, stamp, Cursor};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Flag, Kind, Reading, Special, Value};
 
 const UNSUCCESSFUL: u16 = 0xFFFF;
 const UNKNOWN_USER: u8 = 0xFF;
@@ -80,7 +80,7 @@ impl MessageDecoder for WeightMeasurementDecoder {
             } else {
                 &codes::BODY_WEIGHT_KG
             };
-            reading.flags.push("measurement_failed");
+            reading.flags.push(Flag::MeasurementFailed);
             Value::special(measure, Special::NoMeasurement)
         } else {
             body_weight(weight, imperial)

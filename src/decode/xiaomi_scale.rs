@@ -8,7 +8,7 @@
 use super::ieee11073::{date_time, push_flags, stamp};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, Value};
+use crate::reading::{Flag, Kind, Reading, Value};
 
 const SMART_SCALE_LEN: usize = 10;
 const BODY_COMPOSITION_LEN: usize = 13;
@@ -70,8 +70,8 @@ impl Weighing {
         push_flags(
             &mut reading.flags,
             &[
-                (from_jin, "converted_from_jin"),
-                (self.object, "object_mode"),
+                (from_jin, Flag::ConvertedFromJin),
+                (self.object, Flag::ObjectMode),
             ],
         );
         Some(reading)

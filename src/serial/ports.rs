@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::catalog::{Link, UsbAdapter, PROTOCOLS, SHARED_ADAPTERS};
+use crate::decode::Protocol;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PortInfo {
     /// The device node, such as `/dev/ttyUSB0`.
@@ -118,26 +121,26 @@ pub fn list(roots: &Roots) -> Vec<PortInfo> {
     ports
 }
 
-/// What the hub knows about a USB serial adapter from its ids alone: a description for people and, where
-/// the adapter is used by one device family only, the protocol to try.
-pub fn known_adapter(
-    vid: u16,
-    pid: u16,
-) -> Option<(&'static str, Option<crate::decode::Protocol>)> {
-    use crate::decode::Protocol;
-    match (vid, pid) {
-        (0x10C4, 0xEA60) => Some((
-            "Silicon Labs CP210x, the Contec CMS50 cable",
-            Some(Protocol::ContecCms50),
-        )),
-        (0x0403, 0x6001) | (0x0403, 0x6015) => Some((
-            "FTDI USB-serial (Masimo, Tanita and Nonin cables, among others)",
-            None,
-        )),
-        (0x067B, 0x2303) => Some(("Prolific PL2303 USB-serial", None)),
-        (0x1A86, 0x7523) => Some(("WCH CH340 USB-serial", None)),
-        _ => None,
-    }
+/// What the hub knows about a USB serial adapter from its ids alone, from the catalogue: a description for
+/// people and, where the adapter is used by one device family only, the protocol to try.
+pub fn known_adapter(vid: u16, pid: u16) -> Option<(&'static str, Option<Protocol>)> {
+    let is = |adapter: &&UsbAdapter| adapter.vid == vid && adapter.pid == pid;
+    PROTOCOLS
+        .iter()
+        .find_map(|row| match &row.link {
+            Link::Serial(serial) => serial
+                .adapters
+                .iter()
+                .find(is)
+                .map(|adapter| (adapter.description, Some(row.protocol))),
+            _ => None,
+        })
+        .or_else(|| {
+            SHARED_ADAPTERS
+                .iter()
+                .find(is)
+                .map(|adapter| (adapter.description, None))
+        })
 }
 
 /// How a configured port is found.
@@ -312,5 +315,22 @@ mod tests {
             .contains("by-id"));
         assert_eq!(usb(0x10C4, 0xEA60, Some("9999")).resolve(&roots), None);
         assert_eq!(usb(0x1234, 0x5678, None).resolve(&roots), None);
+    }
+
+    #[track_caller]
+    fn check_adapter(vid: u16, pid: u16, expected: Option<(&str, Option<Protocol>)>) {
+        assert_eq!(known_adapter(vid, pid), expected, "{vid:04x}:{pid:04x}");
+    }
+
+    #[test]
+    fn adapters_known_by_their_ids() {
+        let ftdi = "FTDI USB-serial (Masimo, Tanita and Nonin cables, among others)";
+        let cp210x = "Silicon Labs CP210x, the Contec CMS50 cable";
+        check_adapter(0x10C4, 0xEA60, Some((cp210x, Some(Protocol::ContecCms50))));
+        check_adapter(0x0403, 0x6001, Some((ftdi, None)));
+        check_adapter(0x0403, 0x6015, Some((ftdi, None)));
+        check_adapter(0x067B, 0x2303, Some(("Prolific PL2303 USB-serial", None)));
+        check_adapter(0x1A86, 0x7523, Some(("WCH CH340 USB-serial", None)));
+        check_adapter(0x10C4, 0xEA61, None);
     }
 }

@@ -122,7 +122,7 @@ impl BoundDevice {
             reach,
             model: name
                 .as_deref()
-                .and_then(crate::ble::profile::recognise_model)
+                .and_then(crate::catalog::recognise_model)
                 .map(str::to_string),
             name,
             bound_at: now,

@@ -299,7 +299,7 @@ mod tests {
                                 out.push(format!(
                                     "record {} [{}]",
                                     sequence_number(&reading.raw).unwrap(),
-                                    reading.flags.join(",")
+                                    crate::reading::joined(&reading.flags)
                                 ));
                                 readings.push(reading);
                             }

@@ -16,7 +16,7 @@ use super::ieee11073::{
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::codes;
-use crate::reading::{Kind, Reading, Special, Value};
+use crate::reading::{Flag, Kind, Reading, Special, Value};
 
 const TIME_OFFSET_PRESENT: u8 = 0x01;
 const CONCENTRATION_PRESENT: u8 = 0x02;
@@ -25,66 +25,66 @@ const STATUS_PRESENT: u8 = 0x08;
 const CONTEXT_FOLLOWS: u8 = 0x10;
 
 /// Sensor Status Annunciation bits as the nRF5 SDK `ble_gls.h` defines them (bit5 higher, bit6 lower).
-const SENSOR_STATUS: [(u32, &str); 12] = [
-    (0, "low_battery"),
-    (1, "sensor_malfunction"),
-    (2, "sample_size_insufficient"),
-    (3, "strip_insertion_error"),
-    (4, "strip_type_incorrect"),
-    (5, "result_above_range"),
-    (6, "result_below_range"),
-    (7, "sensor_temperature_high"),
-    (8, "sensor_temperature_low"),
-    (9, "read_interrupted"),
-    (10, "device_fault"),
-    (11, "time_fault"),
+const SENSOR_STATUS: [(u32, Flag); 12] = [
+    (0, Flag::LowBattery),
+    (1, Flag::SensorMalfunction),
+    (2, Flag::SampleSizeInsufficient),
+    (3, Flag::StripInsertionError),
+    (4, Flag::StripTypeIncorrect),
+    (5, Flag::ResultAboveRange),
+    (6, Flag::ResultBelowRange),
+    (7, Flag::SensorTemperatureHigh),
+    (8, Flag::SensorTemperatureLow),
+    (9, Flag::ReadInterrupted),
+    (10, Flag::DeviceFault),
+    (11, Flag::TimeFault),
 ];
 
-const SAMPLE_TYPES: [(u8, &str); 9] = [
-    (1, "sample_capillary_whole_blood"),
-    (2, "sample_capillary_plasma"),
-    (3, "sample_venous_whole_blood"),
-    (4, "sample_venous_plasma"),
-    (5, "sample_arterial_whole_blood"),
-    (6, "sample_arterial_plasma"),
-    (7, "sample_undetermined_whole_blood"),
-    (8, "sample_undetermined_plasma"),
-    (9, "sample_interstitial_fluid"),
+const SAMPLE_TYPES: [(u8, Flag); 9] = [
+    (1, Flag::SampleCapillaryWholeBlood),
+    (2, Flag::SampleCapillaryPlasma),
+    (3, Flag::SampleVenousWholeBlood),
+    (4, Flag::SampleVenousPlasma),
+    (5, Flag::SampleArterialWholeBlood),
+    (6, Flag::SampleArterialPlasma),
+    (7, Flag::SampleUndeterminedWholeBlood),
+    (8, Flag::SampleUndeterminedPlasma),
+    (9, Flag::SampleInterstitialFluid),
 ];
 
-const SAMPLE_LOCATIONS: [(u8, &str); 3] = [
-    (1, "location_finger"),
-    (2, "location_alternate_site"),
-    (3, "location_earlobe"),
+const SAMPLE_LOCATIONS: [(u8, Flag); 3] = [
+    (1, Flag::LocationFinger),
+    (2, Flag::LocationAlternateSite),
+    (3, Flag::LocationEarlobe),
 ];
 
 const CONTROL_SOLUTION_TYPE: u8 = 10;
 const CONTROL_SOLUTION_LOCATION: u8 = 4;
 
-const MEALS: [(u8, &str); 5] = [
-    (1, "meal_preprandial"),
-    (2, "meal_postprandial"),
-    (3, "meal_fasting"),
-    (4, "meal_casual"),
-    (5, "meal_bedtime"),
+const MEALS: [(u8, Flag); 5] = [
+    (1, Flag::MealPreprandial),
+    (2, Flag::MealPostprandial),
+    (3, Flag::MealFasting),
+    (4, Flag::MealCasual),
+    (5, Flag::MealBedtime),
 ];
 
-const TESTERS: [(u8, &str); 3] = [
-    (1, "tester_self"),
-    (2, "tester_health_care_professional"),
-    (3, "tester_lab_test"),
+const TESTERS: [(u8, Flag); 3] = [
+    (1, Flag::TesterSelf),
+    (2, Flag::TesterHealthCareProfessional),
+    (3, Flag::TesterLabTest),
 ];
 
-const HEALTH: [(u8, &str); 5] = [
-    (1, "health_minor_issues"),
-    (2, "health_major_issues"),
-    (3, "health_during_menses"),
-    (4, "health_under_stress"),
-    (5, "health_none"),
+const HEALTH: [(u8, Flag); 5] = [
+    (1, Flag::HealthMinorIssues),
+    (2, Flag::HealthMajorIssues),
+    (3, Flag::HealthDuringMenses),
+    (4, Flag::HealthUnderStress),
+    (5, Flag::HealthNone),
 ];
 
 /// The name a table gives `code`; reserved and "not available" codes have none.
-fn name_of(table: &[(u8, &'static str)], code: u8) -> Option<&'static str> {
+fn name_of(table: &[(u8, Flag)], code: u8) -> Option<Flag> {
     table
         .iter()
         .find(|(value, _)| *value == code)
@@ -166,7 +166,7 @@ impl MessageDecoder for GlucoseMeasurementDecoder {
         }
         push_flags(
             &mut reading.flags,
-            &[(flags & CONTEXT_FOLLOWS != 0, "context_follows")],
+            &[(flags & CONTEXT_FOLLOWS != 0, Flag::ContextFollows)],
         );
         stamp(
             &mut reading,
@@ -183,10 +183,10 @@ impl MessageDecoder for GlucoseMeasurementDecoder {
 }
 
 /// The sample type (low nibble) and location (high nibble) as flags, then `control_solution` if either says so.
-fn sample_flags(type_and_location: u8) -> Vec<&'static str> {
+fn sample_flags(type_and_location: u8) -> Vec<Flag> {
     let sample_type = type_and_location & 0x0F;
     let location = type_and_location >> 4;
-    let mut flags: Vec<&'static str> = [
+    let mut flags: Vec<Flag> = [
         name_of(&SAMPLE_TYPES, sample_type),
         name_of(&SAMPLE_LOCATIONS, location),
     ]
@@ -197,7 +197,7 @@ fn sample_flags(type_and_location: u8) -> Vec<&'static str> {
         &mut flags,
         &[(
             sample_type == CONTROL_SOLUTION_TYPE || location == CONTROL_SOLUTION_LOCATION,
-            "control_solution",
+            Flag::ControlSolution,
         )],
     );
     flags
@@ -309,7 +309,7 @@ pub fn decode_context(bytes: &[u8]) -> Result<GlucoseContext, FrameError> {
 impl GlucoseContext {
     /// The meal, tester and health fields as flag names, in that order; "not available" and reserved codes
     /// give none.
-    pub fn flags(&self) -> Vec<&'static str> {
+    pub fn flags(&self) -> Vec<Flag> {
         [
             self.meal.and_then(|code| name_of(&MEALS, code)),
             self.tester.and_then(|code| name_of(&TESTERS, code)),
@@ -364,7 +364,7 @@ mod tests {
         );
         assert_eq!(reading.device_time, None);
         assert!(
-            reading.flags.contains(&"device_clock_invalid"),
+            reading.flags.contains(&Flag::DeviceClockInvalid),
             "{:?}",
             reading.flags
         );
@@ -561,7 +561,7 @@ mod tests {
             "02 07 00 E8 07 03 0F 07 1E 00 5F B0 41",
         ] {
             let reading = decode_one(hex, received_at());
-            assert!(reading.flags.contains(&"control_solution"), "{hex}");
+            assert!(reading.flags.contains(&Flag::ControlSolution), "{hex}");
             assert!(!reading.is_clinical(), "{hex}");
         }
     }
@@ -638,7 +638,10 @@ mod tests {
         if let Some(hba1c) = context.hba1c {
             parts.push(format!("hba1c={}%", render_number(hba1c)));
         }
-        parts.push(format!("flags=[{}]", context.flags().join(",")));
+        parts.push(format!(
+            "flags=[{}]",
+            crate::reading::joined(&context.flags())
+        ));
         parts.join(" ")
     }
 
