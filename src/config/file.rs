@@ -71,12 +71,8 @@ pub(super) fn key_path(parent: &str, key: &str) -> String {
 /// Parses one file's text into a layer; a syntax error is reported under `origin`, with toml's line and column.
 pub(super) fn parse(text: &str, origin: &str, source: Option<&Path>) -> Result<Layer, ConfigError> {
     let syntax = |error: toml::de::Error| {
-        let position = error
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let text = error.to_string();
+        let position = text.lines().next().unwrap_or_default();
         ConfigError::new(origin, format!("{position}: {}", error.message()))
     };
     let table: toml::Table = text.parse().map_err(syntax)?;
@@ -120,11 +116,7 @@ pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
             Err(error) => errors.push(error),
         }
     }
-    if errors.is_empty() {
-        Ok(figment)
-    } else {
-        Err(errors)
-    }
+    errors.is_empty().then_some(figment).ok_or(errors)
 }
 
 /// The drop-ins of `path`, sorted by file name; none if `path.d` does not exist.
@@ -170,38 +162,35 @@ pub(super) fn layer_env(
         else {
             continue;
         };
-        if section.is_empty() || key.is_empty() {
-            errors.push(ConfigError::new(
-                variable,
-                "expected VITALSD_<SECTION>__<KEY>",
-            ));
-            continue;
-        }
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         let labelled = format!(
             "{} (from {variable})",
             key_path(&key_path("", &section), &key)
         );
-        if section == SERIAL {
-            let message = "[[serial]] entries cannot be set from the environment";
-            errors.push(ConfigError::new(labelled, message));
-            continue;
-        }
-        if !SECTIONS.contains(&section.as_str()) {
-            errors.push(ConfigError::new(labelled, "unknown section"));
-            continue;
-        }
-        // A section that is not a table is reported by validation; there is nothing to override in it.
-        if figment
-            .find_value(&section)
-            .is_ok_and(|value| value.as_dict().is_none())
-        {
-            continue;
-        }
-        let value = Dict::from([(key, Value::from(text.as_str()))]);
-        let dict = Dict::from([(section, Value::from(value))]);
-        let metadata = Metadata::from("environment", Source::Custom(variable.clone()));
-        figment = figment.merge(Layer { metadata, dict });
+        let error = match (section.as_str(), key.as_str()) {
+            ("", _) | (_, "") => ConfigError::new(variable, "expected VITALSD_<SECTION>__<KEY>"),
+            (SERIAL, _) => {
+                let message = "[[serial]] entries cannot be set from the environment";
+                ConfigError::new(labelled, message)
+            }
+            (name, _) if !SECTIONS.contains(&name) => ConfigError::new(labelled, "unknown section"),
+            // A section that is not a table is reported by validation; there is nothing to override in it.
+            (name, _)
+                if figment
+                    .find_value(name)
+                    .is_ok_and(|value| value.as_dict().is_none()) =>
+            {
+                continue
+            }
+            _ => {
+                let value = Dict::from([(key, Value::from(text.as_str()))]);
+                let dict = Dict::from([(section, Value::from(value))]);
+                let metadata = Metadata::from("environment", Source::Custom(variable.clone()));
+                figment = figment.merge(Layer { metadata, dict });
+                continue;
+            }
+        };
+        errors.push(error);
     }
     (figment, errors)
 }

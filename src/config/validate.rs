@@ -326,17 +326,23 @@ impl Checker<'_> {
                 .as_str()
                 .filter(|_| variable.is_some())
                 .and_then(file::env_scalar);
-            let read = |form: &Value| T::deserialize(&single(key, form)).map(|_| form.clone());
+            let read = |form: &Value| match T::deserialize(&single(key, form)) {
+                Ok(_) => Ok(form.clone()),
+                Err(error) => Err((
+                    matches!(error.kind, Kind::InvalidType(..)),
+                    describe(&error, form),
+                )),
+            };
+            // Text is what a variable holds, so a typed reading of the wrong type falls back to it.
             let verdict = match typed.as_ref().map(read) {
-                Some(Err(error)) if matches!(error.kind, Kind::InvalidType(..)) => read(value),
+                Some(Err((true, _))) | None => read(value),
                 Some(verdict) => verdict,
-                None => read(value),
             };
             match verdict {
                 Ok(form) => drop(valid.insert(key.clone(), form)),
-                Err(error) => {
+                Err((_, message)) => {
                     let key_path = key_path(path, key);
-                    self.report(&key_path, describe(&error, value));
+                    self.report(&key_path, message);
                     self.rejected.insert(key_path);
                 }
             }
@@ -466,14 +472,11 @@ fn check_hub(c: &mut Checker, section: Option<&Value>) -> HubConfig {
     let hub: HubFile = c.table("hub", section, "a table");
     // systemd's RuntimeDirectory= sets $RUNTIME_DIRECTORY; the key overrides both.
     let runtime_dir = c.env.runtime_dir.unwrap_or(Path::new("/run/vitalsd"));
+    let id = c.required("hub.id", hub.id);
+    let state_dir = c.required("hub.state_dir", hub.state_dir);
     HubConfig {
-        id: c
-            .required("hub.id", hub.id)
-            .map(Into::into)
-            .unwrap_or_default(),
-        state_dir: c
-            .required("hub.state_dir", hub.state_dir)
-            .map_or_else(PathBuf::new, Into::into),
+        id: id.map(Into::into).unwrap_or_default(),
+        state_dir: state_dir.map(Into::into).unwrap_or_default(),
         runtime_dir: hub.runtime_dir.map_or(runtime_dir.into(), Into::into),
         clock: hub.clock.map(Into::into).unwrap_or_default(),
     }
@@ -496,13 +499,9 @@ fn check_mqtt(c: &mut Checker, section: Option<&Value>, hub_id: &str) -> MqttCon
     let cert = c.given("mqtt.client_cert_file", &m.client_cert_file);
     let key = c.given("mqtt.client_key_file", &m.client_key_file);
     if url.as_ref().is_some_and(|url| !url.tls) {
-        let keys = [
-            ("ca_file", ca),
-            ("client_cert_file", cert),
-            ("client_key_file", key),
-        ];
-        for (key, _) in keys.iter().filter(|(_, given)| *given) {
-            c.report(&key_path("mqtt", key), "needs an mqtts:// url");
+        let given = [("ca", ca), ("client_cert", cert), ("client_key", key)];
+        for (file, _) in given.iter().filter(|(_, given)| *given) {
+            c.report(&format!("mqtt.{file}_file"), "needs an mqtts:// url");
         }
     } else if cert != key {
         let (given, without) = if cert {
