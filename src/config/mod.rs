@@ -2,13 +2,15 @@
 //!
 //! Loading has two stages. `file` layers `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
 //! `VITALSD_<SECTION>__<KEY>` environment overrides with figment, which remembers where each value came from;
-//! `validate` reads each table into its serde mirror key by key and checks the values in one `check_*`
-//! function per section, collecting every problem with its key path rather than stopping at the first.
+//! `validate` reads each table into its serde mirror key by key, the mirror's field types checking each value,
+//! then checks how keys fit together, collecting every problem with its key path rather than stopping at the
+//! first.
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 
 mod file;
 pub mod tls_files;
 mod validate;
+mod values;
 
 use std::ffi::OsString;
 use std::io;
