@@ -1,15 +1,11 @@
 //! The first stage: the main file, its drop-ins and the `VITALSD_<SECTION>__<KEY>` variables layered with
-//! figment, so every value remembers which file or variable set it, and the serde mirrors of the tables.
-//!
-//! The mirrors hold what the file says, unchecked: every key is optional here, and whether it is required,
-//! in range or consistent with the others is `validate`'s business.
+//! figment, so every value remembers which file or variable set it. What the values mean is `validate`'s
+//! business.
 
 use std::path::{Path, PathBuf};
 
 use figment::value::{Dict, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 
 use super::{io_message, ConfigError};
 
@@ -23,82 +19,6 @@ const ENV_PREFIX: &str = "VITALSD_";
 const ENV_SEPARATOR: &str = "__";
 /// Names the main file (read by the command line), so it is not an override.
 const ENV_CONFIG_PATH: &str = "VITALSD_CONFIG";
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct HubFile {
-    pub id: Option<String>,
-    pub state_dir: Option<String>,
-    pub runtime_dir: Option<String>,
-    pub clock: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MqttFile {
-    pub url: Option<String>,
-    pub topic_prefix: Option<String>,
-    pub client_id: Option<String>,
-    pub username: Option<String>,
-    pub password_file: Option<String>,
-    pub password_credential: Option<String>,
-    pub ca_file: Option<String>,
-    pub client_cert_file: Option<String>,
-    pub client_key_file: Option<String>,
-    pub keep_alive_s: Option<i64>,
-    pub reconnect_min_ms: Option<i64>,
-    pub reconnect_max_s: Option<i64>,
-    pub window: Option<i64>,
-    pub protocol: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct OutboxFile {
-    pub max_pending: Option<i64>,
-    pub dedup_retention_days: Option<i64>,
-    pub fold_log_seconds: Option<i64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct BleFile {
-    pub enabled: Option<bool>,
-    pub adapter: Option<String>,
-    pub admin_group: Option<String>,
-}
-
-/// One `[[serial]]` entry.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SerialFile {
-    pub path: Option<String>,
-    /// A [`UsbMatch`] table, read on its own so that each of its keys is checked.
-    #[serde(rename = "match")]
-    pub usb: Option<IgnoredAny>,
-    pub protocol: Option<String>,
-    pub id: Option<String>,
-    pub baud_rate: Option<i64>,
-    pub parity: Option<String>,
-    pub select_format: Option<bool>,
-    pub spot_stable_s: Option<f64>,
-    pub spot_repeat_s: Option<f64>,
-}
-
-/// `match = { vid = 0x10c4, pid = 0xea60, serial = "0001" }`: a port found by its USB identity.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UsbMatch {
-    pub vid: Option<i64>,
-    pub pid: Option<i64>,
-    pub serial: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct LogFile {
-    pub level: Option<String>,
-}
 
 /// One layer: a file's table or one variable, under the name an error gives it.
 pub(super) struct Layer {
@@ -151,12 +71,8 @@ pub(super) fn key_path(parent: &str, key: &str) -> String {
 /// Parses one file's text into a layer; a syntax error is reported under `origin`, with toml's line and column.
 pub(super) fn parse(text: &str, origin: &str, source: Option<&Path>) -> Result<Layer, ConfigError> {
     let syntax = |error: toml::de::Error| {
-        let position = error
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let text = error.to_string();
+        let position = text.lines().next().unwrap_or_default();
         ConfigError::new(origin, format!("{position}: {}", error.message()))
     };
     let table: toml::Table = text.parse().map_err(syntax)?;
@@ -200,11 +116,7 @@ pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
             Err(error) => errors.push(error),
         }
     }
-    if errors.is_empty() {
-        Ok(figment)
-    } else {
-        Err(errors)
-    }
+    errors.is_empty().then_some(figment).ok_or(errors)
 }
 
 /// The drop-ins of `path`, sorted by file name; none if `path.d` does not exist.
@@ -250,38 +162,35 @@ pub(super) fn layer_env(
         else {
             continue;
         };
-        if section.is_empty() || key.is_empty() {
-            errors.push(ConfigError::new(
-                variable,
-                "expected VITALSD_<SECTION>__<KEY>",
-            ));
-            continue;
-        }
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         let labelled = format!(
             "{} (from {variable})",
             key_path(&key_path("", &section), &key)
         );
-        if section == SERIAL {
-            let message = "[[serial]] entries cannot be set from the environment";
-            errors.push(ConfigError::new(labelled, message));
-            continue;
-        }
-        if !SECTIONS.contains(&section.as_str()) {
-            errors.push(ConfigError::new(labelled, "unknown section"));
-            continue;
-        }
-        // A section that is not a table is reported by validation; there is nothing to override in it.
-        if figment
-            .find_value(&section)
-            .is_ok_and(|value| value.as_dict().is_none())
-        {
-            continue;
-        }
-        let value = Dict::from([(key, Value::from(text.as_str()))]);
-        let dict = Dict::from([(section, Value::from(value))]);
-        let metadata = Metadata::from("environment", Source::Custom(variable.clone()));
-        figment = figment.merge(Layer { metadata, dict });
+        let error = match (section.as_str(), key.as_str()) {
+            ("", _) | (_, "") => ConfigError::new(variable, "expected VITALSD_<SECTION>__<KEY>"),
+            (SERIAL, _) => {
+                let message = "[[serial]] entries cannot be set from the environment";
+                ConfigError::new(labelled, message)
+            }
+            (name, _) if !SECTIONS.contains(&name) => ConfigError::new(labelled, "unknown section"),
+            // A section that is not a table is reported by validation; there is nothing to override in it.
+            (name, _)
+                if figment
+                    .find_value(name)
+                    .is_ok_and(|value| value.as_dict().is_none()) =>
+            {
+                continue
+            }
+            _ => {
+                let value = Dict::from([(key, Value::from(text.as_str()))]);
+                let dict = Dict::from([(section, Value::from(value))]);
+                let metadata = Metadata::from("environment", Source::Custom(variable.clone()));
+                figment = figment.merge(Layer { metadata, dict });
+                continue;
+            }
+        };
+        errors.push(error);
     }
     (figment, errors)
 }

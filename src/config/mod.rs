@@ -2,16 +2,17 @@
 //!
 //! Loading has two stages. `file` layers `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
 //! `VITALSD_<SECTION>__<KEY>` environment overrides with figment, which remembers where each value came from;
-//! `validate` reads each table into its serde mirror key by key and checks the values in one `check_*`
-//! function per section, collecting every problem with its key path rather than stopping at the first.
+//! `validate` reads each table into its serde mirror key by key, the mirror's field types checking each value,
+//! then checks how keys fit together, collecting every problem with its key path rather than stopping at the
+//! first.
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 
 mod file;
 pub mod tls_files;
 mod validate;
+mod values;
 
 use std::ffi::OsString;
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -125,34 +126,25 @@ impl SecretSource {
     }
 
     fn read_from(&self, credentials_dir: Option<OsString>) -> Result<String, io::Error> {
-        let path = match self {
-            SecretSource::File(path) => path.clone(),
-            SecretSource::Credential(name) => match credentials_dir {
-                Some(dir) => PathBuf::from(dir).join(name),
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!(
-                            "${CREDENTIALS_DIRECTORY} is not set, so the systemd credential {name:?} is not available \
-                             (the unit must load it with LoadCredential=)"
-                        ),
-                    ))
-                }
-            },
-        };
-        let mut text = std::fs::read_to_string(&path).map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!("{}: {}", path.display(), io_message(&error)),
-            )
-        })?;
-        if text.ends_with('\n') {
-            text.pop();
-            if text.ends_with('\r') {
-                text.pop();
+        let path = match (self, credentials_dir) {
+            (SecretSource::File(path), _) => path.clone(),
+            (SecretSource::Credential(name), Some(dir)) => PathBuf::from(dir).join(name),
+            (SecretSource::Credential(name), None) => {
+                let message = format!(
+                    "${CREDENTIALS_DIRECTORY} is not set, so the systemd credential {name:?} is not available \
+                     (the unit must load it with LoadCredential=)"
+                );
+                return Err(io::Error::new(io::ErrorKind::NotFound, message));
             }
-        }
-        Ok(text)
+        };
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            let message = format!("{}: {}", path.display(), io_message(&error));
+            io::Error::new(error.kind(), message)
+        })?;
+        let line = text
+            .strip_suffix('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line));
+        Ok(line.unwrap_or(&text).to_string())
     }
 }
 
@@ -237,26 +229,14 @@ impl Config {
     }
 }
 
-/// Every problem found in a configuration, in a stable order.
-#[derive(Debug)]
+/// Every problem found in a configuration, in a stable order, one a line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (index, error) in self.0.iter().enumerate() {
-            if index > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
 /// One problem: the key path it is about (with the drop-in or variable that set it) and what is wrong.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}{}{message}", if .path.is_empty() { "" } else { ": " })]
 pub struct ConfigError {
     /// Such as `mqtt.url`, `serial[1].protocol` or `mqtt.keep_alive_s (from VITALSD_MQTT__KEEP_ALIVE_S)`;
     /// a file name for a syntax error, empty for an unreadable main file.
@@ -272,18 +252,6 @@ impl ConfigError {
         }
     }
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// An I/O error's text without the `(os error N)` suffix, for messages a technician reads.
 fn io_message(error: &io::Error) -> String {
@@ -723,6 +691,11 @@ mod tests {
                 "mqtt.password_file: cannot read /nonexistent/vitalsd/password: No such file or directory",
             ]),
             (&with_mqtt("username = \"u\"\npassword_file = \"/\""), &["mqtt.password_file: cannot read /: Is a directory"]),
+            // The password is read even when another key of [mqtt] is wrong.
+            (&with_mqtt("window = 0\nusername = \"u\"\npassword_file = \"/nonexistent/vitalsd/password\""), &[
+                "mqtt.password_file: cannot read /nonexistent/vitalsd/password: No such file or directory",
+                "mqtt.window: must be between 1 and 256, found 0",
+            ]),
             (&with_mqtt("username = \"u\"\npassword_file = \"secret\""), &[
                 r#"mqtt.password_file: must be an absolute path, found "secret""#,
             ]),
@@ -982,6 +955,12 @@ mod tests {
                 "serial[1].match: USB 0403:6001 is already used by serial[0]",
             ]),
             ("[[serial]]\npath = \"/dev/ttyUSB0\"", &["serial[0].protocol: missing"]),
+            // A match whose serial is refused finds no port, so it clashes with no other.
+            ("[[serial]]\nprotocol = \"tanita\"\nmatch = { vid = 1, pid = 2, serial = \"\" }\n\
+              [[serial]]\nprotocol = \"tanita\"\nmatch = { vid = 1, pid = 2, serial = \"\" }", &[
+                "serial[0].match.serial: must not be empty",
+                "serial[1].match.serial: must not be empty",
+            ]),
             ("[[serial]]\npath = \"ttyUSB0\"\nprotocol = \"nonin-df13\"", &[
                 r#"serial[0].path: must be an absolute path, found "ttyUSB0""#,
             ]),
@@ -1163,6 +1142,15 @@ mod tests {
         assert_eq!(
             errors(&[("VITALSD_MQQT__URL", "mqtt://b")]),
             ["mqqt.url (from VITALSD_MQQT__URL): unknown section"]
+        );
+        // A variable's text that looks like a number is read as text where the key wants text.
+        assert_eq!(
+            errors(&[("VITALSD_HUB__STATE_DIR", "5")]),
+            [r#"hub.state_dir (from VITALSD_HUB__STATE_DIR): must be an absolute path, found "5""#]
+        );
+        assert_eq!(
+            errors(&[("VITALSD_MQTT__WINDOW", "true")]),
+            ["mqtt.window (from VITALSD_MQTT__WINDOW): expected an integer, found a string"]
         );
         assert_eq!(errors(&[("VITALSD_SERIAL__PATH", "/dev/ttyUSB0")]), [
             "serial.path (from VITALSD_SERIAL__PATH): [[serial]] entries cannot be set from the environment"

@@ -38,6 +38,17 @@ impl TlsFileError {
         };
         format!("{}{default}: {}", self.path.display(), self.problem)
     }
+
+    /// Makes the error for a problem with the file `key` names.
+    fn blaming(key: &'static str, path: &Path, default: bool) -> impl Fn(String) -> TlsFileError {
+        let path = path.to_path_buf();
+        move |problem| TlsFileError {
+            key,
+            path: path.clone(),
+            default,
+            problem,
+        }
+    }
 }
 
 /// Reads the CA bundle (`mqtt.ca_file`, or the system's), and the client certificate and key if both are
@@ -48,15 +59,10 @@ pub fn client_config(mqtt: &MqttConfig) -> Result<rustls::ClientConfig, TlsFileE
         Some(path) => (path, false),
         None => (Path::new(SYSTEM_CA_BUNDLE), true),
     };
-    let ca_error = |problem: String| TlsFileError {
-        key: "ca_file",
-        path: ca_path.to_path_buf(),
-        default,
-        problem,
-    };
+    let ca_error = TlsFileError::blaming("ca_file", ca_path, default);
     let mut roots = rustls::RootCertStore::empty();
     for (index, certificate) in certificates(ca_path)
-        .map_err(ca_error)?
+        .map_err(&ca_error)?
         .into_iter()
         .enumerate()
     {
@@ -75,20 +81,10 @@ pub fn client_config(mqtt: &MqttConfig) -> Result<rustls::ClientConfig, TlsFileE
         (Some(cert_path), Some(key_path)) => (cert_path, key_path),
         _ => return Ok(builder.with_no_client_auth()),
     };
-    let cert_error = |problem: String| TlsFileError {
-        key: "client_cert_file",
-        path: cert_path.clone(),
-        default: false,
-        problem,
-    };
-    let key_error = |problem: String| TlsFileError {
-        key: "client_key_file",
-        path: key_path.clone(),
-        default: false,
-        problem,
-    };
-    let chain = certificates(cert_path).map_err(cert_error)?;
-    let key = PrivateKeyDer::from_pem_slice(&read_pem(key_path).map_err(key_error)?).map_err(
+    let cert_error = TlsFileError::blaming("client_cert_file", cert_path, false);
+    let key_error = TlsFileError::blaming("client_key_file", key_path, false);
+    let chain = certificates(cert_path).map_err(&cert_error)?;
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(key_path).map_err(&key_error)?).map_err(
         |error| match error {
             rustls::pki_types::pem::Error::NoItemsFound => {
                 key_error("no PEM private key found (PKCS#8, PKCS#1 or SEC1)".to_string())

@@ -1,0 +1,384 @@
+//! What one value of the configuration may be: the types of the mirrors' fields, which check their value as
+//! serde reads it, and the checks behind them. Each check returns the value `Config` holds or the message
+//! for its key, which quotes a bad value but never repeats a secret.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use super::{io_message, AdminGroup, MqttProtocol};
+use crate::clock::ClockPolicy;
+use crate::decode::{Parity, Protocol, Transport};
+
+/// Quoted values longer than this are shown by their beginning only.
+const MAX_QUOTED_CHARS: usize = 200;
+const BAD_PORT: &str = "bad port: expected a number from 1 to 65535";
+const BAD_HOST: &str =
+    "invalid host: use a name of letters, digits, '-', '.' and '_', or an IP address";
+const CLOCK_POLICIES: &str =
+    "is not a clock policy: use \"ntp\" (trust the clock only while the kernel says \
+    it is synchronised) or \"trusted\" (a real-time clock or other source you vouch for)";
+const MQTT_VERSIONS: &str =
+    "is not a supported MQTT version: use \"5\" (the default) or \"3.1.1\" (for \
+    brokers without MQTT 5; it cannot tell a refused reading from a delivered one)";
+
+/// Declares mirror field types, `Name: Read => Holds = check`: serde reads a `Read`, which `check` turns into
+/// what the field holds or the message for its key.
+macro_rules! checked {
+    ($($name:ident: $read:ty => $holds:ty = $check:expr;)*) => {$(
+        pub(super) struct $name(pub(super) $holds);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(value: D) -> Result<Self, D::Error> {
+                let check: fn($read) -> Result<$holds, String> = $check;
+                check(<$read>::deserialize(value)?).map($name).map_err(D::Error::custom)
+            }
+        }
+
+        impl From<$name> for $holds {
+            fn from(value: $name) -> $holds {
+                value.0
+            }
+        }
+    )*};
+}
+
+checked! {
+    HubId: String => String = |id| hub_id(&id);
+    Absolute: String => PathBuf = |path| absolute(&path);
+    Readable: String => PathBuf = |path| readable(&path);
+    NonEmpty: String => String = |text| non_empty(&text);
+    TopicPrefix: String => String = |prefix| topic_prefix(&prefix);
+    Credential: String => String = |name| credential_name(&name);
+    Url: String => BrokerUrl = |url| broker_url(&url);
+    Adapter: String => String = |name| adapter_name(&name);
+    Group: String => AdminGroup = |name| system_group(&name);
+    LogLevel: String => String = |level| log_level(&level);
+    SerialProtocol: String => Protocol = |name| serial_protocol(&name);
+    DeviceId: String => String = |id| device_id(&id);
+    Seconds: f64 => Duration = seconds;
+    Clock: String => ClockPolicy = |clock| choice(&clock, &[
+        ("ntp", ClockPolicy::Ntp), ("trusted", ClockPolicy::Trusted),
+    ], CLOCK_POLICIES);
+    Version: String => MqttProtocol = |version| choice(&version, &[
+        ("5", MqttProtocol::V5), ("3.1.1", MqttProtocol::V311),
+    ], MQTT_VERSIONS);
+    ParityName: String => Parity = |parity| choice(&parity, &[
+        ("none", Parity::None), ("odd", Parity::Odd), ("even", Parity::Even),
+    ], "is not a parity: use \"none\", \"odd\" or \"even\"");
+}
+
+/// An integer key's value, in `MIN..=MAX`.
+pub(super) struct Int<const MIN: i64, const MAX: i64>(pub(super) u64);
+
+impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Int<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(value: D) -> Result<Self, D::Error> {
+        let number = i64::deserialize(value)?;
+        match (MIN..=MAX).contains(&number) {
+            // Every range starts at 0 or above.
+            true => Ok(Int(number.unsigned_abs())),
+            false if MAX == i64::MAX => Err(format!("must be at least {MIN}, found {number}")),
+            false => Err(format!("must be between {MIN} and {MAX}, found {number}")),
+        }
+        .map_err(D::Error::custom)
+    }
+}
+
+/// A value quoted for a message; a long one by its beginning and length, so a bad value of megabytes is
+/// not echoed back whole.
+pub(super) fn q(text: &str) -> String {
+    let length = text.chars().count();
+    if length <= MAX_QUOTED_CHARS {
+        return format!("{text:?}");
+    }
+    let prefix: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+    let quoted = format!("{prefix:?}");
+    format!("{}…\" ({length} characters)", &quoted[..quoted.len() - 1])
+}
+
+/// `value` if it is valid, else an error that quotes it before `problem`.
+fn ensure(valid: bool, value: &str, problem: &str) -> Result<String, String> {
+    match valid {
+        true => Ok(value.to_string()),
+        false => Err(format!("{} {problem}", q(value))),
+    }
+}
+
+/// The meaning of one of a key's few possible values.
+fn choice<T: Copy>(value: &str, choices: &[(&str, T)], problem: &str) -> Result<T, String> {
+    let found = choices.iter().find(|(name, _)| *name == value);
+    found
+        .map(|(_, meaning)| *meaning)
+        .ok_or_else(|| format!("{} {problem}", q(value)))
+}
+
+/// Seconds, more than 0 and at most a day: more is taken for a unit mistake (milliseconds as seconds).
+fn seconds(seconds: f64) -> Result<Duration, String> {
+    // The comparisons are false for NaN.
+    match seconds > 0.0 && seconds <= 86_400.0 {
+        true => Ok(Duration::from_secs_f64(seconds)),
+        false => Err(format!(
+            "must be more than 0 and at most 86400 seconds, found {seconds}"
+        )),
+    }
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    match text.is_empty() {
+        true => Err("must not be empty".to_string()),
+        false => Ok(text.to_string()),
+    }
+}
+
+fn absolute(text: &str) -> Result<PathBuf, String> {
+    match text.starts_with('/') {
+        true => Ok(PathBuf::from(text)),
+        false => Err(format!("must be an absolute path, found {}", q(text))),
+    }
+}
+
+/// An absolute path to a file the daemon must be able to read.
+fn readable(text: &str) -> Result<PathBuf, String> {
+    let file = absolute(text)?;
+    // Reading one byte also catches a directory, which opens fine.
+    let read = std::fs::File::open(&file).and_then(|mut opened| opened.read(&mut [0u8; 1]));
+    let unreadable = |error| format!("cannot read {}: {}", file.display(), io_message(&error));
+    read.map_err(unreadable)?;
+    Ok(file)
+}
+
+/// Lowercase because it goes into MQTT topics, where case matters and technicians read it aloud.
+fn hub_id(id: &str) -> Result<String, String> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    let valid = (1..=64).contains(&id.len()) && id.bytes().all(allowed);
+    let problem = "is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'";
+    ensure(valid, id, problem)
+}
+
+/// Device ids go into payloads and reading ids (joined with `|`), and may go into topics later.
+pub(super) fn device_id(id: &str) -> Result<String, String> {
+    let forbidden = |c: char| c.is_whitespace() || c.is_control() || c == '/' || c == '|';
+    let valid = (1..=128).contains(&id.chars().count()) && !id.chars().any(forbidden);
+    let problem = "is not a valid device id: use 1 to 128 characters without spaces, control \
+                   characters, '/' or '|'";
+    ensure(valid, id, problem)
+}
+
+fn adapter_name(name: &str) -> Result<String, String> {
+    let valid = non_empty(name)?.chars().all(|c| c.is_ascii_alphanumeric());
+    ensure(valid, name, "is not an adapter name such as \"hci0\"")
+}
+
+/// A group name that exists on this system (`/etc/group` or whatever NSS consults), with its id.
+fn system_group(name: &str) -> Result<AdminGroup, String> {
+    let name = non_empty(name)?;
+    match nix::unistd::Group::from_name(&name) {
+        Ok(Some(group)) => Ok(AdminGroup {
+            gid: group.gid.as_raw(),
+            name,
+        }),
+        Ok(None) => Err(format!(
+            "no group {} on this system (create it with groupadd, or leave the key out)",
+            q(&name)
+        )),
+        Err(error) => Err(format!("cannot look up group {}: {error}", q(&name))),
+    }
+}
+
+/// A systemd credential name, as given to `LoadCredential=`.
+fn credential_name(name: &str) -> Result<String, String> {
+    let valid = !matches!(name, "" | "." | "..") && !name.contains('/');
+    let problem = "is not a credential name: use the name given to LoadCredential= (no '/')";
+    ensure(valid, name, problem)
+}
+
+/// A tracing `EnvFilter` directive.
+fn log_level(level: &str) -> Result<String, String> {
+    let level = non_empty(level)?;
+    let invalid = |error| format!("invalid log filter {}: {error}", q(&level));
+    tracing_subscriber::EnvFilter::try_new(&level).map_err(invalid)?;
+    Ok(level)
+}
+
+fn serial_protocol(name: &str) -> Result<Protocol, String> {
+    let serial = |protocol: &Protocol| protocol.transport() == Transport::Serial;
+    let known: Vec<&str> = Protocol::ALL
+        .iter()
+        .filter(|p| serial(p))
+        .map(|p| p.name())
+        .collect();
+    let known = known.join(", ");
+    match Protocol::from_name(name) {
+        Some(protocol) if serial(&protocol) => Ok(protocol),
+        Some(_) => Err(format!(
+            "{} is not a serial protocol (serial: {known})",
+            q(name)
+        )),
+        None => Err(format!("unknown protocol {} (known: {known})", q(name))),
+    }
+}
+
+fn topic_prefix(prefix: &str) -> Result<String, String> {
+    let problem = if prefix.is_empty() {
+        return Err("must not be empty".to_string());
+    } else if prefix.contains('\0') {
+        return Err("must not contain a NUL character".to_string());
+    } else if prefix.contains(['+', '#']) {
+        "must not contain the MQTT wildcards '+' or '#'"
+    } else if prefix.starts_with('/') || prefix.ends_with('/') {
+        "must not start or end with '/'"
+    } else if prefix.contains("//") {
+        "must not contain an empty level"
+    } else if prefix.starts_with('$') {
+        "must not start with '$' (reserved for the broker)"
+    } else {
+        return Ok(prefix.to_string());
+    };
+    Err(format!("{problem}, found {}", q(prefix)))
+}
+
+#[derive(Debug, PartialEq, Default)]
+pub(super) struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+/// Parses `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`, with `[IPv6]` hosts.
+///
+/// Messages never repeat the url or a part of it after the host: it might hold a password.
+fn broker_url(text: &str) -> Result<BrokerUrl, String> {
+    use url::{Host, ParseError};
+    // Without "//", "broker:1883" is a url of scheme "broker".
+    let Some((_, rest)) = text.split_once("://") else {
+        return Err("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]".to_string());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let unbracketed = authority.matches(':').count() > 1 && !authority.contains(['[', '@']);
+    let url = url::Url::parse(text).map_err(|error| match error {
+        ParseError::EmptyHost | ParseError::InvalidPort if unbracketed => {
+            "an IPv6 address must be in brackets, as in mqtt://[::1]:1883".to_string()
+        }
+        ParseError::EmptyHost => "missing host".to_string(),
+        ParseError::InvalidPort => BAD_PORT.to_string(),
+        ParseError::InvalidIpv6Address => "invalid IPv6 address in brackets".to_string(),
+        ParseError::InvalidDomainCharacter => BAD_HOST.to_string(),
+        other => format!("not a url: {other}"),
+    })?;
+    let (tls, default_port) = match url.scheme() {
+        "mqtt" => (false, 1883),
+        "mqtts" => (true, 8883),
+        other => return Err(format!("unsupported scheme {}", q(other))),
+    };
+    let host = match url.host() {
+        _ if !url.username().is_empty() || url.password().is_some() => {
+            let use_keys = "use mqtt.username and mqtt.password_file or mqtt.password_credential";
+            return Err(format!(
+                "must not contain a user name or password: {use_keys}"
+            ));
+        }
+        _ if !matches!(url.path(), "" | "/")
+            || url.query().is_some()
+            || url.fragment().is_some() =>
+        {
+            return Err(
+                "unexpected path, query or fragment: the url names only the broker".to_string(),
+            );
+        }
+        None => return Err("missing host".to_string()),
+        Some(Host::Ipv6(address)) => address.to_string(),
+        Some(Host::Ipv4(address)) => address.to_string(),
+        Some(Host::Domain(name)) => name.to_string(),
+    };
+    // A url may hold characters in its host that no DNS name or address has.
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
+    {
+        return Err(BAD_HOST.to_string());
+    }
+    match url.port().unwrap_or(default_port) {
+        0 => Err(BAD_PORT.to_string()),
+        port => Ok(BrokerUrl { host, port, tls }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids() {
+        for id in ["a", "hub-0001", "ward_3", &"x".repeat(64)] {
+            assert!(hub_id(id).is_ok(), "{id:?} should be valid");
+        }
+        for id in ["", "Hub", "hub 1", "hub/1", "hub+", "hüb", &"x".repeat(65)] {
+            assert!(hub_id(id).is_err(), "{id:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn device_ids() {
+        for id in [
+            "serial:usb-Nonin_Medical_Inc._9560-if00-port0",
+            "a",
+            "cuff#1+x",
+            &"é".repeat(128),
+        ] {
+            assert!(device_id(id).is_ok(), "{id:?} should be valid");
+        }
+        for id in ["", "a b", "a/b", "a|b", "a\tb", &"x".repeat(129)] {
+            assert!(device_id(id).is_err(), "{id:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn broker_url_errors_never_repeat_a_password() {
+        for url in [
+            "mqtts://hub:hunter2@broker:8883",
+            "hub:hunter2@broker",
+            "mqtt://hub:hunter2@broker:x",
+            "mqtt://hub:hunter2@[::1",
+            "mqtt://broker/hunter2",
+        ] {
+            let message = broker_url(url).expect_err("a bad url");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn broker_urls_parse_to_host_port_and_tls() {
+        let cases = [
+            ("mqtt://localhost", "localhost", 1883, false),
+            ("mqtt://10.0.0.2:1884", "10.0.0.2", 1884, false),
+            (
+                "mqtts://broker.example.org",
+                "broker.example.org",
+                8883,
+                true,
+            ),
+            (
+                "mqtts://broker.example.org:443/",
+                "broker.example.org",
+                443,
+                true,
+            ),
+            ("mqtt://[2001:db8::1]:1883", "2001:db8::1", 1883, false),
+            ("mqtt://a_b.example:01883", "a_b.example", 1883, false),
+        ];
+        for (url, host, port, tls) in cases {
+            let host = host.to_string();
+            assert_eq!(
+                broker_url(url),
+                Ok(BrokerUrl { host, port, tls }),
+                "for {url}"
+            );
+        }
+        assert_eq!(
+            broker_url("mqtt://broker:+1883"),
+            Err("bad port: expected a number from 1 to 65535".to_string())
+        );
+    }
+}
