@@ -140,7 +140,7 @@ fn sample_payload(n: u32) -> Vec<u8> {
     else {
         panic!("the simulator's frame did not decode");
     };
-    let device = vitalsd::payload::DeviceInfo {
+    let device = vitalsd::model::payload::DeviceInfo {
         id: "serial:usb-Nonin_9560-if00-port0".to_string(),
         transport: "serial",
         protocol: "nonin-df13",
@@ -148,8 +148,8 @@ fn sample_payload(n: u32) -> Vec<u8> {
         model: None,
         serial_number: None,
     };
-    let id = vitalsd::payload::reading_id(&device.id, &reading, 0);
-    vitalsd::payload::to_json("hub-bench", &id, &device, &reading)
+    let id = vitalsd::model::payload::reading_id(&device.id, &reading, 0);
+    vitalsd::model::payload::to_json("hub-bench", &id, &device, &reading)
 }
 
 fn raw_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::measurement_time::HubClock;
-use crate::reading::BootInstant;
+use crate::model::measurement_time::HubClock;
+use crate::model::reading::BootInstant;
 
 /// Test hook: a file whose content stands in for the kernel's answer to "is the clock synchronised?"
 /// (`synchronized`, anything else is not). The test machines' kernels always say no; the HIL suite uses

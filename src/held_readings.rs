@@ -12,10 +12,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::clock::HubNow;
-use crate::measurement_time::HubClock;
+use crate::model::measurement_time::HubClock;
+use crate::model::payload::{release_held, ClockResolution};
 use crate::outbox::worker::WorkerGone;
 use crate::outbox::{OutboxHandle, Release};
-use crate::payload::{release_held, ClockResolution};
 
 /// How often the hub clock's trust is checked; sync usually arrives some seconds to minutes after boot.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -150,10 +150,10 @@ pub async fn release_pass(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codes;
+    use crate::model::codes;
+    use crate::model::payload::{self, DeviceInfo};
+    use crate::model::reading::{BootInstant, Kind, Reading, Value};
     use crate::outbox::{NewRecord, Outbox, OutboxOptions};
-    use crate::payload::{self, DeviceInfo};
-    use crate::reading::{BootInstant, Kind, Reading, Value};
 
     fn now(boot_id: &str, since_boot_s: u64, clock: HubClock) -> HubNow {
         HubNow {

@@ -167,6 +167,6 @@ fn main() -> ExitCode {
             config,
             listen,
             json,
-        } => vitalsd::serial_cli::serial(config.as_deref(), listen, json),
+        } => vitalsd::cli::serial::serial(config.as_deref(), listen, json),
     }
 }

@@ -9,10 +9,10 @@
 
 use crate::clock::HubNow;
 use crate::decode::{DecodeContext, DecodeEvent, FrameError, HostCommand, Protocol};
-use crate::measurement_time::DeviceClockCheck;
+use crate::model::measurement_time::DeviceClockCheck;
+use crate::model::payload::{self, DeviceInfo};
+use crate::model::reading::{HubTimeZone, Reading};
 use crate::outbox::NewRecord;
-use crate::payload::{self, DeviceInfo};
-use crate::reading::{HubTimeZone, Reading};
 use crate::spot::{SpotFilter, SpotRule};
 
 /// Who a pipeline decodes for.
@@ -260,12 +260,12 @@ fn counter_deltas(settings: &DeviceSettings, counters: &mut Counters) -> Vec<(St
 mod tests {
     use super::*;
     use crate::decode::Transport;
-    use crate::measurement_time::HubClock;
+    use crate::model::measurement_time::HubClock;
 
     fn test_now(wall: chrono::DateTime<chrono::Utc>) -> HubNow {
         HubNow {
             wall,
-            boot: crate::reading::BootInstant {
+            boot: crate::model::reading::BootInstant {
                 boot_id: "test-boot".into(),
                 since_boot: std::time::Duration::from_secs(100),
             },
@@ -331,7 +331,7 @@ mod tests {
             assert!(
                 !(reading.hub_clock.is_trusted()
                     && !record.held
-                    && ahead > crate::measurement_time::MAX_AHEAD),
+                    && ahead > crate::model::measurement_time::MAX_AHEAD),
                 "published as {:?}, measured_at {} is {} h after the trusted hub clock",
                 reading.hub_clock,
                 reading.measured_at,

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::reading::{Flag, Reading, TimeSource, Value};
+use crate::model::reading::{Flag, Reading, TimeSource, Value};
 
 /// A gap longer than this between samples means the stream was interrupted.
 const MAX_GAP: Duration = Duration::from_secs(5);
@@ -254,8 +254,8 @@ mod tests {
     use chrono::{TimeDelta, TimeZone};
 
     use super::*;
-    use crate::codes;
-    use crate::reading::{Kind, Special};
+    use crate::model::codes;
+    use crate::model::reading::{Kind, Special};
 
     fn start() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2024, 3, 15, 12, 0, 0).unwrap()
@@ -295,7 +295,7 @@ mod tests {
             "t={ms} spo2={} pulse_rate={} flags=[{}]",
             value("spo2"),
             value("pulse_rate"),
-            crate::reading::joined(&spot.flags)
+            crate::model::reading::joined(&spot.flags)
         )
     }
 
@@ -326,7 +326,7 @@ mod tests {
             if s >= 12 {
                 reading.received_at += TimeDelta::days(2);
             }
-            reading.received_since_boot = Some(crate::reading::BootInstant {
+            reading.received_since_boot = Some(crate::model::reading::BootInstant {
                 boot_id: "b".into(),
                 since_boot: Duration::from_secs(100 + s as u64),
             });

@@ -60,11 +60,11 @@ fn decoders_and_the_model_do_no_io_and_read_no_clock() {
         &[
             "decode",
             "catalog.rs",
-            "reading.rs",
-            "codes.rs",
+            "model/reading.rs",
+            "model/codes.rs",
             "spot.rs",
-            "payload.rs",
-            "measurement_time.rs",
+            "model/payload.rs",
+            "model/measurement_time.rs",
             "pipeline.rs",
             "ble/profile.rs",
             "mqtt/inflight.rs",
@@ -104,7 +104,7 @@ fn the_outbox_knows_nothing_of_mqtt_devices_or_json() {
             "crate::mqtt",
             "crate::serial",
             "crate::decode",
-            "crate::reading",
+            "crate::model::reading",
             "serde_json",
         ],
     );
@@ -191,4 +191,100 @@ fn every_module_says_what_it_owns() {
         missing.is_empty(),
         "files without a leading //! line: {missing:?}"
     );
+}
+
+/// The top-level modules in the order ARCHITECTURE.md's codemap lists them: each entry line starts with
+/// `- ` and one or more backquoted names (`state::devices` counts for `state`).
+fn codemap_order() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
+            .expect("read ARCHITECTURE.md");
+    let codemap = text
+        .split("\n## Codemap")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("ARCHITECTURE.md has a Codemap section");
+    let mut order: Vec<String> = Vec::new();
+    for line in codemap.lines().filter_map(|line| line.strip_prefix("- `")) {
+        let names = line.split(':').next().unwrap_or_default();
+        for name in names.split(", ").map(|name| name.trim_matches('`')) {
+            let top = name.split("::").next().unwrap_or(name).to_string();
+            if !order.contains(&top) {
+                order.push(top);
+            }
+        }
+    }
+    order
+}
+
+/// The crate's top-level modules, from the files and folders under `src/`.
+fn top_level_modules() -> Vec<String> {
+    let mut modules: Vec<String> = std::fs::read_dir(src())
+        .expect("read src")
+        .map(|entry| entry.expect("dir entry").path())
+        .filter_map(|path| {
+            let name = path.file_stem()?.to_string_lossy().to_string();
+            (path.is_dir() || path.extension().is_some_and(|e| e == "rs")).then_some(name)
+        })
+        .filter(|name| !["lib", "main", "tidy"].contains(&name.as_str()))
+        .collect();
+    modules.sort();
+    modules.dedup();
+    modules
+}
+
+#[test]
+fn the_codemap_names_every_module_and_nothing_else() {
+    let mut listed = codemap_order();
+    listed.sort();
+    assert_eq!(listed, top_level_modules());
+}
+
+/// Every `crate::x` a module's production code names is a module listed above it in the codemap: the
+/// layering ARCHITECTURE.md states is the one the code has.
+#[test]
+fn modules_use_only_modules_above_them_in_the_codemap() {
+    let order = codemap_order();
+    let rank = |name: &str| order.iter().position(|listed| listed == name);
+    let mut violations = Vec::new();
+    for path in sources(&src()) {
+        let relative = path.strip_prefix(src()).expect("under src");
+        let module = relative
+            .components()
+            .next()
+            .map(|first| {
+                first
+                    .as_os_str()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_string()
+            })
+            .expect("a file");
+        if ["lib", "main", "tidy"].contains(&module.as_str()) {
+            continue;
+        }
+        let Some(own) = rank(&module) else { continue };
+        // Comments may point anywhere; only code makes an edge.
+        let text: String = production_text(&path)
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (at, _) in text.match_indices("crate::") {
+            let used: String = text[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if used == module || used.is_empty() {
+                continue;
+            }
+            match rank(&used) {
+                Some(theirs) if theirs < own => {}
+                _ => violations.push(format!("{} uses crate::{used}", relative.display())),
+            }
+        }
+    }
+    violations.sort();
+    violations.dedup();
+    assert!(violations.is_empty(), "{violations:#?}");
 }

@@ -22,8 +22,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::model::payload::DeviceInfo;
 use crate::outbox::OutboxHandle;
-use crate::payload::DeviceInfo;
 use crate::pipeline::{Decoding, DeviceSettings};
 use crate::spot::SpotRule;
 use crate::state::devices::Reach;

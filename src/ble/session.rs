@@ -18,10 +18,10 @@ use super::profile::{self, measurement_protocol};
 use crate::decode::current_time::{ClockCharacteristic, ClockFound, ClockSync, ClockWrite};
 use crate::decode::glucose::dialog::{Action, LastRecord, RecordDialog};
 use crate::hand_over::{flush_counters, StopGrace};
-use crate::measurement_time::DeviceClockCheck;
+use crate::model::measurement_time::DeviceClockCheck;
+use crate::model::reading::Reading;
 use crate::outbox::{NewRecord, OutboxHandle};
 use crate::pipeline::Decoding;
-use crate::reading::Reading;
 use crate::spot::SpotRule;
 use crate::state::devices::{BoundDevices, DeviceStrings};
 

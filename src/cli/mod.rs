@@ -5,6 +5,7 @@
 
 pub mod ble;
 pub mod run;
+pub mod serial;
 
 use std::io::Write;
 use std::path::Path;
@@ -15,10 +16,10 @@ use chrono::{DateTime, Local, TimeZone, Utc};
 use crate::app::OUTBOX_FILE;
 use crate::config::{Config, MqttProtocol};
 use crate::decode::{DecodeContext, DecodeEvent, Protocol};
+use crate::model::payload::{self, DeviceInfo};
 use crate::mqtt::{refused_by_reason, REFUSED_COUNTER};
 use crate::outbox::space;
 use crate::outbox::{Outbox, OutboxStats};
-use crate::payload::{self, DeviceInfo};
 
 /// `vitalsd decode --list`.
 pub fn list_protocols() -> ExitCode {

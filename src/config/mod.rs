@@ -164,7 +164,7 @@ pub struct OutboxConfig {
 #[derive(Debug, Clone)]
 pub struct SerialConfig {
     /// An absolute path (preferably a `/dev/serial/by-id/...` link), or a USB identity to look for.
-    pub path: crate::serial::ports::PortLocation,
+    pub path: PortLocation,
     pub protocol: Protocol,
     /// Unique across entries; defaults to `serial:` and the file name of `path`.
     pub device_id: String,
@@ -259,6 +259,32 @@ fn io_message(error: &io::Error) -> String {
     match (error.raw_os_error(), text.rfind(" (os error ")) {
         (Some(_), Some(at)) => text[..at].to_string(),
         _ => text,
+    }
+}
+
+/// How a configured port is found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortLocation {
+    Path(PathBuf),
+    Usb {
+        vid: u16,
+        pid: u16,
+        serial_number: Option<String>,
+    },
+}
+
+impl PortLocation {
+    /// For logs and status.
+    pub fn describe(&self) -> String {
+        match self {
+            PortLocation::Path(path) => path.display().to_string(),
+            PortLocation::Usb {
+                vid,
+                pid,
+                serial_number: Some(serial),
+            } => format!("USB {vid:04x}:{pid:04x} serial {serial}"),
+            PortLocation::Usb { vid, pid, .. } => format!("USB {vid:04x}:{pid:04x}"),
+        }
     }
 }
 

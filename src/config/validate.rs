@@ -26,10 +26,10 @@ use super::values::{
     HubId, Int, LogLevel, NonEmpty, ParityName, Readable, Seconds, SerialProtocol,
 };
 use super::values::{TopicPrefix, Url, Version};
+use super::PortLocation;
 use super::{BleConfig, Config, ConfigError, HubConfig, LogConfig};
 use super::{MqttConfig, OutboxConfig, SecretSource, SerialConfig};
 use crate::decode::Protocol;
-use crate::serial::ports::PortLocation;
 use crate::spot::SpotRule;
 
 /// A hub has tens of serial ports, not thousands; a longer list is a generated or damaged file, and

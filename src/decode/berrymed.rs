@@ -4,9 +4,9 @@
 //! names of their status bits.
 
 use super::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
-use crate::codes;
 use crate::decode::ieee11073::push_flags;
-use crate::reading::{Flag, Kind, Reading, Value};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading, Value};
 
 const PACKET: usize = 5;
 const SYNC: u8 = 0x80;

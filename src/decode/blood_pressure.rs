@@ -5,8 +5,8 @@ use super::ieee11073::{
     bit_names, patient_value_of, push_flags, stamp, value_of, Cursor, MderNumber,
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
-use crate::codes;
-use crate::reading::{Flag, Kind, Reading};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading};
 
 const FLAG_KPA: u8 = 0x01;
 const FLAG_TIME_STAMP: u8 = 0x02;
@@ -134,7 +134,7 @@ impl MessageDecoder for BloodPressureMeasurementDecoder {
         if let Some(time_stamp) = parsed.time_stamp {
             stamp(&mut reading, time_stamp, context);
             // A stored record replayed by the cuff carries the same time stamp and bytes, so the bytes name it.
-            if crate::measurement_time::stamp_names_the_record(&reading) {
+            if crate::model::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("blood-pressure:{}", hex_of(message)));
             }
         }
@@ -190,7 +190,7 @@ mod tests {
     use crate::decode::test_support::{
         bytes_of, decode_against_clock, decode_messages, received_at, render_error,
     };
-    use crate::measurement_time::HubClock;
+    use crate::model::measurement_time::HubClock;
 
     #[track_caller]
     fn check(hex: &str, expected: &str) {

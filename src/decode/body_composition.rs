@@ -8,8 +8,8 @@ use super::weight_scale::{
     body_weight, height, height_resolution, mass, weight_resolution, ScaleFeature,
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
-use crate::codes;
-use crate::reading::{Flag, Kind, Reading, Special, Value};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading, Special, Value};
 
 const UNSUCCESSFUL: u16 = 0xFFFF;
 const UNKNOWN_USER: u8 = 0xFF;
@@ -148,7 +148,7 @@ impl Packet {
         reading.user_id = self.user_id.filter(|user| *user != UNKNOWN_USER);
         if let Some(time_stamp) = self.time_stamp {
             stamp(&mut reading, time_stamp, context);
-            if crate::measurement_time::stamp_names_the_record(&reading) && !partial {
+            if crate::model::measurement_time::stamp_names_the_record(&reading) && !partial {
                 reading.record_key = Some(format!("body-composition:{}", hex_of(&self.raw)));
             }
         }
@@ -214,7 +214,7 @@ mod tests {
     use crate::decode::test_support::{
         bytes_of, decode_against_clock, decode_messages, received_at, render_error, utc,
     };
-    use crate::measurement_time::HubClock;
+    use crate::model::measurement_time::HubClock;
 
     #[track_caller]
     fn check(messages: &[&str], expected: &[&str]) {

@@ -44,9 +44,9 @@ use super::{
     hex_of, CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, Polled,
     StreamDecoder,
 };
-use crate::codes;
-use crate::measurement_time::{self, HubClock};
-use crate::reading::{Flag, Kind, Reading, TimeSource, Value};
+use crate::model::codes;
+use crate::model::measurement_time::{self, HubClock};
+use crate::model::reading::{Flag, Kind, Reading, TimeSource, Value};
 
 const LIVE: u8 = 0x01;
 const STORED_PAIR: u8 = 0x09;

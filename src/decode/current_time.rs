@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, NaiveDateTime, TimeDelta, Timelike, Utc, Weekda
 
 use super::ieee11073::{Cursor, DeviceDateTime};
 use super::FrameError;
-use crate::measurement_time::{DeviceClockCheck, HubClock};
+use crate::model::measurement_time::{DeviceClockCheck, HubClock};
 
 /// Adjust Reason bit 0: the time was set by hand.
 pub const ADJUST_MANUAL: u8 = 0x01;
@@ -28,7 +28,7 @@ pub const ADJUST_DST: u8 = 0x08;
 const ENCODABLE_YEARS: std::ops::RangeInclusive<u16> = 1582..=9999;
 
 /// A device clock within this much of the hub's, either way, counts as in sync.
-const IN_SYNC: TimeDelta = crate::measurement_time::CLOCK_TOLERANCE;
+const IN_SYNC: TimeDelta = crate::model::measurement_time::CLOCK_TOLERANCE;
 
 /// Encodes a Date Time: year u16 LE, month, day, hours, minutes, seconds. `None` for a year outside
 /// 1582–9999, which the field cannot hold.

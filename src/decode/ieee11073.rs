@@ -8,9 +8,9 @@
 use chrono::NaiveDate;
 
 use super::{DecodeContext, FrameError};
-use crate::codes::Measure;
-pub use crate::measurement_time::DeviceDateTime;
-use crate::reading::{Flag, Reading, Special, Value};
+use crate::model::codes::Measure;
+pub use crate::model::measurement_time::DeviceDateTime;
+use crate::model::reading::{Flag, Reading, Special, Value};
 
 /// A decoded SFLOAT or FLOAT: a number, or the special value the device sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -171,7 +171,7 @@ pub fn date_time(bytes: &[u8]) -> DeviceDateTime {
 
 /// Stamps a reading with a device time stamp judged by the one time model, adding its flag if any.
 pub fn stamp(reading: &mut Reading, device_time: DeviceDateTime, context: &DecodeContext<'_>) {
-    crate::measurement_time::judge(device_time, context).apply_to(reading);
+    crate::model::measurement_time::judge(device_time, context).apply_to(reading);
 }
 
 /// Appends the flags whose condition holds, in table order.

@@ -2,8 +2,8 @@
 //! and idle frames share the characteristic and are ignored.
 
 use super::{DecodeContext, FrameError, MessageDecoder};
-use crate::codes;
-use crate::reading::{Kind, Reading, Value};
+use crate::model::codes;
+use crate::model::reading::{Kind, Reading, Value};
 
 const NUMERIC_FRAME: u8 = 0x81;
 const PULSE_INVALID: u8 = 255;

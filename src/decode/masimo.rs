@@ -6,8 +6,8 @@
 
 use super::line::LineDecoder;
 use super::{DecodeContext, DecodeEvent, FrameError};
-use crate::codes;
-use crate::reading::{Flag, Kind, Reading, Special, Value};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading, Special, Value};
 
 /// EXC bits from the Rad-8 manual.
 const EXCEPTIONS: [(u32, Flag); 10] = [

@@ -25,11 +25,11 @@ pub mod xiaomi_scale;
 
 use chrono::{DateTime, Utc};
 
-use crate::reading::Reading;
+use crate::model::reading::Reading;
 
 /// What a decoder needs from the outside world, passed in rather than read: the receive time, the hub's
 /// time zone, whether the hub trusted its clock, and the device clock read in the session.
-pub use crate::measurement_time::HubTime as DecodeContext;
+pub use crate::model::measurement_time::HubTime as DecodeContext;
 
 /// One thing a decoder found in the bytes fed to it.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,7 +92,7 @@ pub trait StreamDecoder: Send {
     fn poll(
         &mut self,
         _now: DateTime<Utc>,
-        _hub_clock: crate::measurement_time::HubClock,
+        _hub_clock: crate::model::measurement_time::HubClock,
     ) -> Polled {
         Polled::default()
     }

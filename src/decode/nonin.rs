@@ -8,11 +8,11 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::codes;
 use crate::decode::ieee11073::push_flags;
 use crate::decode::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
-use crate::measurement_time::DeviceDateTime;
-use crate::reading::{Flag, Kind, Reading, Special, Value};
+use crate::model::codes;
+use crate::model::measurement_time::DeviceDateTime;
+use crate::model::reading::{Flag, Kind, Reading, Special, Value};
 
 const SPO2_MISSING: u8 = 127;
 const PULSE_MISSING: u16 = 511;
@@ -270,7 +270,7 @@ fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, Fr
             (status_lsb & 0x01 != 0, Flag::LowBattery),
         ],
     );
-    crate::measurement_time::judge(device_time([c, y, mo, d, h, mi, s]), context)
+    crate::model::measurement_time::judge(device_time([c, y, mo, d, h, mi, s]), context)
         .apply_to(&mut reading);
     let key = [
         c,
@@ -577,8 +577,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::measurement_time::HubClock;
-    use crate::reading::TimeSource;
+    use crate::model::measurement_time::HubClock;
+    use crate::model::reading::TimeSource;
 
     type MakeDecoder = fn() -> Box<dyn StreamDecoder>;
     /// (frame number, status) pairs replacing the packet's usual status.
@@ -657,7 +657,7 @@ mod tests {
                     .map(render_value)
                     .collect::<Vec<_>>()
                     .join(" "),
-                crate::reading::joined(&reading.flags),
+                crate::model::reading::joined(&reading.flags),
                 reading.measured_at.to_rfc3339(),
                 reading.time_source.as_str(),
             ),

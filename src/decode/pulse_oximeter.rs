@@ -8,8 +8,8 @@ use super::ieee11073::{
     bit_names, patient_value_of, push_flags, stamp, value_of, Cursor, DeviceDateTime,
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
-use crate::codes;
-use crate::reading::{Flag, Kind, Reading};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading};
 
 /// Measurement Status (uint16); bits 0–4 are reserved.
 const MEASUREMENT_STATUS: [(u32, Flag); 11] = [
@@ -111,7 +111,7 @@ impl MessageDecoder for PlxSpotCheckDecoder {
                 time_stamp
             };
             stamp(&mut reading, device_time, context);
-            if crate::measurement_time::stamp_names_the_record(&reading) {
+            if crate::model::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("plx-spot-check:{}", hex_of(message)));
             }
             // The time stamp as sent, even one the device itself says its clock did not know.
@@ -237,7 +237,7 @@ mod tests {
     use crate::decode::test_support::{
         bytes_of, decode_against_clock, decode_messages, received_at, render_error, utc,
     };
-    use crate::measurement_time::HubClock;
+    use crate::model::measurement_time::HubClock;
 
     #[track_caller]
     fn check_spot(hex: &str, expected: &str) {
@@ -377,8 +377,8 @@ mod tests {
             Ok(features) => format!(
                 "{} | {} | {}",
                 features.supported.join(","),
-                crate::reading::joined(&features.measurement_status_support),
-                crate::reading::joined(&features.device_and_sensor_status_support)
+                crate::model::reading::joined(&features.measurement_status_support),
+                crate::model::reading::joined(&features.device_and_sensor_status_support)
             ),
             Err(error) => render_error(&error),
         };

@@ -8,8 +8,8 @@
 
 use super::line::LineDecoder;
 use super::{hex_of, DecodeContext, DecodeEvent, FrameError};
-use crate::codes::{self, Measure};
-use crate::reading::{Flag, Kind, Reading, Special, Value};
+use crate::model::codes::{self, Measure};
+use crate::model::reading::{Flag, Kind, Reading, Special, Value};
 
 const HEADER: &[u8] = b"{0,16,";
 

@@ -3,7 +3,7 @@
 use chrono::{DateTime, FixedOffset, Utc};
 
 use super::{DecodeContext, FrameError, MessageDecoder, StreamDecoder};
-use crate::reading::{Reading, Value};
+use crate::model::reading::{Reading, Value};
 
 /// The receive time every decoder test uses: noon UTC on 2024-03-15, after every vector's time stamp.
 pub fn received_at() -> DateTime<Utc> {
@@ -45,7 +45,7 @@ pub fn render_reading(reading: &Reading) -> String {
             .map(render_value)
             .collect::<Vec<_>>()
             .join(" "),
-        crate::reading::joined(&reading.flags),
+        crate::model::reading::joined(&reading.flags),
         reading.measured_at.format("%Y-%m-%dT%H:%M:%S"),
         reading.time_source.as_str(),
     );
@@ -113,7 +113,7 @@ pub fn decode_stream(make: fn() -> Box<dyn StreamDecoder>, hex: &str) -> Vec<Str
 /// as the device sent it (`sent=`, `-` for none).
 pub fn decode_against_clock(
     decoder: &mut dyn MessageDecoder,
-    clock: crate::measurement_time::HubClock,
+    clock: crate::model::measurement_time::HubClock,
     hex: &str,
 ) -> String {
     let context = DecodeContext {

@@ -3,8 +3,8 @@
 
 use super::ieee11073::{patient_value_of, stamp, Cursor};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
-use crate::codes;
-use crate::reading::{Flag, Kind, Reading};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading};
 
 const FAHRENHEIT: u8 = 0x01;
 const TIME_STAMP_PRESENT: u8 = 0x02;
@@ -64,7 +64,7 @@ impl MessageDecoder for TemperatureMeasurementDecoder {
             stamp(&mut reading, time_stamp, context);
             // A stored record replayed by the thermometer carries the same time stamp and bytes, so the bytes
             // name it; without a trusted time stamp two equal temperatures would wrongly share one name.
-            if crate::measurement_time::stamp_names_the_record(&reading) {
+            if crate::model::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("temperature:{}", hex_of(message)));
             }
         }
@@ -80,7 +80,7 @@ mod tests {
     use crate::decode::test_support::{
         bytes_of, decode_against_clock, decode_messages, received_at, utc,
     };
-    use crate::measurement_time::HubClock;
+    use crate::model::measurement_time::HubClock;
 
     #[track_caller]
     fn check(messages: &[&str], expected: &[&str]) {

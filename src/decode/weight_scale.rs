@@ -5,8 +5,8 @@
 
 use super::ieee11073::{bit_names, stamp, Cursor};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
-use crate::codes;
-use crate::reading::{Flag, Kind, Reading, Special, Value};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading, Special, Value};
 
 const UNSUCCESSFUL: u16 = 0xFFFF;
 const UNKNOWN_USER: u8 = 0xFF;
@@ -94,7 +94,7 @@ impl MessageDecoder for WeightMeasurementDecoder {
         reading.user_id = user_id.filter(|user| *user != UNKNOWN_USER);
         if let Some(time_stamp) = time_stamp {
             stamp(&mut reading, time_stamp, context);
-            if crate::measurement_time::stamp_names_the_record(&reading) {
+            if crate::model::measurement_time::stamp_names_the_record(&reading) {
                 reading.record_key = Some(format!("weight:{}", hex_of(message)));
             }
         }
@@ -158,7 +158,7 @@ mod tests {
     use crate::decode::test_support::{
         bytes_of, decode_against_clock, decode_messages, received_at, render_error, utc,
     };
-    use crate::measurement_time::HubClock;
+    use crate::model::measurement_time::HubClock;
 
     #[track_caller]
     fn check(hex: &str, expected: &str) {

@@ -7,8 +7,8 @@
 
 use super::ieee11073::{date_time, push_flags, stamp};
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
-use crate::codes;
-use crate::reading::{Flag, Kind, Reading, Value};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading, Value};
 
 const SMART_SCALE_LEN: usize = 10;
 const BODY_COMPOSITION_LEN: usize = 13;
@@ -176,7 +176,7 @@ mod tests {
     use crate::decode::test_support::{
         bytes_of, decode_against_clock, decode_messages, received_at, utc,
     };
-    use crate::measurement_time::HubClock;
+    use crate::model::measurement_time::HubClock;
 
     #[track_caller]
     fn check_v1(messages: &[&str], expected: &[&str]) {

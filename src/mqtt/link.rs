@@ -220,7 +220,7 @@ impl Link {
                 let properties = PublishProperties {
                     user_properties: vec![(
                         "schema".to_string(),
-                        crate::payload::SCHEMA_NAME.to_string(),
+                        crate::model::payload::SCHEMA_NAME.to_string(),
                     )],
                     ..PublishProperties::default()
                 };

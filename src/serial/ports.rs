@@ -143,16 +143,8 @@ pub fn known_adapter(vid: u16, pid: u16) -> Option<(&'static str, Option<Protoco
         })
 }
 
-/// How a configured port is found.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PortLocation {
-    Path(PathBuf),
-    Usb {
-        vid: u16,
-        pid: u16,
-        serial_number: Option<String>,
-    },
-}
+/// How a configured port is found; configuration says it, this module finds it.
+pub use crate::config::PortLocation;
 
 impl PortLocation {
     /// The path to open now, if the device is present.
@@ -173,19 +165,6 @@ impl PortLocation {
                             .is_none_or(|wanted| port.serial_number.as_ref() == Some(wanted))
                 })
                 .map(|port| port.by_id.unwrap_or(port.device)),
-        }
-    }
-
-    /// For logs and status.
-    pub fn describe(&self) -> String {
-        match self {
-            PortLocation::Path(path) => path.display().to_string(),
-            PortLocation::Usb {
-                vid,
-                pid,
-                serial_number: Some(serial),
-            } => format!("USB {vid:04x}:{pid:04x} serial {serial}"),
-            PortLocation::Usb { vid, pid, .. } => format!("USB {vid:04x}:{pid:04x}"),
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::racp::{self, Response, ResponseCode};
 use super::{announces_context, decode_context, sequence_number};
 use crate::decode::{DecodeEvent, FrameError};
-use crate::reading::{Kind, Reading};
+use crate::model::reading::{Kind, Reading};
 
 /// How long a glucose meter may take to answer a RACP request.
 pub const RACP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -299,7 +299,7 @@ mod tests {
                                 out.push(format!(
                                     "record {} [{}]",
                                     sequence_number(&reading.raw).unwrap(),
-                                    crate::reading::joined(&reading.flags)
+                                    crate::model::reading::joined(&reading.flags)
                                 ));
                                 readings.push(reading);
                             }

@@ -15,8 +15,8 @@ use super::ieee11073::{
     MderNumber,
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
-use crate::codes;
-use crate::reading::{Flag, Kind, Reading, Special, Value};
+use crate::model::codes;
+use crate::model::reading::{Flag, Kind, Reading, Special, Value};
 
 const TIME_OFFSET_PRESENT: u8 = 0x01;
 const CONCENTRATION_PRESENT: u8 = 0x02;
@@ -209,7 +209,7 @@ fn measurement_time(base_time: DeviceDateTime, offset_minutes: Option<i16>) -> D
         (DeviceDateTime::Known(base), Some(minutes)) => base
             .checked_add_signed(TimeDelta::minutes(i64::from(minutes)))
             // A Date Time holds years up to 9999; an offset cannot carry it past what the wire can say.
-            .filter(crate::measurement_time::has_four_digit_year)
+            .filter(crate::model::measurement_time::has_four_digit_year)
             .map_or(DeviceDateTime::Unknown, DeviceDateTime::Known),
         (base_time, _) => base_time,
     }
@@ -329,7 +329,7 @@ mod tests {
     use crate::decode::test_support::{
         bytes_of, decode_against_clock, decode_messages, received_at, render_error, utc,
     };
-    use crate::measurement_time::HubClock;
+    use crate::model::measurement_time::HubClock;
 
     #[track_caller]
     fn check(messages: &[&str], expected: &[&str]) {
@@ -640,7 +640,7 @@ mod tests {
         }
         parts.push(format!(
             "flags=[{}]",
-            crate::reading::joined(&context.flags())
+            crate::model::reading::joined(&context.flags())
         ));
         parts.join(" ")
     }

@@ -6,7 +6,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::reading::{Flag, Reading};
+use crate::model::reading::{Flag, Reading};
 
 pub const SCHEMA_NAME: &str = "vitalsd.reading.v1";
 /// The outbox format number of payloads built here.
@@ -137,7 +137,7 @@ pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -
         // Four-digit years only: the wire formats hold no more, and the schema promises no more.
         device_time: reading
             .device_time
-            .filter(crate::measurement_time::has_four_digit_year)
+            .filter(crate::model::measurement_time::has_four_digit_year)
             .map(|time| time.format("%Y-%m-%dT%H:%M:%S").to_string()),
         hub_clock: reading.hub_clock.as_str(),
         device_clock: reading.device_clock.as_ref().and_then(|check| {
@@ -157,7 +157,7 @@ pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -
 
 /// The boot instant a reading waits on: readings received under an untrusted hub clock are held until the
 /// clock is trusted, then their times are resolved from it ([`release_held`]).
-pub fn held(reading: &Reading) -> Option<&crate::reading::BootInstant> {
+pub fn held(reading: &Reading) -> Option<&crate::model::reading::BootInstant> {
     reading
         .received_since_boot
         .as_ref()
@@ -249,8 +249,8 @@ fn json_number(value: f64) -> Option<serde_json::Number> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codes;
-    use crate::reading::{Kind, Special, TimeSource, Value};
+    use crate::model::codes;
+    use crate::model::reading::{Kind, Special, TimeSource, Value};
     use chrono::{DateTime, Utc};
 
     fn sample() -> Reading {
@@ -269,7 +269,7 @@ mod tests {
             record_key: Some("nonin-df13:abc".to_string()),
             user_id: None,
             device_time: Some("2024-03-15T10:20:30".parse().unwrap()),
-            hub_clock: crate::measurement_time::HubClock::Synchronized,
+            hub_clock: crate::model::measurement_time::HubClock::Synchronized,
             device_clock: None,
             received_since_boot: None,
         }
@@ -353,8 +353,8 @@ mod tests {
         reading.received_at = "2020-01-01T00:00:00Z".parse().unwrap();
         reading.measured_at = reading.received_at.fixed_offset();
         reading.device_time = None;
-        reading.hub_clock = crate::measurement_time::HubClock::Unsynchronized;
-        reading.received_since_boot = Some(crate::reading::BootInstant {
+        reading.hub_clock = crate::model::measurement_time::HubClock::Unsynchronized;
+        reading.received_since_boot = Some(crate::model::reading::BootInstant {
             boot_id: "b1".into(),
             since_boot: std::time::Duration::from_millis(100_250),
         });
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn a_reading_received_under_a_trusted_clock_is_not_held() {
         let mut reading = held_reading();
-        reading.hub_clock = crate::measurement_time::HubClock::Synchronized;
+        reading.hub_clock = crate::model::measurement_time::HubClock::Synchronized;
         assert!(held(&reading).is_none());
         let json: serde_json::Value =
             serde_json::from_slice(&to_json("h", "i", &device(), &reading)).unwrap();

@@ -20,7 +20,7 @@
 
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeDelta, Utc};
 
-use crate::reading::{Flag, HubTimeZone, TimeSource};
+use crate::model::reading::{Flag, HubTimeZone, TimeSource};
 
 /// Device times before this year are a clock that was never set (scales that count from 1970, cuffs
 /// that start at their factory date of 2000), not old records: no device we read stores a decade.
@@ -142,7 +142,7 @@ pub struct Stamp {
 
 impl Stamp {
     /// Writes the verdict into a reading (time, source, flag and the time as reported).
-    pub fn apply_to(self, reading: &mut crate::reading::Reading) {
+    pub fn apply_to(self, reading: &mut crate::model::reading::Reading) {
         reading.measured_at = self.measured_at;
         reading.time_source = self.time_source;
         reading.flags.extend(self.flag);
@@ -160,7 +160,7 @@ pub fn has_four_digit_year(time: &NaiveDateTime) -> bool {
 /// stamp, whatever the hub made of it (ahead, reset, corrected), so a record re-sent after a reboot is
 /// recognised whatever the hub clock said either time. A clock that was never set stamps every record
 /// alike, so such a stamp names nothing.
-pub fn stamp_names_the_record(reading: &crate::reading::Reading) -> bool {
+pub fn stamp_names_the_record(reading: &crate::model::reading::Reading) -> bool {
     reading
         .device_time
         .is_some_and(|time| DeviceDateTime::Known(time).plausible().is_some())

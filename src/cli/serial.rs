@@ -89,14 +89,9 @@ fn configured(config: Option<&Config>, port: &PortInfo, roots: &Roots) -> Option
 
 /// `vitalsd serial [--config PATH] [--listen SECONDS] [--json]`.
 pub fn serial(config_path: Option<&Path>, listen_seconds: u64, json: bool) -> ExitCode {
-    let config = match config_path.map(Config::load) {
+    let config = match config_path.map(super::load_config) {
         Some(Ok(config)) => Some(config),
-        Some(Err(errors)) => {
-            for error in &errors.0 {
-                eprintln!("{error}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Some(Err(code)) => return code,
         None => None,
     };
     let roots = Roots::from_environment();
