@@ -477,7 +477,8 @@ fn a_two_mebibyte_state_dir_filled_by_the_outbox_itself_or_by_another_program_re
 #[test]
 fn starting_on_a_full_state_dir_says_so_and_exits() {
     let world = DaemonWorld::new();
-    let _port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{}", crate::support::free_port()));
+    let (_no_broker, broker_port) = crate::support::silent_port();
+    let _port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{broker_port}"));
     let _tmpfs = Tmpfs::mount(&world.state_dir(), "1m");
     let hog = Hog::start(&world.state_dir());
     drop(hog);
