@@ -149,7 +149,13 @@ fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_rea
     assert!(rig.world.log().contains("lost=20"));
     // Salvage refuses while the daemon runs.
     let refused = rig.world.command(&["outbox", "salvage"]);
-    assert!(!refused.status.success());
+    assert!(
+        !refused.status.success(),
+        "salvage ran beside the daemon (still running: {}):\n{}\nlog:\n{}",
+        daemon.is_running(),
+        String::from_utf8_lossy(&refused.stdout),
+        rig.world.log()
+    );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("stop the service first"));
     assert!(daemon.terminate().success());
 

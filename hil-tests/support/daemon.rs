@@ -15,6 +15,24 @@ pub struct SerialEntry {
     pub extra: Vec<String>,
 }
 
+impl SerialEntry {
+    /// The entry for a simulated device: its link, with no id and no extra lines.
+    pub fn of(port: &super::pty::SimulatedPort, protocol: &'static str) -> SerialEntry {
+        SerialEntry {
+            path: port.link().to_path_buf(),
+            protocol,
+            id: None,
+            extra: vec![],
+        }
+    }
+
+    /// The entry with `key = value` lines added.
+    pub fn with(mut self, lines: &[&str]) -> SerialEntry {
+        self.extra.extend(lines.iter().map(|line| line.to_string()));
+        self
+    }
+}
+
 /// A private world for one daemon: config file, state directory, log file.
 pub struct DaemonWorld {
     pub dir: tempfile::TempDir,
@@ -246,6 +264,39 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the daemon holds `path` open (a serial port it reads): observable in `/proc` the moment
+    /// it opens or closes the port, unlike its once-a-second poll for a missing one.
+    pub fn holds_open(&self, path: &Path) -> bool {
+        let path = path.to_string_lossy();
+        super::open_files(self.pid())
+            .iter()
+            .any(|file| *file == path)
+    }
+
+    /// Waits until the daemon has opened the simulated device, and fails the test if it does not within
+    /// `timeout`.
+    #[track_caller]
+    pub fn wait_opened(&self, port: &super::pty::SimulatedPort, timeout: Duration) {
+        super::wait_for(
+            &format!("vitalsd to open {}", port.link().display()),
+            timeout,
+            || self.holds_open(port.tty()),
+            || format!("it holds {:?}", super::open_files(self.pid())),
+        );
+    }
+
+    /// Waits until the daemon holds `tty` no more (it noticed an unplug), and fails the test if it still
+    /// does after `timeout`.
+    #[track_caller]
+    pub fn wait_closed(&self, tty: &Path, timeout: Duration) {
+        super::wait_for(
+            &format!("vitalsd to close {}", tty.display()),
+            timeout,
+            || !self.holds_open(tty),
+            || format!("it holds {:?}", super::open_files(self.pid())),
+        );
     }
 
     /// Whether the process is still running.
