@@ -153,7 +153,8 @@ impl Broker {
         std::fs::write(self.dir.path().join("acl"), acl).expect("write acl");
     }
 
-    /// SIGHUP: Mosquitto reads its password and ACL files again, keeping its connections.
+    /// SIGHUP: Mosquitto reads its password and ACL files again, keeping its connections. It does so on
+    /// its next turn, not before this returns: a publish right after may still meet the old rules.
     pub fn reload(&self) {
         kill(self.pid(), Signal::SIGHUP).expect("SIGHUP mosquitto");
     }
