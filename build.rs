@@ -2,8 +2,11 @@
 //! ignored ("skipped: set …") when no device is named, and run when one is: libtest has no run-time skip,
 //! and a test that returns early would count as passed.
 
-/// Each cfg, and the variables that must all be set (to a non-empty value, or to the one given) for it.
-const HARDWARE: &[(&str, &[(&str, Option<&str>)])] = &[
+/// A variable, and the value it must have (`None`: any non-empty value).
+type Wanted = (&'static str, Option<&'static str>);
+
+/// Each cfg, and the variables that must all be set for it.
+const HARDWARE: &[(&str, &[Wanted])] = &[
     ("vitalsd_hil_serial", &[("VITALSD_HIL_SERIAL_PATH", None)]),
     (
         "vitalsd_hil_serial_replug",
