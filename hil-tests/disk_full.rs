@@ -19,7 +19,7 @@ use crate::support::daemon::DaemonWorld;
 use crate::support::nonin::SpotCheck;
 use crate::support::pty::SimulatedPort;
 use crate::support::subscriber::Subscriber;
-use crate::support::wait_until;
+use crate::support::{wait_for, wait_until};
 
 /// The watchdog period the daemon is started with; it pings every half of it.
 const WATCHDOG: Duration = Duration::from_secs(4);
@@ -90,6 +90,7 @@ impl Hog {
             while !thread_stop.load(Ordering::Relaxed) {
                 match file.write(&chunk) {
                     Ok(_) => {}
+                    // Full: the hog keeps taking whatever room comes free, a little at a time.
                     Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => {
                         std::thread::sleep(Duration::from_millis(10))
                     }
@@ -221,6 +222,7 @@ impl Feeder {
                 if port.write_waiting(&frame, || thread_stop.load(Ordering::Relaxed)) {
                     thread_next.store(n + 1, Ordering::SeqCst);
                 }
+                // The pace of the simulated device.
                 std::thread::sleep(every);
             }
             port
@@ -265,6 +267,7 @@ fn stays_answering_while_full(
             "status does not show the full state directory: {status}"
         );
         assert!(daemon.is_running(), "the daemon died:\n{}", world.log());
+        // The full spell lasts `duration` by design; this samples it once a second.
         std::thread::sleep(Duration::from_secs(1));
     }
     let gap = notifications.longest_watchdog_gap(from, Instant::now());
@@ -362,7 +365,13 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
 
     // Full again, and SIGTERM while it is: the daemon stops in time and keeps what was stored.
     let feeder = Feeder::start(port, sent, Duration::from_millis(20));
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        wait_until(Duration::from_secs(10), || feeder
+            .next
+            .load(Ordering::SeqCst)
+            > sent + 10),
+        "the daemon does not read the device"
+    );
     let hog = Hog::start(&world.state_dir());
     let filled = Instant::now();
     assert!(
@@ -370,6 +379,7 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
             .waiting_for_space(filled)),
         "the daemon never said it waits for space the second time"
     );
+    // Full for a while, with readings arriving, before the stop: a duration by nature.
     std::thread::sleep(Duration::from_secs(3));
     let asked = Instant::now();
     nix::sys::signal::kill(
@@ -404,7 +414,6 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
         "{missing} stored readings never arrived; log tail:\n{}",
         tail(&world.log())
     );
-    std::thread::sleep(Duration::from_secs(2));
     eprintln!(
         "SIGTERM while full: stopped in {stop_took:?} ({status}); {sent} readings sent, {} were stored and all \
          of them delivered; {} arrived in all (the rest were in memory only when it stopped)",
@@ -521,15 +530,15 @@ fn a_full_state_dir_with_the_reserve_in_place_starts_with_its_room_and_delivers(
     drop(hog);
     let mut daemon = world.start();
     port.write(&SpotCheck::numbered(0).frame());
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for(
+        "the daemon to release the outbox reserve",
+        Duration::from_secs(20),
+        || !world.state_dir().join("outbox.reserve").exists(),
+        || tail(&world.log()),
+    );
     assert!(
         daemon.is_running(),
         "the daemon did not start on the reserve's room:\n{}",
-        tail(&world.log())
-    );
-    assert!(
-        world.log().contains("released the outbox reserve"),
-        "{}",
         tail(&world.log())
     );
     std::fs::remove_file(world.state_dir().join("filler")).unwrap();

@@ -228,6 +228,7 @@ fn status_counters_survive_kill_9_with_the_readings_they_count() {
     let mut daemon = rig.world.start();
     for n in 0..30 {
         rig.port.write(&SpotCheck::numbered(n).frame());
+        // The pace of the simulated device: the readings come in several commits.
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(wait_until(Duration::from_secs(20), || rig

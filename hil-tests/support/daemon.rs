@@ -240,30 +240,29 @@ impl Daemon {
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        for _ in 0..200 {
-            if let Some(status) = child.try_wait().expect("wait for vitalsd") {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        panic!("vitalsd did not stop within 10 s of SIGTERM");
+        let mut status = None;
+        super::wait_until(Duration::from_secs(10), || {
+            status = child.try_wait().expect("wait for vitalsd");
+            status.is_some()
+        });
+        status.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("vitalsd did not stop within 10 s of SIGTERM")
+        })
     }
 
     /// Waits up to `timeout` for the process to exit on its own; its exit status, or `None` if it still runs.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let child = self.child.as_mut().expect("daemon started");
-            if let Some(status) = child.try_wait().expect("wait for vitalsd") {
-                self.child = None;
-                return Some(status);
-            }
-            if std::time::Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let child = self.child.as_mut().expect("daemon started");
+        let mut status = None;
+        super::wait_until(timeout, || {
+            status = child.try_wait().expect("wait for vitalsd");
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
         }
+        status
     }
 
     /// Whether the daemon holds `path` open (a serial port it reads): observable in `/proc` the moment
