@@ -107,6 +107,13 @@ fn values(reading: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// A record stored after a cuff's first burst, read on a later connection: the sentinel of the tests that
+/// must show something did not happen in between.
+fn store_one_more_cuff_record(rig: &BleRig) {
+    let record = blood_pressure_record(125, 82, 96, 66, date_time(2024, 3, 15, 9, 0, 0));
+    rig.sim.store_records(CUFF, 0x2A35, &[record]);
+}
+
 fn cuff_records(count: u16) -> Vec<Vec<u8>> {
     (0..count)
         .map(|i| {
@@ -242,17 +249,7 @@ fn an_unbound_device_advertising_nearby_is_ignored() {
     rig.wait_for_readings(CUFF, 2, Duration::from_secs(30));
     // The cuff's next record is the sentinel: the daemon reads it in a later round of adverts, all the
     // while the stranger advertises too.
-    rig.sim.store_records(
-        CUFF,
-        0x2A35,
-        &[blood_pressure_record(
-            125,
-            82,
-            96,
-            66,
-            date_time(2024, 3, 15, 9, 0, 0),
-        )],
-    );
+    store_one_more_cuff_record(&rig);
     rig.wait_for_readings(CUFF, 3, Duration::from_secs(30));
     assert!(rig.readings_of(STRANGER).is_empty());
     let connects: Vec<String> = rig
@@ -430,17 +427,7 @@ fn a_link_lost_mid_burst_is_read_again_on_reconnect_without_losing_or_duplicatin
     rig.wait_for_readings(CUFF, 20, Duration::from_secs(60));
     // One more record, read on a later connection, is the sentinel: a record of the burst read twice
     // would have been published before it.
-    rig.sim.store_records(
-        CUFF,
-        0x2A35,
-        &[blood_pressure_record(
-            125,
-            82,
-            96,
-            66,
-            date_time(2024, 3, 15, 9, 0, 0),
-        )],
-    );
+    store_one_more_cuff_record(&rig);
     let readings = rig.wait_for_readings(CUFF, 21, Duration::from_secs(60));
     assert_eq!(readings.len(), 21);
     assert_eq!(rig.subscriber.readings().len(), 21, "nothing duplicated");

@@ -54,12 +54,7 @@ fn rig(protocol: &str) -> Rig {
     world.write_config(
         &broker.url(),
         &lines,
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df13",
-            id: None,
-            extra: vec![],
-        }],
+        &[SerialEntry::of(&port, "nonin-df13")],
     );
     Rig {
         broker,

@@ -357,15 +357,9 @@ fn a_stream_received_while_the_hub_clock_was_two_days_behind_is_dated_from_the_b
     world.write_config(
         &broker.url(),
         &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df8",
-            id: Some("oximeter-1".to_string()),
-            extra: vec![
-                "spot_stable_s = 3.0".to_string(),
-                "spot_repeat_s = 3600".to_string(),
-            ],
-        }],
+        &[SerialEntry::of(&port, "nonin-df8")
+            .with_id("oximeter-1")
+            .with(&["spot_stable_s = 3.0", "spot_repeat_s = 3600"])],
     );
     let clock = HubClockControl::new(&world, "3f1c9a2e-0000-4000-8000-00000000000c")
         .with_faketime(&world, "-2d");

@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use crate::delivery::rig;
-use crate::support::broker::Broker;
-use crate::support::daemon::{DaemonWorld, SerialEntry};
+use crate::support::daemon::SerialEntry;
 use crate::support::nonin::{df8_frame, SpotCheck};
 use crate::support::pty::SimulatedPort;
-use crate::support::subscriber::Subscriber;
+use crate::support::rig::Lab;
 use crate::support::wait_until;
 
 #[test]
@@ -113,23 +112,12 @@ fn an_unplugged_device_is_picked_up_again_when_it_returns() {
 /// second (the device sends one) until the spot arrives, so a stalled machine only makes it wait longer.
 #[test]
 fn a_continuous_stream_becomes_one_spot_reading_per_stable_placement() {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let mut port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_OEM-if00-port0"));
-    world.write_config(
-        &broker.url(),
-        &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df8",
-            id: Some("oximeter-1".to_string()),
-            extra: vec![
-                "spot_stable_s = 1.0".to_string(),
-                "spot_repeat_s = 3600".to_string(),
-            ],
-        }],
-    );
+    let lab = Lab::new();
+    let (subscriber, world) = (&lab.subscriber, &lab.world);
+    let mut port = lab.plug_in("usb-Nonin_OEM-if00-port0");
+    lab.configure(&[SerialEntry::of(&port, "nonin-df8")
+        .with_id("oximeter-1")
+        .with(&["spot_stable_s = 1.0", "spot_repeat_s = 3600"])]);
     let daemon = world.start();
     daemon.wait_opened(&port, Duration::from_secs(10));
     let stream_until = |port: &mut SimulatedPort, frame: [u8; 4], readings: usize| {

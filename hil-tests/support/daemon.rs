@@ -26,6 +26,12 @@ impl SerialEntry {
         }
     }
 
+    /// The entry with a configured device id.
+    pub fn with_id(mut self, id: &str) -> SerialEntry {
+        self.id = Some(id.to_string());
+        self
+    }
+
     /// The entry with `key = value` lines added.
     pub fn with(mut self, lines: &[&str]) -> SerialEntry {
         self.extra.extend(lines.iter().map(|line| line.to_string()));
