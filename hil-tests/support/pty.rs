@@ -171,20 +171,25 @@ impl SimulatedPort {
         true
     }
 
-    /// Writes bytes as the device would; gives up after 5 s if nobody drains the line.
+    /// Writes bytes as the device would; gives up if the line takes nothing for 30 s. A large write
+    /// takes as long as the host needs to read it, which on a loaded machine is a while.
     pub fn write(&mut self, bytes: &[u8]) {
         let (master, _) = self.ends.as_mut().expect("device is plugged in");
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let stall = Duration::from_secs(30);
+        let mut progress = Instant::now();
         let mut rest = bytes;
         while !rest.is_empty() {
             match master.write(rest) {
-                Ok(n) => rest = &rest[n..],
+                Ok(n) => {
+                    rest = &rest[n..];
+                    progress = Instant::now();
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(error) => panic!("writing to the simulated device failed: {error}"),
             }
             assert!(
-                Instant::now() < deadline,
-                "the simulated device's line stayed full for 5 s"
+                progress.elapsed() < stall,
+                "the simulated device's line stayed full for {stall:?}"
             );
         }
         master.flush().expect("flush pty");
