@@ -261,6 +261,7 @@ fn mqtt311_cannot_see_a_refusal_so_refused_readings_are_reported_delivered_and_l
     let through = wait_until(Duration::from_secs(20), || {
         rig.port.write(&SpotCheck::numbered(next).frame());
         next += 1;
+        // The pace of the sentinels: a few a second until the reload has taken effect.
         std::thread::sleep(Duration::from_millis(200));
         !rig.subscriber.readings().is_empty()
     });
