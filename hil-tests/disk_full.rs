@@ -284,7 +284,13 @@ fn stays_answering_while_full(
 
 /// Waits until the subscriber has every reading numbered `0..sent` (they are distinct), then checks that
 /// no reading arrived that the device did not send.
-fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: Duration) {
+fn all_arrive(
+    subscriber: &Subscriber,
+    world: &DaemonWorld,
+    port: &SimulatedPort,
+    sent: u32,
+    timeout: Duration,
+) {
     let arrived = subscriber.wait_for_unique_readings(sent as usize, timeout);
     let written: BTreeSet<String> = (0..sent)
         .map(|n| SpotCheck::numbered(n).measured_at_utc())
@@ -299,10 +305,12 @@ fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: 
         .collect();
     assert!(
         arrived,
-        "{} of {sent} readings arrived, missing numbers {:?}; in the outbox {}; status {}\nlog tail:\n{}",
+        "{} of {sent} readings arrived, missing numbers {:?}; in the outbox {}; unread on the line {} bytes; \
+         status {}\nlog tail:\n{}",
         subscriber.unique_reading_ids().len(),
         &missing[..missing.len().min(20)],
         world.outbox_keys().len(),
+        port.unread(),
         world.status(),
         tail(&world.log())
     );
@@ -317,9 +325,18 @@ fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: 
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log
         .lines()
-        .filter(|line| !line.contains("Reading decoded."))
+        .filter(|line| {
+            !line.contains("Reading decoded.") && !line.contains("Bluetooth is not available")
+        })
         .collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
+    let last_reading = log
+        .lines()
+        .rfind(|line| line.contains("Reading decoded."))
+        .unwrap_or("no reading decoded");
+    format!(
+        "{}\nlast reading decoded: {last_reading}",
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    )
 }
 
 #[test]
@@ -364,7 +381,7 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
         tail(&world.log())
     );
     let (port, sent) = feeder.stop();
-    all_arrive(&subscriber, &world, sent, Duration::from_secs(90));
+    all_arrive(&subscriber, &world, &port, sent, Duration::from_secs(90));
     eprintln!("full for 12 s while {sent} readings were sent: all arrived once space returned");
 
     // Full again, and SIGTERM while it is: the daemon stops in time and keeps what was stored.
@@ -474,8 +491,8 @@ fn a_two_mebibyte_state_dir_filled_by_the_outbox_itself_or_by_another_program_re
     );
     stays_answering_while_full(&world, &mut daemon, &notifications, Duration::from_secs(5));
     hog.free();
-    let (_port, sent) = feeder.stop();
-    all_arrive(&subscriber, &world, sent, Duration::from_secs(120));
+    let (port, sent) = feeder.stop();
+    all_arrive(&subscriber, &world, &port, sent, Duration::from_secs(120));
     assert!(
         wait_until(Duration::from_secs(20), || world.outbox_keys().is_empty()),
         "delivered readings stay in the outbox: {}\nlog tail:\n{}",
