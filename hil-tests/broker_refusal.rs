@@ -54,12 +54,7 @@ fn rig(protocol: &str) -> Rig {
     world.write_config(
         &broker.url(),
         &lines,
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df13",
-            id: None,
-            extra: vec![],
-        }],
+        &[SerialEntry::of(&port, "nonin-df13")],
     );
     Rig {
         broker,
@@ -167,6 +162,7 @@ fn mqtt5_a_refused_reading_stays_pending_and_drains_once_the_broker_allows_it() 
         .as_u64()
         .unwrap();
     let started = Instant::now();
+    // The rate is the subject: refusals counted over a window of wall time.
     std::thread::sleep(Duration::from_secs(4));
     let after = rig.world.status()["uplink"]["refused_total"]
         .as_u64()
@@ -202,9 +198,17 @@ fn mqtt5_a_refused_reading_stays_pending_and_drains_once_the_broker_allows_it() 
         status["outbox"]["pending"] == 0 && status["outbox"]["delivered_total"] == READINGS
     });
     assert!(drained, "{}", rig.world.status());
-    std::thread::sleep(Duration::from_millis(500));
+    // A reading written now is the sentinel: a duplicate of an earlier one would have arrived before it.
+    let sentinel = SpotCheck::numbered(READINGS).measured_at_utc();
+    rig.port.write(&SpotCheck::numbered(READINGS).frame());
+    assert!(
+        rig.subscriber
+            .wait_for_measured_at(&sentinel, Duration::from_secs(20)),
+        "no sentinel reading; log:\n{}",
+        rig.world.log()
+    );
     let counts = rig.subscriber.reading_counts();
-    assert_eq!(counts.len(), READINGS as usize);
+    assert_eq!(counts.len(), READINGS as usize + 1);
     assert!(counts.values().all(|&c| c == 1), "duplicates: {counts:?}");
     let expected: std::collections::BTreeSet<String> = (0..READINGS)
         .map(|n| SpotCheck::numbered(n).measured_at_utc())
@@ -214,6 +218,7 @@ fn mqtt5_a_refused_reading_stays_pending_and_drains_once_the_broker_allows_it() 
         .readings()
         .iter()
         .map(|r| r["measured_at"].as_str().unwrap().to_string())
+        .filter(|measured| *measured != sentinel)
         .collect();
     assert_eq!(measured, expected, "other readings than were sent");
     // The burst ends once the broker has refused nothing for the quiet period (2 s here).
@@ -247,15 +252,43 @@ fn mqtt311_cannot_see_a_refusal_so_refused_readings_are_reported_delivered_and_l
     assert!(!rig.world.log().contains("refused a reading"));
 
     // Not one reached the subscriber, and fixing the rule brings none back: they are gone.
+    // Readings written after the fix are sentinels: one of the lost readings, had it come back, would have
+    // arrived before them. Mosquitto applies a reload when it gets to it, so sentinels are written until
+    // one gets through.
     rig.broker.set_acl(ACL_FIXED);
     rig.broker.reload();
-    std::thread::sleep(Duration::from_secs(3));
+    let mut next = READINGS;
+    let through = wait_until(Duration::from_secs(20), || {
+        rig.port.write(&SpotCheck::numbered(next).frame());
+        next += 1;
+        // The pace of the sentinels: a few a second until the reload has taken effect.
+        std::thread::sleep(Duration::from_millis(200));
+        !rig.subscriber.readings().is_empty()
+    });
     assert!(
-        rig.subscriber.readings().is_empty(),
-        "{:?}",
-        rig.subscriber.readings()
+        through,
+        "no sentinel got through; log:\n{}",
+        rig.world.log()
     );
-    assert!(rig.world.outbox_keys().is_empty());
+    let lost: std::collections::BTreeSet<String> = (0..READINGS)
+        .map(|n| SpotCheck::numbered(n).measured_at_utc())
+        .collect();
+    let readings = rig.subscriber.readings();
+    assert!(
+        readings
+            .iter()
+            .all(|r| !lost.contains(r["measured_at"].as_str().unwrap())),
+        "{readings:?}"
+    );
+    // The sentinels written after the first that got through drain too; nothing else is left.
+    assert!(
+        wait_until(Duration::from_secs(20), || rig
+            .world
+            .outbox_keys()
+            .is_empty()),
+        "{}",
+        rig.world.status()
+    );
 }
 
 /// The broker denies one reading kind and takes the others, interleaved: the refusal is one burst (one
@@ -309,6 +342,7 @@ fn mqtt5_a_broker_denying_one_kind_gives_one_burst_and_the_other_kinds_keep_flow
     for n in 0..PAIRS {
         nonin.write(&SpotCheck::numbered(n).frame());
         tanita.write(&tanita_line(70.0 + f64::from(n), 20.0));
+        // The pace of the simulated devices: the kinds interleave over a few seconds.
         std::thread::sleep(Duration::from_millis(300));
     }
     let written = Instant::now();
@@ -337,8 +371,13 @@ fn mqtt5_a_broker_denying_one_kind_gives_one_burst_and_the_other_kinds_keep_flow
         written.elapsed()
     );
 
-    // Retry passes go on for a few seconds; the burst lasts throughout.
-    std::thread::sleep(Duration::from_secs(4));
+    // Retry passes go on, the allowed kinds' deliveries are committed, and the burst lasts throughout.
+    let retried = wait_until(Duration::from_secs(20), || {
+        let status = world.status();
+        status["uplink"]["refused"]["not_authorized"].as_u64() > Some(u64::from(PAIRS))
+            && status["outbox"]["pending"] == PAIRS
+    });
+    assert!(retried, "no retry pass: {}", world.status());
     let status = world.status();
     assert_eq!(status["outbox"]["pending"], PAIRS, "{status}");
     assert!(
@@ -423,6 +462,7 @@ fn two_hubs_sharing_a_client_id_back_off_instead_of_reconnecting_in_a_storm() {
         .map(|w| count(w, "Connected to the MQTT broker"))
         .collect();
     let started = Instant::now();
+    // The rate is the subject: reconnects counted over a window of wall time.
     std::thread::sleep(Duration::from_secs(6));
     let seconds = started.elapsed().as_secs_f64();
     for (world, before) in worlds.iter().zip(before) {

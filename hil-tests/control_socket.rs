@@ -312,6 +312,7 @@ fn out_of_descriptors_the_daemon_pauses_accepting_instead_of_spinning_and_recove
     let idle: Vec<UnixStream> = (0..200)
         .map(|_| UnixStream::connect(&socket).expect("connect an idle client"))
         .collect();
+    // The CPU rate is the subject: measured over a window of wall time.
     std::thread::sleep(Duration::from_secs(4));
     let cpu = cpu_time(pid) - cpu_before;
     let elapsed = started.elapsed();

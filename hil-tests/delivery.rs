@@ -8,6 +8,7 @@ use crate::support::daemon::DaemonWorld;
 use crate::support::nonin::SpotCheck;
 use crate::support::pty::SimulatedPort;
 use crate::support::subscriber::Subscriber;
+use crate::support::wait_for;
 
 pub struct Rig {
     pub broker: Broker,
@@ -27,6 +28,35 @@ pub fn rig() -> Rig {
         subscriber,
         world,
         port,
+    }
+}
+
+impl Rig {
+    /// Waits until the hub's online status reaches the subscriber: the daemon is connected.
+    #[track_caller]
+    pub fn wait_online(&self) {
+        wait_for(
+            "the hub's online status",
+            Duration::from_secs(20),
+            || {
+                self.subscriber
+                    .messages()
+                    .iter()
+                    .any(|m| m.topic.ends_with("/status") && m.json()["state"] == "online")
+            },
+            || self.world.log(),
+        );
+    }
+
+    /// Waits until the reading measured at `measured_at` arrives: a sentinel written after what is checked.
+    #[track_caller]
+    pub fn wait_for_reading_measured_at(&self, measured_at: &str) {
+        assert!(
+            self.subscriber
+                .wait_for_measured_at(measured_at, Duration::from_secs(20)),
+            "no reading measured at {measured_at}; log:\n{}",
+            self.world.log()
+        );
     }
 }
 
@@ -99,7 +129,7 @@ fn spot_check_arrives_on_the_right_topic_with_the_right_values() {
 fn readings_wait_in_the_outbox_while_the_broker_is_down_then_arrive_once_each() {
     let mut rig = rig();
     let _daemon = rig.world.start();
-    std::thread::sleep(Duration::from_millis(1500));
+    rig.wait_online();
     // Stopped, not killed, so the subscriber's session is saved for certain rather than by a lucky autosave.
     rig.broker.stop();
     for n in 0..30 {
@@ -166,11 +196,10 @@ fn the_same_stored_records_dumped_twice_are_queued_once() {
             .frame(),
         );
     }
+    // The new record is the sentinel: a replayed record published again would have come before it.
+    let sentinel = SpotCheck::numbered(1000).measured_at_utc();
     rig.port.write(&SpotCheck::numbered(1000).frame());
-    assert!(rig
-        .subscriber
-        .wait_for_unique_readings(21, Duration::from_secs(20)));
-    std::thread::sleep(Duration::from_millis(500));
+    rig.wait_for_reading_measured_at(&sentinel);
     assert_eq!(
         rig.subscriber.readings().len(),
         21,

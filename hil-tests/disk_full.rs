@@ -19,7 +19,7 @@ use crate::support::daemon::DaemonWorld;
 use crate::support::nonin::SpotCheck;
 use crate::support::pty::SimulatedPort;
 use crate::support::subscriber::Subscriber;
-use crate::support::wait_until;
+use crate::support::{wait_for, wait_until};
 
 /// The watchdog period the daemon is started with; it pings every half of it.
 const WATCHDOG: Duration = Duration::from_secs(4);
@@ -90,6 +90,7 @@ impl Hog {
             while !thread_stop.load(Ordering::Relaxed) {
                 match file.write(&chunk) {
                     Ok(_) => {}
+                    // Full: the hog keeps taking whatever room comes free, a little at a time.
                     Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => {
                         std::thread::sleep(Duration::from_millis(10))
                     }
@@ -221,6 +222,7 @@ impl Feeder {
                 if port.write_waiting(&frame, || thread_stop.load(Ordering::Relaxed)) {
                     thread_next.store(n + 1, Ordering::SeqCst);
                 }
+                // The pace of the simulated device.
                 std::thread::sleep(every);
             }
             port
@@ -265,6 +267,7 @@ fn stays_answering_while_full(
             "status does not show the full state directory: {status}"
         );
         assert!(daemon.is_running(), "the daemon died:\n{}", world.log());
+        // The full spell lasts `duration` by design; this samples it once a second.
         std::thread::sleep(Duration::from_secs(1));
     }
     let gap = notifications.longest_watchdog_gap(from, Instant::now());
@@ -281,7 +284,13 @@ fn stays_answering_while_full(
 
 /// Waits until the subscriber has every reading numbered `0..sent` (they are distinct), then checks that
 /// no reading arrived that the device did not send.
-fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: Duration) {
+fn all_arrive(
+    subscriber: &Subscriber,
+    world: &DaemonWorld,
+    port: &SimulatedPort,
+    sent: u32,
+    timeout: Duration,
+) {
     let arrived = subscriber.wait_for_unique_readings(sent as usize, timeout);
     let written: BTreeSet<String> = (0..sent)
         .map(|n| SpotCheck::numbered(n).measured_at_utc())
@@ -296,10 +305,12 @@ fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: 
         .collect();
     assert!(
         arrived,
-        "{} of {sent} readings arrived, missing numbers {:?}; in the outbox {}; status {}\nlog tail:\n{}",
+        "{} of {sent} readings arrived, missing numbers {:?}; in the outbox {}; unread on the line {} bytes; \
+         status {}\nlog tail:\n{}",
         subscriber.unique_reading_ids().len(),
         &missing[..missing.len().min(20)],
         world.outbox_keys().len(),
+        port.unread(),
         world.status(),
         tail(&world.log())
     );
@@ -310,9 +321,22 @@ fn all_arrive(subscriber: &Subscriber, world: &DaemonWorld, sent: u32, timeout: 
     assert_eq!(subscriber.unique_reading_ids().len(), sent as usize);
 }
 
+/// The end of a daemon log, without the line per reading that would push everything else out of it.
 fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| {
+            !line.contains("Reading decoded.") && !line.contains("Bluetooth is not available")
+        })
+        .collect();
+    let last_reading = log
+        .lines()
+        .rfind(|line| line.contains("Reading decoded."))
+        .unwrap_or("no reading decoded");
+    format!(
+        "{}\nlast reading decoded: {last_reading}",
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    )
 }
 
 #[test]
@@ -357,12 +381,18 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
         tail(&world.log())
     );
     let (port, sent) = feeder.stop();
-    all_arrive(&subscriber, &world, sent, Duration::from_secs(90));
+    all_arrive(&subscriber, &world, &port, sent, Duration::from_secs(90));
     eprintln!("full for 12 s while {sent} readings were sent: all arrived once space returned");
 
     // Full again, and SIGTERM while it is: the daemon stops in time and keeps what was stored.
     let feeder = Feeder::start(port, sent, Duration::from_millis(20));
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        wait_until(Duration::from_secs(10), || feeder
+            .next
+            .load(Ordering::SeqCst)
+            > sent + 10),
+        "the daemon does not read the device"
+    );
     let hog = Hog::start(&world.state_dir());
     let filled = Instant::now();
     assert!(
@@ -370,6 +400,7 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
             .waiting_for_space(filled)),
         "the daemon never said it waits for space the second time"
     );
+    // Full for a while, with readings arriving, before the stop: a duration by nature.
     std::thread::sleep(Duration::from_secs(3));
     let asked = Instant::now();
     nix::sys::signal::kill(
@@ -404,7 +435,6 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
         "{missing} stored readings never arrived; log tail:\n{}",
         tail(&world.log())
     );
-    std::thread::sleep(Duration::from_secs(2));
     eprintln!(
         "SIGTERM while full: stopped in {stop_took:?} ({status}); {sent} readings sent, {} were stored and all \
          of them delivered; {} arrived in all (the rest were in memory only when it stopped)",
@@ -461,8 +491,8 @@ fn a_two_mebibyte_state_dir_filled_by_the_outbox_itself_or_by_another_program_re
     );
     stays_answering_while_full(&world, &mut daemon, &notifications, Duration::from_secs(5));
     hog.free();
-    let (_port, sent) = feeder.stop();
-    all_arrive(&subscriber, &world, sent, Duration::from_secs(120));
+    let (port, sent) = feeder.stop();
+    all_arrive(&subscriber, &world, &port, sent, Duration::from_secs(120));
     assert!(
         wait_until(Duration::from_secs(20), || world.outbox_keys().is_empty()),
         "delivered readings stay in the outbox: {}\nlog tail:\n{}",
@@ -477,7 +507,8 @@ fn a_two_mebibyte_state_dir_filled_by_the_outbox_itself_or_by_another_program_re
 #[test]
 fn starting_on_a_full_state_dir_says_so_and_exits() {
     let world = DaemonWorld::new();
-    let _port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{}", crate::support::free_port()));
+    let (_no_broker, broker_port) = crate::support::silent_port();
+    let _port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{broker_port}"));
     let _tmpfs = Tmpfs::mount(&world.state_dir(), "1m");
     let hog = Hog::start(&world.state_dir());
     drop(hog);
@@ -520,15 +551,15 @@ fn a_full_state_dir_with_the_reserve_in_place_starts_with_its_room_and_delivers(
     drop(hog);
     let mut daemon = world.start();
     port.write(&SpotCheck::numbered(0).frame());
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for(
+        "the daemon to release the outbox reserve",
+        Duration::from_secs(20),
+        || !world.state_dir().join("outbox.reserve").exists(),
+        || tail(&world.log()),
+    );
     assert!(
         daemon.is_running(),
         "the daemon did not start on the reserve's room:\n{}",
-        tail(&world.log())
-    );
-    assert!(
-        world.log().contains("released the outbox reserve"),
-        "{}",
         tail(&world.log())
     );
     std::fs::remove_file(world.state_dir().join("filler")).unwrap();

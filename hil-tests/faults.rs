@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::delivery::rig;
 use crate::support::nonin::SpotCheck;
-use crate::support::wait_until;
+use crate::support::{wait_for, wait_until};
 
 /// How many kill -9 cycles to run; CI runs the default, a soak run sets more.
 fn kill_cycles() -> u32 {
@@ -18,8 +18,8 @@ fn kill_cycles() -> u32 {
 
 #[test]
 fn kill_9_at_random_points_while_readings_arrive_and_while_draining_loses_nothing_in_the_outbox() {
+    // The broker is only ever stopped with SIGTERM here, which saves the subscriber's session.
     let mut rig = rig();
-    std::thread::sleep(Duration::from_millis(1500)); // lets the broker autosave the subscriber's session
     let mut written = BTreeSet::new();
     let mut obligations = BTreeSet::new();
     let mut next_record = 0u32;
@@ -52,6 +52,7 @@ fn kill_9_at_random_points_while_readings_arrive_and_while_draining_loses_nothin
             });
         } else {
             // Frames trickle in while the kill lands somewhere in or after them.
+            // Random pauses put the kill at random points: durations by nature.
             for chunk in burst.chunks(22) {
                 rig.port.write(chunk);
                 std::thread::sleep(Duration::from_millis(fastrand::u64(0..20)));
@@ -139,6 +140,7 @@ fn broker_stopped_and_restarted_mid_drain_loses_nothing() {
         .subscriber
         .wait_for_unique_readings(200, Duration::from_secs(30)));
     rig.broker.stop();
+    // The outage itself: a broker that is away for a moment, a duration by nature.
     std::thread::sleep(Duration::from_millis(300));
     rig.broker.restart();
     assert!(
@@ -166,12 +168,18 @@ fn a_frozen_broker_holds_readings_until_it_resumes() {
     assert!(rig
         .subscriber
         .wait_for_unique_readings(50, Duration::from_secs(20)));
+    let error_before = rig.world.status()["uplink"]["last_error_at"].clone();
     rig.broker.freeze();
     for n in 50..100 {
         rig.port.write(&SpotCheck::numbered(n).frame());
     }
-    // Longer than a keep-alive period, so the daemon notices the silence and reconnects.
-    std::thread::sleep(Duration::from_secs(7));
+    // The daemon notices the silence after a keep-alive period or two, and says so in its status.
+    wait_for(
+        "the daemon to notice the frozen broker",
+        Duration::from_secs(30),
+        || rig.world.status()["uplink"]["last_error_at"] != error_before,
+        || rig.world.status().to_string(),
+    );
     assert!(
         rig.world.outbox_keys().len() >= 50,
         "readings left the outbox while the broker was frozen"
@@ -251,6 +259,7 @@ fn broker_killed_hard_mid_drain_the_daemon_reconnects_and_drains_everything() {
         .wait_for_unique_readings(1, Duration::from_secs(30)));
     rig.broker.kill();
     let left = rig.world.outbox_keys().len();
+    // The outage itself: a broker that is away for a moment, a duration by nature.
     std::thread::sleep(Duration::from_millis(300));
     rig.broker.restart();
     assert!(

@@ -2,6 +2,10 @@
 //! `VITALSD_HIL_SERIAL_PATH` (the device's port) and `VITALSD_HIL_SERIAL_PROTOCOL` (its protocol name).
 //! Take a measurement on the device while the test waits (`VITALSD_HIL_TIMEOUT_S`, default 120 s).
 //! Bluetooth: `VITALSD_HIL_BLE_ADAPTER` and `VITALSD_HIL_BLE_ADDRESS` (see the test below).
+//!
+//! The build script turns these variables into cfgs: a test whose device is not named is compiled as
+//! ignored, so the run reports it as skipped with the variable to set, never as passed. Changing a variable
+//! rebuilds the suite.
 
 use std::time::Duration;
 
@@ -15,8 +19,9 @@ struct RealSerialDevice {
     timeout: Duration,
 }
 
-fn real_serial_device() -> Option<RealSerialDevice> {
-    let path = std::env::var("VITALSD_HIL_SERIAL_PATH").ok()?;
+/// The device `VITALSD_HIL_SERIAL_PATH` names; the suite was built with it, so it must be set now too.
+fn real_serial_device() -> RealSerialDevice {
+    let path = required("VITALSD_HIL_SERIAL_PATH");
     let name =
         std::env::var("VITALSD_HIL_SERIAL_PROTOCOL").unwrap_or_else(|_| "nonin-df13".to_string());
     let protocol = vitalsd::decode::Protocol::from_name(&name)
@@ -26,19 +31,28 @@ fn real_serial_device() -> Option<RealSerialDevice> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
-    Some(RealSerialDevice {
+    RealSerialDevice {
         path,
         protocol,
         timeout: Duration::from_secs(seconds),
+    }
+}
+
+/// A variable the test's cfg says was set when the suite was built.
+#[track_caller]
+fn required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: set it (the suite was built without it, or run with --ignored)")
     })
 }
 
 #[test]
+#[cfg_attr(
+    not(vitalsd_hil_serial),
+    ignore = "skipped: set VITALSD_HIL_SERIAL_PATH to run against a real serial device"
+)]
 fn a_real_serial_device_reading_arrives_and_survives_a_broker_outage() {
-    let Some(device) = real_serial_device() else {
-        eprintln!("VITALSD_HIL_SERIAL_PATH is not set: no real serial device to test against");
-        return;
-    };
+    let device = real_serial_device();
     let (mut broker, subscriber, world) = real_device_world(&device);
     let _daemon = world.start();
     eprintln!("take a measurement on the device at {} now", device.path);
@@ -51,8 +65,8 @@ fn a_real_serial_device_reading_arrives_and_survives_a_broker_outage() {
     crate::assert_valid_reading(reading);
     assert_eq!(reading["device"]["protocol"], device.protocol);
 
-    std::thread::sleep(Duration::from_millis(1500));
-    broker.kill();
+    // Stopped, not killed, so the subscriber's session is saved for certain rather than by an autosave.
+    broker.stop();
     eprintln!("broker stopped: take another measurement now");
     let queued = crate::support::wait_until(device.timeout, || {
         world.status()["outbox"]["pending"].as_u64() >= Some(1)
@@ -67,16 +81,15 @@ fn a_real_serial_device_reading_arrives_and_survives_a_broker_outage() {
 /// in pairing mode first; `VITALSD_HIL_BLE_PASSKEY` for devices that show a passkey), then waits for a
 /// reading.
 #[test]
+#[cfg_attr(
+    not(vitalsd_hil_ble),
+    ignore = "skipped: set VITALSD_HIL_BLE_ADAPTER and VITALSD_HIL_BLE_ADDRESS to run against a real Bluetooth device"
+)]
 fn a_real_bluetooth_device_is_paired_and_its_reading_arrives() {
-    let (Ok(adapter), Ok(address)) = (
-        std::env::var("VITALSD_HIL_BLE_ADAPTER"),
-        std::env::var("VITALSD_HIL_BLE_ADDRESS"),
-    ) else {
-        eprintln!(
-            "VITALSD_HIL_BLE_ADAPTER/ADDRESS are not set: no real Bluetooth device to test against"
-        );
-        return;
-    };
+    let (adapter, address) = (
+        required("VITALSD_HIL_BLE_ADAPTER"),
+        required("VITALSD_HIL_BLE_ADDRESS"),
+    );
     let seconds = std::env::var("VITALSD_HIL_TIMEOUT_S")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -139,15 +152,12 @@ fn real_device_world(device: &RealSerialDevice) -> (Broker, Subscriber, DaemonWo
 
 /// `VITALSD_HIL_REPLUG=1`: the test asks for the cable to be pulled during a measurement and plugged back.
 #[test]
+#[cfg_attr(
+    not(vitalsd_hil_serial_replug),
+    ignore = "skipped: set VITALSD_HIL_SERIAL_PATH and VITALSD_HIL_REPLUG=1 (someone at the device) to run"
+)]
 fn a_real_serial_device_unplugged_and_plugged_back_is_read_again() {
-    let Some(device) = real_serial_device() else {
-        eprintln!("VITALSD_HIL_SERIAL_PATH is not set: no real serial device to test against");
-        return;
-    };
-    if std::env::var("VITALSD_HIL_REPLUG").as_deref() != Ok("1") {
-        eprintln!("VITALSD_HIL_REPLUG is not 1: the unplug scenario needs someone at the device");
-        return;
-    }
+    let device = real_serial_device();
     let (_broker, subscriber, world) = real_device_world(&device);
     let _daemon = world.start();
     let path = std::path::PathBuf::from(&device.path);
@@ -181,13 +191,16 @@ fn a_real_serial_device_unplugged_and_plugged_back_is_read_again() {
 /// restart (the hub keeps it alive), and with `VITALSD_HIL_CONTEC_STORED=1` (the oximeter holds a recording)
 /// the recording arrives with device times once, and not again after a daemon restart.
 #[test]
+#[cfg_attr(
+    not(vitalsd_hil_contec),
+    ignore = "skipped: set VITALSD_HIL_SERIAL_PATH and VITALSD_HIL_SERIAL_PROTOCOL=contec-cms50 to run against a real Contec"
+)]
 fn a_real_contec_is_kept_alive_and_its_recording_arrives_once() {
-    let Some(device) = real_serial_device().filter(|d| d.protocol == "contec-cms50") else {
-        eprintln!(
-            "VITALSD_HIL_SERIAL_PROTOCOL is not contec-cms50: no real Contec to test against"
-        );
-        return;
-    };
+    let device = real_serial_device();
+    assert_eq!(
+        device.protocol, "contec-cms50",
+        "VITALSD_HIL_SERIAL_PROTOCOL"
+    );
     let expect_recording = std::env::var("VITALSD_HIL_CONTEC_STORED").as_deref() == Ok("1");
     let (_broker, subscriber, world) = real_device_world(&device);
     let stored = |subscriber: &Subscriber| {
@@ -204,6 +217,7 @@ fn a_real_contec_is_kept_alive_and_its_recording_arrives_once() {
         "no reading; log:\n{}",
         world.log()
     );
+    // A minute is twice the device's own limit without a keep-alive: a duration by nature.
     std::thread::sleep(Duration::from_secs(60));
     assert!(
         !world.log().contains("starting its stream again"),
@@ -218,8 +232,22 @@ fn a_real_contec_is_kept_alive_and_its_recording_arrives_once() {
         }
     }
     daemon.terminate();
+    let live = |subscriber: &Subscriber| {
+        subscriber
+            .readings()
+            .into_iter()
+            .filter(|r| r["time_source"] == "hub")
+            .count()
+    };
+    let live_before = live(&subscriber);
     let _daemon = world.start();
-    std::thread::sleep(Duration::from_secs(30));
+    // The live stream starts after the hub has decided about the recording: a live reading after the
+    // restart is the sentinel, and a recording fetched again would have arrived before it.
+    assert!(
+        crate::support::wait_until(device.timeout, || live(&subscriber) > live_before),
+        "no live reading after the restart; log:\n{}",
+        world.log()
+    );
     assert_eq!(
         stored(&subscriber),
         recorded,
@@ -230,15 +258,16 @@ fn a_real_contec_is_kept_alive_and_its_recording_arrives_once() {
 
 /// `VITALSD_HIL_SERIAL_PATH_2` and `VITALSD_HIL_SERIAL_PROTOCOL_2` name a second device: both are read at once.
 #[test]
+#[cfg_attr(
+    not(vitalsd_hil_serial_pair),
+    ignore = "skipped: set VITALSD_HIL_SERIAL_PATH, VITALSD_HIL_SERIAL_PATH_2 and VITALSD_HIL_SERIAL_PROTOCOL_2 to run against two real serial devices"
+)]
 fn two_real_serial_devices_are_read_at_once() {
-    let (Some(first), Ok(path), Ok(name)) = (
+    let (first, path, name) = (
         real_serial_device(),
-        std::env::var("VITALSD_HIL_SERIAL_PATH_2"),
-        std::env::var("VITALSD_HIL_SERIAL_PROTOCOL_2"),
-    ) else {
-        eprintln!("VITALSD_HIL_SERIAL_PATH_2/PROTOCOL_2 are not set: no second real serial device");
-        return;
-    };
+        required("VITALSD_HIL_SERIAL_PATH_2"),
+        required("VITALSD_HIL_SERIAL_PROTOCOL_2"),
+    );
     let second = vitalsd::decode::Protocol::from_name(&name)
         .unwrap_or_else(|| panic!("VITALSD_HIL_SERIAL_PROTOCOL_2={name} is not a protocol name"))
         .name();

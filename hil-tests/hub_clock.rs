@@ -28,8 +28,6 @@ use crate::support::wait_until;
 const CUFF: &str = "AA:BB:CC:DD:EE:21";
 /// Generous: the suite shares two cores with other builds.
 const LONG: Duration = Duration::from_secs(60);
-/// Longer than the daemon's 2 s trust check, so "nothing yet" means nothing was released.
-const QUIET: Duration = Duration::from_secs(4);
 
 /// The wall clock now, to the second, as a device clock keeps it (the daemon runs with TZ=UTC).
 fn device_now() -> NaiveDateTime {
@@ -87,12 +85,8 @@ fn readings_received_before_the_hub_clock_is_synchronised_are_held_then_released
     world.hub_clock = "ntp";
     let mut port = world.with_nonin_9560(&broker.url());
     let clock = HubClockControl::new(&world, "3f1c9a2e-0000-4000-8000-00000000000a");
-    let _daemon = world.start_with_env(&borrow(&clock.env()));
-    assert!(
-        wait_until(LONG, || log_count(&world, "Serial port opened.") >= 1),
-        "log:\n{}",
-        world.log()
-    );
+    let daemon = world.start_with_env(&borrow(&clock.env()));
+    daemon.wait_opened(&port, LONG);
 
     // Spot-checks stamped by a device clock that is right, received while the hub cannot say so.
     let now = device_now();
@@ -109,7 +103,7 @@ fn readings_received_before_the_hub_clock_is_synchronised_are_held_then_released
     );
     // The daemon had read them by now.
     let held_seen = Utc::now();
-    std::thread::sleep(QUIET);
+    clock.wait_for_a_trust_check(LONG);
     assert!(
         subscriber.reading_counts().is_empty(),
         "published before the hub clock was synchronised: {:#?}",
@@ -363,24 +357,14 @@ fn a_stream_received_while_the_hub_clock_was_two_days_behind_is_dated_from_the_b
     world.write_config(
         &broker.url(),
         &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df8",
-            id: Some("oximeter-1".to_string()),
-            extra: vec![
-                "spot_stable_s = 3.0".to_string(),
-                "spot_repeat_s = 3600".to_string(),
-            ],
-        }],
+        &[SerialEntry::of(&port, "nonin-df8")
+            .with_id("oximeter-1")
+            .with(&["spot_stable_s = 3.0", "spot_repeat_s = 3600"])],
     );
     let clock = HubClockControl::new(&world, "3f1c9a2e-0000-4000-8000-00000000000c")
         .with_faketime(&world, "-2d");
-    let _daemon = world.start_with_env(&borrow(&clock.env()));
-    assert!(
-        wait_until(LONG, || log_count(&world, "Serial port opened.") >= 1),
-        "log:\n{}",
-        world.log()
-    );
+    let daemon = world.start_with_env(&borrow(&clock.env()));
+    daemon.wait_opened(&port, LONG);
 
     // A steady finger, one sample every 250 ms, until the spot reading is in the outbox.
     let stop = Arc::new(AtomicBool::new(false));
@@ -391,6 +375,7 @@ fn a_stream_received_while_the_hub_clock_was_two_days_behind_is_dated_from_the_b
             let first = Utc::now();
             while !stop.load(Ordering::SeqCst) {
                 port.write(&df8_frame(72, 97, false));
+                // The pace of the simulated device.
                 std::thread::sleep(Duration::from_millis(250));
             }
             (port, first)
@@ -426,7 +411,18 @@ fn a_stream_received_while_the_hub_clock_was_two_days_behind_is_dated_from_the_b
         clock.status(&world),
         world.log()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Everything the outbox delivered has reached the subscriber: a spot released twice would show.
+    let status = || clock.status(&world);
+    assert!(
+        wait_until(LONG, || status()["outbox"]["pending"] == 0),
+        "{}",
+        status()
+    );
+    let delivered = status()["outbox"]["delivered_total"].as_u64().unwrap();
+    assert!(
+        subscriber.wait_for_unique_readings(delivered as usize, LONG),
+        "{delivered} delivered"
+    );
     let readings = subscriber.readings();
     assert_eq!(readings.len(), 1, "one spot reading: {readings:#?}");
     let spot = &readings[0];
@@ -485,11 +481,7 @@ fn records_re_sent_after_a_reboot_with_another_hub_clock_are_queued_once_and_fla
 
     // Boot A: the clock is never synchronised; the device dumps its memory.
     let mut daemon = world.start_with_env(&borrow(&clock.env()));
-    assert!(
-        wait_until(LONG, || log_count(&world, "Serial port opened.") >= 1),
-        "log:\n{}",
-        world.log()
-    );
+    daemon.wait_opened(&port, LONG);
     let sent_from = Utc::now();
     dump(&mut port);
     assert!(
@@ -499,7 +491,7 @@ fn records_re_sent_after_a_reboot_with_another_hub_clock_are_queued_once_and_fla
         world.log()
     );
     let held_seen = Utc::now();
-    std::thread::sleep(QUIET);
+    clock.wait_for_a_trust_check(LONG);
     assert!(subscriber.reading_counts().is_empty());
     let held_now = held_payloads(&world.outbox_path());
     assert_eq!(held_now.len(), N);
@@ -523,19 +515,14 @@ fn records_re_sent_after_a_reboot_with_another_hub_clock_are_queued_once_and_fla
     clock.set_boot_id("3f1c9a2e-0000-4000-8000-0000000000b2");
     clock.set_faketime("+0");
     clock.set_synchronized(true);
-    let opened = log_count(&world, "Serial port opened.");
-    let _daemon = world.start_with_env(&borrow(&clock.env()));
+    let daemon = world.start_with_env(&borrow(&clock.env()));
     assert!(
         subscriber.wait_for_unique_readings(N, LONG),
         "boot A's readings were not published; status {}\nlog:\n{}",
         clock.status(&world),
         world.log()
     );
-    assert!(
-        wait_until(LONG, || log_count(&world, "Serial port opened.") > opened),
-        "log:\n{}",
-        world.log()
-    );
+    daemon.wait_opened(&port, LONG);
     dump(&mut port);
     assert!(
         wait_until(LONG, || clock.status(&world)["outbox"]["duplicates_total"]
@@ -552,12 +539,19 @@ fn records_re_sent_after_a_reboot_with_another_hub_clock_are_queued_once_and_fla
         "{}",
         clock.status(&world)
     );
-    std::thread::sleep(QUIET);
-
-    let readings = subscriber.readings();
+    // A new record is the sentinel: a re-sent one published again would have arrived before it.
+    let sentinel = device_now();
+    port.write(&spot_check_at(sentinel, 99, false).frame());
+    assert!(
+        subscriber.wait_for_unique_readings(N + 1, LONG),
+        "no sentinel; log:\n{}",
+        world.log()
+    );
+    let mut readings = subscriber.readings();
+    readings.retain(|reading| reading["device_time"] != device_time_text(sentinel).as_str());
     assert_eq!(readings.len(), N, "{readings:#?}");
     let counts = subscriber.reading_counts();
-    assert_eq!(counts.len(), N, "{counts:?}");
+    assert_eq!(counts.len(), N + 1, "{counts:?}");
     assert!(counts.values().all(|&c| c == 1), "{counts:?}");
     for stamp in &stamps {
         let reading = reading_stamped(&readings, *stamp);
@@ -582,9 +576,12 @@ fn records_re_sent_after_a_reboot_with_another_hub_clock_are_queued_once_and_fla
             held_seen - TimeDelta::days(2) + TimeDelta::seconds(1),
         );
     }
-    let status = clock.status(&world);
-    assert_eq!(status["outbox"]["held_for_clock"], 0, "{status}");
-    assert_eq!(status["outbox"]["pending"], 0, "{status}");
+    // Delivered readings leave the outbox once their acknowledgements are committed.
+    let settled = wait_until(LONG, || {
+        let status = clock.status(&world);
+        status["outbox"]["held_for_clock"] == 0 && status["outbox"]["pending"] == 0
+    });
+    assert!(settled, "{}", clock.status(&world));
     assert!(
         world.log().contains("hub_clock_unresolved"),
         "no warning about the unresolved readings; log:\n{}",
@@ -606,11 +603,7 @@ fn after_a_reboot_the_earlier_boots_readings_are_published_flagged_while_the_new
 
     // Boot A: two readings held; the hub loses power before its clock is synchronised.
     let mut daemon = world.start_with_env(&borrow(&clock.env()));
-    assert!(
-        wait_until(LONG, || log_count(&world, "Serial port opened.") >= 1),
-        "log:\n{}",
-        world.log()
-    );
+    daemon.wait_opened(&port, LONG);
     for (n, stamp) in earlier.iter().enumerate() {
         port.write(&spot_check_at(*stamp, n as u16, false).frame());
     }
@@ -624,8 +617,7 @@ fn after_a_reboot_the_earlier_boots_readings_are_published_flagged_while_the_new
 
     // Boot B, still unsynchronised: boot A's readings cannot be dated any better, so they go now, flagged.
     clock.set_boot_id("3f1c9a2e-0000-4000-8000-0000000000c2");
-    let opened = log_count(&world, "Serial port opened.");
-    let _daemon = world.start_with_env(&borrow(&clock.env()));
+    let daemon = world.start_with_env(&borrow(&clock.env()));
     assert!(
         subscriber.wait_for_unique_readings(2, LONG),
         "boot A's readings were not published by boot B; status {}\nlog:\n{}",
@@ -651,11 +643,7 @@ fn after_a_reboot_the_earlier_boots_readings_are_published_flagged_while_the_new
     );
 
     // Boot B's own reading waits for boot B's clock, and is then dated from it, without the flag.
-    assert!(
-        wait_until(LONG, || log_count(&world, "Serial port opened.") > opened),
-        "log:\n{}",
-        world.log()
-    );
+    daemon.wait_opened(&port, LONG);
     let mine = device_now();
     port.write(&spot_check_at(mine, 7, false).frame());
     assert!(
@@ -664,7 +652,7 @@ fn after_a_reboot_the_earlier_boots_readings_are_published_flagged_while_the_new
         clock.status(&world),
         world.log()
     );
-    std::thread::sleep(QUIET);
+    clock.wait_for_a_trust_check(LONG);
     assert_eq!(
         subscriber.readings().len(),
         2,

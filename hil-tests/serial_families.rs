@@ -3,14 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::broker::Broker;
-use crate::support::daemon::{DaemonWorld, SerialEntry};
+use crate::support::daemon::{Daemon, SerialEntry};
+use crate::support::nonin::df8_frame;
 use crate::support::pty::SimulatedPort;
+use crate::support::rig::Lab;
 use crate::support::serial_devices::{
     contec_legacy_packet, masimo_line, tanita_line, Contec, StoredSession,
 };
 use crate::support::subscriber::Subscriber;
-use crate::support::wait_until;
+use crate::support::{wait_for, wait_until};
 
 const START_LIVE: [u8; 9] = [0x7D, 0x81, 0xA1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80];
 const KEEP_ALIVE: [u8; 9] = [0x7D, 0x81, 0xAF, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80];
@@ -23,20 +24,14 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 }
 
 fn entry(port: &SimulatedPort, protocol: &'static str) -> SerialEntry {
-    SerialEntry {
-        path: port.link().to_path_buf(),
-        protocol,
-        id: None,
-        extra: vec![],
-    }
+    SerialEntry::of(port, protocol)
 }
 
-fn readings_of(subscriber: &Subscriber, protocol: &str) -> Vec<serde_json::Value> {
-    subscriber
-        .readings()
-        .into_iter()
-        .filter(|r| r["device"]["protocol"] == protocol)
-        .collect()
+/// Waits until the daemon holds every one of `ports` open, so that what a device sends next is read.
+fn wait_all_opened<'a>(daemon: &Daemon, ports: impl IntoIterator<Item = &'a SimulatedPort>) {
+    for port in ports {
+        daemon.wait_opened(port, Duration::from_secs(10));
+    }
 }
 
 fn value(reading: &serde_json::Value, name: &str) -> f64 {
@@ -51,63 +46,54 @@ fn value(reading: &serde_json::Value, name: &str) -> f64 {
 
 #[test]
 fn every_family_on_its_own_port_at_once_delivers_the_right_values() {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let mut legacy =
-        SimulatedPort::plug_in(&world.by_id("usb-Silicon_Labs_CP2102_CMS50D-if00-port0"));
-    let mut contec = Contec::new(SimulatedPort::plug_in(
-        &world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"),
-    ));
-    let mut masimo = SimulatedPort::plug_in(&world.by_id("usb-FTDI_Rad-8-if00-port0"));
-    let mut tanita = SimulatedPort::plug_in(&world.by_id("usb-FTDI_Tanita_BC-418-if00-port0"));
-    world.write_config(
-        &broker.url(),
-        &[],
-        &[
-            entry(&legacy, "contec-cms50-legacy"),
-            entry(&contec.port, "contec-cms50"),
-            entry(&masimo, "masimo-ascii"),
-            entry(&tanita, "tanita"),
-        ],
-    );
-    let _daemon = world.start();
-    std::thread::sleep(Duration::from_secs(2));
+    let lab = Lab::new();
+    let mut legacy = lab.plug_in("usb-Silicon_Labs_CP2102_CMS50D-if00-port0");
+    let mut contec = Contec::new(lab.plug_in("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"));
+    let mut masimo = lab.plug_in("usb-FTDI_Rad-8-if00-port0");
+    let mut tanita = lab.plug_in("usb-FTDI_Tanita_BC-418-if00-port0");
+    lab.configure(&[
+        entry(&legacy, "contec-cms50-legacy"),
+        entry(&contec.port, "contec-cms50"),
+        entry(&masimo, "masimo-ascii"),
+        entry(&tanita, "tanita"),
+    ]);
+    let daemon = lab.world.start();
+    wait_all_opened(&daemon, [&legacy, &contec.port, &masimo, &tanita]);
     tanita.write(&tanita_line(80.0, 22.5));
 
-    // Fifteen seconds of one sample a second from each oximeter, with the pulse above 127 on the Contecs.
+    // One sample a second from each oximeter, with the pulse above 127 on the Contecs, until each has
+    // given a spot and the hub has kept the Contec's stream alive twice.
+    let oximeters = ["contec-cms50-legacy", "contec-cms50", "masimo-ascii"];
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(15) {
+    while started.elapsed() < Duration::from_secs(40)
+        && !(oximeters.iter().all(|p| !lab.readings_of(p).is_empty())
+            && count(&contec.received, &KEEP_ALIVE) >= 2)
+    {
         legacy.write(&contec_legacy_packet(97, 131));
         masimo.write(&masimo_line(96, 74));
+        // The simulated Contec answers for a second: the pace of the devices.
         let second = Instant::now();
         while second.elapsed() < Duration::from_secs(1) {
             contec.serve(98, 140);
         }
     }
     assert!(
-        wait_until(Duration::from_secs(10), || [
-            "contec-cms50-legacy",
-            "contec-cms50",
-            "masimo-ascii"
-        ]
-        .iter()
-        .all(|p| !readings_of(&subscriber, p).is_empty())),
+        oximeters.iter().all(|p| !lab.readings_of(p).is_empty()),
         "readings: {:?}\nlog:\n{}",
-        subscriber.readings(),
-        world.log()
+        lab.subscriber.readings(),
+        lab.world.log()
     );
-    let legacy_spot = &readings_of(&subscriber, "contec-cms50-legacy")[0];
+    let legacy_spot = &lab.readings_of("contec-cms50-legacy")[0];
     assert_eq!(
         (value(legacy_spot, "spo2"), value(legacy_spot, "pulse_rate")),
         (97.0, 131.0)
     );
-    let contec_spot = &readings_of(&subscriber, "contec-cms50")[0];
+    let contec_spot = &lab.readings_of("contec-cms50")[0];
     assert_eq!(
         (value(contec_spot, "spo2"), value(contec_spot, "pulse_rate")),
         (98.0, 140.0)
     );
-    let masimo_spot = &readings_of(&subscriber, "masimo-ascii")[0];
+    let masimo_spot = &lab.readings_of("masimo-ascii")[0];
     assert_eq!(
         (value(masimo_spot, "spo2"), value(masimo_spot, "pulse_rate")),
         (96.0, 74.0)
@@ -115,7 +101,7 @@ fn every_family_on_its_own_port_at_once_delivers_the_right_values() {
     assert_eq!(masimo_spot["time_source"], "hub");
     assert_eq!(masimo_spot["flags"], serde_json::json!(["set_mode"]));
 
-    let tanita_readings = readings_of(&subscriber, "tanita");
+    let tanita_readings = lab.readings_of("tanita");
     assert_eq!(tanita_readings.len(), 2, "{tanita_readings:?}");
     let weight = tanita_readings
         .iter()
@@ -146,51 +132,37 @@ fn every_family_on_its_own_port_at_once_delivers_the_right_values() {
         "{:02x?}",
         contec.received
     );
-    for reading in subscriber.readings() {
+    for reading in lab.subscriber.readings() {
         crate::assert_valid_reading(&reading);
     }
 }
 
 #[test]
 fn a_contec_whose_stream_stops_is_started_again() {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let mut contec = Contec::new(SimulatedPort::plug_in(
-        &world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"),
-    ));
+    let lab = Lab::new();
+    let mut contec = Contec::new(lab.plug_in("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"));
     contec.forgetful = true;
-    world.write_config(&broker.url(), &[], &[entry(&contec.port, "contec-cms50")]);
-    let _daemon = world.start();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(25)
-        && readings_of(&subscriber, "contec-cms50").is_empty()
-    {
-        let second = Instant::now();
-        while second.elapsed() < Duration::from_secs(1) {
-            contec.serve(95, 66);
-        }
-    }
+    lab.configure(&[entry(&contec.port, "contec-cms50")]);
+    let _daemon = lab.world.start();
+    contec.serve_until(Duration::from_secs(25), 95, 66, || {
+        !lab.readings_of("contec-cms50").is_empty()
+    });
     let starts = count(&contec.received, &START_LIVE);
     assert!(
         starts >= 2,
         "the stream was started {starts} time(s); log:\n{}",
-        world.log()
+        lab.world.log()
     );
-    assert!(world.log().contains("starting its stream again"));
-    let readings = readings_of(&subscriber, "contec-cms50");
     assert!(
-        !readings.is_empty(),
+        !lab.readings_of("contec-cms50").is_empty(),
         "a spot reading from the restarted stream; log:\n{}",
-        world.log()
+        lab.world.log()
     );
 }
 
 #[test]
 fn noise_at_the_wrong_baud_rate_never_becomes_a_reading() {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
+    let lab = Lab::new();
     let mut ports: Vec<(SimulatedPort, &'static str)> = [
         "contec-cms50-legacy",
         "contec-cms50",
@@ -199,44 +171,52 @@ fn noise_at_the_wrong_baud_rate_never_becomes_a_reading() {
         "nonin-df8",
     ]
     .into_iter()
-    .map(|protocol| {
-        (
-            SimulatedPort::plug_in(&world.by_id(&format!("usb-noise-{protocol}"))),
-            protocol,
-        )
-    })
+    .map(|protocol| (lab.plug_in(&format!("usb-noise-{protocol}")), protocol))
     .collect();
-    let entries: Vec<SerialEntry> = ports
+    // A scale that hears no noise gives the sentinel reading at the end.
+    let mut sentinel = lab.plug_in("usb-FTDI_Tanita_BC-418-if00-port0");
+    let mut entries: Vec<SerialEntry> = ports
         .iter()
         .map(|(port, protocol)| entry(port, protocol))
         .collect();
-    world.write_config(&broker.url(), &[], &entries);
-    let _daemon = world.start();
-    std::thread::sleep(Duration::from_secs(1));
-    // What a device at another line speed looks like: a steady stream of random bytes.
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    entries.push(entry(&sentinel, "tanita"));
+    lab.configure(&entries);
+    let daemon = lab.world.start();
+    wait_all_opened(&daemon, ports.iter().map(|(port, _)| port));
+    // What a device at another line speed looks like: a steady stream of random bytes, for longer than the
+    // spot rule's 10 s, so that noise which happened to look steady would have become a spot.
+    let mut noise = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(14) {
         for (port, _) in &mut ports {
-            let noise: Vec<u8> = (0..600)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
-            port.write(&noise);
+            let bytes: Vec<u8> = (0..600).map(|_| noise.u8(..)).collect();
+            port.write(&bytes);
         }
+        // The pace of the simulated devices.
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        subscriber.readings().is_empty(),
-        "bogus readings: {:?}",
-        subscriber.readings()
+    wait_for(
+        "vitalsd to read all the noise",
+        Duration::from_secs(20),
+        || ports.iter().all(|(port, _)| port.unread() == 0),
+        || lab.world.log(),
     );
-    let status = world.status();
+    // Whatever the noise became was queued before the sentinel's two readings.
+    sentinel.write(&tanita_line(75.0, 20.0));
+    assert!(
+        lab.subscriber
+            .wait_for_unique_readings(2, Duration::from_secs(20)),
+        "no sentinel reading; log:\n{}",
+        lab.world.log()
+    );
+    let readings = lab.subscriber.readings();
+    assert!(
+        readings
+            .iter()
+            .all(|r| r["device"]["id"] == "serial:usb-FTDI_Tanita_BC-418-if00-port0"),
+        "bogus readings: {readings:?}"
+    );
+    let status = lab.world.status();
     let skipped: u64 = ports
         .iter()
         .map(|(port, _)| {
@@ -257,59 +237,60 @@ fn noise_at_the_wrong_baud_rate_never_becomes_a_reading() {
 
 #[test]
 fn a_tanita_unplugged_mid_line_is_read_again_when_it_returns() {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let mut tanita = SimulatedPort::plug_in(&world.by_id("usb-FTDI_Tanita_BC-418-if00-port0"));
-    world.write_config(&broker.url(), &[], &[entry(&tanita, "tanita")]);
-    let _daemon = world.start();
-    std::thread::sleep(Duration::from_secs(2));
+    let lab = Lab::new();
+    let mut tanita = lab.plug_in("usb-FTDI_Tanita_BC-418-if00-port0");
+    lab.configure(&[entry(&tanita, "tanita")]);
+    let daemon = lab.world.start();
+    daemon.wait_opened(&tanita, Duration::from_secs(10));
     let line = tanita_line(71.3, 19.0);
     tanita.write(&line[..20]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(
+        "vitalsd to read the first half of the line",
+        Duration::from_secs(10),
+        || tanita.unread() == 0,
+        || lab.world.log(),
+    );
+    let tty = tanita.tty().to_path_buf();
     tanita.unplug();
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_closed(&tty, Duration::from_secs(10));
     tanita.plug();
-    // The daemon polls for the port every second.
-    std::thread::sleep(Duration::from_secs(3));
+    daemon.wait_opened(&tanita, Duration::from_secs(10));
     tanita.write(&line);
     assert!(
-        wait_until(Duration::from_secs(10), || readings_of(
-            &subscriber,
-            "tanita"
-        )
-        .len()
+        wait_until(Duration::from_secs(10), || lab.readings_of("tanita").len()
             == 2),
         "log:\n{}",
-        world.log()
+        lab.world.log()
     );
-    let weight = readings_of(&subscriber, "tanita")
+    let weight = lab
+        .readings_of("tanita")
         .into_iter()
         .find(|r| r["kind"] == "body_weight")
         .unwrap();
     assert_eq!(value(&weight, "body_weight"), 71.3);
 }
 
-/// Writes Nonin DF8 frames once a second for `seconds` on another thread, handing the port back after.
-fn stream_df8(mut port: SimulatedPort, seconds: u64) -> std::thread::JoinHandle<SimulatedPort> {
-    std::thread::spawn(move || {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(seconds) {
-            port.write(&crate::support::nonin::df8_frame(72, 97, false));
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        port
+/// Writes Nonin DF8 frames twice a second (the device sends one; the simulator is a little faster) until
+/// `done` holds or `timeout` passes; returns whether `done` held.
+fn stream_df8_until(
+    port: &mut SimulatedPort,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    wait_until(timeout, || {
+        port.write(&df8_frame(72, 97, false));
+        // The pace of the simulated device, not a wait for the daemon.
+        std::thread::sleep(Duration::from_millis(500));
+        done()
     })
 }
 
 #[test]
 fn a_port_found_by_its_usb_ids_is_listed_recognised_and_read_even_after_moving_socket() {
     use crate::support::usb::FakeUsb;
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let usb = FakeUsb::new(&world.dir.path().join("usb"));
-    let port = SimulatedPort::plug_in(&world.by_id("pty-nonin"));
+    let lab = Lab::new();
+    let usb = FakeUsb::new(&lab.world.dir.path().join("usb"));
+    let mut port = lab.plug_in("pty-nonin");
     usb.plug("ttyUSB0", 0x0403, 0x6001, "A10K2", port.link());
     let env_owned = usb.env();
     let env: Vec<(&str, &str)> = env_owned
@@ -318,10 +299,15 @@ fn a_port_found_by_its_usb_ids_is_listed_recognised_and_read_even_after_moving_s
         .collect();
 
     // The technician's view: the adapter, its ids, its by-id path, and the protocol heard on it.
-    world.write_config(&broker.url(), &[], &[]);
-    let streaming = stream_df8(port, 5);
-    let output = world.command_with_env(&["serial", "--json", "--listen", "2"], &env);
-    let port = streaming.join().unwrap();
+    lab.configure(&[]);
+    let output = std::thread::scope(|scope| {
+        let listing = scope.spawn(|| {
+            lab.world
+                .command_with_env(&["serial", "--json", "--listen", "2"], &env)
+        });
+        stream_df8_until(&mut port, Duration::from_secs(30), || listing.is_finished());
+        listing.join().unwrap()
+    });
     assert!(
         output.status.success(),
         "{}",
@@ -338,79 +324,54 @@ fn a_port_found_by_its_usb_ids_is_listed_recognised_and_read_even_after_moving_s
     assert_eq!(listed["protocol"], "nonin-df8", "{listed}");
 
     // The configuration names the port by USB identity, not by path.
-    world.append_config(
+    lab.world.append_config(
         "[[serial]]\nmatch = { vid = 0x0403, pid = 0x6001 }\nprotocol = \"nonin-df8\"\n",
     );
-    let _daemon = world.start_with_env(&env);
-    let port = stream_df8(port, 13).join().unwrap();
+    let daemon = lab.world.start_with_env(&env);
     assert!(
-        wait_until(Duration::from_secs(5), || !readings_of(
-            &subscriber,
-            "nonin-df8"
-        )
-        .is_empty()),
+        stream_df8_until(&mut port, Duration::from_secs(30), || {
+            !lab.readings_of("nonin-df8").is_empty()
+        }),
         "log:\n{}",
-        world.log()
+        lab.world.log()
     );
-    let reading = &readings_of(&subscriber, "nonin-df8")[0];
+    let reading = &lab.readings_of("nonin-df8")[0];
     assert_eq!(reading["device"]["id"], "serial:usb-0403-6001");
 
     // Unplugged and plugged into another socket: a new tty name, the same ids.
-    let mut port = port;
     usb.unplug("ttyUSB0", "A10K2");
+    let tty = port.tty().to_path_buf();
     port.unplug();
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_closed(&tty, Duration::from_secs(10));
     port.plug();
     usb.plug("ttyUSB3", 0x0403, 0x6001, "A10K2", port.link());
-    let _port = stream_df8(port, 14).join().unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || readings_of(
-            &subscriber,
-            "nonin-df8"
-        )
-        .len()
-            >= 2),
+        stream_df8_until(&mut port, Duration::from_secs(30), || {
+            lab.readings_of("nonin-df8").len() >= 2
+        }),
         "log:\n{}",
-        world.log()
+        lab.world.log()
     );
 }
 
 #[test]
 fn a_nonin_9560_is_asked_for_the_configured_data_format_when_the_port_opens() {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let mut port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
-    world.write_config(
-        &broker.url(),
-        &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df8",
-            id: None,
-            extra: vec!["select_format = true".to_string()],
-        }],
-    );
-    let _daemon = world.start();
-    let received = port.read_for(Duration::from_secs(5));
-    assert_eq!(
-        received,
-        [0x02, 0x70, 0x02, 0x02, 0x08, 0x03],
-        "{received:02x?}"
-    );
+    let lab = Lab::new();
+    let mut port = lab.plug_in("usb-Nonin_9560-if00-port0");
+    lab.configure(&[entry(&port, "nonin-df8").with(&["select_format = true"])]);
+    let _daemon = lab.world.start();
+    let select = [0x02, 0x70, 0x02, 0x02, 0x08, 0x03];
+    let received = port.read_until(Duration::from_secs(10), |bytes| bytes.len() >= select.len());
+    assert_eq!(received, select, "{received:02x?}");
     // The device acknowledges and streams Data Format 8.
     port.write(&[0x06]);
-    let port = stream_df8(port, 13).join().unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || !readings_of(
-            &subscriber,
-            "nonin-df8"
-        )
-        .is_empty()),
+        stream_df8_until(&mut port, Duration::from_secs(30), || {
+            !lab.readings_of("nonin-df8").is_empty()
+        }),
         "log:\n{}",
-        world.log()
+        lab.world.log()
     );
-    drop(port);
 }
 
 /// A night the oximeter recorded: 22:00:00 on 2026-11-30, 700 s of SpO2 94 and pulse 131 (above 127, so
@@ -433,9 +394,10 @@ const NIGHT_SPOTS: [&str; 3] = [
 
 /// The Contec's readings with this `time_source`: `device` for recorded ones, `hub` for live ones.
 fn contec_readings(subscriber: &Subscriber, source: &str) -> Vec<serde_json::Value> {
-    readings_of(subscriber, "contec-cms50")
+    subscriber
+        .readings()
         .into_iter()
-        .filter(|r| r["time_source"] == source)
+        .filter(|r| r["device"]["protocol"] == "contec-cms50" && r["time_source"] == source)
         .collect()
 }
 
@@ -446,30 +408,38 @@ fn measured_times(readings: &[serde_json::Value]) -> Vec<&str> {
         .collect()
 }
 
+const CONTEC: &str = "usb-Silicon_Labs_CP2102_CMS50F-if00-port0";
+
+/// A lab with a Contec CMS50F that recorded [`recorded_night`], and a daemon configured to read it.
+fn contec_with_a_night() -> (Lab, Contec) {
+    let lab = Lab::new();
+    let mut contec = Contec::new(lab.plug_in(CONTEC));
+    contec.sessions = vec![recorded_night()];
+    lab.configure(&[entry(&contec.port, "contec-cms50")]);
+    (lab, contec)
+}
+
 #[test]
 fn a_contec_stored_night_arrives_once_with_device_times_then_the_live_stream() {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let mut contec = Contec::new(SimulatedPort::plug_in(
-        &world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"),
-    ));
-    contec.sessions = vec![recorded_night()];
-    world.write_config(&broker.url(), &[], &[entry(&contec.port, "contec-cms50")]);
-    let mut daemon = world.start_with_env(&[("TZ", "UTC")]);
-    let stored = |subscriber: &Subscriber| contec_readings(subscriber, "device");
-    let live = |subscriber: &Subscriber| contec_readings(subscriber, "hub");
-    contec.serve_until(Duration::from_secs(30), 97, 72, || {
-        !live(&subscriber).is_empty()
-    });
+    let (lab, mut contec) = contec_with_a_night();
+    let subscriber = &lab.subscriber;
+    let mut daemon = lab.world.start_with_env(&[("TZ", "UTC")]);
+    let stored = || contec_readings(subscriber, "device");
+    let live = || contec_readings(subscriber, "hub");
+    contec.serve_until(Duration::from_secs(30), 97, 72, || !live().is_empty());
     assert!(
-        !live(&subscriber).is_empty(),
+        !live().is_empty(),
         "no live reading after the download; log:\n{}",
-        world.log()
+        lab.world.log()
     );
     // The spot rule ran on the device's timeline: a spot 10 s into the night, then every 5 minutes.
-    let night = stored(&subscriber);
-    assert_eq!(measured_times(&night), NIGHT_SPOTS, "log:\n{}", world.log());
+    let night = stored();
+    assert_eq!(
+        measured_times(&night),
+        NIGHT_SPOTS,
+        "log:\n{}",
+        lab.world.log()
+    );
     for reading in &night {
         assert_eq!(
             (value(reading, "spo2"), value(reading, "pulse_rate")),
@@ -479,65 +449,57 @@ fn a_contec_stored_night_arrives_once_with_device_times_then_the_live_stream() {
         crate::assert_valid_reading(reading);
     }
     assert_eq!(
-        (
-            value(&live(&subscriber)[0], "spo2"),
-            value(&live(&subscriber)[0], "pulse_rate")
-        ),
+        (value(&live()[0], "spo2"), value(&live()[0], "pulse_rate")),
         (97.0, 72.0)
     );
     assert_eq!(contec.downloads, [0], "the night was downloaded once");
 
     // Unplugged, the daemon restarted, plugged in again: the night is known and not fetched again, and
-    // the live stream resumes.
+    // the live stream resumes. The first live reading after the restart is the sentinel: the dialog
+    // decides about the recording before it starts the live stream.
     contec.port.unplug();
     daemon.terminate();
     contec.port.plug();
-    let live_before = live(&subscriber).len();
-    let _daemon = world.start_with_env(&[("TZ", "UTC")]);
+    let live_before = live().len();
+    let _daemon = lab.world.start_with_env(&[("TZ", "UTC")]);
     contec.serve_until(Duration::from_secs(30), 96, 70, || {
-        live(&subscriber).len() > live_before
+        live().len() > live_before
     });
     assert!(
-        live(&subscriber).len() > live_before,
+        live().len() > live_before,
         "no live reading after the restart; log:\n{}",
-        world.log()
+        lab.world.log()
     );
-    assert_eq!(contec.downloads, [0], "log:\n{}", world.log());
+    assert_eq!(contec.downloads, [0], "log:\n{}", lab.world.log());
     assert_eq!(
         count(&contec.received, &[0x7D, 0x81, 0xA3]),
         2,
         "the hub asked for the session count on each connection"
     );
-    assert_eq!(stored(&subscriber).len(), 3);
+    assert_eq!(stored().len(), 3);
 }
 
 #[test]
 fn a_damaged_contec_download_publishes_nothing_and_the_retry_delivers_the_night_with_the_right_times(
 ) {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let mut contec = Contec::new(SimulatedPort::plug_in(
-        &world.by_id("usb-Silicon_Labs_CP2102_CMS50F-if00-port0"),
-    ));
-    contec.sessions = vec![recorded_night()];
+    let (lab, mut contec) = contec_with_a_night();
     contec.damage_next_download = true;
-    world.write_config(&broker.url(), &[], &[entry(&contec.port, "contec-cms50")]);
-    let _daemon = world.start_with_env(&[("TZ", "UTC")]);
-    let stored = |subscriber: &Subscriber| contec_readings(subscriber, "device");
-    contec.serve_until(Duration::from_secs(30), 97, 72, || {
-        stored(&subscriber).len() >= 3
-    });
-    assert_eq!(contec.downloads, [0, 0], "log:\n{}", world.log());
+    let _daemon = lab.world.start_with_env(&[("TZ", "UTC")]);
+    let stored = || contec_readings(&lab.subscriber, "device");
+    contec.serve_until(Duration::from_secs(30), 97, 72, || stored().len() >= 3);
+    assert_eq!(contec.downloads, [0, 0], "log:\n{}", lab.world.log());
     assert_eq!(
-        measured_times(&stored(&subscriber)),
+        measured_times(&stored()),
         NIGHT_SPOTS,
         "log:\n{}",
-        world.log()
+        lab.world.log()
     );
-    assert!(
-        world.log().contains("damaged on the line"),
-        "log:\n{}",
-        world.log()
+    // The damaged download was counted where every broken frame is.
+    let rejected = format!("frames_rejected.serial:{CONTEC}");
+    wait_for(
+        "the damaged download to be counted",
+        Duration::from_secs(10),
+        || lab.world.status()["counters"][&rejected].as_u64() >= Some(1),
+        || lab.world.status().to_string(),
     );
 }

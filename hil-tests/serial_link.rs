@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use crate::delivery::rig;
-use crate::support::broker::Broker;
-use crate::support::daemon::{DaemonWorld, SerialEntry};
+use crate::support::daemon::SerialEntry;
 use crate::support::nonin::{df8_frame, SpotCheck};
 use crate::support::pty::SimulatedPort;
-use crate::support::subscriber::Subscriber;
+use crate::support::rig::Lab;
 use crate::support::wait_until;
 
 #[test]
@@ -33,13 +32,13 @@ fn garbage_and_truncated_frames_are_counted_and_skipped_and_good_frames_after_th
     wire.extend(good[2].frame());
     rig.port.write(&wire);
 
+    // The last good frame is the sentinel: anything the damaged bytes became would have come before it.
     assert!(
         rig.subscriber
             .wait_for_unique_readings(3, Duration::from_secs(20)),
         "log:\n{}",
         rig.world.log()
     );
-    std::thread::sleep(Duration::from_millis(300));
     let readings = rig.subscriber.readings();
     let times: Vec<_> = readings
         .iter()
@@ -80,12 +79,12 @@ fn an_unplugged_device_is_picked_up_again_when_it_returns() {
         .wait_for_unique_readings(1, Duration::from_secs(20)));
     // Unplugged in the middle of a frame.
     rig.port.write(&SpotCheck::numbered(2).frame()[..10]);
+    let tty = rig.port.tty().to_path_buf();
     rig.port.unplug();
-    std::thread::sleep(Duration::from_millis(1500));
+    daemon.wait_closed(&tty, Duration::from_secs(10));
     assert!(daemon.is_running(), "vitalsd died when the device vanished");
     rig.port.plug();
-    // Opened within the reopen poll; frames written before the open would sit in the new pty anyway.
-    std::thread::sleep(Duration::from_millis(1500));
+    daemon.wait_opened(&rig.port, Duration::from_secs(10));
     rig.port.write(&SpotCheck::numbered(3).frame());
     assert!(
         rig.subscriber
@@ -108,47 +107,36 @@ fn an_unplugged_device_is_picked_up_again_when_it_returns() {
     );
 }
 
+/// A smoke test of the spot rule on the daemon's own receive times; the rule's timing cases (placements,
+/// bursts, gaps) are table tests in `src/spot.rs`, with exact times. The simulator writes ten frames a
+/// second (the device sends one) until the spot arrives, so a stalled machine only makes it wait longer.
 #[test]
 fn a_continuous_stream_becomes_one_spot_reading_per_stable_placement() {
-    let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
-    let world = DaemonWorld::new();
-    let mut port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_OEM-if00-port0"));
-    world.write_config(
-        &broker.url(),
-        &[],
-        &[SerialEntry {
-            path: port.link().to_path_buf(),
-            protocol: "nonin-df8",
-            id: Some("oximeter-1".to_string()),
-            extra: vec![
-                "spot_stable_s = 1.0".to_string(),
-                "spot_repeat_s = 3600".to_string(),
-            ],
-        }],
-    );
-    let _daemon = world.start();
-    std::thread::sleep(Duration::from_millis(500));
-    // First placement: 2 s of steady values (the device sends once a second; the simulator is faster).
-    for i in 0..20 {
-        port.write(&df8_frame(72 + (i % 2), 97, false));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // The finger moves: artifacts, then a second steady placement.
+    let lab = Lab::new();
+    let (subscriber, world) = (&lab.subscriber, &lab.world);
+    let mut port = lab.plug_in("usb-Nonin_OEM-if00-port0");
+    lab.configure(&[SerialEntry::of(&port, "nonin-df8")
+        .with_id("oximeter-1")
+        .with(&["spot_stable_s = 1.0", "spot_repeat_s = 3600"])]);
+    let daemon = world.start();
+    daemon.wait_opened(&port, Duration::from_secs(10));
+    let stream_until = |port: &mut SimulatedPort, frame: [u8; 4], readings: usize| {
+        let arrived = wait_until(Duration::from_secs(20), || {
+            port.write(&frame);
+            // The pace of the simulated device, not a wait for the daemon.
+            std::thread::sleep(Duration::from_millis(100));
+            subscriber.unique_reading_ids().len() >= readings
+        });
+        assert!(arrived, "no spot reading {readings}; log:\n{}", world.log());
+    };
+    // First placement: steady values.
+    stream_until(&mut port, df8_frame(72, 97, false), 1);
+    // The finger moves: artifacts, then a second steady placement, whose spot is the sentinel: a second
+    // spot of the first placement would have come before it.
     for _ in 0..3 {
         port.write(&df8_frame(140, 80, true));
-        std::thread::sleep(Duration::from_millis(100));
     }
-    for _ in 0..20 {
-        port.write(&df8_frame(80, 95, false));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        subscriber.wait_for_unique_readings(2, Duration::from_secs(20)),
-        "log:\n{}",
-        world.log()
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    stream_until(&mut port, df8_frame(80, 95, false), 2);
     let readings = subscriber.readings();
     assert_eq!(
         readings.len(),

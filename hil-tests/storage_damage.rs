@@ -149,7 +149,13 @@ fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_rea
     assert!(rig.world.log().contains("lost=20"));
     // Salvage refuses while the daemon runs.
     let refused = rig.world.command(&["outbox", "salvage"]);
-    assert!(!refused.status.success());
+    assert!(
+        !refused.status.success(),
+        "salvage ran beside the daemon (still running: {}):\n{}\nlog:\n{}",
+        daemon.is_running(),
+        String::from_utf8_lossy(&refused.stdout),
+        rig.world.log()
+    );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("stop the service first"));
     assert!(daemon.terminate().success());
 
@@ -222,6 +228,7 @@ fn status_counters_survive_kill_9_with_the_readings_they_count() {
     let mut daemon = rig.world.start();
     for n in 0..30 {
         rig.port.write(&SpotCheck::numbered(n).frame());
+        // The pace of the simulated device: the readings come in several commits.
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(wait_until(Duration::from_secs(20), || rig

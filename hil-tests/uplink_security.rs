@@ -10,7 +10,7 @@ use crate::support::daemon::{DaemonWorld, SerialEntry};
 use crate::support::nonin::SpotCheck;
 use crate::support::pty::SimulatedPort;
 use crate::support::subscriber::Subscriber;
-use crate::support::{free_port, wait_until};
+use crate::support::wait_until;
 
 #[track_caller]
 fn run(command: &mut Command) {
@@ -26,6 +26,10 @@ fn run(command: &mut Command) {
 
 /// A private CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl CLI.
 fn make_certificates(dir: &Path) {
+    // Made once per broker directory: a broker started again on fresh ports keeps them.
+    if dir.join("client.crt").exists() {
+        return;
+    }
     let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
     openssl(&[
         "req",
@@ -82,6 +86,8 @@ fn make_certificates(dir: &Path) {
 struct SecureRig {
     broker: Broker,
     tls_port: u16,
+    /// The hub's password at the broker, random so that finding it in a log cannot be a coincidence.
+    password: String,
     subscriber: Subscriber,
     world: DaemonWorld,
     port: SimulatedPort,
@@ -90,13 +96,14 @@ struct SecureRig {
 /// A broker with a plain anonymous listener (for the test's subscriber) and a TLS listener that wants a
 /// client certificate and a password.
 fn secure_rig() -> SecureRig {
-    let tls_port = free_port();
-    let broker = Broker::start_custom(|port, dir| {
+    let password = secret();
+    let broker = Broker::start_custom_ports(1, |port, extra, dir| {
+        let tls_port = extra[0];
         make_certificates(dir);
         run(Command::new("mosquitto_passwd")
             .args(["-b", "-c"])
             .arg(dir.join("passwords"))
-            .args(["hub", "s3cret"]));
+            .args(["hub", &password]));
         format!(
             "per_listener_settings true\n{}\
              listener {port} 127.0.0.1\nallow_anonymous true\n\
@@ -107,16 +114,23 @@ fn secure_rig() -> SecureRig {
             d = dir.display()
         )
     });
+    let tls_port = broker.extra_ports[0];
     let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
     let world = DaemonWorld::new();
     let port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
     SecureRig {
         broker,
         tls_port,
+        password,
         subscriber,
         world,
         port,
     }
+}
+
+/// A password nobody would write into a message by chance.
+fn secret() -> String {
+    format!("pw-{:016x}", fastrand::u64(..))
 }
 
 fn write_config(rig: &SecureRig, password: &str) {
@@ -146,7 +160,7 @@ fn write_config(rig: &SecureRig, password: &str) {
 #[test]
 fn readings_arrive_over_tls_with_a_client_certificate_and_a_password_from_a_file() {
     let mut rig = secure_rig();
-    write_config(&rig, "s3cret");
+    write_config(&rig, &rig.password);
     let _daemon = rig.world.start();
     rig.port.write(&SpotCheck::numbered(5).frame());
     assert!(
@@ -157,7 +171,7 @@ fn readings_arrive_over_tls_with_a_client_certificate_and_a_password_from_a_file
         rig.broker.log()
     );
     assert!(
-        !rig.world.log().contains("s3cret"),
+        !rig.world.log().contains(&rig.password),
         "the password reached the log"
     );
 }
@@ -165,7 +179,8 @@ fn readings_arrive_over_tls_with_a_client_certificate_and_a_password_from_a_file
 #[test]
 fn a_broker_that_refuses_our_password_is_reported_and_readings_wait() {
     let mut rig = secure_rig();
-    write_config(&rig, "wrong");
+    let wrong = secret();
+    write_config(&rig, &wrong);
     let _daemon = rig.world.start();
     rig.port.write(&SpotCheck::numbered(6).frame());
     let reported = wait_until(Duration::from_secs(30), || {
@@ -178,7 +193,7 @@ fn a_broker_that_refuses_our_password_is_reported_and_readings_wait() {
     assert!(reported, "{}\n{}", rig.world.status(), rig.world.log());
     assert!(rig.subscriber.readings().is_empty());
     assert!(
-        !rig.world.log().contains("wrong"),
+        !rig.world.log().contains(&wrong),
         "the password reached the log"
     );
 }

@@ -433,6 +433,36 @@ mod tests {
         }
     }
 
+    /// The HIL suite's placements, in-process with exact receive times: an OEM module's stream at ten
+    /// samples a second with `stable_for` 1 s, a steady finger, a moved one (artifacts), a steady one again.
+    #[test]
+    fn each_placement_of_a_fast_stream_gives_one_spot() {
+        let rule = SpotRule {
+            stable_for: Duration::from_secs(1),
+            repeat_every: Duration::from_secs(3600),
+        };
+        let at = |n: i64| n * 100;
+        let first = (0..20).map(|n| sample(at(n), Some(97), Some(72 + (n % 2) as u16), &[]));
+        let moved = (20..23).map(|n| sample(at(n), Some(80), Some(140), &[Flag::Artifact]));
+        let second = (23..43).map(|n| sample(at(n), Some(95), Some(80), &[]));
+        check_with(
+            rule,
+            first.chain(moved).chain(second).collect(),
+            &[
+                "t=1000 spo2=97 pulse_rate=72 flags=[]",
+                "t=3300 spo2=95 pulse_rate=80 flags=[]",
+            ],
+        );
+        // The same stream read in bursts (a stalled host): a burst shares one receive time, and the rule
+        // waits for a sample that makes the window span `stable_for`.
+        let bursts = (0..20).map(|n| sample((n / 5) * 500, Some(97), Some(72), &[]));
+        check_with(
+            rule,
+            bursts.collect(),
+            &["t=1000 spo2=97 pulse_rate=72 flags=[]"],
+        );
+    }
+
     #[test]
     fn no_measurement_is_invalid() {
         let mut removed = sample(21_000, Some(97), Some(72), &[]);

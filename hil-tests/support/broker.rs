@@ -1,4 +1,8 @@
 //! A real Mosquitto broker on a free loopback port, one per test, killed on drop.
+//!
+//! A free port is only free until someone binds it, and other tests (and other suites on the machine) pick
+//! ports too: a broker is up when its own process listens on its ports, and one that lost a port to
+//! someone else is started again on fresh ones.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -7,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{free_port, wait_until};
+use super::{free_port, listens_on, wait_until};
 
 /// Mosquitto started as root drops to the `mosquitto` user, which cannot read or write a test's private
 /// directory; run as root (CI), it is told to stay root. For other users the option has no effect.
@@ -15,6 +19,8 @@ pub const STAY_AS_INVOKING_USER: &str = "user root\n";
 
 pub struct Broker {
     pub port: u16,
+    /// The further listeners of a configuration made by [`Broker::start_custom_ports`].
+    pub extra_ports: Vec<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -60,35 +66,64 @@ impl Broker {
 
     /// Starts a broker with extra configuration lines for its listener.
     pub fn start_with(persistent: bool, extra: &[&str]) -> Broker {
-        let dir = tempfile::tempdir().expect("broker temp dir");
-        let port = free_port();
-        let mut config = format!(
-            "{}listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nlog_dest stderr\n\
-             log_type error\nlog_type warning\n",
-            STAY_AS_INVOKING_USER
-        );
-        if persistent {
-            config.push_str(&format!(
-                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
-                dir.path().display()
-            ));
-        } else {
-            config.push_str("persistence false\n");
-        }
-        for line in extra {
-            config.push_str(line);
-            config.push('\n');
-        }
-        Broker::launch(port, dir, &config)
+        Broker::start_custom(|port, dir| {
+            let mut config = format!(
+                "{}listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nlog_dest stderr\n\
+                 log_type error\nlog_type warning\n",
+                STAY_AS_INVOKING_USER
+            );
+            if persistent {
+                config.push_str(&format!(
+                    "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                    dir.display()
+                ));
+            } else {
+                config.push_str("persistence false\n");
+            }
+            for line in extra {
+                config.push_str(line);
+                config.push('\n');
+            }
+            config
+        })
     }
 
     /// Starts a broker whose whole configuration `make(port, dir)` writes; `port` must be one of its
-    /// listeners (the one `Broker::port` reports and start-up waits for).
-    pub fn start_custom(make: impl FnOnce(u16, &std::path::Path) -> String) -> Broker {
+    /// listeners (the one `Broker::port` reports and start-up waits for). `make` runs again with another
+    /// port when someone else took the first.
+    pub fn start_custom(make: impl Fn(u16, &std::path::Path) -> String) -> Broker {
+        Broker::start_custom_ports(0, |port, _, dir| make(port, dir))
+    }
+
+    /// Like [`Broker::start_custom`], with `extra` more free ports for further listeners; start-up waits
+    /// for all of them, and they stay in [`Broker::extra_ports`].
+    pub fn start_custom_ports(
+        extra: usize,
+        make: impl Fn(u16, &[u16], &std::path::Path) -> String,
+    ) -> Broker {
         let dir = tempfile::tempdir().expect("broker temp dir");
-        let port = free_port();
-        let config = make(port, dir.path());
-        Broker::launch(port, dir, &config)
+        let mut broker = Broker {
+            port: 0,
+            extra_ports: Vec::new(),
+            dir,
+            child: None,
+        };
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            broker.port = free_port();
+            broker.extra_ports = (0..extra).map(|_| free_port()).collect();
+            let config = make(broker.port, &broker.extra_ports, broker.dir.path());
+            std::fs::write(broker.dir.path().join("mosquitto.conf"), config)
+                .expect("write mosquitto.conf");
+            match broker.spawn() {
+                Ok(()) => return broker,
+                Err(why) if attempt < ATTEMPTS => {
+                    eprintln!("mosquitto lost a port race ({why}); trying fresh ports")
+                }
+                Err(why) => panic!("mosquitto did not start in {ATTEMPTS} attempts: {why}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Starts a broker that lets anonymous clients (the test's subscriber) in, knows `user` with
@@ -118,49 +153,58 @@ impl Broker {
         std::fs::write(self.dir.path().join("acl"), acl).expect("write acl");
     }
 
-    /// SIGHUP: Mosquitto reads its password and ACL files again, keeping its connections.
+    /// SIGHUP: Mosquitto reads its password and ACL files again, keeping its connections. It does so on
+    /// its next turn, not before this returns: a publish right after may still meet the old rules.
     pub fn reload(&self) {
         kill(self.pid(), Signal::SIGHUP).expect("SIGHUP mosquitto");
-    }
-
-    fn launch(port: u16, dir: tempfile::TempDir, config: &str) -> Broker {
-        std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
-        let mut broker = Broker {
-            port,
-            dir,
-            child: None,
-        };
-        broker.spawn();
-        broker
     }
 
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
 
-    fn spawn(&mut self) {
+    /// Starts Mosquitto on the configured ports; an error, with its log, when it cannot have them all.
+    fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("mosquitto.log"))
             .expect("broker log");
-        let child = Command::new(mosquitto_binary())
+        let mut child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start mosquitto");
-        self.child = Some(child);
-        let port = self.port;
+        let pid = child.id();
+        let ports: Vec<u16> = std::iter::once(self.port)
+            .chain(self.extra_ports.iter().copied())
+            .collect();
+        let mut exited = None;
         let up = wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            ports.iter().all(|&port| listens_on(pid, port))
         });
-        assert!(
-            up,
-            "mosquitto did not start listening on port {port}; log: {}",
-            self.log()
-        );
+        if up && exited.is_none() {
+            self.child = Some(child);
+            return Ok(());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(match exited {
+            Some(status) => format!(
+                "it exited ({status}) on ports {ports:?}; log: {}",
+                self.log()
+            ),
+            None => format!(
+                "it did not listen on ports {ports:?} within 10 s; log: {}",
+                self.log()
+            ),
+        })
     }
 
     pub fn url(&self) -> String {
@@ -194,18 +238,19 @@ impl Broker {
         }
     }
 
-    /// Starts the broker again on the same port.
+    /// Starts the broker again on the same ports, which the daemon is configured with.
     pub fn restart(&mut self) {
         self.kill();
-        // The port was ours a moment ago; a brief retry covers a slow release of the socket.
-        for attempt in 0..50 {
-            if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() {
-                break;
+        // The ports were ours a moment ago; retrying covers a slow release of the sockets.
+        let mut why = String::new();
+        let up = wait_until(Duration::from_secs(10), || match self.spawn() {
+            Ok(()) => true,
+            Err(error) => {
+                why = error;
+                false
             }
-            assert!(attempt < 49, "port {} stayed busy", self.port);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.spawn();
+        });
+        assert!(up, "mosquitto did not start again: {why}");
     }
 
     /// SIGSTOP: the broker keeps its sockets but answers nothing.

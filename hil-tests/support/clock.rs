@@ -2,6 +2,7 @@
 //! and the boot id, and libfaketime for a wall clock that is wrong and then stepped, as NTP steps it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 
@@ -146,6 +147,38 @@ impl HubClockControl {
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    }
+
+    /// Waits until the daemon has asked the hook whether the clock is synchronised twice from now on,
+    /// and fails the test if it has not within `timeout`. The daemon asks once at each of its trust
+    /// checks (every 2 s) and before it decides anything, so the second question means a whole check ran
+    /// after this call, and what it did with held readings is done. Nothing else may ask meanwhile: no
+    /// readings arriving, and no `status` from the test.
+    #[track_caller]
+    pub fn wait_for_a_trust_check(&self, timeout: Duration) {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let watch =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).expect("inotify_init");
+        // The directory, not the file: the file is replaced by a rename whenever the scenario changes it.
+        let directory = self.sync_file.parent().expect("hook file's directory");
+        watch
+            .add_watch(directory, AddWatchFlags::IN_CLOSE_NOWRITE)
+            .expect("watch the hook's directory");
+        let name = self.sync_file.file_name().expect("hook file name");
+        let mut reads = 0;
+        let checked = super::wait_until(timeout, || {
+            reads += watch
+                .read_events()
+                .unwrap_or_default()
+                .iter()
+                .filter(|event| event.name.as_deref() == Some(name))
+                .count();
+            reads >= 2
+        });
+        assert!(
+            checked,
+            "the daemon asked whether the clock is synchronised {reads} time(s) in {timeout:?}"
+        );
     }
 
     /// How many readings the outbox holds for a trusted clock.

@@ -15,6 +15,30 @@ pub struct SerialEntry {
     pub extra: Vec<String>,
 }
 
+impl SerialEntry {
+    /// The entry for a simulated device: its link, with no id and no extra lines.
+    pub fn of(port: &super::pty::SimulatedPort, protocol: &'static str) -> SerialEntry {
+        SerialEntry {
+            path: port.link().to_path_buf(),
+            protocol,
+            id: None,
+            extra: vec![],
+        }
+    }
+
+    /// The entry with a configured device id.
+    pub fn with_id(mut self, id: &str) -> SerialEntry {
+        self.id = Some(id.to_string());
+        self
+    }
+
+    /// The entry with `key = value` lines added.
+    pub fn with(mut self, lines: &[&str]) -> SerialEntry {
+        self.extra.extend(lines.iter().map(|line| line.to_string()));
+        self
+    }
+}
+
 /// A private world for one daemon: config file, state directory, log file.
 pub struct DaemonWorld {
     pub dir: tempfile::TempDir,
@@ -222,30 +246,62 @@ impl Daemon {
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        for _ in 0..200 {
-            if let Some(status) = child.try_wait().expect("wait for vitalsd") {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        panic!("vitalsd did not stop within 10 s of SIGTERM");
+        let mut status = None;
+        super::wait_until(Duration::from_secs(10), || {
+            status = child.try_wait().expect("wait for vitalsd");
+            status.is_some()
+        });
+        status.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("vitalsd did not stop within 10 s of SIGTERM")
+        })
     }
 
     /// Waits up to `timeout` for the process to exit on its own; its exit status, or `None` if it still runs.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let child = self.child.as_mut().expect("daemon started");
-            if let Some(status) = child.try_wait().expect("wait for vitalsd") {
-                self.child = None;
-                return Some(status);
-            }
-            if std::time::Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let child = self.child.as_mut().expect("daemon started");
+        let mut status = None;
+        super::wait_until(timeout, || {
+            status = child.try_wait().expect("wait for vitalsd");
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
         }
+        status
+    }
+
+    /// Whether the daemon holds `path` open (a serial port it reads): observable in `/proc` the moment
+    /// it opens or closes the port, unlike its once-a-second poll for a missing one.
+    pub fn holds_open(&self, path: &Path) -> bool {
+        let path = path.to_string_lossy();
+        super::open_files(self.pid())
+            .iter()
+            .any(|file| *file == path)
+    }
+
+    /// Waits until the daemon has opened the simulated device, and fails the test if it does not within
+    /// `timeout`.
+    #[track_caller]
+    pub fn wait_opened(&self, port: &super::pty::SimulatedPort, timeout: Duration) {
+        super::wait_for(
+            &format!("vitalsd to open {}", port.link().display()),
+            timeout,
+            || self.holds_open(port.tty()),
+            || format!("it holds {:?}", super::open_files(self.pid())),
+        );
+    }
+
+    /// Waits until the daemon holds `tty` no more (it noticed an unplug), and fails the test if it still
+    /// does after `timeout`.
+    #[track_caller]
+    pub fn wait_closed(&self, tty: &Path, timeout: Duration) {
+        super::wait_for(
+            &format!("vitalsd to close {}", tty.display()),
+            timeout,
+            || !self.holds_open(tty),
+            || format!("it holds {:?}", super::open_files(self.pid())),
+        );
     }
 
     /// Whether the process is still running.

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod daemon;
 pub mod nonin;
 pub mod pty;
+pub mod rig;
 pub mod schema;
 pub mod serial_devices;
 pub mod subscriber;
@@ -28,8 +29,63 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-/// A TCP port nobody listens on right now.
+/// Waits like [`wait_until`], and fails the test when `timeout` passes, naming `what` it waited for and
+/// what `context` says then (a status, a log).
+#[track_caller]
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    condition: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
+    if !wait_until(timeout, condition) {
+        panic!("waited {timeout:?} for {what}, in vain:\n{}", context());
+    }
+}
+
+/// A TCP port nobody listened on a moment ago. Another process may take it before the caller binds it,
+/// so whoever listens on it checks with [`listens_on`] and picks another when it lost the race.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
+}
+
+/// A port no broker will ever answer on while the returned listener lives: it is bound and listening, so
+/// nobody else can take it, and it never accepts, so a client's MQTT handshake goes unanswered.
+pub fn silent_port() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let port = listener.local_addr().expect("local address").port();
+    (listener, port)
+}
+
+/// Whether process `pid` itself listens on loopback TCP `port`, read from `/proc`: a connection that
+/// succeeds proves only that someone listens there.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let suffix = format!(":{port:04X}");
+    // Columns: sl, local_address, rem_address, st (0A is LISTEN), …, inode (the tenth).
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.len() > 9 && fields[1].ends_with(&suffix) && fields[3] == "0A")
+        .map(|fields| format!("socket:[{}]", fields[9]))
+        .collect();
+    !inodes.is_empty()
+        && open_files(pid)
+            .iter()
+            .any(|file| inodes.iter().any(|i| file == i))
+}
+
+/// What the descriptors of process `pid` point to (paths, `socket:[inode]`, …); empty once it is gone.
+pub fn open_files(pid: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect()
 }

@@ -14,6 +14,8 @@ use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 
 pub struct SimulatedPort {
     link: PathBuf,
+    /// The pseudo-terminal's slave (`/dev/pts/N`) while plugged in: what the daemon holds open.
+    tty: Option<PathBuf>,
     ends: Option<(File, OwnedFd)>,
 }
 
@@ -22,6 +24,7 @@ impl SimulatedPort {
     pub fn plug_in(link: &Path) -> SimulatedPort {
         let mut port = SimulatedPort {
             link: link.to_path_buf(),
+            tty: None,
             ends: None,
         };
         port.plug();
@@ -30,6 +33,11 @@ impl SimulatedPort {
 
     pub fn link(&self) -> &Path {
         &self.link
+    }
+
+    /// The terminal device behind the link while plugged in, as a process's open descriptors name it.
+    pub fn tty(&self) -> &Path {
+        self.tty.as_deref().expect("device is plugged in")
     }
 
     /// Plugs the device (back) in: a new pseudo-terminal behind the same link.
@@ -59,6 +67,7 @@ impl SimulatedPort {
         }
         let _ = std::fs::remove_file(&self.link);
         std::os::unix::fs::symlink(&slave_path, &self.link).expect("symlink to the pty");
+        self.tty = Some(slave_path);
         // The test keeps the slave open too, so the master sees no hang-up while the daemon is restarted.
         self.ends = Some((File::from(OwnedFd::from(master)), slave));
     }
@@ -67,6 +76,7 @@ impl SimulatedPort {
     pub fn unplug(&mut self) {
         let _ = std::fs::remove_file(&self.link);
         self.ends = None;
+        self.tty = None;
     }
 
     /// Reads what the host sent the device for up to `duration` (commands such as a stream start).
@@ -98,6 +108,42 @@ impl SimulatedPort {
         received
     }
 
+    /// Reads what the host sends the device until `done` says it is all there or `timeout` passes.
+    pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        let mut received = Vec::new();
+        while !done(&received) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            received.extend(self.read_for(left.min(Duration::from_millis(50))));
+        }
+        received
+    }
+
+    /// Bytes the device sent that the host has not read yet.
+    pub fn unread(&self) -> usize {
+        let (_, slave) = self.ends.as_ref().expect("device is plugged in");
+        let mut count: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer, which points at `count`; the descriptor is
+        // open for the call.
+        let result = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(slave),
+                libc::FIONREAD,
+                &mut count,
+            )
+        };
+        assert_eq!(
+            result,
+            0,
+            "FIONREAD on the pty: {}",
+            std::io::Error::last_os_error()
+        );
+        count as usize
+    }
+
     /// Writes bytes as the device would, waiting as long as the line is full (a host that stopped reading)
     /// unless `give_up` says to stop; returns whether all of them went out.
     pub fn write_waiting(&mut self, bytes: &[u8], give_up: impl Fn() -> bool) -> bool {
@@ -125,20 +171,25 @@ impl SimulatedPort {
         true
     }
 
-    /// Writes bytes as the device would; gives up after 5 s if nobody drains the line.
+    /// Writes bytes as the device would; gives up if the line takes nothing for 30 s. A large write
+    /// takes as long as the host needs to read it, which on a loaded machine is a while.
     pub fn write(&mut self, bytes: &[u8]) {
         let (master, _) = self.ends.as_mut().expect("device is plugged in");
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let stall = Duration::from_secs(30);
+        let mut progress = Instant::now();
         let mut rest = bytes;
         while !rest.is_empty() {
             match master.write(rest) {
-                Ok(n) => rest = &rest[n..],
+                Ok(n) => {
+                    rest = &rest[n..];
+                    progress = Instant::now();
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(error) => panic!("writing to the simulated device failed: {error}"),
             }
             assert!(
-                Instant::now() < deadline,
-                "the simulated device's line stayed full for 5 s"
+                progress.elapsed() < stall,
+                "the simulated device's line stayed full for {stall:?}"
             );
         }
         master.flush().expect("flush pty");

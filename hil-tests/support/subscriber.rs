@@ -141,6 +141,16 @@ impl Subscriber {
         }
         arrived
     }
+
+    /// Waits until the reading measured at `measured_at` arrived: a sentinel, written after what a test
+    /// checks, so that anything the daemon published before it has arrived too.
+    pub fn wait_for_measured_at(&self, measured_at: &str, timeout: Duration) -> bool {
+        super::wait_until(timeout, || {
+            self.readings()
+                .iter()
+                .any(|r| r["measured_at"] == measured_at)
+        })
+    }
 }
 
 impl Drop for Subscriber {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, WriteType};
 use btleplug::platform::Peripheral;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -153,7 +153,11 @@ async fn collect(
 
     // The stream must exist before the first subscription: cuffs start their burst of stored records
     // the moment the CCCD is written, and a match rule added later would miss them.
-    let mut notifications = peripheral.notifications().await.map_err(classify)?;
+    let mut notifications = peripheral
+        .notifications()
+        .await
+        .map_err(classify)?
+        .peekable();
     let mut subscribe_to: Vec<&Characteristic> = channels
         .keys()
         .filter_map(|uuid| characteristics.get(uuid))
@@ -256,7 +260,17 @@ async fn collect(
                         flush_counters(decoding, outbox).await?;
                     }
                     if !peripheral.is_connected().await.unwrap_or(false) {
-                        break SessionEnd::Finished { readings: store.readings };
+                        // What the device sent before it dropped the link reached the bus ahead of the
+                        // answer that says so, and waits in the stream: a busy hub reads it before ending,
+                        // or loses the end of a burst the device has already deleted.
+                        let queued = std::pin::Pin::new(&mut notifications)
+                            .peek()
+                            .now_or_never()
+                            .flatten()
+                            .is_some();
+                        if !queued {
+                            break SessionEnd::Finished { readings: store.readings };
+                        }
                     }
                     if last_activity.elapsed() >= IDLE_TIMEOUT {
                         break SessionEnd::Finished { readings: store.readings };

@@ -690,7 +690,14 @@ impl Worker {
             seqs.append(&mut self.unremoved);
         }
         let error = match self.outbox.acknowledge(&seqs, now_ms) {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                // The retry timer must go with what it retried: left set, it stays due for ever and the
+                // serve loop, which looks at it before appends, would never take a reading again.
+                if self.unremoved_retry_at.is_some() {
+                    self.removed_all();
+                }
+                return Ok(());
+            }
             Err(OutboxError::DiskFull(error)) => error,
             Err(other) => return Err(other),
         };
@@ -718,6 +725,12 @@ impl Worker {
                 Err(other) => return Err(other),
             }
         }
+        self.removed_all();
+        Ok(())
+    }
+
+    /// Nothing delivered is left unremoved: the retry timer stops, and the reserve is made again.
+    fn removed_all(&mut self) {
         if let Some(since) = self.unremoved_since.take() {
             tracing::warn!(
                 waited_s = since.elapsed().as_secs(),
@@ -726,7 +739,6 @@ impl Worker {
         }
         self.unremoved_retry_at = None;
         self.space.ensure_reserve();
-        Ok(())
     }
 
     /// Damaged records are never published; each is named (by its place and id, never its contents).
