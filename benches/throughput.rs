@@ -311,7 +311,9 @@ fn outbox_is_empty(world: &DaemonWorld) -> bool {
     let connection = rusqlite::Connection::open(world.outbox_path()).unwrap();
     connection.busy_timeout(Duration::from_secs(5)).unwrap();
     !connection
-        .query_row("SELECT EXISTS (SELECT 1 FROM record)", [], |row| row.get::<_, bool>(0))
+        .query_row("SELECT EXISTS (SELECT 1 FROM record)", [], |row| {
+            row.get::<_, bool>(0)
+        })
         .unwrap_or(true)
 }
 
