@@ -284,23 +284,7 @@ mod tests {
             ..test_now("2024-03-15T12:00:00Z".parse().unwrap())
         };
         let bytes = |hex: &str| hex::decode(hex.replace(' ', "")).unwrap();
-        let mut decoding = Decoding::new(
-            DeviceSettings {
-                hub_id: "hub".into(),
-                device: DeviceInfo {
-                    id: "serial:contec".into(),
-                    transport: "serial",
-                    protocol: "contec-cms50",
-                    manufacturer: None,
-                    model: None,
-                    serial_number: None,
-                },
-                protocol: Protocol::ContecCms50,
-                spot: SpotRule::default(),
-                time_zone: &chrono::Local,
-            },
-            None,
-        );
+        let mut decoding = contec(None);
         let untrusted = HubClock::Unsynchronized;
         let mut records = Vec::new();
         records.extend(decoding.poll(&at(0, untrusted)).0);
