@@ -53,7 +53,7 @@ fn main() {
         Err(_) => Broker::start_volatile(),
     };
     // The machine is shared and noisy, so (a) and (b) alternate for a few rounds and the medians are compared.
-    let rounds = env_or("VITALSD_BENCH_ROUNDS", 3);
+    let rounds = env_or("VITALSD_BENCH_ROUNDS", 5);
     let (mut raw_rates, mut raw5_rates, mut drain_rates, mut peaks, mut idles) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
