@@ -118,7 +118,10 @@ pub async fn run(
                 ack_timer.as_mut().reset(deadline);
             }
         }
-        let burst_end = uplink.refusal_log.ends_at().map(Instant::from_std);
+        let burst_end = uplink
+            .refusal_log
+            .ends_at(uplink.refusals_unanswered())
+            .map(Instant::from_std);
         if let Some(end) = burst_end {
             if burst_timer.deadline() != end {
                 burst_timer.as_mut().reset(end);
@@ -153,7 +156,8 @@ pub async fn run(
             _ = &mut pause_timer, if paused => {}
             _ = &mut puback_timer, if puback_due.is_some() => uplink.check_puback_timeout().await?,
             _ = &mut burst_timer, if burst_end.is_some() => {
-                let report = uplink.refusal_log.handle_time(Instant::now().into_std());
+                let unanswered = uplink.refusals_unanswered();
+                let report = uplink.refusal_log.handle_time(Instant::now().into_std(), unanswered);
                 uplink.handle_burst_report(report).await?;
             }
             _ = &mut status_timer, if uplink.connected => uplink.publish_status("online").await?,
@@ -328,6 +332,12 @@ impl Uplink {
         self.fill_window().await
     }
 
+    /// Whether the broker still owes an answer that may be a refusal: refused readings wait for their retry
+    /// pass, or publishes for their PUBACK. A burst of refusals cannot end before it has answered.
+    fn refusals_unanswered(&self) -> bool {
+        self.gate.has_refused_behind() || !self.inflight.is_empty()
+    }
+
     /// The walk goes on after `seq`, forgetting what it fetched.
     fn restart_walk(&mut self, seq: i64) {
         self.buffer.clear();
@@ -354,7 +364,9 @@ impl Uplink {
                         self.gate.handle_accepted(seq);
                         self.acked.push(seq);
                         let report = if self.refusal_log.in_burst() {
-                            self.refusal_log.handle_accepted(Instant::now().into_std())
+                            let unanswered = self.refusals_unanswered();
+                            self.refusal_log
+                                .handle_accepted(Instant::now().into_std(), unanswered)
                         } else {
                             None
                         };

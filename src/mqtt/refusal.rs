@@ -192,23 +192,27 @@ impl RefusalLog {
         }
     }
 
-    pub fn handle_accepted(&mut self, now: Instant) -> Option<RefusalReport> {
+    /// `unanswered`, here and below: refused readings wait for their retry, or publishes for their answer.
+    /// The broker has then not yet said whether it still refuses, so the burst goes on however long the
+    /// quiet lasted: a retry pass held up by a slow disk is not a broker that takes readings again.
+    pub fn handle_accepted(&mut self, now: Instant, unanswered: bool) -> Option<RefusalReport> {
         self.accepted_since_refusal = true;
-        self.handle_time(now)
+        self.handle_time(now, unanswered)
     }
 
     /// When the burst ends if nothing is refused before then; the uplink calls [`RefusalLog::handle_time`]
-    /// at that moment. `None` outside a burst, or while nothing was accepted since the last refusal.
-    pub fn ends_at(&self) -> Option<Instant> {
-        if !self.in_burst() || !self.accepted_since_refusal {
+    /// at that moment. `None` outside a burst, while nothing was accepted since the last refusal, or while
+    /// anything is `unanswered`.
+    pub fn ends_at(&self, unanswered: bool) -> Option<Instant> {
+        if !self.in_burst() || !self.accepted_since_refusal || unanswered {
             return None;
         }
         self.last_refusal.map(|last| last + self.quiet)
     }
 
-    /// Ends the burst once the quiet period after the last refusal is over.
-    pub fn handle_time(&mut self, now: Instant) -> Option<RefusalReport> {
-        if self.ends_at().is_none_or(|end| now < end) {
+    /// Ends the burst once the quiet period after the last refusal is over and nothing is `unanswered`.
+    pub fn handle_time(&mut self, now: Instant, unanswered: bool) -> Option<RefusalReport> {
+        if self.ends_at(unanswered).is_none_or(|end| now < end) {
             return None;
         }
         self.last_report = None;
@@ -454,6 +458,8 @@ mod tests {
         /// The uplink's timer for the end of the burst fired.
         Time(u64, Option<RefusalReport>),
         EndsAt(Option<u64>),
+        /// From here on, refused readings wait for their retry or publishes for their answer (or not).
+        Unanswered(bool),
     }
 
     fn counts(entries: &[(Refusal, u64)]) -> RefusalCounts {
@@ -472,18 +478,24 @@ mod tests {
         let start = Instant::now();
         let at = |s: u64| start + Duration::from_secs(s);
         let mut log = RefusalLog::new(Duration::from_secs(120));
+        let mut unanswered = false;
         for (index, step) in steps.into_iter().enumerate() {
             match step {
                 Refused(s, refusal, expected) => {
                     assert_eq!(log.handle_refused(refusal, at(s)), expected, "step {index}")
                 }
                 Accepted(s, expected) => {
-                    assert_eq!(log.handle_accepted(at(s)), expected, "step {index}")
+                    let report = log.handle_accepted(at(s), unanswered);
+                    assert_eq!(report, expected, "step {index}")
                 }
-                Time(s, expected) => assert_eq!(log.handle_time(at(s)), expected, "step {index}"),
+                Time(s, expected) => {
+                    let report = log.handle_time(at(s), unanswered);
+                    assert_eq!(report, expected, "step {index}")
+                }
                 EndsAt(expected) => {
-                    assert_eq!(log.ends_at(), expected.map(at), "step {index}")
+                    assert_eq!(log.ends_at(unanswered), expected.map(at), "step {index}")
                 }
+                Unanswered(now) => unanswered = now,
             }
         }
         log
@@ -535,6 +547,37 @@ mod tests {
             Accepted(700, Some(RefusalReport::Ended { refused: 1 })),
         ]);
         assert!(!log.in_burst());
+    }
+
+    #[test]
+    fn a_burst_does_not_end_while_a_refused_reading_waits_for_its_retry() {
+        use LogStep::*;
+        use Refusal::*;
+        // The retry pass is late (a slow disk, a busy machine): the quiet period is over, but the broker has
+        // not yet been asked again, so it has not said that it takes readings again.
+        check_log(vec![
+            Refused(
+                0,
+                NotAuthorized,
+                Some(RefusalReport::Started(NotAuthorized)),
+            ),
+            Accepted(1, None),
+            Unanswered(true),
+            EndsAt(None),
+            Time(500, None),
+            Accepted(501, None),
+            // The late pass is refused again: still the same burst, summarised as it goes on.
+            Refused(
+                502,
+                NotAuthorized,
+                Some(RefusalReport::Summary(counts(&[(NotAuthorized, 1)]))),
+            ),
+            Accepted(503, None),
+            Unanswered(false),
+            EndsAt(Some(622)),
+            Time(621, None),
+            Time(622, Some(RefusalReport::Ended { refused: 2 })),
+        ]);
     }
 
     #[test]
