@@ -45,11 +45,18 @@ fn kill_9_at_random_points_while_readings_arrive_and_while_draining_loses_nothin
         }
         if build_backlog {
             rig.port.write(&burst);
-            let target = rig.world.outbox_keys().len();
-            assert!(target < 100_000);
-            wait_until(Duration::from_secs(30), || {
+            // A disk that other work keeps busy can take seconds for each commit; the cycle is about a
+            // kill during the drain, not about speed.
+            let queued = wait_until(Duration::from_secs(120), || {
                 rig.world.outbox_keys().len() >= 1000
             });
+            assert!(
+                queued,
+                "{} of 1500 frames reached the outbox in 120 s; status {}\nlog:\n{}",
+                rig.world.outbox_keys().len(),
+                rig.world.status(),
+                rig.world.log()
+            );
         } else {
             // Frames trickle in while the kill lands somewhere in or after them.
             // Random pauses put the kill at random points: durations by nature.
