@@ -170,7 +170,7 @@ impl Broker {
             .append(true)
             .open(self.dir.path().join("mosquitto.log"))
             .expect("broker log");
-        let mut child = Command::new(mosquitto_binary())
+        let mut child = super::dies_with_test(&mut Command::new(mosquitto_binary()))
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdout(Stdio::null())

@@ -151,7 +151,7 @@ impl DaemonWorld {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .expect("daemon log");
-        let child = Command::new(BINARY)
+        let child = super::dies_with_test(&mut Command::new(BINARY))
             .args(["run", "--config"])
             .arg(self.config_path())
             .env("TZ", "UTC")

@@ -13,7 +13,26 @@ pub mod serial_devices;
 pub mod subscriber;
 pub mod usb;
 
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// Makes the process `command` starts die with the test thread that starts it. A test run that is
+/// killed (a timeout, a developer's ^C, a loop script stopped) would otherwise leave daemons and brokers
+/// behind, and a leftover daemon's lock on a pseudo-terminal fails later runs in ways that look like flakes.
+pub fn dies_with_test(command: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is async-signal-safe and
+    // touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
