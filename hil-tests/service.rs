@@ -70,7 +70,9 @@ fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
 fn a_full_outbox_refuses_new_readings_visibly_and_keeps_the_old_ones() {
     let mut rig = rig();
     rig.world.append_config("[outbox]\nmax_pending = 5\n");
-    rig.broker.kill();
+    // Stopped, not killed: the broker keeps the test subscriber's session, so the five readings wait for
+    // it even when the daemon reconnects first. A SIGKILL soon after the subscription loses it.
+    rig.broker.stop();
     let _daemon = rig.world.start();
     for n in 0..8 {
         rig.port.write(&SpotCheck::numbered(n).frame());
