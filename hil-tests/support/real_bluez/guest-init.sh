@@ -78,10 +78,12 @@ adapters_on_bus() {
     > /tmp/objects 2>/dev/null && grep -q '"/org/bluez/hci0"' /tmp/objects && grep -q '"/org/bluez/hci1"' /tmp/objects
 }
 wait_for 20 adapters_on_bus || { echo "bluetoothd did not show both adapters" >> $out/rig.log; finish 124; }
-for adapter in hci0 hci1; do
-  dbus-send --system --print-reply --dest=org.bluez /org/bluez/$adapter org.freedesktop.DBus.Properties.Set \
-    string:org.bluez.Adapter1 string:Powered variant:boolean:true > /dev/null 2>> $out/rig.log
-done
+# bluetoothd powers the adapters on by itself (AutoEnable); the scenario starts once both are on.
+powered() {
+  dbus-send --system --print-reply --dest=org.bluez /org/bluez/$1 org.freedesktop.DBus.Properties.Get \
+    string:org.bluez.Adapter1 string:Powered 2>/dev/null | grep -q 'boolean true'
+}
+wait_for 20 powered hci0 && wait_for 20 powered hci1 || { echo "the adapters were not powered on" >> $out/rig.log; finish 124; }
 stage bluetooth
 
 cd /share || finish 125

@@ -274,6 +274,16 @@ impl Guest {
             "qemu-system-x86",
             "to boot the VM with the real Bluetooth stack",
         );
+        let devices = Command::new("qemu-system-x86_64")
+            .args(["-device", "help"])
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(
+            devices.contains("virtio-9p"),
+            "the real-BlueZ suite shares files with its VM over 9p, and this qemu-system-x86_64 has no \
+             virtio-9p device. Install Debian's build: sudo apt-get install qemu-system-x86"
+        );
         image();
         let runs = rig_dir().join("runs");
         std::fs::create_dir_all(&runs).expect("create target/real-bluez/runs");
