@@ -7,6 +7,7 @@ pub mod clock;
 pub mod daemon;
 pub mod nonin;
 pub mod pty;
+pub mod real_bluez;
 pub mod rig;
 pub mod schema;
 pub mod serial_devices;

@@ -22,6 +22,10 @@ pub enum BluezError {
     NotFound(String),
     #[error("the device refused our keys: it lost its bond and must be paired again")]
     BondLost,
+    /// A pairing without an earlier bond failed its authentication: the device (or its user) declined,
+    /// or a passkey was wrong. There were no keys for the device to refuse.
+    #[error("pairing failed: the device did not complete authentication (it declined, or the passkey was wrong)")]
+    AuthenticationFailed,
     #[error("pairing was rejected: {0}")]
     Rejected(String),
     #[error("BlueZ did not answer within {0:?}")]
@@ -47,6 +51,16 @@ pub fn means_lost_bond(text: &str) -> bool {
     text.contains("Key Missing")
         || text.contains("AuthenticationFailed")
         || text.contains("Authentication Failed")
+}
+
+/// What a failed `Pair` means, given whether the hub held a bond for the device when it started: BlueZ
+/// reports an authentication failure the same way whether the device forgot our keys or declined a
+/// first pairing, and only the latter is possible without a bond.
+pub fn pairing_failure(error: BluezError, had_bond: bool) -> BluezError {
+    match error {
+        BluezError::BondLost if !had_bond => BluezError::AuthenticationFailed,
+        other => other,
+    }
 }
 
 /// Tells a lost bond from other failures by BlueZ's error name and text.
@@ -356,7 +370,10 @@ impl Bluez {
             window.passkey = passkey;
         }
         let device = self.proxy(&path, "org.bluez.Device1").await?;
-        let paired: Result<(), BluezError> = timed(PAIR_TIMEOUT, device.call("Pair", &())).await;
+        let had_bond = device.get_property::<bool>("Paired").await.unwrap_or(false);
+        let paired: Result<(), BluezError> = timed(PAIR_TIMEOUT, device.call("Pair", &()))
+            .await
+            .map_err(|error| pairing_failure(error, had_bond));
         *self.window.lock().unwrap() = PairingWindow::default();
         match paired {
             Ok(()) => {}
@@ -403,5 +420,66 @@ impl Bluez {
             .map_err(BluezError::Bus)?;
         changes.next().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{classify, pairing_failure};
+
+    /// What `vitalsd pair` says for a `Pair` that failed with BlueZ error `name` and `message`.
+    #[track_caller]
+    fn check(name: &str, message: &str, had_bond: bool, expected: &str) {
+        let said = pairing_failure(classify(name, message), had_bond).to_string();
+        assert_eq!(said, expected);
+    }
+
+    #[test]
+    fn a_failed_pairing_is_named_by_what_happened() {
+        let declined = "pairing failed: the device did not complete authentication (it declined, or the passkey was wrong)";
+        let lost = "the device refused our keys: it lost its bond and must be paired again";
+        // A first pairing the device declined (real BlueZ 5.66: its agent rejected) has no bond to lose.
+        check(
+            "org.bluez.Error.AuthenticationFailed",
+            "Authentication Failed",
+            false,
+            declined,
+        );
+        check(
+            "org.bluez.Error.AuthenticationFailed",
+            "Authentication Failed",
+            true,
+            lost,
+        );
+        check(
+            "org.bluez.Error.Failed",
+            "Connection refused: PIN or Key Missing",
+            true,
+            lost,
+        );
+        check(
+            "org.bluez.Error.Failed",
+            "Connection refused: PIN or Key Missing",
+            false,
+            declined,
+        );
+        check(
+            "org.bluez.Error.AuthenticationRejected",
+            "Authentication Rejected",
+            false,
+            "pairing was rejected: Authentication Rejected",
+        );
+        check(
+            "org.bluez.Error.AuthenticationCanceled",
+            "Authentication Canceled",
+            true,
+            "pairing was rejected: Authentication Canceled",
+        );
+        check(
+            "org.bluez.Error.ConnectionAttemptFailed",
+            "Page Timeout",
+            false,
+            "org.bluez.Error.ConnectionAttemptFailed: Page Timeout",
+        );
     }
 }

@@ -85,6 +85,10 @@ const GLUCOSE_MEASUREMENT: Uuid = profile::sig(0x2A18);
 /// Intermediate Cuff Pressure: progress while a cuff inflates, never a reading.
 const INTERMEDIATE_CUFF_PRESSURE: Uuid = profile::sig(0x2A36);
 
+/// A peripheral's value notifications, as btleplug gives them.
+type NotificationStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = btleplug::api::ValueNotification> + Send>>;
+
 /// Runs one session; the caller decides about reconnecting.
 pub async fn run(
     peripheral: &Peripheral,
@@ -94,12 +98,27 @@ pub async fn run(
     settings: &SessionSettings,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
+    // The stream must exist before the link comes up. Cuffs start their burst of stored records the
+    // moment indications are enabled, and for a bonded hub BlueZ enables them again by itself as soon as
+    // the link is up, before this session has discovered or read a thing (the real stack does; see
+    // ARCHITECTURE.md, BlueZ); a match rule added later would miss them. The stream names a value's
+    // characteristic when it is read, after discovery.
+    let notifications = peripheral.notifications().await.map_err(classify)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, peripheral.connect()).await {
         Err(_) => return Err(SessionError::Timeout(CONNECT_TIMEOUT)),
         Ok(Err(error)) => return Err(classify(error)),
         Ok(Ok(())) => {}
     }
-    let result = collect(peripheral, address, devices, outbox, settings, shutdown).await;
+    let result = collect(
+        peripheral,
+        notifications,
+        address,
+        devices,
+        outbox,
+        settings,
+        shutdown,
+    )
+    .await;
     if peripheral.is_connected().await.unwrap_or(false) {
         let _ = peripheral.disconnect().await;
     }
@@ -108,6 +127,7 @@ pub async fn run(
 
 async fn collect(
     peripheral: &Peripheral,
+    notifications: NotificationStream,
     address: &str,
     devices: &SharedDevices,
     outbox: &OutboxHandle,
@@ -120,6 +140,9 @@ async fn collect(
         .into_iter()
         .map(|c| (c.uuid, c))
         .collect();
+    // Reads show up in the stream too (BlueZ signals the new Value); they are skipped below, as no
+    // measurement channel has their UUID.
+    let mut notifications = notifications.peekable();
     let now = crate::clock::now_utc();
     update(devices, address, |device| device.last_connected = Some(now));
 
@@ -151,13 +174,6 @@ async fn collect(
         channels.insert(*uuid, decoding);
     }
 
-    // The stream must exist before the first subscription: cuffs start their burst of stored records
-    // the moment the CCCD is written, and a match rule added later would miss them.
-    let mut notifications = peripheral
-        .notifications()
-        .await
-        .map_err(classify)?
-        .peekable();
     let mut subscribe_to: Vec<&Characteristic> = channels
         .keys()
         .filter_map(|uuid| characteristics.get(uuid))
@@ -175,11 +191,15 @@ async fn collect(
     );
     // Indications first, so the intermediate-cuff-pressure notifications never delay a record.
     subscribe_to.sort_by_key(|c| !c.properties.contains(CharPropFlags::INDICATE));
+    // A device that sent its records on BlueZ's own re-subscription and dropped the link fails our
+    // subscription; what it sent waits in the stream, so the loop reads that first and then ends with
+    // the failure, unless something was stored.
+    let mut subscribe_failed = None;
     for characteristic in subscribe_to {
-        peripheral
-            .subscribe(characteristic)
-            .await
-            .map_err(classify)?;
+        if let Err(error) = peripheral.subscribe(characteristic).await {
+            subscribe_failed = Some(classify(error));
+            break;
+        }
     }
 
     let last = devices
@@ -259,7 +279,7 @@ async fn collect(
                     for decoding in channels.values_mut() {
                         flush_counters(decoding, outbox).await?;
                     }
-                    if !peripheral.is_connected().await.unwrap_or(false) {
+                    if subscribe_failed.is_some() || !peripheral.is_connected().await.unwrap_or(false) {
                         // What the device sent before it dropped the link reached the bus ahead of the
                         // answer that says so, and waits in the stream: a busy hub reads it before ending,
                         // or loses the end of a burst the device has already deleted.
@@ -269,7 +289,10 @@ async fn collect(
                             .flatten()
                             .is_some();
                         if !queued {
-                            break SessionEnd::Finished { readings: store.readings };
+                            match subscribe_failed.take() {
+                                Some(error) if store.readings == 0 => return Err(error),
+                                _ => break SessionEnd::Finished { readings: store.readings },
+                            }
                         }
                     }
                     if last_activity.elapsed() >= IDLE_TIMEOUT {

@@ -1,0 +1,711 @@
+//! A Bluetooth LE health device for the real-BlueZ suite: a GATT peripheral served by a real bluetoothd on
+//! its own controller (`GattManager1.RegisterApplication`, `LEAdvertisingManager1.RegisterAdvertisement`),
+//! with its own pairing agent, run inside the rig's VM.
+//!
+//! `ble-peripheral SCENARIO.json`: the scenario names the adapter, the device model, how the device's
+//! agent answers, and the sessions: before each, the records it adds to its memory; in each, it advertises,
+//! sends what it holds once the hub has enabled indications, stops advertising and drops the link, as A&D
+//! devices do. What happens is written as JSON lines to the scenario's `events` file, for the test to read.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
+use zbus::{interface, Connection};
+
+const APP_PATH: &str = "/org/vitalsd/peripheral";
+const ADVERT_PATH: &str = "/org/vitalsd/peripheral/advertisement";
+const AGENT_PATH: &str = "/org/vitalsd/peripheral/agent";
+/// How often the device's agent asks to be BlueZ's default again: BlueZ sends the responding side's
+/// pairing questions to the default agent, and the hub makes its own agent the default when it starts.
+const DEFAULT_AGENT_EVERY: Duration = Duration::from_millis(200);
+/// How long an indication may wait for the hub's confirmation.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scenario {
+    /// The controller the device lives on, e.g. `hci1`.
+    adapter: String,
+    model: Model,
+    /// How the device's agent answers BlueZ's questions about pairing with the hub.
+    #[serde(default)]
+    agent: AgentAnswer,
+    /// The records of each session, hex: added to the device's memory before it advertises again.
+    sessions: Vec<Session>,
+    /// Whether records sent in an earlier session are sent again (as A&D cuffs replay their memory).
+    #[serde(default)]
+    replay: bool,
+    /// Where the JSON lines of what happened go.
+    events: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Model {
+    /// A&D UA-651BLE-like: Blood Pressure with a writable Date Time, Device Information, Battery; Just Works.
+    AndCuff,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+enum AgentAnswer {
+    #[default]
+    Accept,
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Session {
+    records: Vec<String>,
+}
+
+/// One characteristic of a model: service, characteristic, BlueZ flags, initial value.
+type CharacteristicSpec = (u16, u16, &'static [&'static str], Vec<u8>);
+
+struct ModelSpec {
+    name: &'static str,
+    advertised_service: u16,
+    /// The characteristic whose indications carry the stored records.
+    measurement: u16,
+    characteristics: Vec<CharacteristicSpec>,
+}
+
+impl Model {
+    fn spec(&self) -> ModelSpec {
+        match self {
+            // The measurement needs an encrypted link, as the cuff insists on its bond: an unpaired hub's
+            // subscription is refused with "insufficient encryption".
+            Model::AndCuff => ModelSpec {
+                name: "A&D_UA-651BLE_1A2B3C",
+                advertised_service: 0x1810,
+                measurement: 0x2A35,
+                characteristics: vec![
+                    (0x1810, 0x2A35, &["indicate", "encrypt-indicate"], vec![]),
+                    (0x1810, 0x2A49, &["read"], vec![0x27, 0x00]),
+                    // Date Time, year 2000: the clock of a cuff whose battery was changed.
+                    (
+                        0x1810,
+                        0x2A08,
+                        &["read", "write"],
+                        vec![0xD0, 0x07, 1, 1, 0, 0, 0],
+                    ),
+                    (0x180A, 0x2A29, &["read"], b"A&D Medical".to_vec()),
+                    (0x180A, 0x2A24, &["read"], b"UA-651BLE".to_vec()),
+                    (0x180A, 0x2A25, &["read"], b"5140300123".to_vec()),
+                    (0x180F, 0x2A19, &["read", "notify"], vec![80]),
+                ],
+            },
+        }
+    }
+}
+
+/// A Date Time (0x2A08) value.
+fn encode_date_time(at: chrono::NaiveDateTime) -> Vec<u8> {
+    use chrono::{Datelike, Timelike};
+    let mut bytes = (at.year() as u16).to_le_bytes().to_vec();
+    bytes.extend(
+        [at.month(), at.day(), at.hour(), at.minute(), at.second()].map(|field| field as u8),
+    );
+    bytes
+}
+
+fn decode_date_time(bytes: &[u8]) -> Option<chrono::NaiveDateTime> {
+    let [y0, y1, month, day, hour, minute, second, ..] = *bytes else {
+        return None;
+    };
+    chrono::NaiveDate::from_ymd_opt(
+        i32::from(u16::from_le_bytes([y0, y1])),
+        month.into(),
+        day.into(),
+    )?
+    .and_hms_opt(hour.into(), minute.into(), second.into())
+}
+
+fn uuid16(short: u16) -> String {
+    format!("0000{short:04x}-0000-1000-8000-00805f9b34fb")
+}
+
+/// The JSON lines the test reads.
+#[derive(Clone)]
+struct Events(Arc<Mutex<std::fs::File>>);
+
+impl Events {
+    fn record(&self, event: serde_json::Value) {
+        use std::io::Write;
+        let mut file = self.0.lock().unwrap();
+        let _ = writeln!(file, "{event}");
+        let _ = file.flush();
+    }
+}
+
+/// What the session loop hears from the D-Bus objects.
+#[derive(Debug)]
+enum Happening {
+    /// BlueZ called StartNotify on the measurement: the hub enabled indications.
+    Subscribed,
+    /// The hub's link came up (`Connected`) on the device's adapter.
+    HubConnected(OwnedObjectPath),
+    HubDisconnected,
+    Confirmed,
+}
+
+struct Characteristic {
+    uuid: String,
+    /// For a Date Time characteristic: how far the device's clock is from the real one. It runs on from
+    /// what the hub writes, as a device clock does.
+    clock: Option<chrono::TimeDelta>,
+    service: OwnedObjectPath,
+    flags: Vec<String>,
+    value: Vec<u8>,
+    notifying: bool,
+    is_measurement: bool,
+    events: Events,
+    happenings: mpsc::Sender<Happening>,
+}
+
+#[interface(name = "org.bluez.GattCharacteristic1")]
+impl Characteristic {
+    fn read_value(&self, options: HashMap<String, OwnedValue>) -> Vec<u8> {
+        let offset = options
+            .get("offset")
+            .and_then(|value| u16::try_from(value).ok())
+            .unwrap_or(0) as usize;
+        let value = match self.clock {
+            Some(clock) => encode_date_time(chrono::Utc::now().naive_utc() + clock),
+            None => self.value.clone(),
+        };
+        self.events
+            .record(json!({"event": "read", "uuid": self.uuid, "value": hex::encode(&value)}));
+        value.get(offset..).unwrap_or_default().to_vec()
+    }
+
+    fn write_value(&mut self, value: Vec<u8>, _options: HashMap<String, OwnedValue>) {
+        self.events
+            .record(json!({"event": "write", "uuid": self.uuid, "value": hex::encode(&value)}));
+        if self.clock.is_some() {
+            if let Some(set) = decode_date_time(&value) {
+                self.clock = Some(set - chrono::Utc::now().naive_utc());
+            }
+        }
+        self.value = value;
+    }
+
+    async fn start_notify(&mut self) {
+        self.events
+            .record(json!({"event": "start_notify", "uuid": self.uuid}));
+        self.notifying = true;
+        if self.is_measurement {
+            let _ = self.happenings.send(Happening::Subscribed).await;
+        }
+    }
+
+    fn stop_notify(&mut self) {
+        self.events
+            .record(json!({"event": "stop_notify", "uuid": self.uuid}));
+        self.notifying = false;
+    }
+
+    /// BlueZ calls this when the hub confirmed an indication.
+    async fn confirm(&self) {
+        let _ = self.happenings.send(Happening::Confirmed).await;
+    }
+
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        self.uuid.clone()
+    }
+
+    #[zbus(property)]
+    fn service(&self) -> OwnedObjectPath {
+        self.service.clone()
+    }
+
+    #[zbus(property)]
+    fn flags(&self) -> Vec<String> {
+        self.flags.clone()
+    }
+
+    #[zbus(property)]
+    fn value(&self) -> Vec<u8> {
+        self.value.clone()
+    }
+
+    #[zbus(property)]
+    fn notifying(&self) -> bool {
+        self.notifying
+    }
+}
+
+struct Service {
+    uuid: String,
+}
+
+#[interface(name = "org.bluez.GattService1")]
+impl Service {
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        self.uuid.clone()
+    }
+
+    #[zbus(property)]
+    fn primary(&self) -> bool {
+        true
+    }
+}
+
+struct Advertisement {
+    name: String,
+    services: Vec<String>,
+}
+
+#[interface(name = "org.bluez.LEAdvertisement1")]
+impl Advertisement {
+    fn release(&self) {}
+
+    #[zbus(property, name = "Type")]
+    fn kind(&self) -> String {
+        "peripheral".into()
+    }
+
+    #[zbus(property, name = "ServiceUUIDs")]
+    fn service_uuids(&self) -> Vec<String> {
+        self.services.clone()
+    }
+
+    #[zbus(property)]
+    fn local_name(&self) -> String {
+        self.name.clone()
+    }
+
+    #[zbus(property)]
+    fn discoverable(&self) -> bool {
+        true
+    }
+}
+
+/// The device's own agent: it answers for the device's side of a pairing, as the device's stack would.
+struct Agent {
+    answer: AgentAnswer,
+    events: Events,
+}
+
+impl Agent {
+    fn decide(&self, method: &str, device: &ObjectPath<'_>) -> Result<(), AgentError> {
+        self.events.record(
+            json!({"event": "agent", "method": method, "device": device.as_str(),
+            "answer": format!("{:?}", self.answer)}),
+        );
+        match self.answer {
+            AgentAnswer::Accept => Ok(()),
+            AgentAnswer::Reject => Err(AgentError::Rejected("the device's user declined".into())),
+        }
+    }
+}
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.bluez.Error")]
+enum AgentError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    Rejected(String),
+}
+
+#[interface(name = "org.bluez.Agent1")]
+impl Agent {
+    fn release(&self) {}
+
+    fn request_confirmation(
+        &self,
+        device: ObjectPath<'_>,
+        _passkey: u32,
+    ) -> Result<(), AgentError> {
+        self.decide("RequestConfirmation", &device)
+    }
+
+    fn request_authorization(&self, device: ObjectPath<'_>) -> Result<(), AgentError> {
+        self.decide("RequestAuthorization", &device)
+    }
+
+    fn authorize_service(&self, device: ObjectPath<'_>, _uuid: String) -> Result<(), AgentError> {
+        self.decide("AuthorizeService", &device)
+    }
+
+    fn cancel(&self) {
+        self.events
+            .record(json!({"event": "agent", "method": "Cancel"}));
+    }
+}
+
+async fn call<B>(
+    connection: &Connection,
+    path: &str,
+    interface: &str,
+    method: &str,
+    body: &B,
+) -> zbus::Result<()>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType,
+{
+    connection
+        .call_method(Some("org.bluez"), path, Some(interface), method, body)
+        .await
+        .map(|_| ())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: ble-peripheral SCENARIO.json")?;
+    let scenario: Scenario = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let events = Events(Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&scenario.events)?,
+    )));
+    let spec = scenario.model.spec();
+    let adapter_path = format!("/org/bluez/{}", scenario.adapter);
+    let connection = Connection::system().await?;
+    let (happen, mut happenings) = mpsc::channel(256);
+
+    let server = connection.object_server();
+    server.at(APP_PATH, zbus::fdo::ObjectManager).await?;
+    let mut services: Vec<u16> = Vec::new();
+    let mut measurement_path = String::new();
+    for (index, (service, characteristic, flags, value)) in spec.characteristics.iter().enumerate()
+    {
+        let service_index = match services.iter().position(|s| s == service) {
+            Some(found) => found,
+            None => {
+                services.push(*service);
+                let service_path = format!("{APP_PATH}/service{}", services.len() - 1);
+                server
+                    .at(
+                        service_path,
+                        Service {
+                            uuid: uuid16(*service),
+                        },
+                    )
+                    .await?;
+                services.len() - 1
+            }
+        };
+        let service_path = format!("{APP_PATH}/service{service_index}");
+        let path = format!("{service_path}/char{index}");
+        if *characteristic == spec.measurement {
+            measurement_path = path.clone();
+        }
+        server
+            .at(
+                path,
+                Characteristic {
+                    uuid: uuid16(*characteristic),
+                    clock: (*characteristic == 0x2A08)
+                        .then(|| decode_date_time(value))
+                        .flatten()
+                        .map(|set| set - chrono::Utc::now().naive_utc()),
+                    service: OwnedObjectPath::try_from(service_path)?,
+                    flags: flags.iter().map(|f| f.to_string()).collect(),
+                    value: value.clone(),
+                    notifying: false,
+                    is_measurement: *characteristic == spec.measurement,
+                    events: events.clone(),
+                    happenings: happen.clone(),
+                },
+            )
+            .await?;
+    }
+    server
+        .at(
+            AGENT_PATH,
+            Agent {
+                answer: scenario.agent,
+                events: events.clone(),
+            },
+        )
+        .await?;
+    server
+        .at(
+            ADVERT_PATH,
+            Advertisement {
+                name: spec.name.to_string(),
+                services: vec![uuid16(spec.advertised_service)],
+            },
+        )
+        .await?;
+
+    let agent = ObjectPath::try_from(AGENT_PATH)?;
+    call(
+        &connection,
+        "/org/bluez",
+        "org.bluez.AgentManager1",
+        "RegisterAgent",
+        &(&agent, "NoInputNoOutput"),
+    )
+    .await?;
+    let keep_default = {
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            loop {
+                let agent = ObjectPath::from_static_str_unchecked(AGENT_PATH);
+                let _ = call(
+                    &connection,
+                    "/org/bluez",
+                    "org.bluez.AgentManager1",
+                    "RequestDefaultAgent",
+                    &(&agent,),
+                )
+                .await;
+                tokio::time::sleep(DEFAULT_AGENT_EVERY).await;
+            }
+        })
+    };
+    let no_options: HashMap<&str, Value> = HashMap::new();
+    call(
+        &connection,
+        &adapter_path,
+        "org.bluez.GattManager1",
+        "RegisterApplication",
+        &(ObjectPath::try_from(APP_PATH)?, &no_options),
+    )
+    .await?;
+    watch_hub_links(&connection, &adapter_path, happen.clone()).await?;
+    events.record(json!({"event": "ready"}));
+
+    let session_loop = run_sessions(
+        &connection,
+        &scenario,
+        &adapter_path,
+        &measurement_path,
+        &events,
+        &mut happenings,
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        outcome = session_loop => {
+            if let Err(error) = &outcome {
+                events.record(json!({"event": "error", "message": error.to_string()}));
+            }
+            outcome?;
+            // The device stays on the air as a bonded peer until the scenario ends.
+            terminate.recv().await;
+        }
+        _ = terminate.recv() => {}
+    }
+    keep_default.abort();
+    Ok(())
+}
+
+/// Forwards the `Connected` changes of devices on the adapter (the hub, seen from the device's side).
+async fn watch_hub_links(
+    connection: &Connection,
+    adapter_path: &str,
+    happen: mpsc::Sender<Happening>,
+) -> zbus::Result<()> {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.bluez")?
+        .interface("org.freedesktop.DBus.Properties")?
+        .member("PropertiesChanged")?
+        .path_namespace(adapter_path.to_string())?
+        .arg(0, "org.bluez.Device1")?
+        .build();
+    let mut stream = zbus::MessageStream::for_match_rule(rule, connection, Some(64)).await?;
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let Some(path) = message
+                .header()
+                .path()
+                .map(|p| OwnedObjectPath::from(p.to_owned()))
+            else {
+                continue;
+            };
+            let Ok((_, changed, _)) =
+                message
+                    .body()
+                    .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
+            else {
+                continue;
+            };
+            let Some(connected) = changed
+                .get("Connected")
+                .and_then(|value| bool::try_from(value).ok())
+            else {
+                continue;
+            };
+            let happening = if connected {
+                Happening::HubConnected(path)
+            } else {
+                Happening::HubDisconnected
+            };
+            if happen.send(happening).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The devices connected to the adapter right now.
+async fn connected_devices(
+    connection: &Connection,
+    adapter_path: &str,
+) -> zbus::Result<Vec<OwnedObjectPath>> {
+    type Objects = HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedValue>>>;
+    let reply = connection
+        .call_method(
+            Some("org.bluez"),
+            "/",
+            Some("org.freedesktop.DBus.ObjectManager"),
+            "GetManagedObjects",
+            &(),
+        )
+        .await?;
+    let objects: Objects = reply.body().deserialize()?;
+    let prefix = format!("{adapter_path}/");
+    Ok(objects
+        .into_iter()
+        .filter(|(path, _)| path.as_str().starts_with(&prefix))
+        .filter(|(_, interfaces)| {
+            interfaces
+                .get("org.bluez.Device1")
+                .and_then(|device| device.get("Connected"))
+                .and_then(|value| bool::try_from(value).ok())
+                .unwrap_or(false)
+        })
+        .map(|(path, _)| path)
+        .collect())
+}
+
+async fn run_sessions(
+    connection: &Connection,
+    scenario: &Scenario,
+    adapter_path: &str,
+    measurement_path: &str,
+    events: &Events,
+    happenings: &mut mpsc::Receiver<Happening>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut memory: Vec<Vec<u8>> = Vec::new();
+    let mut unsent_from = 0;
+    let mut hub: Option<OwnedObjectPath> = None;
+    let no_options: HashMap<&str, Value> = HashMap::new();
+    let server = connection.object_server();
+    for (number, session) in scenario.sessions.iter().enumerate() {
+        for record in &session.records {
+            memory.push(hex::decode(record)?);
+        }
+        call(
+            connection,
+            adapter_path,
+            "org.bluez.LEAdvertisingManager1",
+            "RegisterAdvertisement",
+            &(ObjectPath::try_from(ADVERT_PATH)?, &no_options),
+        )
+        .await?;
+        events.record(json!({"event": "advertising", "session": number}));
+        // A&D cuffs send their memory once indications are enabled: at the hub's first subscription
+        // (StartNotify), or, for a bonded hub whose subscription BlueZ kept, when the link comes back.
+        loop {
+            match happenings
+                .recv()
+                .await
+                .ok_or("the D-Bus objects went away")?
+            {
+                Happening::Subscribed => break,
+                Happening::HubConnected(path) => {
+                    events.record(json!({"event": "connected", "session": number}));
+                    hub = Some(path);
+                    let notifying = server
+                        .interface::<_, Characteristic>(measurement_path)
+                        .await?
+                        .get()
+                        .await
+                        .notifying;
+                    if notifying {
+                        // The link is encrypted with the bond's keys shortly after it comes up.
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        break;
+                    }
+                }
+                Happening::HubDisconnected => {
+                    events.record(json!({"event": "disconnected", "session": number}));
+                }
+                Happening::Confirmed => {}
+            }
+        }
+        let to_send = if scenario.replay {
+            &memory[..]
+        } else {
+            &memory[unsent_from..]
+        };
+        let characteristic = server
+            .interface::<_, Characteristic>(measurement_path)
+            .await?;
+        let mut confirmed = 0;
+        for record in to_send {
+            characteristic.get_mut().await.value = record.clone();
+            characteristic
+                .get()
+                .await
+                .value_changed(characteristic.signal_emitter())
+                .await?;
+            // One indication in flight at a time, as ATT allows.
+            let deadline = tokio::time::sleep(CONFIRM_TIMEOUT);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    happening = happenings.recv() => match happening {
+                        Some(Happening::Confirmed) => { confirmed += 1; break; }
+                        Some(Happening::HubConnected(path)) => hub = Some(path),
+                        Some(_) => {}
+                        None => return Err("the D-Bus objects went away".into()),
+                    },
+                    _ = &mut deadline => break,
+                }
+            }
+        }
+        unsent_from = memory.len();
+        events.record(
+            json!({"event": "sent", "session": number, "records": to_send.len(),
+            "confirmed": confirmed}),
+        );
+        call(
+            connection,
+            adapter_path,
+            "org.bluez.LEAdvertisingManager1",
+            "UnregisterAdvertisement",
+            &(ObjectPath::try_from(ADVERT_PATH)?,),
+        )
+        .await?;
+        // The hub's device object appears with the first link (InterfacesAdded, no Connected signal),
+        // so the links to drop are looked up.
+        let mut links = connected_devices(connection, adapter_path).await?;
+        links.extend(hub.take());
+        links.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        links.dedup();
+        for link in links {
+            let dropped = call(
+                connection,
+                link.as_str(),
+                "org.bluez.Device1",
+                "Disconnect",
+                &(),
+            )
+            .await;
+            events.record(json!({"event": "dropped_link", "session": number,
+                "error": dropped.err().map(|e| e.to_string())}));
+        }
+        events.record(json!({"event": "session_end", "session": number}));
+    }
+    events.record(json!({"event": "done"}));
+    Ok(())
+}

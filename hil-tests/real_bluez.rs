@@ -1,0 +1,315 @@
+//! Bluetooth scenarios against the real Linux stack: the `vitalsd` binary built for this test runs in a
+//! qemu VM with Debian's kernel, `hci_vhci`, two `btvirt` controllers and bluetoothd 5.66, and pairs with
+//! and reads a device that `ble-peripheral` serves through BlueZ on the second controller; readings go to
+//! a Mosquitto this test starts on the host. The rig is `support/real_bluez`; one VM boot per scenario.
+//!
+//! The same device models as the simulator's (`support/bluez/devices.rs`), so both suites say the same
+//! thing; where real BlueZ behaves otherwise, ARCHITECTURE.md's BlueZ section says how.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::bluez::devices::{
+    blood_pressure_record, date_time, failed_blood_pressure_record,
+};
+use crate::support::broker::Broker;
+use crate::support::real_bluez::{Guest, DEVICE_ADAPTER, DEVICE_ADDRESS};
+use crate::support::subscriber::Subscriber;
+use crate::support::wait_until;
+
+/// A VM boot and its scenario take about half a minute; this leaves room for a machine busy with other
+/// tests (TCG is CPU-bound).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The hub's configuration inside the VM: the host's broker is 10.0.2.2 there.
+fn hub_config(broker_port: u16, hub_clock: &str) -> String {
+    format!(
+        "[hub]\nid = \"hub-real-bluez\"\nstate_dir = \"/var/lib/vitalsd\"\nruntime_dir = \"/run/vitalsd\"\n\
+         clock = \"{hub_clock}\"\n\n[mqtt]\nurl = \"mqtt://10.0.2.2:{broker_port}\"\nkeep_alive_s = 5\n\
+         reconnect_min_ms = 200\nreconnect_max_s = 1\n\n[ble]\nadapter = \"hci0\"\n"
+    )
+}
+
+/// The device program's scenario (see `hil-tests/ble_peripheral.rs`).
+fn device_scenario(agent: &str, sessions: &[Vec<Vec<u8>>]) -> String {
+    let sessions: Vec<serde_json::Value> = sessions
+        .iter()
+        .map(|records| json!({"records": records.iter().map(hex::encode).collect::<Vec<_>>()}))
+        .collect();
+    json!({
+        "adapter": DEVICE_ADAPTER,
+        "model": "and-cuff",
+        "agent": agent,
+        "replay": true,
+        "sessions": sessions,
+        "events": "/share/out/device.jsonl",
+    })
+    .to_string()
+}
+
+/// The rig of one scenario: a broker and a subscriber on the host, a share for the guest.
+struct Scenario {
+    _broker: Broker,
+    subscriber: Subscriber,
+    guest: Guest,
+}
+
+impl Scenario {
+    fn new(hub_clock: &str) -> Scenario {
+        let broker = Broker::start();
+        let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+        let guest = Guest::new();
+        guest.write("vitalsd.toml", &hub_config(broker.port, hub_clock));
+        Scenario {
+            _broker: broker,
+            subscriber,
+            guest,
+        }
+    }
+
+    fn readings(&self) -> Vec<serde_json::Value> {
+        let id = format!("ble:{DEVICE_ADDRESS}");
+        self.subscriber
+            .readings()
+            .into_iter()
+            .filter(|reading| reading["device"]["id"] == id.as_str())
+            .collect()
+    }
+}
+
+fn cuff_records(count: u16) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            blood_pressure_record(
+                120 + i,
+                80,
+                93,
+                60 + i,
+                date_time(2024, 3, 15, 7, i as u8, 0),
+            )
+        })
+        .collect()
+}
+
+/// A reading as the table below lists it: device time and the values by name.
+fn summary(reading: &serde_json::Value) -> (String, Vec<(String, serde_json::Value)>) {
+    let values = reading["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v["value"].clone()))
+        .collect();
+    (
+        reading["device_time"].as_str().unwrap_or("").to_string(),
+        values,
+    )
+}
+
+fn bp(
+    at: &str,
+    sys: i64,
+    dia: i64,
+    map: i64,
+    pulse: i64,
+) -> (String, Vec<(String, serde_json::Value)>) {
+    let values = [
+        ("systolic", json!(sys)),
+        ("diastolic", json!(dia)),
+        ("mean_arterial_pressure", json!(map)),
+        ("pulse_rate", json!(pulse)),
+    ];
+    (
+        at.to_string(),
+        values
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect(),
+    )
+}
+
+fn nan_bp(at: &str) -> (String, Vec<(String, serde_json::Value)>) {
+    let values = [
+        "systolic",
+        "diastolic",
+        "mean_arterial_pressure",
+        "pulse_rate",
+    ];
+    (
+        at.to_string(),
+        values
+            .into_iter()
+            .map(|n| (n.to_string(), serde_json::Value::Null))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_cuff_paired_just_works_delivers_its_burst_then_only_its_new_record_when_it_advertises_again() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    let mut burst = cuff_records(4);
+    burst.push(failed_blood_pressure_record(date_time(
+        2024, 3, 15, 8, 0, 0,
+    )));
+    let new_record = blood_pressure_record(125, 82, 96, 66, date_time(2024, 3, 15, 9, 0, 0));
+    scenario.guest.write(
+        "device.json",
+        &device_scenario("accept", &[burst.clone(), vec![new_record]]),
+    );
+    let expected = burst.len() + 1;
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage paired\n\
+             start_daemon\n\
+             wait_for 120 device_said done || exit 12\n\
+             stage device done\n\
+             wait_for 60 delivered_at_least {expected} || exit 13\n\
+             stage delivered\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+
+    // Every record once: the burst, then the new one; the replayed burst is skipped as duplicates.
+    wait_until(Duration::from_secs(10), || {
+        scenario.readings().len() >= expected
+    });
+    let readings = scenario.readings();
+    assert_eq!(readings.len(), expected, "{}", report());
+    for reading in &readings {
+        crate::assert_valid_reading(reading);
+    }
+    let mut got: Vec<_> = readings.iter().map(summary).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            bp("2024-03-15T07:00:00", 120, 80, 93, 60),
+            bp("2024-03-15T07:01:00", 121, 80, 93, 61),
+            bp("2024-03-15T07:02:00", 122, 80, 93, 62),
+            bp("2024-03-15T07:03:00", 123, 80, 93, 63),
+            nan_bp("2024-03-15T08:00:00"),
+            bp("2024-03-15T09:00:00", 125, 82, 96, 66),
+        ],
+        "{}",
+        report()
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&boot.out("status.json")).expect("status.json");
+    assert_eq!(
+        status["outbox"]["duplicates_total"],
+        burst.len(),
+        "the replayed burst is skipped: {status}"
+    );
+    // The cuff's clock (reset to 2000) made the burst's times untrustworthy: they carry the hub's time.
+    let first = readings
+        .iter()
+        .find(|r| r["device_time"] == "2024-03-15T07:00:00")
+        .unwrap();
+    assert_eq!(first["time_source"], "hub");
+    assert_eq!(first["flags"], json!(["device_clock_reset"]));
+    assert_eq!(first["device"]["manufacturer"], "A&D Medical");
+    assert_eq!(first["device"]["model"], "UA-651BLE");
+
+    // The hub trusts its clock: it wrote the cuff's Date Time, with this year, before the burst came.
+    let events = boot.device_events();
+    let date_time_uuid = "00002a08-0000-1000-8000-00805f9b34fb";
+    let writes: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "write" && e["uuid"] == date_time_uuid)
+        .collect();
+    assert!(!writes.is_empty(), "no Date Time write:\n{}", report());
+    let written = hex::decode(writes[0]["value"].as_str().unwrap()).unwrap();
+    let year = i32::from(u16::from_le_bytes([written[0], written[1]]));
+    let this_year = chrono::Datelike::year(&chrono::Utc::now());
+    assert!(
+        year == this_year || year + 1 == this_year,
+        "wrote {written:?}"
+    );
+    let position = |wanted: &dyn Fn(&serde_json::Value) -> bool| events.iter().position(wanted);
+    assert!(
+        position(&|e| e["event"] == "write" && e["uuid"] == date_time_uuid)
+            < position(&|e| e["event"] == "sent"),
+        "the clock is written before the burst:\n{}",
+        report()
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(
+        devices["devices"][0]["address"], DEVICE_ADDRESS,
+        "{devices}"
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
+
+#[test]
+fn a_first_pairing_the_device_rejects_is_reported_as_rejected_not_as_a_lost_bond() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    scenario
+        .guest
+        .write("device.json", &device_scenario("reject", &[vec![]]));
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2> $out/pair.err\n\
+             echo $? > $out/pair.exit\n\
+             stage pair ended\n\
+             vitalsd devices --json > $out/devices.json\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let said = format!("{}{}", boot.out("pair.out"), boot.out("pair.err"));
+    assert_ne!(
+        boot.out("pair.exit").trim(),
+        "0",
+        "{said}\n{}",
+        boot.report()
+    );
+    assert!(
+        !said.contains("bond"),
+        "a first pairing has no bond to lose: {said}\n{}",
+        boot.report()
+    );
+    assert!(
+        said.contains("rejected") || said.contains("failed"),
+        "the failure is named: {said}"
+    );
+    let events = boot.device_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "agent" && e["answer"] == "Reject"),
+        "the device's own agent was asked and said no:\n{}",
+        boot.report()
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(devices["devices"], json!([]), "nothing bound");
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; pair said: {said}",
+        boot.elapsed,
+        started.elapsed()
+    );
+}
