@@ -124,6 +124,11 @@ fn build(dir: &Path) {
         "to build the VM's root filesystem",
     );
     require("mkfs.ext4", "e2fsprogs", "to make the VM's disk image");
+    require(
+        "unshare",
+        "util-linux",
+        "to keep the build's mounts from the host",
+    );
     assert!(
         nix::unistd::geteuid().is_root(),
         "the real-BlueZ suite builds its VM image with debootstrap and chroot, which need root, and this \
@@ -134,7 +139,11 @@ fn build(dir: &Path) {
     );
     let log_path = dir.with_extension("log");
     let log = std::fs::File::create(&log_path).expect("create the build log");
-    let status = Command::new("sh")
+    // In a mount namespace of its own: debootstrap and chroot mount /proc, /sys and /dev/pts under the
+    // root, and on a host whose mounts propagate (Docker), a devpts instance mounted there appears over
+    // the host's /dev/pts and breaks every pseudo-terminal the other tests open.
+    let status = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh"])
         .arg(Path::new(SOURCE_DIR).join("build-image.sh"))
         .arg(Path::new(SOURCE_DIR).join("packages"))
         .arg(dir)
