@@ -31,21 +31,33 @@ fn hub_config(broker_port: u16, hub_clock: &str) -> String {
     )
 }
 
-/// The device program's scenario (see `hil-tests/ble_peripheral.rs`).
+/// The device program's scenario (see `hil-tests/ble_peripheral.rs`); `options` adds to it or
+/// overrides its fields.
 fn device_scenario(agent: &str, sessions: &[Vec<Vec<u8>>]) -> String {
+    device_scenario_with(agent, sessions, json!({}))
+}
+
+fn device_scenario_with(
+    agent: &str,
+    sessions: &[Vec<Vec<u8>>],
+    options: serde_json::Value,
+) -> String {
     let sessions: Vec<serde_json::Value> = sessions
         .iter()
         .map(|records| json!({"records": records.iter().map(hex::encode).collect::<Vec<_>>()}))
         .collect();
-    json!({
+    let mut scenario = json!({
         "adapter": DEVICE_ADAPTER,
         "model": "and-cuff",
         "agent": agent,
         "replay": true,
         "sessions": sessions,
         "events": "/share/out/device.jsonl",
-    })
-    .to_string()
+    });
+    for (key, value) in options.as_object().expect("options are an object") {
+        scenario[key] = value.clone();
+    }
+    scenario.to_string()
 }
 
 /// The rig of one scenario: a broker and a subscriber on the host, a share for the guest.
@@ -313,3 +325,72 @@ fn a_first_pairing_the_device_rejects_is_reported_as_rejected_not_as_a_lost_bond
         started.elapsed()
     );
 }
+
+#[test]
+fn a_wrong_passkey_is_reported_as_a_failed_authentication_and_binds_nothing() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    // A device with a display: the kernel on its side picks a random passkey and its agent shows it.
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with("accept", &[vec![]], json!({"capability": "DisplayOnly"})),
+    );
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --passkey {WRONG_PASSKEY} > $out/pair.out 2> $out/pair.err\n\
+             echo $? > $out/pair.exit\n\
+             stage pair ended\n\
+             vitalsd devices --json > $out/devices.json\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let said = format!("{}{}", boot.out("pair.out"), boot.out("pair.err"));
+    let events = boot.device_events();
+    let shown: Vec<&str> = events
+        .iter()
+        .filter(|e| e["method"] == "DisplayPasskey")
+        .filter_map(|e| e["passkey"].as_str())
+        .collect();
+    assert!(
+        !shown.is_empty(),
+        "the device showed a passkey (passkey entry, not Just Works):\n{}",
+        boot.report()
+    );
+    assert!(
+        !shown.contains(&format!("{WRONG_PASSKEY:06}").as_str()),
+        "the kernel picked the very passkey this test calls wrong (one chance in a million): {shown:?}"
+    );
+    assert_ne!(
+        boot.out("pair.exit").trim(),
+        "0",
+        "{said}\n{}",
+        boot.report()
+    );
+    assert!(
+        !said.contains("bond"),
+        "a first pairing has no bond to lose: {said}\n{}",
+        boot.report()
+    );
+    assert!(
+        said.contains("authentication") && said.contains("passkey was wrong"),
+        "the failure is named: {said}\n{}",
+        boot.report()
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(devices["devices"], json!([]), "nothing bound");
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; pair said: {said}",
+        boot.elapsed,
+        started.elapsed()
+    );
+}
+
+/// A passkey the device's random one is not (but for one chance in a million, which the test reports).
+const WRONG_PASSKEY: u32 = 314159;
