@@ -394,3 +394,103 @@ fn a_wrong_passkey_is_reported_as_a_failed_authentication_and_binds_nothing() {
 
 /// A passkey the device's random one is not (but for one chance in a million, which the test reports).
 const WRONG_PASSKEY: u32 = 314159;
+
+#[test]
+fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paired() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    let burst = cuff_records(2);
+    let new_record = blood_pressure_record(125, 82, 96, 66, date_time(2024, 3, 15, 9, 0, 0));
+    let mut device = serde_json::from_str::<serde_json::Value>(&device_scenario_with(
+        "accept",
+        &[burst.clone(), vec![new_record]],
+        json!({"replay": false}),
+    ))
+    .unwrap();
+    device["sessions"][0]["forget_bond"] = json!(true);
+    scenario.guest.write("device.json", &device.to_string());
+    let expected = burst.len() + 1;
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage paired\n\
+             start_daemon\n\
+             wait_for 120 device_said forgot_bond || exit 12\n\
+             stage device forgot its bond\n\
+             wait_for 180 grep -q 'lost its bond' $out/daemon.log || exit 13\n\
+             stage daemon saw the lost bond\n\
+             vitalsd devices --json > $out/devices-stale.json\n\
+             vitalsd devices > $out/devices-stale.txt\n\
+             ls /var/lib/bluetooth/00:AA:01:00:00:00/ > $out/bonds-stale.txt\n\
+             kill -USR1 $device_pid\n\
+             wait_for 10 device_said pairing_mode || exit 17\n\
+             vitalsd pair {DEVICE_ADDRESS} > $out/repair.out 2> $out/repair.err || exit 14\n\
+             stage re-paired\n\
+             wait_for 180 device_said done || exit 15\n\
+             stage device done\n\
+             wait_for 60 delivered_at_least {expected} || exit 16\n\
+             stage delivered\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    wait_until(Duration::from_secs(10), || {
+        scenario.readings().len() >= expected
+    });
+    let readings = scenario.readings();
+    let mut got: Vec<_> = readings.iter().map(summary).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            bp("2024-03-15T07:00:00", 120, 80, 93, 60),
+            bp("2024-03-15T07:01:00", 121, 80, 93, 61),
+            bp("2024-03-15T09:00:00", 125, 82, 96, 66),
+        ],
+        "{}",
+        report()
+    );
+    let log = boot.out("daemon.log");
+    let said = log
+        .lines()
+        .find(|line| line.contains("lost its bond"))
+        .expect("the daemon said so");
+    assert!(
+        said.contains("ERROR") && said.contains(&format!("vitalsd pair {DEVICE_ADDRESS}")),
+        "at error level, with the command that fixes it: {said}"
+    );
+    let stale: serde_json::Value =
+        serde_json::from_str(&boot.out("devices-stale.json")).expect("devices-stale.json");
+    assert_eq!(stale["devices"][0]["needs_repairing"], true, "{stale}");
+    assert!(
+        boot.out("devices-stale.txt").contains("NEEDS RE-PAIRING"),
+        "{}",
+        boot.out("devices-stale.txt")
+    );
+    // The hub removed its own stale bond: no bond directory for the device under the hub's adapter.
+    assert!(
+        !boot
+            .out("bonds-stale.txt")
+            .contains(&DEVICE_ADDRESS.to_string()),
+        "{}",
+        boot.out("bonds-stale.txt")
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(devices["devices"][0]["needs_repairing"], false, "{devices}");
+    assert_eq!(devices["devices"][0]["bonded"], true, "{devices}");
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
