@@ -494,3 +494,77 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
         boot.out("stages")
     );
 }
+
+#[test]
+fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_readings_held() {
+    let started = Instant::now();
+    // The guest's kernel was never synchronised by NTP (adjtimex says STA_UNSYNC), so `ntp` does not
+    // trust the hub clock.
+    let scenario = Scenario::new("ntp");
+    let burst = cuff_records(2);
+    scenario.guest.write(
+        "device.json",
+        &device_scenario("accept", std::slice::from_ref(&burst)),
+    );
+    let expected = burst.len();
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             held_at_least() {{\n\
+               vitalsd status --json > $out/status.json 2>/dev/null || return 1\n\
+               count=$(grep -o '\"held_for_clock\": *[0-9]*' $out/status.json | grep -o '[0-9]*$')\n\
+               [ \"${{count:-0}}\" -ge \"$1\" ]\n\
+             }}\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage paired\n\
+             start_daemon\n\
+             wait_for 120 device_said done || exit 12\n\
+             stage device done\n\
+             wait_for 60 held_at_least {expected} || exit 13\n\
+             stage held\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    let events = boot.device_events();
+    let date_time_uuid = "00002a08-0000-1000-8000-00805f9b34fb";
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "read" && e["uuid"] == date_time_uuid),
+        "the cuff's clock is read:\n{}",
+        report()
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "write" && e["uuid"] == date_time_uuid),
+        "an untrusted hub clock is never written to the cuff:\n{}",
+        report()
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&boot.out("status.json")).expect("status.json");
+    assert_eq!(status["outbox"]["held_for_clock"], expected, "{status}");
+    // Held, not published: they wait for a trusted clock (README, Time).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(scenario.readings(), Vec::<serde_json::Value>::new());
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(
+        devices["devices"][0]["clock"], "not set (left as it was)",
+        "{devices}"
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
