@@ -37,6 +37,11 @@ struct Scenario {
     /// How the device's agent answers BlueZ's questions about pairing with the hub.
     #[serde(default)]
     agent: AgentAnswer,
+    /// The IO capability the device's agent registers with: `NoInputNoOutput` (Just Works, the default)
+    /// or `DisplayOnly` (a device with a display: the kernel picks a random passkey, the agent is asked
+    /// to show it, and the hub must enter it).
+    #[serde(default = "no_input_no_output")]
+    capability: String,
     /// The records of each session, hex: added to the device's memory before it advertises again.
     sessions: Vec<Session>,
     /// Whether records sent in an earlier session are sent again (as A&D cuffs replay their memory).
@@ -44,6 +49,10 @@ struct Scenario {
     replay: bool,
     /// Where the JSON lines of what happened go.
     events: PathBuf,
+}
+
+fn no_input_no_output() -> String {
+    "NoInputNoOutput".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +74,12 @@ enum AgentAnswer {
 #[serde(deny_unknown_fields)]
 struct Session {
     records: Vec<String>,
+    /// After this session, the device forgets its bond with the hub, as a device does after a factory
+    /// reset or when its bond table is full: its stack removes the hub (`Adapter1.RemoveDevice` on the
+    /// device's adapter, which drops the keys from the kernel and from /var/lib/bluetooth), while the
+    /// hub keeps its own side.
+    #[serde(default)]
+    forget_bond: bool,
 }
 
 /// One characteristic of a model: service, characteristic, BlueZ flags, initial value.
@@ -338,6 +353,14 @@ impl Agent {
         self.decide("AuthorizeService", &device)
     }
 
+    /// The device's display: the passkey the kernel picked, which the hub's side must enter. Written to
+    /// the events, where the scenario reads it as a technician reads the display.
+    fn display_passkey(&self, device: ObjectPath<'_>, passkey: u32, entered: u16) {
+        self.events
+            .record(json!({"event": "agent", "method": "DisplayPasskey",
+            "device": device.as_str(), "passkey": format!("{passkey:06}"), "entered": entered}));
+    }
+
     fn cancel(&self) {
         self.events
             .record(json!({"event": "agent", "method": "Cancel"}));
@@ -449,7 +472,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "/org/bluez",
         "org.bluez.AgentManager1",
         "RegisterAgent",
-        &(&agent, "NoInputNoOutput"),
+        &(&agent, scenario.capability.as_str()),
     )
     .await?;
     let keep_default = {
@@ -481,6 +504,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     watch_hub_links(&connection, &adapter_path, happen.clone()).await?;
     events.record(json!({"event": "ready"}));
 
+    // SIGUSR1 is the device's pairing button: it advertises afresh, as a device put into pairing mode
+    // does. A device that forgot its bond is paired again this way.
+    let pairing_button = {
+        let connection = connection.clone();
+        let adapter_path = adapter_path.clone();
+        let events = events.clone();
+        let mut pressed =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+        tokio::spawn(async move {
+            while pressed.recv().await.is_some() {
+                let advert = ObjectPath::from_static_str_unchecked(ADVERT_PATH);
+                let manager = "org.bluez.LEAdvertisingManager1";
+                let stopped = call(
+                    &connection,
+                    &adapter_path,
+                    manager,
+                    "UnregisterAdvertisement",
+                    &(&advert,),
+                )
+                .await;
+                let no_options: HashMap<&str, Value> = HashMap::new();
+                let started = call(
+                    &connection,
+                    &adapter_path,
+                    manager,
+                    "RegisterAdvertisement",
+                    &(&advert, &no_options),
+                )
+                .await;
+                events.record(json!({"event": "pairing_mode",
+                    "stopped": stopped.err().map(|e| e.to_string()),
+                    "error": started.err().map(|e| e.to_string())}));
+            }
+        })
+    };
     let session_loop = run_sessions(
         &connection,
         &scenario,
@@ -502,6 +560,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ = terminate.recv() => {}
     }
     keep_default.abort();
+    pairing_button.abort();
     Ok(())
 }
 
@@ -555,10 +614,12 @@ async fn watch_hub_links(
     Ok(())
 }
 
-/// The devices connected to the adapter right now.
-async fn connected_devices(
+/// The devices BlueZ knows on the adapter (the hub, seen from the device's side), or only those
+/// connected right now.
+async fn devices_on(
     connection: &Connection,
     adapter_path: &str,
+    only_connected: bool,
 ) -> zbus::Result<Vec<OwnedObjectPath>> {
     type Objects = HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedValue>>>;
     let reply = connection
@@ -576,11 +637,12 @@ async fn connected_devices(
         .into_iter()
         .filter(|(path, _)| path.as_str().starts_with(&prefix))
         .filter(|(_, interfaces)| {
-            interfaces
-                .get("org.bluez.Device1")
+            let device = interfaces.get("org.bluez.Device1");
+            let connected = device
                 .and_then(|device| device.get("Connected"))
                 .and_then(|value| bool::try_from(value).ok())
-                .unwrap_or(false)
+                .unwrap_or(false);
+            device.is_some() && (connected || !only_connected)
         })
         .map(|(path, _)| path)
         .collect())
@@ -688,7 +750,7 @@ async fn run_sessions(
         .await?;
         // The hub's device object appears with the first link (InterfacesAdded, no Connected signal),
         // so the links to drop are looked up.
-        let mut links = connected_devices(connection, adapter_path).await?;
+        let mut links = devices_on(connection, adapter_path, true).await?;
         links.extend(hub.take());
         links.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         links.dedup();
@@ -703,6 +765,20 @@ async fn run_sessions(
             .await;
             events.record(json!({"event": "dropped_link", "session": number,
                 "error": dropped.err().map(|e| e.to_string())}));
+        }
+        if session.forget_bond {
+            for hub in devices_on(connection, adapter_path, false).await? {
+                let forgot = call(
+                    connection,
+                    adapter_path,
+                    "org.bluez.Adapter1",
+                    "RemoveDevice",
+                    &(&hub,),
+                )
+                .await;
+                events.record(json!({"event": "forgot_bond", "session": number,
+                    "hub": hub.as_str(), "error": forgot.err().map(|e| e.to_string())}));
+            }
         }
         events.record(json!({"event": "session_end", "session": number}));
     }

@@ -31,21 +31,33 @@ fn hub_config(broker_port: u16, hub_clock: &str) -> String {
     )
 }
 
-/// The device program's scenario (see `hil-tests/ble_peripheral.rs`).
+/// The device program's scenario (see `hil-tests/ble_peripheral.rs`); `options` adds to it or
+/// overrides its fields.
 fn device_scenario(agent: &str, sessions: &[Vec<Vec<u8>>]) -> String {
+    device_scenario_with(agent, sessions, json!({}))
+}
+
+fn device_scenario_with(
+    agent: &str,
+    sessions: &[Vec<Vec<u8>>],
+    options: serde_json::Value,
+) -> String {
     let sessions: Vec<serde_json::Value> = sessions
         .iter()
         .map(|records| json!({"records": records.iter().map(hex::encode).collect::<Vec<_>>()}))
         .collect();
-    json!({
+    let mut scenario = json!({
         "adapter": DEVICE_ADAPTER,
         "model": "and-cuff",
         "agent": agent,
         "replay": true,
         "sessions": sessions,
         "events": "/share/out/device.jsonl",
-    })
-    .to_string()
+    });
+    for (key, value) in options.as_object().expect("options are an object") {
+        scenario[key] = value.clone();
+    }
+    scenario.to_string()
 }
 
 /// The rig of one scenario: a broker and a subscriber on the host, a share for the guest.
@@ -311,5 +323,248 @@ fn a_first_pairing_the_device_rejects_is_reported_as_rejected_not_as_a_lost_bond
         "real-BlueZ scenario: VM {:?}, whole test {:?}; pair said: {said}",
         boot.elapsed,
         started.elapsed()
+    );
+}
+
+#[test]
+fn a_wrong_passkey_is_reported_as_a_failed_authentication_and_binds_nothing() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    // A device with a display: the kernel on its side picks a random passkey and its agent shows it.
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with("accept", &[vec![]], json!({"capability": "DisplayOnly"})),
+    );
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --passkey {WRONG_PASSKEY} > $out/pair.out 2> $out/pair.err\n\
+             echo $? > $out/pair.exit\n\
+             stage pair ended\n\
+             vitalsd devices --json > $out/devices.json\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let said = format!("{}{}", boot.out("pair.out"), boot.out("pair.err"));
+    let events = boot.device_events();
+    let shown: Vec<&str> = events
+        .iter()
+        .filter(|e| e["method"] == "DisplayPasskey")
+        .filter_map(|e| e["passkey"].as_str())
+        .collect();
+    assert!(
+        !shown.is_empty(),
+        "the device showed a passkey (passkey entry, not Just Works):\n{}",
+        boot.report()
+    );
+    assert!(
+        !shown.contains(&format!("{WRONG_PASSKEY:06}").as_str()),
+        "the kernel picked the very passkey this test calls wrong (one chance in a million): {shown:?}"
+    );
+    assert_ne!(
+        boot.out("pair.exit").trim(),
+        "0",
+        "{said}\n{}",
+        boot.report()
+    );
+    assert!(
+        !said.contains("bond"),
+        "a first pairing has no bond to lose: {said}\n{}",
+        boot.report()
+    );
+    assert!(
+        said.contains("authentication") && said.contains("passkey was wrong"),
+        "the failure is named: {said}\n{}",
+        boot.report()
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(devices["devices"], json!([]), "nothing bound");
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; pair said: {said}",
+        boot.elapsed,
+        started.elapsed()
+    );
+}
+
+/// A passkey the device's random one is not (but for one chance in a million, which the test reports).
+const WRONG_PASSKEY: u32 = 314159;
+
+#[test]
+fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paired() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    let burst = cuff_records(2);
+    let new_record = blood_pressure_record(125, 82, 96, 66, date_time(2024, 3, 15, 9, 0, 0));
+    let mut device = serde_json::from_str::<serde_json::Value>(&device_scenario_with(
+        "accept",
+        &[burst.clone(), vec![new_record]],
+        json!({"replay": false}),
+    ))
+    .unwrap();
+    device["sessions"][0]["forget_bond"] = json!(true);
+    scenario.guest.write("device.json", &device.to_string());
+    let expected = burst.len() + 1;
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage paired\n\
+             start_daemon\n\
+             wait_for 120 device_said forgot_bond || exit 12\n\
+             stage device forgot its bond\n\
+             wait_for 180 grep -q 'lost its bond' $out/daemon.log || exit 13\n\
+             stage daemon saw the lost bond\n\
+             vitalsd devices --json > $out/devices-stale.json\n\
+             vitalsd devices > $out/devices-stale.txt\n\
+             ls /var/lib/bluetooth/00:AA:01:00:00:00/ > $out/bonds-stale.txt\n\
+             kill -USR1 $device_pid\n\
+             wait_for 10 device_said pairing_mode || exit 17\n\
+             vitalsd pair {DEVICE_ADDRESS} > $out/repair.out 2> $out/repair.err || exit 14\n\
+             stage re-paired\n\
+             wait_for 180 device_said done || exit 15\n\
+             stage device done\n\
+             wait_for 60 delivered_at_least {expected} || exit 16\n\
+             stage delivered\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    wait_until(Duration::from_secs(10), || {
+        scenario.readings().len() >= expected
+    });
+    let readings = scenario.readings();
+    let mut got: Vec<_> = readings.iter().map(summary).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            bp("2024-03-15T07:00:00", 120, 80, 93, 60),
+            bp("2024-03-15T07:01:00", 121, 80, 93, 61),
+            bp("2024-03-15T09:00:00", 125, 82, 96, 66),
+        ],
+        "{}",
+        report()
+    );
+    let log = boot.out("daemon.log");
+    let said = log
+        .lines()
+        .find(|line| line.contains("lost its bond"))
+        .expect("the daemon said so");
+    assert!(
+        said.contains("ERROR") && said.contains(&format!("vitalsd pair {DEVICE_ADDRESS}")),
+        "at error level, with the command that fixes it: {said}"
+    );
+    let stale: serde_json::Value =
+        serde_json::from_str(&boot.out("devices-stale.json")).expect("devices-stale.json");
+    assert_eq!(stale["devices"][0]["needs_repairing"], true, "{stale}");
+    assert!(
+        boot.out("devices-stale.txt").contains("NEEDS RE-PAIRING"),
+        "{}",
+        boot.out("devices-stale.txt")
+    );
+    // The hub removed its own stale bond: no bond directory for the device under the hub's adapter.
+    assert!(
+        !boot
+            .out("bonds-stale.txt")
+            .contains(&DEVICE_ADDRESS.to_string()),
+        "{}",
+        boot.out("bonds-stale.txt")
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(devices["devices"][0]["needs_repairing"], false, "{devices}");
+    assert_eq!(devices["devices"][0]["bonded"], true, "{devices}");
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
+
+#[test]
+fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_readings_held() {
+    let started = Instant::now();
+    // The guest's kernel was never synchronised by NTP (adjtimex says STA_UNSYNC), so `ntp` does not
+    // trust the hub clock.
+    let scenario = Scenario::new("ntp");
+    let burst = cuff_records(2);
+    scenario.guest.write(
+        "device.json",
+        &device_scenario("accept", std::slice::from_ref(&burst)),
+    );
+    let expected = burst.len();
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             held_at_least() {{\n\
+               vitalsd status --json > $out/status.json 2>/dev/null || return 1\n\
+               count=$(grep -o '\"held_for_clock\": *[0-9]*' $out/status.json | grep -o '[0-9]*$')\n\
+               [ \"${{count:-0}}\" -ge \"$1\" ]\n\
+             }}\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage paired\n\
+             start_daemon\n\
+             wait_for 120 device_said done || exit 12\n\
+             stage device done\n\
+             wait_for 60 held_at_least {expected} || exit 13\n\
+             stage held\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    let events = boot.device_events();
+    let date_time_uuid = "00002a08-0000-1000-8000-00805f9b34fb";
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "read" && e["uuid"] == date_time_uuid),
+        "the cuff's clock is read:\n{}",
+        report()
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "write" && e["uuid"] == date_time_uuid),
+        "an untrusted hub clock is never written to the cuff:\n{}",
+        report()
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&boot.out("status.json")).expect("status.json");
+    assert_eq!(status["outbox"]["held_for_clock"], expected, "{status}");
+    // Held, not published: they wait for a trusted clock (README, Time).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(scenario.readings(), Vec::<serde_json::Value>::new());
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(
+        devices["devices"][0]["clock"], "not set (left as it was)",
+        "{devices}"
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
     );
 }

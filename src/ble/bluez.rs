@@ -53,6 +53,15 @@ pub fn means_lost_bond(text: &str) -> bool {
         || text.contains("Authentication Failed")
 }
 
+/// Whether a failed `Connect` says BlueZ could not open the device's ATT channel. BlueZ 5.66 answers
+/// every failed ATT connect of an LE device with this one text, whatever the cause: a device that forgot
+/// its bond gives it (the hub asks for encryption with the bond's key, the device has none, the kernel
+/// drops the link with "authentication failure" and the channel's connect fails with "Permission
+/// denied"), and so does an attempt aborted for another reason. On its own it is only a suspicion.
+pub fn means_aborted_link(text: &str) -> bool {
+    text.contains("le-connection-abort-by-local")
+}
+
 /// What a failed `Pair` means, given whether the hub held a bond for the device when it started: BlueZ
 /// reports an authentication failure the same way whether the device forgot our keys or declined a
 /// first pairing, and only the latter is possible without a bond.
@@ -425,7 +434,7 @@ impl Bluez {
 
 #[cfg(test)]
 mod tests {
-    use super::{classify, pairing_failure};
+    use super::{classify, means_aborted_link, means_lost_bond, pairing_failure};
 
     /// What `vitalsd pair` says for a `Pair` that failed with BlueZ error `name` and `message`.
     #[track_caller]
@@ -481,5 +490,25 @@ mod tests {
             false,
             "org.bluez.Error.ConnectionAttemptFailed: Page Timeout",
         );
+    }
+
+    /// How a `Connect` error, as btleplug prints it, is read: (lost bond, aborted link).
+    #[track_caller]
+    fn check_connect(text: &str, expected: (bool, bool)) {
+        assert_eq!((means_lost_bond(text), means_aborted_link(text)), expected);
+    }
+
+    #[test]
+    fn a_failed_connect_is_read_by_its_text() {
+        // Real BlueZ 5.66 when the device forgot the bond (the real-BlueZ suite's scenario).
+        check_connect("le-connection-abort-by-local", (false, true));
+        check_connect(
+            "org.bluez.Error.Failed: le-connection-abort-by-local",
+            (false, true),
+        );
+        // The simulator's model, and BlueZ's answer to a refused key on BR/EDR.
+        check_connect("Connection refused: PIN or Key Missing", (true, false));
+        check_connect("le-connection-abort-by-remote", (false, false));
+        check_connect("le-connection-timeout", (false, false));
     }
 }

@@ -140,6 +140,40 @@ enum Work {
 
 type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (String, Work)> + Send + 'a>>;
 
+/// How many links in a row to a bonded device, each tried on one of its adverts, must be aborted while
+/// being set up before the hub concludes that the device forgot the bond. BlueZ 5.66 reports a refused key
+/// only as an aborted link ([`bluez::means_aborted_link`]), which a device walking away mid-connect can
+/// also cause once; removing a good bond would cost a technician's visit.
+const ABORTED_LINKS_FOR_LOST_BOND: u32 = 3;
+
+/// Counts each bonded device's aborted links in a row.
+#[derive(Default)]
+struct AbortedLinks {
+    in_a_row: HashMap<String, u32>,
+}
+
+impl AbortedLinks {
+    /// Counts an aborted link; true when it makes the lost bond the likely cause (the count restarts).
+    fn aborted(&mut self, address: &str, bonded: bool) -> bool {
+        if !bonded {
+            self.in_a_row.remove(address);
+            return false;
+        }
+        let count = self.in_a_row.entry(address.to_string()).or_default();
+        *count += 1;
+        if *count >= ABORTED_LINKS_FOR_LOST_BOND {
+            self.in_a_row.remove(address);
+            return true;
+        }
+        false
+    }
+
+    /// Any other outcome of a session breaks the run.
+    fn other(&mut self, address: &str) {
+        self.in_a_row.remove(address);
+    }
+}
+
 /// When each bound device may be tried again.
 #[derive(Default)]
 struct Backoff {
@@ -203,6 +237,7 @@ async fn run_stack(
     let mut sessions: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
     let mut in_session: Vec<String> = Vec::new();
     let mut backoff = Backoff::default();
+    let mut aborted_links = AbortedLinks::default();
     let mut advertisement_decoders: HashMap<(String, crate::decode::Protocol), Decoding> =
         HashMap::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -314,6 +349,15 @@ async fn run_stack(
                         continue;
                     }
                 };
+                let bonded = devices.lock().unwrap().get(&address).is_some_and(|device| device.bonded);
+                let lost_bond = match &result {
+                    Err(SessionError::BondLost) => true,
+                    Err(SessionError::LinkAborted(_)) => aborted_links.aborted(&address, bonded),
+                    _ => {
+                        aborted_links.other(&address);
+                        false
+                    }
+                };
                 match result {
                     Ok(SessionEnd::Finished { readings }) => {
                         tracing::info!(%address, readings, "Device session finished.");
@@ -321,7 +365,7 @@ async fn run_stack(
                     }
                     Ok(SessionEnd::Shutdown) => {}
                     Err(SessionError::OutboxGone) => return Err(StackError::OutboxGone),
-                    Err(SessionError::BondLost) => {
+                    Err(SessionError::BondLost | SessionError::LinkAborted(_)) if lost_bond => {
                         tracing::error!(%address, "The device lost its bond (it refused the hub's keys). The hub removed its own bond; pair it again with `vitalsd pair {address}`.", address = address);
                         if let Err(error) = bluez.remove_device(&address).await {
                             tracing::warn!(%address, %error, "Could not remove the stale bond.");
@@ -421,7 +465,44 @@ fn address_of(peripheral_id: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::address_of;
+    use super::{address_of, AbortedLinks};
+
+    /// Feeds session outcomes for one device, `A` an aborted link while bonded, `a` one while not bonded,
+    /// `o` any other outcome; `expected` lists where the hub concludes the bond is lost.
+    #[track_caller]
+    fn check(outcomes: &str, expected: &str) {
+        let mut links = AbortedLinks::default();
+        let verdicts: String = outcomes
+            .chars()
+            .map(|outcome| {
+                let lost = match outcome {
+                    'A' => links.aborted("AA:BB:CC:DD:EE:01", true),
+                    'a' => links.aborted("AA:BB:CC:DD:EE:01", false),
+                    _ => {
+                        links.other("AA:BB:CC:DD:EE:01");
+                        false
+                    }
+                };
+                if lost {
+                    'L'
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        assert_eq!(verdicts, expected, "outcomes {outcomes}");
+    }
+
+    #[test]
+    fn a_lost_bond_is_concluded_from_aborted_links_in_a_row() {
+        check("AAA", "..L");
+        check("AA", "..");
+        check("AAoAA", ".....");
+        check("AAaA", "....");
+        check("AAAAAA", "..L..L");
+        check("aaaa", "....");
+        check("oAAA", "...L");
+    }
 
     #[test]
     fn addresses_come_from_the_object_path() {

@@ -53,6 +53,10 @@ pub enum SessionError {
     Timeout(Duration),
     #[error("the device refused our keys: its bond is lost")]
     BondLost,
+    /// BlueZ could not open the link's ATT channel: for a bonded device, possibly a lost bond
+    /// ([`super::bluez::means_aborted_link`]).
+    #[error("the link was aborted while it was being set up: {0}")]
+    LinkAborted(String),
     #[error("the device requires pairing: {0}")]
     NeedsPairing(String),
     #[error("the outbox worker is gone")]
@@ -70,6 +74,8 @@ fn classify(error: btleplug::Error) -> SessionError {
     let text = error.to_string();
     if super::bluez::means_lost_bond(&text) {
         SessionError::BondLost
+    } else if super::bluez::means_aborted_link(&text) {
+        SessionError::LinkAborted(text)
     } else if text.contains("NotPermitted")
         || text.contains("Not paired")
         || text.contains("Insufficient Authentication")
