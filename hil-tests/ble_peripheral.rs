@@ -7,8 +7,9 @@
 //! sends what it holds once the hub has enabled indications, stops advertising and drops the link, as A&D
 //! devices do. What happens is written as JSON lines to the scenario's `events` file, for the test to read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +81,10 @@ struct Session {
     /// hub keeps its own side.
     #[serde(default)]
     forget_bond: bool,
+    /// The device waits for this file before it advertises the session, so that a scenario can do
+    /// something to the hub's side first (power its adapter off, restart bluetoothd).
+    #[serde(default)]
+    wait_for: Option<PathBuf>,
 }
 
 /// One characteristic of a model: service, characteristic, BlueZ flags, initial value.
@@ -153,8 +158,10 @@ fn uuid16(short: u16) -> String {
 struct Events(Arc<Mutex<std::fs::File>>);
 
 impl Events {
-    fn record(&self, event: serde_json::Value) {
+    /// Writes one event, with the guest's time in milliseconds (`t`) to order the events of two devices.
+    fn record(&self, mut event: serde_json::Value) {
         use std::io::Write;
+        event["t"] = json!(chrono::Utc::now().timestamp_millis());
         let mut file = self.0.lock().unwrap();
         let _ = writeln!(file, "{event}");
         let _ = file.flush();
@@ -261,6 +268,63 @@ impl Characteristic {
 
 struct Service {
     uuid: String,
+}
+
+/// The application's object manager, which BlueZ asks for the GATT objects once on registration. BlueZ
+/// allocates attribute handles in the order of its answer. zbus's own object manager answers in hash
+/// order, which changed from one registration to the next: after a bluetoothd restart the device then
+/// had another attribute table, the bonded hub kept its cached one (bluetoothd logged "DB Hash match:
+/// skipping discovery") and its writes landed on other characteristics. A device's table is fixed by
+/// its firmware, so this answer comes in one fixed order.
+#[derive(Default)]
+struct Application {
+    objects: Objects,
+}
+
+type Objects = BTreeMap<PathKey, BTreeMap<String, BTreeMap<String, OwnedValue>>>;
+
+/// An object path that sorts, as a key of the object manager's answer.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, zbus::zvariant::Type)]
+struct PathKey(OwnedObjectPath);
+
+impl Ord for PathKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_str().cmp(other.0.as_str())
+    }
+}
+
+impl PartialOrd for PathKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Application {
+    /// Adds an object's interface with the properties BlueZ reads at registration; later changes reach
+    /// BlueZ as the interfaces' own PropertiesChanged signals.
+    fn add<const N: usize>(
+        &mut self,
+        path: &str,
+        interface: &str,
+        properties: [(&str, Value<'_>); N],
+    ) -> zbus::Result<()> {
+        let mut values = BTreeMap::new();
+        for (name, value) in properties {
+            values.insert(name.to_string(), value.try_to_owned()?);
+        }
+        self.objects
+            .entry(PathKey(ObjectPath::try_from(path)?.into()))
+            .or_default()
+            .insert(interface.to_string(), values);
+        Ok(())
+    }
+}
+
+#[interface(name = "org.freedesktop.DBus.ObjectManager")]
+impl Application {
+    fn get_managed_objects(&self) -> Objects {
+        self.objects.clone()
+    }
 }
 
 #[interface(name = "org.bluez.GattService1")]
@@ -401,7 +465,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (happen, mut happenings) = mpsc::channel(256);
 
     let server = connection.object_server();
-    server.at(APP_PATH, zbus::fdo::ObjectManager).await?;
+    let mut application = Application::default();
     let mut services: Vec<u16> = Vec::new();
     let mut measurement_path = String::new();
     for (index, (service, characteristic, flags, value)) in spec.characteristics.iter().enumerate()
@@ -411,6 +475,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => {
                 services.push(*service);
                 let service_path = format!("{APP_PATH}/service{}", services.len() - 1);
+                application.add(
+                    &service_path,
+                    "org.bluez.GattService1",
+                    [
+                        ("UUID", Value::from(uuid16(*service))),
+                        ("Primary", Value::from(true)),
+                    ],
+                )?;
                 server
                     .at(
                         service_path,
@@ -427,6 +499,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if *characteristic == spec.measurement {
             measurement_path = path.clone();
         }
+        application.add(
+            &path,
+            "org.bluez.GattCharacteristic1",
+            [
+                ("UUID", Value::from(uuid16(*characteristic))),
+                (
+                    "Service",
+                    ObjectPath::try_from(service_path.as_str())?.into(),
+                ),
+                ("Flags", Value::from(flags.to_vec())),
+                ("Value", Value::from(value.clone())),
+                ("Notifying", Value::from(false)),
+            ],
+        )?;
         server
             .at(
                 path,
@@ -447,6 +533,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
     }
+    server.at(APP_PATH, application).await?;
     server
         .at(
             AGENT_PATH,
@@ -466,15 +553,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
 
-    let agent = ObjectPath::try_from(AGENT_PATH)?;
-    call(
-        &connection,
-        "/org/bluez",
-        "org.bluez.AgentManager1",
-        "RegisterAgent",
-        &(&agent, scenario.capability.as_str()),
-    )
-    .await?;
+    register_with_bluez(&connection, &adapter_path, &scenario.capability).await?;
     let keep_default = {
         let connection = connection.clone();
         tokio::spawn(async move {
@@ -492,13 +571,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
     };
-    let no_options: HashMap<&str, Value> = HashMap::new();
-    call(
-        &connection,
-        &adapter_path,
-        "org.bluez.GattManager1",
-        "RegisterApplication",
-        &(ObjectPath::try_from(APP_PATH)?, &no_options),
+    let advertising = Arc::new(AtomicBool::new(false));
+    let bluez_restarts = follow_bluez_restarts(
+        connection.clone(),
+        adapter_path.clone(),
+        scenario.capability.clone(),
+        measurement_path.clone(),
+        advertising.clone(),
+        events.clone(),
     )
     .await?;
     watch_hub_links(&connection, &adapter_path, happen.clone()).await?;
@@ -546,6 +626,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &measurement_path,
         &events,
         &mut happenings,
+        &advertising,
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -561,7 +642,108 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     keep_default.abort();
     pairing_button.abort();
+    bluez_restarts.abort();
     Ok(())
+}
+
+/// Registers the device's agent and GATT application with bluetoothd.
+async fn register_with_bluez(
+    connection: &Connection,
+    adapter_path: &str,
+    capability: &str,
+) -> zbus::Result<()> {
+    let agent = ObjectPath::from_static_str_unchecked(AGENT_PATH);
+    call(
+        connection,
+        "/org/bluez",
+        "org.bluez.AgentManager1",
+        "RegisterAgent",
+        &(&agent, capability),
+    )
+    .await?;
+    let no_options: HashMap<&str, Value> = HashMap::new();
+    call(
+        connection,
+        adapter_path,
+        "org.bluez.GattManager1",
+        "RegisterApplication",
+        &(ObjectPath::from_static_str_unchecked(APP_PATH), &no_options),
+    )
+    .await
+}
+
+/// A device is a stack of its own: when the scenario restarts the guest's bluetoothd (which serves the
+/// hub's controller and the device's alike), the device registers again with the new one and carries on
+/// advertising if it was, as a real device would not have noticed anything but a dropped link.
+async fn follow_bluez_restarts(
+    connection: Connection,
+    adapter_path: String,
+    capability: String,
+    measurement_path: String,
+    advertising: Arc<AtomicBool>,
+    events: Events,
+) -> zbus::Result<tokio::task::JoinHandle<()>> {
+    let bus = zbus::fdo::DBusProxy::new(&connection).await?;
+    let mut owners = bus
+        .receive_name_owner_changed_with_args(&[(0, "org.bluez")])
+        .await?;
+    Ok(tokio::spawn(async move {
+        while let Some(change) = owners.next().await {
+            let Ok(args) = change.args() else { continue };
+            if args.new_owner().is_none() {
+                events.record(json!({"event": "bluez_gone"}));
+                // The hub's subscription went with bluetoothd's state.
+                if let Ok(measurement) = connection
+                    .object_server()
+                    .interface::<_, Characteristic>(measurement_path.as_str())
+                    .await
+                {
+                    measurement.get_mut().await.notifying = false;
+                }
+                continue;
+            }
+            // bluetoothd owns its name before it has set its adapters up: registering is retried
+            // until the adapter takes it.
+            let mut registered = Err(zbus::Error::Failure("not tried".into()));
+            for _ in 0..100 {
+                registered = register_with_bluez(&connection, &adapter_path, &capability).await;
+                if registered.is_ok() {
+                    break;
+                }
+                let agent = ObjectPath::from_static_str_unchecked(AGENT_PATH);
+                let _ = call(
+                    &connection,
+                    "/org/bluez",
+                    "org.bluez.AgentManager1",
+                    "UnregisterAgent",
+                    &(&agent,),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let mut advertised = None;
+            if advertising.load(Ordering::SeqCst) {
+                let no_options: HashMap<&str, Value> = HashMap::new();
+                advertised = Some(
+                    call(
+                        &connection,
+                        &adapter_path,
+                        "org.bluez.LEAdvertisingManager1",
+                        "RegisterAdvertisement",
+                        &(
+                            ObjectPath::from_static_str_unchecked(ADVERT_PATH),
+                            &no_options,
+                        ),
+                    )
+                    .await
+                    .err()
+                    .map(|e| e.to_string()),
+                );
+            }
+            events.record(json!({"event": "bluez_back",
+                "error": registered.err().map(|e| e.to_string()), "advertised": advertised}));
+        }
+    }))
 }
 
 /// Forwards the `Connected` changes of devices on the adapter (the hub, seen from the device's side).
@@ -655,6 +837,7 @@ async fn run_sessions(
     measurement_path: &str,
     events: &Events,
     happenings: &mut mpsc::Receiver<Happening>,
+    advertising: &AtomicBool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut memory: Vec<Vec<u8>> = Vec::new();
     let mut unsent_from = 0;
@@ -665,6 +848,12 @@ async fn run_sessions(
         for record in &session.records {
             memory.push(hex::decode(record)?);
         }
+        if let Some(file) = &session.wait_for {
+            while !file.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        advertising.store(true, Ordering::SeqCst);
         call(
             connection,
             adapter_path,
@@ -740,6 +929,7 @@ async fn run_sessions(
             json!({"event": "sent", "session": number, "records": to_send.len(),
             "confirmed": confirmed}),
         );
+        advertising.store(false, Ordering::SeqCst);
         call(
             connection,
             adapter_path,

@@ -14,7 +14,9 @@ use crate::support::bluez::devices::{
     blood_pressure_record, date_time, failed_blood_pressure_record,
 };
 use crate::support::broker::Broker;
-use crate::support::real_bluez::{Guest, DEVICE_ADAPTER, DEVICE_ADDRESS};
+use crate::support::real_bluez::{
+    Guest, DEVICE_ADAPTER, DEVICE_ADDRESS, SECOND_DEVICE_ADAPTER, SECOND_DEVICE_ADDRESS,
+};
 use crate::support::subscriber::Subscriber;
 use crate::support::wait_until;
 
@@ -102,6 +104,10 @@ fn cuff_records(count: u16) -> Vec<Vec<u8>> {
             )
         })
         .collect()
+}
+
+fn uuid16(short: u16) -> String {
+    format!("0000{short:04x}-0000-1000-8000-00805f9b34fb")
 }
 
 /// A reading as the table below lists it: device time and the values by name.
@@ -496,6 +502,207 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
 }
 
 #[test]
+fn the_hub_adapter_powered_off_and_on_and_a_bluetoothd_restart_are_recovered_from_without_restarting_vitalsd(
+) {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    let burst = cuff_records(2);
+    let after_power_cycle = blood_pressure_record(131, 84, 99, 70, date_time(2024, 3, 15, 9, 0, 0));
+    let after_restart = blood_pressure_record(132, 85, 100, 71, date_time(2024, 3, 15, 10, 0, 0));
+    let mut device = serde_json::from_str::<serde_json::Value>(&device_scenario(
+        "accept",
+        &[burst.clone(), vec![after_power_cycle], vec![after_restart]],
+    ))
+    .unwrap();
+    // The device advertises its second and third sessions only once the hub's side has been through
+    // the outage the scenario puts it through.
+    device["sessions"][1]["wait_for"] = json!("/share/out/go1");
+    device["sessions"][2]["wait_for"] = json!("/share/out/go2");
+    scenario.guest.write("device.json", &device.to_string());
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage paired\n\
+             start_daemon\n\
+             wait_for 120 delivered_at_least 2 || exit 12\n\
+             stage first session delivered\n\
+             btmgmt --index 0 power off > $out/power.log 2>&1 || exit 13\n\
+             wait_for 10 adapter_unpowered hci0 || exit 14\n\
+             stage hub adapter off\n\
+             wait_for 20 grep -q 'adapter was powered off' $out/daemon.log || exit 15\n\
+             btmgmt --index 0 power on >> $out/power.log 2>&1\n\
+             wait_for 10 adapter_powered hci0 || exit 16\n\
+             stage hub adapter on\n\
+             touch $out/go1\n\
+             wait_for 180 delivered_at_least 3 || exit 17\n\
+             stage second session delivered\n\
+             restart_bluetoothd || exit 18\n\
+             stage bluetoothd restarted\n\
+             touch $out/go2\n\
+             wait_for 180 delivered_at_least 4 || exit 19\n\
+             stage third session delivered\n\
+             kill -0 $daemon_pid || exit 20\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT * 2);
+    boot.assert_success();
+    let report = || boot.report();
+    wait_until(Duration::from_secs(10), || scenario.readings().len() >= 4);
+    let mut got: Vec<_> = scenario.readings().iter().map(summary).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            bp("2024-03-15T07:00:00", 120, 80, 93, 60),
+            bp("2024-03-15T07:01:00", 121, 80, 93, 61),
+            bp("2024-03-15T09:00:00", 131, 84, 99, 70),
+            bp("2024-03-15T10:00:00", 132, 85, 100, 71),
+        ],
+        "{}",
+        report()
+    );
+    let log = boot.out("daemon.log");
+    for said in [
+        "The Bluetooth adapter was powered off.",
+        "bluetoothd restarted; rebuilding the Bluetooth stack.",
+    ] {
+        assert!(
+            log.contains(said),
+            "the daemon did not say {said:?}:\n{}",
+            report()
+        );
+    }
+    // One daemon throughout, stopped by the scenario's SIGTERM and ending cleanly.
+    assert_eq!(boot.out("daemon.exit").trim(), "0", "{}", report());
+    let back: Vec<serde_json::Value> = boot
+        .device_events()
+        .into_iter()
+        .filter(|e| e["event"] == "bluez_back")
+        .collect();
+    assert_eq!(back.len(), 1, "{}", report());
+    assert_eq!(back[0]["error"], serde_json::Value::Null, "{}", report());
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
+
+#[test]
+fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    scenario.guest.third_controller();
+    let first = cuff_records(6);
+    let second: Vec<Vec<u8>> = (0..6)
+        .map(|i| blood_pressure_record(140 + i, 90, 107, 75, date_time(2024, 3, 15, 8, i as u8, 0)))
+        .collect();
+    scenario.guest.write(
+        "device.json",
+        &device_scenario("accept", std::slice::from_ref(&first)),
+    );
+    scenario.guest.write(
+        "device2.json",
+        &device_scenario_with(
+            "accept",
+            std::slice::from_ref(&second),
+            json!({"adapter": SECOND_DEVICE_ADAPTER, "events": "/share/out/device2.jsonl"}),
+        ),
+    );
+    let expected = first.len() + second.len();
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             start_device device2\n\
+             wait_for 30 device_said ready || exit 10\n\
+             wait_for 30 device_said ready device2 || exit 10\n\
+             vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2>&1 || exit 11\n\
+             vitalsd pair {SECOND_DEVICE_ADDRESS} > $out/pair2.out 2>&1 || exit 12\n\
+             stage paired both\n\
+             start_daemon\n\
+             wait_for 120 device_said done || exit 13\n\
+             wait_for 120 device_said done device2 || exit 14\n\
+             stage both devices done\n\
+             wait_for 60 delivered_at_least {expected} || exit 15\n\
+             stage delivered\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    wait_until(Duration::from_secs(10), || {
+        scenario.subscriber.readings().len() >= expected
+    });
+    let of = |address: &str| {
+        let mut got: Vec<_> = scenario
+            .subscriber
+            .readings()
+            .iter()
+            .filter(|r| r["device"]["id"] == format!("ble:{address}").as_str())
+            .map(summary)
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        got
+    };
+    let want_first: Vec<_> = (0..6)
+        .map(|i| bp(&format!("2024-03-15T07:0{i}:00"), 120 + i, 80, 93, 60 + i))
+        .collect();
+    let want_second: Vec<_> = (0..6)
+        .map(|i| bp(&format!("2024-03-15T08:0{i}:00"), 140 + i, 90, 107, 75))
+        .collect();
+    assert_eq!(of(DEVICE_ADDRESS), want_first, "{}", report());
+    assert_eq!(of(SECOND_DEVICE_ADDRESS), want_second, "{}", report());
+    assert_eq!(
+        scenario.subscriber.readings().len(),
+        expected,
+        "{}",
+        report()
+    );
+    // Both sessions ran at once: each device's measurement was subscribed to before the other device
+    // dropped its link.
+    let window = |name: &str| {
+        let events = boot.events_of(name);
+        let at = |wanted: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
+            events
+                .iter()
+                .find(|e| wanted(e))
+                .and_then(|e| e["t"].as_i64())
+                .unwrap_or_else(|| panic!("{name}: no {what}:\n{}", report()))
+        };
+        (
+            at(
+                &|e| e["event"] == "start_notify" && e["uuid"] == uuid16(0x2A35),
+                "subscription",
+            ),
+            at(&|e| e["event"] == "dropped_link", "dropped link"),
+        )
+    };
+    let (first_up, first_down) = window("device");
+    let (second_up, second_down) = window("device2");
+    assert!(
+        first_up.max(second_up) < first_down.min(second_down),
+        "the sessions did not overlap: first {first_up}..{first_down}, second {second_up}..{second_down}\n{}",
+        report()
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; sessions overlapped {} ms; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        first_down.min(second_down) - first_up.max(second_up),
+        boot.out("stages")
+    );
+}
+
+#[test]
 fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_readings_held() {
     let started = Instant::now();
     // The guest's kernel was never synchronised by NTP (adjtimex says STA_UNSYNC), so `ntp` does not
@@ -552,8 +759,20 @@ fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_r
     let status: serde_json::Value =
         serde_json::from_str(&boot.out("status.json")).expect("status.json");
     assert_eq!(status["outbox"]["held_for_clock"], expected, "{status}");
-    // Held, not published: they wait for a trusted clock (README, Time).
-    std::thread::sleep(Duration::from_secs(1));
+    // Held, not published: they wait for a trusted clock (README, Time). The daemon's last message,
+    // its offline status on the same connection, says that everything it sent has arrived.
+    assert_eq!(boot.out("daemon.exit").trim(), "0", "{}", report());
+    assert!(
+        wait_until(Duration::from_secs(10), || scenario
+            .subscriber
+            .messages()
+            .iter()
+            .any(
+                |m| m.topic.ends_with("/status") && m.json()["state"] == "offline"
+            )),
+        "no offline status after SIGTERM:\n{}",
+        report()
+    );
     assert_eq!(scenario.readings(), Vec::<serde_json::Value>::new());
     let devices: serde_json::Value =
         serde_json::from_str(&boot.out("devices.json")).expect("devices.json");

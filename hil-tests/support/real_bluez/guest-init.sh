@@ -1,8 +1,8 @@
 #!/bin/sh
 # The real-BlueZ rig's PID 1, after the image's /sbin/rig-init mounted the test's share on /share: brings
-# up the Bluetooth stack (hci_vhci, two btvirt controllers, dbus, bluetoothd) and the network to the host,
-# runs /share/scenario.sh, and ends the VM with its exit code through qemu's isa-debug-exit port. Logs go
-# to /share/out for the test's failure messages.
+# up the Bluetooth stack (hci_vhci, two or three btvirt controllers, dbus, bluetoothd) and the network to
+# the host, runs /share/scenario.sh, and ends the VM with its exit code through qemu's isa-debug-exit
+# port. Logs go to /share/out for the test's failure messages.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 out=/share/out
 mkdir -p $out
@@ -50,9 +50,12 @@ dbus-daemon --system --fork || finish 122
 
 # Both controllers are ready when the kernel lists them to management clients: it does so once their
 # setup (HCI Reset and the rest) succeeded. hci1 must be btvirt's second controller, the device's.
+# A scenario with two devices asks for a third controller (hci2) in /share/controllers.
+controllers=$(cat /share/controllers 2>/dev/null || echo 2)
 controllers_ready() {
   timeout 5 btmgmt info > /tmp/controllers 2>&1 && grep -q '^hci0:' /tmp/controllers \
-    && grep -A1 '^hci1:' /tmp/controllers | grep -q 'addr 00:AA:01:01:00:01'
+    && grep -A1 '^hci1:' /tmp/controllers | grep -q 'addr 00:AA:01:01:00:01' \
+    && { [ "$controllers" = 2 ] || grep -A1 '^hci2:' /tmp/controllers | grep -q 'addr 00:AA:01:02:00:02'; }
 }
 no_controllers() {
   [ -z "$(ls /sys/class/bluetooth)" ]
@@ -61,7 +64,7 @@ no_controllers() {
 # and that controller is never set up; a new btvirt starts again with fresh controllers, once the old
 # ones are gone (else the new ones take other numbers).
 for attempt in 1 2 3; do
-  btvirt -L -l2 >> $out/btvirt.log 2>&1 &
+  btvirt -L -l"$controllers" >> $out/btvirt.log 2>&1 &
   btvirt_pid=$!
   wait_for 15 controllers_ready && break
   echo "attempt $attempt: btvirt's controllers did not come up: $(cat /tmp/controllers)" >> $out/rig.log
@@ -75,15 +78,17 @@ stage controllers
 /usr/libexec/bluetooth/bluetoothd -n -d > $out/bluetoothd.log 2>&1 &
 adapters_on_bus() {
   dbus-send --system --print-reply --dest=org.bluez / org.freedesktop.DBus.ObjectManager.GetManagedObjects \
-    > /tmp/objects 2>/dev/null && grep -q '"/org/bluez/hci0"' /tmp/objects && grep -q '"/org/bluez/hci1"' /tmp/objects
+    > /tmp/objects 2>/dev/null && grep -q '"/org/bluez/hci0"' /tmp/objects && grep -q '"/org/bluez/hci1"' /tmp/objects \
+    && { [ "$controllers" = 2 ] || grep -q '"/org/bluez/hci2"' /tmp/objects; }
 }
-wait_for 20 adapters_on_bus || { echo "bluetoothd did not show both adapters" >> $out/rig.log; finish 124; }
-# bluetoothd powers the adapters on by itself (AutoEnable); the scenario starts once both are on.
+wait_for 20 adapters_on_bus || { echo "bluetoothd did not show every adapter" >> $out/rig.log; finish 124; }
+# bluetoothd powers the adapters on by itself (AutoEnable); the scenario starts once all are on.
 powered() {
   dbus-send --system --print-reply --dest=org.bluez /org/bluez/$1 org.freedesktop.DBus.Properties.Get \
     string:org.bluez.Adapter1 string:Powered 2>/dev/null | grep -q 'boolean true'
 }
-wait_for 20 powered hci0 && wait_for 20 powered hci1 || { echo "the adapters were not powered on" >> $out/rig.log; finish 124; }
+wait_for 20 powered hci0 && wait_for 20 powered hci1 \
+  && { [ "$controllers" = 2 ] || wait_for 20 powered hci2; } || { echo "the adapters were not powered on" >> $out/rig.log; finish 124; }
 stage bluetooth
 
 cd /share || finish 125

@@ -11,15 +11,19 @@ vitalsd() {
   /share/bin/vitalsd "$cmd" --config /share/vitalsd.toml "$@"
 }
 
-# Starts the simulated device with /share/device.json; its events go to out/device.jsonl.
+# Starts the simulated device with /share/device.json, or /share/$1.json; its events go where that
+# file says (out/device.jsonl for the first).
 start_device() {
-  /share/bin/ble-peripheral /share/device.json > $out/device.log 2>&1 &
-  device_pid=$!
+  name=${1:-device}
+  /share/bin/ble-peripheral /share/$name.json > $out/$name.log 2>&1 &
+  eval "${name}_pid=\$!"
 }
 
-# Starts `vitalsd run`, logging to out/daemon.log.
+# Starts `vitalsd run`, logging to out/daemon.log. The binary is started itself, not through the
+# `vitalsd` function: a function in the background runs in a subshell, and $! would be the subshell's,
+# which a SIGTERM ends while the daemon runs on.
 start_daemon() {
-  vitalsd run 2>> $out/daemon.log &
+  /share/bin/vitalsd run --config /share/vitalsd.toml 2>> $out/daemon.log &
   daemon_pid=$!
 }
 
@@ -30,9 +34,9 @@ stop_daemon() {
   echo $? > $out/daemon.exit
 }
 
-# Whether the device reported an event named $1.
+# Whether the device reported an event named $1 (in out/$2.jsonl, out/device.jsonl without $2).
 device_said() {
-  grep -q "\"event\":\"$1\"" $out/device.jsonl 2>/dev/null
+  grep -q "\"event\":\"$1\"" $out/${2:-device}.jsonl 2>/dev/null
 }
 
 # Whether the broker acknowledged at least $1 readings; the status is kept in out/status.json.
@@ -59,4 +63,29 @@ wait_for() {
 
 stage() {
   echo "$(cut -d' ' -f1 /proc/uptime) $*" >> $out/stages
+}
+
+# Whether the adapter $1 (hci0, hci1) is powered, as bluetoothd reports it.
+adapter_powered() {
+  dbus-send --system --print-reply --dest=org.bluez /org/bluez/$1 org.freedesktop.DBus.Properties.Get \
+    string:org.bluez.Adapter1 string:Powered 2>/dev/null | grep -q 'boolean true'
+}
+
+adapter_unpowered() {
+  dbus-send --system --print-reply --dest=org.bluez /org/bluez/$1 org.freedesktop.DBus.Properties.Get \
+    string:org.bluez.Adapter1 string:Powered 2>/dev/null | grep -q 'boolean false'
+}
+
+bluetoothd_gone() {
+  ! pidof bluetoothd > /dev/null
+}
+
+# Stops bluetoothd as systemd would (SIGTERM) and starts it again, as on a package upgrade or a crash
+# that systemd restarts; waits until both adapters are powered on the new one.
+restart_bluetoothd() {
+  kill -TERM $(pidof bluetoothd) || return 1
+  wait_for 20 bluetoothd_gone || return 1
+  echo "--- restarted" >> $out/bluetoothd.log
+  /usr/libexec/bluetooth/bluetoothd -n -d >> $out/bluetoothd.log 2>&1 &
+  wait_for 30 adapter_powered hci0 && wait_for 30 adapter_powered hci1
 }

@@ -28,14 +28,20 @@ pub const HUB_ADAPTER: &str = "hci0";
 pub const DEVICE_ADAPTER: &str = "hci1";
 /// btvirt's public address of hci1, where the simulated device lives.
 pub const DEVICE_ADDRESS: &str = "00:AA:01:01:00:01";
+/// The third controller, for scenarios with a second device (`Guest::third_controller`).
+pub const SECOND_DEVICE_ADAPTER: &str = "hci2";
+pub const SECOND_DEVICE_ADDRESS: &str = "00:AA:01:02:00:02";
 
 /// Exit codes the guest's init uses for its own failures (`guest-init.sh`), above any scenario's.
 const RIG_FAILURES: [(i32, &str); 6] = [
     (120, "a kernel module (hci_vhci, virtio_net) did not load"),
     (121, "the guest's network did not come up"),
     (122, "dbus-daemon did not start"),
-    (123, "btvirt's two controllers did not come up, three times"),
-    (124, "bluetoothd did not show both adapters on D-Bus"),
+    (123, "btvirt's controllers did not come up, three times"),
+    (
+        124,
+        "bluetoothd did not show every adapter on D-Bus, powered",
+    ),
     (125, "the 9p share could not be mounted"),
 ];
 
@@ -322,6 +328,11 @@ impl Guest {
         self.share.as_ref().expect("the share").path()
     }
 
+    /// Gives the guest a third controller, hci2, for a second device.
+    pub fn third_controller(&self) {
+        self.write("controllers", "3");
+    }
+
     /// Writes a file into the share; the guest sees it as `/share/NAME`.
     pub fn write(&self, name: &str, contents: &str) {
         std::fs::write(self.path().join(name), contents).expect("write into the share");
@@ -423,12 +434,16 @@ impl Boot {
             ),
         };
         format!(
-            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}\n\
+            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}{}\n\
              --- daemon.log (end)\n{}\n--- bluetoothd.log (end)\n{}\n--- console (end)\n{}\n--- qemu\n{}",
             self.out("stages"),
             self.out("rig.log"),
             tail(self.out("scenario.log"), 60),
             self.out("device.jsonl"),
+            match self.out("device2.jsonl") {
+                none if none.is_empty() => none,
+                second => format!("--- second device's events\n{second}"),
+            },
             tail(self.out("daemon.log"), 60),
             tail(self.out("bluetoothd.log"), 60),
             tail(self.out("console.log"), 20),
@@ -438,7 +453,12 @@ impl Boot {
 
     /// The device's events (`device.jsonl`), in order.
     pub fn device_events(&self) -> Vec<serde_json::Value> {
-        self.out("device.jsonl")
+        self.events_of("device")
+    }
+
+    /// The events of the device whose events file is `out/NAME.jsonl`, in order.
+    pub fn events_of(&self, name: &str) -> Vec<serde_json::Value> {
+        self.out(&format!("{name}.jsonl"))
             .lines()
             .map(|line| serde_json::from_str(line).expect("device events are JSON lines"))
             .collect()
