@@ -516,6 +516,8 @@ fn a_device_that_lost_its_bond_is_reported_its_stale_bond_removed_and_re_pairing
     let rig = BleRig::new();
     rig.sim.add_device(CUFF, devices::and_cuff());
     rig.pair(CUFF);
+    // As real BlueZ 5.66 reports it: every link aborts ("le-connection-abort-by-local") and nothing
+    // names the key; the hub concludes a lost bond from three such links in a row.
     rig.sim.device(CUFF, |cuff| cuff.bond_lost_on_device = true);
     let _daemon = rig.start();
     assert!(
@@ -534,6 +536,8 @@ fn a_device_that_lost_its_bond_is_reported_its_stale_bond_removed_and_re_pairing
         "{:?}",
         rig.sim.calls()
     );
+    let attempts = rig.sim.device(CUFF, |cuff| cuff.connect_attempts);
+    assert!(attempts >= 3, "concluded after {attempts} aborted links");
     let human = rig.vitalsd(&["devices"]);
     assert!(String::from_utf8_lossy(&human.stdout).contains("NEEDS RE-PAIRING"));
 
@@ -579,6 +583,152 @@ fn passkey_pairing_needs_the_passkey_the_device_shows() {
     assert!(writes
         .iter()
         .any(|(uuid, value)| *uuid == uuid16(0x2A2B) && value.len() == 10));
+}
+
+/// What a `vitalsd` command printed, both streams.
+fn said(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn a_bonded_cuff_that_sends_before_the_hub_subscribes_again_loses_no_record() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(2));
+    rig.pair(CUFF);
+    let _daemon = rig.start();
+    rig.wait_for_readings(CUFF, 2, Duration::from_secs(30));
+
+    // BlueZ holds the daemon's subscription for the bonded cuff and enables indications itself as soon
+    // as the next link is up: the cuff sends these before the hub's session has discovered anything or
+    // subscribed, while `Connect` is still under way.
+    let later: Vec<Vec<u8>> = (0..3)
+        .map(|i| blood_pressure_record(130 + i, 85, 100, 70, date_time(2024, 3, 16, 9, i as u8, 0)))
+        .collect();
+    rig.sim.store_records(CUFF, 0x2A35, &later);
+    let readings = rig.wait_for_readings(CUFF, 5, Duration::from_secs(30));
+    assert_eq!(readings.len(), 5, "nothing duplicated");
+    let calls = rig.sim.device(CUFF, |cuff| cuff.calls.clone());
+    assert!(
+        calls.contains(&format!("CCC enabled by BlueZ {}", uuid16(0x2A35))),
+        "the records did not come on BlueZ's own re-subscription: {calls:?}"
+    );
+    assert!(
+        rig.sim
+            .device(CUFF, |cuff| cuff.stored[&uuid16(0x2A35)].is_empty()),
+        "the cuff still holds records"
+    );
+}
+
+#[test]
+fn a_first_pairing_the_device_declines_is_reported_as_a_failed_authentication_not_a_lost_bond() {
+    let rig = BleRig::new();
+    let mut cuff = devices::and_cuff();
+    cuff.declines_pairing = true;
+    rig.sim.add_device(CUFF, cuff);
+    let output = rig.vitalsd(&["pair", CUFF]);
+    let said = said(&output);
+    assert!(!output.status.success(), "{said}");
+    // BlueZ 5.66 says AuthenticationFailed, as for a device that forgot its bond; there was none.
+    assert!(
+        !said.contains("bond"),
+        "a first pairing has no bond to lose: {said}"
+    );
+    assert!(
+        said.contains("authentication"),
+        "the failure is named: {said}"
+    );
+    assert!(rig.sim.calls().contains(&format!("Pair {CUFF}")));
+    assert_eq!(rig.devices_json()["devices"], serde_json::json!([]));
+}
+
+#[test]
+fn a_device_showing_a_new_passkey_for_each_pairing_refuses_one_learnt_from_an_earlier_attempt() {
+    let rig = BleRig::new();
+    rig.sim
+        .add_device(OMRON, devices::omron_cuff_showing_random_passkeys());
+    let first = rig.vitalsd(&["pair", OMRON, "--passkey", "000000"]);
+    assert!(
+        !first.status.success(),
+        "the cuff picked 000000 (one chance in a million): {}",
+        said(&first)
+    );
+    let shown = rig
+        .sim
+        .device(OMRON, |cuff| cuff.shown_passkey)
+        .expect("the cuff showed a passkey");
+    // The passkey the cuff showed last time is no good now: a passkey given before pairing starts can
+    // only pair a device whose passkey is fixed.
+    let second = rig.vitalsd(&["pair", OMRON, "--passkey", &format!("{shown:06}")]);
+    let said = said(&second);
+    assert!(!second.status.success(), "{said}");
+    assert!(
+        said.contains("authentication") && !said.contains("bond"),
+        "a wrong passkey is a failed authentication: {said}"
+    );
+    let now_shown = rig.sim.device(OMRON, |cuff| cuff.shown_passkey);
+    assert!(now_shown.is_some() && now_shown != Some(shown));
+    assert!(!rig.sim.device(OMRON, |cuff| cuff.paired));
+}
+
+#[test]
+fn the_hubs_own_battery_reads_and_subscription_are_not_taken_for_readings() {
+    let rig = BleRig::new();
+    rig.sim.add_device(OMRON, devices::omron_cuff(123_456));
+    rig.sim.store_records(OMRON, 0x2A35, &cuff_records(2));
+    let paired = rig.vitalsd(&["pair", OMRON, "--passkey", "123456"]);
+    assert!(paired.status.success(), "{}", said(&paired));
+    let _daemon = rig.start();
+    rig.wait_for_readings(OMRON, 2, Duration::from_secs(30));
+    // bluetoothd's battery plugin read Battery Level and subscribed to it on this link; every read the
+    // session made came back as a `Value` signal too. A battery notification goes to the plugin only.
+    assert!(rig.sim.notify(OMRON, 0x2A19, &[55]));
+    // A live measurement is the sentinel: anything the battery traffic produced would come before it.
+    let live = blood_pressure_record(128, 84, 99, 71, date_time(2024, 3, 15, 10, 0, 0));
+    assert!(rig.sim.notify(OMRON, 0x2A35, &live));
+    let readings = rig.wait_for_readings(OMRON, 3, Duration::from_secs(30));
+    assert_eq!(readings.len(), 3);
+    assert_eq!(rig.subscriber.readings().len(), 3, "{readings:#?}");
+    let battery_reads = rig.sim.device(OMRON, |cuff| {
+        cuff.reads
+            .iter()
+            .filter(|uuid| **uuid == uuid16(0x2A19))
+            .count()
+    });
+    assert!(
+        battery_reads >= 2,
+        "the plugin's read and the session's: {battery_reads}"
+    );
+    assert_eq!(rig.devices_json()["devices"][0]["battery_percent"], 90);
+}
+
+#[test]
+fn a_bonded_device_whose_link_aborts_twice_keeps_its_bond() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(2));
+    rig.pair(CUFF);
+    // Two links aborted while being set up (the cuff walked off mid-connect): BlueZ 5.66 says
+    // "le-connection-abort-by-local", exactly as for a device that forgot its bond.
+    rig.sim.device(CUFF, |cuff| cuff.links_to_abort = 2);
+    let _daemon = rig.start();
+    rig.wait_for_readings(CUFF, 2, Duration::from_secs(40));
+    assert!(rig
+        .sim
+        .device(CUFF, |cuff| cuff.connect_attempts >= 3 && cuff.paired));
+    assert!(
+        !rig.sim
+            .calls()
+            .iter()
+            .any(|call| call.starts_with("RemoveDevice")),
+        "{:?}",
+        rig.sim.calls()
+    );
+    assert_eq!(rig.devices_json()["devices"][0]["needs_repairing"], false);
 }
 
 #[test]

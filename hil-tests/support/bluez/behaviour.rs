@@ -18,46 +18,78 @@ pub fn on_subscribed(
     address: String,
     uuid: String,
 ) {
-    if !BURST_CHARACTERISTICS
-        .iter()
-        .any(|short| uuid16(*short) == uuid)
-    {
+    if !sends_stored_records(&uuid) {
         return;
     }
     // The burst starts without waiting for anything, as A&D cuffs do: the first record may well reach
     // the bus before the hub has the StartNotify reply.
-    tokio::spawn(async move {
-        let (records, drop_after, behaviour) = {
-            let mut state = state.lock().unwrap();
-            let device = state.devices.get_mut(&address).unwrap();
-            (
-                device.stored.get(&uuid).cloned().unwrap_or_default(),
-                device.drop_link_after.take(),
-                device.behaviour.clone(),
-            )
-        };
-        for (index, record) in records.iter().enumerate() {
-            if drop_after == Some(index) {
-                super::set_connected(&connection, &state, &address, false).await;
-                return;
-            }
-            if !super::notify(&connection, &state, &address, &uuid, record).await {
-                return;
-            }
-        }
-        {
-            let mut state = state.lock().unwrap();
-            let device = state.devices.get_mut(&address).unwrap();
-            if let Some(stored) = device.stored.get_mut(&uuid) {
-                stored.drain(..records.len().min(stored.len()));
-            }
-        }
-        if matches!(behaviour, Behaviour::AndCuff | Behaviour::Scale) {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            super::set_connected(&connection, &state, &address, false).await;
-        }
-    });
+    tokio::spawn(async move { send_stored_records(&connection, &state, &address, &uuid).await });
 }
+
+/// Whether a device sends its stored records as soon as indications on this characteristic are enabled.
+pub fn sends_stored_records(uuid: &str) -> bool {
+    BURST_CHARACTERISTICS
+        .iter()
+        .any(|short| uuid16(*short) == uuid)
+}
+
+/// Sends the stored records of one characteristic, in order; then a device that leaves after its burst
+/// drops the link a little later, in the background, so a caller that waits for this is not held up.
+pub async fn send_stored_records(
+    connection: &Connection,
+    state: &Arc<Mutex<SimState>>,
+    address: &str,
+    uuid: &str,
+) {
+    let (records, drop_after, behaviour) = {
+        let mut state = state.lock().unwrap();
+        let device = state.devices.get_mut(address).unwrap();
+        (
+            device.stored.get(uuid).cloned().unwrap_or_default(),
+            device.drop_link_after.take(),
+            device.behaviour.clone(),
+        )
+    };
+    for (index, record) in records.iter().enumerate() {
+        if drop_after == Some(index) {
+            super::drop_link(connection, state, address).await;
+            return;
+        }
+        if !super::notify(connection, state, address, uuid, record).await {
+            return;
+        }
+    }
+    {
+        let mut state = state.lock().unwrap();
+        let device = state.devices.get_mut(address).unwrap();
+        if let Some(stored) = device.stored.get_mut(uuid) {
+            stored.drain(..records.len().min(stored.len()));
+        }
+    }
+    if matches!(behaviour, Behaviour::AndCuff | Behaviour::Scale) {
+        let connection = connection.clone();
+        let state = state.clone();
+        let address = address.to_string();
+        tokio::spawn(async move {
+            // A burst that BlueZ's own re-subscription started comes before the hub has done anything on
+            // the link; the device stays while the hub sets it up (reads, the clock write, up to its own
+            // subscription), for a few seconds at most, then hangs up as after any burst.
+            let deadline = tokio::time::Instant::now() + HUB_SETUP_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                let waiting = state.lock().unwrap().devices[&address].awaiting_hub_setup;
+                if !waiting {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            super::drop_link(&connection, &state, &address).await;
+        });
+    }
+}
+
+/// How long a device whose burst came on BlueZ's re-subscription waits for the hub's own subscription.
+const HUB_SETUP_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn on_write(
     connection: &Connection,

@@ -106,6 +106,15 @@ pub fn omron_cuff(passkey: u32) -> DeviceState {
     device
 }
 
+/// The same cuff with a display as real ones have: its kernel picks a new random passkey for each pairing
+/// and shows it (`DeviceState::shown_passkey`), so no passkey can be known before pairing starts.
+pub fn omron_cuff_showing_random_passkeys() -> DeviceState {
+    let mut device = omron_cuff(0);
+    device.passkey = None;
+    device.random_passkey = true;
+    device
+}
+
 /// A pulse oximeter with spot-check and continuous characteristics and a Current Time Service.
 pub fn oximeter() -> DeviceState {
     let mut device = DeviceState::new("Nonin3230_501234567", Behaviour::Oximeter);

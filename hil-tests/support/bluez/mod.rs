@@ -28,7 +28,8 @@ pub struct BluezSim {
     address: String,
     state: Arc<Mutex<SimState>>,
     connection: Mutex<Option<Connection>>,
-    advertiser: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The advertising ticker and the watcher of clients leaving the bus, ended with bluetoothd.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl BluezSim {
@@ -60,7 +61,7 @@ impl BluezSim {
             address,
             state,
             connection: Mutex::new(None),
-            advertiser: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         };
         sim.bring_up();
         sim
@@ -96,7 +97,16 @@ impl BluezSim {
                 .build()
                 .await
                 .unwrap();
-            let addresses: Vec<String> = state.lock().unwrap().devices.keys().cloned().collect();
+            // A starting bluetoothd knows the devices it holds bonds for; the others appear when a scan
+            // hears them again.
+            let addresses: Vec<String> = state
+                .lock()
+                .unwrap()
+                .devices
+                .iter()
+                .filter(|(_, device)| device.paired)
+                .map(|(address, _)| address.clone())
+                .collect();
             for address in addresses {
                 export_device(&connection, &state, &address).await;
             }
@@ -105,15 +115,22 @@ impl BluezSim {
         });
         *self.connection.lock().unwrap() = Some(connection.clone());
         let state = self.state.clone();
+        let watcher = self
+            .runtime
+            .spawn(watch_clients(connection.clone(), state.clone()));
         let ticker = self.runtime.spawn(async move {
-            let mut tick = 0i16;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                tick += 1;
-                advertise(&connection, &state, tick).await;
+                advertise(&connection, &state).await;
             }
         });
-        *self.advertiser.lock().unwrap() = Some(ticker);
+        *self.tasks.lock().unwrap() = vec![ticker, watcher];
+    }
+
+    fn stop_tasks(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
     }
 
     fn connection(&self) -> Connection {
@@ -177,12 +194,18 @@ impl BluezSim {
         ))
     }
 
-    /// Replaces a device's advertised service data (Xiaomi scales put their measurement there).
+    /// Replaces a device's advertised service data (Xiaomi scales put their measurement there). While
+    /// the hub scans, BlueZ reports it with the next advert it hears; while nothing scans, the device is
+    /// taken to have been heard with it by an earlier scan (BlueZ keeps what it heard last).
     pub fn advertise_service_data(&self, address: &str, service: u16, data: &[u8]) {
-        self.device(address, |device| {
+        self.with(|state| {
+            let discovering = state.discovering;
+            let device = state.devices.get_mut(address).expect("no such device");
             device.service_data.insert(uuid16(service), data.to_vec());
+            if !discovering {
+                device.reported_service_data = device.service_data.clone();
+            }
         });
-        self.emit_device(address, "ServiceData");
     }
 
     pub fn set_in_range(&self, address: &str, in_range: bool) {
@@ -204,7 +227,8 @@ impl BluezSim {
             state.powered = powered;
             state.power_locked_off = !powered;
             if !powered {
-                state.discovering = false;
+                // BlueZ frees every discovery client with its filter: a scanner must set both again.
+                state.end_discovery();
             }
             state
                 .devices
@@ -239,19 +263,21 @@ impl BluezSim {
     /// Simulates a bluetoothd restart: the `org.bluez` owner goes away with all its objects, and a new
     /// owner with a new unique name comes back with the adapter and the devices it knows.
     pub fn restart_bluetoothd(&self, down_for: Duration) {
-        if let Some(ticker) = self.advertiser.lock().unwrap().take() {
-            ticker.abort();
-        }
+        self.stop_tasks();
         let old = self.connection.lock().unwrap().take();
         self.with(|state| {
-            state.discovering = false;
+            state.end_discovery();
             state.agent = None;
             for device in state.devices.values_mut() {
                 device.connected = false;
                 device.services_resolved = false;
                 device.exported = false;
                 device.char_paths.clear();
+                // Subscriptions live in bluetoothd's memory only.
                 device.notifying.clear();
+                device.subscriber = None;
+                device.battery_plugin_subscribed = false;
+                device.awaiting_hub_setup = false;
             }
         });
         if let Some(old) = old {
@@ -281,9 +307,7 @@ impl BluezSim {
 
 impl Drop for BluezSim {
     fn drop(&mut self) {
-        if let Some(ticker) = self.advertiser.lock().unwrap().take() {
-            ticker.abort();
-        }
+        self.stop_tasks();
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.bus_pid),
             nix::sys::signal::Signal::SIGTERM,
@@ -291,25 +315,100 @@ impl Drop for BluezSim {
     }
 }
 
-/// Bumps the RSSI of every advertising device so btleplug sees adverts while the hub scans.
-async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>, tick: i16) {
-    let advertising: Vec<String> = {
+/// One round of adverts from every device in range that is not connected, reported as BlueZ 5.66 does
+/// while the adapter scans. With a filtered discovery (every discovering client set a filter, as btleplug
+/// does) each report signals `RSSI`, even unchanged; without one only a change of 8 dBm or more does, so a
+/// device that keeps advertising is not seen again. Service and manufacturer data are signalled on every
+/// report when a client asked for duplicate data, else only when they change. A device BlueZ has no
+/// object for (not bonded, not heard since bluetoothd started) appears with its first advert.
+async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>) {
+    let mut heard: Vec<(String, bool, Vec<&'static str>)> = Vec::new();
+    {
         let mut state = state.lock().unwrap();
         if !state.discovering || !state.powered {
             return;
         }
-        state
-            .devices
-            .iter_mut()
-            .filter(|(_, device)| device.in_range && device.exported && !device.connected)
-            .map(|(address, device)| {
-                device.rssi = -60 - (tick % 2);
-                address.clone()
-            })
-            .collect()
+        let filtered = state.filtered_discovery();
+        let duplicate = state.duplicate_data();
+        for (address, device) in state.devices.iter_mut() {
+            if !device.in_range || device.connected {
+                continue;
+            }
+            let mut signals = Vec::new();
+            if filtered || (device.rssi - device.reported_rssi).abs() >= 8 {
+                device.reported_rssi = device.rssi;
+                signals.push("RSSI");
+            }
+            let changed = device.service_data != device.reported_service_data;
+            if changed || (duplicate && !device.service_data.is_empty()) {
+                device.reported_service_data = device.service_data.clone();
+                signals.push("ServiceData");
+            }
+            let changed = device.manufacturer_data != device.reported_manufacturer_data;
+            if changed || (duplicate && !device.manufacturer_data.is_empty()) {
+                device.reported_manufacturer_data = device.manufacturer_data.clone();
+                signals.push("ManufacturerData");
+            }
+            heard.push((address.clone(), device.exported, signals));
+        }
+    }
+    for (address, exported, signals) in heard {
+        if !exported {
+            export_device(connection, state, &address).await;
+            continue;
+        }
+        for signal in signals {
+            emit_device_property(connection, &address, signal).await;
+        }
+    }
+}
+
+/// What BlueZ does when a client leaves the bus: it drops the client's agent, discovery (with its
+/// filter) and notification subscriptions.
+async fn watch_clients(connection: Connection, state: Arc<Mutex<SimState>>) {
+    use futures_util::StreamExt;
+    let Ok(dbus) = zbus::fdo::DBusProxy::new(&connection).await else {
+        return;
     };
-    for address in advertising {
-        emit_device_property(connection, &address, "RSSI").await;
+    let Ok(mut changes) = dbus.receive_name_owner_changed().await else {
+        return;
+    };
+    while let Some(change) = changes.next().await {
+        let Ok(args) = change.args() else { continue };
+        if args.new_owner().is_some() {
+            continue;
+        }
+        let gone = args.name().to_string();
+        let stopped = {
+            let mut state = state.lock().unwrap();
+            if state
+                .agent
+                .as_ref()
+                .is_some_and(|(owner, _, _)| *owner == gone)
+            {
+                state.agent = None;
+            }
+            for device in state.devices.values_mut() {
+                if device.subscriber.as_deref() == Some(gone.as_str()) {
+                    device.notifying.clear();
+                    device.subscriber = None;
+                }
+            }
+            state.stop_discovery_of(&gone)
+        };
+        if stopped {
+            if let Ok(adapter) = connection
+                .object_server()
+                .interface::<_, Adapter>(ADAPTER_PATH)
+                .await
+            {
+                let _ = adapter
+                    .get()
+                    .await
+                    .discovering_changed(adapter.signal_emitter())
+                    .await;
+            }
+        }
     }
 }
 
@@ -325,6 +424,10 @@ pub(crate) async fn export_device(
             return;
         }
         device.exported = true;
+        // The object comes with what was heard in the advert that made it.
+        device.reported_rssi = device.rssi;
+        device.reported_service_data = device.service_data.clone();
+        device.reported_manufacturer_data = device.manufacturer_data.clone();
     }
     let _ = connection
         .object_server()
@@ -366,11 +469,7 @@ pub(crate) async fn unexport_device(
     let _ = server
         .remove::<Device, _>(device_path(address).as_str())
         .await;
-    // A device still in range is found again by the next scan, unpaired.
-    let in_range = state.lock().unwrap().devices[address].in_range;
-    if in_range {
-        export_device(connection, state, address).await;
-    }
+    // A device still in range is found again, unpaired, by the next scan that hears it (`advertise`).
 }
 
 /// Exports the GATT objects of a device the first time it connects (BlueZ keeps them afterwards).
@@ -439,32 +538,112 @@ pub(crate) async fn set_connected(
     address: &str,
     connected: bool,
 ) {
+    if connected {
+        connect(connection, state, address).await;
+    } else {
+        drop_link(connection, state, address).await;
+    }
+}
+
+/// Drops the link (from either side).
+pub(crate) async fn drop_link(
+    connection: &Connection,
+    state: &Arc<Mutex<SimState>>,
+    address: &str,
+) {
     {
         let mut state = state.lock().unwrap();
         let Some(device) = state.devices.get_mut(address) else {
             return;
         };
-        if device.connected == connected {
+        if !device.connected {
             return;
         }
-        device.connected = connected;
+        device.connected = false;
         device.services_resolved = false;
-        if !connected {
+        device.battery_plugin_subscribed = false;
+        device.awaiting_hub_setup = false;
+        // BlueZ keeps a bonded device's subscriptions for the next link; others end with this one.
+        if !device.paired {
             device.notifying.clear();
+            device.subscriber = None;
         }
     }
     emit_device_property(connection, address, "Connected").await;
-    if connected {
-        export_gatt(connection, state, address).await;
+    emit_device_property(connection, address, "ServicesResolved").await;
+}
+
+/// Brings the link up: `Connected`, the GATT objects, what BlueZ does by itself on a new link, then
+/// `ServicesResolved`.
+async fn connect(connection: &Connection, state: &Arc<Mutex<SimState>>, address: &str) {
+    {
+        let mut state = state.lock().unwrap();
+        let Some(device) = state.devices.get_mut(address) else {
+            return;
+        };
+        if device.connected {
+            return;
+        }
+        device.connected = true;
+        device.services_resolved = false;
+    }
+    emit_device_property(connection, address, "Connected").await;
+    export_gatt(connection, state, address).await;
+    let resubscribed: Vec<String> = {
+        let mut state = state.lock().unwrap();
+        let device = state.devices.get_mut(address).unwrap();
+        // The hub's battery plugin reads Battery Level on every link and subscribes to it itself;
+        // neither reaches a D-Bus client (no `Value` signal).
+        let battery = uuid16(0x2A19);
+        if device.char_paths.contains_key(&battery) {
+            device.reads.push(battery);
+            device.battery_plugin_subscribed = true;
+        }
+        // For a bonded device BlueZ enables the subscriptions it holds again as soon as the link is
+        // up ("Re-register subscribed notification client"), before services are resolved and
+        // before the hub's code has done anything: a device that sends on "indications enabled"
+        // sends now.
+        let resubscribed: Vec<String> = if device.paired {
+            device.notifying.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        for uuid in &resubscribed {
+            device.calls.push(format!("CCC enabled by BlueZ {uuid}"));
+        }
+        device.awaiting_hub_setup = !resubscribed.is_empty();
+        resubscribed
+    };
+    for uuid in resubscribed {
+        if behaviour::sends_stored_records(&uuid) {
+            behaviour::send_stored_records(connection, state, address, &uuid).await;
+        }
+    }
+    {
+        let mut state = state.lock().unwrap();
+        let device = state.devices.get_mut(address).unwrap();
+        device.services_resolved = device.connected;
+    }
+    emit_device_property(connection, address, "ServicesResolved").await;
+}
+
+/// A link that comes up and is dropped at once, before `Connect` returns its error: the kernel's
+/// Device Connected and Disconnected both reach D-Bus.
+pub(crate) async fn flash_link(
+    connection: &Connection,
+    state: &Arc<Mutex<SimState>>,
+    address: &str,
+) {
+    for connected in [true, false] {
         state
             .lock()
             .unwrap()
             .devices
             .get_mut(address)
             .unwrap()
-            .services_resolved = true;
+            .connected = connected;
+        emit_device_property(connection, address, "Connected").await;
     }
-    emit_device_property(connection, address, "ServicesResolved").await;
 }
 
 /// Sends a characteristic value as a notification or indication: sets `Value` and signals it. Returns
@@ -481,8 +660,13 @@ pub(crate) async fn notify(
         let Some(device) = state.devices.get_mut(address) else {
             return false;
         };
-        if !device.connected || !device.notifying.contains(uuid) {
+        if !device.connected {
             return false;
+        }
+        if !device.notifying.contains(uuid) {
+            // Battery Level goes to the hub's battery plugin, never to a D-Bus client that did not
+            // subscribe itself.
+            return uuid == uuid16(0x2A19) && device.battery_plugin_subscribed;
         }
         device
             .last_notified

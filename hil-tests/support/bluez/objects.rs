@@ -22,11 +22,21 @@ pub enum BluezError {
     NotPermitted(String),
     NotReady(String),
     AuthenticationFailed(String),
-    AuthenticationRejected(String),
     InProgress(String),
+    ConnectionAttemptFailed(String),
+    AlreadyExists(String),
     DoesNotExist(String),
     NotConnected(String),
     InvalidArguments(String),
+}
+
+fn authentication_failed() -> BluezError {
+    BluezError::AuthenticationFailed("Authentication Failed".into())
+}
+
+/// The unique bus name of a call's sender.
+fn sender(header: &zbus::message::Header<'_>) -> String {
+    header.sender().map(|s| s.to_string()).unwrap_or_default()
 }
 
 pub fn device_path(address: &str) -> String {
@@ -41,34 +51,72 @@ pub struct Adapter {
 impl Adapter {
     async fn start_discovery(
         &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), BluezError> {
-        {
+        let started = {
             let mut state = self.state.lock().unwrap();
             if !state.powered {
                 return Err(BluezError::NotReady("Resource Not Ready".into()));
             }
-            state.discovering = true;
             state.calls.push("StartDiscovery".into());
+            let client = sender(&header);
+            if state.discovery_clients.contains(&client) {
+                return Err(BluezError::InProgress(
+                    "Operation already in progress".into(),
+                ));
+            }
+            state.discovery_clients.insert(client);
+            let started = !state.discovering;
+            state.discovering = true;
+            started
+        };
+        if started {
+            let _ = self.discovering_changed(&emitter).await;
         }
-        let _ = self.discovering_changed(&emitter).await;
         Ok(())
     }
 
+    /// Stops this client's discovery; the adapter keeps discovering while another client does.
     async fn stop_discovery(
         &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), BluezError> {
-        self.state.lock().unwrap().discovering = false;
-        let _ = self.discovering_changed(&emitter).await;
+        let stopped = {
+            let mut state = self.state.lock().unwrap();
+            let client = sender(&header);
+            if !state.discovery_clients.contains(&client) {
+                return Err(BluezError::Failed("No discovery started".into()));
+            }
+            state.stop_discovery_of(&client)
+        };
+        if stopped {
+            let _ = self.discovering_changed(&emitter).await;
+        }
         Ok(())
     }
 
-    fn set_discovery_filter(&self, filter: HashMap<String, OwnedValue>) -> Result<(), BluezError> {
+    /// Sets the calling client's filter; an empty one clears it.
+    fn set_discovery_filter(
+        &self,
+        filter: HashMap<String, OwnedValue>,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BluezError> {
         let mut state = self.state.lock().unwrap();
         let mut keys: Vec<&String> = filter.keys().collect();
         keys.sort();
         state.calls.push(format!("SetDiscoveryFilter {keys:?}"));
+        let client = sender(&header);
+        if filter.is_empty() {
+            state.discovery_filters.remove(&client);
+        } else {
+            let duplicate_data = filter
+                .get("DuplicateData")
+                .and_then(|value| bool::try_from(value).ok())
+                .unwrap_or(false);
+            state.discovery_filters.insert(client, duplicate_data);
+        }
         Ok(())
     }
 
@@ -96,6 +144,10 @@ impl Adapter {
             device.trusted = false;
             device.connected = false;
             device.exported = false;
+            // BlueZ forgets the device with everything it held for it, subscriptions included.
+            device.notifying.clear();
+            device.subscriber = None;
+            device.battery_plugin_subscribed = false;
             address
         };
         super::unexport_device(connection, &self.state, &address).await;
@@ -176,7 +228,7 @@ impl AgentManager {
         capability: String,
         #[zbus(header)] header: zbus::message::Header<'_>,
     ) -> Result<(), BluezError> {
-        let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let sender = sender(&header);
         let mut state = self.state.lock().unwrap();
         state.calls.push(format!("RegisterAgent {capability}"));
         state.agent = Some((sender, agent.as_str().to_string(), capability));
@@ -213,26 +265,37 @@ impl Device {
 #[interface(name = "org.bluez.Device1")]
 impl Device {
     async fn connect(&self, #[zbus(connection)] connection: &Connection) -> Result<(), BluezError> {
-        let refusal = {
+        let (refusal, link_came_up) = {
             let mut state = self.state.lock().unwrap();
             state.calls.push(format!("Connect {}", self.address));
             let powered = state.powered;
             let device = state.devices.get_mut(&self.address).unwrap();
             device.connect_attempts += 1;
+            let aborted = || BluezError::Failed("le-connection-abort-by-local".into());
             if !powered {
-                Some(BluezError::NotReady("Resource Not Ready".into()))
+                (
+                    Some(BluezError::NotReady("Resource Not Ready".into())),
+                    false,
+                )
             } else if !device.in_range {
-                Some(BluezError::Failed("le-connection-abort-by-local".into()))
+                (Some(aborted()), false)
             } else if device.bond_lost_on_device && device.paired {
-                // The device forgot the bond: the link fails with HCI 0x06, which BlueZ reports this way.
-                Some(BluezError::Failed(
-                    "Connection refused: PIN or Key Missing".into(),
-                ))
+                // The device forgot the bond. BlueZ 5.66 brings the LE link up, asks for encryption with
+                // the bond's key, the device has none and the kernel drops the link ("authentication
+                // failure"); the ATT channel's connect gets "Permission denied", and `Connect` says no more
+                // than this, as for any other aborted link (never "PIN or Key Missing").
+                (Some(aborted()), true)
+            } else if device.links_to_abort > 0 {
+                device.links_to_abort -= 1;
+                (Some(aborted()), true)
             } else {
-                None
+                (None, false)
             }
         };
         if let Some(error) = refusal {
+            if link_came_up {
+                super::flash_link(connection, &self.state, &self.address).await;
+            }
             return Err(error);
         }
         super::set_connected(connection, &self.state, &self.address, true).await;
@@ -252,20 +315,34 @@ impl Device {
             let mut state = self.state.lock().unwrap();
             state.calls.push(format!("Pair {}", self.address));
             let agent = state.agent.clone();
-            let device = &state.devices[&self.address];
+            let device = state.devices.get_mut(&self.address).unwrap();
             if device.paired {
-                return Err(BluezError::Failed("Already Exists".into()));
+                return Err(BluezError::AlreadyExists("Already Exists".into()));
             }
             if !device.in_range {
-                return Err(BluezError::Failed("Page Timeout".into()));
+                return Err(BluezError::ConnectionAttemptFailed("Page Timeout".into()));
             }
-            (agent, device.passkey)
+            if device.declines_pairing {
+                // Real BlueZ 5.66: every SMP failure, a device that declines included, ends the bonding
+                // with the kernel's "authentication failure", the same error as a device that lost its
+                // bond; only whether a bond existed tells them apart.
+                return Err(authentication_failed());
+            }
+            let passkey = if device.random_passkey {
+                // The device's kernel picks the passkey when pairing starts, and never the same twice
+                // in a row here, so a passkey learnt from an earlier attempt is always wrong.
+                let previous = device.shown_passkey;
+                device.shown_passkey = std::iter::repeat_with(|| fastrand::u32(0..1_000_000))
+                    .find(|passkey| Some(*passkey) != previous);
+                device.shown_passkey
+            } else {
+                device.passkey
+            };
+            (agent, passkey)
         };
         let Some((sender, agent_path, _capability)) = agent else {
             // BlueZ 5.72 and later refuse to pair without an agent, even for Just Works.
-            return Err(BluezError::AuthenticationFailed(
-                "Authentication Failed".into(),
-            ));
+            return Err(authentication_failed());
         };
         let device_path = ObjectPath::try_from(device_path(&self.address)).unwrap();
         let proxy = zbus::Proxy::new(
@@ -280,18 +357,11 @@ impl Device {
             Some(expected) => {
                 let reply: Result<u32, zbus::Error> =
                     proxy.call("RequestPasskey", &(&device_path,)).await;
+                // A wrong passkey and an agent that gives none both fail SMP: the kernel reports an
+                // authentication failure either way.
                 match reply {
                     Ok(given) if given == expected => {}
-                    Ok(_) => {
-                        return Err(BluezError::AuthenticationFailed(
-                            "Authentication Failed".into(),
-                        ))
-                    }
-                    Err(_) => {
-                        return Err(BluezError::AuthenticationRejected(
-                            "Authentication Rejected".into(),
-                        ))
-                    }
+                    _ => return Err(authentication_failed()),
                 }
             }
             None => {
@@ -299,9 +369,7 @@ impl Device {
                     .call("RequestConfirmation", &(&device_path, 0u32))
                     .await;
                 if reply.is_err() {
-                    return Err(BluezError::AuthenticationRejected(
-                        "Authentication Rejected".into(),
-                    ));
+                    return Err(authentication_failed());
                 }
             }
         }
@@ -384,9 +452,10 @@ impl Device {
         self.with(|d| d.connected && d.services_resolved)
     }
 
+    /// What BlueZ last reported, not what the radio hears now (see `advertise`).
     #[zbus(property, name = "RSSI")]
     fn rssi(&self) -> i16 {
-        self.with(|d| d.rssi)
+        self.with(|d| d.reported_rssi)
     }
 
     #[zbus(property, name = "UUIDs")]
@@ -407,7 +476,7 @@ impl Device {
     #[zbus(property)]
     fn service_data(&self) -> HashMap<String, OwnedValue> {
         self.with(|d| {
-            d.service_data
+            d.reported_service_data
                 .iter()
                 .map(|(uuid, bytes)| {
                     (
@@ -422,7 +491,7 @@ impl Device {
     #[zbus(property)]
     fn manufacturer_data(&self) -> HashMap<u16, OwnedValue> {
         self.with(|d| {
-            d.manufacturer_data
+            d.reported_manufacturer_data
                 .iter()
                 .map(|(id, bytes)| {
                     (
@@ -475,14 +544,26 @@ impl Characteristic {
 
 #[interface(name = "org.bluez.GattCharacteristic1")]
 impl Characteristic {
-    fn read_value(&self, _options: HashMap<String, OwnedValue>) -> Result<Vec<u8>, BluezError> {
-        self.device(|device| {
+    /// Reads the device's value. BlueZ caches what it read as the characteristic's `Value` and signals
+    /// it, so every read also reaches a client's notification stream.
+    async fn read_value(
+        &self,
+        _options: HashMap<String, OwnedValue>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<Vec<u8>, BluezError> {
+        let value = self.device(|device| {
             if !device.connected {
                 return Err(BluezError::NotConnected("Not Connected".into()));
             }
             device.reads.push(self.uuid.clone());
-            Ok(device.values.get(&self.uuid).cloned().unwrap_or_default())
-        })
+            let value = device.values.get(&self.uuid).cloned().unwrap_or_default();
+            device
+                .last_notified
+                .insert(self.uuid.clone(), value.clone());
+            Ok(value)
+        })?;
+        let _ = self.value_changed(&emitter).await;
+        Ok(value)
     }
 
     async fn write_value(
@@ -510,24 +591,31 @@ impl Characteristic {
         super::behaviour::on_write(connection, &self.state, &self.address, &self.uuid, &value).await
     }
 
+    /// Subscribes: the CCC write reaches the device, which may start sending at once. A subscription
+    /// BlueZ already holds (a bonded device's, enabled again when the link came up) is answered
+    /// without a new CCC write, so the device sees nothing.
     async fn start_notify(
         &self,
         #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), BluezError> {
-        let refusal = self.device(|device| {
+        let outcome = self.device(|device| {
             device.calls.push(format!("StartNotify {}", self.uuid));
             if !device.connected {
-                Some(BluezError::NotConnected("Not Connected".into()))
+                Err(BluezError::NotConnected("Not Connected".into()))
             } else if device.behaviour.needs_bonding() && !device.paired {
-                Some(BluezError::NotPermitted("Not paired".into()))
+                Err(BluezError::NotPermitted("Not paired".into()))
             } else {
-                device.notifying.insert(self.uuid.clone());
-                None
+                device.subscriber = Some(sender(&header));
+                device.awaiting_hub_setup = false;
+                Ok(device.notifying.insert(self.uuid.clone()))
             }
         });
-        if let Some(error) = refusal {
-            return Err(error);
+        if !outcome? {
+            return Ok(());
         }
+        let _ = self.notifying_changed(&emitter).await;
         super::behaviour::on_subscribed(
             connection.clone(),
             self.state.clone(),
@@ -537,8 +625,21 @@ impl Characteristic {
         Ok(())
     }
 
-    fn stop_notify(&self) -> Result<(), BluezError> {
-        self.device(|device| device.notifying.remove(&self.uuid));
+    async fn stop_notify(
+        &self,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), BluezError> {
+        let stopped = self.device(|device| {
+            let stopped = device.notifying.remove(&self.uuid);
+            if device.notifying.is_empty() {
+                device.subscriber = None;
+            }
+            stopped
+        });
+        if !stopped {
+            return Err(BluezError::Failed("No notify session started".into()));
+        }
+        let _ = self.notifying_changed(&emitter).await;
         Ok(())
     }
 

@@ -66,6 +66,12 @@ pub struct DeviceState {
     /// Glucose Measurement Context values, sent right after the record with the same sequence number.
     pub glucose_contexts: HashMap<u16, Vec<u8>>,
     pub passkey: Option<u32>,
+    /// A device with a display whose kernel picks a new random passkey for each pairing, as real ones do
+    /// (instead of the fixed `passkey`); `shown_passkey` is what it displays for the pairing under way.
+    pub random_passkey: bool,
+    pub shown_passkey: Option<u32>,
+    /// The device (or its user) declines a first pairing; BlueZ reports it as a failed authentication.
+    pub declines_pairing: bool,
     pub in_range: bool,
     /// Advertising as LE Limited Discoverable (AD flags 0x05), as A&D devices do in pairing mode.
     pub pairing_mode: bool,
@@ -76,10 +82,24 @@ pub struct DeviceState {
     pub bonded: bool,
     pub trusted: bool,
     pub bond_lost_on_device: bool,
+    /// This many of the next links abort while being set up, for a reason other than a lost bond.
+    pub links_to_abort: u32,
     pub refuse_time_writes: bool,
     /// Disconnect after this many records of the next burst (a link lost mid-burst), once.
     pub drop_link_after: Option<usize>,
+    /// Characteristics the hub subscribed to over D-Bus. For a bonded device BlueZ keeps these across
+    /// links and enables them again by itself as soon as a link is up.
     pub notifying: BTreeSet<String>,
+    /// The bus name that subscribed; BlueZ drops its subscriptions when it leaves the bus.
+    pub subscriber: Option<String>,
+    /// The hub's own battery plugin subscribed to Battery Level on this link (no D-Bus `Value` follows).
+    pub battery_plugin_subscribed: bool,
+    /// BlueZ enabled the subscriptions again on this link and the hub has not subscribed itself yet.
+    pub awaiting_hub_setup: bool,
+    /// What BlueZ last reported over D-Bus of the adverts: RSSI, service data, manufacturer data.
+    pub reported_rssi: i16,
+    pub reported_service_data: BTreeMap<String, Vec<u8>>,
+    pub reported_manufacturer_data: BTreeMap<u16, Vec<u8>>,
     pub reads: Vec<String>,
     pub writes: Vec<(String, Vec<u8>)>,
     pub calls: Vec<String>,
@@ -105,6 +125,9 @@ impl DeviceState {
             glucose_records: Vec::new(),
             glucose_contexts: HashMap::new(),
             passkey: None,
+            random_passkey: false,
+            shown_passkey: None,
+            declines_pairing: false,
             in_range: true,
             pairing_mode: false,
             exported: false,
@@ -114,9 +137,16 @@ impl DeviceState {
             bonded: false,
             trusted: false,
             bond_lost_on_device: false,
+            links_to_abort: 0,
             refuse_time_writes: false,
             drop_link_after: None,
             notifying: BTreeSet::new(),
+            subscriber: None,
+            battery_plugin_subscribed: false,
+            awaiting_hub_setup: false,
+            reported_rssi: -60,
+            reported_service_data: BTreeMap::new(),
+            reported_manufacturer_data: BTreeMap::new(),
             reads: Vec::new(),
             writes: Vec::new(),
             calls: Vec::new(),
@@ -165,8 +195,49 @@ pub struct SimState {
     /// Keeps the adapter off even when the hub asks to power it (rfkill).
     pub power_locked_off: bool,
     pub discovering: bool,
+    /// Bus names that run a discovery, and the filters clients set (bus name → `DuplicateData`). BlueZ
+    /// drops a client's filter when it stops discovering, leaves the bus, or the adapter powers off.
+    pub discovery_clients: BTreeSet<String>,
+    pub discovery_filters: BTreeMap<String, bool>,
     pub devices: BTreeMap<String, DeviceState>,
     /// The registered agent: (bus name, object path, capability).
     pub agent: Option<(String, String, String)>,
     pub calls: Vec<String>,
+}
+
+impl SimState {
+    /// Whether BlueZ runs a filtered discovery: every discovering client set a filter. Then it reports
+    /// RSSI on every advertising report, else only changes of 8 dBm or more.
+    pub fn filtered_discovery(&self) -> bool {
+        !self.discovery_clients.is_empty()
+            && self
+                .discovery_clients
+                .iter()
+                .all(|client| self.discovery_filters.contains_key(client))
+    }
+
+    /// Whether a discovering client asked for duplicate data: then BlueZ replaces the advertised
+    /// service and manufacturer data with each report and signals them every time.
+    pub fn duplicate_data(&self) -> bool {
+        self.discovery_clients
+            .iter()
+            .any(|client| self.discovery_filters.get(client) == Some(&true))
+    }
+
+    /// Forgets a discovery client and its filter; returns whether discovery stopped with it.
+    pub fn stop_discovery_of(&mut self, client: &str) -> bool {
+        self.discovery_filters.remove(client);
+        let was = self.discovering;
+        if self.discovery_clients.remove(client) {
+            self.discovering = !self.discovery_clients.is_empty();
+        }
+        was && !self.discovering
+    }
+
+    /// The adapter stopped all discovery (powered off, or bluetoothd restarted).
+    pub fn end_discovery(&mut self) {
+        self.discovery_clients.clear();
+        self.discovery_filters.clear();
+        self.discovering = false;
+    }
 }
