@@ -125,7 +125,8 @@ pub enum PasskeySource {
 #[derive(Debug)]
 pub struct PasskeyQuestion {
     /// The passkey entered, or `None` when none was (the agent then rejects). Dropped unanswered when
-    /// the agent stopped waiting: BlueZ cancelled the request, or [`PASSKEY_WAIT`] passed.
+    /// the pairing ended first; closed when the agent stopped waiting (BlueZ cancelled the request, or
+    /// [`PASSKEY_WAIT`] passed).
     pub answer: oneshot::Sender<Option<u32>>,
 }
 
@@ -133,9 +134,11 @@ pub struct PasskeyQuestion {
 #[derive(Debug, PartialEq, Eq)]
 pub enum PasskeyWait {
     Entered(u32),
-    /// The technician gave none, or whoever was asked went away.
+    /// The technician gave none, or the command that asked went away.
     NotGiven,
-    /// BlueZ cancelled the request (its own timeout, or the pairing ended).
+    /// BlueZ cancelled the request, or the pairing ended without an answer: real BlueZ 5.66 answers
+    /// `Pair` with its failure just before it sends the agent `Cancel` when the kernel's pairing timer
+    /// runs out, and the pairing's end drops the question.
     Cancelled,
     TimedOut,
 }
@@ -150,7 +153,8 @@ pub async fn wait_for_passkey(
     tokio::select! {
         answer = answer => match answer {
             Ok(Some(passkey)) => PasskeyWait::Entered(passkey),
-            Ok(None) | Err(_) => PasskeyWait::NotGiven,
+            Ok(None) => PasskeyWait::NotGiven,
+            Err(_) => PasskeyWait::Cancelled,
         },
         _ = cancelled => PasskeyWait::Cancelled,
         () = tokio::time::sleep(within) => PasskeyWait::TimedOut,
@@ -538,7 +542,7 @@ mod tests {
     #[derive(Debug, Clone, Copy)]
     enum Meanwhile {
         Answer(Option<u32>),
-        /// The question's sender went away without answering.
+        /// The question was dropped unanswered: the pairing it belonged to ended.
         AnswerDropped,
         Cancel,
         /// The pairing window closed (pairing ended), dropping the cancel sender.
@@ -578,7 +582,7 @@ mod tests {
         );
         check_wait(Meanwhile::Answer(Some(0)), PasskeyWait::Entered(0));
         check_wait(Meanwhile::Answer(None), PasskeyWait::NotGiven);
-        check_wait(Meanwhile::AnswerDropped, PasskeyWait::NotGiven);
+        check_wait(Meanwhile::AnswerDropped, PasskeyWait::Cancelled);
         check_wait(Meanwhile::Cancel, PasskeyWait::Cancelled);
         check_wait(Meanwhile::WindowClosed, PasskeyWait::Cancelled);
         check_wait(Meanwhile::Nothing, PasskeyWait::TimedOut);

@@ -122,6 +122,10 @@ async fn technician(
                 line = lines.next() => line,
                 news = events.recv() => match news {
                     Some(news) => {
+                        if !json {
+                            // The prompt's line is still open.
+                            eprintln!();
+                        }
                         print(&news);
                         if news.is_last() {
                             return;
