@@ -995,3 +995,30 @@ fn a_pair_command_that_goes_away_at_the_prompt_makes_the_daemon_reject_and_carry
     );
     assert!(rig.sim.device(OMRON, |d| d.paired && d.trusted));
 }
+
+#[test]
+fn a_passkey_request_bluez_cancels_ends_the_prompt_with_the_reason() {
+    let rig = BleRig::new();
+    let mut cuff = devices::omron_cuff(123_456);
+    cuff.passkey_wait = Some(Duration::from_secs(2));
+    rig.sim.add_device(OMRON, cuff);
+    let _daemon = start_with_control_socket(&rig);
+    // The technician never types: stdin stays open and silent until `pair` has ended.
+    let mut client = rig.world.spawn_with_env(&["pair", OMRON], &rig.env());
+    let silent_stdin = client.stdin.take();
+    let output = client.wait_with_output().unwrap();
+    drop(silent_stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(PASSKEY_PROMPT), "{stderr}");
+    assert!(
+        stderr.contains("error: the device stopped waiting for its passkey"),
+        "{stderr}"
+    );
+    let log = rig.world.log();
+    assert!(
+        log.contains("ended=Cancelled"),
+        "BlueZ's Cancel ended the agent's wait:\n{log}"
+    );
+    assert!(!rig.sim.device(OMRON, |d| d.paired));
+}

@@ -246,6 +246,7 @@ impl BluezSim {
         self.with(|state| {
             state.discovering = false;
             state.agent = None;
+            state.agents.clear();
             for device in state.devices.values_mut() {
                 device.connected = false;
                 device.services_resolved = false;

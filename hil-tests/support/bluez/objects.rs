@@ -23,6 +23,7 @@ pub enum BluezError {
     NotReady(String),
     AuthenticationFailed(String),
     AuthenticationRejected(String),
+    AuthenticationCanceled(String),
     InProgress(String),
     DoesNotExist(String),
     NotConnected(String),
@@ -179,6 +180,10 @@ impl AgentManager {
         let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
         let mut state = self.state.lock().unwrap();
         state.calls.push(format!("RegisterAgent {capability}"));
+        state.agents.insert(
+            sender.clone(),
+            (agent.as_str().to_string(), capability.clone()),
+        );
         state.agent = Some((sender, agent.as_str().to_string(), capability));
         Ok(())
     }
@@ -192,8 +197,15 @@ impl AgentManager {
         Ok(())
     }
 
-    fn unregister_agent(&self, _agent: OwnedObjectPath) -> Result<(), BluezError> {
-        self.state.lock().unwrap().agent = None;
+    fn unregister_agent(
+        &self,
+        _agent: OwnedObjectPath,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BluezError> {
+        let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let mut state = self.state.lock().unwrap();
+        state.agent = None;
+        state.agents.remove(&sender);
         Ok(())
     }
 }
@@ -247,11 +259,22 @@ impl Device {
         Ok(())
     }
 
-    async fn pair(&self, #[zbus(connection)] connection: &Connection) -> Result<(), BluezError> {
-        let (agent, behaviour_passkey) = {
+    async fn pair(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BluezError> {
+        let caller = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let (agent, behaviour_passkey, passkey_wait) = {
             let mut state = self.state.lock().unwrap();
             state.calls.push(format!("Pair {}", self.address));
-            let agent = state.agent.clone();
+            // As BlueZ does: the agent of the connection that called Pair, else the default one.
+            let agent = match state.agents.get(&caller) {
+                Some((path, capability)) => {
+                    Some((caller.clone(), path.clone(), capability.clone()))
+                }
+                None => state.agent.clone(),
+            };
             let device = &state.devices[&self.address];
             if device.paired {
                 return Err(BluezError::Failed("Already Exists".into()));
@@ -259,7 +282,7 @@ impl Device {
             if !device.in_range {
                 return Err(BluezError::Failed("Page Timeout".into()));
             }
-            (agent, device.passkey)
+            (agent, device.passkey, device.passkey_wait)
         };
         let Some((sender, agent_path, _capability)) = agent else {
             // BlueZ 5.72 and later refuse to pair without an agent, even for Just Works.
@@ -278,8 +301,22 @@ impl Device {
         .map_err(BluezError::ZBus)?;
         match behaviour_passkey {
             Some(expected) => {
-                let reply: Result<u32, zbus::Error> =
-                    proxy.call("RequestPasskey", &(&device_path,)).await;
+                let arguments = (&device_path,);
+                let asking = proxy.call("RequestPasskey", &arguments);
+                let reply: Result<u32, zbus::Error> = match passkey_wait {
+                    None => asking.await,
+                    // BlueZ's side giving up on the agent (its request timeout, or the kernel's pairing
+                    // timer): it cancels the agent's request and fails the pairing.
+                    Some(limit) => match tokio::time::timeout(limit, asking).await {
+                        Ok(reply) => reply,
+                        Err(_) => {
+                            let _: Result<(), zbus::Error> = proxy.call("Cancel", &()).await;
+                            return Err(BluezError::AuthenticationCanceled(
+                                "Authentication Canceled".into(),
+                            ));
+                        }
+                    },
+                };
                 match reply {
                     Ok(given) if given == expected => {}
                     Ok(_) => {

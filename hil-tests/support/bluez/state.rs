@@ -66,6 +66,9 @@ pub struct DeviceState {
     /// Glucose Measurement Context values, sent right after the record with the same sequence number.
     pub glucose_contexts: HashMap<u16, Vec<u8>>,
     pub passkey: Option<u32>,
+    /// How long BlueZ waits for the hub's agent to answer `RequestPasskey` before it sends the agent
+    /// `Cancel` and fails the pairing; `None`: as long as it takes.
+    pub passkey_wait: Option<std::time::Duration>,
     pub in_range: bool,
     /// Advertising as LE Limited Discoverable (AD flags 0x05), as A&D devices do in pairing mode.
     pub pairing_mode: bool,
@@ -105,6 +108,7 @@ impl DeviceState {
             glucose_records: Vec::new(),
             glucose_contexts: HashMap::new(),
             passkey: None,
+            passkey_wait: None,
             in_range: true,
             pairing_mode: false,
             exported: false,
@@ -168,5 +172,9 @@ pub struct SimState {
     pub devices: BTreeMap<String, DeviceState>,
     /// The registered agent: (bus name, object path, capability).
     pub agent: Option<(String, String, String)>,
+    /// Every registered agent by the bus name that registered it: (object path, capability). BlueZ
+    /// asks the agent of the connection that called `Pair`, and the default agent only when that
+    /// connection has none.
+    pub agents: BTreeMap<String, (String, String)>,
     pub calls: Vec<String>,
 }
