@@ -713,3 +713,88 @@ fn a_device_showing_a_random_passkey_is_paired_by_typing_it_at_the_prompt_then_r
         boot.out("stages")
     );
 }
+
+#[test]
+fn a_passkey_nobody_types_ends_the_pairing_when_the_stack_gives_up_and_binds_nothing() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with("accept", &[vec![]], json!({"capability": "DisplayOnly"})),
+    );
+    // The technician walks away: `pair` asks, its stdin (a FIFO) stays open and silent.
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             shown_passkey() {{\n\
+               grep -q '\"passkey\":\"[0-9]*\"' $out/device.jsonl 2>/dev/null\n\
+             }}\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             start_daemon\n\
+             wait_for 60 test -S /run/vitalsd/control.sock || exit 11\n\
+             stage daemon ready\n\
+             mkfifo /tmp/typed\n\
+             vitalsd pair {DEVICE_ADDRESS} < /tmp/typed > $out/pair.out 2> $out/pair.err &\n\
+             pair_pid=$!\n\
+             exec 3> /tmp/typed\n\
+             wait_for 60 shown_passkey || exit 12\n\
+             stage device shows its passkey\n\
+             wait $pair_pid\n\
+             echo $? > $out/pair.exit\n\
+             stage pair ended\n\
+             exec 3>&-\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    let said = format!("{}{}", boot.out("pair.out"), boot.out("pair.err"));
+    assert_ne!(boot.out("pair.exit").trim(), "0", "{said}\n{}", report());
+    assert!(
+        said.contains("Enter the passkey the device shows:")
+            && said.contains("stopped waiting for its passkey"),
+        "pair asked, then said the device gave up: {said}\n{}",
+        report()
+    );
+    // The stack ended the agent's wait (the kernel's pairing timer, then BlueZ's Cancel), not the
+    // agent's own bound.
+    let log = boot.out("daemon.log");
+    let ended = log
+        .lines()
+        .find(|line| line.contains("No passkey entered; rejecting."))
+        .unwrap_or_else(|| panic!("the agent's wait ended:\n{}", report()));
+    assert!(ended.contains("ended=Cancelled"), "{ended}\n{}", report());
+    assert!(
+        boot.out("bluetoothd.log")
+            .contains("Sending Cancel request to :1."),
+        "BlueZ cancelled the agent's request:\n{}",
+        report()
+    );
+    let stage_at = |name: &str| -> f64 {
+        let stages = boot.out("stages");
+        let line = stages
+            .lines()
+            .find(|line| line.ends_with(name))
+            .unwrap_or_else(|| panic!("no stage {name}: {stages}"));
+        line.split(' ').next().unwrap().parse().unwrap()
+    };
+    let waited = stage_at("pair ended") - stage_at("device shows its passkey");
+    assert!(
+        waited < 55.0,
+        "ended by the stack, before the agent's own 60 s bound: {waited} s"
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(devices["devices"], json!([]), "nothing bound");
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; waited {waited:.1} s; pair said: {said}; agent: {ended}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
