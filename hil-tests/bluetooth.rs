@@ -997,3 +997,178 @@ fn a_glucose_context_joins_its_measurement() {
         ])
     );
 }
+
+/// `vitalsd pair` with `typed` piped into its stdin, as a technician (or a script) answers its prompt.
+fn pair_typing(rig: &BleRig, address: &str, extra: &[&str], typed: &str) -> std::process::Output {
+    let mut args = vec!["pair", address];
+    args.extend_from_slice(extra);
+    rig.world.command_with_input(&args, &rig.env(), typed)
+}
+
+/// Starts the daemon and waits for its control socket, so the commands that follow go through it.
+fn start_with_control_socket(rig: &BleRig) -> Daemon {
+    let daemon = rig.start();
+    let socket = rig.world.runtime_dir().join("control.sock");
+    assert!(
+        wait_until(Duration::from_secs(20), || socket.exists()),
+        "no control socket; log:\n{}",
+        rig.world.log()
+    );
+    daemon
+}
+
+const PASSKEY_PROMPT: &str = "Enter the passkey the device shows:";
+
+#[test]
+fn a_passkey_typed_at_the_prompt_pairs_through_the_daemon_after_a_mistyped_one() {
+    let rig = BleRig::new();
+    rig.sim.add_device(OMRON, devices::omron_cuff(123_456));
+    let _daemon = start_with_control_socket(&rig);
+    let paired = pair_typing(&rig, OMRON, &[], "12345\n123 456\n");
+    let stdout = String::from_utf8_lossy(&paired.stdout);
+    let stderr = String::from_utf8_lossy(&paired.stderr);
+    assert!(paired.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stderr.matches(PASSKEY_PROMPT).count(),
+        2,
+        "asked, told the entry is no passkey, asked again: {stderr}"
+    );
+    assert!(stderr.contains("not a passkey"), "{stderr}");
+    assert!(stdout.contains("OK: Paired"), "{stdout}");
+    assert!(rig.sim.device(OMRON, |d| d.paired && d.trusted));
+    let log = rig.world.log();
+    assert!(
+        log.contains("asking the technician"),
+        "the pairing went through the daemon's agent:\n{log}"
+    );
+    assert!(!log.contains("123456"), "a passkey was logged:\n{log}");
+    rig.sim.store_records(OMRON, 0x2A35, &cuff_records(2));
+    rig.wait_for_readings(OMRON, 2, Duration::from_secs(30));
+}
+
+#[test]
+fn without_a_daemon_pair_json_asks_with_an_event_and_reads_the_passkey_from_stdin() {
+    let rig = BleRig::new();
+    rig.sim.add_device(OMRON, devices::omron_cuff(42));
+    let paired = pair_typing(&rig, OMRON, &["--json"], "000042\n");
+    let stdout = String::from_utf8_lossy(&paired.stdout);
+    let stderr = String::from_utf8_lossy(&paired.stderr);
+    assert!(paired.status.success(), "{stdout}{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON document per line"))
+        .collect();
+    let asked = events
+        .iter()
+        .position(|e| e == &serde_json::json!({"event": "passkey_requested", "address": OMRON}));
+    let paired_at = events.iter().position(|e| e["event"] == "paired");
+    assert!(
+        asked.is_some() && asked < paired_at,
+        "asked, then paired: {stdout}"
+    );
+    assert!(
+        !stderr.contains(PASSKEY_PROMPT),
+        "with --json the event is the prompt: {stderr}"
+    );
+    assert!(rig.sim.device(OMRON, |d| d.paired && d.trusted));
+}
+
+#[test]
+fn a_pairing_without_a_passkey_entered_fails_saying_so_and_binds_nothing() {
+    let rig = BleRig::new();
+    rig.sim.add_device(OMRON, devices::omron_cuff(123_456));
+    // (what was typed before stdin closed, what `pair` says)
+    let table = [
+        ("", "no passkey was entered"),
+        ("\n", "no passkey was entered"),
+        ("1\n2\n3\n123456\n", "giving up after 3 tries"),
+    ];
+    for (typed, said) in table {
+        let output = pair_typing(&rig, OMRON, &[], typed);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{typed:?}: {stderr}");
+        assert!(stderr.contains(said), "{typed:?}: {stderr}");
+        assert!(
+            stderr.contains("error: no passkey was entered"),
+            "{typed:?}: {stderr}"
+        );
+        assert!(!rig.sim.device(OMRON, |d| d.paired), "{typed:?}");
+    }
+    assert_eq!(rig.devices_json()["devices"], serde_json::json!([]));
+}
+
+#[test]
+fn a_pair_command_that_goes_away_at_the_prompt_makes_the_daemon_reject_and_carry_on() {
+    use std::io::Read;
+    let rig = BleRig::new();
+    rig.sim.add_device(OMRON, devices::omron_cuff(123_456));
+    let _daemon = start_with_control_socket(&rig);
+    let mut client = rig.world.spawn_with_env(&["pair", OMRON], &rig.env());
+    let mut stderr = client.stderr.take().unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collecting = {
+        let said = said.clone();
+        std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            while let Ok(1) = stderr.read(&mut byte) {
+                said.lock().unwrap().push(char::from(byte[0]));
+            }
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || said
+            .lock()
+            .unwrap()
+            .contains(PASSKEY_PROMPT)),
+        "no prompt: {}\n{}",
+        said.lock().unwrap(),
+        rig.world.log()
+    );
+    client.kill().unwrap();
+    client.wait().unwrap();
+    collecting.join().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || rig
+            .world
+            .log()
+            .contains("No passkey entered; rejecting.")),
+        "the agent rejected once nobody was left to ask:\n{}",
+        rig.world.log()
+    );
+    assert!(!rig.sim.device(OMRON, |d| d.paired));
+    // The daemon serves the next technician as before.
+    let right = pair_typing(&rig, OMRON, &[], "123456\n");
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    assert!(rig.sim.device(OMRON, |d| d.paired && d.trusted));
+}
+
+#[test]
+fn a_passkey_request_bluez_cancels_ends_the_prompt_with_the_reason() {
+    let rig = BleRig::new();
+    let mut cuff = devices::omron_cuff(123_456);
+    cuff.passkey_wait = Some(Duration::from_secs(2));
+    rig.sim.add_device(OMRON, cuff);
+    let _daemon = start_with_control_socket(&rig);
+    // The technician never types: stdin stays open and silent until `pair` has ended.
+    let mut client = rig.world.spawn_with_env(&["pair", OMRON], &rig.env());
+    let silent_stdin = client.stdin.take();
+    let output = client.wait_with_output().unwrap();
+    drop(silent_stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(PASSKEY_PROMPT), "{stderr}");
+    assert!(
+        stderr.contains("error: the device stopped waiting for its passkey"),
+        "{stderr}"
+    );
+    let log = rig.world.log();
+    assert!(
+        log.contains("ended=Cancelled"),
+        "BlueZ's Cancel ended the agent's wait:\n{log}"
+    );
+    assert!(!rig.sim.device(OMRON, |d| d.paired));
+}

@@ -787,3 +787,233 @@ fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_r
         boot.out("stages")
     );
 }
+
+/// The lines of a daemon log above debug level that contain `secret`, the time stamp (whose
+/// microseconds are six digits too) left out of the search. A line without a level counts as above.
+fn logged_above_debug<'a>(log: &'a str, secret: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|line| {
+            // "2026-12-05T12:07:21.123456Z  INFO vitalsd::control: message"
+            let after_time = line
+                .split_once(' ')
+                .map_or(*line, |(_, rest)| rest)
+                .trim_start();
+            let debug = after_time.starts_with("DEBUG") || after_time.starts_with("TRACE");
+            !debug && after_time.contains(secret)
+        })
+        .collect()
+}
+
+#[test]
+fn a_device_showing_a_random_passkey_is_paired_by_typing_it_at_the_prompt_then_read() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    let burst = cuff_records(3);
+    // A device with a display: its kernel picks a random passkey during pairing and its agent shows it.
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with(
+            "accept",
+            std::slice::from_ref(&burst),
+            json!({"capability": "DisplayOnly"}),
+        ),
+    );
+    let expected = burst.len();
+    // The technician's side: `vitalsd pair` through the running daemon, its stdin a FIFO; the passkey
+    // the device shows is read off its display (its events) and typed into the FIFO.
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             shown_passkey() {{\n\
+               passkey=$(grep -o '\"passkey\":\"[0-9]*\"' $out/device.jsonl 2>/dev/null | tail -n 1 | grep -o '[0-9][0-9]*')\n\
+               [ -n \"$passkey\" ]\n\
+             }}\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             start_daemon\n\
+             wait_for 60 test -S /run/vitalsd/control.sock || exit 11\n\
+             stage daemon ready\n\
+             mkfifo /tmp/typed\n\
+             vitalsd pair {DEVICE_ADDRESS} < /tmp/typed > $out/pair.out 2> $out/pair.err &\n\
+             pair_pid=$!\n\
+             exec 3> /tmp/typed\n\
+             wait_for 60 shown_passkey || exit 12\n\
+             stage device shows its passkey\n\
+             echo \"$passkey\" >&3\n\
+             exec 3>&-\n\
+             echo \"$passkey\" > $out/shown-passkey\n\
+             wait $pair_pid\n\
+             echo $? > $out/pair.exit\n\
+             stage pair ended\n\
+             [ \"$(cat $out/pair.exit)\" = 0 ] || exit 13\n\
+             wait_for 120 device_said done || exit 14\n\
+             stage device done\n\
+             wait_for 60 delivered_at_least {expected} || exit 15\n\
+             stage delivered\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    let said = format!("{}{}", boot.out("pair.out"), boot.out("pair.err"));
+    assert!(
+        boot.out("pair.err")
+            .contains("Enter the passkey the device shows:"),
+        "pair asked for the passkey: {said}\n{}",
+        report()
+    );
+    assert!(
+        boot.out("pair.out").contains("OK: Paired"),
+        "pair says paired: {said}"
+    );
+    let shown = boot.out("shown-passkey").trim().to_string();
+    assert_eq!(shown.len(), 6, "the device showed six digits: {shown:?}");
+    let events = boot.device_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["method"] == "DisplayPasskey" && e["passkey"] == shown.as_str()),
+        "the typed passkey is the one the device showed:\n{}",
+        report()
+    );
+
+    wait_until(Duration::from_secs(10), || {
+        scenario.readings().len() >= expected
+    });
+    let readings = scenario.readings();
+    let mut got: Vec<_> = readings.iter().map(summary).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            bp("2024-03-15T07:00:00", 120, 80, 93, 60),
+            bp("2024-03-15T07:01:00", 121, 80, 93, 61),
+            bp("2024-03-15T07:02:00", 122, 80, 93, 62),
+        ],
+        "{}",
+        report()
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(
+        devices["devices"][0]["address"], DEVICE_ADDRESS,
+        "{devices}"
+    );
+    assert_eq!(devices["devices"][0]["bonded"], true, "{devices}");
+
+    // The pairing went through the daemon's control socket and its agent, and the passkey stayed out of
+    // its log above debug level.
+    let log = boot.out("daemon.log");
+    assert!(
+        log.lines().any(|line| line.contains("Audit")
+            && line.contains("command=\"pair\"")
+            && line.contains("outcome=\"done\"")),
+        "{}",
+        report()
+    );
+    assert!(
+        log.contains("asking the technician"),
+        "the daemon's agent asked: {}",
+        report()
+    );
+    assert_eq!(
+        logged_above_debug(&log, &shown),
+        Vec::<&str>::new(),
+        "the passkey was logged above debug level"
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
+
+#[test]
+fn a_passkey_nobody_types_ends_the_pairing_when_the_stack_gives_up_and_binds_nothing() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with("accept", &[vec![]], json!({"capability": "DisplayOnly"})),
+    );
+    // The technician walks away: `pair` asks, its stdin (a FIFO) stays open and silent.
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             shown_passkey() {{\n\
+               grep -q '\"passkey\":\"[0-9]*\"' $out/device.jsonl 2>/dev/null\n\
+             }}\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             start_daemon\n\
+             wait_for 60 test -S /run/vitalsd/control.sock || exit 11\n\
+             stage daemon ready\n\
+             mkfifo /tmp/typed\n\
+             vitalsd pair {DEVICE_ADDRESS} < /tmp/typed > $out/pair.out 2> $out/pair.err &\n\
+             pair_pid=$!\n\
+             exec 3> /tmp/typed\n\
+             wait_for 60 shown_passkey || exit 12\n\
+             stage device shows its passkey\n\
+             wait $pair_pid\n\
+             echo $? > $out/pair.exit\n\
+             stage pair ended\n\
+             exec 3>&-\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    let said = format!("{}{}", boot.out("pair.out"), boot.out("pair.err"));
+    assert_ne!(boot.out("pair.exit").trim(), "0", "{said}\n{}", report());
+    assert!(
+        said.contains("Enter the passkey the device shows:")
+            && said.contains("stopped waiting for its passkey"),
+        "pair asked, then said the device gave up: {said}\n{}",
+        report()
+    );
+    // The stack ended the agent's wait (the kernel's pairing timer, then BlueZ's Cancel), not the
+    // agent's own bound.
+    let log = boot.out("daemon.log");
+    let ended = log
+        .lines()
+        .find(|line| line.contains("No passkey entered; rejecting."))
+        .unwrap_or_else(|| panic!("the agent's wait ended:\n{}", report()));
+    assert!(ended.contains("ended=Cancelled"), "{ended}\n{}", report());
+    assert!(
+        boot.out("bluetoothd.log")
+            .contains("Sending Cancel request to :1."),
+        "BlueZ cancelled the agent's request:\n{}",
+        report()
+    );
+    let stage_at = |name: &str| -> f64 {
+        let stages = boot.out("stages");
+        let line = stages
+            .lines()
+            .find(|line| line.ends_with(name))
+            .unwrap_or_else(|| panic!("no stage {name}: {stages}"));
+        line.split(' ').next().unwrap().parse().unwrap()
+    };
+    let waited = stage_at("pair ended") - stage_at("device shows its passkey");
+    assert!(
+        waited < 55.0,
+        "ended by the stack, before the agent's own 60 s bound: {waited} s"
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    assert_eq!(devices["devices"], json!([]), "nothing bound");
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; waited {waited:.1} s; pair said: {said}; agent: {ended}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}

@@ -62,14 +62,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Binds a Bluetooth device to this hub and bonds with it.
+    /// Binds a Bluetooth device to this hub and bonds with it. When the device shows a passkey, asks
+    /// for it ("Enter the passkey the device shows:") and reads it from stdin.
     Pair {
         #[command(flatten)]
         config: ConfigArg,
         /// The device address, such as AA:BB:CC:DD:EE:FF.
         address: String,
-        /// The passkey the device shows, for devices that pair with one.
-        #[arg(long)]
+        /// A passkey given in advance, for devices whose passkey is fixed (printed on the device or in
+        /// its manual); without it the passkey is asked for when the device asks.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=999_999))]
         passkey: Option<u32>,
         #[arg(long)]
         json: bool,

@@ -187,6 +187,34 @@ impl DaemonWorld {
             .expect("run vitalsd")
     }
 
+    /// Starts a `vitalsd` subcommand with stdin, stdout and stderr piped, for a test that talks to it
+    /// while it runs (a passkey typed at its prompt).
+    pub fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        super::dies_with_test(&mut Command::new(BINARY))
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("TZ", "UTC")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.no_bus())
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vitalsd")
+    }
+
+    /// Runs a `vitalsd` subcommand with `input` as its stdin (then closed), as a script pipes it.
+    pub fn command_with_input(&self, args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self.spawn_with_env(args, env);
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // The command may end before reading everything (it gave up): a broken pipe is its answer.
+        let _ = stdin.write_all(input.as_bytes());
+        drop(stdin);
+        child.wait_with_output().expect("run vitalsd")
+    }
+
     /// `vitalsd status --json`.
     pub fn status(&self) -> serde_json::Value {
         let output = self.command(&["status", "--json"]);

@@ -5,11 +5,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue};
 use zbus::{interface, Connection};
 
 pub const AGENT_PATH: &str = "/org/vitalsd/agent";
-const PAIR_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `Pair` may take. With a passkey to enter this covers the technician reading the display
+/// and typing, which BlueZ and the kernel bound more tightly anyway (see [`PASSKEY_WAIT`]).
+const PAIR_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the agent waits for the technician to enter a passkey. The kernel's pairing timer (30 s
+/// after the last pairing message) and BlueZ's own agent timeout usually end the wait first, through
+/// the agent's `Cancel`; this bound holds when they do not.
+pub const PASSKEY_WAIT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +107,67 @@ async fn timed<T>(
     }
 }
 
+/// Where the agent gets the passkey when the device being paired asks the hub for one.
+#[derive(Debug, Clone, Default)]
+pub enum PasskeySource {
+    /// Nobody to ask (the daemon pairing a bound device by itself): the agent rejects.
+    #[default]
+    Nobody,
+    /// Given before pairing (`vitalsd pair --passkey N`): for devices whose passkey is fixed.
+    Fixed(u32),
+    /// Asked of the technician when the device asks: the agent sends a question on this channel and
+    /// waits for its answer, because a device with a display shows a passkey its stack picks during
+    /// pairing.
+    Ask(mpsc::Sender<PasskeyQuestion>),
+}
+
+/// The agent's question for the passkey the device shows.
+#[derive(Debug)]
+pub struct PasskeyQuestion {
+    /// The passkey entered, or `None` when none was (the agent then rejects). Dropped unanswered when
+    /// the pairing ended first; closed when the agent stopped waiting (BlueZ cancelled the request, or
+    /// [`PASSKEY_WAIT`] passed).
+    pub answer: oneshot::Sender<Option<u32>>,
+}
+
+/// How the agent's wait for an entered passkey ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PasskeyWait {
+    Entered(u32),
+    /// The technician gave none, or the command that asked went away.
+    NotGiven,
+    /// BlueZ cancelled the request, or the pairing ended without an answer: real BlueZ 5.66 answers
+    /// `Pair` with its failure just before it sends the agent `Cancel` when the kernel's pairing timer
+    /// runs out, and the pairing's end drops the question.
+    Cancelled,
+    TimedOut,
+}
+
+/// Waits for the answer to a passkey question, for BlueZ's `Cancel` (or the pairing window closing)
+/// and for `within`, whichever comes first.
+pub async fn wait_for_passkey(
+    answer: oneshot::Receiver<Option<u32>>,
+    cancelled: oneshot::Receiver<()>,
+    within: Duration,
+) -> PasskeyWait {
+    tokio::select! {
+        answer = answer => match answer {
+            Ok(Some(passkey)) => PasskeyWait::Entered(passkey),
+            Ok(None) => PasskeyWait::NotGiven,
+            Err(_) => PasskeyWait::Cancelled,
+        },
+        _ = cancelled => PasskeyWait::Cancelled,
+        () = tokio::time::sleep(within) => PasskeyWait::TimedOut,
+    }
+}
+
 /// Who the agent may say yes to: only the device a technician is pairing right now.
 #[derive(Debug, Default)]
 pub struct PairingWindow {
     pub device_path: Option<String>,
-    pub passkey: Option<u32>,
+    pub passkey: PasskeySource,
+    /// Ends the passkey question being waited on, if any: BlueZ's `Cancel` sends on it.
+    pub cancel: Option<oneshot::Sender<()>>,
     /// Passkeys the device displayed (for a technician to compare), most recent last.
     pub displayed: Vec<u32>,
 }
@@ -132,22 +195,50 @@ impl Agent {
         let window = self.window.lock().unwrap();
         match (
             window.device_path.as_deref() == Some(device.as_str()),
-            window.passkey,
+            &window.passkey,
         ) {
-            (true, Some(passkey)) => Ok(passkey.to_string()),
+            (true, PasskeySource::Fixed(passkey)) => Ok(passkey.to_string()),
             _ => Err(rejected()),
         }
     }
 
-    fn request_passkey(&self, device: ObjectPath<'_>) -> zbus::fdo::Result<u32> {
-        let window = self.window.lock().unwrap();
-        match (
-            window.device_path.as_deref() == Some(device.as_str()),
-            window.passkey,
-        ) {
-            (true, Some(passkey)) => Ok(passkey),
-            _ => {
-                tracing::warn!(device = device.as_str(), "The device asks for a passkey; pass it with `vitalsd pair ADDRESS --passkey N`.");
+    /// The device shows a passkey and the hub must enter it: a fixed one is answered at once, else the
+    /// technician is asked and the agent waits, bounded, for the answer or BlueZ's `Cancel`.
+    async fn request_passkey(&self, device: OwnedObjectPath) -> zbus::fdo::Result<u32> {
+        let (answer, cancelled) = {
+            let mut window = self.window.lock().unwrap();
+            if window.device_path.as_deref() != Some(device.as_str()) {
+                return Err(rejected());
+            }
+            let questions = match &window.passkey {
+                PasskeySource::Fixed(passkey) => return Ok(*passkey),
+                PasskeySource::Nobody => {
+                    tracing::warn!(device = device.as_str(), "The device asks for the passkey it shows; pair it with `vitalsd pair ADDRESS`.");
+                    return Err(rejected());
+                }
+                PasskeySource::Ask(questions) => questions.clone(),
+            };
+            let (answer_tx, answer) = oneshot::channel();
+            if questions
+                .try_send(PasskeyQuestion { answer: answer_tx })
+                .is_err()
+            {
+                return Err(rejected());
+            }
+            let (cancel, cancelled) = oneshot::channel();
+            window.cancel = Some(cancel);
+            (answer, cancelled)
+        };
+        tracing::info!(
+            device = device.as_str(),
+            "The device asks for the passkey it shows; asking the technician."
+        );
+        let waited = wait_for_passkey(answer, cancelled, PASSKEY_WAIT).await;
+        self.window.lock().unwrap().cancel = None;
+        match waited {
+            PasskeyWait::Entered(passkey) => Ok(passkey),
+            other => {
+                tracing::info!(device = device.as_str(), ended = ?other, "No passkey entered; rejecting.");
                 Err(rejected())
             }
         }
@@ -192,7 +283,13 @@ impl Agent {
         }
     }
 
-    fn cancel(&self) {}
+    /// BlueZ gave up on its last request (its timeout, or the pairing ended): a passkey question still
+    /// waiting for the technician ends now.
+    fn cancel(&self) {
+        if let Some(cancel) = self.window.lock().unwrap().cancel.take() {
+            let _ = cancel.send(());
+        }
+    }
 }
 
 /// A zbus connection to the system bus with our agent registered as BlueZ's default agent.
@@ -371,7 +468,7 @@ impl Bluez {
     }
 
     /// Pairs (bonds) and trusts the device. A device already paired counts as success.
-    pub async fn pair(&self, address: &str, passkey: Option<u32>) -> Result<(), BluezError> {
+    pub async fn pair(&self, address: &str, passkey: PasskeySource) -> Result<(), BluezError> {
         let path = device_path(&self.adapter, address);
         {
             let mut window = self.window.lock().unwrap();
@@ -434,7 +531,62 @@ impl Bluez {
 
 #[cfg(test)]
 mod tests {
-    use super::{classify, means_aborted_link, means_lost_bond, pairing_failure};
+    use super::{
+        classify, means_aborted_link, means_lost_bond, pairing_failure, wait_for_passkey,
+        PasskeyWait,
+    };
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+
+    /// What happened while the agent waited, in the order it happened.
+    #[derive(Debug, Clone, Copy)]
+    enum Meanwhile {
+        Answer(Option<u32>),
+        /// The question was dropped unanswered: the pairing it belonged to ended.
+        AnswerDropped,
+        Cancel,
+        /// The pairing window closed (pairing ended), dropping the cancel sender.
+        WindowClosed,
+        Nothing,
+    }
+
+    #[track_caller]
+    fn check_wait(meanwhile: Meanwhile, expected: PasskeyWait) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (answer_tx, answer) = oneshot::channel();
+        let (cancel_tx, cancelled) = oneshot::channel();
+        let mut held = (Some(answer_tx), Some(cancel_tx));
+        match meanwhile {
+            Meanwhile::Answer(passkey) => held.0.take().unwrap().send(passkey).unwrap(),
+            Meanwhile::AnswerDropped => drop(held.0.take()),
+            Meanwhile::Cancel => held.1.take().unwrap().send(()).unwrap(),
+            Meanwhile::WindowClosed => drop(held.1.take()),
+            Meanwhile::Nothing => {}
+        }
+        let waited = runtime.block_on(wait_for_passkey(
+            answer,
+            cancelled,
+            Duration::from_millis(20),
+        ));
+        assert_eq!(waited, expected, "{meanwhile:?}");
+    }
+
+    #[test]
+    fn the_agent_waits_for_the_technician_until_an_answer_a_cancel_or_its_bound() {
+        check_wait(
+            Meanwhile::Answer(Some(0x01E240)),
+            PasskeyWait::Entered(123456),
+        );
+        check_wait(Meanwhile::Answer(Some(0)), PasskeyWait::Entered(0));
+        check_wait(Meanwhile::Answer(None), PasskeyWait::NotGiven);
+        check_wait(Meanwhile::AnswerDropped, PasskeyWait::Cancelled);
+        check_wait(Meanwhile::Cancel, PasskeyWait::Cancelled);
+        check_wait(Meanwhile::WindowClosed, PasskeyWait::Cancelled);
+        check_wait(Meanwhile::Nothing, PasskeyWait::TimedOut);
+    }
 
     /// What `vitalsd pair` says for a `Pair` that failed with BlueZ error `name` and `message`.
     #[track_caller]

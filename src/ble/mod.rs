@@ -385,7 +385,7 @@ async fn run_stack(
                         let bluez = &bluez;
                         let work: Pending<'_> = Box::pin(async move {
                             let paired = match bluez.register_agent().await {
-                                Ok(()) => bluez.pair(&address, None).await,
+                                Ok(()) => bluez.pair(&address, bluez::PasskeySource::Nobody).await,
                                 Err(error) => Err(error),
                             };
                             (address, Work::Paired(paired))

@@ -10,8 +10,9 @@ use btleplug::platform::Adapter;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::mpsc;
 
-use crate::ble::bluez::{Bluez, BluezError};
+use crate::ble::bluez::{Bluez, BluezError, PasskeyQuestion, PasskeySource};
 use crate::ble::profile;
 use crate::ble::session::SharedDevices;
 use crate::decode::current_time::{clock_verdict, ClockVerdict};
@@ -32,6 +33,35 @@ pub enum TechnicianError {
     NoAdapter(String),
     #[error("{0} is not bound to this hub")]
     NotBound(String),
+    /// The device asked for the passkey it shows and the technician gave none (or went away).
+    #[error("no passkey was entered, so the device was not paired")]
+    NoPasskey,
+    /// The device (BlueZ, the kernel) stopped waiting before a passkey was entered.
+    #[error("the device stopped waiting for its passkey before one was entered; pair again and enter it within 30 s")]
+    PasskeyTooLate,
+    #[error("a passkey is the 6 digits the device shows (000000 to 999999)")]
+    BadPasskey,
+}
+
+/// What a client sends after its request, on the same connection: the answer to an event that asked a
+/// question. One reply per question; lines sent before the question are not read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// The passkey the device shows, answering `passkey_requested`.
+    Passkey { passkey: u32 },
+    /// The technician entered none: the hub's agent rejects and the pairing fails.
+    Cancel,
+}
+
+/// How `pair` gets the passkey of a device that shows one.
+#[derive(Debug)]
+pub enum PasskeyEntry<'a> {
+    /// Given with the request (`--passkey N`): for devices whose passkey is fixed.
+    Fixed(u32),
+    /// Asked when the device asks: a `passkey_requested` event, answered by a [`Reply`] from here. A
+    /// closed channel (the client went away) means no passkey: the agent rejects.
+    Ask(&'a mut mpsc::Receiver<Reply>),
 }
 
 /// One event of a request. Absent optional values are sent as `null`, as clients have always seen them.
@@ -50,6 +80,11 @@ pub enum Event {
     },
     Progress {
         message: String,
+    },
+    /// The device shows a passkey and the hub's agent waits for it: the client answers with a `passkey`
+    /// [`Reply`] on the same connection (or `cancel`). The passkey itself never travels in an event.
+    PasskeyRequested {
+        address: String,
     },
     Paired {
         address: String,
@@ -184,7 +219,7 @@ pub async fn scan(
 pub async fn pair(
     adapter_name: &str,
     address: &str,
-    passkey: Option<u32>,
+    mut passkey: PasskeyEntry<'_>,
     devices: &SharedDevices,
     emit: Emit<'_>,
 ) -> Result<(), TechnicianError> {
@@ -212,10 +247,10 @@ pub async fn pair(
     emit(Event::Progress {
         message: "Pairing; confirm on the device if it asks.".to_string(),
     });
-    match bluez.pair(&address, passkey).await {
+    match pair_answering(&bluez, &address, &mut passkey, emit).await {
         Ok(()) => {}
         // A device whose bond we hold but which forgot it: start clean and pair again.
-        Err(BluezError::BondLost) => {
+        Err(TechnicianError::Bluez(BluezError::BondLost)) => {
             emit(Event::Progress {
                 message:
                     "The device refused the old keys; removing the stale bond and pairing again."
@@ -223,9 +258,9 @@ pub async fn pair(
             });
             bluez.remove_device(&address).await?;
             bluez.find_device(&address, FIND_TIMEOUT).await?;
-            bluez.pair(&address, passkey).await?;
+            pair_answering(&bluez, &address, &mut passkey, emit).await?;
         }
-        Err(error) => return Err(error.into()),
+        Err(error) => return Err(error),
     }
     let mut device = BoundDevice::new(&address, Reach::Connect, name, now);
     device.bonded = true;
@@ -239,6 +274,99 @@ pub async fn pair(
     });
     Ok(())
 }
+
+/// How the technician's part in a passkey entry went, for naming a failed pairing by it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Entry {
+    NotAsked,
+    /// Asked, and still waiting when the pairing ended.
+    Waiting,
+    Answered,
+    NotGiven,
+    Malformed,
+    /// The agent stopped waiting (BlueZ cancelled, or the wait's bound) before an answer came.
+    TooLate,
+}
+
+/// `Bluez::pair`, answering the agent's passkey questions meanwhile: each becomes a `passkey_requested`
+/// event and waits for the client's reply. A failed pairing in which no passkey was entered says so.
+async fn pair_answering(
+    bluez: &Bluez,
+    address: &str,
+    passkey: &mut PasskeyEntry<'_>,
+    emit: Emit<'_>,
+) -> Result<(), TechnicianError> {
+    let (questions_tx, mut questions) = mpsc::channel(1);
+    let (source, replies) = match passkey {
+        PasskeyEntry::Fixed(passkey) => (PasskeySource::Fixed(*passkey), None),
+        PasskeyEntry::Ask(replies) => (PasskeySource::Ask(questions_tx), Some(&mut **replies)),
+    };
+    let mut entry = Entry::NotAsked;
+    let paired = {
+        let answering = answer_questions(address, &mut questions, replies, emit, &mut entry);
+        tokio::select! {
+            paired = bluez.pair(address, source) => paired,
+            never = answering => match never {},
+        }
+    };
+    match (paired, entry) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Entry::NotGiven) => Err(TechnicianError::NoPasskey),
+        (Err(_), Entry::Malformed) => Err(TechnicianError::BadPasskey),
+        (Err(_), Entry::Waiting | Entry::TooLate) => Err(TechnicianError::PasskeyTooLate),
+        (Err(error), Entry::NotAsked | Entry::Answered) => Err(error.into()),
+    }
+}
+
+/// Turns each passkey question of the agent into a `passkey_requested` event and hands the client's
+/// reply back; runs until the pairing it serves ends.
+async fn answer_questions(
+    address: &str,
+    questions: &mut mpsc::Receiver<PasskeyQuestion>,
+    mut replies: Option<&mut mpsc::Receiver<Reply>>,
+    emit: Emit<'_>,
+    entry: &mut Entry,
+) -> std::convert::Infallible {
+    loop {
+        let Some(mut question) = questions.recv().await else {
+            return std::future::pending().await;
+        };
+        emit(Event::PasskeyRequested {
+            address: address.to_string(),
+        });
+        *entry = Entry::Waiting;
+        let reply = match replies.as_deref_mut() {
+            Some(replies) => tokio::select! {
+                reply = replies.recv() => reply,
+                () = question.answer.closed() => {
+                    *entry = Entry::TooLate;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let passkey = match reply {
+            Some(Reply::Passkey { passkey }) if passkey <= MAX_PASSKEY => {
+                *entry = Entry::Answered;
+                Some(passkey)
+            }
+            Some(Reply::Passkey { .. }) => {
+                *entry = Entry::Malformed;
+                None
+            }
+            Some(Reply::Cancel) | None => {
+                *entry = Entry::NotGiven;
+                None
+            }
+        };
+        if question.answer.send(passkey).is_err() {
+            *entry = Entry::TooLate;
+        }
+    }
+}
+
+/// A passkey has six decimal digits.
+pub const MAX_PASSKEY: u32 = 999_999;
 
 fn bind(devices: &SharedDevices, device: BoundDevice) {
     let mut list = devices.lock().unwrap();

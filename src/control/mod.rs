@@ -1,6 +1,7 @@
 //! The daemon's control socket (`{runtime_dir}/control.sock`, mode 0660 so only the service's group may
 //! use it): the technician commands send one JSON request line and read JSON event lines back, ending with
-//! a `done` or `error` event. Without a daemon the commands run the same operations themselves.
+//! a `done` or `error` event; an event that asks a question (`passkey_requested`) is answered by one JSON
+//! reply line on the same connection. Without a daemon the commands run the same operations themselves.
 //!
 //! Anyone who can open the socket is held to limits, so a local client cannot take the daemon down: a
 //! request is one line of at most [`MAX_REQUEST_BYTES`], sent within [`REQUEST_TIMEOUT`]; at most
@@ -24,12 +25,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::ble::operations;
+use crate::ble::operations::{self, PasskeyEntry};
 use crate::ble::session::SharedDevices;
 use crate::config::AdminGroup;
 
 mod protocol;
-pub use protocol::{Event, Request};
+pub use protocol::{Event, Reply, Request};
 
 pub const SOCKET: &str = "control.sock";
 /// The longest scan a request may ask for.
@@ -54,13 +55,15 @@ pub fn socket_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(SOCKET)
 }
 
-/// Runs one request to completion, sending its events; the last is `done` or `error`. Returns the error
-/// message, if it ended in one.
+/// Runs one request to completion, sending its events; the last is `done` or `error`. A question an
+/// event asks (the passkey a device shows) is answered from `replies`. Returns the error message, if it
+/// ended in one.
 pub async fn execute(
     request: Request,
     adapter: &str,
     devices: &SharedDevices,
     events: &mpsc::Sender<Event>,
+    mut replies: mpsc::Receiver<Reply>,
 ) -> Result<(), String> {
     let sender = events.clone();
     // Progress events may be dropped if the reader is slow; the final event is always sent.
@@ -73,6 +76,10 @@ pub async fn execute(
             operations::scan(adapter, duration, devices, &mut emit).await
         }
         Request::Pair { address, passkey } => {
+            let passkey = match passkey {
+                Some(passkey) => PasskeyEntry::Fixed(passkey),
+                None => PasskeyEntry::Ask(&mut replies),
+            };
             operations::pair(adapter, &address, passkey, devices, &mut emit).await
         }
         Request::Unpair { address } => {
@@ -453,12 +460,23 @@ async fn handle(stream: UnixStream, peer: Option<Peer>, context: Arc<Context>) -
         return ClientEnding::Refused;
     }
     let (events_tx, mut events_rx) = mpsc::channel(256);
-    let work = execute(request, &context.adapter, &context.devices, &events_tx);
+    let (replies_tx, replies_rx) = mpsc::channel(1);
+    let work = execute(
+        request,
+        &context.adapter,
+        &context.devices,
+        &events_tx,
+        replies_rx,
+    );
     tokio::pin!(work);
+    let replies = read_replies(reader, replies_tx);
+    tokio::pin!(replies);
+    let mut replies_ended = false;
     let mut result = None;
     loop {
         tokio::select! {
             outcome = &mut work, if result.is_none() => result = Some(outcome),
+            () = &mut replies, if !replies_ended => replies_ended = true,
             event = events_rx.recv() => {
                 let Some(event) = event else { break };
                 let last = event.is_last();
@@ -492,6 +510,34 @@ async fn handle(stream: UnixStream, peer: Option<Peer>, context: Arc<Context>) -
         audit.record(&outcome_text(result.as_ref()), &context.failures);
     }
     ClientEnding::Served
+}
+
+/// Reads the client's replies after its request, one JSON line of at most [`MAX_REQUEST_BYTES`] each,
+/// and hands them to the request. Ends, closing the channel (so a question still open gets no
+/// passkey), when the client closes its side or sends a line that is not a reply. A reply is never
+/// logged: it may carry a passkey.
+async fn read_replies(reader: impl AsyncRead + Unpin, replies: mpsc::Sender<Reply>) {
+    let mut reader = BufReader::new(reader);
+    loop {
+        let mut line = Vec::new();
+        let read = (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await;
+        if !matches!(read, Ok(read) if read > 0) {
+            return;
+        }
+        let Ok(reply) = serde_json::from_slice::<Reply>(line.trim_ascii_end()) else {
+            tracing::debug!(
+                bytes = line.len(),
+                "Control client sent a line that is not a reply; not reading more."
+            );
+            return;
+        };
+        if replies.send(reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn outcome_text(result: Option<&Result<(), String>>) -> String {
@@ -632,12 +678,15 @@ impl RateLimit {
     }
 }
 
-/// Sends a request to a running daemon and passes each event to `on_event`; `Ok(None)` when no daemon
-/// listens, so the caller runs the operation itself.
+/// Sends a request to a running daemon and passes each event on to `events`, writing each of
+/// `replies` (answers to the questions events ask) back on the same connection; `Ok(None)` when no
+/// daemon listens, so the caller runs the operation itself. Returns once the last event is passed on
+/// (or the daemon closed), dropping `events`.
 pub async fn request(
     runtime_dir: &Path,
     request: &Request,
-    on_event: &mut dyn FnMut(&Event),
+    events: mpsc::Sender<Event>,
+    mut replies: mpsc::Receiver<Reply>,
 ) -> std::io::Result<Option<()>> {
     let stream = match UnixStream::connect(socket_path(runtime_dir)).await {
         Ok(stream) => stream,
@@ -658,12 +707,26 @@ pub async fn request(
     let written = writer.write_all(line.as_bytes()).await;
     let mut lines = BufReader::new(reader).lines();
     let mut heard = false;
-    while let Some(line) = lines.next_line().await? {
-        heard = true;
-        let event = Event::from_line(&line);
-        on_event(&event);
-        if event.is_last() {
-            break;
+    let mut replies_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                heard = true;
+                let event = Event::from_line(&line);
+                let last = event.is_last();
+                if events.send(event).await.is_err() || last {
+                    break;
+                }
+            }
+            reply = replies.recv(), if replies_open => match reply {
+                Some(reply) => {
+                    let line = serde_json::to_string(&reply).expect("serialisable") + "\n";
+                    // A daemon that went away is noticed as the end of its events.
+                    let _ = writer.write_all(line.as_bytes()).await;
+                }
+                None => replies_open = false,
+            },
         }
     }
     match written {
@@ -737,6 +800,51 @@ mod tests {
         }
     }
 
+    /// The replies `read_replies` hands on from what a client sent after its request.
+    #[track_caller]
+    fn check_replies(sent: &[u8], expected: &[Reply]) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (replies_tx, mut replies_rx) = mpsc::channel(8);
+        runtime.block_on(read_replies(sent, replies_tx));
+        let mut got = Vec::new();
+        while let Ok(reply) = replies_rx.try_recv() {
+            got.push(reply);
+        }
+        assert_eq!(got, expected, "{}", String::from_utf8_lossy(sent));
+    }
+
+    #[test]
+    fn replies_are_read_one_line_each_until_the_client_closes_or_sends_something_else() {
+        let passkey = |passkey| Reply::Passkey { passkey };
+        check_replies(b"", &[]);
+        check_replies(
+            b"{\"reply\":\"passkey\",\"passkey\":123456}\n",
+            &[passkey(123456)],
+        );
+        check_replies(
+            b"{\"reply\":\"passkey\",\"passkey\":123456}",
+            &[passkey(123456)],
+        );
+        check_replies(b"{\"reply\":\"cancel\"}\r\n", &[Reply::Cancel]);
+        check_replies(
+            b"{\"reply\":\"passkey\",\"passkey\":1}\n{\"reply\":\"cancel\"}\n",
+            &[passkey(1), Reply::Cancel],
+        );
+        // Not a reply: reading stops there, and what follows is not read.
+        check_replies(b"123456\n{\"reply\":\"passkey\",\"passkey\":123456}\n", &[]);
+        check_replies(
+            b"{\"reply\":\"cancel\"}\n{\"command\":\"devices\"}\n{\"reply\":\"cancel\"}\n",
+            &[Reply::Cancel],
+        );
+        // A line over the limit is not read whole.
+        let mut long = b"{\"reply\":\"cancel\"".to_vec();
+        long.extend(std::iter::repeat_n(b' ', MAX_REQUEST_BYTES));
+        long.extend(b"}\n");
+        check_replies(&long, &[]);
+    }
+
     #[test]
     fn a_flood_costs_one_line_per_interval_and_the_next_line_counts_what_was_held_back() {
         let start = Instant::now();
@@ -803,6 +911,13 @@ mod tests {
                 Request::Pair {
                     address: "AA:BB:CC:DD:EE:01".into(),
                     passkey: Some(123456),
+                },
+                Some(("pair", "AA:BB:CC:DD:EE:01")),
+            ),
+            (
+                Request::Pair {
+                    address: "AA:BB:CC:DD:EE:01".into(),
+                    passkey: None,
                 },
                 Some(("pair", "AA:BB:CC:DD:EE:01")),
             ),

@@ -1,9 +1,12 @@
-//! The control socket's messages: one JSON request line in, JSON event lines out, the last `done` or `error`.
+//! The control socket's messages: one JSON request line in, JSON event lines out, the last `done` or `error`;
+//! an event that asks a question (`passkey_requested`) is answered by one JSON reply line on the same
+//! connection.
 
 use serde::{Deserialize, Serialize};
 
-/// The events are the Bluetooth operations' own, with `done` and `error` for the end of every request.
-pub use crate::ble::operations::Event;
+/// The events are the Bluetooth operations' own, with `done` and `error` for the end of every request;
+/// so are the replies that answer them.
+pub use crate::ble::operations::{Event, Reply};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -89,6 +92,46 @@ mod tests {
             Event::Devices { devices: vec![] },
             r#"{"event":"devices","devices":[]}"#,
         );
+        check(
+            Event::PasskeyRequested {
+                address: "00:AA:01:01:00:01".into(),
+            },
+            r#"{"event":"passkey_requested","address":"00:AA:01:01:00:01"}"#,
+        );
+    }
+
+    #[track_caller]
+    fn check_reply(line: &str, expected: Option<Reply>) {
+        let read: Option<Reply> = serde_json::from_str(line).ok();
+        assert_eq!(read, expected);
+        if let Some(reply) = expected {
+            assert_eq!(serde_json::to_string(&reply).unwrap(), line);
+        }
+    }
+
+    #[test]
+    fn replies_keep_their_wire_format_and_anything_else_is_not_a_reply() {
+        check_reply(
+            r#"{"reply":"passkey","passkey":123456}"#,
+            Some(Reply::Passkey { passkey: 123456 }),
+        );
+        check_reply(
+            r#"{"reply":"passkey","passkey":0}"#,
+            Some(Reply::Passkey { passkey: 0 }),
+        );
+        check_reply(r#"{"reply":"cancel"}"#, Some(Reply::Cancel));
+        // The range is the daemon's to check: a reply that says a number is read as one.
+        check_reply(
+            r#"{"reply":"passkey","passkey":1000000}"#,
+            Some(Reply::Passkey { passkey: 1000000 }),
+        );
+        check_reply(r#"{"reply":"passkey","passkey":"123456"}"#, None);
+        check_reply(r#"{"reply":"passkey","passkey":-1}"#, None);
+        check_reply(r#"{"reply":"passkey"}"#, None);
+        check_reply(r#"{"reply":"pin","pin":"0000"}"#, None);
+        check_reply(r#"{"command":"pair","address":"A"}"#, None);
+        check_reply("123456", None);
+        check_reply("", None);
     }
 
     #[test]

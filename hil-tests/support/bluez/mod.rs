@@ -268,6 +268,7 @@ impl BluezSim {
         self.with(|state| {
             state.end_discovery();
             state.agent = None;
+            state.agents.clear();
             for device in state.devices.values_mut() {
                 device.connected = false;
                 device.services_resolved = false;

@@ -22,6 +22,7 @@ pub enum BluezError {
     NotPermitted(String),
     NotReady(String),
     AuthenticationFailed(String),
+    AuthenticationCanceled(String),
     InProgress(String),
     ConnectionAttemptFailed(String),
     AlreadyExists(String),
@@ -231,6 +232,10 @@ impl AgentManager {
         let sender = sender(&header);
         let mut state = self.state.lock().unwrap();
         state.calls.push(format!("RegisterAgent {capability}"));
+        state.agents.insert(
+            sender.clone(),
+            (agent.as_str().to_string(), capability.clone()),
+        );
         state.agent = Some((sender, agent.as_str().to_string(), capability));
         Ok(())
     }
@@ -244,8 +249,15 @@ impl AgentManager {
         Ok(())
     }
 
-    fn unregister_agent(&self, _agent: OwnedObjectPath) -> Result<(), BluezError> {
-        self.state.lock().unwrap().agent = None;
+    fn unregister_agent(
+        &self,
+        _agent: OwnedObjectPath,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BluezError> {
+        let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let mut state = self.state.lock().unwrap();
+        state.agent = None;
+        state.agents.remove(&sender);
         Ok(())
     }
 }
@@ -310,11 +322,22 @@ impl Device {
         Ok(())
     }
 
-    async fn pair(&self, #[zbus(connection)] connection: &Connection) -> Result<(), BluezError> {
-        let (agent, behaviour_passkey) = {
+    async fn pair(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BluezError> {
+        let caller = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let (agent, behaviour_passkey, passkey_wait) = {
             let mut state = self.state.lock().unwrap();
             state.calls.push(format!("Pair {}", self.address));
-            let agent = state.agent.clone();
+            // As BlueZ does: the agent of the connection that called Pair, else the default one.
+            let agent = match state.agents.get(&caller) {
+                Some((path, capability)) => {
+                    Some((caller.clone(), path.clone(), capability.clone()))
+                }
+                None => state.agent.clone(),
+            };
             let device = state.devices.get_mut(&self.address).unwrap();
             if device.paired {
                 return Err(BluezError::AlreadyExists("Already Exists".into()));
@@ -338,7 +361,7 @@ impl Device {
             } else {
                 device.passkey
             };
-            (agent, passkey)
+            (agent, passkey, device.passkey_wait)
         };
         let Some((sender, agent_path, _capability)) = agent else {
             // BlueZ 5.72 and later refuse to pair without an agent, even for Just Works.
@@ -355,10 +378,22 @@ impl Device {
         .map_err(BluezError::ZBus)?;
         match behaviour_passkey {
             Some(expected) => {
-                let reply: Result<u32, zbus::Error> =
-                    proxy.call("RequestPasskey", &(&device_path,)).await;
-                // A wrong passkey and an agent that gives none both fail SMP: the kernel reports an
-                // authentication failure either way.
+                let arguments = (&device_path,);
+                let asking = proxy.call("RequestPasskey", &arguments);
+                let reply: Result<u32, zbus::Error> = match passkey_wait {
+                    None => asking.await,
+                    // BlueZ's side giving up on the agent (its request timeout, or the kernel's pairing
+                    // timer): it cancels the agent's request and fails the pairing.
+                    Some(limit) => match tokio::time::timeout(limit, asking).await {
+                        Ok(reply) => reply,
+                        Err(_) => {
+                            let _: Result<(), zbus::Error> = proxy.call("Cancel", &()).await;
+                            return Err(BluezError::AuthenticationCanceled(
+                                "Authentication Canceled".into(),
+                            ));
+                        }
+                    },
+                };
                 match reply {
                     Ok(given) if given == expected => {}
                     _ => return Err(authentication_failed()),

@@ -72,6 +72,9 @@ pub struct DeviceState {
     pub shown_passkey: Option<u32>,
     /// The device (or its user) declines a first pairing; BlueZ reports it as a failed authentication.
     pub declines_pairing: bool,
+    /// How long BlueZ waits for the hub's agent to answer `RequestPasskey` before it sends the agent
+    /// `Cancel` and fails the pairing; `None`: as long as it takes.
+    pub passkey_wait: Option<std::time::Duration>,
     pub in_range: bool,
     /// Advertising as LE Limited Discoverable (AD flags 0x05), as A&D devices do in pairing mode.
     pub pairing_mode: bool,
@@ -128,6 +131,7 @@ impl DeviceState {
             random_passkey: false,
             shown_passkey: None,
             declines_pairing: false,
+            passkey_wait: None,
             in_range: true,
             pairing_mode: false,
             exported: false,
@@ -202,6 +206,10 @@ pub struct SimState {
     pub devices: BTreeMap<String, DeviceState>,
     /// The registered agent: (bus name, object path, capability).
     pub agent: Option<(String, String, String)>,
+    /// Every registered agent by the bus name that registered it: (object path, capability). BlueZ
+    /// asks the agent of the connection that called `Pair`, and the default agent only when that
+    /// connection has none.
+    pub agents: BTreeMap<String, (String, String)>,
     pub calls: Vec<String>,
 }
 
