@@ -5,7 +5,9 @@
 //! `ble-peripheral SCENARIO.json`: the scenario names the adapter, the device model, how the device's
 //! agent answers, and the sessions: before each, the records it adds to its memory; in each, it advertises,
 //! sends what it holds once the hub has enabled indications, stops advertising and drops the link, as A&D
-//! devices do. What happens is written as JSON lines to the scenario's `events` file, for the test to read.
+//! devices do; a glucose meter instead keeps every record and answers the hub's Record Access Control Point
+//! requests from them. What happens is written as JSON lines to the scenario's `events` file, for the test
+//! to read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -28,6 +30,11 @@ const AGENT_PATH: &str = "/org/vitalsd/peripheral/agent";
 const DEFAULT_AGENT_EVERY: Duration = Duration::from_millis(200);
 /// How long an indication may wait for the hub's confirmation.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// The Record Access Control Point (0x2A52).
+const RACP: u16 = 0x2A52;
+/// How long a glucose meter keeps the link after answering a request for records, if the hub neither
+/// asks for more nor lets go first; then it drops the link, as meters do to save their battery.
+const METER_LINGER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +68,10 @@ fn no_input_no_output() -> String {
 enum Model {
     /// A&D UA-651BLE-like: Blood Pressure with a writable Date Time, Device Information, Battery; Just Works.
     AndCuff,
+    /// A Contour-like glucose meter, the simulator's `glucose_meter()`: Glucose (Measurement and Context
+    /// notified, Feature, a Record Access Control Point written and indicated), Device Information; Just
+    /// Works. It sends nothing on its own: the hub's RACP requests drive it (`run_meter_sessions`).
+    GlucoseMeter,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq)]
@@ -85,6 +96,10 @@ struct Session {
     /// something to the hub's side first (power its adapter off, restart bluetoothd).
     #[serde(default)]
     wait_for: Option<PathBuf>,
+    /// Glucose Measurement Contexts, hex, added with the records: the meter sends each right after the
+    /// record with its sequence number.
+    #[serde(default)]
+    contexts: Vec<String>,
 }
 
 /// One characteristic of a model: service, characteristic, BlueZ flags, initial value.
@@ -121,6 +136,27 @@ impl Model {
                     (0x180A, 0x2A24, &["read"], b"UA-651BLE".to_vec()),
                     (0x180A, 0x2A25, &["read"], b"5140300123".to_vec()),
                     (0x180F, 0x2A19, &["read", "notify"], vec![80]),
+                ],
+            },
+            // No encryption required, as the simulator's meter does not insist on a bond; the hub pairs
+            // Just Works all the same.
+            Model::GlucoseMeter => ModelSpec {
+                name: "Contour7812345",
+                advertised_service: 0x1808,
+                measurement: 0x2A18,
+                characteristics: vec![
+                    (0x1808, 0x2A18, &["notify"], vec![]),
+                    (0x1808, 0x2A34, &["notify"], vec![]),
+                    (0x1808, 0x2A52, &["write", "indicate"], vec![]),
+                    (0x1808, 0x2A51, &["read"], vec![0x00, 0x00]),
+                    (
+                        0x180A,
+                        0x2A29,
+                        &["read"],
+                        b"Ascensia Diabetes Care".to_vec(),
+                    ),
+                    (0x180A, 0x2A24, &["read"], b"Contour Next One".to_vec()),
+                    (0x180A, 0x2A25, &["read"], b"7812345".to_vec()),
                 ],
             },
         }
@@ -177,6 +213,8 @@ enum Happening {
     HubConnected(OwnedObjectPath),
     HubDisconnected,
     Confirmed,
+    /// The hub wrote a request to the Record Access Control Point.
+    RacpWritten(Vec<u8>),
 }
 
 struct Characteristic {
@@ -212,6 +250,11 @@ impl Characteristic {
     fn write_value(&mut self, value: Vec<u8>, _options: HashMap<String, OwnedValue>) {
         self.events
             .record(json!({"event": "write", "uuid": self.uuid, "value": hex::encode(&value)}));
+        if self.uuid == uuid16(RACP) {
+            let _ = self
+                .happenings
+                .try_send(Happening::RacpWritten(value.clone()));
+        }
         if self.clock.is_some() {
             if let Some(set) = decode_date_time(&value) {
                 self.clock = Some(set - chrono::Utc::now().naive_utc());
@@ -468,6 +511,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut application = Application::default();
     let mut services: Vec<u16> = Vec::new();
     let mut measurement_path = String::new();
+    let mut paths: HashMap<u16, String> = HashMap::new();
     for (index, (service, characteristic, flags, value)) in spec.characteristics.iter().enumerate()
     {
         let service_index = match services.iter().position(|s| s == service) {
@@ -513,6 +557,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ("Notifying", Value::from(false)),
             ],
         )?;
+        paths.insert(*characteristic, path.clone());
         server
             .at(
                 path,
@@ -619,15 +664,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
     };
-    let session_loop = run_sessions(
-        &connection,
-        &scenario,
-        &adapter_path,
-        &measurement_path,
-        &events,
-        &mut happenings,
-        &advertising,
-    );
+    let session_loop = async {
+        match scenario.model {
+            Model::GlucoseMeter => {
+                run_meter_sessions(
+                    &connection,
+                    &scenario,
+                    &adapter_path,
+                    &paths,
+                    &events,
+                    &mut happenings,
+                    &advertising,
+                )
+                .await
+            }
+            _ => {
+                run_sessions(
+                    &connection,
+                    &scenario,
+                    &adapter_path,
+                    &measurement_path,
+                    &events,
+                    &mut happenings,
+                    &advertising,
+                )
+                .await
+            }
+        }
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         outcome = session_loop => {
@@ -890,7 +954,7 @@ async fn run_sessions(
                 Happening::HubDisconnected => {
                     events.record(json!({"event": "disconnected", "session": number}));
                 }
-                Happening::Confirmed => {}
+                Happening::Confirmed | Happening::RacpWritten(_) => {}
             }
         }
         let to_send = if scenario.replay {
@@ -974,4 +1038,253 @@ async fn run_sessions(
     }
     events.record(json!({"event": "done"}));
     Ok(())
+}
+
+/// A glucose meter's stored record: its sequence number, the Glucose Measurement and the context that
+/// follows it, if any.
+struct MeterRecord {
+    sequence: u16,
+    measurement: Vec<u8>,
+    context: Option<Vec<u8>>,
+}
+
+/// A meter's answer to one RACP request: which of its records it sends (indices into its memory), then
+/// the response it indicates.
+fn answer_racp(memory: &[MeterRecord], request: &[u8]) -> (Vec<usize>, Vec<u8>) {
+    let all = || (0..memory.len()).collect::<Vec<_>>();
+    let from = |first: u16| {
+        (0..memory.len())
+            .filter(|&index| memory[index].sequence >= first)
+            .collect::<Vec<_>>()
+    };
+    let response = |opcode: u8, code: u8| vec![0x06, 0x00, opcode, code];
+    let records = |selected: Vec<usize>| {
+        let code = if selected.is_empty() { 0x06 } else { 0x01 };
+        (selected, response(0x01, code))
+    };
+    match request {
+        // Report stored records: all, greater or equal to a sequence number, first, last.
+        [0x01, 0x01] => records(all()),
+        [0x01, 0x03, 0x01, lo, hi] => records(from(u16::from_le_bytes([*lo, *hi]))),
+        [0x01, 0x05] => records(all().into_iter().take(1).collect()),
+        [0x01, 0x06] => records(all().into_iter().last().into_iter().collect()),
+        [0x01, ..] => (Vec::new(), response(0x01, 0x04)),
+        // Report the number of stored records: all, or greater or equal to a sequence number.
+        [0x04, 0x01] => (Vec::new(), number_of_records(memory.len())),
+        [0x04, 0x03, 0x01, lo, hi] => (
+            Vec::new(),
+            number_of_records(from(u16::from_le_bytes([*lo, *hi])).len()),
+        ),
+        [0x04, ..] => (Vec::new(), response(0x04, 0x04)),
+        // Delete, abort and anything else: this meter supports none of them.
+        [opcode, ..] => (Vec::new(), response(*opcode, 0x02)),
+        [] => (Vec::new(), response(0x00, 0x02)),
+    }
+}
+
+fn number_of_records(count: usize) -> Vec<u8> {
+    let [lo, hi] = (count as u16).to_le_bytes();
+    vec![0x05, 0x00, lo, hi]
+}
+
+/// Sets a characteristic's value and tells BlueZ, which notifies or indicates it to the subscribed hub.
+async fn send_value(connection: &Connection, path: &str, value: &[u8]) -> zbus::Result<()> {
+    let characteristic = connection
+        .object_server()
+        .interface::<_, Characteristic>(path)
+        .await?;
+    characteristic.get_mut().await.value = value.to_vec();
+    let sent = characteristic
+        .get()
+        .await
+        .value_changed(characteristic.signal_emitter())
+        .await;
+    sent
+}
+
+/// A glucose meter's sessions. Before each, the session's records join the meter's memory, which keeps
+/// every record (their sequence numbers only grow). In each, the meter advertises and answers the hub's
+/// RACP requests: the selected records as Glucose Measurement notifications (each followed by its
+/// context), then the response as an indication. Once it has answered a request for records, the session
+/// ends when the hub lets go, or after `METER_LINGER` without another request, when the meter drops the
+/// link itself.
+async fn run_meter_sessions(
+    connection: &Connection,
+    scenario: &Scenario,
+    adapter_path: &str,
+    paths: &HashMap<u16, String>,
+    events: &Events,
+    happenings: &mut mpsc::Receiver<Happening>,
+    advertising: &AtomicBool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let path = |uuid: u16| {
+        paths
+            .get(&uuid)
+            .map(String::as_str)
+            .ok_or("no such characteristic")
+    };
+    let (measurement, context, racp) = (path(0x2A18)?, path(0x2A34)?, path(RACP)?);
+    let mut memory: Vec<MeterRecord> = Vec::new();
+    let mut hub: Option<OwnedObjectPath> = None;
+    let no_options: HashMap<&str, Value> = HashMap::new();
+    for (number, session) in scenario.sessions.iter().enumerate() {
+        let mut contexts: HashMap<u16, Vec<u8>> = HashMap::new();
+        for value in &session.contexts {
+            let value = hex::decode(value)?;
+            let sequence = u16::from_le_bytes([value[1], value[2]]);
+            contexts.insert(sequence, value);
+        }
+        for record in &session.records {
+            let measurement = hex::decode(record)?;
+            let sequence = u16::from_le_bytes([measurement[1], measurement[2]]);
+            memory.push(MeterRecord {
+                sequence,
+                measurement,
+                context: contexts.remove(&sequence),
+            });
+        }
+        advertising.store(true, Ordering::SeqCst);
+        call(
+            connection,
+            adapter_path,
+            "org.bluez.LEAdvertisingManager1",
+            "RegisterAdvertisement",
+            &(ObjectPath::try_from(ADVERT_PATH)?, &no_options),
+        )
+        .await?;
+        events.record(json!({"event": "advertising", "session": number}));
+        let mut requests: std::collections::VecDeque<Vec<u8>> = Default::default();
+        let mut served = false;
+        let mut hub_gone = false;
+        let linger = tokio::time::sleep(METER_LINGER);
+        tokio::pin!(linger);
+        loop {
+            if let Some(request) = requests.pop_front() {
+                let (selected, response) = answer_racp(&memory, &request);
+                for &index in &selected {
+                    send_value(connection, measurement, &memory[index].measurement).await?;
+                    if let Some(value) = &memory[index].context {
+                        send_value(connection, context, value).await?;
+                    }
+                }
+                send_value(connection, racp, &response).await?;
+                // One indication in flight at a time; requests written meanwhile wait their turn.
+                let deadline = tokio::time::sleep(CONFIRM_TIMEOUT);
+                tokio::pin!(deadline);
+                let confirmed = loop {
+                    tokio::select! {
+                        happening = happenings.recv() => match happening {
+                            Some(Happening::Confirmed) => break true,
+                            Some(Happening::RacpWritten(next)) => requests.push_back(next),
+                            Some(Happening::HubConnected(path)) => hub = Some(path),
+                            Some(Happening::HubDisconnected) => {
+                                events.record(json!({"event": "disconnected", "session": number}));
+                                hub_gone = true;
+                                break false;
+                            }
+                            Some(Happening::Subscribed) => {}
+                            None => return Err("the D-Bus objects went away".into()),
+                        },
+                        _ = &mut deadline => break false,
+                    }
+                };
+                events.record(json!({"event": "racp", "session": number,
+                    "request": hex::encode(&request), "records": selected.len(),
+                    "response": hex::encode(&response), "confirmed": confirmed}));
+                served |= request.first() == Some(&0x01);
+                linger
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + METER_LINGER);
+                if hub_gone && served {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                happening = happenings.recv() => match happening.ok_or("the D-Bus objects went away")? {
+                    Happening::RacpWritten(request) => requests.push_back(request),
+                    Happening::HubConnected(path) => {
+                        events.record(json!({"event": "connected", "session": number}));
+                        hub = Some(path);
+                    }
+                    Happening::HubDisconnected => {
+                        events.record(json!({"event": "disconnected", "session": number}));
+                        if served {
+                            break;
+                        }
+                    }
+                    Happening::Subscribed | Happening::Confirmed => {}
+                },
+                _ = &mut linger, if served => break,
+            }
+        }
+        advertising.store(false, Ordering::SeqCst);
+        call(
+            connection,
+            adapter_path,
+            "org.bluez.LEAdvertisingManager1",
+            "UnregisterAdvertisement",
+            &(ObjectPath::try_from(ADVERT_PATH)?,),
+        )
+        .await?;
+        // The meter drops whatever link is still up (the hub usually let go first).
+        let mut links = devices_on(connection, adapter_path, true).await?;
+        links.extend(hub.take());
+        links.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        links.dedup();
+        for link in links {
+            let dropped = call(
+                connection,
+                link.as_str(),
+                "org.bluez.Device1",
+                "Disconnect",
+                &(),
+            )
+            .await;
+            events.record(json!({"event": "dropped_link", "session": number,
+                "error": dropped.err().map(|e| e.to_string())}));
+        }
+        events.record(json!({"event": "session_end", "session": number}));
+    }
+    events.record(json!({"event": "done"}));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A meter holding records with sequence numbers 4 to 6 answers `request` by sending the records
+    /// `sent` (their sequence numbers) and indicating `response`.
+    #[track_caller]
+    fn check(request: &str, sent: &[u16], response: &str) {
+        let memory: Vec<MeterRecord> = (4..=6)
+            .map(|sequence| MeterRecord {
+                sequence,
+                measurement: vec![0x02, sequence as u8, 0x00],
+                context: None,
+            })
+            .collect();
+        let (selected, answer) = answer_racp(&memory, &hex::decode(request).unwrap());
+        let selected: Vec<u16> = selected.iter().map(|&i| memory[i].sequence).collect();
+        assert_eq!(
+            (selected.as_slice(), hex::encode(answer).as_str()),
+            (sent, response)
+        );
+    }
+
+    #[test]
+    fn the_meter_answers_the_record_access_control_point() {
+        check("0101", &[4, 5, 6], "06000101");
+        check("0103010500", &[5, 6], "06000101");
+        check("0103010700", &[], "06000106");
+        check("0105", &[4], "06000101");
+        check("0106", &[6], "06000101");
+        check("0102010500", &[], "06000104");
+        check("0401", &[], "05000300");
+        check("0403010600", &[], "05000100");
+        check("0201", &[], "06000202");
+        check("0300", &[], "06000302");
+        check("0c01", &[], "06000c02");
+    }
 }

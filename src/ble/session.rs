@@ -304,6 +304,17 @@ async fn collect(
                     if last_activity.elapsed() >= IDLE_TIMEOUT {
                         break SessionEnd::Finished { readings: store.readings };
                     }
+                    // A record whose context did not come while the answer waited for late records is
+                    // stored before the answer is judged.
+                    let overdue = glucose.release_overdue(std::time::Instant::now());
+                    let glucose_channel = channels.get_mut(&GLUCOSE_MEASUREMENT);
+                    if let Some(decoding) = glucose_channel.filter(|_| !overdue.is_empty()) {
+                        let records = decoding.records(overdue);
+                        let counters = decoding.take_counter_deltas();
+                        if !store.store(records, counters, &mut glucose, shutdown).await? {
+                            break SessionEnd::Shutdown;
+                        }
+                    }
                     if follow(peripheral, racp, &mut glucose).await? == Some(Action::Finished) {
                         break SessionEnd::Finished { readings: store.readings };
                     }

@@ -15,6 +15,8 @@
 //!   asked for again next time.
 //! - A record that announces a context waits for it until anything else comes from the meter; the
 //!   context's meal, tester and health join its flags. A context that never comes leaves it as it was.
+//! - A request's answer is acted on only once nothing more came for `LATE_RECORDS`: a meter's records
+//!   and contexts can arrive after the response that ends them (ARCHITECTURE.md, BlueZ), and are taken.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,9 @@ use crate::model::reading::{Kind, Reading};
 
 /// How long a glucose meter may take to answer a RACP request.
 pub const RACP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after a request's answer, and after anything that came from the meter since, the dialog
+/// waits for records that the answer overtook before it acts on the answer.
+pub const LATE_RECORDS: Duration = Duration::from_secs(2);
 
 /// The newest record the hub stored from a meter, kept between sessions: the next transfer starts after
 /// its sequence number, and its key tells a restarted numbering from an unchanged one.
@@ -77,6 +82,9 @@ pub struct RecordDialog {
     /// A request's outcome the meter reported, not yet acted on: the records released with it are stored
     /// first, since what they say (a restarted numbering) decides the next request.
     answer: Option<ResponseCode>,
+    /// Since when the answer waits for late records: set by the first `poll` after the answer or after
+    /// anything the meter sent since.
+    quiet_since: Option<Instant>,
     /// When the running request counts as unanswered.
     deadline: Option<Instant>,
     /// A record whose context the meter announced.
@@ -96,6 +104,7 @@ impl RecordDialog {
             last,
             restart_seen: false,
             answer: None,
+            quiet_since: None,
             deadline: None,
             awaiting_context: None,
         }
@@ -104,6 +113,7 @@ impl RecordDialog {
     /// Decoded Glucose Measurement values. Anything new from the meter means an awaited context is not
     /// coming: the held record goes first, as it is. Returns what to store.
     pub fn handle_measurement(&mut self, decoded: Vec<DecodeEvent>) -> Vec<DecodeEvent> {
+        self.quiet_since = None;
         let mut events: Vec<DecodeEvent> = self
             .awaiting_context
             .take()
@@ -127,6 +137,7 @@ impl RecordDialog {
     /// A context for another record is dropped.
     pub fn handle_context(&mut self, value: &[u8]) -> Result<Vec<DecodeEvent>, FrameError> {
         let context = decode_context(value)?;
+        self.quiet_since = None;
         let matches = self
             .awaiting_context
             .as_ref()
@@ -139,17 +150,25 @@ impl RecordDialog {
         Ok(vec![DecodeEvent::Reading(reading)])
     }
 
-    /// A RACP indication. When it ends a request, a record still waiting for its context is released (it
-    /// must be stored before the answer is judged), and the next `poll` acts on the answer.
+    /// A RACP indication. When it ends a request, `poll` acts on the answer once `LATE_RECORDS` passed
+    /// without anything more from the meter; records and contexts that come meanwhile are taken as usual.
     pub fn handle_racp(&mut self, value: &[u8]) -> Result<Vec<DecodeEvent>, FrameError> {
-        match racp::decode_response(value)? {
-            Response::NumberOfRecords(_) => Ok(Vec::new()),
-            Response::Completed { code, .. } => {
-                if self.phase != Phase::Done {
-                    self.answer = Some(code);
-                }
-                Ok(self.release())
+        if let Response::Completed { code, .. } = racp::decode_response(value)? {
+            if self.phase != Phase::Done {
+                self.answer = Some(code);
+                self.quiet_since = None;
             }
+        }
+        Ok(Vec::new())
+    }
+
+    /// A record still waiting for its context once an answer waited `LATE_RECORDS` in vain: the context
+    /// is not coming, and the record must be stored before the answer is judged. The session calls this
+    /// before `poll`.
+    pub fn release_overdue(&mut self, now: Instant) -> Vec<DecodeEvent> {
+        match (self.answer, self.quiet_since) {
+            (Some(_), Some(since)) if now >= since + LATE_RECORDS => self.release(),
+            _ => Vec::new(),
         }
     }
 
@@ -196,7 +215,13 @@ impl RecordDialog {
             };
             return Some(self.request(Phase::Fetching, request, now));
         }
-        if let Some(code) = self.answer.take() {
+        if let Some(code) = self.answer {
+            let since = *self.quiet_since.get_or_insert(now);
+            if now < since + LATE_RECORDS || self.awaiting_context.is_some() {
+                return None;
+            }
+            self.answer = None;
+            self.quiet_since = None;
             return Some(match (self.phase, code) {
                 // Nothing past our last sequence number: either nothing is new, or the meter's numbering
                 // restarted. Its last record tells which.
@@ -218,6 +243,7 @@ impl RecordDialog {
     pub fn finish(&mut self) -> Vec<DecodeEvent> {
         self.phase = Phase::Done;
         self.answer = None;
+        self.quiet_since = None;
         self.release()
     }
 
@@ -317,6 +343,30 @@ mod tests {
                 Some(Err(_)) => out.push("unreadable".to_string()),
                 None => {}
             }
+            let overdue = dialog.release_overdue(now);
+            if !overdue.is_empty() {
+                let readings: Vec<Reading> = overdue
+                    .into_iter()
+                    .filter_map(|event| match event {
+                        DecodeEvent::Reading(reading) => Some(reading),
+                        DecodeEvent::Rejected(_) => None,
+                    })
+                    .collect();
+                for reading in &readings {
+                    out.push(format!(
+                        "record {} [{}]",
+                        sequence_number(&reading.raw).unwrap(),
+                        crate::model::reading::joined(&reading.flags)
+                    ));
+                }
+                let noted = dialog.handle_stored(&readings, true);
+                if let Some(last) = noted.last {
+                    out.push(format!("noted {}", last.sequence.unwrap()));
+                }
+                if noted.restart_found {
+                    out.push("restart".to_string());
+                }
+            }
             match dialog.poll(now) {
                 Some(Action::Write(bytes)) => out.push(format!("write {}", hex::encode(bytes))),
                 Some(Action::Finished) => out.push("finished".to_string()),
@@ -346,8 +396,11 @@ mod tests {
             (0, "poll", ""),
             (1, ONE, "record 1 []; noted 1"),
             (1, TWO, "record 2 []; noted 2"),
-            (2, "racp 06 00 01 01", "finished"),
+            (2, "racp 06 00 01 01", ""),
+            // The answer waits for records it overtook.
             (3, "poll", ""),
+            (4, "poll", "finished"),
+            (5, "poll", ""),
         ]);
     }
 
@@ -357,7 +410,8 @@ mod tests {
         check((Some(2), Some(KEY_TWO)), true, &[
             (0, "poll", "write 0103010300"),
             (1, "measurement 00 03 00 E8 07 03 0F 09 00 00", "record 3 []; noted 3"),
-            (1, "racp 06 00 01 01", "finished"),
+            (1, "racp 06 00 01 01", ""),
+            (3, "poll", "finished"),
         ]);
         // Sequence numbers wrap: after 65535 comes 0.
         check((Some(0xFFFF), None), true, &[(0, "poll", "write 0103010000")]);
@@ -369,32 +423,41 @@ mod tests {
         // Nothing new: the last record is the one noted, nothing is noted again and the transfer ends.
         check((Some(2), Some(KEY_TWO)), true, &[
             (0, "poll", "write 0103010300"),
-            (1, "racp 06 00 01 06", "write 0106"),
-            (2, TWO, "record 2 []"),
-            (2, "racp 06 00 06 01", "finished"),
+            (1, "racp 06 00 01 06", ""),
+            (3, "poll", "write 0106"),
+            (4, TWO, "record 2 []"),
+            (4, "racp 06 00 06 01", ""),
+            (6, "poll", "finished"),
         ]);
         // Restarted: the meter's last record 1 is not the record 2 noted, so everything is asked for, and
         // the newest record noted as it is stored.
         check((Some(2), Some(KEY_TWO)), true, &[
             (0, "poll", "write 0103010300"),
-            (1, "racp 06 00 01 06", "write 0106"),
-            (2, NEW_ONE, "record 1 []; noted 1; restart"),
-            (2, "racp 06 00 06 01", "write 0101"),
-            (3, NEW_ONE, "record 1 []; noted 1"),
-            (4, "racp 06 00 01 01", "finished"),
+            (1, "racp 06 00 01 06", ""),
+            (3, "poll", "write 0106"),
+            (4, NEW_ONE, "record 1 []; noted 1; restart"),
+            (4, "racp 06 00 06 01", ""),
+            (6, "poll", "write 0101"),
+            (7, NEW_ONE, "record 1 []; noted 1"),
+            (7, "racp 06 00 01 01", ""),
+            (9, "poll", "finished"),
         ]);
         // The same sequence number with another record behind it is a restart too.
         check((Some(1), Some(KEY_ONE)), true, &[
             (0, "poll", "write 0103010200"),
-            (1, "racp 06 00 01 06", "write 0106"),
-            (2, NEW_ONE, "record 1 []; noted 1; restart"),
-            (2, "racp 06 00 06 01", "write 0101"),
+            (1, "racp 06 00 01 06", ""),
+            (3, "poll", "write 0106"),
+            (4, NEW_ONE, "record 1 []; noted 1; restart"),
+            (4, "racp 06 00 06 01", ""),
+            (6, "poll", "write 0101"),
         ]);
         // A meter that answers "no records" to the last-record question has nothing: the transfer ends.
         check((Some(2), Some(KEY_TWO)), true, &[
             (0, "poll", "write 0103010300"),
-            (1, "racp 06 00 01 06", "write 0106"),
-            (2, "racp 06 00 06 06", "finished"),
+            (1, "racp 06 00 01 06", ""),
+            (3, "poll", "write 0106"),
+            (4, "racp 06 00 06 06", ""),
+            (6, "poll", "finished"),
         ]);
     }
 
@@ -404,14 +467,17 @@ mod tests {
         check((Some(1), Some(KEY_ONE)), true, &[
             (0, "poll", "write 0103010200"),
             (1, &format!("refused {TWO}"), "record 2 []"),
-            (1, "racp 06 00 01 01", "finished"),
+            (1, "racp 06 00 01 01", ""),
+            (3, "poll", "finished"),
         ]);
         // While checking the last record, a refused one says nothing about a restart either.
         check((Some(2), Some(KEY_TWO)), true, &[
             (0, "poll", "write 0103010300"),
-            (1, "racp 06 00 01 06", "write 0106"),
-            (2, &format!("refused {NEW_ONE}"), "record 1 []"),
-            (2, "racp 06 00 06 01", "finished"),
+            (1, "racp 06 00 01 06", ""),
+            (3, "poll", "write 0106"),
+            (4, &format!("refused {NEW_ONE}"), "record 1 []"),
+            (4, "racp 06 00 06 01", ""),
+            (6, "poll", "finished"),
         ]);
     }
 
@@ -428,9 +494,10 @@ mod tests {
         // Each request has its own time-out.
         check((Some(2), Some(KEY_TWO)), true, &[
             (0, "poll", "write 0103010300"),
-            (20, "racp 06 00 01 06", "write 0106"),
-            (49, "poll", ""),
-            (50, "poll", "finished"),
+            (20, "racp 06 00 01 06", ""),
+            (22, "poll", "write 0106"),
+            (51, "poll", ""),
+            (52, "poll", "finished"),
         ]);
     }
 
@@ -442,7 +509,8 @@ mod tests {
             (1, THREE_WITH_CONTEXT, ""),
             // Preprandial, by the patient, no health issues.
             (1, "context 06 03 00 01 51", "record 3 [context_follows,meal_preprandial,tester_self,health_none]; noted 3"),
-            (2, "racp 06 00 01 01", "finished"),
+            (2, "racp 06 00 01 01", ""),
+            (4, "poll", "finished"),
         ]);
     }
 
@@ -460,11 +528,12 @@ mod tests {
             (1, "measurement 10 04 00 E8 07 03 0F 0A 00 00", "record 3 [context_follows]; noted 3"),
             (2, "end", "record 4 [context_follows]; noted 4"),
         ]);
-        // The end of the transfer releases it before the answer is judged.
+        // An answer that waited for late records in vain releases it before the answer is judged.
         check((None, None), true, &[
             (0, "poll", "write 0101"),
             (1, THREE_WITH_CONTEXT, ""),
-            (2, "racp 06 00 01 01", "record 3 [context_follows]; noted 3; finished"),
+            (2, "racp 06 00 01 01", ""),
+            (4, "poll", "record 3 [context_follows]; noted 3; finished"),
         ]);
         // A context for another record is dropped, and the held record still waits.
         check((None, None), false, &[
@@ -488,7 +557,8 @@ mod tests {
             (1, "racp 06", "unreadable"),
             (1, "context 02 01", "unreadable"),
             (1, "racp 05 00 02 00", ""),
-            (2, "racp 06 00 01 01", "finished"),
+            (2, "racp 06 00 01 01", ""),
+            (4, "poll", "finished"),
         ]);
     }
 
@@ -499,7 +569,8 @@ mod tests {
             (0, "poll", ""),
             (100, "poll", ""),
             (101, ONE, "record 1 []; noted 1"),
-            (102, "racp 06 00 01 01", "finished"),
+            (102, "racp 06 00 01 01", ""),
+            (104, "poll", "finished"),
         ]);
     }
 
@@ -508,10 +579,38 @@ mod tests {
     fn records_stored_after_the_end_are_noted_even_while_the_last_record_was_checked() {
         check((Some(2), Some(KEY_TWO)), true, &[
             (0, "poll", "write 0103010300"),
-            (1, "racp 06 00 01 06", "write 0106"),
-            (2, THREE_WITH_CONTEXT, ""),
-            (3, "end", "record 3 [context_follows]; noted 3"),
+            (1, "racp 06 00 01 06", ""),
+            (3, "poll", "write 0106"),
+            (4, THREE_WITH_CONTEXT, ""),
+            (5, "end", "record 3 [context_follows]; noted 3"),
+            (6, "racp 06 00 06 01", ""),
+            (9, "poll", ""),
+        ]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn records_and_contexts_the_answer_overtook_are_taken_before_it_is_acted_on() {
+        // BlueZ as a meter's stack sends the response indication ahead of notifications it still holds.
+        check((None, None), true, &[
+            (0, "poll", "write 0101"),
+            (1, ONE, "record 1 []; noted 1"),
+            (1, THREE_WITH_CONTEXT, ""),
+            (1, "racp 06 00 01 01", ""),
+            (2, "context 06 03 00 01 51", "record 3 [context_follows,meal_preprandial,tester_self,health_none]; noted 3"),
+            // Anything from the meter makes the answer wait again.
+            (3, "measurement 00 04 00 E8 07 03 0F 0A 00 00", "record 4 []; noted 4"),
+            (4, "poll", ""),
+            (5, "poll", "finished"),
+        ]);
+        // An answer that restarted the wait while checking the last record still tells a restart.
+        check((Some(2), Some(KEY_TWO)), true, &[
+            (0, "poll", "write 0103010300"),
+            (1, "racp 06 00 01 06", ""),
+            (3, "poll", "write 0106"),
             (4, "racp 06 00 06 01", ""),
+            (4, NEW_ONE, "record 1 []; noted 1; restart"),
+            (6, "poll", "write 0101"),
         ]);
     }
 }
