@@ -10,7 +10,7 @@ use super::objects::BluezError;
 use super::state::{uuid16, Behaviour, SimState};
 
 /// Measurement characteristics whose stored records a device pushes as soon as the hub subscribes.
-const BURST_CHARACTERISTICS: [u16; 4] = [0x2A35, 0x2A9D, 0x2A1C, 0x2A5E];
+const BURST_CHARACTERISTICS: [u16; 5] = [0x2A35, 0x2A9D, 0x2A9C, 0x2A1C, 0x2A5E];
 
 pub fn on_subscribed(
     connection: Connection,
@@ -52,7 +52,10 @@ pub fn on_subscribed(
                 stored.drain(..records.len().min(stored.len()));
             }
         }
-        if matches!(behaviour, Behaviour::AndCuff | Behaviour::Scale) {
+        if matches!(
+            behaviour,
+            Behaviour::AndCuff | Behaviour::Scale | Behaviour::BodyCompositionScale
+        ) {
             tokio::time::sleep(Duration::from_millis(300)).await;
             super::set_connected(&connection, &state, &address, false).await;
         }

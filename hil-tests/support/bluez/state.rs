@@ -19,6 +19,9 @@ pub enum Behaviour {
     Oximeter,
     /// A weight scale (UC-352BLE style: bonding, Date Time, burst then disconnect).
     Scale,
+    /// A body-composition scale: bonding, its stored records (some split over two indications) right
+    /// after subscription, then it disconnects.
+    BodyCompositionScale,
     /// A glucose meter that answers Record Access Control Point requests.
     GlucoseMeter,
     /// A health thermometer.
@@ -31,7 +34,10 @@ impl Behaviour {
     pub fn needs_bonding(&self) -> bool {
         matches!(
             self,
-            Behaviour::AndCuff | Behaviour::OmronCuff | Behaviour::Scale
+            Behaviour::AndCuff
+                | Behaviour::OmronCuff
+                | Behaviour::Scale
+                | Behaviour::BodyCompositionScale
         )
     }
 }
