@@ -568,3 +568,101 @@ fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_r
         boot.out("stages")
     );
 }
+
+#[test]
+fn a_body_composition_scale_s_two_packet_records_arrive_as_one_reading_each() {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let scenario = Scenario::new("trusted");
+    let packets = crate::support::bluez::devices::two_packet_body_composition_weighings();
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with(
+            "accept",
+            std::slice::from_ref(&packets),
+            json!({"model": "body-composition-scale", "replay": false}),
+        ),
+    );
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage paired\n\
+             start_daemon\n\
+             wait_for 120 device_said done || exit 12\n\
+             stage device done\n\
+             wait_for 60 grep -q 'Device session finished' $out/daemon.log || exit 13\n\
+             wait_for 60 delivered_at_least 2 || exit 14\n\
+             stage delivered\n\
+             vitalsd status --json > $out/status-final.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    let events = boot.device_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "sent" && e["records"] == 4 && e["confirmed"] == 4),
+        "the scale indicated its four packets and the hub confirmed each:\n{}",
+        report()
+    );
+    // Every packet was stored once the session ended: two readings and nothing else, all delivered.
+    let status: serde_json::Value =
+        serde_json::from_str(&boot.out("status-final.json")).expect("status-final.json");
+    assert_eq!(
+        (
+            &status["outbox"]["pending"],
+            &status["outbox"]["delivered_total"]
+        ),
+        (&json!(0), &json!(2)),
+        "{status}\n{}",
+        report()
+    );
+    wait_until(Duration::from_secs(10), || scenario.readings().len() >= 2);
+    let readings = scenario.readings();
+    assert_eq!(
+        crate::bluetooth::numbers_by_device_time(&readings),
+        crate::bluetooth::two_packet_body_composition_readings(),
+        "{}",
+        report()
+    );
+    let finished_at = chrono::Utc::now();
+    let mut measured = Vec::new();
+    for reading in &readings {
+        crate::assert_valid_reading(reading);
+        assert_eq!(reading["kind"], "body_composition", "{reading}");
+        assert_eq!(reading["time_source"], "device", "{reading}");
+        assert_eq!(reading["flags"], json!([]), "{reading}");
+        assert_eq!(reading["user_id"], 1, "{reading}");
+        assert_eq!(reading["device"]["manufacturer"], "Vitalsd Test");
+        // Received in the guest during this test (its clock starts from the host's).
+        let received: chrono::DateTime<chrono::Utc> = reading["received_at"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("received_at");
+        let slack = chrono::TimeDelta::seconds(60);
+        assert!(
+            received > started_at - slack && received < finished_at + slack,
+            "received_at {received} outside the test's run"
+        );
+        measured.push(reading["measured_at"].as_str().unwrap().to_string());
+    }
+    measured.sort();
+    assert_eq!(
+        measured,
+        ["2024-03-15T07:30:00+00:00", "2024-03-16T07:31:00+00:00"]
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
