@@ -949,3 +949,35 @@ fn a_body_composition_scale_record_split_over_two_indications_is_one_reading() {
         ["2024-03-15T07:30:00+00:00", "2024-03-16T07:31:00+00:00"]
     );
 }
+
+#[test]
+fn a_xiaomi_scale_bound_while_the_daemon_runs_is_read_without_a_restart() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.pair(CUFF);
+    rig.sim.add_device(XIAOMI, devices::xiaomi_scale());
+    rig.sim.advertise_service_data(
+        XIAOMI,
+        0x181B,
+        &hex::decode("0226e8070b16091e00ac018642").unwrap(),
+    );
+    // The daemon starts with only a cuff bound, so it scans for the health services' UUIDs, which the
+    // scale's adverts do not list.
+    let _daemon = rig.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || rig
+            .world
+            .log()
+            .contains("Bluetooth scanning")),
+        "{}",
+        rig.world.log()
+    );
+    rig.pair(XIAOMI);
+    let readings = rig.wait_for_readings(XIAOMI, 1, Duration::from_secs(30));
+    assert_eq!(readings[0]["measured_at"], "2024-11-22T09:30:00+00:00");
+    assert!(rig
+        .sim
+        .calls()
+        .iter()
+        .any(|call| call.starts_with("SetDiscoveryFilter") && !call.contains("UUIDs")));
+}

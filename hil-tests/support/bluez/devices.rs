@@ -243,9 +243,8 @@ pub fn thermometer() -> DeviceState {
     device
 }
 
-/// A Xiaomi Mi Body Composition Scale: advertisements only.
+/// A Xiaomi Mi Body Composition Scale: advertisements only, its service named only as the key of its
+/// service data (no service UUID list), as the real-BlueZ suite's `xiaomi-scale` model.
 pub fn xiaomi_scale() -> DeviceState {
-    let mut device = DeviceState::new("MIBFS", Behaviour::Advertiser);
-    device.advertised_services = vec![uuid16(0x181B)];
-    device
+    DeviceState::new("MIBFS", Behaviour::Advertiser)
 }

@@ -177,12 +177,22 @@ impl BluezSim {
         ))
     }
 
-    /// Replaces a device's advertised service data (Xiaomi scales put their measurement there).
+    /// Replaces a device's advertised service data (Xiaomi scales put their measurement there); the
+    /// change is signalled only if the discovery filter lets the device's adverts through.
     pub fn advertise_service_data(&self, address: &str, service: u16, data: &[u8]) {
-        self.device(address, |device| {
+        let reported = self.with(|state| {
+            let uuids = state.filter_uuids.clone();
+            let device = state.devices.get_mut(address).expect("no such device");
             device.service_data.insert(uuid16(service), data.to_vec());
+            uuids.is_empty()
+                || device
+                    .advertised_services
+                    .iter()
+                    .any(|service| uuids.contains(service))
         });
-        self.emit_device(address, "ServiceData");
+        if reported {
+            self.emit_device(address, "ServiceData");
+        }
     }
 
     pub fn set_in_range(&self, address: &str, in_range: bool) {
@@ -291,25 +301,38 @@ impl Drop for BluezSim {
     }
 }
 
-/// Bumps the RSSI of every advertising device so btleplug sees adverts while the hub scans.
+/// Bumps the RSSI of every advertising device the discovery filter lets through, so btleplug sees
+/// adverts while the hub scans; with DuplicateData, the service data is emitted again too.
 async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>, tick: i16) {
-    let advertising: Vec<String> = {
+    let (advertising, duplicate_data): (Vec<(String, bool)>, bool) = {
         let mut state = state.lock().unwrap();
         if !state.discovering || !state.powered {
             return;
         }
-        state
+        let uuids = state.filter_uuids.clone();
+        let advertising = state
             .devices
             .iter_mut()
             .filter(|(_, device)| device.in_range && device.exported && !device.connected)
+            .filter(|(_, device)| {
+                uuids.is_empty()
+                    || device
+                        .advertised_services
+                        .iter()
+                        .any(|service| uuids.contains(service))
+            })
             .map(|(address, device)| {
                 device.rssi = -60 - (tick % 2);
-                address.clone()
+                (address.clone(), !device.service_data.is_empty())
             })
-            .collect()
+            .collect();
+        (advertising, state.duplicate_data)
     };
-    for address in advertising {
+    for (address, has_service_data) in advertising {
         emit_device_property(connection, &address, "RSSI").await;
+        if duplicate_data && has_service_data {
+            emit_device_property(connection, &address, "ServiceData").await;
+        }
     }
 }
 

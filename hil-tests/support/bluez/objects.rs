@@ -59,7 +59,12 @@ impl Adapter {
         &self,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), BluezError> {
-        self.state.lock().unwrap().discovering = false;
+        {
+            let mut state = self.state.lock().unwrap();
+            state.discovering = false;
+            state.filter_uuids.clear();
+            state.duplicate_data = false;
+        }
         let _ = self.discovering_changed(&emitter).await;
         Ok(())
     }
@@ -69,6 +74,17 @@ impl Adapter {
         let mut keys: Vec<&String> = filter.keys().collect();
         keys.sort();
         state.calls.push(format!("SetDiscoveryFilter {keys:?}"));
+        state.filter_uuids = filter
+            .get("UUIDs")
+            .and_then(|uuids| Vec::<String>::try_from(uuids.try_clone().ok()?).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|uuid| uuid.to_ascii_lowercase())
+            .collect();
+        state.duplicate_data = filter
+            .get("DuplicateData")
+            .and_then(|value| bool::try_from(value).ok())
+            .unwrap_or(false);
         Ok(())
     }
 
