@@ -67,7 +67,11 @@ struct AdvertStep {
     /// The service data, hex.
     data: String,
     /// How long the device advertises it before the next step.
+    #[serde(default)]
     seconds: f64,
+    /// Held until SIGUSR2 (someone steps on the scale) instead of for `seconds`.
+    #[serde(default)]
+    until_stepped_on: bool,
 }
 
 fn no_input_no_output() -> String {
@@ -520,7 +524,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ADVERT_PATH,
             Advertisement {
                 name: spec.name.to_string(),
-                services: vec![uuid16(spec.advertised_service)],
+                // A Xiaomi scale names its service only as the key of its service data.
+                services: match scenario.model {
+                    Model::XiaomiScale => Vec::new(),
+                    _ => vec![uuid16(spec.advertised_service)],
+                },
                 service_data: HashMap::new(),
             },
         )
@@ -874,6 +882,8 @@ async fn run_adverts(
     happenings: &mut mpsc::Receiver<Happening>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let no_options: HashMap<&str, Value> = HashMap::new();
+    let mut stepped_on =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
     let server = connection.object_server();
     let advert = server.interface::<_, Advertisement>(ADVERT_PATH).await?;
     let set_step = |step: &AdvertStep| -> Result<HashMap<String, Vec<u8>>, hex::FromHexError> {
@@ -902,7 +912,13 @@ async fn run_adverts(
                 .await?;
         }
         events.record(json!({"event": "advert", "step": number, "data": step.data}));
-        let held = tokio::time::sleep(Duration::from_secs_f64(step.seconds));
+        let held = async {
+            if step.until_stepped_on {
+                stepped_on.recv().await;
+            } else {
+                tokio::time::sleep(Duration::from_secs_f64(step.seconds)).await;
+            }
+        };
         tokio::pin!(held);
         loop {
             tokio::select! {

@@ -666,3 +666,153 @@ fn a_body_composition_scale_s_two_packet_records_arrive_as_one_reading_each() {
         boot.out("stages")
     );
 }
+
+/// The Xiaomi scale's advertised states, service data under 0x181B: the last weighing's "stepped off"
+/// while it waits to be paired and for someone to step on, then a weighing in progress, stabilised
+/// (the simulator's vector), stepped off, and a second weighing ending in the reference vector B.1
+/// verbatim (its clock reads 1970).
+fn xiaomi_weighings() -> serde_json::Value {
+    let step =
+        |data: &str, seconds: f64| json!({"service": 0x181B, "data": data, "seconds": seconds});
+    json!([
+        {"service": 0x181B, "data": "02a4e8070b1609140000004042", "until_stepped_on": true},
+        step("0204e8070b16091e0000007042", 3.0),
+        step("0226e8070b16091e00ac018642", 8.0),
+        step("02a6e8070b16091e00ac018642", 3.0),
+        step("0204b20705040f020100005042", 3.0),
+        step("0226b20705040f0201ac018642", 8.0),
+        step("02a6b20705040f0201ac018642", 2.0),
+    ])
+}
+
+#[test]
+fn a_xiaomi_scale_that_only_advertises_gives_one_reading_per_stabilised_weighing_and_no_link() {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let scenario = Scenario::new("trusted");
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with(
+            "accept",
+            &[],
+            json!({"model": "xiaomi-scale", "adverts": xiaomi_weighings()}),
+        ),
+    );
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said advert || exit 10\n\
+             stage device advertising\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage bound\n\
+             start_daemon\n\
+             wait_for 60 grep -q 'Bluetooth scanning' $out/daemon.log || exit 12\n\
+             stage daemon scanning\n\
+             kill -USR2 $device_pid\n\
+             wait_for 120 device_said done || exit 13\n\
+             stage device done\n\
+             wait_for 60 delivered_at_least 2 || exit 14\n\
+             stage delivered\n\
+             vitalsd status --json > $out/status-final.json\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    let pair: serde_json::Value = boot
+        .out("pair.json")
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .next_back()
+        .expect("pair said something");
+    assert_eq!(pair["bonded"], false, "bound without a bond: {pair}");
+    // All adverts are over and what the daemon made of them is delivered: two readings, nothing else.
+    let status: serde_json::Value =
+        serde_json::from_str(&boot.out("status-final.json")).expect("status-final.json");
+    assert_eq!(
+        (
+            &status["outbox"]["pending"],
+            &status["outbox"]["delivered_total"]
+        ),
+        (&json!(0), &json!(2)),
+        "{status}\n{}",
+        report()
+    );
+    wait_until(Duration::from_secs(10), || scenario.readings().len() >= 2);
+    let readings = scenario.readings();
+    let finished_at = chrono::Utc::now();
+    let weighings = crate::bluetooth::numbers_by_device_time(&readings);
+    let values = vec![
+        ("body_weight".to_string(), 85.15),
+        ("impedance".to_string(), 428.0),
+    ];
+    assert_eq!(
+        weighings,
+        [
+            ("1970-05-04T15:02:01".to_string(), values.clone()),
+            ("2024-11-22T09:30:00".to_string(), values),
+        ],
+        "{}",
+        report()
+    );
+    let by_time = |device_time: &str| {
+        readings
+            .iter()
+            .find(|r| r["device_time"] == device_time)
+            .unwrap()
+    };
+    let first = by_time("2024-11-22T09:30:00");
+    assert_eq!(first["measured_at"], "2024-11-22T09:30:00+00:00", "{first}");
+    assert_eq!(first["time_source"], "device", "{first}");
+    assert_eq!(first["flags"], json!([]), "{first}");
+    // The scale's clock reads 1970: the hub's receive time stands in, and says so.
+    let second = by_time("1970-05-04T15:02:01");
+    assert_eq!(second["time_source"], "hub", "{second}");
+    assert_eq!(second["flags"], json!(["device_clock_invalid"]), "{second}");
+    let measured: chrono::DateTime<chrono::Utc> = second["measured_at"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("measured_at");
+    let slack = chrono::TimeDelta::seconds(60);
+    assert!(
+        measured > started_at - slack && measured < finished_at + slack,
+        "measured_at {measured} outside the test's run"
+    );
+    for reading in &readings {
+        crate::assert_valid_reading(reading);
+        assert_eq!(reading["kind"], "body_composition", "{reading}");
+        assert_eq!(
+            reading["device"]["protocol"], "xiaomi-body-composition-scale",
+            "{reading}"
+        );
+    }
+    // Never a link: the device saw no connection, and no hub object appeared on its adapter.
+    let events = boot.device_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "connected" || e["event"] == "disconnected"),
+        "the hub connected to an advert-only scale:\n{}",
+        report()
+    );
+    let peers = events
+        .iter()
+        .find(|e| e["event"] == "peers")
+        .expect("the device listed its peers");
+    assert_eq!(peers["devices"], json!([]), "{}", report());
+    assert!(
+        !boot.out("daemon.log").contains("Device session"),
+        "{}",
+        report()
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
