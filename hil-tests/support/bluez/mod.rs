@@ -302,15 +302,15 @@ impl Drop for BluezSim {
 }
 
 /// Bumps the RSSI of every advertising device the discovery filter lets through, so btleplug sees
-/// adverts while the hub scans; with DuplicateData, the service data is emitted again too.
+/// adverts while the hub scans.
 async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>, tick: i16) {
-    let (advertising, duplicate_data): (Vec<(String, bool)>, bool) = {
+    let advertising: Vec<String> = {
         let mut state = state.lock().unwrap();
         if !state.discovering || !state.powered {
             return;
         }
         let uuids = state.filter_uuids.clone();
-        let advertising = state
+        state
             .devices
             .iter_mut()
             .filter(|(_, device)| device.in_range && device.exported && !device.connected)
@@ -323,16 +323,12 @@ async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>, tick: 
             })
             .map(|(address, device)| {
                 device.rssi = -60 - (tick % 2);
-                (address.clone(), !device.service_data.is_empty())
+                address.clone()
             })
-            .collect();
-        (advertising, state.duplicate_data)
+            .collect()
     };
-    for (address, has_service_data) in advertising {
+    for address in advertising {
         emit_device_property(connection, &address, "RSSI").await;
-        if duplicate_data && has_service_data {
-            emit_device_property(connection, &address, "ServiceData").await;
-        }
     }
 }
 

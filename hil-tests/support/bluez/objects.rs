@@ -63,7 +63,6 @@ impl Adapter {
             let mut state = self.state.lock().unwrap();
             state.discovering = false;
             state.filter_uuids.clear();
-            state.duplicate_data = false;
         }
         let _ = self.discovering_changed(&emitter).await;
         Ok(())
@@ -81,10 +80,6 @@ impl Adapter {
             .into_iter()
             .map(|uuid| uuid.to_ascii_lowercase())
             .collect();
-        state.duplicate_data = filter
-            .get("DuplicateData")
-            .and_then(|value| bool::try_from(value).ok())
-            .unwrap_or(false);
         Ok(())
     }
 

@@ -171,12 +171,10 @@ pub struct SimState {
     /// Keeps the adapter off even when the hub asks to power it (rfkill).
     pub power_locked_off: bool,
     pub discovering: bool,
-    /// The discovery filter's service UUIDs and DuplicateData, as the last SetDiscoveryFilter set them
-    /// (until StopDiscovery): like BlueZ 5.66, adverts are reported only when they list one of the
-    /// UUIDs, the UUIDs of service data do not count, and with DuplicateData every advert emits its
-    /// service data again.
+    /// The discovery filter's service UUIDs, as the last SetDiscoveryFilter set them (until
+    /// StopDiscovery): like BlueZ 5.66, adverts are reported only when they list one of them; the
+    /// UUIDs of service data do not count.
     pub filter_uuids: Vec<String>,
-    pub duplicate_data: bool,
     pub devices: BTreeMap<String, DeviceState>,
     /// The registered agent: (bus name, object path, capability).
     pub agent: Option<(String, String, String)>,
