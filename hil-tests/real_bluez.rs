@@ -707,22 +707,44 @@ fn a_xiaomi_scale_that_only_advertises_gives_one_reading_per_stabilised_weighing
              stage device advertising\n\
              vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
              stage bound\n\
+             dbus-monitor --system \"type='signal',interface='org.freedesktop.DBus.Properties',\
+             path='/org/bluez/hci0/dev_{device_path}'\" > $out/signals.txt 2>&1 &\n\
+             monitor_pid=$!\n\
              start_daemon\n\
              wait_for 60 grep -q 'Bluetooth scanning' $out/daemon.log || exit 12\n\
              stage daemon scanning\n\
              kill -USR2 $device_pid\n\
              wait_for 120 device_said done || exit 13\n\
              stage device done\n\
+             kill $monitor_pid\n\
              wait_for 60 delivered_at_least 2 || exit 14\n\
              stage delivered\n\
              vitalsd status --json > $out/status-final.json\n\
              vitalsd devices --json > $out/devices.json\n\
-             stop_daemon\n"
+             stop_daemon\n",
+            device_path = DEVICE_ADDRESS.replace(':', "_"),
         ),
     );
     let boot = scenario.guest.boot(BOOT_TIMEOUT);
     boot.assert_success();
     let report = || boot.report();
+    // Every state the scale advertised in place (its advertisement's properties changed) reached the
+    // hub's bluetoothd as a ServiceData change of the scale's device object.
+    let signals = boot.out("signals.txt");
+    let service_data_signals = signals.matches("string \"ServiceData\"").count();
+    for step in xiaomi_weighings().as_array().unwrap() {
+        let data = hex::decode(step["data"].as_str().unwrap()).unwrap();
+        let as_monitored = data
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            signals.contains(&as_monitored),
+            "the hub never saw {as_monitored}:\n{signals}\n{}",
+            report()
+        );
+    }
     let pair: serde_json::Value = boot
         .out("pair.json")
         .lines()
@@ -810,7 +832,8 @@ fn a_xiaomi_scale_that_only_advertises_gives_one_reading_per_stabilised_weighing
         report()
     );
     eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; {service_data_signals} ServiceData changes; \
+         guest stages:\n{}",
         boot.elapsed,
         started.elapsed(),
         boot.out("stages")
