@@ -6,8 +6,9 @@
 //! agent answers, and the sessions: before each, the records it adds to its memory; in each, it advertises,
 //! sends what it holds once the hub has enabled indications, stops advertising and drops the link, as A&D
 //! devices do; a glucose meter instead keeps every record and answers the hub's Record Access Control Point
-//! requests from them. What happens is written as JSON lines to the scenario's `events` file, for the test
-//! to read.
+//! requests from them, and an advert-only device (a Xiaomi scale) changes its advertised service data step
+//! by step and serves nothing. What happens is written as JSON lines to the scenario's `events` file, for
+//! the test to read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -57,6 +58,27 @@ struct Scenario {
     replay: bool,
     /// Where the JSON lines of what happened go.
     events: PathBuf,
+    /// For an advert-only device: what it advertises, step by step (a weighing in progress, then
+    /// stabilised, ...); the device never takes part in a connection of its own accord.
+    #[serde(default)]
+    adverts: Vec<AdvertStep>,
+}
+
+/// One state of an advert-only device's advertisement: its service data, held for a while, as a scale
+/// shows a weighing for some seconds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdvertStep {
+    /// The 16-bit service UUID the data is advertised under.
+    service: u16,
+    /// The service data, hex.
+    data: String,
+    /// How long the device advertises it before the next step.
+    #[serde(default)]
+    seconds: f64,
+    /// Held until SIGUSR2 (someone steps on the scale) instead of for `seconds`.
+    #[serde(default)]
+    until_stepped_on: bool,
 }
 
 fn no_input_no_output() -> String {
@@ -72,6 +94,12 @@ enum Model {
     /// notified, Feature, a Record Access Control Point written and indicated), Device Information; Just
     /// Works. It sends nothing on its own: the hub's RACP requests drive it (`run_meter_sessions`).
     GlucoseMeter,
+    /// A body-composition scale: Body Composition Measurement 0x2A9C (indications; a record may be split
+    /// over two of them) and Feature 0x2A9B, Device Information; Just Works.
+    BodyCompositionScale,
+    /// A Xiaomi Mi Body Composition Scale: its weighings are service data in its advertisement, nothing
+    /// else (the scenario's `adverts`).
+    XiaomiScale,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq)]
@@ -158,6 +186,27 @@ impl Model {
                     (0x180A, 0x2A24, &["read"], b"Contour Next One".to_vec()),
                     (0x180A, 0x2A25, &["read"], b"7812345".to_vec()),
                 ],
+            },
+            // The scenario's records are its indications: a two-packet record is two of them.
+            Model::BodyCompositionScale => ModelSpec {
+                name: "BCS-Scale_5A6B7C",
+                advertised_service: 0x181B,
+                measurement: 0x2A9C,
+                characteristics: vec![
+                    (0x181B, 0x2A9C, &["indicate", "encrypt-indicate"], vec![]),
+                    // Time stamp, users, basal metabolism, muscle %, impedance, weight, height;
+                    // 0.005 kg and 0.001 m resolution.
+                    (0x181B, 0x2A9B, &["read"], vec![0x0F, 0xBF, 0x01, 0x00]),
+                    (0x180A, 0x2A29, &["read"], b"Vitalsd Test".to_vec()),
+                    (0x180A, 0x2A24, &["read"], b"BCS-1".to_vec()),
+                    (0x180A, 0x2A25, &["read"], b"5A6B7C".to_vec()),
+                ],
+            },
+            Model::XiaomiScale => ModelSpec {
+                name: "MIBFS",
+                advertised_service: 0x181B,
+                measurement: 0,
+                characteristics: vec![],
             },
         }
     }
@@ -386,6 +435,8 @@ impl Service {
 struct Advertisement {
     name: String,
     services: Vec<String>,
+    /// Service data by UUID; BlueZ advertises a change as soon as the property says so.
+    service_data: HashMap<String, Vec<u8>>,
 }
 
 #[interface(name = "org.bluez.LEAdvertisement1")]
@@ -400,6 +451,17 @@ impl Advertisement {
     #[zbus(property, name = "ServiceUUIDs")]
     fn service_uuids(&self) -> Vec<String> {
         self.services.clone()
+    }
+
+    #[zbus(property)]
+    fn service_data(&self) -> HashMap<String, OwnedValue> {
+        self.service_data
+            .iter()
+            .filter_map(|(uuid, data)| {
+                let value = OwnedValue::try_from(Value::from(data.clone())).ok()?;
+                Some((uuid.clone(), value))
+            })
+            .collect()
     }
 
     #[zbus(property)]
@@ -593,12 +655,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ADVERT_PATH,
             Advertisement {
                 name: spec.name.to_string(),
-                services: vec![uuid16(spec.advertised_service)],
+                // A Xiaomi scale names its service only as the key of its service data.
+                services: match scenario.model {
+                    Model::XiaomiScale => Vec::new(),
+                    _ => vec![uuid16(spec.advertised_service)],
+                },
+                service_data: HashMap::new(),
             },
         )
         .await?;
 
-    register_with_bluez(&connection, &adapter_path, &scenario.capability).await?;
+    // An advert-only device serves nothing of its own.
+    let serves_gatt = !spec.characteristics.is_empty();
+    register_with_bluez(
+        &connection,
+        &adapter_path,
+        &scenario.capability,
+        serves_gatt,
+    )
+    .await?;
     let keep_default = {
         let connection = connection.clone();
         tokio::spawn(async move {
@@ -621,6 +696,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         connection.clone(),
         adapter_path.clone(),
         scenario.capability.clone(),
+        serves_gatt,
         measurement_path.clone(),
         advertising.clone(),
         events.clone(),
@@ -678,6 +754,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 )
                 .await
             }
+            _ if !scenario.adverts.is_empty() => {
+                run_adverts(
+                    &connection,
+                    &scenario,
+                    &adapter_path,
+                    &events,
+                    &mut happenings,
+                )
+                .await
+            }
             _ => {
                 run_sessions(
                     &connection,
@@ -715,6 +801,7 @@ async fn register_with_bluez(
     connection: &Connection,
     adapter_path: &str,
     capability: &str,
+    serves_gatt: bool,
 ) -> zbus::Result<()> {
     let agent = ObjectPath::from_static_str_unchecked(AGENT_PATH);
     call(
@@ -725,6 +812,9 @@ async fn register_with_bluez(
         &(&agent, capability),
     )
     .await?;
+    if !serves_gatt {
+        return Ok(());
+    }
     let no_options: HashMap<&str, Value> = HashMap::new();
     call(
         connection,
@@ -743,6 +833,7 @@ async fn follow_bluez_restarts(
     connection: Connection,
     adapter_path: String,
     capability: String,
+    serves_gatt: bool,
     measurement_path: String,
     advertising: Arc<AtomicBool>,
     events: Events,
@@ -770,7 +861,8 @@ async fn follow_bluez_restarts(
             // until the adapter takes it.
             let mut registered = Err(zbus::Error::Failure("not tried".into()));
             for _ in 0..100 {
-                registered = register_with_bluez(&connection, &adapter_path, &capability).await;
+                registered =
+                    register_with_bluez(&connection, &adapter_path, &capability, serves_gatt).await;
                 if registered.is_ok() {
                     break;
                 }
@@ -1246,6 +1338,89 @@ async fn run_meter_sessions(
         }
         events.record(json!({"event": "session_end", "session": number}));
     }
+    events.record(json!({"event": "done"}));
+    Ok(())
+}
+
+/// An advert-only device: advertises each step's service data for its time, changing the registered
+/// advertisement in place (BlueZ watches its properties), and notes any link the hub makes, which there
+/// should be none of.
+async fn run_adverts(
+    connection: &Connection,
+    scenario: &Scenario,
+    adapter_path: &str,
+    events: &Events,
+    happenings: &mut mpsc::Receiver<Happening>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let no_options: HashMap<&str, Value> = HashMap::new();
+    let mut stepped_on =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    let server = connection.object_server();
+    let advert = server.interface::<_, Advertisement>(ADVERT_PATH).await?;
+    let set_step = |step: &AdvertStep| -> Result<HashMap<String, Vec<u8>>, hex::FromHexError> {
+        Ok(HashMap::from([(
+            uuid16(step.service),
+            hex::decode(&step.data)?,
+        )]))
+    };
+    let first = scenario.adverts.first().ok_or("no adverts")?;
+    advert.get_mut().await.service_data = set_step(first)?;
+    call(
+        connection,
+        adapter_path,
+        "org.bluez.LEAdvertisingManager1",
+        "RegisterAdvertisement",
+        &(ObjectPath::try_from(ADVERT_PATH)?, &no_options),
+    )
+    .await?;
+    for (number, step) in scenario.adverts.iter().enumerate() {
+        if number > 0 {
+            advert.get_mut().await.service_data = set_step(step)?;
+            advert
+                .get()
+                .await
+                .service_data_changed(advert.signal_emitter())
+                .await?;
+        }
+        events.record(json!({"event": "advert", "step": number, "data": step.data}));
+        let held = async {
+            if step.until_stepped_on {
+                stepped_on.recv().await;
+            } else {
+                tokio::time::sleep(Duration::from_secs_f64(step.seconds)).await;
+            }
+        };
+        tokio::pin!(held);
+        loop {
+            tokio::select! {
+                happening = happenings.recv() => match happening {
+                    Some(Happening::HubConnected(path)) => events.record(
+                        json!({"event": "connected", "step": number, "hub": path.as_str()})),
+                    Some(Happening::HubDisconnected) => events.record(
+                        json!({"event": "disconnected", "step": number})),
+                    Some(_) => {}
+                    None => return Err("the D-Bus objects went away".into()),
+                },
+                _ = &mut held => break,
+            }
+        }
+    }
+    call(
+        connection,
+        adapter_path,
+        "org.bluez.LEAdvertisingManager1",
+        "UnregisterAdvertisement",
+        &(ObjectPath::try_from(ADVERT_PATH)?,),
+    )
+    .await?;
+    // A hub's first link makes its device object appear on this adapter without a `Connected` signal
+    // (InterfacesAdded), so the objects are listed too: a hub that never connected left none.
+    let peers: Vec<String> = devices_on(connection, adapter_path, false)
+        .await?
+        .iter()
+        .map(|path| path.to_string())
+        .collect();
+    events.record(json!({"event": "peers", "devices": peers}));
     events.record(json!({"event": "done"}));
     Ok(())
 }

@@ -1172,3 +1172,137 @@ fn a_passkey_request_bluez_cancels_ends_the_prompt_with_the_reason() {
     );
     assert!(!rig.sim.device(OMRON, |d| d.paired));
 }
+
+const BODY_COMPOSITION_SCALE: &str = "AA:BB:CC:DD:EE:08";
+
+/// Readings as device time and numeric values by name, sorted by device time.
+pub fn numbers_by_device_time(readings: &[serde_json::Value]) -> Vec<(String, Vec<(String, f64)>)> {
+    let mut got: Vec<_> = readings
+        .iter()
+        .map(|reading| {
+            let numbers = values(reading)
+                .into_iter()
+                .map(|(name, value)| (name, value.as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            (
+                reading["device_time"].as_str().unwrap_or("").to_string(),
+                numbers,
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    got
+}
+
+/// What each two-packet weighing of `two_packet_body_composition_weighings` is as one reading: its
+/// device time and values by name (the real-BlueZ suite expects the same).
+pub fn two_packet_body_composition_readings() -> Vec<(String, Vec<(String, f64)>)> {
+    let weighing = |at: &str, fat: f64, basal: f64, muscle: f64, impedance: f64, kg: f64| {
+        let values = [
+            ("body_fat_percentage", fat),
+            ("basal_metabolism", basal),
+            ("muscle_percentage", muscle),
+            ("impedance", impedance),
+            ("body_weight", kg),
+            ("body_height", 1.8),
+        ];
+        (
+            at.to_string(),
+            values
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect(),
+        )
+    };
+    vec![
+        weighing("2024-03-15T07:30:00", 22.5, 6500.0, 35.2, 512.3, 80.0),
+        weighing("2024-03-16T07:31:00", 22.1, 6480.0, 35.4, 508.7, 79.6),
+    ]
+}
+
+#[test]
+fn a_body_composition_scale_record_split_over_two_indications_is_one_reading() {
+    let rig = BleRig::new();
+    rig.sim
+        .add_device(BODY_COMPOSITION_SCALE, devices::body_composition_scale());
+    rig.sim.store_records(
+        BODY_COMPOSITION_SCALE,
+        0x2A9C,
+        &devices::two_packet_body_composition_weighings(),
+    );
+    rig.pair(BODY_COMPOSITION_SCALE);
+    let _daemon = rig.start();
+    rig.wait_for_readings(BODY_COMPOSITION_SCALE, 2, Duration::from_secs(30));
+    // The session's end is the sentinel: every packet has been decoded and stored by then.
+    assert!(
+        wait_until(Duration::from_secs(30), || rig
+            .world
+            .log()
+            .contains("Device session finished")),
+        "{}",
+        rig.world.log()
+    );
+    let status = rig.vitalsd(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status");
+    assert_eq!(
+        (
+            &status["outbox"]["pending"],
+            &status["outbox"]["delivered_total"]
+        ),
+        (&serde_json::json!(0), &serde_json::json!(2)),
+        "{status}"
+    );
+    let readings = rig.readings_of(BODY_COMPOSITION_SCALE);
+    assert_eq!(
+        numbers_by_device_time(&readings),
+        two_packet_body_composition_readings()
+    );
+    for reading in &readings {
+        crate::assert_valid_reading(reading);
+        assert_eq!(reading["kind"], "body_composition");
+        assert_eq!(reading["time_source"], "device", "{reading}");
+        assert_eq!(reading["flags"], serde_json::json!([]), "{reading}");
+        assert_eq!(reading["user_id"], 1, "{reading}");
+    }
+    let mut measured: Vec<&str> = readings
+        .iter()
+        .map(|r| r["measured_at"].as_str().unwrap())
+        .collect();
+    measured.sort();
+    assert_eq!(
+        measured,
+        ["2024-03-15T07:30:00+00:00", "2024-03-16T07:31:00+00:00"]
+    );
+}
+
+#[test]
+fn a_xiaomi_scale_bound_while_the_daemon_runs_is_read_without_a_restart() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.pair(CUFF);
+    rig.sim.add_device(XIAOMI, devices::xiaomi_scale());
+    rig.sim.advertise_service_data(
+        XIAOMI,
+        0x181B,
+        &hex::decode("0226e8070b16091e00ac018642").unwrap(),
+    );
+    // The daemon starts with only a cuff bound, so it scans for the health services' UUIDs, which the
+    // scale's adverts do not list.
+    let _daemon = rig.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || rig
+            .world
+            .log()
+            .contains("Bluetooth scanning")),
+        "{}",
+        rig.world.log()
+    );
+    rig.pair(XIAOMI);
+    let readings = rig.wait_for_readings(XIAOMI, 1, Duration::from_secs(30));
+    assert_eq!(readings[0]["measured_at"], "2024-11-22T09:30:00+00:00");
+    assert!(rig
+        .sim
+        .calls()
+        .iter()
+        .any(|call| call.starts_with("SetDiscoveryFilter") && !call.contains("UUIDs")));
+}

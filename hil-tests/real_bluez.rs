@@ -1180,3 +1180,274 @@ fn a_glucose_meter_is_read_all_then_only_from_its_next_sequence_number_across_tw
         boot.out("stages")
     );
 }
+
+#[test]
+fn a_body_composition_scale_s_two_packet_records_arrive_as_one_reading_each() {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let scenario = Scenario::new("trusted");
+    let packets = crate::support::bluez::devices::two_packet_body_composition_weighings();
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with(
+            "accept",
+            std::slice::from_ref(&packets),
+            json!({"model": "body-composition-scale", "replay": false}),
+        ),
+    );
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said ready || exit 10\n\
+             stage device ready\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage paired\n\
+             start_daemon\n\
+             wait_for 120 device_said done || exit 12\n\
+             stage device done\n\
+             wait_for 60 grep -q 'Device session finished' $out/daemon.log || exit 13\n\
+             wait_for 60 delivered_at_least 2 || exit 14\n\
+             stage delivered\n\
+             vitalsd status --json > $out/status-final.json\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    let events = boot.device_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "sent" && e["records"] == 4 && e["confirmed"] == 4),
+        "the scale indicated its four packets and the hub confirmed each:\n{}",
+        report()
+    );
+    // Every packet was stored once the session ended: two readings and nothing else, all delivered.
+    let status: serde_json::Value =
+        serde_json::from_str(&boot.out("status-final.json")).expect("status-final.json");
+    assert_eq!(
+        (
+            &status["outbox"]["pending"],
+            &status["outbox"]["delivered_total"]
+        ),
+        (&json!(0), &json!(2)),
+        "{status}\n{}",
+        report()
+    );
+    wait_until(Duration::from_secs(10), || scenario.readings().len() >= 2);
+    let readings = scenario.readings();
+    assert_eq!(
+        crate::bluetooth::numbers_by_device_time(&readings),
+        crate::bluetooth::two_packet_body_composition_readings(),
+        "{}",
+        report()
+    );
+    let finished_at = chrono::Utc::now();
+    let mut measured = Vec::new();
+    for reading in &readings {
+        crate::assert_valid_reading(reading);
+        assert_eq!(reading["kind"], "body_composition", "{reading}");
+        assert_eq!(reading["time_source"], "device", "{reading}");
+        assert_eq!(reading["flags"], json!([]), "{reading}");
+        assert_eq!(reading["user_id"], 1, "{reading}");
+        assert_eq!(reading["device"]["manufacturer"], "Vitalsd Test");
+        // Received in the guest during this test (its clock starts from the host's).
+        let received: chrono::DateTime<chrono::Utc> = reading["received_at"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("received_at");
+        let slack = chrono::TimeDelta::seconds(60);
+        assert!(
+            received > started_at - slack && received < finished_at + slack,
+            "received_at {received} outside the test's run"
+        );
+        measured.push(reading["measured_at"].as_str().unwrap().to_string());
+    }
+    measured.sort();
+    assert_eq!(
+        measured,
+        ["2024-03-15T07:30:00+00:00", "2024-03-16T07:31:00+00:00"]
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}
+
+/// The Xiaomi scale's advertised states, service data under 0x181B: the last weighing's "stepped off"
+/// while it waits to be paired and for someone to step on, then a weighing in progress, stabilised
+/// (the simulator's vector), stepped off, and a second weighing ending in the reference vector B.1
+/// verbatim (its clock reads 1970).
+fn xiaomi_weighings() -> serde_json::Value {
+    let step =
+        |data: &str, seconds: f64| json!({"service": 0x181B, "data": data, "seconds": seconds});
+    json!([
+        {"service": 0x181B, "data": "02a4e8070b1609140000004042", "until_stepped_on": true},
+        step("0204e8070b16091e0000007042", 3.0),
+        step("0226e8070b16091e00ac018642", 8.0),
+        step("02a6e8070b16091e00ac018642", 3.0),
+        step("0204b20705040f020100005042", 3.0),
+        step("0226b20705040f0201ac018642", 8.0),
+        step("02a6b20705040f0201ac018642", 2.0),
+    ])
+}
+
+#[test]
+fn a_xiaomi_scale_that_only_advertises_gives_one_reading_per_stabilised_weighing_and_no_link() {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let scenario = Scenario::new("trusted");
+    scenario.guest.write(
+        "device.json",
+        &device_scenario_with(
+            "accept",
+            &[],
+            json!({"model": "xiaomi-scale", "adverts": xiaomi_weighings()}),
+        ),
+    );
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             wait_for 30 device_said advert || exit 10\n\
+             stage device advertising\n\
+             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             stage bound\n\
+             dbus-monitor --system \"type='signal',interface='org.freedesktop.DBus.Properties',\
+             path='/org/bluez/hci0/dev_{device_path}'\" > $out/signals.txt 2>&1 &\n\
+             monitor_pid=$!\n\
+             start_daemon\n\
+             wait_for 60 grep -q 'Bluetooth scanning' $out/daemon.log || exit 12\n\
+             stage daemon scanning\n\
+             kill -USR2 $device_pid\n\
+             wait_for 120 device_said done || exit 13\n\
+             stage device done\n\
+             kill $monitor_pid\n\
+             wait_for 60 delivered_at_least 2 || exit 14\n\
+             stage delivered\n\
+             vitalsd status --json > $out/status-final.json\n\
+             vitalsd devices --json > $out/devices.json\n\
+             stop_daemon\n",
+            device_path = DEVICE_ADDRESS.replace(':', "_"),
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    // Every state the scale advertised in place (its advertisement's properties changed) reached the
+    // hub's bluetoothd as a ServiceData change of the scale's device object.
+    let signals = boot.out("signals.txt");
+    let service_data_signals = signals.matches("string \"ServiceData\"").count();
+    for step in xiaomi_weighings().as_array().unwrap() {
+        let data = hex::decode(step["data"].as_str().unwrap()).unwrap();
+        let as_monitored = data
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            signals.contains(&as_monitored),
+            "the hub never saw {as_monitored}:\n{signals}\n{}",
+            report()
+        );
+    }
+    let pair: serde_json::Value = boot
+        .out("pair.json")
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .next_back()
+        .expect("pair said something");
+    assert_eq!(pair["bonded"], false, "bound without a bond: {pair}");
+    // All adverts are over and what the daemon made of them is delivered: two readings, nothing else.
+    let status: serde_json::Value =
+        serde_json::from_str(&boot.out("status-final.json")).expect("status-final.json");
+    assert_eq!(
+        (
+            &status["outbox"]["pending"],
+            &status["outbox"]["delivered_total"]
+        ),
+        (&json!(0), &json!(2)),
+        "{status}\n{}",
+        report()
+    );
+    wait_until(Duration::from_secs(10), || scenario.readings().len() >= 2);
+    let readings = scenario.readings();
+    let finished_at = chrono::Utc::now();
+    let weighings = crate::bluetooth::numbers_by_device_time(&readings);
+    let values = vec![
+        ("body_weight".to_string(), 85.15),
+        ("impedance".to_string(), 428.0),
+    ];
+    assert_eq!(
+        weighings,
+        [
+            ("1970-05-04T15:02:01".to_string(), values.clone()),
+            ("2024-11-22T09:30:00".to_string(), values),
+        ],
+        "{}",
+        report()
+    );
+    let by_time = |device_time: &str| {
+        readings
+            .iter()
+            .find(|r| r["device_time"] == device_time)
+            .unwrap()
+    };
+    let first = by_time("2024-11-22T09:30:00");
+    assert_eq!(first["measured_at"], "2024-11-22T09:30:00+00:00", "{first}");
+    assert_eq!(first["time_source"], "device", "{first}");
+    assert_eq!(first["flags"], json!([]), "{first}");
+    // The scale's clock reads 1970: the hub's receive time stands in, and says so.
+    let second = by_time("1970-05-04T15:02:01");
+    assert_eq!(second["time_source"], "hub", "{second}");
+    assert_eq!(second["flags"], json!(["device_clock_invalid"]), "{second}");
+    let measured: chrono::DateTime<chrono::Utc> = second["measured_at"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("measured_at");
+    let slack = chrono::TimeDelta::seconds(60);
+    assert!(
+        measured > started_at - slack && measured < finished_at + slack,
+        "measured_at {measured} outside the test's run"
+    );
+    for reading in &readings {
+        crate::assert_valid_reading(reading);
+        assert_eq!(reading["kind"], "body_composition", "{reading}");
+        assert_eq!(
+            reading["device"]["protocol"], "xiaomi-body-composition-scale",
+            "{reading}"
+        );
+    }
+    // Never a link: the device saw no connection, and no hub object appeared on its adapter.
+    let events = boot.device_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "connected" || e["event"] == "disconnected"),
+        "the hub connected to an advert-only scale:\n{}",
+        report()
+    );
+    let peers = events
+        .iter()
+        .find(|e| e["event"] == "peers")
+        .expect("the device listed its peers");
+    assert_eq!(peers["devices"], json!([]), "{}", report());
+    assert!(
+        !boot.out("daemon.log").contains("Device session"),
+        "{}",
+        report()
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; {service_data_signals} ServiceData changes; \
+         guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
+}

@@ -222,9 +222,10 @@ async fn run_stack(
         .ok_or_else(|| StackError::NoAdapter(settings.adapter.clone()))?;
     let bluez = bluez::Bluez::connect(&settings.adapter).await?;
     let mut events = adapter.events().await?;
+    let mut unfiltered = advertisement_only_bound(devices);
     adapter
         .start_scan(ScanFilter {
-            services: profile::scan_services(),
+            services: profile::discovery_services(unfiltered),
         })
         .await?;
     tracing::info!(adapter = %settings.adapter, bound = devices.lock().unwrap().all().len(), "Bluetooth scanning.");
@@ -270,7 +271,7 @@ async fn run_stack(
                     CentralEvent::StateUpdate(CentralState::PoweredOn) if powered_off => {
                         powered_off = false;
                         tracing::info!(adapter = %settings.adapter, "The Bluetooth adapter is on again; scanning.");
-                        restart_scan(&adapter).await;
+                        restart_scan(&adapter, unfiltered).await;
                         continue;
                     }
                     _ => continue,
@@ -409,7 +410,14 @@ async fn run_stack(
                 }
                 if matches!(adapter.adapter_state().await, Ok(CentralState::PoweredOff)) {
                     powered_off = true;
-                    restart_scan(&adapter).await;
+                    restart_scan(&adapter, unfiltered).await;
+                }
+                // A scale bound (or unbound) through the running daemon changes what the scan must see.
+                if advertisement_only_bound(devices) != unfiltered {
+                    unfiltered = !unfiltered;
+                    tracing::info!(unfiltered, "Scanning again with the discovery filter the bound devices need.");
+                    let _ = adapter.stop_scan().await;
+                    restart_scan(&adapter, unfiltered).await;
                 }
                 for decoding in advertisement_decoders.values_mut() {
                     crate::hand_over::flush_counters(decoding, outbox).await.map_err(|_| StackError::OutboxGone)?;
@@ -432,10 +440,21 @@ async fn run_stack(
     Ok(outcome)
 }
 
+/// Whether an advertisement-only device is bound, so the scan must not filter by service UUIDs
+/// ([`profile::discovery_services`]).
+fn advertisement_only_bound(devices: &SharedDevices) -> bool {
+    devices
+        .lock()
+        .unwrap()
+        .all()
+        .iter()
+        .any(|device| device.reach == Reach::Advertisement)
+}
+
 /// Starting a scan also asks BlueZ to power the adapter; it fails quietly while the adapter stays off.
-async fn restart_scan(adapter: &Adapter) {
+async fn restart_scan(adapter: &Adapter, unfiltered: bool) {
     let filter = ScanFilter {
-        services: profile::scan_services(),
+        services: profile::discovery_services(unfiltered),
     };
     if let Err(error) = adapter.start_scan(filter).await {
         tracing::debug!(%error, "Scan not restarted yet.");

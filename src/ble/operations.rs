@@ -149,9 +149,11 @@ pub async fn scan(
     let bluez = Bluez::connect_without_agent(adapter_name).await.ok();
     let mut events = adapter.events().await?;
     let scan_services = profile::scan_services();
+    // Every device: a Xiaomi scale names its service only in its service data, which BlueZ's filter
+    // does not look at; `health` below sorts them out.
     adapter
         .start_scan(ScanFilter {
-            services: scan_services.clone(),
+            services: profile::discovery_services(true),
         })
         .await?;
     let deadline = tokio::time::sleep(duration);

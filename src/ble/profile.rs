@@ -32,6 +32,18 @@ pub fn scan_services() -> Vec<Uuid> {
     services
 }
 
+/// The services a scan asks BlueZ for. BlueZ (5.66) matches a discovery filter's UUIDs only against
+/// the service UUID lists of an advert, never against the UUIDs its service data is filed under, so a
+/// scale that names its service only there (Xiaomi) is reported only by a scan without UUIDs: a scan
+/// that must see such devices takes every device and sorts them out itself.
+pub fn discovery_services(find_advertisement_only: bool) -> Vec<Uuid> {
+    if find_advertisement_only {
+        Vec::new()
+    } else {
+        scan_services()
+    }
+}
+
 /// The decoder for a measurement characteristic the hub subscribes to.
 pub fn measurement_protocol(uuid: Uuid) -> Option<Protocol> {
     PROTOCOLS.iter().find_map(|row| match row.link {
@@ -74,6 +86,21 @@ mod tests {
                 JUMPER_SERVICE,
             ]
         );
+    }
+
+    #[track_caller]
+    fn check_discovery(find_advertisement_only: bool, expected: &[Uuid]) {
+        assert_eq!(
+            discovery_services(find_advertisement_only),
+            expected,
+            "{find_advertisement_only}"
+        );
+    }
+
+    #[test]
+    fn a_scan_that_must_find_advertisement_only_scales_asks_for_every_device() {
+        check_discovery(false, &scan_services());
+        check_discovery(true, &[]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::objects::BluezError;
 use super::state::{uuid16, Behaviour, SimState};
 
 /// Measurement characteristics whose stored records a device pushes as soon as the hub subscribes.
-const BURST_CHARACTERISTICS: [u16; 4] = [0x2A35, 0x2A9D, 0x2A1C, 0x2A5E];
+const BURST_CHARACTERISTICS: [u16; 5] = [0x2A35, 0x2A9D, 0x2A9C, 0x2A1C, 0x2A5E];
 
 pub fn on_subscribed(
     connection: Connection,
@@ -66,7 +66,10 @@ pub async fn send_stored_records(
             stored.drain(..records.len().min(stored.len()));
         }
     }
-    if matches!(behaviour, Behaviour::AndCuff | Behaviour::Scale) {
+    if matches!(
+        behaviour,
+        Behaviour::AndCuff | Behaviour::Scale | Behaviour::BodyCompositionScale
+    ) {
         let connection = connection.clone();
         let state = state.clone();
         let address = address.to_string();

@@ -35,6 +35,74 @@ pub fn weight_record(kg_times_200: u16, at: [u8; 7]) -> Vec<u8> {
     record
 }
 
+/// The fields of a Body Composition Measurement (0x2A9C) record, in the units on the wire.
+pub struct BodyComposition {
+    /// Body fat in 0.1 %.
+    pub fat_permille: u16,
+    pub at: [u8; 7],
+    pub user: u8,
+    pub basal_metabolism_kj: u16,
+    /// Muscle in 0.1 %.
+    pub muscle_permille: u16,
+    /// Impedance in 0.1 Ω.
+    pub impedance_deci_ohm: u16,
+    /// Weight in 0.005 kg steps.
+    pub kg_times_200: u16,
+    pub height_mm: u16,
+}
+
+/// A Body Composition Measurement record split over two indications (flags bit 12, "multiple packets"),
+/// as a scale does whose record does not fit one ATT_MTU: the first carries body fat, time stamp, user,
+/// basal metabolism and muscle percentage; the second impedance, weight and height, with the
+/// "unsuccessful" filler in its mandatory body fat field.
+pub fn body_composition_two_packets(record: &BodyComposition) -> [Vec<u8>; 2] {
+    let mut first = vec![0x1E, 0x10];
+    first.extend_from_slice(&record.fat_permille.to_le_bytes());
+    first.extend_from_slice(&record.at);
+    first.push(record.user);
+    first.extend_from_slice(&record.basal_metabolism_kj.to_le_bytes());
+    first.extend_from_slice(&record.muscle_permille.to_le_bytes());
+    let mut second = vec![0x00, 0x1E, 0xFF, 0xFF];
+    for field in [
+        record.impedance_deci_ohm,
+        record.kg_times_200,
+        record.height_mm,
+    ] {
+        second.extend_from_slice(&field.to_le_bytes());
+    }
+    [first, second]
+}
+
+/// Two weighings of a body-composition scale, each split over two indications: the packets in order.
+/// The first is the reference vector A.5.3 (1) split in two and completed with a height.
+pub fn two_packet_body_composition_weighings() -> Vec<Vec<u8>> {
+    [
+        BodyComposition {
+            fat_permille: 225,
+            at: date_time(2024, 3, 15, 7, 30, 0),
+            user: 1,
+            basal_metabolism_kj: 6500,
+            muscle_permille: 352,
+            impedance_deci_ohm: 5123,
+            kg_times_200: 16_000,
+            height_mm: 1800,
+        },
+        BodyComposition {
+            fat_permille: 221,
+            at: date_time(2024, 3, 16, 7, 31, 0),
+            user: 1,
+            basal_metabolism_kj: 6480,
+            muscle_permille: 354,
+            impedance_deci_ohm: 5087,
+            kg_times_200: 15_920,
+            height_mm: 1800,
+        },
+    ]
+    .iter()
+    .flat_map(body_composition_two_packets)
+    .collect()
+}
+
 /// A Glucose Measurement with sequence number, base time and a concentration in mg/dL (kg/L × 10⁻⁵).
 pub fn glucose_record(sequence: u16, at: [u8; 7], mg_dl: u16) -> Vec<u8> {
     let mut record = vec![0x02];
@@ -142,6 +210,19 @@ pub fn scale() -> DeviceState {
     device
 }
 
+/// A body-composition scale (Body Composition Service with its Feature, no clock characteristic),
+/// bonding, burst then disconnect; the real-BlueZ suite's `body-composition-scale` model.
+pub fn body_composition_scale() -> DeviceState {
+    let mut device = DeviceState::new("BCS-Scale_5A6B7C", Behaviour::BodyCompositionScale);
+    device.advertised_services = vec![uuid16(0x181B)];
+    device
+        .characteristic(0x181B, 0x2A9C, &["indicate"])
+        .characteristic(0x181B, 0x2A9B, &["read"])
+        .value(0x2A9B, &[0x0F, 0xBF, 0x01, 0x00])
+        .device_information("Vitalsd Test", "BCS-1", "5A6B7C");
+    device
+}
+
 /// A glucose meter that answers the Record Access Control Point.
 pub fn glucose_meter() -> DeviceState {
     let mut device = DeviceState::new("Contour7812345", Behaviour::GlucoseMeter);
@@ -171,9 +252,8 @@ pub fn thermometer() -> DeviceState {
     device
 }
 
-/// A Xiaomi Mi Body Composition Scale: advertisements only.
+/// A Xiaomi Mi Body Composition Scale: advertisements only, its service named only as the key of its
+/// service data (no service UUID list), as the real-BlueZ suite's `xiaomi-scale` model.
 pub fn xiaomi_scale() -> DeviceState {
-    let mut device = DeviceState::new("MIBFS", Behaviour::Advertiser);
-    device.advertised_services = vec![uuid16(0x181B)];
-    device
+    DeviceState::new("MIBFS", Behaviour::Advertiser)
 }

@@ -319,9 +319,11 @@ impl Drop for BluezSim {
 /// One round of adverts from every device in range that is not connected, reported as BlueZ 5.66 does
 /// while the adapter scans. With a filtered discovery (every discovering client set a filter, as btleplug
 /// does) each report signals `RSSI`, even unchanged; without one only a change of 8 dBm or more does, so a
-/// device that keeps advertising is not seen again. Service and manufacturer data are signalled on every
-/// report when a client asked for duplicate data, else only when they change. A device BlueZ has no
-/// object for (not bonded, not heard since bluetoothd started) appears with its first advert.
+/// device that keeps advertising is not seen again. Service and manufacturer data are signalled when they
+/// change: with `DuplicateData` bluetoothd would re-add them with every report, but in the rig the
+/// controller filtered duplicate reports and bluetoothd got one per advert state. Only adverts the
+/// discovery filters let through are reported (`reports_adverts_of`). A device BlueZ has no object for
+/// (not bonded, not heard since bluetoothd started) appears with its first advert.
 async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>) {
     let mut heard: Vec<(String, bool, Vec<&'static str>)> = Vec::new();
     {
@@ -330,9 +332,14 @@ async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>) {
             return;
         }
         let filtered = state.filtered_discovery();
-        let duplicate = state.duplicate_data();
+        let reported: Vec<String> = state
+            .devices
+            .iter()
+            .filter(|(_, device)| state.reports_adverts_of(device))
+            .map(|(address, _)| address.clone())
+            .collect();
         for (address, device) in state.devices.iter_mut() {
-            if !device.in_range || device.connected {
+            if !device.in_range || device.connected || !reported.contains(address) {
                 continue;
             }
             let mut signals = Vec::new();
@@ -341,12 +348,12 @@ async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>) {
                 signals.push("RSSI");
             }
             let changed = device.service_data != device.reported_service_data;
-            if changed || (duplicate && !device.service_data.is_empty()) {
+            if changed {
                 device.reported_service_data = device.service_data.clone();
                 signals.push("ServiceData");
             }
             let changed = device.manufacturer_data != device.reported_manufacturer_data;
-            if changed || (duplicate && !device.manufacturer_data.is_empty()) {
+            if changed {
                 device.reported_manufacturer_data = device.manufacturer_data.clone();
                 signals.push("ManufacturerData");
             }

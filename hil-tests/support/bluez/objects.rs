@@ -112,11 +112,14 @@ impl Adapter {
         if filter.is_empty() {
             state.discovery_filters.remove(&client);
         } else {
-            let duplicate_data = filter
-                .get("DuplicateData")
-                .and_then(|value| bool::try_from(value).ok())
-                .unwrap_or(false);
-            state.discovery_filters.insert(client, duplicate_data);
+            let uuids = filter
+                .get("UUIDs")
+                .and_then(|uuids| Vec::<String>::try_from(uuids.try_clone().ok()?).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|uuid| uuid.to_ascii_lowercase())
+                .collect();
+            state.discovery_filters.insert(client, uuids);
         }
         Ok(())
     }

@@ -19,6 +19,9 @@ pub enum Behaviour {
     Oximeter,
     /// A weight scale (UC-352BLE style: bonding, Date Time, burst then disconnect).
     Scale,
+    /// A body-composition scale: bonding, its stored records (some split over two indications) right
+    /// after subscription, then it disconnects.
+    BodyCompositionScale,
     /// A glucose meter that answers Record Access Control Point requests.
     GlucoseMeter,
     /// A health thermometer.
@@ -31,7 +34,10 @@ impl Behaviour {
     pub fn needs_bonding(&self) -> bool {
         matches!(
             self,
-            Behaviour::AndCuff | Behaviour::OmronCuff | Behaviour::Scale
+            Behaviour::AndCuff
+                | Behaviour::OmronCuff
+                | Behaviour::Scale
+                | Behaviour::BodyCompositionScale
         )
     }
 }
@@ -199,10 +205,11 @@ pub struct SimState {
     /// Keeps the adapter off even when the hub asks to power it (rfkill).
     pub power_locked_off: bool,
     pub discovering: bool,
-    /// Bus names that run a discovery, and the filters clients set (bus name → `DuplicateData`). BlueZ
-    /// drops a client's filter when it stops discovering, leaves the bus, or the adapter powers off.
+    /// Bus names that run a discovery, and the filters clients set (bus name → the filter's service
+    /// UUIDs, lower case). BlueZ drops a client's filter when it stops discovering, leaves the bus, or the
+    /// adapter powers off.
     pub discovery_clients: BTreeSet<String>,
-    pub discovery_filters: BTreeMap<String, bool>,
+    pub discovery_filters: BTreeMap<String, Vec<String>>,
     pub devices: BTreeMap<String, DeviceState>,
     /// The registered agent: (bus name, object path, capability).
     pub agent: Option<(String, String, String)>,
@@ -224,12 +231,19 @@ impl SimState {
                 .all(|client| self.discovery_filters.contains_key(client))
     }
 
-    /// Whether a discovering client asked for duplicate data: then BlueZ replaces the advertised
-    /// service and manufacturer data with each report and signals them every time.
-    pub fn duplicate_data(&self) -> bool {
+    /// Whether BlueZ 5.66 reports an advert of `device`: a discovering client without a filter, or
+    /// with one that names no UUID, gets every advert; the others only adverts whose service list
+    /// names one of their filter's UUIDs (the UUIDs of service data do not count).
+    pub fn reports_adverts_of(&self, device: &DeviceState) -> bool {
         self.discovery_clients
             .iter()
-            .any(|client| self.discovery_filters.get(client) == Some(&true))
+            .any(|client| match self.discovery_filters.get(client) {
+                Some(uuids) if !uuids.is_empty() => device
+                    .advertised_services
+                    .iter()
+                    .any(|service| uuids.contains(service)),
+                _ => true,
+            })
     }
 
     /// Forgets a discovery client and its filter; returns whether discovery stopped with it.
