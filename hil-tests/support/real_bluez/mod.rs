@@ -135,7 +135,7 @@ fn build(dir: &Path) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the real-BlueZ suite builds its VM image with debootstrap and chroot, which need root, and this \
-         test runs as uid {}. Run it as root once (sudo -E cargo test --test hil real_bluez) to build \
+         test runs as uid {}. Run it as root once (sudo -E cargo test --test real_bluez) to build \
          {}; later runs use the cached image",
         nix::unistd::geteuid(),
         dir.display()
