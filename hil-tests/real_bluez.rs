@@ -598,22 +598,37 @@ fn the_hub_adapter_powered_off_and_on_and_a_bluetoothd_restart_are_recovered_fro
 fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
     let started = Instant::now();
     let scenario = Scenario::new("trusted");
-    scenario.guest.third_controller();
+    scenario.guest.controllers_for_two_devices();
     let first = cuff_records(6);
     let second: Vec<Vec<u8>> = (0..6)
         .map(|i| blood_pressure_record(140 + i, 90, 107, 75, date_time(2024, 3, 15, 8, i as u8, 0)))
         .collect();
+    // The first cuff keeps its link after its burst until the second has sent its own, so the hub holds
+    // both links at once; its agent stays BlueZ's default and answers both devices' sides of pairing.
+    let mut device = serde_json::from_str::<serde_json::Value>(&device_scenario(
+        "accept",
+        std::slice::from_ref(&first),
+    ))
+    .unwrap();
+    device["sessions"][0]["hold_link_until"] = json!("/tmp/second-sent");
+    scenario.guest.write("device.json", &device.to_string());
+    let second_device = |records: &[Vec<u8>], events: &str| {
+        device_scenario_with(
+            "accept",
+            &[records.to_vec()],
+            json!({"adapter": SECOND_DEVICE_ADAPTER, "events": events,
+                "keep_default_agent": false}),
+        )
+    };
+    // The second cuff is run twice: for its pairing, and once the hub's link to the first is up (the
+    // order btvirt's link numbering needs, see `hold_a_link_from`).
     scenario.guest.write(
-        "device.json",
-        &device_scenario("accept", std::slice::from_ref(&first)),
+        "device2_pairing.json",
+        &second_device(&[], "/share/out/device2_pairing.jsonl"),
     );
     scenario.guest.write(
         "device2.json",
-        &device_scenario_with(
-            "accept",
-            std::slice::from_ref(&second),
-            json!({"adapter": SECOND_DEVICE_ADAPTER, "events": "/share/out/device2.jsonl"}),
-        ),
+        &second_device(&second, "/share/out/device2.jsonl"),
     );
     let expected = first.len() + second.len();
     scenario.guest.write(
@@ -621,18 +636,33 @@ fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
         &format!(
             ". /share/lib.sh\n\
              start_device\n\
-             start_device device2\n\
+             start_device device2_pairing\n\
              wait_for 30 device_said ready || exit 10\n\
-             wait_for 30 device_said ready device2 || exit 10\n\
-             vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2>&1 || exit 11\n\
-             vitalsd pair {SECOND_DEVICE_ADDRESS} > $out/pair2.out 2>&1 || exit 12\n\
+             wait_for 30 device_said ready device2_pairing || exit 10\n\
+             vitalsd pair {SECOND_DEVICE_ADDRESS} > $out/pair2.out 2>&1 || exit 11\n\
+             drop_hub_link {SECOND_DEVICE_ADDRESS}\n\
+             wait_for 30 no_hub_links || exit 12\n\
+             kill $device2_pairing_pid; wait $device2_pairing_pid\n\
+             stage second paired\n\
+             hold_a_link_from {SECOND_DEVICE_ADAPTER} || exit 13\n\
+             stage second controller holds a link\n\
+             vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2>&1 || exit 14\n\
+             drop_hub_link {DEVICE_ADDRESS}\n\
+             wait_for 30 no_hub_links || exit 15\n\
              stage paired both\n\
              start_daemon\n\
-             wait_for 120 device_said done || exit 13\n\
-             wait_for 120 device_said done device2 || exit 14\n\
+             wait_for 120 has_link hci0 {DEVICE_ADDRESS} || exit 16\n\
+             stage hub linked to the first\n\
+             start_device device2\n\
+             wait_for 120 device_said sent device2 || exit 17\n\
+             touch /tmp/second-sent\n\
+             stage second sent\n\
+             wait_for 120 device_said done || exit 18\n\
+             wait_for 120 device_said done device2 || exit 19\n\
              stage both devices done\n\
-             wait_for 60 delivered_at_least {expected} || exit 15\n\
+             wait_for 60 delivered_at_least {expected} || exit 20\n\
              stage delivered\n\
+             has_link {SECOND_DEVICE_ADAPTER} 00:AA:01:03:00:03 || echo 'the held link was gone' >> $out/rig.log\n\
              stop_daemon\n"
         ),
     );
@@ -667,24 +697,23 @@ fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
         "{}",
         report()
     );
-    // Both sessions ran at once: each device's measurement was subscribed to before the other device
-    // dropped its link.
+    // Both sessions ran at once: each device's measurement was subscribed to before the other device's
+    // link ended (the hub let go, or the device dropped it).
     let window = |name: &str| {
         let events = boot.events_of(name);
-        let at = |wanted: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
-            events
-                .iter()
-                .find(|e| wanted(e))
-                .and_then(|e| e["t"].as_i64())
-                .unwrap_or_else(|| panic!("{name}: no {what}:\n{}", report()))
-        };
-        (
-            at(
-                &|e| e["event"] == "start_notify" && e["uuid"] == uuid16(0x2A35),
-                "subscription",
-            ),
-            at(&|e| e["event"] == "dropped_link", "dropped link"),
-        )
+        let t = |e: &serde_json::Value| e["t"].as_i64().unwrap_or(i64::MAX);
+        let up = events
+            .iter()
+            .find(|e| e["event"] == "start_notify" && e["uuid"] == uuid16(0x2A35))
+            .map(t)
+            .unwrap_or_else(|| panic!("{name}: no subscription:\n{}", report()));
+        let down = events
+            .iter()
+            .filter(|e| e["event"] == "disconnected" || e["event"] == "dropped_link")
+            .map(t)
+            .find(|&at| at >= up)
+            .unwrap_or_else(|| panic!("{name}: the link never ended:\n{}", report()));
+        (up, down)
     };
     let (first_up, first_down) = window("device");
     let (second_up, second_down) = window("device2");
@@ -1221,8 +1250,10 @@ fn a_body_composition_scale_s_two_packet_records_arrive_as_one_reading_each() {
     assert!(
         events
             .iter()
-            .any(|e| e["event"] == "sent" && e["records"] == 4 && e["confirmed"] == 4),
-        "the scale indicated its four packets and the hub confirmed each:\n{}",
+            .any(|e| e["event"] == "sent" && e["records"] == 4),
+        // Not that each was confirmed: with EATT the device's BlueZ sometimes drops the hub's
+        // confirmation (ARCHITECTURE.md, BlueZ (10)); the readings below show what the hub got.
+        "the scale indicated its four packets:\n{}",
         report()
     );
     // Every packet was stored once the session ended: two readings and nothing else, all delivered.

@@ -28,7 +28,7 @@ pub const HUB_ADAPTER: &str = "hci0";
 pub const DEVICE_ADAPTER: &str = "hci1";
 /// btvirt's public address of hci1, where the simulated device lives.
 pub const DEVICE_ADDRESS: &str = "00:AA:01:01:00:01";
-/// The third controller, for scenarios with a second device (`Guest::third_controller`).
+/// The third controller, for scenarios with a second device (`Guest::controllers_for_two_devices`).
 pub const SECOND_DEVICE_ADAPTER: &str = "hci2";
 pub const SECOND_DEVICE_ADDRESS: &str = "00:AA:01:02:00:02";
 
@@ -328,9 +328,10 @@ impl Guest {
         self.share.as_ref().expect("the share").path()
     }
 
-    /// Gives the guest a third controller, hci2, for a second device.
-    pub fn third_controller(&self) {
-        self.write("controllers", "3");
+    /// Gives the guest four controllers: hci2 for a second device, and hci3 for the link that lets the
+    /// hub hold links to both at once (`hold_a_link_from` in `guest-lib.sh` says why).
+    pub fn controllers_for_two_devices(&self) {
+        self.write("controllers", "4");
     }
 
     /// Writes a file into the share; the guest sees it as `/share/NAME`.
@@ -400,6 +401,13 @@ impl Guest {
             .and_then(|status| status.code())
             .filter(|code| code & 1 == 1)
             .map(|code| code >> 1);
+        // The test's thread is named after the test, so a run with --nocapture lists each scenario's
+        // VM time, which the README reports.
+        eprintln!(
+            "real-BlueZ VM time of {}: {:.1} s (exit code {code:?})",
+            std::thread::current().name().unwrap_or("a scenario"),
+            started.elapsed().as_secs_f64()
+        );
         Boot {
             code,
             elapsed: started.elapsed(),
