@@ -626,10 +626,15 @@ fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
         "device2_pairing.json",
         &second_device(&[], "/share/out/device2_pairing.jsonl"),
     );
-    scenario.guest.write(
-        "device2.json",
-        &second_device(&second, "/share/out/device2.jsonl"),
-    );
+    // It registers its application when it starts, before the link from its controller is made, and
+    // advertises once the hub's link to the first cuff is up.
+    let mut device2 = serde_json::from_str::<serde_json::Value>(&second_device(
+        &second,
+        "/share/out/device2.jsonl",
+    ))
+    .unwrap();
+    device2["sessions"][0]["wait_for"] = json!("/tmp/first-linked");
+    scenario.guest.write("device2.json", &device2.to_string());
     let expected = first.len() + second.len();
     scenario.guest.write(
         "scenario.sh",
@@ -644,6 +649,8 @@ fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
              wait_for 30 no_hub_links || exit 12\n\
              kill $device2_pairing_pid; wait $device2_pairing_pid\n\
              stage second paired\n\
+             start_device device2\n\
+             wait_for 30 device_said ready device2 || exit 13\n\
              hold_a_link_from {SECOND_DEVICE_ADAPTER} || exit 13\n\
              stage second controller holds a link\n\
              vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2>&1 || exit 14\n\
@@ -652,9 +659,10 @@ fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
              stage paired both\n\
              start_daemon\n\
              wait_for 120 has_link hci0 {DEVICE_ADDRESS} || exit 16\n\
+             touch /tmp/first-linked\n\
              stage hub linked to the first\n\
-             start_device device2\n\
              wait_for 120 device_said sent device2 || exit 17\n\
+             has_link {SECOND_DEVICE_ADAPTER} 00:AA:01:03:00:03 || echo 'the held link was gone' >> $out/rig.log\n\
              touch /tmp/second-sent\n\
              stage second sent\n\
              wait_for 120 device_said done || exit 18\n\
@@ -662,7 +670,6 @@ fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
              stage both devices done\n\
              wait_for 60 delivered_at_least {expected} || exit 20\n\
              stage delivered\n\
-             has_link {SECOND_DEVICE_ADAPTER} 00:AA:01:03:00:03 || echo 'the held link was gone' >> $out/rig.log\n\
              stop_daemon\n"
         ),
     );

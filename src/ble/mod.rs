@@ -252,14 +252,13 @@ async fn run_stack(
         tokio::select! {
             event = events.next() => {
                 let Some(event) = event else { break Restart::BluezRestarted };
-                // Whether the event is an advert heard: BlueZ keeps objects for bonded devices, and
-                // btleplug reports them when the scan starts and on any property change, heard or not.
-                let (id, service_data, heard) = match event {
-                    CentralEvent::DeviceDiscovered(id) | CentralEvent::DeviceUpdated(id) => (id, None, false),
-                    CentralEvent::RssiUpdate { id, .. }
+                let (id, service_data) = match event {
+                    CentralEvent::DeviceDiscovered(id)
+                    | CentralEvent::DeviceUpdated(id)
+                    | CentralEvent::RssiUpdate { id, .. }
                     | CentralEvent::ServicesAdvertisement { id, .. }
-                    | CentralEvent::ManufacturerDataAdvertisement { id, .. } => (id, None, true),
-                    CentralEvent::ServiceDataAdvertisement { id, service_data } => (id, Some(service_data), true),
+                    | CentralEvent::ManufacturerDataAdvertisement { id, .. } => (id, None),
+                    CentralEvent::ServiceDataAdvertisement { id, service_data } => (id, Some(service_data)),
                     CentralEvent::StateUpdate(CentralState::PoweredOff) => {
                         if !powered_off {
                             tracing::warn!(adapter = %settings.adapter, "The Bluetooth adapter was powered off.");
@@ -278,12 +277,6 @@ async fn run_stack(
                     _ => continue,
                 };
                 let Some((peripheral, address)) = bound_peripheral(&adapter, &id, devices).await else { continue };
-                // A device object without an RSSI was not heard in this discovery (BlueZ clears it when a
-                // discovery ends): connecting to it would hold the controller's one pending LE
-                // connection for CONNECT_TIMEOUT, and a device that does advertise would wait behind it.
-                if !heard && !matches!(peripheral.properties().await, Ok(Some(p)) if p.rssi.is_some()) {
-                    continue;
-                }
                 let reach = {
                     let mut list = devices.lock().unwrap();
                     let Some(device) = list.get_mut(&address) else { continue };

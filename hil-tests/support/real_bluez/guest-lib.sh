@@ -112,7 +112,8 @@ hold_a_link_from() {
   wait_for 10 has_link "$1" 00:AA:01:03:00:03
 }
 
-# Whether controller $1 has an LE link to address $2.
+# Whether controller $1 (hciN) has an established LE link to address $2 (`hcitool con` also lists
+# connections still being made).
 has_link() {
-  hcitool -i "$1" con 2>/dev/null | grep -q "$2"
+  btmgmt --index "${1#hci}" con 2>/dev/null | grep -q "$2 type LE"
 }
