@@ -16,7 +16,6 @@ mod disk_full;
 mod faults;
 mod hardware;
 mod hub_clock;
-mod real_bluez;
 mod serial_families;
 mod serial_link;
 mod service;

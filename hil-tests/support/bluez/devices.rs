@@ -257,3 +257,54 @@ pub fn thermometer() -> DeviceState {
 pub fn xiaomi_scale() -> DeviceState {
     DeviceState::new("MIBFS", Behaviour::Advertiser)
 }
+
+/// Readings as device time and numeric values by name, sorted by device time.
+pub fn numbers_by_device_time(readings: &[serde_json::Value]) -> Vec<(String, Vec<(String, f64)>)> {
+    let mut got: Vec<_> = readings
+        .iter()
+        .map(|reading| {
+            let numbers = reading["values"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|v| {
+                    let name = v["name"].as_str().unwrap_or("").to_string();
+                    (name, v["value"].as_f64().unwrap_or(f64::NAN))
+                })
+                .collect();
+            (
+                reading["device_time"].as_str().unwrap_or("").to_string(),
+                numbers,
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    got
+}
+
+/// What each two-packet weighing of `two_packet_body_composition_weighings` is as one reading: its
+/// device time and values by name (the real-BlueZ suite expects the same).
+pub fn two_packet_body_composition_readings() -> Vec<(String, Vec<(String, f64)>)> {
+    let weighing = |at: &str, fat: f64, basal: f64, muscle: f64, impedance: f64, kg: f64| {
+        let values = [
+            ("body_fat_percentage", fat),
+            ("basal_metabolism", basal),
+            ("muscle_percentage", muscle),
+            ("impedance", impedance),
+            ("body_weight", kg),
+            ("body_height", 1.8),
+        ];
+        (
+            at.to_string(),
+            values
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect(),
+        )
+    };
+    vec![
+        weighing("2024-03-15T07:30:00", 22.5, 6500.0, 35.2, 512.3, 80.0),
+        weighing("2024-03-16T07:31:00", 22.1, 6480.0, 35.4, 508.7, 79.6),
+    ]
+}

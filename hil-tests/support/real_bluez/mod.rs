@@ -28,7 +28,8 @@ pub const HUB_ADAPTER: &str = "hci0";
 pub const DEVICE_ADAPTER: &str = "hci1";
 /// btvirt's public address of hci1, where the simulated device lives.
 pub const DEVICE_ADDRESS: &str = "00:AA:01:01:00:01";
-/// The third controller, for scenarios with a second device (`Guest::controllers_for_two_devices`).
+
+/// The third controller, for the scenario with a second device (`Guest::controllers_for_two_devices`).
 pub const SECOND_DEVICE_ADAPTER: &str = "hci2";
 pub const SECOND_DEVICE_ADDRESS: &str = "00:AA:01:02:00:02";
 
@@ -138,7 +139,7 @@ fn build(dir: &Path) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the real-BlueZ suite builds its VM image with debootstrap and chroot, which need root, and this \
-         test runs as uid {}. Run it as root once (sudo -E cargo test --test hil real_bluez) to build \
+         test runs as uid {}. Run it as root once (sudo -E cargo test --test real_bluez) to build \
          {}; later runs use the cached image",
         nix::unistd::geteuid(),
         dir.display()
@@ -442,16 +443,12 @@ impl Boot {
             ),
         };
         format!(
-            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}{}\n\
+            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}\n\
              --- daemon.log (end)\n{}\n--- bluetoothd.log (end)\n{}\n--- console (end)\n{}\n--- qemu\n{}",
             self.out("stages"),
             self.out("rig.log"),
             tail(self.out("scenario.log"), 60),
             self.out("device.jsonl"),
-            match self.out("device2.jsonl") {
-                none if none.is_empty() => none,
-                second => format!("--- second device's events\n{second}"),
-            },
             tail(self.out("daemon.log"), 60),
             tail(self.out("bluetoothd.log"), 60),
             tail(self.out("console.log"), 20),
