@@ -443,12 +443,16 @@ impl Boot {
             ),
         };
         format!(
-            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}\n\
+            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}{}\n\
              --- daemon.log (end)\n{}\n--- bluetoothd.log (end)\n{}\n--- console (end)\n{}\n--- qemu\n{}",
             self.out("stages"),
             self.out("rig.log"),
             tail(self.out("scenario.log"), 60),
             self.out("device.jsonl"),
+            match self.out("device2.jsonl") {
+                none if none.is_empty() => none,
+                second => format!("--- second device's events\n{second}"),
+            },
             tail(self.out("daemon.log"), 60),
             tail(self.out("bluetoothd.log"), 60),
             tail(self.out("console.log"), 20),
