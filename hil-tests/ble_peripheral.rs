@@ -62,6 +62,15 @@ struct Scenario {
     /// stabilised, ...); the device never takes part in a connection of its own accord.
     #[serde(default)]
     adverts: Vec<AdvertStep>,
+    /// Whether the device keeps its agent BlueZ's default. With two devices in the rig's one bluetoothd,
+    /// only one may: BlueZ cancels a pairing question when the default agent changes under it, so the
+    /// other device's side is answered by the first device's agent (both accept).
+    #[serde(default = "yes")]
+    keep_default_agent: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One state of an advert-only device's advertisement: its service data, held for a while, as a scale
@@ -124,6 +133,10 @@ struct Session {
     /// something to the hub's side first (power its adapter off, restart bluetoothd).
     #[serde(default)]
     wait_for: Option<PathBuf>,
+    /// After sending, the device keeps the link (and stops advertising) until this file exists, so that
+    /// a scenario can have the hub hold two links at once.
+    #[serde(default)]
+    hold_link_until: Option<PathBuf>,
     /// Glucose Measurement Contexts, hex, added with the records: the meter sends each right after the
     /// record with its sequence number.
     #[serde(default)]
@@ -676,7 +689,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let keep_default = {
         let connection = connection.clone();
+        let keep = scenario.keep_default_agent;
         tokio::spawn(async move {
+            if !keep {
+                return;
+            }
             loop {
                 let agent = ObjectPath::from_static_str_unchecked(AGENT_PATH);
                 let _ = call(
@@ -1094,6 +1111,11 @@ async fn run_sessions(
             &(ObjectPath::try_from(ADVERT_PATH)?,),
         )
         .await?;
+        if let Some(file) = &session.hold_link_until {
+            while !file.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         // The hub's device object appears with the first link (InterfacesAdded, no Connected signal),
         // so the links to drop are looked up.
         let mut links = devices_on(connection, adapter_path, true).await?;

@@ -14,7 +14,9 @@ use crate::support::bluez::devices::{
     blood_pressure_record, date_time, failed_blood_pressure_record,
 };
 use crate::support::broker::Broker;
-use crate::support::real_bluez::{Guest, DEVICE_ADAPTER, DEVICE_ADDRESS};
+use crate::support::real_bluez::{
+    Guest, DEVICE_ADAPTER, DEVICE_ADDRESS, SECOND_DEVICE_ADAPTER, SECOND_DEVICE_ADDRESS,
+};
 use crate::support::subscriber::Subscriber;
 use crate::support::wait_until;
 
@@ -1338,6 +1340,154 @@ fn a_xiaomi_scale_that_only_advertises_gives_one_reading_per_stabilised_weighing
          guest stages:\n{}",
         boot.elapsed,
         started.elapsed(),
+        boot.out("stages")
+    );
+}
+
+fn uuid16(short: u16) -> String {
+    format!("0000{short:04x}-0000-1000-8000-00805f9b34fb")
+}
+
+#[test]
+fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
+    let started = Instant::now();
+    let scenario = Scenario::new("trusted");
+    scenario.guest.controllers_for_two_devices();
+    let first = cuff_records(6);
+    let second: Vec<Vec<u8>> = (0..6)
+        .map(|i| blood_pressure_record(140 + i, 90, 107, 75, date_time(2024, 3, 15, 8, i as u8, 0)))
+        .collect();
+    // The first cuff keeps its link after its burst until the second has sent its own, so the hub holds
+    // both links at once; its agent stays BlueZ's default and answers both devices' sides of pairing.
+    let mut device = serde_json::from_str::<serde_json::Value>(&device_scenario(
+        "accept",
+        std::slice::from_ref(&first),
+    ))
+    .unwrap();
+    device["sessions"][0]["hold_link_until"] = json!("/tmp/second-sent");
+    scenario.guest.write("device.json", &device.to_string());
+    let second_device = |records: &[Vec<u8>], events: &str| {
+        device_scenario_with(
+            "accept",
+            &[records.to_vec()],
+            json!({"adapter": SECOND_DEVICE_ADAPTER, "events": events,
+                "keep_default_agent": false}),
+        )
+    };
+    // The second cuff is run twice: for its pairing, and once the hub's link to the first is up (the
+    // order btvirt's link numbering needs, see `hold_a_link_from`).
+    scenario.guest.write(
+        "device2_pairing.json",
+        &second_device(&[], "/share/out/device2_pairing.jsonl"),
+    );
+    // It registers its application when it starts, before the link from its controller is made, and
+    // advertises once the hub's link to the first cuff is up.
+    let mut device2 = serde_json::from_str::<serde_json::Value>(&second_device(
+        &second,
+        "/share/out/device2.jsonl",
+    ))
+    .unwrap();
+    device2["sessions"][0]["wait_for"] = json!("/tmp/first-linked");
+    scenario.guest.write("device2.json", &device2.to_string());
+    let expected = first.len() + second.len();
+    scenario.guest.write(
+        "scenario.sh",
+        &format!(
+            ". /share/lib.sh\n\
+             start_device\n\
+             start_device device2_pairing\n\
+             wait_for 30 device_said ready || exit 10\n\
+             wait_for 30 device_said ready device2_pairing || exit 10\n\
+             vitalsd pair {SECOND_DEVICE_ADDRESS} > $out/pair2.out 2>&1 || exit 11\n\
+             drop_hub_link {SECOND_DEVICE_ADDRESS}\n\
+             wait_for 30 no_hub_links || exit 12\n\
+             kill $device2_pairing_pid; wait $device2_pairing_pid\n\
+             stage second paired\n\
+             start_device device2\n\
+             wait_for 30 device_said ready device2 || exit 13\n\
+             hold_a_link_from {SECOND_DEVICE_ADAPTER} || exit 13\n\
+             stage second controller holds a link\n\
+             vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2>&1 || exit 14\n\
+             drop_hub_link {DEVICE_ADDRESS}\n\
+             wait_for 30 no_hub_links || exit 15\n\
+             stage paired both\n\
+             start_daemon\n\
+             wait_for 120 has_link hci0 {DEVICE_ADDRESS} || exit 16\n\
+             touch /tmp/first-linked\n\
+             stage hub linked to the first\n\
+             wait_for 120 device_said sent device2 || exit 17\n\
+             has_link {SECOND_DEVICE_ADAPTER} 00:AA:01:03:00:03 || echo 'the held link was gone' >> $out/rig.log\n\
+             touch /tmp/second-sent\n\
+             stage second sent\n\
+             wait_for 120 device_said done || exit 18\n\
+             wait_for 120 device_said done device2 || exit 19\n\
+             stage both devices done\n\
+             wait_for 60 delivered_at_least {expected} || exit 20\n\
+             stage delivered\n\
+             stop_daemon\n"
+        ),
+    );
+    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    boot.assert_success();
+    let report = || boot.report();
+    wait_until(Duration::from_secs(10), || {
+        scenario.subscriber.readings().len() >= expected
+    });
+    let of = |address: &str| {
+        let mut got: Vec<_> = scenario
+            .subscriber
+            .readings()
+            .iter()
+            .filter(|r| r["device"]["id"] == format!("ble:{address}").as_str())
+            .map(summary)
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        got
+    };
+    let want_first: Vec<_> = (0..6)
+        .map(|i| bp(&format!("2024-03-15T07:0{i}:00"), 120 + i, 80, 93, 60 + i))
+        .collect();
+    let want_second: Vec<_> = (0..6)
+        .map(|i| bp(&format!("2024-03-15T08:0{i}:00"), 140 + i, 90, 107, 75))
+        .collect();
+    assert_eq!(of(DEVICE_ADDRESS), want_first, "{}", report());
+    assert_eq!(of(SECOND_DEVICE_ADDRESS), want_second, "{}", report());
+    assert_eq!(
+        scenario.subscriber.readings().len(),
+        expected,
+        "{}",
+        report()
+    );
+    // Both sessions ran at once: each device's measurement was subscribed to before the other device's
+    // link ended (the hub let go, or the device dropped it).
+    let window = |name: &str| {
+        let events = boot.events_of(name);
+        let t = |e: &serde_json::Value| e["t"].as_i64().unwrap_or(i64::MAX);
+        let up = events
+            .iter()
+            .find(|e| e["event"] == "start_notify" && e["uuid"] == uuid16(0x2A35))
+            .map(t)
+            .unwrap_or_else(|| panic!("{name}: no subscription:\n{}", report()));
+        let down = events
+            .iter()
+            .filter(|e| e["event"] == "disconnected" || e["event"] == "dropped_link")
+            .map(t)
+            .find(|&at| at >= up)
+            .unwrap_or_else(|| panic!("{name}: the link never ended:\n{}", report()));
+        (up, down)
+    };
+    let (first_up, first_down) = window("device");
+    let (second_up, second_down) = window("device2");
+    assert!(
+        first_up.max(second_up) < first_down.min(second_down),
+        "the sessions did not overlap: first {first_up}..{first_down}, second {second_up}..{second_down}\n{}",
+        report()
+    );
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; sessions overlapped {} ms; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        first_down.min(second_down) - first_up.max(second_up),
         boot.out("stages")
     );
 }

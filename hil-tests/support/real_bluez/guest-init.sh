@@ -48,14 +48,17 @@ ip link set "$nic" up && ip addr add 10.0.2.15/24 dev "$nic" && ip route add def
 mkdir -p /run/dbus
 dbus-daemon --system --fork || finish 122
 
-# Both controllers are ready when the kernel lists them to management clients: it does so once their
-# setup (HCI Reset and the rest) succeeded. hci1 must be btvirt's second controller, the device's.
-# A scenario with two devices asks for a third controller (hci2) in /share/controllers.
+# The controllers are ready when the kernel lists them to management clients: it does so once their
+# setup (HCI Reset and the rest) succeeded. hci1 must be btvirt's second controller, the device's, and
+# each hciN has the address 00:AA:01:0N:00:0N. A scenario with two devices asks for more controllers
+# (hci2, hci3) in /share/controllers.
 controllers=$(cat /share/controllers 2>/dev/null || echo 2)
+extra_controllers=$(seq 1 $((controllers - 1)))
 controllers_ready() {
-  timeout 5 btmgmt info > /tmp/controllers 2>&1 && grep -q '^hci0:' /tmp/controllers \
-    && grep -A1 '^hci1:' /tmp/controllers | grep -q 'addr 00:AA:01:01:00:01' \
-    && { [ "$controllers" = 2 ] || grep -A1 '^hci2:' /tmp/controllers | grep -q 'addr 00:AA:01:02:00:02'; }
+  timeout 5 btmgmt info > /tmp/controllers 2>&1 && grep -q '^hci0:' /tmp/controllers || return 1
+  for n in $extra_controllers; do
+    grep -A1 "^hci$n:" /tmp/controllers | grep -q "addr 00:AA:01:0$n:00:0$n" || return 1
+  done
 }
 no_controllers() {
   [ -z "$(ls /sys/class/bluetooth)" ]
@@ -78,8 +81,10 @@ stage controllers
 /usr/libexec/bluetooth/bluetoothd -n -d > $out/bluetoothd.log 2>&1 &
 adapters_on_bus() {
   dbus-send --system --print-reply --dest=org.bluez / org.freedesktop.DBus.ObjectManager.GetManagedObjects \
-    > /tmp/objects 2>/dev/null && grep -q '"/org/bluez/hci0"' /tmp/objects && grep -q '"/org/bluez/hci1"' /tmp/objects \
-    && { [ "$controllers" = 2 ] || grep -q '"/org/bluez/hci2"' /tmp/objects; }
+    > /tmp/objects 2>/dev/null || return 1
+  for n in 0 $extra_controllers; do
+    grep -q "\"/org/bluez/hci$n\"" /tmp/objects || return 1
+  done
 }
 wait_for 20 adapters_on_bus || { echo "bluetoothd did not show every adapter" >> $out/rig.log; finish 124; }
 # bluetoothd powers the adapters on by itself (AutoEnable); the scenario starts once all are on.
@@ -87,8 +92,9 @@ powered() {
   dbus-send --system --print-reply --dest=org.bluez /org/bluez/$1 org.freedesktop.DBus.Properties.Get \
     string:org.bluez.Adapter1 string:Powered 2>/dev/null | grep -q 'boolean true'
 }
-wait_for 20 powered hci0 && wait_for 20 powered hci1 \
-  && { [ "$controllers" = 2 ] || wait_for 20 powered hci2; } || { echo "the adapters were not powered on" >> $out/rig.log; finish 124; }
+for n in 0 $extra_controllers; do
+  wait_for 20 powered hci$n || { echo "the adapters were not powered on" >> $out/rig.log; finish 124; }
+done
 stage bluetooth
 
 cd /share || finish 125

@@ -89,3 +89,31 @@ restart_bluetoothd() {
   /usr/libexec/bluetooth/bluetoothd -n -d >> $out/bluetoothd.log 2>&1 &
   wait_for 30 adapter_powered hci0 && wait_for 30 adapter_powered hci1
 }
+
+# Whether the hub's controller has no LE link up.
+no_hub_links() {
+  ! btmgmt --index 0 con 2>/dev/null | grep -q 'type LE'
+}
+
+# Drops the hub's link to the device at address $1, as a hub that is done with it does.
+drop_hub_link() {
+  dbus-send --system --print-reply --dest=org.bluez "/org/bluez/hci0/dev_$(echo "$1" | tr : _)" \
+    org.bluez.Device1.Disconnect > /dev/null 2>&1
+}
+
+# btvirt (BlueZ 5.66's emulator) numbers each controller's links on its own, from 0x002a up, and tells
+# the peripheral the central's number; a packet the peripheral sends on a number its controller does not
+# know is dropped. So a hub's second link works only if the device's controller already holds one link:
+# this gives controller $1 a link of its own, as central, to hci3 (which advertises for it), and keeps
+# it until the VM ends. Its handle is then 0x002a, and the hub's second link 0x002b at both ends.
+hold_a_link_from() {
+  btmgmt --index 3 add-adv -c 1 >> $out/rig.log 2>&1
+  hcitool -i "$1" lecc 00:AA:01:03:00:03 >> $out/rig.log 2>&1
+  wait_for 10 has_link "$1" 00:AA:01:03:00:03
+}
+
+# Whether controller $1 (hciN) has an established LE link to address $2 (`hcitool con` also lists
+# connections still being made).
+has_link() {
+  btmgmt --index "${1#hci}" con 2>/dev/null | grep -q "$2 type LE"
+}

@@ -29,6 +29,10 @@ pub const DEVICE_ADAPTER: &str = "hci1";
 /// btvirt's public address of hci1, where the simulated device lives.
 pub const DEVICE_ADDRESS: &str = "00:AA:01:01:00:01";
 
+/// The third controller, for the scenario with a second device (`Guest::controllers_for_two_devices`).
+pub const SECOND_DEVICE_ADAPTER: &str = "hci2";
+pub const SECOND_DEVICE_ADDRESS: &str = "00:AA:01:02:00:02";
+
 /// Exit codes the guest's init uses for its own failures (`guest-init.sh`), above any scenario's.
 const RIG_FAILURES: [(i32, &str); 6] = [
     (120, "a kernel module (hci_vhci, virtio_net) did not load"),
@@ -325,6 +329,12 @@ impl Guest {
         self.share.as_ref().expect("the share").path()
     }
 
+    /// Gives the guest four controllers: hci2 for a second device, and hci3 for the link that lets the
+    /// hub hold links to both at once (`hold_a_link_from` in `guest-lib.sh` says why).
+    pub fn controllers_for_two_devices(&self) {
+        self.write("controllers", "4");
+    }
+
     /// Writes a file into the share; the guest sees it as `/share/NAME`.
     pub fn write(&self, name: &str, contents: &str) {
         std::fs::write(self.path().join(name), contents).expect("write into the share");
@@ -433,12 +443,16 @@ impl Boot {
             ),
         };
         format!(
-            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}\n\
+            "{what}\n--- stages\n{}\n--- rig.log\n{}\n--- scenario.log\n{}\n--- device events\n{}{}\n\
              --- daemon.log (end)\n{}\n--- bluetoothd.log (end)\n{}\n--- console (end)\n{}\n--- qemu\n{}",
             self.out("stages"),
             self.out("rig.log"),
             tail(self.out("scenario.log"), 60),
             self.out("device.jsonl"),
+            match self.out("device2.jsonl") {
+                none if none.is_empty() => none,
+                second => format!("--- second device's events\n{second}"),
+            },
             tail(self.out("daemon.log"), 60),
             tail(self.out("bluetoothd.log"), 60),
             tail(self.out("console.log"), 20),
@@ -448,7 +462,12 @@ impl Boot {
 
     /// The device's events (`device.jsonl`), in order.
     pub fn device_events(&self) -> Vec<serde_json::Value> {
-        self.out("device.jsonl")
+        self.events_of("device")
+    }
+
+    /// The events of the device whose events file is `out/NAME.jsonl`, in order.
+    pub fn events_of(&self, name: &str) -> Vec<serde_json::Value> {
+        self.out(&format!("{name}.jsonl"))
             .lines()
             .map(|line| serde_json::from_str(line).expect("device events are JSON lines"))
             .collect()
