@@ -1116,24 +1116,7 @@ async fn run_sessions(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        // The hub's device object appears with the first link (InterfacesAdded, no Connected signal),
-        // so the links to drop are looked up.
-        let mut links = devices_on(connection, adapter_path, true).await?;
-        links.extend(hub.take());
-        links.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        links.dedup();
-        for link in links {
-            let dropped = call(
-                connection,
-                link.as_str(),
-                "org.bluez.Device1",
-                "Disconnect",
-                &(),
-            )
-            .await;
-            events.record(json!({"event": "dropped_link", "session": number,
-                "error": dropped.err().map(|e| e.to_string())}));
-        }
+        drop_links(connection, adapter_path, hub.take(), events, number).await?;
         if session.forget_bond {
             for hub in devices_on(connection, adapter_path, false).await? {
                 let forgot = call(
@@ -1151,6 +1134,35 @@ async fn run_sessions(
         events.record(json!({"event": "session_end", "session": number}));
     }
     events.record(json!({"event": "done"}));
+    Ok(())
+}
+
+/// Drops every link still up on the device's adapter, and the hub's (`hub`, when known), recording each as
+/// `dropped_link` of session `number`. The hub's device object appears with the first link
+/// (InterfacesAdded, no Connected signal), so the links are looked up rather than followed.
+async fn drop_links(
+    connection: &Connection,
+    adapter_path: &str,
+    hub: Option<OwnedObjectPath>,
+    events: &Events,
+    number: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut links = devices_on(connection, adapter_path, true).await?;
+    links.extend(hub);
+    links.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    links.dedup();
+    for link in links {
+        let dropped = call(
+            connection,
+            link.as_str(),
+            "org.bluez.Device1",
+            "Disconnect",
+            &(),
+        )
+        .await;
+        events.record(json!({"event": "dropped_link", "session": number,
+            "error": dropped.err().map(|e| e.to_string())}));
+    }
     Ok(())
 }
 
@@ -1342,22 +1354,7 @@ async fn run_meter_sessions(
         )
         .await?;
         // The meter drops whatever link is still up (the hub usually let go first).
-        let mut links = devices_on(connection, adapter_path, true).await?;
-        links.extend(hub.take());
-        links.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        links.dedup();
-        for link in links {
-            let dropped = call(
-                connection,
-                link.as_str(),
-                "org.bluez.Device1",
-                "Disconnect",
-                &(),
-            )
-            .await;
-            events.record(json!({"event": "dropped_link", "session": number,
-                "error": dropped.err().map(|e| e.to_string())}));
-        }
+        drop_links(connection, adapter_path, hub.take(), events, number).await?;
         events.record(json!({"event": "session_end", "session": number}));
     }
     events.record(json!({"event": "done"}));

@@ -15,7 +15,7 @@ use crate::support::bluez::devices::{
 };
 use crate::support::broker::Broker;
 use crate::support::real_bluez::{
-    Guest, DEVICE_ADAPTER, DEVICE_ADDRESS, SECOND_DEVICE_ADAPTER, SECOND_DEVICE_ADDRESS,
+    Boot, Guest, DEVICE_ADAPTER, DEVICE_ADDRESS, SECOND_DEVICE_ADAPTER, SECOND_DEVICE_ADDRESS,
 };
 use crate::support::subscriber::Subscriber;
 use crate::support::wait_until;
@@ -90,6 +90,15 @@ impl Scenario {
             .filter(|reading| reading["device"]["id"] == id.as_str())
             .collect()
     }
+
+    /// The device's readings once at least `count` arrived (or 10 s passed), as `summary` gives them,
+    /// in device-time order.
+    fn summaries(&self, count: usize) -> Vec<(String, Vec<(String, serde_json::Value)>)> {
+        wait_until(Duration::from_secs(10), || self.readings().len() >= count);
+        let mut got: Vec<_> = self.readings().iter().map(summary).collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        got
+    }
 }
 
 fn cuff_records(count: u16) -> Vec<Vec<u8>> {
@@ -104,6 +113,38 @@ fn cuff_records(count: u16) -> Vec<Vec<u8>> {
             )
         })
         .collect()
+}
+
+/// The common scenario: the device starts, `vitalsd pair` binds it, the daemon runs until the device has
+/// played all its sessions (within `seconds`) and `expected` readings were delivered, and the bound
+/// devices go to `out/devices.json`.
+fn pair_then_read(expected: usize, seconds: u32) -> String {
+    format!(
+        ". /share/lib.sh\n\
+         start_device\n\
+         wait_for 30 device_said ready || exit 10\n\
+         stage device ready\n\
+         vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+         stage paired\n\
+         start_daemon\n\
+         wait_for {seconds} device_said done || exit 12\n\
+         stage device done\n\
+         wait_for 60 delivered_at_least {expected} || exit 13\n\
+         stage delivered\n\
+         vitalsd devices --json > $out/devices.json\n\
+         stop_daemon\n"
+    )
+}
+
+/// Prints how long the scenario took and when the guest reached each stage (with --nocapture), for the
+/// README's figures.
+fn print_times(boot: &Boot, started: Instant) {
+    eprintln!(
+        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
+        boot.elapsed,
+        started.elapsed(),
+        boot.out("stages")
+    );
 }
 
 /// A reading as the table below lists it: device time and the values by name.
@@ -172,24 +213,9 @@ fn a_cuff_paired_just_works_delivers_its_burst_then_only_its_new_record_when_it_
         &device_scenario("accept", &[burst.clone(), vec![new_record]]),
     );
     let expected = burst.len() + 1;
-    scenario.guest.write(
-        "scenario.sh",
-        &format!(
-            ". /share/lib.sh\n\
-             start_device\n\
-             wait_for 30 device_said ready || exit 10\n\
-             stage device ready\n\
-             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
-             stage paired\n\
-             start_daemon\n\
-             wait_for 120 device_said done || exit 12\n\
-             stage device done\n\
-             wait_for 60 delivered_at_least {expected} || exit 13\n\
-             stage delivered\n\
-             vitalsd devices --json > $out/devices.json\n\
-             stop_daemon\n"
-        ),
-    );
+    scenario
+        .guest
+        .write("scenario.sh", &pair_then_read(expected, 120));
 
     let boot = scenario.guest.boot(BOOT_TIMEOUT);
     boot.assert_success();
@@ -219,8 +245,7 @@ fn a_cuff_paired_just_works_delivers_its_burst_then_only_its_new_record_when_it_
         "{}",
         report()
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&boot.out("status.json")).expect("status.json");
+    let status = boot.out_json("status.json");
     assert_eq!(
         status["outbox"]["duplicates_total"],
         burst.len(),
@@ -258,18 +283,12 @@ fn a_cuff_paired_just_works_delivers_its_burst_then_only_its_new_record_when_it_
         "the clock is written before the burst:\n{}",
         report()
     );
-    let devices: serde_json::Value =
-        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    let devices = boot.out_json("devices.json");
     assert_eq!(
         devices["devices"][0]["address"], DEVICE_ADDRESS,
         "{devices}"
     );
-    eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
-        boot.elapsed,
-        started.elapsed(),
-        boot.out("stages")
-    );
+    print_times(&boot, started);
 }
 
 #[test]
@@ -318,8 +337,7 @@ fn a_first_pairing_the_device_rejects_is_reported_as_rejected_not_as_a_lost_bond
         "the device's own agent was asked and said no:\n{}",
         boot.report()
     );
-    let devices: serde_json::Value =
-        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    let devices = boot.out_json("devices.json");
     assert_eq!(devices["devices"], json!([]), "nothing bound");
     eprintln!(
         "real-BlueZ scenario: VM {:?}, whole test {:?}; pair said: {said}",
@@ -384,8 +402,7 @@ fn a_wrong_passkey_is_reported_as_a_failed_authentication_and_binds_nothing() {
         "the failure is named: {said}\n{}",
         boot.report()
     );
-    let devices: serde_json::Value =
-        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    let devices = boot.out_json("devices.json");
     assert_eq!(devices["devices"], json!([]), "nothing bound");
     eprintln!(
         "real-BlueZ scenario: VM {:?}, whole test {:?}; pair said: {said}",
@@ -444,14 +461,8 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
     let boot = scenario.guest.boot(BOOT_TIMEOUT);
     boot.assert_success();
     let report = || boot.report();
-    wait_until(Duration::from_secs(10), || {
-        scenario.readings().len() >= expected
-    });
-    let readings = scenario.readings();
-    let mut got: Vec<_> = readings.iter().map(summary).collect();
-    got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        got,
+        scenario.summaries(expected),
         [
             bp("2024-03-15T07:00:00", 120, 80, 93, 60),
             bp("2024-03-15T07:01:00", 121, 80, 93, 61),
@@ -469,8 +480,7 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
         said.contains("ERROR") && said.contains(&format!("vitalsd pair {DEVICE_ADDRESS}")),
         "at error level, with the command that fixes it: {said}"
     );
-    let stale: serde_json::Value =
-        serde_json::from_str(&boot.out("devices-stale.json")).expect("devices-stale.json");
+    let stale = boot.out_json("devices-stale.json");
     assert_eq!(stale["devices"][0]["needs_repairing"], true, "{stale}");
     assert!(
         boot.out("devices-stale.txt").contains("NEEDS RE-PAIRING"),
@@ -485,16 +495,10 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
         "{}",
         boot.out("bonds-stale.txt")
     );
-    let devices: serde_json::Value =
-        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    let devices = boot.out_json("devices.json");
     assert_eq!(devices["devices"][0]["needs_repairing"], false, "{devices}");
     assert_eq!(devices["devices"][0]["bonded"], true, "{devices}");
-    eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
-        boot.elapsed,
-        started.elapsed(),
-        boot.out("stages")
-    );
+    print_times(&boot, started);
 }
 
 #[test]
@@ -548,11 +552,8 @@ fn the_hub_adapter_powered_off_and_on_and_a_bluetoothd_restart_are_recovered_fro
     let boot = scenario.guest.boot(BOOT_TIMEOUT * 2);
     boot.assert_success();
     let report = || boot.report();
-    wait_until(Duration::from_secs(10), || scenario.readings().len() >= 4);
-    let mut got: Vec<_> = scenario.readings().iter().map(summary).collect();
-    got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        got,
+        scenario.summaries(4),
         [
             bp("2024-03-15T07:00:00", 120, 80, 93, 60),
             bp("2024-03-15T07:01:00", 121, 80, 93, 61),
@@ -582,12 +583,7 @@ fn the_hub_adapter_powered_off_and_on_and_a_bluetoothd_restart_are_recovered_fro
         .collect();
     assert_eq!(back.len(), 1, "{}", report());
     assert_eq!(back[0]["error"], serde_json::Value::Null, "{}", report());
-    eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
-        boot.elapsed,
-        started.elapsed(),
-        boot.out("stages")
-    );
+    print_times(&boot, started);
 }
 
 #[test]
@@ -644,8 +640,7 @@ fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_r
         "an untrusted hub clock is never written to the cuff:\n{}",
         report()
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&boot.out("status.json")).expect("status.json");
+    let status = boot.out_json("status.json");
     assert_eq!(status["outbox"]["held_for_clock"], expected, "{status}");
     // Held, not published: they wait for a trusted clock (README, Time). The daemon's last message,
     // its offline status on the same connection, says that everything it sent has arrived.
@@ -662,18 +657,12 @@ fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_r
         report()
     );
     assert_eq!(scenario.readings(), Vec::<serde_json::Value>::new());
-    let devices: serde_json::Value =
-        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    let devices = boot.out_json("devices.json");
     assert_eq!(
         devices["devices"][0]["clock"], "not set (left as it was)",
         "{devices}"
     );
-    eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
-        boot.elapsed,
-        started.elapsed(),
-        boot.out("stages")
-    );
+    print_times(&boot, started);
 }
 
 /// The lines of a daemon log above debug level that contain `secret`, the time stamp (whose
@@ -769,14 +758,8 @@ fn a_device_showing_a_random_passkey_is_paired_by_typing_it_at_the_prompt_then_r
         report()
     );
 
-    wait_until(Duration::from_secs(10), || {
-        scenario.readings().len() >= expected
-    });
-    let readings = scenario.readings();
-    let mut got: Vec<_> = readings.iter().map(summary).collect();
-    got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        got,
+        scenario.summaries(expected),
         [
             bp("2024-03-15T07:00:00", 120, 80, 93, 60),
             bp("2024-03-15T07:01:00", 121, 80, 93, 61),
@@ -785,8 +768,7 @@ fn a_device_showing_a_random_passkey_is_paired_by_typing_it_at_the_prompt_then_r
         "{}",
         report()
     );
-    let devices: serde_json::Value =
-        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    let devices = boot.out_json("devices.json");
     assert_eq!(
         devices["devices"][0]["address"], DEVICE_ADDRESS,
         "{devices}"
@@ -813,12 +795,7 @@ fn a_device_showing_a_random_passkey_is_paired_by_typing_it_at_the_prompt_then_r
         Vec::<&str>::new(),
         "the passkey was logged above debug level"
     );
-    eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
-        boot.elapsed,
-        started.elapsed(),
-        boot.out("stages")
-    );
+    print_times(&boot, started);
 }
 
 #[test]
@@ -895,8 +872,7 @@ fn a_passkey_nobody_types_ends_the_pairing_when_the_stack_gives_up_and_binds_not
         waited < 55.0,
         "ended by the stack, before the agent's own 60 s bound: {waited} s"
     );
-    let devices: serde_json::Value =
-        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    let devices = boot.out_json("devices.json");
     assert_eq!(devices["devices"], json!([]), "nothing bound");
     eprintln!(
         "real-BlueZ scenario: VM {:?}, whole test {:?}; waited {waited:.1} s; pair said: {said}; agent: {ended}; guest stages:\n{}",
@@ -954,24 +930,9 @@ fn a_glucose_meter_is_read_all_then_only_from_its_next_sequence_number_across_tw
     device["sessions"][0]["contexts"] = json!(["0603000151"]);
     scenario.guest.write("device.json", &device.to_string());
     let expected = 5;
-    scenario.guest.write(
-        "scenario.sh",
-        &format!(
-            ". /share/lib.sh\n\
-             start_device\n\
-             wait_for 30 device_said ready || exit 10\n\
-             stage device ready\n\
-             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
-             stage paired\n\
-             start_daemon\n\
-             wait_for 180 device_said done || exit 12\n\
-             stage device done\n\
-             wait_for 60 delivered_at_least {expected} || exit 13\n\
-             stage delivered\n\
-             vitalsd devices --json > $out/devices.json\n\
-             stop_daemon\n"
-        ),
-    );
+    scenario
+        .guest
+        .write("scenario.sh", &pair_then_read(expected, 180));
     let boot = scenario.guest.boot(BOOT_TIMEOUT);
     boot.assert_success();
     let report = || boot.report();
@@ -1052,21 +1013,14 @@ fn a_glucose_meter_is_read_all_then_only_from_its_next_sequence_number_across_tw
     );
 
     // Only new records were asked for, so none arrived twice.
-    let status: serde_json::Value =
-        serde_json::from_str(&boot.out("status.json")).expect("status.json");
+    let status = boot.out_json("status.json");
     assert_eq!(status["outbox"]["duplicates_total"], 0, "{status}");
-    let devices: serde_json::Value =
-        serde_json::from_str(&boot.out("devices.json")).expect("devices.json");
+    let devices = boot.out_json("devices.json");
     assert_eq!(
         devices["devices"][0]["address"], DEVICE_ADDRESS,
         "{devices}"
     );
-    eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
-        boot.elapsed,
-        started.elapsed(),
-        boot.out("stages")
-    );
+    print_times(&boot, started);
 }
 
 #[test]
@@ -1116,8 +1070,7 @@ fn a_body_composition_scale_s_two_packet_records_arrive_as_one_reading_each() {
         report()
     );
     // Every packet was stored once the session ended: two readings and nothing else, all delivered.
-    let status: serde_json::Value =
-        serde_json::from_str(&boot.out("status-final.json")).expect("status-final.json");
+    let status = boot.out_json("status-final.json");
     assert_eq!(
         (
             &status["outbox"]["pending"],
@@ -1161,12 +1114,7 @@ fn a_body_composition_scale_s_two_packet_records_arrive_as_one_reading_each() {
         measured,
         ["2024-03-15T07:30:00+00:00", "2024-03-16T07:31:00+00:00"]
     );
-    eprintln!(
-        "real-BlueZ scenario: VM {:?}, whole test {:?}; guest stages:\n{}",
-        boot.elapsed,
-        started.elapsed(),
-        boot.out("stages")
-    );
+    print_times(&boot, started);
 }
 
 /// The Xiaomi scale's advertised states, service data under 0x181B: the last weighing's "stepped off"
@@ -1257,8 +1205,7 @@ fn a_xiaomi_scale_that_only_advertises_gives_one_reading_per_stabilised_weighing
         .expect("pair said something");
     assert_eq!(pair["bonded"], false, "bound without a bond: {pair}");
     // All adverts are over and what the daemon made of them is delivered: two readings, nothing else.
-    let status: serde_json::Value =
-        serde_json::from_str(&boot.out("status-final.json")).expect("status-final.json");
+    let status = boot.out_json("status-final.json");
     assert_eq!(
         (
             &status["outbox"]["pending"],

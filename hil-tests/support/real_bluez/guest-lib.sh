@@ -104,8 +104,9 @@ drop_hub_link() {
 # btvirt (BlueZ 5.66's emulator) numbers each controller's links on its own, from 0x002a up, and tells
 # the peripheral the central's number; a packet the peripheral sends on a number its controller does not
 # know is dropped. So a hub's second link works only if the device's controller already holds one link:
-# this gives controller $1 a link of its own, as central, to hci3 (which advertises for it), and keeps
-# it until the VM ends. Its handle is then 0x002a, and the hub's second link 0x002b at both ends.
+# this gives controller $1 a link of its own, as central, to hci3 (which advertises for it); the link
+# lasts until the device drops its links at the end of its session. Its handle is 0x002a, so the hub's
+# second link is 0x002b at both ends.
 hold_a_link_from() {
   btmgmt --index 3 add-adv -c 1 >> $out/rig.log 2>&1
   hcitool -i "$1" lecc 00:AA:01:03:00:03 >> $out/rig.log 2>&1

@@ -423,6 +423,13 @@ impl Boot {
         std::fs::read_to_string(self.out.join(name)).unwrap_or_default()
     }
 
+    /// A JSON file the scenario wrote into `out/` (`vitalsd status --json`, `devices --json`).
+    #[track_caller]
+    pub fn out_json(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.out(name))
+            .unwrap_or_else(|error| panic!("out/{name} is not JSON ({error}):\n{}", self.report()))
+    }
+
     /// The guest's logs, for a failure message: its stages, the scenario's output, the device's events,
     /// the daemon's log, and the ends of bluetoothd's log and the console.
     pub fn report(&self) -> String {
