@@ -555,6 +555,35 @@ fn a_device_that_lost_its_bond_is_reported_its_stale_bond_removed_and_re_pairing
 }
 
 #[test]
+fn a_lost_bond_whose_links_go_down_after_bluez_answered_connect_is_still_detected() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.pair(CUFF);
+    // As real BlueZ 5.66 did on some links: `Connect` is answered once the link is up, and the kernel
+    // drops the link when encryption with the forgotten key fails, before the services are resolved.
+    // Waiting for them would end only at the daemon's connect timeout, which is not an aborted link.
+    rig.sim.device(CUFF, |cuff| {
+        cuff.bond_lost_on_device = true;
+        cuff.lost_bond_answers_connect = true;
+    });
+    let _daemon = rig.start();
+    assert!(
+        wait_until(Duration::from_secs(40), || rig.devices_json()["devices"][0]
+            ["needs_repairing"]
+            == true),
+        "devices: {}\nlog:\n{}",
+        rig.devices_json(),
+        rig.world.log()
+    );
+    let log = rig.world.log();
+    assert!(
+        log.contains("the link went down before the device's services were resolved"),
+        "{log}"
+    );
+    assert!(!log.contains("timed out"), "{log}");
+}
+
+#[test]
 fn passkey_pairing_needs_the_passkey_the_device_shows() {
     let rig = BleRig::new();
     rig.sim.add_device(OMRON, devices::omron_cuff(123_456));

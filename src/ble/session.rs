@@ -28,6 +28,8 @@ use crate::state::devices::{BoundDevices, DeviceStrings};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A device that sends nothing for this long is done with us; the hub lets go of the link.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a connection attempt looks whether its link came up and went down again.
+const LINK_CHECK: Duration = Duration::from_millis(250);
 
 pub type SharedDevices = Arc<Mutex<BoundDevices>>;
 
@@ -110,11 +112,7 @@ pub async fn run(
     // ARCHITECTURE.md, BlueZ); a match rule added later would miss them. The stream names a value's
     // characteristic when it is read, after discovery.
     let notifications = peripheral.notifications().await.map_err(classify)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, peripheral.connect()).await {
-        Err(_) => return Err(SessionError::Timeout(CONNECT_TIMEOUT)),
-        Ok(Err(error)) => return Err(classify(error)),
-        Ok(Ok(())) => {}
-    }
+    connect(peripheral).await?;
     let result = collect(
         peripheral,
         notifications,
@@ -129,6 +127,35 @@ pub async fn run(
         let _ = peripheral.disconnect().await;
     }
     result
+}
+
+/// Brings the link up and waits until BlueZ has resolved the device's services, as btleplug's `connect`
+/// does. That wait does not end when the link drops: with a device that forgot its bond, BlueZ 5.66 can
+/// bring the link up and answer `Connect`, and the kernel then drops the link when encryption fails
+/// (the real-BlueZ suite saw it), so a link that was up and went down before the services were resolved
+/// is an aborted link, as the same failure is when BlueZ reports it, not a timeout.
+async fn connect(peripheral: &Peripheral) -> Result<(), SessionError> {
+    let connecting = peripheral.connect();
+    tokio::pin!(connecting);
+    let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut check = tokio::time::interval(LINK_CHECK);
+    let mut link_was_up = false;
+    loop {
+        tokio::select! {
+            connected = &mut connecting => return connected.map_err(classify),
+            _ = &mut deadline => return Err(SessionError::Timeout(CONNECT_TIMEOUT)),
+            _ = check.tick() => {
+                let up = peripheral.is_connected().await.unwrap_or(false);
+                if link_was_up && !up {
+                    return Err(SessionError::LinkAborted(
+                        "the link went down before the device's services were resolved".into(),
+                    ));
+                }
+                link_was_up |= up;
+            }
+        }
+    }
 }
 
 async fn collect(

@@ -635,6 +635,27 @@ async fn connect(connection: &Connection, state: &Arc<Mutex<SimState>>, address:
     emit_device_property(connection, address, "ServicesResolved").await;
 }
 
+/// A link that BlueZ reports up (and answers `Connect` for) and the kernel drops shortly after, before
+/// the services are resolved, as when encryption with a forgotten bond's key fails.
+pub(crate) async fn answer_then_drop_link(
+    connection: &Connection,
+    state: &Arc<Mutex<SimState>>,
+    address: &str,
+) {
+    if let Some(device) = state.lock().unwrap().devices.get_mut(address) {
+        device.connected = true;
+        device.services_resolved = false;
+    }
+    emit_device_property(connection, address, "Connected").await;
+    let connection = connection.clone();
+    let state = state.clone();
+    let address = address.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        set_connected(&connection, &state, &address, false).await;
+    });
+}
+
 /// A link that comes up and is dropped at once, before `Connect` returns its error: the kernel's
 /// Device Connected and Disconnected both reach D-Bus.
 pub(crate) async fn flash_link(

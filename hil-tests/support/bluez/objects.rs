@@ -280,33 +280,45 @@ impl Device {
 #[interface(name = "org.bluez.Device1")]
 impl Device {
     async fn connect(&self, #[zbus(connection)] connection: &Connection) -> Result<(), BluezError> {
-        let (refusal, link_came_up) = {
+        let (refusal, link_came_up, answered_then_dropped) = {
             let mut state = self.state.lock().unwrap();
             state.calls.push(format!("Connect {}", self.address));
             let powered = state.powered;
             let device = state.devices.get_mut(&self.address).unwrap();
             device.connect_attempts += 1;
+            let answers_then_drops = powered
+                && device.in_range
+                && device.bond_lost_on_device
+                && device.paired
+                && device.lost_bond_answers_connect;
             let aborted = || BluezError::Failed("le-connection-abort-by-local".into());
-            if !powered {
+            if answers_then_drops {
+                (None, true, true)
+            } else if !powered {
                 (
                     Some(BluezError::NotReady("Resource Not Ready".into())),
                     false,
+                    false,
                 )
             } else if !device.in_range {
-                (Some(aborted()), false)
+                (Some(aborted()), false, false)
             } else if device.bond_lost_on_device && device.paired {
                 // The device forgot the bond. BlueZ 5.66 brings the LE link up, asks for encryption with
                 // the bond's key, the device has none and the kernel drops the link ("authentication
                 // failure"); the ATT channel's connect gets "Permission denied", and `Connect` says no more
                 // than this, as for any other aborted link (never "PIN or Key Missing").
-                (Some(aborted()), true)
+                (Some(aborted()), true, false)
             } else if device.links_to_abort > 0 {
                 device.links_to_abort -= 1;
-                (Some(aborted()), true)
+                (Some(aborted()), true, false)
             } else {
-                (None, false)
+                (None, false, false)
             }
         };
+        if answered_then_dropped {
+            super::answer_then_drop_link(connection, &self.state, &self.address).await;
+            return Ok(());
+        }
         if let Some(error) = refusal {
             if link_came_up {
                 super::flash_link(connection, &self.state, &self.address).await;

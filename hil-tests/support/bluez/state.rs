@@ -91,6 +91,10 @@ pub struct DeviceState {
     pub bonded: bool,
     pub trusted: bool,
     pub bond_lost_on_device: bool,
+    /// With `bond_lost_on_device`: BlueZ answers `Connect` once the link is up, and the kernel drops the
+    /// link when encryption fails, before the services are resolved (the real stack did this on some
+    /// links), instead of `Connect` failing with an aborted link.
+    pub lost_bond_answers_connect: bool,
     /// This many of the next links abort while being set up, for a reason other than a lost bond.
     pub links_to_abort: u32,
     pub refuse_time_writes: bool,
@@ -148,6 +152,7 @@ impl DeviceState {
             trusted: false,
             bond_lost_on_device: false,
             links_to_abort: 0,
+            lost_bond_answers_connect: false,
             refuse_time_writes: false,
             drop_link_after: None,
             notifying: BTreeSet::new(),
