@@ -124,7 +124,7 @@ fn pair_then_read(expected: usize, seconds: u32) -> String {
          start_device\n\
          wait_for 30 device_said ready || exit 10\n\
          stage device ready\n\
-         vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+         pair_device {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
          stage paired\n\
          start_daemon\n\
          wait_for {seconds} device_said done || exit 12\n\
@@ -305,7 +305,7 @@ fn a_first_pairing_the_device_rejects_is_reported_as_rejected_not_as_a_lost_bond
              start_device\n\
              wait_for 30 device_said ready || exit 10\n\
              stage device ready\n\
-             vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2> $out/pair.err\n\
+             pair_device {DEVICE_ADDRESS} > $out/pair.out 2> $out/pair.err\n\
              echo $? > $out/pair.exit\n\
              stage pair ended\n\
              vitalsd devices --json > $out/devices.json\n"
@@ -362,7 +362,7 @@ fn a_wrong_passkey_is_reported_as_a_failed_authentication_and_binds_nothing() {
              start_device\n\
              wait_for 30 device_said ready || exit 10\n\
              stage device ready\n\
-             vitalsd pair {DEVICE_ADDRESS} --passkey {WRONG_PASSKEY} > $out/pair.out 2> $out/pair.err\n\
+             pair_device {DEVICE_ADDRESS} --passkey {WRONG_PASSKEY} > $out/pair.out 2> $out/pair.err\n\
              echo $? > $out/pair.exit\n\
              stage pair ended\n\
              vitalsd devices --json > $out/devices.json\n"
@@ -436,7 +436,7 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
              start_device\n\
              wait_for 30 device_said ready || exit 10\n\
              stage device ready\n\
-             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             pair_device {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
              stage paired\n\
              start_daemon\n\
              wait_for 120 device_said forgot_bond || exit 12\n\
@@ -448,7 +448,7 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
              ls /var/lib/bluetooth/00:AA:01:00:00:00/ > $out/bonds-stale.txt\n\
              kill -USR1 $device_pid\n\
              wait_for 10 device_said pairing_mode || exit 17\n\
-             vitalsd pair {DEVICE_ADDRESS} > $out/repair.out 2> $out/repair.err || exit 14\n\
+             pair_device {DEVICE_ADDRESS} > $out/repair.out 2> $out/repair.err || exit 14\n\
              stage re-paired\n\
              wait_for 180 device_said done || exit 15\n\
              stage device done\n\
@@ -525,7 +525,7 @@ fn the_hub_adapter_powered_off_and_on_and_a_bluetoothd_restart_are_recovered_fro
             ". /share/lib.sh\n\
              start_device\n\
              wait_for 30 device_said ready || exit 10\n\
-             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             pair_device {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
              stage paired\n\
              start_daemon\n\
              wait_for 120 delivered_at_least 2 || exit 12\n\
@@ -610,7 +610,7 @@ fn with_an_unsynchronised_hub_clock_the_cuff_clock_is_read_not_written_and_its_r
              start_device\n\
              wait_for 30 device_said ready || exit 10\n\
              stage device ready\n\
-             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             pair_device {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
              stage paired\n\
              start_daemon\n\
              wait_for 120 device_said done || exit 12\n\
@@ -1044,7 +1044,7 @@ fn a_body_composition_scale_s_two_packet_records_arrive_as_one_reading_each() {
              start_device\n\
              wait_for 30 device_said ready || exit 10\n\
              stage device ready\n\
-             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             pair_device {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
              stage paired\n\
              start_daemon\n\
              wait_for 120 device_said done || exit 12\n\
@@ -1155,7 +1155,7 @@ fn a_xiaomi_scale_that_only_advertises_gives_one_reading_per_stabilised_weighing
              start_device\n\
              wait_for 30 device_said advert || exit 10\n\
              stage device advertising\n\
-             vitalsd pair {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
+             pair_device {DEVICE_ADDRESS} --json > $out/pair.json 2> $out/pair.err || exit 11\n\
              stage bound\n\
              dbus-monitor --system \"type='signal',interface='org.freedesktop.DBus.Properties',\
              path='/org/bluez/hci0/dev_{device_path}'\" > $out/signals.txt 2>&1 &\n\
@@ -1346,7 +1346,7 @@ fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
              start_device device2_pairing\n\
              wait_for 30 device_said ready || exit 10\n\
              wait_for 30 device_said ready device2_pairing || exit 10\n\
-             vitalsd pair {SECOND_DEVICE_ADDRESS} > $out/pair2.out 2>&1 || exit 11\n\
+             pair_device {SECOND_DEVICE_ADDRESS} > $out/pair2.out 2>&1 || exit 11\n\
              drop_hub_link {SECOND_DEVICE_ADDRESS}\n\
              wait_for 30 no_hub_links || exit 12\n\
              kill $device2_pairing_pid; wait $device2_pairing_pid\n\
@@ -1355,7 +1355,7 @@ fn two_cuffs_in_session_at_once_each_deliver_their_own_burst() {
              wait_for 30 device_said ready device2 || exit 13\n\
              hold_a_link_from {SECOND_DEVICE_ADAPTER} || exit 13\n\
              stage second controller holds a link\n\
-             vitalsd pair {DEVICE_ADDRESS} > $out/pair.out 2>&1 || exit 14\n\
+             pair_device {DEVICE_ADDRESS} > $out/pair.out 2>&1 || exit 14\n\
              drop_hub_link {DEVICE_ADDRESS}\n\
              wait_for 30 no_hub_links || exit 15\n\
              stage paired both\n\

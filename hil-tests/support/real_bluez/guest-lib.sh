@@ -118,3 +118,28 @@ hold_a_link_from() {
 has_link() {
   btmgmt --index "${1#hci}" con 2>/dev/null | grep -q "$2 type LE"
 }
+
+# `vitalsd pair ADDRESS ...` as a technician runs it. Now and then a scan in the rig hears none of a
+# device's adverts (btvirt delivered none in two discovery cycles), and `pair` says the device was not
+# found nearby; the technician then presses the device's pairing button (SIGUSR1: it advertises afresh)
+# and runs `pair` again, once. What `pair` printed last goes to this function's stdout and stderr.
+pair_device() {
+  case "$1" in
+    00:AA:01:02:00:02) button_of=${device2_pairing_pid:-$device2_pid} ;;
+    *) button_of=$device_pid ;;
+  esac
+  for attempt in 1 2; do
+    /share/bin/vitalsd pair --config /share/vitalsd.toml "$@" > /tmp/pair.stdout 2> /tmp/pair.stderr
+    status=$?
+    if [ $attempt = 1 ] && grep -q 'was not found nearby' /tmp/pair.stderr; then
+      echo "pair $1: not found nearby; pressing the device's pairing button and trying again" >> $out/rig.log
+      kill -USR1 "$button_of"
+      sleep 1
+      continue
+    fi
+    break
+  done
+  cat /tmp/pair.stdout
+  cat /tmp/pair.stderr >&2
+  return $status
+}
