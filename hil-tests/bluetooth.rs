@@ -654,6 +654,39 @@ fn a_bonded_cuff_that_sends_before_the_hub_subscribes_again_loses_no_record() {
 }
 
 #[test]
+fn a_bonded_cuff_that_drops_the_link_before_its_services_are_resolved_loses_no_record() {
+    let rig = BleRig::new();
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(2));
+    rig.pair(CUFF);
+    let _daemon = rig.start();
+    rig.wait_for_readings(CUFF, 2, Duration::from_secs(30));
+
+    // As on a busy hub with the real stack: BlueZ re-enables the subscription, the cuff sends at once
+    // and drops the link, and the services are not resolved before it does, so `Connect` never
+    // completes. The records BlueZ confirmed wait in the session's stream.
+    // The cuff waits a few seconds for the hub's setup after such a burst, then hangs up: before BlueZ,
+    // slower here, has resolved the services.
+    rig.sim.device(CUFF, |cuff| {
+        cuff.resolve_services_after = Some(Duration::from_secs(8))
+    });
+    let later: Vec<Vec<u8>> = (0..3)
+        .map(|i| blood_pressure_record(130 + i, 85, 100, 70, date_time(2024, 3, 16, 9, i as u8, 0)))
+        .collect();
+    rig.sim.store_records(CUFF, 0x2A35, &later);
+    let readings = rig.wait_for_readings(CUFF, 5, Duration::from_secs(30));
+    assert_eq!(readings.len(), 5, "nothing lost, nothing duplicated");
+    assert!(
+        wait_until(Duration::from_secs(10), || rig
+            .world
+            .log()
+            .contains("dropped the link before its services were resolved")),
+        "the records came through the session that lost its link:\n{}",
+        rig.world.log()
+    );
+}
+
+#[test]
 fn a_first_pairing_the_device_declines_is_reported_as_a_failed_authentication_not_a_lost_bond() {
     let rig = BleRig::new();
     let mut cuff = devices::and_cuff();

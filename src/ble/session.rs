@@ -30,6 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a connection attempt looks whether its link came up and went down again.
 const LINK_CHECK: Duration = Duration::from_millis(250);
+const LINK_WENT_DOWN: &str = "the link went down before the device's services were resolved";
 
 pub type SharedDevices = Arc<Mutex<BoundDevices>>;
 
@@ -112,7 +113,34 @@ pub async fn run(
     // ARCHITECTURE.md, BlueZ); a match rule added later would miss them. The stream names a value's
     // characteristic when it is read, after discovery.
     let notifications = peripheral.notifications().await.map_err(classify)?;
-    connect(peripheral).await?;
+    if let Err(error) = connect(peripheral).await {
+        if !matches!(&error, SessionError::LinkAborted(reason) if reason == LINK_WENT_DOWN) {
+            return Err(error);
+        }
+        // A bonded device sends what it holds as soon as BlueZ re-enables its subscription and may drop
+        // the link before BlueZ has resolved its services (the real stack did so on a busy hub). What it
+        // sent, which BlueZ confirmed, waits in the stream, and BlueZ keeps a bonded device's services
+        // on the bus; reading it is the only way not to lose records the device now holds delivered.
+        // With nothing in the stream (a lost bond's link) the session fails as the aborted link it was.
+        return match collect(
+            peripheral,
+            notifications,
+            address,
+            devices,
+            outbox,
+            settings,
+            shutdown,
+        )
+        .await
+        {
+            Ok(SessionEnd::Finished { readings }) if readings > 0 => {
+                tracing::info!(%address, readings, "The device dropped the link before its services were resolved; read what it had sent.");
+                Ok(SessionEnd::Finished { readings })
+            }
+            Ok(SessionEnd::Shutdown) => Ok(SessionEnd::Shutdown),
+            _ => Err(error),
+        };
+    }
     let result = collect(
         peripheral,
         notifications,
@@ -148,9 +176,7 @@ async fn connect(peripheral: &Peripheral) -> Result<(), SessionError> {
             _ = check.tick() => {
                 let up = peripheral.is_connected().await.unwrap_or(false);
                 if link_was_up && !up {
-                    return Err(SessionError::LinkAborted(
-                        "the link went down before the device's services were resolved".into(),
-                    ));
+                    return Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()));
                 }
                 link_was_up |= up;
             }

@@ -627,12 +627,19 @@ async fn connect(connection: &Connection, state: &Arc<Mutex<SimState>>, address:
             behaviour::send_stored_records(connection, state, address, &uuid).await;
         }
     }
-    {
+    let delay = state.lock().unwrap().devices[address].resolve_services_after;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let resolved = {
         let mut state = state.lock().unwrap();
         let device = state.devices.get_mut(address).unwrap();
         device.services_resolved = device.connected;
+        device.services_resolved
+    };
+    if resolved || delay.is_none() {
+        emit_device_property(connection, address, "ServicesResolved").await;
     }
-    emit_device_property(connection, address, "ServicesResolved").await;
 }
 
 /// A link that BlueZ reports up (and answers `Connect` for) and the kernel drops shortly after, before

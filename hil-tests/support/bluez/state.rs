@@ -95,6 +95,9 @@ pub struct DeviceState {
     /// link when encryption fails, before the services are resolved (the real stack did this on some
     /// links), instead of `Connect` failing with an aborted link.
     pub lost_bond_answers_connect: bool,
+    /// BlueZ resolves the services this long after the link is up (a busy hub), and not at all if the
+    /// link went down meanwhile.
+    pub resolve_services_after: Option<std::time::Duration>,
     /// This many of the next links abort while being set up, for a reason other than a lost bond.
     pub links_to_abort: u32,
     pub refuse_time_writes: bool,
@@ -153,6 +156,7 @@ impl DeviceState {
             bond_lost_on_device: false,
             links_to_abort: 0,
             lost_bond_answers_connect: false,
+            resolve_services_after: None,
             refuse_time_writes: false,
             drop_link_after: None,
             notifying: BTreeSet::new(),
