@@ -441,7 +441,7 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
              start_daemon\n\
              wait_for 120 device_said forgot_bond || exit 12\n\
              stage device forgot its bond\n\
-             wait_for 180 grep -q 'lost its bond' $out/daemon.log || exit 13\n\
+             wait_for 240 grep -q 'lost its bond' $out/daemon.log || exit 13\n\
              stage daemon saw the lost bond\n\
              vitalsd devices --json > $out/devices-stale.json\n\
              vitalsd devices > $out/devices-stale.txt\n\
@@ -458,7 +458,7 @@ fn a_device_that_forgot_its_bond_is_detected_the_stale_bond_removed_and_re_paire
              stop_daemon\n"
         ),
     );
-    let boot = scenario.guest.boot(BOOT_TIMEOUT);
+    let boot = scenario.guest.boot(BOOT_TIMEOUT * 2);
     boot.assert_success();
     let report = || boot.report();
     assert_eq!(

@@ -69,6 +69,13 @@ pub fn means_aborted_link(text: &str) -> bool {
     text.contains("le-connection-abort-by-local")
 }
 
+/// Whether a BlueZ error is `Connect`'s failure to make the link (5.66 names them `br-connection-…` or
+/// `le-connection-…`, whatever the bearer; "br-connection-canceled" came from an LE device in the
+/// real-BlueZ suite): the link never worked, so it says nothing about the bond.
+pub fn means_failed_connect(text: &str) -> bool {
+    text.contains("br-connection-") || text.contains("le-connection-")
+}
+
 /// What a failed `Pair` means, given whether the hub held a bond for the device when it started: BlueZ
 /// reports an authentication failure the same way whether the device forgot our keys or declined a
 /// first pairing, and only the latter is possible without a bond.
@@ -532,8 +539,8 @@ impl Bluez {
 #[cfg(test)]
 mod tests {
     use super::{
-        classify, means_aborted_link, means_lost_bond, pairing_failure, wait_for_passkey,
-        PasskeyWait,
+        classify, means_aborted_link, means_failed_connect, means_lost_bond, pairing_failure,
+        wait_for_passkey, PasskeyWait,
     };
     use std::time::Duration;
     use tokio::sync::oneshot;
@@ -644,23 +651,36 @@ mod tests {
         );
     }
 
-    /// How a `Connect` error, as btleplug prints it, is read: (lost bond, aborted link).
+    /// How a `Connect` error, as btleplug prints it, is read: (lost bond, aborted link, failed connect).
     #[track_caller]
-    fn check_connect(text: &str, expected: (bool, bool)) {
-        assert_eq!((means_lost_bond(text), means_aborted_link(text)), expected);
+    fn check_connect(text: &str, expected: (bool, bool, bool)) {
+        assert_eq!(
+            (
+                means_lost_bond(text),
+                means_aborted_link(text),
+                means_failed_connect(text)
+            ),
+            expected
+        );
     }
 
     #[test]
     fn a_failed_connect_is_read_by_its_text() {
         // Real BlueZ 5.66 when the device forgot the bond (the real-BlueZ suite's scenario).
-        check_connect("le-connection-abort-by-local", (false, true));
+        check_connect("le-connection-abort-by-local", (false, true, true));
         check_connect(
             "org.bluez.Error.Failed: le-connection-abort-by-local",
-            (false, true),
+            (false, true, true),
         );
         // The simulator's model, and BlueZ's answer to a refused key on BR/EDR.
-        check_connect("Connection refused: PIN or Key Missing", (true, false));
-        check_connect("le-connection-abort-by-remote", (false, false));
-        check_connect("le-connection-timeout", (false, false));
+        check_connect(
+            "Connection refused: PIN or Key Missing",
+            (true, false, false),
+        );
+        check_connect("le-connection-abort-by-remote", (false, false, true));
+        check_connect("le-connection-timeout", (false, false, true));
+        // Real BlueZ 5.66 between a lost bond's aborted links, for an LE device.
+        check_connect("br-connection-canceled", (false, false, true));
+        check_connect("Not connected", (false, false, false));
     }
 }

@@ -140,13 +140,15 @@ enum Work {
 
 type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (String, Work)> + Send + 'a>>;
 
-/// How many links in a row to a bonded device, each tried on one of its adverts, must be aborted while
-/// being set up before the hub concludes that the device forgot the bond. BlueZ 5.66 reports a refused key
-/// only as an aborted link ([`bluez::means_aborted_link`]), which a device walking away mid-connect can
-/// also cause once; removing a good bond would cost a technician's visit.
+/// How many links to a bonded device, each tried on one of its adverts, must be aborted while being set
+/// up, with no working session between them, before the hub concludes that the device forgot the bond.
+/// BlueZ 5.66 reports a refused key only as an aborted link ([`bluez::means_aborted_link`]), which a
+/// device walking away mid-connect can also cause once; removing a good bond would cost a technician's
+/// visit. Attempts that failed otherwise (cancelled, timed out) say nothing about the bond: with the real
+/// stack they came between a lost bond's aborted links, so they neither count nor break the run.
 const ABORTED_LINKS_FOR_LOST_BOND: u32 = 3;
 
-/// Counts each bonded device's aborted links in a row.
+/// Counts each bonded device's aborted links since its last working session.
 #[derive(Default)]
 struct AbortedLinks {
     in_a_row: HashMap<String, u32>,
@@ -168,8 +170,8 @@ impl AbortedLinks {
         false
     }
 
-    /// Any other outcome of a session breaks the run.
-    fn other(&mut self, address: &str) {
+    /// A session that worked (or ended in a way that shows the link did) breaks the run.
+    fn worked(&mut self, address: &str) {
         self.in_a_row.remove(address);
     }
 }
@@ -354,8 +356,10 @@ async fn run_stack(
                 let lost_bond = match &result {
                     Err(SessionError::BondLost) => true,
                     Err(SessionError::LinkAborted(_)) => aborted_links.aborted(&address, bonded),
+                    Err(SessionError::Timeout(_)) => false,
+                    Err(SessionError::Ble(error)) if bluez::means_failed_connect(&error.to_string()) => false,
                     _ => {
-                        aborted_links.other(&address);
+                        aborted_links.worked(&address);
                         false
                     }
                 };
@@ -487,7 +491,8 @@ mod tests {
     use super::{address_of, AbortedLinks};
 
     /// Feeds session outcomes for one device, `A` an aborted link while bonded, `a` one while not bonded,
-    /// `o` any other outcome; `expected` lists where the hub concludes the bond is lost.
+    /// `f` an attempt that failed otherwise (no count), `o` a session that worked; `expected` lists where
+    /// the hub concludes the bond is lost.
     #[track_caller]
     fn check(outcomes: &str, expected: &str) {
         let mut links = AbortedLinks::default();
@@ -497,8 +502,9 @@ mod tests {
                 let lost = match outcome {
                     'A' => links.aborted("AA:BB:CC:DD:EE:01", true),
                     'a' => links.aborted("AA:BB:CC:DD:EE:01", false),
+                    'f' => false,
                     _ => {
-                        links.other("AA:BB:CC:DD:EE:01");
+                        links.worked("AA:BB:CC:DD:EE:01");
                         false
                     }
                 };
@@ -521,6 +527,8 @@ mod tests {
         check("AAAAAA", "..L..L");
         check("aaaa", "....");
         check("oAAA", "...L");
+        check("AfAfA", "....L");
+        check("AffAoA", "......");
     }
 
     #[test]
