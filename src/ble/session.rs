@@ -138,6 +138,7 @@ pub async fn run(
                 Ok(SessionEnd::Finished { readings })
             }
             Ok(SessionEnd::Shutdown) => Ok(SessionEnd::Shutdown),
+            Err(SessionError::OutboxGone) => Err(SessionError::OutboxGone),
             _ => Err(error),
         };
     }
