@@ -113,35 +113,19 @@ pub async fn run(
     // ARCHITECTURE.md, BlueZ); a match rule added later would miss them. The stream names a value's
     // characteristic when it is read, after discovery.
     let notifications = peripheral.notifications().await.map_err(classify)?;
-    if let Err(error) = connect(peripheral).await {
-        if !matches!(&error, SessionError::LinkAborted(reason) if reason == LINK_WENT_DOWN) {
-            return Err(error);
+    let went_down = match connect(peripheral).await {
+        Ok(()) => None,
+        Err(SessionError::LinkAborted(reason)) if reason == LINK_WENT_DOWN => {
+            Some(SessionError::LinkAborted(reason))
         }
-        // A bonded device sends what it holds as soon as BlueZ re-enables its subscription and may drop
-        // the link before BlueZ has resolved its services (the real stack did so on a busy hub). What it
-        // sent, which BlueZ confirmed, waits in the stream, and BlueZ keeps a bonded device's services
-        // on the bus; reading it is the only way not to lose records the device now holds delivered.
-        // With nothing in the stream (a lost bond's link) the session fails as the aborted link it was.
-        return match collect(
-            peripheral,
-            notifications,
-            address,
-            devices,
-            outbox,
-            settings,
-            shutdown,
-        )
-        .await
-        {
-            Ok(SessionEnd::Finished { readings }) if readings > 0 => {
-                tracing::info!(%address, readings, "The device dropped the link before its services were resolved; read what it had sent.");
-                Ok(SessionEnd::Finished { readings })
-            }
-            Ok(SessionEnd::Shutdown) => Ok(SessionEnd::Shutdown),
-            Err(SessionError::OutboxGone) => Err(SessionError::OutboxGone),
-            _ => Err(error),
-        };
-    }
+        Err(error) => return Err(error),
+    };
+    // Also after a link that went down while connecting: a bonded device sends what it holds as soon as
+    // BlueZ re-enables its subscription and may drop the link before BlueZ has resolved its services (the
+    // real stack did so on a busy hub). What it sent, which BlueZ confirmed, waits in the stream, and
+    // BlueZ keeps a bonded device's services on the bus; reading it is the only way not to lose records
+    // the device now holds delivered. With nothing in the stream (a lost bond's link) the session fails
+    // as the aborted link it was.
     let result = collect(
         peripheral,
         notifications,
@@ -152,10 +136,21 @@ pub async fn run(
         shutdown,
     )
     .await;
-    if peripheral.is_connected().await.unwrap_or(false) {
-        let _ = peripheral.disconnect().await;
+    let Some(error) = went_down else {
+        if peripheral.is_connected().await.unwrap_or(false) {
+            let _ = peripheral.disconnect().await;
+        }
+        return result;
+    };
+    match result {
+        Ok(SessionEnd::Finished { readings }) if readings > 0 => {
+            tracing::info!(%address, readings, "The device dropped the link before its services were resolved; read what it had sent.");
+            Ok(SessionEnd::Finished { readings })
+        }
+        Ok(SessionEnd::Shutdown) => Ok(SessionEnd::Shutdown),
+        Err(SessionError::OutboxGone) => Err(SessionError::OutboxGone),
+        _ => Err(error),
     }
-    result
 }
 
 /// Brings the link up and waits until BlueZ has resolved the device's services, as btleplug's `connect`
