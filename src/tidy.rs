@@ -20,12 +20,60 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// The text of a file without its `#[cfg(test)]` module, so tests may use what production code may not.
+/// The text of a file without its `#[cfg(test)]` items, so tests may use what production code may not.
 fn production_text(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("read source");
-    match text.find("#[cfg(test)]") {
-        Some(at) => text[..at].to_string(),
-        None => text,
+    without_test_items(&std::fs::read_to_string(path).expect("read source"))
+}
+
+/// `text` without each item marked `#[cfg(test)]`: a `mod name;` line, or an item up to the brace that
+/// closes it. Production code may follow a test item (as in `outbox/mod.rs`), so the text is not simply
+/// cut at the first one. Braces are counted without regard to strings; an item whose braces never balance
+/// takes the rest of the file, which errs towards checking less only in test code.
+fn without_test_items(text: &str) -> String {
+    const MARK: &str = "#[cfg(test)]";
+    let mut kept = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        kept.push_str(&rest[..at]);
+        let item = &rest[at + MARK.len()..];
+        let end = match (item.find(';'), item.find('{')) {
+            (Some(semicolon), brace) if brace.is_none_or(|brace| semicolon < brace) => {
+                semicolon + 1
+            }
+            (_, Some(open)) => {
+                let mut depth = 0usize;
+                let closing = item[open..].char_indices().find_map(|(index, c)| {
+                    depth = match c {
+                        '{' => depth + 1,
+                        '}' => depth - 1,
+                        _ => return None,
+                    };
+                    (depth == 0).then_some(open + index + 1)
+                });
+                closing.unwrap_or(item.len())
+            }
+            _ => item.len(),
+        };
+        rest = &item[end..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
+#[test]
+fn test_items_are_left_out_of_production_text() {
+    let cases = [
+        ("a\n#[cfg(test)]\nmod tests { fn f() { x } }\n", "a\n\n"),
+        ("a\n#[cfg(test)]\nmod damage_tests;\nb\n", "a\n\nb\n"),
+        (
+            "#[cfg(test)]\nfn f() -> u8 { 1 }\nb #[cfg(test)] mod t;",
+            "\nb ",
+        ),
+        ("a\n#[cfg(test)]\nmod tests { {", "a\n"),
+        ("no tests", "no tests"),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(without_test_items(text), expected, "for {text:?}");
     }
 }
 
@@ -178,6 +226,64 @@ fn only_app_spawns_tasks() {
         violations.is_empty(),
         "tasks spawned outside app.rs: {violations:?}"
     );
+}
+
+/// The words of log events above debug level, without their string literals: the fields and values they log.
+fn logged_above_debug(text: &str) -> Vec<String> {
+    let mut events = Vec::new();
+    for macro_name in ["tracing::info!(", "tracing::warn!(", "tracing::error!("] {
+        for (at, _) in text.match_indices(macro_name) {
+            let mut depth = 0usize;
+            let (mut in_string, mut escaped) = (false, false);
+            let mut code = String::new();
+            for c in text[at + macro_name.len() - 1..].chars() {
+                match (in_string, escaped, c) {
+                    (true, true, _) => escaped = false,
+                    (true, false, '\\') => escaped = true,
+                    (true, false, '"') => in_string = false,
+                    (true, false, _) => {}
+                    (false, _, '"') => in_string = true,
+                    (false, _, '(') => depth += 1,
+                    (false, _, ')') if depth == 1 => break,
+                    (false, _, ')') => depth -= 1,
+                    (false, _, other) => code.push(other),
+                }
+            }
+            events.push(code);
+        }
+    }
+    events
+}
+
+/// Pairing secrets and passwords reach the log only at debug level (README, Security), so no info, warn or
+/// error event names them as a field or value.
+#[test]
+fn secrets_are_never_logged_above_debug() {
+    let secret = |word: &str| ["passkey", "pincode", "password", "secret"].contains(&word);
+    let mut violations = Vec::new();
+    for path in sources(&src()) {
+        for event in logged_above_debug(&production_text(&path)) {
+            let words = event.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            if let Some(word) = words.map(str::to_ascii_lowercase).find(|w| secret(w)) {
+                violations.push(format!("{}: {word} in {event:?}", path.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+    let cases = [
+        (
+            r#"tracing::info!(device, %pincode, "PIN (to enter).");"#,
+            vec!["device, %pincode, "],
+        ),
+        (
+            r#"tracing::warn!("No passkey \" entered", n = f(x));"#,
+            vec![", n = fx"],
+        ),
+        (r#"tracing::debug!(passkey, "shown");"#, vec![]),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(logged_above_debug(text), expected, "for {text}");
+    }
 }
 
 #[test]

@@ -263,7 +263,9 @@ impl Agent {
     }
 
     fn display_pin_code(&self, device: ObjectPath<'_>, pincode: String) {
-        tracing::info!(device = device.as_str(), %pincode, "PIN to enter on the device.");
+        // A legacy PIN is a pairing secret like a passkey (BlueZ asks this only of classic devices,
+        // which the hub does not pair), so it is logged only at debug level.
+        tracing::debug!(device = device.as_str(), %pincode, "PIN to enter on the device.");
     }
 
     fn request_confirmation(&self, device: ObjectPath<'_>, _passkey: u32) -> zbus::fdo::Result<()> {
