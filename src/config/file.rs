@@ -19,6 +19,9 @@ const ENV_PREFIX: &str = "VITALSD_";
 const ENV_SEPARATOR: &str = "__";
 /// Names the main file (read by the command line), so it is not an override.
 const ENV_CONFIG_PATH: &str = "VITALSD_CONFIG";
+/// A configuration is a few kilobytes; a larger file is generated or damaged, and parsing it whole would
+/// cost memory out of proportion (a TOML table costs far more in memory than its text).
+const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// One layer: a file's table or one variable, under the name an error gives it.
 pub(super) struct Layer {
@@ -50,16 +53,17 @@ pub(super) fn variable(metadata: &Metadata) -> Option<&str> {
     metadata.source.as_ref()?.custom()
 }
 
-/// Joins a key onto a key path, quoting keys that TOML would need quoted.
+/// Joins a key onto a key path, quoting keys that TOML would need quoted; a long key (no key of ours has
+/// more than a few words) is shown by its beginning, as a bad value is.
 pub(super) fn key_path(parent: &str, key: &str) -> String {
-    let bare = !key.is_empty()
+    let bare = (1..=64).contains(&key.len())
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     let key = if bare {
         key.to_string()
     } else {
-        format!("{key:?}")
+        super::values::q(key)
     };
     if parent.is_empty() {
         key
@@ -104,9 +108,9 @@ pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
         .enumerate()
     {
         let shown = file.display().to_string();
-        let layer = std::fs::read_to_string(&file)
-            .map_err(|error| {
-                let message = format!("cannot read {shown}: {}", io_message(&error));
+        let layer = read_bounded(&file)
+            .map_err(|problem| {
+                let message = format!("cannot read {shown}: {problem}");
                 ConfigError::new(if index == 0 { "" } else { &shown }, message)
             })
             .and_then(|text| parse(&text, &shown, (index > 0).then_some(file.as_path())));
@@ -117,6 +121,22 @@ pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
         }
     }
     errors.is_empty().then_some(figment).ok_or(errors)
+}
+
+/// A file's text, if it is at most `MAX_FILE_BYTES` long; reading stops there.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|error| io_message(&error))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let limit = MAX_FILE_BYTES >> 20;
+        return Err(format!(
+            "larger than {limit} MiB; a configuration is a few kilobytes"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "stream did not contain valid UTF-8".to_string())
 }
 
 /// The drop-ins of `path`, sorted by file name; none if `path.d` does not exist.

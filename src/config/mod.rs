@@ -138,7 +138,7 @@ impl SecretSource {
             }
         };
         let text = std::fs::read_to_string(&path).map_err(|error| {
-            let message = format!("{}: {}", path.display(), io_message(&error));
+            let message = format!("{}: {}", values::shown(&path), io_message(&error));
             io::Error::new(error.kind(), message)
         })?;
         let line = text
@@ -645,7 +645,7 @@ mod tests {
             (&with_mqtt("protocol = 5"), &["mqtt.protocol: expected a string, found an integer"]),
             (&with_mqtt("reconnect_min_ms = 0"), &["mqtt.reconnect_min_ms: must be between 1 and 3600000, found 0"]),
             (&with_mqtt("reconnect_max_s = 0"), &["mqtt.reconnect_max_s: must be between 1 and 86400, found 0"]),
-            (&format!("{MINIMAL}\n[outbox]\nmax_pending = 0"), &["outbox.max_pending: must be at least 1, found 0"]),
+            (&format!("{MINIMAL}\n[outbox]\nmax_pending = 0"), &["outbox.max_pending: must be between 1 and 100000000, found 0"]),
             (&format!("{MINIMAL}\n[outbox]\ndedup_retention_days = 0"), &[
                 "outbox.dedup_retention_days: must be between 1 and 36500, found 0",
             ]),
@@ -929,6 +929,56 @@ mod tests {
             "{}",
             errors[0]
         );
+    }
+
+    /// Sane upper bounds: a name, path, host or key far longer than any real one is refused, and the
+    /// message shows only its beginning.
+    #[test]
+    fn overlong_names_paths_hosts_and_keys_are_refused_by_their_beginning() {
+        let x = |n: usize| "x".repeat(n);
+        let shown = |n: usize| format!("\"{}…\" ({n} characters)", x(200));
+        let cases: Vec<(String, Vec<String>)> = vec![
+            (with_mqtt(&format!("client_id = \"{}\"", x(256))), vec![]),
+            (with_mqtt(&format!("client_id = \"{}\"", x(257))), vec![format!("mqtt.client_id: must be at most 256 characters, found {}", shown(257))]),
+            (with_mqtt(&format!("topic_prefix = \"{}\"", x(10_000))), vec![format!("mqtt.topic_prefix: must be at most 256 characters, found {}", shown(10_000))]),
+            (MINIMAL.replace("127.0.0.1", &x(253)), vec![]),
+            (MINIMAL.replace("127.0.0.1", &x(254)), vec!["mqtt.url: host longer than 253 characters, the longest DNS name".to_string()]),
+            (MINIMAL.replace("/var/lib/vitalsd", &format!("/{}", x(5000))), vec![format!("hub.state_dir: must be shorter than 4096 bytes, found \"/{}…\" (5001 characters)", x(199))]),
+            (with_mqtt(&format!("{} = 1", x(1_000_000))), vec![format!("mqtt.{}: unknown key", shown(1_000_000))]),
+            (format!("{MINIMAL}\n[ble]\nadapter = \"hci0123456789abc\""), vec!["ble.adapter: \"hci0123456789abc\" is not an adapter name such as \"hci0\"".to_string()]),
+            (format!("{MINIMAL}\n[outbox]\nmax_pending = 100000001"), vec!["outbox.max_pending: must be between 1 and 100000000, found 100000001".to_string()]),
+        ];
+        for (toml, expected) in cases {
+            let actual: Vec<String> = match Config::from_toml_str(&toml, "test.toml") {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+            };
+            assert_eq!(actual, expected, "for config of {} bytes", toml.len());
+        }
+    }
+
+    #[test]
+    fn a_file_larger_than_a_mebibyte_is_refused_before_it_is_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vitalsd.toml");
+        let entry = "[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\n";
+        write(&path, &format!("{MINIMAL}{}", entry.repeat(200_001)));
+        let message = format!(
+            "cannot read {}: larger than 1 MiB; a configuration is a few kilobytes",
+            path.display()
+        );
+        let errors = Config::load_with_env(&path, &[]).unwrap_err();
+        assert_eq!(errors.to_string(), message);
+        let drop_in = dir.path().join("vitalsd.toml.d/big.toml");
+        write(&path, MINIMAL);
+        std::fs::create_dir(dir.path().join("vitalsd.toml.d")).unwrap();
+        write(&drop_in, &format!("# {}\n", "x".repeat(2 << 20)));
+        let errors = Config::load_with_env(&path, &[]).unwrap_err();
+        let message = format!(
+            "{0}: cannot read {0}: larger than 1 MiB; a configuration is a few kilobytes",
+            drop_in.display()
+        );
+        assert_eq!(errors.to_string(), message);
     }
 
     #[test]

@@ -69,7 +69,8 @@ struct MqttFile {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct OutboxFile {
-    max_pending: Option<Int<1, { i64::MAX }>>,
+    /// A hub's disk holds tens of millions of readings at most; more is a typing mistake.
+    max_pending: Option<Int<1, 100_000_000>>,
     dedup_retention_days: Option<Int<1, 36_500>>,
     fold_log_seconds: Option<Int<0, 86_400>>,
 }

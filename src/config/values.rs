@@ -15,6 +15,13 @@ use crate::decode::{Parity, Protocol, Transport};
 
 /// Quoted values longer than this are shown by their beginning only.
 const MAX_QUOTED_CHARS: usize = 200;
+/// Longer text in a name, prefix or filter is a damaged or generated file, not a setting; it would also
+/// travel in every MQTT packet or log line that uses it.
+const MAX_TEXT_CHARS: usize = 256;
+/// Linux's `PATH_MAX`: a longer path cannot be opened.
+const MAX_PATH_BYTES: usize = 4096;
+/// The longest DNS name.
+const MAX_HOST_CHARS: usize = 253;
 const BAD_PORT: &str = "bad port: expected a number from 1 to 65535";
 const BAD_HOST: &str =
     "invalid host: use a name of letters, digits, '-', '.' and '_', or an IP address";
@@ -80,7 +87,6 @@ impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Int<MIN, MAX> {
         match (MIN..=MAX).contains(&number) {
             // Every range starts at 0 or above.
             true => Ok(Int(number.unsigned_abs())),
-            false if MAX == i64::MAX => Err(format!("must be at least {MIN}, found {number}")),
             false => Err(format!("must be between {MIN} and {MAX}, found {number}")),
         }
         .map_err(D::Error::custom)
@@ -97,6 +103,19 @@ pub(super) fn q(text: &str) -> String {
     let prefix: String = text.chars().take(MAX_QUOTED_CHARS).collect();
     let quoted = format!("{prefix:?}");
     format!("{}…\" ({length} characters)", &quoted[..quoted.len() - 1])
+}
+
+/// A path for a message: by its beginning and length if it is long, like a quoted value.
+pub(super) fn shown(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    match text.chars().count() > MAX_QUOTED_CHARS {
+        true => format!(
+            "{}… ({} characters)",
+            text.chars().take(MAX_QUOTED_CHARS).collect::<String>(),
+            text.chars().count()
+        ),
+        false => text,
+    }
 }
 
 /// `value` if it is valid, else an error that quotes it before `problem`.
@@ -129,14 +148,29 @@ fn seconds(seconds: f64) -> Result<Duration, String> {
 fn non_empty(text: &str) -> Result<String, String> {
     match text.is_empty() {
         true => Err("must not be empty".to_string()),
-        false => Ok(text.to_string()),
+        false => at_most(text, MAX_TEXT_CHARS),
+    }
+}
+
+/// `text` if it has at most `max` characters.
+fn at_most(text: &str, max: usize) -> Result<String, String> {
+    match text.chars().count() <= max {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "must be at most {max} characters, found {}",
+            q(text)
+        )),
     }
 }
 
 fn absolute(text: &str) -> Result<PathBuf, String> {
-    match text.starts_with('/') {
-        true => Ok(PathBuf::from(text)),
-        false => Err(format!("must be an absolute path, found {}", q(text))),
+    match (text.starts_with('/'), text.len() < MAX_PATH_BYTES) {
+        (true, true) => Ok(PathBuf::from(text)),
+        (true, false) => Err(format!(
+            "must be shorter than {MAX_PATH_BYTES} bytes, found {}",
+            q(text)
+        )),
+        (false, _) => Err(format!("must be an absolute path, found {}", q(text))),
     }
 }
 
@@ -145,7 +179,7 @@ fn readable(text: &str) -> Result<PathBuf, String> {
     let file = absolute(text)?;
     // Reading one byte also catches a directory, which opens fine.
     let read = std::fs::File::open(&file).and_then(|mut opened| opened.read(&mut [0u8; 1]));
-    let unreadable = |error| format!("cannot read {}: {}", file.display(), io_message(&error));
+    let unreadable = |error| format!("cannot read {}: {}", shown(&file), io_message(&error));
     read.map_err(unreadable)?;
     Ok(file)
 }
@@ -168,7 +202,8 @@ pub(super) fn device_id(id: &str) -> Result<String, String> {
 }
 
 fn adapter_name(name: &str) -> Result<String, String> {
-    let valid = non_empty(name)?.chars().all(|c| c.is_ascii_alphanumeric());
+    // The kernel's interface names are at most 15 bytes.
+    let valid = non_empty(name)?.chars().all(|c| c.is_ascii_alphanumeric()) && name.len() <= 15;
     ensure(valid, name, "is not an adapter name such as \"hci0\"")
 }
 
@@ -190,14 +225,19 @@ fn system_group(name: &str) -> Result<AdminGroup, String> {
 
 /// A systemd credential name, as given to `LoadCredential=`.
 fn credential_name(name: &str) -> Result<String, String> {
-    let valid = !matches!(name, "" | "." | "..") && !name.contains('/');
+    // A file name in $CREDENTIALS_DIRECTORY, so at most NAME_MAX bytes.
+    let valid = !matches!(name, "" | "." | "..") && !name.contains('/') && name.len() <= 255;
     let problem = "is not a credential name: use the name given to LoadCredential= (no '/')";
     ensure(valid, name, problem)
 }
 
 /// A tracing `EnvFilter` directive.
 fn log_level(level: &str) -> Result<String, String> {
-    let level = non_empty(level)?;
+    // A filter may name many modules, so it gets more room than a name.
+    if level.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    let level = at_most(level, 4 * MAX_TEXT_CHARS)?;
     let invalid = |error| format!("invalid log filter {}: {error}", q(&level));
     tracing_subscriber::EnvFilter::try_new(&level).map_err(invalid)?;
     Ok(level)
@@ -224,6 +264,8 @@ fn serial_protocol(name: &str) -> Result<Protocol, String> {
 fn topic_prefix(prefix: &str) -> Result<String, String> {
     let problem = if prefix.is_empty() {
         return Err("must not be empty".to_string());
+    } else if prefix.chars().count() > MAX_TEXT_CHARS {
+        return at_most(prefix, MAX_TEXT_CHARS);
     } else if prefix.contains('\0') {
         return Err("must not contain a NUL character".to_string());
     } else if prefix.contains(['+', '#']) {
@@ -292,6 +334,11 @@ fn broker_url(text: &str) -> Result<BrokerUrl, String> {
         Some(Host::Ipv4(address)) => address.to_string(),
         Some(Host::Domain(name)) => name.to_string(),
     };
+    if host.chars().count() > MAX_HOST_CHARS {
+        return Err(format!(
+            "host longer than {MAX_HOST_CHARS} characters, the longest DNS name"
+        ));
+    }
     // A url may hold characters in its host that no DNS name or address has.
     if !host
         .chars()
