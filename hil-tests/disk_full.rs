@@ -342,7 +342,7 @@ fn tail(log: &str) -> String {
 #[test]
 fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_losing_nothing() {
     let Rig {
-        broker: _broker,
+        broker,
         subscriber,
         world,
         port,
@@ -393,6 +393,13 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
             > sent + 10),
         "the daemon does not read the device"
     );
+    // A broker that takes no more readings (frozen: the connection stays up, nothing is acknowledged),
+    // so that readings wait in the outbox when the disk fills and the stop comes.
+    broker.freeze();
+    assert!(
+        wait_until(Duration::from_secs(10), || world.outbox_keys().len() >= 20),
+        "readings do not wait in the outbox while the broker is frozen"
+    );
     let hog = Hog::start(&world.state_dir());
     let filled = Instant::now();
     assert!(
@@ -402,6 +409,9 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
     );
     // Full for a while, with readings arriving, before the stop: a duration by nature.
     std::thread::sleep(Duration::from_secs(3));
+    // What the outbox holds as the stop is asked for is durable already; none of it may be lost by the stop.
+    let stored_at_stop: BTreeSet<String> = world.outbox_keys().into_iter().collect();
+    assert!(stored_at_stop.len() >= 20, "{} readings stored", stored_at_stop.len());
     let asked = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.pid() as i32),
@@ -419,9 +429,12 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
     let stop_took = asked.elapsed();
     let (_port, sent) = feeder.stop();
     hog.free();
-    // Durable: whatever the outbox file holds after the stop, and whatever was delivered before it.
+    broker.thaw();
+    // Durable: what was stored as the stop was asked for, whatever the outbox file holds after the stop,
+    // and whatever was delivered before it.
     let mut durable: BTreeSet<String> = world.outbox_keys().into_iter().collect();
     durable.extend(subscriber.unique_reading_ids());
+    durable.extend(stored_at_stop.iter().cloned());
     let _daemon = world.start();
     let delivered_all = wait_until(Duration::from_secs(60), || {
         subscriber.unique_reading_ids().is_superset(&durable)
@@ -436,9 +449,11 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
         tail(&world.log())
     );
     eprintln!(
-        "SIGTERM while full: stopped in {stop_took:?} ({status}); {sent} readings sent, {} were stored and all \
-         of them delivered; {} arrived in all (the rest were in memory only when it stopped)",
+        "SIGTERM while full: stopped in {stop_took:?} ({status}); {sent} readings sent, {} were stored ({} of \
+         them as the stop was asked for) and all of them delivered; {} arrived in all (the rest were in memory \
+         only when it stopped)",
         durable.len(),
+        stored_at_stop.len(),
         subscriber.unique_reading_ids().len()
     );
 }
