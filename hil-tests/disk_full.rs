@@ -411,7 +411,11 @@ fn a_full_state_dir_keeps_the_daemon_answering_stops_on_sigterm_and_recovers_los
     std::thread::sleep(Duration::from_secs(3));
     // What the outbox holds as the stop is asked for is durable already; none of it may be lost by the stop.
     let stored_at_stop: BTreeSet<String> = world.outbox_keys().into_iter().collect();
-    assert!(stored_at_stop.len() >= 20, "{} readings stored", stored_at_stop.len());
+    assert!(
+        stored_at_stop.len() >= 20,
+        "{} readings stored",
+        stored_at_stop.len()
+    );
     let asked = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.pid() as i32),

@@ -24,6 +24,10 @@ enum Step {
     Crash,
     /// A clean restart.
     Reopen,
+    /// The process dies while an append or an acknowledgement runs: before its transaction committed (the
+    /// files as before the step), or after it committed but before the commit mark outside the log was
+    /// brought up to date (the mark lags). Neither is a loss.
+    Interrupted { step: Box<Step>, committed: bool },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -33,6 +37,14 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Reconnect),
         1 => Just(Step::Crash),
         1 => Just(Step::Reopen),
+        2 => (
+            prop_oneof![
+                proptest::collection::vec(0u8..24, 1..6).prop_map(Step::Append),
+                (1usize..8, any::<u32>()).prop_map(|(limit, mask)| Step::PublishAndAck { limit, mask }),
+            ],
+            any::<bool>()
+        )
+            .prop_map(|(step, committed)| Step::Interrupted { step: Box::new(step), committed }),
     ]
 }
 
@@ -48,7 +60,7 @@ fn record(key: u8) -> NewRecord {
 }
 
 /// What must be true of the outbox, kept without SQLite.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Oracle {
     /// Records stored and not acknowledged, by the seq they must have been given, in storage order.
     pending: Vec<(i64, String)>,
@@ -120,9 +132,9 @@ impl Subject {
         self.outbox.as_mut().unwrap()
     }
 
-    /// Copies the files as they are now to a fresh directory, abandons the running outbox there, and opens
-    /// the copy: exactly what the next process would find after a crash.
-    fn crash(&mut self) {
+    /// Copies the files as they are now to a fresh directory: what the next process would find if this one
+    /// died now.
+    fn snapshot(&mut self) -> PathBuf {
         self.generation += 1;
         let next = self
             .directory
@@ -136,10 +148,20 @@ impl Subject {
                 std::fs::copy(&from, format!("{}{suffix}", next.display())).unwrap();
             }
         }
+        next
+    }
+
+    /// Abandons the running outbox and opens the files at `path` as the next process would.
+    fn restart_from(&mut self, path: PathBuf) {
         // The abandoned outbox's close happens after the copy was taken, so it cannot help the copy.
         self.outbox = None;
-        self.path = next;
+        self.path = path;
         self.open();
+    }
+
+    fn crash(&mut self) {
+        let files = self.snapshot();
+        self.restart_from(files);
     }
 }
 
@@ -147,67 +169,92 @@ fn run(steps: Vec<Step>) {
     let mut subject = Subject::new();
     let mut oracle = Oracle::default();
     for step in steps {
-        match step {
-            Step::Append(keys) => {
-                let records: Vec<NewRecord> = keys.iter().map(|k| record(*k)).collect();
-                let outcomes = subject.outbox().append(&records).unwrap();
-                let mut batch_seen = BTreeSet::new();
-                for (record, outcome) in records.iter().zip(outcomes) {
-                    let known = oracle.is_pending(&record.key)
-                        || oracle.acknowledged.contains(&record.key)
-                        || batch_seen.contains(&record.key);
-                    let expected = if known {
-                        Appended::Duplicate
-                    } else if oracle.pending.len() as u64 >= MAX_PENDING {
-                        Appended::RejectedFull
-                    } else {
-                        Appended::Stored
-                    };
-                    assert_eq!(outcome, expected, "{}", record.key);
-                    if outcome == Appended::Stored {
-                        oracle.last_seq += 1;
-                        oracle.pending.push((oracle.last_seq, record.key.clone()));
-                        batch_seen.insert(record.key.clone());
-                    }
+        apply(&mut subject, &mut oracle, step);
+        check_whole_queue(subject.outbox(), &oracle);
+    }
+}
+
+fn apply(subject: &mut Subject, oracle: &mut Oracle, step: Step) {
+    match step {
+        Step::Append(keys) => {
+            let records: Vec<NewRecord> = keys.iter().map(|k| record(*k)).collect();
+            let outcomes = subject.outbox().append(&records).unwrap();
+            let mut batch_seen = BTreeSet::new();
+            for (record, outcome) in records.iter().zip(outcomes) {
+                let known = oracle.is_pending(&record.key)
+                    || oracle.acknowledged.contains(&record.key)
+                    || batch_seen.contains(&record.key);
+                let expected = if known {
+                    Appended::Duplicate
+                } else if oracle.pending.len() as u64 >= MAX_PENDING {
+                    Appended::RejectedFull
+                } else {
+                    Appended::Stored
+                };
+                assert_eq!(outcome, expected, "{}", record.key);
+                if outcome == Appended::Stored {
+                    oracle.last_seq += 1;
+                    oracle.pending.push((oracle.last_seq, record.key.clone()));
+                    batch_seen.insert(record.key.clone());
                 }
-            }
-            Step::PublishAndAck { limit, mask } => {
-                let cursor = subject.cursor;
-                let fetched = subject.outbox().fetch_after(cursor, limit).unwrap();
-                // Oldest first, only pending records, nothing skipped after the cursor.
-                let got: Vec<(i64, String)> =
-                    fetched.iter().map(|r| (r.seq, r.key.clone())).collect();
-                let expected: Vec<(i64, String)> = oracle
-                    .pending
-                    .iter()
-                    .filter(|(seq, _)| *seq > cursor)
-                    .take(limit)
-                    .cloned()
-                    .collect();
-                assert_eq!(got, expected);
-                if let Some(last) = fetched.last() {
-                    subject.cursor = last.seq;
-                }
-                let acked: Vec<i64> = fetched
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| mask & (1 << i) != 0)
-                    .map(|(_, r)| r.seq)
-                    .collect();
-                subject.outbox().acknowledge(&acked, 2_000).unwrap();
-                for record in fetched.iter().filter(|r| acked.contains(&r.seq)) {
-                    oracle.pending.retain(|(seq, _)| *seq != record.seq);
-                    oracle.acknowledged.insert(record.key.clone());
-                }
-            }
-            Step::Reconnect => subject.cursor = 0,
-            Step::Crash => subject.crash(),
-            Step::Reopen => {
-                subject.outbox = None;
-                subject.open();
             }
         }
-        check_whole_queue(subject.outbox(), &oracle);
+        Step::PublishAndAck { limit, mask } => {
+            let cursor = subject.cursor;
+            let fetched = subject.outbox().fetch_after(cursor, limit).unwrap();
+            // Oldest first, only pending records, nothing skipped after the cursor.
+            let got: Vec<(i64, String)> = fetched.iter().map(|r| (r.seq, r.key.clone())).collect();
+            let expected: Vec<(i64, String)> = oracle
+                .pending
+                .iter()
+                .filter(|(seq, _)| *seq > cursor)
+                .take(limit)
+                .cloned()
+                .collect();
+            assert_eq!(got, expected);
+            if let Some(last) = fetched.last() {
+                subject.cursor = last.seq;
+            }
+            let acked: Vec<i64> = fetched
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, r)| r.seq)
+                .collect();
+            subject.outbox().acknowledge(&acked, 2_000).unwrap();
+            for record in fetched.iter().filter(|r| acked.contains(&r.seq)) {
+                oracle.pending.retain(|(seq, _)| *seq != record.seq);
+                oracle.acknowledged.insert(record.key.clone());
+            }
+        }
+        Step::Reconnect => subject.cursor = 0,
+        Step::Crash => subject.crash(),
+        Step::Reopen => {
+            subject.outbox = None;
+            subject.open();
+        }
+        Step::Interrupted {
+            step,
+            committed: false,
+        } => {
+            let before = subject.snapshot();
+            apply(subject, &mut oracle.clone(), *step);
+            subject.restart_from(before);
+        }
+        Step::Interrupted {
+            step,
+            committed: true,
+        } => {
+            let before = subject.snapshot();
+            apply(subject, oracle, *step);
+            let after = subject.snapshot();
+            let mark = |path: &Path| PathBuf::from(format!("{}.committed", path.display()));
+            match std::fs::read(mark(&before)) {
+                Ok(bytes) => std::fs::write(mark(&after), bytes).unwrap(),
+                Err(_) => drop(std::fs::remove_file(mark(&after))),
+            }
+            subject.restart_from(after);
+        }
     }
 }
 
