@@ -16,6 +16,7 @@ mod disk_full;
 mod faults;
 mod hardware;
 mod hub_clock;
+mod mqtt5_properties;
 mod serial_families;
 mod serial_link;
 mod service;
