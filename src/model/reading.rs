@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 
+use crate::model::clocks::{DeviceClockCheck, HubClock};
 use crate::model::codes::Measure;
-use crate::model::measurement_time::{DeviceClockCheck, HubClock};
 
 // The vocabularies below are published (payload, topics): strum derives their wire names from the
 // variant names, and `as_str` is the one way to read them.
