@@ -328,7 +328,9 @@ fn pending(world: &DaemonWorld) -> i64 {
 fn durable_ingest_rate(count: usize) -> f64 {
     // No broker: the outbox only fills, so counting its rows measures ingest alone.
     let world = DaemonWorld::new();
-    let mut port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{}", support::free_port()));
+    // A leased port nobody listens on, held until the measurement ends.
+    let away = support::lease_port();
+    let mut port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{}", away.port));
     let _daemon = world.start();
     assert!(support::wait_until(Duration::from_secs(10), || world
         .outbox_path()

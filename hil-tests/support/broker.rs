@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{free_port, listens_on, wait_until};
+use super::{lease_port, listens_on, wait_until, PortLease};
 
 /// Mosquitto started as root drops to the `mosquitto` user, which cannot read or write a test's private
 /// directory; run as root (CI), it is told to stay root. For other users the option has no effect.
@@ -21,6 +21,8 @@ pub struct Broker {
     pub port: u16,
     /// The further listeners of a configuration made by [`Broker::start_custom_ports`].
     pub extra_ports: Vec<u16>,
+    /// Held while the broker lives, so a restart finds its ports free.
+    leases: Vec<PortLease>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -105,20 +107,22 @@ impl Broker {
         let mut broker = Broker {
             port: 0,
             extra_ports: Vec::new(),
+            leases: Vec::new(),
             dir,
             child: None,
         };
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
-            broker.port = free_port();
-            broker.extra_ports = (0..extra).map(|_| free_port()).collect();
+            broker.leases = (0..=extra).map(|_| lease_port()).collect();
+            broker.port = broker.leases[0].port;
+            broker.extra_ports = broker.leases[1..].iter().map(|lease| lease.port).collect();
             let config = make(broker.port, &broker.extra_ports, broker.dir.path());
             std::fs::write(broker.dir.path().join("mosquitto.conf"), config)
                 .expect("write mosquitto.conf");
             match broker.spawn() {
                 Ok(()) => return broker,
                 Err(why) if attempt < ATTEMPTS => {
-                    eprintln!("mosquitto lost a port race ({why}); trying fresh ports")
+                    eprintln!("mosquitto did not start on its leased ports ({why}); trying others")
                 }
                 Err(why) => panic!("mosquitto did not start in {ATTEMPTS} attempts: {why}"),
             }
@@ -241,7 +245,7 @@ impl Broker {
     /// Starts the broker again on the same ports, which the daemon is configured with.
     pub fn restart(&mut self) {
         self.kill();
-        // The ports were ours a moment ago; retrying covers a slow release of the sockets.
+        // The ports stay leased to this broker; retrying covers a slow release of the sockets.
         let mut why = String::new();
         let up = wait_until(Duration::from_secs(10), || match self.spawn() {
             Ok(()) => true,

@@ -64,11 +64,51 @@ pub fn wait_for(
     }
 }
 
-/// A TCP port nobody listened on a moment ago. Another process may take it before the caller binds it,
-/// so whoever listens on it checks with [`listens_on`] and picks another when it lost the race.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+/// A TCP port reserved for one test until the lease is dropped. It lies below the kernel's ephemeral
+/// range, so no outgoing connection is ever given it; a lock file keeps the suite's other tests and
+/// processes off it; and it was free when leased. A broker restarted on it therefore finds it still free,
+/// which a port picked by binding port 0 and letting go does not promise.
+pub struct PortLease {
+    pub port: u16,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+pub fn lease_port() -> PortLease {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|low| low.parse().ok())
+        .unwrap_or(32768);
+    // The span below the ephemeral range, above the well-known ports.
+    let span = low.saturating_sub(1024).min(10_000);
+    assert!(
+        span > 100,
+        "the ephemeral port range starts at {low}, leaving no ports to lease below it"
+    );
+    let dir = std::env::temp_dir().join("vitalsd-hil-ports");
+    std::fs::create_dir_all(&dir).expect("create the port lease directory");
+    // Processes start at different places so that they rarely try the same lock files.
+    let seed = std::process::id() as u64
+        ^ Instant::now().elapsed().as_nanos() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+    for step in 0..u64::from(span) {
+        let port = low - span + ((seed + step) % u64::from(span)) as u16;
+        let file =
+            std::fs::File::create(dir.join(port.to_string())).expect("create a port lock file");
+        let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return PortLease { port, _lock: lock };
+        }
+    }
+    panic!("no free port to lease below {low}");
 }
 
 /// A port no broker will ever answer on while the returned listener lives: it is bound and listening, so
