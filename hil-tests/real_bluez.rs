@@ -1278,7 +1278,9 @@ fn a_xiaomi_scale_that_only_advertises_gives_one_reading_per_stabilised_weighing
         .expect("the device listed its peers");
     assert_eq!(peers["devices"], json!([]), "{}", report());
     assert!(
-        !boot.out("daemon.log").contains("Device session"),
+        !boot
+            .out("daemon.log")
+            .contains(crate::support::daemon_phrase("Device session")),
         "{}",
         report()
     );

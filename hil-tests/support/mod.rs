@@ -64,6 +64,36 @@ pub fn wait_for(
     }
 }
 
+/// `phrase`, once it is checked to occur in the daemon's source (`src/`): a test that waits for a log line,
+/// or asserts that one is absent, then fails when the wording changes instead of passing without meaning.
+#[track_caller]
+pub fn daemon_phrase(phrase: &'static str) -> &'static str {
+    static SOURCES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sources = SOURCES.get_or_init(|| {
+        fn read(dir: &std::path::Path, text: &mut String) {
+            for entry in std::fs::read_dir(dir).expect("read src").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    read(&path, text);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    text.push_str(&std::fs::read_to_string(&path).expect("read a source file"));
+                }
+            }
+        }
+        let mut text = String::new();
+        read(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut text,
+        );
+        text
+    });
+    assert!(
+        sources.contains(phrase),
+        "the daemon's source no longer has {phrase:?}; the test looks for it in the log and needs its new wording"
+    );
+    phrase
+}
+
 /// A TCP port reserved for one test until the lease is dropped. It lies below the kernel's ephemeral
 /// range, so no outgoing connection is ever given it; a lock file keeps the suite's other tests and
 /// processes off it; and it was free when leased. A broker restarted on it therefore finds it still free,
