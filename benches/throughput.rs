@@ -142,7 +142,7 @@ fn sample_payload(n: u32) -> Vec<u8> {
     };
     let device = vitalsd::model::payload::DeviceInfo {
         id: "serial:usb-Nonin_9560-if00-port0".to_string(),
-        transport: "serial",
+        transport: vitalsd::model::payload::Transport::Serial,
         protocol: "nonin-df13",
         manufacturer: None,
         model: None,

@@ -104,7 +104,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             hub_id: config.hub.id.clone(),
             device: DeviceInfo {
                 id: port.device_id.clone(),
-                transport: "serial",
+                transport: port.protocol.transport(),
                 protocol: port.protocol.name(),
                 manufacturer: None,
                 model: None,

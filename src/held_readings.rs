@@ -179,7 +179,7 @@ mod tests {
         reading.received_since_boot = Some(received.boot);
         let device = DeviceInfo {
             id: "serial:test".into(),
-            transport: "serial",
+            transport: crate::decode::Transport::Serial,
             protocol: "nonin-df8",
             manufacturer: None,
             model: None,

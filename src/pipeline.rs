@@ -331,7 +331,7 @@ mod tests {
                 hub_id: "hub".into(),
                 device: DeviceInfo {
                     id: "serial:contec".into(),
-                    transport: "serial",
+                    transport: crate::decode::Transport::Serial,
                     protocol: "contec-cms50",
                     manufacturer: None,
                     model: None,
@@ -415,7 +415,7 @@ mod tests {
                     hub_id: "hub-test".into(),
                     device: DeviceInfo {
                         id: "serial:noise".into(),
-                        transport: "serial",
+                        transport: crate::decode::Transport::Serial,
                         protocol: protocol.name(),
                         manufacturer: None,
                         model: None,

@@ -118,7 +118,7 @@ pub(crate) fn decoding_for(
             hub_id: hub_id.to_string(),
             device: DeviceInfo {
                 id: format!("ble:{address}"),
-                transport: "ble",
+                transport: protocol.transport(),
                 protocol: protocol.name(),
                 manufacturer: information.manufacturer.clone(),
                 model: information.model.clone(),

@@ -61,7 +61,7 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
     }
     let device = DeviceInfo {
         id: "decode".to_string(),
-        transport: protocol.transport().as_str(),
+        transport: protocol.transport(),
         protocol: protocol.name(),
         manufacturer: None,
         model: None,

@@ -166,19 +166,8 @@ pub struct HostCommands {
     pub on_open: Vec<Vec<u8>>,
 }
 
-/// How a protocol's bytes reach the hub; published as `device.transport`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
-#[strum(serialize_all = "snake_case")]
-pub enum Transport {
-    Serial,
-    Ble,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-}
+/// How a protocol's bytes reach the hub; part of the payload's vocabulary, so it lives in the model.
+pub use crate::model::payload::Transport;
 
 /// Every protocol this build decodes: the key of the catalogue (`crate::catalog`), whose rows say
 /// everything else about each (its name, link, decoder).

@@ -16,11 +16,28 @@ pub const OUTBOX_FORMAT: u32 = 1;
 const READING_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x5d0c_9a51_7e2b_4c6e_9f0a_1b3c_5d7e_9f10);
 
+/// How a device's bytes reach the hub; published as `device.transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Transport {
+    Serial,
+    Ble,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// Who produced a reading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceInfo {
     pub id: String,
-    pub transport: &'static str,
+    pub transport: Transport,
+    /// The protocol's catalogue name (`decode::Protocol::name`); a string because the model sits below
+    /// the decoders that own the protocol list.
     pub protocol: &'static str,
     pub manufacturer: Option<String>,
     pub model: Option<String>,
@@ -278,7 +295,7 @@ mod tests {
     fn device() -> DeviceInfo {
         DeviceInfo {
             id: "serial:usb-Nonin-if00".to_string(),
-            transport: "serial",
+            transport: Transport::Serial,
             protocol: "nonin-df13",
             manufacturer: None,
             model: None,
