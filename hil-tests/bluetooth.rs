@@ -16,8 +16,8 @@ const CUFF: &str = "AA:BB:CC:DD:EE:01";
 const STRANGER: &str = "AA:BB:CC:DD:EE:99";
 
 pub struct BleRig {
-    /// Kept so the broker lives as long as the rig.
-    pub _broker: Broker,
+    /// Lives as long as the rig; a scenario about a broker that is away stops and restarts it.
+    pub broker: Broker,
     pub subscriber: Subscriber,
     pub world: DaemonWorld,
     pub sim: BluezSim,
@@ -31,7 +31,7 @@ impl BleRig {
         world.write_config(&broker.url(), &[], &[]);
         world.append_config("[ble]\nadapter = \"hci0\"\n");
         BleRig {
-            _broker: broker,
+            broker,
             subscriber,
             world,
             sim: BluezSim::start(),
