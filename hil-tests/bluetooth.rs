@@ -16,8 +16,8 @@ const CUFF: &str = "AA:BB:CC:DD:EE:01";
 const STRANGER: &str = "AA:BB:CC:DD:EE:99";
 
 pub struct BleRig {
-    /// Kept so the broker lives as long as the rig.
-    pub _broker: Broker,
+    /// Lives as long as the rig; a scenario about a broker that is away stops and restarts it.
+    pub broker: Broker,
     pub subscriber: Subscriber,
     pub world: DaemonWorld,
     pub sim: BluezSim,
@@ -31,7 +31,7 @@ impl BleRig {
         world.write_config(&broker.url(), &[], &[]);
         world.append_config("[ble]\nadapter = \"hci0\"\n");
         BleRig {
-            _broker: broker,
+            broker,
             subscriber,
             world,
             sim: BluezSim::start(),
@@ -271,7 +271,7 @@ fn an_unbound_device_advertising_nearby_is_ignored() {
 
 const OXIMETER: &str = "AA:BB:CC:DD:EE:02";
 const SCALE: &str = "AA:BB:CC:DD:EE:03";
-const GLUCOSE_METER: &str = "AA:BB:CC:DD:EE:04";
+pub const GLUCOSE_METER: &str = "AA:BB:CC:DD:EE:04";
 const THERMOMETER: &str = "AA:BB:CC:DD:EE:05";
 const XIAOMI: &str = "AA:BB:CC:DD:EE:06";
 const OMRON: &str = "AA:BB:CC:DD:EE:07";
@@ -507,6 +507,153 @@ fn a_glucose_meter_is_read_incrementally_and_a_restarted_numbering_loses_and_dup
     assert!(
         asked_for_all >= 2,
         "{asked_for_all} requests for all records"
+    );
+}
+
+/// Glucose record `sequence` of the scenarios about records that were not stored: measured at
+/// 06:00 + `sequence` hours, 100 + `sequence` mg/dL, so its value names it.
+pub fn glucose(sequence: u16) -> (u16, Vec<u8>) {
+    let at = date_time(2024, 3, 15, 6 + sequence as u8, 0, 0);
+    (
+        sequence,
+        devices::glucose_record(sequence, at, 100 + sequence),
+    )
+}
+
+/// The Record Access Control Point requests the hub wrote to a glucose meter, in order, as hex.
+pub fn racp_requests(rig: &BleRig, address: &str) -> Vec<String> {
+    rig.sim.device(address, |meter| {
+        meter
+            .writes
+            .iter()
+            .filter(|(uuid, _)| *uuid == uuid16(0x2A52))
+            .map(|(_, value)| hex::encode(value))
+            .collect()
+    })
+}
+
+/// The RACP request for every record: what the hub asks a meter it has noted nothing from.
+pub const ALL_RECORDS: &str = "0101";
+
+/// The RACP request for the records from sequence number `first` on: what the hub asks once it noted
+/// record `first - 1` as read.
+pub fn records_from(first: u16) -> String {
+    format!("010301{}", hex::encode(first.to_le_bytes()))
+}
+
+/// Checks that every reading of the meter arrived exactly once and that they are records `1..=count`.
+#[track_caller]
+pub fn each_glucose_record_arrived_once(rig: &BleRig, count: u16) {
+    let counts = rig.subscriber.reading_counts();
+    assert!(
+        counts.values().all(|&arrivals| arrivals == 1),
+        "a reading arrived more than once: {counts:?}"
+    );
+    let mut values: Vec<f64> = rig
+        .readings_of(GLUCOSE_METER)
+        .iter()
+        .map(|reading| number(reading, "glucose"))
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let expected: Vec<f64> = (1..=count)
+        .map(|sequence| f64::from(100 + sequence))
+        .collect();
+    assert_eq!(values, expected, "the meter's records as they arrived");
+}
+
+/// The outbox holds `max_pending` readings while the broker is away, so it refuses a glucose meter's
+/// newer records. A refused record is not noted as read, neither in memory nor in the device list that a
+/// stop in mid-session writes, so the meter is asked for it again; nor is a later record of the same
+/// session that the outbox took once the broker had taken some: noting that one would make the hub ask
+/// only for records after it, and the refused one would never be read.
+#[test]
+fn glucose_records_a_full_outbox_refused_are_asked_for_again_after_a_stop_and_after_later_ones_were_taken(
+) {
+    let mut rig = BleRig::new();
+    // Two readings fill the outbox while the broker is away.
+    rig.world.append_config("[outbox]\nmax_pending = 2\n");
+    rig.sim.add_device(GLUCOSE_METER, devices::glucose_meter());
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records = (1..=4).map(glucose).collect();
+        // The meter holds record 4 back, so the hub's session is still open, waiting for the rest of
+        // the transfer, once the outbox refused record 3.
+        meter.glucose_gate = Some(4);
+    });
+    rig.pair(GLUCOSE_METER);
+    rig.broker.stop();
+    let mut daemon = rig.start();
+    let refused = |rig: &BleRig| rig.world.outbox_counter("rejected_full_total");
+    crate::support::wait_for(
+        "the full outbox to refuse record 3",
+        Duration::from_secs(30),
+        || refused(&rig) >= 1,
+        || rig.world.log(),
+    );
+    let status = rig.world.status();
+    assert_eq!(status["outbox"]["pending"], 2, "{status}");
+    assert_eq!(status["outbox"]["rejected_full_total"], 1, "{status}");
+
+    // Stopped in mid-session: the device list the daemon writes as it stops must not note record 3.
+    assert!(
+        rig.sim.device(GLUCOSE_METER, |meter| meter.connected),
+        "the session ended before the stop; log:\n{}",
+        rig.world.log()
+    );
+    daemon.terminate();
+    let _daemon = rig.start();
+    crate::support::wait_for(
+        "the restarted hub to ask the meter again for the records from 3 on",
+        Duration::from_secs(30),
+        || racp_requests(&rig, GLUCOSE_METER).contains(&records_from(3)),
+        || {
+            format!(
+                "{:?}\n{}",
+                racp_requests(&rig, GLUCOSE_METER),
+                rig.world.log()
+            )
+        },
+    );
+    crate::support::wait_for(
+        "the outbox to refuse record 3 again",
+        Duration::from_secs(30),
+        || refused(&rig) >= 2,
+        || rig.world.log(),
+    );
+
+    // The broker takes records 1 and 2, and the outbox has room again while the session, which had
+    // record 3 refused, is still open; then the meter sends record 4, which the outbox takes.
+    rig.broker.restart();
+    rig.wait_for_readings(GLUCOSE_METER, 2, Duration::from_secs(30));
+    crate::support::wait_for(
+        "the delivered readings to leave the outbox",
+        Duration::from_secs(30),
+        || rig.world.outbox_keys().is_empty(),
+        || rig.world.log(),
+    );
+    rig.sim
+        .device(GLUCOSE_METER, |meter| meter.glucose_gate = None);
+    rig.wait_for_readings(GLUCOSE_METER, 4, Duration::from_secs(60));
+    // Record 5, read once the hub noted record 4, is the sentinel: a record published twice would have
+    // come before it.
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records.push(glucose(5))
+    });
+    rig.wait_for_readings(GLUCOSE_METER, 5, Duration::from_secs(60));
+    each_glucose_record_arrived_once(&rig, 5);
+    // Record 3 was asked for by the restarted hub, and again by the session after the one in which the
+    // outbox took record 4; only then were records from 5 on asked for.
+    let requests = racp_requests(&rig, GLUCOSE_METER);
+    assert_eq!(
+        requests[..3],
+        [ALL_RECORDS.to_string(), records_from(3), records_from(3)],
+        "{requests:?}"
+    );
+    const LAST_RECORD: &str = "0106";
+    assert!(
+        requests[3..]
+            .iter()
+            .all(|request| *request == records_from(5) || request == LAST_RECORD),
+        "{requests:?}"
     );
 }
 

@@ -38,7 +38,7 @@ impl Rig {
         world.append_config(&format!("[ble]\nadapter = \"hci0\"\n{ble_extra}"));
         Rig {
             ble: BleRig {
-                _broker: broker,
+                broker,
                 subscriber,
                 world,
                 sim: BluezSim::start(),

@@ -14,7 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::bluetooth::{
+    each_glucose_record_arrived_once, glucose, racp_requests, records_from, BleRig, GLUCOSE_METER,
+};
 use crate::delivery::{rig, Rig};
+use crate::support::bluez::devices;
 use crate::support::daemon::DaemonWorld;
 use crate::support::nonin::SpotCheck;
 use crate::support::pty::SimulatedPort;
@@ -587,4 +591,106 @@ fn a_full_state_dir_with_the_reserve_in_place_starts_with_its_room_and_delivers(
         "the reading sent while full did not arrive once space returned:\n{}",
         tail(&world.log())
     );
+}
+
+/// A glucose meter's session whose records wait for space when SIGTERM comes: the daemon stops in time
+/// (the session gives up waiting after the stop grace, noting nothing), and the next start asks the meter
+/// again for the records that were never stored. Every record then arrives once.
+#[test]
+fn sigterm_while_a_glucose_meters_records_wait_for_space_stops_in_time_and_the_next_start_asks_for_them_again(
+) {
+    let rig = BleRig::new();
+    let _tmpfs = Tmpfs::mount(&rig.world.state_dir(), "16m");
+    rig.sim.add_device(GLUCOSE_METER, devices::glucose_meter());
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records = (1..=2).map(glucose).collect()
+    });
+    rig.pair(GLUCOSE_METER);
+    let mut daemon = rig.start();
+    rig.wait_for_readings(GLUCOSE_METER, 2, Duration::from_secs(30));
+
+    // The next transfer asks for records 3 and 4; the meter holds them back until the disk is full, so
+    // they come while the session is open and the outbox has no room.
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records.extend([glucose(3), glucose(4)]);
+        meter.glucose_gate = Some(3);
+    });
+    let asked_from_3 = |rig: &BleRig| {
+        racp_requests(rig, GLUCOSE_METER)
+            .iter()
+            .filter(|r| **r == records_from(3))
+            .count()
+    };
+    wait_for(
+        "the hub to ask the meter for the records after 2",
+        Duration::from_secs(30),
+        || asked_from_3(&rig) >= 1,
+        || {
+            format!(
+                "{:?}\n{}",
+                racp_requests(&rig, GLUCOSE_METER),
+                tail(&rig.world.log())
+            )
+        },
+    );
+    let hog = Hog::start(&rig.world.state_dir());
+    rig.sim
+        .device(GLUCOSE_METER, |meter| meter.glucose_gate = None);
+    wait_for(
+        "the meter's records to wait for space",
+        Duration::from_secs(30),
+        || {
+            rig.world
+                .log()
+                .contains("The outbox disk is full: new readings wait")
+        },
+        || tail(&rig.world.log()),
+    );
+
+    let asked = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("send SIGTERM");
+    let status = daemon.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "vitalsd did not stop within 10 s of SIGTERM while a Bluetooth session waited for space; \
+             log tail:\n{}",
+            tail(&rig.world.log())
+        )
+    });
+    let stop_took = asked.elapsed();
+    // The session itself gave up waiting, rather than being cut off with the rest of the daemon.
+    assert!(
+        rig.world
+            .log()
+            .contains("Stopping while the outbox cannot take more"),
+        "{}",
+        tail(&rig.world.log())
+    );
+
+    hog.free();
+    let _daemon = rig.start();
+    wait_for(
+        "the restarted hub to ask the meter again for the records after 2",
+        Duration::from_secs(30),
+        || asked_from_3(&rig) >= 2,
+        || {
+            format!(
+                "{:?}\n{}",
+                racp_requests(&rig, GLUCOSE_METER),
+                tail(&rig.world.log())
+            )
+        },
+    );
+    rig.wait_for_readings(GLUCOSE_METER, 4, Duration::from_secs(60));
+    // Record 5, read once the hub noted record 4, is the sentinel: a record published twice would have
+    // come before it.
+    rig.sim.device(GLUCOSE_METER, |meter| {
+        meter.glucose_records.push(glucose(5))
+    });
+    rig.wait_for_readings(GLUCOSE_METER, 5, Duration::from_secs(60));
+    each_glucose_record_arrived_once(&rig, 5);
+    eprintln!("SIGTERM while a glucose meter's records waited for space: stopped in {stop_took:?} ({status})");
 }

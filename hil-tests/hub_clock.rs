@@ -189,7 +189,7 @@ fn a_cuff_read_while_the_hub_clock_is_unsynchronised_keeps_its_clock_until_the_h
     world.write_config(&broker.url(), &[], &[]);
     world.append_config("[ble]\nadapter = \"hci0\"\n");
     let rig = BleRig {
-        _broker: broker,
+        broker,
         subscriber,
         world,
         sim: BluezSim::start(),

@@ -230,6 +230,25 @@ impl DaemonWorld {
     pub fn outbox_keys(&self) -> Vec<String> {
         outbox_keys(&self.outbox_path())
     }
+
+    /// One of the outbox's counters (`rejected_full_total`, ...), read directly as an oracle: cheap
+    /// enough to poll, where `vitalsd status` would start a process on every poll. 0 when not counted yet.
+    pub fn outbox_counter(&self, name: &str) -> i64 {
+        let path = self.outbox_path();
+        if !path.exists() {
+            return 0;
+        }
+        let connection = rusqlite::Connection::open(path).expect("open outbox for inspection");
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        // As for the keys: no table yet means nothing counted yet.
+        connection
+            .query_row("SELECT value FROM stat WHERE name = ?1", [name], |row| {
+                row.get::<_, i64>(0)
+            })
+            .unwrap_or(0)
+    }
 }
 
 pub fn outbox_keys(path: &Path) -> Vec<String> {

@@ -454,7 +454,8 @@ impl Store<'_> {
             tracing::warn!(%address, records = count, "Stopping while the outbox cannot take more: the device's records were not stored; it is asked for them again next time.");
             return Ok(false);
         };
-        // A record the outbox refused (it holds `max_pending`) is not read: the meter is asked for it again.
+        // A record the outbox refused (it holds `max_pending`) is not read: the meter is asked for it again,
+        // and the dialog notes nothing stored after it in this session.
         let all_taken = !outcomes?.contains(&crate::outbox::Appended::RejectedFull);
         let noted = glucose.handle_stored(&readings, all_taken);
         update(self.devices, address, |device| {

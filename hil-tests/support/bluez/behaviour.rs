@@ -158,10 +158,14 @@ pub async fn on_write(
     let connection = connection.clone();
     let state = state.clone();
     let address = address.to_string();
+    let link = state.lock().unwrap().devices[&address].connect_attempts;
     tokio::spawn(async move {
         let measurement = uuid16(0x2A18);
         let context = uuid16(0x2A34);
         for (sequence, record) in &selected {
+            if !wait_at_gate(&state, &address, *sequence, link).await {
+                return;
+            }
             if !super::notify(&connection, &state, &address, &measurement, record).await {
                 return;
             }
@@ -172,4 +176,29 @@ pub async fn on_write(
         super::notify(&connection, &state, &address, &racp, &response).await;
     });
     Ok(())
+}
+
+/// Waits while the test holds the meter's transfer before `sequence` (`glucose_gate`); `false` when the
+/// link the transfer was asked on went down meanwhile, so a transfer the hub gave up on never spills
+/// into a later link.
+async fn wait_at_gate(
+    state: &Arc<Mutex<SimState>>,
+    address: &str,
+    sequence: u16,
+    link: u32,
+) -> bool {
+    loop {
+        {
+            let state = state.lock().unwrap();
+            let meter = &state.devices[address];
+            if !meter.connected || meter.connect_attempts != link {
+                return false;
+            }
+            if meter.glucose_gate.is_none_or(|gate| sequence < gate) {
+                return true;
+            }
+        }
+        // A device's own pace, as the wait for the hub's setup above.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

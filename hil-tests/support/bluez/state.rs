@@ -71,6 +71,10 @@ pub struct DeviceState {
     pub glucose_records: Vec<(u16, Vec<u8>)>,
     /// Glucose Measurement Context values, sent right after the record with the same sequence number.
     pub glucose_contexts: HashMap<u16, Vec<u8>>,
+    /// While set, the meter holds back the records of a transfer from this sequence number on, and the
+    /// answer that ends it, with the link up: a meter slow to send the rest of its records keeps the
+    /// hub's session open at a point the test chooses. Clearing it sends the rest.
+    pub glucose_gate: Option<u16>,
     pub passkey: Option<u32>,
     /// A device with a display whose kernel picks a new random passkey for each pairing, as real ones do
     /// (instead of the fixed `passkey`); `shown_passkey` is what it displays for the pairing under way.
@@ -140,6 +144,7 @@ impl DeviceState {
             stored: BTreeMap::new(),
             glucose_records: Vec::new(),
             glucose_contexts: HashMap::new(),
+            glucose_gate: None,
             passkey: None,
             random_passkey: false,
             shown_passkey: None,

@@ -12,7 +12,9 @@
 //!   the record the hub stored under that sequence number, the numbering restarted, and the hub asks for
 //!   everything (records it already stored get the same ids and are not queued twice).
 //! - The newest stored record is noted only once it is durable, so a record the outbox did not take is
-//!   asked for again next time.
+//!   asked for again next time. After a refused record nothing more is noted in that session: the outbox
+//!   may take later records (the broker took some of those it held), and noting one of them would make
+//!   the next session ask only for records after it, so the refused one would never be read.
 //! - A record that announces a context waits for it until anything else comes from the meter; the
 //!   context's meal, tester and health join its flags. A context that never comes leaves it as it was.
 //! - A request's answer is acted on only once nothing more came for `LATE_RECORDS`: a meter's records
@@ -79,6 +81,8 @@ pub struct RecordDialog {
     phase: Phase,
     last: LastRecord,
     restart_seen: bool,
+    /// The outbox refused a record in this session: what is noted stays before it.
+    refused: bool,
     /// A request's outcome the meter reported, not yet acted on: the records released with it are stored
     /// first, since what they say (a restarted numbering) decides the next request.
     answer: Option<ResponseCode>,
@@ -103,6 +107,7 @@ impl RecordDialog {
             },
             last,
             restart_seen: false,
+            refused: false,
             answer: None,
             quiet_since: None,
             deadline: None,
@@ -173,8 +178,10 @@ impl RecordDialog {
     }
 
     /// Records the outbox made durable (`readings`), and whether it took every one of them: a record it
-    /// refused is not read, so the newest one is not noted and the meter is asked for it again next time.
+    /// refused is not read, so neither the newest one nor any record stored later in this session is
+    /// noted, and the meter is asked for it again next time.
     pub fn handle_stored(&mut self, readings: &[Reading], all_taken: bool) -> Noted {
+        self.refused |= !all_taken;
         let newest = readings
             .iter()
             .filter(|reading| reading.kind == Kind::BloodGlucose)
@@ -182,7 +189,7 @@ impl RecordDialog {
                 sequence_number(&reading.raw).map(|sequence| (sequence, reading.record_key.clone()))
             })
             .next_back()
-            .filter(|_| all_taken);
+            .filter(|_| !self.refused);
         let Some((sequence, key)) = newest else {
             return Noted::default();
         };
@@ -469,6 +476,18 @@ mod tests {
             (1, &format!("refused {TWO}"), "record 2 []"),
             (1, "racp 06 00 01 01", ""),
             (3, "poll", "finished"),
+        ]);
+        // A record refused before one the outbox took: the later one is not noted either, or the next
+        // session would ask only for records after it and the refused one would never be read. The outbox
+        // takes records again as soon as the broker took some of those it held, so this happens within a
+        // session.
+        check((Some(1), Some(KEY_ONE)), true, &[
+            (0, "poll", "write 0103010200"),
+            (1, &format!("refused {TWO}"), "record 2 []"),
+            (1, "measurement 00 03 00 E8 07 03 0F 09 00 00", "record 3 []"),
+            (1, "racp 06 00 01 01", ""),
+            (3, "poll", "finished"),
+            (4, "end", ""),
         ]);
         // While checking the last record, a refused one says nothing about a restart either.
         check((Some(2), Some(KEY_TWO)), true, &[
