@@ -40,6 +40,8 @@ pub enum Link {
     Gatt {
         service: Uuid,
         characteristic: Uuid,
+        /// The dialog the hub holds with the device besides that characteristic, if any.
+        dialog: Option<GattDialog>,
     },
     /// Service data of advertisements from a device that never connects, told apart by its length (Xiaomi
     /// scales put a non-SIG layout under the SIG weight and body composition UUIDs).
@@ -47,6 +49,28 @@ pub enum Link {
         service: Uuid,
         data_len: usize,
     },
+}
+
+/// A dialog a Bluetooth session holds with a device over characteristics besides its measurement one:
+/// which dialog to build, and where its messages come and go. A session reads this, never fixed UUIDs, so
+/// a second device with a dialog is a row and a dialog, not a change to the transport.
+#[derive(Debug, Clone, Copy)]
+pub struct GattDialog {
+    pub dialog: Dialog,
+    /// The control point the dialog writes its requests to and whose indications answer them. It is
+    /// subscribed whenever the device has it; without it the dialog asks for nothing.
+    pub control_point: Uuid,
+    /// Characteristics whose notifications complete a measurement (a glucose record's context),
+    /// subscribed when the device notifies them.
+    pub companions: &'static [Uuid],
+}
+
+/// Which sans-IO dialog a session builds for a [`GattDialog`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialog {
+    /// A glucose meter's record transfer over the Record Access Control Point, with each record's
+    /// context joined to it (`decode::glucose::dialog::RecordDialog`).
+    GlucoseRecords,
 }
 
 /// A serial protocol's port settings and what the hub may do to recognise it.
@@ -76,6 +100,9 @@ pub enum Continuity {
     /// A value set every second or so.
     Continuous,
     Spot,
+    /// Values that show a measurement under way (a cuff's pressure while it inflates): a session keeps
+    /// the latest in memory for `vitalsd devices`, and none of them is ever a reading.
+    Progress,
 }
 
 /// The decoder a connection of this protocol gets.
@@ -118,6 +145,15 @@ pub const BERRYMED_SERVICE: Uuid = Uuid::from_u128(0x49535343_fe7d_4ae5_8fa9_9fa
 pub const BERRYMED_NOTIFY: Uuid = Uuid::from_u128(0x49535343_1e4d_4bd9_ba61_23c647249616);
 pub const JUMPER_SERVICE: Uuid = Uuid::from_u128(0xcdeacb80_5235_4c07_8846_93a37ee6b86d);
 pub const JUMPER_NOTIFY: Uuid = Uuid::from_u128(0xcdeacb81_5235_4c07_8846_93a37ee6b86d);
+pub const GLUCOSE_CONTEXT: Uuid = sig(0x2A34);
+pub const RECORD_ACCESS_CONTROL_POINT: Uuid = sig(0x2A52);
+
+/// A glucose meter's record transfer: records asked for through the RACP, contexts joined to them.
+const GLUCOSE_RECORDS: GattDialog = GattDialog {
+    dialog: Dialog::GlucoseRecords,
+    control_point: RECORD_ACCESS_CONTROL_POINT,
+    companions: &[GLUCOSE_CONTEXT],
+};
 
 const LINE_9600_8N1: LineSettings = LineSettings {
     baud_rate: 9600,
@@ -176,7 +212,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::BloodPressureMeasurement,
         name: "blood-pressure-measurement",
         description: "GATT 0x2A35 Blood Pressure Measurement",
-        link: Link::Gatt { service: BLOOD_PRESSURE_SERVICE, characteristic: sig(0x2A35) },
+        link: Link::Gatt { service: BLOOD_PRESSURE_SERVICE, characteristic: sig(0x2A35), dialog: None },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(blood_pressure::BloodPressureMeasurementDecoder)),
         models: &[
@@ -188,8 +224,8 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::IntermediateCuffPressure,
         name: "intermediate-cuff-pressure",
         description: "GATT 0x2A36 Intermediate Cuff Pressure (progress, never forwarded)",
-        link: Link::Gatt { service: BLOOD_PRESSURE_SERVICE, characteristic: sig(0x2A36) },
-        continuity: Continuity::Spot,
+        link: Link::Gatt { service: BLOOD_PRESSURE_SERVICE, characteristic: sig(0x2A36), dialog: None },
+        continuity: Continuity::Progress,
         decoder: Decoder::Messages(|| Box::new(blood_pressure::IntermediateCuffPressureDecoder)),
         models: &[],
     },
@@ -197,7 +233,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::PlxSpotCheck,
         name: "plx-spot-check",
         description: "GATT 0x2A5E PLX Spot-check Measurement",
-        link: Link::Gatt { service: PULSE_OXIMETER_SERVICE, characteristic: sig(0x2A5E) },
+        link: Link::Gatt { service: PULSE_OXIMETER_SERVICE, characteristic: sig(0x2A5E), dialog: None },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(pulse_oximeter::PlxSpotCheckDecoder)),
         models: &[],
@@ -206,7 +242,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::PlxContinuous,
         name: "plx-continuous",
         description: "GATT 0x2A5F PLX Continuous Measurement",
-        link: Link::Gatt { service: PULSE_OXIMETER_SERVICE, characteristic: sig(0x2A5F) },
+        link: Link::Gatt { service: PULSE_OXIMETER_SERVICE, characteristic: sig(0x2A5F), dialog: None },
         continuity: Continuity::Continuous,
         decoder: Decoder::Messages(|| Box::new(pulse_oximeter::PlxContinuousDecoder)),
         models: &[],
@@ -215,7 +251,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::WeightMeasurement,
         name: "weight-measurement",
         description: "GATT 0x2A9D Weight Measurement",
-        link: Link::Gatt { service: WEIGHT_SCALE_SERVICE, characteristic: sig(0x2A9D) },
+        link: Link::Gatt { service: WEIGHT_SCALE_SERVICE, characteristic: sig(0x2A9D), dialog: None },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(weight_scale::WeightMeasurementDecoder)),
         models: &[Model { name_prefix: "A&D_UC-352", model: "A&D UC-352BLE" }],
@@ -224,7 +260,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::BodyCompositionMeasurement,
         name: "body-composition-measurement",
         description: "GATT 0x2A9C Body Composition Measurement (two-packet records: separate the values with /)",
-        link: Link::Gatt { service: BODY_COMPOSITION_SERVICE, characteristic: sig(0x2A9C) },
+        link: Link::Gatt { service: BODY_COMPOSITION_SERVICE, characteristic: sig(0x2A9C), dialog: None },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(body_composition::BodyCompositionMeasurementDecoder::default())),
         models: &[],
@@ -233,7 +269,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::GlucoseMeasurement,
         name: "glucose-measurement",
         description: "GATT 0x2A18 Glucose Measurement",
-        link: Link::Gatt { service: GLUCOSE_SERVICE, characteristic: sig(0x2A18) },
+        link: Link::Gatt { service: GLUCOSE_SERVICE, characteristic: sig(0x2A18), dialog: Some(GLUCOSE_RECORDS) },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(glucose::GlucoseMeasurementDecoder)),
         models: &[],
@@ -242,7 +278,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::TemperatureMeasurement,
         name: "temperature-measurement",
         description: "GATT 0x2A1C Temperature Measurement (also 0x2A1E)",
-        link: Link::Gatt { service: HEALTH_THERMOMETER_SERVICE, characteristic: sig(0x2A1C) },
+        link: Link::Gatt { service: HEALTH_THERMOMETER_SERVICE, characteristic: sig(0x2A1C), dialog: None },
         continuity: Continuity::Spot,
         decoder: Decoder::Messages(|| Box::new(thermometer::TemperatureMeasurementDecoder)),
         models: &[],
@@ -275,7 +311,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::Berrymed,
         name: "berrymed",
         description: "BerryMed BCI oximeter stream (5-byte packets)",
-        link: Link::Gatt { service: BERRYMED_SERVICE, characteristic: BERRYMED_NOTIFY },
+        link: Link::Gatt { service: BERRYMED_SERVICE, characteristic: BERRYMED_NOTIFY, dialog: None },
         continuity: Continuity::Continuous,
         decoder: Decoder::Stream(|| Box::new(berrymed::BerrymedDecoder::default())),
         models: &[
@@ -287,7 +323,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
         protocol: Protocol::JumperOximeter,
         name: "jumper-oximeter",
         description: "Jumper JPD-500F / PLS-01BT oximeter notifications",
-        link: Link::Gatt { service: JUMPER_SERVICE, characteristic: JUMPER_NOTIFY },
+        link: Link::Gatt { service: JUMPER_SERVICE, characteristic: JUMPER_NOTIFY, dialog: None },
         continuity: Continuity::Continuous,
         decoder: Decoder::Messages(|| Box::new(jumper::JumperOximeterDecoder)),
         models: &[Model { name_prefix: "MY OXIMETER", model: "Jumper JPD-500F" }],
@@ -405,6 +441,19 @@ impl Protocol {
         self.spec().continuity == Continuity::Continuous
     }
 
+    /// Progress values (a cuff's pressure while it inflates) are shown, never stored as readings.
+    pub fn is_progress(self) -> bool {
+        self.spec().continuity == Continuity::Progress
+    }
+
+    /// The dialog a Bluetooth session holds with a device of this protocol, for a protocol that has one.
+    pub fn gatt_dialog(self) -> Option<GattDialog> {
+        match self.spec().link {
+            Link::Gatt { dialog, .. } => dialog,
+            _ => None,
+        }
+    }
+
     /// Whether every message (characteristic value, advertisement) is complete in itself, rather than a
     /// byte stream that needs framing. `vitalsd decode` separates several messages with `/`.
     pub fn is_message_based(self) -> bool {
@@ -515,6 +564,38 @@ mod tests {
                 "compared in upper case"
             );
         }
+    }
+
+    #[test]
+    fn dialog_and_progress_characteristics_route_to_one_place() {
+        let measurements: HashSet<Uuid> = PROTOCOLS
+            .iter()
+            .filter_map(|row| match row.link {
+                Link::Gatt { characteristic, .. } => Some(characteristic),
+                _ => None,
+            })
+            .collect();
+        for row in &PROTOCOLS {
+            // A session sends a dialog's characteristics to the dialog, so none may be a measurement.
+            if let Some(dialog) = row.protocol.gatt_dialog() {
+                let mut used = dialog.companions.to_vec();
+                used.push(dialog.control_point);
+                for uuid in used {
+                    assert!(!measurements.contains(&uuid), "{}: {uuid}", row.name);
+                }
+            }
+            // A session decodes each progress value alone, never as part of a stream.
+            if row.protocol.is_progress() {
+                assert!(matches!(row.link, Link::Gatt { .. }), "{}", row.name);
+                assert!(row.protocol.is_message_based(), "{}", row.name);
+            }
+        }
+        let glucose = Protocol::GlucoseMeasurement.gatt_dialog().unwrap();
+        assert_eq!(glucose.dialog, Dialog::GlucoseRecords);
+        assert_eq!(glucose.control_point, sig(0x2A52));
+        assert_eq!(glucose.companions, [sig(0x2A34)]);
+        assert!(Protocol::IntermediateCuffPressure.is_progress());
+        assert!(!Protocol::BloodPressureMeasurement.is_progress());
     }
 
     #[test]

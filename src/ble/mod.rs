@@ -2,13 +2,15 @@
 //! when it advertises, decodes advertisement-only devices, and recovers by itself from a powered-off
 //! adapter or a restarted bluetoothd.
 //!
-//! `profile` is the pure table of what is read; `session` is one connection; `bluez` is what btleplug
-//! lacks (the pairing agent, `Pair`, `RemoveDevice`, watching `org.bluez`).
+//! `profile` is the pure table of what is read; `session_core` is a connection's decisions, sans-IO;
+//! `session` is one connection, moving bytes and events between the device and that core; `bluez` is
+//! what btleplug lacks (the pairing agent, `Pair`, `RemoveDevice`, watching `org.bluez`).
 
 pub mod bluez;
 pub mod operations;
 pub mod profile;
 pub mod session;
+pub mod session_core;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Which Bluetooth services and characteristics the hub reads, and with which decoder: the catalogue's
-//! Bluetooth rows seen from a session, and the session-level characteristics no protocol owns; pure.
+//! Bluetooth rows seen from a session (with the characteristics of a protocol's dialog), and the
+//! session-level characteristics no protocol owns (clock, battery, device information); pure.
 
 use uuid::Uuid;
 
@@ -10,8 +11,6 @@ use crate::decode::Protocol;
 pub const DATE_TIME: Uuid = sig(0x2A08);
 pub const CURRENT_TIME: Uuid = sig(0x2A2B);
 pub const BATTERY_LEVEL: Uuid = sig(0x2A19);
-pub const GLUCOSE_CONTEXT: Uuid = sig(0x2A34);
-pub const RECORD_ACCESS_CONTROL_POINT: Uuid = sig(0x2A52);
 pub const MANUFACTURER_NAME: Uuid = sig(0x2A29);
 pub const MODEL_NUMBER: Uuid = sig(0x2A24);
 pub const SERIAL_NUMBER: Uuid = sig(0x2A25);

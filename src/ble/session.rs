@@ -1,12 +1,12 @@
 //! One connection to one bound Bluetooth device, I/O only: connect, discover, read Device Information
-//! once, read and set the device clock as `decode::current_time::ClockSync` decides, subscribe with the
-//! notification stream already open, feed what arrives to the decoding channels and to the glucose
-//! meter's `RecordDialog`, write the RACP requests the dialog makes, make every record durable as it
-//! arrives, and end when the device (or the dialog) is done.
+//! once, read and set the device clock, subscribe with the notification stream already open, hand what
+//! arrives to `ble::session_core`, write what it asks for, make every record durable as it arrives, and
+//! end when it says so. Every decision (what to subscribe to, where a value goes, when the session is
+//! over, what a lost link means) is the core's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, WriteType};
 use btleplug::platform::Peripheral;
@@ -14,20 +14,21 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::profile::{self, measurement_protocol};
-use crate::decode::current_time::{ClockCharacteristic, ClockFound, ClockSync, ClockWrite};
-use crate::decode::glucose::dialog::{Action, LastRecord, RecordDialog};
+use super::profile;
+use super::session_core::{
+    self, ClockPlan, Collected, DeviceNote, Found, LinkCheck, LinkWatch, Outcome, Polled,
+    Properties, Received, SessionCore, Setup, Step,
+};
+use crate::decode::current_time::{ClockFound, ClockWrite};
+use crate::decode::glucose::dialog::LastRecord;
 use crate::hand_over::{flush_counters, StopGrace};
 use crate::model::measurement_time::DeviceClockCheck;
 use crate::model::reading::Reading;
 use crate::outbox::{NewRecord, OutboxHandle};
-use crate::pipeline::Decoding;
 use crate::spot::SpotRule;
 use crate::state::devices::{BoundDevices, DeviceStrings};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-/// A device that sends nothing for this long is done with us; the hub lets go of the link.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a connection attempt looks whether its link came up and went down again.
 const LINK_CHECK: Duration = Duration::from_millis(250);
 const LINK_WENT_DOWN: &str = "the link went down before the device's services were resolved";
@@ -89,11 +90,6 @@ fn classify(error: btleplug::Error) -> SessionError {
     }
 }
 
-/// Glucose Measurement: glucose records, which go through the meter's [`RecordDialog`].
-const GLUCOSE_MEASUREMENT: Uuid = profile::sig(0x2A18);
-/// Intermediate Cuff Pressure: progress while a cuff inflates, never a reading.
-const INTERMEDIATE_CUFF_PRESSURE: Uuid = profile::sig(0x2A36);
-
 /// A peripheral's value notifications, as btleplug gives them.
 type NotificationStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = btleplug::api::ValueNotification> + Send>>;
@@ -113,19 +109,14 @@ pub async fn run(
     // ARCHITECTURE.md, BlueZ); a match rule added later would miss them. The stream names a value's
     // characteristic when it is read, after discovery.
     let notifications = peripheral.notifications().await.map_err(classify)?;
-    let went_down = match connect(peripheral).await {
-        Ok(()) => None,
-        Err(SessionError::LinkAborted(reason)) if reason == LINK_WENT_DOWN => {
-            Some(SessionError::LinkAborted(reason))
-        }
+    let setup = match connect(peripheral).await {
+        Ok(()) => Setup::Up,
+        Err(SessionError::LinkAborted(reason)) if reason == LINK_WENT_DOWN => Setup::WentDown,
         Err(error) => return Err(error),
     };
-    // Also after a link that went down while connecting: a bonded device sends what it holds as soon as
-    // BlueZ re-enables its subscription and may drop the link before BlueZ has resolved its services (the
-    // real stack did so on a busy hub). What it sent, which BlueZ confirmed, waits in the stream, and
-    // BlueZ keeps a bonded device's services on the bus; reading it is the only way not to lose records
-    // the device now holds delivered. With nothing in the stream (a lost bond's link) the session fails
-    // as the aborted link it was.
+    // Also after a link that went down while connecting (the real stack's busy hub, `session_core::outcome`):
+    // what the device sent, which BlueZ confirmed, waits in the stream, and BlueZ keeps a bonded device's
+    // services on the bus.
     let result = collect(
         peripheral,
         notifications,
@@ -136,45 +127,50 @@ pub async fn run(
         shutdown,
     )
     .await;
-    let Some(error) = went_down else {
-        if peripheral.is_connected().await.unwrap_or(false) {
-            let _ = peripheral.disconnect().await;
-        }
-        return result;
+    let collected = match &result {
+        Ok(SessionEnd::Finished { readings }) => Collected::Finished {
+            readings: *readings,
+        },
+        Ok(SessionEnd::Shutdown) => Collected::Shutdown,
+        Err(SessionError::OutboxGone) => Collected::OutboxGone,
+        Err(_) => Collected::Failed,
     };
-    match result {
-        Ok(SessionEnd::Finished { readings }) if readings > 0 => {
-            tracing::info!(%address, readings, "The device dropped the link before its services were resolved; read what it had sent.");
-            Ok(SessionEnd::Finished { readings })
+    match session_core::outcome(setup, collected) {
+        Outcome::Disconnect => {
+            if peripheral.is_connected().await.unwrap_or(false) {
+                let _ = peripheral.disconnect().await;
+            }
+            result
         }
-        Ok(SessionEnd::Shutdown) => Ok(SessionEnd::Shutdown),
-        Err(SessionError::OutboxGone) => Err(SessionError::OutboxGone),
-        _ => Err(error),
+        Outcome::AsCollected => result,
+        Outcome::ReadBeforeDrop => {
+            if let Collected::Finished { readings } = collected {
+                tracing::info!(%address, readings, "The device dropped the link before its services were resolved; read what it had sent.");
+            }
+            result
+        }
+        Outcome::Aborted => Err(SessionError::LinkAborted(LINK_WENT_DOWN.into())),
     }
 }
 
 /// Brings the link up and waits until BlueZ has resolved the device's services, as btleplug's `connect`
-/// does. That wait does not end when the link drops: with a device that forgot its bond, BlueZ 5.66 can
-/// bring the link up and answer `Connect`, and the kernel then drops the link when encryption fails
-/// (the real-BlueZ suite saw it), so a link that was up and went down before the services were resolved
-/// is an aborted link, as the same failure is when BlueZ reports it, not a timeout.
+/// does. That wait does not end when the link drops, so the link is watched meanwhile ([`LinkWatch`]; the
+/// real-BlueZ suite saw a lost bond's link come up and go down).
 async fn connect(peripheral: &Peripheral) -> Result<(), SessionError> {
     let connecting = peripheral.connect();
     tokio::pin!(connecting);
     let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
     tokio::pin!(deadline);
     let mut check = tokio::time::interval(LINK_CHECK);
-    let mut link_was_up = false;
+    let mut watch = LinkWatch::default();
     loop {
         tokio::select! {
             connected = &mut connecting => return connected.map_err(classify),
             _ = &mut deadline => return Err(SessionError::Timeout(CONNECT_TIMEOUT)),
             _ = check.tick() => {
-                let up = peripheral.is_connected().await.unwrap_or(false);
-                if link_was_up && !up {
+                if watch.checked(peripheral.is_connected().await.unwrap_or(false)) {
                     return Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()));
                 }
-                link_was_up |= up;
             }
         }
     }
@@ -195,7 +191,11 @@ async fn collect(
         .into_iter()
         .map(|c| (c.uuid, c))
         .collect();
-    // Reads show up in the stream too (BlueZ signals the new Value); they are skipped below, as no
+    let found: Vec<Found> = characteristics
+        .values()
+        .map(|c| (c.uuid, properties(c.properties)))
+        .collect();
+    // Reads show up in the stream too (BlueZ signals the new Value); the core skips them, as no
     // measurement channel has their UUID.
     let mut notifications = notifications.peekable();
     let now = crate::clock::now_utc();
@@ -204,53 +204,20 @@ async fn collect(
     let information = read_information(peripheral, address, devices, &characteristics).await;
     if let Some(battery) = characteristics.get(&profile::BATTERY_LEVEL) {
         if let Ok(value) = peripheral.read(battery).await {
-            if let Some(&percent) = value.first() {
-                update(devices, address, |device| {
-                    device.battery_percent = Some(percent.min(100))
-                });
-            }
+            note(devices, address, session_core::battery(&value));
         }
     }
-    let clock = sync_clock(peripheral, address, devices, &characteristics).await;
+    let clock_plan = session_core::clock_plan(&found);
+    let clock = sync_clock(peripheral, address, devices, &characteristics, clock_plan).await;
 
-    let mut channels: HashMap<Uuid, Decoding> = HashMap::new();
-    for uuid in characteristics.keys() {
-        let Some(protocol) = measurement_protocol(*uuid) else {
+    // A device that sent its records on BlueZ's own re-subscription and dropped the link fails our
+    // subscription; what it sent waits in the stream, so the loop reads that first and then ends as
+    // `session_core::link_check` says.
+    let mut subscribe_failed = None;
+    for uuid in session_core::subscriptions(&found) {
+        let Some(characteristic) = characteristics.get(&uuid) else {
             continue;
         };
-        let mut decoding = super::decoding_for(
-            address,
-            protocol,
-            &information,
-            &settings.hub_id,
-            settings.spot,
-        );
-        decoding.device_clock_read(clock);
-        channels.insert(*uuid, decoding);
-    }
-
-    let mut subscribe_to: Vec<&Characteristic> = channels
-        .keys()
-        .filter_map(|uuid| characteristics.get(uuid))
-        .filter(|c| {
-            c.properties
-                .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
-        })
-        .collect();
-    let racp = characteristics.get(&profile::RECORD_ACCESS_CONTROL_POINT);
-    subscribe_to.extend(racp);
-    subscribe_to.extend(
-        characteristics
-            .get(&profile::GLUCOSE_CONTEXT)
-            .filter(|c| c.properties.contains(CharPropFlags::NOTIFY)),
-    );
-    // Indications first, so the intermediate-cuff-pressure notifications never delay a record.
-    subscribe_to.sort_by_key(|c| !c.properties.contains(CharPropFlags::INDICATE));
-    // A device that sent its records on BlueZ's own re-subscription and dropped the link fails our
-    // subscription; what it sent waits in the stream, so the loop reads that first and then ends with
-    // the failure, unless something was stored.
-    let mut subscribe_failed = None;
-    for characteristic in subscribe_to {
         if let Err(error) = peripheral.subscribe(characteristic).await {
             subscribe_failed = Some(classify(error));
             break;
@@ -266,10 +233,18 @@ async fn collect(
             key: device.glucose_last_key.clone(),
         })
         .unwrap_or_default();
-    let mut glucose = RecordDialog::new(
-        last,
-        racp.is_some() && channels.contains_key(&GLUCOSE_MEASUREMENT),
-    );
+    let channel_for = |protocol| {
+        let mut decoding = super::decoding_for(
+            address,
+            protocol,
+            &information,
+            &settings.hub_id,
+            settings.spot,
+        );
+        decoding.device_clock_read(clock);
+        decoding
+    };
+    let mut core = SessionCore::new(address, &found, channel_for, last, Instant::now());
     let mut store = Store {
         outbox,
         devices,
@@ -278,9 +253,8 @@ async fn collect(
         readings: 0,
     };
     let mut connection_check = tokio::time::interval(Duration::from_secs(1));
-    let mut last_activity = tokio::time::Instant::now();
     let end = 'session: {
-        if follow(peripheral, racp, &mut glucose).await? == Some(Action::Finished) {
+        if follow(peripheral, &characteristics, &mut core).await? == Some(Step::Finished) {
             break 'session SessionEnd::Finished {
                 readings: store.readings,
             };
@@ -289,82 +263,49 @@ async fn collect(
             tokio::select! {
                 notification = notifications.next() => {
                     let Some(notification) = notification else { break SessionEnd::Finished { readings: store.readings } };
-                    last_activity = tokio::time::Instant::now();
                     let received = crate::clock::hub_now();
-                    let (uuid, value) = (notification.uuid, notification.value);
-                    let (channel, events) = match uuid {
-                        profile::RECORD_ACCESS_CONTROL_POINT => match glucose.handle_racp(&value) {
-                            Ok(events) => (GLUCOSE_MEASUREMENT, events),
-                            Err(error) => {
-                                tracing::debug!(%address, %error, "Unreadable RACP response.");
-                                continue;
-                            }
-                        },
-                        profile::GLUCOSE_CONTEXT if channels.contains_key(&GLUCOSE_MEASUREMENT) => match glucose.handle_context(&value) {
-                            Ok(events) => (GLUCOSE_MEASUREMENT, events),
-                            Err(error) => {
-                                tracing::debug!(%address, %error, "Unreadable glucose context.");
-                                continue;
-                            }
-                        },
-                        INTERMEDIATE_CUFF_PRESSURE => {
-                            note_cuff_progress(devices, address, &value, received.wall);
+                    match core.received(notification.uuid, &notification.value, &received, Instant::now()) {
+                        Received::Nothing => continue,
+                        Received::Note(device_note) => {
+                            note(devices, address, Some(device_note));
                             continue;
                         }
-                        uuid => match channels.get_mut(&uuid) {
-                            Some(decoding) if uuid == GLUCOSE_MEASUREMENT => {
-                                (uuid, glucose.handle_measurement(decoding.decode(&value, &received)))
+                        Received::Store(batch) => {
+                            if !store.store(batch.records, batch.counters, &mut core, shutdown).await? {
+                                break SessionEnd::Shutdown;
                             }
-                            Some(decoding) => (uuid, decoding.decode(&value, &received)),
-                            None => continue,
-                        },
-                    };
-                    if let Some(decoding) = channels.get_mut(&channel) {
-                        let records = decoding.records(events);
-                        let counters = decoding.take_counter_deltas();
-                        if !store.store(records, counters, &mut glucose, shutdown).await? {
-                            break SessionEnd::Shutdown;
                         }
                     }
-                    if follow(peripheral, racp, &mut glucose).await? == Some(Action::Finished) {
+                    if follow(peripheral, &characteristics, &mut core).await? == Some(Step::Finished) {
                         break SessionEnd::Finished { readings: store.readings };
                     }
                 }
                 _ = connection_check.tick() => {
-                    for decoding in channels.values_mut() {
+                    for decoding in core.decodings() {
                         flush_counters(decoding, outbox).await?;
                     }
-                    if subscribe_failed.is_some() || !peripheral.is_connected().await.unwrap_or(false) {
-                        // What the device sent before it dropped the link reached the bus ahead of the
-                        // answer that says so, and waits in the stream: a busy hub reads it before ending,
-                        // or loses the end of a burst the device has already deleted.
-                        let queued = std::pin::Pin::new(&mut notifications)
+                    let connected = subscribe_failed.is_none() && peripheral.is_connected().await.unwrap_or(false);
+                    let queued = !connected
+                        && std::pin::Pin::new(&mut notifications)
                             .peek()
                             .now_or_never()
                             .flatten()
                             .is_some();
-                        if !queued {
-                            match subscribe_failed.take() {
-                                Some(error) if store.readings == 0 => return Err(error),
-                                _ => break SessionEnd::Finished { readings: store.readings },
+                    match session_core::link_check(subscribe_failed.take(), connected, queued, store.readings) {
+                        LinkCheck::CarryOn(failed) => subscribe_failed = failed,
+                        LinkCheck::Finished => break SessionEnd::Finished { readings: store.readings },
+                        LinkCheck::Failed(error) => return Err(error),
+                    }
+                    match core.poll(Instant::now()) {
+                        Polled::Idle => break SessionEnd::Finished { readings: store.readings },
+                        Polled::Store(batch) => {
+                            if !store.store(batch.records, batch.counters, &mut core, shutdown).await? {
+                                break SessionEnd::Shutdown;
                             }
                         }
+                        Polled::Follow => {}
                     }
-                    if last_activity.elapsed() >= IDLE_TIMEOUT {
-                        break SessionEnd::Finished { readings: store.readings };
-                    }
-                    // A record whose context did not come while the answer waited for late records is
-                    // stored before the answer is judged.
-                    let overdue = glucose.release_overdue(std::time::Instant::now());
-                    let glucose_channel = channels.get_mut(&GLUCOSE_MEASUREMENT);
-                    if let Some(decoding) = glucose_channel.filter(|_| !overdue.is_empty()) {
-                        let records = decoding.records(overdue);
-                        let counters = decoding.take_counter_deltas();
-                        if !store.store(records, counters, &mut glucose, shutdown).await? {
-                            break SessionEnd::Shutdown;
-                        }
-                    }
-                    if follow(peripheral, racp, &mut glucose).await? == Some(Action::Finished) {
+                    if follow(peripheral, &characteristics, &mut core).await? == Some(Step::Finished) {
                         break SessionEnd::Finished { readings: store.readings };
                     }
                 }
@@ -372,40 +313,48 @@ async fn collect(
             }
         }
     };
-    for (uuid, decoding) in channels.iter_mut() {
-        // A record still waiting for its context is stored as it is.
-        let held = if *uuid == GLUCOSE_MEASUREMENT {
-            glucose.finish()
-        } else {
-            Vec::new()
-        };
-        let records = decoding.records(held);
-        let counters = decoding.take_counter_deltas();
+    for batch in core.finish() {
         store
-            .store(records, counters, &mut glucose, shutdown)
+            .store(batch.records, batch.counters, &mut core, shutdown)
             .await?;
-        decoding.closed();
+    }
+    for decoding in core.decodings() {
         flush_counters(decoding, outbox).await?;
     }
     save(devices);
     Ok(end)
 }
 
-/// Does what the glucose dialog says now: writes its next RACP request, or reports that the transfer is
-/// over.
+/// Does what the device's dialog asks for now: writes its next request, or reports that it is over.
 async fn follow(
     peripheral: &Peripheral,
-    racp: Option<&Characteristic>,
-    glucose: &mut RecordDialog,
-) -> Result<Option<Action>, SessionError> {
-    let action = glucose.poll(std::time::Instant::now());
-    if let (Some(Action::Write(request)), Some(racp)) = (&action, racp) {
-        peripheral
-            .write(racp, request, WriteType::WithResponse)
-            .await
-            .map_err(classify)?;
+    characteristics: &HashMap<Uuid, Characteristic>,
+    core: &mut SessionCore,
+) -> Result<Option<Step>, SessionError> {
+    let step = core.follow(Instant::now());
+    if let Some(Step::Write {
+        characteristic,
+        value,
+    }) = &step
+    {
+        if let Some(characteristic) = characteristics.get(characteristic) {
+            peripheral
+                .write(characteristic, value, WriteType::WithResponse)
+                .await
+                .map_err(classify)?;
+        }
     }
-    Ok(action)
+    Ok(step)
+}
+
+/// What btleplug's flags say a characteristic offers.
+fn properties(flags: CharPropFlags) -> Properties {
+    Properties {
+        read: flags.contains(CharPropFlags::READ),
+        write: flags.contains(CharPropFlags::WRITE),
+        notify: flags.contains(CharPropFlags::NOTIFY),
+        indicate: flags.contains(CharPropFlags::INDICATE),
+    }
 }
 
 /// Where a session's records go: the outbox, and then what they say about the device into the device list.
@@ -428,7 +377,7 @@ impl Store<'_> {
         &mut self,
         decoded: Vec<(NewRecord, Reading)>,
         counters: Vec<(String, u64)>,
-        glucose: &mut RecordDialog,
+        core: &mut SessionCore,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, SessionError> {
         let address = self.address;
@@ -457,7 +406,7 @@ impl Store<'_> {
         // A record the outbox refused (it holds `max_pending`) is not read: the meter is asked for it again,
         // and the dialog notes nothing stored after it in this session.
         let all_taken = !outcomes?.contains(&crate::outbox::Appended::RejectedFull);
-        let noted = glucose.handle_stored(&readings, all_taken);
+        let noted = core.handle_stored(&readings, all_taken);
         update(self.devices, address, |device| {
             device.last_reading_at = received_at.or(device.last_reading_at);
             if let Some(last) = noted.last {
@@ -472,31 +421,10 @@ impl Store<'_> {
     }
 }
 
-/// Intermediate Cuff Pressure is progress, not a reading: it is kept in memory for `vitalsd devices`.
-fn note_cuff_progress(
-    devices: &SharedDevices,
-    address: &str,
-    value: &[u8],
-    received_at: chrono::DateTime<chrono::Utc>,
-) {
-    use crate::decode::MessageDecoder;
-    let context = crate::decode::DecodeContext::trusted(received_at, &chrono::Local);
-    let Ok(readings) =
-        crate::decode::blood_pressure::IntermediateCuffPressureDecoder.decode(value, &context)
-    else {
-        return;
-    };
-    let Some(value) = readings.first().and_then(|reading| reading.values.first()) else {
-        return;
-    };
-    let progress = value
-        .value
-        .map(|pressure| crate::state::devices::CuffProgress {
-            pressure,
-            unit: value.measure.unit,
-            at: received_at,
-        });
-    update(devices, address, |device| device.measuring = progress);
+fn note(devices: &SharedDevices, address: &str, note: Option<DeviceNote>) {
+    if let Some(note) = note {
+        update(devices, address, |device| note.apply(device));
+    }
 }
 
 fn update(
@@ -556,40 +484,32 @@ async fn read_information(
     strings
 }
 
-/// Reads the device clock against the hub's (a coincident time stamp), then sets it, as
-/// [`ClockSync`] decides: Date Time where the device has it writable (A&D), else Current Time (Omron and
-/// the Current Time Service), and only while the hub trusts its own clock. A refused write is logged, not
-/// fatal.
+/// Reads the device clock against the hub's (a coincident time stamp), then sets it, on the
+/// characteristic the core chose ([`session_core::clock_plan`]) and as its [`ClockPlan`]'s `ClockSync`
+/// decides: only while the hub trusts its own clock. A refused write is logged, not fatal.
 async fn sync_clock(
     peripheral: &Peripheral,
     address: &str,
     devices: &SharedDevices,
     characteristics: &HashMap<Uuid, Characteristic>,
+    plan: Option<ClockPlan>,
 ) -> Option<DeviceClockCheck> {
-    let date_time = characteristics
-        .get(&profile::DATE_TIME)
-        .filter(|c| c.properties.contains(CharPropFlags::WRITE));
-    let current_time = characteristics.get(&profile::CURRENT_TIME);
-    let mut sync = ClockSync::new(date_time.is_some(), current_time.is_some())?;
-    let target = match sync.characteristic() {
-        ClockCharacteristic::DateTime => date_time,
-        ClockCharacteristic::CurrentTime => current_time,
-    }
-    .expect("chosen from the characteristics present");
-    if target.properties.contains(CharPropFlags::READ) {
+    let ClockPlan {
+        mut sync,
+        characteristic,
+        read,
+    } = plan?;
+    let target = characteristics.get(&characteristic)?;
+    if read {
         let hub = crate::clock::hub_now();
         let hub_local = crate::clock::now_local().naive_local();
         if let Ok(bytes) = peripheral.read(target).await {
             if let Some(found) = sync.handle_read(&bytes, hub.wall, hub_local, hub.clock) {
-                update(devices, address, |device| {
-                    device.clock_offset_s = match found {
-                        ClockFound::Offset(offset) => Some(offset.num_seconds()),
-                        ClockFound::NotSet | ClockFound::Unmeasured => None,
-                    };
-                    device.clock_not_set = found == ClockFound::NotSet;
-                    device.clock_checked_at = Some(hub.wall);
-                    device.clock_set = false;
-                });
+                let checked = DeviceNote::ClockChecked {
+                    found,
+                    at: hub.wall,
+                };
+                note(devices, address, Some(checked));
                 match found {
                     ClockFound::NotSet => tracing::info!(%address, "The device clock is not set."),
                     ClockFound::Offset(offset) => {
@@ -615,7 +535,7 @@ async fn sync_clock(
             {
                 Ok(()) => {
                     sync.handle_written();
-                    update(devices, address, |device| device.clock_set = true);
+                    note(devices, address, Some(DeviceNote::ClockSet));
                 }
                 Err(error) => {
                     tracing::warn!(%address, %error, "The device refused the time write; its time stamps are checked against the hub's.")
