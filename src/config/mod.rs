@@ -8,7 +8,6 @@
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 
 mod file;
-pub mod tls_files;
 mod validate;
 mod values;
 
@@ -192,15 +191,20 @@ const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 impl Config {
     /// Loads `path`, then its drop-ins `path.d/*.toml` in lexical order (tables merged key by key, later wins),
     /// then the `VITALSD_<SECTION>__<KEY>` environment overrides, and validates the result.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    /// `uplink` is run on a valid `[mqtt]` with TLS, and what it finds is an error of its key.
+    pub fn load(path: &Path, uplink: UplinkCheck) -> Result<Config, ConfigErrors> {
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
             .collect();
-        Config::load_with_env(path, &env)
+        Config::load_with_env(path, &env, Some(uplink))
     }
 
     /// [`Config::load`] with the environment passed in.
-    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    pub fn load_with_env(
+        path: &Path,
+        env: &[(String, String)],
+        uplink: Option<UplinkCheck>,
+    ) -> Result<Config, ConfigErrors> {
         let figment = file::read_files(path).map_err(ConfigErrors)?;
         let (figment, mut errors) = file::layer_env(figment, env);
         let var = |name: &str| {
@@ -210,6 +214,7 @@ impl Config {
         let systemd = validate::Environment {
             credentials_dir: var(CREDENTIALS_DIRECTORY),
             runtime_dir: var(RUNTIME_DIRECTORY),
+            uplink,
         };
         match validate::validate(&figment, &systemd) {
             Ok(config) if errors.is_empty() => Ok(config),
@@ -220,14 +225,11 @@ impl Config {
             }
         }
     }
-
-    /// Parses and validates one TOML text without drop-ins or environment; `origin` names it in a syntax error.
-    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        let layer = file::parse(text, origin, None).map_err(|error| ConfigErrors(vec![error]))?;
-        let figment = figment::Figment::from(layer);
-        validate::validate(&figment, &validate::Environment::default()).map_err(ConfigErrors)
-    }
 }
+
+/// What the uplink makes of a valid `[mqtt]` with TLS before it connects (it reads the TLS files), run during
+/// validation so `check-config` finds what would stop `run`: the key at fault and the problem.
+pub type UplinkCheck = fn(&MqttConfig) -> Result<(), (&'static str, String)>;
 
 /// Every problem found in a configuration, in a stable order, one a line.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +256,7 @@ impl ConfigError {
 }
 
 /// An I/O error's text without the `(os error N)` suffix, for messages a technician reads.
-fn io_message(error: &io::Error) -> String {
+pub(crate) fn io_message(error: &io::Error) -> String {
     let text = error.to_string();
     match (error.raw_os_error(), text.rfind(" (os error ")) {
         (Some(_), Some(at)) => text[..at].to_string(),
@@ -285,6 +287,17 @@ impl PortLocation {
             } => format!("USB {vid:04x}:{pid:04x} serial {serial}"),
             PortLocation::Usb { vid, pid, .. } => format!("USB {vid:04x}:{pid:04x}"),
         }
+    }
+}
+
+#[cfg(test)]
+impl Config {
+    /// Parses and validates one TOML text without drop-ins, environment or uplink check; `origin` names it in
+    /// a syntax error.
+    pub(crate) fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        let layer = file::parse(text, origin, None).map_err(|error| ConfigErrors(vec![error]))?;
+        let figment = figment::Figment::from(layer);
+        validate::validate(&figment, &validate::Environment::default()).map_err(ConfigErrors)
     }
 }
 
@@ -735,127 +748,6 @@ mod tests {
     }
 
     #[test]
-    fn tls_settings() {
-        let tls = MINIMAL.replace("mqtt://127.0.0.1", "mqtts://broker");
-        let cases: &[(&str, &[&str])] = &[
-            ("ca_file = \"CA\"\nclient_cert_file = \"CERT\"\nclient_key_file = \"KEY\"", &[]),
-            ("ca_file = \"CA\"", &[]),
-            ("ca_file = \"CA\"\nclient_cert_file = \"CERT\"", &["mqtt.client_cert_file: given without mqtt.client_key_file"]),
-            ("ca_file = \"CA\"\nclient_key_file = \"KEY\"", &["mqtt.client_key_file: given without mqtt.client_cert_file"]),
-            ("ca_file = \"/nonexistent/ca.pem\"", &["mqtt.ca_file: cannot read /nonexistent/ca.pem: No such file or directory"]),
-            ("ca_file = \"CA\"\nclient_cert_file = \"/nonexistent/hub.pem\"\nclient_key_file = \"KEY\"", &[
-                "mqtt.client_cert_file: cannot read /nonexistent/hub.pem: No such file or directory",
-            ]),
-        ];
-        for (extra, expected) in cases {
-            let extra = extra
-                .replace("CA", &fixture("tls/ca.pem"))
-                .replace("CERT", &fixture("tls/hub.pem"))
-                .replace("KEY", &fixture("tls/hub.key"));
-            check(&format!("{tls}\n{extra}\n"), expected);
-        }
-    }
-
-    /// What `run` would trip over in the TLS files is found by loading the configuration, with the key.
-    #[test]
-    fn tls_files_are_parsed_as_the_uplink_parses_them() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = |name: &str, content: &[u8]| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, content).expect("write test file");
-            path.display().to_string()
-        };
-        let ca = fixture("tls/ca.pem");
-        let cert = fixture("tls/hub.pem");
-        let key = fixture("tls/hub.key");
-        let valid_ca = std::fs::read_to_string(&ca).expect("fixture");
-        let empty = file("empty", b"");
-        let garbage = file("garbage", b"this is not a certificate\n\x00\xff");
-        let bad_base64 = file(
-            "bad-base64.pem",
-            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
-        );
-        let not_der = file(
-            "not-der.pem",
-            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-        );
-        let unterminated = file(
-            "unterminated.pem",
-            valid_ca.replace("-----END CERTIFICATE-----", "").as_bytes(),
-        );
-        let not_a_key = file(
-            "not-a-key.pem",
-            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-        );
-        let other_key = fixture("tls/other.key");
-        // (ca_file, client_cert_file, client_key_file, expected errors)
-        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Vec<String>);
-        let cases: Vec<Case> = vec![
-            (&ca, Some(&cert), Some(&key), vec![]),
-            // Without a client certificate.
-            (&ca, None, None, vec![]),
-            (&empty, None, None, vec![format!("mqtt.ca_file: {empty}: no PEM certificate found")]),
-            (&garbage, None, None, vec![format!("mqtt.ca_file: {garbage}: no PEM certificate found")]),
-            // A key where the CA should be is not a certificate either.
-            (&key, None, None, vec![format!("mqtt.ca_file: {key}: no PEM certificate found")]),
-            (&bad_base64, None, None, vec![format!(
-                "mqtt.ca_file: {bad_base64}: not valid PEM: a section is not valid base64"
-            )]),
-            (&unterminated, None, None, vec![format!(
-                "mqtt.ca_file: {unterminated}: not valid PEM: a section has no END line"
-            )]),
-            (&not_der, None, None, vec![format!(
-                "mqtt.ca_file: {not_der}: certificate 1 is not a usable CA certificate: invalid peer certificate: BadEncoding"
-            )]),
-            (&ca, Some(&garbage), Some(&key), vec![format!("mqtt.client_cert_file: {garbage}: no PEM certificate found")]),
-            (&ca, Some(&not_der), Some(&key), vec![format!(
-                "mqtt.client_cert_file: {not_der}: not a usable certificate: invalid peer certificate: BadEncoding"
-            )]),
-            (&ca, Some(&cert), Some(&empty), vec![format!(
-                "mqtt.client_key_file: {empty}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)"
-            )]),
-            (&ca, Some(&cert), Some(&cert), vec![format!(
-                "mqtt.client_key_file: {cert}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)"
-            )]),
-            (&ca, Some(&cert), Some(&not_a_key), vec![format!(
-                "mqtt.client_key_file: {not_a_key}: not a usable private key: unexpected error: failed to parse private key as RSA, ECDSA, or EdDSA"
-            )]),
-            (&ca, Some(&cert), Some(&other_key), vec![format!(
-                "mqtt.client_key_file: {other_key}: does not belong to the certificate in mqtt.client_cert_file"
-            )]),
-        ];
-        for (ca_file, cert_file, key_file, expected) in cases {
-            let mut toml = format!(
-                "{}\nca_file = \"{ca_file}\"\n",
-                MINIMAL.replace("mqtt://127.0.0.1", "mqtts://broker")
-            );
-            if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
-                toml.push_str(&format!(
-                    "client_cert_file = \"{cert_file}\"\nclient_key_file = \"{key_file}\"\n"
-                ));
-            }
-            let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-            check(&toml, &expected);
-        }
-    }
-
-    /// A bad key elsewhere does not hide what `run` would trip over in the TLS files.
-    #[test]
-    fn tls_files_are_read_even_when_another_section_has_errors() {
-        let not_a_certificate = fixture("mqtt-password");
-        let toml = format!(
-            "[hub]\nid = \"Hub\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtts://b\"\nca_file = \"{not_a_certificate}\""
-        );
-        check(
-            &toml,
-            &[
-                r#"hub.id: "Hub" is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"#,
-                &format!("mqtt.ca_file: {not_a_certificate}: no PEM certificate found"),
-            ],
-        );
-    }
-
-    #[test]
     fn a_password_file_is_read_as_the_uplink_reads_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let cases: &[(&[u8], Option<&str>)] = &[
@@ -967,13 +859,13 @@ mod tests {
             "cannot read {}: larger than 1 MiB; a configuration is a few kilobytes",
             path.display()
         );
-        let errors = Config::load_with_env(&path, &[]).unwrap_err();
+        let errors = Config::load_with_env(&path, &[], None).unwrap_err();
         assert_eq!(errors.to_string(), message);
         let drop_in = dir.path().join("vitalsd.toml.d/big.toml");
         write(&path, MINIMAL);
         std::fs::create_dir(dir.path().join("vitalsd.toml.d")).unwrap();
         write(&drop_in, &format!("# {}\n", "x".repeat(2 << 20)));
-        let errors = Config::load_with_env(&path, &[]).unwrap_err();
+        let errors = Config::load_with_env(&path, &[], None).unwrap_err();
         let message = format!(
             "{0}: cannot read {0}: larger than 1 MiB; a configuration is a few kilobytes",
             drop_in.display()
@@ -1172,7 +1064,7 @@ mod tests {
             ("VITALSD_OUTBOX__MAX_PENDING", "1_000"),
             ("VITALSD_LOG__LEVEL", "debug"),
         ]);
-        let config = match Config::load_with_env(&path, &vars) {
+        let config = match Config::load_with_env(&path, &vars, None) {
             Ok(config) => config,
             Err(errors) => panic!("{errors}"),
         };
@@ -1195,7 +1087,7 @@ mod tests {
         let path = dir.path().join("vitalsd.toml");
         write(&path, MINIMAL);
         let errors = |vars: &[(&str, &str)]| -> Vec<String> {
-            match Config::load_with_env(&path, &env(vars)) {
+            match Config::load_with_env(&path, &env(vars), None) {
                 Ok(_) => Vec::new(),
                 Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
             }
@@ -1261,7 +1153,7 @@ mod tests {
             "CREDENTIALS_DIRECTORY",
             credentials.to_str().expect("utf-8 temp dir"),
         )]);
-        let errors = match Config::load_with_env(&path, &vars) {
+        let errors = match Config::load_with_env(&path, &vars, None) {
             Ok(_) => panic!("a missing credential must be reported"),
             Err(errors) => errors.to_string(),
         };
@@ -1273,7 +1165,7 @@ mod tests {
             )
         );
         write(&credentials.join("mqtt-password"), "s3cret\n");
-        assert!(Config::load_with_env(&path, &vars).is_ok());
+        assert!(Config::load_with_env(&path, &vars, None).is_ok());
     }
 
     /// The runtime directory comes from the environment the loader is given, never from the process's own.
@@ -1282,7 +1174,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("vitalsd.toml");
         write(&path, MINIMAL);
-        let runtime_dir = |vars: &[(&str, &str)]| match Config::load_with_env(&path, &env(vars)) {
+        let runtime_dir = |vars: &[(&str, &str)]| match Config::load_with_env(&path, &env(vars), None) {
             Ok(config) => config.hub.runtime_dir,
             Err(errors) => panic!("{errors}"),
         };
@@ -1331,7 +1223,7 @@ mod tests {
         );
         write(&drop_ins.join("README"), "not toml, not read");
         write(&drop_ins.join(".hidden.toml"), "not = [valid");
-        let config = match Config::load_with_env(&path, &[]) {
+        let config = match Config::load_with_env(&path, &[], None) {
             Ok(config) => config,
             Err(errors) => panic!("{errors}"),
         };
@@ -1347,7 +1239,7 @@ mod tests {
 
         // The environment wins over every file.
         let config =
-            match Config::load_with_env(&path, &env(&[("VITALSD_MQTT__KEEP_ALIVE_S", "25")])) {
+            match Config::load_with_env(&path, &env(&[("VITALSD_MQTT__KEEP_ALIVE_S", "25")]), None) {
                 Ok(config) => config,
                 Err(errors) => panic!("{errors}"),
             };
@@ -1356,7 +1248,7 @@ mod tests {
         // Errors in values from a drop-in name the drop-in.
         let bad = drop_ins.join("40-bad.toml");
         write(&bad, "[mqtt]\nwindow = 0\ntypo = 1\n");
-        let errors = match Config::load_with_env(&path, &[]) {
+        let errors = match Config::load_with_env(&path, &[], None) {
             Ok(_) => panic!("the bad drop-in must be reported"),
             Err(errors) => errors.to_string(),
         };
@@ -1371,7 +1263,7 @@ mod tests {
         // Syntax errors in several files are all reported, each naming its file.
         write(&bad, "[mqtt\n");
         write(&path, "[hub]\nid = \n");
-        let errors = match Config::load_with_env(&path, &[]) {
+        let errors = match Config::load_with_env(&path, &[], None) {
             Ok(_) => panic!("syntax errors must be reported"),
             Err(errors) => errors.0,
         };
@@ -1391,7 +1283,7 @@ mod tests {
     fn an_unreadable_file_is_one_error_naming_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("missing.toml");
-        let errors = match Config::load_with_env(&path, &[]) {
+        let errors = match Config::load_with_env(&path, &[], None) {
             Ok(_) => panic!("a missing file must be reported"),
             Err(errors) => errors.0,
         };

@@ -122,6 +122,7 @@ pub(super) struct Environment<'a> {
     pub credentials_dir: Option<&'a Path>,
     /// `$RUNTIME_DIRECTORY`, where systemd set it: the default of `hub.runtime_dir`.
     pub runtime_dir: Option<&'a Path>,
+    pub uplink: Option<super::UplinkCheck>,
 }
 
 /// Turns the layered configuration into a [`Config`], or every error found.
@@ -155,9 +156,9 @@ pub(super) fn validate(figment: &Figment, env: &Environment) -> Result<Config, V
     let mqtt = check_mqtt(&mut c, section("mqtt"), &hub.id);
     // The TLS files are read as the uplink will read them, so a file that would stop it is an error now
     // rather than an exit at start; they can be read only once the rest of `[mqtt]` is valid.
-    if c.errors.len() == before && mqtt.tls {
-        if let Err(error) = super::tls_files::client_config(&mqtt) {
-            c.report(&key_path("mqtt", error.key), error.file_problem());
+    if let (true, true, Some(uplink)) = (c.errors.len() == before, mqtt.tls, c.env.uplink) {
+        if let Err((key, problem)) = uplink(&mqtt) {
+            c.report(&key_path("mqtt", key), problem);
         }
     }
     if let Some(password) = &mqtt.password {
