@@ -147,9 +147,9 @@ pub fn check_config(path: &Path) -> ExitCode {
                 "{}: ok (hub {}, broker {}:{}{}, {} serial device(s))",
                 path.display(),
                 config.hub.id,
-                config.mqtt.host,
-                config.mqtt.port,
-                if config.mqtt.tls { " with TLS" } else { "" },
+                config.mqtt.url.host,
+                config.mqtt.url.port,
+                if config.mqtt.url.tls { " with TLS" } else { "" },
                 config.serial.len()
             );
             ExitCode::SUCCESS

@@ -1,10 +1,10 @@
 //! The validated configuration: the only config type the rest of the daemon sees.
 //!
-//! Loading has two stages. `file` layers `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
-//! `VITALSD_<SECTION>__<KEY>` environment overrides with figment, which remembers where each value came from;
-//! `validate` reads each table into its serde mirror key by key, the mirror's field types checking each value,
-//! then checks how keys fit together, collecting every problem with its key path rather than stopping at the
-//! first.
+//! Loading has two stages. `file` layers the defaults, `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml`
+//! and the `VITALSD_<SECTION>__<KEY>` environment overrides with figment, which remembers where each value
+//! came from; `validate` deserializes the result into these types with serde, their fields checked by
+//! `values` as they are read, then checks how keys fit together, collecting every problem with its key path
+//! rather than stopping at the first.
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 
 mod file;
@@ -16,11 +16,37 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::decode::Protocol;
-use crate::spot::SpotRule;
+use serde::Deserialize;
 
-/// The whole validated configuration.
-#[derive(Debug, Clone)]
+use crate::decode::{Parity, Protocol};
+use crate::spot::SpotRule;
+use values as v;
+
+/// The defaults of the keys that have one: the first layer, under the files and the environment. Two
+/// defaults depend on other values: `hub.runtime_dir` and `mqtt.client_id`.
+const DEFAULTS: &str = r#"
+    [mqtt]
+    topic_prefix = "vitalsd/v1"
+    keep_alive_s = 30
+    reconnect_min_ms = 500
+    reconnect_max_s = 60
+    window = 128
+    protocol = "5"
+    [outbox]
+    max_pending = 1_000_000
+    dedup_retention_days = 400
+    fold_log_seconds = 1
+    [ble]
+    enabled = true
+    adapter = "hci0"
+    [log]
+    level = "info"
+"#;
+
+/// The whole validated configuration. Each section's keys are declared in the order of the example file,
+/// which is the order errors are listed in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub hub: HubConfig,
     pub mqtt: MqttConfig,
@@ -31,14 +57,17 @@ pub struct Config {
 }
 
 /// `[ble]`: the Bluetooth collector. Bound devices live in the state directory, not here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BleConfig {
     /// Off on hubs without Bluetooth, so the daemon does not keep looking for BlueZ.
     pub enabled: bool,
     /// The BlueZ adapter name, such as `hci0`.
+    #[serde(deserialize_with = "v::adapter")]
     pub adapter: String,
     /// `admin_group`: when set, only root, the daemon's own user and this group's members may pair and
     /// unpair through the control socket; without it, anyone who can open the socket may.
+    #[serde(deserialize_with = "v::group")]
     pub admin_group: Option<AdminGroup>,
 }
 
@@ -50,43 +79,79 @@ pub struct AdminGroup {
 }
 
 /// `[hub]`: who this hub is and where it keeps its state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
     /// 1 to 64 characters of `a-z`, `0-9`, `-` and `_`; it goes into MQTT topics.
+    #[serde(deserialize_with = "v::hub_id")]
     pub id: String,
     /// Absolute; holds the outbox database and the bound-device list.
+    #[serde(deserialize_with = "v::absolute")]
     pub state_dir: PathBuf,
-    /// Absolute; holds the control socket (`control.sock`).
+    /// Absolute; holds the control socket (`control.sock`). Defaults to systemd's `$RUNTIME_DIRECTORY`.
+    #[serde(deserialize_with = "v::absolute")]
     pub runtime_dir: PathBuf,
     /// When the hub believes its own wall clock (`"ntp"`, the default, or `"trusted"`).
+    #[serde(deserialize_with = "v::clock")]
     pub clock: crate::clock::ClockPolicy,
 }
 
 /// `[mqtt]`: the broker connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    /// True for an `mqtts://` url.
-    pub tls: bool,
+    #[serde(deserialize_with = "v::broker_url")]
+    pub url: BrokerUrl,
     /// Has no wildcards and no leading or trailing `/`.
+    #[serde(deserialize_with = "v::topic_prefix")]
     pub topic_prefix: String,
+    /// Defaults to `vitalsd-` and the hub id.
+    #[serde(deserialize_with = "v::non_empty")]
     pub client_id: String,
+    #[serde(deserialize_with = "v::non_empty")]
     pub username: Option<String>,
+    /// `password_file` or `password_credential`, whichever is set.
+    #[serde(skip)]
     pub password: Option<SecretSource>,
-    /// Only set with `tls`.
+    #[serde(deserialize_with = "v::absolute")]
+    password_file: Option<PathBuf>,
+    #[serde(deserialize_with = "v::credential")]
+    password_credential: Option<String>,
+    /// Only set with `url.tls`, as are the client certificate and key, which are set together.
+    #[serde(deserialize_with = "v::readable")]
     pub ca_file: Option<PathBuf>,
-    /// Set together with `client_key_file`, and only with `tls`.
+    #[serde(deserialize_with = "v::readable")]
     pub client_cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "v::readable")]
     pub client_key_file: Option<PathBuf>,
+    #[serde(rename = "keep_alive_s", deserialize_with = "v::seconds::<_, 5, 3600>")]
     pub keep_alive: Duration,
     /// At most `reconnect_max`.
+    #[serde(
+        rename = "reconnect_min_ms",
+        deserialize_with = "v::millis::<_, 1, 3_600_000>"
+    )]
     pub reconnect_min: Duration,
+    #[serde(
+        rename = "reconnect_max_s",
+        deserialize_with = "v::seconds::<_, 1, 86_400>"
+    )]
     pub reconnect_max: Duration,
     /// How many publishes may await their PUBACK at once.
+    #[serde(deserialize_with = "v::int::<_, usize, _, 1, 256>")]
     pub window: usize,
     /// `mqtt.protocol`: MQTT 5 unless the broker lacks it.
+    #[serde(deserialize_with = "v::mqtt_protocol")]
     pub protocol: MqttProtocol,
+}
+
+/// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    /// True for `mqtts://`.
+    pub tls: bool,
 }
 
 /// The MQTT version the uplink speaks.
@@ -148,38 +213,90 @@ impl SecretSource {
 }
 
 /// `[outbox]`: the on-disk queue's limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
-    /// At least 1.
+    /// A hub's disk holds tens of millions of readings at most; more is a typing mistake.
+    #[serde(deserialize_with = "v::int::<_, u64, _, 1, 100_000_000>")]
     pub max_pending: u64,
-    /// At least 1.
+    #[serde(deserialize_with = "v::int::<_, u32, _, 1, 36_500>")]
     pub dedup_retention_days: u32,
-    /// How soon, once idle, commits are folded from the write-ahead log into the database; `None` leaves
-    /// it to SQLite's own checkpoints.
-    pub fold_log_after: Option<std::time::Duration>,
+    /// How soon, once idle, commits are folded from the write-ahead log into the database; `None` (0 s)
+    /// leaves it to SQLite's own checkpoints.
+    #[serde(rename = "fold_log_seconds", deserialize_with = "v::fold_after")]
+    pub fold_log_after: Option<Duration>,
 }
 
 /// One `[[serial]]` entry: a device on a serial port.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SerialConfig {
-    /// An absolute path (preferably a `/dev/serial/by-id/...` link), or a USB identity to look for.
+    /// `path`, absolute (preferably a `/dev/serial/by-id/...` link), or the USB identity `match` gives.
+    #[serde(deserialize_with = "v::port_path")]
     pub path: PortLocation,
+    #[serde(rename = "match")]
+    usb: Option<UsbMatch>,
+    #[serde(deserialize_with = "v::serial_protocol")]
     pub protocol: Protocol,
-    /// Unique across entries; defaults to `serial:` and the file name of `path`.
+    /// `id`, unique across entries; defaults to `serial:` and the file name of `path`.
+    #[serde(rename = "id", deserialize_with = "v::device_id")]
     pub device_id: String,
     /// Overrides the protocol's line speed.
+    #[serde(deserialize_with = "v::int::<_, u32, _, 300, 4_000_000>")]
     pub baud_rate: Option<u32>,
     /// Overrides the protocol's parity.
-    pub parity: Option<crate::decode::Parity>,
+    #[serde(deserialize_with = "v::parity")]
+    pub parity: Option<Parity>,
     /// Ask a Nonin 9560 for this data format when the port opens.
     pub select_format: bool,
+    #[serde(deserialize_with = "v::spot_seconds")]
+    spot_stable_s: Option<Duration>,
+    #[serde(deserialize_with = "v::spot_seconds")]
+    spot_repeat_s: Option<Duration>,
+    /// From `spot_stable_s` and `spot_repeat_s`, else the default rule.
+    #[serde(skip)]
     pub spot: SpotRule,
 }
 
+impl Default for SerialConfig {
+    fn default() -> Self {
+        SerialConfig {
+            path: PortLocation::Path(PathBuf::new()),
+            usb: None,
+            protocol: Protocol::ALL[0],
+            device_id: String::new(),
+            baud_rate: None,
+            parity: None,
+            select_format: false,
+            spot_stable_s: None,
+            spot_repeat_s: None,
+            spot: SpotRule::default(),
+        }
+    }
+}
+
+/// `match = { vid = 0x10c4, pid = 0xea60, serial = "0001" }`: a port found by its USB identity.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a table such as { vid = 0x10c4, pid = 0xea60 }"
+)]
+struct UsbMatch {
+    #[serde(deserialize_with = "v::int::<_, u16, _, 0, 0xFFFF>")]
+    vid: u16,
+    #[serde(deserialize_with = "v::int::<_, u16, _, 0, 0xFFFF>")]
+    pid: u16,
+    #[serde(deserialize_with = "v::non_empty")]
+    serial: Option<String>,
+}
+
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing `EnvFilter` directive such as `info` or `info,vitalsd::serial=debug`.
+    #[serde(deserialize_with = "v::log_level")]
     pub level: String,
 }
 
@@ -296,7 +413,7 @@ impl Config {
     /// a syntax error.
     pub(crate) fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         let layer = file::parse(text, origin, None).map_err(|error| ConfigErrors(vec![error]))?;
-        let figment = figment::Figment::from(layer);
+        let figment = file::defaults().merge(layer);
         validate::validate(&figment, &validate::Environment::default()).map_err(ConfigErrors)
     }
 }
@@ -379,13 +496,17 @@ mod tests {
         assert_eq!(
             config.mqtt,
             MqttConfig {
-                host: "127.0.0.1".into(),
-                port: 1883,
-                tls: false,
+                url: BrokerUrl {
+                    host: "127.0.0.1".into(),
+                    port: 1883,
+                    tls: false,
+                },
                 topic_prefix: "vitalsd/v1".into(),
                 client_id: "vitalsd-hub-0001".into(),
                 username: None,
                 password: None,
+                password_file: None,
+                password_credential: None,
                 ca_file: None,
                 client_cert_file: None,
                 client_key_file: None,
@@ -464,7 +585,7 @@ mod tests {
         assert_eq!(config.hub.id, "ward_3-b");
         let mqtt = &config.mqtt;
         assert_eq!(
-            (mqtt.host.as_str(), mqtt.port, mqtt.tls),
+            (mqtt.url.host.as_str(), mqtt.url.port, mqtt.url.tls),
             ("broker.example.org", 8883, true)
         );
         assert_eq!(
@@ -558,7 +679,7 @@ mod tests {
         #[track_caller]
         fn broker(url: &str) -> (String, u16, bool) {
             let mqtt = valid(&MINIMAL.replace("mqtt://127.0.0.1", url)).mqtt;
-            (mqtt.host, mqtt.port, mqtt.tls)
+            (mqtt.url.host, mqtt.url.port, mqtt.url.tls)
         }
         assert_eq!(
             broker("mqtt://broker.local"),
@@ -1069,7 +1190,11 @@ mod tests {
             Err(errors) => panic!("{errors}"),
         };
         assert_eq!(
-            (config.mqtt.host.as_str(), config.mqtt.port, config.mqtt.tls),
+            (
+                config.mqtt.url.host.as_str(),
+                config.mqtt.url.port,
+                config.mqtt.url.tls
+            ),
             ("broker.example.org", 8884, true)
         );
         assert_eq!(config.mqtt.keep_alive, Duration::from_secs(45));
@@ -1174,10 +1299,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("vitalsd.toml");
         write(&path, MINIMAL);
-        let runtime_dir = |vars: &[(&str, &str)]| match Config::load_with_env(&path, &env(vars), None) {
-            Ok(config) => config.hub.runtime_dir,
-            Err(errors) => panic!("{errors}"),
-        };
+        let runtime_dir =
+            |vars: &[(&str, &str)]| match Config::load_with_env(&path, &env(vars), None) {
+                Ok(config) => config.hub.runtime_dir,
+                Err(errors) => panic!("{errors}"),
+            };
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "/run/vitalsd"),
             (&[("RUNTIME_DIRECTORY", "")], "/run/vitalsd"),
@@ -1228,7 +1354,7 @@ mod tests {
             Err(errors) => panic!("{errors}"),
         };
         assert_eq!(
-            (config.mqtt.host.as_str(), config.mqtt.tls),
+            (config.mqtt.url.host.as_str(), config.mqtt.url.tls),
             ("broker.example.org", true)
         );
         assert_eq!(config.mqtt.keep_alive, Duration::from_secs(20));
@@ -1239,7 +1365,8 @@ mod tests {
 
         // The environment wins over every file.
         let config =
-            match Config::load_with_env(&path, &env(&[("VITALSD_MQTT__KEEP_ALIVE_S", "25")]), None) {
+            match Config::load_with_env(&path, &env(&[("VITALSD_MQTT__KEEP_ALIVE_S", "25")]), None)
+            {
                 Ok(config) => config,
                 Err(errors) => panic!("{errors}"),
             };
