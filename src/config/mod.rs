@@ -124,21 +124,15 @@ pub struct MqttConfig {
     pub client_cert_file: Option<PathBuf>,
     #[serde(deserialize_with = "v::readable")]
     pub client_key_file: Option<PathBuf>,
-    #[serde(rename = "keep_alive_s", deserialize_with = "v::seconds::<_, 5, 3600>")]
+    #[serde(rename = "keep_alive_s", deserialize_with = "v::keep_alive")]
     pub keep_alive: Duration,
     /// At most `reconnect_max`.
-    #[serde(
-        rename = "reconnect_min_ms",
-        deserialize_with = "v::millis::<_, 1, 3_600_000>"
-    )]
+    #[serde(rename = "reconnect_min_ms", deserialize_with = "v::reconnect_min")]
     pub reconnect_min: Duration,
-    #[serde(
-        rename = "reconnect_max_s",
-        deserialize_with = "v::seconds::<_, 1, 86_400>"
-    )]
+    #[serde(rename = "reconnect_max_s", deserialize_with = "v::reconnect_max")]
     pub reconnect_max: Duration,
     /// How many publishes may await their PUBACK at once.
-    #[serde(deserialize_with = "v::int::<_, usize, _, 1, 256>")]
+    #[serde(deserialize_with = "v::window")]
     pub window: usize,
     /// `mqtt.protocol`: MQTT 5 unless the broker lacks it.
     #[serde(deserialize_with = "v::mqtt_protocol")]
@@ -217,9 +211,9 @@ impl SecretSource {
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
     /// A hub's disk holds tens of millions of readings at most; more is a typing mistake.
-    #[serde(deserialize_with = "v::int::<_, u64, _, 1, 100_000_000>")]
+    #[serde(deserialize_with = "v::max_pending")]
     pub max_pending: u64,
-    #[serde(deserialize_with = "v::int::<_, u32, _, 1, 36_500>")]
+    #[serde(deserialize_with = "v::retention_days")]
     pub dedup_retention_days: u32,
     /// How soon, once idle, commits are folded from the write-ahead log into the database; `None` (0 s)
     /// leaves it to SQLite's own checkpoints.
@@ -242,20 +236,18 @@ pub struct SerialConfig {
     #[serde(rename = "id", deserialize_with = "v::device_id")]
     pub device_id: String,
     /// Overrides the protocol's line speed.
-    #[serde(deserialize_with = "v::int::<_, u32, _, 300, 4_000_000>")]
+    #[serde(deserialize_with = "v::baud_rate")]
     pub baud_rate: Option<u32>,
     /// Overrides the protocol's parity.
     #[serde(deserialize_with = "v::parity")]
     pub parity: Option<Parity>,
     /// Ask a Nonin 9560 for this data format when the port opens.
     pub select_format: bool,
-    #[serde(deserialize_with = "v::spot_seconds")]
-    spot_stable_s: Option<Duration>,
-    #[serde(deserialize_with = "v::spot_seconds")]
-    spot_repeat_s: Option<Duration>,
-    /// From `spot_stable_s` and `spot_repeat_s`, else the default rule.
-    #[serde(skip)]
-    pub spot: SpotRule,
+    /// `spot_stable_s` and `spot_repeat_s`: the [`SpotRule`] for a continuous stream.
+    #[serde(rename = "spot_stable_s", deserialize_with = "v::spot_seconds")]
+    pub spot_stable: Duration,
+    #[serde(rename = "spot_repeat_s", deserialize_with = "v::spot_seconds")]
+    pub spot_repeat: Duration,
 }
 
 impl Default for SerialConfig {
@@ -268,9 +260,8 @@ impl Default for SerialConfig {
             baud_rate: None,
             parity: None,
             select_format: false,
-            spot_stable_s: None,
-            spot_repeat_s: None,
-            spot: SpotRule::default(),
+            spot_stable: SpotRule::default().stable_for,
+            spot_repeat: SpotRule::default().repeat_every,
         }
     }
 }
@@ -283,9 +274,9 @@ impl Default for SerialConfig {
     expecting = "a table such as { vid = 0x10c4, pid = 0xea60 }"
 )]
 struct UsbMatch {
-    #[serde(deserialize_with = "v::int::<_, u16, _, 0, 0xFFFF>")]
+    #[serde(deserialize_with = "v::usb_id")]
     vid: u16,
-    #[serde(deserialize_with = "v::int::<_, u16, _, 0, 0xFFFF>")]
+    #[serde(deserialize_with = "v::usb_id")]
     pid: u16,
     #[serde(deserialize_with = "v::non_empty")]
     serial: Option<String>,
@@ -625,14 +616,14 @@ mod tests {
             ("oximeter-1", Some(19200))
         );
         assert_eq!(
-            (first.spot.stable_for, first.spot.repeat_every),
+            (first.spot_stable, first.spot_repeat),
             (Duration::from_millis(2500), Duration::from_secs(3600))
         );
         assert_eq!(second.device_id, "serial:usb-Nonin_9560-if00-port0");
         assert_eq!(second.baud_rate, None);
         let default_spot = SpotRule::default();
         assert_eq!(
-            (second.spot.stable_for, second.spot.repeat_every),
+            (second.spot_stable, second.spot_repeat),
             (default_spot.stable_for, default_spot.repeat_every)
         );
         assert_eq!(config.log.level, "info,vitalsd::serial=debug");

@@ -1,14 +1,13 @@
-//! The second stage: deserializes the layered values into [`Config`] with serde, then checks how keys fit
-//! together, collecting every error with its key path and, for a value a drop-in or a variable set, where
-//! it came from.
+//! The second stage: deserializes the layered values into [`Config`], then checks how keys fit together,
+//! collecting every error with its key path and, for a value a drop-in or a variable set, where it came from.
 //!
-//! serde stops at the first value it refuses (of the wrong type, refused by its field's check in `values`, or
-//! under an unknown key), so each refusal is reported, that value taken out, and the rest read again until
-//! it reads. The defaults that stand in for refused keys never leave this module: a configuration with any
-//! error is never returned.
+//! serde stops at the first value it refuses (of the wrong type, refused by its field's check, or under an
+//! unknown key), so each refused value is reported, taken out, and the rest read again until it reads. The
+//! defaults that stand in for refused values never leave this module: a configuration with errors is never
+//! returned.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use figment::error::{Actual, Kind};
 use figment::value::{Dict, Value};
@@ -17,31 +16,25 @@ use serde::Deserialize;
 
 use super::file::{self, key_path};
 use super::values::{device_id_ok, q};
-use super::{
-    Config, ConfigError, MqttConfig, PortLocation, SecretSource, SerialConfig, UplinkCheck,
-};
-use crate::spot::SpotRule;
+use super::{Config, ConfigError, MqttConfig, PortLocation, SecretSource, SerialConfig};
 
 /// A hub has tens of serial ports, not thousands; a longer list is a generated or damaged file, and
 /// validating each entry of it would cost memory for nothing.
 const MAX_SERIAL_PORTS: usize = 64;
-const USB_EXAMPLE: &str = "{ vid = 0x10c4, pid = 0xea60 }";
 
 /// What validation reads from the environment besides the overrides, and the uplink's check.
 #[derive(Default)]
 pub(super) struct Environment<'a> {
-    /// `$CREDENTIALS_DIRECTORY`, where systemd set it: a credential named in the file must be there.
+    /// `$CREDENTIALS_DIRECTORY`: a credential named in the file must be there.
     pub credentials_dir: Option<&'a Path>,
-    /// `$RUNTIME_DIRECTORY`, where systemd set it: the default of `hub.runtime_dir`.
+    /// `$RUNTIME_DIRECTORY`: the default of `hub.runtime_dir`.
     pub runtime_dir: Option<&'a Path>,
-    pub uplink: Option<UplinkCheck>,
+    pub uplink: Option<super::UplinkCheck>,
 }
 
 /// Turns the layered configuration into a [`Config`], or every error found.
 pub(super) fn validate(figment: &Figment, env: &Environment) -> Result<Config, Vec<ConfigError>> {
-    let given = figment
-        .find_value("")
-        .unwrap_or_else(|_| Dict::new().into());
+    let given = figment.find_value("").unwrap_or(Value::from(Dict::new()));
     let mut c = Checks {
         figment,
         given: &given,
@@ -51,34 +44,32 @@ pub(super) fn validate(figment: &Figment, env: &Environment) -> Result<Config, V
     for key in ["hub.id", "hub.state_dir", "mqtt.url"] {
         c.require(key, "missing");
     }
-    if !c.given("hub.runtime_dir") {
-        // systemd's RuntimeDirectory= sets $RUNTIME_DIRECTORY; the key overrides both.
-        config.hub.runtime_dir = env.runtime_dir.unwrap_or(Path::new("/run/vitalsd")).into();
+    if given.find_ref("hub.runtime_dir").is_none() {
+        let systemd = env.runtime_dir.unwrap_or(Path::new("/run/vitalsd"));
+        config.hub.runtime_dir = systemd.into();
     }
     c.check_mqtt(&mut config.mqtt, &config.hub.id, env);
     c.check_serial(&mut config.serial);
     if c.errors.is_empty() {
         return Ok(config);
     }
-    // In the order of the example file: the order the checks found them in would change with every
-    // refactoring.
+    // In the order of the example file, not in the order the checks happen to find them.
     c.errors.sort_by_cached_key(|(path, _)| rank(path));
-    let errors = c
-        .errors
-        .iter()
-        .map(|(path, message)| ConfigError::new(c.label(path), message));
-    Err(errors.collect())
+    let label = |(path, message): &(String, String)| ConfigError::new(c.label(path), message);
+    Err(c.errors.iter().map(label).collect())
 }
 
-/// The keys of the table at `table` (a key path's segments) as [`Config`] declares them. serde lists them,
-/// in that order, when it refuses an unknown key, so this offers it one there: the empty key.
+/// The keys of the table at `table` as [`Config`] declares them. serde lists them, in that order, when it
+/// refuses an unknown key, so this offers it one there: the empty key.
 pub(super) fn keys_at(table: &[(&str, Option<usize>)]) -> &'static [&'static str] {
     let mut probe = Value::from(Dict::from([(String::new(), Value::from(0))]));
     for (name, index) in table.iter().rev() {
-        if index.is_some() {
-            probe = Value::from(vec![probe]);
-        }
-        probe = Value::from(Dict::from([(name.to_string(), probe)]));
+        let inner = if index.is_some() {
+            Value::from(vec![probe])
+        } else {
+            probe
+        };
+        probe = Value::from(Dict::from([(name.to_string(), inner)]));
     }
     match Config::deserialize(&probe).map_err(|error| error.kind) {
         Err(Kind::UnknownField(key, keys)) if key.is_empty() => keys,
@@ -89,15 +80,24 @@ pub(super) fn keys_at(table: &[(&str, Option<usize>)]) -> &'static [&'static str
 /// Sorts by key as `Config` declares them (unknown keys after, by name), and entries by index.
 fn rank(path: &str) -> Vec<(usize, String, usize)> {
     let segments = segments(path);
-    let rank = |(depth, (name, index)): (usize, &(&str, Option<usize>))| {
-        let keys = keys_at(&segments[..depth]);
-        let position = keys
+    let rank = |depth: usize| {
+        let (name, index) = segments[depth];
+        let position = keys_at(&segments[..depth])
             .iter()
-            .position(|key| key == name)
-            .unwrap_or(usize::MAX);
-        (position, name.to_string(), index.unwrap_or(0))
+            .position(|key| *key == name);
+        (
+            position.unwrap_or(usize::MAX),
+            name.to_string(),
+            index.unwrap_or(0),
+        )
     };
-    segments.iter().enumerate().map(rank).collect()
+    (0..segments.len()).map(rank).collect()
+}
+
+/// Whether `path` is `table` or inside it.
+fn within(path: &str, table: &str) -> bool {
+    let rest = path.strip_prefix(table);
+    rest.is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// The keys and array indices along a key path such as `serial[1].match.pid`.
@@ -109,15 +109,9 @@ fn segments(path: &str) -> Vec<(&str, Option<usize>)> {
     path.split('.').map(segment).collect()
 }
 
-/// Whether `path` is `table` or inside it.
-fn within(path: &str, table: &str) -> bool {
-    let rest = path.strip_prefix(table);
-    rest.is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
-}
-
 struct Checks<'a> {
     figment: &'a Figment,
-    /// Every value as layered, before any was refused.
+    /// Every value as layered, refused ones included.
     given: &'a Value,
     /// Key paths, before their origin is added, and messages.
     errors: Vec<(String, String)>,
@@ -128,50 +122,38 @@ impl Checks<'_> {
         self.errors.push((path.to_string(), message.into()));
     }
 
-    /// The value at a key path as layered.
-    fn value(&self, path: &str) -> Option<&Value> {
-        segments(path)
-            .into_iter()
-            .try_fold(self.given, |value, (name, index)| {
-                let value = value.as_dict()?.get(name)?;
-                match index {
-                    Some(index) => value.as_array()?.get(index),
-                    None => Some(value),
-                }
-            })
-    }
-
-    /// Whether the key was set, even to a value that was refused.
-    fn given(&self, path: &str) -> bool {
-        self.value(path).is_some()
-    }
-
     /// Whether the key, or a table holding it, has an error.
     fn refused(&self, path: &str) -> bool {
         self.errors.iter().any(|(error, _)| within(path, error))
     }
 
-    /// Reports a missing key, unless it or its table was refused, which is reported already.
+    /// Reports a key that is not given, unless it or its table was refused: that is reported already.
     fn require(&mut self, path: &str, message: &str) {
-        if !self.given(path) && !self.refused(path) {
+        let entry = segments(path)
+            .into_iter()
+            .try_fold(self.given, |value, (name, index)| {
+                let value = value.as_dict()?.get(name)?;
+                index.map_or(Some(value), |index| value.as_array()?.get(index))
+            });
+        if entry.is_none() && !self.refused(path) {
             self.report(path, message);
         }
     }
 
     /// Deserializes `root`, reporting and taking out each value serde refuses until the rest reads.
     fn read(&mut self, mut root: Value) -> Config {
-        let serial = root
+        let ports = root
             .find_ref("serial")
             .and_then(Value::as_array)
-            .map(|entries| entries.len());
-        if let Some(count) = serial.filter(|count| *count > MAX_SERIAL_PORTS) {
+            .map(|ports| ports.len());
+        if let Some(count) = ports.filter(|count| *count > MAX_SERIAL_PORTS) {
             let message =
                 format!("{count} entries; a hub reads at most {MAX_SERIAL_PORTS} serial ports");
             self.report("serial", message);
             take(&mut root, &["serial".to_string()]);
         }
-        // The errors of variables' text where a typed reading was tried instead.
-        let mut text_errors: HashMap<Vec<String>, String> = HashMap::new();
+        // What a variable's text was refused for, where its typed reading was tried next.
+        let mut text_errors = HashMap::new();
         loop {
             let error = match Config::deserialize(&root) {
                 Ok(config) => return config,
@@ -182,48 +164,42 @@ impl Checks<'_> {
                 self.report(&path, error.kind.to_string());
                 return Config::default();
             };
-            let wrong_type = matches!(error.kind, Kind::InvalidType(..));
-            // A variable's text is read as a TOML integer, float or boolean where it looks like one and the key
-            // wants another type.
-            let typed = match value {
-                Value::String(tag, text)
-                    if wrong_type && !text_errors.contains_key(&error.path) =>
-                {
-                    let variable = self
-                        .figment
-                        .get_metadata(*tag)
-                        .and_then(|m| m.source.as_ref()?.custom());
-                    variable.and_then(|_| file::env_scalar(text, *tag))
-                }
-                _ => None,
-            };
             let message = describe(&error, value);
-            if let Some(typed) = typed {
-                *value = typed;
-                text_errors.insert(error.path, message);
-                continue;
+            let wrong_type = matches!(error.kind, Kind::InvalidType(..));
+            // A variable's text is read as a TOML integer, float or boolean where a key wants another type.
+            if let (true, Value::String(tag, text)) = (wrong_type, &*value) {
+                let variable = self
+                    .figment
+                    .get_metadata(*tag)
+                    .and_then(|m| m.source.as_ref()?.custom());
+                if let Some(typed) = variable.and_then(|_| file::env_scalar(text, *tag)) {
+                    *value = typed;
+                    text_errors.insert(path, message);
+                    continue;
+                }
             }
             // Text is what a variable holds, so a typed reading of the wrong type is reported as the text's.
-            let message = match text_errors.remove(&error.path) {
-                Some(text_error) if wrong_type => text_error,
-                _ => message,
-            };
+            let message = text_errors
+                .remove(&path)
+                .filter(|_| wrong_type)
+                .unwrap_or(message);
             self.report(&path, message);
             take(&mut root, &error.path);
         }
     }
 
     fn check_mqtt(&mut self, m: &mut MqttConfig, hub_id: &str, env: &Environment) {
+        let table = self.given;
+        let given = |key: &str| table.find_ref(&format!("mqtt.{key}")).is_some();
         let keys = [
+            "client_id",
             "password_file",
             "password_credential",
             "username",
-            "ca_file",
         ];
-        let [file, credential, user, ca] = keys.map(|key| self.given(&key_path("mqtt", key)));
-        let [cert, key] =
-            ["client_cert_file", "client_key_file"].map(|key| self.given(&key_path("mqtt", key)));
-        if !self.given("mqtt.client_id") {
+        let [client_id, file, credential, user] = keys.map(given);
+        let [ca, cert, key] = ["ca_file", "client_cert_file", "client_key_file"].map(given);
+        if !client_id {
             m.client_id = format!("vitalsd-{hub_id}");
         }
         if file && credential {
@@ -234,11 +210,12 @@ impl Checks<'_> {
             let message = "missing (MQTT sends a password only together with a user name)";
             self.report("mqtt.username", message);
         }
-        if self.given("mqtt.url") && !self.refused("mqtt.url") && !m.url.tls {
-            for (name, given) in [("ca", ca), ("client_cert", cert), ("client_key", key)] {
-                if given {
-                    self.report(&format!("mqtt.{name}_file"), "needs an mqtts:// url");
-                }
+        if given("url") && !self.refused("mqtt.url") && !m.url.tls {
+            for (name, _) in [("ca", ca), ("client_cert", cert), ("client_key", key)]
+                .iter()
+                .filter(|(_, given)| *given)
+            {
+                self.report(&format!("mqtt.{name}_file"), "needs an mqtts:// url");
             }
         } else if cert != key {
             let (given, without) = if cert {
@@ -249,13 +226,9 @@ impl Checks<'_> {
             let message = format!("given without mqtt.client_{without}_file");
             self.report(&format!("mqtt.client_{given}_file"), message);
         }
-        let (min, max) = (m.reconnect_min, m.reconnect_max);
-        if min > max && !self.refused("mqtt.reconnect_max_s") {
-            let message = format!(
-                "{} ms is longer than mqtt.reconnect_max_s ({} s)",
-                min.as_millis(),
-                max.as_secs()
-            );
+        let (min, max) = (m.reconnect_min.as_millis(), m.reconnect_max.as_secs());
+        if min > u128::from(max) * 1000 && !self.refused("mqtt.reconnect_max_s") {
+            let message = format!("{min} ms is longer than mqtt.reconnect_max_s ({max} s)");
             self.report("mqtt.reconnect_min_ms", message);
         }
         // The TLS files are read as the uplink will read them, so a file that would stop it is an error now
@@ -272,49 +245,44 @@ impl Checks<'_> {
             .clone()
             .map(SecretSource::File)
             .or(credential);
-        if let Some(password) = &m.password {
-            self.check_password(password, env.credentials_dir);
-        }
-    }
-
-    /// Reads the password as the uplink will, so a file that would stop it is an error now rather than an
-    /// exit at start. The password itself never enters a message.
-    fn check_password(&mut self, source: &SecretSource, dir: Option<&Path>) {
-        let (key, shown) = match (source, dir) {
-            (SecretSource::File(path), _) => ("mqtt.password_file", path.clone()),
-            (SecretSource::Credential(name), Some(dir)) => {
+        // Read as the uplink will read it, so a file that would stop it is an error now rather than an exit at
+        // start; a credential is readable only where systemd provides it, as in the unit's ExecStartPre.
+        let dir = env.credentials_dir;
+        let (key, path) = match (&m.password, dir) {
+            (Some(SecretSource::File(path)), _) => ("mqtt.password_file", path.clone()),
+            (Some(SecretSource::Credential(name)), Some(dir)) => {
                 ("mqtt.password_credential", dir.join(name))
             }
-            // A credential is readable only where systemd provides it, as in the unit's ExecStartPre.
-            (SecretSource::Credential(_), None) => return,
+            _ => return,
         };
-        let shown = shown.display();
-        let problem = match source.read_from(dir.map(Into::into)) {
-            Err(error) => format!("cannot read {error}"),
-            Ok(password) if password.is_empty() => {
-                format!("{shown}: empty; the file must hold the password")
-            }
-            Ok(password) if password.contains(['\n', '\r']) => format!(
+        let shown = path.display();
+        // The password itself never enters a message.
+        let problem = match m.password.as_ref().map(|source| source.read_from(dir.map(Into::into))) {
+            Some(Err(error)) => format!("cannot read {error}"),
+            Some(Ok(password)) if password.is_empty() => format!("{shown}: empty; the file must hold the password"),
+            Some(Ok(password)) if password.contains(['\n', '\r']) => format!(
                 "{shown}: more than one line; the file must hold just the password (one trailing newline is ignored)"
             ),
-            Ok(_) => return,
+            _ => return,
         };
         self.report(key, problem);
     }
 
     fn check_serial(&mut self, ports: &mut [SerialConfig]) {
-        let mut locations: HashMap<PortLocation, usize> = HashMap::new();
-        // Two paths that lead to one device node (a by-id link and its /dev/ttyUSB0) are one port.
-        let mut devices: HashMap<PathBuf, usize> = HashMap::new();
-        let mut ids: HashMap<String, usize> = HashMap::new();
+        let (mut locations, mut devices, mut ids) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
+        let entries = self.given.find_ref("serial").and_then(Value::as_array);
         for (index, port) in ports.iter_mut().enumerate() {
             let key = |name: &str| format!("serial[{index}].{name}");
-            match (self.given(&key("path")), self.given(&key("match"))) {
+            let given = |name: &str| {
+                entries
+                    .and_then(|entries| entries.get(index)?.find_ref(name))
+                    .is_some()
+            };
+            match (given("path"), given("match")) {
                 (false, false) => {
-                    let message = format!(
-                        "missing (or name the port by its USB identity: match = {USB_EXAMPLE})"
-                    );
-                    self.require(&key("path"), &message);
+                    let message = "missing (or name the port by its USB identity: match = { vid = 0x10c4, pid = 0xea60 })";
+                    self.require(&key("path"), message);
                 }
                 (true, true) => self.report(&key("match"), "set path or match, not both"),
                 (false, true) => {
@@ -331,11 +299,6 @@ impl Checks<'_> {
                     serial_number: usb.serial,
                 };
             }
-            let spot = SpotRule::default();
-            port.spot = SpotRule {
-                stable_for: port.spot_stable_s.unwrap_or(spot.stable_for),
-                repeat_every: port.spot_repeat_s.unwrap_or(spot.repeat_every),
-            };
             if port.select_format
                 && !self.refused(&key("protocol"))
                 && !port.protocol.name().starts_with("nonin-")
@@ -352,21 +315,20 @@ impl Checks<'_> {
                 .iter()
                 .all(|part| !self.refused(&key(part)))
                 .then(|| port.path.clone());
+            let by = if given("match") { "match" } else { "path" };
             let id = match &location {
-                _ if self.given(&key("id")) => {
+                _ if given("id") => {
                     (!self.refused(&key("id"))).then(|| (port.device_id.clone(), true))
                 }
                 Some(location) => {
-                    let (by, problem) = match location {
-                        PortLocation::Path(_) => ("path", "names no device file"),
-                        PortLocation::Usb { .. } => {
-                            ("match", "has a serial a device id cannot hold")
-                        }
-                    };
                     port.device_id = default_id(location)
                         .filter(|id| device_id_ok(id))
                         .unwrap_or_default();
                     if port.device_id.is_empty() {
+                        let problem = match by {
+                            "path" => "names no device file",
+                            _ => "has a serial a device id cannot hold",
+                        };
                         let message = format!(
                             "{problem}, so the default id cannot be derived from it: set id"
                         );
@@ -376,41 +338,41 @@ impl Checks<'_> {
                 }
                 None => None,
             };
-            // Duplicates are checked on whatever is valid, so they show up with the entry's other errors.
-            let mut duplicate_path = true;
+            // Duplicates are checked on whatever is valid, so they show up with the entry's other errors. Two
+            // paths that lead to one device node (a by-id link and its /dev/ttyUSB0) are one port.
+            let mut clash = None;
             if let Some(location) = location {
-                let key = key(if matches!(location, PortLocation::Path(_)) {
-                    "path"
-                } else {
-                    "match"
-                });
                 let device = match &location {
                     PortLocation::Path(file) => std::fs::canonicalize(file).ok(),
                     PortLocation::Usb { .. } => None,
                 };
                 let shown = location.describe();
-                if let Some(first) = locations.get(&location) {
-                    self.report(&key, format!("{shown} is already used by serial[{first}]"));
-                } else if let Some((device, first)) =
-                    device.iter().find_map(|d| Some((d, devices.get(d)?)))
-                {
-                    let device = device.display();
-                    let message =
-                        format!("{shown} leads to {device}, already read by serial[{first}]");
-                    self.report(&key, message);
-                } else {
-                    devices.extend(device.map(|device| (device, index)));
-                    locations.insert(location, index);
-                    duplicate_path = false;
-                }
+                let first_device = device
+                    .as_ref()
+                    .and_then(|d| Some((d.display().to_string(), *devices.get(d)?)));
+                clash = match (locations.get(&location).copied(), first_device) {
+                    (Some(first), _) => Some(format!("{shown} is already used by serial[{first}]")),
+                    (None, Some((device, first))) => Some(format!(
+                        "{shown} leads to {device}, already read by serial[{first}]"
+                    )),
+                    (None, None) => {
+                        devices.extend(device.map(|device| (device, index)));
+                        locations.insert(location, index);
+                        None
+                    }
+                };
             }
-            match id.map(|(id, given)| (ids.get(&id), id, given)) {
+            if let Some(message) = &clash {
+                self.report(&key(by), message.clone());
+            }
+            match id.map(|(id, given)| (ids.get(&id).copied(), id, given)) {
                 // The same path already explains a clash of default ids.
-                Some((Some(_), _, false)) if duplicate_path => {}
+                Some((Some(_), _, false)) if clash.is_some() => {}
                 Some((Some(first), id, given)) => {
-                    let (default, advice) = match given {
-                        true => ("", ""),
-                        false => (" (the default from path)", ": set id"),
+                    let (default, advice) = if given {
+                        ("", "")
+                    } else {
+                        (" (the default from path)", ": set id")
                     };
                     let message = format!(
                         "{}{default} is already used by serial[{first}]{advice}",
@@ -418,7 +380,9 @@ impl Checks<'_> {
                     );
                     self.report(&key("id"), message);
                 }
-                Some((None, id, _)) => drop(ids.insert(id, index)),
+                Some((None, id, _)) => {
+                    ids.insert(id, index);
+                }
                 None => {}
             }
         }
@@ -438,10 +402,8 @@ impl Checks<'_> {
                 .and_then(|array| array.as_array()?.get(index?))
                 .or(value);
         }
-        match tag
-            .and_then(|tag| self.figment.get_metadata(tag))
-            .and_then(file::origin)
-        {
+        let metadata = tag.and_then(|tag| self.figment.get_metadata(tag));
+        match metadata.and_then(file::origin) {
             Some(origin) => format!("{path} (from {origin})"),
             None => path.to_string(),
         }
@@ -450,20 +412,19 @@ impl Checks<'_> {
 
 /// The default id of a port: `serial:` and the device file's name, or its USB identity.
 fn default_id(location: &PortLocation) -> Option<String> {
-    match location {
-        PortLocation::Path(file) => Some(format!("serial:{}", file.file_name()?.to_string_lossy())),
+    Some(match location {
+        PortLocation::Path(file) => format!("serial:{}", file.file_name()?.to_string_lossy()),
         PortLocation::Usb {
             vid,
             pid,
             serial_number,
         } => {
-            let serial = serial_number.as_ref().map(|serial| format!("-{serial}"));
-            Some(format!(
-                "serial:usb-{vid:04x}-{pid:04x}{}",
-                serial.unwrap_or_default()
-            ))
+            let serial = serial_number
+                .as_ref()
+                .map_or(String::new(), |serial| format!("-{serial}"));
+            format!("serial:usb-{vid:04x}-{pid:04x}{serial}")
         }
-    }
+    })
 }
 
 /// The value at a path of keys and array indices, as serde's errors give it.
@@ -475,21 +436,23 @@ fn at<'v>(root: &'v mut Value, path: &[String]) -> Option<&'v mut Value> {
     })
 }
 
-/// Takes a refused value out: a key from its table, an array entry replaced by an empty table so that the
-/// indices of the others stay as the file gives them.
+/// Takes a refused value out: a key from its table; an array entry is emptied instead, so that the others
+/// keep their indices.
 fn take(root: &mut Value, path: &[String]) {
     let Some((last, parent)) = path.split_last() else {
         return;
     };
     match at(root, parent) {
-        Some(Value::Dict(_, dict)) => drop(dict.remove(last)),
+        Some(Value::Dict(_, dict)) => {
+            dict.remove(last);
+        }
         Some(Value::Array(_, items)) => {
-            if let Some(item) = last
-                .parse::<usize>()
+            if let Some(entry) = last
+                .parse()
                 .ok()
-                .and_then(|index| items.get_mut(index))
+                .and_then(|index: usize| items.get_mut(index))
             {
-                *item = Dict::new().into();
+                *entry = Dict::new().into();
             }
         }
         _ => {}
@@ -500,29 +463,28 @@ fn take(root: &mut Value, path: &[String]) {
 fn shown_path(root: &Value, path: &[String]) -> String {
     let (mut shown, mut value) = (String::new(), Some(root));
     for key in path {
-        match value {
-            Some(Value::Array(_, items)) => {
-                shown.push_str(&format!("[{key}]"));
-                value = key.parse::<usize>().ok().and_then(|index| items.get(index));
-            }
-            _ => {
-                shown = key_path(&shown, key);
-                value = value.and_then(|table| table.as_dict()?.get(key));
-            }
-        }
+        shown = match value.and_then(Value::as_array) {
+            Some(_) => format!("{shown}[{key}]"),
+            None => key_path(&shown, key),
+        };
+        value = value.and_then(|value| match value {
+            Value::Array(_, items) => items.get(key.parse::<usize>().ok()?),
+            _ => value.as_dict()?.get(key),
+        });
     }
     shown
 }
 
 /// serde's refusal of `value` in the words of the rest of the messages.
 fn describe(error: &figment::Error, value: &Value) -> String {
-    let section = value.as_dict().is_some()
-        || value
-            .as_array()
-            .is_some_and(|a| a.iter().all(|v| v.as_dict().is_some()));
+    let tables = value
+        .as_array()
+        .is_some_and(|a| a.iter().all(|v| v.as_dict().is_some()));
     let (actual, expected) = match &error.kind {
         Kind::InvalidType(actual, expected) => (actual, expected),
-        Kind::UnknownField(..) if error.path.len() == 1 && section => {
+        Kind::UnknownField(..)
+            if error.path.len() == 1 && (tables || value.as_dict().is_some()) =>
+        {
             return "unknown section".into()
         }
         Kind::UnknownField(..) => return "unknown key".into(),

@@ -1,6 +1,5 @@
 //! What one value of the configuration may be: the `deserialize_with` functions of `Config`'s fields, which
-//! check a value as serde reads it, and the checks behind them. A refusal's message quotes the bad value but
-//! never repeats a secret.
+//! check a value as serde reads it. A refusal's message quotes the bad value but never repeats a secret.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,10 +17,6 @@ const MAX_QUOTED_CHARS: usize = 200;
 /// Longer text in a name, prefix or filter is a damaged or generated file, not a setting; it would also
 /// travel in every MQTT packet or log line that uses it.
 const MAX_TEXT_CHARS: usize = 256;
-/// Linux's `PATH_MAX`: a longer path cannot be opened.
-const MAX_PATH_BYTES: usize = 4096;
-/// The longest DNS name.
-const MAX_HOST_CHARS: usize = 253;
 const BAD_PORT: &str = "bad port: expected a number from 1 to 65535";
 const BAD_HOST: &str =
     "invalid host: use a name of letters, digits, '-', '.' and '_', or an IP address";
@@ -38,9 +33,9 @@ macro_rules! checked {
 }
 
 checked! {
+    // Lowercase because it goes into MQTT topics, where case matters and technicians read it aloud.
     hub_id: String => String = |id| {
         let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
-        // Lowercase because it goes into MQTT topics, where case matters and technicians read it aloud.
         let valid = (1..=64).contains(&id.len()) && id.bytes().all(allowed);
         ensure(valid, id, "is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'")
     };
@@ -51,39 +46,36 @@ checked! {
     };
     absolute: String => PathBuf = absolute_path;
     port_path: String => PortLocation = |path| absolute_path(path).map(PortLocation::Path);
+    // Reading one byte also catches a directory, which opens fine.
     readable: String => PathBuf = |path| {
         let file = absolute_path(path)?;
-        // Reading one byte also catches a directory, which opens fine.
         let read = std::fs::File::open(&file).and_then(|mut opened| opened.read(&mut [0u8; 1]));
         read.map_err(|error| format!("cannot read {}: {}", shown(&file), io_message(&error)))?;
         Ok(file)
     };
-    non_empty: String => String = non_empty_text;
+    non_empty: String => String = |name| text(name, MAX_TEXT_CHARS);
+    // A file name in $CREDENTIALS_DIRECTORY, so at most NAME_MAX bytes.
     credential: String => String = |name| {
-        // A file name in $CREDENTIALS_DIRECTORY, so at most NAME_MAX bytes.
         let valid = !matches!(name.as_str(), "" | "." | "..") && !name.contains('/') && name.len() <= 255;
-        let problem = "is not a credential name: use the name given to LoadCredential= (no '/')";
-        ensure(valid, name, problem)
+        ensure(valid, name, "is not a credential name: use the name given to LoadCredential= (no '/')")
     };
+    // The kernel's interface names are at most 15 bytes.
     adapter: String => String = |name| {
-        // The kernel's interface names are at most 15 bytes.
-        let valid = non_empty_text(name.clone())?.chars().all(|c| c.is_ascii_alphanumeric());
+        let valid = text(name.clone(), MAX_TEXT_CHARS)?.chars().all(|c| c.is_ascii_alphanumeric());
         ensure(valid && name.len() <= 15, name, "is not an adapter name such as \"hci0\"")
     };
-    group: String => AdminGroup = |name| match nix::unistd::Group::from_name(&non_empty_text(name.clone())?) {
-        Ok(Some(group)) => Ok(AdminGroup { gid: group.gid.as_raw(), name }),
-        Ok(None) => Err(format!(
-            "no group {} on this system (create it with groupadd, or leave the key out)",
-            q(&name)
-        )),
-        Err(error) => Err(format!("cannot look up group {}: {error}", q(&name))),
-    };
-    log_level: String => String = |level| {
-        // A filter may name many modules, so it gets more room than a name.
-        if level.is_empty() {
-            return Err("must not be empty".to_string());
+    group: String => AdminGroup = |name| {
+        let (quoted, name) = (q(&name), text(name, MAX_TEXT_CHARS)?);
+        match nix::unistd::Group::from_name(&name) {
+            Ok(Some(group)) => Ok(AdminGroup { gid: group.gid.as_raw(), name }),
+            Ok(None) => Err(format!("no group {quoted} on this system (create it with groupadd, or leave \
+                                     the key out)")),
+            Err(error) => Err(format!("cannot look up group {quoted}: {error}")),
         }
-        let level = at_most(level, 4 * MAX_TEXT_CHARS)?;
+    };
+    // A filter may name many modules, so it gets more room than a name.
+    log_level: String => String = |level| {
+        let level = text(level, 4 * MAX_TEXT_CHARS)?;
         let invalid = |error| format!("invalid log filter {}: {error}", q(&level));
         tracing_subscriber::EnvFilter::try_new(&level).map_err(invalid)?;
         Ok(level)
@@ -98,13 +90,42 @@ checked! {
             None => Err(format!("unknown protocol {} (known: {known})", q(&name))),
         }
     };
-    topic_prefix: String => String = topic_prefix_text;
+    topic_prefix: String => String = |prefix| {
+        let prefix = text(prefix, MAX_TEXT_CHARS)?;
+        let problem = if prefix.contains('\0') {
+            return Err("must not contain a NUL character".to_string());
+        } else if prefix.contains(['+', '#']) {
+            "must not contain the MQTT wildcards '+' or '#'"
+        } else if prefix.starts_with('/') || prefix.ends_with('/') {
+            "must not start or end with '/'"
+        } else if prefix.contains("//") {
+            "must not contain an empty level"
+        } else if prefix.starts_with('$') {
+            "must not start with '$' (reserved for the broker)"
+        } else {
+            return Ok(prefix);
+        };
+        Err(format!("{problem}, found {}", q(&prefix)))
+    };
     broker_url: String => BrokerUrl = |url| parse_broker_url(&url);
+    // More than a day is taken for a unit mistake (milliseconds as seconds); NaN fails both comparisons.
     spot_seconds: f64 => Duration = |seconds| match seconds > 0.0 && seconds <= 86_400.0 {
-        // More than a day is taken for a unit mistake (milliseconds as seconds); NaN fails both comparisons.
         true => Ok(Duration::from_secs_f64(seconds)),
         false => Err(format!("must be more than 0 and at most 86400 seconds, found {seconds}")),
     };
+    keep_alive: i64 => Duration = |s| range(s, 5, 3600).map(Duration::from_secs);
+    reconnect_min: i64 => Duration = |ms| range(ms, 1, 3_600_000).map(Duration::from_millis);
+    reconnect_max: i64 => Duration = |s| range(s, 1, 86_400).map(Duration::from_secs);
+    window: i64 => usize = |count| range(count, 1, 256).map(|count| count as usize);
+    // A hub's disk holds tens of millions of readings at most; more is a typing mistake.
+    max_pending: i64 => u64 = |count| range(count, 1, 100_000_000);
+    retention_days: i64 => u32 = |days| range(days, 1, 36_500).map(|days| days as u32);
+    // 0 leaves folding to SQLite.
+    fold_after: i64 => Option<Duration> = |s| {
+        Ok(Some(range(s, 0, 86_400)?).filter(|s| *s > 0).map(Duration::from_secs))
+    };
+    baud_rate: i64 => u32 = |rate| range(rate, 300, 4_000_000).map(|rate| rate as u32);
+    usb_id: i64 => u16 = |id| range(id, 0, 0xFFFF).map(|id| id as u16);
     clock: String => ClockPolicy = |clock| choice(clock, &[
         ("ntp", ClockPolicy::Ntp), ("trusted", ClockPolicy::Trusted),
     ], "is not a clock policy: use \"ntp\" (trust the clock only while the kernel says it is synchronised) \
@@ -118,40 +139,6 @@ checked! {
     ], "is not a parity: use \"none\", \"odd\" or \"even\"");
 }
 
-/// An integer in `MIN..=MAX`, as the field's type `T` (or an `Option` of it, `O`).
-pub(super) fn int<'de, D, T, O, const MIN: i64, const MAX: i64>(value: D) -> Result<O, D::Error>
-where
-    D: Deserializer<'de>,
-    T: TryFrom<i64>,
-    O: From<T>,
-{
-    let number = i64::deserialize(value)?;
-    let in_range = (MIN..=MAX)
-        .contains(&number)
-        .then(|| T::try_from(number).ok());
-    let message = || D::Error::custom(format!("must be between {MIN} and {MAX}, found {number}"));
-    in_range.flatten().map(O::from).ok_or_else(message)
-}
-
-pub(super) fn seconds<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
-    value: D,
-) -> Result<Duration, D::Error> {
-    int::<D, u64, u64, MIN, MAX>(value).map(Duration::from_secs)
-}
-
-pub(super) fn millis<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
-    value: D,
-) -> Result<Duration, D::Error> {
-    int::<D, u64, u64, MIN, MAX>(value).map(Duration::from_millis)
-}
-
-/// `outbox.fold_log_seconds`, where 0 leaves folding to SQLite.
-pub(super) fn fold_after<'de, D: Deserializer<'de>>(
-    value: D,
-) -> Result<Option<Duration>, D::Error> {
-    seconds::<D, 0, 86_400>(value).map(|after| Some(after).filter(|after| !after.is_zero()))
-}
-
 /// Device ids go into payloads and reading ids (joined with `|`), and may go into topics later.
 pub(super) fn device_id_ok(id: &str) -> bool {
     let forbidden = |c: char| c.is_whitespace() || c.is_control() || c == '/' || c == '|';
@@ -161,25 +148,23 @@ pub(super) fn device_id_ok(id: &str) -> bool {
 /// A value quoted for a message; a long one by its beginning and length, so a bad value of megabytes is
 /// not echoed back whole.
 pub(super) fn q(text: &str) -> String {
-    let length = text.chars().count();
-    if length <= MAX_QUOTED_CHARS {
-        return format!("{text:?}");
-    }
     let prefix: String = text.chars().take(MAX_QUOTED_CHARS).collect();
     let quoted = format!("{prefix:?}");
-    format!("{}…\" ({length} characters)", &quoted[..quoted.len() - 1])
+    match text.chars().count() {
+        length if length > MAX_QUOTED_CHARS => {
+            format!("{}…\" ({length} characters)", &quoted[..quoted.len() - 1])
+        }
+        _ => quoted,
+    }
 }
 
 /// A path for a message: by its beginning and length if it is long, like a quoted value.
 pub(super) fn shown(path: &std::path::Path) -> String {
     let text = path.display().to_string();
-    let length = text.chars().count();
-    match length > MAX_QUOTED_CHARS {
-        true => format!(
-            "{}… ({length} characters)",
-            text.chars().take(MAX_QUOTED_CHARS).collect::<String>()
-        ),
-        false => text,
+    let prefix: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+    match text.chars().count() {
+        length if length > MAX_QUOTED_CHARS => format!("{prefix}… ({length} characters)"),
+        _ => text,
     }
 }
 
@@ -193,58 +178,43 @@ fn ensure(valid: bool, value: String, problem: &str) -> Result<String, String> {
 
 /// The meaning of one of a key's few possible values.
 fn choice<T: Copy>(value: String, choices: &[(&str, T)], problem: &str) -> Result<T, String> {
-    let found = choices.iter().find(|(name, _)| *name == value);
-    found
-        .map(|(_, meaning)| *meaning)
-        .ok_or_else(|| format!("{} {problem}", q(&value)))
-}
-
-fn non_empty_text(text: String) -> Result<String, String> {
-    match text.is_empty() {
-        true => Err("must not be empty".to_string()),
-        false => at_most(text, MAX_TEXT_CHARS),
+    match choices.iter().find(|(name, _)| *name == value) {
+        Some((_, meaning)) => Ok(*meaning),
+        None => Err(format!("{} {problem}", q(&value))),
     }
 }
 
-/// `text` if it has at most `max` characters.
-fn at_most(text: String, max: usize) -> Result<String, String> {
-    match text.chars().count() <= max {
-        true => Ok(text),
-        false => Err(format!(
+/// Some text of at most `max` characters.
+fn text(text: String, max: usize) -> Result<String, String> {
+    match text.chars().count() {
+        0 => Err("must not be empty".to_string()),
+        length if length > max => Err(format!(
             "must be at most {max} characters, found {}",
             q(&text)
         )),
+        _ => Ok(text),
     }
 }
 
+/// `number` if it is in `min..=max`.
+fn range(number: i64, min: i64, max: i64) -> Result<u64, String> {
+    match (min..=max).contains(&number) {
+        // Every range starts at 0 or above.
+        true => Ok(number.unsigned_abs()),
+        false => Err(format!("must be between {min} and {max}, found {number}")),
+    }
+}
+
+/// A path the daemon can open: absolute, and shorter than Linux's `PATH_MAX`.
 fn absolute_path(text: String) -> Result<PathBuf, String> {
-    match (text.starts_with('/'), text.len() < MAX_PATH_BYTES) {
+    match (text.starts_with('/'), text.len() < 4096) {
         (true, true) => Ok(PathBuf::from(text)),
         (true, false) => Err(format!(
-            "must be shorter than {MAX_PATH_BYTES} bytes, found {}",
+            "must be shorter than 4096 bytes, found {}",
             q(&text)
         )),
         (false, _) => Err(format!("must be an absolute path, found {}", q(&text))),
     }
-}
-
-fn topic_prefix_text(prefix: String) -> Result<String, String> {
-    let problem = if prefix.is_empty() || prefix.chars().count() > MAX_TEXT_CHARS {
-        return non_empty_text(prefix);
-    } else if prefix.contains('\0') {
-        return Err("must not contain a NUL character".to_string());
-    } else if prefix.contains(['+', '#']) {
-        "must not contain the MQTT wildcards '+' or '#'"
-    } else if prefix.starts_with('/') || prefix.ends_with('/') {
-        "must not start or end with '/'"
-    } else if prefix.contains("//") {
-        "must not contain an empty level"
-    } else if prefix.starts_with('$') {
-        "must not start with '$' (reserved for the broker)"
-    } else {
-        return Ok(prefix);
-    };
-    Err(format!("{problem}, found {}", q(&prefix)))
 }
 
 /// Parses `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`, with `[IPv6]` hosts.
@@ -273,44 +243,31 @@ fn parse_broker_url(text: &str) -> Result<BrokerUrl, String> {
         "mqtts" => (true, 8883),
         other => return Err(format!("unsupported scheme {}", q(other))),
     };
+    let credentials = !url.username().is_empty() || url.password().is_some();
+    let more = !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some();
     let host = match url.host() {
-        _ if !url.username().is_empty() || url.password().is_some() => {
-            let use_keys = "use mqtt.username and mqtt.password_file or mqtt.password_credential";
-            return Err(format!(
-                "must not contain a user name or password: {use_keys}"
-            ));
+        _ if credentials => {
+            let keys = "use mqtt.username and mqtt.password_file or mqtt.password_credential";
+            return Err(format!("must not contain a user name or password: {keys}"));
         }
-        _ if !matches!(url.path(), "" | "/")
-            || url.query().is_some()
-            || url.fragment().is_some() =>
-        {
-            return Err(
-                "unexpected path, query or fragment: the url names only the broker".to_string(),
-            );
+        _ if more => {
+            return Err("unexpected path, query or fragment: the url names only the broker".into())
         }
         None => return Err("missing host".to_string()),
         Some(Host::Ipv6(address)) => address.to_string(),
-        Some(Host::Ipv4(address)) => address.to_string(),
-        Some(Host::Domain(name)) => name.to_string(),
+        Some(host) => host.to_string(),
     };
-    if host.chars().count() > MAX_HOST_CHARS {
-        return Err(format!(
-            "host longer than {MAX_HOST_CHARS} characters, the longest DNS name"
-        ));
+    if host.chars().count() > 253 {
+        return Err("host longer than 253 characters, the longest DNS name".to_string());
     }
     // A url may hold characters in its host that no DNS name or address has.
-    if !host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
-    {
-        return Err(BAD_HOST.to_string());
-    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':');
     match url.port().unwrap_or(default_port) {
+        _ if !host.chars().all(allowed) => Err(BAD_HOST.to_string()),
         0 => Err(BAD_PORT.to_string()),
         port => Ok(BrokerUrl { host, port, tls }),
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
