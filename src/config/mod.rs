@@ -22,8 +22,7 @@ use crate::decode::{Parity, Protocol};
 use crate::spot::SpotRule;
 use values as v;
 
-/// The defaults of the keys that have one: the first layer, under the files and the environment. Two
-/// defaults depend on other values: `hub.runtime_dir` and `mqtt.client_id`.
+/// The defaults, the layer under the files; those of `hub.runtime_dir` and `mqtt.client_id` depend on others.
 const DEFAULTS: &str = r#"
     [mqtt]
     topic_prefix = "vitalsd/v1"
@@ -43,8 +42,7 @@ const DEFAULTS: &str = r#"
     level = "info"
 "#;
 
-/// The whole validated configuration. Each section's keys are declared in the order of the example file,
-/// which is the order errors are listed in.
+/// The whole validated configuration. Keys are declared in the example file's order, which errors follow.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -62,11 +60,10 @@ pub struct Config {
 pub struct BleConfig {
     /// Off on hubs without Bluetooth, so the daemon does not keep looking for BlueZ.
     pub enabled: bool,
-    /// The BlueZ adapter name, such as `hci0`.
     #[serde(deserialize_with = "v::adapter")]
     pub adapter: String,
-    /// `admin_group`: when set, only root, the daemon's own user and this group's members may pair and
-    /// unpair through the control socket; without it, anyone who can open the socket may.
+    /// When set, only root, the daemon's own user and this group's members may pair and unpair through the
+    /// control socket; without it, anyone who can open the socket may.
     #[serde(deserialize_with = "v::group")]
     pub admin_group: Option<AdminGroup>,
 }
@@ -85,13 +82,13 @@ pub struct HubConfig {
     /// 1 to 64 characters of `a-z`, `0-9`, `-` and `_`; it goes into MQTT topics.
     #[serde(deserialize_with = "v::hub_id")]
     pub id: String,
-    /// Absolute; holds the outbox database and the bound-device list.
+    /// Holds the outbox database and the bound-device list.
     #[serde(deserialize_with = "v::absolute")]
     pub state_dir: PathBuf,
-    /// Absolute; holds the control socket (`control.sock`). Defaults to systemd's `$RUNTIME_DIRECTORY`.
+    /// Holds the control socket (`control.sock`); defaults to systemd's `$RUNTIME_DIRECTORY`.
     #[serde(deserialize_with = "v::absolute")]
     pub runtime_dir: PathBuf,
-    /// When the hub believes its own wall clock (`"ntp"`, the default, or `"trusted"`).
+    /// When the hub believes its own wall clock.
     #[serde(deserialize_with = "v::clock")]
     pub clock: crate::clock::ClockPolicy,
 }
@@ -102,10 +99,8 @@ pub struct HubConfig {
 pub struct MqttConfig {
     #[serde(deserialize_with = "v::broker_url")]
     pub url: BrokerUrl,
-    /// Has no wildcards and no leading or trailing `/`.
     #[serde(deserialize_with = "v::topic_prefix")]
     pub topic_prefix: String,
-    /// Defaults to `vitalsd-` and the hub id.
     #[serde(deserialize_with = "v::non_empty")]
     pub client_id: String,
     #[serde(deserialize_with = "v::non_empty")]
@@ -117,7 +112,7 @@ pub struct MqttConfig {
     password_file: Option<PathBuf>,
     #[serde(deserialize_with = "v::credential")]
     password_credential: Option<String>,
-    /// Only set with `url.tls`, as are the client certificate and key, which are set together.
+    /// Only with `url.tls`, as are the client certificate and key, which come together.
     #[serde(deserialize_with = "v::readable")]
     pub ca_file: Option<PathBuf>,
     #[serde(deserialize_with = "v::readable")]
@@ -134,17 +129,15 @@ pub struct MqttConfig {
     /// How many publishes may await their PUBACK at once.
     #[serde(deserialize_with = "v::window")]
     pub window: usize,
-    /// `mqtt.protocol`: MQTT 5 unless the broker lacks it.
     #[serde(deserialize_with = "v::mqtt_protocol")]
     pub protocol: MqttProtocol,
 }
 
-/// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+/// `mqtt://HOST[:PORT]`, or `mqtts://HOST[:PORT]` for TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
-    /// True for `mqtts://`.
     pub tls: bool,
 }
 
@@ -210,13 +203,12 @@ impl SecretSource {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
-    /// A hub's disk holds tens of millions of readings at most; more is a typing mistake.
     #[serde(deserialize_with = "v::max_pending")]
     pub max_pending: u64,
     #[serde(deserialize_with = "v::retention_days")]
     pub dedup_retention_days: u32,
-    /// How soon, once idle, commits are folded from the write-ahead log into the database; `None` (0 s)
-    /// leaves it to SQLite's own checkpoints.
+    /// How soon, once idle, commits are folded from the write-ahead log into the database; `None` leaves it
+    /// to SQLite's own checkpoints.
     #[serde(rename = "fold_log_seconds", deserialize_with = "v::fold_after")]
     pub fold_log_after: Option<Duration>,
 }
@@ -225,20 +217,19 @@ pub struct OutboxConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SerialConfig {
-    /// `path`, absolute (preferably a `/dev/serial/by-id/...` link), or the USB identity `match` gives.
+    /// `path` (preferably a `/dev/serial/by-id/...` link), or the USB identity `match` gives.
     #[serde(deserialize_with = "v::port_path")]
     pub path: PortLocation,
-    #[serde(rename = "match")]
-    usb: Option<UsbMatch>,
+    #[serde(rename = "match", deserialize_with = "v::usb")]
+    usb: Option<PortLocation>,
     #[serde(deserialize_with = "v::serial_protocol")]
     pub protocol: Protocol,
     /// `id`, unique across entries; defaults to `serial:` and the file name of `path`.
     #[serde(rename = "id", deserialize_with = "v::device_id")]
     pub device_id: String,
-    /// Overrides the protocol's line speed.
+    /// Overrides the protocol's line speed and parity.
     #[serde(deserialize_with = "v::baud_rate")]
     pub baud_rate: Option<u32>,
-    /// Overrides the protocol's parity.
     #[serde(deserialize_with = "v::parity")]
     pub parity: Option<Parity>,
     /// Ask a Nonin 9560 for this data format when the port opens.
@@ -266,14 +257,14 @@ impl Default for SerialConfig {
     }
 }
 
-/// `match = { vid = 0x10c4, pid = 0xea60, serial = "0001" }`: a port found by its USB identity.
+/// `match = { vid = 0x10c4, pid = 0xea60, serial = "0001" }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
     default,
     expecting = "a table such as { vid = 0x10c4, pid = 0xea60 }"
 )]
-struct UsbMatch {
+pub(super) struct UsbMatch {
     #[serde(deserialize_with = "v::usb_id")]
     vid: u16,
     #[serde(deserialize_with = "v::usb_id")]
@@ -286,7 +277,7 @@ struct UsbMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A tracing `EnvFilter` directive such as `info` or `info,vitalsd::serial=debug`.
+    /// A tracing `EnvFilter` directive such as `info,vitalsd::serial=debug`.
     #[serde(deserialize_with = "v::log_level")]
     pub level: String,
 }

@@ -21,6 +21,8 @@ use super::{Config, ConfigError, MqttConfig, PortLocation, SecretSource, SerialC
 /// A hub has tens of serial ports, not thousands; a longer list is a generated or damaged file, and
 /// validating each entry of it would cost memory for nothing.
 const MAX_SERIAL_PORTS: usize = 64;
+const NO_PORT: &str =
+    "missing (or name the port by its USB identity: match = { vid = 0x10c4, pid = 0xea60 })";
 
 /// What validation reads from the environment besides the overrides, and the uplink's check.
 #[derive(Default)]
@@ -64,11 +66,7 @@ pub(super) fn validate(figment: &Figment, env: &Environment) -> Result<Config, V
 pub(super) fn keys_at(table: &[(&str, Option<usize>)]) -> &'static [&'static str] {
     let mut probe = Value::from(Dict::from([(String::new(), Value::from(0))]));
     for (name, index) in table.iter().rev() {
-        let inner = if index.is_some() {
-            Value::from(vec![probe])
-        } else {
-            probe
-        };
+        let inner = index.map_or(probe.clone(), |_| Value::from(vec![probe]));
         probe = Value::from(Dict::from([(name.to_string(), inner)]));
     }
     match Config::deserialize(&probe).map_err(|error| error.kind) {
@@ -82,14 +80,12 @@ fn rank(path: &str) -> Vec<(usize, String, usize)> {
     let segments = segments(path);
     let rank = |depth: usize| {
         let (name, index) = segments[depth];
-        let position = keys_at(&segments[..depth])
+        let keys = keys_at(&segments[..depth]);
+        let position = keys
             .iter()
-            .position(|key| *key == name);
-        (
-            position.unwrap_or(usize::MAX),
-            name.to_string(),
-            index.unwrap_or(0),
-        )
+            .position(|key| *key == name)
+            .unwrap_or(usize::MAX);
+        (position, name.to_string(), index.unwrap_or(0))
     };
     (0..segments.len()).map(rank).collect()
 }
@@ -269,95 +265,80 @@ impl Checks<'_> {
     }
 
     fn check_serial(&mut self, ports: &mut [SerialConfig]) {
-        let (mut locations, mut devices, mut ids) =
-            (HashMap::new(), HashMap::new(), HashMap::new());
+        // The first entry of each port and device id; two paths that lead to one device node (a by-id link
+        // and its /dev/ttyUSB0) are one port.
+        let (mut ports_at, mut devices, mut ids) = (HashMap::new(), HashMap::new(), HashMap::new());
         let entries = self.given.find_ref("serial").and_then(Value::as_array);
         for (index, port) in ports.iter_mut().enumerate() {
             let key = |name: &str| format!("serial[{index}].{name}");
-            let given = |name: &str| {
-                entries
-                    .and_then(|entries| entries.get(index)?.find_ref(name))
-                    .is_some()
+            let entry = entries.and_then(|entries| entries.get(index));
+            let given = |name: &str| entry.and_then(|entry| entry.find_ref(name)).is_some();
+            let (by, required) = match (given("path"), given("match")) {
+                (_, true) => ("match", &["match.vid", "match.pid", "protocol"][..]),
+                _ => ("path", &["path", "protocol"][..]),
             };
-            match (given("path"), given("match")) {
-                (false, false) => {
-                    let message = "missing (or name the port by its USB identity: match = { vid = 0x10c4, pid = 0xea60 })";
-                    self.require(&key("path"), message);
-                }
-                (true, true) => self.report(&key("match"), "set path or match, not both"),
-                (false, true) => {
-                    self.require(&key("match.vid"), "missing");
-                    self.require(&key("match.pid"), "missing");
-                }
-                (true, false) => {}
+            if given("path") && given("match") {
+                self.report(&key("match"), "set path or match, not both");
             }
-            self.require(&key("protocol"), "missing");
+            for name in required {
+                self.require(
+                    &key(name),
+                    if *name == "path" { NO_PORT } else { "missing" },
+                );
+            }
             if let Some(usb) = port.usb.take() {
-                port.path = PortLocation::Usb {
-                    vid: usb.vid,
-                    pid: usb.pid,
-                    serial_number: usb.serial,
-                };
+                port.path = usb;
             }
+            let protocol = port.protocol.name();
             if port.select_format
+                && !protocol.starts_with("nonin-")
                 && !self.refused(&key("protocol"))
-                && !port.protocol.name().starts_with("nonin-")
             {
                 let message = format!(
                     "only Nonin data formats can be selected, not {}",
-                    q(port.protocol.name())
+                    q(protocol)
                 );
                 self.report(&key("select_format"), message);
             }
+            // Duplicates are checked on whatever is valid, so they show up with the entry's other errors.
             // Without its serial, a match would find another port.
             let parts = ["path", "match.vid", "match.pid", "match.serial"];
-            let location = parts
-                .iter()
-                .all(|part| !self.refused(&key(part)))
-                .then(|| port.path.clone());
-            let by = if given("match") { "match" } else { "path" };
-            let id = match &location {
-                _ if given("id") => {
-                    (!self.refused(&key("id"))).then(|| (port.device_id.clone(), true))
+            let location = parts.iter().all(|part| !self.refused(&key(part)));
+            if location && !given("id") {
+                let id = default_id(&port.path).filter(|id| device_id_ok(id));
+                port.device_id = id.unwrap_or_default();
+                if port.device_id.is_empty() {
+                    let problem = match by {
+                        "path" => "names no device file",
+                        _ => "has a serial a device id cannot hold",
+                    };
+                    let message =
+                        format!("{problem}, so the default id cannot be derived from it: set id");
+                    self.report(&key(by), message);
                 }
-                Some(location) => {
-                    port.device_id = default_id(location)
-                        .filter(|id| device_id_ok(id))
-                        .unwrap_or_default();
-                    if port.device_id.is_empty() {
-                        let problem = match by {
-                            "path" => "names no device file",
-                            _ => "has a serial a device id cannot hold",
-                        };
-                        let message = format!(
-                            "{problem}, so the default id cannot be derived from it: set id"
-                        );
-                        self.report(&key(by), message);
-                    }
-                    Some((port.device_id.clone(), false)).filter(|(id, _)| !id.is_empty())
-                }
-                None => None,
-            };
-            // Duplicates are checked on whatever is valid, so they show up with the entry's other errors. Two
-            // paths that lead to one device node (a by-id link and its /dev/ttyUSB0) are one port.
+            }
             let mut clash = None;
-            if let Some(location) = location {
-                let device = match &location {
+            if location {
+                let shown = port.path.describe();
+                let device = match &port.path {
                     PortLocation::Path(file) => std::fs::canonicalize(file).ok(),
                     PortLocation::Usb { .. } => None,
                 };
-                let shown = location.describe();
+                let device = device.map(|device| device.display().to_string());
                 let first_device = device
                     .as_ref()
-                    .and_then(|d| Some((d.display().to_string(), *devices.get(d)?)));
-                clash = match (locations.get(&location).copied(), first_device) {
+                    .and_then(|device| devices.get(device).copied());
+                clash = match (ports_at.get(&shown).copied(), first_device) {
                     (Some(first), _) => Some(format!("{shown} is already used by serial[{first}]")),
-                    (None, Some((device, first))) => Some(format!(
-                        "{shown} leads to {device}, already read by serial[{first}]"
-                    )),
+                    (None, Some(first)) => {
+                        let device = device.unwrap_or_default();
+                        Some(format!(
+                            "{shown} leads to {device}, already read by serial[{first}]"
+                        ))
+                    }
                     (None, None) => {
                         devices.extend(device.map(|device| (device, index)));
-                        locations.insert(location, index);
+                        ports_at.insert(shown, index);
                         None
                     }
                 };
@@ -365,24 +346,24 @@ impl Checks<'_> {
             if let Some(message) = &clash {
                 self.report(&key(by), message.clone());
             }
-            match id.map(|(id, given)| (ids.get(&id).copied(), id, given)) {
+            let id_valid = match given("id") {
+                true => !self.refused(&key("id")),
+                false => location && !port.device_id.is_empty(),
+            };
+            match ids.get(&port.device_id).copied().filter(|_| id_valid) {
                 // The same path already explains a clash of default ids.
-                Some((Some(_), _, false)) if clash.is_some() => {}
-                Some((Some(first), id, given)) => {
-                    let (default, advice) = if given {
-                        ("", "")
-                    } else {
-                        (" (the default from path)", ": set id")
+                Some(_) if clash.is_some() && !given("id") => {}
+                Some(first) => {
+                    let (default, advice) = match given("id") {
+                        true => ("", ""),
+                        false => (" (the default from path)", ": set id"),
                     };
-                    let message = format!(
-                        "{}{default} is already used by serial[{first}]{advice}",
-                        q(&id)
-                    );
+                    let id = q(&port.device_id);
+                    let message =
+                        format!("{id}{default} is already used by serial[{first}]{advice}");
                     self.report(&key("id"), message);
                 }
-                Some((None, id, _)) => {
-                    ids.insert(id, index);
-                }
+                None if id_valid => drop(ids.insert(port.device_id.clone(), index)),
                 None => {}
             }
         }

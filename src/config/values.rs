@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use super::{io_message, AdminGroup, BrokerUrl, MqttProtocol, PortLocation};
+use super::{io_message, AdminGroup, BrokerUrl, MqttProtocol, PortLocation, UsbMatch};
 use crate::clock::ClockPolicy;
 use crate::decode::{Parity, Protocol, Transport};
 
@@ -126,6 +126,9 @@ checked! {
     };
     baud_rate: i64 => u32 = |rate| range(rate, 300, 4_000_000).map(|rate| rate as u32);
     usb_id: i64 => u16 = |id| range(id, 0, 0xFFFF).map(|id| id as u16);
+    usb: UsbMatch => PortLocation = |usb| {
+        Ok(PortLocation::Usb { vid: usb.vid, pid: usb.pid, serial_number: usb.serial })
+    };
     clock: String => ClockPolicy = |clock| choice(clock, &[
         ("ntp", ClockPolicy::Ntp), ("trusted", ClockPolicy::Trusted),
     ], "is not a clock policy: use \"ntp\" (trust the clock only while the kernel says it is synchronised) \
