@@ -100,11 +100,11 @@ pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
         errors.push(error);
         Vec::new()
     });
-    let mut figment = defaults();
-    for (index, file) in std::iter::once(path.to_path_buf())
-        .chain(drop_ins)
-        .enumerate()
-    {
+    let (mut figment, files) = (
+        defaults(),
+        std::iter::once(path.to_path_buf()).chain(drop_ins),
+    );
+    for (index, file) in files.enumerate() {
         let shown = file.display().to_string();
         let layer = read_bounded(&file)
             .map_err(|problem| {
@@ -128,10 +128,7 @@ fn read_bounded(path: &Path) -> Result<String, String> {
         .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
         .map_err(|error| io_message(&error))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        let limit = MAX_FILE_BYTES >> 20;
-        return Err(format!(
-            "larger than {limit} MiB; a configuration is a few kilobytes"
-        ));
+        return Err("larger than 1 MiB; a configuration is a few kilobytes".to_string());
     }
     String::from_utf8(bytes).map_err(|_| "stream did not contain valid UTF-8".to_string())
 }
@@ -179,10 +176,10 @@ pub(super) fn layer_env(
             continue;
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let labelled = format!(
-            "{} (from {variable})",
-            key_path(&key_path("", &section), &key)
-        );
+        let labelled = key_path(&key_path("", &section), &key) + &format!(" (from {variable})");
+        let not_a_table = figment
+            .find_value(&section)
+            .is_ok_and(|value| value.as_dict().is_none());
         let error = match (section.as_str(), key.as_str()) {
             ("", _) | (_, "") => ConfigError::new(variable, "expected VITALSD_<SECTION>__<KEY>"),
             ("serial", _) => {
@@ -193,13 +190,7 @@ pub(super) fn layer_env(
                 ConfigError::new(labelled, "unknown section")
             }
             // A section that is not a table is reported by validation; there is nothing to override in it.
-            (name, _)
-                if figment
-                    .find_value(name)
-                    .is_ok_and(|value| value.as_dict().is_none()) =>
-            {
-                continue
-            }
+            _ if not_a_table => continue,
             _ => {
                 let value = Dict::from([(key, Value::from(text.as_str()))]);
                 let dict = Dict::from([(section, Value::from(value))]);
