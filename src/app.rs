@@ -111,7 +111,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 serial_number: None,
             },
             protocol: port.protocol,
-            spot: port.spot,
+            spot: crate::spot::SpotRule {
+                stable_for: port.spot_stable,
+                repeat_every: port.spot_repeat,
+            },
             time_zone: &chrono::Local,
         };
         let checkpoints =

@@ -141,15 +141,15 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 
 /// `vitalsd check-config`.
 pub fn check_config(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    match Config::load(path, crate::mqtt::tls::check) {
         Ok(config) => {
             println!(
                 "{}: ok (hub {}, broker {}:{}{}, {} serial device(s))",
                 path.display(),
                 config.hub.id,
-                config.mqtt.host,
-                config.mqtt.port,
-                if config.mqtt.tls { " with TLS" } else { "" },
+                config.mqtt.url.host,
+                config.mqtt.url.port,
+                if config.mqtt.url.tls { " with TLS" } else { "" },
                 config.serial.len()
             );
             ExitCode::SUCCESS
@@ -160,7 +160,7 @@ pub fn check_config(path: &Path) -> ExitCode {
 
 /// The configuration, or its errors printed and the exit code to return.
 pub(crate) fn load_config(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| print_config_errors(path, &errors))
+    Config::load(path, crate::mqtt::tls::check).map_err(|errors| print_config_errors(path, &errors))
 }
 
 fn print_config_errors(path: &Path, errors: &crate::config::ConfigErrors) -> ExitCode {

@@ -1,18 +1,14 @@
-//! The first stage: the main file, its drop-ins and the `VITALSD_<SECTION>__<KEY>` variables layered with
-//! figment, so every value remembers which file or variable set it. What the values mean is `validate`'s
-//! business.
+//! The first stage: the defaults, the main file, its drop-ins and the `VITALSD_<SECTION>__<KEY>` variables
+//! layered with figment, so every value remembers which file or variable set it. What the values mean is
+//! `validate`'s business.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use figment::value::{Dict, Value};
+use figment::value::{Dict, Num, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 
 use super::{io_message, ConfigError};
-
-/// The top-level keys, in the order errors are listed; all but `serial` are tables.
-pub(super) const SECTIONS: &[&str] = &["hub", "mqtt", "outbox", "ble", "serial", "log"];
-/// The array of tables, one per serial device.
-pub(super) const SERIAL: &str = "serial";
 
 /// Environment overrides are `VITALSD_<SECTION>__<KEY>`.
 const ENV_PREFIX: &str = "VITALSD_";
@@ -39,18 +35,14 @@ impl Provider for Layer {
     }
 }
 
-/// Where a value came from, for an error about it: a drop-in or a variable; `None` for the main file.
+/// Where a value came from, for an error about it: a drop-in or a variable; `None` for the main file and the
+/// defaults.
 pub(super) fn origin(metadata: &Metadata) -> Option<String> {
     match metadata.source.as_ref()? {
         Source::File(path) => Some(path.display().to_string()),
         Source::Custom(variable) => Some(variable.clone()),
         _ => None,
     }
-}
-
-/// The variable that set a value, whose text may be read again as a string.
-pub(super) fn variable(metadata: &Metadata) -> Option<&str> {
-    metadata.source.as_ref()?.custom()
 }
 
 /// Joins a key onto a key path, quoting keys that TOML would need quoted; a long key (no key of ours has
@@ -86,9 +78,15 @@ pub(super) fn parse(text: &str, origin: &str, source: Option<&Path>) -> Result<L
         .ok_or_else(|| ConfigError::new(origin, "cannot be read as a table"))?;
     let metadata = match source {
         Some(path) => Metadata::from("drop-in", path),
-        None => Metadata::named("main file"),
+        None => Metadata::named(origin.to_string()),
     };
     Ok(Layer { metadata, dict })
+}
+
+/// The defaults alone, the layer under all others.
+pub(super) fn defaults() -> Figment {
+    let defaults = parse(super::DEFAULTS, "defaults", None);
+    Figment::from(defaults.unwrap_or_else(|error| panic!("the defaults are valid TOML: {error}")))
 }
 
 /// Reads `path` and then `path.d/*.toml` in lexical order, each layer merged over the ones before: tables
@@ -102,11 +100,11 @@ pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
         errors.push(error);
         Vec::new()
     });
-    let mut figment = Figment::new();
-    for (index, file) in std::iter::once(path.to_path_buf())
-        .chain(drop_ins)
-        .enumerate()
-    {
+    let (mut figment, files) = (
+        defaults(),
+        std::iter::once(path.to_path_buf()).chain(drop_ins),
+    );
+    for (index, file) in files.enumerate() {
         let shown = file.display().to_string();
         let layer = read_bounded(&file)
             .map_err(|problem| {
@@ -125,16 +123,12 @@ pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
 
 /// A file's text, if it is at most `MAX_FILE_BYTES` long; reading stops there.
 fn read_bounded(path: &Path) -> Result<String, String> {
-    use std::io::Read;
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
         .map_err(|error| io_message(&error))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        let limit = MAX_FILE_BYTES >> 20;
-        return Err(format!(
-            "larger than {limit} MiB; a configuration is a few kilobytes"
-        ));
+        return Err("larger than 1 MiB; a configuration is a few kilobytes".to_string());
     }
     String::from_utf8(bytes).map_err(|_| "stream did not contain valid UTF-8".to_string())
 }
@@ -149,9 +143,8 @@ fn drop_in_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         ConfigError::new("", message)
     };
     let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(unreadable(error)),
+        entries => entries.map_err(unreadable)?,
     };
     let mut files = Vec::new();
     for entry in entries {
@@ -167,7 +160,7 @@ fn drop_in_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 
 /// Layers the `VITALSD_<SECTION>__<KEY>` variables among `env` over single keys of the top-level tables.
 ///
-/// Each value is kept as text; `validate` reads it as a TOML integer, float or boolean where it looks like one.
+/// Each value is kept as text; `validate` reads it as a TOML integer, float or boolean where a key wants one.
 /// Other `VITALSD_` variables without the `__` separator are left alone: the test suites use some.
 pub(super) fn layer_env(
     mut figment: Figment,
@@ -183,25 +176,21 @@ pub(super) fn layer_env(
             continue;
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let labelled = format!(
-            "{} (from {variable})",
-            key_path(&key_path("", &section), &key)
-        );
+        let labelled = key_path(&key_path("", &section), &key) + &format!(" (from {variable})");
+        let not_a_table = figment
+            .find_value(&section)
+            .is_ok_and(|value| value.as_dict().is_none());
         let error = match (section.as_str(), key.as_str()) {
             ("", _) | (_, "") => ConfigError::new(variable, "expected VITALSD_<SECTION>__<KEY>"),
-            (SERIAL, _) => {
+            ("serial", _) => {
                 let message = "[[serial]] entries cannot be set from the environment";
                 ConfigError::new(labelled, message)
             }
-            (name, _) if !SECTIONS.contains(&name) => ConfigError::new(labelled, "unknown section"),
-            // A section that is not a table is reported by validation; there is nothing to override in it.
-            (name, _)
-                if figment
-                    .find_value(name)
-                    .is_ok_and(|value| value.as_dict().is_none()) =>
-            {
-                continue
+            (name, _) if !super::validate::keys_at(&[]).contains(&name) => {
+                ConfigError::new(labelled, "unknown section")
             }
+            // A section that is not a table is reported by validation; there is nothing to override in it.
+            _ if not_a_table => continue,
             _ => {
                 let value = Dict::from([(key, Value::from(text.as_str()))]);
                 let dict = Dict::from([(section, Value::from(value))]);
@@ -216,11 +205,11 @@ pub(super) fn layer_env(
 }
 
 /// The typed reading of a variable's text, where it looks like a TOML integer, float or boolean.
-pub(super) fn env_scalar(text: &str) -> Option<Value> {
+pub(super) fn env_scalar(text: &str, tag: Tag) -> Option<Value> {
     match text.parse::<toml::Value>().ok()? {
-        toml::Value::Integer(number) => Some(Value::from(number)),
-        toml::Value::Float(number) => Some(Value::from(number)),
-        toml::Value::Boolean(flag) => Some(Value::from(flag)),
+        toml::Value::Integer(number) => Some(Value::Num(tag, Num::I64(number))),
+        toml::Value::Float(number) => Some(Value::Num(tag, Num::F64(number))),
+        toml::Value::Boolean(flag) => Some(Value::Bool(tag, flag)),
         _ => None,
     }
 }
@@ -246,7 +235,7 @@ mod tests {
             ("45\nx = 1", None),
         ];
         for (text, expected) in cases {
-            assert_eq!(env_scalar(text), expected, "for {text:?}");
+            assert_eq!(env_scalar(text, Tag::Default), expected, "for {text:?}");
         }
     }
 

@@ -1,14 +1,13 @@
 //! The validated configuration: the only config type the rest of the daemon sees.
 //!
-//! Loading has two stages. `file` layers `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml` and the
-//! `VITALSD_<SECTION>__<KEY>` environment overrides with figment, which remembers where each value came from;
-//! `validate` reads each table into its serde mirror key by key, the mirror's field types checking each value,
-//! then checks how keys fit together, collecting every problem with its key path rather than stopping at the
-//! first.
+//! Loading has two stages. `file` layers the defaults, `vitalsd.toml`, its drop-ins `vitalsd.toml.d/*.toml`
+//! and the `VITALSD_<SECTION>__<KEY>` environment overrides with figment, which remembers where each value
+//! came from; `validate` deserializes the result into these types with serde, their fields checked by
+//! `values` as they are read, then checks how keys fit together, collecting every problem with its key path
+//! rather than stopping at the first.
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 
 mod file;
-pub mod tls_files;
 mod validate;
 mod values;
 
@@ -17,11 +16,35 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::decode::Protocol;
-use crate::spot::SpotRule;
+use serde::Deserialize;
 
-/// The whole validated configuration.
-#[derive(Debug, Clone)]
+use crate::decode::{Parity, Protocol};
+use crate::spot::SpotRule;
+use values as v;
+
+/// The defaults, the layer under the files; those of `hub.runtime_dir` and `mqtt.client_id` depend on others.
+const DEFAULTS: &str = r#"
+    [mqtt]
+    topic_prefix = "vitalsd/v1"
+    keep_alive_s = 30
+    reconnect_min_ms = 500
+    reconnect_max_s = 60
+    window = 128
+    protocol = "5"
+    [outbox]
+    max_pending = 1_000_000
+    dedup_retention_days = 400
+    fold_log_seconds = 1
+    [ble]
+    enabled = true
+    adapter = "hci0"
+    [log]
+    level = "info"
+"#;
+
+/// The whole validated configuration. Keys are declared in the example file's order, which errors follow.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub hub: HubConfig,
     pub mqtt: MqttConfig,
@@ -32,14 +55,16 @@ pub struct Config {
 }
 
 /// `[ble]`: the Bluetooth collector. Bound devices live in the state directory, not here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BleConfig {
     /// Off on hubs without Bluetooth, so the daemon does not keep looking for BlueZ.
     pub enabled: bool,
-    /// The BlueZ adapter name, such as `hci0`.
+    #[serde(deserialize_with = "v::adapter")]
     pub adapter: String,
-    /// `admin_group`: when set, only root, the daemon's own user and this group's members may pair and
-    /// unpair through the control socket; without it, anyone who can open the socket may.
+    /// When set, only root, the daemon's own user and this group's members may pair and unpair through the
+    /// control socket; without it, anyone who can open the socket may.
+    #[serde(deserialize_with = "v::group")]
     pub admin_group: Option<AdminGroup>,
 }
 
@@ -51,43 +76,69 @@ pub struct AdminGroup {
 }
 
 /// `[hub]`: who this hub is and where it keeps its state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
     /// 1 to 64 characters of `a-z`, `0-9`, `-` and `_`; it goes into MQTT topics.
+    #[serde(deserialize_with = "v::hub_id")]
     pub id: String,
-    /// Absolute; holds the outbox database and the bound-device list.
+    /// Holds the outbox database and the bound-device list.
+    #[serde(deserialize_with = "v::absolute")]
     pub state_dir: PathBuf,
-    /// Absolute; holds the control socket (`control.sock`).
+    /// Holds the control socket (`control.sock`); defaults to systemd's `$RUNTIME_DIRECTORY`.
+    #[serde(deserialize_with = "v::absolute")]
     pub runtime_dir: PathBuf,
-    /// When the hub believes its own wall clock (`"ntp"`, the default, or `"trusted"`).
+    /// When the hub believes its own wall clock.
+    #[serde(deserialize_with = "v::clock")]
     pub clock: crate::clock::ClockPolicy,
 }
 
 /// `[mqtt]`: the broker connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    /// True for an `mqtts://` url.
-    pub tls: bool,
-    /// Has no wildcards and no leading or trailing `/`.
+    #[serde(deserialize_with = "v::broker_url")]
+    pub url: BrokerUrl,
+    #[serde(deserialize_with = "v::topic_prefix")]
     pub topic_prefix: String,
+    #[serde(deserialize_with = "v::non_empty")]
     pub client_id: String,
+    #[serde(deserialize_with = "v::non_empty")]
     pub username: Option<String>,
+    /// `password_file` or `password_credential`, whichever is set.
+    #[serde(skip)]
     pub password: Option<SecretSource>,
-    /// Only set with `tls`.
+    #[serde(deserialize_with = "v::absolute")]
+    password_file: Option<PathBuf>,
+    #[serde(deserialize_with = "v::credential")]
+    password_credential: Option<String>,
+    /// Only with `url.tls`, as are the client certificate and key, which come together.
+    #[serde(deserialize_with = "v::readable")]
     pub ca_file: Option<PathBuf>,
-    /// Set together with `client_key_file`, and only with `tls`.
+    #[serde(deserialize_with = "v::readable")]
     pub client_cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "v::readable")]
     pub client_key_file: Option<PathBuf>,
+    #[serde(rename = "keep_alive_s", deserialize_with = "v::keep_alive")]
     pub keep_alive: Duration,
     /// At most `reconnect_max`.
+    #[serde(rename = "reconnect_min_ms", deserialize_with = "v::reconnect_min")]
     pub reconnect_min: Duration,
+    #[serde(rename = "reconnect_max_s", deserialize_with = "v::reconnect_max")]
     pub reconnect_max: Duration,
     /// How many publishes may await their PUBACK at once.
+    #[serde(deserialize_with = "v::window")]
     pub window: usize,
-    /// `mqtt.protocol`: MQTT 5 unless the broker lacks it.
+    #[serde(deserialize_with = "v::mqtt_protocol")]
     pub protocol: MqttProtocol,
+}
+
+/// `mqtt://HOST[:PORT]`, or `mqtts://HOST[:PORT]` for TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
 }
 
 /// The MQTT version the uplink speaks.
@@ -149,38 +200,85 @@ impl SecretSource {
 }
 
 /// `[outbox]`: the on-disk queue's limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
-    /// At least 1.
+    #[serde(deserialize_with = "v::max_pending")]
     pub max_pending: u64,
-    /// At least 1.
+    #[serde(deserialize_with = "v::retention_days")]
     pub dedup_retention_days: u32,
-    /// How soon, once idle, commits are folded from the write-ahead log into the database; `None` leaves
-    /// it to SQLite's own checkpoints.
-    pub fold_log_after: Option<std::time::Duration>,
+    /// How soon, once idle, commits are folded from the write-ahead log into the database; `None` leaves it
+    /// to SQLite's own checkpoints.
+    #[serde(rename = "fold_log_seconds", deserialize_with = "v::fold_after")]
+    pub fold_log_after: Option<Duration>,
 }
 
 /// One `[[serial]]` entry: a device on a serial port.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SerialConfig {
-    /// An absolute path (preferably a `/dev/serial/by-id/...` link), or a USB identity to look for.
+    /// `path` (preferably a `/dev/serial/by-id/...` link), or the USB identity `match` gives.
+    #[serde(deserialize_with = "v::port_path")]
     pub path: PortLocation,
+    #[serde(rename = "match", deserialize_with = "v::usb")]
+    usb: Option<PortLocation>,
+    #[serde(deserialize_with = "v::serial_protocol")]
     pub protocol: Protocol,
-    /// Unique across entries; defaults to `serial:` and the file name of `path`.
+    /// `id`, unique across entries; defaults to `serial:` and the file name of `path`.
+    #[serde(rename = "id", deserialize_with = "v::device_id")]
     pub device_id: String,
-    /// Overrides the protocol's line speed.
+    /// Overrides the protocol's line speed and parity.
+    #[serde(deserialize_with = "v::baud_rate")]
     pub baud_rate: Option<u32>,
-    /// Overrides the protocol's parity.
-    pub parity: Option<crate::decode::Parity>,
+    #[serde(deserialize_with = "v::parity")]
+    pub parity: Option<Parity>,
     /// Ask a Nonin 9560 for this data format when the port opens.
     pub select_format: bool,
-    pub spot: SpotRule,
+    /// `spot_stable_s` and `spot_repeat_s`: the [`SpotRule`] for a continuous stream.
+    #[serde(rename = "spot_stable_s", deserialize_with = "v::spot_seconds")]
+    pub spot_stable: Duration,
+    #[serde(rename = "spot_repeat_s", deserialize_with = "v::spot_seconds")]
+    pub spot_repeat: Duration,
+}
+
+impl Default for SerialConfig {
+    fn default() -> Self {
+        SerialConfig {
+            path: PortLocation::Path(PathBuf::new()),
+            usb: None,
+            protocol: Protocol::ALL[0],
+            device_id: String::new(),
+            baud_rate: None,
+            parity: None,
+            select_format: false,
+            spot_stable: SpotRule::default().stable_for,
+            spot_repeat: SpotRule::default().repeat_every,
+        }
+    }
+}
+
+/// `match = { vid = 0x10c4, pid = 0xea60, serial = "0001" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a table such as { vid = 0x10c4, pid = 0xea60 }"
+)]
+pub(super) struct UsbMatch {
+    #[serde(deserialize_with = "v::usb_id")]
+    vid: u16,
+    #[serde(deserialize_with = "v::usb_id")]
+    pid: u16,
+    #[serde(deserialize_with = "v::non_empty")]
+    serial: Option<String>,
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A tracing `EnvFilter` directive such as `info` or `info,vitalsd::serial=debug`.
+    /// A tracing `EnvFilter` directive such as `info,vitalsd::serial=debug`.
+    #[serde(deserialize_with = "v::log_level")]
     pub level: String,
 }
 
@@ -192,15 +290,20 @@ const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 impl Config {
     /// Loads `path`, then its drop-ins `path.d/*.toml` in lexical order (tables merged key by key, later wins),
     /// then the `VITALSD_<SECTION>__<KEY>` environment overrides, and validates the result.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    /// `uplink` is run on a valid `[mqtt]` with TLS, and what it finds is an error of its key.
+    pub fn load(path: &Path, uplink: UplinkCheck) -> Result<Config, ConfigErrors> {
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
             .collect();
-        Config::load_with_env(path, &env)
+        Config::load_with_env(path, &env, Some(uplink))
     }
 
     /// [`Config::load`] with the environment passed in.
-    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    pub fn load_with_env(
+        path: &Path,
+        env: &[(String, String)],
+        uplink: Option<UplinkCheck>,
+    ) -> Result<Config, ConfigErrors> {
         let figment = file::read_files(path).map_err(ConfigErrors)?;
         let (figment, mut errors) = file::layer_env(figment, env);
         let var = |name: &str| {
@@ -210,6 +313,7 @@ impl Config {
         let systemd = validate::Environment {
             credentials_dir: var(CREDENTIALS_DIRECTORY),
             runtime_dir: var(RUNTIME_DIRECTORY),
+            uplink,
         };
         match validate::validate(&figment, &systemd) {
             Ok(config) if errors.is_empty() => Ok(config),
@@ -220,14 +324,11 @@ impl Config {
             }
         }
     }
-
-    /// Parses and validates one TOML text without drop-ins or environment; `origin` names it in a syntax error.
-    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        let layer = file::parse(text, origin, None).map_err(|error| ConfigErrors(vec![error]))?;
-        let figment = figment::Figment::from(layer);
-        validate::validate(&figment, &validate::Environment::default()).map_err(ConfigErrors)
-    }
 }
+
+/// What the uplink makes of a valid `[mqtt]` with TLS before it connects (it reads the TLS files), run during
+/// validation so `check-config` finds what would stop `run`: the key at fault and the problem.
+pub type UplinkCheck = fn(&MqttConfig) -> Result<(), (&'static str, String)>;
 
 /// Every problem found in a configuration, in a stable order, one a line.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +355,7 @@ impl ConfigError {
 }
 
 /// An I/O error's text without the `(os error N)` suffix, for messages a technician reads.
-fn io_message(error: &io::Error) -> String {
+pub(crate) fn io_message(error: &io::Error) -> String {
     let text = error.to_string();
     match (error.raw_os_error(), text.rfind(" (os error ")) {
         (Some(_), Some(at)) => text[..at].to_string(),
@@ -285,6 +386,17 @@ impl PortLocation {
             } => format!("USB {vid:04x}:{pid:04x} serial {serial}"),
             PortLocation::Usb { vid, pid, .. } => format!("USB {vid:04x}:{pid:04x}"),
         }
+    }
+}
+
+#[cfg(test)]
+impl Config {
+    /// Parses and validates one TOML text without drop-ins, environment or uplink check; `origin` names it in
+    /// a syntax error.
+    pub(crate) fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        let layer = file::parse(text, origin, None).map_err(|error| ConfigErrors(vec![error]))?;
+        let figment = file::defaults().merge(layer);
+        validate::validate(&figment, &validate::Environment::default()).map_err(ConfigErrors)
     }
 }
 
@@ -366,13 +478,17 @@ mod tests {
         assert_eq!(
             config.mqtt,
             MqttConfig {
-                host: "127.0.0.1".into(),
-                port: 1883,
-                tls: false,
+                url: BrokerUrl {
+                    host: "127.0.0.1".into(),
+                    port: 1883,
+                    tls: false,
+                },
                 topic_prefix: "vitalsd/v1".into(),
                 client_id: "vitalsd-hub-0001".into(),
                 username: None,
                 password: None,
+                password_file: None,
+                password_credential: None,
                 ca_file: None,
                 client_cert_file: None,
                 client_key_file: None,
@@ -451,7 +567,7 @@ mod tests {
         assert_eq!(config.hub.id, "ward_3-b");
         let mqtt = &config.mqtt;
         assert_eq!(
-            (mqtt.host.as_str(), mqtt.port, mqtt.tls),
+            (mqtt.url.host.as_str(), mqtt.url.port, mqtt.url.tls),
             ("broker.example.org", 8883, true)
         );
         assert_eq!(
@@ -491,14 +607,14 @@ mod tests {
             ("oximeter-1", Some(19200))
         );
         assert_eq!(
-            (first.spot.stable_for, first.spot.repeat_every),
+            (first.spot_stable, first.spot_repeat),
             (Duration::from_millis(2500), Duration::from_secs(3600))
         );
         assert_eq!(second.device_id, "serial:usb-Nonin_9560-if00-port0");
         assert_eq!(second.baud_rate, None);
         let default_spot = SpotRule::default();
         assert_eq!(
-            (second.spot.stable_for, second.spot.repeat_every),
+            (second.spot_stable, second.spot_repeat),
             (default_spot.stable_for, default_spot.repeat_every)
         );
         assert_eq!(config.log.level, "info,vitalsd::serial=debug");
@@ -545,7 +661,7 @@ mod tests {
         #[track_caller]
         fn broker(url: &str) -> (String, u16, bool) {
             let mqtt = valid(&MINIMAL.replace("mqtt://127.0.0.1", url)).mqtt;
-            (mqtt.host, mqtt.port, mqtt.tls)
+            (mqtt.url.host, mqtt.url.port, mqtt.url.tls)
         }
         assert_eq!(
             broker("mqtt://broker.local"),
@@ -735,127 +851,6 @@ mod tests {
     }
 
     #[test]
-    fn tls_settings() {
-        let tls = MINIMAL.replace("mqtt://127.0.0.1", "mqtts://broker");
-        let cases: &[(&str, &[&str])] = &[
-            ("ca_file = \"CA\"\nclient_cert_file = \"CERT\"\nclient_key_file = \"KEY\"", &[]),
-            ("ca_file = \"CA\"", &[]),
-            ("ca_file = \"CA\"\nclient_cert_file = \"CERT\"", &["mqtt.client_cert_file: given without mqtt.client_key_file"]),
-            ("ca_file = \"CA\"\nclient_key_file = \"KEY\"", &["mqtt.client_key_file: given without mqtt.client_cert_file"]),
-            ("ca_file = \"/nonexistent/ca.pem\"", &["mqtt.ca_file: cannot read /nonexistent/ca.pem: No such file or directory"]),
-            ("ca_file = \"CA\"\nclient_cert_file = \"/nonexistent/hub.pem\"\nclient_key_file = \"KEY\"", &[
-                "mqtt.client_cert_file: cannot read /nonexistent/hub.pem: No such file or directory",
-            ]),
-        ];
-        for (extra, expected) in cases {
-            let extra = extra
-                .replace("CA", &fixture("tls/ca.pem"))
-                .replace("CERT", &fixture("tls/hub.pem"))
-                .replace("KEY", &fixture("tls/hub.key"));
-            check(&format!("{tls}\n{extra}\n"), expected);
-        }
-    }
-
-    /// What `run` would trip over in the TLS files is found by loading the configuration, with the key.
-    #[test]
-    fn tls_files_are_parsed_as_the_uplink_parses_them() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = |name: &str, content: &[u8]| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, content).expect("write test file");
-            path.display().to_string()
-        };
-        let ca = fixture("tls/ca.pem");
-        let cert = fixture("tls/hub.pem");
-        let key = fixture("tls/hub.key");
-        let valid_ca = std::fs::read_to_string(&ca).expect("fixture");
-        let empty = file("empty", b"");
-        let garbage = file("garbage", b"this is not a certificate\n\x00\xff");
-        let bad_base64 = file(
-            "bad-base64.pem",
-            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
-        );
-        let not_der = file(
-            "not-der.pem",
-            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-        );
-        let unterminated = file(
-            "unterminated.pem",
-            valid_ca.replace("-----END CERTIFICATE-----", "").as_bytes(),
-        );
-        let not_a_key = file(
-            "not-a-key.pem",
-            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-        );
-        let other_key = fixture("tls/other.key");
-        // (ca_file, client_cert_file, client_key_file, expected errors)
-        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Vec<String>);
-        let cases: Vec<Case> = vec![
-            (&ca, Some(&cert), Some(&key), vec![]),
-            // Without a client certificate.
-            (&ca, None, None, vec![]),
-            (&empty, None, None, vec![format!("mqtt.ca_file: {empty}: no PEM certificate found")]),
-            (&garbage, None, None, vec![format!("mqtt.ca_file: {garbage}: no PEM certificate found")]),
-            // A key where the CA should be is not a certificate either.
-            (&key, None, None, vec![format!("mqtt.ca_file: {key}: no PEM certificate found")]),
-            (&bad_base64, None, None, vec![format!(
-                "mqtt.ca_file: {bad_base64}: not valid PEM: a section is not valid base64"
-            )]),
-            (&unterminated, None, None, vec![format!(
-                "mqtt.ca_file: {unterminated}: not valid PEM: a section has no END line"
-            )]),
-            (&not_der, None, None, vec![format!(
-                "mqtt.ca_file: {not_der}: certificate 1 is not a usable CA certificate: invalid peer certificate: BadEncoding"
-            )]),
-            (&ca, Some(&garbage), Some(&key), vec![format!("mqtt.client_cert_file: {garbage}: no PEM certificate found")]),
-            (&ca, Some(&not_der), Some(&key), vec![format!(
-                "mqtt.client_cert_file: {not_der}: not a usable certificate: invalid peer certificate: BadEncoding"
-            )]),
-            (&ca, Some(&cert), Some(&empty), vec![format!(
-                "mqtt.client_key_file: {empty}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)"
-            )]),
-            (&ca, Some(&cert), Some(&cert), vec![format!(
-                "mqtt.client_key_file: {cert}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)"
-            )]),
-            (&ca, Some(&cert), Some(&not_a_key), vec![format!(
-                "mqtt.client_key_file: {not_a_key}: not a usable private key: unexpected error: failed to parse private key as RSA, ECDSA, or EdDSA"
-            )]),
-            (&ca, Some(&cert), Some(&other_key), vec![format!(
-                "mqtt.client_key_file: {other_key}: does not belong to the certificate in mqtt.client_cert_file"
-            )]),
-        ];
-        for (ca_file, cert_file, key_file, expected) in cases {
-            let mut toml = format!(
-                "{}\nca_file = \"{ca_file}\"\n",
-                MINIMAL.replace("mqtt://127.0.0.1", "mqtts://broker")
-            );
-            if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
-                toml.push_str(&format!(
-                    "client_cert_file = \"{cert_file}\"\nclient_key_file = \"{key_file}\"\n"
-                ));
-            }
-            let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-            check(&toml, &expected);
-        }
-    }
-
-    /// A bad key elsewhere does not hide what `run` would trip over in the TLS files.
-    #[test]
-    fn tls_files_are_read_even_when_another_section_has_errors() {
-        let not_a_certificate = fixture("mqtt-password");
-        let toml = format!(
-            "[hub]\nid = \"Hub\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtts://b\"\nca_file = \"{not_a_certificate}\""
-        );
-        check(
-            &toml,
-            &[
-                r#"hub.id: "Hub" is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'"#,
-                &format!("mqtt.ca_file: {not_a_certificate}: no PEM certificate found"),
-            ],
-        );
-    }
-
-    #[test]
     fn a_password_file_is_read_as_the_uplink_reads_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let cases: &[(&[u8], Option<&str>)] = &[
@@ -967,13 +962,13 @@ mod tests {
             "cannot read {}: larger than 1 MiB; a configuration is a few kilobytes",
             path.display()
         );
-        let errors = Config::load_with_env(&path, &[]).unwrap_err();
+        let errors = Config::load_with_env(&path, &[], None).unwrap_err();
         assert_eq!(errors.to_string(), message);
         let drop_in = dir.path().join("vitalsd.toml.d/big.toml");
         write(&path, MINIMAL);
         std::fs::create_dir(dir.path().join("vitalsd.toml.d")).unwrap();
         write(&drop_in, &format!("# {}\n", "x".repeat(2 << 20)));
-        let errors = Config::load_with_env(&path, &[]).unwrap_err();
+        let errors = Config::load_with_env(&path, &[], None).unwrap_err();
         let message = format!(
             "{0}: cannot read {0}: larger than 1 MiB; a configuration is a few kilobytes",
             drop_in.display()
@@ -1172,12 +1167,16 @@ mod tests {
             ("VITALSD_OUTBOX__MAX_PENDING", "1_000"),
             ("VITALSD_LOG__LEVEL", "debug"),
         ]);
-        let config = match Config::load_with_env(&path, &vars) {
+        let config = match Config::load_with_env(&path, &vars, None) {
             Ok(config) => config,
             Err(errors) => panic!("{errors}"),
         };
         assert_eq!(
-            (config.mqtt.host.as_str(), config.mqtt.port, config.mqtt.tls),
+            (
+                config.mqtt.url.host.as_str(),
+                config.mqtt.url.port,
+                config.mqtt.url.tls
+            ),
             ("broker.example.org", 8884, true)
         );
         assert_eq!(config.mqtt.keep_alive, Duration::from_secs(45));
@@ -1195,7 +1194,7 @@ mod tests {
         let path = dir.path().join("vitalsd.toml");
         write(&path, MINIMAL);
         let errors = |vars: &[(&str, &str)]| -> Vec<String> {
-            match Config::load_with_env(&path, &env(vars)) {
+            match Config::load_with_env(&path, &env(vars), None) {
                 Ok(_) => Vec::new(),
                 Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
             }
@@ -1261,7 +1260,7 @@ mod tests {
             "CREDENTIALS_DIRECTORY",
             credentials.to_str().expect("utf-8 temp dir"),
         )]);
-        let errors = match Config::load_with_env(&path, &vars) {
+        let errors = match Config::load_with_env(&path, &vars, None) {
             Ok(_) => panic!("a missing credential must be reported"),
             Err(errors) => errors.to_string(),
         };
@@ -1273,7 +1272,7 @@ mod tests {
             )
         );
         write(&credentials.join("mqtt-password"), "s3cret\n");
-        assert!(Config::load_with_env(&path, &vars).is_ok());
+        assert!(Config::load_with_env(&path, &vars, None).is_ok());
     }
 
     /// The runtime directory comes from the environment the loader is given, never from the process's own.
@@ -1282,10 +1281,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("vitalsd.toml");
         write(&path, MINIMAL);
-        let runtime_dir = |vars: &[(&str, &str)]| match Config::load_with_env(&path, &env(vars)) {
-            Ok(config) => config.hub.runtime_dir,
-            Err(errors) => panic!("{errors}"),
-        };
+        let runtime_dir =
+            |vars: &[(&str, &str)]| match Config::load_with_env(&path, &env(vars), None) {
+                Ok(config) => config.hub.runtime_dir,
+                Err(errors) => panic!("{errors}"),
+            };
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "/run/vitalsd"),
             (&[("RUNTIME_DIRECTORY", "")], "/run/vitalsd"),
@@ -1331,12 +1331,12 @@ mod tests {
         );
         write(&drop_ins.join("README"), "not toml, not read");
         write(&drop_ins.join(".hidden.toml"), "not = [valid");
-        let config = match Config::load_with_env(&path, &[]) {
+        let config = match Config::load_with_env(&path, &[], None) {
             Ok(config) => config,
             Err(errors) => panic!("{errors}"),
         };
         assert_eq!(
-            (config.mqtt.host.as_str(), config.mqtt.tls),
+            (config.mqtt.url.host.as_str(), config.mqtt.url.tls),
             ("broker.example.org", true)
         );
         assert_eq!(config.mqtt.keep_alive, Duration::from_secs(20));
@@ -1347,7 +1347,8 @@ mod tests {
 
         // The environment wins over every file.
         let config =
-            match Config::load_with_env(&path, &env(&[("VITALSD_MQTT__KEEP_ALIVE_S", "25")])) {
+            match Config::load_with_env(&path, &env(&[("VITALSD_MQTT__KEEP_ALIVE_S", "25")]), None)
+            {
                 Ok(config) => config,
                 Err(errors) => panic!("{errors}"),
             };
@@ -1356,7 +1357,7 @@ mod tests {
         // Errors in values from a drop-in name the drop-in.
         let bad = drop_ins.join("40-bad.toml");
         write(&bad, "[mqtt]\nwindow = 0\ntypo = 1\n");
-        let errors = match Config::load_with_env(&path, &[]) {
+        let errors = match Config::load_with_env(&path, &[], None) {
             Ok(_) => panic!("the bad drop-in must be reported"),
             Err(errors) => errors.to_string(),
         };
@@ -1371,7 +1372,7 @@ mod tests {
         // Syntax errors in several files are all reported, each naming its file.
         write(&bad, "[mqtt\n");
         write(&path, "[hub]\nid = \n");
-        let errors = match Config::load_with_env(&path, &[]) {
+        let errors = match Config::load_with_env(&path, &[], None) {
             Ok(_) => panic!("syntax errors must be reported"),
             Err(errors) => errors.0,
         };
@@ -1391,7 +1392,7 @@ mod tests {
     fn an_unreadable_file_is_one_error_naming_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("missing.toml");
-        let errors = match Config::load_with_env(&path, &[]) {
+        let errors = match Config::load_with_env(&path, &[], None) {
             Ok(_) => panic!("a missing file must be reported"),
             Err(errors) => errors.0,
         };

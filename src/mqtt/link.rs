@@ -77,7 +77,7 @@ impl Link {
             }
             None => None,
         };
-        let transport = if mqtt.tls {
+        let transport = if mqtt.url.tls {
             Some(rumqttc::Transport::tls_with_config(tls::client_config(
                 mqtt,
             )?))
@@ -93,7 +93,8 @@ impl Link {
         let pkid_space = u16::try_from(mqtt.window * 2 + 8).unwrap_or(u16::MAX);
         match mqtt.protocol {
             MqttProtocol::V5 => {
-                let mut options = v5::MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
+                let mut options =
+                    v5::MqttOptions::new(&mqtt.client_id, &mqtt.url.host, mqtt.url.port);
                 options.set_keep_alive(mqtt.keep_alive);
                 options.set_clean_start(true);
                 options.set_session_expiry_interval(Some(0));
@@ -121,7 +122,8 @@ impl Link {
                 })
             }
             MqttProtocol::V311 => {
-                let mut options = rumqttc::MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
+                let mut options =
+                    rumqttc::MqttOptions::new(&mqtt.client_id, &mqtt.url.host, mqtt.url.port);
                 options.set_keep_alive(mqtt.keep_alive);
                 options.set_clean_session(true);
                 options.set_inflight(pkid_space);

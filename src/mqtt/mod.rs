@@ -14,7 +14,7 @@
 pub mod inflight;
 mod link;
 pub mod refusal;
-mod tls;
+pub mod tls;
 pub mod topic;
 
 use std::collections::VecDeque;
@@ -60,7 +60,7 @@ pub enum UplinkError {
     #[error("outbox worker stopped")]
     OutboxGone(#[from] crate::outbox::worker::WorkerGone),
     #[error("cannot set up TLS: {0}")]
-    Tls(#[from] tls::TlsSetupError),
+    Tls(#[from] tls::TlsFileError),
     #[error("cannot read the MQTT password: {0}")]
     Password(std::io::Error),
 }
