@@ -151,8 +151,8 @@ fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_rea
     let refused = rig.world.command(&["outbox", "salvage"]);
     assert!(
         !refused.status.success(),
-        "salvage ran beside the daemon (still running: {}):\n{}\nlog:\n{}",
-        daemon.is_running(),
+        "salvage ran beside the daemon (daemon {}):\n{}\nlog:\n{}",
+        daemon.state(),
         String::from_utf8_lossy(&refused.stdout),
         rig.world.log()
     );

@@ -352,6 +352,16 @@ impl Daemon {
     }
 
     /// Whether the process is still running.
+    /// "running", or how the daemon ended (its exit code or the signal that killed it), for a message.
+    pub fn state(&mut self) -> String {
+        match self.child.as_mut().map(|child| child.try_wait()) {
+            Some(Ok(None)) => "running".to_string(),
+            Some(Ok(Some(status))) => format!("ended: {status}"),
+            Some(Err(error)) => format!("unknown: {error}"),
+            None => "stopped by the test".to_string(),
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => child.try_wait().expect("try_wait").is_none(),
