@@ -468,6 +468,17 @@ impl Protocol {
         }
     }
 
+    /// Whether the hub can ask the device for this data format as the port opens (`select_format`).
+    pub fn has_format_command(self) -> bool {
+        matches!(
+            self.spec().link,
+            Link::Serial(SerialLink {
+                select_format: Some(_),
+                ..
+            })
+        )
+    }
+
     /// What the hub sends the device as the port opens; `select_format` is the `[[serial]]` key.
     pub fn host_commands(self, select_format: bool) -> HostCommands {
         match &self.spec().link {

@@ -290,8 +290,9 @@ impl Checks<'_> {
                 port.path = usb;
             }
             let protocol = port.protocol.name();
+            // The catalogue says which protocols have a format command; today those are Nonin's.
             if port.select_format
-                && !protocol.starts_with("nonin-")
+                && !port.protocol.has_format_command()
                 && !self.refused(&key("protocol"))
             {
                 let message = format!(
