@@ -260,20 +260,37 @@ pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCod
                 if !json {
                     println!(
                         "{}: {} intact record(s): {} copied, {} already known, {} refused (outbox full); \
-                         {} damaged left behind, {} unreadable",
+                         {} damaged left behind, {} unreadable page(s)",
                         file.display(),
                         report.readable,
                         report.copied,
                         report.duplicates,
                         report.refused_full,
                         report.damaged,
-                        report.unreadable
+                        report.unreadable_pages
                     );
+                    if report.read_from_pages > 0 {
+                        println!(
+                            "  {} of them read page by page, past damaged pages SQLite could not read",
+                            report.read_from_pages
+                        );
+                    }
+                    if report.header_rebuilt {
+                        println!("  its header was unreadable: salvage read it with a new one");
+                    }
+                    if report.unplaced > 0 {
+                        println!(
+                            "  {} intact record(s) left in the file: both the queue and the held readings are \
+                             damaged there, and nothing tells which of them these belong to",
+                            report.unplaced
+                        );
+                    }
                 }
-                failed |= report.refused_full > 0;
-                // A file taken whole is renamed so that it is not salvaged again; one the outbox could
-                // not take whole stays for the next run.
-                let renamed = if report.refused_full == 0 {
+                // A file holding records salvage could not take stays for the next run (after the outbox
+                // drained) or for a closer look; one taken whole is renamed so that it is not salvaged again.
+                let complete = report.refused_full == 0 && report.unplaced == 0;
+                failed |= !complete;
+                let renamed = if complete {
                     match mark_salvaged(file) {
                         Ok(renamed) => Some(renamed.display().to_string()),
                         Err(error) => {
