@@ -196,7 +196,7 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
     if json {
         println!("{report}");
     } else {
-        print_status(&report);
+        print_status(&report, path);
     }
     ExitCode::SUCCESS
 }
@@ -388,7 +388,8 @@ fn state_dir_report(state_dir: &Path) -> serde_json::Value {
     })
 }
 
-fn print_status(report: &serde_json::Value) {
+/// `config_path` is for the commands the status suggests.
+fn print_status(report: &serde_json::Value, config_path: &Path) {
     let outbox = &report["outbox"];
     let text = |value: &serde_json::Value| match value {
         serde_json::Value::Null => "never".to_string(),
@@ -447,7 +448,10 @@ fn print_status(report: &serde_json::Value) {
     println!("refused, outbox full    {}", outbox["rejected_full_total"]);
     println!("duplicates skipped      {}", outbox["duplicates_total"]);
     if let Some(quarantined) = outbox["quarantined"].as_str() {
-        println!("QUARANTINED OUTBOX      {quarantined}");
+        println!(
+            "QUARANTINED OUTBOX      {quarantined}; try `vitalsd outbox salvage --config {}`",
+            config_path.display()
+        );
     }
     if outbox["quarantined_records"].as_u64().unwrap_or(0) > 0 {
         println!(
@@ -457,9 +461,10 @@ fn print_status(report: &serde_json::Value) {
     }
     if outbox["lost_total"].as_u64().unwrap_or(0) > 0 {
         println!(
-            "LOST FROM STORAGE       {} ({}); try `vitalsd outbox salvage`",
+            "LOST FROM STORAGE       {} ({}); try `vitalsd outbox salvage --config {}`",
             outbox["lost_total"],
-            text(&outbox["last_loss"])
+            text(&outbox["last_loss"]),
+            config_path.display()
         );
     }
     let state_dir = &report["state_dir"];
