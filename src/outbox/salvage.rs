@@ -670,12 +670,17 @@ impl WorkCopy {
             .write(true)
             .open(&self.database)?;
         let page_size = u64::from(pages.page_size);
+        // Each frame adds one page at most, so a page number or size beyond that is a damaged frame
+        // header, which must not make the copy enormous. Pages past the last commit's size do not exist
+        // for SQLite either.
+        let most = file.metadata()?.len() / page_size + pages.frames.len() as u64;
+        let size = u64::from(pages.database_pages).min(most);
         for (page, content) in &pages.frames {
-            if *page > 0 {
+            if (1..=size).contains(&u64::from(*page)) {
                 file.write_all_at(&log[content.clone()], u64::from(page - 1) * page_size)?;
             }
         }
-        file.set_len(u64::from(pages.database_pages) * page_size)
+        file.set_len(size * page_size)
     }
 
     /// How the copy can be read. If SQLite refuses the file's list of tables, the page walk reads it; if
