@@ -208,12 +208,9 @@ fn a_frozen_broker_holds_readings_until_it_resumes() {
 fn an_unreadable_outbox_is_moved_aside_and_the_daemon_starts_fresh() {
     let mut rig = rig();
     std::fs::create_dir_all(rig.world.state_dir()).unwrap();
-    std::fs::write(
-        rig.world.outbox_path(),
-        b"garbage where the outbox should be; keep me for forensics",
-    )
-    .unwrap();
-    let _daemon = rig.world.start();
+    let garbage = b"garbage where the outbox should be; keep me for forensics";
+    std::fs::write(rig.world.outbox_path(), garbage).unwrap();
+    let mut daemon = rig.world.start();
     rig.port.write(&SpotCheck::numbered(7).frame());
     assert!(
         rig.subscriber
@@ -232,17 +229,37 @@ fn an_unreadable_outbox_is_moved_aside_and_the_daemon_starts_fresh() {
         })
         .collect();
     assert_eq!(moved.len(), 1, "the broken outbox was not kept");
-    assert!(std::fs::read(&moved[0])
-        .unwrap()
-        .starts_with(b"garbage where the outbox should be"));
-    assert!(rig
-        .world
-        .log()
-        .contains("THE OUTBOX DATABASE WAS UNREADABLE"));
+    assert!(std::fs::read(&moved[0]).unwrap().starts_with(garbage));
+    let log = rig.world.log();
+    assert!(log.contains("THE OUTBOX DATABASE WAS UNREADABLE"), "{log}");
+    // The log says what to run, with this daemon's configuration and the moved file.
+    let salvage = format!(
+        "`vitalsd outbox salvage --config {} {}`",
+        rig.world.config_path().display(),
+        moved[0].display()
+    );
+    assert!(
+        log.contains(&salvage),
+        "{salvage} is not in the log:\n{log}"
+    );
     assert!(rig.world.status()["outbox"]["quarantined"]
         .as_str()
         .unwrap()
         .contains("outbox.db.broken-"));
+
+    // Run as the log says, with the service stopped: nothing in that file is an outbox, and salvage says so
+    // rather than reporting it salvaged; the file stays, as found, for a closer look.
+    assert!(daemon.terminate().success());
+    let moved_file = moved[0].display().to_string();
+    let salvaged = rig.world.command(&["outbox", "salvage", &moved_file]);
+    let stderr = String::from_utf8_lossy(&salvaged.stderr);
+    assert!(!salvaged.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{moved_file} is not an outbox database")),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&moved[0]).unwrap(), garbage);
+    assert!(!std::path::Path::new(&format!("{moved_file}.salvaged")).exists());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Storage damage as an SD card does it, to the real files of the real daemon: a changed byte in a stored
-//! reading, a damaged or cut write-ahead log, and salvage; and counters that a kill -9 cannot part from the
-//! readings they count.
+//! reading, a damaged or cut write-ahead log, a damaged first sector, and salvage; and counters that a
+//! kill -9 cannot part from the readings they count.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -176,6 +176,66 @@ fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_rea
     // Taken whole, so it is not offered again.
     let again = rig.world.command(&["outbox", "salvage"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("No moved-aside outbox files"));
+
+    let _daemon = rig.world.start();
+    rig.broker.restart();
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(20, Duration::from_secs(30)),
+        "{}",
+        rig.world.log()
+    );
+    assert_eq!(rig.subscriber.unique_reading_ids(), queued);
+}
+
+#[test]
+fn an_outbox_with_a_damaged_first_sector_is_moved_aside_and_salvage_recovers_every_reading() {
+    let mut rig = rig();
+    rig.broker.stop();
+    let mut daemon = rig.world.start();
+    queue_with_broker_away(&mut rig, 20);
+    let queued: std::collections::BTreeSet<String> = rig.world.outbox_keys().into_iter().collect();
+    // A clean stop folds the log into the database, so the file alone holds the readings.
+    assert!(daemon.terminate().success());
+    let path = rig.world.outbox_path();
+    assert!(!wal(&path).exists() || std::fs::metadata(wal(&path)).unwrap().len() == 0);
+    // The first 512-byte sector, as a torn write leaves it: the file header and page 1's own header, which
+    // says where the list of tables is. SQLite refuses the whole file.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut random = fastrand::Rng::with_seed(17);
+    bytes[..512].fill_with(|| random.u8(..));
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut daemon = rig.world.start();
+    assert!(
+        wait_until(Duration::from_secs(10), || rig
+            .world
+            .log()
+            .contains("THE OUTBOX DATABASE WAS UNREADABLE")),
+        "{}",
+        rig.world.log()
+    );
+    assert!(daemon.terminate().success());
+    let salvaged = rig.world.command(&["outbox", "salvage", "--json"]);
+    let text = String::from_utf8_lossy(&salvaged.stdout).to_string();
+    assert!(
+        salvaged.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&salvaged.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let first = &report["salvaged"][0];
+    assert!(
+        first["file"]
+            .as_str()
+            .unwrap()
+            .contains("outbox.db.broken-"),
+        "{report}"
+    );
+    assert_eq!(first["report"]["copied"], 20, "{report}");
+    assert_eq!(first["report"]["header_rebuilt"], true, "{report}");
+    assert_eq!(first["report"]["read_from_pages"], 20, "{report}");
+    assert!(first["renamed_to"].as_str().unwrap().ends_with(".salvaged"));
 
     let _daemon = rig.world.start();
     rig.broker.restart();

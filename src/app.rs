@@ -25,7 +25,12 @@ pub const OUTBOX_FILE: &str = "outbox.db";
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until `shutdown` turns true or a part fails that must not be papered over.
-pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// `config_path` is where `config` was read from, for the commands the log tells an operator to run.
+pub async fn run(
+    config: Config,
+    config_path: &Path,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.hub.state_dir).with_context(|| {
         format!(
             "cannot create state directory {}",
@@ -41,8 +46,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         tracing::error!(
             moved_to = %moved_to.display(),
             reason = report.quarantine_reason.as_deref().unwrap_or(""),
-            "THE OUTBOX DATABASE WAS UNREADABLE. It was moved aside, not deleted, and a fresh outbox was started. \
-             Readings in the old file were NOT forwarded; recover them from the moved file."
+            "THE OUTBOX DATABASE WAS UNREADABLE. It was moved to {}, not deleted, and a fresh outbox was started. \
+             Readings in the old file were NOT forwarded; with the service stopped, recover what is readable \
+             with `vitalsd outbox salvage --config {} {}`.",
+            moved_to.display(),
+            config_path.display(),
+            moved_to.display()
         );
     }
     if let Some(loss) = &report.lost {
@@ -51,8 +60,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             copy = %loss.kept_copy.as_ref().map_or("none".to_string(), |p| p.display().to_string()),
             "STORED READINGS WERE LOST: the outbox's write-ahead log was damaged or cut, and {} committed \
              reading(s) are missing. A copy of the files as found was kept; with the service stopped, run \
-             `vitalsd outbox salvage` to recover what is readable.",
-            loss.records
+             `vitalsd outbox salvage --config {}` to recover what is readable.",
+            loss.records,
+            config_path.display()
         );
     }
     if let Some(problem) = &report.mark_problem {

@@ -196,7 +196,7 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
     if json {
         println!("{report}");
     } else {
-        print_status(&report);
+        print_status(&report, path);
     }
     ExitCode::SUCCESS
 }
@@ -260,20 +260,37 @@ pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCod
                 if !json {
                     println!(
                         "{}: {} intact record(s): {} copied, {} already known, {} refused (outbox full); \
-                         {} damaged left behind, {} unreadable",
+                         {} damaged left behind, {} unreadable page(s)",
                         file.display(),
                         report.readable,
                         report.copied,
                         report.duplicates,
                         report.refused_full,
                         report.damaged,
-                        report.unreadable
+                        report.unreadable_pages
                     );
+                    if report.read_from_pages > 0 {
+                        println!(
+                            "  {} of them read page by page, past damaged pages SQLite could not read",
+                            report.read_from_pages
+                        );
+                    }
+                    if report.header_rebuilt {
+                        println!("  its header was unreadable: salvage read it with a new one");
+                    }
+                    if report.unplaced > 0 {
+                        println!(
+                            "  {} intact record(s) left in the file: both the queue and the held readings are \
+                             damaged there, and nothing tells which of them these belong to",
+                            report.unplaced
+                        );
+                    }
                 }
-                failed |= report.refused_full > 0;
-                // A file taken whole is renamed so that it is not salvaged again; one the outbox could
-                // not take whole stays for the next run.
-                let renamed = if report.refused_full == 0 {
+                // A file holding records salvage could not take stays for the next run (after the outbox
+                // drained) or for a closer look; one taken whole is renamed so that it is not salvaged again.
+                let complete = report.refused_full == 0 && report.unplaced == 0;
+                failed |= !complete;
+                let renamed = if complete {
                     match mark_salvaged(file) {
                         Ok(renamed) => Some(renamed.display().to_string()),
                         Err(error) => {
@@ -371,7 +388,8 @@ fn state_dir_report(state_dir: &Path) -> serde_json::Value {
     })
 }
 
-fn print_status(report: &serde_json::Value) {
+/// `config_path` is for the commands the status suggests.
+fn print_status(report: &serde_json::Value, config_path: &Path) {
     let outbox = &report["outbox"];
     let text = |value: &serde_json::Value| match value {
         serde_json::Value::Null => "never".to_string(),
@@ -430,7 +448,10 @@ fn print_status(report: &serde_json::Value) {
     println!("refused, outbox full    {}", outbox["rejected_full_total"]);
     println!("duplicates skipped      {}", outbox["duplicates_total"]);
     if let Some(quarantined) = outbox["quarantined"].as_str() {
-        println!("QUARANTINED OUTBOX      {quarantined}");
+        println!(
+            "QUARANTINED OUTBOX      {quarantined}; try `vitalsd outbox salvage --config {}`",
+            config_path.display()
+        );
     }
     if outbox["quarantined_records"].as_u64().unwrap_or(0) > 0 {
         println!(
@@ -440,9 +461,10 @@ fn print_status(report: &serde_json::Value) {
     }
     if outbox["lost_total"].as_u64().unwrap_or(0) > 0 {
         println!(
-            "LOST FROM STORAGE       {} ({}); try `vitalsd outbox salvage`",
+            "LOST FROM STORAGE       {} ({}); try `vitalsd outbox salvage --config {}`",
             outbox["lost_total"],
-            text(&outbox["last_loss"])
+            text(&outbox["last_loss"]),
+            config_path.display()
         );
     }
     let state_dir = &report["state_dir"];

@@ -29,7 +29,7 @@ pub fn main(config_path: &Path) -> ExitCode {
     let result = runtime.block_on(async {
         let (trigger, shutdown) = watch::channel(false);
         let signals = tokio::spawn(wait_for_signals(trigger));
-        let result = crate::app::run(config, shutdown).await;
+        let result = crate::app::run(config, config_path, shutdown).await;
         signals.abort();
         result
     });

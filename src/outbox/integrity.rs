@@ -147,81 +147,60 @@ fn decode_mark(bytes: &[u8]) -> Option<u64> {
         .then(|| u64::from_le_bytes(bytes[4..12].try_into().unwrap()))
 }
 
-/// Rewrites the frame checksums of a SQLite write-ahead log so that SQLite reads every frame of the log's
-/// current generation again, including frames after a damaged one. Used only on a copy, by salvage: SQLite
-/// stops reading a log at the first frame whose checksum fails and so forgets every later commit, while the
-/// records on those pages are mostly intact, and each record's own checksum tells the damaged ones apart.
-///
-/// Frames are kept while their salt matches the log header's (older generations are stale and stay
-/// ignored); the log is cut after the last frame that ends a transaction. Returns how many frames were kept.
-pub fn reseal_wal(bytes: &mut Vec<u8>) -> usize {
-    const HEADER: usize = 32;
-    const FRAME_HEADER: usize = 24;
-    if bytes.len() < HEADER {
-        return 0;
-    }
-    let magic = u32::from_be_bytes(bytes[0..4].try_into().unwrap());
-    let big_endian = match magic {
-        0x377f_0682 => false,
-        0x377f_0683 => true,
-        _ => return 0,
-    };
-    let page_size = u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    let page_size = if page_size == 1 { 65536 } else { page_size };
-    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
-        return 0;
-    }
-    let salt = bytes[16..24].to_vec();
-    let mut sum = wal_checksum(big_endian, &bytes[..24], (0, 0));
-    bytes[24..28].copy_from_slice(&sum.0.to_be_bytes());
-    bytes[28..32].copy_from_slice(&sum.1.to_be_bytes());
-    let frame_len = FRAME_HEADER + page_size;
-    let mut offset = HEADER;
-    let mut kept = 0;
-    let mut end_of_last_commit = HEADER;
-    while offset + frame_len <= bytes.len() {
-        if bytes[offset + 8..offset + 16] != salt[..] {
-            break;
-        }
-        sum = wal_checksum(big_endian, &bytes[offset..offset + 8], sum);
-        sum = wal_checksum(
-            big_endian,
-            &bytes[offset + FRAME_HEADER..offset + frame_len],
-            sum,
-        );
-        bytes[offset + 16..offset + 20].copy_from_slice(&sum.0.to_be_bytes());
-        bytes[offset + 20..offset + 24].copy_from_slice(&sum.1.to_be_bytes());
-        kept += 1;
-        offset += frame_len;
-        let commit_size = u32::from_be_bytes(
-            bytes[offset - frame_len + 4..offset - frame_len + 8]
-                .try_into()
-                .unwrap(),
-        );
-        if commit_size != 0 {
-            end_of_last_commit = offset;
-        }
-    }
-    bytes.truncate(end_of_last_commit);
-    kept
+/// The pages of a SQLite write-ahead log that salvage folds into its copy of the database: every frame of
+/// the log's current generation, up to the last one that ends a transaction, whatever its checksum says.
+/// SQLite stops reading a log at the first frame whose checksum fails and so forgets every later commit,
+/// while the records on those pages are mostly intact, and each record's own checksum tells the damaged
+/// ones apart. Frames of older generations (whose salt differs from the header's) are stale and left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPages {
+    pub page_size: u32,
+    /// Page number and where its content lies in the log, in the log's order (a later frame wins).
+    pub frames: Vec<(u32, std::ops::Range<usize>)>,
+    /// The database's size in pages after the last commit.
+    pub database_pages: u32,
 }
 
-/// SQLite's write-ahead-log checksum (a Fletcher-like sum over 32-bit words), continued from `sum`.
-fn wal_checksum(big_endian: bool, data: &[u8], sum: (u32, u32)) -> (u32, u32) {
-    let (mut s0, mut s1) = sum;
-    for pair in data.chunks_exact(8) {
-        let word = |bytes: &[u8]| {
-            let bytes: [u8; 4] = bytes.try_into().unwrap();
-            if big_endian {
-                u32::from_be_bytes(bytes)
-            } else {
-                u32::from_le_bytes(bytes)
-            }
-        };
-        s0 = s0.wrapping_add(word(&pair[..4])).wrapping_add(s1);
-        s1 = s1.wrapping_add(word(&pair[4..])).wrapping_add(s0);
+/// The frames of `log` to fold into the database, or `None` if it is not a log or holds no commit.
+pub fn log_pages(log: &[u8]) -> Option<LogPages> {
+    const HEADER: usize = 32;
+    const FRAME_HEADER: usize = 24;
+    let page_size = wal_page_size(log)?;
+    let frame_len = FRAME_HEADER + page_size as usize;
+    let salt = &log[16..24];
+    let mut frames = Vec::new();
+    let mut committed = None;
+    let mut offset = HEADER;
+    while offset + frame_len <= log.len() && &log[offset + 8..offset + 16] == salt {
+        let page = u32::from_be_bytes(log[offset..offset + 4].try_into().unwrap());
+        let commit_size = u32::from_be_bytes(log[offset + 4..offset + 8].try_into().unwrap());
+        frames.push((page, offset + FRAME_HEADER..offset + frame_len));
+        offset += frame_len;
+        if commit_size != 0 {
+            committed = Some((frames.len(), commit_size));
+        }
     }
-    (s0, s1)
+    let (kept, database_pages) = committed?;
+    frames.truncate(kept);
+    Some(LogPages {
+        page_size,
+        frames,
+        database_pages,
+    })
+}
+
+/// The page size a write-ahead log's header states, if it is a log's header and the size one SQLite allows.
+pub fn wal_page_size(bytes: &[u8]) -> Option<u32> {
+    let header = bytes.get(..32)?;
+    let magic = u32::from_be_bytes(header[0..4].try_into().unwrap());
+    if !matches!(magic, 0x377f_0682 | 0x377f_0683) {
+        return None;
+    }
+    let page_size = match u32::from_be_bytes(header[8..12].try_into().unwrap()) {
+        1 => 65536,
+        size => size,
+    };
+    ((512..=65536).contains(&page_size) && page_size.is_power_of_two()).then_some(page_size)
 }
 
 /// Copies a file, for keeping a damaged database and its log before anything writes to them again.

@@ -1,17 +1,25 @@
 //! Salvage: copies every readable, intact record out of a moved-aside outbox file (`.broken-*`, `.damaged-*`)
 //! into the live outbox, deduplicated by key; and the lock that keeps salvage and the daemon apart.
 //!
-//! The source file is never changed: salvage works on a copy, whose write-ahead log is resealed
-//! ([`integrity::reseal_wal`]) so that SQLite reads commits behind a damaged frame, and reads rows in a way
-//! that steps over unreadable pages. A record whose checksum fails is counted and left behind.
+//! The source file is never changed: salvage works on a copy. The log's frames are folded into the copy
+//! ([`integrity::log_pages`]), also those behind a frame whose checksum fails, which SQLite would ignore; a
+//! header SQLite refuses is written anew, since the pages behind it are as readable as ever. Rows are read
+//! twice over: first through SQLite, stepping over the pages it cannot read, then by walking the file's
+//! pages ([`pages`]) for the rows SQLite could not reach (leaves below a damaged interior page, pages it
+//! rejects as a whole, all of them if it refuses the file's list of tables). A record is taken only if its
+//! checksum holds; one whose checksum fails is counted and left behind.
+
+mod pages;
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::integrity::{self, record_checksum};
 use super::{Appended, NewRecord, Outbox, OutboxError};
+use pages::{Cell, Freelist, PageFile, SchemaEntry, Value};
 
 /// Rows read per query while the file reads cleanly.
 const CHUNK: i64 = 256;
@@ -33,6 +41,16 @@ pub enum SalvageError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error(
+        "{path} is not an outbox database, or its first page (the file header and the list of tables) is \
+         unreadable: nothing could be read from it, and it is left as it is"
+    )]
+    NotAnOutbox { path: String },
+    #[error("cannot read the pages of {path} one by one: {source}")]
+    Pages {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
 }
@@ -48,10 +66,19 @@ pub struct SalvageReport {
     pub duplicates: u64,
     /// Refused because the live outbox is full; run salvage again once it has drained.
     pub refused_full: u64,
-    /// Rows whose checksum failed: left behind, never published.
+    /// Rows whose checksum failed, or whose columns no longer hold what was written: left behind, never
+    /// published.
     pub damaged: u64,
-    /// Rows that could not be read at all.
-    pub unreadable: u64,
+    /// Of the intact records, those SQLite could not reach, read by walking the file's pages.
+    pub read_from_pages: u64,
+    /// Intact records on pages that could be the queue's or the held readings' (both tables were damaged
+    /// and the record's seq fits either): left behind in the file, which is therefore not marked salvaged.
+    pub unplaced: u64,
+    /// Pages of the queue and of the held readings that do not read as such: the rows they held are lost.
+    /// A damaged page below another damaged page is not seen, so this is a lower bound.
+    pub unreadable_pages: u64,
+    /// SQLite refused the file's header, and salvage wrote a new one on its copy.
+    pub header_rebuilt: bool,
     /// Write-ahead-log frames read after resealing the log.
     pub log_frames: u64,
 }
@@ -135,38 +162,91 @@ pub fn moved_aside_files(state_dir: &Path, file_name: &str) -> std::io::Result<V
 /// Copies the intact records of `source` into `live`.
 pub fn salvage_file(live: &mut Outbox, source: &Path) -> Result<SalvageReport, SalvageError> {
     let work = WorkCopy::make(source)?;
-    let mut report = SalvageReport {
-        log_frames: work.log_frames,
-        ..SalvageReport::default()
-    };
-    let connection =
-        Connection::open(&work.database).map_err(|source_error| SalvageError::Open {
-            path: source.display().to_string(),
-            source: source_error,
-        })?;
-    for (table, held) in [("record", false), ("held", true)] {
-        let mut copier = Copier {
-            live: &mut *live,
+    let mut salvage = Salvage {
+        report: SalvageReport {
+            log_frames: work.log_frames,
+            ..SalvageReport::default()
+        },
+        copier: Copier {
+            live,
             batch: Vec::new(),
-            outcomes: Vec::new(),
             failed: None,
-        };
-        read_table(&connection, table, &mut report, |record| {
-            copier.add(NewRecord { held, ..record })
+            copied: 0,
+            duplicates: 0,
+            refused_full: 0,
+        },
+    };
+    let opened = work.open(source, &mut salvage.report)?;
+    let file = PageFile::open(&work.database).map_err(|error| SalvageError::Pages {
+        path: source.display().to_string(),
+        source: error,
+    })?;
+    let (mut tables, roots) = match &opened {
+        Opened::Sqlite(connection) => {
+            let mut tables: Vec<Table> = [("record", false), ("held", true)]
+                .into_iter()
+                .filter_map(|(name, held)| Table::from_sqlite(connection, name, held))
+                .collect();
+            for table in &mut tables {
+                read_table(connection, table, &mut salvage);
+            }
+            let roots: Vec<u32> = connection
+                .prepare("SELECT rootpage FROM sqlite_schema WHERE rootpage > 0")
+                .and_then(|mut query| query.query_map([], |row| row.get(0))?.collect())
+                .unwrap_or_default();
+            (tables, roots)
+        }
+        Opened::Pages(schema) => {
+            let tables = [("record", false), ("held", true)]
+                .into_iter()
+                .filter_map(|(name, held)| Table::from_pages(&file, schema, name, held))
+                .collect();
+            (tables, schema.iter().map(|entry| entry.root).collect())
+        }
+    };
+    read_pages(&file, &roots, &mut tables, &mut salvage);
+    salvage.finish()
+}
+
+/// One salvage in progress: what it found, and where intact records go.
+struct Salvage<'a> {
+    report: SalvageReport,
+    copier: Copier<'a>,
+}
+
+impl Salvage<'_> {
+    /// Takes `row` into the live outbox if it is intact, counts it as damaged otherwise.
+    fn take(&mut self, row: Row, held: bool, from_pages: bool) {
+        if !row.intact() {
+            self.report.damaged += 1;
+            return;
+        }
+        self.report.readable += 1;
+        if from_pages {
+            self.report.read_from_pages += 1;
+        }
+        self.copier.add(NewRecord {
+            key: row.key,
+            label: row.label,
+            format: row.format,
+            payload: row.payload,
+            created_at_ms: row.created_at_ms,
+            held,
         });
-        copier.flush();
-        if let Some(error) = copier.failed {
+    }
+
+    fn finish(mut self) -> Result<SalvageReport, SalvageError> {
+        self.copier.flush();
+        if let Some(error) = self.copier.failed {
             return Err(error.into());
         }
-        for outcome in copier.outcomes {
-            match outcome {
-                Appended::Stored => report.copied += 1,
-                Appended::Duplicate => report.duplicates += 1,
-                Appended::RejectedFull => report.refused_full += 1,
-            }
-        }
+        Ok(SalvageReport {
+            copied: self.copier.copied,
+            duplicates: self.copier.duplicates,
+            refused_full: self.copier.refused_full,
+            ..self.report
+        })
     }
-    Ok(report)
 }
 
 /// Renames a salvaged file and its side files to `<name>.salvaged`, so that a later salvage (after the
@@ -187,8 +267,10 @@ pub fn mark_salvaged(source: &Path) -> std::io::Result<PathBuf> {
 struct Copier<'a> {
     live: &'a mut Outbox,
     batch: Vec<NewRecord>,
-    outcomes: Vec<Appended>,
     failed: Option<OutboxError>,
+    copied: u64,
+    duplicates: u64,
+    refused_full: u64,
 }
 
 impl Copier<'_> {
@@ -205,84 +287,149 @@ impl Copier<'_> {
             return;
         }
         match self.live.append(&batch) {
-            Ok(outcomes) => self.outcomes.extend(outcomes),
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    *match outcome {
+                        Appended::Stored => &mut self.copied,
+                        Appended::Duplicate => &mut self.duplicates,
+                        Appended::RejectedFull => &mut self.refused_full,
+                    } += 1;
+                }
+            }
             Err(error) => self.failed = Some(error),
         }
     }
 }
 
-/// Reads every row of `table` it can, passing on the intact ones.
-fn read_table(
-    connection: &Connection,
-    table: &str,
-    report: &mut SalvageReport,
-    mut intact: impl FnMut(NewRecord),
-) {
-    let has_checksum = match column_names(connection, table) {
-        Ok(columns) if columns.iter().any(|c| c == "seq") => {
-            columns.iter().any(|c| c == "checksum")
+/// A table of a moved-aside file that holds records: `record` (the queue) or `held`.
+struct Table {
+    name: &'static str,
+    held: bool,
+    has_checksum: bool,
+    /// The highest seq the table ever gave out, if `sqlite_sequence` reads.
+    last_seq: Option<i64>,
+    root: Option<u32>,
+    /// The seqs of the rows SQLite read (intact or not): the page walk leaves those alone.
+    read: Vec<i64>,
+}
+
+impl Table {
+    /// The table `name` as SQLite reads it, if the file has it and its definition reads (an old schema had
+    /// no `held`).
+    fn from_sqlite(connection: &Connection, name: &'static str, held: bool) -> Option<Table> {
+        let columns = column_names(connection, name).ok()?;
+        if !columns.iter().any(|c| c == "seq") {
+            return None;
         }
-        // No such table (an old schema had no `held`), or its definition is unreadable.
-        _ => return,
-    };
-    let columns = if has_checksum {
+        let last_seq = connection
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()
+            .ok()
+            .flatten();
+        let root = connection
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .ok();
+        Some(Table {
+            name,
+            held,
+            has_checksum: columns.iter().any(|c| c == "checksum"),
+            last_seq,
+            root,
+            read: Vec::new(),
+        })
+    }
+
+    /// The table `name` as the file's pages describe it, when SQLite cannot read the list of tables. A
+    /// definition whose text is unreadable is taken to have checksums, as every outbox since schema 3 has.
+    fn from_pages(
+        file: &PageFile,
+        schema: &[SchemaEntry],
+        name: &'static str,
+        held: bool,
+    ) -> Option<Table> {
+        let entry = schema
+            .iter()
+            .find(|entry| entry.table && entry.name == name)?;
+        let has_checksum = entry
+            .sql
+            .as_deref()
+            .is_none_or(|sql| sql.contains("checksum"));
+        let last_seq = file.last_seq(schema, name);
+        Some(Table {
+            name,
+            held,
+            has_checksum,
+            last_seq,
+            root: Some(entry.root),
+            read: Vec::new(),
+        })
+    }
+
+    /// A row read from the pages, if its values have the shape of this table's rows.
+    fn row(&self, values: &[Value]) -> Option<Row> {
+        // The seq is the rowid, which the row itself stores as NULL.
+        let [Value::Null, Value::Text(key), Value::Text(label), Value::Integer(format), Value::Blob(payload), Value::Integer(created_at_ms), rest @ ..] =
+            values
+        else {
+            return None;
+        };
+        let checksum = match (self.has_checksum, rest) {
+            (true, [Value::Integer(checksum)]) => Some(*checksum),
+            (false, []) => None,
+            _ => return None,
+        };
+        Some(Row {
+            key: String::from_utf8(key.clone()).ok()?,
+            label: String::from_utf8(label.clone()).ok()?,
+            format: u32::try_from(*format).ok()?,
+            payload: payload.clone(),
+            created_at_ms: *created_at_ms,
+            checksum,
+        })
+    }
+}
+
+/// Reads every row of `table` that SQLite can read, stepping over what it cannot.
+fn read_table(connection: &Connection, table: &mut Table, salvage: &mut Salvage<'_>) {
+    let columns = if table.has_checksum {
         "seq, key, label, format, payload, created_at, checksum"
     } else {
         "seq, key, label, format, payload, created_at, NULL"
     };
-    let last_seq: Option<i64> = connection
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
-            params![table],
-            |row| row.get(0),
-        )
-        .optional()
-        .ok()
-        .flatten();
-    let mut take = |row: Row, report: &mut SalvageReport| {
-        let intact_row = match row.checksum {
-            Some(checksum) => {
-                checksum == record_checksum(&row.key, &row.label, row.format, &row.payload)
-            }
-            // Files from before checksums: what reads cleanly is all there is to go on.
-            None => true,
-        };
-        if intact_row {
-            report.readable += 1;
-            intact(NewRecord {
-                key: row.key,
-                label: row.label,
-                format: row.format,
-                payload: row.payload,
-                created_at_ms: row.created_at_ms,
-                held: false,
-            });
-        } else {
-            report.damaged += 1;
-        }
-    };
     let mut after = 0i64;
     let mut empty_windows = 0u32;
     loop {
-        match read_chunk(connection, table, columns, after) {
+        let mut handle = |read: ReadRow| {
+            table.read.push(read.seq);
+            match read.fields {
+                Ok(row) => salvage.take(row, table.held, false),
+                Err(()) => salvage.report.damaged += 1,
+            }
+        };
+        match read_chunk(connection, table.name, columns, after) {
             // A clean read that finds nothing more is the end: the table's index said so.
             Ok(rows) if rows.is_empty() => break,
             Ok(rows) => {
                 for row in rows {
                     after = row.seq;
-                    match row.fields {
-                        Ok(fields) => take(fields, report),
-                        Err(()) => report.unreadable += 1,
-                    }
+                    handle(row);
                 }
                 empty_windows = 0;
             }
             Err(_) => {
-                let before = report.readable + report.damaged;
-                after = probe_window(connection, table, columns, after, report, &mut take);
-                if report.readable + report.damaged == before {
+                let found;
+                (after, found) = probe_window(connection, table.name, columns, after, &mut handle);
+                if found == 0 {
                     empty_windows += 1;
-                    if last_seq.is_none() && empty_windows >= MAX_EMPTY_WINDOWS {
+                    if table.last_seq.is_none() && empty_windows >= MAX_EMPTY_WINDOWS {
                         break;
                     }
                 } else {
@@ -290,10 +437,8 @@ fn read_table(
                 }
             }
         }
-        if let Some(last) = last_seq {
-            if after >= last {
-                break;
-            }
+        if table.last_seq.is_some_and(|last| after >= last) {
+            break;
         }
     }
 }
@@ -307,8 +452,21 @@ struct Row {
     checksum: Option<i64>,
 }
 
+impl Row {
+    fn intact(&self) -> bool {
+        match self.checksum {
+            Some(checksum) => {
+                checksum == record_checksum(&self.key, &self.label, self.format, &self.payload)
+            }
+            // Files from before checksums: what reads cleanly is all there is to go on.
+            None => true,
+        }
+    }
+}
+
 struct ReadRow {
     seq: i64,
+    /// `Err` if a column does not hold the type it was written with.
     fields: Result<Row, ()>,
 }
 
@@ -341,32 +499,113 @@ fn row_fields(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
-/// Tries each seq after `after` in one window on its own; returns the window's end.
+/// Tries each seq after `after` in one window on its own, so that the rows on readable pages past a page
+/// SQLite cannot read are read all the same; returns the window's end and how many rows it found. A seq
+/// that fails is left to the page walk ([`read_pages`]), which knows whether a row was there.
 fn probe_window(
     connection: &Connection,
     table: &str,
     columns: &str,
     after: i64,
-    report: &mut SalvageReport,
-    take: &mut impl FnMut(Row, &mut SalvageReport),
-) -> i64 {
+    handle: &mut impl FnMut(ReadRow),
+) -> (i64, usize) {
     let end = after.saturating_add(PROBE_WINDOW);
     let Ok(mut query) =
         connection.prepare_cached(&format!("SELECT {columns} FROM {table} WHERE seq = ?1"))
     else {
-        return end;
+        return (end, 0);
     };
+    let mut found = 0;
     for seq in after + 1..=end {
-        match query
-            .query_row(params![seq], |row| Ok(row_fields(row)))
+        if let Ok(Some(fields)) = query
+            .query_row(params![seq], |row| Ok(row_fields(row).map_err(|_| ())))
             .optional()
         {
-            Ok(Some(Ok(row))) => take(row, report),
-            Ok(Some(Err(_))) | Err(_) => report.unreadable += 1,
-            Ok(None) => {}
+            found += 1;
+            handle(ReadRow { seq, fields });
         }
     }
-    end
+    (end, found)
+}
+
+/// Walks the file's pages for the rows SQLite could not read: those on leaves SQLite rejected, and on
+/// leaves it could not reach because a page above them is damaged (orphans, which no tree points to any
+/// more). An orphan's rows go to the table it can only belong to: the one damaged table, or, if both are,
+/// the one whose seqs reach that far; a row that could be either is counted and left behind.
+/// `roots` are the roots of every tree in the file, so that no page of another tree is taken for an orphan.
+fn read_pages(file: &PageFile, roots: &[u32], tables: &mut [Table], salvage: &mut Salvage<'_>) {
+    let wanted: Vec<u32> = tables.iter().map(|table| table.root.unwrap_or(0)).collect();
+    let freelist = if salvage.report.header_rebuilt {
+        Freelist::Unknown
+    } else {
+        Freelist::FromHeader
+    };
+    let layout = file.layout(&wanted, roots, freelist);
+    let mut damaged = Vec::new();
+    for (table, tree) in tables.iter_mut().zip(&layout.trees) {
+        salvage.report.unreadable_pages += tree.unreadable_pages;
+        damaged.push(tree.unreadable_pages > 0);
+        table.read.sort_unstable();
+        for cell in tree
+            .leaves
+            .iter()
+            .filter_map(|leaf| file.rows(*leaf))
+            .flatten()
+        {
+            match cell {
+                Cell::Row { rowid, .. } if table.read.binary_search(&rowid).is_ok() => {}
+                Cell::Row {
+                    values: Some(values),
+                    ..
+                } => match table.row(&values) {
+                    Some(row) => salvage.take(row, table.held, true),
+                    None => salvage.report.damaged += 1,
+                },
+                Cell::Row { values: None, .. } | Cell::Unreadable => salvage.report.damaged += 1,
+            }
+        }
+    }
+    if !damaged.contains(&true) {
+        // Every tree reads whole, so a page none of them reaches holds nothing pending: a page freed
+        // while the freelist that listed it was lost.
+        return;
+    }
+    for cell in layout
+        .orphans
+        .iter()
+        .filter_map(|page| file.rows(*page))
+        .flatten()
+    {
+        let Cell::Row {
+            rowid,
+            values: Some(values),
+        } = cell
+        else {
+            continue;
+        };
+        // The tables this row can be from: damaged ones whose seqs reach it and that did not read it.
+        let owners: Vec<&Table> = (tables.iter().zip(&damaged))
+            .filter(|(table, damaged)| **damaged && table.last_seq.is_none_or(|last| rowid <= last))
+            .filter(|(table, _)| table.read.binary_search(&rowid).is_err())
+            .map(|(table, _)| table)
+            .collect();
+        match owners[..] {
+            // A stale copy of a row read already, or a seq no damaged table gave out: nothing pending.
+            [] => {}
+            [owner] => {
+                // A row of another shape is an orphan of another table, say the quarantine.
+                if let Some(row) = owner.row(&values) {
+                    salvage.take(row, owner.held, true);
+                }
+            }
+            _ => {
+                let row = owners.iter().find_map(|table| table.row(&values));
+                if row.is_some_and(|row| row.intact()) {
+                    salvage.report.unplaced += 1;
+                }
+            }
+        }
+    }
 }
 
 fn column_names(connection: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
@@ -375,11 +614,21 @@ fn column_names(connection: &Connection, table: &str) -> rusqlite::Result<Vec<St
     rows.collect()
 }
 
-/// A private copy of a moved-aside database and its log, removed when dropped.
+/// A private copy of a moved-aside database with its log folded in, removed when dropped.
 struct WorkCopy {
     directory: PathBuf,
     database: PathBuf,
     log_frames: u64,
+    /// The page size the log's header states, if the file has a log.
+    log_page_size: Option<u32>,
+}
+
+/// How a work copy can be read.
+enum Opened {
+    /// SQLite reads its list of tables.
+    Sqlite(Connection),
+    /// SQLite refuses it, but its list of tables reads page by page.
+    Pages(Vec<SchemaEntry>),
 }
 
 impl WorkCopy {
@@ -391,24 +640,154 @@ impl WorkCopy {
         };
         let _ = std::fs::remove_dir_all(&directory);
         std::fs::create_dir(&directory).map_err(copy_error)?;
-        let work = WorkCopy {
+        let mut work = WorkCopy {
             database: directory.join("outbox.db"),
             directory,
             log_frames: 0,
+            log_page_size: None,
         };
         std::fs::copy(source, &work.database).map_err(copy_error)?;
         let log = PathBuf::from(format!("{}-wal", source.display()));
-        let mut work = work;
         match std::fs::read(&log) {
-            Ok(mut bytes) => {
-                work.log_frames = integrity::reseal_wal(&mut bytes) as u64;
-                std::fs::write(work.directory.join("outbox.db-wal"), bytes).map_err(copy_error)?;
+            Ok(bytes) => {
+                if let Some(pages) = integrity::log_pages(&bytes) {
+                    work.fold_log(&bytes, &pages).map_err(copy_error)?;
+                    work.log_frames = pages.frames.len() as u64;
+                }
+                work.log_page_size = integrity::wal_page_size(&bytes);
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(copy_error(error)),
         }
         Ok(work)
     }
+
+    /// Writes the log's pages into the copy, as a checkpoint would, so that SQLite and the page walk both
+    /// read one file, and the copy reads the same whether or not SQLite accepts it. Folding the frames here
+    /// rather than letting SQLite read the log also takes the commits behind a frame whose checksum fails.
+    fn fold_log(&self, log: &[u8], pages: &integrity::LogPages) -> std::io::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.database)?;
+        let page_size = u64::from(pages.page_size);
+        // Each frame adds one page at most, so a page number or size beyond that is a damaged frame
+        // header, which must not make the copy enormous. Pages past the last commit's size do not exist
+        // for SQLite either.
+        let most = file.metadata()?.len() / page_size + pages.frames.len() as u64;
+        let size = u64::from(pages.database_pages).min(most);
+        for (page, content) in &pages.frames {
+            if (1..=size).contains(&u64::from(*page)) {
+                file.write_all_at(&log[content.clone()], u64::from(page - 1) * page_size)?;
+            }
+        }
+        file.set_len(size * page_size)
+    }
+
+    /// How the copy can be read. If SQLite refuses the file's list of tables, the page walk reads it; if
+    /// neither can, the copy gets a new header (the page size from the log's header, or else each size
+    /// SQLite allows, its default first, which vitalsd keeps), since the pages behind a damaged header are
+    /// as readable as ever. The list must name the outbox's queue.
+    fn open(&self, source: &Path, report: &mut SalvageReport) -> Result<Opened, SalvageError> {
+        let not_an_outbox = || SalvageError::NotAnOutbox {
+            path: source.display().to_string(),
+        };
+        match outbox_connection(&self.database) {
+            Ok(Some(connection)) => return Ok(Opened::Sqlite(connection)),
+            Ok(None) => return Err(not_an_outbox()),
+            Err(error) if !is_damage(&error) => {
+                return Err(SalvageError::Open {
+                    path: source.display().to_string(),
+                    source: error,
+                })
+            }
+            Err(_) => {}
+        }
+        if let Some(schema) = self.page_schema() {
+            return Ok(Opened::Pages(schema));
+        }
+        let length = std::fs::metadata(&self.database)
+            .map_err(|error| self.copy_error(source, error))?
+            .len();
+        let sizes = match self.log_page_size {
+            Some(size) => vec![size],
+            None => vec![4096, 1024, 2048, 8192, 16384, 32768, 65536, 512],
+        };
+        for page_size in sizes.into_iter().filter(|size| u64::from(*size) <= length) {
+            self.write_header(page_size)
+                .map_err(|error| self.copy_error(source, error))?;
+            report.header_rebuilt = true;
+            if let Ok(Some(connection)) = outbox_connection(&self.database) {
+                return Ok(Opened::Sqlite(connection));
+            }
+            if let Some(schema) = self.page_schema() {
+                return Ok(Opened::Pages(schema));
+            }
+        }
+        report.header_rebuilt = false;
+        Err(not_an_outbox())
+    }
+
+    /// The list of tables as the page walk reads it, if it names the queue.
+    fn page_schema(&self) -> Option<Vec<SchemaEntry>> {
+        let schema = PageFile::open(&self.database).ok()?.schema();
+        schema
+            .iter()
+            .any(|entry| entry.table && entry.name == "record")
+            .then_some(schema)
+    }
+
+    /// Writes a new file header into the copy: SQLite's fixed values, the page size, a log (WAL) file
+    /// format, UTF-8 text, no freelist, and a database size left for SQLite to take from the file's length.
+    fn write_header(&self, page_size: u32) -> std::io::Result<()> {
+        let mut header = [0u8; 100];
+        header[..16].copy_from_slice(b"SQLite format 3\0");
+        let size_field = if page_size == 65536 {
+            1
+        } else {
+            page_size as u16
+        };
+        header[16..18].copy_from_slice(&size_field.to_be_bytes());
+        header[18] = 1;
+        header[19] = 1;
+        // The payload fractions SQLite requires.
+        header[21..24].copy_from_slice(&[64, 32, 32]);
+        // A change counter unlike the "version valid for" number below, so the size is read from the
+        // file's length.
+        header[24..28].copy_from_slice(&1u32.to_be_bytes());
+        // Schema format 4, UTF-8.
+        header[44..48].copy_from_slice(&4u32.to_be_bytes());
+        header[56..60].copy_from_slice(&1u32.to_be_bytes());
+        header[96..100].copy_from_slice(&rusqlite::version_number().to_be_bytes());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.database)?
+            .write_all_at(&header, 0)
+    }
+
+    fn copy_error(&self, source: &Path, error: std::io::Error) -> SalvageError {
+        SalvageError::Copy {
+            path: source.display().to_string(),
+            source: error,
+        }
+    }
+}
+
+/// A connection to `database` if SQLite reads its list of tables: `None` if that list has no queue.
+fn outbox_connection(database: &Path) -> rusqlite::Result<Option<Connection>> {
+    let connection = Connection::open(database)?;
+    let queues: i64 = connection.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'record'",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok((queues == 1).then_some(connection))
+}
+
+fn is_damage(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt)
+    )
 }
 
 impl Drop for WorkCopy {
