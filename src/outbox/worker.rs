@@ -372,10 +372,8 @@ impl Worker {
         mut commands: mpsc::Receiver<Command>,
         mut appends: mpsc::Receiver<AppendRequest>,
     ) -> Result<(), OutboxError> {
-        if let Some(limits) = self.space.wal_limits() {
-            if let Err(error) = self.outbox.limit_wal(limits) {
-                tracing::warn!(%error, "Could not limit the WAL for a small filesystem.");
-            }
+        if let Err(error) = self.outbox.limit_wal(self.space.wal_limits()) {
+            tracing::warn!(%error, "Could not limit the write-ahead log's size.");
         }
         if !self.space.ensure_reserve() {
             tracing::warn!(
