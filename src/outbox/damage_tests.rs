@@ -181,6 +181,40 @@ fn a_cut_write_ahead_log_is_reported_with_the_number_of_readings_lost() {
     assert_eq!(again.lost, None);
 }
 
+/// The process's POSIX locks on `file`, from /proc/locks: SQLite's way of telling other processes that
+/// this one uses the database and its shared index.
+fn locks_held_on(file: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(file).unwrap().ino();
+    let pid = std::process::id().to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(4) == Some(&pid.as_str())
+                && fields
+                    .get(5)
+                    .and_then(|device| device.rsplit(':').next())
+                    .is_some_and(|found| found == inode.to_string())
+        })
+        .count()
+}
+
+#[test]
+fn keeping_a_copy_of_a_damaged_log_leaves_the_outbox_locked_against_other_processes() {
+    let (_dir, path) = crashed_outbox_with_twenty_records();
+    let wal = std::fs::read(wal_of(&path)).unwrap();
+    std::fs::write(wal_of(&path), &wal[..wal.len() / 2]).unwrap();
+    let (mut outbox, report) = open(&path);
+    assert!(report.lost.is_some());
+    keys(&mut outbox);
+    // Without its lock on the shared index, another process opening the outbox (`vitalsd status`) would
+    // take itself for the first and rebuild the index under the daemon.
+    let shm = PathBuf::from(format!("{}-shm", path.display()));
+    assert!(locks_held_on(&shm) > 0, "no lock on {}", shm.display());
+}
+
 #[test]
 fn a_clean_crash_loses_nothing_and_reports_nothing() {
     let (_dir, path) = crashed_outbox_with_twenty_records();

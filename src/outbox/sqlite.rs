@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::integrity::{self, record_checksum, CommitMark, MarkReading};
@@ -140,7 +141,10 @@ impl Outbox {
         now_ms: i64,
         report: &mut OpenReport,
     ) -> Result<Outbox, OutboxError> {
-        let connection = Connection::open(path)?;
+        let mut connection = Connection::open(path)?;
+        // Closing this connection must not fold the log into the database (nor delete it): when the commit
+        // mark says commits are missing, the log is copied as found after the connection is closed.
+        connection.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         configure(&connection)?;
         let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         if found > SCHEMA_VERSION {
@@ -173,14 +177,22 @@ impl Outbox {
             }
         };
         if let Some(records) = lost {
+            // SQLite's file locks belong to the process, and closing any descriptor of a file drops them:
+            // copying the files beside an open connection would leave it unlocked, and the next process to
+            // open the outbox (a `vitalsd status`) would rebuild the shared index under it. So the copy is
+            // taken with no connection open.
+            drop(connection);
             let kept_copy = keep_damaged_copy(path, now_ms);
+            connection = Connection::open(path)?;
+            configure(&connection)?;
             report.lost = Some(Loss {
                 records,
                 kept_copy: kept_copy.clone(),
             });
         }
+        // From here on, closing folds the log as usual.
+        connection.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
         // Schema, migration and the loss note commit together: a kill midway leaves the file as it was.
-        let mut connection = connection;
         let transaction = connection.transaction()?;
         transaction.execute_batch(SCHEMA)?;
         add_checksums_to_older_schema(&transaction)?;
@@ -901,16 +913,16 @@ fn add_checksums_to_older_schema(connection: &Connection) -> Result<(), OutboxEr
 
 /// Copies the database and its log, as found, beside them (`<path>.damaged-<unix ms>`), before the open
 /// writes to them; `None` if no copy could be made (the open goes on: the devices' readings matter more).
+/// The shared index (`-shm`) is not copied: it is rebuilt from the log by whoever opens the copy. Call it
+/// with no connection to `path` open in this process.
 fn keep_damaged_copy(path: &Path, now_ms: i64) -> Option<PathBuf> {
     let target = PathBuf::from(format!("{}.damaged-{now_ms}", path.display()));
     let copy = || -> std::io::Result<()> {
         integrity::copy_if_present(path, &target)?;
-        for suffix in ["-wal", "-shm"] {
-            integrity::copy_if_present(
-                &PathBuf::from(format!("{}{suffix}", path.display())),
-                &PathBuf::from(format!("{}{suffix}", target.display())),
-            )?;
-        }
+        integrity::copy_if_present(
+            &PathBuf::from(format!("{}-wal", path.display())),
+            &PathBuf::from(format!("{}-wal", target.display())),
+        )?;
         Ok(())
     };
     copy().ok().map(|()| target)
