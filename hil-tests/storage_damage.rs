@@ -118,6 +118,30 @@ fn keep_commits_in_the_log(rig: &crate::delivery::Rig) {
 }
 
 #[test]
+fn salvage_refuses_the_live_outbox_and_leaves_its_readings_queued() {
+    let mut rig = rig();
+    rig.broker.stop();
+    let mut daemon = rig.world.start();
+    queue_with_broker_away(&mut rig, 5);
+    assert!(daemon.terminate().success());
+    let path = rig.world.outbox_path();
+    let queued = rig.world.outbox_keys();
+    assert_eq!(queued.len(), 5);
+    // The live file by its own name, and through a link to it.
+    let link = rig.world.dir.path().join("looks-moved-aside.db");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    for file in [path.clone(), link] {
+        let salvage = rig
+            .world
+            .command(&["outbox", "salvage", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&salvage.stderr);
+        assert!(!salvage.status.success(), "{stderr}");
+        assert!(stderr.contains("is the live outbox's own file"), "{stderr}");
+    }
+    assert_eq!(rig.world.outbox_keys(), queued);
+}
+
+#[test]
 fn a_damaged_write_ahead_log_is_reported_at_start_and_salvage_recovers_every_reading() {
     let mut rig = rig();
     keep_commits_in_the_log(&rig);

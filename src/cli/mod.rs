@@ -8,7 +8,7 @@ pub mod run;
 pub mod serial;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chrono::{DateTime, Local, TimeZone, Utc};
@@ -203,7 +203,7 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
 
 /// `vitalsd outbox salvage`: copies the readable records of moved-aside outbox files into the live outbox.
 /// Refuses while the daemon runs (it holds the outbox lock).
-pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCode {
+pub fn salvage(path: &Path, files: &[PathBuf], json: bool) -> ExitCode {
     use crate::outbox::salvage::{mark_salvaged, moved_aside_files, salvage_file, OutboxLock};
     let config = match load_config(path) {
         Ok(config) => config,
@@ -231,6 +231,25 @@ pub fn salvage(path: &Path, files: &[std::path::PathBuf], json: bool) -> ExitCod
     } else {
         files.to_vec()
     };
+    // The live outbox's own files are never salvaged: salvaging one would find every record already
+    // known and then rename the live queue away as "salvaged".
+    let state_dir =
+        std::fs::canonicalize(&config.hub.state_dir).unwrap_or(config.hub.state_dir.clone());
+    let live_files: Vec<PathBuf> = ["", "-wal", "-shm", ".committed", ".lock"]
+        .iter()
+        .map(|suffix| state_dir.join(format!("{OUTBOX_FILE}{suffix}")))
+        .collect();
+    if let Some(file) = files
+        .iter()
+        .find(|file| std::fs::canonicalize(file).is_ok_and(|found| live_files.contains(&found)))
+    {
+        eprintln!(
+            "error: {} is the live outbox's own file; salvage reads moved-aside copies ({OUTBOX_FILE}.broken-*, \
+             {OUTBOX_FILE}.damaged-*) or another hub's outbox file, never the live one",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
     if files.is_empty() && !json {
         println!(
             "No moved-aside outbox files (outbox.db.broken-* or outbox.db.damaged-*) in {}.",
