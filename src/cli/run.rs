@@ -28,7 +28,10 @@ pub fn main(config_path: &Path) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let (trigger, shutdown) = watch::channel(false);
-        let signals = tokio::spawn(wait_for_signals(trigger));
+        // Installed before `app::run` starts: a spawned task runs only at the first await, and a SIGTERM
+        // before that (while the outbox opens, which can mean copying a damaged file) would kill the
+        // daemon without a word.
+        let signals = tokio::spawn(wait_for_signals(install_signal_handlers(), trigger));
         let result = crate::app::run(config, config_path, shutdown).await;
         signals.abort();
         result
@@ -61,13 +64,28 @@ fn init_logging(level: &str) {
         .init();
 }
 
-async fn wait_for_signals(trigger: watch::Sender<bool>) {
-    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
+type Handlers = (
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+);
+
+fn install_signal_handlers() -> Option<Handlers> {
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("Cannot install signal handlers.");
+    ) {
+        (Ok(terminate), Ok(interrupt), Ok(hangup)) => Some((terminate, interrupt, hangup)),
+        _ => {
+            tracing::error!("Cannot install signal handlers.");
+            None
+        }
+    }
+}
+
+async fn wait_for_signals(handlers: Option<Handlers>, trigger: watch::Sender<bool>) {
+    let Some((mut terminate, mut interrupt, mut hangup)) = handlers else {
         return;
     };
     loop {
