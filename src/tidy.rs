@@ -246,25 +246,42 @@ fn only_app_and_the_commands_spawn_tasks_and_threads() {
     );
 }
 
-/// The words of log events above debug level, without their string literals: the fields and values they log.
+/// The words of log events above debug level, without their string literals but with the names those
+/// interpolate (`{passkey}`): the fields and values they log.
 fn logged_above_debug(text: &str) -> Vec<String> {
     let mut events = Vec::new();
     for macro_name in ["tracing::info!(", "tracing::warn!(", "tracing::error!("] {
         for (at, _) in text.match_indices(macro_name) {
             let mut depth = 0usize;
             let (mut in_string, mut escaped) = (false, false);
+            // Inside the `{…}` of a string literal: the name it interpolates, logged like a field.
+            let mut placeholder: Option<String> = None;
             let mut code = String::new();
             for c in text[at + macro_name.len() - 1..].chars() {
-                match (in_string, escaped, c) {
-                    (true, true, _) => escaped = false,
-                    (true, false, '\\') => escaped = true,
-                    (true, false, '"') => in_string = false,
-                    (true, false, _) => {}
-                    (false, _, '"') => in_string = true,
-                    (false, _, '(') => depth += 1,
-                    (false, _, ')') if depth == 1 => break,
-                    (false, _, ')') => depth -= 1,
-                    (false, _, other) => code.push(other),
+                if in_string {
+                    if let Some(name) = placeholder.as_mut() {
+                        if c.is_alphanumeric() || c == '_' {
+                            name.push(c);
+                            continue;
+                        }
+                        code.push_str(&format!(" {name} "));
+                        placeholder = None;
+                    }
+                    match (escaped, c) {
+                        (true, _) => escaped = false,
+                        (false, '\\') => escaped = true,
+                        (false, '"') => in_string = false,
+                        (false, '{') => placeholder = Some(String::new()),
+                        _ => {}
+                    }
+                    continue;
+                }
+                match c {
+                    '"' => in_string = true,
+                    '(' => depth += 1,
+                    ')' if depth == 1 => break,
+                    ')' => depth -= 1,
+                    other => code.push(other),
                 }
             }
             events.push(code);
@@ -298,6 +315,10 @@ fn secrets_are_never_logged_above_debug() {
             vec![", n = fx"],
         ),
         (r#"tracing::debug!(passkey, "shown");"#, vec![]),
+        (
+            r#"tracing::error!("PIN {pincode:?} {{x}}");"#,
+            vec![" pincode    x "],
+        ),
     ];
     for (text, expected) in cases {
         assert_eq!(logged_above_debug(text), expected, "for {text}");

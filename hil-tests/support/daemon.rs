@@ -351,7 +351,6 @@ impl Daemon {
         );
     }
 
-    /// Whether the process is still running.
     /// "running", or how the daemon ended (its exit code or the signal that killed it), for a message.
     pub fn state(&mut self) -> String {
         match self.child.as_mut().map(|child| child.try_wait()) {
@@ -362,6 +361,7 @@ impl Daemon {
         }
     }
 
+    /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => child.try_wait().expect("try_wait").is_none(),

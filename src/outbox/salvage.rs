@@ -79,7 +79,7 @@ pub struct SalvageReport {
     pub unreadable_pages: u64,
     /// SQLite refused the file's header, and salvage wrote a new one on its copy.
     pub header_rebuilt: bool,
-    /// Write-ahead-log frames read after resealing the log.
+    /// Write-ahead-log frames folded into the work copy.
     pub log_frames: u64,
 }
 

@@ -1,5 +1,6 @@
 //! Room on the outbox's filesystem: the reserve file that keeps deleting delivered readings possible on a
-//! full disk, WAL limits scaled to small filesystems, and the operator's message when there is no room.
+//! full disk, the write-ahead log's limits (smaller still on a small filesystem), and the operator's message
+//! when there is no room.
 //!
 //! # Why a reserve
 //!

@@ -670,7 +670,7 @@ impl Outbox {
     }
 
     /// Checkpoints after `autocheckpoint_pages` WAL pages and keeps at most `journal_size_limit` bytes of
-    /// WAL file, for a small filesystem (see [`super::space`]).
+    /// WAL file (see [`super::space`]).
     pub fn limit_wal(&mut self, limits: super::space::WalLimits) -> Result<(), OutboxError> {
         self.connection
             .query_row(
