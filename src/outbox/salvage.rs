@@ -680,7 +680,12 @@ impl WorkCopy {
                 file.write_all_at(&log[content.clone()], u64::from(page - 1) * page_size)?;
             }
         }
-        file.set_len(size * page_size)
+        // The copy only grows: the last commit's size is read from a frame whose checksum may be the damage,
+        // and cutting the copy to it would drop intact pages. Pages past a real commit's end can hold only
+        // records the outbox had before; the copy into the live outbox skips those by id while the outbox
+        // remembers them, and a backend drops a re-sent one by its id.
+        let length = file.metadata()?.len().max(size * page_size);
+        file.set_len(length)
     }
 
     /// How the copy can be read. If SQLite refuses the file's list of tables, the page walk reads it; if
