@@ -212,6 +212,34 @@ fn an_endless_request_and_two_thousand_idle_clients_leave_the_daemon_small_quiet
         "{events:?}"
     );
 
+    // An endless sender that keeps at it while the idle clients below hold on: each attempt is cut off after
+    // one request's worth or refused as busy, and it tries again a tenth of a second later.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let persistent = {
+        let (socket, stop) = (socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            let (mut attempts, mut bytes) = (0u32, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(mut stream) = UnixStream::connect(&socket) {
+                    attempts += 1;
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+                    let mut sent = 0;
+                    while sent < 64 << 20 {
+                        match stream.write(&chunk) {
+                            Ok(n) => sent += n,
+                            Err(_) => break,
+                        }
+                    }
+                    bytes += sent;
+                }
+                // Pacing: a sender that keeps trying, not a connection flood.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (attempts, bytes)
+        })
+    };
+
     // 2,000 idle clients at once, more than the daemon's own descriptor limit if that is 1,024.
     let mut idle: Vec<UnixStream> = (0..2000)
         .map(|_| UnixStream::connect(&socket).expect("connect an idle client"))
@@ -264,6 +292,9 @@ fn an_endless_request_and_two_thousand_idle_clients_leave_the_daemon_small_quiet
         }
     }
     idle.clear();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (attempts, endless_bytes) = persistent.join().expect("the endless sender");
+    assert!(attempts > 0, "the endless sender never connected");
     let elapsed = started.elapsed();
     assert_eq!(busy + timed_out, 2000);
     assert!(
@@ -277,7 +308,8 @@ fn an_endless_request_and_two_thousand_idle_clients_leave_the_daemon_small_quiet
     eprintln!(
         "daemon: descriptor limit {daemon_limit}; over {elapsed:?}: CPU {cpu:?}, peak RSS {peak_kib} KiB, \
          RSS {rss_kib} KiB (before {rss_before} KiB), log +{log_growth} bytes, {} descriptors open (before {fds_before}); \
-         busy {busy}, timed out {timed_out}; endless request stopped after {sent} bytes",
+         busy {busy}, timed out {timed_out}; endless request stopped after {sent} bytes; the persistent sender \
+         tried {attempts} times and got {endless_bytes} bytes written in all",
         open_fds(pid)
     );
     assert!(peak_kib < 32 * 1024, "peak RSS {peak_kib} KiB");
