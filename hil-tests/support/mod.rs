@@ -121,7 +121,6 @@ pub fn lease_port() -> PortLease {
     std::fs::create_dir_all(&dir).expect("create the port lease directory");
     // Processes start at different places so that they rarely try the same lock files.
     let seed = std::process::id() as u64
-        ^ Instant::now().elapsed().as_nanos() as u64
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
