@@ -327,8 +327,9 @@ async fn run_stack(
                         let outbox = outbox.clone();
                         let mut shutdown = shutdown.clone();
                         let session_settings = &session_settings;
+                        let adapter = &adapter;
                         let work: Pending<'_> = Box::pin(async move {
-                            let result = session::run(&peripheral, &address, &devices, &outbox, session_settings, &mut shutdown).await;
+                            let result = session::run(adapter, &peripheral, &address, &devices, &outbox, session_settings, &mut shutdown).await;
                             (address, Work::Session(result))
                         });
                         sessions.push(work);

@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, WriteType};
-use btleplug::platform::Peripheral;
+use btleplug::api::{
+    Central as _, CentralEvent, CharPropFlags, Characteristic, Peripheral as _, WriteType,
+};
+use btleplug::platform::{Adapter, Peripheral};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -31,6 +33,8 @@ use crate::state::devices::{BoundDevices, DeviceStrings};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a connection attempt looks whether its link came up and went down again.
 const LINK_CHECK: Duration = Duration::from_millis(250);
+/// How long after a failed attempt a link that comes back up is still let go (`let_go`).
+const LINK_SETTLE: Duration = Duration::from_secs(2);
 const LINK_WENT_DOWN: &str = "the link went down before the device's services were resolved";
 
 pub type SharedDevices = Arc<Mutex<BoundDevices>>;
@@ -96,6 +100,7 @@ type NotificationStream =
 
 /// Runs one session; the caller decides about reconnecting.
 pub async fn run(
+    adapter: &Adapter,
     peripheral: &Peripheral,
     address: &str,
     devices: &SharedDevices,
@@ -109,10 +114,15 @@ pub async fn run(
     // ARCHITECTURE.md, BlueZ); a match rule added later would miss them. The stream names a value's
     // characteristic when it is read, after discovery.
     let notifications = peripheral.notifications().await.map_err(classify)?;
-    let setup = match connect(peripheral).await {
+    // Also opened before the link comes up, for the same reason: the link's changes are signals.
+    let mut link_changes = link_changes(adapter, peripheral).await?;
+    let setup = match connect(peripheral, &mut link_changes).await {
         Ok(()) => Setup::Up,
         Err(SessionError::LinkAborted(reason)) if reason == LINK_WENT_DOWN => Setup::WentDown,
-        Err(error) => return Err(error),
+        Err(error) => {
+            let_go(peripheral, Some(&mut link_changes)).await;
+            return Err(error);
+        }
     };
     // Also after a link that went down while connecting (the real stack's busy hub, `session_core::outcome`):
     // what the device sent, which BlueZ confirmed, waits in the stream, and BlueZ keeps a bonded device's
@@ -137,9 +147,7 @@ pub async fn run(
     };
     match session_core::outcome(setup, collected) {
         Outcome::Disconnect => {
-            if peripheral.is_connected().await.unwrap_or(false) {
-                let _ = peripheral.disconnect().await;
-            }
+            let_go(peripheral, None).await;
             result
         }
         Outcome::AsCollected => result,
@@ -149,14 +157,70 @@ pub async fn run(
             }
             result
         }
-        Outcome::Aborted => Err(SessionError::LinkAborted(LINK_WENT_DOWN.into())),
+        Outcome::Aborted => {
+            let_go(peripheral, Some(&mut link_changes)).await;
+            Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()))
+        }
+    }
+}
+
+/// Whether the device's link came up (true) or went down (false), as BlueZ signals it.
+type LinkChanges = std::pin::Pin<Box<dyn futures_util::Stream<Item = bool> + Send>>;
+
+async fn link_changes(
+    adapter: &Adapter,
+    peripheral: &Peripheral,
+) -> Result<LinkChanges, SessionError> {
+    let id = peripheral.id();
+    let events = adapter.events().await.map_err(classify)?;
+    Ok(Box::pin(events.filter_map(move |event| {
+        let change = match event {
+            CentralEvent::DeviceConnected(of) if of == id => Some(true),
+            CentralEvent::DeviceDisconnected(of) if of == id => Some(false),
+            _ => None,
+        };
+        std::future::ready(change)
+    })))
+}
+
+/// Disconnects a link that is still up. After a failed attempt BlueZ may hold a link whose services will
+/// never be resolved: the real stack brought a lost bond's link back up within a fraction of a second
+/// and kept it, and while it stands the device does not advertise and every later `Connect` only waits
+/// on it again. So after a failure (`changes` given) a link that comes back up within [`LINK_SETTLE`] is
+/// let go as well.
+async fn let_go(peripheral: &Peripheral, changes: Option<&mut LinkChanges>) {
+    if peripheral.is_connected().await.unwrap_or(false) {
+        let _ = peripheral.disconnect().await;
+    }
+    let Some(changes) = changes else {
+        return;
+    };
+    let settle = tokio::time::sleep(LINK_SETTLE);
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            _ = &mut settle => return,
+            change = changes.next() => match change {
+                Some(true) => {
+                    tracing::debug!("A failed attempt's link came back up; letting it go.");
+                    let _ = peripheral.disconnect().await;
+                }
+                Some(false) => {}
+                None => return,
+            },
+        }
     }
 }
 
 /// Brings the link up and waits until BlueZ has resolved the device's services, as btleplug's `connect`
 /// does. That wait does not end when the link drops, so the link is watched meanwhile ([`LinkWatch`]; the
-/// real-BlueZ suite saw a lost bond's link come up and go down).
-async fn connect(peripheral: &Peripheral) -> Result<(), SessionError> {
+/// real-BlueZ suite saw a lost bond's link come up and go down). BlueZ's signals of the link's changes are
+/// watched as well as its state: the real stack brought a lost bond's link back up within a fraction of a
+/// second, which a look at the state now and then misses.
+async fn connect(
+    peripheral: &Peripheral,
+    link_changes: &mut LinkChanges,
+) -> Result<(), SessionError> {
     let connecting = peripheral.connect();
     tokio::pin!(connecting);
     let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
@@ -164,14 +228,14 @@ async fn connect(peripheral: &Peripheral) -> Result<(), SessionError> {
     let mut check = tokio::time::interval(LINK_CHECK);
     let mut watch = LinkWatch::default();
     loop {
-        tokio::select! {
+        let up = tokio::select! {
             connected = &mut connecting => return connected.map_err(classify),
             _ = &mut deadline => return Err(SessionError::Timeout(CONNECT_TIMEOUT)),
-            _ = check.tick() => {
-                if watch.checked(peripheral.is_connected().await.unwrap_or(false)) {
-                    return Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()));
-                }
-            }
+            Some(up) = link_changes.next() => up,
+            _ = check.tick() => peripheral.is_connected().await.unwrap_or(false),
+        };
+        if watch.checked(up) {
+            return Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()));
         }
     }
 }

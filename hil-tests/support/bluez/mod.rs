@@ -660,6 +660,19 @@ pub(crate) async fn answer_then_drop_link(
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(600)).await;
         set_connected(&connection, &state, &address, false).await;
+        let comes_back = state
+            .lock()
+            .unwrap()
+            .devices
+            .get(&address)
+            .is_some_and(|device| device.lost_bond_link_comes_back);
+        if comes_back {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(device) = state.lock().unwrap().devices.get_mut(&address) {
+                device.connected = true;
+            }
+            emit_device_property(&connection, &address, "Connected").await;
+        }
     });
 }
 

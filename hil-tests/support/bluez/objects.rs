@@ -333,6 +333,11 @@ impl Device {
         &self,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<(), BluezError> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .push(format!("Disconnect {}", self.address));
         super::set_connected(connection, &self.state, &self.address, false).await;
         Ok(())
     }

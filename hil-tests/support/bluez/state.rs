@@ -99,6 +99,9 @@ pub struct DeviceState {
     /// link when encryption fails, before the services are resolved (the real stack did this on some
     /// links), instead of `Connect` failing with an aborted link.
     pub lost_bond_answers_connect: bool,
+    /// With `lost_bond_answers_connect`: the link the kernel dropped is back up 20 ms later and stays up
+    /// with its services never resolved, until the hub disconnects it (the real stack did this too).
+    pub lost_bond_link_comes_back: bool,
     /// BlueZ resolves the services this long after the link is up (a busy hub), and not at all if the
     /// link went down meanwhile.
     pub resolve_services_after: Option<std::time::Duration>,
@@ -161,6 +164,7 @@ impl DeviceState {
             bond_lost_on_device: false,
             links_to_abort: 0,
             lost_bond_answers_connect: false,
+            lost_bond_link_comes_back: false,
             resolve_services_after: None,
             refuse_time_writes: false,
             drop_link_after: None,
