@@ -141,6 +141,11 @@ pub trait MessageDecoder: Send {
         message: &[u8],
         context: &DecodeContext<'_>,
     ) -> Result<Vec<Reading>, FrameError>;
+
+    /// The messages ended (the link is gone): reports a message left waiting for its continuation.
+    fn finish(&mut self) -> Option<FrameError> {
+        None
+    }
 }
 
 /// Serial line settings a protocol needs.
@@ -213,7 +218,7 @@ impl StreamDecoder for Messages {
     }
 
     fn finish(&mut self) -> Option<FrameError> {
-        None
+        self.0.finish()
     }
 }
 
