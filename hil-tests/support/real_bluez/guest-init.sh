@@ -78,7 +78,19 @@ for attempt in 1 2 3; do
 done
 stage controllers
 
-/usr/libexec/bluetooth/bluetoothd -n -d > $out/bluetoothd.log 2>&1 &
+# bluetoothd runs as on a hub, where one that died is started again (D-Bus activation through systemd,
+# as soon as vitalsd calls it). BlueZ 5.66 crashed in the rig re-creating a device the daemon had just
+# removed while a link to it came up; without this the scenario would end there, as a hub never does.
+: > $out/bluetoothd.log
+(
+  while :; do
+    /usr/libexec/bluetooth/bluetoothd -n -d >> $out/bluetoothd.log 2>&1
+    code=$?
+    echo "--- bluetoothd exited with status $code; started again" >> $out/bluetoothd.log
+    [ "$code" = 0 ] || echo "bluetoothd exited with status $code; started again" >> $out/rig.log
+    sleep 1
+  done
+) &
 adapters_on_bus() {
   dbus-send --system --print-reply --dest=org.bluez / org.freedesktop.DBus.ObjectManager.GetManagedObjects \
     > /tmp/objects 2>/dev/null || return 1

@@ -76,17 +76,17 @@ adapter_unpowered() {
     string:org.bluez.Adapter1 string:Powered 2>/dev/null | grep -q 'boolean false'
 }
 
-bluetoothd_gone() {
-  ! pidof bluetoothd > /dev/null
+# Whether a bluetoothd other than process $1 runs.
+bluetoothd_replaced() {
+  pid=$(pidof bluetoothd) && [ "$pid" != "$1" ]
 }
 
-# Stops bluetoothd as systemd would (SIGTERM) and starts it again, as on a package upgrade or a crash
-# that systemd restarts; waits until both adapters are powered on the new one.
+# Stops bluetoothd as systemd would (SIGTERM); the rig's supervisor (guest-init.sh) starts it again, as
+# after a package upgrade or a crash. Waits until both adapters are powered on the new one.
 restart_bluetoothd() {
-  kill -TERM $(pidof bluetoothd) || return 1
-  wait_for 20 bluetoothd_gone || return 1
-  echo "--- restarted" >> $out/bluetoothd.log
-  /usr/libexec/bluetooth/bluetoothd -n -d >> $out/bluetoothd.log 2>&1 &
+  old=$(pidof bluetoothd) || return 1
+  kill -TERM "$old" || return 1
+  wait_for 30 bluetoothd_replaced "$old" || return 1
   wait_for 30 adapter_powered hci0 && wait_for 30 adapter_powered hci1
 }
 
