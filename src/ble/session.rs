@@ -115,15 +115,17 @@ pub async fn run(
     // characteristic when it is read, after discovery.
     let notifications = peripheral.notifications().await.map_err(classify)?;
     // Also opened before the link comes up, for the same reason: the link's changes are signals.
-    let mut link_changes = link_changes(adapter, peripheral).await?;
-    let setup = match connect(peripheral, &mut link_changes).await {
+    let mut changes = link_changes(adapter, peripheral).await?;
+    let setup = match connect(peripheral, &mut changes).await {
         Ok(()) => Setup::Up,
         Err(SessionError::LinkAborted(reason)) if reason == LINK_WENT_DOWN => Setup::WentDown,
         Err(error) => {
-            let_go(peripheral, Some(&mut link_changes)).await;
+            let_go(peripheral, Some((changes, &mut *shutdown))).await;
             return Err(error);
         }
     };
+    // Nobody reads the adapter's events while the device is read; they would pile up.
+    drop(changes);
     // Also after a link that went down while connecting (the real stack's busy hub, `session_core::outcome`):
     // what the device sent, which BlueZ confirmed, waits in the stream, and BlueZ keeps a bonded device's
     // services on the bus.
@@ -158,7 +160,13 @@ pub async fn run(
             result
         }
         Outcome::Aborted => {
-            let_go(peripheral, Some(&mut link_changes)).await;
+            if let Err(error) = &result {
+                tracing::debug!(%address, %error, "Nothing was read after the link went down.");
+            }
+            match link_changes(adapter, peripheral).await {
+                Ok(changes) => let_go(peripheral, Some((changes, &mut *shutdown))).await,
+                Err(_) => let_go(peripheral, None).await,
+            }
             Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()))
         }
     }
@@ -186,13 +194,16 @@ async fn link_changes(
 /// Disconnects a link that is still up. After a failed attempt BlueZ may hold a link whose services will
 /// never be resolved: the real stack brought a lost bond's link back up within a fraction of a second
 /// and kept it, and while it stands the device does not advertise and every later `Connect` only waits
-/// on it again. So after a failure (`changes` given) a link that comes back up within [`LINK_SETTLE`] is
-/// let go as well.
-async fn let_go(peripheral: &Peripheral, changes: Option<&mut LinkChanges>) {
+/// on it again. So after a failure a link that comes back up within [`LINK_SETTLE`] is let go as well,
+/// unless the daemon is stopping.
+async fn let_go(
+    peripheral: &Peripheral,
+    after_failure: Option<(LinkChanges, &mut watch::Receiver<bool>)>,
+) {
     if peripheral.is_connected().await.unwrap_or(false) {
         let _ = peripheral.disconnect().await;
     }
-    let Some(changes) = changes else {
+    let Some((mut changes, shutdown)) = after_failure else {
         return;
     };
     let settle = tokio::time::sleep(LINK_SETTLE);
@@ -200,6 +211,7 @@ async fn let_go(peripheral: &Peripheral, changes: Option<&mut LinkChanges>) {
     loop {
         tokio::select! {
             _ = &mut settle => return,
+            _ = shutdown.changed() => return,
             change = changes.next() => match change {
                 Some(true) => {
                     tracing::debug!("A failed attempt's link came back up; letting it go.");

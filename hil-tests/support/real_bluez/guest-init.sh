@@ -99,6 +99,8 @@ adapters_on_bus() {
   done
 }
 wait_for 20 adapters_on_bus || { echo "bluetoothd did not show every adapter" >> $out/rig.log; finish 124; }
+# What bluetoothd signals (a value that reached the bus or not), kept with a failed scenario's share.
+dbus-monitor --system "type='signal',sender='org.bluez'" > $out/bluez-signals.log 2>&1 &
 # bluetoothd powers the adapters on by itself (AutoEnable); the scenario starts once all are on.
 powered() {
   dbus-send --system --print-reply --dest=org.bluez /org/bluez/$1 org.freedesktop.DBus.Properties.Get \
