@@ -701,17 +701,20 @@ fn a_device_that_lost_its_bond_is_reported_its_stale_bond_removed_and_re_pairing
     );
 }
 
-#[test]
-fn a_lost_bond_whose_links_go_down_after_bluez_answered_connect_is_still_detected() {
+/// A cuff that forgot its bond while BlueZ answers `Connect` once the link is up and the kernel then drops
+/// the link (encryption with the forgotten key fails) before the services are resolved, as real BlueZ 5.66
+/// did on some links; with `comes_back`, the link is up again 20 ms later and never resolves its services,
+/// as in a clean-clone CI run. Waiting for the services would end only at the daemon's connect timeout,
+/// which is not an aborted link; a look at the link now and then misses a 20 ms gap, BlueZ's signals of
+/// the link's changes do not. Either way the lost bond is concluded from aborted links alone.
+fn check_lost_bond_detected(comes_back: bool) {
     let rig = BleRig::new();
     rig.sim.add_device(CUFF, devices::and_cuff());
     rig.pair(CUFF);
-    // As real BlueZ 5.66 did on some links: `Connect` is answered once the link is up, and the kernel
-    // drops the link when encryption with the forgotten key fails, before the services are resolved.
-    // Waiting for them would end only at the daemon's connect timeout, which is not an aborted link.
     rig.sim.device(CUFF, |cuff| {
         cuff.bond_lost_on_device = true;
         cuff.lost_bond_answers_connect = true;
+        cuff.lost_bond_link_comes_back = comes_back;
     });
     let _daemon = rig.start();
     assert!(
@@ -734,36 +737,13 @@ fn a_lost_bond_whose_links_go_down_after_bluez_answered_connect_is_still_detecte
 }
 
 #[test]
+fn a_lost_bond_whose_links_go_down_after_bluez_answered_connect_is_still_detected() {
+    check_lost_bond_detected(false);
+}
+
+#[test]
 fn a_lost_bond_whose_link_comes_back_at_once_without_its_services_is_still_detected() {
-    let rig = BleRig::new();
-    rig.sim.add_device(CUFF, devices::and_cuff());
-    rig.pair(CUFF);
-    // As real BlueZ 5.66 did in a clean-clone CI run: the link encryption failed on went down and was up
-    // again 20 ms later, never to resolve its services. A look at the link now and then misses the gap;
-    // BlueZ's signals of the link's changes do not, and they are what the daemon goes by.
-    rig.sim.device(CUFF, |cuff| {
-        cuff.bond_lost_on_device = true;
-        cuff.lost_bond_answers_connect = true;
-        cuff.lost_bond_link_comes_back = true;
-    });
-    let _daemon = rig.start();
-    assert!(
-        wait_until(Duration::from_secs(40), || rig.devices_json()["devices"][0]
-            ["needs_repairing"]
-            == true),
-        "devices: {}\nlog:\n{}",
-        rig.devices_json(),
-        rig.world.log()
-    );
-    let log = rig.world.log();
-    assert!(
-        log.contains("the link went down before the device's services were resolved"),
-        "{log}"
-    );
-    assert!(
-        !log.contains(crate::support::daemon_phrase("timed out")),
-        "{log}"
-    );
+    check_lost_bond_detected(true);
 }
 
 #[test]
