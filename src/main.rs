@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "vitalsd",
-    version,
+    // The git revision comes from build.rs ("unknown" in a build from a tarball without .git).
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VITALSD_GIT_REVISION"), ")"),
     about = "Medical device gateway for remote patient monitoring"
 )]
 struct Cli {
@@ -115,6 +116,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Writes the man pages and shell completions into DIR (the Debian package's build uses it).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -170,5 +174,6 @@ fn main() -> ExitCode {
             listen,
             json,
         } => vitalsd::cli::serial::serial(config.as_deref(), listen, json),
+        Command::GenerateDocs { dir } => vitalsd::cli::generate_docs(Cli::command(), &dir),
     }
 }

@@ -1,9 +1,10 @@
 //! The command line's commands: `run` (in `run`), the Bluetooth ones (in `ble`), and here `decode`, `status`,
-//! `check-config` and `outbox salvage`.
+//! `check-config` and `outbox salvage`; `docs` writes the man pages and completions.
 //!
 //! Data goes to stdout, diagnostics to stderr; each command returns its process exit code.
 
 pub mod ble;
+mod docs;
 pub mod run;
 pub mod serial;
 
@@ -20,6 +21,8 @@ use crate::model::payload::{self, DeviceInfo};
 use crate::mqtt::{refused_by_reason, REFUSED_COUNTER};
 use crate::outbox::space;
 use crate::outbox::{Outbox, OutboxStats};
+
+pub use docs::generate_docs;
 
 /// `vitalsd decode --list`.
 pub fn list_protocols() -> ExitCode {
