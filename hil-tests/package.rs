@@ -1,0 +1,499 @@
+//! The Debian packages: `scripts/package ARCH` builds each one, lintian judges it, and the arm64 and armhf
+//! packages are installed with apt into clean Debian 12 roots of their own architecture, where the daemon
+//! runs under qemu-user against the root's Mosquitto and a simulated Nonin 9560 on a pseudo-terminal.
+//!
+//! They need root, debootstrap, Debian's archive, lintian and qemu-user-static with binfmt_misc (`.ci/run`
+//! installs them). The first run builds the build root, the Debian 12 roots and the packages, all cached
+//! under target/; a missing prerequisite fails the test with what to install.
+
+#[allow(dead_code, reason = "the HIL suite's support; this target uses a part of it")]
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use support::nonin::SpotCheck;
+use support::pty::SimulatedPort;
+use support::subscriber::Subscriber;
+use support::{free_port, listens_on, wait_for};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn the_amd64_package_passes_lintian() {
+    check_lintian("amd64");
+}
+
+#[test]
+fn the_arm64_package_passes_lintian() {
+    check_lintian("arm64");
+}
+
+#[test]
+fn the_armhf_package_passes_lintian() {
+    check_lintian("armhf");
+}
+
+#[test]
+fn the_arm64_package_installs_on_debian_12_and_delivers_a_reading() {
+    check_installed("arm64");
+}
+
+#[test]
+fn the_armhf_package_installs_on_debian_12_and_delivers_a_reading() {
+    check_installed("armhf");
+}
+
+/// Fails the test, with the fix, when a prerequisite the packaging needs is missing.
+fn require_prerequisites() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the package tests build in and install into chroots, which needs root: run `cargo test` as root (CI does)"
+    );
+    for (tool, package) in [
+        ("debootstrap", "debootstrap"),
+        ("lintian", "lintian"),
+        ("dpkg-deb", "dpkg"),
+        ("unshare", "util-linux"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        assert!(
+            found,
+            "the package tests need `{tool}`: apt-get install {package} (or run .ci/run)"
+        );
+    }
+}
+
+/// Runs one of the repository's scripts and returns the last line it printed (the path it made); fails
+/// the test with its output when it fails.
+fn script(name: &str, argument: &str) -> PathBuf {
+    let output = Command::new(Path::new(REPO).join("scripts").join(name))
+        .arg(argument)
+        .current_dir(REPO)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run scripts/{name}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "scripts/{name} {argument} failed (its messages are above):\n{stdout}"
+    );
+    let last = stdout.lines().last().unwrap_or_default().trim();
+    Path::new(REPO).join(last)
+}
+
+/// The package for `arch`, built once per test run. Builds take both cores, so they run one at a time.
+fn package(arch: &str) -> PathBuf {
+    static BUILDS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    require_prerequisites();
+    let mut builds = BUILDS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, deb)) = builds.iter().find(|(built, _)| built == arch) {
+        return deb.clone();
+    }
+    let deb = script("package", arch);
+    assert!(
+        deb.exists(),
+        "scripts/package printed {deb:?}, which does not exist"
+    );
+    builds.push((arch.to_string(), deb.clone()));
+    deb
+}
+
+/// The lintian warnings README.md justifies, from its list under "Lintian".
+fn justified_warnings() -> Vec<String> {
+    static WARNINGS: OnceLock<Vec<String>> = OnceLock::new();
+    WARNINGS
+        .get_or_init(|| {
+            let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
+            let section = readme
+                .split("\n#### Lintian\n")
+                .nth(1)
+                .expect("README.md has a \"#### Lintian\" section");
+            let section = section.split("\n#").next().unwrap();
+            section
+                .lines()
+                .filter_map(|line| line.strip_prefix("- `"))
+                .filter_map(|rest| rest.split('`').next())
+                .map(str::to_string)
+                .collect()
+        })
+        .clone()
+}
+
+fn check_lintian(arch: &str) {
+    let deb = package(arch);
+    let output = Command::new("lintian")
+        .args(["--allow-root", "--tag-display-limit", "0", "--display-info"])
+        .arg(&deb)
+        .output()
+        .expect("run lintian");
+    let report = String::from_utf8_lossy(&output.stdout).to_string();
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("E: ")).collect();
+    assert!(errors.is_empty(), "lintian errors for {deb:?}:\n{report}");
+    let justified = justified_warnings();
+    let unjustified: Vec<&str> = report
+        .lines()
+        .filter(|line| line.starts_with("W: "))
+        .filter(|line| {
+            let tag = line.split_whitespace().nth(2).unwrap_or_default();
+            !justified.iter().any(|known| known == tag)
+        })
+        .collect();
+    assert!(
+        unjustified.is_empty(),
+        "lintian warnings that README.md (\"#### Lintian\") does not justify:\n{}\n\nfull report:\n{report}",
+        unjustified.join("\n")
+    );
+    eprintln!(
+        "{}: {} bytes; lintian:\n{report}",
+        deb.display(),
+        std::fs::metadata(&deb).unwrap().len()
+    );
+}
+
+/// A private copy of a clean Debian 12 root, removed on drop.
+struct Root {
+    dir: PathBuf,
+}
+
+impl Root {
+    fn copy_of(clean: &Path, arch: &str) -> Root {
+        let dir = Path::new(REPO).join(format!(
+            "target/package-tests/{arch}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        let copied = Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(clean)
+            .arg(&dir)
+            .status()
+            .expect("run cp");
+        assert!(copied.success(), "cannot copy {clean:?} to {dir:?}");
+        Root { dir }
+    }
+
+    fn path(&self, inside: &str) -> PathBuf {
+        self.dir.join(inside.trim_start_matches('/'))
+    }
+
+    /// A command run inside the root, with the host's /dev (for the pseudo-terminal) and a /proc mounted
+    /// in a private mount namespace, so the mounts end with the command.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(
+                "set -e; root=$1; shift; mount --rbind /dev \"$root/dev\"; \
+                 mount -t proc proc \"$root/proc\"; exec chroot \"$root\" \"$@\"",
+            )
+            .arg("in-root")
+            .arg(&self.dir)
+            .args(["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+            .args(["LC_ALL=C.UTF-8", "DEBIAN_FRONTEND=noninteractive", "TZ=UTC"])
+            .args(args);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {args:?} in the root: {error}"))
+    }
+
+    #[track_caller]
+    fn run_ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "{args:?} failed in the root:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    fn spawn(&self, args: &[&str], log: &Path) -> Child {
+        let log = std::fs::File::create(log).unwrap();
+        self.command(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {args:?} in the root: {error}"))
+    }
+
+    /// The numeric id of a user or group in the root's own databases.
+    fn id_of(&self, database: &str, name: &str) -> u32 {
+        let text = std::fs::read_to_string(self.path(&format!("etc/{database}"))).unwrap();
+        text.lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields[0] == name).then(|| fields[2].parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no {name} in the root's /etc/{database}:\n{text}"))
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A process in the root, killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn check_installed(arch: &str) {
+    let deb = package(arch);
+    let clean = script("build-root", &format!("bookworm-{arch}"));
+    let root = Root::copy_of(&clean, arch);
+    let deb_name = deb.file_name().unwrap().to_str().unwrap();
+    std::fs::copy(&deb, root.path(&format!("tmp/{deb_name}"))).unwrap();
+
+    // apt resolves the dependencies against the root's own packages; bluez (recommended) is not in it,
+    // and apt goes on without it.
+    let installed = root.run_ok(&["apt-get", "install", "-y", &format!("/tmp/{deb_name}")]);
+    assert!(
+        installed.contains("Setting up vitalsd"),
+        "apt did not set up vitalsd:\n{installed}"
+    );
+
+    // What the package put where, and what its postinst did.
+    for file in [
+        "usr/bin/vitalsd",
+        "lib/systemd/system/vitalsd.service",
+        "usr/lib/sysusers.d/vitalsd.conf",
+        "usr/lib/tmpfiles.d/vitalsd.conf",
+        "usr/share/doc/vitalsd/README",
+        "usr/share/doc/vitalsd/vitalsd.reading.v1.schema.json",
+        "usr/share/man/man1/vitalsd.1.gz",
+        "usr/share/man/man1/vitalsd-run.1.gz",
+        "usr/share/bash-completion/completions/vitalsd",
+        "etc/vitalsd/vitalsd.toml",
+        "etc/vitalsd/vitalsd.toml.d",
+        // Enabled, not started (no systemd runs in a chroot, and mqtt.url is unset anyway).
+        "etc/systemd/system/multi-user.target.wants/vitalsd.service",
+    ] {
+        assert!(
+            root.path(file).exists(),
+            "the package did not install /{file}"
+        );
+    }
+    let vitalsd_gid = root.id_of("group", "vitalsd");
+    let group_line = |group: &str| {
+        std::fs::read_to_string(root.path("etc/group"))
+            .unwrap()
+            .lines()
+            .find(|line| line.starts_with(&format!("{group}:")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Serial devices are root:dialout; the unit adds bluetooth with SupplementaryGroups=, which needs
+    // the group to exist.
+    assert!(
+        group_line("dialout").contains("vitalsd"),
+        "vitalsd is not in dialout: {}",
+        group_line("dialout")
+    );
+    assert!(!group_line("bluetooth").is_empty(), "no bluetooth group");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(root.path("etc/vitalsd")).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (vitalsd_gid, 0o750));
+    let meta = std::fs::metadata(root.path("etc/vitalsd/vitalsd.toml")).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (vitalsd_gid, 0o640));
+    let meta = std::fs::metadata(root.path("var/lib/vitalsd")).unwrap();
+    assert_eq!(meta.uid(), root.id_of("passwd", "vitalsd"));
+
+    // `--version` names the git revision the package was built from.
+    let version = root.run_ok(&["vitalsd", "--version"]);
+    let revision = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(REPO)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        version.trim(),
+        format!("vitalsd {} ({revision})", env!("CARGO_PKG_VERSION"))
+    );
+
+    // The shipped configuration is refused until the operator names a broker, then accepted.
+    let refused = root.run(&["vitalsd", "check-config"]);
+    assert!(
+        !refused.status.success(),
+        "check-config accepted a configuration without mqtt.url"
+    );
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert!(refusal.contains("mqtt.url: missing"), "{refusal}");
+    let port = free_port();
+    let config_path = root.path("etc/vitalsd/vitalsd.toml");
+    let shipped = std::fs::read_to_string(&config_path).unwrap();
+    let edited = shipped.replacen(
+        "#url = \"mqtt://127.0.0.1:1883\"",
+        &format!("url = \"mqtt://127.0.0.1:{port}\""),
+        1,
+    );
+    assert_ne!(
+        edited, shipped,
+        "the shipped configuration has no #url line to set"
+    );
+    std::fs::write(&config_path, &edited).unwrap();
+    let accepted = root.run_ok(&["vitalsd", "check-config"]);
+    assert!(accepted.contains(": ok"), "{accepted}");
+
+    // The smoke scenario: the root's own Mosquitto, a Nonin 9560 on a pseudo-terminal that belongs to
+    // root:dialout 0660 like a USB serial adapter, and the daemon as the vitalsd user, all under qemu-user.
+    std::fs::write(
+        root.path("tmp/mosquitto.conf"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"),
+    )
+    .unwrap();
+    let broker = Running(root.spawn(
+        &["mosquitto", "-c", "/tmp/mosquitto.conf"],
+        &root.path("tmp/mosquitto.log"),
+    ));
+    wait_for(
+        "the root's Mosquitto to listen",
+        Duration::from_secs(30),
+        || listens_on(broker.0.id(), port),
+        || std::fs::read_to_string(root.path("tmp/mosquitto.log")).unwrap_or_default(),
+    );
+    let mut port_device = SimulatedPort::plug_in(&root.path("srv/by-id/usb-Nonin_9560-if00-port0"));
+    let dialout = root.id_of("group", "dialout");
+    nix::unistd::chown(
+        port_device.tty(),
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(dialout)),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        port_device.tty(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o660),
+    )
+    .unwrap();
+    // A drop-in, as an operator would write one: the device, and a clock the hub may trust (a chroot's
+    // kernel clock may not say it is NTP-synchronised, and the hub would hold the reading).
+    std::fs::write(
+        root.path("etc/vitalsd/vitalsd.toml.d/50-smoke.toml"),
+        "[hub]\nclock = \"trusted\"\n\n[[serial]]\npath = \"/srv/by-id/usb-Nonin_9560-if00-port0\"\nprotocol = \"nonin-df13\"\n",
+    )
+    .unwrap();
+    // systemd would create the runtime directory (RuntimeDirectory=); in the chroot the test does.
+    let vitalsd_uid = root.id_of("passwd", "vitalsd");
+    std::fs::create_dir_all(root.path("run/vitalsd")).unwrap();
+    nix::unistd::chown(
+        &root.path("run/vitalsd"),
+        Some(nix::unistd::Uid::from_raw(vitalsd_uid)),
+        Some(nix::unistd::Gid::from_raw(vitalsd_gid)),
+    )
+    .unwrap();
+    let subscriber = Subscriber::start(port, "vitalsd/v1/#");
+    let daemon_log = root.path("tmp/vitalsd.log");
+    let daemon = Running(root.spawn(
+        &[
+            "setpriv",
+            "--reuid=vitalsd",
+            "--regid=vitalsd",
+            "--init-groups",
+            "--",
+            "vitalsd",
+            "run",
+            "--config",
+            "/etc/vitalsd/vitalsd.toml",
+        ],
+        &daemon_log,
+    ));
+    let log = || std::fs::read_to_string(&daemon_log).unwrap_or_default();
+    let online = || {
+        subscriber
+            .messages()
+            .iter()
+            .any(|m| m.topic == "vitalsd/v1/hub-0001/status" && m.json()["state"] == "online")
+    };
+    wait_for(
+        "the daemon's online status",
+        Duration::from_secs(60),
+        online,
+        log,
+    );
+
+    // Idle: connected, nothing to do. Under qemu-user the resident size includes the emulator's own.
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_rss_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id()))
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
+        })
+        .unwrap();
+
+    let spot = SpotCheck::numbered(7);
+    port_device.write(&spot.frame());
+    wait_for(
+        "the reading at the subscriber",
+        Duration::from_secs(60),
+        || subscriber.wait_for_unique_readings(1, Duration::from_millis(100)),
+        log,
+    );
+    let reading = subscriber.readings().remove(0);
+    support::schema::assert_valid_reading(&reading);
+    assert_eq!(
+        reading["device"]["id"], "serial:usb-Nonin_9560-if00-port0",
+        "{reading}"
+    );
+    assert_eq!(reading["measured_at"], spot.measured_at_utc());
+    let values: Vec<(String, serde_json::Value)> = reading["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v["value"].clone()))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("spo2".to_string(), serde_json::json!(spot.spo2)),
+            ("pulse_rate".to_string(), serde_json::json!(spot.pulse_rate)),
+        ],
+        "{reading}"
+    );
+    drop(daemon);
+    drop(broker);
+    let binary_size = std::fs::metadata(root.path("usr/bin/vitalsd"))
+        .unwrap()
+        .len();
+    eprintln!(
+        "{arch}: /usr/bin/vitalsd is {binary_size} bytes; the daemon's idle RSS under qemu-user is {idle_rss_kib} KiB"
+    );
+
+    // Reinstalling keeps the operator's edit of the conffile; purging removes the configuration but keeps
+    // the outbox in /var/lib/vitalsd.
+    root.run_ok(&["dpkg", "-i", &format!("/tmp/{deb_name}")]);
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), edited);
+    root.run_ok(&["apt-get", "purge", "-y", "vitalsd"]);
+    assert!(
+        !root.path("etc/vitalsd/vitalsd.toml").exists(),
+        "purge left the configuration"
+    );
+    assert!(!root.path("usr/bin/vitalsd").exists());
+    assert!(
+        root.path("var/lib/vitalsd/outbox.db").exists(),
+        "purge removed the outbox, which may hold readings not yet delivered"
+    );
+}
