@@ -6,7 +6,10 @@
 //! installs them). The first run builds the build root, the Debian 12 roots and the packages, all cached
 //! under target/; a missing prerequisite fails the test with what to install.
 
-#[allow(dead_code, reason = "the HIL suite's support; this target uses a part of it")]
+#[allow(
+    dead_code,
+    reason = "the HIL suite's support; this target uses a part of it"
+)]
 #[path = "support/mod.rs"]
 mod support;
 
