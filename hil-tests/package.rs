@@ -21,7 +21,7 @@ use std::time::Duration;
 use support::nonin::SpotCheck;
 use support::pty::SimulatedPort;
 use support::subscriber::Subscriber;
-use support::{free_port, listens_on, wait_for};
+use support::{lease_port, listens_on, wait_for};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -344,7 +344,9 @@ fn check_installed(arch: &str) {
     );
     let refusal = String::from_utf8_lossy(&refused.stderr);
     assert!(refusal.contains("mqtt.url: missing"), "{refusal}");
-    let port = free_port();
+    // Held until the test ends, so no other test's broker takes the port.
+    let lease = lease_port();
+    let port = lease.port;
     let config_path = root.path("etc/vitalsd/vitalsd.toml");
     let shipped = std::fs::read_to_string(&config_path).unwrap();
     let edited = shipped.replacen(
