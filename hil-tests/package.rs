@@ -290,14 +290,20 @@ fn check_installed(arch: &str) {
         "usr/share/bash-completion/completions/vitalsd",
         "etc/vitalsd/vitalsd.toml",
         "etc/vitalsd/vitalsd.toml.d",
-        // Enabled, not started (no systemd runs in a chroot, and mqtt.url is unset anyway).
-        "etc/systemd/system/multi-user.target.wants/vitalsd.service",
     ] {
         assert!(
             root.path(file).exists(),
             "the package did not install /{file}"
         );
     }
+    // Enabled, not started (no systemd runs in a chroot, and mqtt.url is unset anyway). The link is
+    // absolute, so it is read, not followed: on the host it would lead outside the root.
+    let wants = root.path("etc/systemd/system/multi-user.target.wants/vitalsd.service");
+    assert_eq!(
+        std::fs::read_link(&wants).ok(),
+        Some(PathBuf::from("/lib/systemd/system/vitalsd.service")),
+        "the package did not enable the unit"
+    );
     let vitalsd_gid = root.id_of("group", "vitalsd");
     let group_line = |group: &str| {
         std::fs::read_to_string(root.path("etc/group"))
