@@ -415,6 +415,20 @@ fn check_installed(arch: &str) {
     )
     .unwrap();
     let subscriber = Subscriber::start(port, "vitalsd/v1/#");
+    // Debian 12's qemu-user (7.2) lacks the termios2 ioctls (TCGETS2, TCSETS2) the serial library sets a
+    // port up with, and fails them with "Function not implemented"; a hub's kernel has them. The daemon
+    // therefore runs under Debian 13's qemu-user (10.0, a static binary) from the build root.
+    let emulator = match arch {
+        "arm64" => "qemu-aarch64",
+        _ => "qemu-arm",
+    };
+    let build_root = script("build-root", "trixie-cross");
+    std::fs::copy(
+        build_root.join(format!("usr/bin/{emulator}")),
+        root.path(&format!("usr/local/bin/{emulator}")),
+    )
+    .unwrap_or_else(|error| panic!("cannot copy the build root's {emulator}: {error}"));
+    let emulator = format!("/usr/local/bin/{emulator}");
     let daemon_log = root.path("tmp/vitalsd.log");
     let daemon = Running(root.spawn(
         &[
@@ -423,7 +437,8 @@ fn check_installed(arch: &str) {
             "--regid=vitalsd",
             "--init-groups",
             "--",
-            "vitalsd",
+            &emulator,
+            "/usr/bin/vitalsd",
             "run",
             "--config",
             "/etc/vitalsd/vitalsd.toml",
