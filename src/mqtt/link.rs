@@ -5,6 +5,9 @@
 //! on: the outbox owns retransmission. The MQTT 5 session expires when the connection ends (session expiry
 //! interval 0), so a broker keeps no queue for the hub either.
 
+use std::pin::Pin;
+
+use futures_util::{FutureExt, Stream, StreamExt};
 use rumqttc::v5;
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 
@@ -40,23 +43,43 @@ pub enum LinkEvent {
 /// A publish the client's request queue had no room for; the payload comes back when it can.
 pub struct NotQueued(pub Option<Vec<u8>>);
 
+/// The MQTT client: requests go in through `client`; `events` polls the event loop it owns.
+///
+/// The event loop is polled only through `events`, a stream that keeps an unfinished poll inside itself:
+/// rumqttc's `poll` is not cancel-safe (a publish taken from the request queue and dropped half-written
+/// never reaches the broker), and the uplink waits on it inside `select!`, which drops the losing futures.
+pub struct Link {
+    client: Client,
+    options: Options,
+    capacity: usize,
+    events: Events,
+}
+
+enum Client {
+    V5(v5::AsyncClient),
+    V311(rumqttc::AsyncClient),
+}
+
 #[allow(
     clippy::large_enum_variant,
     reason = "the daemon has one, built once and never moved about"
 )]
-pub enum Link {
-    V5 {
-        options: v5::MqttOptions,
-        client: v5::AsyncClient,
-        eventloop: v5::EventLoop,
-        capacity: usize,
-    },
-    V311 {
-        client: rumqttc::AsyncClient,
-        eventloop: rumqttc::EventLoop,
-        capacity: usize,
-    },
+enum Options {
+    V5(v5::MqttOptions),
+    V311(rumqttc::MqttOptions),
 }
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one at a time, moved once into its stream"
+)]
+enum EventLoop {
+    V5(v5::EventLoop),
+    V311(rumqttc::EventLoop),
+}
+
+/// The event loop's events; it ends after the first error, dropping the event loop and its connection.
+type Events = Pin<Box<dyn Stream<Item = Result<LinkEvent, String>> + Send>>;
 
 impl Link {
     /// `capacity` is the client's request queue: the uplink's window plus room for status publishes.
@@ -91,7 +114,7 @@ impl Link {
         // the uplink's window in its queue, counts on the broker acknowledging in order as MQTT requires,
         // and the uplink starts a fresh client if a collision happens anyway.
         let pkid_space = u16::try_from(mqtt.window * 2 + 8).unwrap_or(u16::MAX);
-        match mqtt.protocol {
+        let options = match mqtt.protocol {
             MqttProtocol::V5 => {
                 let mut options =
                     v5::MqttOptions::new(&mqtt.client_id, &mqtt.url.host, mqtt.url.port);
@@ -113,13 +136,7 @@ impl Link {
                 if let Some(transport) = transport {
                     options.set_transport(transport);
                 }
-                let (client, eventloop) = v5::AsyncClient::new(options.clone(), capacity);
-                Ok(Link::V5 {
-                    options,
-                    client,
-                    eventloop,
-                    capacity,
-                })
+                Options::V5(options)
             }
             MqttProtocol::V311 => {
                 let mut options =
@@ -140,85 +157,47 @@ impl Link {
                 if let Some(transport) = transport {
                     options.set_transport(transport);
                 }
-                let (client, eventloop) = rumqttc::AsyncClient::new(options, capacity);
-                Ok(Link::V311 {
-                    client,
-                    eventloop,
-                    capacity,
-                })
+                Options::V311(options)
             }
-        }
+        };
+        let (client, eventloop) = options.client(capacity);
+        Ok(Link {
+            client,
+            options,
+            capacity,
+            events: eventloop.into_events(),
+        })
     }
 
     /// Drops the client and its event loop (and so the connection) and builds new ones from the same
-    /// options, with nothing of the old state: no packet ids, no stashed collision, no queued requests.
+    /// options, with nothing of the old state: no packet ids, no stashed collision, no queued requests, no
+    /// events not yet taken. The new client connects when it is first polled.
     pub fn restart(&mut self) {
-        match self {
-            Link::V5 {
-                options,
-                client,
-                eventloop,
-                capacity,
-            } => {
-                (*client, *eventloop) = v5::AsyncClient::new(options.clone(), *capacity);
-            }
-            Link::V311 {
-                client,
-                eventloop,
-                capacity,
-            } => {
-                let options = eventloop.mqtt_options.clone();
-                (*client, *eventloop) = rumqttc::AsyncClient::new(options, *capacity);
-            }
-        }
+        let (client, eventloop) = self.options.client(self.capacity);
+        self.client = client;
+        self.events = eventloop.into_events();
     }
 
     /// The next event; an error means the connection is gone (or never came), described for the operator.
+    /// Cancel-safe: a poll cut short goes on at the next call.
     pub async fn poll(&mut self) -> Result<LinkEvent, String> {
-        match self {
-            Link::V5 { eventloop, .. } => {
-                use v5::mqttbytes::v5::Packet;
-                use v5::Event;
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(connack))) => Ok(LinkEvent::Connected {
-                        receive_maximum: connack.properties.and_then(|p| p.receive_max),
-                    }),
-                    Ok(Event::Incoming(Packet::PubAck(puback))) => Ok(LinkEvent::PubAck {
-                        pkid: puback.pkid,
-                        outcome: classify(puback_code(puback.reason)),
-                    }),
-                    Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
-                    Ok(_) => Ok(LinkEvent::Other),
-                    Err(error) => Err(describe_v5(&error)),
-                }
-            }
-            Link::V311 { eventloop, .. } => {
-                use rumqttc::{Event, Incoming};
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(LinkEvent::Connected {
-                        receive_maximum: None,
-                    }),
-                    // MQTT 3.1.1 has no way to say no: a PUBACK is always "taken" (see the README).
-                    Ok(Event::Incoming(Incoming::PubAck(puback))) => Ok(LinkEvent::PubAck {
-                        pkid: puback.pkid,
-                        outcome: AckOutcome::Accepted,
-                    }),
-                    Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
-                    Ok(_) => Ok(LinkEvent::Other),
-                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
-                        Err(format!("broker refused the connection: {code:?}"))
-                    }
-                    Err(error) => Err(error.to_string()),
-                }
-            }
+        match self.events.next().await {
+            Some(event) => event,
+            // The stream ends only after it reported an error, which restarts the link.
+            None => Err("the MQTT client stopped".to_string()),
         }
+    }
+
+    /// The next event if the client has one without waiting for the network.
+    pub fn try_poll(&mut self) -> Option<Result<LinkEvent, String>> {
+        self.events.next().now_or_never().flatten()
     }
 
     /// Queues a reading: QoS 1, not retained, never an expiry (a reading is worth delivering however
     /// late), and under MQTT 5 the payload's schema name as the user property `schema`.
     pub fn try_publish_reading(&self, topic: String, payload: Vec<u8>) -> Result<(), NotQueued> {
-        match self {
-            Link::V5 { client, .. } => {
+        match &self.client {
+            Client::V5(client) => {
                 let properties = PublishProperties {
                     user_properties: vec![(
                         "schema".to_string(),
@@ -242,7 +221,7 @@ impl Link {
                         _ => NotQueued(None),
                     })
             }
-            Link::V311 { client, .. } => client
+            Client::V311(client) => client
                 .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
                 .map_err(|error| match error {
                     rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(publish))
@@ -256,11 +235,11 @@ impl Link {
 
     /// Queues the retained status document, QoS 1.
     pub fn try_publish_status(&self, topic: String, document: Vec<u8>) -> Result<(), NotQueued> {
-        let queued = match self {
-            Link::V5 { client, .. } => client
+        let queued = match &self.client {
+            Client::V5(client) => client
                 .try_publish(topic, v5::mqttbytes::QoS::AtLeastOnce, true, document)
                 .is_ok(),
-            Link::V311 { client, .. } => client
+            Client::V311(client) => client
                 .try_publish(topic, rumqttc::QoS::AtLeastOnce, true, document)
                 .is_ok(),
         };
@@ -272,10 +251,79 @@ impl Link {
     }
 
     pub fn try_disconnect(&self) {
-        let _ = match self {
-            Link::V5 { client, .. } => client.try_disconnect().is_ok(),
-            Link::V311 { client, .. } => client.try_disconnect().is_ok(),
+        let _ = match &self.client {
+            Client::V5(client) => client.try_disconnect().is_ok(),
+            Client::V311(client) => client.try_disconnect().is_ok(),
         };
+    }
+}
+
+impl Options {
+    fn client(&self, capacity: usize) -> (Client, EventLoop) {
+        match self {
+            Options::V5(options) => {
+                let (client, eventloop) = v5::AsyncClient::new(options.clone(), capacity);
+                (Client::V5(client), EventLoop::V5(eventloop))
+            }
+            Options::V311(options) => {
+                let (client, eventloop) = rumqttc::AsyncClient::new(options.clone(), capacity);
+                (Client::V311(client), EventLoop::V311(eventloop))
+            }
+        }
+    }
+}
+
+impl EventLoop {
+    fn into_events(self) -> Events {
+        Box::pin(futures_util::stream::unfold(
+            Some(self),
+            |eventloop| async move {
+                let mut eventloop = eventloop?;
+                let event = eventloop.poll().await;
+                let failed = event.is_err();
+                Some((event, (!failed).then_some(eventloop)))
+            },
+        ))
+    }
+
+    async fn poll(&mut self) -> Result<LinkEvent, String> {
+        match self {
+            EventLoop::V5(eventloop) => {
+                use v5::mqttbytes::v5::Packet;
+                use v5::Event;
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(connack))) => Ok(LinkEvent::Connected {
+                        receive_maximum: connack.properties.and_then(|p| p.receive_max),
+                    }),
+                    Ok(Event::Incoming(Packet::PubAck(puback))) => Ok(LinkEvent::PubAck {
+                        pkid: puback.pkid,
+                        outcome: classify(puback_code(puback.reason)),
+                    }),
+                    Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
+                    Ok(_) => Ok(LinkEvent::Other),
+                    Err(error) => Err(describe_v5(&error)),
+                }
+            }
+            EventLoop::V311(eventloop) => {
+                use rumqttc::{Event, Incoming};
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(LinkEvent::Connected {
+                        receive_maximum: None,
+                    }),
+                    // MQTT 3.1.1 has no way to say no: a PUBACK is always "taken" (see the README).
+                    Ok(Event::Incoming(Incoming::PubAck(puback))) => Ok(LinkEvent::PubAck {
+                        pkid: puback.pkid,
+                        outcome: AckOutcome::Accepted,
+                    }),
+                    Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
+                    Ok(_) => Ok(LinkEvent::Other),
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        Err(format!("broker refused the connection: {code:?}"))
+                    }
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        }
     }
 }
 

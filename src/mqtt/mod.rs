@@ -33,6 +33,8 @@ use refusal::{
 };
 use topic::Topics;
 
+/// Client events handled per turn of the uplink's loop, at most.
+const EVENT_BATCH: usize = 64;
 /// Records fetched from the outbox per round trip.
 const FETCH_BATCH: usize = 1024;
 /// Acknowledged records removed per outbox transaction, and the longest an acknowledgement waits.
@@ -147,10 +149,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            event = uplink.link.poll() => match event {
-                Ok(event) => uplink.handle_event(event).await?,
-                Err(error) => uplink.handle_connection_error(error).await?,
-            },
+            event = uplink.link.poll() => uplink.handle_events(event).await?,
             _ = &mut ack_timer, if uplink.ack_deadline.is_some() => uplink.flush_acks().await?,
             _ = appended.notified(), if waiting_for_records => uplink.exhausted = false,
             _ = &mut pause_timer, if paused => {}
@@ -346,6 +345,25 @@ impl Uplink {
         self.exhausted = false;
     }
 
+    /// Handles `first` and the events the client has ready behind it, up to [`EVENT_BATCH`], so that a run
+    /// of PUBACKs costs one turn of the uplink's loop rather than one each. A restart of the client ends
+    /// the run: the new client is first polled after the backoff.
+    async fn handle_events(&mut self, first: Result<LinkEvent, String>) -> Result<(), UplinkError> {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(event) = next.take() {
+            match event {
+                Ok(event) => self.handle_event(event).await?,
+                Err(error) => self.handle_connection_error(error).await?,
+            }
+            handled += 1;
+            if handled < EVENT_BATCH && self.restarted.is_none() {
+                next = self.link.try_poll();
+            }
+        }
+        Ok(())
+    }
+
     async fn handle_event(&mut self, event: LinkEvent) -> Result<(), UplinkError> {
         match event {
             LinkEvent::Connected { receive_maximum } => {
@@ -422,8 +440,7 @@ impl Uplink {
     }
 
     /// A PUBACK that has not come within the timeout on a live connection will not come: the publish was
-    /// lost on the way (the client's event loop is polled inside `select!`, and may drop a write it was
-    /// in the middle of). A fresh client re-sends everything unacknowledged from the outbox, as after any
+    /// lost on the way (a broker that drops it, or a client that lost track of it). A fresh client re-sends everything unacknowledged from the outbox, as after any
     /// reconnect, instead of the record and every retry pass waiting for the connection to drop.
     async fn check_puback_timeout(&mut self) -> Result<(), UplinkError> {
         if !self.connected
