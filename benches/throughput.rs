@@ -56,15 +56,15 @@ fn main() {
     let rounds = env_or("VITALSD_BENCH_ROUNDS", 5);
     let (mut raw_rates, mut raw5_rates, mut drain_rates, mut peaks, mut idles) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut raw5_cpus, mut drain_cpus) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         raw_rates.push(raw_publisher_rate(broker.port, drain_count, payload.len()));
-        raw5_rates.push(raw_v5_publisher_rate(
-            broker.port,
-            drain_count,
-            payload.len(),
-        ));
-        let (drain_rate, peak_kib, idle_kib) = vitalsd_drain_rate(&broker, drain_count);
+        let (raw5_rate, raw5_cpu) = raw_v5_publisher_rate(broker.port, drain_count, payload.len());
+        raw5_rates.push(raw5_rate);
+        raw5_cpus.push(raw5_cpu);
+        let (drain_rate, drain_cpu, peak_kib, idle_kib) = vitalsd_drain_rate(&broker, drain_count);
         drain_rates.push(drain_rate);
+        drain_cpus.push(drain_cpu);
         peaks.push(peak_kib);
         idles.push(idle_kib);
     }
@@ -96,6 +96,13 @@ fn main() {
     println!(
         "    ratio of the medians, drain / raw 3.1.1:    {:>10.2}",
         drain_rate / raw_rate
+    );
+    // Processor time per message is far steadier than rates on a shared machine: it is what a message
+    // costs, whatever else the machine does meanwhile.
+    println!(
+        "    CPU per message, raw MQTT 5 client / daemon: {:>6.2} / {:.2} us (medians)",
+        median(&raw5_cpus),
+        median(&drain_cpus)
     );
     let peak_kib = peaks.iter().copied().max().unwrap_or(0);
     let idle_kib = idles.iter().copied().max().unwrap_or(0);
@@ -192,8 +199,9 @@ fn raw_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
 }
 
 /// (a5): the raw publisher over MQTT 5, which, like the daemon, keeps no more in flight than the broker's
-/// Receive Maximum allows.
-fn raw_v5_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
+/// Receive Maximum allows. Returns its rate and its processor time per message in microseconds (all of it
+/// runs on this thread).
+fn raw_v5_publisher_rate(port: u16, count: usize, payload_size: usize) -> (f64, f64) {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::mqttbytes::QoS as QoS5;
     use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
@@ -222,6 +230,7 @@ fn raw_v5_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
             client
         });
         let started = Instant::now();
+        let cpu_started = thread_cpu();
         let mut acked = 0;
         while acked < count {
             if let Event5::Incoming(Packet::PubAck(_)) = eventloop.poll().await.expect("poll") {
@@ -229,12 +238,41 @@ fn raw_v5_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
             }
         }
         let elapsed = started.elapsed();
+        let cpu = thread_cpu() - cpu_started;
         drop(publisher.await);
-        count as f64 / elapsed.as_secs_f64()
+        (
+            count as f64 / elapsed.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / count as f64,
+        )
     })
 }
 
-fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
+/// The processor time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid timespec for the call to fill.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    assert_eq!(result, 0, "clock_gettime");
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}
+
+/// The processor time a process has used, all its threads, from `/proc` (in clock ticks of 10 ms).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // The command name in parentheses may hold spaces; the fields after it are plain.
+    let after_name = &stat[stat.rfind(')').expect("stat has a name") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+/// The drain's rate, the daemon's processor time per message in microseconds, and its peak and idle RSS.
+fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, f64, u64, u64) {
     let world = DaemonWorld::new();
     let window = std::env::var("VITALSD_BENCH_WINDOW")
         .ok()
@@ -287,13 +325,20 @@ fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, u64, u64) {
         .find(|m| m.json()["state"] == "online")
         .unwrap()
         .arrived;
+    let cpu_started = process_cpu(daemon.pid());
     let drained = support::wait_until(Duration::from_secs(600), || outbox_is_empty(&world));
     assert!(drained, "drain did not finish: {}", world.log());
     let elapsed = started.elapsed();
+    let cpu = process_cpu(daemon.pid()) - cpu_started;
     let (peak, _) = daemon.memory_kib();
     std::thread::sleep(Duration::from_secs(3));
     let (_, idle) = daemon.memory_kib();
-    (count as f64 / elapsed.as_secs_f64(), peak, idle)
+    (
+        count as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / count as f64,
+        peak,
+        idle,
+    )
 }
 
 /// Resident memory of a daemon with one serial port and a connected broker, doing nothing.
