@@ -142,22 +142,21 @@ pub struct BrokerUrl {
 }
 
 /// The MQTT version the uplink speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::EnumString, strum::IntoStaticStr)]
 pub enum MqttProtocol {
-    /// `"5"`: a PUBACK says whether the broker took the message.
+    /// A PUBACK says whether the broker took the message.
     #[default]
+    #[strum(serialize = "5")]
     V5,
-    /// `"3.1.1"`: for brokers without MQTT 5; a broker that refuses a publish still acknowledges it.
+    /// For brokers without MQTT 5; a broker that refuses a publish still acknowledges it.
+    #[strum(serialize = "3.1.1")]
     V311,
 }
 
 impl MqttProtocol {
     /// The configuration value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            MqttProtocol::V5 => "5",
-            MqttProtocol::V311 => "3.1.1",
-        }
+        self.into()
     }
 }
 
