@@ -11,7 +11,7 @@ use std::path::Path;
 
 use figment::error::{Actual, Kind};
 use figment::value::{Dict, Value};
-use figment::Figment;
+use figment::{Figment, Source};
 use serde::Deserialize;
 
 use super::file::{self, key_path};
@@ -384,10 +384,10 @@ impl Checks<'_> {
                 .and_then(|array| array.as_array()?.get(index?))
                 .or(value);
         }
-        let metadata = tag.and_then(|tag| self.figment.get_metadata(tag));
-        match metadata.and_then(file::origin) {
-            Some(origin) => format!("{path} (from {origin})"),
-            None => path.to_string(),
+        match tag.and_then(|tag| self.figment.get_metadata(tag)?.source.as_ref()) {
+            Some(Source::File(file)) => format!("{path} (from {})", file.display()),
+            Some(Source::Custom(variable)) => format!("{path} (from {variable})"),
+            _ => path.to_string(),
         }
     }
 }
