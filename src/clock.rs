@@ -17,8 +17,9 @@ pub const SYNC_STATE_FILE_ENV: &str = "VITALSD_TEST_CLOCK_SYNC_FILE";
 /// Test hook: a file read instead of `/proc/sys/kernel/random/boot_id`, so a test can stage a reboot.
 pub const BOOT_ID_FILE_ENV: &str = "VITALSD_TEST_BOOT_ID_FILE";
 
-/// `hub.clock`: when the hub believes its own wall clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `hub.clock`: when the hub believes its own wall clock; the configuration names it in lowercase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
 pub enum ClockPolicy {
     /// Only while the kernel says the clock is synchronised (NTP through timesyncd, chrony or ntpd).
     #[default]

@@ -1,86 +1,57 @@
 //! The first stage: the defaults, the main file, its drop-ins and the `VITALSD_<SECTION>__<KEY>` variables
-//! layered with figment, so every value remembers which file or variable set it. What the values mean is
-//! `validate`'s business.
+//! layered with figment, so every value remembers which file or variable set it.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use figment::value::{Dict, Num, Tag, Value};
+use figment::value::{Dict, Map, Num, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 
 use super::{io_message, ConfigError};
 
-/// Environment overrides are `VITALSD_<SECTION>__<KEY>`.
-const ENV_PREFIX: &str = "VITALSD_";
-const ENV_SEPARATOR: &str = "__";
-/// Names the main file (read by the command line), so it is not an override.
-const ENV_CONFIG_PATH: &str = "VITALSD_CONFIG";
 /// A configuration is a few kilobytes; a larger file is generated or damaged, and parsing it whole would
 /// cost memory out of proportion (a TOML table costs far more in memory than its text).
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// One layer: a file's table or one variable, under the name an error gives it.
-pub(super) struct Layer {
-    metadata: Metadata,
-    dict: Dict,
-}
+pub(super) struct Layer(Metadata, Dict);
 
 impl Provider for Layer {
     fn metadata(&self) -> Metadata {
-        self.metadata.clone()
+        self.0.clone()
     }
 
-    fn data(&self) -> Result<figment::value::Map<Profile, Dict>, figment::Error> {
-        Ok(Profile::Default.collect(self.dict.clone()))
-    }
-}
-
-/// Where a value came from, for an error about it: a drop-in or a variable; `None` for the main file and the
-/// defaults.
-pub(super) fn origin(metadata: &Metadata) -> Option<String> {
-    match metadata.source.as_ref()? {
-        Source::File(path) => Some(path.display().to_string()),
-        Source::Custom(variable) => Some(variable.clone()),
-        _ => None,
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.1.clone()))
     }
 }
 
 /// Joins a key onto a key path, quoting keys that TOML would need quoted; a long key (no key of ours has
 /// more than a few words) is shown by its beginning, as a bad value is.
 pub(super) fn key_path(parent: &str, key: &str) -> String {
-    let bare = (1..=64).contains(&key.len())
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    let key = if bare {
-        key.to_string()
-    } else {
-        super::values::q(key)
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let key = match (1..=64).contains(&key.len()) && key.chars().all(bare) {
+        true => key.to_string(),
+        false => super::values::q(key),
     };
-    if parent.is_empty() {
-        key
-    } else {
-        format!("{parent}.{key}")
+    match parent {
+        "" => key,
+        parent => format!("{parent}.{key}"),
     }
 }
 
 /// Parses one file's text into a layer; a syntax error is reported under `origin`, with toml's line and column.
 pub(super) fn parse(text: &str, origin: &str, source: Option<&Path>) -> Result<Layer, ConfigError> {
-    let syntax = |error: toml::de::Error| {
+    let dict = toml::from_str(text).map_err(|error: toml::de::Error| {
         let text = error.to_string();
         let position = text.lines().next().unwrap_or_default();
         ConfigError::new(origin, format!("{position}: {}", error.message()))
-    };
-    let table: toml::Table = text.parse().map_err(syntax)?;
-    let dict = Value::serialize(table)
-        .ok()
-        .and_then(|value| value.into_dict())
-        .ok_or_else(|| ConfigError::new(origin, "cannot be read as a table"))?;
+    })?;
     let metadata = match source {
         Some(path) => Metadata::from("drop-in", path),
         None => Metadata::named(origin.to_string()),
     };
-    Ok(Layer { metadata, dict })
+    Ok(Layer(metadata, dict))
 }
 
 /// The defaults alone, the layer under all others.
@@ -95,24 +66,20 @@ pub(super) fn defaults() -> Figment {
 /// Unreadable files and syntax errors are all reported together, and end loading: validating what is left would
 /// report keys as missing that are only unreadable.
 pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
-    let mut errors = Vec::new();
+    let (mut figment, mut errors) = (defaults(), Vec::new());
     let drop_ins = drop_in_files(path).unwrap_or_else(|error| {
         errors.push(error);
         Vec::new()
     });
-    let (mut figment, files) = (
-        defaults(),
-        std::iter::once(path.to_path_buf()).chain(drop_ins),
-    );
+    let files = std::iter::once(path.to_path_buf()).chain(drop_ins);
     for (index, file) in files.enumerate() {
         let shown = file.display().to_string();
-        let layer = read_bounded(&file)
-            .map_err(|problem| {
-                let message = format!("cannot read {shown}: {problem}");
-                ConfigError::new(if index == 0 { "" } else { &shown }, message)
-            })
-            .and_then(|text| parse(&text, &shown, (index > 0).then_some(file.as_path())));
-        match layer {
+        // An unreadable main file is named by its message alone, as the command's first line names it.
+        let origin = if index == 0 { "" } else { &shown };
+        let unreadable =
+            |problem| ConfigError::new(origin, format!("cannot read {shown}: {problem}"));
+        let text = read_bounded(&file).map_err(unreadable);
+        match text.and_then(|text| parse(&text, &shown, (index > 0).then_some(&file))) {
             Ok(layer) => figment = figment.merge(layer),
             Err(error) if index == 0 => errors.insert(0, error),
             Err(error) => errors.push(error),
@@ -138,68 +105,70 @@ fn drop_in_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let mut dir = path.as_os_str().to_owned();
     dir.push(".d");
     let dir = PathBuf::from(dir);
-    let unreadable = |error: std::io::Error| {
+    let names = match std::fs::read_dir(&dir) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        entries => {
+            entries.and_then(|entries| entries.map(|entry| Ok(entry?.file_name())).collect())
+        }
+    };
+    let names: Vec<_> = names.map_err(|error: io::Error| {
         let message = format!("cannot read {}: {}", dir.display(), io_message(&error));
         ConfigError::new("", message)
-    };
-    let entries = match std::fs::read_dir(&dir) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        entries => entries.map_err(unreadable)?,
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let name = entry.map_err(unreadable)?.file_name();
-        let name = name.to_string_lossy();
-        if name.ends_with(".toml") && !name.starts_with('.') {
-            files.push(dir.join(&*name));
-        }
-    }
+    })?;
+    let names = names.iter().map(|name| name.to_string_lossy());
+    let toml = |name: &str| name.ends_with(".toml") && !name.starts_with('.');
+    let mut files: Vec<_> = names
+        .filter(|name| toml(name))
+        .map(|name| dir.join(&*name))
+        .collect();
     files.sort();
     Ok(files)
 }
 
-/// Layers the `VITALSD_<SECTION>__<KEY>` variables among `env` over single keys of the top-level tables.
-///
-/// Each value is kept as text; `validate` reads it as a TOML integer, float or boolean where a key wants one.
-/// Other `VITALSD_` variables without the `__` separator are left alone: the test suites use some.
+/// Layers the `VITALSD_<SECTION>__<KEY>` variables among `env` over single keys of the top-level tables, as
+/// text: `validate` reads it as a TOML integer, float or boolean where a key wants one. Other `VITALSD_`
+/// variables, without the `__`, are left alone: `VITALSD_CONFIG` names the main file, and the test suites use
+/// some.
 pub(super) fn layer_env(
     mut figment: Figment,
     env: &[(String, String)],
 ) -> (Figment, Vec<ConfigError>) {
     let mut errors = Vec::new();
     for (variable, text) in env {
-        let Some((section, key)) = variable
-            .strip_prefix(ENV_PREFIX)
-            .and_then(|rest| rest.split_once(ENV_SEPARATOR))
-            .filter(|_| variable != ENV_CONFIG_PATH)
-        else {
+        let name = variable
+            .strip_prefix("VITALSD_")
+            .and_then(|name| name.split_once("__"));
+        let Some((section, key)) = name else {
             continue;
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let labelled = key_path(&key_path("", &section), &key) + &format!(" (from {variable})");
-        let not_a_table = figment
+        let labelled = format!(
+            "{}.{} (from {variable})",
+            key_path("", &section),
+            key_path("", &key)
+        );
+        let table = figment
             .find_value(&section)
-            .is_ok_and(|value| value.as_dict().is_none());
-        let error = match (section.as_str(), key.as_str()) {
-            ("", _) | (_, "") => ConfigError::new(variable, "expected VITALSD_<SECTION>__<KEY>"),
-            ("serial", _) => {
-                let message = "[[serial]] entries cannot be set from the environment";
-                ConfigError::new(labelled, message)
-            }
+            .map_or(true, |value| value.as_dict().is_some());
+        let (path, problem) = match (section.as_str(), key.as_str()) {
+            ("", _) | (_, "") => (variable.clone(), "expected VITALSD_<SECTION>__<KEY>"),
+            ("serial", _) => (
+                labelled,
+                "[[serial]] entries cannot be set from the environment",
+            ),
             (name, _) if !super::validate::keys_at(&[]).contains(&name) => {
-                ConfigError::new(labelled, "unknown section")
+                (labelled, "unknown section")
             }
             // A section that is not a table is reported by validation; there is nothing to override in it.
-            _ if not_a_table => continue,
+            _ if !table => continue,
             _ => {
                 let value = Dict::from([(key, Value::from(text.as_str()))]);
-                let dict = Dict::from([(section, Value::from(value))]);
                 let metadata = Metadata::from("environment", Source::Custom(variable.clone()));
-                figment = figment.merge(Layer { metadata, dict });
+                figment = figment.merge(Layer(metadata, Dict::from([(section, value.into())])));
                 continue;
             }
         };
-        errors.push(error);
+        errors.push(ConfigError::new(path, problem));
     }
     (figment, errors)
 }

@@ -24,22 +24,11 @@ use values as v;
 
 /// The defaults, the layer under the files; those of `hub.runtime_dir` and `mqtt.client_id` depend on others.
 const DEFAULTS: &str = r#"
-    [mqtt]
-    topic_prefix = "vitalsd/v1"
-    keep_alive_s = 30
-    reconnect_min_ms = 500
-    reconnect_max_s = 60
-    window = 128
-    protocol = "5"
-    [outbox]
-    max_pending = 1_000_000
-    dedup_retention_days = 400
-    fold_log_seconds = 1
-    [ble]
-    enabled = true
-    adapter = "hci0"
-    [log]
-    level = "info"
+    mqtt = { topic_prefix = "vitalsd/v1", keep_alive_s = 30, reconnect_min_ms = 500, reconnect_max_s = 60,
+             window = 128, protocol = "5" }
+    outbox = { max_pending = 1_000_000, dedup_retention_days = 400, fold_log_seconds = 1 }
+    ble = { enabled = true, adapter = "hci0" }
+    log = { level = "info" }
 "#;
 
 /// The whole validated configuration. Keys are declared in the example file's order, which errors follow.
@@ -88,7 +77,6 @@ pub struct HubConfig {
     /// Holds the control socket (`control.sock`); defaults to systemd's `$RUNTIME_DIRECTORY`.
     #[serde(deserialize_with = "v::absolute")]
     pub runtime_dir: PathBuf,
-    /// When the hub believes its own wall clock.
     #[serde(deserialize_with = "v::clock")]
     pub clock: crate::clock::ClockPolicy,
 }
@@ -142,22 +130,21 @@ pub struct BrokerUrl {
 }
 
 /// The MQTT version the uplink speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::EnumString, strum::IntoStaticStr)]
 pub enum MqttProtocol {
-    /// `"5"`: a PUBACK says whether the broker took the message.
+    /// A PUBACK says whether the broker took the message.
     #[default]
+    #[strum(serialize = "5")]
     V5,
-    /// `"3.1.1"`: for brokers without MQTT 5; a broker that refuses a publish still acknowledges it.
+    /// For brokers without MQTT 5; a broker that refuses a publish still acknowledges it.
+    #[strum(serialize = "3.1.1")]
     V311,
 }
 
 impl MqttProtocol {
     /// The configuration value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            MqttProtocol::V5 => "5",
-            MqttProtocol::V311 => "3.1.1",
-        }
+        self.into()
     }
 }
 
@@ -284,8 +271,6 @@ pub struct LogConfig {
 
 /// The environment variable systemd sets to the directory of the unit's credentials.
 const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
-/// The environment variable systemd sets to the unit's `RuntimeDirectory=`.
-const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 
 impl Config {
     /// Loads `path`, then its drop-ins `path.d/*.toml` in lexical order (tables merged key by key, later wins),
@@ -306,20 +291,10 @@ impl Config {
     ) -> Result<Config, ConfigErrors> {
         let figment = file::read_files(path).map_err(ConfigErrors)?;
         let (figment, mut errors) = file::layer_env(figment, env);
-        let var = |name: &str| {
-            let value = env.iter().rev().find(|(variable, _)| variable == name)?;
-            Some(Path::new(&value.1)).filter(|dir| !dir.as_os_str().is_empty())
-        };
-        let systemd = validate::Environment {
-            credentials_dir: var(CREDENTIALS_DIRECTORY),
-            runtime_dir: var(RUNTIME_DIRECTORY),
-            uplink,
-        };
-        match validate::validate(&figment, &systemd) {
+        match validate::validate(&figment, env, uplink) {
             Ok(config) if errors.is_empty() => Ok(config),
-            Ok(_) => Err(ConfigErrors(errors)),
-            Err(more) => {
-                errors.extend(more);
+            result => {
+                errors.extend(result.err().into_iter().flatten());
                 Err(ConfigErrors(errors))
             }
         }
@@ -396,7 +371,7 @@ impl Config {
     pub(crate) fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         let layer = file::parse(text, origin, None).map_err(|error| ConfigErrors(vec![error]))?;
         let figment = file::defaults().merge(layer);
-        validate::validate(&figment, &validate::Environment::default()).map_err(ConfigErrors)
+        validate::validate(&figment, &[], None).map_err(ConfigErrors)
     }
 }
 

@@ -11,12 +11,14 @@ use std::path::Path;
 
 use figment::error::{Actual, Kind};
 use figment::value::{Dict, Value};
-use figment::Figment;
+use figment::{Figment, Source};
 use serde::Deserialize;
 
-use super::file::{self, key_path};
+use super::file::{env_scalar, key_path};
 use super::values::{device_id_ok, q};
-use super::{Config, ConfigError, MqttConfig, PortLocation, SecretSource, SerialConfig};
+use super::{
+    Config, ConfigError, MqttConfig, PortLocation, SecretSource, SerialConfig, UplinkCheck,
+};
 
 /// A hub has tens of serial ports, not thousands; a longer list is a generated or damaged file, and
 /// validating each entry of it would cost memory for nothing.
@@ -24,18 +26,18 @@ const MAX_SERIAL_PORTS: usize = 64;
 const NO_PORT: &str =
     "missing (or name the port by its USB identity: match = { vid = 0x10c4, pid = 0xea60 })";
 
-/// What validation reads from the environment besides the overrides, and the uplink's check.
-#[derive(Default)]
-pub(super) struct Environment<'a> {
-    /// `$CREDENTIALS_DIRECTORY`: a credential named in the file must be there.
-    pub credentials_dir: Option<&'a Path>,
-    /// `$RUNTIME_DIRECTORY`: the default of `hub.runtime_dir`.
-    pub runtime_dir: Option<&'a Path>,
-    pub uplink: Option<super::UplinkCheck>,
-}
-
-/// Turns the layered configuration into a [`Config`], or every error found.
-pub(super) fn validate(figment: &Figment, env: &Environment) -> Result<Config, Vec<ConfigError>> {
+/// Turns the layered configuration into a [`Config`], or every error found. Of `env`, systemd's
+/// `$RUNTIME_DIRECTORY` is the default of `hub.runtime_dir`, and a credential named in the file must be in
+/// its `$CREDENTIALS_DIRECTORY`; `uplink` is run on a valid `[mqtt]` with TLS.
+pub(super) fn validate(
+    figment: &Figment,
+    env: &[(String, String)],
+    uplink: Option<UplinkCheck>,
+) -> Result<Config, Vec<ConfigError>> {
+    let var = |name: &str| {
+        let value = env.iter().rev().find(|(variable, _)| variable == name)?;
+        Some(Path::new(&value.1)).filter(|dir| !dir.as_os_str().is_empty())
+    };
     let given = figment.find_value("").unwrap_or(Value::from(Dict::new()));
     let mut c = Checks {
         figment,
@@ -43,14 +45,19 @@ pub(super) fn validate(figment: &Figment, env: &Environment) -> Result<Config, V
         errors: Vec::new(),
     };
     let mut config = c.read(given.clone());
-    for key in ["hub.id", "hub.state_dir", "mqtt.url"] {
-        c.require(key, "missing");
+    let (hub, mqtt) = (&mut config.hub, &mut config.mqtt);
+    // These keys have no default, so an empty value was not given (or was refused).
+    c.require("hub.id", !hub.id.is_empty());
+    c.require("hub.state_dir", !hub.state_dir.as_os_str().is_empty());
+    c.require("mqtt.url", !mqtt.url.host.is_empty());
+    if hub.runtime_dir.as_os_str().is_empty() {
+        let systemd = var("RUNTIME_DIRECTORY");
+        hub.runtime_dir = systemd.unwrap_or(Path::new("/run/vitalsd")).into();
     }
-    if given.find_ref("hub.runtime_dir").is_none() {
-        let systemd = env.runtime_dir.unwrap_or(Path::new("/run/vitalsd"));
-        config.hub.runtime_dir = systemd.into();
+    if mqtt.client_id.is_empty() {
+        mqtt.client_id = format!("vitalsd-{}", hub.id);
     }
-    c.check_mqtt(&mut config.mqtt, &config.hub.id, env);
+    c.check_mqtt(mqtt, var(super::CREDENTIALS_DIRECTORY), uplink);
     c.check_serial(&mut config.serial);
     if c.errors.is_empty() {
         return Ok(config);
@@ -118,100 +125,83 @@ impl Checks<'_> {
         self.errors.push((path.to_string(), message.into()));
     }
 
+    /// Reports a key that is not given, unless it or its table was refused: that is reported already.
+    fn require(&mut self, path: &str, given: bool) {
+        // A port may be named by its USB identity instead.
+        let port = path.ends_with("].path");
+        if !given && !self.refused(path) {
+            self.report(path, if port { NO_PORT } else { "missing" });
+        }
+    }
+
     /// Whether the key, or a table holding it, has an error.
     fn refused(&self, path: &str) -> bool {
         self.errors.iter().any(|(error, _)| within(path, error))
     }
 
-    /// Reports a key that is not given, unless it or its table was refused: that is reported already.
-    fn require(&mut self, path: &str, message: &str) {
-        let entry = segments(path)
-            .into_iter()
-            .try_fold(self.given, |value, (name, index)| {
-                let value = value.as_dict()?.get(name)?;
-                index.map_or(Some(value), |index| value.as_array()?.get(index))
-            });
-        if entry.is_none() && !self.refused(path) {
-            self.report(path, message);
-        }
-    }
-
     /// Deserializes `root`, reporting and taking out each value serde refuses until the rest reads.
     fn read(&mut self, mut root: Value) -> Config {
-        let ports = root
+        let count = root
             .find_ref("serial")
             .and_then(Value::as_array)
-            .map(|ports| ports.len());
-        if let Some(count) = ports.filter(|count| *count > MAX_SERIAL_PORTS) {
+            .map_or(0, |ports| ports.len());
+        if count > MAX_SERIAL_PORTS {
             let message =
                 format!("{count} entries; a hub reads at most {MAX_SERIAL_PORTS} serial ports");
             self.report("serial", message);
             take(&mut root, &["serial".to_string()]);
         }
-        // What a variable's text was refused for, where its typed reading was tried next.
-        let mut text_errors = HashMap::new();
         loop {
             let error = match Config::deserialize(&root) {
                 Ok(config) => return config,
                 Err(error) => error,
             };
-            let path = shown_path(&root, &error.path);
-            let Some(value) = at(&mut root, &error.path).filter(|_| !error.path.is_empty()) else {
+            let (value, path) = at(&mut root, &error.path);
+            let Some(value) = value.filter(|_| !error.path.is_empty()) else {
                 self.report(&path, error.kind.to_string());
                 return Config::default();
             };
-            let message = describe(&error, value);
-            let wrong_type = matches!(error.kind, Kind::InvalidType(..));
-            // A variable's text is read as a TOML integer, float or boolean where a key wants another type.
-            if let (true, Value::String(tag, text)) = (wrong_type, &*value) {
-                let variable = self
-                    .figment
-                    .get_metadata(*tag)
-                    .and_then(|m| m.source.as_ref()?.custom());
-                if let Some(typed) = variable.and_then(|_| file::env_scalar(text, *tag)) {
+            // A variable holds text, read as an integer, float or boolean where the key wants one; if that is
+            // refused too, for its type, the refusal is the text's.
+            let metadata = self.figment.get_metadata(value.tag());
+            let variable = metadata.and_then(|m| m.source.as_ref()?.custom()).is_some();
+            if let (true, Kind::InvalidType(..), Value::String(tag, text)) =
+                (variable, &error.kind, &*value)
+            {
+                if let Some(typed) = env_scalar(text, *tag) {
                     *value = typed;
-                    text_errors.insert(path, message);
                     continue;
                 }
             }
-            // Text is what a variable holds, so a typed reading of the wrong type is reported as the text's.
-            let message = text_errors
-                .remove(&path)
-                .filter(|_| wrong_type)
-                .unwrap_or(message);
-            self.report(&path, message);
+            self.report(&path, describe(&error, value, variable));
             take(&mut root, &error.path);
         }
     }
 
-    fn check_mqtt(&mut self, m: &mut MqttConfig, hub_id: &str, env: &Environment) {
+    fn check_mqtt(
+        &mut self,
+        m: &mut MqttConfig,
+        credentials: Option<&Path>,
+        uplink: Option<UplinkCheck>,
+    ) {
         let table = self.given;
         let given = |key: &str| table.find_ref(&format!("mqtt.{key}")).is_some();
-        let keys = [
-            "client_id",
-            "password_file",
-            "password_credential",
-            "username",
-        ];
-        let [client_id, file, credential, user] = keys.map(given);
-        let [ca, cert, key] = ["ca_file", "client_cert_file", "client_key_file"].map(given);
-        if !client_id {
-            m.client_id = format!("vitalsd-{hub_id}");
-        }
+        let (file, credential) = (given("password_file"), given("password_credential"));
         if file && credential {
             let message = "conflicts with mqtt.password_file: set only one";
             self.report("mqtt.password_credential", message);
         }
-        if (file || credential) && !user {
+        if (file || credential) && !given("username") {
             let message = "missing (MQTT sends a password only together with a user name)";
             self.report("mqtt.username", message);
         }
-        if given("url") && !self.refused("mqtt.url") && !m.url.tls {
-            for (name, _) in [("ca", ca), ("client_cert", cert), ("client_key", key)]
-                .iter()
-                .filter(|(_, given)| *given)
+        let (cert, key) = (given("client_cert_file"), given("client_key_file"));
+        if !m.url.host.is_empty() && !m.url.tls {
+            for key in ["ca_file", "client_cert_file", "client_key_file"]
+                .into_iter()
+                .filter(|key| given(key))
             {
-                self.report(&format!("mqtt.{name}_file"), "needs an mqtts:// url");
+                self.report(&format!("mqtt.{key}"), "needs an mqtts:// url");
             }
         } else if cert != key {
             let (given, without) = if cert {
@@ -227,13 +217,13 @@ impl Checks<'_> {
             let message = format!("{min} ms is longer than mqtt.reconnect_max_s ({max} s)");
             self.report("mqtt.reconnect_min_ms", message);
         }
-        // The TLS files are read as the uplink will read them, so a file that would stop it is an error now
-        // rather than an exit at start; they can be read only once the rest of `[mqtt]` is valid.
+        // The TLS files and the password are read as the uplink will read them, so a file that would stop it is
+        // an error now rather than an exit at start. The TLS files can be read only once the rest of `[mqtt]` is
+        // valid; a credential only where systemd provides it, as in the unit's ExecStartPre.
         let valid = !self.errors.iter().any(|(path, _)| within(path, "mqtt"));
-        if let (true, true, Some(uplink)) = (valid, m.url.tls, env.uplink) {
-            if let Err((key, problem)) = uplink(m) {
-                self.report(&key_path("mqtt", key), problem);
-            }
+        let uplink = uplink.filter(|_| valid && m.url.tls);
+        if let Some(Err((key, problem))) = uplink.map(|uplink| uplink(m)) {
+            self.report(&key_path("mqtt", key), problem);
         }
         let credential = m.password_credential.clone().map(SecretSource::Credential);
         m.password = m
@@ -241,10 +231,7 @@ impl Checks<'_> {
             .clone()
             .map(SecretSource::File)
             .or(credential);
-        // Read as the uplink will read it, so a file that would stop it is an error now rather than an exit at
-        // start; a credential is readable only where systemd provides it, as in the unit's ExecStartPre.
-        let dir = env.credentials_dir;
-        let (key, path) = match (&m.password, dir) {
+        let (key, path) = match (&m.password, credentials) {
             (Some(SecretSource::File(path)), _) => ("mqtt.password_file", path.clone()),
             (Some(SecretSource::Credential(name)), Some(dir)) => {
                 ("mqtt.password_credential", dir.join(name))
@@ -253,13 +240,13 @@ impl Checks<'_> {
         };
         let shown = path.display();
         // The password itself never enters a message.
-        let problem = match m.password.as_ref().map(|source| source.read_from(dir.map(Into::into))) {
-            Some(Err(error)) => format!("cannot read {error}"),
-            Some(Ok(password)) if password.is_empty() => format!("{shown}: empty; the file must hold the password"),
-            Some(Ok(password)) if password.contains(['\n', '\r']) => format!(
+        let problem = match SecretSource::File(path.clone()).read() {
+            Err(error) => format!("cannot read {error}"),
+            Ok(password) if password.is_empty() => format!("{shown}: empty; the file must hold the password"),
+            Ok(password) if password.contains(['\n', '\r']) => format!(
                 "{shown}: more than one line; the file must hold just the password (one trailing newline is ignored)"
             ),
-            _ => return,
+            Ok(_) => return,
         };
         self.report(key, problem);
     }
@@ -281,10 +268,7 @@ impl Checks<'_> {
                 self.report(&key("match"), "set path or match, not both");
             }
             for name in required {
-                self.require(
-                    &key(name),
-                    if *name == "path" { NO_PORT } else { "missing" },
-                );
+                self.require(&key(name), given(name));
             }
             if let Some(usb) = port.usb.take() {
                 port.path = usb;
@@ -384,10 +368,10 @@ impl Checks<'_> {
                 .and_then(|array| array.as_array()?.get(index?))
                 .or(value);
         }
-        let metadata = tag.and_then(|tag| self.figment.get_metadata(tag));
-        match metadata.and_then(file::origin) {
-            Some(origin) => format!("{path} (from {origin})"),
-            None => path.to_string(),
+        match tag.and_then(|tag| self.figment.get_metadata(tag)?.source.as_ref()) {
+            Some(Source::File(file)) => format!("{path} (from {})", file.display()),
+            Some(Source::Custom(variable)) => format!("{path} (from {variable})"),
+            _ => path.to_string(),
         }
     }
 }
@@ -409,13 +393,20 @@ fn default_id(location: &PortLocation) -> Option<String> {
     })
 }
 
-/// The value at a path of keys and array indices, as serde's errors give it.
-fn at<'v>(root: &'v mut Value, path: &[String]) -> Option<&'v mut Value> {
-    path.iter().try_fold(root, |value, key| match value {
-        Value::Dict(_, dict) => dict.get_mut(key),
-        Value::Array(_, items) => items.get_mut(key.parse::<usize>().ok()?),
-        _ => None,
-    })
+/// The value at a path of serde's error, and the path as a key path such as `serial[1].match.pid`.
+fn at<'v>(root: &'v mut Value, path: &[String]) -> (Option<&'v mut Value>, String) {
+    let (mut value, mut shown) = (Some(root), String::new());
+    for key in path {
+        (value, shown) = match value {
+            Some(Value::Array(_, items)) => (
+                key.parse().ok().and_then(|i: usize| items.get_mut(i)),
+                format!("{shown}[{key}]"),
+            ),
+            Some(Value::Dict(_, dict)) => (dict.get_mut(key), key_path(&shown, key)),
+            _ => (None, key_path(&shown, key)),
+        };
+    }
+    (value, shown)
 }
 
 /// Takes a refused value out: a key from its table; an array entry is emptied instead, so that the others
@@ -424,46 +415,25 @@ fn take(root: &mut Value, path: &[String]) {
     let Some((last, parent)) = path.split_last() else {
         return;
     };
-    match at(root, parent) {
-        Some(Value::Dict(_, dict)) => {
-            dict.remove(last);
-        }
-        Some(Value::Array(_, items)) => {
-            if let Some(entry) = last
-                .parse()
-                .ok()
-                .and_then(|index: usize| items.get_mut(index))
-            {
+    match at(root, parent).0 {
+        Some(Value::Dict(_, dict)) => drop(dict.remove(last)),
+        Some(array) => {
+            if let Some(entry) = at(array, std::slice::from_ref(last)).0 {
                 *entry = Dict::new().into();
             }
         }
-        _ => {}
+        None => {}
     }
 }
 
-/// A path of serde's error as a key path such as `serial[1].match.pid`.
-fn shown_path(root: &Value, path: &[String]) -> String {
-    let (mut shown, mut value) = (String::new(), Some(root));
-    for key in path {
-        shown = match value.and_then(Value::as_array) {
-            Some(_) => format!("{shown}[{key}]"),
-            None => key_path(&shown, key),
-        };
-        value = value.and_then(|value| match value {
-            Value::Array(_, items) => items.get(key.parse::<usize>().ok()?),
-            _ => value.as_dict()?.get(key),
-        });
-    }
-    shown
-}
-
-/// serde's refusal of `value` in the words of the rest of the messages.
-fn describe(error: &figment::Error, value: &Value) -> String {
+/// serde's refusal of `value` in the words of the rest of the messages; a variable's value is text, whatever
+/// it was read as.
+fn describe(error: &figment::Error, value: &Value, variable: bool) -> String {
     let tables = value
         .as_array()
         .is_some_and(|a| a.iter().all(|v| v.as_dict().is_some()));
     let (actual, expected) = match &error.kind {
-        Kind::InvalidType(actual, expected) => (actual, expected),
+        Kind::InvalidType(actual, expected) => (actual, expected.as_str()),
         Kind::UnknownField(..)
             if error.path.len() == 1 && (tables || value.as_dict().is_some()) =>
         {
@@ -472,7 +442,7 @@ fn describe(error: &figment::Error, value: &Value) -> String {
         Kind::UnknownField(..) => return "unknown key".into(),
         other => return other.to_string(),
     };
-    let expected = match expected.as_str() {
+    let expected = match expected {
         "i64" => "an integer",
         // The only floats are the spot timings, and the only array the serial ports.
         "f64" => "a number of seconds",
@@ -481,6 +451,7 @@ fn describe(error: &figment::Error, value: &Value) -> String {
         other => other,
     };
     let found = match actual {
+        _ if variable => "a string",
         // toml hands serde a date-time as a table of one private key.
         _ if value.find_ref("$__toml_private_datetime").is_some() => "a date-time",
         Actual::Str(_) => "a string",

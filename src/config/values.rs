@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::de::Error as _;
@@ -129,17 +130,13 @@ checked! {
     usb: UsbMatch => PortLocation = |usb| {
         Ok(PortLocation::Usb { vid: usb.vid, pid: usb.pid, serial_number: usb.serial })
     };
-    clock: String => ClockPolicy = |clock| choice(clock, &[
-        ("ntp", ClockPolicy::Ntp), ("trusted", ClockPolicy::Trusted),
-    ], "is not a clock policy: use \"ntp\" (trust the clock only while the kernel says it is synchronised) \
-        or \"trusted\" (a real-time clock or other source you vouch for)");
-    mqtt_protocol: String => MqttProtocol = |version| choice(version, &[
-        ("5", MqttProtocol::V5), ("3.1.1", MqttProtocol::V311),
-    ], "is not a supported MQTT version: use \"5\" (the default) or \"3.1.1\" (for brokers without \
-        MQTT 5; it cannot tell a refused reading from a delivered one)");
-    parity: String => Parity = |parity| choice(parity, &[
-        ("none", Parity::None), ("odd", Parity::Odd), ("even", Parity::Even),
-    ], "is not a parity: use \"none\", \"odd\" or \"even\"");
+    clock: String => ClockPolicy = |clock| choice(clock, "is not a clock policy: use \"ntp\" (trust the \
+        clock only while the kernel says it is synchronised) or \"trusted\" (a real-time clock or other source \
+        you vouch for)");
+    mqtt_protocol: String => MqttProtocol = |version| choice(version, "is not a supported MQTT version: use \
+        \"5\" (the default) or \"3.1.1\" (for brokers without MQTT 5; it cannot tell a refused reading from a \
+        delivered one)");
+    parity: String => Parity = |parity| choice(parity, "is not a parity: use \"none\", \"odd\" or \"even\"");
 }
 
 /// Device ids go into payloads and reading ids (joined with `|`), and may go into topics later.
@@ -179,12 +176,11 @@ fn ensure(valid: bool, value: String, problem: &str) -> Result<String, String> {
     }
 }
 
-/// The meaning of one of a key's few possible values.
-fn choice<T: Copy>(value: String, choices: &[(&str, T)], problem: &str) -> Result<T, String> {
-    match choices.iter().find(|(name, _)| *name == value) {
-        Some((_, meaning)) => Ok(*meaning),
-        None => Err(format!("{} {problem}", q(&value))),
-    }
+/// The meaning of one of a key's few possible values, which the type names.
+fn choice<T: FromStr>(value: String, problem: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{} {problem}", q(&value)))
 }
 
 /// Some text of at most `max` characters.

@@ -155,7 +155,9 @@ pub struct LineSettings {
     pub parity: Parity,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A serial line's parity, named in lowercase in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
 pub enum Parity {
     None,
     Odd,
