@@ -218,9 +218,15 @@ impl Checks<'_> {
             self.report("mqtt.reconnect_min_ms", message);
         }
         // The TLS files and the password are read as the uplink will read them, so a file that would stop it is
-        // an error now rather than an exit at start. The TLS files can be read only once the rest of `[mqtt]` is
-        // valid; a credential only where systemd provides it, as in the unit's ExecStartPre.
-        let valid = !self.errors.iter().any(|(path, _)| within(path, "mqtt"));
+        // an error now rather than an exit at start. The TLS files can be read once the keys that name them are
+        // valid, whatever else is wrong; a credential only where systemd provides it, as in the unit's
+        // ExecStartPre.
+        let tls_keys = ["url", "ca_file", "client_cert_file", "client_key_file"];
+        let valid = !self.errors.iter().any(|(path, _)| {
+            tls_keys
+                .iter()
+                .any(|key| within(path, &format!("mqtt.{key}")))
+        });
         let uplink = uplink.filter(|_| valid && m.url.tls);
         if let Some(Err((key, problem))) = uplink.map(|uplink| uplink(m)) {
             self.report(&key_path("mqtt", key), problem);

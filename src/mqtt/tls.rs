@@ -314,4 +314,20 @@ mod tests {
             ],
         );
     }
+
+    /// Nor does a bad key beside them in `[mqtt]`, which the TLS setup does not read.
+    #[test]
+    fn tls_files_are_read_even_when_another_mqtt_key_has_errors() {
+        let not_a_certificate = fixture("mqtt-password");
+        let toml = format!(
+            "[hub]\nid = \"hub\"\nstate_dir = \"/s\"\n[mqtt]\nurl = \"mqtts://b\"\nwindow = 0\nca_file = \"{not_a_certificate}\""
+        );
+        check(
+            &toml,
+            &[
+                &format!("mqtt.ca_file: {not_a_certificate}: no PEM certificate found"),
+                "mqtt.window: must be between 1 and 256, found 0",
+            ],
+        );
+    }
 }
