@@ -21,7 +21,7 @@ use std::time::Duration;
 use support::nonin::SpotCheck;
 use support::pty::SimulatedPort;
 use support::subscriber::Subscriber;
-use support::{lease_port, listens_on, wait_for};
+use support::{lease_port, listens_on, wait_for, wait_until};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -48,6 +48,250 @@ fn the_arm64_package_installs_on_debian_12_and_delivers_a_reading() {
 #[test]
 fn the_armhf_package_installs_on_debian_12_and_delivers_a_reading() {
     check_installed("armhf");
+}
+
+/// The guest's part of [`the_amd64_package_runs_under_systemd_with_bluez_and_a_usb_serial_adapter`], run
+/// by systemd as the unit rig-scenario once the system is up. Its exit code says which step failed.
+const SYSTEMD_SCENARIO: &str = r#". /share/lib.sh
+set -x
+export VITALSD_CONFIG=/etc/vitalsd/vitalsd.toml
+show() { systemctl show vitalsd -p "$1" --value; }
+nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+ip link set "$nic" up && ip addr add 10.0.2.15/24 dev "$nic" && ip route add default via 10.0.2.2 || exit 20
+wait_for 60 adapter_powered hci0 || exit 21
+wait_for 60 adapter_powered hci1 || exit 21
+stage bluetooth up
+
+dpkg -i /share/vitalsd.deb > $out/dpkg.log 2>&1 || exit 22
+systemctl is-enabled vitalsd > $out/enabled-after-install
+systemctl is-active vitalsd > $out/active-after-install
+cp /share/50-test.toml /etc/vitalsd/vitalsd.toml.d/50-test.toml
+
+systemctl start vitalsd || { systemctl status vitalsd > $out/start-failed.txt 2>&1; exit 23; }
+printf '%s %s %s\n' "$(show Type)" "$(show ActiveState)" "$(show SubState)" > $out/started
+systemd-analyze security vitalsd --no-pager > $out/security.txt 2>&1
+stage started
+
+# The serial reading: the test feeds the USB serial adapter from the host.
+delivered() {
+  /usr/bin/vitalsd status --json > $out/status.json 2>/dev/null || return 1
+  count=$(grep -o '"delivered_total": *[0-9]*' $out/status.json | grep -o '[0-9]*$')
+  [ "${count:-0}" -ge "$1" ]
+}
+wait_for 60 delivered 1 || exit 24
+sleep 3
+grep VmRSS "/proc/$(show MainPID)/status" > $out/idle-rss
+stage serial delivered
+
+# Bluetooth: `vitalsd scan` asks the running daemon over its control socket, and the daemon scans through
+# bluetoothd on the system bus, under the unit's sandbox and groups, and hears the cuff advertising.
+start_device
+wait_for 30 device_said ready || exit 30
+/usr/bin/vitalsd scan --seconds 10 --json > $out/scan.json 2> $out/scan.err || exit 31
+stage scanned
+
+# A wedged daemon: stopped, it pings the watchdog no more, and systemd restarts it.
+wedged=$(show MainPID)
+kill -STOP "$wedged"
+restarted() {
+  systemctl show vitalsd -p MainPID -p ActiveState -p SubState -p NRestarts -p Result >> $out/watchdog-states
+  pid=$(show MainPID)
+  [ "$pid" != "$wedged" ] && [ "$pid" != 0 ] && [ "$(show ActiveState)" = active ]
+}
+wait_for 150 restarted || { journalctl -u vitalsd --no-pager | tail -n 40 > $out/watchdog-journal; exit 40; }
+printf '%s
+' "$(show NRestarts)" > $out/restarts
+journalctl -u vitalsd --no-pager | grep -i watchdog > $out/watchdog.txt
+stage restarted
+
+systemctl stop vitalsd || exit 50
+printf '%s %s
+' "$(show ActiveState)" "$(show ExecMainStatus)" > $out/stopped
+stage stopped
+"#;
+
+/// The amd64 package in a Debian 12 VM with systemd as PID 1 (the real-BlueZ rig's image with
+/// systemd-sysv): installed with dpkg, started by systemd (`Type=notify`), it reads a Nonin on a USB serial
+/// adapter qemu emulates (an FTDI chip: ttyUSB0 in the guest, allowed by the unit's `DeviceAllow`) and fed
+/// from the host, finds a cuff advertising on a btvirt controller through the real bluetoothd when a
+/// technician's `vitalsd scan` asks it over its control socket, is restarted by the watchdog when stopped
+/// with SIGSTOP, and says `offline` when stopped.
+#[test]
+fn the_amd64_package_runs_under_systemd_with_bluez_and_a_usb_serial_adapter() {
+    use support::bluez::devices::{blood_pressure_record, date_time};
+    use support::real_bluez::{Flavour, Guest};
+    let deb = package("amd64");
+    let broker = support::broker::Broker::start();
+    let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
+    let mut guest = Guest::of(Flavour::Systemd);
+    std::fs::copy(&deb, guest.path().join("vitalsd.deb")).expect("copy the package into the share");
+    guest.write(
+        "50-test.toml",
+        &format!(
+            "[hub]\nclock = \"trusted\"\n\n[mqtt]\nurl = \"mqtt://10.0.2.2:{}\"\nkeep_alive_s = 5\n\
+             reconnect_min_ms = 200\nreconnect_max_s = 1\n\n[ble]\nadapter = \"hci0\"\n\n\
+             [[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\n",
+            broker.port
+        ),
+    );
+    let records = [blood_pressure_record(
+        131,
+        84,
+        99,
+        71,
+        date_time(2024, 3, 15, 7, 0, 0),
+    )];
+    let device = serde_json::json!({
+        "adapter": "hci1",
+        "model": "and-cuff",
+        "agent": "accept",
+        "replay": true,
+        "sessions": [{"records": records.iter().map(hex::encode).collect::<Vec<_>>()}],
+        "events": "/share/out/device.jsonl",
+    });
+    guest.write("device.json", &device.to_string());
+    guest.write("scenario.sh", SYSTEMD_SCENARIO);
+
+    // The adapter's host end: a socket qemu listens on; the Nonin sends its spot check every 2 s (the
+    // guest's tty reads nothing before the daemon opens it), until the VM is gone.
+    let socket = guest.path().join("nonin.sock");
+    guest.add_qemu_args(&[
+        "-device",
+        "qemu-xhci,id=xhci",
+        "-chardev",
+        &format!(
+            "socket,id=nonin,path={},server=on,wait=off",
+            socket.display()
+        ),
+        "-device",
+        "usb-serial,chardev=nonin,bus=xhci.0",
+    ]);
+    let spot = SpotCheck::numbered(11);
+    let frame = spot.frame();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let deadline = std::time::Instant::now() + Duration::from_secs(900);
+        let mut stream = loop {
+            if let Ok(stream) = std::os::unix::net::UnixStream::connect(&socket) {
+                break stream;
+            }
+            if std::time::Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        while stream.write_all(&frame).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+
+    let boot = guest.boot(Duration::from_secs(900));
+    let _ = feeder.join();
+    let report = || {
+        format!(
+            "{}\n--- journal (end)\n{}",
+            boot.report(),
+            tail(&boot.out("journal.log"), 80)
+        )
+    };
+    assert_eq!(boot.code, Some(0), "{}", report());
+
+    assert_eq!(
+        boot.out("enabled-after-install").trim(),
+        "enabled",
+        "{}",
+        report()
+    );
+    assert_eq!(
+        boot.out("active-after-install").trim(),
+        "inactive",
+        "{}",
+        report()
+    );
+    assert_eq!(
+        boot.out("started").trim(),
+        "notify active running",
+        "{}",
+        report()
+    );
+    let security = boot.out("security.txt");
+    let exposure = security
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in:\n{security}"));
+    eprintln!("systemd-analyze security vitalsd: {}", exposure.trim());
+    eprintln!(
+        "the daemon's idle RSS under systemd: {}",
+        boot.out("idle-rss").trim()
+    );
+
+    let readings = subscriber.readings();
+    let serial: Vec<_> = readings
+        .iter()
+        .filter(|reading| reading["device"]["transport"] == "serial")
+        .collect();
+    assert!(!serial.is_empty(), "no serial reading; {}", report());
+    assert_eq!(serial[0]["measured_at"], spot.measured_at_utc());
+    let values: Vec<serde_json::Value> = serial[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value"].clone())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            serde_json::json!(spot.spo2),
+            serde_json::json!(spot.pulse_rate)
+        ],
+        "{}",
+        serial[0]
+    );
+    let scan = boot.out("scan.json");
+    assert!(
+        scan.contains("00:AA:01:01:00:01"),
+        "the daemon's scan did not hear the cuff: {scan}\n{}",
+        boot.out("scan.err")
+    );
+    let journal = boot.out("journal.log");
+    assert!(
+        journal.contains("Bluetooth scanning. adapter=hci0"),
+        "{}",
+        report()
+    );
+
+    assert_eq!(boot.out("restarts").trim(), "1", "{}", report());
+    assert!(
+        boot.out("watchdog.txt")
+            .to_lowercase()
+            .contains("watchdog timeout"),
+        "systemd did not say why it restarted the daemon: {}",
+        boot.out("watchdog.txt")
+    );
+    assert_eq!(boot.out("stopped").trim(), "inactive 0", "{}", report());
+    let states: Vec<String> = subscriber
+        .messages()
+        .iter()
+        .filter(|m| m.topic == "vitalsd/v1/hub-0001/status")
+        .map(|m| m.json()["state"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("offline"),
+        "{states:?}"
+    );
+    let retained = Subscriber::start(broker.port, "vitalsd/v1/hub-0001/status");
+    assert!(
+        wait_until(Duration::from_secs(10), || !retained.messages().is_empty()),
+        "no retained status"
+    );
+    assert_eq!(retained.messages()[0].json()["state"], "offline");
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Fails the test, with the fix, when a prerequisite the packaging needs is missing.

@@ -17,9 +17,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const PACKAGES: &str = include_str!("packages");
+const PACKAGES_SYSTEMD: &str = include_str!("packages-systemd");
 const BUILD_SCRIPT: &str = include_str!("build-image.sh");
 const PACKAGES_LOCK: &str = include_str!("packages.lock");
+const PACKAGES_SYSTEMD_LOCK: &str = include_str!("packages-systemd.lock");
 const GUEST_INIT: &str = include_str!("guest-init.sh");
+const GUEST_SYSTEMD_INIT: &str = include_str!("guest-systemd.sh");
 const GUEST_LIB: &str = include_str!("guest-lib.sh");
 const SOURCE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hil-tests/support/real_bluez");
 
@@ -54,10 +57,30 @@ fn rig_dir() -> PathBuf {
         .join("real-bluez")
 }
 
+/// Which root filesystem a guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The scenarios' image: `guest-init.sh` is PID 1 and brings up the Bluetooth stack itself.
+    Scenario,
+    /// The same with systemd (`packages-systemd`): `guest-systemd.sh` hands over to systemd as PID 1,
+    /// which starts bluetoothd, and the scenario runs as a unit once the system is up.
+    Systemd,
+}
+
+impl Flavour {
+    /// The package list, its file's name, and the lock of the versions it installed.
+    fn packages(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Flavour::Scenario => (PACKAGES, "packages", PACKAGES_LOCK),
+            Flavour::Systemd => (PACKAGES_SYSTEMD, "packages-systemd", PACKAGES_SYSTEMD_LOCK),
+        }
+    }
+}
+
 /// The image's cache key: the package list and the build script, as compiled into this test.
-fn image_key() -> String {
+fn image_key(flavour: Flavour) -> String {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(PACKAGES.as_bytes());
+    hasher.update(flavour.packages().0.as_bytes());
     hasher.update(BUILD_SCRIPT.as_bytes());
     format!("{:08x}", hasher.finalize())
 }
@@ -80,42 +103,49 @@ fn require(program: &str, package: &str, why: &str) {
 /// The built image: kernel, initramfs, root filesystem.
 pub struct Image {
     pub dir: PathBuf,
-    /// Where the installed package versions differ from `packages.lock`, for the test's output.
+    /// Where the installed package versions differ from the lock (`packages.lock`, `packages-systemd.lock`),
+    /// for the test's output.
     pub lock_differences: Vec<String>,
 }
 
-/// The image, built first if this change of the package list or build script has none yet. Tests that
-/// start at once wait for one build: it runs under an exclusive lock on `target/real-bluez/build.lock`.
+/// The scenarios' image, built first if this change of the package list or build script has none yet.
+/// Tests that start at once wait for one build: it runs under an exclusive lock on
+/// `target/real-bluez/build.lock`.
 pub fn image() -> &'static Image {
-    static IMAGE: OnceLock<Image> = OnceLock::new();
-    IMAGE.get_or_init(|| {
+    image_of(Flavour::Scenario)
+}
+
+pub fn image_of(flavour: Flavour) -> &'static Image {
+    static IMAGES: [OnceLock<Image>; 2] = [OnceLock::new(), OnceLock::new()];
+    IMAGES[flavour as usize].get_or_init(|| {
         let started = Instant::now();
         let rig = rig_dir();
         std::fs::create_dir_all(&rig).expect("create target/real-bluez");
-        let dir = rig.join(format!("image-{}", image_key()));
+        let dir = rig.join(format!("image-{}", image_key(flavour)));
         let lock_file = std::fs::File::create(rig.join("build.lock")).expect("open the build lock");
         let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, error)| error)
             .expect("lock target/real-bluez/build.lock");
         if !dir.join("root.ext4").exists() {
-            build(&dir);
+            build(&dir, flavour.packages().1);
             eprintln!("real-BlueZ image built in {:?}", started.elapsed());
         }
         let installed = std::fs::read_to_string(dir.join("packages.installed"))
             .expect("the image's packages.installed");
-        let lock_differences = compare_with_lock(PACKAGES_LOCK, &installed);
+        let lock_differences = compare_with_lock(flavour.packages().2, &installed);
         for difference in &lock_differences {
-            eprintln!("real-BlueZ image differs from packages.lock: {difference}");
+            eprintln!("real-BlueZ image differs from its lock: {difference}");
         }
         let bluez_moved = lock_differences
             .iter()
             .any(|difference| difference.starts_with("bluez:") && difference.contains("upstream"));
         assert!(
             !bluez_moved,
-            "the image's BlueZ is another upstream release than packages.lock names, and the suite is \
+            "the image's BlueZ is another upstream release than its lock names, and the suite is \
              about that release's behaviour: {lock_differences:?}\nReview the differences, then copy \
-             {}/packages.installed to {SOURCE_DIR}/packages.lock",
-            dir.display()
+             {}/packages.installed to {SOURCE_DIR}/{}.lock",
+            dir.display(),
+            flavour.packages().1
         );
         Image {
             dir,
@@ -124,7 +154,7 @@ pub fn image() -> &'static Image {
     })
 }
 
-fn build(dir: &Path) {
+fn build(dir: &Path, packages: &str) {
     require(
         "debootstrap",
         "debootstrap",
@@ -152,7 +182,7 @@ fn build(dir: &Path) {
     let status = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh"])
         .arg(Path::new(SOURCE_DIR).join("build-image.sh"))
-        .arg(Path::new(SOURCE_DIR).join("packages"))
+        .arg(Path::new(SOURCE_DIR).join(packages))
         .arg(dir)
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
@@ -261,6 +291,9 @@ fn peripheral_binary() -> &'static Path {
 pub struct Guest {
     /// Taken on drop: kept when the test failed, for a look at everything the guest wrote.
     share: Option<tempfile::TempDir>,
+    flavour: Flavour,
+    /// Devices and other arguments for qemu beyond the rig's own.
+    qemu_args: Vec<String>,
 }
 
 impl Drop for Guest {
@@ -285,6 +318,11 @@ impl Guest {
     /// A share with `vitalsd`, the device program and the guest's init script. Fails the test, saying
     /// what to install, where qemu or its 9p support is missing.
     pub fn new() -> Guest {
+        Guest::of(Flavour::Scenario)
+    }
+
+    /// A guest that boots `flavour`'s image.
+    pub fn of(flavour: Flavour) -> Guest {
         require(
             "qemu-system-x86_64",
             "qemu-system-x86",
@@ -300,7 +338,7 @@ impl Guest {
             "the real-BlueZ suite shares files with its VM over 9p, and this qemu-system-x86_64 has no \
              virtio-9p device. Install Debian's build: sudo apt-get install qemu-system-x86"
         );
-        image();
+        image_of(flavour);
         let runs = rig_dir().join("runs");
         std::fs::create_dir_all(&runs).expect("create target/real-bluez/runs");
         let share = tempfile::Builder::new()
@@ -319,8 +357,18 @@ impl Guest {
                 std::fs::copy(from, &to).expect("copy a binary into the share");
             }
         }
-        let guest = Guest { share: Some(share) };
-        guest.write("init.sh", GUEST_INIT);
+        let guest = Guest {
+            share: Some(share),
+            flavour,
+            qemu_args: Vec::new(),
+        };
+        guest.write(
+            "init.sh",
+            match flavour {
+                Flavour::Scenario => GUEST_INIT,
+                Flavour::Systemd => GUEST_SYSTEMD_INIT,
+            },
+        );
         guest.write("lib.sh", GUEST_LIB);
         guest
     }
@@ -335,6 +383,12 @@ impl Guest {
         self.write("controllers", "4");
     }
 
+    /// Adds arguments to qemu's command line (devices for the guest).
+    pub fn add_qemu_args(&mut self, args: &[&str]) {
+        self.qemu_args
+            .extend(args.iter().map(|arg| arg.to_string()));
+    }
+
     /// Writes a file into the share; the guest sees it as `/share/NAME`.
     pub fn write(&self, name: &str, contents: &str) {
         std::fs::write(self.path().join(name), contents).expect("write into the share");
@@ -342,7 +396,7 @@ impl Guest {
 
     /// Boots the VM and waits until it ends, or kills it after `timeout`.
     pub fn boot(&self, timeout: Duration) -> Boot {
-        let image = image();
+        let image = image_of(self.flavour);
         let out = self.path().join("out");
         // One VM at a time on this machine: TCG is CPU-bound, and two guests on two cores starve their
         // virtual controllers (the kernel's 2 s HCI command timeout then fails a controller's reset).
@@ -383,6 +437,7 @@ impl Guest {
             ))
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
             .args(["-nic", "user,model=virtio-net-pci"])
+            .args(&self.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(out.join("qemu.stderr")).expect("create qemu.stderr"))
