@@ -117,14 +117,12 @@ restarted() {
   [ "$pid" != "$wedged" ] && [ "$pid" != 0 ] && [ "$(show ActiveState)" = active ]
 }
 wait_for 150 restarted || { journalctl -u vitalsd --no-pager | tail -n 40 > $out/watchdog-journal; exit 40; }
-printf '%s
-' "$(show NRestarts)" > $out/restarts
+printf '%s\n' "$(show NRestarts)" > $out/restarts
 journalctl -u vitalsd --no-pager | grep -i watchdog > $out/watchdog.txt
 stage restarted
 
 systemctl stop vitalsd || exit 50
-printf '%s %s
-' "$(show ActiveState)" "$(show ExecMainStatus)" > $out/stopped
+printf '%s %s\n' "$(show ActiveState)" "$(show ExecMainStatus)" > $out/stopped
 stage stopped
 "#;
 
