@@ -56,15 +56,17 @@ fn main() {
     let rounds = env_or("VITALSD_BENCH_ROUNDS", 5);
     let (mut raw_rates, mut raw5_rates, mut drain_rates, mut peaks, mut idles) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut raw5_cpus, mut drain_cpus) = (Vec::new(), Vec::new());
+    let (mut raw5_cpus, mut drain_cpus, mut removal_cpus) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         raw_rates.push(raw_publisher_rate(broker.port, drain_count, payload.len()));
         let (raw5_rate, raw5_cpu) = raw_v5_publisher_rate(broker.port, drain_count, payload.len());
         raw5_rates.push(raw5_rate);
         raw5_cpus.push(raw5_cpu);
-        let (drain_rate, drain_cpu, peak_kib, idle_kib) = vitalsd_drain_rate(&broker, drain_count);
+        let (drain_rate, drain_cpu, removal_cpu, peak_kib, idle_kib) =
+            vitalsd_drain_rate(&broker, drain_count);
         drain_rates.push(drain_rate);
         drain_cpus.push(drain_cpu);
+        removal_cpus.push(removal_cpu);
         peaks.push(peak_kib);
         idles.push(idle_kib);
     }
@@ -104,6 +106,10 @@ fn main() {
         median(&raw5_cpus),
         median(&drain_cpus)
     );
+    println!(
+        "    CPU per message removing the acknowledged rows once quiet, after the drain: {:.2} us (median)",
+        median(&removal_cpus)
+    );
     let peak_kib = peaks.iter().copied().max().unwrap_or(0);
     let idle_kib = idles.iter().copied().max().unwrap_or(0);
     println!(
@@ -138,6 +144,10 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// A realistic reading payload, as the daemon would store it.
+/// The topic of the daemon's readings in the drain (hub `hub-test`, a pulse oximeter), which the raw
+/// publishers use too.
+const READING_TOPIC: &str = "vitalsd/v1/hub-test/readings/pulse_oximetry";
+
 fn sample_payload(n: u32) -> Vec<u8> {
     let record = SpotCheck::numbered(n);
     let context = vitalsd::decode::DecodeContext::trusted(chrono::Utc::now(), &chrono::Utc);
@@ -151,9 +161,8 @@ fn sample_payload(n: u32) -> Vec<u8> {
         id: "serial:usb-Nonin_9560-if00-port0".to_string(),
         transport: vitalsd::model::payload::Transport::Serial,
         protocol: "nonin-df13",
-        manufacturer: None,
-        model: None,
-        serial_number: None,
+        identity: Default::default(),
+        specialization: Some(528_388),
     };
     let id = vitalsd::model::payload::reading_id(&device.id, &reading, 0);
     vitalsd::model::payload::to_json("hub-bench", &id, &device, &reading)
@@ -179,7 +188,7 @@ fn raw_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
         let publisher = tokio::spawn(async move {
             for _ in 0..count {
                 client
-                    .publish("bench/raw", QoS::AtLeastOnce, false, payload.clone())
+                    .publish(READING_TOPIC, QoS::AtLeastOnce, false, payload.clone())
                     .await
                     .expect("publish");
             }
@@ -202,7 +211,7 @@ fn raw_publisher_rate(port: u16, count: usize, payload_size: usize) -> f64 {
 /// Receive Maximum allows. Returns its rate and its processor time per message in microseconds (all of it
 /// runs on this thread).
 fn raw_v5_publisher_rate(port: u16, count: usize, payload_size: usize) -> (f64, f64) {
-    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
     use rumqttc::v5::mqttbytes::QoS as QoS5;
     use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -222,8 +231,23 @@ fn raw_v5_publisher_rate(port: u16, count: usize, payload_size: usize) -> (f64, 
         let payload = vec![b'x'; payload_size];
         let publisher = tokio::spawn(async move {
             for _ in 0..count {
+                // The message the daemon sends: a topic of the same shape and the `schema` user
+                // property, so the broker does the same work for both.
+                let properties = PublishProperties {
+                    user_properties: vec![(
+                        "schema".to_string(),
+                        vitalsd::model::payload::SCHEMA_NAME.to_string(),
+                    )],
+                    ..PublishProperties::default()
+                };
                 client
-                    .publish("bench/raw", QoS5::AtLeastOnce, false, payload.clone())
+                    .publish_with_properties(
+                        READING_TOPIC,
+                        QoS5::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                        properties,
+                    )
                     .await
                     .expect("publish");
             }
@@ -261,7 +285,23 @@ fn thread_cpu() -> Duration {
 
 /// The processor time a process has used, all its threads, from `/proc` (in clock ticks of 10 ms).
 fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// The processor time of the process's thread called `name` (the outbox worker's is `outbox`).
+fn named_thread_cpu(pid: u32, name: &str) -> Duration {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("read /proc task")
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .map(|task| stat_cpu(&task.path().join("stat").display().to_string()))
+        .sum()
+}
+
+fn stat_cpu(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).expect("read /proc stat");
     // The command name in parentheses may hold spaces; the fields after it are plain.
     let after_name = &stat[stat.rfind(')').expect("stat has a name") + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -271,8 +311,9 @@ fn process_cpu(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
-/// The drain's rate, the daemon's processor time per message in microseconds, and its peak and idle RSS.
-fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, f64, u64, u64) {
+/// The drain's rate, the daemon's processor time per message in microseconds during the drain and while
+/// it removes the acknowledged rows afterwards, and its peak and idle RSS.
+fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, f64, f64, u64, u64) {
     let world = DaemonWorld::new();
     let window = std::env::var("VITALSD_BENCH_WINDOW")
         .ok()
@@ -326,16 +367,31 @@ fn vitalsd_drain_rate(broker: &Broker, count: usize) -> (f64, f64, u64, u64) {
         .unwrap()
         .arrived;
     let cpu_started = process_cpu(daemon.pid());
+    let outbox_cpu_started = named_thread_cpu(daemon.pid(), "outbox");
     let drained = support::wait_until(Duration::from_secs(600), || outbox_is_empty(&world));
     assert!(drained, "drain did not finish: {}", world.log());
     let elapsed = started.elapsed();
     let cpu = process_cpu(daemon.pid()) - cpu_started;
+    let outbox_cpu = named_thread_cpu(daemon.pid(), "outbox") - outbox_cpu_started;
+    println!(
+        "    this round's drain: {:.2} us of daemon CPU per message, {:.2} us of it on the outbox thread",
+        cpu.as_secs_f64() * 1e6 / count as f64,
+        outbox_cpu.as_secs_f64() * 1e6 / count as f64
+    );
+    let removed = support::wait_until(Duration::from_secs(120), || outbox_has_no_rows(&world));
+    assert!(
+        removed,
+        "the acknowledged rows were not removed: {}",
+        world.log()
+    );
+    let removal_cpu = process_cpu(daemon.pid()) - cpu_started - cpu;
     let (peak, _) = daemon.memory_kib();
     std::thread::sleep(Duration::from_secs(3));
     let (_, idle) = daemon.memory_kib();
     (
         count as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / count as f64,
+        removal_cpu.as_secs_f64() * 1e6 / count as f64,
         peak,
         idle,
     )
@@ -350,9 +406,8 @@ fn idle_rss(broker: &Broker) -> u64 {
     daemon.memory_kib().1
 }
 
-/// Whether the outbox holds no record. It reads one index entry, unlike `count(*)`, which reads the whole
-/// table: at 100,000 records polled every 20 ms that took most of a core from the daemon it measured.
-fn outbox_is_empty(world: &DaemonWorld) -> bool {
+/// Whether the daemon has removed every row, acknowledged ones included.
+fn outbox_has_no_rows(world: &DaemonWorld) -> bool {
     let connection = rusqlite::Connection::open(world.outbox_path()).unwrap();
     connection.busy_timeout(Duration::from_secs(5)).unwrap();
     !connection
@@ -362,11 +417,34 @@ fn outbox_is_empty(world: &DaemonWorld) -> bool {
         .unwrap_or(true)
 }
 
+/// Rows below this seq were acknowledged; the daemon removes them once it is quiet.
+const ACKNOWLEDGED_BELOW: &str =
+    "coalesce((SELECT value FROM stat WHERE name = 'acknowledged_below'), 0)";
+
+/// Whether the outbox holds no record the broker has not acknowledged. It reads one index entry, unlike
+/// `count(*)`, which reads the whole table: at 100,000 records polled every 20 ms that took most of a
+/// core from the daemon it measured.
+fn outbox_is_empty(world: &DaemonWorld) -> bool {
+    let connection = rusqlite::Connection::open(world.outbox_path()).unwrap();
+    connection.busy_timeout(Duration::from_secs(5)).unwrap();
+    !connection
+        .query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM record WHERE seq >= {ACKNOWLEDGED_BELOW})"),
+            [],
+            |row| row.get::<_, bool>(0),
+        )
+        .unwrap_or(true)
+}
+
 fn pending(world: &DaemonWorld) -> i64 {
     let connection = rusqlite::Connection::open(world.outbox_path()).unwrap();
     connection.busy_timeout(Duration::from_secs(5)).unwrap();
     connection
-        .query_row("SELECT count(*) FROM record", [], |row| row.get(0))
+        .query_row(
+            &format!("SELECT count(*) FROM record WHERE seq >= {ACKNOWLEDGED_BELOW}"),
+            [],
+            |row| row.get(0),
+        )
         .unwrap_or(0)
 }
 

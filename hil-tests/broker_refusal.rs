@@ -39,7 +39,11 @@ struct Rig {
 }
 
 fn rig(protocol: &str) -> Rig {
-    let broker = Broker::start_with_acl("hub", "s3cret", ACL_STATUS_ONLY);
+    rig_with_acl(protocol, ACL_STATUS_ONLY)
+}
+
+fn rig_with_acl(protocol: &str, acl: &str) -> Rig {
+    let broker = Broker::start_with_acl("hub", "s3cret", acl);
     let subscriber = Subscriber::start(broker.port, "vitalsd/v1/#");
     let world = DaemonWorld::new();
     let port = SimulatedPort::plug_in(&world.by_id("usb-Nonin_9560-if00-port0"));
@@ -481,4 +485,47 @@ fn two_hubs_sharing_a_client_id_back_off_instead_of_reconnecting_in_a_storm() {
             count(world, "Lost the MQTT connection") + count(world, "Cannot reach the MQTT broker");
         assert!(warnings <= 2, "{warnings} connection warnings; log:\n{log}");
     }
+}
+
+/// Written for the FHIR output's first users: the broker's rule still names only the readings topics.
+#[test]
+fn mqtt5_bundles_a_broker_does_not_allow_wait_while_the_readings_flow_and_drain_once_it_does() {
+    let mut rig = rig_with_acl("5", ACL_FIXED);
+    rig.world.append_config(crate::fhir::BOTH_FORMATS);
+    let _daemon = rig.world.start();
+    rig.wait_online();
+    rig.write_readings();
+    let bundles = |rig: &Rig| {
+        rig.subscriber
+            .messages()
+            .iter()
+            .filter(|m| m.topic.contains("/fhir/"))
+            .count()
+    };
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(READINGS as usize, Duration::from_secs(30)),
+        "the readings did not flow past the refused Bundles; log:\n{}",
+        rig.world.log()
+    );
+    let refused = wait_until(Duration::from_secs(20), || {
+        let status = rig.world.status();
+        status["outbox"]["pending"] == READINGS
+            && status["uplink"]["refused"]["not_authorized"].as_u64() >= Some(1)
+    });
+    assert!(refused, "{}\n{}", rig.world.status(), rig.world.log());
+    assert_eq!(bundles(&rig), 0);
+
+    let mut allowed = ACL_FIXED.to_string();
+    allowed.push_str("topic write vitalsd/v1/hub-test/fhir/#\n");
+    rig.broker.set_acl(&allowed);
+    rig.broker.reload();
+    let drained = wait_until(Duration::from_secs(30), || {
+        rig.world.status()["outbox"]["pending"] == 0 && bundles(&rig) >= READINGS as usize
+    });
+    assert!(drained, "{}\n{}", rig.world.status(), rig.world.log());
+    assert_eq!(
+        rig.world.status()["outbox"]["delivered_total"],
+        2 * READINGS
+    );
 }

@@ -7,6 +7,7 @@
 #[allow(dead_code, reason = "shared with the benchmark, which uses the rest")]
 mod support;
 
+mod asyncapi;
 mod bluetooth;
 mod broker_refusal;
 mod cli;
@@ -14,6 +15,8 @@ mod control_socket;
 mod delivery;
 mod disk_full;
 mod faults;
+mod fhir;
+mod fleet;
 mod hardware;
 mod hub_clock;
 mod mqtt5_properties;

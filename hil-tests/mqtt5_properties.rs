@@ -189,3 +189,29 @@ fn mqtt5_when_the_hub_leaves_the_broker_keeps_its_last_status_and_no_session() {
         );
     }
 }
+
+#[test]
+fn mqtt5_a_fhir_bundle_names_its_schema_and_content_type_and_never_expires() {
+    let mut rig = rig();
+    rig.world.append_config(crate::fhir::BOTH_FORMATS);
+    let subscriber = PropertySubscriber::start(rig.broker.port, "vitalsd/v1/#");
+    let _daemon = rig.world.start();
+    rig.wait_for(&subscriber, "the hub's online status", |m| {
+        is_status(m, "online")
+    });
+    rig.port.write(&SpotCheck::numbered(1).frame());
+    let bundle = rig.wait_for(&subscriber, "the Bundle", |m| {
+        m.topic == "vitalsd/v1/hub-test/fhir/pulse_oximetry"
+    });
+    assert_eq!((bundle.qos, bundle.retained), (1, false));
+    assert_eq!(bundle.json()["resourceType"], "Bundle");
+    let expected = json!({
+        "user-properties": {"schema": "fhir.r4.bundle"},
+        "content-type": "application/fhir+json; fhirVersion=4.0",
+    });
+    assert_eq!(
+        serde_json::Value::Object(bundle.properties.clone()),
+        expected,
+        "no expiry, no other property"
+    );
+}

@@ -84,8 +84,10 @@ dpkg -i /share/vitalsd.deb > $out/dpkg.log 2>&1 || exit 22
 systemctl is-enabled vitalsd > $out/enabled-after-install
 systemctl is-active vitalsd > $out/active-after-install
 cp /share/50-test.toml /etc/vitalsd/vitalsd.toml.d/50-test.toml
+install -m 0644 /share/ops.pub /etc/vitalsd/fleet-ops.pub
 
 systemctl start vitalsd || { systemctl status vitalsd > $out/start-failed.txt 2>&1; exit 23; }
+first_pid=$(show MainPID)
 printf '%s %s %s\n' "$(show Type)" "$(show ActiveState)" "$(show SubState)" > $out/started
 systemd-analyze security vitalsd --no-pager > $out/security.txt 2>&1
 stage started
@@ -100,6 +102,15 @@ wait_for 60 delivered 1 || exit 24
 sleep 3
 grep VmRSS "/proc/$(show MainPID)/status" > $out/idle-rss
 stage serial delivered
+
+# The retained set_serial_ports the test published before the boot: written into the drop-in directory
+# under the unit's sandbox, then the daemon started again in place (same PID, no restart by systemd).
+wait_for 60 test -f /etc/vitalsd/vitalsd.toml.d/50-fleet.toml || exit 25
+started_again() { journalctl -u vitalsd --no-pager | grep -q 'Stopping to start again'; }
+wait_for 30 started_again || exit 26
+printf '%s %s %s %s\n' "$first_pid" "$(show MainPID)" "$(show NRestarts)" "$(show ActiveState)" > $out/fleet-pids
+stat -c '%U:%G %a' /etc/vitalsd/vitalsd.toml.d > $out/drop-in-dir
+stage fleet
 
 # Bluetooth: `vitalsd scan` asks the running daemon over its control socket, and the daemon scans through
 # bluetoothd on the system bus, under the unit's sandbox and groups, and hears the cuff advertising.
@@ -146,10 +157,56 @@ fn the_amd64_package_runs_under_systemd_with_bluez_and_a_usb_serial_adapter() {
         &format!(
             "[hub]\nclock = \"trusted\"\n\n[mqtt]\nurl = \"mqtt://10.0.2.2:{}\"\nkeep_alive_s = 5\n\
              reconnect_min_ms = 200\nreconnect_max_s = 1\n\n[ble]\nadapter = \"hci0\"\n\n\
-             [[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\n",
+             [[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\n\n\
+             [fleet]\nkeys = {{ ops = \"/etc/vitalsd/fleet-ops.pub\" }}\n",
             broker.port
         ),
     );
+    // A fleet command waiting, retained, for the hub's first connection: the same serial port, through
+    // the fleet's drop-in, which the unit's sandbox must let the daemon write.
+    let keys = guest.path().join("keys");
+    let made = Command::new(support::daemon::BINARY)
+        .args(["fleet", "keygen", "--name", "ops", "--out"])
+        .arg(&keys)
+        .status()
+        .expect("vitalsd fleet keygen");
+    assert!(made.success());
+    std::fs::copy(keys.join("ops.pub"), guest.path().join("ops.pub")).expect("copy the public key");
+    let signed = Command::new(support::daemon::BINARY)
+        .args(["fleet", "sign", "--key"])
+        .arg(keys.join("ops.key"))
+        .args([
+            "--hub",
+            "hub-0001",
+            "--command",
+            "set_serial_ports",
+            "--request-id",
+            "fleet-1",
+        ])
+        .args([
+            "--valid-for",
+            "2h",
+            "--args",
+            r#"{"ports":[{"path":"/dev/ttyUSB0","protocol":"nonin-df13"}]}"#,
+        ])
+        .output()
+        .expect("vitalsd fleet sign");
+    assert!(signed.status.success());
+    let published = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-r",
+        ])
+        .args(["-t", "vitalsd/v1/hub-0001/cmd/fleet-1", "-m"])
+        .arg(String::from_utf8_lossy(&signed.stdout).trim())
+        .status()
+        .expect("mosquitto_pub");
+    assert!(published.success());
     let records = [blood_pressure_record(
         131,
         84,
@@ -229,10 +286,13 @@ fn the_amd64_package_runs_under_systemd_with_bluez_and_a_usb_serial_adapter() {
         "{}",
         report()
     );
-    assert_eq!(
-        boot.out("started").trim(),
-        "notify active running",
-        "{}",
+    // The retained fleet command published before the boot reaches the daemon within a second or two of
+    // its start, and it then restarts in place, telling systemd it is reloading: on a slow machine the
+    // look taken after `systemctl start` returned can fall into that reload (seen in a clean-clone run).
+    let started = boot.out("started");
+    assert!(
+        ["notify active running", "notify active reload"].contains(&started.trim()),
+        "started as {started:?}: {}",
         report()
     );
     let security = boot.out("security.txt");
@@ -278,6 +338,39 @@ fn the_amd64_package_runs_under_systemd_with_bluez_and_a_usb_serial_adapter() {
     assert!(
         journal.contains("Bluetooth scanning. adapter=hci0"),
         "{}",
+        report()
+    );
+
+    // Started again in place under systemd: the same main PID, no restart counted, still active.
+    let pids: Vec<String> = boot
+        .out("fleet-pids")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(pids.len(), 4, "{}", report());
+    assert_eq!(
+        (pids[0] == pids[1], pids[2].as_str(), pids[3].as_str()),
+        (true, "0", "active"),
+        "{}",
+        report()
+    );
+    assert_eq!(
+        boot.out("drop-in-dir").trim(),
+        "root:vitalsd 770",
+        "{}",
+        report()
+    );
+    let done = subscriber
+        .messages()
+        .iter()
+        .rev()
+        .find(|m| {
+            m.topic == "vitalsd/v1/hub-0001/cmd/fleet-1/state" && m.json()["state"] == "successful"
+        })
+        .map(|m| m.json());
+    assert!(
+        done.is_some(),
+        "set_serial_ports did not succeed; {}",
         report()
     );
 
@@ -595,6 +688,9 @@ fn check_installed(arch: &str) {
     assert_eq!((meta.gid(), meta.mode() & 0o777), (vitalsd_gid, 0o750));
     let meta = std::fs::metadata(root.path("etc/vitalsd/vitalsd.toml")).unwrap();
     assert_eq!((meta.gid(), meta.mode() & 0o777), (vitalsd_gid, 0o640));
+    // Group-writable for the fleet's drop-in (set_serial_ports).
+    let meta = std::fs::metadata(root.path("etc/vitalsd/vitalsd.toml.d")).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (vitalsd_gid, 0o770));
     let meta = std::fs::metadata(root.path("var/lib/vitalsd")).unwrap();
     assert_eq!(meta.uid(), root.id_of("passwd", "vitalsd"));
 

@@ -285,6 +285,30 @@ fn stream_df8_until(
     })
 }
 
+/// Names the port by its USB ids in the configuration, starts the daemon on `usb`'s fake sysfs, and
+/// returns it with the first reading the streaming Nonin gave.
+fn start_matched(
+    lab: &Lab,
+    usb: &crate::support::usb::FakeUsb,
+    port: &mut SimulatedPort,
+    (vid, pid): (u16, u16),
+) -> (Daemon, serde_json::Value) {
+    lab.world.append_config(&format!(
+        "[[serial]]\nmatch = {{ vid = {vid:#06x}, pid = {pid:#06x} }}\nprotocol = \"nonin-df8\"\n"
+    ));
+    let env = usb.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let daemon = lab.world.start_with_env(&env);
+    assert!(
+        stream_df8_until(port, Duration::from_secs(30), || {
+            !lab.readings_of("nonin-df8").is_empty()
+        }),
+        "log:\n{}",
+        lab.world.log()
+    );
+    (daemon, lab.readings_of("nonin-df8").remove(0))
+}
+
 #[test]
 fn a_port_found_by_its_usb_ids_is_listed_recognised_and_read_even_after_moving_socket() {
     use crate::support::usb::FakeUsb;
@@ -324,19 +348,12 @@ fn a_port_found_by_its_usb_ids_is_listed_recognised_and_read_even_after_moving_s
     assert_eq!(listed["protocol"], "nonin-df8", "{listed}");
 
     // The configuration names the port by USB identity, not by path.
-    lab.world.append_config(
-        "[[serial]]\nmatch = { vid = 0x0403, pid = 0x6001 }\nprotocol = \"nonin-df8\"\n",
-    );
-    let daemon = lab.world.start_with_env(&env);
-    assert!(
-        stream_df8_until(&mut port, Duration::from_secs(30), || {
-            !lab.readings_of("nonin-df8").is_empty()
-        }),
-        "log:\n{}",
-        lab.world.log()
-    );
-    let reading = &lab.readings_of("nonin-df8")[0];
+    let (daemon, reading) = start_matched(&lab, &usb, &mut port, (0x0403, 0x6001));
     assert_eq!(reading["device"]["id"], "serial:usb-0403-6001");
+    // A generic cable's descriptor names its chip, not the oximeter: no identity is made up from it.
+    assert_eq!(reading["device"]["manufacturer"], serde_json::Value::Null);
+    assert_eq!(reading["device"]["serial_number"], serde_json::Value::Null);
+    assert_eq!(reading["device"]["specialization"], 528388);
 
     // Unplugged and plugged into another socket: a new tty name, the same ids.
     usb.unplug("ttyUSB0", "A10K2");
@@ -352,6 +369,23 @@ fn a_port_found_by_its_usb_ids_is_listed_recognised_and_read_even_after_moving_s
         "log:\n{}",
         lab.world.log()
     );
+}
+
+#[test]
+fn a_device_with_its_own_usb_is_named_by_its_descriptor_in_every_reading() {
+    use crate::support::usb::FakeUsb;
+    let lab = Lab::new();
+    let usb = FakeUsb::new(&lab.world.dir.path().join("usb"));
+    let mut port = lab.plug_in("pty-nonin");
+    let nonin = ("Nonin Medical Inc.", "Nonin 9560 USB");
+    usb.plug_as("ttyACM0", (0x1a57, 0x0001), nonin, "501234567", port.link());
+    lab.configure(&[]);
+    let (_daemon, reading) = start_matched(&lab, &usb, &mut port, (0x1a57, 0x0001));
+    let device = &reading["device"];
+    assert_eq!(device["manufacturer"], "Nonin Medical Inc.", "{device}");
+    assert_eq!(device["model"], "Nonin 9560 USB", "{device}");
+    assert_eq!(device["serial_number"], "501234567", "{device}");
+    assert_eq!(device["address"], serde_json::Value::Null, "{device}");
 }
 
 #[test]

@@ -11,7 +11,9 @@ use tokio::task::JoinSet;
 use crate::ble;
 use crate::config::Config;
 use crate::control;
+use crate::fleet;
 use crate::model::payload::DeviceInfo;
+use crate::mqtt::exchange::Exchange;
 use crate::mqtt::{self, UplinkSettings};
 use crate::outbox::space::{self, Space};
 use crate::outbox::{spawn_worker, OpenReport, Outbox, OutboxOptions};
@@ -24,13 +26,22 @@ pub const OUTBOX_FILE: &str = "outbox.db";
 /// How long a stop waits for the outbox worker to finish what it is doing.
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How the daemon stopped, when it stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop (a signal).
+    Normally,
+    /// A fleet command asked for a fresh start (a restart, or new serial ports): the caller starts again.
+    ForRestart,
+}
+
 /// Runs the daemon until `shutdown` turns true or a part fails that must not be papered over.
 /// `config_path` is where `config` was read from, for the commands the log tells an operator to run.
 pub async fn run(
     config: Config,
     config_path: &Path,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     std::fs::create_dir_all(&config.hub.state_dir).with_context(|| {
         format!(
             "cannot create state directory {}",
@@ -68,6 +79,9 @@ pub async fn run(
     if let Some(problem) = &report.mark_problem {
         tracing::warn!(%problem, "The outbox's commit mark is unusable; loss detection starts again from now.");
     }
+    if report.acknowledged_mark_damaged {
+        tracing::error!("The outbox's record of which readings the broker acknowledged is damaged: every reading still in the file is sent again, so the backend may receive some twice (same reading ids). Check the storage.");
+    }
     tracing::info!(path = %outbox_path.display(), pending = outbox.pending(), "Outbox open.");
     let space = Space::new(&config.hub.state_dir);
     let (outbox, worker) = spawn_worker(
@@ -85,8 +99,12 @@ pub async fn run(
 
     let (stop_tasks, stop_signal) = watch::channel(false);
     let mut devices = JoinSet::new();
+    let activity = crate::hand_over::DeviceActivity::default();
+    let formats = formats(&config);
     devices.spawn(crate::held_readings::run(
         outbox.clone(),
+        // Held FHIR records from before a change of `[output] formats` still get their Bundles.
+        config.fhir.options(),
         stop_signal.clone(),
     ));
     for port in &config.serial {
@@ -112,13 +130,13 @@ pub async fn run(
         });
         let device = DeviceSettings {
             hub_id: config.hub.id.clone(),
+            formats: formats.clone(),
             device: DeviceInfo {
                 id: port.device_id.clone(),
                 transport: port.protocol.transport(),
                 protocol: port.protocol.name(),
-                manufacturer: None,
-                model: None,
-                serial_number: None,
+                identity: Default::default(),
+                specialization: Some(port.protocol.specialization()),
             },
             protocol: port.protocol,
             spot: crate::spot::SpotRule {
@@ -135,18 +153,22 @@ pub async fn run(
             events_rx,
             commands_tx,
             outbox.clone(),
+            activity.clone(),
             stop_signal.clone(),
         ));
     }
     let mut bound_count = 0;
+    let mut shared_devices = None;
     if config.ble.enabled {
         match BoundDevices::load(&config.hub.state_dir) {
             Ok(list) => {
                 bound_count = list.all().len();
                 let shared = std::sync::Arc::new(std::sync::Mutex::new(list));
+                shared_devices = Some(shared.clone());
                 let settings = ble::BleSettings {
                     adapter: config.ble.adapter.clone(),
                     hub_id: config.hub.id.clone(),
+                    formats: formats.clone(),
                     spot: crate::spot::SpotRule::default(),
                 };
                 devices.spawn(ble::run(
@@ -174,6 +196,40 @@ pub async fn run(
             Err(error) => tracing::error!(%error, "Bluetooth devices are NOT read."),
         }
     }
+    let (to_uplink, from_fleet) = mpsc::channel(64);
+    let (to_fleet, from_uplink) = mpsc::channel(64);
+    let (restart_trigger, mut restart_requested) = watch::channel(false);
+    let fleet_settings = fleet::agent::FleetSettings {
+        hub_id: config.hub.id.clone(),
+        fleet: config.fleet.clone(),
+        config_path: config_path.to_path_buf(),
+        state_dir: config.hub.state_dir.clone(),
+        adapter: config.ble.adapter.clone(),
+        serial: fleet::agent::serial_devices(&config),
+        config_digest: fleet::agent::config_digest(config_path),
+        mqtt_protocol: config.mqtt.protocol,
+    };
+    let fleet_parts = fleet::agent::FleetParts {
+        outbox: outbox.clone(),
+        devices: shared_devices,
+        activity,
+        incoming: from_uplink,
+        outgoing: to_uplink,
+        restart: restart_trigger,
+    };
+    let fleet_stop = stop_signal.clone();
+    devices.spawn(async move {
+        // Readings flow without the fleet agent; only remote operation is lost.
+        if let Err(error) = fleet::agent::run(fleet_settings, fleet_parts, fleet_stop).await {
+            tracing::error!(%error, "Fleet operations stopped: no twin, events or commands until a restart.");
+        }
+        Ok(())
+    });
+    let exchange = Exchange {
+        subscriptions: vec!["cmd/+".to_string()],
+        outgoing: from_fleet,
+        incoming: to_fleet,
+    };
     let uplink_settings = UplinkSettings {
         hub_id: config.hub.id.clone(),
         mqtt: config.mqtt.clone(),
@@ -181,6 +237,7 @@ pub async fn run(
     let mut uplink = tokio::spawn(mqtt::run(
         uplink_settings,
         outbox.clone(),
+        Some(exchange),
         stop_signal.clone(),
     ));
 
@@ -200,9 +257,20 @@ pub async fn run(
     let mut failure: Option<anyhow::Error> = None;
     let mut uplink_done = false;
     let mut worker_done = false;
+    let mut stopped = Stopped::Normally;
+    // The fleet agent holds the sender; when it stops (its journal failed), readings go on without it.
+    let mut restart_watched = true;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
+            changed = restart_requested.changed(), if restart_watched => {
+                if changed.is_err() {
+                    restart_watched = false;
+                } else if *restart_requested.borrow() {
+                    stopped = Stopped::ForRestart;
+                    break;
+                }
+            }
             result = &mut worker => {
                 worker_done = true;
                 failure = Some(match result {
@@ -252,8 +320,14 @@ pub async fn run(
             }
         }
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    tracing::info!("Shutting down.");
+    if stopped == Stopped::ForRestart {
+        // The same process starts again (cli::run), and says READY=1 once it has.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        tracing::info!("Stopping to start again.");
+    } else {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!("Shutting down.");
+    }
     let _ = stop_tasks.send(true);
     while let Some(result) = devices.join_next().await {
         if let Ok(Err(error)) = result {
@@ -286,7 +360,7 @@ pub async fn run(
     }
     match failure {
         Some(error) => Err(error),
-        None => Ok(()),
+        None => Ok(stopped),
     }
 }
 
@@ -318,4 +392,17 @@ fn open_outbox(config: &Config, outbox_path: &Path) -> anyhow::Result<(Outbox, O
         None => anyhow::Error::new(error)
             .context(format!("cannot open the outbox {}", outbox_path.display())),
     })
+}
+
+/// The messages each reading becomes (`[output] formats`, `[fhir]`).
+fn formats(config: &Config) -> crate::pipeline::Formats {
+    use crate::config::OutputFormat;
+    crate::pipeline::Formats {
+        reading_v1: config.output.formats.contains(&OutputFormat::ReadingV1),
+        fhir: config
+            .output
+            .formats
+            .contains(&OutputFormat::Fhir)
+            .then(|| std::sync::Arc::new(config.fhir.options())),
+    }
 }

@@ -30,6 +30,21 @@ pub struct ProtocolSpec {
     /// Advertised names of the Bluetooth devices known to speak this protocol, for `vitalsd scan` and the
     /// bound devices' model.
     pub models: &'static [Model],
+    /// The kind of device that speaks it, as IEEE 11073 names the device specialisations.
+    pub specialization: Specialization,
+}
+
+/// IEEE 11073-20601 device specialisations (`MDC_DEV_SPEC_PROFILE_*`, partition 8), the `device.specialization`
+/// of a reading and the PHD implementation guide's `Device.specialization.systemType`: the code is 528384
+/// plus the specialisation standard's number after 10400 (10404, pulse oximeters: 528388).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Specialization {
+    PulseOximeter = 528_388,
+    BloodPressure = 528_391,
+    Thermometer = 528_392,
+    WeighingScale = 528_399,
+    GlucoseMeter = 528_401,
+    BodyComposition = 528_404,
 }
 
 /// How a protocol's bytes reach the hub.
@@ -174,6 +189,7 @@ const SELECT_DF2: [u8; 6] = nonin_format(0x02);
 pub const PROTOCOLS: [ProtocolSpec; 20] = [
     ProtocolSpec {
         protocol: Protocol::NoninDf13,
+        specialization: Specialization::PulseOximeter,
         name: "nonin-df13",
         description: "Nonin Data Format 13: spot-checks with BCD timestamps, stored records oldest first",
         link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: Some(&SELECT_DF13), listen: Listen::Passive, adapters: &[] }),
@@ -183,6 +199,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::NoninDf8,
+        specialization: Specialization::PulseOximeter,
         name: "nonin-df8",
         description: "Nonin Data Format 8: 4-byte live stream, one frame per second",
         link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: Some(&SELECT_DF8), listen: Listen::Passive, adapters: &[] }),
@@ -192,6 +209,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::NoninDf7,
+        specialization: Specialization::PulseOximeter,
         name: "nonin-df7",
         description: "Nonin Data Format 7: 5-byte frames with 16-bit pleth, 25-frame packets",
         link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: Some(&SELECT_DF7), listen: Listen::Passive, adapters: &[] }),
@@ -201,6 +219,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::NoninDf2,
+        specialization: Specialization::PulseOximeter,
         name: "nonin-df2",
         description: "Nonin Data Format 2: 5-byte frames starting 01, 25-frame packets",
         link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: Some(&SELECT_DF2), listen: Listen::Passive, adapters: &[] }),
@@ -210,6 +229,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::BloodPressureMeasurement,
+        specialization: Specialization::BloodPressure,
         name: "blood-pressure-measurement",
         description: "GATT 0x2A35 Blood Pressure Measurement",
         link: Link::Gatt { service: BLOOD_PRESSURE_SERVICE, characteristic: sig(0x2A35), dialog: None },
@@ -222,6 +242,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::IntermediateCuffPressure,
+        specialization: Specialization::BloodPressure,
         name: "intermediate-cuff-pressure",
         description: "GATT 0x2A36 Intermediate Cuff Pressure (progress, never forwarded)",
         link: Link::Gatt { service: BLOOD_PRESSURE_SERVICE, characteristic: sig(0x2A36), dialog: None },
@@ -231,6 +252,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::PlxSpotCheck,
+        specialization: Specialization::PulseOximeter,
         name: "plx-spot-check",
         description: "GATT 0x2A5E PLX Spot-check Measurement",
         link: Link::Gatt { service: PULSE_OXIMETER_SERVICE, characteristic: sig(0x2A5E), dialog: None },
@@ -240,6 +262,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::PlxContinuous,
+        specialization: Specialization::PulseOximeter,
         name: "plx-continuous",
         description: "GATT 0x2A5F PLX Continuous Measurement",
         link: Link::Gatt { service: PULSE_OXIMETER_SERVICE, characteristic: sig(0x2A5F), dialog: None },
@@ -249,6 +272,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::WeightMeasurement,
+        specialization: Specialization::WeighingScale,
         name: "weight-measurement",
         description: "GATT 0x2A9D Weight Measurement",
         link: Link::Gatt { service: WEIGHT_SCALE_SERVICE, characteristic: sig(0x2A9D), dialog: None },
@@ -258,6 +282,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::BodyCompositionMeasurement,
+        specialization: Specialization::BodyComposition,
         name: "body-composition-measurement",
         description: "GATT 0x2A9C Body Composition Measurement (two-packet records: separate the values with /)",
         link: Link::Gatt { service: BODY_COMPOSITION_SERVICE, characteristic: sig(0x2A9C), dialog: None },
@@ -267,6 +292,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::GlucoseMeasurement,
+        specialization: Specialization::GlucoseMeter,
         name: "glucose-measurement",
         description: "GATT 0x2A18 Glucose Measurement",
         link: Link::Gatt { service: GLUCOSE_SERVICE, characteristic: sig(0x2A18), dialog: Some(GLUCOSE_RECORDS) },
@@ -276,6 +302,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::TemperatureMeasurement,
+        specialization: Specialization::Thermometer,
         name: "temperature-measurement",
         description: "GATT 0x2A1C Temperature Measurement (also 0x2A1E)",
         link: Link::Gatt { service: HEALTH_THERMOMETER_SERVICE, characteristic: sig(0x2A1C), dialog: None },
@@ -285,6 +312,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::XiaomiScale,
+        specialization: Specialization::WeighingScale,
         name: "xiaomi-scale",
         description: "Xiaomi Mi Smart Scale advertisement, service data 0x181D",
         link: Link::Advertisement { service: WEIGHT_SCALE_SERVICE, data_len: 10 },
@@ -297,6 +325,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::XiaomiBodyCompositionScale,
+        specialization: Specialization::BodyComposition,
         name: "xiaomi-body-composition-scale",
         description: "Xiaomi Mi Body Composition Scale advertisement, service data 0x181B",
         link: Link::Advertisement { service: BODY_COMPOSITION_SERVICE, data_len: 13 },
@@ -309,6 +338,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::Berrymed,
+        specialization: Specialization::PulseOximeter,
         name: "berrymed",
         description: "BerryMed BCI oximeter stream (5-byte packets)",
         link: Link::Gatt { service: BERRYMED_SERVICE, characteristic: BERRYMED_NOTIFY, dialog: None },
@@ -321,6 +351,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::JumperOximeter,
+        specialization: Specialization::PulseOximeter,
         name: "jumper-oximeter",
         description: "Jumper JPD-500F / PLS-01BT oximeter notifications",
         link: Link::Gatt { service: JUMPER_SERVICE, characteristic: JUMPER_NOTIFY, dialog: None },
@@ -330,6 +361,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::ContecCms50Legacy,
+        specialization: Specialization::PulseOximeter,
         name: "contec-cms50-legacy",
         description: "Contec CMS50D+/E legacy 5-byte stream (19200 8O1)",
         link: Link::Serial(SerialLink {
@@ -344,6 +376,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::ContecCms50,
+        specialization: Specialization::PulseOximeter,
         name: "contec-cms50",
         description: "Contec CMS50D+/E/F \"7D 81\" protocol (115200 8N1; the hub starts and keeps the stream)",
         link: Link::Serial(SerialLink {
@@ -358,6 +391,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::MasimoAscii,
+        specialization: Specialization::PulseOximeter,
         name: "masimo-ascii",
         description: "Masimo Rad-8 / Radical-7 ASCII 1 and ASCII 2 lines (9600 8N1)",
         link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: None, listen: Listen::Passive, adapters: &[] }),
@@ -367,6 +401,7 @@ pub const PROTOCOLS: [ProtocolSpec; 20] = [
     },
     ProtocolSpec {
         protocol: Protocol::Tanita,
+        specialization: Specialization::BodyComposition,
         name: "tanita",
         description: "Tanita scale CSV lines \"{0,16,~0,1,...\" (9600 8N1, CR LF)",
         link: Link::Serial(SerialLink { line: LINE_9600_8N1, select_format: None, listen: Listen::Passive, adapters: &[] }),
@@ -422,6 +457,11 @@ impl Protocol {
 
     pub fn name(self) -> &'static str {
         self.spec().name
+    }
+
+    /// The IEEE 11073 device specialisation code of the devices that speak it.
+    pub fn specialization(self) -> u32 {
+        self.spec().specialization as u32
     }
 
     /// One line for `vitalsd decode --list`.
@@ -512,6 +552,14 @@ pub fn recognise_model(local_name: &str) -> Option<&'static str> {
         .map(|known| known.model)
 }
 
+/// The protocol of a model [`recognise_model`] named, when the model is a device's and not only a vendor's.
+pub fn protocol_of_model(model: &str) -> Option<Protocol> {
+    PROTOCOLS
+        .iter()
+        .find(|row| row.models.iter().any(|known| known.model == model))
+        .map(|row| row.protocol)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -519,6 +567,17 @@ mod tests {
     use strum::IntoEnumIterator;
 
     use super::*;
+
+    #[test]
+    fn the_fhir_gateway_lists_every_specialisation_the_catalogue_has() {
+        let mut ours: Vec<u32> = PROTOCOLS
+            .iter()
+            .map(|row| row.specialization as u32)
+            .collect();
+        ours.sort_unstable();
+        ours.dedup();
+        assert_eq!(ours, crate::model::fhir::SPECIALIZATIONS);
+    }
 
     #[test]
     fn every_protocol_has_exactly_one_row_and_names_are_unique() {

@@ -1,6 +1,6 @@
 //! What the device tasks (the serial device task, the Bluetooth sessions and advertisement decoding)
 //! share when they hand a pipeline's output to the outbox: how long records may still wait for room once
-//! the daemon is stopping, and the periodic counter flush.
+//! the daemon is stopping, the periodic counter flush, and when each device was last heard.
 
 use std::time::Duration;
 
@@ -9,6 +9,11 @@ use tokio::sync::watch;
 use crate::outbox::worker::WorkerGone;
 use crate::outbox::OutboxHandle;
 use crate::pipeline::Decoding;
+
+/// When each serial device (by device id) last sent bytes, on a trusted hub clock: for the fleet twin.
+pub type DeviceActivity = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
+>;
 
 /// Once the daemon is stopping, how long records may still wait for room in the outbox.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);

@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::clock::HubNow;
+use crate::model::fhir::FhirOptions;
 use crate::model::measurement_time::HubClock;
-use crate::model::payload::{release_held, ClockResolution};
+use crate::model::payload::{release_held, ClockResolution, HeldPayloadError};
 use crate::outbox::worker::WorkerGone;
 use crate::outbox::{OutboxHandle, Release};
 
@@ -38,6 +39,7 @@ pub struct Released {
 /// reading held just after an earlier pass looked.
 pub async fn run(
     outbox: OutboxHandle,
+    fhir: FhirOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerGone> {
     let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -66,7 +68,7 @@ pub async fn run(
             boot_started_at = Some(boot_start(&now));
         }
         if first || boot_started_at.is_some() {
-            let released = release_pass(&outbox, &now.boot.boot_id, boot_started_at).await?;
+            let released = release_pass(&outbox, &now.boot.boot_id, boot_started_at, &fhir).await?;
             if released.resolved + released.unresolved > 0 {
                 tracing::info!(
                     resolved = released.resolved,
@@ -91,11 +93,13 @@ pub fn boot_start(now: &HubNow) -> DateTime<Utc> {
 }
 
 /// Releases every held record that can be released now: those of `boot_id` when its start is known by a
-/// trusted clock, and those of any other boot.
+/// trusted clock, and those of any other boot. A held FHIR record becomes the Bundle of its released
+/// reading, made with `fhir`.
 pub async fn release_pass(
     outbox: &OutboxHandle,
     boot_id: &str,
     boot_started_at: Option<DateTime<Utc>>,
+    fhir: &FhirOptions,
 ) -> Result<Released, WorkerGone> {
     let resolution = ClockResolution {
         boot_id,
@@ -112,7 +116,17 @@ pub async fn release_pass(
         let full = held.len() == BATCH;
         let mut batch = Vec::new();
         for record in held {
-            match release_held(&record.payload, &resolution) {
+            let released_payload = release_held(&record.payload, &resolution).and_then(|done| {
+                let Some(mut done) = done else {
+                    return Ok(None);
+                };
+                if record.format == crate::model::fhir::OUTBOX_FORMAT {
+                    done.payload = crate::model::fhir::bundle_of_payload(&done.payload, fhir)
+                        .map_err(|error| HeldPayloadError(error.to_string()))?;
+                }
+                Ok(Some(done))
+            });
+            match released_payload {
                 Ok(Some(done)) => {
                     if done.received_at_ms.is_some() {
                         released.resolved += 1;
@@ -181,9 +195,8 @@ mod tests {
             id: "serial:test".into(),
             transport: crate::decode::Transport::Serial,
             protocol: "nonin-df8",
-            manufacturer: None,
-            model: None,
-            serial_number: None,
+            identity: Default::default(),
+            specialization: None,
         };
         let id = payload::reading_id(&device.id, &reading, 0);
         NewRecord {
@@ -196,22 +209,32 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn held_readings_wait_for_their_boots_clock_and_earlier_boots_are_flagged() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An outbox in `dir`, served by its worker thread.
+    fn outbox_in(
+        dir: &std::path::Path,
+    ) -> (
+        OutboxHandle,
+        std::thread::JoinHandle<Result<(), crate::outbox::OutboxError>>,
+    ) {
         let (outbox, _) = Outbox::open(
-            &dir.path().join("outbox.db"),
+            &dir.join("outbox.db"),
             OutboxOptions { max_pending: 100 },
             0,
         )
         .unwrap();
-        let (outbox, _worker) = crate::outbox::spawn_worker(
+        crate::outbox::spawn_worker(
             outbox,
-            crate::outbox::space::Space::new(dir.path()),
+            crate::outbox::space::Space::new(dir),
             400,
             None,
             || None,
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn held_readings_wait_for_their_boots_clock_and_earlier_boots_are_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _worker) = outbox_in(dir.path());
         outbox
             .append_durable(vec![
                 held_record("old-boot", 50),
@@ -222,7 +245,9 @@ mod tests {
         assert!(outbox.fetch_after(0, 10).await.unwrap().is_empty());
 
         // This boot's clock is not trusted yet: only the earlier boot's reading can go, flagged.
-        let pass = release_pass(&outbox, "this-boot", None).await.unwrap();
+        let pass = release_pass(&outbox, "this-boot", None, &FhirOptions::default())
+            .await
+            .unwrap();
         assert_eq!(
             pass,
             Released {
@@ -238,9 +263,14 @@ mod tests {
 
         // Trust arrives 100 s into the boot at 08:00:00: the reading taken at 60 s was received 40 s before.
         let trusted = now("this-boot", 100, HubClock::Synchronized);
-        let pass = release_pass(&outbox, "this-boot", Some(boot_start(&trusted)))
-            .await
-            .unwrap();
+        let pass = release_pass(
+            &outbox,
+            "this-boot",
+            Some(boot_start(&trusted)),
+            &FhirOptions::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             pass,
             Released {
@@ -262,5 +292,40 @@ mod tests {
                 .timestamp_millis()
         );
         assert_eq!(outbox.stats().await.unwrap().held, 0);
+    }
+
+    #[tokio::test]
+    async fn a_held_fhir_record_is_released_as_the_bundle_of_its_resolved_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _worker) = outbox_in(dir.path());
+        let reading = held_record("this-boot", 60);
+        let fhir = NewRecord {
+            key: format!("{}/fhir", reading.key),
+            format: crate::model::fhir::OUTBOX_FORMAT,
+            ..reading
+        };
+        outbox.append_durable(vec![fhir]).await.unwrap();
+        let trusted = now("this-boot", 100, HubClock::Synchronized);
+        let options = FhirOptions {
+            subject: Some(crate::model::fhir::Subject {
+                system: "urn:example:patients".into(),
+                value: "p-1".into(),
+            }),
+            ..FhirOptions::default()
+        };
+        let pass = release_pass(&outbox, "this-boot", Some(boot_start(&trusted)), &options)
+            .await
+            .unwrap();
+        assert_eq!(pass.resolved, 1);
+        let queued = outbox.fetch_after(0, 10).await.unwrap();
+        let bundle: serde_json::Value = serde_json::from_slice(&queued[0].payload).unwrap();
+        assert_eq!(bundle["resourceType"], "Bundle");
+        let observation = &bundle["entry"][2]["resource"];
+        assert_eq!(
+            observation["effectiveDateTime"],
+            "2026-12-05T07:59:20+00:00"
+        );
+        assert_eq!(observation["subject"]["identifier"]["value"], "p-1");
+        assert_eq!(observation["valueQuantity"]["value"], 97);
     }
 }

@@ -52,6 +52,16 @@ enum Command {
         /// The bytes, as hex, with or without spaces.
         #[arg(required_unless_present = "list")]
         hex: Vec<String>,
+        /// `reading.v1` (the MQTT payload) or `fhir` (a FHIR R4 transaction Bundle per reading).
+        #[arg(long, default_value = "reading.v1", value_parser = ["reading.v1", "fhir"])]
+        format: String,
+        /// With `--format fhir`: add a national code set's codings (`dk`, `no`), as `[fhir] code_sets` does.
+        #[arg(long = "code-set", requires = "format")]
+        code_sets: Vec<String>,
+        /// With `--format fhir`: the Observations' subject as SYSTEM|VALUE, as `[fhir] subject_system` and
+        /// `subject_value` give it (without one the Bundles lack the subject the PHD profiles require).
+        #[arg(long, requires = "format", value_name = "SYSTEM|VALUE")]
+        subject: Option<String>,
     },
     /// Lists nearby Bluetooth health devices, updating live.
     Scan {
@@ -108,6 +118,11 @@ enum Command {
         #[command(subcommand)]
         action: OutboxCommand,
     },
+    /// Tools for fleet operators: key pairs and signed commands (README, "Fleet operations").
+    Fleet {
+        #[command(subcommand)]
+        action: FleetCommand,
+    },
     /// Shows the outbox: pending and held readings, the hub clock, deliveries, the last broker error.
     Status {
         #[command(flatten)]
@@ -134,15 +149,58 @@ enum OutboxCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Makes an Ed25519 key pair: DIR/NAME.key (private, PKCS#8 PEM) and DIR/NAME.pub (for the hubs).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// The key's name, which commands signed with it give as key_id.
+        #[arg(long, default_value = "ops")]
+        name: String,
+    },
+    /// Prints a signed command envelope, to publish retained on {prefix}/{hub}/cmd/{request_id}.
+    Sign {
+        /// The private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The key_id hubs know the key by; defaults to the key file's name without extension.
+        #[arg(long)]
+        key_id: Option<String>,
+        #[arg(long)]
+        hub: String,
+        #[arg(long)]
+        command: String,
+        /// The command's arguments as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// How long the command stays valid, such as 1h or 2days.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        valid_for: std::time::Duration,
+        /// Defaults to a random UUID.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => vitalsd::cli::run::main(&config.path),
         Command::CheckConfig { config } => vitalsd::cli::check_config(&config.path),
         Command::Decode { list: true, .. } => vitalsd::cli::list_protocols(),
-        Command::Decode { protocol, hex, .. } => {
-            vitalsd::cli::decode(protocol.as_deref().unwrap_or_default(), &hex)
-        }
+        Command::Decode {
+            protocol,
+            hex,
+            format,
+            code_sets,
+            subject,
+            ..
+        } => vitalsd::cli::decode(
+            protocol.as_deref().unwrap_or_default(),
+            &hex,
+            (format == "fhir").then_some((code_sets.as_slice(), subject.as_deref())),
+        ),
         Command::Status { config, json } => vitalsd::cli::status(&config.path, json),
         Command::Outbox {
             action:
@@ -174,6 +232,29 @@ fn main() -> ExitCode {
             listen,
             json,
         } => vitalsd::cli::serial::serial(config.as_deref(), listen, json),
+        Command::Fleet {
+            action: FleetCommand::Keygen { out, name },
+        } => vitalsd::cli::fleet::keygen(&out, &name),
+        Command::Fleet {
+            action:
+                FleetCommand::Sign {
+                    key,
+                    key_id,
+                    hub,
+                    command,
+                    args,
+                    valid_for,
+                    request_id,
+                },
+        } => vitalsd::cli::fleet::sign(&vitalsd::cli::fleet::SignRequest {
+            key: &key,
+            key_id: key_id.as_deref(),
+            hub: &hub,
+            command: &command,
+            args: &args,
+            valid_for,
+            request_id: request_id.as_deref(),
+        }),
         Command::GenerateDocs { dir } => vitalsd::cli::generate_docs(Cli::command(), &dir),
     }
 }

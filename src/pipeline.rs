@@ -9,15 +9,34 @@
 
 use crate::clock::HubNow;
 use crate::decode::{DecodeContext, DecodeEvent, FrameError, HostCommand, Protocol};
+use crate::model::fhir::{self, FhirOptions};
 use crate::model::measurement_time::DeviceClockCheck;
-use crate::model::payload::{self, DeviceInfo};
+use crate::model::payload::{self, DeviceIdentity, DeviceInfo};
 use crate::model::reading::{HubTimeZone, Reading};
 use crate::outbox::NewRecord;
 use crate::spot::{SpotFilter, SpotRule};
 
+/// The messages a reading becomes, one outbox record each: the `vitalsd.reading.v1` document and, if
+/// configured, the FHIR Bundle made from it (`[output] formats`).
+#[derive(Debug, Clone)]
+pub struct Formats {
+    pub reading_v1: bool,
+    pub fhir: Option<std::sync::Arc<FhirOptions>>,
+}
+
+impl Default for Formats {
+    fn default() -> Self {
+        Formats {
+            reading_v1: true,
+            fhir: None,
+        }
+    }
+}
+
 /// Who a pipeline decodes for.
 pub struct DeviceSettings {
     pub hub_id: String,
+    pub formats: Formats,
     pub device: DeviceInfo,
     pub protocol: Protocol,
     pub spot: SpotRule,
@@ -71,7 +90,7 @@ impl Decoding {
 
     /// What the device should be sent now, and the records the passing of time settled (a download that
     /// ended with a pause). Call it only when every byte read so far was fed.
-    pub fn poll(&mut self, now: &HubNow) -> (Vec<(NewRecord, Reading)>, Vec<HostCommand>) {
+    pub fn poll(&mut self, now: &HubNow) -> (Vec<(Vec<NewRecord>, Reading)>, Vec<HostCommand>) {
         let mut polled = self.decoder.poll(now.wall, now.clock);
         self.received(&mut polled.events, now);
         (self.records(polled.events), polled.commands)
@@ -114,14 +133,16 @@ impl Decoding {
     }
 
     /// A new connection: half a frame from before must not glue onto bytes after it.
-    pub fn opened(&mut self) {
+    pub fn opened(&mut self, identity: DeviceIdentity) {
+        // A port may now lead to another device (a cable moved): the readings carry what is there now.
+        self.settings.device.identity = identity;
         self.decoder = self.settings.protocol.new_decoder();
         self.resume_decoder();
         self.spot = SpotFilter::new(self.settings.spot);
     }
 
     /// Decodes bytes; returns the records to make durable and the readings they came from.
-    pub fn feed(&mut self, bytes: &[u8], now: &HubNow) -> Vec<(NewRecord, Reading)> {
+    pub fn feed(&mut self, bytes: &[u8], now: &HubNow) -> Vec<(Vec<NewRecord>, Reading)> {
         let decoded = self.decode(bytes, now);
         self.records(decoded)
     }
@@ -145,7 +166,7 @@ impl Decoding {
 
     /// The second half of [`Decoding::feed`]: decoded events through the spot filter into records,
     /// counting what is rejected or withheld.
-    pub fn records(&mut self, events: Vec<DecodeEvent>) -> Vec<(NewRecord, Reading)> {
+    pub fn records(&mut self, events: Vec<DecodeEvent>) -> Vec<(Vec<NewRecord>, Reading)> {
         collect(&self.settings, events, &mut self.spot, &mut self.counters)
     }
 
@@ -180,7 +201,7 @@ fn collect(
     decoded: Vec<DecodeEvent>,
     spot: &mut SpotFilter,
     counters: &mut Counters,
-) -> Vec<(NewRecord, Reading)> {
+) -> Vec<(Vec<NewRecord>, Reading)> {
     let mut records = Vec::new();
     for (index, event) in decoded.into_iter().enumerate() {
         match event {
@@ -200,7 +221,7 @@ fn collect(
                 };
                 if let Some(reading) = reading {
                     counters.readings += 1;
-                    records.push((record_of(settings, &reading, index), reading));
+                    records.push((records_of(settings, &reading, index), reading));
                 }
             }
             DecodeEvent::Rejected(error) => count_rejection(settings, &error, counters),
@@ -209,17 +230,51 @@ fn collect(
     records
 }
 
-fn record_of(settings: &DeviceSettings, reading: &Reading, index: usize) -> NewRecord {
+/// The outbox records of one reading, one per configured format. A FHIR record is keyed by the reading id
+/// and `/fhir`, so it is deduplicated like the reading; while the reading is held for a trusted hub clock
+/// its payload is the reading's document, and the Bundle is made when its times are final.
+fn records_of(settings: &DeviceSettings, reading: &Reading, index: usize) -> Vec<NewRecord> {
     let id = payload::reading_id(&settings.device.id, reading, index);
     tracing::debug!(device = %settings.device.id, %id, kind = reading.kind.as_str(), "Reading decoded.");
-    NewRecord {
-        payload: payload::to_json(&settings.hub_id, &id, &settings.device, reading),
-        key: id,
-        label: reading.kind.as_str().to_string(),
-        format: payload::OUTBOX_FORMAT,
+    let document = payload::to_json(&settings.hub_id, &id, &settings.device, reading);
+    let held = payload::held(reading).is_some();
+    let record = |key: String, label: String, format: u32, payload: Vec<u8>| NewRecord {
+        key,
+        label,
+        format,
+        payload,
         created_at_ms: reading.received_at.timestamp_millis(),
-        held: payload::held(reading).is_some(),
+        held,
+    };
+    let mut records = Vec::new();
+    // A reading whose values have no code (parts of a body composition only) has no Observation to make.
+    let coded = reading
+        .values
+        .iter()
+        .any(|value| value.measure.mdc.is_some());
+    if let (Some(options), true) = (&settings.formats.fhir, coded) {
+        let payload = match held {
+            true => Ok(document.clone()),
+            false => fhir::bundle_of_payload(&document, options),
+        };
+        match payload {
+            Ok(payload) => {
+                let key = format!("{id}/fhir");
+                let label = reading.kind.as_str().to_string();
+                records.push(record(key, label, fhir::OUTBOX_FORMAT, payload));
+            }
+            // Only a bug can get here (the document is this module's own); the reading.v1 record, if that
+            // format is on, still goes out.
+            Err(error) => {
+                tracing::error!(device = %settings.device.id, %id, %error, "No FHIR Bundle for a reading.")
+            }
+        }
     }
+    if settings.formats.reading_v1 {
+        let label = reading.kind.as_str().to_string();
+        records.insert(0, record(id, label, payload::OUTBOX_FORMAT, document));
+    }
+    records
 }
 
 fn count_rejection(settings: &DeviceSettings, error: &FrameError, counters: &mut Counters) {
@@ -273,6 +328,98 @@ mod tests {
         }
     }
 
+    /// With both formats a reading is two records: its document under its id, its Bundle under the id and
+    /// `/fhir`; a reading held for a trusted clock holds both, the Bundle's record still the document.
+    #[test]
+    fn each_format_is_its_own_record_and_a_held_reading_holds_both() {
+        let settings = || DeviceSettings {
+            hub_id: "hub".into(),
+            formats: Formats {
+                reading_v1: true,
+                fhir: Some(std::sync::Arc::new(FhirOptions::default())),
+            },
+            device: DeviceInfo {
+                id: "serial:nonin".into(),
+                transport: crate::decode::Transport::Serial,
+                protocol: "nonin-df13",
+                identity: Default::default(),
+                specialization: Some(528_388),
+            },
+            protocol: Protocol::NoninDf13,
+            spot: SpotRule::default(),
+            time_zone: &chrono::Utc,
+        };
+        let frame =
+            hex::decode("0002000D000E2024031510203000020000480061 6703".replace(' ', "")).unwrap();
+        let shape = |now: &HubNow| -> Vec<(String, String, u32, bool, String)> {
+            let mut decoding = Decoding::new(settings(), None);
+            let decoded = decoding.feed(&frame, now);
+            assert_eq!(decoded.len(), 1, "one reading");
+            decoded[0]
+                .0
+                .iter()
+                .map(|record| {
+                    let json: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+                    let what = json["schema"]
+                        .as_str()
+                        .or(json["resourceType"].as_str())
+                        .unwrap();
+                    let key = record.key.replace(decoded[0].0[0].key.as_str(), "ID");
+                    (
+                        key,
+                        record.label.clone(),
+                        record.format,
+                        record.held,
+                        what.to_string(),
+                    )
+                })
+                .collect()
+        };
+        let trusted = test_now("2024-03-15T12:00:00Z".parse().unwrap());
+        assert_eq!(
+            shape(&trusted),
+            [
+                (
+                    "ID".into(),
+                    "pulse_oximetry".into(),
+                    1,
+                    false,
+                    "vitalsd.reading.v1".into()
+                ),
+                (
+                    "ID/fhir".into(),
+                    "pulse_oximetry".into(),
+                    2,
+                    false,
+                    "Bundle".into()
+                ),
+            ]
+        );
+        let untrusted = HubNow {
+            clock: HubClock::Unsynchronized,
+            ..trusted
+        };
+        assert_eq!(
+            shape(&untrusted),
+            [
+                (
+                    "ID".into(),
+                    "pulse_oximetry".into(),
+                    1,
+                    true,
+                    "vitalsd.reading.v1".into()
+                ),
+                (
+                    "ID/fhir".into(),
+                    "pulse_oximetry".into(),
+                    2,
+                    true,
+                    "vitalsd.reading.v1".into()
+                ),
+            ]
+        );
+    }
+
     /// A Contec recording downloaded while the hub clock was unsynchronised and published by a poll after NTP
     /// synchronised it is judged by the clock's trust at that poll, not at the last bytes fed.
     #[test]
@@ -314,7 +461,7 @@ mod tests {
             let ahead = reading.measured_at.signed_duration_since(trusted.wall);
             assert!(
                 !(reading.hub_clock.is_trusted()
-                    && !record.held
+                    && !record.iter().any(|r| r.held)
                     && ahead > crate::model::measurement_time::MAX_AHEAD),
                 "published as {:?}, measured_at {} is {} h after the trusted hub clock",
                 reading.hub_clock,
@@ -329,13 +476,13 @@ mod tests {
         Decoding::new(
             DeviceSettings {
                 hub_id: "hub".into(),
+                formats: Formats::default(),
                 device: DeviceInfo {
                     id: "serial:contec".into(),
                     transport: crate::decode::Transport::Serial,
                     protocol: "contec-cms50",
-                    manufacturer: None,
-                    model: None,
-                    serial_number: None,
+                    identity: Default::default(),
+                    specialization: None,
                 },
                 protocol: Protocol::ContecCms50,
                 spot: SpotRule::default(),
@@ -413,13 +560,13 @@ mod tests {
             let mut decoding = Decoding::new(
                 DeviceSettings {
                     hub_id: "hub-test".into(),
+                    formats: Formats::default(),
                     device: DeviceInfo {
                         id: "serial:noise".into(),
                         transport: crate::decode::Transport::Serial,
                         protocol: protocol.name(),
-                        manufacturer: None,
-                        model: None,
-                        serial_number: None,
+                        identity: Default::default(),
+                        specialization: None,
                     },
                     protocol,
                     spot: SpotRule::default(),

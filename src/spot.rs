@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::model::reading::{Flag, Reading, TimeSource, Value};
+use crate::model::reading::{Flag, Reading, Supplemental, TimeSource, Value};
 
 /// A gap longer than this between samples means the stream was interrupted.
 const MAX_GAP: Duration = Duration::from_secs(5);
@@ -236,6 +236,7 @@ impl SpotFilter {
             flags,
             record_key,
             user_id: None,
+            supplemental: vec![Supplemental::ModalitySpot],
             ..newest
         }
     }

@@ -112,6 +112,8 @@ fn decoders_and_the_model_do_no_io_and_read_no_clock() {
             "model/codes.rs",
             "spot.rs",
             "model/payload.rs",
+            "model/fhir.rs",
+            "model/fhir_codes.rs",
             "model/measurement_time.rs",
             "pipeline.rs",
             "ble/profile.rs",

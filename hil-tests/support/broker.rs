@@ -71,7 +71,7 @@ impl Broker {
         Broker::start_custom(|port, dir| {
             let mut config = format!(
                 "{}listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nlog_dest stderr\n\
-                 log_type error\nlog_type warning\n",
+                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
                 STAY_AS_INVOKING_USER
             );
             if persistent {

@@ -260,7 +260,11 @@ pub fn outbox_keys(path: &Path) -> Vec<String> {
         .busy_timeout(Duration::from_secs(5))
         .expect("busy timeout");
     // The daemon may be creating the file right now; no table yet means nothing queued yet.
-    let Ok(mut query) = connection.prepare("SELECT key FROM record ORDER BY seq") else {
+    // Rows below the acknowledged mark were delivered; the daemon removes them once it is quiet.
+    let Ok(mut query) = connection.prepare(
+        "SELECT key FROM record WHERE seq >= coalesce(
+             (SELECT value FROM stat WHERE name = 'acknowledged_below'), 0) ORDER BY seq",
+    ) else {
         return Vec::new();
     };
     let keys = query

@@ -5,6 +5,7 @@ pub mod bluez;
 pub mod broker;
 pub mod clock;
 pub mod daemon;
+pub mod latency;
 pub mod mqtt5;
 pub mod nonin;
 pub mod pty;

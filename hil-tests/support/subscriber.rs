@@ -1,7 +1,7 @@
 //! An MQTT subscriber that records every message, reconnecting on its own; what a backend would see.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,15 @@ pub struct Subscriber {
     /// Arrivals per reading id, kept as messages come so that waiting for thousands stays cheap.
     counts: Arc<Mutex<BTreeMap<String, usize>>>,
     connected: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    /// How many times the broker accepted the subscriber's connection: more than one means a reconnection,
+    /// after which the broker rightly sends again what the subscriber had not acknowledged.
+    connections: Arc<AtomicUsize>,
+    /// Reading messages the broker sent again after this subscriber's own reconnection (the DUP flag):
+    /// copies the hub never sent twice.
+    redelivered: Arc<AtomicUsize>,
+    /// Why the connection ended, each time it did.
+    errors: Arc<Mutex<Vec<String>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -39,10 +47,14 @@ impl Subscriber {
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
         let thread_counts = counts.clone();
         let connected = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let redelivered = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (thread_redelivered, thread_errors) = (redelivered.clone(), errors.clone());
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let client_id = format!("test-sub-{}", fastrand::u64(..));
-        let (thread_messages, thread_connected, thread_stop) =
-            (messages.clone(), connected.clone(), stop.clone());
+        let (thread_messages, thread_connected, thread_connections) =
+            (messages.clone(), connected.clone(), connections.clone());
         let filter = filter.to_string();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -55,19 +67,24 @@ impl Subscriber {
                 options.set_keep_alive(Duration::from_secs(5));
                 options.set_max_packet_size(1024 * 1024, 1024 * 1024);
                 let (client, mut eventloop) = AsyncClient::new(options, 100);
-                while !thread_stop.load(Ordering::Relaxed) {
-                    let event =
-                        tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await;
+                loop {
+                    // The event loop is only ever cancelled here, when the test is done: cancelling
+                    // `poll` while it writes acknowledgements can corrupt the stream, and the broker's
+                    // disconnection that follows makes it send unacknowledged readings a second time.
+                    let event = tokio::select! {
+                        _ = &mut stopped => break,
+                        event = eventloop.poll() => event,
+                    };
                     match event {
-                        Err(_) => continue,
-                        Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
+                        Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                            thread_connections.fetch_add(1, Ordering::SeqCst);
                             // Subscribing again is harmless when the session survived, and needed when it did not.
                             let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
                         }
-                        Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => {
+                        Ok(Event::Incoming(Incoming::SubAck(_))) => {
                             thread_connected.store(true, Ordering::SeqCst)
                         }
-                        Ok(Ok(Event::Incoming(Incoming::Publish(publish)))) => {
+                        Ok(Event::Incoming(Incoming::Publish(publish))) => {
                             if publish.topic.contains("/readings/") {
                                 let id =
                                     serde_json::from_slice::<serde_json::Value>(&publish.payload)
@@ -75,6 +92,9 @@ impl Subscriber {
                                         .and_then(|json| json["id"].as_str().map(str::to_string))
                                         .unwrap_or_else(|| "<reading without an id>".to_string());
                                 *thread_counts.lock().unwrap().entry(id).or_insert(0) += 1;
+                                if publish.dup {
+                                    thread_redelivered.fetch_add(1, Ordering::SeqCst);
+                                }
                             }
                             thread_messages.lock().unwrap().push(Message {
                                 topic: publish.topic.clone(),
@@ -83,8 +103,9 @@ impl Subscriber {
                                 arrived: Instant::now(),
                             });
                         }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(_)) => {
+                        Ok(_) => {}
+                        Err(error) => {
+                            thread_errors.lock().unwrap().push(error.to_string());
                             thread_connected.store(false, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
@@ -96,7 +117,10 @@ impl Subscriber {
             messages,
             counts,
             connected,
-            stop,
+            connections,
+            redelivered,
+            errors,
+            stop: Some(stop),
             thread: Some(thread),
         };
         assert!(
@@ -123,9 +147,29 @@ impl Subscriber {
             .collect()
     }
 
+    /// How many times the broker accepted this subscriber's connection.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many reading messages the broker sent again after this subscriber reconnected.
+    pub fn redelivered(&self) -> usize {
+        self.redelivered.load(Ordering::SeqCst)
+    }
+
+    /// Why this subscriber's connection ended, each time it did.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+
     /// How many times each reading id arrived.
     pub fn reading_counts(&self) -> BTreeMap<String, usize> {
         self.counts.lock().unwrap().clone()
+    }
+
+    /// How many distinct reading ids arrived, without copying them (cheap enough to poll for thousands).
+    pub fn unique_reading_count(&self) -> usize {
+        self.counts.lock().unwrap().len()
     }
 
     pub fn unique_reading_ids(&self) -> BTreeSet<String> {
@@ -155,7 +199,9 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -1,5 +1,6 @@
 //! What btleplug does not do, spoken to BlueZ directly with zbus: our `org.bluez.Agent1` for pairing,
-//! `Device1.Pair` and `Trusted`, `Adapter1.RemoveDevice` for stale bonds, and watching `org.bluez` restart.
+//! `Device1.Pair` and `Trusted`, `Adapter1.RemoveDevice` for stale bonds, the daemon's scan (kept running
+//! against BlueZ dropping it), and watching `org.bluez` restart.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,13 @@ const PAIR_TIMEOUT: Duration = Duration::from_secs(90);
 /// the agent's `Cancel`; this bound holds when they do not.
 pub const PASSKEY_WAIT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the daemon's look at its scan may take: it runs in the loop that serves the sessions, and an
+/// unanswered look is simply made again at the next one.
+const KEEP_SCANNING_WAIT: Duration = Duration::from_secs(5);
+/// How long finding a device waits for BlueZ to confirm its scan stopped. Nothing depends on the answer,
+/// and BlueZ 5.66 never gives it when another client's start overtook the stop (see
+/// [`Bluez::keep_scanning`]); the discovery then ends with this connection, when pairing is done.
+const STOP_DISCOVERY_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BluezError {
@@ -50,6 +58,18 @@ impl From<zbus::Error> for BluezError {
             _ => BluezError::Bus(error),
         }
     }
+}
+
+/// Whether the hub's own discovery still ran when it checked, or had been dropped and was started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanState {
+    Running,
+    Restarted,
+}
+
+/// BlueZ's answer to a second `StartDiscovery` from a client already discovering.
+fn means_in_progress(error: &BluezError) -> bool {
+    matches!(error, BluezError::Failed { name, .. } if name.ends_with(".InProgress"))
 }
 
 /// Whether a BlueZ error (its name, its text, or both as btleplug prints them) says the device refused
@@ -467,7 +487,7 @@ impl Bluez {
         };
         if started.is_ok() {
             let _: Result<(), BluezError> =
-                timed(CALL_TIMEOUT, adapter.call("StopDiscovery", &())).await;
+                timed(STOP_DISCOVERY_WAIT, adapter.call("StopDiscovery", &())).await;
         }
         if found {
             Ok(())
@@ -501,7 +521,97 @@ impl Bluez {
                 .await
                 .map_err(zbus::Error::from)
         };
-        timed(CALL_TIMEOUT, trusted).await
+        // The bond is made by now; bluetoothd may still be busy with the device's services. In the
+        // real-BlueZ suite it answered this 30 s later (its own ATT timeouts on the new link), and a
+        // pairing reported failed while the bond stands sends the technician round again.
+        timed(PAIR_TIMEOUT, trusted).await
+    }
+
+    /// Starts this connection's discovery with a filter for `services` (none: every advert), powering
+    /// the adapter first, since scanning is what the hub is for and an adapter powered off by hand or by
+    /// rfkill must come back. A discovery this connection already runs counts as started.
+    pub async fn start_scan(&self, services: &[uuid::Uuid]) -> Result<(), BluezError> {
+        let adapter = self
+            .proxy(&self.adapter_path(), "org.bluez.Adapter1")
+            .await?;
+        let powered = async {
+            adapter
+                .set_property("Powered", true)
+                .await
+                .map_err(zbus::Error::from)
+        };
+        timed(CALL_TIMEOUT, powered).await?;
+        self.set_scan_filter(&adapter, services).await?;
+        match timed(
+            CALL_TIMEOUT,
+            adapter.call::<_, _, ()>("StartDiscovery", &()),
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) if means_in_progress(&error) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Asks BlueZ to start this connection's discovery, which it refuses at once, changing nothing, while
+    /// that discovery runs. BlueZ 5.66 can drop a client's discovery without a word: when a client starts
+    /// discovering while another client's `StopDiscovery` of the last discovery is on its way, the stop's
+    /// completion removes the newcomer instead (`adapter->client` is overwritten; `vitalsd pair` racing the
+    /// daemon's start did this on the real stack). Only a start that succeeds says the scan was gone; the
+    /// filter is then set again, in case BlueZ forgot it too.
+    pub async fn keep_scanning(&self, services: &[uuid::Uuid]) -> Result<ScanState, BluezError> {
+        let adapter = self
+            .proxy(&self.adapter_path(), "org.bluez.Adapter1")
+            .await?;
+        match timed(
+            KEEP_SCANNING_WAIT,
+            adapter.call::<_, _, ()>("StartDiscovery", &()),
+        )
+        .await
+        {
+            Ok(()) => {
+                self.set_scan_filter(&adapter, services).await?;
+                Ok(ScanState::Restarted)
+            }
+            Err(error) if means_in_progress(&error) => Ok(ScanState::Running),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Stops this connection's discovery; one that is not running is no error.
+    pub async fn stop_scan(&self) -> Result<(), BluezError> {
+        let adapter = self
+            .proxy(&self.adapter_path(), "org.bluez.Adapter1")
+            .await?;
+        match timed(CALL_TIMEOUT, adapter.call::<_, _, ()>("StopDiscovery", &())).await {
+            Ok(()) => Ok(()),
+            Err(BluezError::Failed { message, .. }) if message.contains("No discovery started") => {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The filter btleplug set for a scan: the services (left out when none, so every advert is
+    /// reported), every transport, and every advert rather than one per device and change.
+    async fn set_scan_filter(
+        &self,
+        adapter: &zbus::Proxy<'_>,
+        services: &[uuid::Uuid],
+    ) -> Result<(), BluezError> {
+        let mut filter: HashMap<&str, zbus::zvariant::Value<'_>> = HashMap::new();
+        if !services.is_empty() {
+            let uuids: Vec<String> = services.iter().map(uuid::Uuid::to_string).collect();
+            filter.insert("UUIDs", uuids.into());
+        }
+        filter.insert("Transport", "auto".into());
+        filter.insert("DuplicateData", true.into());
+        timed(
+            CALL_TIMEOUT,
+            adapter.call::<_, _, ()>("SetDiscoveryFilter", &(filter,)),
+        )
+        .await
     }
 
     /// Removes the hub's bond and BlueZ's record of the device.

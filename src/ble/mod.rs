@@ -15,16 +15,14 @@ pub mod session_core;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use btleplug::api::{
-    Central, CentralEvent, CentralState, Manager as _, Peripheral as _, ScanFilter,
-};
+use btleplug::api::{Central, CentralEvent, CentralState, Manager as _, Peripheral as _};
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::model::payload::DeviceInfo;
+use crate::model::payload::{DeviceIdentity, DeviceInfo};
 use crate::outbox::OutboxHandle;
 use crate::pipeline::{Decoding, DeviceSettings};
 use crate::spot::SpotRule;
@@ -39,11 +37,19 @@ const AFTER_SESSION: Duration = Duration::from_secs(5);
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// How often advert-driven last-seen times alone are written to the device list.
 const SEEN_SAVE_INTERVAL: Duration = Duration::from_secs(600);
+/// How long the scan may go without reporting a single advert before the daemon stops and starts it.
+/// BlueZ 5.66 can leave a client's discovery registered while the controller no longer scans: when a
+/// restart of the scan fails while another client's start waits on it, the failure removes that client
+/// and schedules no retry (seen in the real-BlueZ suite, `bluetoothctl scan on` beside the daemon). Its
+/// `StartDiscovery` then still answers "in progress", so only the silence shows it. A scan that hears
+/// nothing for a minute costs a restart; a wedged one would cost every reading until the hub restarted.
+const SCAN_SILENCE_RESTART: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct BleSettings {
     pub adapter: String,
     pub hub_id: String,
+    pub formats: crate::pipeline::Formats,
     pub spot: SpotRule,
 }
 
@@ -113,18 +119,28 @@ pub(crate) fn decoding_for(
     protocol: crate::decode::Protocol,
     information: &crate::state::devices::DeviceStrings,
     hub_id: &str,
+    formats: &crate::pipeline::Formats,
     spot: SpotRule,
 ) -> Decoding {
     Decoding::new(
         DeviceSettings {
             hub_id: hub_id.to_string(),
+            formats: formats.clone(),
             device: DeviceInfo {
                 id: format!("ble:{address}"),
                 transport: protocol.transport(),
                 protocol: protocol.name(),
-                manufacturer: information.manufacturer.clone(),
-                model: information.model.clone(),
-                serial_number: information.serial_number.clone(),
+                identity: DeviceIdentity {
+                    manufacturer: information.manufacturer.clone(),
+                    model: information.model.clone(),
+                    serial_number: information.serial_number.clone(),
+                    system_id: information.system_id.clone(),
+                    address: Some(address.to_string()),
+                    firmware: information.firmware_revision.clone(),
+                    hardware: information.hardware_revision.clone(),
+                    software: information.software_revision.clone(),
+                },
+                specialization: Some(protocol.specialization()),
             },
             protocol,
             spot,
@@ -146,8 +162,9 @@ type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (String, W
 /// up, with no working session between them, before the hub concludes that the device forgot the bond.
 /// BlueZ 5.66 reports a refused key only as an aborted link ([`bluez::means_aborted_link`]), which a
 /// device walking away mid-connect can also cause once; removing a good bond would cost a technician's
-/// visit. Attempts that failed otherwise (cancelled, timed out) say nothing about the bond: with the real
-/// stack they came between a lost bond's aborted links, so they neither count nor break the run.
+/// visit. Attempts that failed otherwise (cancelled, timed out, a link that stood seconds before it went
+/// down) say nothing about the bond: with the real stack they came between a lost bond's aborted links,
+/// so they neither count nor break the run.
 const ABORTED_LINKS_FOR_LOST_BOND: u32 = 3;
 
 /// Counts each bonded device's aborted links since its last working session.
@@ -227,14 +244,15 @@ async fn run_stack(
     let bluez = bluez::Bluez::connect(&settings.adapter).await?;
     let mut events = adapter.events().await?;
     let mut unfiltered = advertisement_only_bound(devices);
-    adapter
-        .start_scan(ScanFilter {
-            services: profile::discovery_services(unfiltered),
-        })
+    // The scan is this connection's, not btleplug's, so the daemon can ask BlueZ whether it still runs
+    // (`keep_scanning`); btleplug's events come from BlueZ's signals whoever scans.
+    bluez
+        .start_scan(&profile::discovery_services(unfiltered))
         .await?;
     tracing::info!(adapter = %settings.adapter, bound = devices.lock().unwrap().all().len(), "Bluetooth scanning.");
     let session_settings = SessionSettings {
         hub_id: settings.hub_id.clone(),
+        formats: settings.formats.clone(),
         spot: settings.spot,
     };
     let owner_changed = bluez.owner_changed();
@@ -252,10 +270,14 @@ async fn run_stack(
     let mut seen_changed = false;
     let mut last_save = Instant::now();
     let mut powered_off = false;
+    let mut last_advert = Instant::now();
     let outcome = loop {
         tokio::select! {
             event = events.next() => {
                 let Some(event) = event else { break Restart::BluezRestarted };
+                if heard_an_advert(&event) {
+                    last_advert = Instant::now();
+                }
                 let (id, service_data) = match event {
                     CentralEvent::DeviceDiscovered(id)
                     | CentralEvent::DeviceUpdated(id)
@@ -275,7 +297,7 @@ async fn run_stack(
                     CentralEvent::StateUpdate(CentralState::PoweredOn) if powered_off => {
                         powered_off = false;
                         tracing::info!(adapter = %settings.adapter, "The Bluetooth adapter is on again; scanning.");
-                        restart_scan(&adapter, unfiltered).await;
+                        restart_scan(&bluez, unfiltered).await;
                         continue;
                     }
                     _ => continue,
@@ -298,11 +320,11 @@ async fn run_stack(
                         for (service, bytes) in data {
                             let Some(protocol) = profile::advertisement_protocol(service, &bytes) else { continue };
                             let decoding = advertisement_decoders.entry((address.clone(), protocol)).or_insert_with(|| {
-                                decoding_for(&address, protocol, &Default::default(), &settings.hub_id, settings.spot)
+                                decoding_for(&address, protocol, &Default::default(), &settings.hub_id, &settings.formats, settings.spot)
                             });
                             let received = crate::clock::hub_now();
                             let received_at = received.wall;
-                            let records: Vec<_> = decoding.feed(&bytes, &received).into_iter().map(|(record, _)| record).collect();
+                            let records: Vec<_> = decoding.feed(&bytes, &received).into_iter().flat_map(|(records, _)| records).collect();
                             // The scan loop must not wait for a full disk (the sessions and the shutdown
                             // run in it). A scale repeats its advertisement for a while; a fresh decoder
                             // takes the repeat, which the old one would skip as already reported.
@@ -359,7 +381,7 @@ async fn run_stack(
                 let lost_bond = match &result {
                     Err(SessionError::BondLost) => true,
                     Err(SessionError::LinkAborted(_)) => aborted_links.aborted(&address, bonded),
-                    Err(SessionError::Timeout(_)) => false,
+                    Err(SessionError::Timeout(_) | SessionError::LinkDropped(_)) => false,
                     Err(SessionError::Ble(error)) if bluez::means_failed_connect(&error.to_string()) => false,
                     _ => {
                         aborted_links.worked(&address);
@@ -415,16 +437,28 @@ async fn run_stack(
                         tracing::error!(%error, "Cannot save the device list.");
                     }
                 }
+                // The poll can see the adapter off before its signal arrives, and the scan restarted
+                // here powers it on again: the operator must hear of the outage either way.
                 if matches!(adapter.adapter_state().await, Ok(CentralState::PoweredOff)) {
+                    if !powered_off {
+                        tracing::warn!(adapter = %settings.adapter, "The Bluetooth adapter was powered off.");
+                    }
                     powered_off = true;
-                    restart_scan(&adapter, unfiltered).await;
+                    restart_scan(&bluez, unfiltered).await;
+                } else if !powered_off && last_advert.elapsed() >= SCAN_SILENCE_RESTART {
+                    tracing::debug!(silent_s = last_advert.elapsed().as_secs(), "No advert heard; restarting the scan in case BlueZ stopped it.");
+                    let _ = bluez.stop_scan().await;
+                    restart_scan(&bluez, unfiltered).await;
+                    last_advert = Instant::now();
+                } else if !powered_off {
+                    keep_scanning(&bluez, unfiltered).await;
                 }
                 // A scale bound (or unbound) through the running daemon changes what the scan must see.
                 if advertisement_only_bound(devices) != unfiltered {
                     unfiltered = !unfiltered;
                     tracing::info!(unfiltered, "Scanning again with the discovery filter the bound devices need.");
-                    let _ = adapter.stop_scan().await;
-                    restart_scan(&adapter, unfiltered).await;
+                    let _ = bluez.stop_scan().await;
+                    restart_scan(&bluez, unfiltered).await;
                 }
                 for decoding in advertisement_decoders.values_mut() {
                     crate::hand_over::flush_counters(decoding, outbox).await.map_err(|_| StackError::OutboxGone)?;
@@ -440,7 +474,7 @@ async fn run_stack(
             return Err(StackError::OutboxGone);
         }
     }
-    let _ = adapter.stop_scan().await;
+    let _ = bluez.stop_scan().await;
     if let Err(error) = devices.lock().unwrap().save() {
         tracing::error!(%error, "Cannot save the device list.");
     }
@@ -458,13 +492,40 @@ fn advertisement_only_bound(devices: &SharedDevices) -> bool {
         .any(|device| device.reach == Reach::Advertisement)
 }
 
+/// Whether the event comes from an advert the scan reported (a property change of a connected device
+/// does not show that the controller scans).
+fn heard_an_advert(event: &CentralEvent) -> bool {
+    matches!(
+        event,
+        CentralEvent::DeviceDiscovered(_)
+            | CentralEvent::RssiUpdate { .. }
+            | CentralEvent::ServicesAdvertisement { .. }
+            | CentralEvent::ManufacturerDataAdvertisement { .. }
+            | CentralEvent::ServiceDataAdvertisement { .. }
+    )
+}
+
 /// Starting a scan also asks BlueZ to power the adapter; it fails quietly while the adapter stays off.
-async fn restart_scan(adapter: &Adapter, unfiltered: bool) {
-    let filter = ScanFilter {
-        services: profile::discovery_services(unfiltered),
-    };
-    if let Err(error) = adapter.start_scan(filter).await {
+async fn restart_scan(bluez: &bluez::Bluez, unfiltered: bool) {
+    let services = profile::discovery_services(unfiltered);
+    if let Err(error) = bluez.start_scan(&services).await {
         tracing::debug!(%error, "Scan not restarted yet.");
+    }
+}
+
+/// Starts the scan again if BlueZ dropped it without a signal (see `Bluez::keep_scanning`): without it
+/// the hub would never hear a device again until it restarted.
+async fn keep_scanning(bluez: &bluez::Bluez, unfiltered: bool) {
+    match bluez
+        .keep_scanning(&profile::discovery_services(unfiltered))
+        .await
+    {
+        Ok(bluez::ScanState::Running) => {}
+        Ok(bluez::ScanState::Restarted) => tracing::warn!(
+            "BlueZ had stopped the hub's Bluetooth scan without notice (another program's scan can do \
+             this); scanning again."
+        ),
+        Err(error) => tracing::debug!(%error, "Could not check the scan."),
     }
 }
 

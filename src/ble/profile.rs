@@ -15,6 +15,9 @@ pub const MANUFACTURER_NAME: Uuid = sig(0x2A29);
 pub const MODEL_NUMBER: Uuid = sig(0x2A24);
 pub const SERIAL_NUMBER: Uuid = sig(0x2A25);
 pub const FIRMWARE_REVISION: Uuid = sig(0x2A26);
+pub const HARDWARE_REVISION: Uuid = sig(0x2A27);
+pub const SOFTWARE_REVISION: Uuid = sig(0x2A28);
+pub const SYSTEM_ID: Uuid = sig(0x2A23);
 
 /// The services a scan looks for: every one a protocol in the catalogue is read from.
 pub fn scan_services() -> Vec<Uuid> {

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::profile;
 use super::session_core::{
-    self, ClockPlan, Collected, DeviceNote, Found, LinkCheck, LinkWatch, Outcome, Polled,
+    self, ClockPlan, Collected, DeviceNote, Found, LinkCheck, LinkDown, LinkWatch, Outcome, Polled,
     Properties, Received, SessionCore, Setup, Step,
 };
 use crate::decode::current_time::{ClockFound, ClockWrite};
@@ -41,6 +41,7 @@ pub type SharedDevices = Arc<Mutex<BoundDevices>>;
 
 pub struct SessionSettings {
     pub hub_id: String,
+    pub formats: crate::pipeline::Formats,
     pub spot: SpotRule,
 }
 
@@ -65,10 +66,27 @@ pub enum SessionError {
     /// ([`super::bluez::means_aborted_link`]).
     #[error("the link was aborted while it was being set up: {0}")]
     LinkAborted(String),
+    /// The link stood too long before it went down for a refused key to have ended it
+    /// ([`session_core::REFUSED_KEY_LINK_LIFETIME`]): it says nothing about the bond.
+    #[error(
+        "the link went down {0:.1?} after it came up, before the device's services were resolved"
+    )]
+    LinkDropped(Duration),
     #[error("the device requires pairing: {0}")]
     NeedsPairing(String),
     #[error("the outbox worker is gone")]
     OutboxGone,
+}
+
+impl SessionError {
+    /// Whether the link came up and went down before the services were resolved, as [`connect`] sees it.
+    fn is_link_down_while_connecting(&self) -> bool {
+        match self {
+            SessionError::LinkAborted(reason) => reason == LINK_WENT_DOWN,
+            SessionError::LinkDropped(_) => true,
+            _ => false,
+        }
+    }
 }
 
 impl From<crate::outbox::worker::WorkerGone> for SessionError {
@@ -116,9 +134,13 @@ pub async fn run(
     let notifications = peripheral.notifications().await.map_err(classify)?;
     // Also opened before the link comes up, for the same reason: the link's changes are signals.
     let mut changes = link_changes(adapter, peripheral).await?;
+    let mut went_down = None;
     let setup = match connect(peripheral, &mut changes).await {
         Ok(()) => Setup::Up,
-        Err(SessionError::LinkAborted(reason)) if reason == LINK_WENT_DOWN => Setup::WentDown,
+        Err(error) if error.is_link_down_while_connecting() => {
+            went_down = Some(error);
+            Setup::WentDown
+        }
         Err(error) => {
             let_go(peripheral, Some((changes, &mut *shutdown))).await;
             return Err(error);
@@ -167,7 +189,7 @@ pub async fn run(
                 Ok(changes) => let_go(peripheral, Some((changes, &mut *shutdown))).await,
                 Err(_) => let_go(peripheral, None).await,
             }
-            Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()))
+            Err(went_down.unwrap_or_else(|| SessionError::LinkAborted(LINK_WENT_DOWN.into())))
         }
     }
 }
@@ -246,8 +268,12 @@ async fn connect(
             Some(up) = link_changes.next() => up,
             _ = check.tick() => peripheral.is_connected().await.unwrap_or(false),
         };
-        if watch.checked(up) {
-            return Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()));
+        match watch.checked(up, Instant::now()) {
+            None => {}
+            Some(LinkDown::Aborted) => {
+                return Err(SessionError::LinkAborted(LINK_WENT_DOWN.into()))
+            }
+            Some(LinkDown::Dropped(stood)) => return Err(SessionError::LinkDropped(stood)),
         }
     }
 }
@@ -315,6 +341,7 @@ async fn collect(
             protocol,
             &information,
             &settings.hub_id,
+            &settings.formats,
             settings.spot,
         );
         decoding.device_clock_read(clock);
@@ -451,7 +478,7 @@ impl Store<'_> {
     /// session asks for those records again).
     async fn store(
         &mut self,
-        decoded: Vec<(NewRecord, Reading)>,
+        decoded: Vec<(Vec<NewRecord>, Reading)>,
         counters: Vec<(String, u64)>,
         core: &mut SessionCore,
         shutdown: &mut watch::Receiver<bool>,
@@ -467,7 +494,8 @@ impl Store<'_> {
         self.readings += decoded.len();
         let received_at = decoded.last().map(|(_, reading)| reading.received_at);
         let count = decoded.len();
-        let (records, readings): (Vec<NewRecord>, Vec<Reading>) = decoded.into_iter().unzip();
+        let (records, readings): (Vec<Vec<NewRecord>>, Vec<Reading>) = decoded.into_iter().unzip();
+        let records = records.into_iter().flatten().collect();
         let Some(outcomes) = self
             .grace
             .until_stored(
@@ -520,39 +548,64 @@ fn save(devices: &SharedDevices) {
     }
 }
 
-/// Reads Device Information once per device and caches it in the device list.
+/// Reads Device Information once per device (and once more after an upgrade that reads more of it) and
+/// caches it in the device list.
 async fn read_information(
     peripheral: &Peripheral,
     address: &str,
     devices: &SharedDevices,
     characteristics: &HashMap<Uuid, Characteristic>,
 ) -> DeviceStrings {
-    if let Some(cached) = devices
+    let cached = devices
         .lock()
         .unwrap()
         .get(address)
-        .and_then(|d| d.information.clone())
-    {
-        return cached;
+        .and_then(|d| d.information.clone());
+    if let Some(cached) = cached.as_ref().filter(|cached| cached.is_current()) {
+        return cached.clone();
     }
-    let mut strings = DeviceStrings::default();
+    // A string the device answered before and does not answer now (a failed read) keeps its earlier value.
+    let mut strings = DeviceStrings {
+        read_version: 0,
+        ..cached.unwrap_or_default()
+    };
+    // Only a complete read is cached for good; after a failed one (a device that hangs up early) the
+    // next connection tries again.
+    let mut complete = true;
     for (uuid, slot) in [
         (profile::MANUFACTURER_NAME, &mut strings.manufacturer),
         (profile::MODEL_NUMBER, &mut strings.model),
         (profile::SERIAL_NUMBER, &mut strings.serial_number),
         (profile::FIRMWARE_REVISION, &mut strings.firmware_revision),
+        (profile::HARDWARE_REVISION, &mut strings.hardware_revision),
+        (profile::SOFTWARE_REVISION, &mut strings.software_revision),
+        (profile::SYSTEM_ID, &mut strings.system_id),
     ] {
         if let Some(characteristic) = characteristics.get(&uuid) {
             match peripheral.read(characteristic).await {
+                Ok(bytes) if uuid == profile::SYSTEM_ID => {
+                    match crate::decode::device_information::decode_system_id(&bytes) {
+                        Ok(id) => *slot = Some(id.eui64()),
+                        Err(error) => {
+                            tracing::debug!(%address, %error, "System ID not understood.")
+                        }
+                    }
+                }
                 Ok(bytes) => {
                     let text = crate::decode::device_information::decode_string(&bytes);
-                    *slot = (!text.is_empty()).then_some(text);
+                    if !text.is_empty() {
+                        *slot = Some(text);
+                    }
                 }
                 Err(error) => {
+                    complete = false;
                     tracing::debug!(%address, %uuid, %error, "Device Information read failed.")
                 }
             }
         }
+    }
+    if complete {
+        strings.read_version = crate::state::devices::DEVICE_STRINGS_VERSION;
     }
     update(devices, address, |device| {
         device.information = Some(strings.clone())

@@ -31,6 +31,8 @@ fn run(config: &Config, request: Request, json: bool) -> ExitCode {
     };
     let mut ok = false;
     let mut print = |event: &Event| {
+        let annotated = annotate(config, event);
+        let event = annotated.as_ref().unwrap_or(event);
         if *event == Event::Done {
             ok = true;
         } else if json {
@@ -268,9 +270,10 @@ fn print_text(event: &Event) {
             }
             for device in devices {
                 println!(
-                    "{}  {:<28} last seen {}  last reading {}  battery {}  clock {}{}",
+                    "{}  {:<28} {:<13} last seen {}  last reading {}  battery {}  clock {}{}",
                     text(&device["address"]),
                     text(&device["model"]),
+                    text(&device["state"]),
                     text(&device["last_seen"]),
                     text(&device["last_reading_at"]),
                     device["battery_percent"]
@@ -288,6 +291,31 @@ fn print_text(event: &Event) {
         Event::Error { message } => eprintln!("error: {message}"),
         Event::Done => {}
     }
+}
+
+/// The device list with what the fleet twin shows for each device: its `state`, judged by the
+/// configuration's `fleet.device_silent_after` (silence only on a trusted clock).
+fn annotate(config: &Config, event: &Event) -> Option<Event> {
+    let Event::Devices { devices } = event else {
+        return None;
+    };
+    crate::clock::set_policy(config.hub.clock);
+    let clock = crate::clock::hub_clock();
+    let now = clock.is_trusted().then(crate::clock::now_utc);
+    let devices = devices
+        .iter()
+        .map(|entry| {
+            let mut entry = entry.clone();
+            let stored =
+                serde_json::from_value::<crate::state::devices::BoundDevice>(entry.clone());
+            if let Ok(device) = stored {
+                let state = device.fleet_state(now, config.fleet.device_silent_after, false);
+                entry["state"] = serde_json::json!(state);
+            }
+            entry
+        })
+        .collect();
+    Some(Event::Devices { devices })
 }
 
 pub fn scan(path: &Path, seconds: u64, json: bool) -> ExitCode {

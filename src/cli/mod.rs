@@ -5,6 +5,7 @@
 
 pub mod ble;
 mod docs;
+pub mod fleet;
 pub mod run;
 pub mod serial;
 
@@ -33,9 +34,36 @@ pub fn list_protocols() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `vitalsd decode PROTOCOL HEX...`: prints one JSON reading per line; any rejected or unfinished frame
-/// is reported on stderr and makes the exit code 1.
-pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
+/// `vitalsd decode PROTOCOL HEX...`: prints one JSON reading per line, or with `fhir` (the code sets to
+/// add) one FHIR Bundle per reading; any rejected or unfinished frame is reported on stderr and makes the
+/// exit code 1.
+pub fn decode(
+    protocol_name: &str,
+    hex_words: &[String],
+    fhir: Option<(&[String], Option<&str>)>,
+) -> ExitCode {
+    let mut options = crate::model::fhir::FhirOptions::default();
+    let (code_sets, subject) = fhir.unwrap_or_default();
+    if let Some(subject) = subject {
+        let Some((system, value)) = subject.split_once('|') else {
+            eprintln!("error: --subject wants SYSTEM|VALUE, such as \"urn:example:patients|p-1\"");
+            return ExitCode::from(2);
+        };
+        options.subject = Some(crate::model::fhir::Subject {
+            system: system.to_string(),
+            value: value.to_string(),
+        });
+    }
+    for name in code_sets {
+        match crate::model::fhir_codes::find(name) {
+            Some(set) => options.code_sets.push(set),
+            None => {
+                let known = crate::model::fhir_codes::names().join(", ");
+                eprintln!("error: unknown code set {name:?} (known: {known})");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let Some(protocol) = Protocol::from_name(protocol_name) else {
         let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
         eprintln!(
@@ -66,9 +94,8 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
         id: "decode".to_string(),
         transport: protocol.transport(),
         protocol: protocol.name(),
-        manufacturer: None,
-        model: None,
-        serial_number: None,
+        identity: Default::default(),
+        specialization: Some(protocol.specialization()),
     };
     let context = DecodeContext::trusted(crate::clock::now_utc(), &Local);
     let mut decoder = protocol.new_decoder();
@@ -96,7 +123,17 @@ pub fn decode(protocol_name: &str, hex_words: &[String]) -> ExitCode {
         match event {
             DecodeEvent::Reading(reading) => {
                 let id = payload::reading_id(&device.id, &reading, index);
-                let json = payload::to_json("decode", &id, &device, &reading);
+                let mut json = payload::to_json("decode", &id, &device, &reading);
+                if fhir.is_some() {
+                    match crate::model::fhir::bundle_of_payload(&json, &options) {
+                        Ok(bundle) => json = bundle,
+                        Err(error) => {
+                            failed = true;
+                            eprintln!("error: {error}");
+                            continue;
+                        }
+                    }
+                }
                 let _ = out.write_all(&json);
                 let _ = out.write_all(b"\n");
             }
@@ -196,6 +233,7 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
     let now = crate::clock::now_utc();
     let mut report = status_report(&outbox_path, stats.as_ref(), config.mqtt.protocol, now);
     report["state_dir"] = state_dir_report(&config.hub.state_dir);
+    report["fleet"] = fleet_report(&config, path, stats.as_ref());
     if json {
         println!("{report}");
     } else {
@@ -281,12 +319,13 @@ pub fn salvage(path: &Path, files: &[PathBuf], json: bool) -> ExitCode {
             Ok(report) => {
                 if !json {
                     println!(
-                        "{}: {} intact record(s): {} copied, {} already known, {} refused (outbox full); \
-                         {} damaged left behind, {} unreadable page(s)",
+                        "{}: {} intact record(s): {} copied, {} already known, {} already delivered, \
+                         {} refused (outbox full); {} damaged left behind, {} unreadable page(s)",
                         file.display(),
-                        report.readable,
+                        report.readable + report.already_delivered,
                         report.copied,
                         report.duplicates,
+                        report.already_delivered,
                         report.refused_full,
                         report.damaged,
                         report.unreadable_pages
@@ -393,6 +432,83 @@ fn status_report(
     })
 }
 
+/// What the fleet twin shows of the hub (its devices with their states, the configuration's version),
+/// the event episodes open and the newest fleet commands, read from the state directory.
+fn fleet_report(
+    config: &Config,
+    config_path: &Path,
+    stats: Option<&OutboxStats>,
+) -> serde_json::Value {
+    use crate::fleet::{agent, journal, twin};
+    let state_dir = &config.hub.state_dir;
+    let bluetooth = match config.ble.enabled {
+        true => crate::state::devices::BoundDevices::load(state_dir)
+            .map(|list| list.all().to_vec())
+            .unwrap_or_default(),
+        false => Vec::new(),
+    };
+    let journal_path = state_dir.join(journal::JOURNAL_FILE);
+    let journal = journal_path
+        .exists()
+        .then(|| journal::Journal::open_read_only(&journal_path).ok())
+        .flatten();
+    let events: Vec<serde_json::Value> = journal
+        .as_ref()
+        .and_then(|journal| journal.episodes().ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|key| {
+            let (event, device) = key.split_once('|').unwrap_or((key, ""));
+            serde_json::json!({"event": event, "device": Some(device).filter(|d| !d.is_empty())})
+        })
+        .collect();
+    let commands: Vec<serde_json::Value> = journal
+        .as_ref()
+        .and_then(|journal| journal.recent(10).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|entry| {
+            serde_json::json!({
+                "request_id": entry.request_id,
+                "command": entry.command,
+                "state": <&str>::from(entry.state),
+                "reason": entry.reason,
+                "at": Utc.timestamp_millis_opt(entry.at_ms).single().map(|t| t.to_rfc3339()),
+            })
+        })
+        .collect();
+    let empty = OutboxStats::default();
+    let clock = crate::clock::hub_clock();
+    let serial = agent::serial_devices(config);
+    let digest = agent::config_digest(config_path);
+    let facts = twin::HubFacts {
+        hub_id: &config.hub.id,
+        at: crate::clock::now_utc(),
+        hub_clock: clock.as_str(),
+        clock_trusted: clock.is_trusted(),
+        untrusted_for: std::time::Duration::ZERO,
+        outbox: stats.unwrap_or(&empty),
+        bluetooth: &bluetooth,
+        binding: &[],
+        serial: &serial,
+        // The daemon's run time is not known here: a serial device never heard is not called silent.
+        running_for: std::time::Duration::ZERO,
+        config: &digest,
+        capabilities: &crate::fleet::commands::CAPABILITIES,
+    };
+    let thresholds = twin::Thresholds {
+        device_silent_after: config.fleet.device_silent_after,
+        backlog_after: config.fleet.backlog_after,
+    };
+    let twin = twin::twin(&facts, thresholds);
+    serde_json::json!({
+        "devices": twin["devices"],
+        "config": twin["config"],
+        "open_events": events,
+        "recent_commands": commands,
+    })
+}
+
 /// Room on the state directory's filesystem. The daemon's own word on waiting for space is in memory (the
 /// status topic, `systemctl status`); this is what the filesystem says, which holds with or without it.
 fn state_dir_report(state_dir: &Path) -> serde_json::Value {
@@ -487,6 +603,38 @@ fn print_status(report: &serde_json::Value, config_path: &Path) {
             outbox["lost_total"],
             text(&outbox["last_loss"]),
             config_path.display()
+        );
+    }
+    let fleet = &report["fleet"];
+    for device in fleet["devices"].as_array().into_iter().flatten() {
+        println!(
+            "device                  {} ({}) {}, last seen {}",
+            text(&device["id"]),
+            text(&device["model"]).replace("never", "model unknown"),
+            text(&device["state"]),
+            text(&device["last_seen"])
+        );
+    }
+    println!(
+        "configuration           version {}, sha256 {}",
+        text(&fleet["config"]["version"]).replace("never", "local"),
+        text(&fleet["config"]["sha256"])
+    );
+    for event in fleet["open_events"].as_array().into_iter().flatten() {
+        println!(
+            "OPEN EVENT              {} {}",
+            text(&event["event"]),
+            event["device"].as_str().unwrap_or_default()
+        );
+    }
+    for command in fleet["recent_commands"].as_array().into_iter().flatten() {
+        println!(
+            "fleet command           {} {} {} {} at {}",
+            text(&command["request_id"]),
+            text(&command["command"]),
+            text(&command["state"]),
+            command["reason"].as_str().unwrap_or_default(),
+            text(&command["at"])
         );
     }
     let state_dir = &report["state_dir"];

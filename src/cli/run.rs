@@ -15,7 +15,8 @@ pub fn main(config_path: &Path) -> ExitCode {
     // One process-wide TLS provider; ring avoids a C toolchain dependency when cross-building.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // One thread is plenty for a handful of devices and one broker connection, and keeps memory small;
-    // SQLite work runs on the outbox worker's own thread.
+    // the outbox's SQLite work runs on its worker's own thread. (The fleet journal writes on this one: a
+    // few small commits per fleet command, which are rare.)
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,9 +41,22 @@ pub fn main(config_path: &Path) -> ExitCode {
     // most); dropping the runtime would wait for it after all.
     runtime.shutdown_background();
     match result {
-        Ok(()) => {
+        Ok(crate::app::Stopped::Normally) => {
             tracing::info!("Stopped.");
             ExitCode::SUCCESS
+        }
+        Ok(crate::app::Stopped::ForRestart) => {
+            // The same program, arguments and environment, in the same process: systemd keeps the service
+            // (and its watchdog) as it is, and the configuration is read afresh.
+            use std::os::unix::process::CommandExt as _;
+            let mut args = std::env::args_os();
+            let program = args.next().unwrap_or_default();
+            let error = std::process::Command::new("/proc/self/exe")
+                .arg0(program)
+                .args(args)
+                .exec();
+            tracing::error!(%error, "Cannot start again; exiting so the service manager restarts the daemon.");
+            ExitCode::FAILURE
         }
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "vitalsd stopped on an error.");
@@ -57,10 +71,15 @@ fn init_logging(level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::env::var_os("NO_COLOR").is_none()
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
+        .with_ansi(ansi);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .with(crate::log_tail::TailLayer)
         .init();
 }
 

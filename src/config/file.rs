@@ -65,12 +65,25 @@ pub(super) fn defaults() -> Figment {
 ///
 /// Unreadable files and syntax errors are all reported together, and end loading: validating what is left would
 /// report keys as missing that are only unreadable.
-pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
+///
+/// `replacing` is a drop-in by file name and the text it would have: it is read instead of the file of that
+/// name, or as if it were there, so a drop-in can be validated before it is written.
+pub(super) fn read_files(
+    path: &Path,
+    replacing: Option<(&str, &str)>,
+) -> Result<Figment, Vec<ConfigError>> {
     let (mut figment, mut errors) = (defaults(), Vec::new());
-    let drop_ins = drop_in_files(path).unwrap_or_else(|error| {
+    let mut drop_ins = drop_in_files(path).unwrap_or_else(|error| {
         errors.push(error);
         Vec::new()
     });
+    let replaced = replacing.map(|(name, text)| (drop_in_dir(path).join(name), text));
+    if let Some((file, _)) = &replaced {
+        if !drop_ins.contains(file) {
+            drop_ins.push(file.clone());
+            drop_ins.sort();
+        }
+    }
     let files = std::iter::once(path.to_path_buf()).chain(drop_ins);
     for (index, file) in files.enumerate() {
         let shown = file.display().to_string();
@@ -78,7 +91,10 @@ pub(super) fn read_files(path: &Path) -> Result<Figment, Vec<ConfigError>> {
         let origin = if index == 0 { "" } else { &shown };
         let unreadable =
             |problem| ConfigError::new(origin, format!("cannot read {shown}: {problem}"));
-        let text = read_bounded(&file).map_err(unreadable);
+        let text = match &replaced {
+            Some((replaced, text)) if *replaced == file => Ok(text.to_string()),
+            _ => read_bounded(&file).map_err(unreadable),
+        };
         match text.and_then(|text| parse(&text, &shown, (index > 0).then_some(&file))) {
             Ok(layer) => figment = figment.merge(layer),
             Err(error) if index == 0 => errors.insert(0, error),
@@ -100,11 +116,16 @@ fn read_bounded(path: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "stream did not contain valid UTF-8".to_string())
 }
 
-/// The drop-ins of `path`, sorted by file name; none if `path.d` does not exist.
-fn drop_in_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+/// `path.d`, where the drop-ins of `path` are.
+pub fn drop_in_dir(path: &Path) -> PathBuf {
     let mut dir = path.as_os_str().to_owned();
     dir.push(".d");
-    let dir = PathBuf::from(dir);
+    PathBuf::from(dir)
+}
+
+/// The drop-ins of `path`, sorted by file name; none if `path.d` does not exist.
+pub(super) fn drop_in_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = drop_in_dir(path);
     let names = match std::fs::read_dir(&dir) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         entries => {

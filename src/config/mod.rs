@@ -8,6 +8,16 @@
 //! A [`Config`] never holds a secret: passwords are referenced through [`SecretSource`] and read when needed.
 
 mod file;
+pub use file::drop_in_dir;
+
+/// The files the configuration is read from, in the order they are layered: `path`, then its drop-ins
+/// (an unreadable drop-in directory counts as none).
+pub fn files(path: &Path) -> Vec<PathBuf> {
+    let drop_ins = file::drop_in_files(path).unwrap_or_default();
+    std::iter::once(path.to_path_buf())
+        .chain(drop_ins)
+        .collect()
+}
 mod validate;
 mod values;
 
@@ -25,10 +35,11 @@ use values as v;
 /// The defaults, the layer under the files; those of `hub.runtime_dir` and `mqtt.client_id` depend on others.
 const DEFAULTS: &str = r#"
     mqtt = { topic_prefix = "vitalsd/v1", keep_alive_s = 30, reconnect_min_ms = 500, reconnect_max_s = 60,
-             window = 128, protocol = "5" }
+             window = 128, protocol = "5", status_interval_s = 60 }
     outbox = { max_pending = 1_000_000, dedup_retention_days = 400, fold_log_seconds = 1 }
     ble = { enabled = true, adapter = "hci0" }
     log = { level = "info" }
+    fleet = { device_silent_after = "72h", backlog_after = "24h", max_validity = "7days" }
 "#;
 
 /// The whole validated configuration. Keys are declared in the example file's order, which errors follow.
@@ -41,6 +52,104 @@ pub struct Config {
     pub ble: BleConfig,
     pub serial: Vec<SerialConfig>,
     pub log: LogConfig,
+    pub fleet: FleetConfig,
+    pub output: OutputConfig,
+    pub fhir: FhirConfig,
+}
+
+/// `[output]`: what the hub publishes for each reading.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    #[serde(deserialize_with = "v::formats")]
+    pub formats: Vec<OutputFormat>,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            formats: vec![OutputFormat::ReadingV1],
+        }
+    }
+}
+
+/// A message format of a reading (README, "For backend developers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OutputFormat {
+    /// `vitalsd.reading.v1` on `{prefix}/{hub}/readings/{kind}`.
+    #[serde(rename = "reading.v1")]
+    ReadingV1,
+    /// A FHIR R4 transaction Bundle on `{prefix}/{hub}/fhir/{kind}`.
+    #[serde(rename = "fhir")]
+    Fhir,
+}
+
+/// `[fhir]`: who the FHIR output's readings are about, and which national codes it adds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FhirConfig {
+    /// The identifier system of `subject_value` and of every `device_subjects` value.
+    #[serde(deserialize_with = "v::uri")]
+    pub subject_system: Option<String>,
+    #[serde(deserialize_with = "v::non_empty")]
+    pub subject_value: Option<String>,
+    /// Device id (or device id, `/user/` and a user slot) to subject value, for a device used by someone
+    /// else than the hub's patient.
+    pub device_subjects: std::collections::BTreeMap<String, String>,
+    #[serde(deserialize_with = "v::code_sets")]
+    pub code_sets: Vec<&'static crate::model::fhir_codes::CodeSet>,
+}
+
+impl FhirConfig {
+    /// The options the FHIR output is made with.
+    pub fn options(&self) -> crate::model::fhir::FhirOptions {
+        use crate::model::fhir::Subject;
+        let subject = |value: &String| {
+            Some(Subject {
+                system: self.subject_system.clone()?,
+                value: value.clone(),
+            })
+        };
+        crate::model::fhir::FhirOptions {
+            subject: self.subject_value.as_ref().and_then(subject),
+            device_subjects: self
+                .device_subjects
+                .iter()
+                .filter_map(|(device, value)| Some((device.clone(), subject(value)?)))
+                .collect(),
+            code_sets: self.code_sets.clone(),
+        }
+    }
+}
+
+/// `[fleet]`: remote operation over MQTT (README, "Fleet operations").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// The public keys whose signatures the hub accepts on commands, by the `key_id` that names them.
+    pub keys: std::collections::BTreeMap<String, FleetKey>,
+    /// A bound device not seen for this long is reported as `device_silent`.
+    #[serde(deserialize_with = "v::fleet_duration")]
+    pub device_silent_after: Duration,
+    /// The outbox's oldest pending reading older than this is reported as `outbox_backlog`.
+    #[serde(deserialize_with = "v::fleet_duration")]
+    pub backlog_after: Duration,
+    /// The longest a command may be valid, from `issued_at` to `expires_at`.
+    #[serde(deserialize_with = "v::fleet_duration")]
+    pub max_validity: Duration,
+}
+
+/// An Ed25519 public key in PEM (`openssl pkey -pubout`), read when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetKey {
+    pub path: PathBuf,
+    pub key: ed25519_dalek::VerifyingKey,
+}
+
+impl<'de> Deserialize<'de> for FleetKey {
+    fn deserialize<D: serde::Deserializer<'de>>(value: D) -> Result<FleetKey, D::Error> {
+        v::fleet_key(value)
+    }
 }
 
 /// `[ble]`: the Bluetooth collector. Bound devices live in the state directory, not here.
@@ -119,6 +228,9 @@ pub struct MqttConfig {
     pub window: usize,
     #[serde(deserialize_with = "v::mqtt_protocol")]
     pub protocol: MqttProtocol,
+    /// How often the retained status is refreshed while connected.
+    #[serde(rename = "status_interval_s", deserialize_with = "v::status_interval")]
+    pub status_interval: Duration,
 }
 
 /// `mqtt://HOST[:PORT]`, or `mqtts://HOST[:PORT]` for TLS.
@@ -289,7 +401,18 @@ impl Config {
         env: &[(String, String)],
         uplink: Option<UplinkCheck>,
     ) -> Result<Config, ConfigErrors> {
-        let figment = file::read_files(path).map_err(ConfigErrors)?;
+        Config::load_replacing(path, env, uplink, None)
+    }
+
+    /// [`Config::load_with_env`] as it would be with the drop-in `replacing` (a file name in `path.d` and its
+    /// text) in place of the file of that name, or added: a drop-in is validated before it is written.
+    pub fn load_replacing(
+        path: &Path,
+        env: &[(String, String)],
+        uplink: Option<UplinkCheck>,
+        replacing: Option<(&str, &str)>,
+    ) -> Result<Config, ConfigErrors> {
+        let figment = file::read_files(path, replacing).map_err(ConfigErrors)?;
         let (figment, mut errors) = file::layer_env(figment, env);
         match validate::validate(&figment, env, uplink) {
             Ok(config) if errors.is_empty() => Ok(config),
@@ -431,6 +554,28 @@ mod tests {
     }
 
     #[test]
+    fn the_fhir_output_is_off_by_default_and_takes_its_subjects_and_code_sets() {
+        assert_eq!(valid(MINIMAL).output.formats, [OutputFormat::ReadingV1]);
+        let config = valid(&format!(
+            "{MINIMAL}\n[output]\nformats = [\"reading.v1\", \"fhir\"]\n[fhir]\nsubject_system = \"urn:oid:1.2.208.176.1.2\"\n\
+             subject_value = \"3001749995\"\ndevice_subjects = {{ \"serial:spouse\" = \"0101010101\", \"ble:C4:F3:12:53:F2:C9/user/2\" = \"p-2\" }}\ncode_sets = [\"dk\"]"
+        ));
+        assert_eq!(
+            config.output.formats,
+            [OutputFormat::ReadingV1, OutputFormat::Fhir]
+        );
+        let options = config.fhir.options();
+        let subject = options.subject.unwrap();
+        assert_eq!(
+            (subject.system.as_str(), subject.value.as_str()),
+            ("urn:oid:1.2.208.176.1.2", "3001749995")
+        );
+        assert_eq!(options.device_subjects["serial:spouse"].value, "0101010101");
+        assert_eq!(options.code_sets.len(), 1);
+        assert_eq!(options.code_sets[0].name, "dk");
+    }
+
+    #[test]
     fn a_minimal_config_gets_every_default() {
         let config = valid(MINIMAL);
         assert_eq!(
@@ -472,6 +617,7 @@ mod tests {
                 reconnect_max: Duration::from_secs(60),
                 window: 128,
                 protocol: MqttProtocol::V5,
+                status_interval: Duration::from_secs(60),
             }
         );
         assert_eq!(
@@ -732,11 +878,50 @@ mod tests {
             (&with_mqtt("keep_alive_s = 3601"), &["mqtt.keep_alive_s: must be between 5 and 3600, found 3601"]),
             (&with_mqtt("window = 0"), &["mqtt.window: must be between 1 and 256, found 0"]),
             (&with_mqtt("window = 257"), &["mqtt.window: must be between 1 and 256, found 257"]),
+            (&with_mqtt("status_interval_s = 9"), &["mqtt.status_interval_s: must be between 10 and 86400, found 9"]),
             (&with_mqtt("protocol = \"3.1\""), &["mqtt.protocol: \"3.1\" is not a supported MQTT version: use \"5\" (the default) or \"3.1.1\" (for brokers without MQTT 5; it cannot tell a refused reading from a delivered one)"]),
             (&with_mqtt("protocol = 5"), &["mqtt.protocol: expected a string, found an integer"]),
             (&with_mqtt("reconnect_min_ms = 0"), &["mqtt.reconnect_min_ms: must be between 1 and 3600000, found 0"]),
             (&with_mqtt("reconnect_max_s = 0"), &["mqtt.reconnect_max_s: must be between 1 and 86400, found 0"]),
             (&format!("{MINIMAL}\n[outbox]\nmax_pending = 0"), &["outbox.max_pending: must be between 1 and 100000000, found 0"]),
+            (&format!("{MINIMAL}\n[fleet]\ndevice_silent_after = \"5s\"\nmax_validity = \"forever\""), &[
+                "fleet.device_silent_after: must be between 1 minute and 365 days, found \"5s\"",
+                "fleet.max_validity: is not a duration such as \"72h\" or \"7days\": expected number at 0, found \"forever\"",
+            ]),
+            (&format!("{MINIMAL}\n[fleet]\nkeys = {{ ops = \"/nonexistent/vitalsd/ops.pub\" }}"), &[
+                "fleet.keys.ops: cannot read /nonexistent/vitalsd/ops.pub: No such file or directory",
+            ]),
+            // Output formats and FHIR subjects.
+            (&format!("{MINIMAL}\n[output]\nformats = []"), &[
+                "output.formats: is empty: name at least one format, such as [\"reading.v1\"]",
+            ]),
+            (&format!("{MINIMAL}\n[output]\nformats = [\"fhir\", \"hl7v2\"]"), &[
+                "output.formats: \"hl7v2\" is not a format: use \"reading.v1\" and/or \"fhir\"",
+            ]),
+            (&format!("{MINIMAL}\n[output]\nformats = [\"reading.v1\", \"fhir\"]"), &[
+                "fhir.subject_value: missing: the FHIR output needs the identifier of the patient the readings are about, as the backend knows them (with subject_system)",
+            ]),
+            (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"urn:x:p\"\nsubject_value = \"p\"\ndevice_subjects = {{ \"ble:AA/user/255\" = \"p-2\", \"ble:AA/user/x\" = \"p-3\" }}"), &[
+                "fhir.device_subjects.ble:AA/user/255: \"ble:AA/user/255\" is not a device id, or a device id and a user slot such as \"ble:C4:F3:12:53:F2:C9/user/2\"",
+                "fhir.device_subjects.ble:AA/user/x: \"ble:AA/user/x\" is not a device id, or a device id and a user slot such as \"ble:C4:F3:12:53:F2:C9/user/2\"",
+            ]),
+            (&format!("{MINIMAL}\n[output]\nformats = [\"fhir\", \"fhir\"]"), &[
+                "output.formats: \"fhir\" is listed twice",
+            ]),
+            (&format!("{MINIMAL}\n[fhir]\nsubject_value = \"p-1\"\ncode_sets = [\"se\"]"), &[
+                "fhir.subject_system: missing: subject_value and device_subjects are identifiers in this system",
+                "fhir.code_sets: \"se\" is not a code set: the hub has \"dk\", \"no\"",
+            ]),
+            (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"cpr number\"\nsubject_value = \"p-1\""), &[
+                "fhir.subject_system: \"cpr number\" is not a URI: use an identifier system such as \"urn:oid:1.2.208.176.1.2\" or \"https://example.org/patients\"",
+            ]),
+            (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"urn:oid:1.2.208.176.1.2\""), &[
+                "fhir.subject_value: missing: subject_system is set, so give the identifier in it (or device_subjects)",
+            ]),
+            (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"urn:x:p\"\ndevice_subjects = {{ \"a b\" = \"p-2\", \"serial:x\" = \" \" }}"), &[
+                "fhir.device_subjects.a b: \"a b\" is not a device id, or a device id and a user slot such as \"ble:C4:F3:12:53:F2:C9/user/2\"",
+                "fhir.device_subjects.serial:x: is not an identifier: use 1 to 256 characters",
+            ]),
             (&format!("{MINIMAL}\n[outbox]\ndedup_retention_days = 0"), &[
                 "outbox.dedup_retention_days: must be between 1 and 36500, found 0",
             ]),

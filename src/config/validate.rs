@@ -17,7 +17,8 @@ use serde::Deserialize;
 use super::file::{env_scalar, key_path};
 use super::values::{device_id_ok, q};
 use super::{
-    Config, ConfigError, MqttConfig, PortLocation, SecretSource, SerialConfig, UplinkCheck,
+    Config, ConfigError, FhirConfig, MqttConfig, OutputFormat, PortLocation, SecretSource,
+    SerialConfig, UplinkCheck,
 };
 
 /// A hub has tens of serial ports, not thousands; a longer list is a generated or damaged file, and
@@ -59,6 +60,16 @@ pub(super) fn validate(
     }
     c.check_mqtt(mqtt, var(super::CREDENTIALS_DIRECTORY), uplink);
     c.check_serial(&mut config.serial);
+    for name in config.fleet.keys.keys() {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+            let message =
+                "is not a key name: use 1 to 64 characters of letters, digits, '-', '_' and '.'";
+            c.report(&format!("fleet.keys.{name}"), message);
+        }
+    }
+    let fhir_on = config.output.formats.contains(&OutputFormat::Fhir);
+    c.check_fhir(&config.fhir, fhir_on);
     if c.errors.is_empty() {
         return Ok(config);
     }
@@ -255,6 +266,46 @@ impl Checks<'_> {
             Ok(_) => return,
         };
         self.report(key, problem);
+    }
+
+    /// A subject is an identifier in a system: a value needs its system, and a system a value to qualify.
+    fn check_fhir(&mut self, fhir: &FhirConfig, fhir_on: bool) {
+        // A PHD Observation must have a subject, so every device needs one: the hub's, or its own.
+        if fhir_on && fhir.subject_value.is_none() && !self.refused("fhir.subject_value") {
+            let message =
+                "missing: the FHIR output needs the identifier of the patient the readings are \
+                           about, as the backend knows them (with subject_system)";
+            self.report("fhir.subject_value", message);
+        }
+        let values = fhir.subject_value.is_some() || !fhir.device_subjects.is_empty();
+        if values && fhir.subject_system.is_none() && !self.refused("fhir.subject_system") {
+            let message =
+                "missing: subject_value and device_subjects are identifiers in this system";
+            self.report("fhir.subject_system", message);
+        }
+        if !values
+            && !fhir_on
+            && fhir.subject_system.is_some()
+            && !self.refused("fhir.subject_value")
+        {
+            let message =
+                "missing: subject_system is set, so give the identifier in it (or device_subjects)";
+            self.report("fhir.subject_value", message);
+        }
+        for (device, value) in &fhir.device_subjects {
+            let path = format!("fhir.device_subjects.{device}");
+            // A device id, or a device id and one of its user slots (`/user/0` to `/user/254`).
+            let (id, slot) = match device.rsplit_once("/user/") {
+                Some((id, slot)) => (id, slot.parse::<u8>().ok().filter(|n| *n != 255)),
+                None => (device.as_str(), Some(0)),
+            };
+            if !device_id_ok(id) || slot.is_none() {
+                let message = "is not a device id, or a device id and a user slot such as \"ble:C4:F3:12:53:F2:C9/user/2\"";
+                self.report(&path, format!("{} {message}", q(device)));
+            } else if value.trim().is_empty() || value.len() > 256 {
+                self.report(&path, "is not an identifier: use 1 to 256 characters");
+            }
+        }
     }
 
     fn check_serial(&mut self, ports: &mut [SerialConfig]) {

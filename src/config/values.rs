@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use super::{io_message, AdminGroup, BrokerUrl, MqttProtocol, PortLocation, UsbMatch};
+use super::{io_message, AdminGroup, BrokerUrl, FleetKey, MqttProtocol, PortLocation, UsbMatch};
 use crate::clock::ClockPolicy;
 use crate::decode::{Parity, Protocol, Transport};
 
@@ -55,6 +55,47 @@ checked! {
         Ok(file)
     };
     non_empty: String => String = |name| text(name, MAX_TEXT_CHARS);
+    // An identifier system is a URI (`urn:oid:...`, `https://...`): a scheme, a colon and more.
+    uri: String => String = |uri| {
+        let uri = text(uri, MAX_TEXT_CHARS)?;
+        let scheme = uri.split_once(':').map(|(scheme, rest)| (scheme, rest.is_empty()));
+        let valid = matches!(scheme, Some((scheme, false)) if scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            && !uri.contains(char::is_whitespace);
+        ensure(valid, uri, "is not a URI: use an identifier system such as \"urn:oid:1.2.208.176.1.2\" or \"https://example.org/patients\"")
+    };
+    formats: Vec<String> => Vec<super::OutputFormat> = |names| {
+        let mut formats = Vec::new();
+        for name in names {
+            let format = match name.as_str() {
+                "reading.v1" => super::OutputFormat::ReadingV1,
+                "fhir" => super::OutputFormat::Fhir,
+                _ => return Err(format!("{} is not a format: use \"reading.v1\" and/or \"fhir\"", q(&name))),
+            };
+            if formats.contains(&format) {
+                return Err(format!("{} is listed twice", q(&name)));
+            }
+            formats.push(format);
+        }
+        match formats.is_empty() {
+            true => Err("is empty: name at least one format, such as [\"reading.v1\"]".to_string()),
+            false => Ok(formats),
+        }
+    };
+    code_sets: Vec<String> => Vec<&'static crate::model::fhir_codes::CodeSet> = |names| {
+        let mut sets: Vec<&'static crate::model::fhir_codes::CodeSet> = Vec::new();
+        for name in names {
+            let Some(set) = crate::model::fhir_codes::find(&name) else {
+                let known = crate::model::fhir_codes::names().join("\", \"");
+                return Err(format!("{} is not a code set: the hub has \"{known}\"", q(&name)));
+            };
+            if sets.iter().any(|known| std::ptr::eq(*known, set)) {
+                return Err(format!("{} is listed twice", q(&name)));
+            }
+            sets.push(set);
+        }
+        Ok(sets)
+    };
     // A file name in $CREDENTIALS_DIRECTORY, so at most NAME_MAX bytes.
     credential: String => String = |name| {
         let valid = !matches!(name.as_str(), "" | "." | "..") && !name.contains('/') && name.len() <= 255;
@@ -118,6 +159,7 @@ checked! {
     reconnect_min: i64 => Duration = |ms| range(ms, 1, 3_600_000).map(Duration::from_millis);
     reconnect_max: i64 => Duration = |s| range(s, 1, 86_400).map(Duration::from_secs);
     window: i64 => usize = |count| range(count, 1, 256).map(|count| count as usize);
+    status_interval: i64 => Duration = |s| range(s, 10, 86_400).map(Duration::from_secs);
     // A hub's disk holds tens of millions of readings at most; more is a typing mistake.
     max_pending: i64 => u64 = |count| range(count, 1, 100_000_000);
     retention_days: i64 => u32 = |days| range(days, 1, 36_500).map(|days| days as u32);
@@ -136,6 +178,26 @@ checked! {
     mqtt_protocol: String => MqttProtocol = |version| choice(version, "is not a supported MQTT version: use \
         \"5\" (the default) or \"3.1.1\" (for brokers without MQTT 5; it cannot tell a refused reading from a \
         delivered one)");
+    // A minute to a year: shorter is a unit mistake, longer is never.
+    fleet_duration: String => Duration = |text| {
+        let shown = q(&text);
+        let duration = humantime::parse_duration(text.trim())
+            .map_err(|error| format!("is not a duration such as \"72h\" or \"7days\": {error}, found {shown}"))?;
+        match (60..=365 * 86_400).contains(&duration.as_secs()) {
+            true => Ok(duration),
+            false => Err(format!("must be between 1 minute and 365 days, found {shown}")),
+        }
+    };
+    fleet_key: String => FleetKey = |path| {
+        use ed25519_dalek::pkcs8::DecodePublicKey as _;
+        let path = absolute_path(path)?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|error| format!("cannot read {}: {}", shown(&path), io_message(&error)))?;
+        let key = ed25519_dalek::VerifyingKey::from_public_key_pem(&text).map_err(|error| {
+            format!("{} is not an Ed25519 public key in PEM (openssl pkey -pubout): {error}", shown(&path))
+        })?;
+        Ok(FleetKey { path, key })
+    };
     parity: String => Parity = |parity| choice(parity, "is not a parity: use \"none\", \"odd\" or \"even\"");
 }
 

@@ -48,6 +48,17 @@ pub fn decode_system_id(bytes: &[u8]) -> Result<SystemId, FrameError> {
     })
 }
 
+impl SystemId {
+    /// The EUI-64 it makes, the OUI first, as the PHD implementation guide writes a `SYSID` identifier:
+    /// `C4-F3-12-FF-FE-53-F2-C9`.
+    pub fn eui64(&self) -> String {
+        let value = (u64::from(self.organizationally_unique_identifier) << 40)
+            | (self.manufacturer_identifier & 0xFF_FFFF_FFFF);
+        let bytes = value.to_be_bytes().map(|byte| format!("{byte:02X}"));
+        bytes.join("-")
+    }
+}
+
 /// PnP ID 0x2A50.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PnpId {
@@ -111,8 +122,10 @@ mod tests {
     fn check_system_id(hex: &str, expected: &str) {
         let rendered = match decode_system_id(&bytes_of(hex)) {
             Ok(id) => format!(
-                "id={:#012x} oui={:#08x}",
-                id.manufacturer_identifier, id.organizationally_unique_identifier
+                "id={:#012x} oui={:#08x} eui64={}",
+                id.manufacturer_identifier,
+                id.organizationally_unique_identifier,
+                id.eui64()
             ),
             Err(error) => render_error(&error),
         };
@@ -190,12 +203,14 @@ mod tests {
     #[rustfmt::skip]
     #[test]
     fn system_ids() {
-        check_system_id("01 02 03 04 05 10 09 00", "id=0x0504030201 oui=0x000910");
+        check_system_id("01 02 03 04 05 10 09 00", "id=0x0504030201 oui=0x000910 eui64=00-09-10-05-04-03-02-01");
         // Built from the device address 12:34:56:9A:BC:DE the way the specification says: 0x123456FFFE9ABCDE.
-        check_system_id("DE BC 9A FE FF 56 34 12", "id=0xfffe9abcde oui=0x123456");
-        check_system_id("FF FF FF FF FF FF FF FF", "id=0xffffffffff oui=0xffffff");
-        check_system_id("00 00 00 00 00 00 00 00", "id=0x0000000000 oui=0x000000");
-        check_system_id("01 02 03 04 05 10 09 00 AA", "id=0x0504030201 oui=0x000910");
+        check_system_id("DE BC 9A FE FF 56 34 12", "id=0xfffe9abcde oui=0x123456 eui64=12-34-56-FF-FE-9A-BC-DE");
+        // HL7 Denmark's ContinuaBundleWithDevice: the A&D cuff C4:F3:12:53:F2:C9 is SYSID C4F312FFFE53F2C9.
+        check_system_id("C9 F2 53 FE FF 12 F3 C4", "id=0xfffe53f2c9 oui=0xc4f312 eui64=C4-F3-12-FF-FE-53-F2-C9");
+        check_system_id("FF FF FF FF FF FF FF FF", "id=0xffffffffff oui=0xffffff eui64=FF-FF-FF-FF-FF-FF-FF-FF");
+        check_system_id("00 00 00 00 00 00 00 00", "id=0x0000000000 oui=0x000000 eui64=00-00-00-00-00-00-00-00");
+        check_system_id("01 02 03 04 05 10 09 00 AA", "id=0x0504030201 oui=0x000910 eui64=00-09-10-05-04-03-02-01");
         check_system_id("01 02 03 04 05 10 09", "error too short for organizationally unique identifier");
         check_system_id("01 02 03 04", "error too short for manufacturer identifier");
         check_system_id("", "error too short for manufacturer identifier");

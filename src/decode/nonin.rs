@@ -12,7 +12,7 @@ use crate::decode::ieee11073::push_flags;
 use crate::decode::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
 use crate::model::codes;
 use crate::model::measurement_time::DeviceDateTime;
-use crate::model::reading::{Flag, Kind, Reading, Special, Value};
+use crate::model::reading::{Flag, Kind, Reading, Special, Supplemental, Value};
 
 const SPO2_MISSING: u8 = 127;
 const PULSE_MISSING: u16 = 511;
@@ -260,6 +260,8 @@ fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, Fr
 
     let received_at = context.received_at;
     let mut reading = Reading::at_hub_time(Kind::PulseOximetry, received_at, packet);
+    // Data Format 13 carries spot-checks: values the oximeter settled before it sent them.
+    reading.supplemental = vec![Supplemental::ModalitySpot];
     reading.values = values;
     push_flags(
         &mut reading.flags,
@@ -677,6 +679,11 @@ mod tests {
             );
         }
         let (events, end) = whole;
+        for event in &events {
+            if let DecodeEvent::Reading(reading) = event {
+                crate::decode::test_support::check_fhir(reading);
+            }
+        }
         let mut rendered: Vec<String> = events.iter().map(render).collect();
         rendered.extend(
             end.iter()

@@ -9,7 +9,7 @@ use super::ieee11073::{
 };
 use super::{hex_of, DecodeContext, FrameError, MessageDecoder};
 use crate::model::codes;
-use crate::model::reading::{Flag, Kind, Reading};
+use crate::model::reading::{Flag, Kind, Reading, Supplemental};
 
 /// Measurement Status (uint16); bits 0–4 are reserved.
 const MEASUREMENT_STATUS: [(u32, Flag); 11] = [
@@ -96,6 +96,7 @@ impl MessageDecoder for PlxSpotCheckDecoder {
         let clock_not_set = flags & 0x10 != 0;
 
         let mut reading = Reading::at_hub_time(Kind::PulseOximetry, context.received_at, message);
+        reading.supplemental = vec![Supplemental::ModalitySpot];
         reading.values = vec![
             patient_value_of(&codes::SPO2, spo2),
             patient_value_of(&codes::PULSE_RATE_OXIMETER, pulse),

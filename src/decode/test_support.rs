@@ -34,8 +34,10 @@ fn unit(value: &Value) -> String {
     }
 }
 
-/// One line per reading: values with units, flags, time and its source, the user when known.
+/// One line per reading: values with units, flags, time and its source, the user when known. Every reading
+/// a table test renders is also made into its FHIR Bundle and checked ([`check_fhir`]).
 pub fn render_reading(reading: &Reading) -> String {
+    check_fhir(reading);
     let mut line = format!(
         "{} {} flags=[{}] at={} {}",
         reading.kind.as_str(),
@@ -127,4 +129,41 @@ pub fn decode_against_clock(
         .device_time
         .map_or("-".into(), |time| time.to_string());
     format!("{} sent={sent}", render_reading(&readings[0]))
+}
+
+/// Makes the FHIR Bundle the hub would publish for `reading` (with a subject and every national code set)
+/// and checks the PHD rules the hub promises. With `VITALSD_FHIR_DUMP=1` the Bundle is also printed, as one
+/// line after `FHIR-BUNDLE `, for the independent validator the HIL suite runs on every table case
+/// (`fhir::every_decoder_table_case_makes_a_bundle_the_independent_library_accepts`); printed, not written
+/// to a file, because decoders touch no files, not even in their tests.
+pub fn check_fhir(reading: &Reading) {
+    use crate::model::fhir::{self, FhirOptions, Subject};
+    use crate::model::payload::{self, DeviceInfo, Transport};
+    let device = DeviceInfo {
+        id: "serial:table".to_string(),
+        transport: Transport::Serial,
+        protocol: "table",
+        identity: Default::default(),
+        specialization: Some(528_388),
+    };
+    let id = payload::reading_id(&device.id, reading, 0);
+    let document = payload::to_json("table-hub", &id, &device, reading);
+    let options = FhirOptions {
+        subject: Some(Subject {
+            system: "urn:example:patients".to_string(),
+            value: "p-1".to_string(),
+        }),
+        device_subjects: Default::default(),
+        code_sets: crate::model::fhir_codes::names()
+            .into_iter()
+            .filter_map(crate::model::fhir_codes::find)
+            .collect(),
+    };
+    let bundle = fhir::bundle_of_payload(&document, &options).expect("a reading makes a Bundle");
+    let json: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    fhir::assert_phd_rules(&json);
+    if std::env::var_os("VITALSD_FHIR_DUMP").is_some() {
+        // One println per Bundle: the lock on standard output keeps each on a line of its own.
+        println!("FHIR-BUNDLE {json}");
+    }
 }

@@ -39,9 +39,27 @@ pub struct DeviceInfo {
     /// The protocol's catalogue name (`decode::Protocol::name`); a string because the model sits below
     /// the decoders that own the protocol list.
     pub protocol: &'static str,
+    #[serde(flatten)]
+    pub identity: DeviceIdentity,
+    /// The IEEE 11073 device specialisation (`catalog::Specialization`), such as 528388 for a pulse
+    /// oximeter; a number for the same reason `protocol` is a string.
+    pub specialization: Option<u32>,
+}
+
+/// What the device says it is, as far as it or its USB adapter says: Device Information for Bluetooth
+/// devices, the USB descriptor for serial ones. `None` where the device says nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DeviceIdentity {
     pub manufacturer: Option<String>,
     pub model: Option<String>,
     pub serial_number: Option<String>,
+    /// The System ID (0x2A23) as an EUI-64, `FE-ED-AB-EE-DE-AD-77-C3`.
+    pub system_id: Option<String>,
+    /// The Bluetooth address, `AA:BB:CC:DD:EE:FF`.
+    pub address: Option<String>,
+    pub firmware: Option<String>,
+    pub hardware: Option<String>,
+    pub software: Option<String>,
 }
 
 /// The stable id of a reading.
@@ -78,6 +96,8 @@ struct ReadingV1<'a> {
     hub_id: &'a str,
     device: &'a DeviceInfo,
     kind: &'static str,
+    /// Always `automatic`: the hub reads every value from the device, nobody types one in.
+    transfer: &'static str,
     measured_at: String,
     received_at: String,
     time_source: &'static str,
@@ -91,6 +111,7 @@ struct ReadingV1<'a> {
     hub_clock: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     device_clock: Option<DeviceClockV1>,
+    supplemental: Vec<SupplementalV1>,
     /// Present only while the record is held in the outbox: how to resolve its times once the hub clock is
     /// trusted. Never published.
     #[serde(rename = "hub_time_pending", skip_serializing_if = "Option::is_none")]
@@ -98,9 +119,18 @@ struct ReadingV1<'a> {
 }
 
 #[derive(Serialize)]
+struct SupplementalV1 {
+    name: &'static str,
+    mdc: u32,
+}
+
+#[derive(Serialize)]
 struct DeviceClockV1 {
     offset_s: i64,
     read_at: String,
+    /// What the device's clock said, as it said it (local wall time): `offset_s` is whole seconds, and
+    /// the coincident time stamp wants the device's time exactly.
+    device_time: String,
     set: bool,
 }
 
@@ -129,6 +159,7 @@ pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -
         hub_id,
         device,
         kind: reading.kind.as_str(),
+        transfer: "automatic",
         measured_at: reading
             .measured_at
             .to_rfc3339_opts(SecondsFormat::AutoSi, false),
@@ -161,9 +192,22 @@ pub fn to_json(hub_id: &str, id: &str, device: &DeviceInfo, reading: &Reading) -
             Some(DeviceClockV1 {
                 offset_s: check.offset()?.num_seconds(),
                 read_at: check.hub_time.to_rfc3339_opts(SecondsFormat::Millis, true),
+                device_time: check
+                    .device_time
+                    .plausible()?
+                    .format("%Y-%m-%dT%H:%M:%S")
+                    .to_string(),
                 set: check.set,
             })
         }),
+        supplemental: reading
+            .supplemental
+            .iter()
+            .map(|supplemental| SupplementalV1 {
+                name: supplemental.as_str(),
+                mdc: supplemental.mdc(),
+            })
+            .collect(),
         pending: held(reading).map(|boot| PendingV1 {
             boot_id: boot.boot_id.clone(),
             since_boot_ns: u64::try_from(boot.since_boot.as_nanos()).unwrap_or(u64::MAX),
@@ -201,7 +245,7 @@ pub struct Released {
 /// Why a stored payload could not be released.
 #[derive(Debug, thiserror::Error)]
 #[error("held reading payload is unreadable: {0}")]
-pub struct HeldPayloadError(String);
+pub struct HeldPayloadError(pub String);
 
 /// Resolves a held payload: `Ok(None)` while it must wait (its boot is this one and the clock is not
 /// trusted yet). A reading of this boot gets its exact `received_at` (and, if it carries hub time, its
@@ -289,6 +333,7 @@ mod tests {
             hub_clock: crate::model::measurement_time::HubClock::Synchronized,
             device_clock: None,
             received_since_boot: None,
+            supplemental: vec![crate::model::reading::Supplemental::ModalitySpot],
         }
     }
 
@@ -297,9 +342,12 @@ mod tests {
             id: "serial:usb-Nonin-if00".to_string(),
             transport: Transport::Serial,
             protocol: "nonin-df13",
-            manufacturer: None,
-            model: None,
-            serial_number: None,
+            identity: DeviceIdentity {
+                manufacturer: Some("Nonin Medical Inc.".to_string()),
+                serial_number: Some("501234567".to_string()),
+                ..DeviceIdentity::default()
+            },
+            specialization: Some(528_388),
         }
     }
 
@@ -314,8 +362,11 @@ mod tests {
                 "id": "the-id",
                 "hub_id": "hub-0001",
                 "device": {"id": "serial:usb-Nonin-if00", "transport": "serial", "protocol": "nonin-df13",
-                           "manufacturer": null, "model": null, "serial_number": null},
+                           "manufacturer": "Nonin Medical Inc.", "model": null, "serial_number": "501234567",
+                           "system_id": null, "address": null, "firmware": null, "hardware": null,
+                           "software": null, "specialization": 528388},
                 "kind": "pulse_oximetry",
+                "transfer": "automatic",
                 "measured_at": "2024-03-15T10:20:30+01:00",
                 "received_at": "2026-11-22T09:00:01.123Z",
                 "time_source": "device",
@@ -326,7 +377,8 @@ mod tests {
                 "flags": ["smartpoint"],
                 "raw": "0002ab",
                 "device_time": "2024-03-15T10:20:30",
-                "hub_clock": "synchronized"
+                "hub_clock": "synchronized",
+                "supplemental": [{"name": "modality_spot", "mdc": 150588}]
             })
         );
     }

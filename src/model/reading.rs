@@ -303,6 +303,30 @@ pub struct Reading {
     /// The receive instant on the boot-time clock, which a wall-clock step does not move; the pipeline fills
     /// it in. A reading received under an untrusted hub clock is resolved from it once the clock is trusted.
     pub received_since_boot: Option<BootInstant>,
+    /// What further describes the measurement, such as its modality.
+    pub supplemental: Vec<Supplemental>,
+}
+
+/// A supplemental type of a measurement (IEEE 11073 `MDC_ATTR_SUPPLEMENTAL_TYPES`), published in
+/// `supplemental` by name and MDC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Supplemental {
+    /// `MDC_MODALITY_SPOT`: a stable value, settled over several beats (a spot-check, or the hub's spot
+    /// reading of a continuous stream), not a beat-to-beat one.
+    ModalitySpot,
+}
+
+impl Supplemental {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    pub fn mdc(self) -> u32 {
+        match self {
+            Supplemental::ModalitySpot => 150_588,
+        }
+    }
 }
 
 /// An instant on the kernel's boot-time clock (`CLOCK_BOOTTIME`), which counts from boot, runs through
@@ -330,6 +354,7 @@ impl Reading {
             hub_clock: HubClock::Trusted,
             device_clock: None,
             received_since_boot: None,
+            supplemental: Vec::new(),
         }
     }
 

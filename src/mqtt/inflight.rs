@@ -19,6 +19,9 @@ pub enum Slot {
     Record(i64),
     /// The hub's retained status message.
     Status,
+    /// A message another part of the hub asked for through the [`Exchange`](super::exchange::Exchange),
+    /// with the token it wants back when the broker took it.
+    Message(Option<u64>),
 }
 
 #[derive(Debug, Default)]

@@ -35,9 +35,23 @@ pub enum LinkEvent {
     PublishSent(u16),
     /// The client found `pkid` still in flight when it wanted to reuse it and holds the publish back.
     Collision(u16),
+    /// A message on a topic the uplink subscribed to; `retained` when the broker kept it from before the
+    /// subscription (a live publish arrives with the flag cleared).
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+        retained: bool,
+    },
     /// The client sent DISCONNECT.
     Disconnected,
     Other,
+}
+
+/// What a reading's message is, for its MQTT 5 properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageFormat {
+    ReadingV1,
+    Fhir,
 }
 
 /// A publish the client's request queue had no room for; the payload comes back when it can.
@@ -111,8 +125,9 @@ impl Link {
         // is never reused while an earlier use may still be acknowledged, which sidesteps rumqtt #1014/#1056
         // (a packet-id collision that never clears). Under MQTT 5 the broker's Receive Maximum can lower
         // it (Mosquitto says 20); the client then keeps no more than that on the wire and holds the rest of
-        // the uplink's window in its queue, counts on the broker acknowledging in order as MQTT requires,
-        // and the uplink starts a fresh client if a collision happens anyway.
+        // the uplink's window in its queue, counts on the broker acknowledging in order as MQTT requires
+        // and on the uplink subscribing before it publishes (see `Connected` in the uplink), and the
+        // uplink starts a fresh client if a collision happens anyway.
         let pkid_space = u16::try_from(mqtt.window * 2 + 8).unwrap_or(u16::MAX);
         let options = match mqtt.protocol {
             MqttProtocol::V5 => {
@@ -194,15 +209,26 @@ impl Link {
     }
 
     /// Queues a reading: QoS 1, not retained, never an expiry (a reading is worth delivering however
-    /// late), and under MQTT 5 the payload's schema name as the user property `schema`.
-    pub fn try_publish_reading(&self, topic: String, payload: Vec<u8>) -> Result<(), NotQueued> {
+    /// late), and under MQTT 5 the payload's schema name as the user property `schema` and, for a FHIR
+    /// Bundle, its content type.
+    pub fn try_publish_reading(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        format: MessageFormat,
+    ) -> Result<(), NotQueued> {
         match &self.client {
             Client::V5(client) => {
+                let (schema, content_type) = match format {
+                    MessageFormat::ReadingV1 => (crate::model::payload::SCHEMA_NAME, None),
+                    MessageFormat::Fhir => (
+                        crate::model::fhir::SCHEMA_NAME,
+                        Some(crate::model::fhir::CONTENT_TYPE.to_string()),
+                    ),
+                };
                 let properties = PublishProperties {
-                    user_properties: vec![(
-                        "schema".to_string(),
-                        crate::model::payload::SCHEMA_NAME.to_string(),
-                    )],
+                    user_properties: vec![("schema".to_string(), schema.to_string())],
+                    content_type,
                     ..PublishProperties::default()
                 };
                 client
@@ -233,20 +259,37 @@ impl Link {
         }
     }
 
-    /// Queues the retained status document, QoS 1.
-    pub fn try_publish_status(&self, topic: String, document: Vec<u8>) -> Result<(), NotQueued> {
+    /// Queues a message that is not a reading (the status, the fleet's twin, events and command states), QoS 1.
+    pub fn try_publish(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), NotQueued> {
         let queued = match &self.client {
             Client::V5(client) => client
-                .try_publish(topic, v5::mqttbytes::QoS::AtLeastOnce, true, document)
+                .try_publish(topic, v5::mqttbytes::QoS::AtLeastOnce, retain, payload)
                 .is_ok(),
             Client::V311(client) => client
-                .try_publish(topic, rumqttc::QoS::AtLeastOnce, true, document)
+                .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
                 .is_ok(),
         };
         if queued {
             Ok(())
         } else {
             Err(NotQueued(None))
+        }
+    }
+
+    /// Queues a QoS 1 subscription; false when the request queue had no room.
+    pub fn try_subscribe(&self, filter: String) -> bool {
+        match &self.client {
+            Client::V5(client) => client
+                .try_subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce)
+                .is_ok(),
+            Client::V311(client) => client
+                .try_subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                .is_ok(),
         }
     }
 
@@ -299,6 +342,11 @@ impl EventLoop {
                         pkid: puback.pkid,
                         outcome: classify(puback_code(puback.reason)),
                     }),
+                    Ok(Event::Incoming(Packet::Publish(publish))) => Ok(LinkEvent::Message {
+                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                        payload: publish.payload.to_vec(),
+                        retained: publish.retain,
+                    }),
                     Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
                     Ok(_) => Ok(LinkEvent::Other),
                     Err(error) => Err(describe_v5(&error)),
@@ -315,11 +363,19 @@ impl EventLoop {
                         pkid: puback.pkid,
                         outcome: AckOutcome::Accepted,
                     }),
+                    Ok(Event::Incoming(Incoming::Publish(publish))) => Ok(LinkEvent::Message {
+                        topic: publish.topic,
+                        payload: publish.payload.to_vec(),
+                        retained: publish.retain,
+                    }),
                     Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
                     Ok(_) => Ok(LinkEvent::Other),
                     Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
                         Err(format!("broker refused the connection: {code:?}"))
                     }
+                    Err(rumqttc::ConnectionError::MqttState(
+                        rumqttc::StateError::AwaitPingResp,
+                    )) => Err(NO_PING_RESPONSE.to_string()),
                     Err(error) => Err(error.to_string()),
                 }
             }
@@ -363,9 +419,17 @@ fn describe_v5(error: &v5::ConnectionError) -> String {
             Some(text) => format!("broker closed the connection: {reason_code:?} ({text})"),
             None => format!("broker closed the connection: {reason_code:?}"),
         },
+        v5::ConnectionError::MqttState(v5::StateError::AwaitPingResp) => {
+            NO_PING_RESPONSE.to_string()
+        }
         other => other.to_string(),
     }
 }
+
+/// A connection that died without a close (a router that lost its uplink) shows only as a keep-alive ping
+/// that got no answer; rumqttc says "Last pingreq isn't acked".
+const NO_PING_RESPONSE: &str =
+    "the broker stopped answering (no reply to a keep-alive ping): the network path may be down";
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@
 //! the outbox, is counted per reason and retried as [`refusal`] describes. MQTT 3.1.1 ([`link`]) is the
 //! fallback for brokers without MQTT 5, and cannot see a refusal.
 
+pub mod exchange;
 pub mod inflight;
 mod link;
 pub mod refusal;
@@ -20,12 +21,13 @@ pub mod topic;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::config::{MqttConfig, MqttProtocol};
 use crate::outbox::worker::WorkerGone;
 use crate::outbox::{OutboxHandle, OutboxStats, StoredRecord};
+use exchange::{Exchange, Incoming, Outgoing};
 use inflight::{Inflight, Slot};
 use link::{Link, LinkEvent, NotQueued};
 use refusal::{
@@ -40,10 +42,12 @@ const FETCH_BATCH: usize = 1024;
 /// Acknowledged records removed per outbox transaction, and the longest an acknowledgement waits.
 const ACK_BATCH: usize = 1024;
 const ACK_DELAY: Duration = Duration::from_millis(20);
-/// How often the retained status is refreshed with outbox figures while connected.
-const STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// Publishes of the exchange (the fleet agent's) that may be in flight beyond the readings' window.
+const EXCHANGE_SLOTS: usize = 4;
 /// How long a clean shutdown waits for the broker to take the "offline" status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long a clean shutdown waits, after that, for the DISCONNECT to be written.
+const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
 /// A connection that stayed up this long was healthy: the reconnect after it starts from the shortest delay.
 /// A broker that accepts the connection and drops it at once (an unauthorised publish on some brokers, two
 /// hubs with one client id) therefore meets a growing delay, not a reconnect every `reconnect_min`.
@@ -74,13 +78,23 @@ pub struct UplinkSettings {
 }
 
 /// Runs until `shutdown` turns true. Broker trouble is retried forever with capped, jittered backoff.
+/// `exchange`, when given, carries the messages of another part of the hub (the fleet agent).
 pub async fn run(
     settings: UplinkSettings,
     outbox: OutboxHandle,
+    exchange: Option<Exchange>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), UplinkError> {
     let topics = Topics::new(&settings.mqtt.topic_prefix, &settings.hub_id);
     let mut uplink = Uplink::new(&settings, topics, outbox)?;
+    let mut outgoing = match exchange {
+        Some(exchange) => {
+            uplink.subscriptions = exchange.subscriptions;
+            uplink.incoming = Some(exchange.incoming);
+            Some(exchange.outgoing)
+        }
+        None => None,
+    };
     let mut backoff = Backoff::new(settings.mqtt.reconnect_min, settings.mqtt.reconnect_max);
     let appended = uplink.outbox.appended();
     let quarantined = uplink.outbox.quarantined();
@@ -100,6 +114,7 @@ pub async fn run(
     loop {
         let mut paused = false;
         if uplink.connected {
+            uplink.publish_held_message();
             uplink.fill_window().await?;
             uplink.retry_when_walk_ended().await?;
             let pause = if uplink.gate.is_throttled() {
@@ -146,6 +161,12 @@ pub async fn run(
             status_timer.as_mut().reset(uplink.status_due);
         }
         let waiting_for_records = uplink.connected && uplink.exhausted && uplink.buffer.is_empty();
+        // Exchange messages get a few slots past the readings' window, so a long backlog does not hold a
+        // command's state back, and packet ids stay well inside what the window keeps free (see `link`).
+        let take_message = uplink.connected
+            && uplink.held_message.is_none()
+            && outgoing.is_some()
+            && uplink.inflight.len() < uplink.window + EXCHANGE_SLOTS;
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
@@ -160,6 +181,13 @@ pub async fn run(
                 uplink.handle_burst_report(report).await?;
             }
             _ = &mut status_timer, if uplink.connected => uplink.publish_status("online").await?,
+            message = next_outgoing(&mut outgoing), if take_message => match message {
+                Some(message) => {
+                    uplink.held_message = Some(message);
+                    uplink.publish_held_message();
+                }
+                None => outgoing = None,
+            },
             // Storage damage is news for the backend at once, not at the next refresh.
             _ = quarantined.notified(), if uplink.connected => uplink.publish_status("online").await?,
         }
@@ -175,8 +203,21 @@ pub async fn run(
     uplink.shut_down().await
 }
 
+/// The next message from the exchange; never ready without one.
+async fn next_outgoing(outgoing: &mut Option<mpsc::Receiver<Outgoing>>) -> Option<Outgoing> {
+    match outgoing {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Uplink {
     link: Link,
+    /// Topic filters under the hub's base subscribed to at every connection, for `incoming`.
+    subscriptions: Vec<String>,
+    incoming: Option<mpsc::Sender<Incoming>>,
+    /// A message from the exchange the client's queue had no room for yet.
+    held_message: Option<Outgoing>,
     outbox: OutboxHandle,
     topics: Topics,
     hub_id: String,
@@ -198,6 +239,8 @@ struct Uplink {
     acked: Vec<i64>,
     ack_deadline: Option<Instant>,
     status_due: Instant,
+    /// `mqtt.status_interval_s`.
+    status_interval: Duration,
     /// When this connection's CONNACK came.
     connected_at: Option<Instant>,
     /// The client was restarted after a connection that lasted this long (zero: it never came up); the
@@ -211,7 +254,7 @@ struct Uplink {
     refusal_log: RefusalLog,
     /// Refusals not yet added to the outbox's counters.
     refused_unsaved: RefusalCounts,
-    /// A refused status publish was logged on this connection.
+    /// A refused status or fleet publish was logged on this connection.
     status_refusal_logged: bool,
 }
 
@@ -225,6 +268,9 @@ impl Uplink {
         let link = Link::new(settings, topics.status(), window + 8)?;
         Ok(Uplink {
             link,
+            subscriptions: Vec::new(),
+            incoming: None,
+            held_message: None,
             outbox,
             topics,
             hub_id: settings.hub_id.clone(),
@@ -239,6 +285,7 @@ impl Uplink {
             acked: Vec::new(),
             ack_deadline: None,
             status_due: Instant::now(),
+            status_interval: settings.mqtt.status_interval,
             connected_at: None,
             restarted: None,
             errors: RepeatFilter::default(),
@@ -292,11 +339,19 @@ impl Uplink {
             let Some(mut record) = self.buffer.pop_front() else {
                 break;
             };
-            let topic = self.topics.reading(&record.label);
+            let (topic, format) = match record.format {
+                crate::model::fhir::OUTBOX_FORMAT => {
+                    (self.topics.fhir(&record.label), link::MessageFormat::Fhir)
+                }
+                _ => (
+                    self.topics.reading(&record.label),
+                    link::MessageFormat::ReadingV1,
+                ),
+            };
             self.inflight
                 .handle_publish_requested(Slot::Record(record.seq));
             let payload = std::mem::take(&mut record.payload);
-            if let Err(NotQueued(payload)) = self.link.try_publish_reading(topic, payload) {
+            if let Err(NotQueued(payload)) = self.link.try_publish_reading(topic, payload, format) {
                 // The request queue is full; the record goes back and waits for the window to move.
                 tracing::debug!("Publish queue full.");
                 self.inflight.handle_publish_not_queued();
@@ -374,8 +429,36 @@ impl Uplink {
                     "Connected to the MQTT broker."
                 );
                 self.start_connection();
+                // Subscriptions go first. A SUBSCRIBE takes a packet id from the same ring the client
+                // numbers publishes from, a ring only as long as the broker's Receive Maximum, without
+                // counting as a publish in flight. Sent between publishes, it lets the client wrap onto
+                // the id of a publish still awaiting its PUBACK whenever acknowledgements lag (any real
+                // round trip with a backlog), a collision on every connection. Sent first, the id the
+                // ring wraps onto is the SUBSCRIBE's own.
+                for filter in &self.subscriptions {
+                    if !self.link.try_subscribe(self.topics.under(filter)) {
+                        tracing::warn!(%filter, "Cannot subscribe: the MQTT client's queue is full.");
+                    }
+                }
                 self.publish_status("online").await?;
+                self.pass_on(Incoming::Connected).await;
             }
+            LinkEvent::Message {
+                topic,
+                payload,
+                retained,
+            } => match self.topics.strip(&topic) {
+                Some(subtopic) => {
+                    let subtopic = subtopic.to_string();
+                    self.pass_on(Incoming::Message {
+                        subtopic,
+                        payload,
+                        retained,
+                    })
+                    .await;
+                }
+                None => tracing::debug!(%topic, "Message outside the hub's topics."),
+            },
             LinkEvent::PubAck { pkid, outcome } => {
                 match (self.inflight.handle_puback(pkid), outcome) {
                     (Some(Slot::Record(seq)), AckOutcome::Accepted) => {
@@ -410,6 +493,30 @@ impl Uplink {
                         }
                     }
                     (Some(Slot::Status), AckOutcome::Accepted) => {}
+                    (Some(Slot::Message(Some(token))), AckOutcome::Accepted) => {
+                        self.pass_on(Incoming::Published(token)).await;
+                    }
+                    (Some(Slot::Message(Some(token))), AckOutcome::Refused(refusal)) => {
+                        if !self.status_refusal_logged {
+                            self.status_refusal_logged = true;
+                            tracing::warn!(
+                                reason = refusal.name(),
+                                "The MQTT broker refused a fleet message; check its access rules for this hub's topics."
+                            );
+                        }
+                        self.pass_on(Incoming::Refused(token, refusal.name())).await;
+                    }
+                    (Some(Slot::Message(None)), AckOutcome::Accepted) => {}
+                    (Some(Slot::Message(None)), AckOutcome::Refused(refusal)) => {
+                        if !self.status_refusal_logged {
+                            self.status_refusal_logged = true;
+                            tracing::warn!(
+                                reason = refusal.name(),
+                                "The MQTT broker refused a fleet message (twin, events or diagnostics); \
+                                 check its access rules for this hub's topics."
+                            );
+                        }
+                    }
                     (None, _) => {
                         tracing::debug!(pkid, "PUBACK for a publish of an earlier connection.")
                     }
@@ -428,11 +535,15 @@ impl Uplink {
             LinkEvent::Collision(pkid) => {
                 // rumqttc holds the publish back until the old use of the id is acknowledged, and may never
                 // let go (rumqtt #1056); a fresh client re-sends everything from the outbox instead.
-                tracing::warn!(
-                    pkid,
-                    "Packet id collision in the MQTT client; reconnecting."
-                );
                 self.restart_client().await?;
+                // The status shows a hub that keeps reconnecting, not only its log.
+                let message = "a packet id collided in the MQTT client".to_string();
+                if self.record_uplink_error(message).await? {
+                    tracing::warn!(
+                        pkid,
+                        "Packet id collision in the MQTT client; reconnecting."
+                    );
+                }
             }
             LinkEvent::Disconnected | LinkEvent::Other => {}
         }
@@ -535,24 +646,63 @@ impl Uplink {
         // A fresh client for the next attempt: no packet ids, collision or queue carried over (rumqtt
         // #1056), and the packet-id space fits a broker whose Receive Maximum changed.
         self.restart_client().await?;
-        if self
-            .errors
-            .should_report(&message, Instant::now().into_std())
-        {
+        if self.record_uplink_error(message.clone()).await? {
             if was_connected {
                 tracing::warn!(error = %message, "Lost the MQTT connection; readings stay in the outbox.");
             } else {
                 tracing::warn!(error = %message, "Cannot reach the MQTT broker; readings stay in the outbox.");
             }
-            self.outbox
-                .record_uplink_error(message, crate::clock::now_utc().timestamp_millis())
-                .await?;
         }
         Ok(())
     }
 
+    /// Records `message` as the uplink's last error for the status, unless it repeats the last one within
+    /// [`ERROR_REPEAT`]; returns whether it did, and so whether to log it.
+    async fn record_uplink_error(&mut self, message: String) -> Result<bool, UplinkError> {
+        if !self
+            .errors
+            .should_report(&message, Instant::now().into_std())
+        {
+            return Ok(false);
+        }
+        self.outbox
+            .record_uplink_error(message, crate::clock::now_utc().timestamp_millis())
+            .await?;
+        Ok(true)
+    }
+
+    /// Hands a message to the exchange's owner, which always takes it soon.
+    async fn pass_on(&mut self, incoming: Incoming) {
+        if let Some(sender) = &self.incoming {
+            if sender.send(incoming).await.is_err() {
+                self.incoming = None;
+            }
+        }
+    }
+
+    /// Queues the held exchange message, if the client has room; it stays held otherwise.
+    fn publish_held_message(&mut self) {
+        let Some(message) = self.held_message.take() else {
+            return;
+        };
+        self.inflight
+            .handle_publish_requested(Slot::Message(message.token));
+        let topic = self.topics.under(&message.subtopic);
+        if self
+            .link
+            .try_publish(topic, message.payload.clone(), message.retain)
+            .is_err()
+        {
+            self.inflight.handle_publish_not_queued();
+            self.held_message = Some(message);
+        }
+    }
+
     /// Drops the client and event loop (and so the connection) and builds new ones.
     async fn restart_client(&mut self) -> Result<(), UplinkError> {
+        if self.connected {
+            self.pass_on(Incoming::Disconnected).await;
+        }
         self.connected = false;
         self.restarted = Some(
             self.connected_at
@@ -591,7 +741,7 @@ impl Uplink {
     }
 
     async fn publish_status(&mut self, state: &str) -> Result<(), UplinkError> {
-        self.status_due = Instant::now() + STATUS_REFRESH;
+        self.status_due = Instant::now() + self.status_interval;
         let stats = self.outbox.stats().await?;
         let document = status_document(
             state,
@@ -603,7 +753,11 @@ impl Uplink {
         self.inflight.handle_publish_requested(Slot::Status);
         if self
             .link
-            .try_publish_status(self.topics.status(), document.to_string().into_bytes())
+            .try_publish(
+                self.topics.status(),
+                document.to_string().into_bytes(),
+                true,
+            )
             .is_err()
         {
             tracing::debug!("Status publish not queued.");
@@ -612,29 +766,44 @@ impl Uplink {
         Ok(())
     }
 
-    /// Publishes the retained "offline" status, waits briefly for the broker to take it, and disconnects.
+    /// Publishes the retained "offline" status, waits briefly for the broker to acknowledge it and the
+    /// readings in flight, and disconnects.
+    ///
+    /// The DISCONNECT waits for those PUBACKs: a broker that finds the connection closed while it writes
+    /// one treats the stop as a lost connection and publishes the hub's will, `lost` after `offline`
+    /// (Mosquitto before 2.0.22 logs it as "disconnected due to out of memory").
     async fn shut_down(mut self) -> Result<(), UplinkError> {
         if self.connected {
             self.publish_status("offline").await?;
-            self.link.try_disconnect();
-            let deadline = Instant::now() + SHUTDOWN_GRACE;
-            loop {
+            let acknowledged = Instant::now() + SHUTDOWN_GRACE;
+            while self.connected && !self.inflight.is_empty() {
                 tokio::select! {
-                    _ = sleep_until(deadline) => break,
+                    _ = sleep_until(acknowledged) => break,
+                    event = self.link.poll() => match event {
+                        Ok(event) => self.handle_event(event).await?,
+                        Err(_) => return self.flush_acks().await,
+                    }
+                }
+            }
+            self.link.try_disconnect();
+            let sent = Instant::now() + DISCONNECT_GRACE;
+            // A collision while waiting started a fresh client, which must not connect now.
+            while self.connected {
+                tokio::select! {
+                    _ = sleep_until(sent) => break,
                     event = self.link.poll() => match event {
                         Ok(LinkEvent::Disconnected) | Err(_) => break,
-                        Ok(event) => { self.handle_event(event).await?; }
+                        Ok(event) => self.handle_event(event).await?,
                     }
                 }
             }
         }
-        self.flush_acks().await?;
-        Ok(())
+        self.flush_acks().await
     }
 }
 
 /// The retained status document. `refusing` is true while the broker refuses readings.
-fn status_document(
+pub fn status_document(
     state: &str,
     hub_id: &str,
     protocol: MqttProtocol,

@@ -1,4 +1,5 @@
-//! The MQTT topic layout: `{prefix}/{hub_id}/readings/{kind}` and `{prefix}/{hub_id}/status`.
+//! The MQTT topic layout: `{prefix}/{hub_id}/readings/{kind}`, `{prefix}/{hub_id}/fhir/{kind}` and
+//! `{prefix}/{hub_id}/status`.
 
 pub struct Topics {
     base: String,
@@ -14,6 +15,21 @@ impl Topics {
     /// Where readings of one kind go; `kind` is the outbox label of the record.
     pub fn reading(&self, kind: &str) -> String {
         format!("{}/readings/{kind}", self.base)
+    }
+
+    /// Where the FHIR Bundles of readings of one kind go.
+    pub fn fhir(&self, kind: &str) -> String {
+        format!("{}/fhir/{kind}", self.base)
+    }
+
+    /// A topic under the hub's own, such as `twin` or `cmd/+`.
+    pub fn under(&self, subtopic: &str) -> String {
+        format!("{}/{subtopic}", self.base)
+    }
+
+    /// The part of `topic` under the hub's own, if it is there.
+    pub fn strip<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic.strip_prefix(self.base.as_str())?.strip_prefix('/')
     }
 
     /// The retained hub status, also the last will's topic.
@@ -33,6 +49,14 @@ mod tests {
             topics.reading("pulse_oximetry"),
             "vitalsd/v1/hub-0001/readings/pulse_oximetry"
         );
+        assert_eq!(
+            topics.fhir("blood_pressure"),
+            "vitalsd/v1/hub-0001/fhir/blood_pressure"
+        );
         assert_eq!(topics.status(), "vitalsd/v1/hub-0001/status");
+        assert_eq!(topics.under("cmd/+"), "vitalsd/v1/hub-0001/cmd/+");
+        assert_eq!(topics.strip("vitalsd/v1/hub-0001/cmd/r1"), Some("cmd/r1"));
+        assert_eq!(topics.strip("vitalsd/v1/hub-00012/cmd/r1"), None);
+        assert_eq!(topics.strip("vitalsd/v1/hub-0002/cmd/r1"), None);
     }
 }

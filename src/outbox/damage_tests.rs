@@ -181,24 +181,23 @@ fn a_cut_write_ahead_log_is_reported_with_the_number_of_readings_lost() {
     assert_eq!(again.lost, None);
 }
 
-/// The process's POSIX locks on `file`, from /proc/locks: SQLite's way of telling other processes that
-/// this one uses the database and its shared index.
-fn locks_held_on(file: &Path) -> usize {
-    use std::os::unix::fs::MetadataExt;
-    let inode = std::fs::metadata(file).unwrap().ino();
-    let pid = std::process::id().to_string();
-    std::fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(4) == Some(&pid.as_str())
-                && fields
-                    .get(5)
-                    .and_then(|device| device.rsplit(':').next())
-                    .is_some_and(|found| found == inode.to_string())
-        })
-        .count()
+/// Whether a second process opening the outbox would find it in use. SQLite holds a read lock on one byte
+/// of the shared index (its "DMS" byte, offset 128) for as long as a connection uses it, and a process that
+/// gets a write lock on that byte takes itself for the only user and rebuilds the index. An open file
+/// description lock conflicts with the traditional locks SQLite takes even inside the same process, so
+/// asking for one here sees what another process would see, without reading /proc/locks (whose listing can
+/// skip entries while other tests take and release locks).
+fn another_process_would_find_it_in_use(shm: &std::fs::File) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let mut probe = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 128,
+        l_len: 1,
+        l_pid: 0,
+    };
+    fcntl(shm, FcntlArg::F_OFD_GETLK(&mut probe)).unwrap();
+    probe.l_type != libc::F_UNLCK as libc::c_short
 }
 
 #[test]
@@ -211,8 +210,21 @@ fn keeping_a_copy_of_a_damaged_log_leaves_the_outbox_locked_against_other_proces
     keys(&mut outbox);
     // Without its lock on the shared index, another process opening the outbox (`vitalsd status`) would
     // take itself for the first and rebuild the index under the daemon.
-    let shm = PathBuf::from(format!("{}-shm", path.display()));
-    assert!(locks_held_on(&shm) > 0, "no lock on {}", shm.display());
+    let shm_path = PathBuf::from(format!("{}-shm", path.display()));
+    let shm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&shm_path)
+        .unwrap();
+    assert!(
+        another_process_would_find_it_in_use(&shm),
+        "no lock on {}",
+        shm_path.display()
+    );
+    // The probe can tell: with the outbox closed, the index (still open here, though SQLite removed its
+    // name) is free.
+    drop(outbox);
+    assert!(!another_process_would_find_it_in_use(&shm));
 }
 
 #[test]
@@ -307,6 +319,63 @@ fn salvage_keeps_intact_records_and_leaves_one_whose_checksum_fails() {
     assert_eq!(keys(&mut live), ["a", "b"]);
     // The source file is left as it was; the work copy is gone.
     assert!(!dir.path().join("old.db.salvage").exists());
+}
+
+/// An outbox at `path` with records "a" to "d", of which those at `positions` (0 for "a") were
+/// acknowledged; none of their rows removed yet.
+fn four_records_with_acknowledged(path: &Path, positions: &[usize]) -> Outbox {
+    let (mut outbox, _) = open(path);
+    outbox
+        .append(&[record("a"), record("b"), record("c"), record("d")])
+        .unwrap();
+    let fetched = outbox.fetch_after(0, 4).unwrap();
+    let seqs: Vec<i64> = positions.iter().map(|&i| fetched[i].seq).collect();
+    outbox.acknowledge(&seqs, 5).unwrap();
+    outbox
+}
+
+#[test]
+fn salvage_leaves_records_acknowledged_before_their_rows_were_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    // "a" and "b" move the mark; "d", acknowledged out of order, is deleted at once.
+    let outbox = four_records_with_acknowledged(&old, &[0, 1, 3]);
+    assert_eq!(outbox.unremoved(), 2);
+    drop(outbox);
+    let (mut live, _) = open(&dir.path().join("outbox.db"));
+    let report = salvage_file(&mut live, &old).unwrap();
+    assert_eq!(
+        (report.readable, report.copied, report.already_delivered),
+        (1, 1, 2)
+    );
+    assert_eq!(keys(&mut live), ["c"]);
+}
+
+#[test]
+fn a_damaged_acknowledged_mark_sends_delivered_readings_again_and_hides_no_pending_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    drop(four_records_with_acknowledged(&path, &[0, 1]));
+    let (mut outbox, report) = open(&path);
+    assert!(!report.acknowledged_mark_damaged);
+    assert_eq!(keys(&mut outbox), ["c", "d"]);
+    drop(outbox);
+    // Damage that turns the mark from 3 into 5 (still within the seqs given out) would skip "c" and "d",
+    // never delivered.
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let changed = connection
+        .execute(
+            "UPDATE stat SET value = 5 WHERE name = 'acknowledged_below' AND value = 3",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(connection);
+    let (mut outbox, report) = open(&path);
+    assert!(report.acknowledged_mark_damaged);
+    assert_eq!(keys(&mut outbox), ["a", "b", "c", "d"]);
+    assert_eq!(outbox.pending(), 4);
+    assert_eq!(outbox.stats().unwrap().pending, 4);
 }
 
 #[test]

@@ -5,9 +5,12 @@
 //! * A record is *accepted* only once the transaction that inserted it has committed with
 //!   `synchronous=FULL` in WAL mode, i.e. after the WAL was fsynced. Nothing upstream treats a reading as
 //!   received before that.
-//! * A record leaves the outbox only through [`Outbox::acknowledge`], which the uplink calls for records
+//! * A record leaves the queue only through [`Outbox::acknowledge`], which the uplink calls for records
 //!   whose PUBACK it saw. Nothing else deletes a pending record: not a full outbox, not a restart, not a
 //!   failed open (a database that cannot be opened is renamed aside, never deleted).
+//! * An acknowledgement is durable when `acknowledge` returns: an acknowledged record is never fetched
+//!   again, not after a crash either. Its row may stay in the file a while longer (see Storage); only
+//!   [`Outbox::remove_acknowledged`] deletes those rows, and only those.
 //! * Every record carries a `key` (the reading id). Appending a key that is pending or was delivered
 //!   within the retention window is a no-op reported as [`Appended::Duplicate`], so a device that dumps
 //!   the same stored records twice is queued once.
@@ -21,8 +24,15 @@
 //! # Storage
 //!
 //! A key is claimed in `seen` when its record is appended and stays there after delivery, so removing
-//! acknowledged records is a range delete on `seq` that never touches a randomly ordered key index; that
-//! keeps the drain close to the speed of the broker.
+//! acknowledged records is a range delete on `seq` that never touches a randomly ordered key index.
+//!
+//! Acknowledgements mostly come in order, from the queue's head. Those only move a durable mark,
+//! `stat.acknowledged_below` (every record with a lower seq was acknowledged), and the rows below it are
+//! removed later, when the worker has been quiet for a second, a chunk per transaction: deleting them
+//! during a drain took a third of the worker's time per reading (README, Benchmark). Every query of the queue
+//! starts at the mark. An acknowledgement out of order (records before it still pending) deletes its rows
+//! at once. On a small or nearly full filesystem the worker removes the rows right away, as before: the
+//! room they free is what new readings need.
 //!
 //! One SQLite file (`outbox.db` in the state directory) written by exactly one connection, owned by the
 //! worker thread in [`worker`]. Readers (`vitalsd status`) open their own connection; WAL lets them read
@@ -33,7 +43,8 @@
 //!        payload BLOB, created_at INTEGER /* ms since the epoch */)
 //! held(... the same columns as record ...)      -- records their producer has not released yet
 //! seen(key TEXT PRIMARY KEY, seen_at INTEGER)  -- every key appended; dedup memory, pruned after the retention
-//! stat(name TEXT PRIMARY KEY, value INTEGER, text TEXT)     -- counters and last events for `status`
+//! stat(name TEXT PRIMARY KEY, value INTEGER, text TEXT)     -- counters, last events for `status`, and
+//!                                                           -- the queue's mark, `acknowledged_below`
 //! ```
 //!
 //! When the outbox holds `max_pending` records, new records are refused ([`Appended::RejectedFull`]),

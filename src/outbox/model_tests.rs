@@ -18,6 +18,8 @@ enum Step {
     /// The uplink fetches up to `limit` records after its cursor and the broker acknowledges those picked
     /// by the mask (bit i for the i-th record fetched).
     PublishAndAck { limit: usize, mask: u32 },
+    /// The worker, idle, removes up to this many acknowledged rows.
+    RemoveAcknowledged(u64),
     /// The uplink's connection drops: its cursor starts again from the outbox's beginning.
     Reconnect,
     /// The process dies: the files stay as they are on disk, with no final checkpoint.
@@ -34,6 +36,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => proptest::collection::vec(0u8..24, 1..6).prop_map(Step::Append),
         4 => (1usize..8, any::<u32>()).prop_map(|(limit, mask)| Step::PublishAndAck { limit, mask }),
+        2 => (1u64..6).prop_map(Step::RemoveAcknowledged),
         1 => Just(Step::Reconnect),
         1 => Just(Step::Crash),
         1 => Just(Step::Reopen),
@@ -41,6 +44,7 @@ fn step() -> impl Strategy<Value = Step> {
             prop_oneof![
                 proptest::collection::vec(0u8..24, 1..6).prop_map(Step::Append),
                 (1usize..8, any::<u32>()).prop_map(|(limit, mask)| Step::PublishAndAck { limit, mask }),
+                (1u64..6).prop_map(Step::RemoveAcknowledged),
             ],
             any::<bool>()
         )
@@ -227,6 +231,11 @@ fn apply(subject: &mut Subject, oracle: &mut Oracle, step: Step) {
                 oracle.acknowledged.insert(record.key.clone());
             }
         }
+        Step::RemoveAcknowledged(limit) => {
+            let before = subject.outbox().unremoved();
+            let removed = subject.outbox().remove_acknowledged(limit).unwrap();
+            assert_eq!(removed, before.min(limit));
+        }
         Step::Reconnect => subject.cursor = 0,
         Step::Crash => subject.crash(),
         Step::Reopen => {
@@ -272,6 +281,7 @@ fn check_whole_queue(outbox: &mut Outbox, oracle: &Oracle) {
     assert_eq!(stats.pending, oracle.pending.len() as u64);
     assert_eq!(stats.delivered_total, oracle.acknowledged.len() as u64);
     assert_eq!(stats.quarantined_records, 0);
+    assert_eq!(outbox.unremoved(), outbox.count_unremoved_rows());
 }
 
 proptest! {

@@ -58,7 +58,7 @@ pub enum SalvageError {
 /// What salvaging one file found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SalvageReport {
-    /// Intact records read from the file (queued and held).
+    /// Intact records read from the file (queued and held), not counting those already delivered.
     pub readable: u64,
     /// Of those, records the live outbox did not have: now queued (or held) again.
     pub copied: u64,
@@ -77,6 +77,9 @@ pub struct SalvageReport {
     /// Pages of the queue and of the held readings that do not read as such: the rows they held are lost.
     /// A damaged page below another damaged page is not seen, so this is a lower bound.
     pub unreadable_pages: u64,
+    /// Records the broker had acknowledged that were still in the file (their rows are removed once the
+    /// hub is quiet): delivered, so not queued again.
+    pub already_delivered: u64,
     /// SQLite refused the file's header, and salvage wrote a new one on its copy.
     pub header_rebuilt: bool,
     /// Write-ahead-log frames folded into the work copy.
@@ -163,6 +166,7 @@ pub fn moved_aside_files(state_dir: &Path, file_name: &str) -> std::io::Result<V
 pub fn salvage_file(live: &mut Outbox, source: &Path) -> Result<SalvageReport, SalvageError> {
     let work = WorkCopy::make(source)?;
     let mut salvage = Salvage {
+        acknowledged_below: 0,
         report: SalvageReport {
             log_frames: work.log_frames,
             ..SalvageReport::default()
@@ -183,6 +187,10 @@ pub fn salvage_file(live: &mut Outbox, source: &Path) -> Result<SalvageReport, S
     })?;
     let (mut tables, roots) = match &opened {
         Opened::Sqlite(connection) => {
+            // Without a readable mark, acknowledged rows still in the file are queued again: delivered
+            // twice at worst, never lost.
+            salvage.acknowledged_below =
+                super::sqlite::read_acknowledged_below(connection).map_or(0, |(below, _)| below);
             let mut tables: Vec<Table> = [("record", false), ("held", true)]
                 .into_iter()
                 .filter_map(|(name, held)| Table::from_sqlite(connection, name, held))
@@ -210,15 +218,21 @@ pub fn salvage_file(live: &mut Outbox, source: &Path) -> Result<SalvageReport, S
 
 /// One salvage in progress: what it found, and where intact records go.
 struct Salvage<'a> {
+    /// The file's acknowledged mark: queued rows below it were delivered.
+    acknowledged_below: i64,
     report: SalvageReport,
     copier: Copier<'a>,
 }
 
 impl Salvage<'_> {
     /// Takes `row` into the live outbox if it is intact, counts it as damaged otherwise.
-    fn take(&mut self, row: Row, held: bool, from_pages: bool) {
+    fn take(&mut self, seq: i64, row: Row, held: bool, from_pages: bool) {
         if !row.intact() {
             self.report.damaged += 1;
+            return;
+        }
+        if !held && seq < self.acknowledged_below {
+            self.report.already_delivered += 1;
             return;
         }
         self.report.readable += 1;
@@ -410,7 +424,7 @@ fn read_table(connection: &Connection, table: &mut Table, salvage: &mut Salvage<
         let mut handle = |read: ReadRow| {
             table.read.push(read.seq);
             match read.fields {
-                Ok(row) => salvage.take(row, table.held, false),
+                Ok(row) => salvage.take(read.seq, row, table.held, false),
                 Err(()) => salvage.report.damaged += 1,
             }
         };
@@ -555,10 +569,10 @@ fn read_pages(file: &PageFile, roots: &[u32], tables: &mut [Table], salvage: &mu
             match cell {
                 Cell::Row { rowid, .. } if table.read.binary_search(&rowid).is_ok() => {}
                 Cell::Row {
+                    rowid,
                     values: Some(values),
-                    ..
                 } => match table.row(&values) {
-                    Some(row) => salvage.take(row, table.held, true),
+                    Some(row) => salvage.take(rowid, row, table.held, true),
                     None => salvage.report.damaged += 1,
                 },
                 Cell::Row { values: None, .. } | Cell::Unreadable => salvage.report.damaged += 1,
@@ -595,7 +609,7 @@ fn read_pages(file: &PageFile, roots: &[u32], tables: &mut [Table], salvage: &mu
             [owner] => {
                 // A row of another shape is an orphan of another table, say the quarantine.
                 if let Some(row) = owner.row(&values) {
-                    salvage.take(row, owner.held, true);
+                    salvage.take(rowid, row, owner.held, true);
                 }
             }
             _ => {

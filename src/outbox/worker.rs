@@ -32,6 +32,16 @@ const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// While the disk stays full, a reminder is logged this often.
 const STILL_FULL_LOG: Duration = Duration::from_secs(60);
+/// Acknowledged rows are removed once the worker has had nothing to do for this long, so that a drain
+/// never waits on their deletion.
+const REMOVE_WHEN_QUIET_FOR: Duration = Duration::from_secs(1);
+/// Acknowledged rows removed per turn of the worker (one transaction when there is room, transactions of
+/// [`ACK_CHUNK`] on a small or nearly full disk): about 10 ms of work here with room, so a command that
+/// arrives meanwhile waits no longer than that; the next turn goes on after it.
+const REMOVAL_CHUNK: u64 = 2048;
+/// More acknowledged rows than this are removed at once even while busy, so that a hub that is never
+/// quiet (it always is, but a bound costs nothing) does not grow its file for ever.
+const REMOVE_AT_ONCE_ABOVE: u64 = 200_000;
 
 /// Records to append, and who waits for them to be durable.
 struct AppendRequest {
@@ -301,6 +311,7 @@ pub fn spawn_worker(
         unremoved: Vec::new(),
         unremoved_retry_at: None,
         unremoved_since: None,
+        remove_at: None,
     };
     let thread = std::thread::Builder::new()
         .name("outbox".to_string())
@@ -364,6 +375,8 @@ struct Worker {
     unremoved: Vec<i64>,
     unremoved_retry_at: Option<tokio::time::Instant>,
     unremoved_since: Option<Instant>,
+    /// When the acknowledged rows still in the file are removed next.
+    remove_at: Option<tokio::time::Instant>,
 }
 
 impl Worker {
@@ -381,6 +394,8 @@ impl Worker {
                 "No room for the outbox reserve; it is made once the state directory has room."
             );
         }
+        // Rows a previous run acknowledged and left go at the first quiet moment.
+        self.remove_when_quiet();
         let mut commands_open = true;
         let mut appends_open = true;
         while commands_open || appends_open || self.stalled.is_some() {
@@ -401,7 +416,10 @@ impl Worker {
                 // uplink's acknowledgements.
                 biased;
                 command = commands.recv(), if commands_open => match command {
-                    Some(command) => self.handle(command)?,
+                    Some(command) => {
+                        self.handle(command)?;
+                        self.remove_when_quiet();
+                    }
                     None => commands_open = false,
                 },
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
@@ -417,9 +435,13 @@ impl Worker {
                     Some(request) => {
                         let batch = gather(request, &mut appends);
                         self.append(batch, !commands_open)?;
+                        self.remove_when_quiet();
                     }
                     None => appends_open = false,
                 },
+                _ = tokio::time::sleep_until(self.remove_at.unwrap_or_else(tokio::time::Instant::now)), if self.remove_at.is_some() => {
+                    self.remove_acknowledged(REMOVAL_CHUNK)?;
+                }
             }
             self.progress.fetch_add(1, Ordering::Relaxed);
             if commands.is_empty() && appends.is_empty() {
@@ -570,6 +592,10 @@ impl Worker {
     /// the database at once, so the WAL never holds more than one commit the database has not taken and
     /// the reserve can always give the room that needs.
     fn advance(&mut self, pending: &mut Pending) -> Result<bool, OutboxError> {
+        // Acknowledged rows left for a quiet moment take room new readings need once the disk runs low.
+        if self.outbox.unremoved() > 0 && self.space.commit_budget().is_some() {
+            self.remove_acknowledged(REMOVAL_CHUNK)?;
+        }
         loop {
             let rest = &pending.batch.records[pending.outcomes.len()..];
             if rest.is_empty() {
@@ -694,6 +720,13 @@ impl Worker {
                 if self.unremoved_retry_at.is_some() {
                     self.removed_all();
                 }
+                // Deferring the removal needs room; on a small or nearly full disk the rows go right away,
+                // a chunk per turn, as the room they free is what new readings need.
+                if self.space.commit_budget().is_some()
+                    || self.outbox.unremoved() > REMOVE_AT_ONCE_ABOVE
+                {
+                    self.remove_acknowledged(REMOVAL_CHUNK)?;
+                }
                 return Ok(());
             }
             Err(OutboxError::DiskFull(error)) => error,
@@ -724,6 +757,62 @@ impl Worker {
             }
         }
         self.removed_all();
+        Ok(())
+    }
+
+    /// Acknowledged rows wait in the file until the worker has been quiet a while.
+    fn remove_when_quiet(&mut self) {
+        if self.outbox.unremoved() > 0 {
+            self.remove_at = Some(tokio::time::Instant::now() + REMOVE_WHEN_QUIET_FOR);
+        }
+    }
+
+    /// Removes up to `limit` acknowledged rows, a chunk per transaction, and schedules the rest right
+    /// after (commands still go first). On a small or nearly full disk the chunks are small and the WAL
+    /// is folded back after each; a removal the full disk refuses is tried again with the reserve's room,
+    /// then later: the rows were acknowledged, durably, so they are never published again meanwhile.
+    fn remove_acknowledged(&mut self, limit: u64) -> Result<(), OutboxError> {
+        self.remove_at = None;
+        let tight = self.space.commit_budget().is_some();
+        let chunk = if tight {
+            ACK_CHUNK as u64
+        } else {
+            REMOVAL_CHUNK
+        };
+        let mut removed = 0;
+        while self.outbox.unremoved() > 0 && removed < limit {
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            let mut result = self.outbox.remove_acknowledged(chunk);
+            if matches!(result, Err(OutboxError::DiskFull(_))) {
+                self.make_room();
+                result = self.outbox.remove_acknowledged(chunk);
+                if matches!(result, Err(OutboxError::DiskFull(_))) && self.space.release_reserve() {
+                    result = self.outbox.remove_acknowledged(chunk);
+                }
+            }
+            match result {
+                Ok(count) => {
+                    removed += count.max(1);
+                    if tight {
+                        self.checkpoint();
+                    }
+                }
+                Err(OutboxError::DiskFull(error)) => {
+                    if self.unremoved_since.is_none() {
+                        tracing::error!(%error, "Could not remove delivered readings: the disk is full even without the reserve. They stay until there is room.");
+                        self.unremoved_since = Some(Instant::now());
+                    }
+                    self.remove_at = Some(tokio::time::Instant::now() + RETRY_MAX);
+                    return Ok(());
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if self.outbox.unremoved() > 0 {
+            self.remove_at = Some(tokio::time::Instant::now());
+        } else if self.unremoved.is_empty() {
+            self.removed_all();
+        }
         Ok(())
     }
 

@@ -75,6 +75,7 @@ pub async fn run_device(
     mut events: mpsc::Receiver<PortEvent>,
     commands: mpsc::Sender<DeviceCommand>,
     outbox: OutboxHandle,
+    activity: crate::hand_over::DeviceActivity,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::outbox::worker::WorkerGone> {
     let mut checkpoints = Checkpoints {
@@ -82,6 +83,7 @@ pub async fn run_device(
         failing: false,
     };
     let resumed = checkpoints.load(&settings.device.id);
+    let device_id = settings.device.id.clone();
     let mut decoding = Decoding::new(settings, resumed);
     let mut flush = tokio::time::interval(COUNTER_FLUSH);
     let mut dialog = tokio::time::interval(DIALOG_POLL);
@@ -90,12 +92,16 @@ pub async fn run_device(
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(PortEvent::Opened { connection: opened }) => {
+                Some(PortEvent::Opened { connection: opened, identity }) => {
                     connection = Some(opened);
-                    decoding.opened();
+                    decoding.opened(identity);
                 }
                 Some(PortEvent::Bytes { bytes, received }) => {
-                    let records: Vec<NewRecord> = decoding.feed(&bytes, &received).into_iter().map(|(record, _)| record).collect();
+                    if received.clock.is_trusted() {
+                        let mut heard = activity.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        heard.insert(device_id.clone(), received.wall);
+                    }
+                    let records: Vec<NewRecord> = decoding.feed(&bytes, &received).into_iter().flat_map(|(records, _)| records).collect();
                     hand_over(&mut decoding, &mut checkpoints, &outbox, records, &mut shutdown, &mut grace).await?;
                 }
                 Some(PortEvent::Closed { .. }) => {
@@ -114,7 +120,10 @@ pub async fn run_device(
             continue;
         };
         let (records, to_send) = decoding.poll(&crate::clock::hub_now());
-        let records = records.into_iter().map(|(record, _)| record).collect();
+        let records = records
+            .into_iter()
+            .flat_map(|(records, _)| records)
+            .collect();
         hand_over(
             &mut decoding,
             &mut checkpoints,

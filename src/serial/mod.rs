@@ -26,6 +26,8 @@ pub enum PortEvent {
     /// told apart.
     Opened {
         connection: u64,
+        /// What the port's USB descriptor says the device is (nothing for a generic cable).
+        identity: crate::model::payload::DeviceIdentity,
     },
     Bytes {
         bytes: Vec<u8>,
@@ -77,7 +79,17 @@ pub async fn run_port(
                 let path = path.unwrap_or_default();
                 tracing::info!(port = %wanted, path = %path.display(), "Serial port opened.");
                 connection += 1;
-                if events.send(PortEvent::Opened { connection }).await.is_err() {
+                let identity = ports::find(&roots, &path)
+                    .map(|port| port.device_identity())
+                    .unwrap_or_default();
+                if events
+                    .send(PortEvent::Opened {
+                        connection,
+                        identity,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let reason = tokio::select! {

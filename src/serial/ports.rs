@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::catalog::{Link, UsbAdapter, PROTOCOLS, SHARED_ADAPTERS};
 use crate::decode::Protocol;
+use crate::model::payload::DeviceIdentity;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PortInfo {
@@ -121,6 +122,46 @@ pub fn list(roots: &Roots) -> Vec<PortInfo> {
     ports
 }
 
+/// The USB identity of the port at `path` (a by-id link or a device node), if it is a USB port.
+pub fn find(roots: &Roots, path: &Path) -> Option<PortInfo> {
+    let wanted = std::fs::canonicalize(path).ok()?;
+    list(roots)
+        .into_iter()
+        .find(|port| std::fs::canonicalize(&port.device).ok().as_ref() == Some(&wanted))
+}
+
+/// What the chips inside generic USB-serial cables call themselves when their maker left the defaults.
+/// Those strings name the cable, not the medical device at its end, so they never become the device's.
+const BRIDGE_DEFAULT_MANUFACTURERS: [&str; 6] = [
+    "FTDI",
+    "Silicon Labs",
+    "Silicon Laboratories",
+    "Prolific Technology Inc.",
+    "QinHeng Electronics",
+    "wch.cn",
+];
+
+impl PortInfo {
+    /// The device's identity from its USB descriptor: manufacturer, product as the model, and serial,
+    /// unless the descriptor is a cable chip's default, which says nothing about the device.
+    pub fn device_identity(&self) -> DeviceIdentity {
+        let generic = self.manufacturer.as_deref().is_none_or(|maker| {
+            BRIDGE_DEFAULT_MANUFACTURERS
+                .iter()
+                .any(|default| maker.eq_ignore_ascii_case(default))
+        });
+        match generic {
+            true => DeviceIdentity::default(),
+            false => DeviceIdentity {
+                manufacturer: self.manufacturer.clone(),
+                model: self.product.clone(),
+                serial_number: self.serial_number.clone(),
+                ..DeviceIdentity::default()
+            },
+        }
+    }
+}
+
 /// What the hub knows about a USB serial adapter from its ids alone, from the catalogue: a description for
 /// people and, where the adapter is used by one device family only, the protocol to try.
 pub fn known_adapter(vid: u16, pid: u16) -> Option<(&'static str, Option<Protocol>)> {
@@ -215,6 +256,37 @@ pub(crate) mod fake {
 mod tests {
     use super::fake::{add, FakeAdapter};
     use super::*;
+
+    #[track_caller]
+    fn check_identity(manufacturer: Option<&str>, expected: &str) {
+        let port = PortInfo {
+            device: PathBuf::from("/dev/ttyUSB0"),
+            by_id: None,
+            vid: Some(0x0403),
+            pid: Some(0x6001),
+            manufacturer: manufacturer.map(str::to_string),
+            product: Some("Onyx 9560".to_string()),
+            serial_number: Some("501234567".to_string()),
+        };
+        let identity = port.device_identity();
+        let rendered = format!(
+            "{:?} {:?} {:?}",
+            identity.manufacturer, identity.model, identity.serial_number
+        );
+        assert_eq!(rendered, expected, "{manufacturer:?}");
+    }
+
+    #[test]
+    fn a_usb_descriptor_names_the_device_unless_it_is_a_cable_chips_default() {
+        let device = r#"Some("Nonin Medical Inc.") Some("Onyx 9560") Some("501234567")"#;
+        check_identity(Some("Nonin Medical Inc."), device);
+        check_identity(Some("FTDI"), "None None None");
+        check_identity(Some("ftdi"), "None None None");
+        check_identity(Some("Silicon Labs"), "None None None");
+        check_identity(Some("Prolific Technology Inc."), "None None None");
+        check_identity(Some("QinHeng Electronics"), "None None None");
+        check_identity(None, "None None None");
+    }
 
     #[test]
     fn usb_adapters_are_listed_with_their_identity_and_by_id_link_and_matched() {

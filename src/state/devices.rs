@@ -46,6 +46,11 @@ pub enum Reach {
     Advertisement,
 }
 
+/// Which characteristics a [`DeviceStrings`] was read from: raised whenever the hub reads more of them, so
+/// that a device list saved by an older hub is read again once instead of lacking the new fields for good.
+/// 1 added the hardware and software revisions and the System ID.
+pub const DEVICE_STRINGS_VERSION: u32 = 1;
+
 /// Device Information strings, read once and cached.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStrings {
@@ -53,6 +58,24 @@ pub struct DeviceStrings {
     pub model: Option<String>,
     pub serial_number: Option<String>,
     pub firmware_revision: Option<String>,
+    // Read since a later version: a device list saved before lacks them (and its `read_version`).
+    #[serde(default)]
+    pub hardware_revision: Option<String>,
+    #[serde(default)]
+    pub software_revision: Option<String>,
+    /// The System ID as an EUI-64, `FE-ED-AB-EE-DE-AD-77-C3`.
+    #[serde(default)]
+    pub system_id: Option<String>,
+    /// The [`DEVICE_STRINGS_VERSION`] these were read with; 0 in a list saved before it existed.
+    #[serde(default)]
+    pub read_version: u32,
+}
+
+impl DeviceStrings {
+    /// Whether these strings hold everything this hub reads, or the device must be read again.
+    pub fn is_current(&self) -> bool {
+        self.read_version >= DEVICE_STRINGS_VERSION
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +163,34 @@ impl BoundDevice {
             glucose_last_sequence: None,
             glucose_last_key: None,
             measuring: None,
+        }
+    }
+}
+
+impl BoundDevice {
+    /// What the fleet twin and `vitalsd devices` call the device's state: `needs_pairing` (it lost its
+    /// bond), `binding` (a bind waits for it to bond), `silent` (not seen for `silent_after`, judged only on
+    /// a trusted clock: `now` is `None` otherwise) or `bound`.
+    pub fn fleet_state(
+        &self,
+        now: Option<DateTime<Utc>>,
+        silent_after: std::time::Duration,
+        binding: bool,
+    ) -> &'static str {
+        let since = self.last_seen.unwrap_or(self.bound_at);
+        let silent = now.is_some_and(|now| {
+            (now - since)
+                .to_std()
+                .is_ok_and(|quiet| quiet >= silent_after)
+        });
+        if self.needs_repairing {
+            "needs_pairing"
+        } else if binding && !self.bonded {
+            "binding"
+        } else if silent {
+            "silent"
+        } else {
+            "bound"
         }
     }
 }

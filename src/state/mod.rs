@@ -9,11 +9,15 @@ pub mod devices;
 use std::io::Write;
 use std::path::Path;
 
-use atomic_write_file::AtomicWriteFile;
+use atomic_write_file::unix::OpenOptionsExt as _;
 
-/// Replaces the file at `path` with `bytes`, durably.
+/// Replaces the file at `path` with `bytes`, durably. The new file is the daemon's own: copying the old
+/// file's owner would call `fchown`, which the unit's system call filter (`~@privileged`) answers by
+/// killing the process (SIGSYS), as it did at the second clean stop of a daemon with a serial checkpoint.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = AtomicWriteFile::open(path)?;
+    let mut options = atomic_write_file::OpenOptions::new();
+    options.preserve_owner(false);
+    let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.commit()
 }

@@ -151,6 +151,13 @@ pub fn and_cuff() -> DeviceState {
         .value(0x2A49, &[0x27, 0x00])
         .value(0x2A08, &date_time(2000, 1, 1, 0, 0, 0))
         .device_information("A&D Medical", "UA-651BLE", "5140300123")
+        // The System ID of the UA-651BLE in HL7 Denmark's ContinuaBundleWithDevice example.
+        .system_id_and_revisions(
+            &[0xC9, 0xF2, 0x53, 0xFE, 0xFF, 0x12, 0xF3, 0xC4],
+            "1.02",
+            "2",
+            "1.0.3",
+        )
         .battery(80);
     device
 }

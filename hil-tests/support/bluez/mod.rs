@@ -223,6 +223,14 @@ impl BluezSim {
 
     /// Switches the adapter off (as rfkill would) or back on.
     pub fn set_powered(&self, powered: bool) {
+        self.set_powered_unsignalled(powered);
+        self.signal_powered();
+    }
+
+    /// Switches the adapter off or on without signalling it yet ([`BluezSim::signal_powered`] does): a
+    /// client polling the adapter meanwhile sees the new state before the signal (the real stack's order
+    /// on a busy hub).
+    pub fn set_powered_unsignalled(&self, powered: bool) {
         let addresses: Vec<String> = self.with(|state| {
             state.powered = powered;
             state.power_locked_off = !powered;
@@ -240,6 +248,24 @@ impl BluezSim {
         for address in addresses {
             self.disconnect(&address);
         }
+    }
+
+    /// Forgets every client's discovery without a signal, keeping their filters and `Discovering`, as
+    /// BlueZ 5.66 forgets a client whose `StartDiscovery` overtook another's `StopDiscovery` (the stop's
+    /// completion removes the newcomer; the stopping client stays, so the adapter still discovers).
+    pub fn forget_discovery_clients(&self) {
+        self.with(|state| state.discovery_clients.clear());
+    }
+
+    /// Stops the controller's scan while every client stays registered as discovering, without a signal
+    /// (BlueZ 5.66 after a restart of the scan failed while another client's start waited on it): a
+    /// client's `StartDiscovery` is refused as in progress, and only a stop and a start scan again.
+    pub fn wedge_discovery(&self) {
+        self.with(|state| state.discovery_wedged = true);
+    }
+
+    /// Signals the adapter's `Powered` and `Discovering` as they are now.
+    pub fn signal_powered(&self) {
         let connection = self.connection();
         self.runtime.block_on(async move {
             let adapter = connection
@@ -328,7 +354,7 @@ async fn advertise(connection: &Connection, state: &Arc<Mutex<SimState>>) {
     let mut heard: Vec<(String, bool, Vec<&'static str>)> = Vec::new();
     {
         let mut state = state.lock().unwrap();
-        if !state.discovering || !state.powered {
+        if !state.discovering || !state.powered || state.discovery_wedged {
             return;
         }
         let filtered = state.filtered_discovery();
@@ -648,6 +674,7 @@ pub(crate) async fn answer_then_drop_link(
     connection: &Connection,
     state: &Arc<Mutex<SimState>>,
     address: &str,
+    stands: Duration,
 ) {
     if let Some(device) = state.lock().unwrap().devices.get_mut(address) {
         device.connected = true;
@@ -658,7 +685,7 @@ pub(crate) async fn answer_then_drop_link(
     let state = state.clone();
     let address = address.to_string();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(stands).await;
         set_connected(&connection, &state, &address, false).await;
         let comes_back = state
             .lock()

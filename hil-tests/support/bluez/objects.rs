@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
@@ -11,6 +12,10 @@ use zbus::{interface, Connection};
 use super::state::{DeviceState, SimState};
 
 pub const ADAPTER_PATH: &str = "/org/bluez/hci0";
+/// How long a lost bond's link stands before the kernel drops it when BlueZ answers `Connect`.
+pub const LOST_BOND_LINK_STANDS: Duration = Duration::from_millis(600);
+/// How long a link stood unresolved before it went down, as the real stack's did after a restart.
+pub const UNRESOLVED_LINK_STANDS: Duration = Duration::from_secs(4);
 
 /// BlueZ's error names; bluez-async and our pairing code tell failures apart by them.
 #[derive(Debug, zbus::DBusError)]
@@ -60,13 +65,19 @@ impl Adapter {
             if !state.powered {
                 return Err(BluezError::NotReady("Resource Not Ready".into()));
             }
-            state.calls.push("StartDiscovery".into());
+            // Only a start that starts is named "StartDiscovery": the daemon asks again every few
+            // seconds to learn whether its scan still runs.
             let client = sender(&header);
             if state.discovery_clients.contains(&client) {
+                state
+                    .calls
+                    .push("StartDiscovery (already discovering)".into());
                 return Err(BluezError::InProgress(
                     "Operation already in progress".into(),
                 ));
             }
+            state.calls.push("StartDiscovery".into());
+            state.discovery_wedged = false;
             state.discovery_clients.insert(client);
             let started = !state.discovering;
             state.discovering = true;
@@ -90,6 +101,7 @@ impl Adapter {
             if !state.discovery_clients.contains(&client) {
                 return Err(BluezError::Failed("No discovery started".into()));
             }
+            state.discovery_wedged = false;
             state.stop_discovery_of(&client)
         };
         if stopped {
@@ -293,30 +305,33 @@ impl Device {
                 && device.lost_bond_answers_connect;
             let aborted = || BluezError::Failed("le-connection-abort-by-local".into());
             if answers_then_drops {
-                (None, true, true)
+                (None, true, Some(LOST_BOND_LINK_STANDS))
             } else if !powered {
                 (
                     Some(BluezError::NotReady("Resource Not Ready".into())),
                     false,
-                    false,
+                    None,
                 )
             } else if !device.in_range {
-                (Some(aborted()), false, false)
+                (Some(aborted()), false, None)
             } else if device.bond_lost_on_device && device.paired {
                 // The device forgot the bond. BlueZ 5.66 brings the LE link up, asks for encryption with
                 // the bond's key, the device has none and the kernel drops the link ("authentication
                 // failure"); the ATT channel's connect gets "Permission denied", and `Connect` says no more
                 // than this, as for any other aborted link (never "PIN or Key Missing").
-                (Some(aborted()), true, false)
+                (Some(aborted()), true, None)
             } else if device.links_to_abort > 0 {
                 device.links_to_abort -= 1;
-                (Some(aborted()), true, false)
+                (Some(aborted()), true, None)
+            } else if device.links_standing_unresolved > 0 {
+                device.links_standing_unresolved -= 1;
+                (None, true, Some(UNRESOLVED_LINK_STANDS))
             } else {
-                (None, false, false)
+                (None, false, None)
             }
         };
-        if answered_then_dropped {
-            super::answer_then_drop_link(connection, &self.state, &self.address).await;
+        if let Some(stands) = answered_then_dropped {
+            super::answer_then_drop_link(connection, &self.state, &self.address, stands).await;
             return Ok(());
         }
         if let Some(error) = refusal {

@@ -107,6 +107,10 @@ pub struct DeviceState {
     pub resolve_services_after: Option<std::time::Duration>,
     /// This many of the next links abort while being set up, for a reason other than a lost bond.
     pub links_to_abort: u32,
+    /// This many of the next links come up, BlueZ answers `Connect`, and the link stands
+    /// [`super::objects::UNRESOLVED_LINK_STANDS`] with its services never resolved before it goes down:
+    /// the real stack did this three times in a row just after bluetoothd restarted.
+    pub links_standing_unresolved: u32,
     pub refuse_time_writes: bool,
     /// Disconnect after this many records of the next burst (a link lost mid-burst), once.
     pub drop_link_after: Option<usize>,
@@ -163,6 +167,7 @@ impl DeviceState {
             trusted: false,
             bond_lost_on_device: false,
             links_to_abort: 0,
+            links_standing_unresolved: 0,
             lost_bond_answers_connect: false,
             lost_bond_link_comes_back: false,
             resolve_services_after: None,
@@ -211,6 +216,25 @@ impl DeviceState {
             .value(0x2A25, serial.as_bytes())
     }
 
+    /// The rest of Device Information: System ID (as the device sends it, little-endian) and the
+    /// firmware, hardware and software revisions.
+    pub fn system_id_and_revisions(
+        &mut self,
+        system_id: &[u8; 8],
+        firmware: &str,
+        hardware: &str,
+        software: &str,
+    ) -> &mut Self {
+        self.characteristic(0x180A, 0x2A23, &["read"])
+            .characteristic(0x180A, 0x2A26, &["read"])
+            .characteristic(0x180A, 0x2A27, &["read"])
+            .characteristic(0x180A, 0x2A28, &["read"])
+            .value(0x2A23, system_id)
+            .value(0x2A26, firmware.as_bytes())
+            .value(0x2A27, hardware.as_bytes())
+            .value(0x2A28, software.as_bytes())
+    }
+
     pub fn battery(&mut self, percent: u8) -> &mut Self {
         self.characteristic(0x180F, 0x2A19, &["read", "notify"])
             .value(0x2A19, &[percent])
@@ -228,6 +252,9 @@ pub struct SimState {
     /// adapter powers off.
     pub discovery_clients: BTreeSet<String>,
     pub discovery_filters: BTreeMap<String, Vec<String>>,
+    /// The controller stopped scanning while BlueZ still counts its clients as discovering (5.66 after a
+    /// failed restart of the scan); a client's start or stop of a discovery restarts the scan.
+    pub discovery_wedged: bool,
     pub devices: BTreeMap<String, DeviceState>,
     /// The registered agent: (bus name, object path, capability).
     pub agent: Option<(String, String, String)>,

@@ -131,7 +131,8 @@ pair_device() {
   for attempt in 1 2; do
     /share/bin/vitalsd pair --config /share/vitalsd.toml "$@" > /tmp/pair.stdout 2> /tmp/pair.stderr
     status=$?
-    if [ $attempt = 1 ] && grep -q 'was not found nearby' /tmp/pair.stderr; then
+    # With --json the error is a JSON line on standard output, else a line on standard error.
+    if [ $attempt = 1 ] && grep -q 'was not found nearby' /tmp/pair.stderr /tmp/pair.stdout; then
       echo "pair $1: not found nearby; pressing the device's pairing button and trying again" >> $out/rig.log
       kill -USR1 "$button_of"
       sleep 1

@@ -289,7 +289,9 @@ fn peripheral_binary() -> &'static Path {
 
 /// One VM run's shared directory, filled by the test before the boot and read after it.
 pub struct Guest {
-    /// Taken on drop: kept when the test failed, for a look at everything the guest wrote.
+    /// Taken on drop: kept when the test failed, or always when `VITALSD_REAL_BLUEZ_KEEP_SHARES` is
+    /// set (to compare a passing run's logs with a failed one's), for a look at everything the guest
+    /// wrote.
     share: Option<tempfile::TempDir>,
     flavour: Flavour,
     /// Devices and other arguments for qemu beyond the rig's own.
@@ -298,7 +300,8 @@ pub struct Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("VITALSD_REAL_BLUEZ_KEEP_SHARES").is_some()
+        {
             if let Some(share) = self.share.take() {
                 eprintln!("the guest's share is kept in {}", share.keep().display());
             }
