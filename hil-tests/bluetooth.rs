@@ -1224,6 +1224,27 @@ fn a_scan_that_hears_nothing_for_a_minute_is_stopped_and_started_again() {
 }
 
 #[test]
+fn a_scan_bluez_ends_while_counting_it_as_running_is_started_again_before_a_minute_of_silence() {
+    let (rig, _daemon) = scanning_after_a_first_session();
+    // A clean-clone CI run met this on the real stack: the daemon's start matched the running filter and
+    // was answered at once, then another program's stop ended the scan under it. BlueZ signals
+    // `Discovering` false yet keeps refusing the daemon's start as in progress.
+    rig.sim.end_scan_keeping_clients();
+    rig.sim.store_records(CUFF, 0x2A35, &cuff_records(2));
+    rig.wait_for_readings(CUFF, 2, Duration::from_secs(90));
+    let log = rig.world.log();
+    let silence = crate::support::daemon_phrase("No advert heard; restarting the scan");
+    let noticed = crate::support::daemon_phrase(
+        "BlueZ counts the hub's Bluetooth scan as running while the adapter does not discover",
+    );
+    assert!(log.contains(noticed), "{log}");
+    assert!(
+        !log.contains(silence),
+        "the scan was started again only after a minute of silence:\n{log}"
+    );
+}
+
+#[test]
 fn an_adapter_found_off_before_its_signal_arrives_is_reported_and_scanned_on_again() {
     let (rig, _daemon) = scanning_with_a_paired_cuff();
     // The real-BlueZ suite saw the daemon's periodic look at the adapter find it off before the signal

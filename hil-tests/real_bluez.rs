@@ -671,33 +671,50 @@ fn a_scan_bluez_drops_when_another_program_stops_its_own_is_started_again() {
     let boot = scenario.guest.boot(BOOT_TIMEOUT);
     boot.assert_success();
     let report = || boot.report();
-    // The staging worked: the stop's completion removed the daemon's discovery, which had not stopped.
-    // On a machine so slow that the kernel's 2-s command timeout ends the stop first, the completion
-    // carries a failure status and BlueZ answers the daemon's start with an error before removing it;
-    // the daemon must recover either way.
+    // The staging left the daemon without a running scan in one of BlueZ 5.66's two ways; which one
+    // depends on what the thawed daemon sends first, and both were seen. (1) Its start, with its filter,
+    // overwrote the stopper as the pending client, and the stop's completion removed the daemon's
+    // discovery although the daemon never stopped it; `keep_scanning` starts it again within seconds.
+    // (2) Its start, without a filter yet (BlueZ had forgotten it with the power cycle), matched the
+    // running filter and was answered at once; the stop's completion then stopped the controller while
+    // the daemon stayed registered as discovering, so its starts are refused as in progress; the adapter's
+    // `Discovering` false shows it (`ScanState::RegisteredButNotDiscovering`), and failing that, the
+    // cuff going unheard for a minute (`SCAN_SILENCE_RESTART`). On a machine so slow that
+    // the kernel's 2-s command timeout ends the stop first, the daemon's start is answered with an error
+    // before its removal: (1) again.
     let daemon = boot.out("daemon-sender").trim().to_string();
     let bluetoothd = boot.out("bluetoothd.log");
-    let lines: Vec<&str> = bluetoothd.lines().collect();
-    let dropped = lines.windows(2).position(|pair| {
-        pair[0].contains("stop_discovery_complete() status 0x")
-            && pair[1]
-                .trim_end()
-                .ends_with(&format!("discovery_remove() owner {daemon}"))
-    });
-    let dropped = dropped.unwrap_or_else(|| {
-        panic!(
-            "BlueZ did not drop the daemon's ({daemon}) discovery:\n{}",
-            report()
-        )
-    });
+    let lines: Vec<&str> = bluetoothd.lines().map(str::trim_end).collect();
+    let own_stop = format!("stop_discovery() sender {daemon}");
+    let other_stop = lines
+        .iter()
+        .rposition(|line| line.contains("stop_discovery() sender ") && !line.ends_with(&own_stop))
+        .unwrap_or_else(|| {
+            panic!(
+                "bluetoothctl's scan off is not in bluetoothd's log:\n{}",
+                report()
+            )
+        });
+    let after = &lines[other_stop..];
+    let until_own_stop = after
+        .iter()
+        .position(|line| line.ends_with(&own_stop))
+        .unwrap_or(after.len());
+    let removed_unasked = after[..until_own_stop]
+        .iter()
+        .any(|line| line.ends_with(&format!("discovery_remove() owner {daemon}")));
+    let log = boot.out("daemon.log");
+    let left_registered = log.contains(crate::support::daemon_phrase(
+        "BlueZ counts the hub's Bluetooth scan as running while the adapter does not discover",
+    )) || log.contains(crate::support::daemon_phrase(
+        "No advert heard; restarting the scan in case BlueZ stopped it.",
+    ));
     assert!(
-        !lines[..dropped].iter().any(|line| line
-            .trim_end()
-            .ends_with(&format!("stop_discovery() sender {daemon}"))),
-        "the daemon stopped its own scan:\n{}",
+        removed_unasked || left_registered,
+        "BlueZ neither dropped the daemon's ({daemon}) discovery nor left it registered while the cuff \
+         went unheard, so the scenario showed neither trap:\n{}",
         report()
     );
-    let log = boot.out("daemon.log");
     let noticed =
         crate::support::daemon_phrase("had stopped the hub's Bluetooth scan without notice");
     assert!(log.contains(noticed), "{}", report());

@@ -60,11 +60,13 @@ impl From<zbus::Error> for BluezError {
     }
 }
 
-/// Whether the hub's own discovery still ran when it checked, or had been dropped and was started again.
+/// Whether the hub's own discovery still ran when it checked, had been dropped and was started again,
+/// or is still registered with BlueZ while the adapter does not discover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanState {
     Running,
     Restarted,
+    RegisteredButNotDiscovering,
 }
 
 /// BlueZ's answer to a second `StartDiscovery` from a client already discovering.
@@ -559,7 +561,10 @@ impl Bluez {
     /// discovering while another client's `StopDiscovery` of the last discovery is on its way, the stop's
     /// completion removes the newcomer instead (`adapter->client` is overwritten; `vitalsd pair` racing the
     /// daemon's start did this on the real stack). Only a start that succeeds says the scan was gone; the
-    /// filter is then set again, in case BlueZ forgot it too.
+    /// filter is then set again, in case BlueZ forgot it too. A start refused as in progress while the
+    /// adapter's `Discovering` is false is the other way 5.66 loses it: a start that matched the running
+    /// filter was answered at once, then the other client's stop ended the scan under it and left it
+    /// registered (the real-BlueZ scenario met this in CI); only a stop and a start scan again.
     pub async fn keep_scanning(&self, services: &[uuid::Uuid]) -> Result<ScanState, BluezError> {
         let adapter = self
             .proxy(&self.adapter_path(), "org.bluez.Adapter1")
@@ -574,7 +579,13 @@ impl Bluez {
                 self.set_scan_filter(&adapter, services).await?;
                 Ok(ScanState::Restarted)
             }
-            Err(error) if means_in_progress(&error) => Ok(ScanState::Running),
+            Err(error) if means_in_progress(&error) => {
+                let discovering = adapter.get_property::<bool>("Discovering");
+                match timed(KEEP_SCANNING_WAIT, discovering).await? {
+                    true => Ok(ScanState::Running),
+                    false => Ok(ScanState::RegisteredButNotDiscovering),
+                }
+            }
             Err(error) => Err(error),
         }
     }

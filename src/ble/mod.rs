@@ -525,6 +525,14 @@ async fn keep_scanning(bluez: &bluez::Bluez, unfiltered: bool) {
             "BlueZ had stopped the hub's Bluetooth scan without notice (another program's scan can do \
              this); scanning again."
         ),
+        Ok(bluez::ScanState::RegisteredButNotDiscovering) => {
+            tracing::warn!(
+                "BlueZ counts the hub's Bluetooth scan as running while the adapter does not discover \
+                 (another program's scan can do this); starting it again."
+            );
+            let _ = bluez.stop_scan().await;
+            restart_scan(bluez, unfiltered).await;
+        }
         Err(error) => tracing::debug!(%error, "Could not check the scan."),
     }
 }

@@ -264,6 +264,15 @@ impl BluezSim {
         self.with(|state| state.discovery_wedged = true);
     }
 
+    /// Ends the controller's scan and signals `Discovering` false while every client stays registered as
+    /// discovering (BlueZ 5.66 when another client's stop of the scan completed after a newcomer's start
+    /// had matched the running filter and been answered at once): a client's `StartDiscovery` is refused
+    /// as in progress, and only a stop and a start scan again.
+    pub fn end_scan_keeping_clients(&self) {
+        self.with(|state| state.discovering = false);
+        self.signal_powered();
+    }
+
     /// Signals the adapter's `Powered` and `Discovering` as they are now.
     pub fn signal_powered(&self) {
         let connection = self.connection();
