@@ -616,10 +616,13 @@ fn a_scan_bluez_drops_when_another_program_stops_its_own_is_started_again() {
     // BlueZ 5.66 drops a client's discovery when its StartDiscovery comes while another client's
     // StopDiscovery of the last discovery waits for the controller: the stop's completion removes the
     // newcomer (`adapter->client` was overwritten) and answers its start with success. On a busy machine
-    // `vitalsd pair` did this by chance. Here it is staged: the adapter goes off and on while the daemon
-    // is frozen (BlueZ forgets its discovery), bluetoothctl scans alone, btvirt is frozen so its stop
-    // waits for the controller, and the daemon, thawed, starts its scan into that wait; btvirt is thawed
-    // before the kernel's 2-s command timeout.
+    // `vitalsd pair` did this by chance. Here it is staged: the adapter is blocked by rfkill (BlueZ
+    // forgets its discovery) and the daemon, once it has reported the outage, is frozen; the adapter is
+    // unblocked and powered on, bluetoothctl scans alone, btvirt is frozen so its stop waits for the
+    // controller, and the daemon, thawed, starts its scan into that wait; btvirt is thawed before the
+    // kernel's 2-s command timeout. Blocking rather than powering off keeps the adapter off until the
+    // daemon is frozen (it powers an adapter on again itself), so the thawed daemon's first scan call is
+    // its answer to `Powered` coming back, with its filter: the newcomer `adapter->client` then holds.
     scenario.guest.write(
         "scenario.sh",
         &format!(
@@ -632,12 +635,16 @@ fn a_scan_bluez_drops_when_another_program_stops_its_own_is_started_again() {
              }}\n\
              {first_session}\
              wait_for 60 grep -q 'Device session finished' $out/daemon.log || exit 21\n\
-             kill -STOP $daemon_pid\n\
-             btmgmt --index 0 power off > $out/power.log 2>&1 || exit 13\n\
+             rfkill=$(grep -lx hci0 /sys/class/rfkill/rfkill*/name | xargs -r dirname)\n\
+             [ -n \"$rfkill\" ] || exit 13\n\
+             echo 1 > $rfkill/soft\n\
              wait_for 10 adapter_unpowered hci0 || exit 14\n\
-             btmgmt --index 0 power on >> $out/power.log 2>&1\n\
+             wait_for 20 grep -q 'The Bluetooth adapter was powered off' $out/daemon.log || exit 22\n\
+             kill -STOP $daemon_pid\n\
+             echo 0 > $rfkill/soft\n\
+             btmgmt --index 0 power on > $out/power.log 2>&1\n\
              wait_for 10 adapter_powered hci0 || exit 15\n\
-             stage hub adapter off and on, daemon frozen\n\
+             stage hub adapter blocked and on again, daemon frozen\n\
              from=$(($(wc -l < $out/bluetoothd.log) + 1))\n\
              mkfifo /tmp/ctl\n\
              bluetoothctl < /tmp/ctl > $out/bluetoothctl.log 2>&1 &\n\
@@ -671,17 +678,16 @@ fn a_scan_bluez_drops_when_another_program_stops_its_own_is_started_again() {
     let boot = scenario.guest.boot(BOOT_TIMEOUT);
     boot.assert_success();
     let report = || boot.report();
-    // The staging left the daemon without a running scan in one of BlueZ 5.66's two ways; which one
-    // depends on what the thawed daemon sends first, and both were seen. (1) Its start, with its filter,
+    // The staging left the daemon without a running scan. (1) Expected: its start, with its filter,
     // overwrote the stopper as the pending client, and the stop's completion removed the daemon's
     // discovery although the daemon never stopped it; `keep_scanning` starts it again within seconds.
-    // (2) Its start, without a filter yet (BlueZ had forgotten it with the power cycle), matched the
-    // running filter and was answered at once; the stop's completion then stopped the controller while
-    // the daemon stayed registered as discovering, so its starts are refused as in progress; the adapter's
-    // `Discovering` false shows it (`ScanState::RegisteredButNotDiscovering`), and failing that, the
-    // cuff going unheard for a minute (`SCAN_SILENCE_RESTART`). On a machine so slow that
-    // the kernel's 2-s command timeout ends the stop first, the daemon's start is answered with an error
-    // before its removal: (1) again.
+    // On a machine so slow that the kernel's 2-s command timeout ends the stop first, the daemon's start
+    // is answered with an error before its removal: (1) again. (2) Should the thawed daemon's first
+    // start come without its filter (a power cycle instead of rfkill made that happen in a CI run), it
+    // matches the running filter and is answered at once; the stop's completion then stops the
+    // controller while the daemon stays registered, its starts are refused as in progress, and the
+    // adapter's `Discovering` false shows it (`ScanState::RegisteredButNotDiscovering`), failing that the
+    // cuff going unheard for a minute (`SCAN_SILENCE_RESTART`). Either shows BlueZ lost the scan.
     let daemon = boot.out("daemon-sender").trim().to_string();
     let bluetoothd = boot.out("bluetoothd.log");
     let lines: Vec<&str> = bluetoothd.lines().map(str::trim_end).collect();
