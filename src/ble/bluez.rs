@@ -421,12 +421,22 @@ impl Bluez {
         timed(CALL_TIMEOUT, manager.call("RequestDefaultAgent", &(&path,))).await
     }
 
+    /// A proxy for one or two calls. Without a property cache: zbus's default fills one in a task of its
+    /// own (a match rule and `GetAll`) on the first property read, and the daemon's 5-s scan check that
+    /// read `Discovering` through it waited 5 s in vain at every check in a clean-clone CI run, which
+    /// held its Bluetooth loop and cost readings. A read here is one `Properties.Get`.
     async fn proxy(
         &self,
         path: &str,
         interface: &'static str,
     ) -> Result<zbus::Proxy<'static>, BluezError> {
-        zbus::Proxy::new(&self.connection, "org.bluez", path.to_string(), interface)
+        zbus::proxy::Builder::new(&self.connection)
+            .destination("org.bluez")
+            .and_then(|builder| builder.path(path.to_string()))
+            .and_then(|builder| builder.interface(interface))
+            .map_err(BluezError::Bus)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
             .await
             .map_err(BluezError::Bus)
     }
