@@ -28,15 +28,10 @@ struct Keys {
 impl Keys {
     fn make(dir: &Path, name: &str) -> Keys {
         std::fs::create_dir_all(dir).unwrap();
-        let output = Command::new(BINARY)
-            .args(["fleet", "keygen", "--name", name, "--out"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        succeeded(
+            Command::new(BINARY)
+                .args(["fleet", "keygen", "--name", name, "--out"])
+                .arg(dir),
         );
         Keys {
             private: dir.join(format!("{name}.key")),
@@ -53,26 +48,21 @@ impl Keys {
         request_id: &str,
         extra: &[&str],
     ) -> String {
-        let output = Command::new(BINARY)
-            .args(["fleet", "sign", "--key"])
-            .arg(&self.private)
-            .args([
-                "--hub",
-                hub,
-                "--command",
-                command,
-                "--request-id",
-                request_id,
-                "--args",
-            ])
-            .arg(args.to_string())
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = succeeded(
+            Command::new(BINARY)
+                .args(["fleet", "sign", "--key"])
+                .arg(&self.private)
+                .args([
+                    "--hub",
+                    hub,
+                    "--command",
+                    command,
+                    "--request-id",
+                    request_id,
+                    "--args",
+                ])
+                .arg(args.to_string())
+                .args(extra),
         );
         String::from_utf8(output.stdout).unwrap().trim().to_string()
     }
@@ -88,21 +78,27 @@ impl Keys {
             signature=$(basenc --base64url -w0 "$DIR/command.sig" | tr -d '=')
             printf '{"payload":"%s","signature":"%s","key_id":"%s"}' "$payload" "$signature" "$KEY_ID"
         "#;
-        let output = Command::new("sh")
-            .args(["-c", script])
-            .env("COMMAND", command.to_string())
-            .env("DIR", dir.path())
-            .env("KEY", &self.private)
-            .env("KEY_ID", key_id)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = succeeded(
+            Command::new("sh")
+                .args(["-c", script])
+                .env("COMMAND", command.to_string())
+                .env("DIR", dir.path())
+                .env("KEY", &self.private)
+                .env("KEY_ID", key_id),
         );
         String::from_utf8(output.stdout).unwrap()
     }
+}
+
+/// Runs `command`, which must succeed (its stderr is the failure message).
+fn succeeded(command: &mut Command) -> std::process::Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 /// A command document, for signing by hand.

@@ -22,9 +22,6 @@ impl LatencyRelay {
     /// `one_way`.
     pub fn start(upstream_port: u16, one_way: Duration, open: bool) -> LatencyRelay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("relay listener");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
         let port = listener.local_addr().expect("relay address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let accept_stop = stop.clone();
@@ -33,11 +30,14 @@ impl LatencyRelay {
         let generation = Arc::new(AtomicU64::new(0));
         let accept_generation = generation.clone();
         let thread = std::thread::spawn(move || {
-            while !accept_stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) if !accept_open.load(Ordering::SeqCst) => drop(client),
-                    Ok((client, _)) => {
-                        let _ = client.set_nonblocking(false);
+            // Blocking accepts; the drop wakes the last one with a connection of its own.
+            for client in listener.incoming() {
+                if accept_stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                match client {
+                    Ok(client) if !accept_open.load(Ordering::SeqCst) => drop(client),
+                    Ok(client) => {
                         if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) {
                             let path = Path {
                                 delay: one_way,
@@ -48,7 +48,7 @@ impl LatencyRelay {
                             relay(&server, &client, path);
                         }
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => {}
                 }
             }
         });
@@ -136,7 +136,8 @@ fn relay(from: &TcpStream, to: &TcpStream, path: Path) {
 
 impl Drop for LatencyRelay {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
