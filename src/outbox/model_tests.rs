@@ -58,9 +58,15 @@ fn record(key: u8) -> NewRecord {
         label: "pulse_oximetry".to_string(),
         format: 1,
         payload: format!("{{\"id\":\"key-{key}\"}}").into_bytes(),
-        created_at_ms: 1_000,
+        created_at_ms: created_at(key),
         held: false,
     }
+}
+
+/// Creation times out of the order of storage, as a hub clock set back or a reading released from hold
+/// give them.
+fn created_at(key: u8) -> i64 {
+    1_000 + i64::from(key) * 7 % 11
 }
 
 /// What must be true of the outbox, kept without SQLite.
@@ -174,7 +180,7 @@ fn run(steps: Vec<Step>) {
     let mut oracle = Oracle::default();
     for step in steps {
         apply(&mut subject, &mut oracle, step);
-        check_whole_queue(subject.outbox(), &oracle);
+        check_whole_queue(&mut subject, &oracle);
     }
 }
 
@@ -268,7 +274,10 @@ fn apply(subject: &mut Subject, oracle: &mut Oracle, step: Step) {
 }
 
 /// The outbox holds exactly the oracle's pending keys, in order, each once; nothing acknowledged is back.
-fn check_whole_queue(outbox: &mut Outbox, oracle: &Oracle) {
+/// The writer's statistics come from its own count; a reader's, counted from the file, must agree.
+fn check_whole_queue(subject: &mut Subject, oracle: &Oracle) {
+    let path = subject.path.clone();
+    let outbox = subject.outbox();
     let all: Vec<(i64, String)> = outbox
         .fetch_after(0, 10_000)
         .unwrap()
@@ -281,7 +290,19 @@ fn check_whole_queue(outbox: &mut Outbox, oracle: &Oracle) {
     assert_eq!(stats.pending, oracle.pending.len() as u64);
     assert_eq!(stats.delivered_total, oracle.acknowledged.len() as u64);
     assert_eq!(stats.quarantined_records, 0);
+    let oldest = oracle
+        .pending
+        .iter()
+        .map(|(_, key)| key[4..].parse().unwrap())
+        .map(created_at)
+        .min();
+    assert_eq!(stats.oldest_pending_created_at_ms, oldest);
     assert_eq!(outbox.unremoved(), outbox.count_unremoved_rows());
+    let counted = Outbox::open_for_status(&path).unwrap().stats().unwrap();
+    assert_eq!(
+        (counted.pending, counted.oldest_pending_created_at_ms),
+        (stats.pending, oldest)
+    );
 }
 
 proptest! {

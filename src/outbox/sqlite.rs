@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS record (
     created_at INTEGER NOT NULL,
     checksum INTEGER NOT NULL
 );
+-- The age of the oldest pending reading is asked for every few seconds (status, watchdog, fleet checks);
+-- without this index each answer reads every pending row.
+CREATE INDEX IF NOT EXISTS record_created_at ON record (created_at);
 CREATE TABLE IF NOT EXISTS held (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
@@ -101,6 +104,8 @@ pub struct Outbox {
     connection: Connection,
     options: OutboxOptions,
     pending: u64,
+    /// `pending` follows this connection's writes; a connection opened for status counts instead.
+    pending_kept: bool,
     /// Every record with a lower seq was acknowledged (`stat.acknowledged_below`); the rows may still be
     /// there, awaiting [`Outbox::remove_acknowledged`].
     acknowledged_below: i64,
@@ -239,6 +244,7 @@ impl Outbox {
             connection,
             options,
             pending: pending as u64,
+            pending_kept: true,
             acknowledged_below,
             unremoved: unremoved as u64,
             stored_total,
@@ -264,6 +270,7 @@ impl Outbox {
                 max_pending: u64::MAX,
             },
             pending: 0,
+            pending_kept: false,
             acknowledged_below: 0,
             unremoved: 0,
             stored_total: 0,
@@ -812,11 +819,21 @@ impl Outbox {
             return Ok(OutboxStats::default());
         }
         let (below, _) = read_acknowledged_below(&self.connection)?;
-        let (pending, mut oldest): (i64, Option<i64>) = self.connection.query_row(
-            "SELECT count(*), min(created_at) FROM record WHERE seq >= ?1",
+        // Counting reads every pending row (hundreds of megabytes with a long backlog), so the writer, which
+        // is asked every few seconds, answers from its own count; the oldest comes from `record_created_at`.
+        let mut oldest: Option<i64> = self.connection.query_row(
+            "SELECT min(created_at) FROM record WHERE seq >= ?1",
             params![below],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| row.get(0),
         )?;
+        let queued: Option<i64> = match self.pending_kept {
+            true => None,
+            false => Some(self.connection.query_row(
+                "SELECT count(*) FROM record WHERE seq >= ?1",
+                params![below],
+                |row| row.get(0),
+            )?),
+        };
         // An older daemon's file has no `held` until this version opens it for writing.
         let (held, oldest_held): (i64, Option<i64>) = self
             .connection
@@ -831,7 +848,7 @@ impl Outbox {
             .query_row("SELECT count(*) FROM quarantine", [], |row| row.get(0))
             .unwrap_or(0);
         let mut stats = OutboxStats {
-            pending: (pending + held) as u64,
+            pending: queued.map_or(self.pending, |queued| (queued + held) as u64),
             held: held as u64,
             oldest_pending_created_at_ms: oldest,
             quarantined_records: quarantined_records as u64,
