@@ -694,3 +694,111 @@ fn sigterm_while_a_glucose_meters_records_wait_for_space_stops_in_time_and_the_n
     each_glucose_record_arrived_once(&rig, 5);
     eprintln!("SIGTERM while a glucose meter's records waited for space: stopped in {stop_took:?} ({status})");
 }
+
+/// An outbox from before the index of creation times, with a long backlog, on a state directory another
+/// program has filled: the upgraded daemon starts on the reserve's room without building the index (which
+/// needs megabytes), delivers the whole backlog, and builds the index at a later start with room.
+#[test]
+fn an_upgrade_with_a_long_backlog_on_a_full_state_dir_delivers_it_and_indexes_later() {
+    const BACKLOG: usize = 100_000;
+    let mut rig = rig();
+    let _tmpfs = Tmpfs::mount(&rig.world.state_dir(), "256m");
+    let mut daemon = rig.world.start();
+    rig.wait_online();
+    rig.port.write(&SpotCheck::numbered(0).frame());
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(1, Duration::from_secs(20)),
+        "{}",
+        tail(&rig.world.log())
+    );
+    wait_for(
+        "the outbox reserve",
+        Duration::from_secs(20),
+        || rig.world.state_dir().join("outbox.reserve").exists(),
+        || tail(&rig.world.log()),
+    );
+    assert!(daemon.terminate().success(), "{}", tail(&rig.world.log()));
+    // The backlog: copies of the delivered reading, each with an id and key of its own.
+    let template = rig.subscriber.readings()[0].to_string();
+    let first_id = rig.subscriber.readings()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    {
+        let (mut outbox, _) = vitalsd::outbox::Outbox::open(
+            &rig.world.outbox_path(),
+            vitalsd::outbox::OutboxOptions {
+                max_pending: 1_000_000,
+            },
+            0,
+        )
+        .unwrap();
+        for start in (0..BACKLOG).step_by(1_000) {
+            let batch: Vec<vitalsd::outbox::NewRecord> = (start..start + 1_000)
+                .map(|n| vitalsd::outbox::NewRecord {
+                    key: format!("backlog-{n}"),
+                    label: "pulse_oximetry".to_string(),
+                    format: 1,
+                    payload: template
+                        .replace(&first_id[24..], &format!("{n:012x}"))
+                        .into_bytes(),
+                    created_at_ms: 1_765_000_000_000 + n as i64,
+                    held: false,
+                })
+                .collect();
+            outbox.append(&batch).unwrap();
+        }
+    }
+    let index_exists = |world: &DaemonWorld| {
+        rusqlite::Connection::open(world.outbox_path())
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'record_created_at'",
+                    [],
+                    |row| row.get::<_, i64>(0),
+                )
+            })
+            .unwrap()
+            == 1
+    };
+    // As an older version left the file: no index, and no free pages it could be rebuilt in.
+    let connection = rusqlite::Connection::open(rig.world.outbox_path()).unwrap();
+    connection
+        .execute_batch("DROP INDEX record_created_at; VACUUM;")
+        .unwrap();
+    drop(connection);
+    assert!(!index_exists(&rig.world));
+    drop(Hog::start(&rig.world.state_dir()));
+
+    let mut daemon = rig.world.start();
+    let delivered = rig
+        .subscriber
+        .wait_for_unique_readings(1 + BACKLOG, Duration::from_secs(180));
+    assert!(
+        delivered,
+        "{} of {} readings arrived:\n{}",
+        rig.subscriber.unique_reading_count(),
+        1 + BACKLOG,
+        tail(&rig.world.log())
+    );
+    assert!(daemon.is_running(), "{}", tail(&rig.world.log()));
+    let deferred = crate::support::daemon_phrase("No room in the state directory to index");
+    assert!(
+        rig.world.log().contains(deferred),
+        "{}",
+        tail(&rig.world.log())
+    );
+    assert!(!index_exists(&rig.world));
+    assert_eq!(rig.world.status()["outbox"]["pending"], 0);
+
+    std::fs::remove_file(rig.world.state_dir().join("filler")).unwrap();
+    assert!(daemon.terminate().success(), "{}", tail(&rig.world.log()));
+    let _daemon = rig.world.start();
+    wait_for(
+        "the index to be built at the start with room",
+        Duration::from_secs(30),
+        || index_exists(&rig.world),
+        || tail(&rig.world.log()),
+    );
+}

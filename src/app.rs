@@ -82,6 +82,9 @@ pub async fn run(
     if report.acknowledged_mark_damaged {
         tracing::error!("The outbox's record of which readings the broker acknowledged is damaged: every reading still in the file is sent again, so the backend may receive some twice (same reading ids). Check the storage.");
     }
+    if report.index_deferred {
+        tracing::warn!("No room in the state directory to index the outbox's creation times: status and fleet checks read the whole backlog until a later start builds the index.");
+    }
     tracing::info!(path = %outbox_path.display(), pending = outbox.pending(), "Outbox open.");
     let space = Space::new(&config.hub.state_dir);
     let (outbox, worker) = spawn_worker(

@@ -25,9 +25,6 @@ CREATE TABLE IF NOT EXISTS record (
     created_at INTEGER NOT NULL,
     checksum INTEGER NOT NULL
 );
--- The age of the oldest pending reading is asked for every few seconds (status, watchdog, fleet checks);
--- without this index each answer reads every pending row.
-CREATE INDEX IF NOT EXISTS record_created_at ON record (created_at);
 CREATE TABLE IF NOT EXISTS held (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
@@ -60,6 +57,13 @@ CREATE TABLE IF NOT EXISTS stat (
 ) WITHOUT ROWID;
 ";
 
+/// The age of the oldest pending reading is asked for every few seconds (status, watchdog, fleet checks);
+/// without this index each answer reads every pending row. It is built apart from the schema: on a long
+/// backlog it takes megabytes that a nearly full disk may not have, and without it the same queries still
+/// answer, by scanning.
+const CREATED_AT_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS record_created_at ON record (created_at)";
+
 /// Limits that come from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxOptions {
@@ -80,6 +84,9 @@ pub struct OpenReport {
     /// The queue's acknowledged mark failed its check: every row in the file is queued again, so readings
     /// already delivered are published a second time rather than any pending one being skipped.
     pub acknowledged_mark_damaged: bool,
+    /// The disk had no room to build the index of creation times (an upgrade with a long backlog); the
+    /// next open tries again.
+    pub index_deferred: bool,
 }
 
 /// Records found missing at open: the commit mark counted more stored records than the database holds.
@@ -224,6 +231,13 @@ impl Outbox {
             )?;
         }
         transaction.commit()?;
+        match connection
+            .execute_batch(CREATED_AT_INDEX)
+            .map_err(OutboxError::classify)
+        {
+            Err(OutboxError::DiskFull(_)) => report.index_deferred = true,
+            other => other?,
+        }
         let (acknowledged_below, intact) = read_acknowledged_below(&connection)?;
         report.acknowledged_mark_damaged = !intact;
         let (pending, unremoved): (i64, i64) = connection.query_row(
