@@ -1332,6 +1332,26 @@ mod tests {
         );
     }
 
+    /// Statistics and the dedup prune ask for the oldest pending creation time every few seconds; read
+    /// through the index, that is one seek rather than a read of every pending row.
+    #[test]
+    fn the_oldest_pending_creation_time_is_read_through_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir, 100);
+        let plan: Vec<String> = outbox
+            .connection
+            .prepare("EXPLAIN QUERY PLAN SELECT min(created_at) FROM record WHERE seq >= ?1")
+            .unwrap()
+            .query_map(params![1], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            plan,
+            ["SEARCH record USING COVERING INDEX record_created_at"]
+        );
+    }
+
     #[test]
     fn pruning_never_forgets_a_pending_key() {
         let dir = tempfile::tempdir().unwrap();
