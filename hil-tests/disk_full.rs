@@ -720,11 +720,8 @@ fn an_upgrade_with_a_long_backlog_on_a_full_state_dir_delivers_it_and_indexes_la
     );
     assert!(daemon.terminate().success(), "{}", tail(&rig.world.log()));
     // The backlog: copies of the delivered reading, each with an id and key of its own.
-    let template = rig.subscriber.readings()[0].to_string();
-    let first_id = rig.subscriber.readings()[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = rig.subscriber.readings().swap_remove(0);
+    let (template, first_id) = (first.to_string(), first["id"].as_str().unwrap().to_string());
     {
         let (mut outbox, _) = vitalsd::outbox::Outbox::open(
             &rig.world.outbox_path(),
