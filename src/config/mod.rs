@@ -40,6 +40,7 @@ const DEFAULTS: &str = r#"
     ble = { enabled = true, adapter = "hci0" }
     log = { level = "info" }
     fleet = { device_silent_after = "72h", backlog_after = "24h", max_validity = "7days" }
+    output = { formats = ["reading.v1"] }
 "#;
 
 /// The whole validated configuration. Keys are declared in the example file's order, which errors follow.
@@ -58,29 +59,21 @@ pub struct Config {
 }
 
 /// `[output]`: what the hub publishes for each reading.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     #[serde(deserialize_with = "v::formats")]
     pub formats: Vec<OutputFormat>,
 }
 
-impl Default for OutputConfig {
-    fn default() -> Self {
-        OutputConfig {
-            formats: vec![OutputFormat::ReadingV1],
-        }
-    }
-}
-
 /// A message format of a reading (README, "For backend developers").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString)]
 pub enum OutputFormat {
     /// `vitalsd.reading.v1` on `{prefix}/{hub}/readings/{kind}`.
-    #[serde(rename = "reading.v1")]
+    #[strum(serialize = "reading.v1")]
     ReadingV1,
     /// A FHIR R4 transaction Bundle on `{prefix}/{hub}/fhir/{kind}`.
-    #[serde(rename = "fhir")]
+    #[strum(serialize = "fhir")]
     Fhir,
 }
 

@@ -65,36 +65,15 @@ checked! {
         ensure(valid, uri, "is not a URI: use an identifier system such as \"urn:oid:1.2.208.176.1.2\" or \"https://example.org/patients\"")
     };
     formats: Vec<String> => Vec<super::OutputFormat> = |names| {
-        let mut formats = Vec::new();
-        for name in names {
-            let format = match name.as_str() {
-                "reading.v1" => super::OutputFormat::ReadingV1,
-                "fhir" => super::OutputFormat::Fhir,
-                _ => return Err(format!("{} is not a format: use \"reading.v1\" and/or \"fhir\"", q(&name))),
-            };
-            if formats.contains(&format) {
-                return Err(format!("{} is listed twice", q(&name)));
-            }
-            formats.push(format);
-        }
+        let formats = each_once(names, |name| name.parse().ok(), "is not a format: use \"reading.v1\" and/or \"fhir\"")?;
         match formats.is_empty() {
             true => Err("is empty: name at least one format, such as [\"reading.v1\"]".to_string()),
             false => Ok(formats),
         }
     };
     code_sets: Vec<String> => Vec<&'static crate::model::fhir_codes::CodeSet> = |names| {
-        let mut sets: Vec<&'static crate::model::fhir_codes::CodeSet> = Vec::new();
-        for name in names {
-            let Some(set) = crate::model::fhir_codes::find(&name) else {
-                let known = crate::model::fhir_codes::names().join("\", \"");
-                return Err(format!("{} is not a code set: the hub has \"{known}\"", q(&name)));
-            };
-            if sets.iter().any(|known| std::ptr::eq(*known, set)) {
-                return Err(format!("{} is listed twice", q(&name)));
-            }
-            sets.push(set);
-        }
-        Ok(sets)
+        let known = crate::model::fhir_codes::names().join("\", \"");
+        each_once(names, crate::model::fhir_codes::find, &format!("is not a code set: the hub has \"{known}\""))
     };
     // A file name in $CREDENTIALS_DIRECTORY, so at most NAME_MAX bytes.
     credential: String => String = |name| {
@@ -210,24 +189,46 @@ pub(super) fn device_id_ok(id: &str) -> bool {
 /// A value quoted for a message; a long one by its beginning and length, so a bad value of megabytes is
 /// not echoed back whole.
 pub(super) fn q(text: &str) -> String {
-    let prefix: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+    let (prefix, length) = beginning(text);
     let quoted = format!("{prefix:?}");
-    match text.chars().count() {
-        length if length > MAX_QUOTED_CHARS => {
-            format!("{}…\" ({length} characters)", &quoted[..quoted.len() - 1])
-        }
-        _ => quoted,
+    match length {
+        Some(length) => format!("{}…\" ({length} characters)", &quoted[..quoted.len() - 1]),
+        None => quoted,
     }
 }
 
 /// A path for a message: by its beginning and length if it is long, like a quoted value.
 pub(super) fn shown(path: &std::path::Path) -> String {
-    let text = path.display().to_string();
-    let prefix: String = text.chars().take(MAX_QUOTED_CHARS).collect();
-    match text.chars().count() {
-        length if length > MAX_QUOTED_CHARS => format!("{prefix}… ({length} characters)"),
-        _ => text,
+    match beginning(&path.display().to_string()) {
+        (prefix, Some(length)) => format!("{prefix}… ({length} characters)"),
+        (text, None) => text,
     }
+}
+
+/// The first `MAX_QUOTED_CHARS` characters of `text`, and its length if that is not all of it.
+fn beginning(text: &str) -> (String, Option<usize>) {
+    let length = text.chars().count();
+    let prefix = text.chars().take(MAX_QUOTED_CHARS).collect();
+    (
+        prefix,
+        Some(length).filter(|length| *length > MAX_QUOTED_CHARS),
+    )
+}
+
+/// The items a list of names names, each at most once, in the list's order.
+fn each_once<T>(
+    names: Vec<String>,
+    find: impl Fn(&str) -> Option<T>,
+    unknown: &str,
+) -> Result<Vec<T>, String> {
+    let mut found = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        found.push(find(name).ok_or_else(|| format!("{} {unknown}", q(name)))?);
+        if names[..index].contains(name) {
+            return Err(format!("{} is listed twice", q(name)));
+        }
+    }
+    Ok(found)
 }
 
 /// `value` if it is valid, else an error that quotes it before `problem`.
