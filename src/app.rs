@@ -255,7 +255,7 @@ pub async fn run(
     let watchdog_period = sd_notify::watchdog_enabled()
         .map(|period| period / 2)
         .unwrap_or(Duration::from_secs(3600));
-    let mut watchdog = tokio::time::interval(watchdog_period);
+    let mut watchdog = crate::clock::every(watchdog_period);
     let mut last_progress = outbox.progress();
     let mut failure: Option<anyhow::Error> = None;
     let mut uplink_done = false;

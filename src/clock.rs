@@ -143,3 +143,45 @@ fn since_boot() -> Duration {
     }
     Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
 }
+
+/// A timer that ticks at once and then every `period`. After the process was held up (a stalled SD card, a
+/// stopped process, a paused virtual machine) it ticks once and keeps its period from there: tokio's default
+/// is to catch up with a burst of every tick it missed, each of which would repeat work (a housekeeping pass,
+/// a D-Bus check, a checkpoint save) for nothing.
+pub fn every(period: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval(period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_held_up_for_ten_periods_ticks_once_then_keeps_its_period() {
+        let period = Duration::from_secs(5);
+        let mut timer = every(period);
+        assert!(
+            timer.tick().now_or_never().is_some(),
+            "the first tick is at once"
+        );
+        tokio::time::advance(period * 10).await;
+        let mut ready = 0;
+        while ready < 20 && timer.tick().now_or_never().is_some() {
+            ready += 1;
+        }
+        assert_eq!(ready, 1, "ticks ready at once after the hold-up");
+        tokio::time::advance(period - Duration::from_millis(1)).await;
+        assert!(
+            timer.tick().now_or_never().is_none(),
+            "not before a full period"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            timer.tick().now_or_never().is_some(),
+            "a period after the late tick"
+        );
+    }
+}

@@ -42,7 +42,7 @@ pub async fn run(
     fhir: FhirOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerGone> {
-    let mut tick = tokio::time::interval(CHECK_EVERY);
+    let mut tick = crate::clock::every(CHECK_EVERY);
     let mut last_clock: Option<HubClock> = None;
     // When this boot's boot-time clock read zero, by a trusted wall clock. It stays true after the kernel
     // withdraws its trust (timesyncd's clock is "unsynchronised" again after hours without an NTP answer):

@@ -263,7 +263,7 @@ async fn run_stack(
     let mut aborted_links = AbortedLinks::default();
     let mut advertisement_decoders: HashMap<(String, crate::decode::Protocol), Decoding> =
         HashMap::new();
-    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    let mut housekeeping = crate::clock::every(HOUSEKEEPING);
     let mut dirty = false;
     // Last-seen times change with every advert; they are written with the next real change, or every
     // SEEN_SAVE_INTERVAL, not every few seconds (an fsync each time wears a hub's SD card).

@@ -259,7 +259,7 @@ async fn connect(
     tokio::pin!(connecting);
     let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
     tokio::pin!(deadline);
-    let mut check = tokio::time::interval(LINK_CHECK);
+    let mut check = crate::clock::every(LINK_CHECK);
     let mut watch = LinkWatch::default();
     loop {
         let up = tokio::select! {
@@ -355,7 +355,7 @@ async fn collect(
         grace: StopGrace::default(),
         readings: 0,
     };
-    let mut connection_check = tokio::time::interval(Duration::from_secs(1));
+    let mut connection_check = crate::clock::every(Duration::from_secs(1));
     let end = 'session: {
         if follow(peripheral, &characteristics, &mut core).await? == Some(Step::Finished) {
             break 'session SessionEnd::Finished {

@@ -85,8 +85,8 @@ pub async fn run_device(
     let resumed = checkpoints.load(&settings.device.id);
     let device_id = settings.device.id.clone();
     let mut decoding = Decoding::new(settings, resumed);
-    let mut flush = tokio::time::interval(COUNTER_FLUSH);
-    let mut dialog = tokio::time::interval(DIALOG_POLL);
+    let mut flush = crate::clock::every(COUNTER_FLUSH);
+    let mut dialog = crate::clock::every(DIALOG_POLL);
     let mut connection = None;
     let mut grace = StopGrace::default();
     loop {
