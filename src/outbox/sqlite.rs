@@ -118,6 +118,10 @@ pub struct Outbox {
     acknowledged_below: i64,
     /// Rows below `acknowledged_below` not removed yet.
     unremoved: u64,
+    /// The highest seq the queue gave out (SQLite's `AUTOINCREMENT` never gives one out twice): no row
+    /// lies beyond it, so an acknowledgement of a seq beyond it acknowledges nothing and never moves the
+    /// mark past it, where the next reading's seq would be hidden below the mark.
+    last_seq: i64,
     /// Records ever stored in this database, as its `stat` table counts them; mirrored in `mark`.
     stored_total: u64,
     mark: Option<CommitMark>,
@@ -240,6 +244,7 @@ impl Outbox {
         }
         let (acknowledged_below, intact) = read_acknowledged_below(&connection)?;
         report.acknowledged_mark_damaged = !intact;
+        let last_seq = read_last_seq(&connection)?;
         let (pending, unremoved): (i64, i64) = connection.query_row(
             "SELECT (SELECT count(*) FROM record WHERE seq >= ?1) + (SELECT count(*) FROM held),
                     (SELECT count(*) FROM record WHERE seq < ?1)",
@@ -261,6 +266,7 @@ impl Outbox {
             pending_kept: true,
             acknowledged_below,
             unremoved: unremoved as u64,
+            last_seq,
             stored_total,
             mark,
             quarantined: Vec::new(),
@@ -287,6 +293,7 @@ impl Outbox {
             pending_kept: false,
             acknowledged_below: 0,
             unremoved: 0,
+            last_seq: 0,
             stored_total: 0,
             mark: None,
             quarantined: Vec::new(),
@@ -319,6 +326,7 @@ impl Outbox {
         let mut stored = 0u64;
         let mut duplicates = 0u64;
         let mut rejected = 0u64;
+        let mut last_seq = self.last_seq;
         {
             // A key is claimed in `seen` when first appended and stays there after delivery, so the drain
             // never touches the (randomly ordered) key index: it only deletes a run of consecutive seqs.
@@ -375,6 +383,9 @@ impl Outbox {
                             )
                         ])
                         .map_err(OutboxError::classify)?;
+                    if !record.held {
+                        last_seq = last_seq.max(transaction.last_insert_rowid());
+                    }
                     stored += 1;
                     outcomes.push(Appended::Stored);
                 } else {
@@ -392,6 +403,7 @@ impl Outbox {
         }
         transaction.commit().map_err(OutboxError::classify)?;
         self.pending += stored;
+        self.last_seq = last_seq;
         self.note_stored(stored);
         Ok(outcomes)
     }
@@ -558,6 +570,7 @@ impl Outbox {
             .map_err(OutboxError::classify)?;
         let mut moved = 0u64;
         let mut damaged = Vec::new();
+        let mut last_seq = self.last_seq;
         {
             // A held row is checked again: its key, label and format are published with the new payload.
             let mut read = transaction
@@ -601,12 +614,14 @@ impl Outbox {
                         checksum
                     ])
                     .map_err(OutboxError::classify)?;
+                last_seq = last_seq.max(transaction.last_insert_rowid());
                 date.execute(params![held.key, release.created_at_ms.unwrap_or(UNDATED)])
                     .map_err(OutboxError::classify)?;
                 moved += 1;
             }
         }
         transaction.commit().map_err(OutboxError::classify)?;
+        self.last_seq = last_seq;
         if !damaged.is_empty() {
             match self.move_to_quarantine("held", &damaged) {
                 Ok(()) | Err(OutboxError::DiskFull(_)) => {}
@@ -617,8 +632,8 @@ impl Outbox {
     }
 
     /// Takes records the consumer confirmed out of the queue (their keys stay claimed for deduplication).
-    /// Unknown seqs are ignored (a record acknowledged twice across a reconnect). Returns how many left the
-    /// queue.
+    /// Unknown seqs are ignored (a record acknowledged twice across a reconnect, or a seq never given out).
+    /// Returns how many left the queue.
     ///
     /// Confirmations mostly come in order, from the queue's head: those only move the durable
     /// `acknowledged_below` mark, and the rows are removed later ([`Outbox::remove_acknowledged`]), off
@@ -643,10 +658,15 @@ impl Outbox {
                 .prepare_cached("DELETE FROM record WHERE seq BETWEEN ?1 AND ?2")
                 .map_err(OutboxError::classify)?;
             for (first, last) in consecutive_runs(seqs) {
+                // Seqs beyond the last one given out have no row, and the mark must not pass them.
+                let last = last.min(self.last_seq);
                 if last < below {
                     continue;
                 }
                 let first = first.max(below);
+                if first > last {
+                    continue;
+                }
                 let at_head = !pending_before
                     .query_row(params![below, first], |row| row.get::<_, bool>(0))
                     .map_err(OutboxError::classify)?;
@@ -1089,6 +1109,17 @@ pub(super) fn read_acknowledged_below(connection: &Connection) -> rusqlite::Resu
     let intact = check.as_deref() == Some(acknowledged_mark_check(below).as_str())
         && (0..=last_given + 1).contains(&below);
     Ok(if intact { (below, true) } else { (0, false) })
+}
+
+/// The highest seq `record` gave out: SQLite's sequence, or the highest row if the sequence reads lower
+/// (it cannot, unless damaged).
+fn read_last_seq(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row(
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'record'), 0),
+                    coalesce((SELECT max(seq) FROM record), 0))",
+        [],
+        |row| row.get(0),
+    )
 }
 
 /// The mark's check, kept beside it: a flipped bit in the mark would otherwise hide pending readings.
