@@ -376,6 +376,10 @@ fn check_whole_queue(subject: &mut Subject, oracle: &Oracle) {
         .min();
     assert_eq!(stats.oldest_pending_created_at_ms, oldest);
     assert_eq!(outbox.unremoved(), outbox.count_unremoved_rows());
+    assert!(
+        outbox.knows_its_rows(),
+        "the outbox's knowledge of its rows"
+    );
     let counted = Outbox::open_for_status(&path).unwrap().stats().unwrap();
     assert_eq!(
         (counted.pending, counted.oldest_pending_created_at_ms),
