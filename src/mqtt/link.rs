@@ -5,7 +5,6 @@
 //! on: the outbox owns retransmission. The MQTT 5 session expires when the connection ends (session expiry
 //! interval 0), so a broker keeps no queue for the hub either.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -68,8 +67,6 @@ pub struct Link {
     options: Options,
     capacity: usize,
     events: Events,
-    /// Events the client had queued behind the last one its poll returned, oldest first.
-    ready: VecDeque<LinkEvent>,
 }
 
 enum Client {
@@ -95,9 +92,8 @@ enum EventLoop {
     V311(rumqttc::EventLoop),
 }
 
-/// The event loop's events, a poll at a time: the event the poll returned and those the client had
-/// already queued behind it. It ends after the first error, dropping the event loop and its connection.
-type Events = Pin<Box<dyn Stream<Item = (Result<LinkEvent, String>, Vec<LinkEvent>)> + Send>>;
+/// The event loop's events; it ends after the first error, dropping the event loop and its connection.
+type Events = Pin<Box<dyn Stream<Item = Result<LinkEvent, String>> + Send>>;
 
 impl Link {
     /// `capacity` is the client's request queue: the uplink's window plus room for status publishes.
@@ -185,7 +181,6 @@ impl Link {
             options,
             capacity,
             events: eventloop.into_events(),
-            ready: VecDeque::new(),
         })
     }
 
@@ -196,42 +191,21 @@ impl Link {
         let (client, eventloop) = self.options.client(self.capacity);
         self.client = client;
         self.events = eventloop.into_events();
-        self.ready.clear();
     }
 
     /// The next event; an error means the connection is gone (or never came), described for the operator.
     /// Cancel-safe: a poll cut short goes on at the next call.
     pub async fn poll(&mut self) -> Result<LinkEvent, String> {
-        if let Some(event) = self.ready.pop_front() {
-            return Ok(event);
+        match self.events.next().await {
+            Some(event) => event,
+            // The stream ends only after it reported an error, which restarts the link.
+            None => Err("the MQTT client stopped".to_string()),
         }
-        // Nothing after this await: the events taken are kept before anything can cancel the call.
-        let polled = self.events.next().await;
-        self.take(polled)
     }
 
     /// The next event if the client has one without waiting for the network.
     pub fn try_poll(&mut self) -> Option<Result<LinkEvent, String>> {
-        if let Some(event) = self.ready.pop_front() {
-            return Some(Ok(event));
-        }
-        let polled = self.events.next().now_or_never()?;
-        Some(self.take(polled))
-    }
-
-    /// The event a poll returned; the ones queued behind it wait in `ready`.
-    fn take(
-        &mut self,
-        polled: Option<(Result<LinkEvent, String>, Vec<LinkEvent>)>,
-    ) -> Result<LinkEvent, String> {
-        match polled {
-            Some((event, queued)) => {
-                self.ready.extend(queued);
-                event
-            }
-            // The stream ends only after it reported an error, which restarts the link.
-            None => Err("the MQTT client stopped".to_string()),
-        }
+        self.events.next().now_or_never().flatten()
     }
 
     /// Queues a reading: QoS 1, not retained, never an expiry (a reading is worth delivering however
@@ -345,7 +319,7 @@ impl Options {
 impl EventLoop {
     fn into_events(self) -> Events {
         // The event loop is boxed because the stream moves its state into and out of a new future for every
-        // poll, and rumqttc's is over a kilobyte: in a profile of the drain, those copies took about a
+        // event, and rumqttc's is over a kilobyte: in a profile of the drain, those copies took about a
         // twentieth of the uplink thread's samples.
         Box::pin(futures_util::stream::unfold(
             Some(Box::new(self)),
@@ -353,93 +327,62 @@ impl EventLoop {
                 let mut eventloop = eventloop?;
                 let event = eventloop.poll().await;
                 let failed = event.is_err();
-                let queued = if failed {
-                    Vec::new()
-                } else {
-                    eventloop.take_queued()
-                };
-                Some(((event, queued), (!failed).then_some(eventloop)))
+                Some((event, (!failed).then_some(eventloop)))
             },
         ))
     }
 
     async fn poll(&mut self) -> Result<LinkEvent, String> {
         match self {
-            EventLoop::V5(eventloop) => eventloop
-                .poll()
-                .await
-                .map(from_v5)
-                .map_err(|error| describe_v5(&error)),
+            EventLoop::V5(eventloop) => {
+                use v5::mqttbytes::v5::Packet;
+                use v5::Event;
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(connack))) => Ok(LinkEvent::Connected {
+                        receive_maximum: connack.properties.and_then(|p| p.receive_max),
+                    }),
+                    Ok(Event::Incoming(Packet::PubAck(puback))) => Ok(LinkEvent::PubAck {
+                        pkid: puback.pkid,
+                        outcome: classify(puback_code(puback.reason)),
+                    }),
+                    Ok(Event::Incoming(Packet::Publish(publish))) => Ok(LinkEvent::Message {
+                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                        payload: publish.payload.to_vec(),
+                        retained: publish.retain,
+                    }),
+                    Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
+                    Ok(_) => Ok(LinkEvent::Other),
+                    Err(error) => Err(describe_v5(&error)),
+                }
+            }
             EventLoop::V311(eventloop) => {
-                eventloop.poll().await.map(from_v311).map_err(describe_v311)
+                use rumqttc::{Event, Incoming};
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(LinkEvent::Connected {
+                        receive_maximum: None,
+                    }),
+                    // MQTT 3.1.1 has no way to say no: a PUBACK is always "taken" (see the README).
+                    Ok(Event::Incoming(Incoming::PubAck(puback))) => Ok(LinkEvent::PubAck {
+                        pkid: puback.pkid,
+                        outcome: AckOutcome::Accepted,
+                    }),
+                    Ok(Event::Incoming(Incoming::Publish(publish))) => Ok(LinkEvent::Message {
+                        topic: publish.topic,
+                        payload: publish.payload.to_vec(),
+                        retained: publish.retain,
+                    }),
+                    Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
+                    Ok(_) => Ok(LinkEvent::Other),
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        Err(format!("broker refused the connection: {code:?}"))
+                    }
+                    Err(rumqttc::ConnectionError::MqttState(
+                        rumqttc::StateError::AwaitPingResp,
+                    )) => Err(NO_PING_RESPONSE.to_string()),
+                    Err(error) => Err(error.to_string()),
+                }
             }
         }
-    }
-
-    /// The events the client queued behind the one its poll returned (a read from the broker brings up
-    /// to ten packets: a run of PUBACKs). Once connected, rumqttc's poll returns exactly these next, one
-    /// per poll, before it looks at the network or the requests again; taken here at once, they cost no
-    /// poll each, no new future moved into the stream. Empty (no allocation) when there are none, as
-    /// after a publish.
-    fn take_queued(&mut self) -> Vec<LinkEvent> {
-        match self {
-            EventLoop::V5(eventloop) => eventloop.state.events.drain(..).map(from_v5).collect(),
-            EventLoop::V311(eventloop) => eventloop.state.events.drain(..).map(from_v311).collect(),
-        }
-    }
-}
-
-fn from_v5(event: v5::Event) -> LinkEvent {
-    use v5::mqttbytes::v5::Packet;
-    use v5::Event;
-    match event {
-        Event::Incoming(Packet::ConnAck(connack)) => LinkEvent::Connected {
-            receive_maximum: connack.properties.and_then(|p| p.receive_max),
-        },
-        Event::Incoming(Packet::PubAck(puback)) => LinkEvent::PubAck {
-            pkid: puback.pkid,
-            outcome: classify(puback_code(puback.reason)),
-        },
-        Event::Incoming(Packet::Publish(publish)) => LinkEvent::Message {
-            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
-            payload: publish.payload.to_vec(),
-            retained: publish.retain,
-        },
-        Event::Outgoing(outgoing) => outgoing_event(outgoing),
-        _ => LinkEvent::Other,
-    }
-}
-
-fn from_v311(event: rumqttc::Event) -> LinkEvent {
-    use rumqttc::{Event, Incoming};
-    match event {
-        Event::Incoming(Incoming::ConnAck(_)) => LinkEvent::Connected {
-            receive_maximum: None,
-        },
-        // MQTT 3.1.1 has no way to say no: a PUBACK is always "taken" (see the README).
-        Event::Incoming(Incoming::PubAck(puback)) => LinkEvent::PubAck {
-            pkid: puback.pkid,
-            outcome: AckOutcome::Accepted,
-        },
-        Event::Incoming(Incoming::Publish(publish)) => LinkEvent::Message {
-            topic: publish.topic,
-            payload: publish.payload.to_vec(),
-            retained: publish.retain,
-        },
-        Event::Outgoing(outgoing) => outgoing_event(outgoing),
-        _ => LinkEvent::Other,
-    }
-}
-
-fn describe_v311(error: rumqttc::ConnectionError) -> String {
-    match error {
-        rumqttc::ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
-        }
-        rumqttc::ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
-            NO_PING_RESPONSE.to_string()
-        }
-        error => error.to_string(),
     }
 }
 
