@@ -14,12 +14,23 @@ impl Topics {
 
     /// Where readings of one kind go; `kind` is the outbox label of the record.
     pub fn reading(&self, kind: &str) -> String {
-        format!("{}/readings/{kind}", self.base)
+        self.join("/readings/", kind)
     }
 
     /// Where the FHIR Bundles of readings of one kind go.
     pub fn fhir(&self, kind: &str) -> String {
-        format!("{}/fhir/{kind}", self.base)
+        self.join("/fhir/", kind)
+    }
+
+    /// The base, `middle` and `last` in one allocation of the right size: a drain builds a reading's
+    /// topic for every publish, and `format!` grew its string twice and went through the formatting
+    /// machinery each time (about a fiftieth of the uplink thread's samples in a profile).
+    fn join(&self, middle: &str, last: &str) -> String {
+        let mut topic = String::with_capacity(self.base.len() + middle.len() + last.len());
+        topic.push_str(&self.base);
+        topic.push_str(middle);
+        topic.push_str(last);
+        topic
     }
 
     /// A topic under the hub's own, such as `twin` or `cmd/+`.

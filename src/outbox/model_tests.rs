@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
-use super::{Appended, NewRecord, Outbox, OutboxOptions};
+use super::{Appended, NewRecord, Outbox, OutboxOptions, Release};
 
 const MAX_PENDING: u64 = 12;
 
@@ -18,6 +18,16 @@ enum Step {
     /// The uplink fetches up to `limit` records after its cursor and the broker acknowledges those picked
     /// by the mask (bit i for the i-th record fetched).
     PublishAndAck { limit: usize, mask: u32 },
+    /// Acknowledgements of seqs that are not pending: beyond every seq given out (by this much), and every
+    /// seq given out that is no longer pending. None of them may move anything.
+    AckUnknown(u8),
+    /// Appends records held back by their producer (readings waiting for a trusted hub clock).
+    Hold(Vec<u8>),
+    /// The producer releases up to this many held records, oldest first, into the queue.
+    Release(usize),
+    /// The storage damages the pending record at this index (modulo the queue's length): the next fetch
+    /// moves it to the quarantine table, and its key may be queued again.
+    Damage(usize),
     /// The worker, idle, removes up to this many acknowledged rows.
     RemoveAcknowledged(u64),
     /// The uplink's connection drops: its cursor starts again from the outbox's beginning.
@@ -37,6 +47,10 @@ fn step() -> impl Strategy<Value = Step> {
         4 => proptest::collection::vec(0u8..24, 1..6).prop_map(Step::Append),
         4 => (1usize..8, any::<u32>()).prop_map(|(limit, mask)| Step::PublishAndAck { limit, mask }),
         2 => (1u64..6).prop_map(Step::RemoveAcknowledged),
+        1 => (0u8..4).prop_map(Step::AckUnknown),
+        2 => proptest::collection::vec(0u8..24, 1..4).prop_map(Step::Hold),
+        2 => (1usize..4).prop_map(Step::Release),
+        1 => (0usize..16).prop_map(Step::Damage),
         1 => Just(Step::Reconnect),
         1 => Just(Step::Crash),
         1 => Just(Step::Reopen),
@@ -74,6 +88,10 @@ fn created_at(key: u8) -> i64 {
 struct Oracle {
     /// Records stored and not acknowledged, by the seq they must have been given, in storage order.
     pending: Vec<(i64, String)>,
+    /// Keys of held records, oldest first: stored and pending, but not in the queue until released.
+    held: Vec<String>,
+    /// Records the storage damaged, moved to the quarantine table.
+    quarantined: u64,
     /// Keys the broker acknowledged (and whose removal was committed).
     acknowledged: BTreeSet<String>,
     /// Seqs are never reused, not even after a crash: the next one is one more than any ever given.
@@ -82,7 +100,12 @@ struct Oracle {
 
 impl Oracle {
     fn is_pending(&self, key: &str) -> bool {
-        self.pending.iter().any(|(_, k)| k == key)
+        self.pending.iter().any(|(_, k)| k == key) || self.held.iter().any(|k| k == key)
+    }
+
+    /// Records stored and not acknowledged, held ones included.
+    fn pending_count(&self) -> u64 {
+        (self.pending.len() + self.held.len()) as u64
     }
 }
 
@@ -186,8 +209,12 @@ fn run(steps: Vec<Step>) {
 
 fn apply(subject: &mut Subject, oracle: &mut Oracle, step: Step) {
     match step {
-        Step::Append(keys) => {
-            let records: Vec<NewRecord> = keys.iter().map(|k| record(*k)).collect();
+        Step::Append(ref keys) | Step::Hold(ref keys) => {
+            let held = matches!(step, Step::Hold(_));
+            let records: Vec<NewRecord> = keys
+                .iter()
+                .map(|k| NewRecord { held, ..record(*k) })
+                .collect();
             let outcomes = subject.outbox().append(&records).unwrap();
             let mut batch_seen = BTreeSet::new();
             for (record, outcome) in records.iter().zip(outcomes) {
@@ -196,13 +223,16 @@ fn apply(subject: &mut Subject, oracle: &mut Oracle, step: Step) {
                     || batch_seen.contains(&record.key);
                 let expected = if known {
                     Appended::Duplicate
-                } else if oracle.pending.len() as u64 >= MAX_PENDING {
+                } else if oracle.pending_count() >= MAX_PENDING {
                     Appended::RejectedFull
                 } else {
                     Appended::Stored
                 };
                 assert_eq!(outcome, expected, "{}", record.key);
-                if outcome == Appended::Stored {
+                if outcome == Appended::Stored && held {
+                    oracle.held.push(record.key.clone());
+                    batch_seen.insert(record.key.clone());
+                } else if outcome == Appended::Stored {
                     oracle.last_seq += 1;
                     oracle.pending.push((oracle.last_seq, record.key.clone()));
                     batch_seen.insert(record.key.clone());
@@ -236,6 +266,51 @@ fn apply(subject: &mut Subject, oracle: &mut Oracle, step: Step) {
                 oracle.pending.retain(|(seq, _)| *seq != record.seq);
                 oracle.acknowledged.insert(record.key.clone());
             }
+        }
+        Step::AckUnknown(beyond) => {
+            let pending: BTreeSet<i64> = oracle.pending.iter().map(|(seq, _)| *seq).collect();
+            let mut unknown: Vec<i64> = (1..=oracle.last_seq)
+                .filter(|seq| !pending.contains(seq))
+                .collect();
+            unknown.push(oracle.last_seq + 1 + i64::from(beyond));
+            assert_eq!(subject.outbox().acknowledge(&unknown, 2_000).unwrap(), 0);
+        }
+        Step::Release(count) => {
+            let held = subject.outbox().fetch_held(0, count).unwrap();
+            let keys: Vec<&str> = held.iter().map(|r| r.key.as_str()).collect();
+            let expected: Vec<&str> = oracle.held.iter().take(count).map(String::as_str).collect();
+            assert_eq!(keys, expected);
+            let released: Vec<Release> = held
+                .iter()
+                .map(|r| Release {
+                    seq: r.seq,
+                    payload: r.payload.clone(),
+                    created_at_ms: None,
+                })
+                .collect();
+            let moved = subject.outbox().release(&released).unwrap();
+            assert_eq!(moved, held.len() as u64);
+            // Each joins the queue's end with the next seq.
+            for key in oracle.held.drain(..held.len()) {
+                oracle.last_seq += 1;
+                oracle.pending.push((oracle.last_seq, key));
+            }
+        }
+        Step::Damage(index) => {
+            if oracle.pending.is_empty() {
+                return;
+            }
+            let (seq, _) = oracle.pending.remove(index % oracle.pending.len());
+            let other = rusqlite::Connection::open(&subject.path).unwrap();
+            other
+                .execute(
+                    "UPDATE record SET checksum = checksum + 1 WHERE seq = ?1",
+                    [seq],
+                )
+                .unwrap();
+            drop(other);
+            // The next fetch (the check after this step) quarantines it.
+            oracle.quarantined += 1;
         }
         Step::RemoveAcknowledged(limit) => {
             let before = subject.outbox().unremoved();
@@ -285,19 +360,26 @@ fn check_whole_queue(subject: &mut Subject, oracle: &Oracle) {
         .map(|r| (r.seq, r.key))
         .collect();
     assert_eq!(all, oracle.pending);
-    assert_eq!(outbox.pending(), oracle.pending.len() as u64);
+    assert_eq!(outbox.pending(), oracle.pending_count());
     let stats = outbox.stats().unwrap();
-    assert_eq!(stats.pending, oracle.pending.len() as u64);
+    assert_eq!(stats.pending, oracle.pending_count());
+    assert_eq!(stats.held, oracle.held.len() as u64);
     assert_eq!(stats.delivered_total, oracle.acknowledged.len() as u64);
-    assert_eq!(stats.quarantined_records, 0);
+    assert_eq!(stats.quarantined_records, oracle.quarantined);
     let oldest = oracle
         .pending
         .iter()
-        .map(|(_, key)| key[4..].parse().unwrap())
+        .map(|(_, key)| key)
+        .chain(&oracle.held)
+        .map(|key| key[4..].parse().unwrap())
         .map(created_at)
         .min();
     assert_eq!(stats.oldest_pending_created_at_ms, oldest);
     assert_eq!(outbox.unremoved(), outbox.count_unremoved_rows());
+    assert!(
+        outbox.knows_its_rows(),
+        "the outbox's knowledge of its rows"
+    );
     let counted = Outbox::open_for_status(&path).unwrap().stats().unwrap();
     assert_eq!(
         (counted.pending, counted.oldest_pending_created_at_ms),
