@@ -33,8 +33,9 @@
 //! starts at the mark. An acknowledgement out of order (records before it still pending) deletes its rows
 //! at once. The writer knows the highest seq it gave out and from which seq on every row is there, so an
 //! in-order acknowledgement counts the rows it moves the mark over without reading them again; only a run
-//! over rows that may be missing (removed out of order, quarantined) is counted in the file. On a small or nearly full filesystem the worker removes the rows right away, as before: the
-//! room they free is what new readings need.
+//! over rows that may be missing (removed out of order, quarantined) is counted in the file. On a small or
+//! nearly full filesystem the worker removes the rows right away, as before: the room they free is what new
+//! readings need.
 //!
 //! One SQLite file (`outbox.db` in the state directory) written by exactly one connection, owned by the
 //! worker thread in [`worker`]. Readers (`vitalsd status`) open their own connection; WAL lets them read
