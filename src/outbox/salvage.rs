@@ -491,9 +491,9 @@ fn read_chunk(
     after: i64,
 ) -> rusqlite::Result<Vec<ReadRow>> {
     let mut query = connection.prepare_cached(&format!(
-        "SELECT {columns} FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        "SELECT {columns} FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT {CHUNK}"
     ))?;
-    let rows = query.query_map(params![after, CHUNK], |row| {
+    let rows = query.query_map(params![after], |row| {
         Ok(ReadRow {
             seq: row.get(0)?,
             fields: row_fields(row).map_err(|_| ()),

@@ -499,13 +499,11 @@ impl Outbox {
         let mut fetched = Vec::new();
         let mut damaged = Vec::new();
         {
-            let mut query = self.connection.prepare_cached(&format!(
-                "SELECT {ROW_COLUMNS} FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            ))?;
-            let rows = query.query_map(params![after, limit as i64], |row| {
+            let mut query = self.connection.prepare_cached(&fetch_query(table))?;
+            let rows = query.query_map(params![after], |row| {
                 Ok((row.get::<_, i64>(0)?, checked_row(row)))
             })?;
-            for row in rows {
+            for row in rows.take(limit) {
                 match row? {
                     (_, Some(record)) => fetched.push(record),
                     (seq, None) => damaged.push(seq),
@@ -1026,6 +1024,13 @@ fn configure(connection: &Connection) -> Result<(), OutboxError> {
 /// The columns [`checked_row`] reads, in its order.
 const ROW_COLUMNS: &str = "seq, key, label, format, payload, created_at, checksum";
 
+/// The rows of `table` after a seq, oldest first; the caller stops reading at its limit. The limit is not
+/// a parameter: SQLite prepares a statement again each time a parameter of its `LIMIT` is bound, as the
+/// value may change the plan, and that cost the drain a parse and a plan on every fetch.
+fn fetch_query(table: &str) -> String {
+    format!("SELECT {ROW_COLUMNS} FROM {table} WHERE seq > ?1 ORDER BY seq")
+}
+
 /// The record in a row read with [`ROW_COLUMNS`], or `None` if the row is damaged: a column no longer holds
 /// the type it was written with (text that is not UTF-8, a number that is not one), or the checksum fails.
 fn checked_row(row: &rusqlite::Row<'_>) -> Option<StoredRecord> {
@@ -1085,14 +1090,14 @@ fn add_checksums_to_older_schema(connection: &Connection) -> Result<(), OutboxEr
             "ALTER TABLE {table} ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0"
         ))?;
         let mut read = connection.prepare(&format!(
-            "SELECT seq, key, label, format, payload FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            "SELECT seq, key, label, format, payload FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT {BATCH}"
         ))?;
         let mut update =
             connection.prepare(&format!("UPDATE {table} SET checksum = ?2 WHERE seq = ?1"))?;
         let mut after = 0i64;
         loop {
             let rows: Vec<(i64, Option<i64>)> = read
-                .query_map(params![after, BATCH], |row| {
+                .query_map(params![after], |row| {
                     let checksum = (|| -> rusqlite::Result<i64> {
                         let key: String = row.get(1)?;
                         let label: String = row.get(2)?;
@@ -1570,6 +1575,27 @@ mod tests {
         let second = outbox.fetch_after(first.last().unwrap().seq, 4).unwrap();
         assert_eq!(first.len(), 4);
         assert_eq!(second[0].key, "k4");
+    }
+
+    #[test]
+    fn fetching_with_other_limits_keeps_the_statement_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(&dir, 100);
+        let records: Vec<NewRecord> = (0..10).map(|i| record(&format!("k{i}"))).collect();
+        outbox.append(&records).unwrap();
+        let sizes: Vec<usize> = [(0, 3), (3, 5), (5, 100)]
+            .iter()
+            .map(|&(after, limit)| outbox.fetch_after(after, limit).unwrap().len())
+            .collect();
+        assert_eq!(sizes, [3, 5, 5]);
+        let statement = outbox
+            .connection
+            .prepare_cached(&fetch_query("record"))
+            .unwrap();
+        assert_eq!(
+            statement.get_status(rusqlite::StatementStatus::RePrepare),
+            0
+        );
     }
 
     #[test]
