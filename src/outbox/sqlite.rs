@@ -1293,6 +1293,14 @@ mod tests {
         .0
     }
 
+    /// An outbox holding records `k0` to `k9`, as seqs 1 to 10.
+    fn with_ten_records(dir: &tempfile::TempDir) -> Outbox {
+        let mut outbox = open(dir, 100);
+        let records: Vec<NewRecord> = (0..10).map(|i| record(&format!("k{i}"))).collect();
+        outbox.append(&records).unwrap();
+        outbox
+    }
+
     fn keys(outbox: &mut Outbox) -> Vec<String> {
         outbox
             .fetch_after(0, 1000)
@@ -1512,9 +1520,7 @@ mod tests {
     #[test]
     fn acknowledging_scattered_seqs_removes_exactly_those() {
         let dir = tempfile::tempdir().unwrap();
-        let mut outbox = open(&dir, 100);
-        let records: Vec<NewRecord> = (0..10).map(|i| record(&format!("k{i}"))).collect();
-        outbox.append(&records).unwrap();
+        let mut outbox = with_ten_records(&dir);
         let seqs: Vec<i64> = outbox
             .fetch_after(0, 10)
             .unwrap()
@@ -1535,9 +1541,7 @@ mod tests {
     #[test]
     fn an_outbox_without_holes_counts_acknowledged_runs_without_reading_them() {
         let dir = tempfile::tempdir().unwrap();
-        let mut outbox = open(&dir, 100);
-        let records: Vec<NewRecord> = (0..10).map(|i| record(&format!("k{i}"))).collect();
-        outbox.append(&records).unwrap();
+        let outbox = with_ten_records(&dir);
         assert_eq!(outbox.whole_from(), 1);
         drop(outbox);
         let mut outbox = open(&dir, 100);
@@ -1568,9 +1572,7 @@ mod tests {
     #[test]
     fn fetch_after_pages_through_the_queue() {
         let dir = tempfile::tempdir().unwrap();
-        let mut outbox = open(&dir, 100);
-        let records: Vec<NewRecord> = (0..10).map(|i| record(&format!("k{i}"))).collect();
-        outbox.append(&records).unwrap();
+        let mut outbox = with_ten_records(&dir);
         let first = outbox.fetch_after(0, 4).unwrap();
         let second = outbox.fetch_after(first.last().unwrap().seq, 4).unwrap();
         assert_eq!(first.len(), 4);
@@ -1580,9 +1582,7 @@ mod tests {
     #[test]
     fn fetching_with_other_limits_keeps_the_statement_prepared() {
         let dir = tempfile::tempdir().unwrap();
-        let mut outbox = open(&dir, 100);
-        let records: Vec<NewRecord> = (0..10).map(|i| record(&format!("k{i}"))).collect();
-        outbox.append(&records).unwrap();
+        let mut outbox = with_ten_records(&dir);
         let sizes: Vec<usize> = [(0, 3), (3, 5), (5, 100)]
             .iter()
             .map(|&(after, limit)| outbox.fetch_after(after, limit).unwrap().len())
