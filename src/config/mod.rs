@@ -551,7 +551,8 @@ mod tests {
         assert_eq!(valid(MINIMAL).output.formats, [OutputFormat::ReadingV1]);
         let config = valid(&format!(
             "{MINIMAL}\n[output]\nformats = [\"reading.v1\", \"fhir\"]\n[fhir]\nsubject_system = \"urn:oid:1.2.208.176.1.2\"\n\
-             subject_value = \"3001749995\"\ndevice_subjects = {{ \"serial:spouse\" = \"0101010101\", \"ble:C4:F3:12:53:F2:C9/user/2\" = \"p-2\" }}\ncode_sets = [\"dk\"]"
+             subject_value = \"3001749995\"\ndevice_subjects = {{ \"serial:spouse\" = \"0101010101\", \"ble:C4:F3:12:53:F2:C9/user/2\" = \"p-2\" }}\ncode_sets = [\"dk\"]\n\
+             [[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\nid = \"serial:spouse\""
         ));
         assert_eq!(
             config.output.formats,
@@ -911,9 +912,15 @@ mod tests {
             (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"urn:oid:1.2.208.176.1.2\""), &[
                 "fhir.subject_value: missing: subject_system is set, so give the identifier in it (or device_subjects)",
             ]),
-            (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"urn:x:p\"\ndevice_subjects = {{ \"a b\" = \"p-2\", \"serial:x\" = \" \" }}"), &[
+            (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"urn:x:p\"\ndevice_subjects = {{ \"a b\" = \"p-2\", \"serial:ttyUSB0\" = \" \" }}\n[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\""), &[
                 "fhir.device_subjects.a b: \"a b\" is not a device id, or a device id and a user slot such as \"ble:C4:F3:12:53:F2:C9/user/2\"",
-                "fhir.device_subjects.serial:x: is not an identifier: use 1 to 256 characters",
+                "fhir.device_subjects.serial:ttyUSB0: is not an identifier: use 1 to 256 characters",
+            ]),
+            // A subject under an id no reading carries would send that device's readings to the hub's patient.
+            (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"urn:x:p\"\ndevice_subjects = {{ \"serial:TTYUSB0\" = \"p-2\", \"ble:c4-f3-12-53-f2-c9/user/1\" = \"p-3\", \"ble:C4:F3\" = \"p-4\" }}\n[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\""), &[
+                "fhir.device_subjects.ble:C4:F3: \"ble:C4:F3\" is neither a [[serial]] entry's id nor \"ble:\" and a Bluetooth address such as \"ble:C4:F3:12:53:F2:C9\"; no reading would carry it",
+                "fhir.device_subjects.ble:c4-f3-12-53-f2-c9/user/1: \"ble:c4-f3-12-53-f2-c9\" is not how the hub writes that device's id: use \"ble:C4:F3:12:53:F2:C9\"",
+                "fhir.device_subjects.serial:TTYUSB0: \"serial:TTYUSB0\" is neither a [[serial]] entry's id nor \"ble:\" and a Bluetooth address such as \"ble:C4:F3:12:53:F2:C9\"; no reading would carry it",
             ]),
             (&format!("{MINIMAL}\n[outbox]\ndedup_retention_days = 0"), &[
                 "outbox.dedup_retention_days: must be between 1 and 36500, found 0",

@@ -20,6 +20,7 @@ use super::{
     Config, ConfigError, FhirConfig, MqttConfig, OutputFormat, PortLocation, SecretSource,
     SerialConfig, UplinkCheck,
 };
+use crate::model::payload::canonical_ble_address;
 
 /// A hub has tens of serial ports, not thousands; a longer list is a generated or damaged file, and
 /// validating each entry of it would cost memory for nothing.
@@ -69,7 +70,7 @@ pub(super) fn validate(
         }
     }
     let fhir_on = config.output.formats.contains(&OutputFormat::Fhir);
-    c.check_fhir(&config.fhir, fhir_on);
+    c.check_fhir(&config.fhir, fhir_on, &config.serial);
     if c.errors.is_empty() {
         return Ok(config);
     }
@@ -269,7 +270,7 @@ impl Checks<'_> {
     }
 
     /// A subject is an identifier in a system: a value needs its system, and a system a value to qualify.
-    fn check_fhir(&mut self, fhir: &FhirConfig, fhir_on: bool) {
+    fn check_fhir(&mut self, fhir: &FhirConfig, fhir_on: bool, ports: &[SerialConfig]) {
         // A PHD Observation must have a subject, so every device needs one: the hub's, or its own.
         if fhir_on && fhir.subject_value.is_none() && !self.refused("fhir.subject_value") {
             let message =
@@ -299,9 +300,30 @@ impl Checks<'_> {
                 Some((id, slot)) => (id, slot.parse::<u8>().ok().filter(|n| *n != 255)),
                 None => (device.as_str(), Some(0)),
             };
+            // The subject is looked up by the exact id a reading carries, so an id no device will have sends
+            // that device's readings to the hub's patient: a Bluetooth id must be written as the hub writes
+            // it, and any other must be a serial port's (unless the ports have errors of their own).
+            let address = id.strip_prefix("ble:").map(canonical_ble_address);
+            let port_errors = self.errors.iter().any(|(path, _)| within(path, "serial"));
+            let serial = port_errors || ports.iter().any(|port| port.device_id == id);
             if !device_id_ok(id) || slot.is_none() {
                 let message = "is not a device id, or a device id and a user slot such as \"ble:C4:F3:12:53:F2:C9/user/2\"";
                 self.report(&path, format!("{} {message}", q(device)));
+            } else if let Some(Some(address)) =
+                address.as_ref().filter(|a| a.as_deref() != Some(&id[4..]))
+            {
+                let message = format!(
+                    "{} is not how the hub writes that device's id: use \"ble:{address}\"",
+                    q(id)
+                );
+                self.report(&path, message);
+            } else if address == Some(None) || (address.is_none() && !serial) {
+                let message = format!(
+                    "{} is neither a [[serial]] entry's id nor \"ble:\" and a Bluetooth address such as \
+                     \"ble:C4:F3:12:53:F2:C9\"; no reading would carry it",
+                    q(id)
+                );
+                self.report(&path, message);
             } else if value.trim().is_empty() || value.len() > 256 {
                 self.report(&path, "is not an identifier: use 1 to 256 characters");
             }

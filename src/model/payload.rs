@@ -46,6 +46,18 @@ pub struct DeviceInfo {
     pub specialization: Option<u32>,
 }
 
+/// A Bluetooth address as device ids carry it after `ble:`: upper case, with colons; `None` if `text` is
+/// not six bytes of hex separated by colons, dashes or underscores.
+pub fn canonical_ble_address(text: &str) -> Option<String> {
+    let cleaned = text.trim().replace(['-', '_'], ":").to_ascii_uppercase();
+    let parts: Vec<&str> = cleaned.split(':').collect();
+    let valid = parts.len() == 6
+        && parts
+            .iter()
+            .all(|part| part.len() == 2 && part.chars().all(|c| c.is_ascii_hexdigit()));
+    valid.then_some(cleaned)
+}
+
 /// What the device says it is, as far as it or its USB adapter says: Device Information for Bluetooth
 /// devices, the USB descriptor for serial ones. `None` where the device says nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]

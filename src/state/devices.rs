@@ -210,17 +210,8 @@ pub struct BoundDevices {
 
 /// Normalises a Bluetooth address to upper case with colons; rejects anything else.
 pub fn normalise_address(text: &str) -> Result<String, StoreError> {
-    let cleaned = text.trim().replace(['-', '_'], ":").to_ascii_uppercase();
-    let parts: Vec<&str> = cleaned.split(':').collect();
-    let valid = parts.len() == 6
-        && parts
-            .iter()
-            .all(|part| part.len() == 2 && part.chars().all(|c| c.is_ascii_hexdigit()));
-    if valid {
-        Ok(cleaned)
-    } else {
-        Err(StoreError::BadAddress(text.to_string()))
-    }
+    crate::model::payload::canonical_ble_address(text)
+        .ok_or_else(|| StoreError::BadAddress(text.to_string()))
 }
 
 impl BoundDevices {
