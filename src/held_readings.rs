@@ -295,24 +295,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_held_fhir_record_is_released_as_the_bundle_of_its_resolved_reading() {
+    async fn a_held_fhir_record_is_released_as_the_bundle_of_its_resolved_reading_and_first_subject(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let (outbox, _worker) = outbox_in(dir.path());
         let reading = held_record("this-boot", 60);
+        let patient = |value: &str| FhirOptions {
+            subject: Some(crate::model::fhir::Subject {
+                system: "urn:example:patients".into(),
+                value: value.into(),
+            }),
+            ..FhirOptions::default()
+        };
+        // The configuration named another patient by the time the clock was trusted (a restart between).
         let fhir = NewRecord {
             key: format!("{}/fhir", reading.key),
             format: crate::model::fhir::OUTBOX_FORMAT,
+            payload: crate::model::fhir::held_document(&reading.payload, &patient("p-1")).unwrap(),
             ..reading
         };
         outbox.append_durable(vec![fhir]).await.unwrap();
         let trusted = now("this-boot", 100, HubClock::Synchronized);
-        let options = FhirOptions {
-            subject: Some(crate::model::fhir::Subject {
-                system: "urn:example:patients".into(),
-                value: "p-1".into(),
-            }),
-            ..FhirOptions::default()
-        };
+        let options = patient("p-9");
         let pass = release_pass(&outbox, "this-boot", Some(boot_start(&trusted)), &options)
             .await
             .unwrap();

@@ -232,7 +232,8 @@ fn collect(
 
 /// The outbox records of one reading, one per configured format. A FHIR record is keyed by the reading id
 /// and `/fhir`, so it is deduplicated like the reading; while the reading is held for a trusted hub clock
-/// its payload is the reading's document, and the Bundle is made when its times are final.
+/// its payload is the reading's document and its subject as configured now, and the Bundle is made when its
+/// times are final.
 fn records_of(settings: &DeviceSettings, reading: &Reading, index: usize) -> Vec<NewRecord> {
     let id = payload::reading_id(&settings.device.id, reading, index);
     tracing::debug!(device = %settings.device.id, %id, kind = reading.kind.as_str(), "Reading decoded.");
@@ -254,7 +255,7 @@ fn records_of(settings: &DeviceSettings, reading: &Reading, index: usize) -> Vec
         .any(|value| value.measure.mdc.is_some());
     if let (Some(options), true) = (&settings.formats.fhir, coded) {
         let payload = match held {
-            true => Ok(document.clone()),
+            true => fhir::held_document(&document, options),
             false => fhir::bundle_of_payload(&document, options),
         };
         match payload {
@@ -329,14 +330,21 @@ mod tests {
     }
 
     /// With both formats a reading is two records: its document under its id, its Bundle under the id and
-    /// `/fhir`; a reading held for a trusted clock holds both, the Bundle's record still the document.
+    /// `/fhir`; a reading held for a trusted clock holds both, the Bundle's record still the document, with
+    /// the subject it arrived for.
     #[test]
     fn each_format_is_its_own_record_and_a_held_reading_holds_both() {
         let settings = || DeviceSettings {
             hub_id: "hub".into(),
             formats: Formats {
                 reading_v1: true,
-                fhir: Some(std::sync::Arc::new(FhirOptions::default())),
+                fhir: Some(std::sync::Arc::new(FhirOptions {
+                    subject: Some(crate::model::fhir::Subject {
+                        system: "urn:example:patients".into(),
+                        value: "p-1".into(),
+                    }),
+                    ..FhirOptions::default()
+                })),
             },
             device: DeviceInfo {
                 id: "serial:nonin".into(),
@@ -418,6 +426,14 @@ mod tests {
                 ),
             ]
         );
+        // The held Bundle's record keeps the patient of now for its release; the published document does not.
+        let records = &Decoding::new(settings(), None).feed(&frame, &untrusted)[0].0;
+        let held_for = |record: &NewRecord| {
+            let json: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+            json.get("held_for").map(|subject| subject["value"].clone())
+        };
+        assert_eq!(held_for(&records[0]), None);
+        assert_eq!(held_for(&records[1]), Some("p-1".into()));
     }
 
     /// A Contec recording downloaded while the hub clock was unsynchronised and published by a poll after NTP

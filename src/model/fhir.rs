@@ -140,7 +140,7 @@ const SUPPLEMENTAL_TYPES: u32 = 68_193;
 
 /// Who the readings are about, as the backend knows them: the hub never knows the patient, only the
 /// identifier it is configured with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Subject {
     pub system: String,
     pub value: String,
@@ -189,6 +189,10 @@ pub struct ReadingDocument {
     pub device_clock: Option<DeviceClockDocument>,
     #[serde(default)]
     pub supplemental: Vec<SupplementalDocument>,
+    /// The subject decided when a held reading was received ([`held_document`]); never in a published
+    /// document.
+    #[serde(default)]
+    pub held_for: Option<Subject>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +237,22 @@ pub fn bundle_of_payload(payload: &[u8], options: &FhirOptions) -> Result<Vec<u8
         .expect("invariant: a JSON value serialises infallibly"))
 }
 
+/// The document a FHIR record holds while its reading waits for a trusted hub clock: the reading's
+/// document and the subject `options` give it now. The Bundle is made at release, when the times are
+/// final, but the patient is the one the hub was configured with when the reading arrived, not whoever the
+/// configuration names by then.
+pub fn held_document(document: &[u8], options: &FhirOptions) -> Result<Vec<u8>, NotAReading> {
+    let not_a_reading = |error: serde_json::Error| NotAReading(error.to_string());
+    let reading: ReadingDocument = serde_json::from_slice(document).map_err(not_a_reading)?;
+    let mut fields: serde_json::Map<String, Json> =
+        serde_json::from_slice(document).map_err(not_a_reading)?;
+    if let Some(subject) = options.subject(&reading.device.id, reading.user_id) {
+        let subject = serde_json::to_value(subject).map_err(not_a_reading)?;
+        fields.insert("held_for".to_string(), subject);
+    }
+    serde_json::to_vec(&fields).map_err(not_a_reading)
+}
+
 /// The transaction Bundle for one reading.
 pub fn bundle(document: &ReadingDocument, options: &FhirOptions) -> Json {
     let gateway = gateway_device(document);
@@ -241,7 +261,10 @@ pub fn bundle(document: &ReadingDocument, options: &FhirOptions) -> Json {
         gateway_url: full_url(&gateway),
         sensor_url: full_url(&sensor),
         device_key: device_key(document),
-        subject: options.subject(&document.device.id, document.user_id),
+        subject: document
+            .held_for
+            .as_ref()
+            .or_else(|| options.subject(&document.device.id, document.user_id)),
         code_sets: &options.code_sets,
         document,
         coincident_url: None,
