@@ -15,6 +15,7 @@ use serde_json::{json, Value as Json};
 
 use crate::model::fhir_codes::CodeSet;
 use crate::model::payload::DeviceIdentity;
+use crate::model::reading::Special;
 
 pub const MDC: &str = "urn:iso:std:iso:11073:10101";
 pub const LOINC: &str = "http://loinc.org";
@@ -776,16 +777,25 @@ fn put_value(
             );
             return;
         }
-        (None, None) => match value.special.as_deref() {
-            Some("no_measurement") => "not-performed",
-            Some("not_a_number") => "not-a-number",
-            _ => "unknown",
-        },
+        (None, None) => data_absent_reason(value.special.as_deref()),
     };
     object.insert(
         "dataAbsentReason".to_string(),
         json!({ "coding": [coding(DATA_ABSENT, reason)] }),
     );
+}
+
+/// FHIR's reason for a value the device did not give, from the document's `special`.
+fn data_absent_reason(special: Option<&str>) -> &'static str {
+    match special.and_then(|special| special.parse().ok()) {
+        Some(Special::NoMeasurement) => "not-performed",
+        Some(Special::NotANumber) => "not-a-number",
+        Some(Special::PositiveInfinity) => "positive-infinity",
+        Some(Special::NegativeInfinity) => "negative-infinity",
+        Some(Special::Missing | Special::NotAtThisResolution | Special::Reserved) | None => {
+            "unknown"
+        }
+    }
 }
 
 /// The status, interpretation, security label and supplemental types every measurement Observation of the
@@ -1170,6 +1180,32 @@ mod tests {
     const CUFF_KEY: &str = "C4F312FFFE53F2C9-3001749995-urn:oid:1.2.208.176.1.2";
     /// 2023-02-23T10:24:08 as the device reported it, in seconds since 2000-01-01.
     const REPORTED: &str = "730463048";
+
+    #[test]
+    fn a_value_the_device_did_not_give_has_fhirs_reason_for_its_special() {
+        let table = [
+            (Special::Missing, "unknown"),
+            (Special::NoMeasurement, "not-performed"),
+            (Special::NotANumber, "not-a-number"),
+            (Special::NotAtThisResolution, "unknown"),
+            (Special::PositiveInfinity, "positive-infinity"),
+            (Special::NegativeInfinity, "negative-infinity"),
+            (Special::Reserved, "unknown"),
+        ];
+        assert_eq!(
+            table.len(),
+            <Special as strum::IntoEnumIterator>::iter().count()
+        );
+        for (special, reason) in table {
+            // Through the name the document carries, as the Bundle is made from the document.
+            assert_eq!(
+                data_absent_reason(Some(special.as_str())),
+                reason,
+                "{special:?}"
+            );
+        }
+        assert_eq!(data_absent_reason(None), "unknown");
+    }
 
     #[test]
     fn a_cuff_reading_is_a_gateway_a_sensor_a_compound_pressure_and_a_pulse() {

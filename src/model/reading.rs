@@ -43,7 +43,8 @@ impl TimeSource {
 }
 
 /// A device's way of saying "there is no number here"; published as `"value": null` plus `"special"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[strum(serialize_all = "snake_case")]
 pub enum Special {
     /// The device's "no data" sentinel (Nonin HR 511 / SpO2 127, Masimo `---`), or a 0 no patient can have
