@@ -785,3 +785,62 @@ fn unsigned_bytes_never_overwrite_a_recorded_state_and_a_flood_of_them_gets_ten_
     // Ten answers a minute: one went to the garbage over "known".
     assert_eq!(answered, 9, "{}", hub.world.log());
 }
+
+/// Over MQTT 3.1.1 the hub cannot tell the broker the largest message it reads, and rumqttc ends the
+/// connection at a larger one. A retained one under `cmd/` used to end every connection as soon as the hub
+/// subscribed again, each time sending the readings in flight once more without their PUBACKs, so none was
+/// ever delivered. The hub now connects without its subscriptions for a while, and the readings drain.
+#[test]
+fn over_mqtt_3_1_1_a_retained_message_too_large_to_read_pauses_commands_and_readings_still_drain() {
+    let broker = Broker::start();
+    let world = DaemonWorld::new();
+    let big = world.dir.path().join("too-large.json");
+    std::fs::write(&big, format!("{{\"payload\":\"{}\"}}", "A".repeat(300_000))).unwrap();
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-r",
+        ])
+        .args(["-t", &format!("{BASE}/cmd/too-large"), "-f"])
+        .arg(&big)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto_pub failed");
+    let subscriber = Subscriber::start(broker.port, &format!("{BASE}/readings/#"));
+    let mut port = world.with_nonin_9560(&broker.url());
+    let keys = Keys::make(&world.dir.path().join("keys"), "ops");
+    world.append_config(&format!(
+        "[fleet]\nkeys = {{ ops = \"{}\" }}\n",
+        keys.public.display()
+    ));
+    let daemon = world.start_with_env(&[("VITALSD_MQTT__PROTOCOL", "3.1.1")]);
+    daemon.wait_opened(&port, Duration::from_secs(20));
+    for n in 1..=3 {
+        port.write(&SpotCheck::numbered(n).frame());
+    }
+    assert!(
+        subscriber.wait_for_unique_readings(3, Duration::from_secs(30)),
+        "the readings did not arrive; log:\n{}",
+        world.log()
+    );
+    wait_for(
+        "the outbox to count every reading delivered",
+        Duration::from_secs(30),
+        || world.status()["outbox"]["pending"] == 0,
+        || world.log(),
+    );
+    let phrase = crate::support::daemon_phrase("larger than the hub reads");
+    let log = world.log();
+    // One connection ended; the ones after it went without the subscription and stayed up.
+    assert_eq!(log.matches(phrase).count(), 1, "{log}");
+    let last_error = world.status()["uplink"]["last_error"].to_string();
+    assert!(
+        last_error.contains("fleet commands are paused"),
+        "{last_error}"
+    );
+}

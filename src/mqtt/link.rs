@@ -16,7 +16,7 @@ use super::{tls, UplinkError, UplinkSettings};
 use crate::config::MqttProtocol;
 
 /// The largest packet either side may send: a reading is a few kilobytes at most.
-const MAX_PACKET: u32 = 256 * 1024;
+pub(crate) const MAX_PACKET: u32 = 256 * 1024;
 
 /// What the client reports, in the terms the uplink needs.
 #[derive(Debug)]
@@ -41,6 +41,12 @@ pub enum LinkEvent {
         topic: String,
         payload: Vec<u8>,
         retained: bool,
+    },
+    /// The broker sent a packet larger than the client reads (`bytes` long), which ended the connection.
+    /// Over MQTT 3.1.1 the broker cannot be told the limit; a retained message that size would end every
+    /// connection that subscribes to its topic.
+    TooLarge {
+        bytes: usize,
     },
     /// The client sent DISCONNECT.
     Disconnected,
@@ -352,6 +358,9 @@ impl EventLoop {
                     }),
                     Ok(Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
                     Ok(_) => Ok(LinkEvent::Other),
+                    Err(v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+                        v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. },
+                    ))) => Ok(LinkEvent::TooLarge { bytes: pkt_size }),
                     Err(error) => Err(describe_v5(&error)),
                 }
             }
@@ -379,6 +388,11 @@ impl EventLoop {
                     Err(rumqttc::ConnectionError::MqttState(
                         rumqttc::StateError::AwaitPingResp,
                     )) => Err(NO_PING_RESPONSE.to_string()),
+                    Err(rumqttc::ConnectionError::MqttState(
+                        rumqttc::StateError::Deserialization(
+                            rumqttc::Error::PayloadSizeLimitExceeded(bytes),
+                        ),
+                    )) => Ok(LinkEvent::TooLarge { bytes }),
                     Err(error) => Err(error.to_string()),
                 }
             }

@@ -57,6 +57,9 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const PUBACK_TIMEOUT_MIN: Duration = Duration::from_secs(30);
 /// An identical broker error is logged and written to the outbox at most this often.
 const ERROR_REPEAT: Duration = Duration::from_secs(60);
+/// How long the uplink connects without its subscriptions after a message too large to read ended a
+/// connection: readings go on, and the subscriptions are tried again after it.
+const SUBSCRIPTIONS_PAUSE: Duration = Duration::from_secs(600);
 /// The outbox counter of refused publishes; `REFUSED_COUNTER.{reason}` counts each reason.
 pub const REFUSED_COUNTER: &str = "uplink_refused";
 
@@ -256,6 +259,8 @@ struct Uplink {
     refused_unsaved: RefusalCounts,
     /// A refused status or fleet publish was logged on this connection.
     status_refusal_logged: bool,
+    /// Until when connections go without `subscriptions`, after a message too large to read.
+    subscriptions_paused_until: Option<Instant>,
 }
 
 impl Uplink {
@@ -296,6 +301,7 @@ impl Uplink {
             refusal_log: RefusalLog::new(settings.mqtt.reconnect_max * 2),
             refused_unsaved: RefusalCounts::default(),
             status_refusal_logged: false,
+            subscriptions_paused_until: None,
         })
     }
 
@@ -435,7 +441,10 @@ impl Uplink {
                 // the id of a publish still awaiting its PUBACK whenever acknowledgements lag (any real
                 // round trip with a backlog), a collision on every connection. Sent first, the id the
                 // ring wraps onto is the SUBSCRIBE's own.
-                for filter in &self.subscriptions {
+                let paused = self
+                    .subscriptions_paused_until
+                    .is_some_and(|until| Instant::now() < until);
+                for filter in self.subscriptions.iter().filter(|_| !paused) {
                     if !self.link.try_subscribe(self.topics.under(filter)) {
                         tracing::warn!(%filter, "Cannot subscribe: the MQTT client's queue is full.");
                     }
@@ -544,6 +553,24 @@ impl Uplink {
                         "Packet id collision in the MQTT client; reconnecting."
                     );
                 }
+            }
+            LinkEvent::TooLarge { bytes } => {
+                // Most likely a retained fleet command: it would end every connection that subscribes
+                // again, and each would send the readings in flight once more without their PUBACKs.
+                self.subscriptions_paused_until = Some(Instant::now() + SUBSCRIPTIONS_PAUSE);
+                tracing::error!(
+                    bytes,
+                    limit = link::MAX_PACKET,
+                    protocol = self.protocol.as_str(),
+                    "The broker sent a message larger than the hub reads, which ended the connection. The hub \
+                     connects without its subscriptions (fleet commands) for 10 minutes so that readings keep \
+                     going; clear the message (a retained command under cmd/) on the broker."
+                );
+                let message = format!(
+                    "the broker sent a message of {bytes} bytes, more than the hub reads; fleet commands \
+                     are paused for 10 minutes"
+                );
+                self.handle_connection_error(message).await?;
             }
             LinkEvent::Disconnected | LinkEvent::Other => {}
         }
