@@ -547,6 +547,27 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_key_file_that_holds_no_ed25519_public_key_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vitalsd.toml");
+        let (text, empty) = (dir.path().join("text.pub"), dir.path().join("empty.pub"));
+        write(&text, "not a key\n");
+        write(&empty, "");
+        let keys = format!("[fleet]\nkeys = {{ a = {text:?}, b = {empty:?} }}");
+        write(&path, &format!("{MINIMAL}\n{keys}"));
+        let errors = Config::load_with_env(&path, &[], None).unwrap_err();
+        let shown: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        let problem = "is not an Ed25519 public key in PEM (openssl pkey -pubout)";
+        assert_eq!(
+            shown,
+            [
+                format!("fleet.keys.a: {} {problem}", text.display()),
+                format!("fleet.keys.b: {} {problem}", empty.display()),
+            ]
+        );
+    }
+
+    #[test]
     fn the_fhir_output_is_off_by_default_and_takes_its_subjects_and_code_sets() {
         assert_eq!(valid(MINIMAL).output.formats, [OutputFormat::ReadingV1]);
         let config = valid(&format!(
@@ -886,6 +907,9 @@ mod tests {
                 "fleet.keys.ops: cannot read /nonexistent/vitalsd/ops.pub: No such file or directory",
             ]),
             // Output formats and FHIR subjects.
+            (&format!("{MINIMAL}\n[output]\nformats = \"fhir\""), &[
+                "output.formats: expected an array, found a string",
+            ]),
             (&format!("{MINIMAL}\n[output]\nformats = []"), &[
                 "output.formats: is empty: name at least one format, such as [\"reading.v1\"]",
             ]),
@@ -1387,6 +1411,9 @@ mod tests {
             errors(&[("VITALSD_MQTT__WINDOW", "true")]),
             ["mqtt.window (from VITALSD_MQTT__WINDOW): expected an integer, found a string"]
         );
+        assert_eq!(errors(&[("VITALSD_OUTPUT__FORMATS", "fhir")]), [
+            "output.formats (from VITALSD_OUTPUT__FORMATS): expected an array, which a variable cannot hold: set it in a drop-in"
+        ]);
         assert_eq!(errors(&[("VITALSD_SERIAL__PATH", "/dev/ttyUSB0")]), [
             "serial.path (from VITALSD_SERIAL__PATH): [[serial]] entries cannot be set from the environment"
         ]);

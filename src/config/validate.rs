@@ -523,9 +523,16 @@ fn describe(error: &figment::Error, value: &Value, variable: bool) -> String {
     };
     let expected = match expected {
         "i64" => "an integer",
-        // The only floats are the spot timings, and the only array the serial ports.
+        // The only floats are the spot timings.
         "f64" => "a number of seconds",
-        "a sequence" => "an array of tables ([[serial]])",
+        "a sequence" if error.path.first().is_some_and(|key| key == "serial") => {
+            "an array of tables ([[serial]])"
+        }
+        // A variable's text is never read as an array.
+        "a sequence" if variable => {
+            return "expected an array, which a variable cannot hold: set it in a drop-in".into()
+        }
+        "a sequence" => "an array",
         table if table.starts_with("struct ") => "a table",
         other => other,
     };

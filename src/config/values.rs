@@ -172,8 +172,10 @@ checked! {
         let path = absolute_path(path)?;
         let text = std::fs::read_to_string(&path)
             .map_err(|error| format!("cannot read {}: {}", shown(&path), io_message(&error)))?;
-        let key = ed25519_dalek::VerifyingKey::from_public_key_pem(&text).map_err(|error| {
-            format!("{} is not an Ed25519 public key in PEM (openssl pkey -pubout): {error}", shown(&path))
+        // The parser's own words name what it expected, not what it found (an RSA key is "unsupported
+        // algorithm OID: 1.3.101.112", Ed25519's), so they are left out.
+        let key = ed25519_dalek::VerifyingKey::from_public_key_pem(&text).map_err(|_| {
+            format!("{} is not an Ed25519 public key in PEM (openssl pkey -pubout)", shown(&path))
         })?;
         Ok(FleetKey { path, key })
     };
