@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::commands::{Action, CAPABILITIES};
-use super::envelope::{Command, Refusal, Timing, Verifier};
+use super::envelope::{Command, Refusal, Refused, Timing, Verifier};
 use super::journal::{Entry, Journal, JournalError, State, JOURNAL_FILE};
 use super::twin::{self, ConfigDigest, Episodes, HubFacts, SerialDevice, Thresholds};
 use crate::ble::operations::{self, PasskeyEntry};
@@ -341,7 +341,7 @@ impl Agent {
         };
         let command = match verifier.open(&request_id, payload) {
             Ok(command) => command,
-            Err(refusal) => {
+            Err(Refused { refusal, detail }) => {
                 // Not journaled: nothing proves who sent it, and its request id is only the topic's. A
                 // command the hub knows keeps its recorded state: unsigned bytes never overwrite it.
                 if !self.may_answer_unverified() {
@@ -351,8 +351,8 @@ impl Agent {
                     tracing::warn!(request_id = ?shown(&request_id), reason = refusal.name(), "A message that is no valid command was written on a known command's topic; its recorded state stands.");
                     self.publish_state(&entry);
                 } else {
-                    tracing::warn!(request_id = ?shown(&request_id), reason = refusal.name(), "Fleet command refused.");
-                    self.publish_unrecorded(&request_id, refusal, None);
+                    tracing::warn!(request_id = ?shown(&request_id), reason = refusal.name(), ?detail, "Fleet command refused.");
+                    self.publish_unrecorded(&request_id, refusal, Some(detail));
                 }
                 return Ok(());
             }

@@ -62,6 +62,33 @@ impl Refusal {
     }
 }
 
+/// A refusal of an envelope, and what in it was wrong, for the state's `detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub refusal: Refusal,
+    pub detail: String,
+}
+
+/// Anything the sender wrote is quoted at most this long: the detail goes back over MQTT.
+const MAX_QUOTED: usize = 100;
+
+fn refused(refusal: Refusal, detail: impl Into<String>) -> Refused {
+    let detail: String = detail.into();
+    let detail = match detail.char_indices().nth(2 * MAX_QUOTED) {
+        Some((end, _)) => format!("{}…", &detail[..end]),
+        None => detail,
+    };
+    Refused { refusal, detail }
+}
+
+/// Text the sender wrote, quoted, by its beginning if it is long.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((end, _)) => format!("{:?}…", &text[..end]),
+        None => format!("{text:?}"),
+    }
+}
+
 /// The envelope as the backend writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,40 +125,84 @@ impl Verifier<'_> {
     /// Opens the envelope that arrived on `cmd/{topic_request_id}`: the key, the signature, the command's
     /// schema, its request id, its hub and its validity window. Time and replays are judged apart
     /// ([`Command::timing`], the journal), because they need the clock and the disk.
-    pub fn open(&self, topic_request_id: &str, bytes: &[u8]) -> Result<Command, Refusal> {
-        let envelope: Envelope = serde_json::from_slice(bytes).map_err(|_| Refusal::Malformed)?;
-        let key = self.keys.get(&envelope.key_id).ok_or(Refusal::UnknownKey)?;
+    pub fn open(&self, topic_request_id: &str, bytes: &[u8]) -> Result<Command, Refused> {
+        use Refusal::*;
+        let envelope: Envelope = serde_json::from_slice(bytes).map_err(|error| {
+            let detail = format!("not an envelope of payload, signature and key_id: {error}");
+            refused(Malformed, detail)
+        })?;
+        let key = self.keys.get(&envelope.key_id).ok_or_else(|| {
+            let detail = format!("no key {} in [fleet] keys", quoted(&envelope.key_id));
+            refused(UnknownKey, detail)
+        })?;
+        // The standard alphabet's '+' and '/' are the likely mistake: base64url has '-' and '_'.
+        let alphabet = "base64url (the alphabet with '-' and '_', padding optional)";
         let payload = URL_SAFE_NO_PAD
             .decode(envelope.payload.trim_end_matches('='))
-            .map_err(|_| Refusal::Malformed)?;
+            .map_err(|_| refused(Malformed, format!("the payload is not {alphabet}")))?;
         let signature = URL_SAFE_NO_PAD
             .decode(envelope.signature.trim_end_matches('='))
             .ok()
             .and_then(|bytes| Signature::from_slice(&bytes).ok())
-            .ok_or(Refusal::BadSignature)?;
-        key.verify_strict(&payload, &signature)
-            .map_err(|_| Refusal::BadSignature)?;
-        let command: Command = serde_json::from_slice(&payload).map_err(|_| Refusal::Malformed)?;
+            .ok_or_else(|| {
+                let detail = format!("the signature is not 64 bytes of {alphabet}");
+                refused(BadSignature, detail)
+            })?;
+        key.verify_strict(&payload, &signature).map_err(|_| {
+            let detail = format!(
+                "the signature does not verify with key {} over the payload's bytes",
+                quoted(&envelope.key_id)
+            );
+            refused(BadSignature, detail)
+        })?;
+        let command: Command = serde_json::from_slice(&payload).map_err(|error| {
+            refused(
+                Malformed,
+                format!("the payload is not a {COMMAND_SCHEMA}: {error}"),
+            )
+        })?;
         let id_ok = |id: &str| {
             (1..=128).contains(&id.chars().count())
                 && !id
                     .chars()
                     .any(|c| c.is_control() || matches!(c, '/' | '+' | '#'))
         };
-        if command.schema != COMMAND_SCHEMA || !id_ok(&command.request_id) {
-            return Err(Refusal::Malformed);
+        if command.schema != COMMAND_SCHEMA {
+            let detail = format!("schema {}, not {COMMAND_SCHEMA:?}", quoted(&command.schema));
+            return Err(refused(Malformed, detail));
+        }
+        if !id_ok(&command.request_id) {
+            let detail = "request_id must be 1 to 128 characters without control characters, '/', '+' or '#'";
+            return Err(refused(Malformed, detail));
         }
         if command.request_id != topic_request_id {
-            return Err(Refusal::RequestIdMismatch);
+            let detail = format!(
+                "request_id {} is not the topic's {}",
+                quoted(&command.request_id),
+                quoted(topic_request_id)
+            );
+            return Err(refused(RequestIdMismatch, detail));
         }
         if command.hub_id != self.hub_id {
-            return Err(Refusal::WrongHub);
+            let detail = format!("for hub {}, not {:?}", quoted(&command.hub_id), self.hub_id);
+            return Err(refused(WrongHub, detail));
         }
         let validity = (command.expires_at - command.issued_at).to_std();
-        if !validity.is_ok_and(|validity| !validity.is_zero() && validity <= self.max_validity) {
-            return Err(Refusal::ValidityTooLong);
+        match validity {
+            Ok(validity) if !validity.is_zero() && validity <= self.max_validity => Ok(command),
+            Ok(validity) if !validity.is_zero() => Err(refused(
+                ValidityTooLong,
+                format!(
+                    "valid for {} s; the hub takes at most {} s (fleet.max_validity)",
+                    validity.as_secs(),
+                    self.max_validity.as_secs()
+                ),
+            )),
+            _ => Err(refused(
+                ValidityTooLong,
+                "expires_at is not after issued_at",
+            )),
         }
-        Ok(command)
     }
 }
 
@@ -223,7 +294,7 @@ mod tests {
             found
                 .as_ref()
                 .map(|c| c.request_id.as_str())
-                .map_err(|r| *r),
+                .map_err(|r| r.refusal),
             expected,
             "{}",
             String::from_utf8_lossy(bytes)
@@ -305,6 +376,50 @@ mod tests {
             b"{\"payload\":\"!!\",\"signature\":\"AA\",\"key_id\":\"ops\"}",
             Err(Refusal::Malformed),
         );
+    }
+
+    #[test]
+    fn a_refused_envelope_says_what_in_it_was_wrong() {
+        let keys = BTreeMap::from([("ops".to_string(), key(1).verifying_key())]);
+        let verifier = Verifier {
+            hub_id: HUB,
+            keys: &keys,
+            max_validity: 7 * 24 * HOUR,
+        };
+        let detail = |bytes: &[u8]| verifier.open("r1", bytes).unwrap_err().detail;
+        let signed = |payload: &[u8]| {
+            let envelope = Envelope {
+                payload: URL_SAFE_NO_PAD.encode(payload),
+                signature: URL_SAFE_NO_PAD.encode(key(1).sign(payload).to_bytes()),
+                key_id: "ops".to_string(),
+            };
+            serde_json::to_vec(&envelope).unwrap()
+        };
+        let good = command("r1", HUB, "2026-12-06T10:00:00Z", "2026-12-06T11:00:00Z");
+        let mut standard: Envelope = serde_json::from_slice(&sealed(&good, 1, "ops")).unwrap();
+        standard.signature.replace_range(..1, "+");
+        let mut v2 = good.clone();
+        v2.schema = "vitalsd.command.v2".to_string();
+        let week_and_a_second = command("r1", HUB, "2026-12-06T10:00:00Z", "2026-12-13T10:00:01Z");
+        let backwards = command("r1", HUB, "2026-12-06T10:00:00Z", "2026-12-06T09:00:00Z");
+        let duplicate = br#"{"schema":"vitalsd.command.v1","hub_id":"hub-0001","hub_id":"hub-0002","request_id":"r1","issued_at":"2026-12-06T10:00:00Z","expires_at":"2026-12-06T11:00:00Z","command":"restart"}"#;
+        let table: [(Vec<u8>, &str); 8] = [
+            (b"42".to_vec(), "not an envelope of payload, signature and key_id: invalid type: integer"),
+            (sealed(&good, 1, "lab"), "no key \"lab\" in [fleet] keys"),
+            (serde_json::to_vec(&standard).unwrap(), "the signature is not 64 bytes of base64url (the alphabet with '-' and '_', padding optional)"),
+            (sealed(&good, 2, "ops"), "the signature does not verify with key \"ops\" over the payload's bytes"),
+            (signed(duplicate), "the payload is not a vitalsd.command.v1: duplicate field `hub_id`"),
+            (sealed(&v2, 1, "ops"), "schema \"vitalsd.command.v2\", not \"vitalsd.command.v1\""),
+            (sealed(&week_and_a_second, 1, "ops"), "valid for 604801 s; the hub takes at most 604800 s (fleet.max_validity)"),
+            (sealed(&backwards, 1, "ops"), "expires_at is not after issued_at"),
+        ];
+        for (bytes, expected) in table {
+            let found = detail(&bytes);
+            assert!(found.starts_with(expected), "{found}");
+        }
+        // What the sender wrote comes back by its beginning only.
+        let long = detail(&sealed(&good, 1, &"k".repeat(10_000)));
+        assert!(long.len() < 300, "{long}");
     }
 
     #[test]
