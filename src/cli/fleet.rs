@@ -10,7 +10,7 @@ use std::time::Duration;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, EncodePublicKey as _};
 use ed25519_dalek::SigningKey;
 
-use crate::fleet::envelope::{seal, Command, COMMAND_SCHEMA};
+use crate::fleet::envelope::{request_id_ok, seal, Command, COMMAND_SCHEMA};
 
 /// `vitalsd fleet keygen --out DIR [--name NAME]`: writes `NAME.key` (PKCS#8 PEM, mode 0600) and
 /// `NAME.pub` (SPKI PEM, what `[fleet] keys` names); an existing file is never overwritten.
@@ -97,6 +97,17 @@ pub fn sign(request: &SignRequest) -> ExitCode {
         Ok(args) => args,
         Err(error) => return fail(format!("--args is not JSON: {error}")),
     };
+    if let Some(problem) = refused_by_every_hub(request, &args) {
+        return fail(problem);
+    }
+    let commands = crate::fleet::commands::CAPABILITIES;
+    if !commands.contains(&request.command) {
+        eprintln!(
+            "warning: hubs of this version refuse {:?} as unknown_command; they take {}",
+            request.command,
+            commands.join(", ")
+        );
+    }
     let key_id = request.key_id.map(str::to_string).unwrap_or_else(|| {
         let stem = request.key.file_stem().unwrap_or_default();
         stem.to_string_lossy().into_owned()
@@ -129,7 +140,100 @@ pub fn sign(request: &SignRequest) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What in a request every hub would refuse, so the tool does not sign it: a hub id no hub has, a request
+/// id that is no topic level, arguments that are not an object, or no validity. A command this version
+/// does not know is only warned about: hubs of a newer version may take it.
+fn refused_by_every_hub(request: &SignRequest, args: &serde_json::Value) -> Option<String> {
+    let hub_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    if !(1..=64).contains(&request.hub.len()) || !request.hub.chars().all(hub_ok) {
+        Some(format!(
+            "--hub {:?} is not a hub id: 1 to 64 characters of a-z, 0-9, '-' and '_'",
+            request.hub
+        ))
+    } else if !request.request_id.is_none_or(request_id_ok) {
+        Some("--request-id must be 1 to 128 characters without control characters, '/', '+' or '#' (it is a topic level)".to_string())
+    } else if !args.is_object() {
+        Some("--args must be a JSON object, such as '{}'".to_string())
+    } else if request.valid_for.is_zero() {
+        Some("--valid-for must be longer than 0s".to_string())
+    } else {
+        None
+    }
+}
+
 fn fail(message: String) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(
+        hub: &str,
+        command: &str,
+        args: &str,
+        valid_for_s: u64,
+        request_id: Option<&str>,
+        expected: Option<&str>,
+    ) {
+        let request = SignRequest {
+            key: Path::new("/k"),
+            key_id: None,
+            hub,
+            command,
+            args,
+            valid_for: Duration::from_secs(valid_for_s),
+            request_id,
+        };
+        let args = serde_json::from_str(args).unwrap();
+        let problem = refused_by_every_hub(&request, &args);
+        assert_eq!(
+            problem.as_deref().map(|p| p.split(':').next().unwrap()),
+            expected
+        );
+    }
+
+    #[test]
+    fn the_tool_signs_nothing_every_hub_would_refuse() {
+        check("hub-0001", "diagnostics", "{}", 3600, Some("r-1"), None);
+        check("hub-0001", "diagnostics", "{}", 3600, None, None);
+        check(
+            "HUB/#",
+            "diagnostics",
+            "{}",
+            3600,
+            None,
+            Some("--hub \"HUB/#\" is not a hub id"),
+        );
+        check(
+            "",
+            "diagnostics",
+            "{}",
+            3600,
+            None,
+            Some("--hub \"\" is not a hub id"),
+        );
+        check("hub-0001", "diagnostics", "{}", 3600, Some("a/b+#"), Some("--request-id must be 1 to 128 characters without control characters, '/', '+' or '#' (it is a topic level)"));
+        // Hubs of another version may take a command this one does not know; it is only warned about.
+        check("hub-0001", "reboot_now", "{}", 3600, None, None);
+        check(
+            "hub-0001",
+            "diagnostics",
+            "[1,2]",
+            3600,
+            None,
+            Some("--args must be a JSON object, such as '{}'"),
+        );
+        check(
+            "hub-0001",
+            "diagnostics",
+            "{}",
+            0,
+            None,
+            Some("--valid-for must be longer than 0s"),
+        );
+    }
 }

@@ -89,6 +89,14 @@ fn quoted(text: &str) -> String {
     }
 }
 
+/// Whether `id` may be a request id: it is one level of an MQTT topic (`cmd/{request_id}`).
+pub fn request_id_ok(id: &str) -> bool {
+    (1..=128).contains(&id.chars().count())
+        && !id
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '/' | '+' | '#'))
+}
+
 /// The envelope as the backend writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,17 +169,11 @@ impl Verifier<'_> {
                 format!("the payload is not a {COMMAND_SCHEMA}: {error}"),
             )
         })?;
-        let id_ok = |id: &str| {
-            (1..=128).contains(&id.chars().count())
-                && !id
-                    .chars()
-                    .any(|c| c.is_control() || matches!(c, '/' | '+' | '#'))
-        };
         if command.schema != COMMAND_SCHEMA {
             let detail = format!("schema {}, not {COMMAND_SCHEMA:?}", quoted(&command.schema));
             return Err(refused(Malformed, detail));
         }
-        if !id_ok(&command.request_id) {
+        if !request_id_ok(&command.request_id) {
             let detail = "request_id must be 1 to 128 characters without control characters, '/', '+' or '#'";
             return Err(refused(Malformed, detail));
         }
