@@ -447,7 +447,7 @@ fn every_refusal_reason_is_published_and_a_replay_after_a_restart_is_refused() {
         .as_object()
         .unwrap()
         .values()
-        .any(|text| text.as_str().unwrap().contains("[fleet]")));
+        .any(|text| text.as_str().unwrap().contains("[fleet.keys]")));
 
     // After a restart the retained copy comes again and is left alone; published again, it is a replay.
     daemon.terminate();

@@ -854,35 +854,58 @@ fn drop_in_text(command: &Command, ports: Vec<Value>) -> Result<String, (Refusal
     ))
 }
 
-/// The configuration files as read, by path, each as TOML text. A key whose name says it holds a password
-/// or secret is redacted, although the configuration only names where secrets are read.
+/// The configuration files, by path, each as the TOML it parses to: comments, where anything may have been
+/// written (an old password, say), are left out. Values of keys named like a password or secret are
+/// redacted, although the configuration only names where secrets are read, and so are the patient
+/// identifiers of `[fhir]`: the bundle is for people who support hubs, not for the clinical record.
 fn config_files(config_path: &std::path::Path) -> Value {
     let mut files = serde_json::Map::new();
     for file in crate::config::files(config_path) {
-        let text = std::fs::read_to_string(&file)
-            .unwrap_or_else(|error| format!("# cannot read: {error}"));
-        let redacted: Vec<String> = text
-            .lines()
-            .map(|line| {
-                let key = line
-                    .split('=')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase();
-                let secret = (key.contains("password") || key.contains("secret"))
-                    && !key.ends_with("_file")
-                    && !key.ends_with("_credential");
-                if secret && line.contains('=') && !line.trim_start().starts_with('#') {
-                    format!("{key} = \"(redacted)\"")
-                } else {
-                    line.to_string()
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => match text.parse::<toml::Table>() {
+                Ok(mut table) => {
+                    redact(&mut table, "");
+                    toml::to_string(&table).unwrap_or_else(|error| format!("# {error}"))
                 }
-            })
-            .collect();
-        files.insert(file.display().to_string(), json!(redacted.join("\n")));
+                // The text is not shown: a file that does not parse may hold anything.
+                Err(error) => format!("# not valid TOML: {}", error.message()),
+            },
+            Err(error) => format!("# cannot read: {error}"),
+        };
+        files.insert(file.display().to_string(), json!(text));
     }
     Value::Object(files)
+}
+
+fn redact(table: &mut toml::Table, path: &str) {
+    for (key, value) in table.iter_mut() {
+        let name = key.to_ascii_lowercase();
+        let secret = (name.contains("password") || name.contains("secret"))
+            && !name.ends_with("_file")
+            && !name.ends_with("_credential");
+        let patient =
+            path == "fhir" && matches!(name.as_str(), "subject_value" | "device_subjects");
+        match value {
+            toml::Value::Table(inner) if patient => {
+                for (_, value) in inner.iter_mut() {
+                    *value = toml::Value::String("(redacted)".to_string());
+                }
+            }
+            _ if secret || patient => *value = toml::Value::String("(redacted)".to_string()),
+            toml::Value::Table(inner) => redact(
+                inner,
+                &format!("{path}{}{key}", if path.is_empty() { "" } else { "." }),
+            ),
+            toml::Value::Array(items) => {
+                for item in items {
+                    if let toml::Value::Table(inner) = item {
+                        redact(inner, key);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The first line of the fleet drop-in: this, then the request id that wrote it.
@@ -1033,5 +1056,43 @@ async fn bind(
         }
         tracing::info!(%address, attempt = attempts, %error, "Binding waits for the device to advertise in pairing mode.");
         tokio::time::sleep(BIND_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_diagnostics_configuration_holds_no_comment_secret_or_patient() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vitalsd.toml");
+        let text = "# old broker: password = \"hunter2\"\n[hub]\nid = \"hub-1\" # it was hunter3\n\
+                    [mqtt]\nurl = \"mqtt://b\"\npassword = \"hunter4\"\npassword_file = \"/etc/p\"\n\
+                    [fhir]\nsubject_value = \"3001749995\"\ndevice_subjects = { \"serial:x\" = \"0101010101\" }\n";
+        std::fs::write(&path, text).unwrap();
+        let drop_ins = crate::config::drop_in_dir(&path);
+        std::fs::create_dir(&drop_ins).unwrap();
+        std::fs::write(drop_ins.join("10-broken.toml"), "password = hunter5 =\n").unwrap();
+        let files = config_files(&path);
+        let main = files[path.display().to_string()].as_str().unwrap();
+        let broken = files[drop_ins.join("10-broken.toml").display().to_string()]
+            .as_str()
+            .unwrap();
+        for hidden in ["hunter", "3001749995", "0101010101"] {
+            assert!(
+                !main.contains(hidden) && !broken.contains(hidden),
+                "{main}\n{broken}"
+            );
+        }
+        for shown in [
+            "id = \"hub-1\"",
+            "password_file = \"/etc/p\"",
+            "subject_value = \"(redacted)\"",
+            "\"serial:x\" = \"(redacted)\"",
+        ] {
+            assert!(main.contains(shown), "{shown} in {main}");
+        }
+        assert!(broken.starts_with("# not valid TOML"), "{broken}");
     }
 }
