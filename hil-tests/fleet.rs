@@ -466,6 +466,15 @@ fn every_refusal_reason_is_published_and_a_replay_after_a_restart_is_refused() {
         bundles_before,
         "executed twice"
     );
+    // The replay's answer is not retained: a backend that subscribes later reads the command's outcome.
+    let late = Subscriber::start(hub.broker.port, &format!("{BASE}/cmd/diag-1/state"));
+    wait_for(
+        "the retained state of diag-1",
+        Duration::from_secs(10),
+        || !late.messages().is_empty(),
+        || hub.world.log(),
+    );
+    assert_eq!(late.messages()[0].json()["state"], "successful");
     assert!(daemon.is_running());
     // Every status the hub published, the last will included, is what the AsyncAPI document says.
     daemon.kill9();

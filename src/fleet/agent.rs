@@ -573,6 +573,9 @@ impl Agent {
     }
 
     /// A `failed` state for a command that is not journaled.
+    ///
+    /// A replay's answer is not retained: the retained state on the topic is the command's own outcome,
+    /// which anyone who copied the envelope could otherwise overwrite by sending it again.
     fn publish_unrecorded(&mut self, request_id: &str, refusal: Refusal, detail: Option<String>) {
         let mut document = json!({
             "state": "failed",
@@ -585,7 +588,7 @@ impl Agent {
         self.enqueue(Outgoing {
             subtopic: format!("cmd/{request_id}/state"),
             payload: document.to_string().into_bytes(),
-            retain: true,
+            retain: refusal != Refusal::Replayed,
             token: None,
         });
     }
