@@ -586,6 +586,12 @@ mod tests {
             ("urn:oid:1.2.208.176.1.2", "3001749995")
         );
         assert_eq!(options.device_subjects["serial:spouse"].value, "0101010101");
+        // A port's id is taken as it is, even one that looks like a Bluetooth device's.
+        let port_named_like_ble = valid(&format!(
+            "{MINIMAL}\n[fhir]\nsubject_system = \"urn:x:p\"\ndevice_subjects = {{ \"ble:spare\" = \"p-2\" }}\n\
+             [[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"nonin-df13\"\nid = \"ble:spare\""
+        ));
+        assert_eq!(port_named_like_ble.fhir.device_subjects["ble:spare"], "p-2");
         assert_eq!(options.code_sets.len(), 1);
         assert_eq!(options.code_sets[0].name, "dk");
     }

@@ -303,9 +303,13 @@ impl Checks<'_> {
             // The subject is looked up by the exact id a reading carries, so an id no device will have sends
             // that device's readings to the hub's patient: a Bluetooth id must be written as the hub writes
             // it, and any other must be a serial port's (unless the ports have errors of their own).
-            let address = id.strip_prefix("ble:").map(canonical_ble_address);
+            let is_port = ports.iter().any(|port| port.device_id == id);
+            let address = id
+                .strip_prefix("ble:")
+                .filter(|_| !is_port)
+                .map(canonical_ble_address);
             let port_errors = self.errors.iter().any(|(path, _)| within(path, "serial"));
-            let serial = port_errors || ports.iter().any(|port| port.device_id == id);
+            let serial = port_errors || is_port;
             if !device_id_ok(id) || slot.is_none() {
                 let message = "is not a device id, or a device id and a user slot such as \"ble:C4:F3:12:53:F2:C9/user/2\"";
                 self.report(&path, format!("{} {message}", q(device)));
