@@ -880,6 +880,8 @@ fn config_files(config_path: &std::path::Path) -> Value {
     Value::Object(files)
 }
 
+/// Replaces, in `table` (at the key path `path`), the values of secret-like keys and `[fhir]`'s patient
+/// identifiers.
 fn redact(table: &mut toml::Table, path: &str) {
     for (key, value) in table.iter_mut() {
         let name = key.to_ascii_lowercase();
