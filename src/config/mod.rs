@@ -923,6 +923,7 @@ mod tests {
                 "output.formats: \"hl7v2\" is not a format: use \"reading.v1\" and/or \"fhir\"",
             ]),
             (&format!("{MINIMAL}\n[output]\nformats = [\"reading.v1\", \"fhir\"]"), &[
+                "fhir.subject_system: missing: subject_value and device_subjects are identifiers in this system",
                 "fhir.subject_value: missing: the FHIR output needs the identifier of the patient the readings are about, as the backend knows them (with subject_system)",
             ]),
             (&format!("{MINIMAL}\n[fhir]\nsubject_system = \"urn:x:p\"\nsubject_value = \"p\"\ndevice_subjects = {{ \"ble:AA/user/255\" = \"p-2\", \"ble:AA/user/x\" = \"p-3\" }}"), &[

@@ -279,7 +279,10 @@ impl Checks<'_> {
             self.report("fhir.subject_value", message);
         }
         let values = fhir.subject_value.is_some() || !fhir.device_subjects.is_empty();
-        if values && fhir.subject_system.is_none() && !self.refused("fhir.subject_system") {
+        if (values || fhir_on)
+            && fhir.subject_system.is_none()
+            && !self.refused("fhir.subject_system")
+        {
             let message =
                 "missing: subject_value and device_subjects are identifiers in this system";
             self.report("fhir.subject_system", message);
