@@ -122,6 +122,12 @@ fn command(
 }
 
 fn publish_retained(broker: &Broker, topic: &str, payload: &str) {
+    publish_retained_from(broker, topic, &["-m", payload]);
+}
+
+/// Publishes retained at QoS 1 with `mosquitto_pub`, the message given by `message` (`-m TEXT` or
+/// `-f FILE`).
+fn publish_retained_from(broker: &Broker, topic: &str, message: &[&str]) {
     let status = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -133,9 +139,8 @@ fn publish_retained(broker: &Broker, topic: &str, payload: &str) {
             "-r",
             "-t",
             topic,
-            "-m",
-            payload,
         ])
+        .args(message)
         .status()
         .unwrap();
     assert!(status.success(), "mosquitto_pub failed");
@@ -805,21 +810,8 @@ fn over_mqtt_3_1_1_a_retained_message_too_large_to_read_pauses_commands_and_read
     let world = DaemonWorld::new();
     let big = world.dir.path().join("too-large.json");
     std::fs::write(&big, format!("{{\"payload\":\"{}\"}}", "A".repeat(300_000))).unwrap();
-    let status = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-r",
-        ])
-        .args(["-t", &format!("{BASE}/cmd/too-large"), "-f"])
-        .arg(&big)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mosquitto_pub failed");
+    let big = big.display().to_string();
+    publish_retained_from(&broker, &format!("{BASE}/cmd/too-large"), &["-f", &big]);
     let subscriber = Subscriber::start(broker.port, &format!("{BASE}/readings/#"));
     let mut port = world.with_nonin_9560(&broker.url());
     let keys = Keys::make(&world.dir.path().join("keys"), "ops");
