@@ -144,8 +144,7 @@ pub fn sign(request: &SignRequest) -> ExitCode {
 /// id that is no topic level, arguments that are not an object, or no validity. A command this version
 /// does not know is only warned about: hubs of a newer version may take it.
 fn refused_by_every_hub(request: &SignRequest, args: &serde_json::Value) -> Option<String> {
-    let hub_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-    if !(1..=64).contains(&request.hub.len()) || !request.hub.chars().all(hub_ok) {
+    if !crate::config::hub_id_ok(request.hub) {
         Some(format!(
             "--hub {:?} is not a hub id: 1 to 64 characters of a-z, 0-9, '-' and '_'",
             request.hub

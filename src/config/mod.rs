@@ -9,6 +9,7 @@
 
 mod file;
 pub use file::drop_in_dir;
+pub(crate) use values::hub_id_ok;
 
 /// The files the configuration is read from, in the order they are layered: `path`, then its drop-ins
 /// (an unreadable drop-in directory counts as none).

@@ -34,11 +34,8 @@ macro_rules! checked {
 }
 
 checked! {
-    // Lowercase because it goes into MQTT topics, where case matters and technicians read it aloud.
     hub_id: String => String = |id| {
-        let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
-        let valid = (1..=64).contains(&id.len()) && id.bytes().all(allowed);
-        ensure(valid, id, "is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'")
+        ensure(hub_id_ok(&id), id, "is not a valid hub id: use 1 to 64 characters of a-z, 0-9, '-' and '_'")
     };
     device_id: String => String = |id| {
         let problem = "is not a valid device id: use 1 to 128 characters without spaces, control \
@@ -180,6 +177,13 @@ checked! {
         Ok(FleetKey { path, key })
     };
     parity: String => Parity = |parity| choice(parity, "is not a parity: use \"none\", \"odd\" or \"even\"");
+}
+
+/// Hub ids are lowercase because they go into MQTT topics, where case matters and technicians read them
+/// aloud.
+pub(crate) fn hub_id_ok(id: &str) -> bool {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    (1..=64).contains(&id.len()) && id.bytes().all(allowed)
 }
 
 /// Device ids go into payloads and reading ids (joined with `|`), and may go into topics later.

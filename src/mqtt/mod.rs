@@ -566,9 +566,10 @@ impl Uplink {
                      connects without its subscriptions (fleet commands) for 10 minutes so that readings keep \
                      going; clear the message (a retained command under cmd/) on the broker."
                 );
+                let minutes = SUBSCRIPTIONS_PAUSE.as_secs() / 60;
                 let message = format!(
                     "the broker sent a message of {bytes} bytes, more than the hub reads; fleet commands \
-                     are paused for 10 minutes"
+                     are paused for {minutes} minutes"
                 );
                 self.handle_connection_error(message).await?;
             }
