@@ -604,6 +604,29 @@ fn a_restart_command_starts_the_daemon_again_and_the_twin_reports_a_device_going
     assert_eq!(devices["devices"][0]["state"], "silent", "{devices:#}");
 }
 
+/// Waits for the command's state on the rig's broker, and returns it.
+fn ble_command_state(rig: &crate::bluetooth::BleRig, request_id: &str, state: &str) -> Value {
+    let topic = format!("{BASE}/cmd/{request_id}/state");
+    let mut found = None;
+    wait_for(
+        &format!("{request_id} {state}"),
+        Duration::from_secs(60),
+        || {
+            found = rig
+                .subscriber
+                .messages()
+                .iter()
+                .rev()
+                .filter(|m| m.topic == topic)
+                .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+                .find(|v| v["state"] == state);
+            found.is_some()
+        },
+        || rig.world.log(),
+    );
+    found.unwrap()
+}
+
 #[test]
 fn a_signed_bind_device_bonds_a_simulated_cuff_whose_records_arrive_and_unbind_device_forgets_it() {
     use crate::bluetooth::BleRig;
@@ -622,30 +645,7 @@ fn a_signed_bind_device_bonds_a_simulated_cuff_whose_records_arrive_and_unbind_d
     rig.sim.store_records(CUFF, 0x2A35, &records);
     let _daemon = rig.start();
     let hub = |subtopic: &str| format!("{BASE}/{subtopic}");
-    let wait_state = |request_id: &str, state: &str| {
-        let topic = hub(&format!("cmd/{request_id}/state"));
-        let mut found = None;
-        wait_for(
-            &format!("{request_id} {state}"),
-            Duration::from_secs(60),
-            || {
-                found = rig
-                    .subscriber
-                    .messages()
-                    .iter()
-                    .rev()
-                    .map(|m| (m.topic.clone(), m.payload.clone()))
-                    .find(|(t, p)| {
-                        *t == topic
-                            && serde_json::from_slice::<Value>(p).is_ok_and(|v| v["state"] == state)
-                    })
-                    .map(|(_, p)| serde_json::from_slice::<Value>(&p).unwrap());
-                found.is_some()
-            },
-            || rig.world.log(),
-        );
-        found.unwrap()
-    };
+    let wait_state = |request_id: &str, state: &str| ble_command_state(&rig, request_id, state);
 
     let args = json!({"transport": "ble", "address": CUFF, "window_s": 600});
     let envelope = keys.sign("hub-test", "bind_device", &args, "bind-1", &[]);
@@ -715,6 +715,68 @@ fn a_signed_bind_device_bonds_a_simulated_cuff_whose_records_arrive_and_unbind_d
         || twins().last().is_some_and(|t| t["devices"] == json!([])),
         show,
     );
+}
+
+#[test]
+fn a_bind_still_waiting_for_its_device_is_ended_by_a_later_bind_or_unbind_of_it_and_the_latest_bonds(
+) {
+    use crate::bluetooth::BleRig;
+    use crate::support::bluez::devices;
+    const CUFF: &str = "AA:BB:CC:DD:EE:02";
+    let rig = BleRig::new();
+    let keys = Keys::make(&rig.world.dir.path().join("keys"), "ops");
+    rig.world.append_config(&format!(
+        "[fleet]\nkeys = {{ ops = \"{}\" }}\n",
+        keys.public.display()
+    ));
+    let _daemon = rig.start();
+    let send = |command: &str, args: Value, request_id: &str| {
+        let envelope = keys.sign("hub-test", command, &args, request_id, &[]);
+        publish_retained(&rig.broker, &format!("{BASE}/cmd/{request_id}"), &envelope);
+        ble_command_state(&rig, request_id, "executing");
+    };
+    let ended = |request_id: &str, by: &str| {
+        let state = ble_command_state(&rig, request_id, "failed");
+        assert_eq!(state["reason"], "interrupted", "{state:#}");
+        assert_eq!(state["detail"], by, "{state:#}");
+    };
+    // The cuff is not there, so each bind waits for it (its first attempt looks for 30 s).
+    let bind = json!({"transport": "ble", "address": CUFF, "window_s": 600});
+    send("bind_device", bind.clone(), "bind-1");
+    send("bind_device", bind.clone(), "bind-2");
+    ended("bind-1", "ended by bind_device bind-2");
+    send(
+        "unbind_device",
+        json!({"id": format!("ble:{CUFF}")}),
+        "unbind-1",
+    );
+    ended("bind-2", "ended by unbind_device unbind-1");
+    let unbound = ble_command_state(&rig, "unbind-1", "successful");
+    assert_eq!(unbound["result"]["was_bound"], false, "{unbound:#}");
+
+    // Now the cuff advertises: a new bind bonds it at its first attempt, and only the new one reports.
+    rig.sim.add_device(CUFF, devices::and_cuff());
+    send("bind_device", bind, "bind-3");
+    let bonded = ble_command_state(&rig, "bind-3", "successful");
+    assert_eq!(bonded["result"], json!({"bonded": true, "attempts": 1}));
+    for (request_id, states) in [("bind-1", 2), ("bind-2", 2), ("bind-3", 2)] {
+        let topic = format!("{BASE}/cmd/{request_id}/state");
+        let messages = rig.subscriber.messages();
+        let published = messages.iter().filter(|m| m.topic == topic).count();
+        assert_eq!(published, states, "{request_id}: {}", rig.world.log());
+    }
+    // No twin ever showed the cuff as two binds.
+    for twin in rig
+        .subscriber
+        .messages()
+        .iter()
+        .filter(|m| m.topic == format!("{BASE}/twin"))
+    {
+        let binding = twin.json()["devices"].as_array().map_or(0, |devices| {
+            devices.iter().filter(|d| d["state"] == "binding").count()
+        });
+        assert!(binding <= 1, "{:#}", twin.json());
+    }
 }
 
 #[test]

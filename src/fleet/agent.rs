@@ -8,8 +8,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
@@ -135,8 +136,10 @@ pub async fn run(
                 agent.finish(&request_id, outcome)?;
             }
             (request_id, outcome) = next(&mut binds), if !binds.is_empty() => {
-                agent.binding.remove(&request_id);
-                agent.finish(&request_id, outcome)?;
+                // A bind a later command ended was finished then; its future only winds down.
+                if agent.binding.remove(&request_id).is_some() {
+                    agent.finish(&request_id, outcome)?;
+                }
             }
             _ = &mut restart_timer, if agent.restart_pending.is_some() => agent.restart(),
         }
@@ -167,8 +170,8 @@ struct Agent {
     running: bool,
     /// Commands started since the loop last took them: whether each is a bind, and its future.
     started: Vec<(bool, Running)>,
-    /// Request id → address of the binds waiting for their device.
-    binding: HashMap<String, String>,
+    /// Request id → address of the binds waiting for their device, and the handle that ends one early.
+    binding: HashMap<String, (String, AbortHandle)>,
     /// The request id whose `executing` state must reach the broker before the restart, and the latest
     /// moment to wait till.
     restart_pending: Option<(String, Instant)>,
@@ -458,6 +461,16 @@ impl Agent {
         let request_id = command.request_id.clone();
         let devices = self.parts.devices.clone();
         let adapter = self.settings.adapter.clone();
+        // The latest word on a device wins: a bind still waiting for it must not bond it after an unbind,
+        // nor run beside a newer bind with other arguments. A restart ends every bind, so each is told so
+        // now rather than found cut short by the next run.
+        match &action {
+            Action::BindDevice { address, .. } | Action::UnbindDevice { address } => {
+                self.end_binds(Some(address), &command)?
+            }
+            Action::Restart => self.end_binds(None, &command)?,
+            Action::SetSerialPorts { .. } | Action::Diagnostics => {}
+        }
         match action {
             Action::Restart => {
                 self.restart_pending = Some((request_id, Instant::now() + RESTART_GRACE));
@@ -474,16 +487,18 @@ impl Agent {
                 passkey,
                 window,
             } => {
-                self.binding.insert(request_id.clone(), address.clone());
-                self.started.push((
-                    true,
-                    Box::pin(async move {
-                        (
-                            request_id,
-                            bind(adapter, devices, address, passkey, window).await,
-                        )
-                    }),
-                ));
+                let (handle, registration) = AbortHandle::new_pair();
+                self.binding
+                    .insert(request_id.clone(), (address.clone(), handle));
+                let bind = Abortable::new(
+                    bind(adapter, devices, address, passkey, window),
+                    registration,
+                );
+                // An ended bind's outcome is never used: it was finished when it was ended.
+                let ended = || Err((Refusal::Interrupted, String::new()));
+                let bind =
+                    bind.map(move |outcome| (request_id, outcome.unwrap_or_else(|_| ended())));
+                self.started.push((true, Box::pin(bind)));
             }
             Action::Diagnostics => match self.diagnostics(&request_id).await {
                 // Finished when the broker took the bundle.
@@ -494,6 +509,7 @@ impl Agent {
                 let outcome = self.set_serial_ports(&command, ports);
                 match outcome {
                     Ok(result) => {
+                        self.end_binds(None, &command)?;
                         entry.completes_on_restart = true;
                         entry.result = result;
                         self.journal.update(&entry)?;
@@ -503,6 +519,25 @@ impl Agent {
                     Err(failure) => self.finish(&request_id, Err(failure))?,
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Ends the binds waiting for `address` (every bind, for `None`) as `interrupted` by `by`; an ended
+    /// bind never touches the device again.
+    fn end_binds(&mut self, address: Option<&str>, by: &Command) -> Result<(), FleetError> {
+        let ended: Vec<String> = self
+            .binding
+            .iter()
+            .filter(|(_, (bound, _))| address.is_none_or(|address| bound == address))
+            .map(|(request_id, _)| request_id.clone())
+            .collect();
+        for request_id in ended {
+            if let Some((_, handle)) = self.binding.remove(&request_id) {
+                handle.abort();
+            }
+            let detail = format!("ended by {} {}", by.command, by.request_id);
+            self.finish(&request_id, Err((Refusal::Interrupted, detail)))?;
         }
         Ok(())
     }
@@ -701,7 +736,11 @@ impl Agent {
                 .to_vec(),
             None => Vec::new(),
         };
-        let binding: Vec<String> = self.binding.values().cloned().collect();
+        let binding: Vec<String> = self
+            .binding
+            .values()
+            .map(|(address, _)| address.clone())
+            .collect();
         let serial: Vec<SerialDevice> = {
             let heard = self
                 .parts
@@ -1054,19 +1093,47 @@ async fn bind(
             Ok(()) => return Ok(result),
             Err(error) => error.to_string(),
         };
-        if Instant::now() + BIND_RETRY >= deadline {
+        let Some(pause) = bind_retry_after(deadline.saturating_duration_since(Instant::now()))
+        else {
             let detail =
                 format!("not bonded within the window after {attempts} attempt(s): {error}");
             return Err((Refusal::ExecutionFailed, detail));
-        }
-        tracing::info!(%address, attempt = attempts, %error, "Binding waits for the device to advertise in pairing mode.");
-        tokio::time::sleep(BIND_RETRY).await;
+        };
+        let retry_in_s = pause.as_secs_f64();
+        tracing::info!(%address, attempt = attempts, retry_in_s, %error, "A bind attempt failed; trying again.");
+        tokio::time::sleep(pause).await;
     }
+}
+
+/// How long a bind whose attempt failed waits before the next, given what is left of its window: 20 s, or
+/// half of what is left when that is sooner, so the last attempts still fall inside the window; none once
+/// less than 2 s is left.
+fn bind_retry_after(left: Duration) -> Option<Duration> {
+    (left >= Duration::from_secs(2)).then(|| BIND_RETRY.min(left / 2))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_bind_tries_again_inside_its_window() {
+        let check = |left_ms: u64, expected_ms: Option<u64>| {
+            let pause = bind_retry_after(Duration::from_millis(left_ms));
+            assert_eq!(
+                pause,
+                expected_ms.map(Duration::from_millis),
+                "with {left_ms} ms left"
+            );
+        };
+        check(86_400_000, Some(20_000));
+        check(40_000, Some(20_000));
+        check(30_000, Some(15_000));
+        check(10_000, Some(5_000));
+        check(2_000, Some(1_000));
+        check(1_999, None);
+        check(0, None);
+    }
 
     #[test]
     fn the_diagnostics_configuration_holds_no_comment_secret_or_patient() {

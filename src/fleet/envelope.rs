@@ -45,7 +45,8 @@ pub enum Refusal {
     UnknownCommand,
     /// The arguments are not what the command takes.
     InvalidArgs,
-    /// The daemon stopped while the command ran; it is not run again.
+    /// The daemon stopped while the command ran, or a later command ended a waiting `bind_device`; it is
+    /// not run again.
     Interrupted,
     /// The command ran and did not succeed; the state's `detail` says why.
     ExecutionFailed,
