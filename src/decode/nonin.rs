@@ -289,7 +289,11 @@ fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, Fr
         hr_lsb,
         spo2,
     ];
-    reading.record_key = Some(format!("nonin-df13:{}", hex_of(&key)));
+    // A clock that was never set stamps every record alike: such a stamp would make distinct spot-checks
+    // with the same values one record, and all but the first would be dropped as resends.
+    if crate::model::measurement_time::stamp_names_the_record(&reading) {
+        reading.record_key = Some(format!("nonin-df13:{}", hex_of(&key)));
+    }
     Ok(reading)
 }
 
@@ -1053,6 +1057,21 @@ mod tests {
         let later = received_at() + TimeDelta::days(3);
         assert_eq!(key(&live, received_at()), key(&stored, later));
         assert_ne!(key(&live, received_at()), key(&other, received_at()));
+    }
+
+    #[test]
+    fn df13_records_of_a_clock_never_set_are_not_named_by_their_stamp() {
+        let check = |data: &str, expected: Option<&str>| {
+            let reading = readings(df13, &bytes_of(&df13_packet(data))).remove(0);
+            assert_eq!(reading.record_key.as_deref(), expected, "{data}");
+        };
+        check(
+            "20 24 03 15 10 20 30 00 02 00 00 48 00 61",
+            Some("nonin-df13:20240315102030000200004861"),
+        );
+        check("20 00 00 00 00 00 00 00 02 00 00 48 00 61", None);
+        check("20 00 01 01 00 00 00 00 02 00 00 48 00 61", None);
+        check("20 24 13 15 10 20 30 00 02 00 00 48 00 61", None);
     }
 
     // ----- DF8 -----

@@ -144,8 +144,12 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         Some(false) => Some(Flag::ChecksumUnverified),
         _ => None,
     };
-    // A line that carries the scale's date and time names its measurement; a resend gets the same ids.
-    let dated = (get("Da").or(get("DA")).or(get("DT"))).is_some() && get("TI").is_some();
+    // A line that carries the scale's date and time names its measurement; a resend gets the same ids. The
+    // date's format is not documented, so only a date that shows a four-digit year of a set clock is taken
+    // to name anything: a scale whose clock was never set (01/01/2000) stamps every weighing alike, and two
+    // days of the same weight would be one record.
+    let date = get("Da").or(get("DA")).or(get("DT"));
+    let dated = date.is_some_and(shows_a_set_year) && get("TI").is_some();
     let mut make = |kind: Kind, values: Vec<Value>, name: &str| {
         let mut reading = Reading::at_hub_time(kind, context.received_at, line);
         reading.values = values;
@@ -160,6 +164,18 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         make(Kind::BodyComposition, composition, "composition");
     }
     events
+}
+
+/// Whether a date field holds a four-digit year from 2010 to 2099, the years of a set clock.
+fn shows_a_set_year(date: &str) -> bool {
+    date.split(|c: char| !c.is_ascii_digit())
+        .filter(|digits| digits.len() == 4)
+        .filter_map(|digits| digits.parse::<i32>().ok())
+        .any(|year| {
+            (crate::model::measurement_time::MIN_PLAUSIBLE_YEAR
+                ..=crate::model::measurement_time::MAX_PLAUSIBLE_YEAR)
+                .contains(&year)
+        })
 }
 
 #[cfg(test)]
@@ -247,5 +263,14 @@ mod tests {
         assert!(dated.iter().all(Option::is_some));
         assert_ne!(dated[0], dated[1]);
         assert_eq!(keys("{0,16,~0,1,Wk,80.0\r\n"), [None]);
+        // A clock never set (or a date that shows no year) names nothing.
+        for undated in [
+            "{0,16,~0,1,DA,\"01/01/2000\",TI,\"00:00\",Wk,80.0\r\n",
+            "{0,16,~0,1,Da,\"15/03/24\",TI,\"07:30\",Wk,80.0\r\n",
+            "{0,16,~0,1,DT,\"15/03/2024\",Wk,80.0\r\n",
+        ] {
+            assert_eq!(keys(undated), [None], "{undated}");
+        }
+        assert!(keys("{0,16,~0,1,Da,\"2024-03-15\",TI,\"07:30\",Wk,80.0\r\n")[0].is_some());
     }
 }
