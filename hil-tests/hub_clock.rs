@@ -95,8 +95,11 @@ fn readings_received_before_the_hub_clock_is_synchronised_are_held_then_released
     for (n, stamp) in stamps.iter().enumerate() {
         port.write(&spot_check_at(*stamp, n as u16, false).frame());
     }
+    // And one from a device clock years ahead, which an untrusted hub clock cannot call ahead.
+    let far_ahead = now + TimeDelta::days(3000);
+    port.write(&spot_check_at(far_ahead, 5, false).frame());
     assert!(
-        wait_until(LONG, || clock.held(&world) == 3),
+        wait_until(LONG, || clock.held(&world) == 4),
         "the readings were not held: {}\nlog:\n{}",
         clock.status(&world),
         world.log()
@@ -110,22 +113,33 @@ fn readings_received_before_the_hub_clock_is_synchronised_are_held_then_released
         subscriber.readings()
     );
     let status = clock.status(&world);
-    assert_eq!(status["outbox"]["held_for_clock"], 3, "{status}");
+    assert_eq!(status["outbox"]["held_for_clock"], 4, "{status}");
     assert_eq!(status["outbox"]["hub_clock"], "unsynchronized", "{status}");
     // Held readings count as pending (they are the outbox's), but none is queued for the uplink.
-    assert_eq!(status["outbox"]["pending"], 3, "{status}");
+    assert_eq!(status["outbox"]["pending"], 4, "{status}");
     assert_eq!(status["outbox"]["delivered_total"], 0, "{status}");
 
     let synchronized_at = Utc::now();
     clock.set_synchronized(true);
     assert!(
-        subscriber.wait_for_unique_readings(3, LONG),
+        subscriber.wait_for_unique_readings(4, LONG),
         "held readings were not released; status {}\nlog:\n{}",
         clock.status(&world),
         world.log()
     );
     let readings = subscriber.readings();
-    assert_eq!(readings.len(), 3, "{readings:#?}");
+    assert_eq!(readings.len(), 4, "{readings:#?}");
+    // Once the receive time is known, the device time years after it is not believed.
+    let ahead = reading_stamped(&readings, far_ahead);
+    crate::assert_valid_reading(ahead);
+    assert_eq!(ahead["time_source"], "hub", "{ahead:#}");
+    assert_eq!(
+        flags(ahead),
+        ["smartpoint", "device_clock_ahead"],
+        "{ahead:#}"
+    );
+    let off = time_field(ahead, "measured_at") - time_field(ahead, "received_at");
+    assert!(off.abs() < TimeDelta::milliseconds(1), "{ahead:#}");
     for stamp in &stamps {
         let reading = reading_stamped(&readings, *stamp);
         crate::assert_valid_reading(reading);
@@ -157,7 +171,7 @@ fn readings_received_before_the_hub_clock_is_synchronised_are_held_then_released
     let sent_from = Utc::now();
     port.write(&spot_check_at(later, 9, false).frame());
     assert!(
-        subscriber.wait_for_unique_readings(4, LONG),
+        subscriber.wait_for_unique_readings(5, LONG),
         "{}",
         world.log()
     );
@@ -176,7 +190,7 @@ fn readings_received_before_the_hub_clock_is_synchronised_are_held_then_released
     let status = clock.status(&world);
     assert_eq!(status["outbox"]["held_for_clock"], 0, "{status}");
     assert_eq!(status["outbox"]["hub_clock"], "synchronized", "{status}");
-    assert_eq!(subscriber.readings().len(), 4, "nothing published twice");
+    assert_eq!(subscriber.readings().len(), 5, "nothing published twice");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::model::reading::{Flag, Reading};
+use crate::model::measurement_time::{self, HubClock};
+use crate::model::reading::{Flag, Reading, TimeSource};
 
 pub const SCHEMA_NAME: &str = "vitalsd.reading.v1";
 /// The outbox format number of payloads built here.
@@ -286,7 +287,28 @@ pub fn release_held(
         let received_at = boot_started_at + since_boot;
         let text = received_at.to_rfc3339_opts(SecondsFormat::Millis, true);
         document.insert("received_at".into(), text.into());
-        if document.get("time_source").and_then(|v| v.as_str()) == Some("hub") {
+        // The device time was taken as it came, since an untrusted hub clock cannot tell a device clock
+        // ahead from its own behind. Now the receive time is known, the rule a trusted clock applies on
+        // arrival is applied: a device time more than ten minutes after it is not believed.
+        let source = document.get("time_source").and_then(|v| v.as_str());
+        let hub_timed = source == Some("hub");
+        let device_timed = source == Some("device");
+        let measured = document.get("measured_at").and_then(|v| v.as_str());
+        let measured = measured.and_then(|text| DateTime::parse_from_rfc3339(text).ok());
+        let ahead = device_timed
+            && measured.is_some_and(|measured| {
+                measurement_time::runs_past_hub(measured, received_at, HubClock::Trusted)
+            });
+        if ahead {
+            document.insert("time_source".into(), TimeSource::Hub.as_str().into());
+            match document.get_mut("flags") {
+                Some(serde_json::Value::Array(flags)) => {
+                    flags.push(Flag::DeviceClockAhead.as_str().into())
+                }
+                _ => return Err(HeldPayloadError("no flags array".into())),
+            }
+        }
+        if ahead || hub_timed {
             let measured = received_at
                 .fixed_offset()
                 .to_rfc3339_opts(SecondsFormat::AutoSi, false);
@@ -486,6 +508,46 @@ mod tests {
         let done = release(&reading, "b1", Some("2026-12-05T08:00:00Z")).unwrap();
         assert_eq!(done["measured_at"], "2026-12-05T09:00:00+01:00");
         assert_eq!(done["received_at"], "2026-12-05T08:01:40.250Z");
+    }
+
+    #[test]
+    fn a_device_time_ahead_of_the_resolved_receive_time_is_not_believed_when_released() {
+        // Received at 08:01:40.250Z once resolved; ten minutes ahead is the most a device clock may run.
+        let check = |measured: &str, expected: (&str, &str, serde_json::Value)| {
+            let mut reading = held_reading();
+            reading.time_source = TimeSource::Device;
+            reading.measured_at = measured.parse().unwrap();
+            let done = release(&reading, "b1", Some("2026-12-05T08:00:00Z")).unwrap();
+            let found = (&done["measured_at"], &done["time_source"], &done["flags"]);
+            assert_eq!(
+                found,
+                (&expected.0.into(), &expected.1.into(), &expected.2),
+                "{measured}"
+            );
+            assert_eq!(done["id"], "the-id");
+        };
+        let kept = || serde_json::json!(["smartpoint"]);
+        let ahead = || serde_json::json!(["smartpoint", "device_clock_ahead"]);
+        check(
+            "2026-12-05T08:11:40+00:00",
+            ("2026-12-05T08:11:40+00:00", "device", kept()),
+        );
+        check(
+            "2026-12-05T09:11:40+01:00",
+            ("2026-12-05T09:11:40+01:00", "device", kept()),
+        );
+        check(
+            "2026-12-05T08:11:41+00:00",
+            ("2026-12-05T08:01:40.250+00:00", "hub", ahead()),
+        );
+        check(
+            "2035-06-01T12:00:00+00:00",
+            ("2026-12-05T08:01:40.250+00:00", "hub", ahead()),
+        );
+        check(
+            "2019-01-01T00:00:00+00:00",
+            ("2019-01-01T00:00:00+00:00", "device", kept()),
+        );
     }
 
     #[test]
