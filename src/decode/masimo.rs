@@ -36,13 +36,14 @@ fn parse(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
     }
 }
 
-/// A value that is a number, or the device's way of saying there is none.
-fn value(measure: &'static codes::Measure, text: &str) -> Option<Value> {
+/// A value that is a number from 0 to `max` (the most the device displays), or the device's way of saying
+/// there is none; anything else is no reading of this device.
+fn value(measure: &'static codes::Measure, text: &str, max: f64) -> Option<Value> {
     let text = text.trim_end_matches('%');
     if text.chars().all(|c| c == '-' || c == '.') && !text.is_empty() {
         return Some(Value::special(measure, Special::Missing));
     }
-    let number: f64 = text.parse().ok()?;
+    let number: f64 = text.parse().ok().filter(|n| (0.0..=max).contains(n))?;
     if number == 0.0 {
         return Some(Value::special(measure, Special::Missing));
     }
@@ -66,16 +67,18 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Result<Option<Reading
         // Line noise (a control byte left by a plug-in) may cling to the first key.
         let key = key.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
         match key.to_ascii_uppercase().as_str() {
-            "SPO2" => spo2 = Some(value(&codes::SPO2, raw).ok_or(malformed("unreadable SpO2"))?),
+            "SPO2" => {
+                spo2 = Some(value(&codes::SPO2, raw, 100.0).ok_or(malformed("unreadable SpO2"))?)
+            }
             "PR" | "BPM" => {
                 pulse = Some(
-                    value(&codes::PULSE_RATE_OXIMETER, raw)
+                    value(&codes::PULSE_RATE_OXIMETER, raw, 240.0)
                         .ok_or(malformed("unreadable pulse rate"))?,
                 )
             }
             "PI" => {
                 perfusion = Some(
-                    value(&codes::PERFUSION_INDEX, raw)
+                    value(&codes::PERFUSION_INDEX, raw, 20.0)
                         .ok_or(malformed("unreadable perfusion index"))?,
                 )
             }
@@ -157,6 +160,13 @@ mod tests {
     fn noise_and_broken_lines() {
         check("Rad-8 Ver 7.1\r\n", &[]);
         check("SpO2=9x7 PR=069\r\n", &["error malformed: unreadable SpO2"]);
+        // Beyond what the device displays, negative or not a number: no reading of a Masimo.
+        check("SpO2=150 PR=069\r\n", &["error malformed: unreadable SpO2"]);
+        check("SpO2=NaN PR=069\r\n", &["error malformed: unreadable SpO2"]);
+        check("SpO2=097 PR=-69\r\n", &["error malformed: unreadable pulse rate"]);
+        check("SpO2=097 PR=999\r\n", &["error malformed: unreadable pulse rate"]);
+        check("SpO2=097 PR=inf\r\n", &["error malformed: unreadable pulse rate"]);
+        check("SpO2=097 PR=069 PI=25.0\r\n", &["error malformed: unreadable perfusion index"]);
         check("SpO2=097 PR=069 EXC=zz\r\n", &["error malformed: unreadable EXC"]);
         check("\u{1}\u{2}SpO2=097 PR=069\r\nSpO2=096 PR=070\r\n", &[
             &format!("pulse_oximetry spo2=97 pulse_rate=69 flags=[] {HUB}"),

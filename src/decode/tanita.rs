@@ -75,13 +75,20 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         }
     }
     let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    // Every quantity of a Tanita line is a finite number of 0 or more, and a percentage at most 100.
     let number = |key: &str| -> Result<Option<f64>, &'static str> {
+        let max = if matches!(key, "FW" | "ww") {
+            100.0
+        } else {
+            f64::MAX
+        };
         match get(key) {
             None | Some("") => Ok(None),
-            Some(text) => text
-                .parse::<f64>()
-                .map(Some)
-                .map_err(|_| "unreadable number"),
+            Some(text) => match text.parse::<f64>() {
+                Ok(number) if (0.0..=max).contains(&number) => Ok(Some(number)),
+                Ok(_) => Err("number out of range"),
+                Err(_) => Err("unreadable number"),
+            },
         }
     };
     let parsed = (|| -> Result<(Vec<Value>, Vec<Value>), &'static str> {
@@ -92,6 +99,11 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
          -> Result<Option<Value>, &'static str> {
             Ok(number(key)?.map(|v| Value::number(if pounds { lb } else { kg }, v)))
         };
+        // No Tanita weighs more than 300 kg (661 lb); more is a damaged line, not a patient.
+        if number("Wk")?.is_some_and(|kg| kg > 300.0) || number("Wp")?.is_some_and(|lb| lb > 661.0)
+        {
+            return Err("weight out of range");
+        }
         let weight = match (number("Wk")?, number("Wp")?, get("Ws")) {
             (Some(kg), _, _) => Value::number(&codes::BODY_WEIGHT_KG, kg),
             (None, Some(lb), _) => Value::number(&codes::BODY_WEIGHT_LB, lb),
@@ -166,7 +178,8 @@ fn parse_line(line: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
     events
 }
 
-/// Whether a date field holds a four-digit year from 2010 to 2099, the years of a set clock.
+/// Whether a date field holds a four-digit year among those a set clock shows (the time model's plausible
+/// years).
 fn shows_a_set_year(date: &str) -> bool {
     date.split(|c: char| !c.is_ascii_digit())
         .filter(|digits| digits.len() == 4)
@@ -239,6 +252,13 @@ mod tests {
         check("\u{0}\u{7f}xx\r\n", &["garbage 4"]);
         check("@@{0,16,~0,1,Wk,65.4\r\n", &["garbage 2", &format!("body_weight body_weight=65.4[kg] flags=[] {HUB}")]);
         check("{0,16,~0,1,Wk,6x.4\r\n", &["error malformed: unreadable number"]);
+        check("{0,16,~0,1,Wk,-65.4\r\n", &["error malformed: number out of range"]);
+        check("{0,16,~0,1,Wk,NaN\r\n", &["error malformed: number out of range"]);
+        check("{0,16,~0,1,Wk,1e309\r\n", &["error malformed: number out of range"]);
+        check("{0,16,~0,1,Wk,99999999\r\n", &["error malformed: weight out of range"]);
+        check("{0,16,~0,1,Wp,700.0\r\n", &["error malformed: weight out of range"]);
+        check("{0,16,~0,1,Wk,65.4,FW,150.0\r\n", &["error malformed: number out of range"]);
+        check("{0,16,~0,1,Wk,65.4,FW,-5\r\n", &["error malformed: number out of range"]);
         check("{0,16,~0,1,MO,\"X\"\r\n", &["error malformed: no weight in the line"]);
         check("{0,16,~0,1,Wk,65", &["truncated 16/17"]);
     }

@@ -251,11 +251,18 @@ pub struct Value {
 }
 
 impl Value {
+    /// A number; one with no JSON form (NaN, an infinity) becomes the special value that says so, so a
+    /// payload never carries a null value without saying why.
     pub fn number(measure: &'static Measure, value: f64) -> Value {
-        Value {
-            measure,
-            value: Some(value),
-            special: None,
+        match value {
+            _ if value.is_nan() => Value::special(measure, Special::NotANumber),
+            f64::INFINITY => Value::special(measure, Special::PositiveInfinity),
+            f64::NEG_INFINITY => Value::special(measure, Special::NegativeInfinity),
+            _ => Value {
+                measure,
+                value: Some(value),
+                special: None,
+            },
         }
     }
 
@@ -401,6 +408,19 @@ mod tests {
     use strum::IntoEnumIterator;
 
     use super::*;
+
+    #[test]
+    fn a_number_with_no_json_form_says_what_it_is() {
+        let check = |number: f64, expected: (Option<f64>, Option<Special>)| {
+            let value = Value::number(&crate::model::codes::SPO2, number);
+            assert_eq!((value.value, value.special), expected, "{number}");
+        };
+        check(97.0, (Some(97.0), None));
+        check(-0.5, (Some(-0.5), None));
+        check(f64::NAN, (None, Some(Special::NotANumber)));
+        check(f64::INFINITY, (None, Some(Special::PositiveInfinity)));
+        check(f64::NEG_INFINITY, (None, Some(Special::NegativeInfinity)));
+    }
 
     #[test]
     fn flag_names_are_unique_snake_case_and_serialise_as_themselves() {
