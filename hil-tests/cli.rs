@@ -123,6 +123,27 @@ fn decode_prints_the_reading_of_a_captured_frame() {
 }
 
 #[test]
+fn a_device_time_that_happens_twice_in_the_hub_zone_is_taken_as_the_earlier_instant() {
+    // 2026-10-25 02:30 happens twice in Berlin: at 00:30 UTC (summer time) and again at 01:30 UTC.
+    let frame = "00 02 00 0D 00 0E 20 26 10 25 02 30 00 00 02 00 00 48 00 61 58 03";
+    for (zone, expected) in [
+        ("Europe/Berlin", "2026-10-25T02:30:00+02:00"),
+        ("UTC", "2026-10-25T02:30:00+00:00"),
+    ] {
+        let output = std::process::Command::new(BINARY)
+            .args(["decode", "nonin-df13", frame])
+            .env("TZ", zone)
+            .output()
+            .expect("run vitalsd");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let reading: serde_json::Value =
+            serde_json::from_str(stdout.trim()).expect("one JSON line");
+        assert_eq!(reading["measured_at"], expected, "in {zone}");
+        assert_eq!(reading["time_source"], "device", "in {zone}");
+    }
+}
+
+#[test]
 fn decode_reads_bluetooth_characteristics_one_message_per_slash() {
     let (code, stdout, stderr) = run(&[
         "decode",

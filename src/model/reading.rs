@@ -1,6 +1,6 @@
 //! The normalised reading every decoder produces and every later stage consumes; pure data, no I/O.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, LocalResult, NaiveDateTime, TimeZone, Utc};
 
 use crate::model::clocks::{DeviceClockCheck, HubClock};
 use crate::model::codes::Measure;
@@ -388,9 +388,13 @@ pub trait HubTimeZone {
 
 impl<Tz: TimeZone> HubTimeZone for Tz {
     fn resolve(&self, local: NaiveDateTime) -> Option<DateTime<FixedOffset>> {
-        self.from_local_datetime(&local)
-            .earliest()
-            .map(|t| t.fixed_offset())
+        // chrono orders the two instants of an ambiguous time by their offsets, not by when they happen,
+        // so its `earliest` can be the later one; they are compared as instants here.
+        match self.from_local_datetime(&local) {
+            LocalResult::Single(time) => Some(time.fixed_offset()),
+            LocalResult::Ambiguous(a, b) => Some(a.min(b).fixed_offset()),
+            LocalResult::None => None,
+        }
     }
 }
 
