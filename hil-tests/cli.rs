@@ -144,6 +144,47 @@ fn a_device_time_that_happens_twice_in_the_hub_zone_is_taken_as_the_earlier_inst
 }
 
 #[test]
+fn status_run_by_someone_who_cannot_read_the_state_directory_fails_instead_of_showing_nothing_pending(
+) {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs `vitalsd status` as another user and needs root: run the HIL suite as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("outbox.db"), b"").unwrap();
+    let config = dir.path().join("vitalsd.toml");
+    let text = format!(
+        "[hub]\nid = \"hub-test\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[ble]\nenabled = false\n",
+        state.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A copy, so that a checkout the other user cannot enter does not stop the run before it starts.
+    let binary = dir.path().join("vitalsd");
+    std::fs::copy(BINARY, &binary).unwrap();
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(&binary)
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        output.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[test]
 fn decode_reads_bluetooth_characteristics_one_message_per_slash() {
     let (code, stdout, stderr) = run(&[
         "decode",

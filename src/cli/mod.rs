@@ -219,16 +219,23 @@ pub fn status(path: &Path, json: bool) -> ExitCode {
     };
     crate::clock::set_policy(config.hub.clock);
     let outbox_path = config.hub.state_dir.join(OUTBOX_FILE);
-    let stats = if outbox_path.exists() {
-        match Outbox::open_for_status(&outbox_path).and_then(|outbox| outbox.stats()) {
+    // Only an outbox known to be absent reads as empty: one the caller may not see (a state directory of
+    // another group, an unmounted disk) must not look like an outbox with nothing pending.
+    let stats = match outbox_path.try_exists() {
+        Ok(true) => match Outbox::open_for_status(&outbox_path).and_then(|outbox| outbox.stats()) {
             Ok(stats) => Some(stats),
             Err(error) => {
                 eprintln!("error: cannot read {}: {error}", outbox_path.display());
                 return ExitCode::FAILURE;
             }
+        },
+        Ok(false) => None,
+        Err(error) => {
+            let shown = outbox_path.display();
+            let message = crate::config::io_message(&error);
+            eprintln!("error: cannot read {shown}: {message} (run as root or as a member of the daemon's group)");
+            return ExitCode::FAILURE;
         }
-    } else {
-        None
     };
     let now = crate::clock::now_utc();
     let mut report = status_report(&outbox_path, stats.as_ref(), config.mqtt.protocol, now);
@@ -534,7 +541,13 @@ fn print_status(report: &serde_json::Value, config_path: &Path) {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    println!("outbox                  {}", text(&outbox["path"]));
+    match outbox["exists"].as_bool() {
+        Some(false) => println!(
+            "outbox                  {} does not exist: the daemon has not run with this state_dir",
+            text(&outbox["path"])
+        ),
+        _ => println!("outbox                  {}", text(&outbox["path"])),
+    }
     println!("pending readings        {}", outbox["pending"]);
     println!(
         "hub clock               {} ({} reading(s) held until it is trusted)",
