@@ -971,7 +971,12 @@ pub fn config_digest(config_path: &std::path::Path) -> ConfigDigest {
                 .and_then(|line| line.strip_prefix(VERSION_MARK))
                 .map(str::to_string);
         }
-        hash.update(file.to_string_lossy().as_bytes());
+        // Named from the main file's directory, so that the digest does not depend on how `--config`
+        // spelled its path (`vitalsd status` run by hand against the daemon's twin) or where a hub keeps it.
+        let name = config_path
+            .parent()
+            .and_then(|dir| file.strip_prefix(dir).ok());
+        hash.update(name.unwrap_or(&file).to_string_lossy().as_bytes());
         hash.update([0]);
         hash.update(&bytes);
         hash.update([0]);
@@ -1133,6 +1138,43 @@ mod tests {
         check(2_000, Some(1_000));
         check(1_999, None);
         check(0, None);
+    }
+
+    #[test]
+    fn the_configuration_digest_does_not_depend_on_how_its_path_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vitalsd.toml");
+        std::fs::write(&path, "[hub]\nid = \"hub-1\"\n").unwrap();
+        std::fs::create_dir(crate::config::drop_in_dir(&path)).unwrap();
+        std::fs::write(crate::config::drop_in_dir(&path).join("10-a.toml"), "").unwrap();
+        let digest = |path: &std::path::Path| config_digest(path).sha256;
+        let dotted = dir.path().join(".").join("vitalsd.toml");
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::copy(&path, elsewhere.path().join("vitalsd.toml")).unwrap();
+        std::fs::create_dir(crate::config::drop_in_dir(
+            &elsewhere.path().join("vitalsd.toml"),
+        ))
+        .unwrap();
+        std::fs::write(
+            crate::config::drop_in_dir(&elsewhere.path().join("vitalsd.toml")).join("10-a.toml"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(digest(&path), digest(&dotted));
+        assert_eq!(
+            digest(&path),
+            digest(&elsewhere.path().join("vitalsd.toml"))
+        );
+        // A drop-in of another name is another configuration.
+        std::fs::rename(
+            crate::config::drop_in_dir(&path).join("10-a.toml"),
+            crate::config::drop_in_dir(&path).join("20-a.toml"),
+        )
+        .unwrap();
+        assert_ne!(
+            digest(&path),
+            digest(&elsewhere.path().join("vitalsd.toml"))
+        );
     }
 
     #[test]
