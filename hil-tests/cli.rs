@@ -120,6 +120,9 @@ fn decode_prints_the_reading_of_a_captured_frame() {
     assert_eq!(reading["measured_at"], "2024-03-15T10:20:30+00:00");
     assert_eq!(reading["values"][0]["value"], 97);
     assert_eq!(reading["values"][1]["value"], 72);
+    let (code, stdout, stderr) = run(&["decode", "nonin-df13", "zz"]);
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert!(stderr.contains("not a hex digit"), "{stderr}");
 }
 
 #[test]

@@ -84,9 +84,10 @@ pub fn decode(
     for part in parts {
         match parse_hex(part) {
             Ok(bytes) => messages.push(bytes),
+            // Bad hex is bad input, like a bad checksum; 2 is for a command line clap refuses.
             Err(message) => {
                 eprintln!("error: {message}");
-                return ExitCode::from(2);
+                return ExitCode::FAILURE;
             }
         }
     }
