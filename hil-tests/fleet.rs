@@ -627,17 +627,22 @@ fn ble_command_state(rig: &crate::bluetooth::BleRig, request_id: &str, state: &s
     found.unwrap()
 }
 
-#[test]
-fn a_signed_bind_device_bonds_a_simulated_cuff_whose_records_arrive_and_unbind_device_forgets_it() {
-    use crate::bluetooth::BleRig;
-    use crate::support::bluez::devices::{self, blood_pressure_record, date_time};
-    const CUFF: &str = "AA:BB:CC:DD:EE:01";
-    let rig = BleRig::new();
+/// A Bluetooth rig whose hub takes commands signed with the returned key (`ops`).
+fn ble_rig_with_key() -> (crate::bluetooth::BleRig, Keys) {
+    let rig = crate::bluetooth::BleRig::new();
     let keys = Keys::make(&rig.world.dir.path().join("keys"), "ops");
     rig.world.append_config(&format!(
         "[fleet]\nkeys = {{ ops = \"{}\" }}\n",
         keys.public.display()
     ));
+    (rig, keys)
+}
+
+#[test]
+fn a_signed_bind_device_bonds_a_simulated_cuff_whose_records_arrive_and_unbind_device_forgets_it() {
+    use crate::support::bluez::devices::{self, blood_pressure_record, date_time};
+    const CUFF: &str = "AA:BB:CC:DD:EE:01";
+    let (rig, keys) = ble_rig_with_key();
     rig.sim.add_device(CUFF, devices::and_cuff());
     let records: Vec<Vec<u8>> = (0..3)
         .map(|n| blood_pressure_record(120 + n, 80, 93, 60, date_time(2024, 3, 15, 7, n as u8, 0)))
@@ -719,15 +724,9 @@ fn a_signed_bind_device_bonds_a_simulated_cuff_whose_records_arrive_and_unbind_d
 
 #[test]
 fn a_waiting_bind_is_ended_by_a_later_bind_unbind_or_restart_and_only_the_latest_bonds() {
-    use crate::bluetooth::BleRig;
     use crate::support::bluez::devices;
     const CUFF: &str = "AA:BB:CC:DD:EE:02";
-    let rig = BleRig::new();
-    let keys = Keys::make(&rig.world.dir.path().join("keys"), "ops");
-    rig.world.append_config(&format!(
-        "[fleet]\nkeys = {{ ops = \"{}\" }}\n",
-        keys.public.display()
-    ));
+    let (rig, keys) = ble_rig_with_key();
     let _daemon = rig.start();
     let send = |command: &str, args: Value, request_id: &str| {
         let envelope = keys.sign("hub-test", command, &args, request_id, &[]);
