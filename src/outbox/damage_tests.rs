@@ -410,6 +410,25 @@ fn salvage_refuses_a_file_that_is_no_outbox_and_leaves_it_as_it_is() {
 }
 
 #[test]
+fn salvage_refuses_what_is_not_a_regular_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut live, _) = open(&dir.path().join("outbox.db"));
+    let fifo = dir.path().join("outbox.db.broken-1");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let directory = dir.path().join("outbox.db.broken-2");
+    std::fs::create_dir(&directory).unwrap();
+    for file in [&fifo, &directory] {
+        let error = salvage_file(&mut live, file)
+            .expect_err("not a file")
+            .to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+        let scratch = format!("{}.salvage", file.display());
+        assert!(!std::path::Path::new(&scratch).exists(), "{scratch}");
+    }
+    assert_eq!(live.pending(), 0);
+}
+
+#[test]
 fn an_outbox_of_schema_2_gets_checksums_and_keeps_its_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");

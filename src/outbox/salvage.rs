@@ -652,6 +652,12 @@ impl WorkCopy {
             path: source.display().to_string(),
             source: source_error,
         };
+        // A pipe or a device would block the copy, or never end it, while the outbox lock is held.
+        let metadata = std::fs::metadata(source).map_err(copy_error)?;
+        if !metadata.is_file() {
+            let kind = std::io::ErrorKind::InvalidInput;
+            return Err(copy_error(std::io::Error::new(kind, "not a regular file")));
+        }
         let _ = std::fs::remove_dir_all(&directory);
         std::fs::create_dir(&directory).map_err(copy_error)?;
         let mut work = WorkCopy {
