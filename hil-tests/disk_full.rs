@@ -551,6 +551,50 @@ fn starting_on_a_full_state_dir_says_so_and_exits() {
     );
 }
 
+/// What an operator asks once the daemon has stopped on a full disk, or on an SD card the kernel remounted
+/// read-only: what is pending. `status` reads the outbox without the files SQLite would create beside it.
+#[test]
+fn status_reads_the_outbox_of_a_stopped_daemon_on_a_full_or_read_only_state_dir() {
+    let world = DaemonWorld::new();
+    let (_no_broker, broker_port) = crate::support::silent_port();
+    let mut port = world.with_nonin_9560(&format!("mqtt://127.0.0.1:{broker_port}"));
+    let tmpfs = Tmpfs::mount(&world.state_dir(), "2m");
+    let mut daemon = world.start();
+    for number in 0..3 {
+        port.write(&SpotCheck::numbered(number).frame());
+    }
+    wait_for(
+        "three readings in the outbox",
+        Duration::from_secs(20),
+        || world.outbox_keys().len() == 3,
+        || tail(&world.log()),
+    );
+    daemon.terminate();
+    let hog = Hog::start(&world.state_dir());
+    let pending = |when: &str| {
+        let output = world.command(&["status", "--json"]);
+        assert!(
+            output.status.success(),
+            "status {when} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        report["outbox"]["pending"].clone()
+    };
+    assert_eq!(pending("on a full state_dir"), 3);
+    drop(hog);
+    let remount = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&tmpfs.path)
+        .status()
+        .expect("run mount");
+    assert!(
+        remount.success(),
+        "remounting the state_dir read-only failed"
+    );
+    assert_eq!(pending("on a read-only state_dir"), 3);
+}
+
 #[test]
 fn a_full_state_dir_with_the_reserve_in_place_starts_with_its_room_and_delivers() {
     let Rig {

@@ -293,12 +293,27 @@ impl Outbox {
     /// Opens an existing outbox for reading statistics while the daemon may be writing it. Read-only, so
     /// that with the daemon stopped its close cannot checkpoint and remove a write-ahead log that the next
     /// start must compare with the commit mark (and keep for salvage if commits are missing from it).
+    ///
+    /// A reader of a write-ahead-log database needs `-shm` (and `-wal`), and creates them when they are absent,
+    /// which a full or read-only filesystem refuses: exactly when an operator asks what is pending after the
+    /// daemon stopped. Without a log to read (the daemon's clean stop folds it in and removes both), the file
+    /// alone holds every commit, so it is then read as immutable, which needs neither.
     pub fn open_for_status(path: &Path) -> Result<Outbox, OutboxError> {
-        let connection = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let shared = Connection::open_with_flags(path, flags).and_then(|connection| {
+            connection.busy_timeout(std::time::Duration::from_secs(5))?;
+            connection.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            Ok(connection)
+        });
+        let log = path.with_file_name(format!("{}-wal", file_name(path)));
+        let no_log = std::fs::metadata(&log).map_or(true, |log| log.len() == 0);
+        let connection = match shared {
+            Err(_) if no_log => Connection::open_with_flags(
+                immutable_uri(path),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )?,
+            other => other?,
+        };
         Ok(Outbox {
             connection,
             options: OutboxOptions {
@@ -1266,6 +1281,24 @@ fn quarantine(path: &Path, now_ms: i64) -> Result<PathBuf, OutboxError> {
         }
     }
     Ok(target)
+}
+
+/// The file name of `path`, for the names SQLite gives its `-wal` and `-shm` files beside it.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
+}
+
+/// A `file:` URI that opens `path` as immutable: SQLite reads the file alone and never creates files beside it.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for byte in path.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'%' | b'?' | b'#' | 0x80.. => uri.push_str(&format!("%{byte:02X}")),
+            _ => uri.push(char::from(*byte)),
+        }
+    }
+    uri + "?immutable=1"
 }
 
 #[cfg(test)]
