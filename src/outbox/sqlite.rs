@@ -1291,19 +1291,39 @@ fn file_name(path: &Path) -> String {
 
 /// A `file:` URI that opens `path` as immutable: SQLite reads the file alone and never creates files beside it.
 fn immutable_uri(path: &Path) -> String {
-    let mut uri = String::from("file:");
-    for byte in path.as_os_str().as_encoded_bytes() {
-        match byte {
-            b'%' | b'?' | b'#' | 0x80.. => uri.push_str(&format!("%{byte:02X}")),
-            _ => uri.push(char::from(*byte)),
-        }
-    }
-    uri + "?immutable=1"
+    // What a URI path cannot hold as it is: `%`, and the `?` and `#` that would end it.
+    const SPECIAL: &percent_encoding::AsciiSet =
+        &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#');
+    let encoded = percent_encoding::percent_encode(path.as_os_str().as_encoded_bytes(), SPECIAL);
+    format!("file:{encoded}?immutable=1")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `status`'s fallback opens the outbox by URI; a state directory may hold any character a URI gives a
+    /// meaning to.
+    #[test]
+    fn the_immutable_uri_opens_a_path_with_characters_a_uri_reserves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a?b#c%20d é").join("outbox.db");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (7);")
+            .unwrap();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let connection = Connection::open_with_flags(immutable_uri(&path), flags).unwrap();
+        let x: i64 = connection
+            .query_row("SELECT x FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(x, 7);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
 
     fn record(key: &str) -> NewRecord {
         NewRecord {
