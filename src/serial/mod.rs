@@ -92,10 +92,16 @@ pub async fn run_port(
                 {
                     return;
                 }
-                let reason = tokio::select! {
-                    _ = shutdown.changed() => return,
-                    reason = read_until_gone(&mut port, connection, &events, &mut commands, &settings, &path) => reason,
-                };
+                let reason = read_until_gone(
+                    &mut port,
+                    connection,
+                    &events,
+                    &mut commands,
+                    &mut shutdown,
+                    &settings,
+                    &path,
+                )
+                .await;
                 let Some(reason) = reason else { return };
                 tracing::warn!(port = %wanted, %reason, "Serial device gone; waiting for it to return.");
                 if events.send(PortEvent::Closed { reason }).await.is_err() {
@@ -168,13 +174,18 @@ async fn send(port: &mut SerialStream, path: &std::path::Path, command: &[u8]) {
     }
 }
 
-/// Reads until the device goes away; returns why, or `None` when the receiver is gone. Meanwhile it sends
-/// the opening commands once, and every command the pipeline passes on.
+/// Reads until the device goes away; returns why, or `None` when the receiver is gone or the daemon stops.
+/// Meanwhile it sends the opening commands once, and every command the pipeline passes on.
+///
+/// Bytes it has read are always handed over, also when the stop comes while it waits for the pipeline to
+/// take them (behind a full disk): the device sent them once, and the pipeline, which keeps taking bytes
+/// until this task ends, either stores their readings or counts them as dropped.
 async fn read_until_gone(
     port: &mut SerialStream,
     connection: u64,
     events: &mpsc::Sender<PortEvent>,
     commands: &mut mpsc::Receiver<DeviceCommand>,
+    shutdown: &mut watch::Receiver<bool>,
     settings: &PortSettings,
     path: &std::path::Path,
 ) -> Option<String> {
@@ -184,7 +195,11 @@ async fn read_until_gone(
     let mut buffer = vec![0u8; 4096];
     let mut commands_open = true;
     loop {
+        if *shutdown.borrow_and_update() {
+            return None;
+        }
         tokio::select! {
+            _ = shutdown.changed() => return None,
             read = port.read(&mut buffer) => match read {
                 Ok(0) => return Some("end of file".to_string()),
                 Ok(count) => {
@@ -204,5 +219,88 @@ async fn read_until_gone(
                 None => commands_open = false,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use nix::fcntl::OFlag;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+
+    use super::*;
+
+    /// Bytes the transport has read reach the pipeline even when the stop comes while the pipeline is not
+    /// taking them: a full disk holds the pipeline up, and the device sent those bytes once. What the
+    /// transport did not read stays on the line, for the next start to read.
+    #[tokio::test]
+    async fn bytes_read_before_the_stop_are_handed_over_even_while_the_pipeline_waits() {
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let tty = std::path::PathBuf::from(ptsname_r(&master).unwrap());
+        // Held open so that the line and what is unread on it outlive the transport, and to read that.
+        let mut slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tty)
+            .unwrap();
+        let mut master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
+        let settings = PortSettings {
+            location: ports::PortLocation::Path(tty),
+            baud_rate: 9600,
+            parity: crate::decode::Parity::None,
+            commands: Default::default(),
+        };
+        // Room for one event: once the first bytes wait in it, the pipeline is held up.
+        let (events_tx, mut events) = mpsc::channel(1);
+        let (_commands_tx, commands) = mpsc::channel(1);
+        let (stop, stop_signal) = watch::channel(false);
+        let transport = tokio::spawn(run_port(settings, events_tx, commands, stop_signal));
+        assert!(matches!(
+            events.recv().await,
+            Some(PortEvent::Opened { .. })
+        ));
+        let unread = || {
+            let mut count: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer, which points at `count`.
+            let result = unsafe { libc::ioctl(slave.as_raw_fd(), libc::FIONREAD, &mut count) };
+            assert_eq!(result, 0, "FIONREAD on the pty");
+            count
+        };
+        master.write_all(b"first ").unwrap();
+        while events.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Read by the transport, which then waits for room in the pipeline: the line looks empty a while.
+        master.write_all(b"second").unwrap();
+        let mut empty_for = 0;
+        while empty_for < 3 {
+            empty_for = if unread() == 0 { empty_for + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        let mut handed_over = Vec::new();
+        while let Some(event) = events.recv().await {
+            if let PortEvent::Bytes { bytes, .. } = event {
+                handed_over.extend(bytes);
+            }
+        }
+        transport.await.unwrap();
+        let mut on_the_line: Vec<u8> = Vec::new();
+        while handed_over.len() + on_the_line.len() < b"first second".len() {
+            let mut fds = [PollFd::new(slave.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(5000u16)) != Ok(1) {
+                break;
+            }
+            let mut buffer = [0u8; 64];
+            let count = slave.read(&mut buffer).unwrap();
+            on_the_line.extend(&buffer[..count]);
+        }
+        handed_over.extend(on_the_line);
+        assert_eq!(String::from_utf8_lossy(&handed_over), "first second");
     }
 }
