@@ -160,6 +160,10 @@ pub(super) fn layer_env(
             .strip_prefix("VITALSD_")
             .and_then(|name| name.split_once("__"));
         let Some((section, key)) = name else {
+            if let Some(meant) = meant_variable(variable) {
+                let message = format!("is not read: a variable names its section and key with two underscores, as {meant}");
+                errors.push(ConfigError::new(variable.clone(), message));
+            }
             continue;
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
@@ -192,6 +196,20 @@ pub(super) fn layer_env(
         errors.push(ConfigError::new(path, problem));
     }
     (figment, errors)
+}
+
+/// The variable `variable` was meant to be when it is a section and a key of that section joined by one
+/// underscore (`VITALSD_MQTT_WINDOW`): a typo that would otherwise be ignored. Other `VITALSD_` names are not
+/// configuration.
+fn meant_variable(variable: &str) -> Option<String> {
+    let name = variable.strip_prefix("VITALSD_")?.to_ascii_lowercase();
+    let sections = super::validate::keys_at(&[]);
+    let (section, key) = sections.iter().find_map(|section| {
+        let key = name.strip_prefix(section)?.strip_prefix('_')?;
+        let keys = super::validate::keys_at(&[(section, None)]);
+        keys.contains(&key).then_some((section, key))
+    })?;
+    Some(format!("VITALSD_{}__{}", section, key).to_ascii_uppercase())
 }
 
 /// The typed reading of a variable's text, where it looks like a TOML integer, float or boolean.

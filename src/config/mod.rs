@@ -1425,6 +1425,15 @@ mod tests {
         assert_eq!(errors(&[("VITALSD_SERIAL__PATH", "/dev/ttyUSB0")]), [
             "serial.path (from VITALSD_SERIAL__PATH): [[serial]] entries cannot be set from the environment"
         ]);
+        // One underscore where two belong: not read, and said so, rather than ignored.
+        assert_eq!(errors(&[("VITALSD_MQTT_WINDOW", "0")]), [
+            "VITALSD_MQTT_WINDOW: is not read: a variable names its section and key with two underscores, as VITALSD_MQTT__WINDOW"
+        ]);
+        assert_eq!(errors(&[("VITALSD_MQTT_TOPIC_PREFIX", "x")]), [
+            "VITALSD_MQTT_TOPIC_PREFIX: is not read: a variable names its section and key with two underscores, as VITALSD_MQTT__TOPIC_PREFIX"
+        ]);
+        // Other variables of the prefix are not configuration: the test suites' hooks, VITALSD_CONFIG.
+        assert!(errors(&[("VITALSD_FHIR_DUMP", "x"), ("VITALSD_CONFIG", "/x")]).is_empty());
         assert_eq!(
             errors(&[("VITALSD_MQTT__", "x")]),
             ["VITALSD_MQTT__: expected VITALSD_<SECTION>__<KEY>"]
