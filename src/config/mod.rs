@@ -1451,6 +1451,25 @@ mod tests {
     }
 
     #[test]
+    fn a_state_dir_that_is_a_file_is_an_error_and_a_missing_one_is_made_later() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vitalsd.toml");
+        write(&path, MINIMAL);
+        let load = |state_dir: &Path| {
+            let shown = state_dir.display().to_string();
+            let vars = env(&[("VITALSD_HUB__STATE_DIR", shown.as_str())]);
+            Config::load_with_env(&path, &vars, None).map_err(|errors| errors.to_string())
+        };
+        let expected = format!(
+            "hub.state_dir (from VITALSD_HUB__STATE_DIR): {} exists and is not a directory",
+            path.display()
+        );
+        assert_eq!(load(&path).err(), Some(expected));
+        assert!(load(&dir.path().join("state")).is_ok());
+        assert!(load(dir.path()).is_ok());
+    }
+
+    #[test]
     fn the_credentials_directory_is_checked_when_systemd_sets_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("vitalsd.toml");

@@ -15,7 +15,7 @@ use figment::{Figment, Source};
 use serde::Deserialize;
 
 use super::file::{env_scalar, key_path};
-use super::values::{device_id_ok, q};
+use super::values::{self as v, device_id_ok, q};
 use super::{
     Config, ConfigError, FhirConfig, MqttConfig, OutputFormat, PortLocation, SecretSource,
     SerialConfig, UplinkCheck,
@@ -52,6 +52,12 @@ pub(super) fn validate(
     c.require("hub.id", !hub.id.is_empty());
     c.require("hub.state_dir", !hub.state_dir.as_os_str().is_empty());
     c.require("mqtt.url", !mqtt.url.host.is_empty());
+    // A directory the daemon makes if missing, so only something else in its place is an error now.
+    let not_a_directory = |dir: &Path| dir.exists() && !dir.is_dir();
+    if not_a_directory(&hub.state_dir) {
+        let message = format!("{} exists and is not a directory", v::shown(&hub.state_dir));
+        c.report("hub.state_dir", message);
+    }
     if hub.runtime_dir.as_os_str().is_empty() {
         let systemd = var("RUNTIME_DIRECTORY");
         hub.runtime_dir = systemd.unwrap_or(Path::new("/run/vitalsd")).into();
