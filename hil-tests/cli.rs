@@ -403,3 +403,31 @@ fn status_works_before_the_daemon_ever_ran() {
     let output = world.command(&["status"]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("pending readings"));
 }
+
+/// `vitalsd status | head -3`: the reader may go before `status` has printed everything.
+#[test]
+fn status_whose_reader_went_away_ends_quietly_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let world = DaemonWorld::new();
+    world.write_config("mqtt://127.0.0.1:1", &[], &[]);
+    // A pipe whose reading end is closed before `status` writes its first line.
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    let output = std::process::Command::new(BINARY)
+        .args(["status", "--config"])
+        .arg(world.config_path())
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .expect("run vitalsd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "status panicked: {stderr}"
+    );
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{}",
+        output.status
+    );
+}

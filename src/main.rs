@@ -185,6 +185,18 @@ enum FleetCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that only print (no socket they could be cut off from) end quietly when the reader of their
+    // output goes away, as `status | head` expects, instead of panicking on the broken pipe.
+    if matches!(
+        cli.command,
+        Command::CheckConfig { .. }
+            | Command::Decode { .. }
+            | Command::Status { .. }
+            | Command::Serial { .. }
+            | Command::Fleet { .. }
+    ) {
+        vitalsd::cli::end_quietly_when_output_is_closed();
+    }
     match cli.command {
         Command::Run { config } => vitalsd::cli::run::main(&config.path),
         Command::CheckConfig { config } => vitalsd::cli::check_config(&config.path),

@@ -199,6 +199,16 @@ pub fn check_config(path: &Path) -> ExitCode {
     }
 }
 
+/// Restores the default action of SIGPIPE, which Rust's runtime ignores: a write to a pipe nobody reads
+/// then ends the process, as it ends other command-line tools, instead of failing in `println!`, which panics.
+pub fn end_quietly_when_output_is_closed() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler; nothing runs on another thread
+    // yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// The configuration, or its errors printed and the exit code to return.
 pub(crate) fn load_config(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path, crate::mqtt::tls::check).map_err(|errors| print_config_errors(path, &errors))
