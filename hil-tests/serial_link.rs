@@ -154,3 +154,86 @@ fn a_continuous_stream_becomes_one_spot_reading_per_stable_placement() {
     assert_eq!(readings[0]["time_source"], "hub");
     assert_eq!(readings[0]["device"]["id"], "oximeter-1");
 }
+
+/// A 9560 whose clock is two years behind. The hub asks for the clock as the port opens, the oximeter
+/// answers, and the spot-check it then takes, stamped by that clock, is published at the time it was taken,
+/// with the offset the hub measured.
+#[test]
+fn a_nonin_9560_whose_clock_is_behind_has_its_spot_checks_dated_by_the_clock_it_reports() {
+    use chrono::{Datelike, Timelike};
+    let mut rig = rig();
+    let _daemon = rig.world.start();
+    let question = [0x02, 0x72, 0x00, 0x03];
+    let asked = rig
+        .port
+        .read_until(Duration::from_secs(20), |bytes| bytes.ends_with(&question));
+    assert!(
+        asked.ends_with(&question),
+        "the hub did not ask for the clock: {asked:02x?}\n{}",
+        rig.world.log()
+    );
+    // The daemon runs in UTC, so the oximeter's local time is UTC too.
+    let behind = chrono::TimeDelta::days(731);
+    let device_now = chrono::Utc::now().naive_utc() - behind;
+    let mut answer = vec![0x02, 0xF2, 0x06];
+    answer.extend(
+        [
+            device_now.year() - 2000,
+            device_now.month() as i32,
+            device_now.day() as i32,
+            device_now.hour() as i32,
+            device_now.minute() as i32,
+            device_now.second() as i32,
+        ]
+        .map(|field| field as u8),
+    );
+    answer.push(0x03);
+    rig.port.write(&answer);
+    let stamped = device_now + chrono::TimeDelta::seconds(2);
+    let spot = SpotCheck {
+        time: (
+            stamped.year() as u16,
+            stamped.month() as u8,
+            stamped.day() as u8,
+            stamped.hour() as u8,
+            stamped.minute() as u8,
+            stamped.second() as u8,
+        ),
+        ..SpotCheck::numbered(7)
+    };
+    rig.port.write(&spot.frame());
+    assert!(
+        rig.subscriber
+            .wait_for_unique_readings(1, Duration::from_secs(20)),
+        "log:\n{}",
+        rig.world.log()
+    );
+    let reading = rig.subscriber.readings().remove(0);
+    let time = |key: &str| {
+        chrono::DateTime::parse_from_rfc3339(reading[key].as_str().expect(key)).expect(key)
+    };
+    let late = time("received_at") - time("measured_at");
+    assert!(
+        late.num_seconds().abs() <= 10,
+        "measured {late} before it was received: {reading}"
+    );
+    assert_eq!(reading["time_source"], "device", "{reading}");
+    let flags = reading["flags"].as_array().expect("flags");
+    assert!(
+        flags.contains(&"device_clock_corrected".into()),
+        "{reading}"
+    );
+    let offset = reading["device_clock"]["offset_s"]
+        .as_i64()
+        .expect("offset_s");
+    assert!(
+        (offset + behind.num_seconds()).abs() <= 5,
+        "offset {offset} s: {reading}"
+    );
+    assert_eq!(reading["device_clock"]["set"], false, "{reading}");
+    assert_eq!(
+        reading["device_time"],
+        stamped.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        "{reading}"
+    );
+}

@@ -123,7 +123,8 @@ impl Decoding {
             if let DecodeEvent::Reading(reading) = event {
                 reading.hub_clock = now.clock;
                 reading.received_since_boot = Some(now.boot_instant_at(reading.received_at));
-                reading.device_clock = self.device_clock;
+                // A decoder that reads the device clock itself (the Nonin 9560's) has set it already.
+                reading.device_clock = self.device_clock.or(reading.device_clock);
             }
         }
     }

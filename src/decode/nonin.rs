@@ -5,13 +5,21 @@
 //! again from the byte after that frame's first byte. Bytes of a rejected frame that are skipped during that search
 //! are not counted as garbage a second time. Values outside what the device can report (SpO2 101–126 or above 127,
 //! pulse rate 301–510) reject the frame, so bytes that only look like a frame cannot produce impossible readings.
+//!
+//! The Data Format 13 decoder also reads the 9560's clock: it asks for it as the port opens and every few minutes,
+//! and judges the records by the answer (device-protocols.md C.1) as a Bluetooth session judges its records by
+//! the Date Time it read.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use crate::decode::ieee11073::push_flags;
-use crate::decode::{hex_of, DecodeContext, DecodeEvent, FrameError, StreamDecoder};
+use crate::decode::{
+    hex_of, CommandPurpose, DecodeContext, DecodeEvent, FrameError, HostCommand, Polled,
+    StreamDecoder,
+};
+use crate::model::clocks::DeviceClockCheck;
 use crate::model::codes;
-use crate::model::measurement_time::DeviceDateTime;
+use crate::model::measurement_time::{DeviceDateTime, HubClock};
 use crate::model::reading::{Flag, Kind, Reading, Special, Supplemental, Value};
 
 const SPO2_MISSING: u8 = 127;
@@ -50,6 +58,8 @@ enum Step {
     Bad(usize, FrameError),
     /// A well-formed frame of this many bytes whose content is impossible; it is consumed whole.
     Refused(usize, FrameError),
+    /// A good message of this many bytes that is no reading (the answer to a question).
+    Taken(usize),
 }
 
 /// The byte buffer and resynchronisation bookkeeping shared by all Nonin decoders.
@@ -121,6 +131,7 @@ impl Scanner {
                     self.accept(len, events);
                     events.push(DecodeEvent::Rejected(error));
                 }
+                Step::Taken(len) => self.accept(len, events),
             }
         }
         self.compact();
@@ -156,19 +167,123 @@ const DF13_MAX_DATA: usize = 512;
 const DF13_END: u8 = 0x03;
 const DF13_MEM: u8 = 0x10;
 
+/// The 9560's question for its clock, and the start of its answer `02 F2 06 YY MM DD hh mm ss 03` (binary
+/// fields, the year after 2000).
+const DF13_GET_TIME: [u8; 4] = [0x02, 0x72, 0x00, 0x03];
+const DF13_TIME_ANSWER: [u8; 3] = [0x02, 0xF2, 0x06];
+const DF13_TIME_ANSWER_LEN: usize = 10;
+/// How often the clock is asked for while the port is open.
+const CLOCK_REREAD: TimeDelta = TimeDelta::minutes(5);
+/// How long a read stands for the records around it. Someone may set the clock meanwhile, and a read that
+/// old would then move their records by an offset that no longer holds.
+const CLOCK_READ_STANDS: TimeDelta = TimeDelta::minutes(15);
+/// An answer read later than this after the question may have waited unread on the line (the hub stops
+/// reading while its disk is full): the time in it is not the time it was read.
+const CLOCK_ANSWER_WAIT: TimeDelta = TimeDelta::seconds(5);
+
 /// Data Format 13: one spot-check per packet, stamped by the device's clock; stored records arrive oldest first.
 #[derive(Debug, Default)]
 pub struct DataFormat13Decoder {
     scanner: Scanner,
+    clock: ClockReads,
+}
+
+/// The 9560's clock as this connection read it.
+#[derive(Debug, Default)]
+struct ClockReads {
+    /// When the hub last asked.
+    asked_at: Option<DateTime<Utc>>,
+    /// The last prompt answer.
+    read: Option<DeviceClockCheck>,
+}
+
+impl ClockReads {
+    /// The answer at the start of `window`, if it is one: taken as a read of the clock when it came promptly.
+    fn answer_step(&mut self, window: &[u8], context: &DecodeContext<'_>) -> Step {
+        for (index, expected) in DF13_TIME_ANSWER.iter().enumerate() {
+            match window.get(index) {
+                None => return Step::Wait,
+                Some(byte) if byte != expected => return Step::Skip,
+                Some(_) => {}
+            }
+        }
+        let Some(&[.., year, month, day, hour, minute, second, end]) =
+            window.get(..DF13_TIME_ANSWER_LEN)
+        else {
+            return Step::Wait;
+        };
+        if end != DF13_END {
+            return Step::Skip;
+        }
+        let time =
+            NaiveDate::from_ymd_opt(2000 + i32::from(year), u32::from(month), u32::from(day))
+                .and_then(|date| {
+                    date.and_hms_opt(u32::from(hour), u32::from(minute), u32::from(second))
+                });
+        let waited = self
+            .asked_at
+            .map(|asked| context.received_at.signed_duration_since(asked));
+        if waited.is_some_and(|waited| (TimeDelta::zero()..=CLOCK_ANSWER_WAIT).contains(&waited)) {
+            self.read = Some(DeviceClockCheck {
+                device_time: time.map_or(DeviceDateTime::Unknown, DeviceDateTime::Known),
+                hub_time: context.received_at,
+                hub_local: context.time_zone.local(context.received_at),
+                hub_clock: context.hub_clock,
+                set: false,
+            });
+        }
+        Step::Taken(DF13_TIME_ANSWER_LEN)
+    }
+
+    /// The read that stands for a record received now.
+    fn standing(&self, received_at: DateTime<Utc>) -> Option<&DeviceClockCheck> {
+        let stands = -CLOCK_READ_STANDS..=CLOCK_READ_STANDS;
+        self.read
+            .as_ref()
+            .filter(|read| stands.contains(&received_at.signed_duration_since(read.hub_time)))
+    }
 }
 
 impl StreamDecoder for DataFormat13Decoder {
     fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
         let mut events = Vec::new();
         self.scanner.buf.extend_from_slice(bytes);
-        self.scanner
-            .run(&mut events, |window| df13_step(window, context));
+        let clock = &mut self.clock;
+        self.scanner.run(&mut events, |window| {
+            if window.first() == DF13_TIME_ANSWER.first() {
+                return clock.answer_step(window, context);
+            }
+            // A clock read in a Bluetooth session would come with the context; a serial port has only its own.
+            let read = context
+                .device_clock
+                .or_else(|| clock.standing(context.received_at));
+            df13_step(
+                window,
+                &DecodeContext {
+                    device_clock: read,
+                    ..*context
+                },
+            )
+        });
         events
+    }
+
+    fn poll(&mut self, now: DateTime<Utc>, _hub_clock: HubClock) -> Polled {
+        let due = self.clock.asked_at.is_none_or(|asked| {
+            let since = now.signed_duration_since(asked);
+            since >= CLOCK_REREAD || since < TimeDelta::zero()
+        });
+        if !due {
+            return Polled::default();
+        }
+        self.clock.asked_at = Some(now);
+        Polled {
+            commands: vec![HostCommand {
+                bytes: DF13_GET_TIME.to_vec(),
+                purpose: CommandPurpose::Dialog,
+            }],
+            events: Vec::new(),
+        }
     }
 
     fn finish(&mut self) -> Option<FrameError> {
@@ -274,6 +389,7 @@ fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, Fr
     );
     crate::model::measurement_time::judge(device_time([c, y, mo, d, h, mi, s]), context)
         .apply_to(&mut reading);
+    reading.device_clock = context.device_clock.copied();
     let key = [
         c,
         y,
@@ -912,6 +1028,149 @@ mod tests {
             .device_time
             .map_or("-".into(), |time| time.to_string());
         format!("{} sent={sent}", render(&events[0]))
+    }
+
+    /// The clock dialog of a 9560: the hub asks `asked` seconds after `received_at()` (if at all), the answer
+    /// arrives `answered` seconds after it, then a record with `data` arrives at `record` seconds. Renders the
+    /// record's time as `measured_at source flags`.
+    fn df13_after_clock(
+        clock: HubClock,
+        asked: Option<i64>,
+        (answer, answered): (&str, i64),
+        (data, record): (&str, i64),
+    ) -> String {
+        let zone = utc();
+        let at = |seconds| received_at() + TimeDelta::seconds(seconds);
+        let context = |seconds| DecodeContext {
+            received_at: at(seconds),
+            time_zone: &zone,
+            hub_clock: clock,
+            device_clock: None,
+        };
+        let mut decoder = DataFormat13Decoder::default();
+        if let Some(asked) = asked {
+            let commands = decoder.poll(at(asked), clock).commands;
+            assert_eq!(commands[0].bytes, [0x02, 0x72, 0x00, 0x03]);
+        }
+        assert!(decoder
+            .feed(&bytes_of(answer), &context(answered))
+            .is_empty());
+        let events = decoder.feed(&bytes_of(&df13_packet(data)), &context(record));
+        let render = |event: &DecodeEvent| match event {
+            DecodeEvent::Reading(reading) => format!(
+                "{} {} [{}]",
+                reading.measured_at.naive_local(),
+                reading.time_source.as_str(),
+                crate::model::reading::joined(&reading.flags)
+            ),
+            DecodeEvent::Rejected(error) => render_error(error),
+        };
+        events.iter().map(render).collect::<Vec<_>>().join("; ")
+    }
+
+    /// A 9560 whose clock is two years behind (731 days: 2024 is a leap year), or was never moved to summer
+    /// time, stamps its spot-checks with that clock. A prompt answer to the hub's question measures the offset,
+    /// and the records around it are moved by it, live ones and stored ones alike.
+    #[test]
+    fn df13_records_are_judged_by_the_clock_the_oximeter_reports_when_it_answers_promptly() {
+        use HubClock::{Synchronized as Sync, Unsynchronized as Unsync};
+        // 2022-03-15 12:00:01 on the oximeter, one second after the hub asked at 12:00:00.
+        let behind = "02 F2 06 16 03 0F 0C 00 01 03";
+        let live = "20 22 03 15 12 00 31 00 00 00 00 48 00 61";
+        let stored = "20 22 03 10 08 00 00 00 00 10 00 48 00 61";
+        let check = |clock, asked, answer, data, expected: &str| {
+            assert_eq!(df13_after_clock(clock, asked, answer, data), expected);
+        };
+        check(
+            Sync,
+            Some(0),
+            (behind, 1),
+            (live, 31),
+            "2024-03-15 12:00:31 device [device_clock_corrected]",
+        );
+        check(
+            Sync,
+            Some(0),
+            (behind, 1),
+            (stored, 40),
+            "2024-03-10 08:00:00 device [from_memory,device_clock_corrected]",
+        );
+        // One hour behind (summer time never set): moved by the hour.
+        let an_hour = "02 F2 06 18 03 0F 0B 00 01 03";
+        let live_an_hour = "20 24 03 15 11 00 31 00 00 00 00 48 00 61";
+        check(
+            Sync,
+            Some(0),
+            (an_hour, 1),
+            (live_an_hour, 31),
+            "2024-03-15 12:00:31 device [device_clock_corrected]",
+        );
+        // Within two minutes of the hub's: nothing moves.
+        let close = "02 F2 06 18 03 0F 0C 01 01 03";
+        let live_close = "20 24 03 15 12 01 31 00 00 00 00 48 00 61";
+        check(
+            Sync,
+            Some(0),
+            (close, 1),
+            (live_close, 31),
+            "2024-03-15 12:01:31 device []",
+        );
+        // An answer that came late may have waited on the line, one nobody asked for says nothing of when it
+        // was made, and a read stands for a quarter of an hour: the records keep the time they carry.
+        check(
+            Sync,
+            Some(0),
+            (behind, 6),
+            (live, 31),
+            "2022-03-15 12:00:31 device []",
+        );
+        check(
+            Sync,
+            None,
+            (behind, 1),
+            (live, 31),
+            "2022-03-15 12:00:31 device []",
+        );
+        check(
+            Sync,
+            Some(0),
+            (behind, 1),
+            (live, 1000),
+            "2022-03-15 12:00:31 device []",
+        );
+        // An untrusted hub clock measures no offset.
+        check(
+            Unsync,
+            Some(0),
+            (behind, 1),
+            (live, 31),
+            "2022-03-15 12:00:31 device []",
+        );
+        // A damaged answer is no answer.
+        check(
+            Sync,
+            Some(0),
+            ("02 F2 06 16 03 0F 0C 00 01 04", 1),
+            (live, 31),
+            "garbage 10; 2022-03-15 12:00:31 device []",
+        );
+    }
+
+    /// The hub asks for the 9560's clock as the port opens and every five minutes after.
+    #[test]
+    fn df13_asks_for_the_clock_at_once_and_every_five_minutes() {
+        let mut decoder = DataFormat13Decoder::default();
+        let asks = |decoder: &mut DataFormat13Decoder, seconds| {
+            let at = received_at() + TimeDelta::seconds(seconds);
+            decoder.poll(at, HubClock::Synchronized).commands.len()
+        };
+        let polls: Vec<usize> = [0, 1, 299, 300, 301, 600]
+            .into_iter()
+            .map(|seconds| asks(&mut decoder, seconds))
+            .collect();
+        assert_eq!(polls, [1, 0, 0, 1, 0, 1]);
+        // A wall clock stepped back does not keep the question from being asked again.
+        assert_eq!(asks(&mut decoder, -3600), 1);
     }
 
     #[test]

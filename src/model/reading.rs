@@ -384,6 +384,9 @@ impl Reading {
 pub trait HubTimeZone {
     /// `None` when the local time does not exist (a DST gap); an ambiguous time takes the earlier instant.
     fn resolve(&self, local: NaiveDateTime) -> Option<DateTime<FixedOffset>>;
+
+    /// The local wall time of an instant, as a device clock set to this zone shows it.
+    fn local(&self, instant: DateTime<Utc>) -> NaiveDateTime;
 }
 
 impl<Tz: TimeZone> HubTimeZone for Tz {
@@ -395,6 +398,10 @@ impl<Tz: TimeZone> HubTimeZone for Tz {
             LocalResult::Ambiguous(a, b) => Some(a.min(b).fixed_offset()),
             LocalResult::None => None,
         }
+    }
+
+    fn local(&self, instant: DateTime<Utc>) -> NaiveDateTime {
+        instant.with_timezone(self).naive_local()
     }
 }
 
