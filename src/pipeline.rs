@@ -91,7 +91,8 @@ impl Decoding {
     /// What the device should be sent now, and the records the passing of time settled (a download that
     /// ended with a pause). Call it only when every byte read so far was fed.
     pub fn poll(&mut self, now: &HubNow) -> (Vec<(Vec<NewRecord>, Reading)>, Vec<HostCommand>) {
-        let mut polled = self.decoder.poll(now.wall, now.clock);
+        let context = context(self.settings.time_zone, self.device_clock.as_ref(), now);
+        let mut polled = self.decoder.poll(&context);
         self.received(&mut polled.events, now);
         (self.records(polled.events), polled.commands)
     }
@@ -152,15 +153,8 @@ impl Decoding {
     /// before they become records (a glucose record waiting for its context): decodes bytes into events
     /// that carry what the hub knew when it received them.
     pub fn decode(&mut self, bytes: &[u8], now: &HubNow) -> Vec<DecodeEvent> {
-        let mut decoded = self.decoder.feed(
-            bytes,
-            &DecodeContext {
-                received_at: now.wall,
-                time_zone: self.settings.time_zone,
-                hub_clock: now.clock,
-                device_clock: self.device_clock.as_ref(),
-            },
-        );
+        let context = context(self.settings.time_zone, self.device_clock.as_ref(), now);
+        let mut decoded = self.decoder.feed(bytes, &context);
         self.received(&mut decoded, now);
         decoded
     }
@@ -313,18 +307,35 @@ fn counter_deltas(settings: &DeviceSettings, counters: &mut Counters) -> Vec<(St
     deltas
 }
 
+/// What a decoder is told of the time: the wall clock for readings, the boot-time clock for its timers.
+fn context<'a>(
+    time_zone: &'a dyn HubTimeZone,
+    device_clock: Option<&'a DeviceClockCheck>,
+    now: &HubNow,
+) -> DecodeContext<'a> {
+    DecodeContext {
+        received_at: now.wall,
+        steady: chrono::DateTime::UNIX_EPOCH + now.boot.since_boot,
+        time_zone,
+        hub_clock: now.clock,
+        device_clock,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decode::Transport;
     use crate::model::measurement_time::HubClock;
 
+    /// The hub's time at `wall`, on a boot-time clock that runs with it (as it does while nothing steps it).
     fn test_now(wall: chrono::DateTime<chrono::Utc>) -> HubNow {
+        let booted: chrono::DateTime<chrono::Utc> = "2024-01-01T00:00:00Z".parse().unwrap();
         HubNow {
             wall,
             boot: crate::model::reading::BootInstant {
                 boot_id: "test-boot".into(),
-                since_boot: std::time::Duration::from_secs(100),
+                since_boot: (wall - booted).to_std().unwrap_or_default(),
             },
             clock: HubClock::Synchronized,
         }

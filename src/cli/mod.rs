@@ -103,20 +103,19 @@ pub fn decode(
     // A protocol with a dialog starts it as if the hub had asked its questions, so a captured download
     // (the device's side of it: a Contec's session count, start, length and data) decodes too; what it
     // would send is not needed here.
-    let _ = decoder.poll(context.received_at, context.hub_clock);
+    let _ = decoder.poll(&context);
     let mut events: Vec<DecodeEvent> = messages
         .iter()
         .flat_map(|bytes| decoder.feed(bytes, &context))
         .collect();
     // Then as if the line had paused: a download at the end of the capture is settled.
-    events.extend(
-        decoder
-            .poll(
-                context.received_at + chrono::TimeDelta::hours(1),
-                context.hub_clock,
-            )
-            .events,
-    );
+    let later = context.received_at + chrono::TimeDelta::hours(1);
+    let paused = DecodeContext {
+        received_at: later,
+        steady: later,
+        ..context
+    };
+    events.extend(decoder.poll(&paused).events);
     events.extend(decoder.finish().map(DecodeEvent::Rejected));
     let mut failed = false;
     let mut out = std::io::stdout().lock();

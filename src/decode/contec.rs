@@ -236,6 +236,9 @@ pub struct ContecDecoder {
     outgoing: Vec<HostCommand>,
     /// Whether the hub trusted its clock at the last bytes fed; an untrusted clock judges no recording late.
     hub_clock: HubClock,
+    /// The hub's wall clock at the last bytes fed or poll, for the times of readings and the judgement of
+    /// recordings; the dialog's own timers run on the steady clock.
+    wall: DateTime<Utc>,
 }
 
 impl Default for ContecDecoder {
@@ -248,6 +251,7 @@ impl Default for ContecDecoder {
             retries_left: RETRIES,
             outgoing: Vec::new(),
             hub_clock: HubClock::Trusted,
+            wall: DateTime::UNIX_EPOCH,
         }
     }
 }
@@ -331,8 +335,8 @@ fn stored_reading(
 impl ContecDecoder {
     /// Whether a recording's time lies after the hub's, by the project's rule: only a trusted hub clock
     /// can tell.
-    fn runs_past_hub(&self, time: DateTime<chrono::FixedOffset>, now: DateTime<Utc>) -> bool {
-        measurement_time::runs_past_hub(time, now, self.hub_clock)
+    fn runs_past_hub(&self, time: DateTime<chrono::FixedOffset>) -> bool {
+        measurement_time::runs_past_hub(time, self.wall, self.hub_clock)
     }
 
     fn send(&mut self, bytes: [u8; 9], purpose: CommandPurpose) {
@@ -408,7 +412,7 @@ impl ContecDecoder {
         events: &mut Vec<DecodeEvent>,
         message: &[u8],
     ) {
-        let now = context.received_at;
+        let now = context.steady;
         let Some(local) = local else {
             events.push(invalid(
                 format!("stored session {index} has no usable start (a year of 0: the oximeter keeps no clock; or an impossible date or time); not downloaded"),
@@ -459,7 +463,7 @@ impl ContecDecoder {
             Some(format!(
                 "claims {length} stored bytes, more than a CMS50 records"
             ))
-        } else if self.runs_past_hub(shortest, now) {
+        } else if self.runs_past_hub(shortest) {
             Some(format!(
                 "would run to {} at least, after the hub's time, so its clock cannot be trusted",
                 shortest.naive_local()
@@ -512,7 +516,7 @@ impl ContecDecoder {
         asked: bool,
     ) {
         let last = session.start + SAMPLE_INTERVAL * session.samples.len() as i32;
-        if self.runs_past_hub(last, now) {
+        if self.runs_past_hub(last) {
             events.push(invalid(
                 format!(
                     "stored session {} would end at {}, after the hub's time; its clock cannot be trusted and it is not published",
@@ -529,7 +533,7 @@ impl ContecDecoder {
                     *pulse,
                     session.start,
                     sample as u32,
-                    now,
+                    self.wall,
                 )));
             }
             self.session_done(session.start.naive_local());
@@ -580,7 +584,7 @@ impl ContecDecoder {
         context: &DecodeContext<'_>,
         events: &mut Vec<DecodeEvent>,
     ) {
-        let now = context.received_at;
+        let now = context.steady;
         let kind = message[0];
         let bytes = unpack(message);
         match self.dialog.clone() {
@@ -779,8 +783,9 @@ fn reports_truncation(kind: u8) -> bool {
 
 impl StreamDecoder for ContecDecoder {
     fn feed(&mut self, bytes: &[u8], context: &DecodeContext<'_>) -> Vec<DecodeEvent> {
-        let now = context.received_at;
+        let now = context.steady;
         self.hub_clock = context.hub_clock;
+        self.wall = context.received_at;
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
@@ -853,8 +858,10 @@ impl StreamDecoder for ContecDecoder {
         }
     }
 
-    fn poll(&mut self, now: DateTime<Utc>, hub_clock: HubClock) -> Polled {
-        self.hub_clock = hub_clock;
+    fn poll(&mut self, context: &DecodeContext<'_>) -> Polled {
+        let now = context.steady;
+        self.hub_clock = context.hub_clock;
+        self.wall = context.received_at;
         let mut events = Vec::new();
         // Bytes left over when the line paused: garbage, or a message that never finished.
         let unclean = self.skipped > 0 || !self.buffer.is_empty();
@@ -1058,6 +1065,17 @@ mod tests {
         checkpoint: Option<&str>,
         steps: &[(i64, &str)],
     ) -> (Vec<String>, Option<String>) {
+        let steps: Vec<(i64, i64, &str)> = steps.iter().map(|(s, hex)| (*s, *s, *hex)).collect();
+        dialog_on_clocks(clock, checkpoint, &steps)
+    }
+
+    /// [`dialog_with`] with the wall clock apart from the steady one: each step is the steady clock's
+    /// second, the wall clock's second, and the device's bytes.
+    fn dialog_on_clocks(
+        clock: HubClock,
+        checkpoint: Option<&str>,
+        steps: &[(i64, i64, &str)],
+    ) -> (Vec<String>, Option<String>) {
         let zone = utc();
         let base: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
         let mut decoder = ContecDecoder::default();
@@ -1065,9 +1083,10 @@ mod tests {
             decoder.resume(checkpoint);
         }
         let mut lines = Vec::new();
-        for (second, hex) in steps {
+        for (steady, wall, hex) in steps {
             let context = DecodeContext {
-                received_at: base + TimeDelta::seconds(*second),
+                received_at: base + TimeDelta::seconds(*wall),
+                steady: base + TimeDelta::seconds(*steady),
                 time_zone: &zone,
                 hub_clock: clock,
                 device_clock: None,
@@ -1079,7 +1098,7 @@ mod tests {
                     DecodeEvent::Rejected(error) => render_error(&error),
                 });
             }
-            let polled = decoder.poll(context.received_at, context.hub_clock);
+            let polled = decoder.poll(&context);
             for event in polled.events {
                 lines.push(match event {
                     DecodeEvent::Reading(reading) => render_reading(&reading),
@@ -1404,10 +1423,14 @@ mod tests {
         let base: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
         let context = DecodeContext::trusted(base, &zone);
         let mut decoder = ContecDecoder::default();
-        decoder.poll(base, HubClock::Trusted);
+        decoder.poll(&DecodeContext::trusted(base, &zone));
         let session = format!("{ONE_SESSION} {DATE} {TIME} 08 80 80 80 8E 80 80 80 {SEVEN}");
         let mut events = decoder.feed(&crate::decode::test_support::bytes_of(&session), &context);
-        events.extend(decoder.poll(base + DATA_PAUSE, HubClock::Trusted).events);
+        events.extend(
+            decoder
+                .poll(&DecodeContext::trusted(base + DATA_PAUSE, &zone))
+                .events,
+        );
         let sent: Vec<String> = events
             .iter()
             .filter_map(|event| match event {
@@ -1521,6 +1544,29 @@ mod tests {
         assert_eq!(lines, ["> a7", "> a2", "> a3", "error invalid: a session count of 200 is more than a CMS50 stores; no download", "> a1"]);
     }
 
+    /// The dialog's timers run on the steady clock, so an NTP step of the wall clock changes none of them: a
+    /// clock stepped back a day (one that ran ahead) does not stop the keep-alive, and one stepped forward an
+    /// hour (a Pi's saved time corrected after boot) neither gives up on an answer nor breaks off a download.
+    #[rustfmt::skip]
+    #[test]
+    fn an_ntp_step_of_the_wall_clock_leaves_the_dialog_s_timers_alone() {
+        let day = 86_400;
+        let (lines, _) = dialog_on_clocks(HubClock::Trusted, None, &[(0, 0, ""), (0, 0, "0A 80 80 80"), (4, -day + 4, ""), (5, -day + 5, ""), (10, -day + 10, "")]);
+        // The device sends nothing live here, so its stream is also restarted every 5 s.
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a1", "> af (keep-alive)", "> a1 (restart)", "> af (keep-alive)", "> a1 (restart)"]);
+        // Asked for the count, the device answers 2 s later, after the step.
+        let (lines, _) = dialog_on_clocks(HubClock::Trusted, None, &[(0, 0, ""), (1, 3601, ""), (2, 3602, ONE_SESSION)]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5"]);
+        // A download whose data comes a second apart, the wall clock stepped in between.
+        let (lines, checkpoint) = dialog_on_clocks(HubClock::Trusted, None, &[
+            (0, 0, ""), (0, 0, &format!("{ONE_SESSION} {DATE} {TIME} 08 80 80 80 8E 80 80 80")),
+            (1, 1, "0F 80 DE C2 DE C2 DE C2"), (2, 3602, "0F 8A DE FF DE 82 DE C2"),
+            (3, 3603, "0F 80 E1 C4 FF FF FF FF"), (6, 3606, ""),
+        ]);
+        assert!(!lines.iter().any(|line| line.contains(BROKE_OFF)), "{lines:?}");
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+    }
+
     #[rustfmt::skip]
     #[test]
     fn a_line_that_never_falls_quiet_after_a_break_off_is_left_after_ten_seconds() {
@@ -1598,18 +1644,20 @@ mod tests {
         let now: DateTime<Utc> = "2024-03-15T12:00:00Z".parse().unwrap();
         let context = DecodeContext::trusted(now, &zone);
         let mut decoder = ContecDecoder::default();
-        decoder.poll(now, HubClock::Trusted);
+        decoder.poll(&DecodeContext::trusted(now, &zone));
         let started = thread_cpu_time();
         let mut readings = 0;
         for chunk in device.chunks(64) {
             let mut events = decoder.feed(chunk, &context);
-            events.extend(decoder.poll(now, HubClock::Trusted).events);
+            events.extend(decoder.poll(&DecodeContext::trusted(now, &zone)).events);
             readings += events
                 .iter()
                 .filter(|e| matches!(e, DecodeEvent::Reading(_)))
                 .count();
         }
-        let pause = decoder.poll(now + DATA_PAUSE, HubClock::Trusted).events;
+        let pause = decoder
+            .poll(&DecodeContext::trusted(now + DATA_PAUSE, &zone))
+            .events;
         readings += pause
             .iter()
             .filter(|e| matches!(e, DecodeEvent::Reading(_)))
@@ -1686,14 +1734,14 @@ mod tests {
             let mut decoder = ContecDecoder::default();
             let mut stored = Vec::new();
             let mut now = base;
-            decoder.poll(now, HubClock::Trusted);
+            decoder.poll(&DecodeContext::trusted(now, &zone));
             let mut rest = &bytes[..];
             while !rest.is_empty() || now < base + TimeDelta::seconds(30) {
                 let take = next(12).min(rest.len());
                 let context = DecodeContext::trusted(now, &zone);
                 let mut events = decoder.feed(&rest[..take], &context);
                 rest = &rest[take..];
-                events.extend(decoder.poll(now, HubClock::Trusted).events);
+                events.extend(decoder.poll(&DecodeContext::trusted(now, &zone)).events);
                 stored.extend(events.into_iter().filter_map(|event| match event {
                     DecodeEvent::Reading(reading) if reading.time_source == TimeSource::Device => {
                         Some(reading)

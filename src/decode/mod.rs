@@ -23,8 +23,6 @@ pub mod thermometer;
 pub mod weight_scale;
 pub mod xiaomi_scale;
 
-use chrono::{DateTime, Utc};
-
 use crate::model::reading::Reading;
 
 /// What a decoder needs from the outside world, passed in rather than read: the receive time, the hub's
@@ -84,16 +82,12 @@ pub trait StreamDecoder: Send {
     /// Called when the input ends (a `decode` command line, a closed port): reports a frame left unfinished.
     fn finish(&mut self) -> Option<FrameError>;
 
-    /// What the hub should send the device now, given what was decoded so far and the time passed in, and
-    /// what the passing of time settled (a download that ended with a pause). Protocols that hold a dialog
-    /// with the device (start a stream, keep it alive, ask for stored data) answer here; the transport only
-    /// writes the bytes. Called after every `feed` and about twice a second, never while bytes the
-    /// transport read wait to be fed.
-    fn poll(
-        &mut self,
-        _now: DateTime<Utc>,
-        _hub_clock: crate::model::measurement_time::HubClock,
-    ) -> Polled {
+    /// What the hub should send the device now, given what was decoded so far and the time passed in (its
+    /// timers run on `now.steady`), and what the passing of time settled (a download that ended with a
+    /// pause). Protocols that hold a dialog with the device (start a stream, keep it alive, ask for stored
+    /// data or the clock) answer here; the transport only writes the bytes. Called after every `feed` and
+    /// about twice a second, never while bytes the transport read wait to be fed.
+    fn poll(&mut self, _now: &DecodeContext<'_>) -> Polled {
         Polled::default()
     }
 

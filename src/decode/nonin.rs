@@ -19,7 +19,7 @@ use crate::decode::{
 };
 use crate::model::clocks::DeviceClockCheck;
 use crate::model::codes;
-use crate::model::measurement_time::{DeviceDateTime, HubClock};
+use crate::model::measurement_time::DeviceDateTime;
 use crate::model::reading::{Flag, Kind, Reading, Special, Supplemental, Value};
 
 const SPO2_MISSING: u8 = 127;
@@ -188,13 +188,13 @@ pub struct DataFormat13Decoder {
     clock: ClockReads,
 }
 
-/// The 9560's clock as this connection read it.
+/// The 9560's clock as this connection read it. Its times are on the hub's steady clock.
 #[derive(Debug, Default)]
 struct ClockReads {
     /// When the hub last asked.
     asked_at: Option<DateTime<Utc>>,
-    /// The last prompt answer.
-    read: Option<DeviceClockCheck>,
+    /// The last prompt answer, and when it came.
+    read: Option<(DeviceClockCheck, DateTime<Utc>)>,
 }
 
 impl ClockReads {
@@ -222,25 +222,27 @@ impl ClockReads {
                 });
         let waited = self
             .asked_at
-            .map(|asked| context.received_at.signed_duration_since(asked));
+            .map(|asked| context.steady.signed_duration_since(asked));
         if waited.is_some_and(|waited| (TimeDelta::zero()..=CLOCK_ANSWER_WAIT).contains(&waited)) {
-            self.read = Some(DeviceClockCheck {
+            let read = DeviceClockCheck {
                 device_time: time.map_or(DeviceDateTime::Unknown, DeviceDateTime::Known),
                 hub_time: context.received_at,
                 hub_local: context.time_zone.local(context.received_at),
                 hub_clock: context.hub_clock,
                 set: false,
-            });
+            };
+            self.read = Some((read, context.steady));
         }
         Step::Taken(DF13_TIME_ANSWER_LEN)
     }
 
-    /// The read that stands for a record received now.
-    fn standing(&self, received_at: DateTime<Utc>) -> Option<&DeviceClockCheck> {
+    /// The read that stands for a record received at `steady`.
+    fn standing(&self, steady: DateTime<Utc>) -> Option<&DeviceClockCheck> {
         let stands = -CLOCK_READ_STANDS..=CLOCK_READ_STANDS;
-        self.read
-            .as_ref()
-            .filter(|read| stands.contains(&received_at.signed_duration_since(read.hub_time)))
+        let (read, read_at) = self.read.as_ref()?;
+        stands
+            .contains(&steady.signed_duration_since(*read_at))
+            .then_some(read)
     }
 }
 
@@ -256,7 +258,7 @@ impl StreamDecoder for DataFormat13Decoder {
             // A clock read in a Bluetooth session would come with the context; a serial port has only its own.
             let read = context
                 .device_clock
-                .or_else(|| clock.standing(context.received_at));
+                .or_else(|| clock.standing(context.steady));
             df13_step(
                 window,
                 &DecodeContext {
@@ -268,7 +270,8 @@ impl StreamDecoder for DataFormat13Decoder {
         events
     }
 
-    fn poll(&mut self, now: DateTime<Utc>, _hub_clock: HubClock) -> Polled {
+    fn poll(&mut self, context: &DecodeContext<'_>) -> Polled {
+        let now = context.steady;
         let due = self.clock.asked_at.is_none_or(|asked| {
             let since = now.signed_duration_since(asked);
             since >= CLOCK_REREAD || since < TimeDelta::zero()
@@ -1016,6 +1019,7 @@ mod tests {
         let packet = bytes_of(&df13_packet(&format!("{time} 00 00 00 48 00 61")));
         let context = DecodeContext {
             received_at: received_at(),
+            steady: received_at(),
             time_zone: &utc(),
             hub_clock: clock,
             device_clock: None,
@@ -1043,13 +1047,14 @@ mod tests {
         let at = |seconds| received_at() + TimeDelta::seconds(seconds);
         let context = |seconds| DecodeContext {
             received_at: at(seconds),
+            steady: at(seconds),
             time_zone: &zone,
             hub_clock: clock,
             device_clock: None,
         };
         let mut decoder = DataFormat13Decoder::default();
         if let Some(asked) = asked {
-            let commands = decoder.poll(at(asked), clock).commands;
+            let commands = decoder.poll(&context(asked)).commands;
             assert_eq!(commands[0].bytes, [0x02, 0x72, 0x00, 0x03]);
         }
         assert!(decoder
@@ -1160,9 +1165,11 @@ mod tests {
     #[test]
     fn df13_asks_for_the_clock_at_once_and_every_five_minutes() {
         let mut decoder = DataFormat13Decoder::default();
+        let zone = utc();
         let asks = |decoder: &mut DataFormat13Decoder, seconds| {
             let at = received_at() + TimeDelta::seconds(seconds);
-            decoder.poll(at, HubClock::Synchronized).commands.len()
+            let context = DecodeContext::trusted(at, &zone);
+            decoder.poll(&context).commands.len()
         };
         let polls: Vec<usize> = [0, 1, 299, 300, 301, 600]
             .into_iter()

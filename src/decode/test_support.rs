@@ -120,6 +120,7 @@ pub fn decode_against_clock(
 ) -> String {
     let context = DecodeContext {
         received_at: received_at(),
+        steady: received_at(),
         time_zone: &utc(),
         hub_clock: clock,
         device_clock: None,

@@ -35,6 +35,10 @@ pub const CLOCK_TOLERANCE: TimeDelta = TimeDelta::minutes(2);
 pub struct HubTime<'a> {
     /// When the hub read the bytes, by its own wall clock.
     pub received_at: DateTime<Utc>,
+    /// The same instant on a clock that never steps (the boot-time clock, suspend included), for the timers
+    /// of a device dialog, which an NTP step of the wall clock must not stretch or cut short. Only
+    /// differences between two of these mean anything.
+    pub steady: DateTime<Utc>,
     /// The hub's time zone, in which device wall times are read.
     pub time_zone: &'a dyn HubTimeZone,
     pub hub_clock: HubClock,
@@ -48,6 +52,7 @@ impl<'a> HubTime<'a> {
     pub fn trusted(received_at: DateTime<Utc>, time_zone: &'a dyn HubTimeZone) -> HubTime<'a> {
         HubTime {
             received_at,
+            steady: received_at,
             time_zone,
             hub_clock: HubClock::Trusted,
             device_clock: None,
@@ -198,6 +203,7 @@ mod tests {
         let zone = utc();
         let hub = HubTime {
             received_at: "2026-03-15T12:00:00Z".parse().unwrap(),
+            steady: "2026-03-15T12:00:00Z".parse().unwrap(),
             time_zone: &zone,
             hub_clock: clock,
             device_clock: session.as_ref(),
@@ -275,6 +281,7 @@ mod tests {
         for received_at in [DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC] {
             let hub = HubTime {
                 received_at,
+                steady: received_at,
                 time_zone: &zone,
                 hub_clock: Sync,
                 device_clock: Some(&session),
@@ -519,6 +526,7 @@ mod tests {
                 });
                 let hub = HubTime {
                     received_at,
+                    steady: received_at,
                     time_zone: &zone,
                     hub_clock: clock,
                     device_clock: check.as_ref(),
