@@ -12,13 +12,14 @@
 //! 1. On the first poll the hub stops both streams (`A7`, `A2`) and asks how many sessions are stored (`A3`,
 //!    answered by type 0x0A; a count above [`MAX_SESSIONS`] is noise).
 //! 2. For each session, oldest index first, it asks the start time (`A5 <index>`, answered by 0x07 with the
-//!    date and 0x12 with the time). A session whose start is in the checkpoint (the starts already
-//!    downloaded, on this connection or an earlier one) is skipped. One without a date (a CMS50D+ has no
-//!    clock), or whose start fails the project's device-clock rule, is reported and skipped, since its
-//!    samples could only be given invented times.
+//!    date and 0x12 with the time). One without a date (a CMS50D+ has no clock), or whose start fails the
+//!    project's device-clock rule, is reported and skipped, since its samples could only be given invented
+//!    times.
 //! 3. It asks how many bytes the session holds (`A4`, answered by 0x08, which echoes the session in byte 3:
-//!    a u32 at bytes 4 to 7, two bytes a sample in type 0x0F and four in type 0x09), then for its data
-//!    (`A6 <index>`). Type 0x0F (three SpO2/pulse pairs) or 0x09 (one pair and a perfusion index) follow,
+//!    a u32 at bytes 4 to 7, two bytes a sample in type 0x0F and four in type 0x09). A session whose start
+//!    and length are in the checkpoint (the sessions already downloaded, on this connection or an earlier
+//!    one) is skipped: a start alone does not name a session, since a clock set back records a second one
+//!    from the same start. Otherwise the hub asks for its data (`A6 <index>`). Type 0x0F (three SpO2/pulse pairs) or 0x09 (one pair and a perfusion index) follow,
 //!    one sample per second from the session start (as OSCAR and the other public readers take it).
 //! 4. The samples are held until the session is known to have arrived whole and clean: its length reached
 //!    (the padding of the last message dropped; the next question goes out at once) and the next message,
@@ -229,8 +230,9 @@ pub struct ContecDecoder {
     buffer: Vec<u8>,
     skipped: usize,
     dialog: Dialog,
-    /// The starts (device wall time) of the sessions downloaded, on this connection or an earlier one.
-    downloaded: Vec<NaiveDateTime>,
+    /// The sessions downloaded, on this connection or an earlier one: their start (device wall time) and
+    /// stored length. An older version's checkpoint gave starts alone, which stand for any length.
+    downloaded: Vec<(NaiveDateTime, Option<u32>)>,
     /// How many more times this connection starts the dialog again after a broken-off download.
     retries_left: u8,
     outgoing: Vec<HostCommand>,
@@ -322,8 +324,9 @@ fn stored_reading(
         flags: vec![Flag::StoredSession],
         raw: message.to_vec(),
         user_id: None,
+        // The sample's time and values: a clock set back can record a second session over the same seconds.
         record_key: Some(format!(
-            "contec-stored:{}",
+            "contec-stored:{}:{spo2}:{pulse}",
             measured_at.naive_local().format("%Y-%m-%dT%H:%M:%S")
         )),
         ..Reading::at_hub_time(Kind::PulseOximetry, received_at, message)
@@ -394,12 +397,20 @@ impl ContecDecoder {
         };
     }
 
-    fn session_done(&mut self, start: NaiveDateTime) {
-        if !self.downloaded.contains(&start) {
-            self.downloaded.push(start);
+    fn session_done(&mut self, start: NaiveDateTime, length: u32) {
+        if !self.was_downloaded(start, Some(length)) {
+            self.downloaded.push((start, Some(length)));
         }
         let surplus = self.downloaded.len().saturating_sub(REMEMBERED_SESSIONS);
         self.downloaded.drain(..surplus);
+    }
+
+    /// Whether the session of this start and length (`None`: not known yet) was downloaded. A start the
+    /// checkpoint holds without a length matches any.
+    fn was_downloaded(&self, start: NaiveDateTime, length: Option<u32>) -> bool {
+        self.downloaded.iter().any(|(done, done_length)| {
+            *done == start && (done_length.is_none() || *done_length == length)
+        })
     }
 
     /// Both halves of a session's start arrived: ask its length, or skip it.
@@ -420,7 +431,7 @@ impl ContecDecoder {
             ));
             return self.next_session(index, count, now);
         };
-        if self.downloaded.contains(&local) {
+        if self.was_downloaded(local, None) {
             return self.next_session(index, count, now);
         }
         // The project's rule for device clocks; a recording whose start fails it cannot fall back to the
@@ -458,6 +469,9 @@ impl ContecDecoder {
         now: DateTime<Utc>,
         events: &mut Vec<DecodeEvent>,
     ) {
+        if self.was_downloaded(start.naive_local(), Some(length)) {
+            return self.next_session(index, count, now);
+        }
         let shortest = start + SAMPLE_INTERVAL * (length / 4) as i32;
         let problem = if length > MAX_SESSION_BYTES {
             Some(format!(
@@ -536,7 +550,7 @@ impl ContecDecoder {
                     self.wall,
                 )));
             }
-            self.session_done(session.start.naive_local());
+            self.session_done(session.start.naive_local(), session.length);
         }
         if asked {
             self.expect_next(session.index, session.count, now);
@@ -957,12 +971,15 @@ impl StreamDecoder for ContecDecoder {
 
     fn checkpoint(&self) -> Option<String> {
         (!self.downloaded.is_empty()).then(|| {
-            let starts: Vec<String> = self
+            let sessions: Vec<String> = self
                 .downloaded
                 .iter()
-                .map(|start| start.format("%Y-%m-%dT%H:%M:%S").to_string())
+                .map(|(start, length)| {
+                    let start = start.format("%Y-%m-%dT%H:%M:%S");
+                    length.map_or(start.to_string(), |length| format!("{start}/{length}"))
+                })
                 .collect();
-            format!("{CHECKPOINT_KEY}{}", starts.join(","))
+            format!("{CHECKPOINT_KEY}{}", sessions.join(","))
         })
     }
 
@@ -970,10 +987,15 @@ impl StreamDecoder for ContecDecoder {
         let Some(list) = checkpoint.strip_prefix(CHECKPOINT_KEY) else {
             return;
         };
-        self.downloaded = list
-            .split(',')
-            .filter_map(|start| NaiveDateTime::parse_from_str(start, "%Y-%m-%dT%H:%M:%S").ok())
-            .collect();
+        let session = |text: &str| {
+            let (start, length) = match text.split_once('/') {
+                Some((start, length)) => (start, Some(length.parse().ok()?)),
+                None => (text, None),
+            };
+            let start = NaiveDateTime::parse_from_str(start, "%Y-%m-%dT%H:%M:%S").ok()?;
+            Some((start, length))
+        };
+        self.downloaded = list.split(',').filter_map(session).collect();
     }
 }
 
@@ -1173,7 +1195,7 @@ mod tests {
             "> af (keep-alive)", "> a1 (restart)",
         ].map(String::from));
         assert_eq!(lines, expected);
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18/14"));
     }
 
     #[rustfmt::skip]
@@ -1226,7 +1248,7 @@ mod tests {
         ].map(String::from).to_vec();
         expected.extend(seven_stored());
         assert_eq!(lines, expected);
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18/14"));
 
         // A byte added between messages, and a message more than the stored length.
         let start = format!("{ONE_SESSION} {DATE} {TIME}");
@@ -1375,7 +1397,7 @@ mod tests {
             &stored("94", "66", "2010-01-01T00:00:01"),
             &stored("94", "66", "2010-01-01T00:00:02"),
         ]);
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2010-01-01T00:00:00"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2010-01-01T00:00:00/6"));
     }
 
     #[rustfmt::skip]
@@ -1392,7 +1414,7 @@ mod tests {
         assert_eq!(lines.len(), 7 + 7, "{lines:#?}");
         assert_eq!(lines[7], stored("94", "66", "2024-03-16T08:00:00"));
         assert_eq!(lines[13], stored("97", "68", "2024-03-16T08:00:06"));
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-16T08:00:00"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-16T08:00:00/14"));
 
         // A start 9 min 58 s after the hub's noon: the start passes, but the samples run more than ten
         // minutes past the hub's time. A trusted hub clock refuses the session; an untrusted one cannot tell.
@@ -1414,7 +1436,7 @@ mod tests {
                 }),
         );
         assert_eq!(lines, expected);
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-15T12:09:58"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-15T12:09:58/14"));
     }
 
     #[test]
@@ -1469,7 +1491,7 @@ mod tests {
             &stored("97", "68", "2024-03-14T22:30:00"),
             &stored("96", "69", "2024-03-14T22:30:01"),
         ]);
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-14T22:30:00"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2024-03-14T22:30:00/8"));
     }
 
     #[rustfmt::skip]
@@ -1538,7 +1560,7 @@ mod tests {
         // An empty session is known to be empty from its length.
         let (lines, checkpoint) = dialog(None, &[(0, ""), (0, &format!("{ONE_SESSION} {DATE} {TIME}")), (0, "08 80 80 80 80 80 80 80")]);
         assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a1"]);
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18/0"));
         // A count no CMS50 could hold (200, its high bit from byte 1) is noise.
         let (lines, _) = dialog(None, &[(0, ""), (0, "0A 82 80 C8")]);
         assert_eq!(lines, ["> a7", "> a2", "> a3", "error invalid: a session count of 200 is more than a CMS50 stores; no download", "> a1"]);
@@ -1564,7 +1586,7 @@ mod tests {
             (3, 3603, "0F 80 E1 C4 FF FF FF FF"), (6, 3606, ""),
         ]);
         assert!(!lines.iter().any(|line| line.contains(BROKE_OFF)), "{lines:?}");
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18/14"));
     }
 
     #[rustfmt::skip]
@@ -1611,7 +1633,50 @@ mod tests {
             &stored("97", "68", "2024-03-14T22:30:01"),
             &stored("97", "68", "2024-03-14T22:30:02"),
         ]);
-        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18,2024-03-14T22:30:00"));
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18/6,2024-03-14T22:30:00/6"));
+    }
+
+    /// A clock set back between two recordings gives both the same start. Each is downloaded once, since the
+    /// checkpoint names a session by its start and length, and the samples of one do not pass for the
+    /// other's, since a sample is named by its values as well as its time.
+    #[rustfmt::skip]
+    #[test]
+    fn two_sessions_from_the_same_start_are_both_downloaded() {
+        let (lines, checkpoint) = dialog(None, &[
+            (0, ""),
+            (0, &format!("0A 80 80 82 {DATE} {TIME} 08 80 80 80 86 80 80 80")),
+            (0, TRIPLE),
+            (0, &format!("{DATE} {TIME} 08 80 80 81 8C 80 80 80")),
+            (0, "0F 80 E1 C4 E1 C4 E1 C4 0F 80 E1 C4 E1 C4 E1 C4"),
+            (3, ""),
+        ]);
+        assert_eq!(lines, [
+            "> a7", "> a2", "> a3", "> a5", "> a4", "> a6",
+            "> a5 1",
+            &stored("94", "66", "2014-08-18T02:38:18"),
+            &stored("94", "66", "2014-08-18T02:38:19"),
+            &stored("94", "66", "2014-08-18T02:38:20"),
+            "> a4 1", "> a6 1", "> a1",
+            &stored("97", "68", "2014-08-18T02:38:18"),
+            &stored("97", "68", "2014-08-18T02:38:19"),
+            &stored("97", "68", "2014-08-18T02:38:20"),
+            &stored("97", "68", "2014-08-18T02:38:21"),
+            &stored("97", "68", "2014-08-18T02:38:22"),
+            &stored("97", "68", "2014-08-18T02:38:23"),
+        ]);
+        assert_eq!(checkpoint.as_deref(), Some("stored_sessions=2014-08-18T02:38:18/6,2014-08-18T02:38:18/12"));
+        // Next connection: both are known by their lengths, and neither is fetched again.
+        let (lines, _) = dialog(checkpoint.as_deref(), &[
+            (0, ""),
+            (0, &format!("0A 80 80 82 {DATE} {TIME} 08 80 80 80 86 80 80 80")),
+            (0, &format!("{DATE} {TIME} 08 80 80 81 8C 80 80 80")),
+        ]);
+        assert_eq!(lines, ["> a7", "> a2", "> a3", "> a5", "> a4", "> a5 1", "> a4 1", "> a1"]);
+        // The same second with other values is another sample.
+        let start = "2014-08-18T02:38:18+00:00".parse().unwrap();
+        let key = |spo2, pulse| stored_reading(&[], spo2, pulse, start, 0, start.to_utc()).record_key;
+        assert_ne!(key(94, 66), key(97, 68));
+        assert_eq!(key(94, 66), key(94, 66));
     }
 
     /// A message as the device packs it: high bits of the payload gathered into byte 1.
