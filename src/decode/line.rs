@@ -17,10 +17,21 @@ impl LineFramer {
     /// The complete lines in `bytes` after what came before; empty lines are skipped.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Result<Vec<u8>, FrameError>> {
         let mut lines = Vec::new();
+        // Bytes of an overlong run skipped in this chunk, counted as garbage where the run ends or the chunk
+        // does, so that a run of megabytes is counted whole.
+        let mut skipped = 0;
+        let flush = |skipped: &mut usize, lines: &mut Vec<_>| {
+            if *skipped > 0 {
+                lines.push(Err(FrameError::Garbage {
+                    count: std::mem::take(skipped),
+                }));
+            }
+        };
         for &byte in bytes {
             if byte == b'\n' {
                 let mut line = std::mem::take(&mut self.partial);
                 if std::mem::take(&mut self.overlong) {
+                    flush(&mut skipped, &mut lines);
                     continue;
                 }
                 if line.last() == Some(&b'\r') {
@@ -32,6 +43,7 @@ impl LineFramer {
                 continue;
             }
             if self.overlong {
+                skipped += 1;
                 continue;
             }
             self.partial.push(byte);
@@ -41,6 +53,7 @@ impl LineFramer {
                 lines.push(Err(FrameError::Garbage { count }));
             }
         }
+        flush(&mut skipped, &mut lines);
         lines
     }
 
@@ -119,6 +132,12 @@ mod tests {
         );
         assert_eq!(lines(&[b"ab", b"c\r", b"\nd\n"]), ["abc", "d"]);
         let long = vec![b'x'; 600];
-        assert_eq!(lines(&[&long, b"\nok\n"]), ["garbage 513", "ok"]);
+        assert_eq!(lines(&[&long, b"\nok\n"]), ["garbage 513", "garbage 87", "ok"]);
+        // Every byte of a long run is counted, in the chunk it came in; the run's end counts too.
+        assert_eq!(
+            lines(&[&long, &long, b"xx\nok\n"]),
+            ["garbage 513", "garbage 87", "garbage 600", "garbage 2", "ok"]
+        );
+        assert_eq!(lines(&[&long, b"\n"]), ["garbage 513", "garbage 87"]);
     }
 }
