@@ -132,11 +132,20 @@ mod tests {
         );
         assert_eq!(lines(&[b"ab", b"c\r", b"\nd\n"]), ["abc", "d"]);
         let long = vec![b'x'; 600];
-        assert_eq!(lines(&[&long, b"\nok\n"]), ["garbage 513", "garbage 87", "ok"]);
+        assert_eq!(
+            lines(&[&long, b"\nok\n"]),
+            ["garbage 513", "garbage 87", "ok"]
+        );
         // Every byte of a long run is counted, in the chunk it came in; the run's end counts too.
         assert_eq!(
             lines(&[&long, &long, b"xx\nok\n"]),
-            ["garbage 513", "garbage 87", "garbage 600", "garbage 2", "ok"]
+            [
+                "garbage 513",
+                "garbage 87",
+                "garbage 600",
+                "garbage 2",
+                "ok"
+            ]
         );
         assert_eq!(lines(&[&long, b"\n"]), ["garbage 513", "garbage 87"]);
     }

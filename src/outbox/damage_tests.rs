@@ -1138,3 +1138,21 @@ fn salvage_never_invents_or_misplaces_a_record_whatever_the_damage() {
     }
     eprintln!("{outcomes:?}");
 }
+
+/// A lock that cannot be taken says why once, also when the whole chain of causes is reported.
+#[test]
+fn a_lock_that_cannot_be_taken_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("missing").join("outbox.db");
+    let error = OutboxLock::acquire(&database)
+        .err()
+        .expect("no directory to lock in");
+    let chain = format!("{:#}", anyhow::Error::from(error));
+    assert_eq!(
+        chain,
+        format!(
+            "cannot lock {}.lock: No such file or directory",
+            database.display()
+        )
+    );
+}

@@ -96,20 +96,19 @@ pub struct OutboxLock {
 pub enum LockError {
     #[error("another vitalsd holds {0}: stop the service first (systemctl stop vitalsd)")]
     Held(String),
-    #[error("cannot lock {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The cause is in the message only (not a `source`), so that a report of the whole chain does not
+    /// print it twice.
+    #[error("cannot lock {path}: {message}")]
+    Io { path: String, message: String },
 }
 
 impl OutboxLock {
     /// Takes the lock beside `database` (`<database>.lock`) without waiting.
     pub fn acquire(database: &Path) -> Result<OutboxLock, LockError> {
         let path = PathBuf::from(format!("{}.lock", database.display()));
-        let io = |source| LockError::Io {
+        let io = |error: std::io::Error| LockError::Io {
             path: path.display().to_string(),
-            source,
+            message: crate::config::io_message(&error),
         };
         let file = std::fs::OpenOptions::new()
             .create(true)
