@@ -202,7 +202,8 @@ pub fn no_space_message(state_dir: &Path, outbox_path: &Path, disk_full: bool) -
         return None;
     }
     let mut files = Vec::new();
-    for suffix in ["", "-wal", "-shm"] {
+    // The files that hold readings; `-shm` is SQLite's index of the log, made again at every open.
+    for suffix in ["", "-wal"] {
         let path = PathBuf::from(format!("{}{suffix}", outbox_path.display()));
         if let Ok(meta) = std::fs::metadata(&path) {
             files.push(format!(
@@ -212,15 +213,28 @@ pub fn no_space_message(state_dir: &Path, outbox_path: &Path, disk_full: bool) -
             ));
         }
     }
-    let files = if files.is_empty() {
-        "there is no outbox file yet".to_string()
-    } else {
-        format!("the outbox files take {}", files.join(", "))
+    // Read as `vitalsd status` reads it, which needs no room.
+    let pending = super::Outbox::open_for_status(outbox_path)
+        .and_then(|outbox| outbox.stats())
+        .map(|stats| stats.pending);
+    let files = match (files.is_empty(), pending) {
+        (true, _) => "there is no outbox file yet".to_string(),
+        (false, Ok(0)) => format!(
+            "the outbox files take {}, with no reading waiting to be delivered",
+            files.join(", ")
+        ),
+        (false, Ok(pending)) => format!(
+            "the outbox files take {}. Do not delete them: they hold {pending} reading(s) not yet delivered",
+            files.join(", ")
+        ),
+        (false, Err(_)) => format!(
+            "the outbox files take {}. Do not delete them: they may hold readings not yet delivered",
+            files.join(", ")
+        ),
     };
     Some(format!(
         "state_dir {} has no free space ({} free of {}): the outbox cannot be opened. Free space on that \
-         filesystem and start vitalsd again; {files}. Do not delete the outbox files: they hold readings \
-         not yet delivered.",
+         filesystem and start vitalsd again; {files}.",
         state_dir.display(),
         human(room.free),
         human(room.total)
@@ -273,6 +287,36 @@ mod tests {
         assert!(space.release_reserve());
         assert!(!space.release_reserve());
         assert!(space.ensure_reserve());
+    }
+
+    /// The message says whether the outbox holds readings, so the operator knows what deleting it would cost.
+    #[test]
+    fn the_full_disk_message_counts_the_readings_waiting_in_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let options = super::super::OutboxOptions { max_pending: 10 };
+        let (mut outbox, _) = super::super::Outbox::open(&path, options, 1).unwrap();
+        let message = || no_space_message(dir.path(), &path, true).unwrap();
+        assert!(
+            message().contains("with no reading waiting to be delivered"),
+            "{}",
+            message()
+        );
+        let record = |key: &str| super::super::NewRecord {
+            key: key.to_string(),
+            label: "pulse_oximetry".to_string(),
+            format: 1,
+            payload: b"{}".to_vec(),
+            created_at_ms: 1,
+            held: false,
+        };
+        outbox.append(&[record("a"), record("b")]).unwrap();
+        assert!(
+            message().contains("Do not delete them: they hold 2 reading(s) not yet delivered"),
+            "{}",
+            message()
+        );
+        assert!(!message().contains("-shm"), "{}", message());
     }
 
     #[test]
