@@ -150,6 +150,7 @@ fn readings_wait_in_the_outbox_while_the_broker_is_down_then_arrive_once_each() 
         status["uplink"]["last_error"].is_string(),
         "no broker error reported: {status}"
     );
+    assert_eq!(status["uplink"]["delivered_since_error"], false, "{status}");
 
     rig.broker.restart();
     assert!(
@@ -171,7 +172,12 @@ fn readings_wait_in_the_outbox_while_the_broker_is_down_then_arrive_once_each() 
         .world
         .status()["outbox"]["pending"]
         == 0));
-    assert_eq!(rig.world.status()["outbox"]["delivered_total"], 30);
+    let status = rig.world.status();
+    assert_eq!(status["outbox"]["delivered_total"], 30);
+    // The error is still the last one, and status says it is over.
+    assert_eq!(status["uplink"]["delivered_since_error"], true, "{status}");
+    let text = String::from_utf8_lossy(&rig.world.command(&["status"]).stdout).into_owned();
+    assert!(text.contains("; readings were delivered since"), "{text}");
 }
 
 #[test]

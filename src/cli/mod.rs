@@ -441,6 +441,11 @@ fn status_report(
         "uplink": {
             "last_error": stats.last_uplink_error.as_ref().map(|(_, text)| text),
             "last_error_at": stats.last_uplink_error.as_ref().and_then(|(ms, _)| time(Some(*ms))).map(|t| t.to_rfc3339()),
+            // Whether the broker acknowledged a reading after the error: then the error is over, although
+            // with nothing pending an error that is over shows no delivery after it.
+            "delivered_since_error": stats.last_uplink_error.as_ref().map(|(error_ms, _)| {
+                stats.last_delivered_at_ms.is_some_and(|delivered_ms| delivered_ms > *error_ms)
+            }),
             "protocol": protocol.as_str(),
             "refused_total": stats.counters.get(REFUSED_COUNTER).copied().unwrap_or(0),
             "refused": refused_by_reason(stats),
@@ -579,8 +584,12 @@ fn print_status(report: &serde_json::Value, config_path: &Path) {
     let uplink = &report["uplink"];
     match uplink["last_error"].as_str() {
         Some(error) => println!(
-            "last broker error       {} ({error})",
-            text(&uplink["last_error_at"])
+            "last broker error       {} ({error}){}",
+            text(&uplink["last_error_at"]),
+            match uplink["delivered_since_error"].as_bool() {
+                Some(true) => "; readings were delivered since",
+                _ => "",
+            }
         ),
         None => println!("last broker error       none"),
     }
