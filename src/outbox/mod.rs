@@ -121,6 +121,8 @@ pub struct OutboxStats {
     pub pending: u64,
     /// Records held back by their producer (readings waiting for a trusted hub clock).
     pub held: u64,
+    /// The oldest queued record's creation time; held records are left out, since theirs came from a clock
+    /// nobody trusted.
     pub oldest_pending_created_at_ms: Option<i64>,
     pub delivered_total: u64,
     pub last_delivered_at_ms: Option<i64>,

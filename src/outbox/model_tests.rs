@@ -370,7 +370,6 @@ fn check_whole_queue(subject: &mut Subject, oracle: &Oracle) {
         .pending
         .iter()
         .map(|(_, key)| key)
-        .chain(&oracle.held)
         .map(|key| key[4..].parse().unwrap())
         .map(created_at)
         .min();

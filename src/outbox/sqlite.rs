@@ -930,7 +930,7 @@ impl Outbox {
         let (below, _) = read_acknowledged_below(&self.connection)?;
         // Counting reads every pending row (hundreds of megabytes with a long backlog), so the writer, which
         // is asked every few seconds, answers from its own count; the oldest comes from `record_created_at`.
-        let mut oldest: Option<i64> = self.connection.query_row(
+        let oldest: Option<i64> = self.connection.query_row(
             "SELECT min(created_at) FROM record WHERE seq >= ?1",
             params![below],
             |row| row.get(0),
@@ -944,13 +944,12 @@ impl Outbox {
             )?),
         };
         // An older daemon's file has no `held` until this version opens it for writing.
-        let (held, oldest_held): (i64, Option<i64>) = self
+        // Held rows do not count toward the oldest: their creation time is from a clock nobody trusted (a
+        // Pi booted on last year's time would show a backlog a year old).
+        let held: i64 = self
             .connection
-            .query_row("SELECT count(*), min(created_at) FROM held", [], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .unwrap_or((0, None));
-        oldest = oldest.into_iter().chain(oldest_held).min();
+            .query_row("SELECT count(*) FROM held", [], |row| row.get(0))
+            .unwrap_or(0);
         // An older daemon's file has no `quarantine` either.
         let quarantined_records: i64 = self
             .connection
