@@ -295,6 +295,11 @@ async fn run_stack(
                     // Only a change matters: restarting the scan sets Powered again, which some BlueZ
                     // builds signal even when it was already on.
                     CentralEvent::StateUpdate(CentralState::PoweredOn) if powered_off => {
+                        // The signal may be an old one, queued before the look that found the adapter off
+                        // (the scan's start sets Powered): only the adapter's state now says it is on.
+                        if !matches!(adapter.adapter_state().await, Ok(CentralState::PoweredOn)) {
+                            continue;
+                        }
                         powered_off = false;
                         tracing::info!(adapter = %settings.adapter, "The Bluetooth adapter is on again; scanning.");
                         restart_scan(&bluez, unfiltered).await;
