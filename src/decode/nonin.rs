@@ -10,7 +10,7 @@
 //! and judges the records by the answer (device-protocols.md C.1) as a Bluetooth session judges its records by
 //! the Date Time it read.
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 
 use crate::decode::ieee11073::push_flags;
 use crate::decode::{
@@ -19,8 +19,8 @@ use crate::decode::{
 };
 use crate::model::clocks::DeviceClockCheck;
 use crate::model::codes;
-use crate::model::measurement_time::DeviceDateTime;
-use crate::model::reading::{Flag, Kind, Reading, Special, Supplemental, Value};
+use crate::model::measurement_time::{judge, DeviceDateTime, Stamp, CLOCK_TOLERANCE};
+use crate::model::reading::{Flag, Kind, Reading, Special, Supplemental, TimeSource, Value};
 
 const SPO2_MISSING: u8 = 127;
 const PULSE_MISSING: u16 = 511;
@@ -174,12 +174,14 @@ const DF13_TIME_ANSWER: [u8; 3] = [0x02, 0xF2, 0x06];
 const DF13_TIME_ANSWER_LEN: usize = 10;
 /// How often the clock is asked for while the port is open.
 const CLOCK_REREAD: TimeDelta = TimeDelta::minutes(5);
-/// How long a read stands for the records around it. Someone may set the clock meanwhile, and a read that
-/// old would then move their records by an offset that no longer holds.
+/// How long a read stands for the records after it, on the steady clock.
 const CLOCK_READ_STANDS: TimeDelta = TimeDelta::minutes(15);
 /// An answer read later than this after the question may have waited unread on the line (the hub stops
 /// reading while its disk is full): the time in it is not the time it was read.
 const CLOCK_ANSWER_WAIT: TimeDelta = TimeDelta::seconds(5);
+/// How far the wall clock may move apart from the steady clock between a read and a record before the
+/// read counts as taken on another wall clock (a step).
+const CLOCK_STEP: TimeDelta = TimeDelta::seconds(2);
 
 /// Data Format 13: one spot-check per packet, stamped by the device's clock; stored records arrive oldest first.
 #[derive(Debug, Default)]
@@ -188,17 +190,28 @@ pub struct DataFormat13Decoder {
     clock: ClockReads,
 }
 
-/// The 9560's clock as this connection read it. Its times are on the hub's steady clock.
+/// The 9560's clock as this connection read it.
 #[derive(Debug, Default)]
 struct ClockReads {
-    /// When the hub last asked.
+    /// When the hub last asked, on the steady clock.
     asked_at: Option<DateTime<Utc>>,
-    /// The last prompt answer, and when it came.
-    read: Option<(DeviceClockCheck, DateTime<Utc>)>,
+    /// The last prompt answer that was a plausible time.
+    read: Option<ClockRead>,
+}
+
+/// One prompt answer: the device's clock, the hub's wall clock and its trust, and the steady clock, all at
+/// the moment the answer was read.
+#[derive(Debug, Clone, Copy)]
+struct ClockRead {
+    check: DeviceClockCheck,
+    device: NaiveDateTime,
+    steady: DateTime<Utc>,
 }
 
 impl ClockReads {
-    /// The answer at the start of `window`, if it is one: taken as a read of the clock when it came promptly.
+    /// The answer at the start of `window`, if it is one. It is taken as a read of the clock when it came
+    /// promptly after the question and is a plausible time; otherwise its bytes are consumed and it is
+    /// forgotten (the answer has no checksum, so a damaged one must not stand in for a good read).
     fn answer_step(&mut self, window: &[u8], context: &DecodeContext<'_>) -> Step {
         for (index, expected) in DF13_TIME_ANSWER.iter().enumerate() {
             match window.get(index) {
@@ -220,29 +233,63 @@ impl ClockReads {
                 .and_then(|date| {
                     date.and_hms_opt(u32::from(hour), u32::from(minute), u32::from(second))
                 });
+        let device_time = time.map_or(DeviceDateTime::Unknown, DeviceDateTime::Known);
+        // Strictly after the question: an answer read at the very instant it was asked (a capture decoded
+        // offline, where every byte has one time) was not made now.
         let waited = self
             .asked_at
             .map(|asked| context.steady.signed_duration_since(asked));
-        if waited.is_some_and(|waited| (TimeDelta::zero()..=CLOCK_ANSWER_WAIT).contains(&waited)) {
-            let read = DeviceClockCheck {
-                device_time: time.map_or(DeviceDateTime::Unknown, DeviceDateTime::Known),
+        let prompt =
+            waited.is_some_and(|waited| waited > TimeDelta::zero() && waited <= CLOCK_ANSWER_WAIT);
+        if let (true, Some(device)) = (prompt, device_time.plausible()) {
+            let check = DeviceClockCheck {
+                device_time,
                 hub_time: context.received_at,
-                hub_local: context.time_zone.local(context.received_at),
+                hub_local: context.time_zone.at(context.received_at).naive_local(),
                 hub_clock: context.hub_clock,
                 set: false,
             };
-            self.read = Some((read, context.steady));
+            self.read = Some(ClockRead {
+                check,
+                device,
+                steady: context.steady,
+            });
         }
         Step::Taken(DF13_TIME_ANSWER_LEN)
     }
 
-    /// The read that stands for a record received at `steady`.
-    fn standing(&self, steady: DateTime<Utc>) -> Option<&DeviceClockCheck> {
-        let stands = -CLOCK_READ_STANDS..=CLOCK_READ_STANDS;
-        let (read, read_at) = self.read.as_ref()?;
-        stands
-            .contains(&steady.signed_duration_since(*read_at))
-            .then_some(read)
+    /// The read to judge a record received now by: a recent one, taken with a trusted hub clock, on the wall
+    /// clock that reads now (not one stepped since).
+    fn standing(&self, context: &DecodeContext<'_>) -> Option<&ClockRead> {
+        let read = self.read.as_ref()?;
+        let since = context.steady.signed_duration_since(read.steady);
+        let wall_since = context
+            .received_at
+            .signed_duration_since(read.check.hub_time);
+        let recent = (TimeDelta::zero()..=CLOCK_READ_STANDS).contains(&since);
+        let unstepped = (wall_since - since).abs() <= CLOCK_STEP;
+        let trusted = read.check.hub_clock.is_trusted() && context.hub_clock.is_trusted();
+        (recent && unstepped && trusted).then_some(read)
+    }
+
+    /// The time a just-measured record stamped `stamp` was taken, by the read: the read's instant plus the
+    /// time the device's clock ran since. Only when the device clock is more than [`CLOCK_TOLERANCE`] off
+    /// the hub's, and only when the stamp agrees with the clock as read, run on since: a stamp that does not
+    /// (a clock set since, a record that waited, a damaged answer) is not moved by an offset that may not be
+    /// its clock's. Counted from the read's instant, so the zone's summer time does not enter.
+    fn corrected(
+        &self,
+        stamp: NaiveDateTime,
+        context: &DecodeContext<'_>,
+    ) -> Option<DateTime<Utc>> {
+        let read = self.standing(context)?;
+        let offset = read.check.offset()?;
+        let ran = context.steady.signed_duration_since(read.steady);
+        let agrees = (stamp - (read.device + ran)).abs() <= CLOCK_TOLERANCE;
+        (offset.abs() > CLOCK_TOLERANCE && agrees).then(|| {
+            let instant = read.check.hub_time + (stamp - read.device);
+            instant - TimeDelta::nanoseconds(i64::from(instant.timestamp_subsec_nanos()))
+        })
     }
 }
 
@@ -255,26 +302,27 @@ impl StreamDecoder for DataFormat13Decoder {
             if window.first() == DF13_TIME_ANSWER.first() {
                 return clock.answer_step(window, context);
             }
-            // A clock read in a Bluetooth session would come with the context; a serial port has only its own.
-            let read = context
-                .device_clock
-                .or_else(|| clock.standing(context.steady));
-            df13_step(
-                window,
-                &DecodeContext {
-                    device_clock: read,
-                    ..*context
-                },
-            )
+            df13_step(window, context, clock)
         });
         events
     }
 
+    /// Asks for the clock as the port opens and every [`CLOCK_REREAD`]; at once when the last read no longer
+    /// stands for a reason the next answer removes (the hub clock became trusted, or its wall clock stepped).
     fn poll(&mut self, context: &DecodeContext<'_>) -> Polled {
         let now = context.steady;
-        let due = self.clock.asked_at.is_none_or(|asked| {
-            let since = now.signed_duration_since(asked);
-            since >= CLOCK_REREAD || since < TimeDelta::zero()
+        let since = self
+            .clock
+            .asked_at
+            .map(|asked| now.signed_duration_since(asked));
+        let stale = self.clock.read.is_some_and(|read| {
+            let fresh = now.signed_duration_since(read.steady) <= CLOCK_READ_STANDS;
+            fresh && context.hub_clock.is_trusted() && self.clock.standing(context).is_none()
+        });
+        let due = since.is_none_or(|since| {
+            since >= CLOCK_REREAD
+                || since < TimeDelta::zero()
+                || (stale && since > CLOCK_ANSWER_WAIT)
         });
         if !due {
             return Polled::default();
@@ -300,7 +348,7 @@ impl StreamDecoder for DataFormat13Decoder {
     }
 }
 
-fn df13_step(window: &[u8], context: &DecodeContext<'_>) -> Step {
+fn df13_step(window: &[u8], context: &DecodeContext<'_>, clock: &ClockReads) -> Step {
     for (index, expected) in DF13_SYNC.iter().enumerate() {
         match window.get(index) {
             None => return Step::Wait,
@@ -326,13 +374,17 @@ fn df13_step(window: &[u8], context: &DecodeContext<'_>) -> Step {
     let Some(packet) = window.get(..total) else {
         return Step::Wait;
     };
-    match df13_packet(packet, context) {
+    match df13_packet(packet, context, clock) {
         Ok(reading) => Step::Good(total, reading),
         Err(error) => Step::Bad(total, error),
     }
 }
 
-fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, FrameError> {
+fn df13_packet(
+    packet: &[u8],
+    context: &DecodeContext<'_>,
+    clock: &ClockReads,
+) -> Result<Reading, FrameError> {
     let malformed = |reason| FrameError::Malformed {
         reason,
         raw: hex_of(packet),
@@ -390,9 +442,26 @@ fn df13_packet(packet: &[u8], context: &DecodeContext<'_>) -> Result<Reading, Fr
             (status_lsb & 0x01 != 0, Flag::LowBattery),
         ],
     );
-    crate::model::measurement_time::judge(device_time([c, y, mo, d, h, mi, s]), context)
-        .apply_to(&mut reading);
-    reading.device_clock = context.device_clock.copied();
+    let stamp = device_time([c, y, mo, d, h, mi, s]);
+    // A record sent from memory was made long before any read; a live one was just taken.
+    let live = status_lsb & DF13_MEM == 0;
+    let corrected = stamp
+        .plausible()
+        .filter(|_| live)
+        .and_then(|local| Some((local, clock.corrected(local, context)?)));
+    match corrected {
+        Some((local, instant)) => {
+            let stamp = Stamp {
+                measured_at: context.time_zone.at(instant),
+                time_source: TimeSource::Device,
+                flag: Some(Flag::DeviceClockCorrected),
+                device_time: Some(local),
+            };
+            stamp.apply_to(&mut reading);
+            reading.device_clock = clock.standing(context).map(|read| read.check);
+        }
+        None => judge(stamp, context).apply_to(&mut reading),
+    }
     let key = [
         c,
         y,
@@ -1034,131 +1103,129 @@ mod tests {
         format!("{} sent={sent}", render(&events[0]))
     }
 
-    /// The clock dialog of a 9560: the hub asks `asked` seconds after `received_at()` (if at all), the answer
-    /// arrives `answered` seconds after it, then a record with `data` arrives at `record` seconds. Renders the
-    /// record's time as `measured_at source flags`.
-    fn df13_after_clock(
-        clock: HubClock,
-        asked: Option<i64>,
-        (answer, answered): (&str, i64),
-        (data, record): (&str, i64),
-    ) -> String {
+    /// A 9560's clock dialog: at each step (the steady clock's second, the wall clock's second, after
+    /// `received_at()`) the hub asks (`?`) or the device's bytes arrive, as hex, or a DF13 record by its data
+    /// (`rec ` and the data). Renders the questions and what the records became, as
+    /// `measured_at source [flags]`.
+    fn clock_dialog(clock: HubClock, steps: &[(i64, i64, &str)]) -> Vec<String> {
         let zone = utc();
-        let at = |seconds| received_at() + TimeDelta::seconds(seconds);
-        let context = |seconds| DecodeContext {
-            received_at: at(seconds),
-            steady: at(seconds),
-            time_zone: &zone,
-            hub_clock: clock,
-            device_clock: None,
-        };
         let mut decoder = DataFormat13Decoder::default();
-        if let Some(asked) = asked {
-            let commands = decoder.poll(&context(asked)).commands;
-            assert_eq!(commands[0].bytes, [0x02, 0x72, 0x00, 0x03]);
+        let mut rendered = Vec::new();
+        for (steady, wall, step) in steps {
+            let context = DecodeContext {
+                received_at: received_at() + TimeDelta::seconds(*wall),
+                steady: received_at() + TimeDelta::seconds(*steady),
+                time_zone: &zone,
+                hub_clock: clock,
+                device_clock: None,
+            };
+            if *step == "?" {
+                let commands = decoder.poll(&context).commands;
+                rendered.extend(
+                    commands
+                        .iter()
+                        .map(|c| format!("> {}", hex::encode(&c.bytes))),
+                );
+                continue;
+            }
+            let bytes = match step.strip_prefix("rec ") {
+                Some(data) => bytes_of(&df13_packet(data)),
+                None => bytes_of(step),
+            };
+            for event in decoder.feed(&bytes, &context) {
+                rendered.push(match event {
+                    DecodeEvent::Reading(reading) => format!(
+                        "{} {} [{}]",
+                        reading.measured_at.naive_local(),
+                        reading.time_source.as_str(),
+                        crate::model::reading::joined(&reading.flags)
+                    ),
+                    DecodeEvent::Rejected(error) => render_error(&error),
+                });
+            }
         }
-        assert!(decoder
-            .feed(&bytes_of(answer), &context(answered))
-            .is_empty());
-        let events = decoder.feed(&bytes_of(&df13_packet(data)), &context(record));
-        let render = |event: &DecodeEvent| match event {
-            DecodeEvent::Reading(reading) => format!(
-                "{} {} [{}]",
-                reading.measured_at.naive_local(),
-                reading.time_source.as_str(),
-                crate::model::reading::joined(&reading.flags)
-            ),
-            DecodeEvent::Rejected(error) => render_error(error),
-        };
-        events.iter().map(render).collect::<Vec<_>>().join("; ")
+        rendered
     }
 
     /// A 9560 whose clock is two years behind (731 days: 2024 is a leap year), or was never moved to summer
-    /// time, stamps its spot-checks with that clock. A prompt answer to the hub's question measures the offset,
-    /// and the records around it are moved by it, live ones and stored ones alike.
+    /// time, stamps its spot-checks with that clock. A prompt answer to the hub's question is a read of the
+    /// clock, and a spot-check just taken whose stamp agrees with the clock as read is dated from the read's
+    /// instant. Records from memory, and stamps the read does not explain, keep the time they carry.
+    #[rustfmt::skip]
     #[test]
-    fn df13_records_are_judged_by_the_clock_the_oximeter_reports_when_it_answers_promptly() {
+    fn df13_spot_checks_just_taken_are_dated_by_the_clock_the_oximeter_reports() {
         use HubClock::{Synchronized as Sync, Unsynchronized as Unsync};
         // 2022-03-15 12:00:01 on the oximeter, one second after the hub asked at 12:00:00.
         let behind = "02 F2 06 16 03 0F 0C 00 01 03";
-        let live = "20 22 03 15 12 00 31 00 00 00 00 48 00 61";
-        let stored = "20 22 03 10 08 00 00 00 00 10 00 48 00 61";
-        let check = |clock, asked, answer, data, expected: &str| {
-            assert_eq!(df13_after_clock(clock, asked, answer, data), expected);
+        let live = "rec 20 22 03 15 12 00 31 00 00 00 00 48 00 61";
+        let ask = "> 02720003";
+        let check = |clock, steps: &[(i64, i64, &str)], expected: &[&str]| {
+            assert_eq!(clock_dialog(clock, steps), expected, "{steps:?}");
         };
-        check(
-            Sync,
-            Some(0),
-            (behind, 1),
-            (live, 31),
-            "2024-03-15 12:00:31 device [device_clock_corrected]",
-        );
-        check(
-            Sync,
-            Some(0),
-            (behind, 1),
-            (stored, 40),
-            "2024-03-10 08:00:00 device [from_memory,device_clock_corrected]",
-        );
+        check(Sync, &[(0, 0, "?"), (1, 1, behind), (31, 31, live)], &[ask, "2024-03-15 12:00:31 device [device_clock_corrected]"]);
         // One hour behind (summer time never set): moved by the hour.
-        let an_hour = "02 F2 06 18 03 0F 0B 00 01 03";
-        let live_an_hour = "20 24 03 15 11 00 31 00 00 00 00 48 00 61";
-        check(
-            Sync,
-            Some(0),
-            (an_hour, 1),
-            (live_an_hour, 31),
-            "2024-03-15 12:00:31 device [device_clock_corrected]",
-        );
+        check(Sync, &[(0, 0, "?"), (1, 1, "02 F2 06 18 03 0F 0B 00 01 03"), (31, 31, "rec 20 24 03 15 11 00 31 00 00 00 00 48 00 61")],
+              &[ask, "2024-03-15 12:00:31 device [device_clock_corrected]"]);
         // Within two minutes of the hub's: nothing moves.
-        let close = "02 F2 06 18 03 0F 0C 01 01 03";
-        let live_close = "20 24 03 15 12 01 31 00 00 00 00 48 00 61";
-        check(
-            Sync,
-            Some(0),
-            (close, 1),
-            (live_close, 31),
-            "2024-03-15 12:01:31 device []",
-        );
-        // An answer that came late may have waited on the line, one nobody asked for says nothing of when it
-        // was made, and a read stands for a quarter of an hour: the records keep the time they carry.
-        check(
-            Sync,
-            Some(0),
-            (behind, 6),
-            (live, 31),
-            "2022-03-15 12:00:31 device []",
-        );
-        check(
-            Sync,
-            None,
-            (behind, 1),
-            (live, 31),
-            "2022-03-15 12:00:31 device []",
-        );
-        check(
-            Sync,
-            Some(0),
-            (behind, 1),
-            (live, 1000),
-            "2022-03-15 12:00:31 device []",
-        );
-        // An untrusted hub clock measures no offset.
-        check(
-            Unsync,
-            Some(0),
-            (behind, 1),
-            (live, 31),
-            "2022-03-15 12:00:31 device []",
-        );
-        // A damaged answer is no answer.
-        check(
-            Sync,
-            Some(0),
-            ("02 F2 06 16 03 0F 0C 00 01 04", 1),
-            (live, 31),
-            "garbage 10; 2022-03-15 12:00:31 device []",
-        );
+        check(Sync, &[(0, 0, "?"), (1, 1, "02 F2 06 18 03 0F 0C 01 01 03"), (31, 31, "rec 20 24 03 15 12 01 31 00 00 00 00 48 00 61")],
+              &[ask, "2024-03-15 12:01:31 device []"]);
+        // A record from memory was not taken now: it keeps its time.
+        check(Sync, &[(0, 0, "?"), (1, 1, behind), (2, 2, "rec 20 22 03 10 08 00 00 00 00 10 00 48 00 61")],
+              &[ask, "2022-03-10 08:00:00 device [from_memory]"]);
+        // A stamp the read does not explain (the clock was set since, the record waited on the line, the
+        // answer was damaged) keeps its time.
+        check(Sync, &[(0, 0, "?"), (1, 1, behind), (31, 31, "rec 20 24 03 15 12 00 31 00 00 00 00 48 00 61")],
+              &[ask, "2024-03-15 12:00:31 device []"]);
+        check(Sync, &[(0, 0, "?"), (1, 1, behind), (600, 600, live)], &[ask, "2022-03-15 12:00:31 device []"]);
+        // An answer that came late may have waited on the line; one nobody asked for, or read at the instant
+        // of the question (a capture decoded offline), says nothing of now; a read stands 15 minutes.
+        check(Sync, &[(0, 0, "?"), (6, 6, behind), (31, 31, live)], &[ask, "2022-03-15 12:00:31 device []"]);
+        check(Sync, &[(1, 1, behind), (31, 31, live)], &["2022-03-15 12:00:31 device []"]);
+        check(Sync, &[(0, 0, "?"), (0, 0, behind), (0, 0, live)], &[ask, "2022-03-15 12:00:31 device []"]);
+        check(Sync, &[(0, 0, "?"), (1, 1, behind), (1000, 1000, "rec 20 22 03 15 12 16 41 00 00 00 00 48 00 61")],
+              &[ask, "2022-03-15 12:16:41 device []"]);
+        // An untrusted hub clock measures no offset, and a wall clock stepped since the read makes it void.
+        check(Unsync, &[(0, 0, "?"), (1, 1, behind), (31, 31, live)], &[ask, "2022-03-15 12:00:31 device []"]);
+        check(Sync, &[(0, 0, "?"), (1, 1, behind), (31, 3631, live)], &[ask, "2022-03-15 12:00:31 device []"]);
+        // A damaged or impossible answer is no read, and does not replace a good one.
+        check(Sync, &[(0, 0, "?"), (1, 1, "02 F2 06 16 03 0F 0C 00 01 04"), (31, 31, live)],
+              &[ask, "garbage 10", "2022-03-15 12:00:31 device []"]);
+        check(Sync, &[(0, 0, "?"), (1, 1, behind), (300, 300, "?"), (301, 301, "02 F2 06 16 0D 0F 0C 00 01 03"),
+                      (302, 302, "rec 20 22 03 15 12 05 02 00 00 00 00 48 00 61")],
+              &[ask, ask, "2024-03-15 12:05:02 device [device_clock_corrected]"]);
+    }
+
+    /// The hub asks at once when the last read stops standing for a reason a new answer removes.
+    #[test]
+    fn df13_asks_again_once_the_hub_clock_is_trusted_or_its_wall_clock_stepped() {
+        let zone = utc();
+        let behind = bytes_of("02 F2 06 16 03 0F 0C 00 01 03");
+        let context = |steady: i64, wall: i64, hub_clock| DecodeContext {
+            received_at: received_at() + TimeDelta::seconds(wall),
+            steady: received_at() + TimeDelta::seconds(steady),
+            time_zone: &zone,
+            hub_clock,
+            device_clock: None,
+        };
+        for (clock_at_read, later) in [
+            (
+                HubClock::Unsynchronized,
+                context(20, 20, HubClock::Synchronized),
+            ),
+            (
+                HubClock::Synchronized,
+                context(20, 3620, HubClock::Synchronized),
+            ),
+        ] {
+            let mut decoder = DataFormat13Decoder::default();
+            assert_eq!(
+                decoder.poll(&context(0, 0, clock_at_read)).commands.len(),
+                1
+            );
+            decoder.feed(&behind, &context(1, 1, clock_at_read));
+            assert_eq!(decoder.poll(&later).commands.len(), 1, "{clock_at_read:?}");
+            assert!(decoder.poll(&later).commands.is_empty());
+        }
     }
 
     /// The hub asks for the 9560's clock as the port opens and every five minutes after.

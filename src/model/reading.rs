@@ -385,8 +385,8 @@ pub trait HubTimeZone {
     /// `None` when the local time does not exist (a DST gap); an ambiguous time takes the earlier instant.
     fn resolve(&self, local: NaiveDateTime) -> Option<DateTime<FixedOffset>>;
 
-    /// The local wall time of an instant, as a device clock set to this zone shows it.
-    fn local(&self, instant: DateTime<Utc>) -> NaiveDateTime;
+    /// An instant with this zone's offset at it.
+    fn at(&self, instant: DateTime<Utc>) -> DateTime<FixedOffset>;
 }
 
 impl<Tz: TimeZone> HubTimeZone for Tz {
@@ -400,8 +400,8 @@ impl<Tz: TimeZone> HubTimeZone for Tz {
         }
     }
 
-    fn local(&self, instant: DateTime<Utc>) -> NaiveDateTime {
-        instant.with_timezone(self).naive_local()
+    fn at(&self, instant: DateTime<Utc>) -> DateTime<FixedOffset> {
+        instant.with_timezone(self).fixed_offset()
     }
 }
 

@@ -167,10 +167,23 @@ fn open(
     Ok(port)
 }
 
-/// Sends commands to the device; a failed write is logged, since the read side notices a device that left.
-async fn send(port: &mut SerialStream, path: &std::path::Path, command: &[u8]) {
-    if let Err(error) = port.write_all(command).await {
-        tracing::debug!(path = %path.display(), %error, "Writing to the device failed.");
+/// Sends a command to the device; a failed write is logged, since the read side notices a device that
+/// left. Gives up when the daemon stops: a device that takes no more bytes (a USB or Bluetooth serial link
+/// that stalled) must not hold the stop up. Returns whether the daemon goes on.
+async fn send(
+    port: &mut SerialStream,
+    path: &std::path::Path,
+    command: &[u8],
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        written = port.write_all(command) => {
+            if let Err(error) = written {
+                tracing::debug!(path = %path.display(), %error, "Writing to the device failed.");
+            }
+            true
+        }
+        _ = shutdown.changed() => false,
     }
 }
 
@@ -190,7 +203,9 @@ async fn read_until_gone(
     path: &std::path::Path,
 ) -> Option<String> {
     for command in &settings.commands.on_open {
-        send(port, path, command).await;
+        if *shutdown.borrow_and_update() || !send(port, path, command, shutdown).await {
+            return None;
+        }
     }
     let mut buffer = vec![0u8; 4096];
     let mut commands_open = true;
@@ -214,7 +229,11 @@ async fn read_until_gone(
                 Err(error) => return Some(error.to_string()),
             },
             command = commands.recv(), if commands_open => match command {
-                Some(command) if command.connection == connection => send(port, path, &command.bytes).await,
+                Some(command) if command.connection == connection => {
+                    if !send(port, path, &command.bytes, shutdown).await {
+                        return None;
+                    }
+                }
                 Some(_) => tracing::debug!(path = %path.display(), "Dropped a command meant for an earlier connection."),
                 None => commands_open = false,
             },
@@ -302,5 +321,52 @@ mod tests {
         }
         handed_over.extend(on_the_line);
         assert_eq!(String::from_utf8_lossy(&handed_over), "first second");
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+
+    use super::*;
+
+    /// A device that takes no more bytes (nobody reads the line's other end) does not hold up the stop of
+    /// a transport that is writing to it.
+    #[tokio::test]
+    async fn a_stop_ends_a_write_the_device_does_not_take() {
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let tty = std::path::PathBuf::from(ptsname_r(&master).unwrap());
+        let settings = PortSettings {
+            location: ports::PortLocation::Path(tty),
+            baud_rate: 9600,
+            parity: crate::decode::Parity::None,
+            commands: Default::default(),
+        };
+        let (events_tx, mut events) = mpsc::channel(8);
+        let (commands_tx, commands) = mpsc::channel(8);
+        let (stop, stop_signal) = watch::channel(false);
+        let transport = tokio::spawn(run_port(settings, events_tx, commands, stop_signal));
+        assert!(matches!(
+            events.recv().await,
+            Some(PortEvent::Opened { .. })
+        ));
+        // More than the line holds: the write blocks once it is full.
+        for _ in 0..4 {
+            let command = DeviceCommand {
+                connection: 1,
+                bytes: vec![0x55; 64 * 1024],
+            };
+            commands_tx.send(command).await.unwrap();
+        }
+        stop.send(true).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), transport).await;
+        assert!(
+            ended.is_ok(),
+            "the transport did not stop while its write was blocked"
+        );
+        drop(master);
     }
 }
