@@ -1464,7 +1464,8 @@ mod tests {
             "hub.state_dir (from VITALSD_HUB__STATE_DIR): {} exists and is not a directory",
             path.display()
         );
-        assert_eq!(load(&path).err(), Some(expected));
+        assert_eq!(load(&path).err(), Some(expected.clone()));
+        assert_eq!(load(&path.join("state")).err(), Some(expected));
         assert!(load(&dir.path().join("state")).is_ok());
         assert!(load(dir.path()).is_ok());
     }

@@ -52,10 +52,11 @@ pub(super) fn validate(
     c.require("hub.id", !hub.id.is_empty());
     c.require("hub.state_dir", !hub.state_dir.as_os_str().is_empty());
     c.require("mqtt.url", !mqtt.url.host.is_empty());
-    // A directory the daemon makes if missing, so only something else in its place is an error now.
-    let not_a_directory = |dir: &Path| dir.exists() && !dir.is_dir();
-    if not_a_directory(&hub.state_dir) {
-        let message = format!("{} exists and is not a directory", v::shown(&hub.state_dir));
+    // A directory the daemon makes if missing, so only something else in its place, or in the place of a
+    // directory above it, is an error now.
+    let existing = hub.state_dir.ancestors().find(|dir| dir.exists());
+    if let Some(file) = existing.filter(|dir| !dir.is_dir()) {
+        let message = format!("{} exists and is not a directory", v::shown(file));
         c.report("hub.state_dir", message);
     }
     if hub.runtime_dir.as_os_str().is_empty() {
