@@ -252,28 +252,34 @@ mod tests {
 
     use super::*;
 
+    /// A pseudo-terminal: its master end (the device's side) and the settings that open its slave end.
+    fn line() -> (std::fs::File, std::path::PathBuf, PortSettings) {
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let tty = std::path::PathBuf::from(ptsname_r(&master).unwrap());
+        let settings = PortSettings {
+            location: ports::PortLocation::Path(tty.clone()),
+            baud_rate: 9600,
+            parity: crate::decode::Parity::None,
+            commands: Default::default(),
+        };
+        let master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
+        (master, tty, settings)
+    }
+
     /// Bytes the transport has read reach the pipeline even when the stop comes while the pipeline is not
     /// taking them: a full disk holds the pipeline up, and the device sent those bytes once. What the
     /// transport did not read stays on the line, for the next start to read.
     #[tokio::test]
     async fn bytes_read_before_the_stop_are_handed_over_even_while_the_pipeline_waits() {
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).unwrap();
-        grantpt(&master).unwrap();
-        unlockpt(&master).unwrap();
-        let tty = std::path::PathBuf::from(ptsname_r(&master).unwrap());
+        let (mut master, tty, settings) = line();
         // Held open so that the line and what is unread on it outlive the transport, and to read that.
         let mut slave = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&tty)
             .unwrap();
-        let mut master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
-        let settings = PortSettings {
-            location: ports::PortLocation::Path(tty),
-            baud_rate: 9600,
-            parity: crate::decode::Parity::None,
-            commands: Default::default(),
-        };
         // Room for one event: once the first bytes wait in it, the pipeline is held up.
         let (events_tx, mut events) = mpsc::channel(1);
         let (_commands_tx, commands) = mpsc::channel(1);
@@ -322,29 +328,12 @@ mod tests {
         handed_over.extend(on_the_line);
         assert_eq!(String::from_utf8_lossy(&handed_over), "first second");
     }
-}
-
-#[cfg(test)]
-mod stop_tests {
-    use nix::fcntl::OFlag;
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-
-    use super::*;
 
     /// A device that takes no more bytes (nobody reads the line's other end) does not hold up the stop of
     /// a transport that is writing to it.
     #[tokio::test]
     async fn a_stop_ends_a_write_the_device_does_not_take() {
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).unwrap();
-        grantpt(&master).unwrap();
-        unlockpt(&master).unwrap();
-        let tty = std::path::PathBuf::from(ptsname_r(&master).unwrap());
-        let settings = PortSettings {
-            location: ports::PortLocation::Path(tty),
-            baud_rate: 9600,
-            parity: crate::decode::Parity::None,
-            commands: Default::default(),
-        };
+        let (master, _, settings) = line();
         let (events_tx, mut events) = mpsc::channel(8);
         let (commands_tx, commands) = mpsc::channel(8);
         let (stop, stop_signal) = watch::channel(false);
