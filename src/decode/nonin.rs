@@ -7,8 +7,8 @@
 //! pulse rate 301–510) reject the frame, so bytes that only look like a frame cannot produce impossible readings.
 //!
 //! The Data Format 13 decoder also reads the 9560's clock: it asks for it as the port opens and every few minutes,
-//! and judges the records by the answer (device-protocols.md C.1) as a Bluetooth session judges its records by
-//! the Date Time it read.
+//! and dates the spot-checks just taken by a prompt answer (device-protocols.md C.1) when their stamps agree
+//! with it.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 
