@@ -195,6 +195,8 @@ pub struct DataFormat13Decoder {
 struct ClockReads {
     /// When the hub last asked, on the steady clock.
     asked_at: Option<DateTime<Utc>>,
+    /// Whether the last question is still unanswered: only its first answer counts.
+    awaiting: bool,
     /// The last prompt answer that was a plausible time.
     read: Option<ClockRead>,
 }
@@ -239,8 +241,9 @@ impl ClockReads {
         let waited = self
             .asked_at
             .map(|asked| context.steady.signed_duration_since(asked));
-        let prompt =
-            waited.is_some_and(|waited| waited > TimeDelta::zero() && waited <= CLOCK_ANSWER_WAIT);
+        let prompt = std::mem::take(&mut self.awaiting)
+            && waited
+                .is_some_and(|waited| waited > TimeDelta::zero() && waited <= CLOCK_ANSWER_WAIT);
         if let (true, Some(device)) = (prompt, device_time.plausible()) {
             let check = DeviceClockCheck {
                 device_time,
@@ -272,23 +275,26 @@ impl ClockReads {
         (recent && unstepped && trusted).then_some(read)
     }
 
-    /// The time a just-measured record stamped `stamp` was taken, by the read: the read's instant plus the
-    /// time the device's clock ran since. Only when the device clock is more than [`CLOCK_TOLERANCE`] off
-    /// the hub's, and only when the stamp agrees with the clock as read, run on since: a stamp that does not
-    /// (a clock set since, a record that waited, a damaged answer) is not moved by an offset that may not be
-    /// its clock's. Counted from the read's instant, so the zone's summer time does not enter.
-    fn corrected(
+    /// The instant a just-measured record stamped `stamp` was taken, by the read: the read's instant plus
+    /// the time the device's clock ran since, and whether that corrects the device's clock (it is more
+    /// than [`CLOCK_TOLERANCE`] off the hub's). Only when the stamp agrees with the clock as read, run on
+    /// since: a stamp that does not (a clock set since, a record that waited, a damaged answer) is not
+    /// dated by a read that may not be its clock's. Counted from the read's instant, so the zone's summer
+    /// time does not enter, and a stamp in the hour the clocks go back is the instant it was.
+    fn dated(
         &self,
         stamp: NaiveDateTime,
         context: &DecodeContext<'_>,
-    ) -> Option<DateTime<Utc>> {
+    ) -> Option<(DateTime<Utc>, bool)> {
         let read = self.standing(context)?;
         let offset = read.check.offset()?;
         let ran = context.steady.signed_duration_since(read.steady);
         let agrees = (stamp - (read.device + ran)).abs() <= CLOCK_TOLERANCE;
-        (offset.abs() > CLOCK_TOLERANCE && agrees).then(|| {
+        agrees.then(|| {
             let instant = read.check.hub_time + (stamp - read.device);
-            instant - TimeDelta::nanoseconds(i64::from(instant.timestamp_subsec_nanos()))
+            let instant =
+                instant - TimeDelta::nanoseconds(i64::from(instant.timestamp_subsec_nanos()));
+            (instant, offset.abs() > CLOCK_TOLERANCE)
         })
     }
 }
@@ -328,6 +334,7 @@ impl StreamDecoder for DataFormat13Decoder {
             return Polled::default();
         }
         self.clock.asked_at = Some(now);
+        self.clock.awaiting = true;
         Polled {
             commands: vec![HostCommand {
                 bytes: DF13_GET_TIME.to_vec(),
@@ -445,12 +452,12 @@ fn df13_packet(
     let stamp = device_time([c, y, mo, d, h, mi, s]);
     // A record sent from memory was made long before any read; a live one was just taken.
     let live = status_lsb & DF13_MEM == 0;
-    let corrected = stamp
+    let dated = stamp
         .plausible()
         .filter(|_| live)
-        .and_then(|local| Some((local, clock.corrected(local, context)?)));
-    match corrected {
-        Some((local, instant)) => {
+        .and_then(|local| Some((local, clock.dated(local, context)?)));
+    match dated {
+        Some((local, (instant, true))) => {
             let stamp = Stamp {
                 measured_at: context.time_zone.at(instant),
                 time_source: TimeSource::Device,
@@ -459,6 +466,16 @@ fn df13_packet(
             };
             stamp.apply_to(&mut reading);
             reading.device_clock = clock.standing(context).map(|read| read.check);
+        }
+        Some((_, (instant, false))) => {
+            let mut judged = judge(stamp, context);
+            // A clock in step with the hub's: its stamp stands, read as the instant the read says it is
+            // where the zone gives it two (the hour the clocks go back).
+            let apart = judged.measured_at.signed_duration_since(instant).abs();
+            if judged.time_source == TimeSource::Device && apart > CLOCK_TOLERANCE {
+                judged.measured_at = context.time_zone.at(instant);
+            }
+            judged.apply_to(&mut reading);
         }
         None => judge(stamp, context).apply_to(&mut reading),
     }
@@ -1193,6 +1210,95 @@ mod tests {
         check(Sync, &[(0, 0, "?"), (1, 1, behind), (300, 300, "?"), (301, 301, "02 F2 06 16 0D 0F 0C 00 01 03"),
                       (302, 302, "rec 20 22 03 15 12 05 02 00 00 00 00 48 00 61")],
               &[ask, ask, "2024-03-15 12:05:02 device [device_clock_corrected]"]);
+    }
+
+    /// Central European time around the night of 2026-10-25, when 03:00 summer time became 02:00 winter time.
+    struct AutumnInBerlin;
+
+    impl crate::model::reading::HubTimeZone for AutumnInBerlin {
+        fn resolve(&self, local: NaiveDateTime) -> Option<DateTime<FixedOffset>> {
+            let change = Utc.with_ymd_and_hms(2026, 10, 25, 1, 0, 0).unwrap();
+            [2, 1]
+                .into_iter()
+                .filter_map(|hours| {
+                    let time = local
+                        .and_local_timezone(FixedOffset::east_opt(hours * 3600)?)
+                        .single()?;
+                    (if hours == 2 {
+                        time < change
+                    } else {
+                        time >= change
+                    })
+                    .then_some(time)
+                })
+                .min()
+        }
+
+        fn at(&self, instant: DateTime<Utc>) -> DateTime<FixedOffset> {
+            let change = Utc.with_ymd_and_hms(2026, 10, 25, 1, 0, 0).unwrap();
+            let hours = if instant < change { 2 } else { 1 };
+            instant.with_timezone(&FixedOffset::east_opt(hours * 3600).unwrap())
+        }
+    }
+
+    /// In the hour the clocks go back, a stamp of a 9560 in step with the hub is the instant the clock read
+    /// says, not the earlier of the two the zone gives; and only the first answer to a question counts.
+    #[test]
+    fn df13_a_clock_read_tells_the_two_instants_of_the_autumn_hour_apart_and_one_answer_counts() {
+        let zone = AutumnInBerlin;
+        // 01:00:00 UTC, 02:00:00 in winter time, the second time the clocks show 02:00.
+        let base = Utc.with_ymd_and_hms(2026, 10, 25, 1, 0, 0).unwrap();
+        let run = |steps: &[(i64, &str)]| -> Vec<String> {
+            let mut decoder = DataFormat13Decoder::default();
+            let mut out = Vec::new();
+            for (second, step) in steps {
+                let at = base + TimeDelta::seconds(*second);
+                let context = DecodeContext {
+                    received_at: at,
+                    steady: at,
+                    time_zone: &zone,
+                    hub_clock: HubClock::Synchronized,
+                    device_clock: None,
+                };
+                if *step == "?" {
+                    decoder.poll(&context);
+                    continue;
+                }
+                let bytes = match step.strip_prefix("rec ") {
+                    Some(data) => bytes_of(&df13_packet(data)),
+                    None => bytes_of(step),
+                };
+                for event in decoder.feed(&bytes, &context) {
+                    if let DecodeEvent::Reading(reading) = event {
+                        out.push(format!(
+                            "{} [{}]",
+                            reading.measured_at.to_rfc3339(),
+                            crate::model::reading::joined(&reading.flags)
+                        ));
+                    }
+                }
+            }
+            out
+        };
+        // The oximeter shows 02:00:01 at 01:00:01 UTC; its spot-check at 02:00:31 is 01:00:31 UTC.
+        let in_step = "02 F2 06 1A 0A 19 02 00 01 03";
+        let live = "rec 20 26 10 25 02 00 31 00 00 00 00 48 00 61";
+        assert_eq!(
+            run(&[(0, "?"), (1, in_step), (31, live)]),
+            ["2026-10-25T02:00:31+01:00 []"]
+        );
+        // Without a read, the zone's earlier instant, as for any device time.
+        assert_eq!(run(&[(31, live)]), ["2026-10-25T02:00:31+02:00 []"]);
+        // A second answer to the same question, four hours off, is not a read.
+        assert_eq!(
+            run(&[
+                (0, "?"),
+                (1, in_step),
+                (2, "02 F2 06 1A 0A 19 06 00 02 03"),
+                (31, live)
+            ]),
+            ["2026-10-25T02:00:31+01:00 []"]
+        );
     }
 
     /// The hub asks at once when the last read stops standing for a reason a new answer removes.
