@@ -19,8 +19,9 @@
 //!    a u32 at bytes 4 to 7, two bytes a sample in type 0x0F and four in type 0x09). A session whose start
 //!    and length are in the checkpoint (the sessions already downloaded, on this connection or an earlier
 //!    one) is skipped: a start alone does not name a session, since a clock set back records a second one
-//!    from the same start. Otherwise the hub asks for its data (`A6 <index>`). Type 0x0F (three SpO2/pulse pairs) or 0x09 (one pair and a perfusion index) follow,
-//!    one sample per second from the session start (as OSCAR and the other public readers take it).
+//!    from the same start. Otherwise the hub asks for its data (`A6 <index>`). Type 0x0F (three SpO2/pulse
+//!    pairs) or 0x09 (one pair and a perfusion index) follow, one sample per second from the session start
+//!    (as OSCAR and the other public readers take it).
 //! 4. The samples are held until the session is known to have arrived whole and clean: its length reached
 //!    (the padding of the last message dropped; the next question goes out at once) and the next message,
 //!    usually the answer to that question, starting cleanly, or the line pausing for [`DATA_PAUSE`]. Then
