@@ -268,6 +268,28 @@ mod tests {
         (master, tty, settings)
     }
 
+    /// The transport running on `settings` with room for `room` events, once it opened the port: its
+    /// events, the sender of its commands, its stop and its task.
+    async fn opened(
+        settings: PortSettings,
+        room: usize,
+    ) -> (
+        mpsc::Receiver<PortEvent>,
+        mpsc::Sender<DeviceCommand>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (events_tx, mut events) = mpsc::channel(room);
+        let (commands_tx, commands) = mpsc::channel(room);
+        let (stop, stop_signal) = watch::channel(false);
+        let transport = tokio::spawn(run_port(settings, events_tx, commands, stop_signal));
+        assert!(matches!(
+            events.recv().await,
+            Some(PortEvent::Opened { .. })
+        ));
+        (events, commands_tx, stop, transport)
+    }
+
     /// Bytes the transport has read reach the pipeline even when the stop comes while the pipeline is not
     /// taking them: a full disk holds the pipeline up, and the device sent those bytes once. What the
     /// transport did not read stays on the line, for the next start to read.
@@ -281,14 +303,7 @@ mod tests {
             .open(&tty)
             .unwrap();
         // Room for one event: once the first bytes wait in it, the pipeline is held up.
-        let (events_tx, mut events) = mpsc::channel(1);
-        let (_commands_tx, commands) = mpsc::channel(1);
-        let (stop, stop_signal) = watch::channel(false);
-        let transport = tokio::spawn(run_port(settings, events_tx, commands, stop_signal));
-        assert!(matches!(
-            events.recv().await,
-            Some(PortEvent::Opened { .. })
-        ));
+        let (mut events, _commands_tx, stop, transport) = opened(settings, 1).await;
         let unread = || {
             let mut count: libc::c_int = 0;
             // SAFETY: FIONREAD writes one int through the pointer, which points at `count`.
@@ -334,14 +349,7 @@ mod tests {
     #[tokio::test]
     async fn a_stop_ends_a_write_the_device_does_not_take() {
         let (master, _, settings) = line();
-        let (events_tx, mut events) = mpsc::channel(8);
-        let (commands_tx, commands) = mpsc::channel(8);
-        let (stop, stop_signal) = watch::channel(false);
-        let transport = tokio::spawn(run_port(settings, events_tx, commands, stop_signal));
-        assert!(matches!(
-            events.recv().await,
-            Some(PortEvent::Opened { .. })
-        ));
+        let (_events, commands_tx, stop, transport) = opened(settings, 8).await;
         // More than the line holds: the write blocks once it is full.
         for _ in 0..4 {
             let command = DeviceCommand {
