@@ -34,23 +34,6 @@ fn device_now() -> NaiveDateTime {
     Utc::now().naive_utc().with_nanosecond(0).unwrap()
 }
 
-/// A Data Format 13 spot-check stamped at `time` on the device clock.
-fn spot_check_at(time: NaiveDateTime, n: u16, from_memory: bool) -> SpotCheck {
-    SpotCheck {
-        time: (
-            time.year() as u16,
-            time.month() as u8,
-            time.day() as u8,
-            time.hour() as u8,
-            time.minute() as u8,
-            time.second() as u8,
-        ),
-        pulse_rate: 60 + n,
-        spo2: 90 + (n % 10) as u8,
-        from_memory,
-    }
-}
-
 fn ble_stamp(time: NaiveDateTime) -> [u8; 7] {
     date_time(
         time.year() as u16,
@@ -93,11 +76,11 @@ fn readings_received_before_the_hub_clock_is_synchronised_are_held_then_released
     let stamps: Vec<NaiveDateTime> = (0..3).map(|i| now - TimeDelta::minutes(2 - i)).collect();
     let sent_from = Utc::now();
     for (n, stamp) in stamps.iter().enumerate() {
-        port.write(&spot_check_at(*stamp, n as u16, false).frame());
+        port.write(&SpotCheck::at(*stamp, n as u16, false).frame());
     }
     // And one from a device clock years ahead, which an untrusted hub clock cannot call ahead.
     let far_ahead = now + TimeDelta::days(3000);
-    port.write(&spot_check_at(far_ahead, 5, false).frame());
+    port.write(&SpotCheck::at(far_ahead, 5, false).frame());
     assert!(
         wait_until(LONG, || clock.held(&world) == 4),
         "the readings were not held: {}\nlog:\n{}",
@@ -169,7 +152,7 @@ fn readings_received_before_the_hub_clock_is_synchronised_are_held_then_released
     // Once trusted, a reading is published straight away, saying so.
     let later = device_now();
     let sent_from = Utc::now();
-    port.write(&spot_check_at(later, 9, false).frame());
+    port.write(&SpotCheck::at(later, 9, false).frame());
     assert!(
         subscriber.wait_for_unique_readings(5, LONG),
         "{}",
@@ -489,7 +472,7 @@ fn records_re_sent_after_a_reboot_with_another_hub_clock_are_queued_once_and_fla
         .collect();
     let dump = |port: &mut SimulatedPort| {
         for (n, stamp) in stamps.iter().enumerate() {
-            port.write(&spot_check_at(*stamp, n as u16, true).frame());
+            port.write(&SpotCheck::at(*stamp, n as u16, true).frame());
         }
     };
 
@@ -555,7 +538,7 @@ fn records_re_sent_after_a_reboot_with_another_hub_clock_are_queued_once_and_fla
     );
     // A new record is the sentinel: a re-sent one published again would have arrived before it.
     let sentinel = device_now();
-    port.write(&spot_check_at(sentinel, 99, false).frame());
+    port.write(&SpotCheck::at(sentinel, 99, false).frame());
     assert!(
         subscriber.wait_for_unique_readings(N + 1, LONG),
         "no sentinel; log:\n{}",
@@ -619,7 +602,7 @@ fn after_a_reboot_the_earlier_boots_readings_are_published_flagged_while_the_new
     let mut daemon = world.start_with_env(&borrow(&clock.env()));
     daemon.wait_opened(&port, LONG);
     for (n, stamp) in earlier.iter().enumerate() {
-        port.write(&spot_check_at(*stamp, n as u16, false).frame());
+        port.write(&SpotCheck::at(*stamp, n as u16, false).frame());
     }
     assert!(
         wait_until(LONG, || clock.held(&world) == 2),
@@ -659,7 +642,7 @@ fn after_a_reboot_the_earlier_boots_readings_are_published_flagged_while_the_new
     // Boot B's own reading waits for boot B's clock, and is then dated from it, without the flag.
     daemon.wait_opened(&port, LONG);
     let mine = device_now();
-    port.write(&spot_check_at(mine, 7, false).frame());
+    port.write(&SpotCheck::at(mine, 7, false).frame());
     assert!(
         wait_until(LONG, || clock.held(&world) == 1),
         "{}\nlog:\n{}",

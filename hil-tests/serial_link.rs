@@ -190,17 +190,7 @@ fn a_nonin_9560_whose_clock_is_behind_has_its_spot_checks_dated_by_the_clock_it_
     answer.push(0x03);
     rig.port.write(&answer);
     let stamped = device_now + chrono::TimeDelta::seconds(2);
-    let spot = SpotCheck {
-        time: (
-            stamped.year() as u16,
-            stamped.month() as u8,
-            stamped.day() as u8,
-            stamped.hour() as u8,
-            stamped.minute() as u8,
-            stamped.second() as u8,
-        ),
-        ..SpotCheck::numbered(7)
-    };
+    let spot = SpotCheck::at(stamped, 7, false);
     rig.port.write(&spot.frame());
     assert!(
         rig.subscriber

@@ -16,6 +16,24 @@ fn bcd(value: u8) -> u8 {
 }
 
 impl SpotCheck {
+    /// A spot-check stamped at `time` on the device clock, its values varying with `n`.
+    pub fn at(time: chrono::NaiveDateTime, n: u16, from_memory: bool) -> SpotCheck {
+        use chrono::{Datelike, Timelike};
+        SpotCheck {
+            time: (
+                time.year() as u16,
+                time.month() as u8,
+                time.day() as u8,
+                time.hour() as u8,
+                time.minute() as u8,
+                time.second() as u8,
+            ),
+            pulse_rate: 60 + n,
+            spo2: 90 + (n % 10) as u8,
+            from_memory,
+        }
+    }
+
     /// A distinct record for each `n`: one minute apart, values varying within a plausible range.
     pub fn numbered(n: u32) -> SpotCheck {
         let minutes = n;
